@@ -1,0 +1,80 @@
+# One build for the whole tree. Everything lands in $(BUILD).
+BUILD      ?= build
+CC         ?= cc
+PYTHON     ?= /usr/bin/python3
+SAN        ?=
+OPT        ?= -O2
+
+PKGS        := libcurl jansson openssl
+DEB_PKGS    := build-essential pkg-config libssl-dev libcurl4-openssl-dev libjansson-dev \
+               libcmocka-dev pebble python3-pytest curl openssl nginx nginx-dev apache2 apache2-dev \
+               libhiredis-dev redis-server clang libclang-rt-14-dev valgrind
+PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS     += -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden \
+              -D_GNU_SOURCE -Icommon $(PKG_CFLAGS) $(SAN)
+LDLIBS     += $(PKG_LIBS) -lpthread $(SAN)
+
+CORE_SRC   := $(sort $(wildcard common/*.c))
+CORE_OBJ   := $(patsubst common/%.c,$(BUILD)/obj/common/%.o,$(CORE_SRC))
+CTL_SRC    := $(sort $(wildcard acmectl/*.c))
+CTL_OBJ    := $(patsubst acmectl/%.c,$(BUILD)/obj/acmectl/%.o,$(CTL_SRC))
+UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+.PHONY: all deps test unit e2e test-asan clean check-deps
+
+all: check-deps $(BUILD)/libacme.a $(BUILD)/acmectl
+
+# Install what the build and the tests need from Debian, only when something is missing.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+check-deps:
+	@pkg-config --exists $(PKGS) && [ -f /usr/include/cmocka.h ] && command -v pebble >/dev/null \
+	    || $(MAKE) --no-print-directory deps
+
+$(BUILD)/obj/common/%.o: common/%.c $(wildcard common/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/acmectl/%.o: acmectl/%.c $(wildcard common/*.h acmectl/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Iacmectl -c -o $@ $<
+
+$(BUILD)/libacme.a: $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/acmectl: $(CTL_OBJ) $(BUILD)/libacme.a
+	$(CC) $(SAN) -o $@ $(CTL_OBJ) $(BUILD)/libacme.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libacme.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Wno-unused-parameter -Itests/unit -o $@ $< $(BUILD)/libacme.a $(LDLIBS) -lcmocka
+
+unit: check-deps $(UNIT_BIN)
+	@$(PYTHON) tests/run_unit.py $(UNIT_BIN)
+
+e2e: all
+	ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e
+
+test: check-deps all $(UNIT_BIN)
+	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/run_all.py $(UNIT_BIN)
+
+test-asan:
+	$(MAKE) BUILD=build/asan OPT=-O1 \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,198 @@
+/* Errors and buffers. */
+#include "acme_err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/err.h>
+#include <openssl/crypto.h>
+
+void
+acme_err_set(acme_err_t *err, acme_err_kind_t kind, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL) {
+        return;
+    }
+    err->kind = kind;
+    err->retry_after = 0;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+}
+
+void
+acme_err_ssl(acme_err_t *err, const char *fmt, ...)
+{
+    va_list        ap;
+    size_t         n;
+    unsigned long  e;
+    char           buf[256];
+
+    if (err == NULL) {
+        ERR_clear_error();
+        return;
+    }
+    err->kind = ACME_ERR_INTERNAL;
+    err->retry_after = 0;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+
+    while ((e = ERR_get_error()) != 0) {
+        n = strlen(err->msg);
+        if (n + 3 >= sizeof(err->msg)) {
+            continue;
+        }
+        ERR_error_string_n(e, buf, sizeof(buf));
+        snprintf(err->msg + n, sizeof(err->msg) - n, " (%s)", buf);
+    }
+}
+
+void
+acme_err_prefix(acme_err_t *err, const char *fmt, ...)
+{
+    va_list  ap;
+    char     old[ACME_ERR_MSG_MAX];
+    size_t   n;
+
+    if (err == NULL) {
+        return;
+    }
+    memcpy(old, err->msg, sizeof(old));
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+    n = strlen(err->msg);
+    snprintf(err->msg + n, sizeof(err->msg) - n, ": %s", old);
+}
+
+void
+acme_err_clear(acme_err_t *err)
+{
+    if (err != NULL) {
+        err->kind = ACME_ERR_NONE;
+        err->retry_after = 0;
+        err->msg[0] = '\0';
+    }
+}
+
+const char *
+acme_err_kind_name(acme_err_kind_t kind)
+{
+    switch (kind) {
+    case ACME_ERR_NONE:        return "none";
+    case ACME_ERR_INTERNAL:    return "internal";
+    case ACME_ERR_NETWORK:     return "network";
+    case ACME_ERR_CA:          return "ca";
+    case ACME_ERR_RATELIMIT:   return "ratelimit";
+    case ACME_ERR_BADRESPONSE: return "badresponse";
+    case ACME_ERR_CONFIG:      return "config";
+    case ACME_ERR_STORE:       return "store";
+    case ACME_ERR_INPUT:       return "input";
+    }
+    return "unknown";
+}
+
+int
+acme_buf_append(acme_buf_t *b, const void *p, size_t n)
+{
+    size_t  cap;
+    char   *d;
+
+    if (b->len + n + 1 > b->cap) {
+        cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) {
+            if (cap > ((size_t) -1) / 2) {
+                return -1;
+            }
+            cap *= 2;
+        }
+        d = realloc(b->data, cap);
+        if (d == NULL) {
+            return -1;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    if (n) {
+        memcpy(b->data + b->len, p, n);
+    }
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int
+acme_buf_printf(acme_buf_t *b, const char *fmt, ...)
+{
+    va_list  ap;
+    int      n;
+    char    *s;
+
+    va_start(ap, fmt);
+    n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        return -1;
+    }
+    n = acme_buf_append(b, s, (size_t) n);
+    free(s);
+    return n;
+}
+
+void
+acme_buf_free(acme_buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+char *
+acme_buf_steal(acme_buf_t *b)
+{
+    char *d = b->data;
+
+    if (d == NULL) {
+        d = calloc(1, 1);
+    }
+    b->data = NULL;
+    b->len = b->cap = 0;
+    return d;
+}
+
+void
+acme_free_secret(void *p, size_t n)
+{
+    if (p != NULL) {
+        OPENSSL_cleanse(p, n);
+        free(p);
+    }
+}
+
+char *
+acme_strdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+char *
+acme_strndup(const char *s, size_t n)
+{
+    return s ? strndup(s, n) : NULL;
+}
+
+char *
+acme_sprintf(const char *fmt, ...)
+{
+    va_list  ap;
+    char    *s;
+    int      n;
+
+    va_start(ap, fmt);
+    n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    return n < 0 ? NULL : s;
+}

@@ -1,0 +1,133 @@
+/*
+ * The store: where accounts, certificates, keys, pending orders and challenge tokens live.
+ * A small key/value interface (keys are '/'-separated paths such as "certs/example.org/fullchain.pem")
+ * with pluggable backends (filesystem now, a shared one later), and typed records on top of it.
+ *
+ * Layout:
+ *   accounts/<ca-id>/account.key     account private key (secret)
+ *   accounts/<ca-id>/account.json    {"url": ..., "contact": [...], "directory": ...}
+ *   certs/<name>/fullchain.pem       leaf first
+ *   certs/<name>/privkey.pem         (secret)
+ *   certs/<name>/meta.json           acme_certmeta_t
+ *   certs/<name>/order.json          an order in flight, so a restart resumes it
+ *   certs/<name>/order.key           its fresh certificate key (secret)
+ *   challenges/http-01/<token>       key authorization
+ *   challenges/tls-alpn-01/<sni>     key authorization
+ */
+#ifndef ACME_STORE_H
+#define ACME_STORE_H
+
+#include <stddef.h>
+#include <time.h>
+#include "acme_err.h"
+#include "acme_ident.h"
+#include "acme_key.h"
+
+typedef struct acme_store_s  acme_store_t;
+typedef struct acme_lock_s   acme_lock_t;
+
+typedef struct {
+    const char  *key;
+    const void  *data;      /* NULL: delete this key as part of the commit */
+    size_t       len;
+    int          secret;    /* 0600 and wiped from memory */
+} acme_store_item_t;
+
+typedef struct {
+    /* 0 found, 1 not found, -1 error. *data is malloc'd and NUL-terminated. */
+    int  (*get)(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err);
+    /* Atomic replace of one key. */
+    int  (*put)(acme_store_t *st, const char *key, const void *data, size_t len, int secret,
+                acme_err_t *err);
+    /* 0 deleted or absent. */
+    int  (*del)(acme_store_t *st, const char *key, acme_err_t *err);
+    /* Names directly below a prefix ("certs" lists certificate names). Sorted, malloc'd array of malloc'd. */
+    int  (*list)(acme_store_t *st, const char *prefix, char ***names, size_t *n, acme_err_t *err);
+    /* All items become visible together, or none (a crash in the middle is rolled forward or back on the
+     * next open/get). */
+    int  (*commit)(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t *err);
+    /* Exclusive lock named name, across processes. 1 taken, 0 held by another, -1 error. Non-blocking. */
+    int  (*lock)(acme_store_t *st, const char *name, acme_lock_t **lk, acme_err_t *err);
+    void (*unlock)(acme_lock_t *lk);
+    void (*destroy)(acme_store_t *st);
+} acme_store_ops_t;
+
+struct acme_store_s {
+    const acme_store_ops_t *ops;
+    void                   *data;
+};
+
+/*
+ * Filesystem backend rooted at dir: directories 0700, secret files 0600, other files 0644, every write
+ * temp + fsync + rename + fsync(dir). Creates dir (and missing parents) when create is set. Refuses a
+ * dir that exists but is not a directory or is not writable, with a message naming it.
+ * Keys with "..", empty segments, a leading '/', or bytes outside [A-Za-z0-9._*@+-] in a segment
+ * are refused (ACME_ERR_INPUT).
+ */
+acme_store_t *acme_store_fs_open(const char *dir, int create, acme_err_t *err);
+void          acme_store_close(acme_store_t *st);
+
+/* Convenience wrappers over ops. */
+int  acme_store_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err);
+int  acme_store_put(acme_store_t *st, const char *key, const void *data, size_t len, int secret,
+                    acme_err_t *err);
+int  acme_store_del(acme_store_t *st, const char *key, acme_err_t *err);
+void acme_store_list_free(char **names, size_t n);
+
+/* ---- typed records ---- */
+
+typedef struct {
+    char           *name;          /* certs/<name> */
+    acme_ident_t   *ids;
+    size_t          nids;
+    acme_keyspec_t  keyspec;
+    char           *ca;            /* directory URL of the CA that issued it (or last tried) */
+    char           *profile;       /* optional */
+    time_t          not_before;    /* 0 when no certificate yet */
+    time_t          not_after;
+    char           *ari_cert_id;   /* optional */
+    time_t          ari_start;     /* 0 when no ARI window known */
+    time_t          ari_end;
+    time_t          ari_next_check;
+    time_t          renew_at;      /* chosen renewal time, 0: not chosen yet */
+    int             failures;      /* consecutive failed attempts */
+    time_t          next_try;      /* after a failure, 0: none */
+    char           *last_error;    /* optional */
+    time_t          last_error_at;
+    time_t          issued_at;     /* when we stored it */
+} acme_certmeta_t;
+
+void  acme_certmeta_free(acme_certmeta_t *m);
+/* JSON text (malloc'd) and back; unknown members ignored, bad members refused with err. */
+char *acme_certmeta_to_json(const acme_certmeta_t *m);
+int   acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_t *err);
+
+/*
+ * certs/<name>: the first identifier, "*." written as "_wildcard.", then "_<keyspec>" (e.g. "_rsa2048",
+ * "_ecdsa384") for any key type other than ecdsa:256. malloc'd.
+ */
+char *acme_cert_name(const acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks);
+
+/* 0 found, 1 none, -1 error. Any out-param may be NULL. */
+int acme_store_cert_load(acme_store_t *st, const char *name, char **fullchain, size_t *fullchain_len,
+    char **privkey, size_t *privkey_len, acme_certmeta_t *meta, acme_err_t *err);
+/* fullchain + privkey + meta in one commit, and removes order.json/order.key. */
+int acme_store_cert_save(acme_store_t *st, const char *name, const char *fullchain, size_t fullchain_len,
+    const char *privkey, size_t privkey_len, const acme_certmeta_t *meta, acme_err_t *err);
+int acme_store_meta_save(acme_store_t *st, const acme_certmeta_t *meta, acme_err_t *err);
+int acme_store_meta_load(acme_store_t *st, const char *name, acme_certmeta_t *meta, acme_err_t *err);
+
+/* Account: key PEM (secret) and JSON. 0 found, 1 none, -1 error. */
+int acme_store_account_load(acme_store_t *st, const char *ca_id, char **key_pem, size_t *key_len,
+    char **json, acme_err_t *err);
+int acme_store_account_save(acme_store_t *st, const char *ca_id, const char *key_pem, size_t key_len,
+    const char *json, acme_err_t *err);
+
+/* Challenge publication through the store (any node of a shared backend can answer). */
+int acme_store_challenge_put(acme_store_t *st, const char *type, const char *id, const char *key_authz,
+    acme_err_t *err);
+int acme_store_challenge_get(acme_store_t *st, const char *type, const char *id, char **key_authz,
+    acme_err_t *err);
+int acme_store_challenge_del(acme_store_t *st, const char *type, const char *id, acme_err_t *err);
+
+#endif
