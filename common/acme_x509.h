@@ -4,6 +4,7 @@
 
 #include <time.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <openssl/evp.h>
 #include "acme_err.h"
 #include "acme_ident.h"
@@ -46,5 +47,13 @@ char *acme_ari_cert_id(X509 *leaf, acme_err_t *err);
 /* A self-signed fallback certificate (served until a real one exists) for these names. */
 int acme_selfsigned(const char *const *names, size_t n, const acme_keyspec_t *ks, X509 **cert,
     EVP_PKEY **key, acme_err_t *err);
+
+/* Helpers shared by the certificate and CSR builders (acme_csr.c, acme_tlsalpn.c). */
+/* IPv4 or IPv6 text to 4 or 16 bytes in out; returns the length, 0 when s is not an IP address. */
+size_t acme_ip_from_text(const char *s, unsigned char out[16]);
+/* Append a dNSName (type DNS) or an iPAddress (type IP, text form) to a GeneralNames stack. */
+int acme_san_push(GENERAL_NAMES *gens, acme_ident_type_t type, const char *value, acme_err_t *err);
+/* Set a random positive serial number (at most 20 octets, RFC 5280 4.1.2.2). */
+int acme_x509_random_serial(X509 *cert, acme_err_t *err);
 
 #endif
