@@ -1,0 +1,251 @@
+"""pytest fixtures for the end-to-end suite (library code lives in harness.py).
+
+Fixtures (scope):
+  acme_build (session)          Path of $ACME_BUILD or <repo>/build
+  acmectl_bin (session)         Path of $ACME_BUILD/acmectl; fails the test if missing
+  test_ca (session)             harness.TestCA: root for Pebble's HTTPS (.ca_cert), .cert/.key
+  challtestsrv (session)        harness.ChallTestSrv: mock DNS, every name -> 127.0.0.1
+  dns (function)                the same ChallTestSrv; records set through it are cleared
+                                after the test
+  pebble_session (session)      plain shared harness.Pebble (default options)
+  pebble (function)             pebble_session, (re)started if needed, counters reset
+  pebble_factory (function)     pebble_factory(**opts) -> new started harness.Pebble
+  server_logs (function)        harness.LogWatcher: .watch(path, allowed=[...]); checked
+                                after the test, fails it on unexpected error lines
+  check_error_log (function)    harness.check_error_log
+  procs (function)              ProcessManager: .start(args, ...) -> harness.Process, all
+                                stopped after the test (before server_logs is checked)
+  acme_test_client (function)   factory(pebble=None) -> harness.AcmeTestClient
+"""
+
+import itertools
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from harness import (  # noqa: E402
+    AcmeTestClient, ChallTestSrv, LogWatcher, Pebble, Process, TestCA,
+    check_error_log as _check_error_log, child_env)
+
+
+# --------------------------------------------------------------------------
+# session plumbing
+# --------------------------------------------------------------------------
+
+def pytest_configure(config):
+    # A SIGTERM to pytest (CI timeout) should still run fixture teardown, which
+    # stops every server; without this the children would be orphaned.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def _term(signum, frame):
+            raise KeyboardInterrupt("SIGTERM")
+        signal.signal(signal.SIGTERM, _term)
+
+
+def pytest_unconfigure(config):
+    harness._kill_all_live()
+
+
+def _debug_logs(node):
+    """Per-test list of (title, path, offset) shown when the test fails."""
+    if not hasattr(node, "_e2e_logs"):
+        node._e2e_logs = []
+    return node._e2e_logs
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("call", "teardown"):
+        for title, path, off in getattr(item, "_e2e_logs", []):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(off)
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            lines = text.splitlines()
+            tail = "\n".join(lines[-80:])
+            rep.sections.append((f"{title} ({path}, last {min(80, len(lines))} lines)", tail))
+
+
+# --------------------------------------------------------------------------
+# build / binaries
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def acme_build():
+    return harness.build_dir()
+
+
+@pytest.fixture(scope="session")
+def acmectl_bin(acme_build):
+    p = acme_build / "acmectl"
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        pytest.fail(f"acmectl binary not found at {p} (set ACME_BUILD or run `make`)",
+                    pytrace=False)
+    return p
+
+
+# --------------------------------------------------------------------------
+# CA, DNS, Pebble
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory):
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def challtestsrv(tmp_path_factory):
+    srv = ChallTestSrv(tmp_path_factory.mktemp("challtestsrv"))
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def dns(challtestsrv, request):
+    if not challtestsrv.alive():
+        challtestsrv.start()
+    _debug_logs(request.node).append(
+        ("pebble-challtestsrv", challtestsrv.log_path, challtestsrv.proc.log_size()))
+    yield challtestsrv
+    challtestsrv.reset()
+
+
+@pytest.fixture(scope="session")
+def pebble_session(tmp_path_factory, test_ca, challtestsrv):
+    pb = Pebble(tmp_path_factory.mktemp("pebble"), test_ca, dns_server=challtestsrv.dns_address)
+    try:
+        pb.start()
+        yield pb
+    finally:
+        pb.stop()
+
+
+@pytest.fixture
+def pebble(pebble_session, dns, request):
+    """The shared plain Pebble. Counters (order_count() ...) count from the test start.
+    Tests that restart() it are fine; tests needing special config or env must
+    use pebble_factory instead."""
+    if not pebble_session.alive():
+        pebble_session.start()
+    pebble_session.reset_counters()
+    _debug_logs(request.node).append(("pebble", pebble_session.log_path, pebble_session.mark()))
+    return pebble_session
+
+
+@pytest.fixture
+def pebble_factory(tmp_path, test_ca, dns, request):
+    """pebble_factory(**opts) -> started Pebble; opts are Pebble's keyword arguments:
+    env={...}, http_port=, tls_port=, eab_keys={kid: b64url_key}, eab_required=,
+    dns_server= (default: the session challtestsrv), strict=, extra_config={...},
+    start=False to get it unstarted. All are stopped after the test."""
+    made = []
+    counter = itertools.count(1)
+
+    def make(start=True, **opts):
+        opts.setdefault("dns_server", dns.dns_address)
+        pb = Pebble(tmp_path / f"pebble{next(counter)}", test_ca, **opts)
+        made.append(pb)
+        _debug_logs(request.node).append((f"pebble #{len(made)}", pb.log_path, 0))
+        if start:
+            pb.start()
+        return pb
+
+    yield make
+    for pb in reversed(made):
+        try:
+            pb.stop()
+        except Exception:  # keep stopping the others
+            pass
+
+
+# --------------------------------------------------------------------------
+# logs and processes
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def server_logs():
+    """LogWatcher: server_logs.watch(path, allowed=[regex, ...], from_end=False).
+    After the test (and after every process from `procs` was stopped) each
+    watched log is checked; unexpected [error]/[crit]/[alert]/[emerg] lines fail
+    the test (reported as an error in teardown)."""
+    w = LogWatcher()
+    yield w
+    w.check()
+
+
+@pytest.fixture
+def check_error_log():
+    return _check_error_log
+
+
+class ProcessManager:
+    """Starts harness.Process objects for one test and stops them all at teardown."""
+
+    def __init__(self, tmp_path, server_logs, node):
+        self.tmp_path = Path(tmp_path)
+        self.server_logs = server_logs
+        self.node = node
+        self.procs = []
+
+    def start(self, args, name=None, log_path=None, env=None, cwd=None,
+              wait_port=None, wait_log=None, wait_url=None, ca_file=None, timeout=10.0,
+              watch_log=False, allowed=()):
+        """Start `args`; output goes to log_path (default tmp_path/<name>.log).
+        env: extra variables on top of the (proxy-free) environment.
+        wait_port / wait_log (regex) / wait_url (+ca_file): readiness checks.
+        watch_log=True registers the output log with server_logs (allowed regexes)."""
+        name = name or Path(str(args[0])).name
+        log_path = Path(log_path) if log_path else self.tmp_path / f"{name}.log"
+        p = Process(args, name=name, log_path=log_path, env=child_env(env), cwd=cwd)
+        self.procs.append(p)
+        _debug_logs(self.node).append((name, log_path, 0))
+        if watch_log:
+            self.server_logs.watch(log_path, allowed=allowed)
+        p.start()
+        if wait_port:
+            p.wait_port(wait_port, timeout=timeout)
+        if wait_log:
+            p.wait_log(wait_log, timeout=timeout)
+        if wait_url:
+            p.wait_url(wait_url, ca_file=ca_file, timeout=timeout)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def procs(tmp_path, server_logs, request):
+    # depends on server_logs so that the log check runs after the processes stopped
+    m = ProcessManager(tmp_path, server_logs, request.node)
+    yield m
+    m.stop_all()
+
+
+@pytest.fixture
+def acme_test_client(tmp_path, request):
+    """factory(pebble=None, name=None) -> harness.AcmeTestClient for that
+    Pebble (default: the shared one). Call .register() then .issue(domains, http_port)."""
+    n = itertools.count(1)
+
+    def make(pebble=None, name=None):
+        pb = pebble or request.getfixturevalue("pebble")
+        return AcmeTestClient(pb.directory_url, pb.ca_cert,
+                              tmp_path / (name or f"client{next(n)}"))
+    return make
