@@ -23,9 +23,22 @@ CTL_OBJ    := $(patsubst acmectl/%.c,$(BUILD)/obj/acmectl/%.o,$(CTL_SRC))
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
+NGX_SRCS   := $(wildcard ngx_acme_module/*.c ngx_acme_module/*.h) config
+APX_SRCS   := $(wildcard apache_mod_acme/*.c apache_mod_acme/*.h)
+MODULES    := $(if $(wildcard config),$(BUILD)/ngx_http_acme_module.so) \
+              $(if $(wildcard apache_mod_acme/mod_acme.c),$(BUILD)/mod_acme.so)
+
 .PHONY: all deps test unit e2e test-asan clean check-deps
 
-all: check-deps $(BUILD)/libacme.a $(BUILD)/acmectl
+all: check-deps $(BUILD)/libacme.a $(BUILD)/acmectl $(MODULES)
+
+# nginx's own build compiles the core and the module (see ./config); SAN flags pass through.
+$(BUILD)/ngx_http_acme_module.so: $(CORE_SRC) $(wildcard common/*.h) $(NGX_SRCS)
+	NGX_CC_OPT="$(SAN)" NGX_LD_OPT="$(SAN)" ngx_acme_module/build.sh $(BUILD)
+
+# apxs compiles the module and links the core built with -fPIC above.
+$(BUILD)/mod_acme.so: $(BUILD)/libacme.a $(APX_SRCS)
+	APX_SAN="$(SAN)" apache_mod_acme/build.sh $(BUILD)
 
 # Install what the build and the tests need from Debian, only when something is missing.
 deps:

@@ -42,4 +42,8 @@ char *acme_ca_resolve(const char *name_or_url, acme_err_t *err);
  */
 char *acme_ca_id(const char *directory_url);
 
+/* 1 when s is an absolute http:// or https:// URL with a host (optional port), no userinfo, and no
+ * spaces, control or non-ASCII characters. */
+int acme_url_valid(const char *s);
+
 #endif

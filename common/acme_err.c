@@ -91,6 +91,7 @@ acme_err_kind_name(acme_err_kind_t kind)
     case ACME_ERR_CONFIG:      return "config";
     case ACME_ERR_STORE:       return "store";
     case ACME_ERR_INPUT:       return "input";
+    case ACME_ERR_BUSY:        return "busy";
     }
     return "unknown";
 }

@@ -15,7 +15,8 @@ typedef enum {
     ACME_ERR_BADRESPONSE,   /* the CA answered something we refuse */
     ACME_ERR_CONFIG,        /* bad configuration value */
     ACME_ERR_STORE,         /* the state directory failed us */
-    ACME_ERR_INPUT          /* bad input from a caller or a client */
+    ACME_ERR_INPUT,         /* bad input from a caller or a client */
+    ACME_ERR_BUSY           /* another process holds the certificate's lock */
 } acme_err_kind_t;
 
 #define ACME_ERR_MSG_MAX 1024

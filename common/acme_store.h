@@ -61,11 +61,20 @@ struct acme_store_s {
  * Filesystem backend rooted at dir: directories 0700, secret files 0600, other files 0644, every write
  * temp + fsync + rename + fsync(dir). Creates dir (and missing parents) when create is set. Refuses a
  * dir that exists but is not a directory or is not writable, with a message naming it.
- * Keys with "..", empty segments, a leading '/', or bytes outside [A-Za-z0-9._*@+-] in a segment
- * are refused (ACME_ERR_INPUT).
+ * Keys failing acme_store_key_check are refused (ACME_ERR_INPUT).
  */
 acme_store_t *acme_store_fs_open(const char *dir, int create, acme_err_t *err);
 void          acme_store_close(acme_store_t *st);
+
+/*
+ * Key rules shared by every backend. A segment (a certificate name, a CA id, a lock name...) is 1..200
+ * bytes of [A-Za-z0-9._@+-], does not start with '.' (so no "." or ".."; dot names are the backend's own),
+ * contains no ".tmp." and does not end in ".next". A key is 1..1024 bytes of such segments joined by single
+ * '/' (no leading, trailing or doubled '/'), and its first segment is not "locks". 0 ok, -1 with err
+ * (ACME_ERR_INPUT) naming the key.
+ */
+int acme_store_name_check(const char *name, const char *what, acme_err_t *err);
+int acme_store_key_check(const char *key, acme_err_t *err);
 
 /* Convenience wrappers over ops. */
 int  acme_store_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err);

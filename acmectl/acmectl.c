@@ -1,0 +1,903 @@
+/* acmectl: the admin's command line for the ACME core and the state directory the modules share. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <signal.h>
+#include <jansson.h>
+#include <openssl/pem.h>
+
+#include "acme_err.h"
+#include "acme_loop.h"
+#include "acme_client.h"
+#include "acme_issue.h"
+#include "acme_store.h"
+#include "acme_sched.h"
+#include "acme_x509.h"
+#include "acme_directory.h"
+#include "chsrv.h"
+
+#define DEFAULT_STATE "/var/lib/acme"
+
+typedef struct {
+    const char      *state;
+    const char      *ca;
+    const char      *ca_cert;
+    const char     **contact;
+    size_t           ncontact;
+    int              agree_tos;
+    int              insecure;
+    const char      *eab_kid;
+    const char      *eab_hmac;
+    const char      *account_key;
+    int              verbose;
+
+    acme_store_t    *store;
+    acme_loop_t     *loop;
+    acme_client_t   *client;
+    char            *ca_url;
+} ctl_t;
+
+/* A blocking wait on the loop for one asynchronous operation. */
+typedef struct {
+    int          done;
+    int          failed;
+    acme_err_t   err;
+} wait_t;
+
+static void
+wait_done(void *arg, const acme_err_t *err)
+{
+    wait_t *w = arg;
+
+    w->done = 1;
+    if (err != NULL) {
+        w->failed = 1;
+        w->err = *err;
+    }
+}
+
+static int
+wait_run(ctl_t *ctl, wait_t *w)
+{
+    while (!w->done) {
+        acme_loop_run(ctl->loop, &w->done, -1);
+        if (!w->done && acme_loop_pending(ctl->loop) == 0) {
+            acme_err_set(&w->err, ACME_ERR_INTERNAL, "nothing left to wait for");
+            w->failed = 1;
+            break;
+        }
+    }
+    if (w->failed) {
+        fprintf(stderr, "acmectl: %s\n", w->err.msg);
+        if (w->err.retry_after > 0) {
+            fprintf(stderr, "acmectl: the CA asks to retry after %ld s\n", w->err.retry_after);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+"usage: acmectl [--state DIR] [--ca URL|NAME] [--ca-cert FILE] [--contact EMAIL]... [--agree-tos]\n"
+"               [--eab-kid KID --eab-hmac-key B64URL] [--account-key FILE] [-v] COMMAND [ARGS]\n"
+"\n"
+"commands:\n"
+"  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
+"        [--key ALG] [--profile NAME] [--preferred-chain CN] NAME...\n"
+"  renew [--force] [challenge options as for issue] NAME\n"
+"  list\n"
+"  status --json\n"
+"  revoke [--reason N] [--with-cert-key] NAME\n"
+"  account show|rollover [--key ALG]|deactivate|update\n"
+"\n"
+"CA names: letsencrypt, letsencrypt-staging, zerossl, google, google-staging, buypass,\n"
+"buypass-staging, or a directory URL. State directory default: " DEFAULT_STATE "\n");
+}
+
+static int
+ctl_open_store(ctl_t *ctl, int create)
+{
+    acme_err_t err;
+
+    ctl->store = acme_store_fs_open(ctl->state, create, &err);
+    if (ctl->store == NULL) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+ctl_log(void *data, int level, const char *msg)
+{
+    ctl_t *ctl = data;
+
+    if (level <= ACME_LOG_NOTICE || ctl->verbose) {
+        fprintf(stderr, "%s\n", msg);
+    }
+}
+
+static int
+ctl_client(ctl_t *ctl, const char *ca_override)
+{
+    acme_err_t          err;
+    acme_client_conf_t  conf;
+    acme_host_t         host;
+    const char         *ca = ca_override ? ca_override : ctl->ca;
+
+    if (ca == NULL) {
+        ca = "letsencrypt";
+    }
+    ctl->ca_url = acme_ca_resolve(ca, &err);
+    if (ctl->ca_url == NULL) {
+        fprintf(stderr, "acmectl: --ca: %s\n", err.msg);
+        return -1;
+    }
+    memset(&host, 0, sizeof(host));
+    host.data = ctl;
+    host.log = ctl_log;
+    ctl->loop = acme_loop_new(&host, ctl->verbose ? ACME_LOG_DEBUG : ACME_LOG_INFO, &err);
+    if (ctl->loop == NULL) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return -1;
+    }
+    memset(&conf, 0, sizeof(conf));
+    conf.directory_url = ctl->ca_url;
+    conf.ca_file = ctl->ca_cert;
+    conf.verify = !ctl->insecure;
+    conf.contact = ctl->contact;
+    conf.ncontact = ctl->ncontact;
+    conf.agree_tos = ctl->agree_tos;
+    conf.eab_kid = ctl->eab_kid;
+    conf.eab_hmac_key = ctl->eab_hmac;
+    conf.account_key_file = ctl->account_key;
+    conf.account_keyspec = ACME_KEYSPEC_DEFAULT;
+    if (ctl->insecure) {
+        fprintf(stderr, "acmectl: warning: TLS verification of the CA is off (--insecure)\n");
+    }
+    ctl->client = acme_client_new(ctl->loop, ctl->store, &conf, &err);
+    if (ctl->client == NULL) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+ctl_ready_err(ctl_t *ctl, acme_err_t *fail)
+{
+    wait_t      w;
+    int         rc;
+
+    memset(&w, 0, sizeof(w));
+    if (acme_client_ready(ctl->client, wait_done, &w, &w.err) != 0) {
+        fprintf(stderr, "acmectl: %s\n", w.err.msg);
+        rc = -1;
+    } else {
+        rc = wait_run(ctl, &w);
+    }
+    if (rc != 0 && fail != NULL) {
+        *fail = w.err;
+    }
+    return rc;
+}
+
+static int
+ctl_ready(ctl_t *ctl)
+{
+    return ctl_ready_err(ctl, NULL);
+}
+
+/* ---- issue / renew ---- */
+
+typedef struct {
+    const char       *challenge;
+    const char       *http_listen;
+    const char       *tls_listen;
+    const char       *key;
+    const char       *profile;
+    const char       *preferred_chain;
+    int               force;
+    acmectl_chsrv_t  *srv;
+} issue_opts_t;
+
+static int
+ch_publish(void *data, const char *type, const acme_ident_t *id, const char *token, const char *ka,
+    acme_err_t *err)
+{
+    issue_opts_t *o = data;
+
+    if (strcmp(type, "http-01") == 0) {
+        return acmectl_chsrv_add_http(o->srv, token, ka, err);
+    }
+    return acmectl_chsrv_add_tlsalpn(o->srv, id, ka, err);
+}
+
+static void
+ch_withdraw(void *data, const char *type, const acme_ident_t *id, const char *token)
+{
+    issue_opts_t *o = data;
+
+    if (strcmp(type, "http-01") == 0) {
+        acmectl_chsrv_remove_http(o->srv, token);
+    } else {
+        acmectl_chsrv_remove_tlsalpn(o->srv, id);
+    }
+}
+
+typedef struct {
+    wait_t  w;
+    char   *name;
+} issue_wait_t;
+
+static void
+issue_done(void *arg, const char *name, const acme_err_t *err)
+{
+    issue_wait_t *iw = arg;
+
+    iw->name = acme_strdup(name);
+    wait_done(&iw->w, err);
+}
+
+static int
+parse_issue_opt(int c, issue_opts_t *o)
+{
+    switch (c) {
+    case 'c': o->challenge = optarg; return 0;
+    case 'H': o->http_listen = optarg; return 0;
+    case 'T': o->tls_listen = optarg; return 0;
+    case 'k': o->key = optarg; return 0;
+    case 'p': o->profile = optarg; return 0;
+    case 'P': o->preferred_chain = optarg; return 0;
+    case 'f': o->force = 1; return 0;
+    }
+    return -1;
+}
+
+static const struct option issue_longopts[] = {
+    { "challenge", required_argument, NULL, 'c' },
+    { "http-listen", required_argument, NULL, 'H' },
+    { "tls-listen", required_argument, NULL, 'T' },
+    { "key", required_argument, NULL, 'k' },
+    { "profile", required_argument, NULL, 'p' },
+    { "preferred-chain", required_argument, NULL, 'P' },
+    { "force", no_argument, NULL, 'f' },
+    { NULL, 0, NULL, 0 }
+};
+
+static int
+do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks,
+    const char *replaces, acme_err_t *fail)
+{
+    acme_issue_req_t       req;
+    acme_challenge_host_t  ch;
+    issue_wait_t           iw;
+    acme_err_t             err;
+    const char            *types[1];
+    acme_issue_t          *job;
+    int                    rc;
+
+    if (o->challenge != NULL && strcmp(o->challenge, "http-01") != 0
+        && strcmp(o->challenge, "tls-alpn-01") != 0)
+    {
+        fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", o->challenge);
+        return 2;
+    }
+    types[0] = o->challenge ? o->challenge : "http-01";
+    if (strcmp(types[0], "http-01") == 0 && o->http_listen == NULL) {
+        o->http_listen = ":80";
+    }
+    if (strcmp(types[0], "tls-alpn-01") == 0 && o->tls_listen == NULL) {
+        o->tls_listen = ":443";
+    }
+    o->srv = acmectl_chsrv_start(strcmp(types[0], "http-01") == 0 ? o->http_listen : NULL,
+                                 strcmp(types[0], "tls-alpn-01") == 0 ? o->tls_listen : NULL, &err);
+    if (o->srv == NULL) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return 1;
+    }
+    memset(&req, 0, sizeof(req));
+    req.ids = ids;
+    req.nids = nids;
+    req.keyspec = *ks;
+    req.challenge_types = types;
+    req.nchallenge_types = 1;
+    req.profile = o->profile;
+    req.preferred_chain = o->preferred_chain;
+    req.replaces = replaces;
+    ch.data = o;
+    ch.publish = ch_publish;
+    ch.withdraw = ch_withdraw;
+
+    memset(&iw, 0, sizeof(iw));
+    job = acme_issue_start(ctl->client, &req, &ch, issue_done, &iw, &err);
+    if (job == NULL) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        acmectl_chsrv_stop(o->srv);
+        return 1;
+    }
+    rc = wait_run(ctl, &iw.w);
+    acmectl_chsrv_stop(o->srv);
+    if (rc != 0 && fail != NULL) {
+        *fail = iw.w.err;
+    }
+    if (rc == 0) {
+        printf("issued %s\n", iw.name);
+    }
+    free(iw.name);
+    return rc == 0 ? 0 : 1;
+}
+
+static int
+cmd_issue(ctl_t *ctl, int argc, char **argv)
+{
+    issue_opts_t    o;
+    acme_keyspec_t  ks = ACME_KEYSPEC_DEFAULT;
+    acme_ident_t   *ids;
+    acme_err_t      err;
+    size_t          n = 0;
+    int             c, i, rc;
+
+    memset(&o, 0, sizeof(o));
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", issue_longopts, NULL)) != -1) {
+        if (parse_issue_opt(c, &o) != 0) {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "acmectl issue: name at least one identifier\n");
+        return 2;
+    }
+    if (o.key != NULL && acme_keyspec_parse(o.key, &ks, &err) != 0) {
+        fprintf(stderr, "acmectl: --key: %s\n", err.msg);
+        return 2;
+    }
+    ids = calloc((size_t) (argc - optind), sizeof(*ids));
+    if (ids == NULL) {
+        return 1;
+    }
+    for (i = optind; i < argc; i++) {
+        if (acme_ident_parse(argv[i], &ids[n], &err) != 0) {
+            fprintf(stderr, "acmectl: \"%s\": %s\n", argv[i], err.msg);
+            rc = 2;
+            goto done;
+        }
+        n++;
+    }
+    if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0) {
+        rc = 1;
+        goto done;
+    }
+    rc = do_issue_names(ctl, &o, ids, n, &ks, NULL, NULL);
+done:
+    for (i = 0; (size_t) i < n; i++) {
+        acme_ident_free(&ids[i]);
+    }
+    free(ids);
+    return rc;
+}
+
+/* Find a stored certificate by its name or any of its identifiers. */
+static int
+find_cert(ctl_t *ctl, const char *what, acme_certmeta_t *meta)
+{
+    char        **names = NULL;
+    size_t        n = 0, i, j;
+    acme_err_t    err;
+    int           found = 0;
+
+    if (ctl->store->ops->list(ctl->store, "certs", &names, &n, &err) != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return -1;
+    }
+    for (i = 0; i < n && !found; i++) {
+        memset(meta, 0, sizeof(*meta));
+        if (acme_store_meta_load(ctl->store, names[i], meta, &err) != 0) {
+            continue;
+        }
+        if (strcmp(names[i], what) == 0) {
+            found = 1;
+            break;
+        }
+        for (j = 0; j < meta->nids; j++) {
+            if (strcasecmp(meta->ids[j].value, what) == 0) {
+                found = 1;
+                break;
+            }
+        }
+        if (!found) {
+            acme_certmeta_free(meta);
+        }
+    }
+    acme_store_list_free(names, n);
+    if (!found) {
+        fprintf(stderr, "acmectl: no certificate \"%s\" in %s\n", what, ctl->state);
+        return -1;
+    }
+    return 0;
+}
+
+static X509 *
+load_leaf(ctl_t *ctl, const char *name, EVP_PKEY **key)
+{
+    char            *chain = NULL, *priv = NULL;
+    size_t           clen = 0, plen = 0;
+    STACK_OF(X509)  *sk = NULL;
+    X509            *leaf = NULL;
+    acme_err_t       err;
+
+    if (acme_store_cert_load(ctl->store, name, &chain, &clen, key ? &priv : NULL, key ? &plen : NULL,
+                             NULL, &err) != 0)
+    {
+        fprintf(stderr, "acmectl: certificate \"%s\": %s\n", name, err.msg[0] ? err.msg : "not found");
+        return NULL;
+    }
+    if (acme_pem_chain_parse(chain, clen, &sk, &err) == 0) {
+        leaf = sk_X509_value(sk, 0);
+        X509_up_ref(leaf);
+    } else {
+        fprintf(stderr, "acmectl: certificate \"%s\": %s\n", name, err.msg);
+    }
+    acme_chain_free(sk);
+    free(chain);
+    if (key != NULL && priv != NULL) {
+        *key = acme_key_from_pem(priv, plen, &err);
+    }
+    acme_free_secret(priv, plen);
+    return leaf;
+}
+
+typedef struct {
+    wait_t               w;
+    acme_certmeta_t     *meta;
+    long                 retry_after;
+} ari_wait_t;
+
+static void
+ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_err_t *err)
+{
+    ari_wait_t *aw = arg;
+
+    if (ri != NULL) {
+        if (aw->meta->ari_start != ri->start || aw->meta->ari_end != ri->end) {
+            aw->meta->renew_at = 0;     /* a new window: choose a new point in it */
+        }
+        aw->meta->ari_start = ri->start;
+        aw->meta->ari_end = ri->end;
+    }
+    aw->meta->ari_next_check = acme_sched_ari_next_check(time(NULL), retry_after, acme_random());
+    wait_done(&aw->w, err);
+}
+
+/* Remember a failed renewal for the scheduler, list and status; say when to try again. */
+static void
+record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
+{
+    acme_certmeta_t  f;
+    time_t           now = time(NULL);
+    char             tb[32];
+
+    memset(&f, 0, sizeof(f));
+    if (acme_store_meta_load(ctl->store, name, &f, NULL) != 0) {
+        return;
+    }
+    f.failures++;
+    f.next_try = now + acme_sched_backoff(err->kind, f.failures, err->retry_after, acme_random());
+    f.last_error_at = now;
+    free(f.last_error);
+    f.last_error = acme_strdup(err->msg);
+    if (acme_store_meta_save(ctl->store, &f, NULL) == 0) {
+        fprintf(stderr, "acmectl: next attempt not before %s\n",
+                acme_time_format(f.next_try, tb, sizeof(tb)));
+    }
+    acme_certmeta_free(&f);
+}
+
+static int
+cmd_renew(ctl_t *ctl, int argc, char **argv)
+{
+    issue_opts_t         o;
+    acme_certmeta_t      m;
+    acme_renew_reason_t  reason;
+    acme_err_t           err;
+    time_t               now = time(NULL), when;
+    X509                *leaf;
+    ari_wait_t           aw;
+    int                  c, rc;
+    char                 tbuf[32];
+
+    memset(&o, 0, sizeof(o));
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", issue_longopts, NULL)) != -1) {
+        if (parse_issue_opt(c, &o) != 0) {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "acmectl renew: name one certificate\n");
+        return 2;
+    }
+    if (ctl_open_store(ctl, 0) != 0 || find_cert(ctl, argv[optind], &m) != 0) {
+        return 1;
+    }
+    acme_err_clear(&err);
+    if (ctl_client(ctl, ctl->ca ? ctl->ca : m.ca) != 0) {
+        acme_certmeta_free(&m);
+        return 1;
+    }
+    if (ctl_ready_err(ctl, &err) != 0) {
+        record_failure(ctl, m.name, &err);
+        acme_certmeta_free(&m);
+        return 1;
+    }
+    /* RFC 9773: ask the CA when to renew */
+    leaf = m.not_after ? load_leaf(ctl, m.name, NULL) : NULL;
+    if (leaf != NULL && acme_client_directory(ctl->client)->renewal_info != NULL) {
+        memset(&aw, 0, sizeof(aw));
+        aw.meta = &m;
+        if (acme_client_renewal_info(ctl->client, leaf, ari_done, &aw, &err) == 0) {
+            if (wait_run(ctl, &aw.w) != 0) {
+                fprintf(stderr, "acmectl: renewalInfo failed; deciding by lifetime\n");
+            }
+        }
+    }
+    X509_free(leaf);
+    if (m.renew_at == 0 && m.not_after != 0) {
+        m.renew_at = acme_sched_renew_time(&m, acme_random(), now, &reason);
+    }
+    when = acme_sched_next(&m, now, &reason);
+    acme_store_meta_save(ctl->store, &m, NULL);
+    if (!o.force && when > now) {
+        printf("%s: not due until %s (%s)\n", m.name, acme_time_format(when, tbuf, sizeof(tbuf)),
+               acme_renew_reason_name(reason));
+        acme_certmeta_free(&m);
+        return 0;
+    }
+    if (o.key != NULL && acme_keyspec_parse(o.key, &m.keyspec, &err) != 0) {
+        fprintf(stderr, "acmectl: --key: %s\n", err.msg);
+        acme_certmeta_free(&m);
+        return 2;
+    }
+    if (o.profile == NULL) {
+        o.profile = m.profile;
+    }
+    acme_err_clear(&err);
+    rc = do_issue_names(ctl, &o, m.ids, m.nids, &m.keyspec, m.not_after ? m.ari_cert_id : NULL, &err);
+    if (rc != 0) {
+        record_failure(ctl, m.name, &err);
+    }
+    acme_certmeta_free(&m);
+    return rc;
+}
+
+/* ---- list / status ---- */
+
+static json_t *
+cert_json(ctl_t *ctl, const acme_certmeta_t *m)
+{
+    json_t              *o, *ids;
+    size_t               i;
+    char                 b[32], ks[16];
+    acme_renew_reason_t  reason;
+    time_t               next;
+
+    (void) ctl;
+    ids = json_array();
+    for (i = 0; i < m->nids; i++) {
+        json_array_append_new(ids, json_string(m->ids[i].value));
+    }
+    next = acme_sched_next(m, time(NULL), &reason);
+    o = json_pack("{s:s, s:o, s:s, s:s?}", "name", m->name, "identifiers", ids,
+                  "key_type", acme_keyspec_str(&m->keyspec, ks, sizeof(ks)), "issuer", m->ca);
+    json_object_set_new(o, "not_before", m->not_before ? json_string(acme_time_format(m->not_before, b, 32))
+                                                       : json_null());
+    json_object_set_new(o, "not_after", m->not_after ? json_string(acme_time_format(m->not_after, b, 32))
+                                                     : json_null());
+    json_object_set_new(o, "next_renewal", json_string(acme_time_format(next, b, 32)));
+    json_object_set_new(o, "renewal_reason", json_string(acme_renew_reason_name(reason)));
+    if (m->ari_start) {
+        json_object_set_new(o, "ari_window", json_pack("{s:s, s:s}", "start",
+                            acme_time_format(m->ari_start, b, 32), "end", acme_time_format(m->ari_end, b + 0, 32)));
+    }
+    json_object_set_new(o, "state", json_string(m->not_after == 0 ? "pending"
+                                                : m->not_after < time(NULL) ? "expired"
+                                                : m->failures ? "failing" : "valid"));
+    json_object_set_new(o, "last_error", m->last_error ? json_string(m->last_error) : json_null());
+    json_object_set_new(o, "failures", json_integer(m->failures));
+    return o;
+}
+
+static int
+cmd_list(ctl_t *ctl, int json_out)
+{
+    char            **names = NULL;
+    size_t            n = 0, i, j;
+    acme_err_t        err;
+    acme_certmeta_t   m;
+    json_t           *arr, *o;
+    char              ks[16], b1[32], b2[32], idbuf[512];
+    acme_renew_reason_t reason;
+
+    if (ctl_open_store(ctl, 0) != 0) {
+        return 1;
+    }
+    if (ctl->store->ops->list(ctl->store, "certs", &names, &n, &err) != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return 1;
+    }
+    arr = json_array();
+    if (!json_out) {
+        printf("%-40s %-10s %-20s %-20s %s\n", "NAMES", "KEY", "NOT AFTER", "NEXT RENEWAL", "LAST ERROR");
+    }
+    for (i = 0; i < n; i++) {
+        memset(&m, 0, sizeof(m));
+        if (acme_store_meta_load(ctl->store, names[i], &m, &err) != 0) {
+            fprintf(stderr, "acmectl: %s: %s\n", names[i], err.msg);
+            continue;
+        }
+        if (json_out) {
+            json_array_append_new(arr, cert_json(ctl, &m));
+        } else {
+            idbuf[0] = '\0';
+            for (j = 0; j < m.nids; j++) {
+                snprintf(idbuf + strlen(idbuf), sizeof(idbuf) - strlen(idbuf), "%s%s", j ? "," : "",
+                         m.ids[j].value);
+            }
+            printf("%-40s %-10s %-20s %-20s %s\n", idbuf, acme_keyspec_str(&m.keyspec, ks, sizeof(ks)),
+                   m.not_after ? acme_time_format(m.not_after, b1, sizeof(b1)) : "-",
+                   acme_time_format(acme_sched_next(&m, time(NULL), &reason), b2, sizeof(b2)),
+                   m.last_error ? m.last_error : "-");
+        }
+        acme_certmeta_free(&m);
+    }
+    acme_store_list_free(names, n);
+    if (json_out) {
+        o = json_pack("{s:o}", "certificates", arr);
+        json_dumpf(o, stdout, JSON_INDENT(2));
+        printf("\n");
+        json_decref(o);
+    } else {
+        json_decref(arr);
+    }
+    return 0;
+}
+
+/* ---- revoke ---- */
+
+static int
+cmd_revoke(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "reason", required_argument, NULL, 'r' },
+        { "with-cert-key", no_argument, NULL, 'K' },
+        { NULL, 0, NULL, 0 }
+    };
+    acme_certmeta_t  m;
+    int              c, reason = -1, with_key = 0, rc;
+    X509            *leaf;
+    EVP_PKEY        *key = NULL;
+    wait_t           w;
+    acme_err_t       err;
+    char            *end;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'r') {
+            reason = (int) strtol(optarg, &end, 10);
+            if (*end != '\0' || reason < 0 || reason > 10 || reason == 7) {
+                fprintf(stderr, "acmectl: --reason \"%s\": an RFC 5280 reason code (0-6, 8-10)\n", optarg);
+                return 2;
+            }
+        } else if (c == 'K') {
+            with_key = 1;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "acmectl revoke: name one certificate\n");
+        return 2;
+    }
+    if (ctl_open_store(ctl, 0) != 0 || find_cert(ctl, argv[optind], &m) != 0) {
+        return 1;
+    }
+    leaf = load_leaf(ctl, m.name, with_key ? &key : NULL);
+    if (leaf == NULL || ctl_client(ctl, ctl->ca ? ctl->ca : m.ca) != 0
+        || (!with_key && ctl_ready(ctl) != 0))
+    {
+        X509_free(leaf);
+        EVP_PKEY_free(key);
+        acme_certmeta_free(&m);
+        return 1;
+    }
+    if (with_key) {
+        /* the directory is still needed, and an account is harmless */
+        if (ctl_ready(ctl) != 0) {
+            X509_free(leaf);
+            EVP_PKEY_free(key);
+            acme_certmeta_free(&m);
+            return 1;
+        }
+    }
+    memset(&w, 0, sizeof(w));
+    rc = acme_client_revoke(ctl->client, leaf, key, reason, wait_done, &w, &err);
+    if (rc != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+    } else {
+        rc = wait_run(ctl, &w);
+    }
+    if (rc == 0) {
+        printf("revoked %s\n", m.name);
+        free(m.last_error);
+        m.last_error = acme_strdup("revoked");
+        m.last_error_at = time(NULL);
+        m.renew_at = time(NULL);
+        acme_store_meta_save(ctl->store, &m, NULL);
+    }
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    acme_certmeta_free(&m);
+    return rc == 0 ? 0 : 1;
+}
+
+/* ---- account ---- */
+
+static int
+cmd_account(ctl_t *ctl, int argc, char **argv)
+{
+    wait_t          w;
+    acme_err_t      err;
+    acme_keyspec_t  ks = ACME_KEYSPEC_DEFAULT;
+    char           *thumb, kbuf[16];
+    json_t         *o;
+    int             rc;
+
+    if (argc < 2) {
+        fprintf(stderr, "acmectl account: show, rollover, update or deactivate\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "rollover") == 0 && argc == 4 && strcmp(argv[2], "--key") == 0) {
+        if (acme_keyspec_parse(argv[3], &ks, &err) != 0) {
+            fprintf(stderr, "acmectl: --key: %s\n", err.msg);
+            return 2;
+        }
+    } else if (argc != 2) {
+        fprintf(stderr, "acmectl account: unexpected \"%s\"\n", argv[2]);
+        return 2;
+    }
+    if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0 || ctl_ready(ctl) != 0) {
+        return 1;
+    }
+    memset(&w, 0, sizeof(w));
+    if (strcmp(argv[1], "show") == 0) {
+        thumb = acme_jwk_thumbprint(acme_client_account_key(ctl->client), NULL);
+        acme_keyspec_of(acme_client_account_key(ctl->client), &ks, NULL);
+        o = json_pack("{s:s, s:s, s:s, s:s?}", "ca", ctl->ca_url,
+                      "url", acme_client_account_url(ctl->client),
+                      "key_type", acme_keyspec_str(&ks, kbuf, sizeof(kbuf)), "thumbprint", thumb);
+        json_dumpf(o, stdout, JSON_INDENT(2));
+        printf("\n");
+        json_decref(o);
+        free(thumb);
+        return 0;
+    } else if (strcmp(argv[1], "rollover") == 0) {
+        rc = acme_client_account_rollover(ctl->client, &ks, wait_done, &w, &err);
+    } else if (strcmp(argv[1], "deactivate") == 0) {
+        rc = acme_client_account_deactivate(ctl->client, wait_done, &w, &err);
+    } else if (strcmp(argv[1], "update") == 0) {
+        rc = acme_client_account_update(ctl->client, ctl->contact, ctl->ncontact, wait_done, &w, &err);
+    } else {
+        fprintf(stderr, "acmectl account: unknown \"%s\"\n", argv[1]);
+        return 2;
+    }
+    if (rc != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return 1;
+    }
+    if (wait_run(ctl, &w) != 0) {
+        return 1;
+    }
+    printf("account %s: %s done\n", acme_client_account_url(ctl->client), argv[1]);
+    if (strcmp(argv[1], "deactivate") == 0) {
+        /* a deactivated account is useless: forget it so the next run registers afresh */
+        char key[512];
+        snprintf(key, sizeof(key), "accounts/%s/account.json", acme_client_ca_id(ctl->client));
+        acme_store_del(ctl->store, key, NULL);
+        snprintf(key, sizeof(key), "accounts/%s/account.key", acme_client_ca_id(ctl->client));
+        acme_store_del(ctl->store, key, NULL);
+    }
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "state", required_argument, NULL, 's' },
+        { "ca", required_argument, NULL, 'a' },
+        { "ca-cert", required_argument, NULL, 'C' },
+        { "contact", required_argument, NULL, 'm' },
+        { "agree-tos", no_argument, NULL, 't' },
+        { "insecure", no_argument, NULL, 'I' },
+        { "eab-kid", required_argument, NULL, 'e' },
+        { "eab-hmac-key", required_argument, NULL, 'E' },
+        { "account-key", required_argument, NULL, 'A' },
+        { "verbose", no_argument, NULL, 'v' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    ctl_t        ctl;
+    int          c, rc;
+    const char  *cmd;
+
+    signal(SIGPIPE, SIG_IGN);
+    memset(&ctl, 0, sizeof(ctl));
+    ctl.state = getenv("ACME_STATE") ? getenv("ACME_STATE") : DEFAULT_STATE;
+    ctl.contact = calloc((size_t) argc, sizeof(char *));
+    if (ctl.contact == NULL) {
+        return 1;
+    }
+    /* options stop at the command; each command parses its own */
+    while ((c = getopt_long(argc, argv, "+vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': ctl.state = optarg; break;
+        case 'a': ctl.ca = optarg; break;
+        case 'C': ctl.ca_cert = optarg; break;
+        case 'm': ctl.contact[ctl.ncontact++] = optarg; break;
+        case 't': ctl.agree_tos = 1; break;
+        case 'I': ctl.insecure = 1; break;
+        case 'e': ctl.eab_kid = optarg; break;
+        case 'E': ctl.eab_hmac = optarg; break;
+        case 'A': ctl.account_key = optarg; break;
+        case 'v': ctl.verbose = 1; break;
+        case 'h': usage(stdout); free(ctl.contact); return 0;
+        default:  usage(stderr); free(ctl.contact); return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        free(ctl.contact);
+        return 2;
+    }
+    cmd = argv[optind];
+    argc -= optind;
+    argv += optind;
+
+    if (strcmp(cmd, "issue") == 0) {
+        rc = cmd_issue(&ctl, argc, argv);
+    } else if (strcmp(cmd, "renew") == 0) {
+        rc = cmd_renew(&ctl, argc, argv);
+    } else if (strcmp(cmd, "list") == 0) {
+        rc = cmd_list(&ctl, 0);
+    } else if (strcmp(cmd, "status") == 0) {
+        if (argc > 2 || (argc == 2 && strcmp(argv[1], "--json") != 0)) {
+            fprintf(stderr, "acmectl status: only --json is known\n");
+            free(ctl.contact);
+            return 2;
+        }
+        rc = cmd_list(&ctl, 1);
+    } else if (strcmp(cmd, "revoke") == 0) {
+        rc = cmd_revoke(&ctl, argc, argv);
+    } else if (strcmp(cmd, "account") == 0) {
+        rc = cmd_account(&ctl, argc, argv);
+    } else {
+        fprintf(stderr, "acmectl: unknown command \"%s\"\n", cmd);
+        usage(stderr);
+        rc = 2;
+    }
+    acme_client_free(ctl.client);
+    acme_loop_free(ctl.loop);
+    acme_store_close(ctl.store);
+    free(ctl.ca_url);
+    free(ctl.contact);
+    return rc;
+}

@@ -1,0 +1,333 @@
+/* HTTP requests to the CA: one curl easy handle each, bounded, with ACME's headers picked out. */
+#include "acme_http.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <curl/curl.h>
+
+struct acme_http_req_s {
+    acme_loop_t         *loop;
+    CURL                *easy;
+    struct curl_slist   *headers;
+    char                *body;
+    size_t               max_body;
+    int                  too_big;
+    acme_http_resp_t     resp;
+    acme_http_done_pt    done;
+    void                *arg;
+    char                 errbuf[CURL_ERROR_SIZE];
+};
+
+static unsigned long  request_count;
+
+unsigned long
+acme_http_request_count(void)
+{
+    return request_count;
+}
+
+static void
+resp_free(acme_http_resp_t *r)
+{
+    size_t i;
+
+    acme_buf_free(&r->body);
+    free(r->content_type);
+    free(r->location);
+    free(r->replay_nonce);
+    free(r->link_up);
+    for (i = 0; i < r->nalternate; i++) {
+        free(r->links_alternate[i]);
+    }
+    memset(r, 0, sizeof(*r));
+}
+
+static void
+req_free(acme_http_req_t *req)
+{
+    curl_easy_cleanup(req->easy);
+    curl_slist_free_all(req->headers);
+    free(req->body);
+    resp_free(&req->resp);
+    free(req);
+}
+
+static size_t
+write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    acme_http_req_t *req = userdata;
+    size_t           n = size * nmemb;
+
+    if (req->resp.body.len + n > req->max_body) {
+        req->too_big = 1;
+        return 0;
+    }
+    if (acme_buf_append(&req->resp.body, ptr, n) != 0) {
+        return 0;
+    }
+    return n;
+}
+
+static char *
+trim_dup(const char *s, size_t n)
+{
+    while (n > 0 && isspace((unsigned char) *s)) {
+        s++;
+        n--;
+    }
+    while (n > 0 && isspace((unsigned char) s[n - 1])) {
+        n--;
+    }
+    return acme_strndup(s, n);
+}
+
+long
+acme_http_parse_retry_after(const char *v, long now)
+{
+    struct tm   tm;
+    char       *end;
+    long        n;
+    time_t      t;
+
+    while (*v == ' ' || *v == '\t') {
+        v++;
+    }
+    if (isdigit((unsigned char) *v)) {
+        n = strtol(v, &end, 10);
+        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n') {
+            end++;
+        }
+        if (*end != '\0' || n < 0) {
+            return 0;
+        }
+        return n > 86400 * 7 ? 86400 * 7 : n;
+    }
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (end == NULL) {
+        return 0;
+    }
+    t = timegm(&tm);
+    if (t <= now) {
+        return 0;
+    }
+    return t - now > 86400 * 7 ? 86400 * 7 : (long) (t - now);
+}
+
+/* Link: <url>;rel="alternate", <url>;rel="up" (possibly several in one header). */
+static void
+parse_link(acme_http_resp_t *r, const char *v, size_t n)
+{
+    const char  *p = v, *end = v + n, *lt, *gt, *next;
+    char        *url;
+    int          alt, up;
+
+    while (p < end) {
+        lt = memchr(p, '<', (size_t) (end - p));
+        if (lt == NULL) {
+            return;
+        }
+        gt = memchr(lt, '>', (size_t) (end - lt));
+        if (gt == NULL) {
+            return;
+        }
+        next = memchr(gt, ',', (size_t) (end - gt));
+        if (next == NULL) {
+            next = end;
+        }
+        alt = memmem(gt, (size_t) (next - gt), "rel=\"alternate\"", 15) != NULL
+              || memmem(gt, (size_t) (next - gt), "rel=alternate", 13) != NULL;
+        up = memmem(gt, (size_t) (next - gt), "rel=\"up\"", 8) != NULL
+             || memmem(gt, (size_t) (next - gt), "rel=up", 6) != NULL;
+        if (alt || up) {
+            url = acme_strndup(lt + 1, (size_t) (gt - lt - 1));
+            if (url != NULL && alt && r->nalternate < ACME_HTTP_MAX_LINKS) {
+                r->links_alternate[r->nalternate++] = url;
+            } else if (url != NULL && up && r->link_up == NULL) {
+                r->link_up = url;
+            } else {
+                free(url);
+            }
+        }
+        p = next + 1;
+    }
+}
+
+static size_t
+header_cb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    acme_http_req_t   *req = userdata;
+    acme_http_resp_t  *r = &req->resp;
+    size_t             n = size * nitems, nlen;
+    char              *colon, *v, *semi;
+
+    if (n >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
+        /* a new response (after a 100 Continue): forget earlier headers, keep the body */
+        acme_buf_t body = r->body;
+
+        memset(&r->body, 0, sizeof(r->body));
+        resp_free(r);
+        r->body = body;
+        return n;
+    }
+    colon = memchr(buf, ':', n);
+    if (colon == NULL) {
+        return n;
+    }
+    nlen = (size_t) (colon - buf);
+    v = colon + 1;
+
+#define HDR_IS(name) (nlen == sizeof(name) - 1 && strncasecmp(buf, name, nlen) == 0)
+
+    if (HDR_IS("Replay-Nonce")) {
+        free(r->replay_nonce);
+        r->replay_nonce = trim_dup(v, n - nlen - 1);
+    } else if (HDR_IS("Location")) {
+        free(r->location);
+        r->location = trim_dup(v, n - nlen - 1);
+    } else if (HDR_IS("Content-Type")) {
+        free(r->content_type);
+        r->content_type = trim_dup(v, n - nlen - 1);
+        if (r->content_type != NULL) {
+            semi = strchr(r->content_type, ';');
+            if (semi != NULL) {
+                *semi = '\0';
+                while (semi > r->content_type && isspace((unsigned char) semi[-1])) {
+                    *--semi = '\0';
+                }
+            }
+            for (semi = r->content_type; *semi; semi++) {
+                *semi = (char) tolower((unsigned char) *semi);
+            }
+        }
+    } else if (HDR_IS("Retry-After")) {
+        char *t = trim_dup(v, n - nlen - 1);
+        if (t != NULL) {
+            r->retry_after = acme_http_parse_retry_after(t, (long) time(NULL));
+            free(t);
+        }
+    } else if (HDR_IS("Link")) {
+        parse_link(r, v, n - nlen - 1);
+    }
+#undef HDR_IS
+    return n;
+}
+
+acme_http_req_t *
+acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *method,
+    const char *url, const char *body, const char *accept, acme_http_done_pt done, void *arg,
+    acme_err_t *err)
+{
+    acme_http_req_t *req;
+    char            *hdr;
+
+    if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0) {
+        acme_err_set(err, ACME_ERR_BADRESPONSE, "refusing to fetch \"%.200s\": not an http(s) URL", url);
+        return NULL;
+    }
+    req = calloc(1, sizeof(*req));
+    if (req == NULL || (req->easy = curl_easy_init()) == NULL) {
+        free(req);
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    req->loop = loop;
+    req->done = done;
+    req->arg = arg;
+    req->max_body = conf->max_body ? conf->max_body : ACME_HTTP_MAX_BODY;
+
+    req->headers = curl_slist_append(NULL, "Expect:");
+    if (accept != NULL) {
+        hdr = acme_sprintf("Accept: %s", accept);
+        if (hdr != NULL) {
+            req->headers = curl_slist_append(req->headers, hdr);
+            free(hdr);
+        }
+    }
+
+    curl_easy_setopt(req->easy, CURLOPT_URL, url);
+    curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
+    curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "libacme/1.0 (nginx/apache automatic HTTPS)");
+    curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, conf->timeout_ms ? conf->timeout_ms : 30000L);
+    curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     conf->connect_timeout_ms ? conf->connect_timeout_ms : 10000L);
+    curl_easy_setopt(req->easy, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req);
+    curl_easy_setopt(req->easy, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(req->easy, CURLOPT_HEADERDATA, req);
+    curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->errbuf);
+    curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "");
+    if (conf->ca_file != NULL) {
+        curl_easy_setopt(req->easy, CURLOPT_CAINFO, conf->ca_file);
+    }
+    if (!conf->verify) {
+        curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+
+    if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(req->easy, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "POST") == 0) {
+        req->body = acme_strdup(body ? body : "");
+        req->headers = curl_slist_append(req->headers, "Content-Type: application/jose+json");
+        curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
+        curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, req->body);
+        curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE, (long) strlen(req->body));
+    }
+    curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
+
+    if (acme_loop_add_easy(loop, req->easy) != 0) {
+        req_free(req);
+        acme_err_set(err, ACME_ERR_INTERNAL, "cannot start a request to %.200s", url);
+        return NULL;
+    }
+    request_count++;
+    acme_log(loop, ACME_LOG_DEBUG, "acme: %s %s", method, url);
+    return req;
+}
+
+void
+acme_http_cancel(acme_http_req_t *req)
+{
+    if (req == NULL) {
+        return;
+    }
+    acme_loop_remove_easy(req->loop, req->easy);
+    req_free(req);
+}
+
+void
+acme_http_complete(void *easy, int curl_result)
+{
+    acme_http_req_t *req = NULL;
+    long             status = 0;
+
+    curl_easy_getinfo((CURL *) easy, CURLINFO_PRIVATE, (char **) &req);
+    if (req == NULL) {
+        return;
+    }
+    if (curl_result == CURLE_OK) {
+        curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status);
+        req->resp.ok = 1;
+        req->resp.status = status;
+    } else if (req->too_big) {
+        snprintf(req->resp.errmsg, sizeof(req->resp.errmsg),
+                 "response body larger than %zu bytes", req->max_body);
+        req->resp.ok = 0;
+        req->resp.status = -1;      /* the CA answered, but garbage */
+    } else {
+        snprintf(req->resp.errmsg, sizeof(req->resp.errmsg), "%s",
+                 req->errbuf[0] ? req->errbuf : curl_easy_strerror((CURLcode) curl_result));
+    }
+    if (req->resp.body.data == NULL) {
+        acme_buf_append(&req->resp.body, "", 0);
+    }
+    req->done(&req->resp, req->arg);
+    req_free(req);
+}

@@ -1,0 +1,1250 @@
+/* The order state machine: newOrder (or resume), authorizations, challenges, finalize, download, store. */
+#include "acme_issue.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "acme_b64.h"
+#include "acme_csr.h"
+#include "acme_x509.h"
+#include "acme_store.h"
+
+typedef enum {
+    J_READY = 0,        /* waiting for directory/account */
+    J_RESUME,           /* POST-as-GET the stored order */
+    J_NEW_ORDER,
+    J_AUTHZ,            /* fetching authorization authz_i */
+    J_CHALLENGE,        /* told the CA to validate */
+    J_AUTHZ_POLL,
+    J_ORDER_READY_POLL,
+    J_FINALIZE,
+    J_ORDER_VALID_POLL,
+    J_DOWNLOAD,
+    J_ALTERNATE,
+    J_DONE
+} job_state_t;
+
+typedef struct {
+    char          *type;
+    acme_ident_t   id;
+    char          *token;
+} published_t;
+
+struct acme_issue_s {
+    acme_client_t          *c;
+    acme_store_t           *store;
+    acme_loop_t            *loop;
+    char                   *name;
+    acme_ident_t           *ids;
+    size_t                  nids;
+    acme_keyspec_t          keyspec;
+    char                  **types;
+    size_t                  ntypes;
+    char                   *profile;
+    int                     profile_required;
+    char                   *preferred_chain;
+    char                   *replaces;
+    long                    poll_timeout;
+    acme_challenge_host_t   ch;
+    acme_issue_done_pt      done;
+    void                   *arg;
+
+    job_state_t             state;
+    acme_lock_t            *lock;
+    acme_timer_t           *timer;
+    int                     busy;           /* a request is in flight (its callback owns the job) */
+    int                     cancelled;
+    char                    state_text[300];
+
+    char                   *order_url;
+    acme_order_t            order;
+    int                     have_order;
+    EVP_PKEY               *cert_key;
+    size_t                  authz_i;
+    char                   *chall_url;
+    time_t                  wait_start;
+    long                    poll_delay_ms;
+    int                     replaces_dropped;
+
+    char                   *chain_pem;      /* the default chain, while alternates are checked */
+    char                  **alternates;
+    size_t                  nalternates;
+    size_t                  alt_i;
+
+    published_t            *published;
+    size_t                  npublished;
+};
+
+static void job_step(acme_issue_t *job);
+static void job_fail(acme_issue_t *job, const acme_err_t *err);
+
+static const char *default_types[] = { "http-01", "tls-alpn-01" };
+
+/* ---- lifecycle ---- */
+
+static void
+withdraw_all(acme_issue_t *job)
+{
+    size_t  i;
+
+    for (i = 0; i < job->npublished; i++) {
+        published_t *p = &job->published[i];
+        if (job->ch.withdraw != NULL) {
+            job->ch.withdraw(job->ch.data, p->type, &p->id, p->token);
+        }
+        if (strcmp(p->type, "http-01") == 0) {
+            acme_store_challenge_del(job->store, p->type, p->token, NULL);
+        } else {
+            char *sni = acme_ident_sni(&p->id);
+            if (sni != NULL) {
+                acme_store_challenge_del(job->store, p->type, sni, NULL);
+            }
+            free(sni);
+        }
+        free(p->type);
+        free(p->token);
+        acme_ident_free(&p->id);
+    }
+    free(job->published);
+    job->published = NULL;
+    job->npublished = 0;
+}
+
+static void
+job_free(acme_issue_t *job)
+{
+    size_t i;
+
+    withdraw_all(job);
+    acme_timer_cancel(job->loop, job->timer);
+    if (job->lock != NULL) {
+        job->store->ops->unlock(job->lock);
+    }
+    free(job->name);
+    for (i = 0; i < job->nids; i++) {
+        acme_ident_free(&job->ids[i]);
+    }
+    free(job->ids);
+    for (i = 0; i < job->ntypes; i++) {
+        free(job->types[i]);
+    }
+    free(job->types);
+    free(job->profile);
+    free(job->preferred_chain);
+    free(job->replaces);
+    free(job->order_url);
+    if (job->have_order) {
+        acme_order_free(&job->order);
+    }
+    EVP_PKEY_free(job->cert_key);
+    free(job->chall_url);
+    free(job->chain_pem);
+    for (i = 0; i < job->nalternates; i++) {
+        free(job->alternates[i]);
+    }
+    free(job->alternates);
+    free(job);
+}
+
+static void
+job_finish(acme_issue_t *job, const acme_err_t *err)
+{
+    acme_issue_done_pt  done = job->done;
+    void               *arg = job->arg;
+    char               *name = job->name;
+
+    job->name = NULL;
+    job->state = J_DONE;
+    job_free(job);
+    done(arg, name, err);
+    free(name);
+}
+
+static void
+job_fail(acme_issue_t *job, const acme_err_t *err)
+{
+    acme_err_t e = *err;
+
+    acme_log(job->loop, ACME_LOG_ERR, "acme: certificate \"%s\" from %s: %s", job->name,
+             acme_client_directory_url(job->c), e.msg);
+    job_finish(job, &e);
+}
+
+static void
+job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *arg)
+{
+    job->state = st;
+    snprintf(job->state_text, sizeof(job->state_text), fmt, arg ? arg : "");
+}
+
+const char *
+acme_issue_state(acme_issue_t *job)
+{
+    return job->state_text;
+}
+
+void
+acme_issue_cancel(acme_issue_t *job)
+{
+    if (job == NULL) {
+        return;
+    }
+    if (job->busy) {
+        /* the request's callback frees the job when it returns */
+        job->cancelled = 1;
+        withdraw_all(job);
+        return;
+    }
+    job_free(job);
+}
+
+/* ---- helpers ---- */
+
+static void
+timer_cb(void *arg)
+{
+    acme_issue_t *job = arg;
+
+    job->timer = NULL;
+    job_step(job);
+}
+
+static void
+job_later(acme_issue_t *job, long ms)
+{
+    job->timer = acme_timer_add(job->loop, ms, timer_cb, job);
+    if (job->timer == NULL) {
+        acme_err_t e;
+        acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
+        job_fail(job, &e);
+    }
+}
+
+/* Callbacks from the client: returns 1 when the job may continue, 0 when it was cancelled (freed). */
+static int
+job_back(acme_issue_t *job)
+{
+    job->busy = 0;
+    if (job->cancelled) {
+        job_free(job);
+        return 0;
+    }
+    return 1;
+}
+
+static int
+job_post(acme_issue_t *job, const char *url, const char *payload, const char *accept,
+    acme_client_resp_pt cb)
+{
+    acme_err_t err;
+
+    job->busy = 1;
+    if (acme_client_post(job->c, url, payload, accept, cb, job, &err) != 0) {
+        job->busy = 0;
+        job_fail(job, &err);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
+{
+    acme_err_t err;
+
+    if (resp->content_type == NULL || strcmp(resp->content_type, "application/json") != 0) {
+        acme_err_set(&err, ACME_ERR_BADRESPONSE, "%s: expected application/json, got \"%.60s\"", what,
+                     resp->content_type ? resp->content_type : "(none)");
+        job_fail(job, &err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Polling: honour Retry-After (capped at 60 s), else back off from 1 s to 10 s; give up at the deadline. */
+static void
+job_poll_later(acme_issue_t *job, long retry_after, const char *what)
+{
+    acme_err_t  err;
+    long        ms;
+
+    if (time(NULL) - job->wait_start > job->poll_timeout) {
+        acme_err_set(&err, ACME_ERR_CA, "%s: still not done after %ld s, giving up", what,
+                     job->poll_timeout);
+        job_fail(job, &err);
+        return;
+    }
+    if (retry_after > 0) {
+        ms = (retry_after > 60 ? 60 : retry_after) * 1000;
+    } else {
+        ms = job->poll_delay_ms;
+        job->poll_delay_ms = job->poll_delay_ms * 3 / 2;
+        if (job->poll_delay_ms > 10000) {
+            job->poll_delay_ms = 10000;
+        }
+    }
+    job_later(job, ms);
+}
+
+static void
+poll_reset(acme_issue_t *job)
+{
+    job->wait_start = time(NULL);
+    job->poll_delay_ms = 250;
+}
+
+static int
+order_store(acme_issue_t *job, acme_err_t *err)
+{
+    json_t             *o, *ids;
+    char               *js, *pem = NULL;
+    size_t              i, pem_len = 0;
+    acme_store_item_t   items[2];
+    char                k1[512], k2[512];
+    int                 rc;
+
+    ids = json_array();
+    for (i = 0; i < job->nids; i++) {
+        json_array_append_new(ids, json_pack("{s:s, s:s}", "type", acme_ident_type_name(job->ids[i].type),
+                                             "value", job->ids[i].value));
+    }
+    o = json_pack("{s:s, s:s, s:o, s:I}", "url", job->order_url, "ca", acme_client_directory_url(job->c),
+                  "identifiers", ids, "created", (json_int_t) time(NULL));
+    js = o ? json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    if (js == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    pem = acme_key_to_pem(job->cert_key, &pem_len, err);
+    if (pem == NULL) {
+        free(js);
+        return -1;
+    }
+    snprintf(k1, sizeof(k1), "certs/%s/order.json", job->name);
+    snprintf(k2, sizeof(k2), "certs/%s/order.key", job->name);
+    items[0] = (acme_store_item_t) { k2, pem, pem_len, 1 };
+    items[1] = (acme_store_item_t) { k1, js, strlen(js), 0 };
+    rc = job->store->ops->commit(job->store, items, 2, err);
+    acme_free_secret(pem, pem_len);
+    free(js);
+    return rc;
+}
+
+static void
+order_forget(acme_issue_t *job)
+{
+    acme_store_item_t   items[2];
+    char                k1[512], k2[512];
+
+    snprintf(k1, sizeof(k1), "certs/%s/order.json", job->name);
+    snprintf(k2, sizeof(k2), "certs/%s/order.key", job->name);
+    items[0] = (acme_store_item_t) { k1, NULL, 0, 0 };
+    items[1] = (acme_store_item_t) { k2, NULL, 0, 1 };
+    job->store->ops->commit(job->store, items, 2, NULL);
+}
+
+/* A stored order for the same CA and identifiers, with its key: resume it. */
+static int
+order_load(acme_issue_t *job)
+{
+    char        k[512], *js = NULL, *pem = NULL;
+    size_t      len, pem_len = 0, i;
+    json_t     *o, *ids, *it;
+    const char *url, *ca;
+    int         ok = 0;
+
+    snprintf(k, sizeof(k), "certs/%s/order.json", job->name);
+    if (acme_store_get(job->store, k, &js, &len, NULL) != 0) {
+        return 0;
+    }
+    o = json_loadb(js, len, 0, NULL);
+    free(js);
+    url = json_string_value(json_object_get(o, "url"));
+    ca = json_string_value(json_object_get(o, "ca"));
+    ids = json_object_get(o, "identifiers");
+    if (url != NULL && ca != NULL && strcmp(ca, acme_client_directory_url(job->c)) == 0
+        && json_is_array(ids) && json_array_size(ids) == job->nids)
+    {
+        ok = 1;
+        json_array_foreach(ids, i, it) {
+            const char *v = json_string_value(json_object_get(it, "value"));
+            if (v == NULL || strcmp(v, job->ids[i].value) != 0) {
+                ok = 0;
+            }
+        }
+    }
+    if (ok) {
+        snprintf(k, sizeof(k), "certs/%s/order.key", job->name);
+        if (acme_store_get(job->store, k, &pem, &pem_len, NULL) == 0) {
+            job->cert_key = acme_key_from_pem(pem, pem_len, NULL);
+            acme_free_secret(pem, pem_len);
+        }
+        if (job->cert_key == NULL) {
+            ok = 0;
+        } else {
+            job->order_url = acme_strdup(url);
+        }
+    }
+    json_decref(o);
+    return ok && job->order_url != NULL;
+}
+
+static int
+order_parse(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
+{
+    acme_err_t err;
+
+    if (require_json(job, resp, what) != 0) {
+        return -1;
+    }
+    if (job->have_order) {
+        acme_order_free(&job->order);
+        job->have_order = 0;
+    }
+    memset(&job->order, 0, sizeof(job->order));
+    if (acme_order_parse(resp->body.data, resp->body.len, &job->order, &err) != 0) {
+        acme_err_prefix(&err, "%s", what);
+        job_fail(job, &err);
+        return -1;
+    }
+    job->have_order = 1;
+    return 0;
+}
+
+static void
+order_invalid(acme_issue_t *job, const char *what)
+{
+    acme_err_t  err;
+
+    if (job->order.error != NULL) {
+        acme_problem_to_err(job->order.error, what, &err);
+    } else {
+        acme_err_set(&err, ACME_ERR_CA, "%s: the order became %s", what,
+                     acme_status_name(job->order.status));
+    }
+    order_forget(job);
+    job_fail(job, &err);
+}
+
+/* ---- responses ---- */
+
+static void order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+
+static void
+order_dispatch(acme_issue_t *job)
+{
+    switch (job->order.status) {
+    case ACME_ST_PENDING:
+        job->authz_i = 0;
+        job_set_state(job, J_AUTHZ, "authorizing", NULL);
+        job_step(job);
+        return;
+    case ACME_ST_READY:
+        job_set_state(job, J_FINALIZE, "finalizing", NULL);
+        job_step(job);
+        return;
+    case ACME_ST_PROCESSING:
+        job_set_state(job, J_ORDER_VALID_POLL, "waiting for the CA to issue", NULL);
+        job_poll_later(job, 0, "order processing");
+        return;
+    case ACME_ST_VALID:
+        if (job->order.certificate == NULL) {
+            acme_err_t err;
+            acme_err_set(&err, ACME_ERR_BADRESPONSE, "order %s is valid but has no certificate URL",
+                         job->order_url);
+            job_fail(job, &err);
+            return;
+        }
+        job_set_state(job, J_DOWNLOAD, "downloading the certificate", NULL);
+        job_step(job);
+        return;
+    default:
+        order_invalid(job, "order");
+        return;
+    }
+}
+
+static void
+new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        if (job->replaces != NULL && !job->replaces_dropped && err->kind == ACME_ERR_CA
+            && strstr(err->msg, "accountDoesNotExist") == NULL)
+        {
+            /* RFC 9773: a CA may refuse "replaces"; order again without it */
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": the CA refused \"replaces\" (%s), "
+                     "ordering without it", job->name, err->msg);
+            job->replaces_dropped = 1;
+            job_step(job);
+            return;
+        }
+        e = *err;
+        acme_err_prefix(&e, "newOrder");
+        job_fail(job, &e);
+        return;
+    }
+    if (resp->location == NULL || strncmp(resp->location, "http", 4) != 0) {
+        acme_err_set(&e, ACME_ERR_BADRESPONSE, "newOrder: no order URL (Location) in the answer");
+        job_fail(job, &e);
+        return;
+    }
+    if (order_parse(job, resp, "newOrder") != 0) {
+        return;
+    }
+    if (job->order.nauthorizations == 0 && job->order.status == ACME_ST_PENDING) {
+        acme_err_set(&e, ACME_ERR_BADRESPONSE, "newOrder: a pending order with no authorizations");
+        job_fail(job, &e);
+        return;
+    }
+    free(job->order_url);
+    job->order_url = acme_strdup(resp->location);
+    if (order_store(job, &e) != 0) {
+        job_fail(job, &e);
+        return;
+    }
+    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": order %s is %s", job->name, job->order_url,
+             acme_status_name(job->order.status));
+    order_dispatch(job);
+}
+
+static void
+order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        if (job->state == J_RESUME && (err->kind == ACME_ERR_CA || err->kind == ACME_ERR_BADRESPONSE)) {
+            /* the CA lost or expired the order: start afresh */
+            acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": stored order unusable (%s), ordering anew",
+                     job->name, err->msg);
+            order_forget(job);
+            EVP_PKEY_free(job->cert_key);
+            job->cert_key = NULL;
+            job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+            job_step(job);
+            return;
+        }
+        e = *err;
+        acme_err_prefix(&e, "order %s", job->order_url);
+        job_fail(job, &e);
+        return;
+    }
+    if (order_parse(job, resp, "order") != 0) {
+        return;
+    }
+    switch (job->state) {
+    case J_RESUME:
+        if (job->order.status == ACME_ST_INVALID || job->order.status == ACME_ST_EXPIRED) {
+            order_forget(job);
+            EVP_PKEY_free(job->cert_key);
+            job->cert_key = NULL;
+            job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+            job_step(job);
+            return;
+        }
+        acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": resuming order %s (%s)", job->name,
+                 job->order_url, acme_status_name(job->order.status));
+        order_dispatch(job);
+        return;
+    case J_ORDER_READY_POLL:
+        if (job->order.status == ACME_ST_PENDING) {
+            job_poll_later(job, resp->retry_after, "order authorization");
+            return;
+        }
+        order_dispatch(job);
+        return;
+    case J_FINALIZE:
+    case J_ORDER_VALID_POLL:
+        if (job->order.status == ACME_ST_PROCESSING || job->order.status == ACME_ST_READY) {
+            job_set_state(job, J_ORDER_VALID_POLL, "waiting for the CA to issue", NULL);
+            job_poll_later(job, resp->retry_after, "order processing");
+            return;
+        }
+        if (job->order.status == ACME_ST_PENDING) {
+            acme_err_set(&e, ACME_ERR_BADRESPONSE, "order %s went back to pending after finalize",
+                         job->order_url);
+            job_fail(job, &e);
+            return;
+        }
+        order_dispatch(job);
+        return;
+    default:
+        order_dispatch(job);
+        return;
+    }
+}
+
+static const char *
+choose_type(acme_issue_t *job, acme_authz_t *a, acme_challenge_t **out)
+{
+    size_t             i;
+    acme_challenge_t  *c;
+
+    for (i = 0; i < job->ntypes; i++) {
+        c = acme_authz_challenge(a, job->types[i]);
+        if (c != NULL && c->token != NULL && c->url != NULL) {
+            *out = c;
+            return job->types[i];
+        }
+    }
+    return NULL;
+}
+
+static int
+publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char *token, acme_err_t *err)
+{
+    char         *thumb, *ka, *sni = NULL;
+    published_t  *p;
+    int           rc;
+
+    thumb = acme_jwk_thumbprint(acme_client_account_key(job->c), err);
+    if (thumb == NULL) {
+        return -1;
+    }
+    ka = acme_sprintf("%s.%s", token, thumb);
+    free(thumb);
+    p = realloc(job->published, (job->npublished + 1) * sizeof(*p));
+    if (p != NULL) {
+        job->published = p;
+    }
+    if (ka == NULL || p == NULL) {
+        free(ka);
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    if (strcmp(type, "http-01") == 0) {
+        rc = acme_store_challenge_put(job->store, type, token, ka, err);
+    } else {
+        sni = acme_ident_sni(id);
+        rc = sni ? acme_store_challenge_put(job->store, type, sni, ka, err) : -1;
+        free(sni);
+    }
+    if (rc == 0 && job->ch.publish != NULL) {
+        rc = job->ch.publish(job->ch.data, type, id, token, ka, err);
+    }
+    free(ka);
+    if (rc != 0) {
+        return -1;
+    }
+    p = &job->published[job->npublished++];
+    p->type = acme_strdup(type);
+    p->token = acme_strdup(token);
+    p->id.type = id->type;
+    p->id.value = acme_strdup(id->value);
+    return 0;
+}
+
+static void
+authz_problem(acme_issue_t *job, acme_authz_t *a, acme_challenge_t *c)
+{
+    acme_err_t   err;
+    char         what[400];
+
+    snprintf(what, sizeof(what), "%s %s: %s%s", acme_ident_type_name(a->identifier.type),
+             a->identifier.value, c ? c->type : "authorization", c ? " failed" : " is invalid");
+    if (c != NULL && c->error != NULL) {
+        acme_problem_to_err(c->error, what, &err);
+    } else {
+        acme_err_set(&err, ACME_ERR_CA, "%s (status %s)", what, acme_status_name(a->status));
+    }
+    order_forget(job);
+    job_fail(job, &err);
+}
+
+static void
+challenge_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t *job = arg;
+    acme_err_t    e;
+
+    (void) resp;
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        e = *err;
+        acme_err_prefix(&e, "challenge %s", job->chall_url);
+        job_fail(job, &e);
+        return;
+    }
+    job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
+    poll_reset(job);
+    job_later(job, 200);
+}
+
+static void
+authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t      *job = arg;
+    acme_authz_t       a;
+    acme_challenge_t  *c = NULL, *ci;
+    const char        *type;
+    acme_err_t         e;
+    size_t             i;
+    char              *payload = "{}";
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        e = *err;
+        acme_err_prefix(&e, "authorization %s", job->order.authorizations[job->authz_i]);
+        job_fail(job, &e);
+        return;
+    }
+    if (require_json(job, resp, "authorization") != 0) {
+        return;
+    }
+    memset(&a, 0, sizeof(a));
+    if (acme_authz_parse(resp->body.data, resp->body.len, &a, &e) != 0) {
+        acme_err_prefix(&e, "authorization %s", job->order.authorizations[job->authz_i]);
+        job_fail(job, &e);
+        return;
+    }
+
+    switch (a.status) {
+    case ACME_ST_VALID:
+        acme_authz_free(&a);
+        job->authz_i++;
+        job_set_state(job, J_AUTHZ, "authorizing", NULL);
+        job_step(job);
+        return;
+
+    case ACME_ST_PENDING:
+        if (job->state == J_AUTHZ_POLL) {
+            /* validation in progress, unless the challenge already failed */
+            for (i = 0; i < a.nchallenges; i++) {
+                ci = &a.challenges[i];
+                if (ci->status == ACME_ST_INVALID) {
+                    authz_problem(job, &a, ci);
+                    acme_authz_free(&a);
+                    return;
+                }
+            }
+            acme_authz_free(&a);
+            job_poll_later(job, resp->retry_after, "authorization");
+            return;
+        }
+        if (a.wildcard) {
+            acme_err_set(&e, ACME_ERR_CONFIG, "%s: wildcard names need dns-01, which is not supported",
+                         a.identifier.value);
+            acme_authz_free(&a);
+            job_fail(job, &e);
+            return;
+        }
+        type = choose_type(job, &a, &c);
+        if (type == NULL) {
+            acme_err_set(&e, ACME_ERR_CA, "%s %s: the CA offers none of the configured challenge types",
+                         acme_ident_type_name(a.identifier.type), a.identifier.value);
+            acme_authz_free(&a);
+            job_fail(job, &e);
+            return;
+        }
+        if (c->status == ACME_ST_PROCESSING || c->status == ACME_ST_VALID) {
+            payload = NULL;     /* already triggered (a resumed order): just wait */
+        }
+        if (publish(job, type, &a.identifier, c->token, &e) != 0) {
+            acme_err_prefix(&e, "publishing the %s challenge for %s", type, a.identifier.value);
+            acme_authz_free(&a);
+            job_fail(job, &e);
+            return;
+        }
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": answering %s for %s", job->name, type,
+                 a.identifier.value);
+        free(job->chall_url);
+        job->chall_url = acme_strdup(c->url);
+        acme_authz_free(&a);
+        job_set_state(job, J_CHALLENGE, "validating", NULL);
+        if (payload == NULL) {
+            job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
+            poll_reset(job);
+            job_later(job, 200);
+            return;
+        }
+        job_post(job, job->chall_url, payload, NULL, challenge_resp);
+        return;
+
+    default:
+        for (i = 0, ci = NULL; i < a.nchallenges; i++) {
+            if (a.challenges[i].status == ACME_ST_INVALID || a.challenges[i].error != NULL) {
+                ci = &a.challenges[i];
+                break;
+            }
+        }
+        authz_problem(job, &a, ci);
+        acme_authz_free(&a);
+        return;
+    }
+}
+
+static void
+finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        e = *err;
+        acme_err_prefix(&e, "finalize");
+        if (err->kind == ACME_ERR_CA) {
+            order_forget(job);
+        }
+        job_fail(job, &e);
+        return;
+    }
+    poll_reset(job);
+    order_resp(job, resp, NULL);
+}
+
+static int
+store_certificate(acme_issue_t *job, const char *pem, size_t len, STACK_OF(X509) *chain, acme_err_t *err)
+{
+    acme_certmeta_t   m;
+    acme_cert_info_t  info;
+    char             *key_pem = NULL, *chain_pem = NULL;
+    size_t            key_len = 0, chain_len = 0;
+    int               rc = -1;
+
+    (void) pem;
+    (void) len;
+    memset(&m, 0, sizeof(m));
+    memset(&info, 0, sizeof(info));
+    if (acme_cert_info(sk_X509_value(chain, 0), &info, err) != 0) {
+        return -1;
+    }
+    /* keep what we knew (last ARI state is for the old certificate, so drop it) */
+    m.name = job->name;
+    m.ids = job->ids;
+    m.nids = job->nids;
+    m.keyspec = job->keyspec;
+    m.ca = (char *) acme_client_directory_url(job->c);
+    m.profile = job->profile;
+    m.not_before = info.not_before;
+    m.not_after = info.not_after;
+    m.ari_cert_id = acme_ari_cert_id(sk_X509_value(chain, 0), NULL);
+    m.issued_at = time(NULL);
+
+    chain_pem = acme_pem_chain_string(chain, &chain_len, err);
+    key_pem = chain_pem ? acme_key_to_pem(job->cert_key, &key_len, err) : NULL;
+    if (key_pem != NULL) {
+        rc = acme_store_cert_save(job->store, job->name, chain_pem, chain_len, key_pem, key_len, &m, err);
+    }
+    acme_free_secret(key_pem, key_len);
+    free(chain_pem);
+    free(m.ari_cert_id);
+    acme_cert_info_free(&info);
+    return rc;
+}
+
+/* Check a downloaded chain; on success store it and finish. */
+static void
+accept_chain(acme_issue_t *job, const char *pem, size_t len)
+{
+    STACK_OF(X509)  *chain = NULL;
+    acme_err_t       e;
+
+    if (acme_pem_chain_parse(pem, len, &chain, &e) != 0
+        || acme_chain_check(chain, job->cert_key, job->ids, job->nids, time(NULL), &e) != 0)
+    {
+        acme_chain_free(chain);
+        acme_err_prefix(&e, "certificate from %s refused", job->order.certificate);
+        job_fail(job, &e);
+        return;
+    }
+    if (store_certificate(job, pem, len, chain, &e) != 0) {
+        acme_chain_free(chain);
+        acme_err_prefix(&e, "storing the certificate");
+        job_fail(job, &e);
+        return;
+    }
+    acme_chain_free(chain);
+    acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": certificate issued by %s and stored", job->name,
+             acme_client_directory_url(job->c));
+    job_finish(job, NULL);
+}
+
+static int
+pem_matches_preferred(const char *pem, size_t len, const char *preferred)
+{
+    STACK_OF(X509)  *chain = NULL;
+    int              r = 0;
+
+    if (acme_pem_chain_parse(pem, len, &chain, NULL) == 0) {
+        r = acme_chain_issuer_matches(chain, preferred);
+    }
+    acme_chain_free(chain);
+    return r;
+}
+
+static int
+require_pem(acme_issue_t *job, const acme_http_resp_t *resp)
+{
+    acme_err_t e;
+
+    if (resp->content_type == NULL || strcmp(resp->content_type, "application/pem-certificate-chain") != 0) {
+        acme_err_set(&e, ACME_ERR_BADRESPONSE,
+                     "certificate %s: expected application/pem-certificate-chain, got \"%.60s\"",
+                     job->order.certificate, resp->content_type ? resp->content_type : "(none)");
+        job_fail(job, &e);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+alternate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t *job = arg;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err == NULL && resp->content_type != NULL
+        && strcmp(resp->content_type, "application/pem-certificate-chain") == 0
+        && pem_matches_preferred(resp->body.data, resp->body.len, job->preferred_chain))
+    {
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": using the alternate chain by \"%s\"", job->name,
+                 job->preferred_chain);
+        accept_chain(job, resp->body.data, resp->body.len);
+        return;
+    }
+    job->alt_i++;
+    job_step(job);
+}
+
+static void
+download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+    size_t         i;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        e = *err;
+        acme_err_prefix(&e, "certificate download");
+        job_fail(job, &e);
+        return;
+    }
+    if (require_pem(job, resp) != 0) {
+        return;
+    }
+    if (job->preferred_chain == NULL || resp->nalternate == 0
+        || pem_matches_preferred(resp->body.data, resp->body.len, job->preferred_chain))
+    {
+        accept_chain(job, resp->body.data, resp->body.len);
+        return;
+    }
+    job->chain_pem = acme_strndup(resp->body.data, resp->body.len);
+    job->alternates = calloc(resp->nalternate, sizeof(char *));
+    if (job->chain_pem == NULL || job->alternates == NULL) {
+        acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
+        job_fail(job, &e);
+        return;
+    }
+    for (i = 0; i < resp->nalternate; i++) {
+        job->alternates[i] = acme_strdup(resp->links_alternate[i]);
+    }
+    job->nalternates = resp->nalternate;
+    job->alt_i = 0;
+    job_set_state(job, J_ALTERNATE, "choosing the preferred chain", NULL);
+    job_step(job);
+}
+
+/* ---- the machine ---- */
+
+static void
+ready_done(void *arg, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        job_fail(job, err);
+        return;
+    }
+    if (order_load(job)) {
+        job_set_state(job, J_RESUME, "resuming the order", NULL);
+    } else {
+        job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+    }
+    job_step(job);
+}
+
+static char *
+new_order_payload(acme_issue_t *job, acme_err_t *err)
+{
+    const acme_directory_t  *dir = acme_client_directory(job->c);
+    json_t                  *o, *ids;
+    size_t                   i;
+    char                    *s;
+
+    ids = json_array();
+    for (i = 0; i < job->nids; i++) {
+        json_array_append_new(ids, json_pack("{s:s, s:s}", "type", acme_ident_type_name(job->ids[i].type),
+                                             "value", job->ids[i].value));
+    }
+    o = json_pack("{s:o}", "identifiers", ids);
+    if (o == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    if (job->profile != NULL) {
+        if (dir->nprofiles > 0 && !acme_directory_has_profile(dir, job->profile)) {
+            acme_err_set(err, ACME_ERR_CONFIG, "the CA %s does not offer the profile \"%s\"",
+                         acme_client_directory_url(job->c), job->profile);
+            json_decref(o);
+            return NULL;
+        }
+        if (dir->nprofiles == 0 && job->profile_required) {
+            acme_err_set(err, ACME_ERR_CONFIG, "the CA %s offers no profiles, and \"%s\" is required",
+                         acme_client_directory_url(job->c), job->profile);
+            json_decref(o);
+            return NULL;
+        }
+        if (dir->nprofiles > 0) {
+            json_object_set_new(o, "profile", json_string(job->profile));
+        } else {
+            acme_log(job->loop, ACME_LOG_WARN, "acme: the CA %s offers no profiles; ordering \"%s\" "
+                     "without profile \"%s\"", acme_client_directory_url(job->c), job->name, job->profile);
+        }
+    }
+    if (job->replaces != NULL && !job->replaces_dropped && dir->renewal_info != NULL) {
+        json_object_set_new(o, "replaces", json_string(job->replaces));
+    }
+    s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (s == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    }
+    return s;
+}
+
+static void
+job_step(acme_issue_t *job)
+{
+    acme_err_t   err;
+    char        *s, *csr, *payload;
+
+    switch (job->state) {
+    case J_READY:
+        job->busy = 1;
+        if (acme_client_ready(job->c, ready_done, job, &err) != 0) {
+            job->busy = 0;
+            job_fail(job, &err);
+        }
+        return;
+
+    case J_RESUME:
+        job_post(job, job->order_url, NULL, NULL, order_resp);
+        return;
+
+    case J_NEW_ORDER:
+        if (job->cert_key == NULL) {
+            job->cert_key = acme_key_generate(&job->keyspec, &err);
+            if (job->cert_key == NULL) {
+                job_fail(job, &err);
+                return;
+            }
+        }
+        s = new_order_payload(job, &err);
+        if (s == NULL) {
+            job_fail(job, &err);
+            return;
+        }
+        job_post(job, acme_client_directory(job->c)->new_order, s, NULL, new_order_resp);
+        free(s);
+        return;
+
+    case J_AUTHZ:
+        if (job->authz_i >= job->order.nauthorizations) {
+            withdraw_all(job);
+            job_set_state(job, J_ORDER_READY_POLL, "waiting for the order to be ready", NULL);
+            poll_reset(job);
+            job_post(job, job->order_url, NULL, NULL, order_resp);
+            return;
+        }
+        job_post(job, job->order.authorizations[job->authz_i], NULL, NULL, authz_resp);
+        return;
+
+    case J_AUTHZ_POLL:
+        job_post(job, job->order.authorizations[job->authz_i], NULL, NULL, authz_resp);
+        return;
+
+    case J_ORDER_READY_POLL:
+    case J_ORDER_VALID_POLL:
+        job_post(job, job->order_url, NULL, NULL, order_resp);
+        return;
+
+    case J_FINALIZE:
+        if (job->order.finalize == NULL) {
+            acme_err_set(&err, ACME_ERR_BADRESPONSE, "order %s has no finalize URL", job->order_url);
+            job_fail(job, &err);
+            return;
+        }
+        csr = acme_csr_create(job->cert_key, job->ids, job->nids, &err);
+        if (csr == NULL) {
+            job_fail(job, &err);
+            return;
+        }
+        payload = acme_sprintf("{\"csr\":\"%s\"}", csr);
+        free(csr);
+        if (payload == NULL) {
+            acme_err_set(&err, ACME_ERR_INTERNAL, "out of memory");
+            job_fail(job, &err);
+            return;
+        }
+        poll_reset(job);
+        job_post(job, job->order.finalize, payload, NULL, finalize_resp);
+        free(payload);
+        return;
+
+    case J_DOWNLOAD:
+        job_post(job, job->order.certificate, NULL, "application/pem-certificate-chain", download_resp);
+        return;
+
+    case J_ALTERNATE:
+        if (job->alt_i >= job->nalternates) {
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": no chain issued by \"%s\", using the default",
+                     job->name, job->preferred_chain);
+            s = job->chain_pem;
+            job->chain_pem = NULL;
+            accept_chain(job, s, strlen(s));
+            free(s);
+            return;
+        }
+        job_post(job, job->alternates[job->alt_i], NULL, "application/pem-certificate-chain",
+                 alternate_resp);
+        return;
+
+    case J_DONE:
+        job_finish(job, NULL);
+        return;
+
+    case J_CHALLENGE:
+        return;
+    }
+}
+
+/* Under the lock: did another process store a newer certificate since the caller looked? */
+static int
+renewed_elsewhere(acme_issue_t *job, time_t seen)
+{
+    acme_certmeta_t  m;
+    int              r;
+
+    memset(&m, 0, sizeof(m));
+    if (acme_store_meta_load(job->store, job->name, &m, NULL) != 0) {
+        return 0;
+    }
+    r = m.not_after != 0 && m.issued_at > seen && m.not_after > time(NULL);
+    acme_certmeta_free(&m);
+    if (r) {
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": another process renewed it meanwhile", job->name);
+    }
+    return r;
+}
+
+acme_issue_t *
+acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_challenge_host_t *ch,
+    acme_issue_done_pt done, void *arg, acme_err_t *err)
+{
+    acme_issue_t  *job;
+    size_t         i;
+    int            rc;
+    char           lockname[600];
+    const char *const *types;
+    size_t         ntypes;
+
+    if (req->nids == 0) {
+        acme_err_set(err, ACME_ERR_CONFIG, "no identifiers to order a certificate for");
+        return NULL;
+    }
+    job = calloc(1, sizeof(*job));
+    if (job == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    job->c = c;
+    job->store = acme_client_store(c);
+    job->loop = acme_client_loop(c);
+    job->done = done;
+    job->arg = arg;
+    if (ch != NULL) {
+        job->ch = *ch;
+    }
+    job->keyspec = req->keyspec.alg ? req->keyspec : ACME_KEYSPEC_DEFAULT;
+    job->ids = calloc(req->nids, sizeof(acme_ident_t));
+    if (job->ids == NULL) {
+        goto nomem;
+    }
+    for (i = 0; i < req->nids; i++) {
+        job->ids[i].type = req->ids[i].type;
+        job->ids[i].value = acme_strdup(req->ids[i].value);
+        if (job->ids[i].value == NULL) {
+            goto nomem;
+        }
+        job->nids++;
+    }
+    job->name = req->name ? acme_strdup(req->name) : acme_cert_name(job->ids, job->nids, &job->keyspec);
+    types = req->challenge_types ? req->challenge_types : default_types;
+    ntypes = req->challenge_types ? req->nchallenge_types : 2;
+    job->types = calloc(ntypes ? ntypes : 1, sizeof(char *));
+    if (job->name == NULL || job->types == NULL) {
+        goto nomem;
+    }
+    for (i = 0; i < ntypes; i++) {
+        job->types[i] = acme_strdup(types[i]);
+        job->ntypes++;
+    }
+    job->profile = acme_strdup(req->profile);
+    job->profile_required = req->profile_required;
+    job->preferred_chain = acme_strdup(req->preferred_chain);
+    job->replaces = acme_strdup(req->replaces);
+    job->poll_timeout = req->poll_timeout > 0 ? req->poll_timeout : 300;
+    snprintf(job->state_text, sizeof(job->state_text), "starting");
+
+    snprintf(lockname, sizeof(lockname), "cert-%s", job->name);
+    rc = job->store->ops->lock(job->store, lockname, &job->lock, err);
+    if (rc <= 0) {
+        if (rc == 0) {
+            acme_err_set(err, ACME_ERR_BUSY, "certificate \"%s\" is being issued by another process",
+                         job->name);
+        }
+        job->lock = NULL;
+        job_free(job);
+        return NULL;
+    }
+    if (req->check_seen && renewed_elsewhere(job, req->seen_issued_at)) {
+        job->state = J_DONE;
+        job_later(job, 0);
+        return job;
+    }
+    job->state = J_READY;
+    job_later(job, 0);
+    return job;
+
+nomem:
+    acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    job_free(job);
+    return NULL;
+}

@@ -1,0 +1,56 @@
+/*
+ * Issuance: the order state machine (RFC 8555 7.4) for one certificate, from newOrder through
+ * authorizations, challenges, finalize and download to a checked certificate in the store. Resumes an
+ * order left in the store by a process that died. Holds the certificate's store lock while it runs.
+ */
+#ifndef ACME_ISSUE_H
+#define ACME_ISSUE_H
+
+#include <time.h>
+#include "acme_client.h"
+#include "acme_ident.h"
+#include "acme_key.h"
+
+typedef struct {
+    const char          *name;              /* certs/<name>; NULL: acme_cert_name(ids, keyspec) */
+    const acme_ident_t  *ids;
+    size_t               nids;
+    acme_keyspec_t       keyspec;
+    const char *const   *challenge_types;   /* preference order; NULL: {"http-01", "tls-alpn-01"} */
+    size_t               nchallenge_types;
+    const char          *profile;           /* optional */
+    int                  profile_required;  /* fail when the CA does not offer it */
+    const char          *preferred_chain;   /* issuer CN, optional */
+    const char          *replaces;          /* ARI id of the certificate this one replaces, optional */
+    long                 poll_timeout;      /* seconds for each wait on the CA, 0: 300 */
+    int                  check_seen;        /* with seen_issued_at: skip when another process renewed */
+    time_t               seen_issued_at;    /* issued_at of the stored certificate the caller decided on */
+} acme_issue_req_t;
+
+/* How challenges reach the validator. publish must make the answer visible before it returns 0. */
+typedef struct {
+    void  *data;
+    int  (*publish)(void *data, const char *type, const acme_ident_t *id, const char *token,
+                    const char *key_authz, acme_err_t *err);
+    void (*withdraw)(void *data, const char *type, const acme_ident_t *id, const char *token);
+} acme_challenge_host_t;
+
+typedef struct acme_issue_s acme_issue_t;
+
+/* err NULL: the certificate is in the store under name (possibly stored by another process meanwhile). */
+typedef void (*acme_issue_done_pt)(void *arg, const char *name, const acme_err_t *err);
+
+/*
+ * Start issuing. Returns NULL with err when it cannot start; err->kind ACME_ERR_BUSY when another process
+ * holds the certificate's lock. done is called exactly once otherwise (never from inside this call).
+ */
+acme_issue_t *acme_issue_start(acme_client_t *c, const acme_issue_req_t *req,
+    const acme_challenge_host_t *ch, acme_issue_done_pt done, void *arg, acme_err_t *err);
+/* Stop without calling done; published challenges are withdrawn, the lock released, the stored order
+ * kept so a later start resumes it. */
+void acme_issue_cancel(acme_issue_t *job);
+
+/* What the job is doing now ("authorizing example.org", "finalizing", ...), for status pages. */
+const char *acme_issue_state(acme_issue_t *job);
+
+#endif

@@ -1,0 +1,704 @@
+/* The manager: scheduling, issuing with issuer fallback, ARI checks, and status for a set of certificates. */
+#include "acme_manager.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "acme_sched.h"
+#include "acme_x509.h"
+
+#define MAX_RUNNING      4
+#define BUSY_RETRY_MS    15000
+#define QUEUE_RETRY_MS   2000
+
+typedef struct {
+    char                *name;
+    char                *directory_url;
+    char                *ca_file;
+    char               **contact;
+    size_t               ncontact;
+    char                *eab_kid;
+    char                *eab_hmac_key;
+    char                *account_key_file;
+    char               **types;
+    size_t               ntypes;
+    char                *profile;
+    int                  profile_required;
+    char                *preferred_chain;
+    acme_client_conf_t   conf;
+    acme_client_t       *client;
+} issuer_t;
+
+typedef struct mcert_s mcert_t;
+
+struct mcert_s {
+    acme_manager_t      *m;
+    char                *name;
+    acme_ident_t        *ids;
+    size_t               nids;
+    acme_keyspec_t       ks;
+    int                 *issuers;
+    size_t               nissuers;
+    size_t               issuer_i;
+    acme_certmeta_t      meta;
+    acme_timer_t        *timer;
+    acme_issue_t        *job;
+    int                  ari_busy;
+    int                  forced;
+    acme_renew_reason_t  reason;
+    time_t               next_at;
+};
+
+struct acme_manager_s {
+    acme_loop_t          *loop;
+    acme_store_t         *store;
+    acme_manager_host_t   host;
+    issuer_t            **issuers;
+    size_t                nissuers;
+    mcert_t             **certs;
+    size_t                ncerts;
+    size_t                running;
+    long                  poll_timeout;
+    int                   started;
+};
+
+static void cert_schedule(mcert_t *c);
+static void cert_due(void *arg);
+
+static char **
+strv_dup(const char *const *v, size_t n)
+{
+    char    **r;
+    size_t    i;
+
+    r = calloc(n ? n : 1, sizeof(char *));
+    for (i = 0; r != NULL && i < n; i++) {
+        r[i] = acme_strdup(v[i]);
+    }
+    return r;
+}
+
+static void
+strv_free(char **v, size_t n)
+{
+    size_t i;
+
+    for (i = 0; v != NULL && i < n; i++) {
+        free(v[i]);
+    }
+    free(v);
+}
+
+acme_manager_t *
+acme_manager_new(acme_loop_t *loop, acme_store_t *store, const acme_manager_host_t *host, acme_err_t *err)
+{
+    acme_manager_t *m;
+
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    m->loop = loop;
+    m->store = store;
+    if (host != NULL) {
+        m->host = *host;
+    }
+    return m;
+}
+
+static void
+issuer_free(issuer_t *is)
+{
+    acme_client_free(is->client);
+    free(is->name);
+    free(is->directory_url);
+    free(is->ca_file);
+    strv_free(is->contact, is->ncontact);
+    free(is->eab_kid);
+    acme_free_secret(is->eab_hmac_key, is->eab_hmac_key ? strlen(is->eab_hmac_key) : 0);
+    free(is->account_key_file);
+    strv_free(is->types, is->ntypes);
+    free(is->profile);
+    free(is->preferred_chain);
+    free(is);
+}
+
+static void
+cert_free(mcert_t *c)
+{
+    size_t i;
+
+    acme_timer_cancel(c->m->loop, c->timer);
+    acme_issue_cancel(c->job);
+    free(c->name);
+    for (i = 0; i < c->nids; i++) {
+        acme_ident_free(&c->ids[i]);
+    }
+    free(c->ids);
+    free(c->issuers);
+    acme_certmeta_free(&c->meta);
+    free(c);
+}
+
+void
+acme_manager_free(acme_manager_t *m)
+{
+    size_t i;
+
+    if (m == NULL) {
+        return;
+    }
+    for (i = 0; i < m->ncerts; i++) {
+        cert_free(m->certs[i]);
+    }
+    free(m->certs);
+    for (i = 0; i < m->nissuers; i++) {
+        issuer_free(m->issuers[i]);
+    }
+    free(m->issuers);
+    free(m);
+}
+
+void
+acme_manager_set_poll_timeout(acme_manager_t *m, long seconds)
+{
+    m->poll_timeout = seconds;
+}
+
+int
+acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_err_t *err)
+{
+    issuer_t  *is, **arr;
+
+    is = calloc(1, sizeof(*is));
+    arr = realloc(m->issuers, (m->nissuers + 1) * sizeof(*arr));
+    if (is == NULL || arr == NULL) {
+        free(is);
+        if (arr != NULL) {
+            m->issuers = arr;
+        }
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    m->issuers = arr;
+    is->name = acme_strdup(conf->name ? conf->name : conf->client.directory_url);
+    is->directory_url = acme_strdup(conf->client.directory_url);
+    is->ca_file = acme_strdup(conf->client.ca_file);
+    is->contact = strv_dup(conf->client.contact, conf->client.ncontact);
+    is->ncontact = conf->client.ncontact;
+    is->eab_kid = acme_strdup(conf->client.eab_kid);
+    is->eab_hmac_key = acme_strdup(conf->client.eab_hmac_key);
+    is->account_key_file = acme_strdup(conf->client.account_key_file);
+    if (conf->challenge_types != NULL) {
+        is->types = strv_dup(conf->challenge_types, conf->nchallenge_types);
+        is->ntypes = conf->nchallenge_types;
+    }
+    is->profile = acme_strdup(conf->profile);
+    is->profile_required = conf->profile_required;
+    is->preferred_chain = acme_strdup(conf->preferred_chain);
+
+    is->conf = conf->client;
+    is->conf.directory_url = is->directory_url;
+    is->conf.ca_file = is->ca_file;
+    is->conf.contact = (const char *const *) is->contact;
+    is->conf.eab_kid = is->eab_kid;
+    is->conf.eab_hmac_key = is->eab_hmac_key;
+    is->conf.account_key_file = is->account_key_file;
+
+    is->client = acme_client_new(m->loop, m->store, &is->conf, err);
+    if (is->client == NULL) {
+        acme_err_prefix(err, "issuer \"%s\"", is->name);
+        issuer_free(is);
+        return -1;
+    }
+    m->issuers[m->nissuers] = is;
+    return (int) m->nissuers++;
+}
+
+static int
+ids_equal(const acme_ident_t *a, size_t na, const acme_ident_t *b, size_t nb)
+{
+    size_t i, j;
+
+    if (na != nb) {
+        return 0;
+    }
+    for (i = 0; i < na; i++) {
+        for (j = 0; j < nb; j++) {
+            if (a[i].type == b[j].type && strcasecmp(a[i].value, b[j].value) == 0) {
+                break;
+            }
+        }
+        if (j == nb) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+const char *
+acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks,
+    const int *issuers, size_t nissuers, acme_err_t *err)
+{
+    mcert_t   *c, **arr;
+    size_t     i;
+    char      *name;
+
+    if (nids == 0 || nissuers == 0) {
+        acme_err_set(err, ACME_ERR_CONFIG, "a certificate needs identifiers and an issuer");
+        return NULL;
+    }
+    for (i = 0; i < nissuers; i++) {
+        if (issuers[i] < 0 || (size_t) issuers[i] >= m->nissuers) {
+            acme_err_set(err, ACME_ERR_CONFIG, "unknown issuer index %d", issuers[i]);
+            return NULL;
+        }
+    }
+    name = acme_cert_name(ids, nids, ks);
+    if (name == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    for (i = 0; i < m->ncerts; i++) {
+        if (strcmp(m->certs[i]->name, name) == 0) {
+            if (!ids_equal(ids, nids, m->certs[i]->ids, m->certs[i]->nids)) {
+                acme_err_set(err, ACME_ERR_CONFIG, "certificate \"%s\" is configured twice with different "
+                             "names", name);
+                free(name);
+                return NULL;
+            }
+            free(name);
+            return m->certs[i]->name;
+        }
+    }
+    c = calloc(1, sizeof(*c));
+    arr = realloc(m->certs, (m->ncerts + 1) * sizeof(*arr));
+    if (arr != NULL) {
+        m->certs = arr;
+    }
+    if (c == NULL || arr == NULL) {
+        free(c);
+        free(name);
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    c->m = m;
+    c->name = name;
+    c->ks = *ks;
+    c->ids = calloc(nids, sizeof(acme_ident_t));
+    c->issuers = calloc(nissuers, sizeof(int));
+    if (c->ids == NULL || c->issuers == NULL) {
+        free(c->ids);
+        free(c->issuers);
+        free(c->name);
+        free(c);
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    for (i = 0; i < nids; i++) {
+        c->ids[i].type = ids[i].type;
+        c->ids[i].value = acme_strdup(ids[i].value);
+    }
+    c->nids = nids;
+    memcpy(c->issuers, issuers, nissuers * sizeof(int));
+    c->nissuers = nissuers;
+    m->certs[m->ncerts++] = c;
+    return c->name;
+}
+
+/* ---- per certificate ---- */
+
+/* Read the store's view; a different issued_at than ours means a new certificate: tell the host. */
+static void
+cert_reload(mcert_t *c, int notify)
+{
+    acme_certmeta_t  fresh;
+    time_t           old = c->meta.issued_at;
+
+    memset(&fresh, 0, sizeof(fresh));
+    if (acme_store_meta_load(c->m->store, c->name, &fresh, NULL) != 0) {
+        return;
+    }
+    acme_certmeta_free(&c->meta);
+    c->meta = fresh;
+    if (notify && fresh.not_after != 0 && fresh.issued_at != old && c->m->host.cert_updated != NULL) {
+        c->m->host.cert_updated(c->m->host.data, c->name);
+    }
+}
+
+static int
+cert_matches_config(mcert_t *c)
+{
+    return c->meta.not_after != 0
+           && ids_equal(c->ids, c->nids, c->meta.ids, c->meta.nids)
+           && c->meta.keyspec.alg == c->ks.alg && c->meta.keyspec.bits == c->ks.bits;
+}
+
+static time_t
+cert_next(mcert_t *c, time_t now, acme_renew_reason_t *reason)
+{
+    if (c->forced) {
+        *reason = ACME_RENEW_FORCED;
+        return now;
+    }
+    if (c->meta.not_after != 0 && !cert_matches_config(c)) {
+        if (c->meta.failures && c->meta.next_try > now) {
+            *reason = ACME_RENEW_RETRY;
+            return c->meta.next_try;
+        }
+        *reason = ACME_RENEW_NAMES;
+        return now;
+    }
+    return acme_sched_next(&c->meta, now, reason);
+}
+
+static void
+cert_schedule(mcert_t *c)
+{
+    time_t  now = time(NULL), when;
+    long    ms;
+
+    acme_timer_cancel(c->m->loop, c->timer);
+    c->timer = NULL;
+    if (c->job != NULL || c->ari_busy) {
+        return;
+    }
+    when = cert_next(c, now, &c->reason);
+    c->next_at = when;
+    ms = when <= now ? 0 : (when - now > 86400 ? 86400L * 1000 : (long) (when - now) * 1000);
+    c->timer = acme_timer_add(c->m->loop, ms, cert_due, c);
+}
+
+static void
+cert_later(mcert_t *c, long ms)
+{
+    acme_timer_cancel(c->m->loop, c->timer);
+    c->next_at = time(NULL) + ms / 1000;
+    c->timer = acme_timer_add(c->m->loop, ms, cert_due, c);
+}
+
+static void
+cert_record_failure(mcert_t *c, const acme_err_t *err)
+{
+    time_t now = time(NULL);
+
+    if (c->meta.name == NULL) {
+        /* no certificate yet: a meta record of its own, so status and back-off survive restarts */
+        size_t i;
+        c->meta.name = acme_strdup(c->name);
+        c->meta.ids = calloc(c->nids, sizeof(acme_ident_t));
+        for (i = 0; c->meta.ids != NULL && i < c->nids; i++) {
+            c->meta.ids[i].type = c->ids[i].type;
+            c->meta.ids[i].value = acme_strdup(c->ids[i].value);
+        }
+        c->meta.nids = c->meta.ids ? c->nids : 0;
+        c->meta.keyspec = c->ks;
+    }
+    c->meta.failures++;
+    c->meta.next_try = now + acme_sched_backoff(err->kind, c->meta.failures, err->retry_after,
+                                                acme_random());
+    free(c->meta.last_error);
+    c->meta.last_error = acme_strdup(err->msg);
+    c->meta.last_error_at = now;
+    if (acme_store_meta_save(c->m->store, &c->meta, NULL) != 0) {
+        acme_log(c->m->loop, ACME_LOG_ERR, "acme: \"%s\": cannot record the failure in the store", c->name);
+    }
+    {
+        char tb[32];
+        acme_log(c->m->loop, ACME_LOG_ERR, "acme: \"%s\": %s; next try at %s", c->name, err->msg,
+                 acme_time_format(c->meta.next_try, tb, sizeof(tb)));
+    }
+}
+
+static void cert_issue(mcert_t *c);
+
+static void
+issue_done(void *arg, const char *name, const acme_err_t *err)
+{
+    mcert_t         *c = arg;
+    acme_manager_t  *m = c->m;
+    time_t           now = time(NULL);
+    acme_renew_reason_t r;
+
+    (void) name;
+    c->job = NULL;
+    m->running--;
+    if (err == NULL) {
+        c->forced = 0;
+        c->issuer_i = 0;
+        cert_reload(c, 0);
+        c->meta.failures = 0;
+        c->meta.next_try = 0;
+        free(c->meta.last_error);
+        c->meta.last_error = NULL;
+        c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
+        c->meta.ari_next_check = now;
+        acme_store_meta_save(m->store, &c->meta, NULL);
+        if (m->host.cert_updated != NULL) {
+            m->host.cert_updated(m->host.data, c->name);
+        }
+        cert_schedule(c);
+        return;
+    }
+    if (err->kind == ACME_ERR_BUSY) {
+        cert_later(c, BUSY_RETRY_MS);
+        return;
+    }
+    if (c->issuer_i + 1 < c->nissuers && err->kind != ACME_ERR_STORE) {
+        acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": issuer \"%s\" failed, trying \"%s\"", c->name,
+                 m->issuers[c->issuers[c->issuer_i]]->name, m->issuers[c->issuers[c->issuer_i + 1]]->name);
+        c->issuer_i++;
+        cert_issue(c);
+        return;
+    }
+    c->issuer_i = 0;
+    c->forced = 0;
+    cert_record_failure(c, err);
+    cert_schedule(c);
+}
+
+static void
+cert_issue(mcert_t *c)
+{
+    acme_manager_t        *m = c->m;
+    issuer_t              *is = m->issuers[c->issuers[c->issuer_i]];
+    acme_issue_req_t       req;
+    acme_err_t             err;
+
+    memset(&req, 0, sizeof(req));
+    req.name = c->name;
+    req.ids = c->ids;
+    req.nids = c->nids;
+    req.keyspec = c->ks;
+    req.challenge_types = (const char *const *) is->types;
+    req.nchallenge_types = is->ntypes;
+    req.profile = is->profile;
+    req.profile_required = is->profile_required;
+    req.preferred_chain = is->preferred_chain;
+    req.poll_timeout = m->poll_timeout;
+    if (c->meta.not_after != 0 && c->meta.ca != NULL && strcmp(c->meta.ca, is->directory_url) == 0) {
+        req.replaces = c->meta.ari_cert_id;
+    }
+    req.check_seen = !c->forced;
+    req.seen_issued_at = c->meta.issued_at;
+
+    acme_log(m->loop, ACME_LOG_NOTICE, "acme: \"%s\": %s from \"%s\"", c->name,
+             acme_renew_reason_name(c->reason), is->name);
+    c->job = acme_issue_start(is->client, &req, &m->host.challenges, issue_done, c, &err);
+    if (c->job == NULL) {
+        if (err.kind == ACME_ERR_BUSY) {
+            acme_log(m->loop, ACME_LOG_INFO, "acme: %s; checking again later", err.msg);
+            cert_later(c, BUSY_RETRY_MS);
+            return;
+        }
+        cert_record_failure(c, &err);
+        cert_schedule(c);
+        return;
+    }
+    m->running++;
+}
+
+static void
+ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_err_t *err)
+{
+    mcert_t  *c = arg;
+    time_t    now = time(NULL);
+    acme_renew_reason_t r;
+
+    c->ari_busy = 0;
+    if (ri != NULL) {
+        if (c->meta.ari_start != ri->start || c->meta.ari_end != ri->end) {
+            c->meta.ari_start = ri->start;
+            c->meta.ari_end = ri->end;
+            c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
+            acme_log(c->m->loop, ACME_LOG_INFO, "acme: \"%s\": ARI window updated", c->name);
+        }
+    } else if (err != NULL) {
+        acme_log(c->m->loop, ACME_LOG_WARN, "acme: \"%s\": renewalInfo: %s", c->name, err->msg);
+    }
+    c->meta.ari_next_check = acme_sched_ari_next_check(now, retry_after, acme_random());
+    acme_store_meta_save(c->m->store, &c->meta, NULL);
+    cert_schedule(c);
+}
+
+static void
+ari_ready(void *arg, const acme_err_t *err)
+{
+    mcert_t                 *c = arg;
+    issuer_t                *is = c->m->issuers[c->issuers[0]];
+    const acme_directory_t  *dir;
+    char                    *pem = NULL;
+    size_t                   len = 0;
+    STACK_OF(X509)          *chain = NULL;
+    acme_err_t               e;
+    size_t                   i;
+
+    for (i = 0; i < c->nissuers; i++) {
+        if (c->meta.ca && strcmp(c->m->issuers[c->issuers[i]]->directory_url, c->meta.ca) == 0) {
+            is = c->m->issuers[c->issuers[i]];
+        }
+    }
+    dir = err ? NULL : acme_client_directory(is->client);
+    if (dir == NULL || dir->renewal_info == NULL
+        || acme_store_cert_load(c->m->store, c->name, &pem, &len, NULL, NULL, NULL, &e) != 0
+        || acme_pem_chain_parse(pem, len, &chain, &e) != 0
+        || acme_client_renewal_info(is->client, sk_X509_value(chain, 0), ari_done, c, &e) != 0)
+    {
+        /* no ARI at this CA (or it is unreachable now): look again in a day */
+        c->ari_busy = 0;
+        c->meta.ari_next_check = time(NULL) + 86400;
+        acme_store_meta_save(c->m->store, &c->meta, NULL);
+        free(pem);
+        acme_chain_free(chain);
+        cert_schedule(c);
+        return;
+    }
+    free(pem);
+    acme_chain_free(chain);
+}
+
+static void
+cert_due(void *arg)
+{
+    mcert_t             *c = arg;
+    acme_manager_t      *m = c->m;
+    time_t               now = time(NULL);
+    acme_renew_reason_t  reason;
+    issuer_t            *is;
+    acme_err_t           err;
+
+    c->timer = NULL;
+    if (c->job != NULL || c->ari_busy) {
+        return;
+    }
+    cert_reload(c, 1);
+    if (cert_next(c, now, &reason) > now) {
+        cert_schedule(c);
+        return;
+    }
+    c->reason = reason;
+    if (reason == ACME_RENEW_NONE) {
+        /* only an ARI re-check is due */
+        is = m->issuers[c->issuers[0]];
+        c->ari_busy = 1;
+        if (acme_client_ready(is->client, ari_ready, c, &err) != 0) {
+            c->ari_busy = 0;
+            c->meta.ari_next_check = now + 3600;
+            cert_schedule(c);
+        }
+        return;
+    }
+    if (m->running >= MAX_RUNNING) {
+        cert_later(c, QUEUE_RETRY_MS);
+        return;
+    }
+    cert_issue(c);
+}
+
+int
+acme_manager_start(acme_manager_t *m, acme_err_t *err)
+{
+    size_t i;
+
+    (void) err;
+    for (i = 0; i < m->ncerts; i++) {
+        cert_reload(m->certs[i], 0);
+        cert_schedule(m->certs[i]);
+    }
+    m->started = 1;
+    return 0;
+}
+
+static mcert_t *
+find_cert(acme_manager_t *m, const char *what)
+{
+    size_t i, j;
+
+    for (i = 0; i < m->ncerts; i++) {
+        if (strcmp(m->certs[i]->name, what) == 0) {
+            return m->certs[i];
+        }
+    }
+    for (i = 0; i < m->ncerts; i++) {
+        for (j = 0; j < m->certs[i]->nids; j++) {
+            if (strcasecmp(m->certs[i]->ids[j].value, what) == 0) {
+                return m->certs[i];
+            }
+        }
+    }
+    return NULL;
+}
+
+int
+acme_manager_renew(acme_manager_t *m, const char *what)
+{
+    mcert_t *c = find_cert(m, what);
+
+    if (c == NULL) {
+        return -1;
+    }
+    if (c->job == NULL) {
+        c->forced = 1;
+        c->meta.next_try = 0;
+        cert_later(c, 0);
+    }
+    return 0;
+}
+
+json_t *
+acme_manager_status(acme_manager_t *m)
+{
+    json_t       *arr, *o, *ids;
+    size_t        i, j;
+    mcert_t      *c;
+    char          b[32], ks[16];
+    time_t        now = time(NULL);
+    const char   *state;
+
+    arr = json_array();
+    for (i = 0; i < m->ncerts; i++) {
+        c = m->certs[i];
+        ids = json_array();
+        for (j = 0; j < c->nids; j++) {
+            json_array_append_new(ids, json_string(c->ids[j].value));
+        }
+        if (c->job != NULL) {
+            state = "renewing";
+        } else if (c->meta.not_after == 0) {
+            state = c->meta.failures ? "failing" : "pending";
+        } else if (c->meta.not_after <= now) {
+            state = "expired";
+        } else {
+            state = c->meta.failures ? "failing" : "valid";
+        }
+        o = json_pack("{s:s, s:o, s:s, s:s}", "name", c->name, "identifiers", ids,
+                      "issuer", c->meta.ca ? c->meta.ca : m->issuers[c->issuers[0]]->directory_url,
+                      "key_type", acme_keyspec_str(&c->ks, ks, sizeof(ks)));
+        json_object_set_new(o, "issuer_name", json_string(m->issuers[c->issuers[c->issuer_i]]->name));
+        json_object_set_new(o, "not_before", c->meta.not_before
+                            ? json_string(acme_time_format(c->meta.not_before, b, sizeof(b))) : json_null());
+        json_object_set_new(o, "not_after", c->meta.not_after
+                            ? json_string(acme_time_format(c->meta.not_after, b, sizeof(b))) : json_null());
+        json_object_set_new(o, "next_renewal", json_string(acme_time_format(c->next_at ? c->next_at : now,
+                                                                            b, sizeof(b))));
+        json_object_set_new(o, "renewal_reason", json_string(acme_renew_reason_name(c->reason)));
+        if (c->meta.ari_start != 0) {
+            json_t *w = json_object();
+            json_object_set_new(w, "start", json_string(acme_time_format(c->meta.ari_start, b, sizeof(b))));
+            json_object_set_new(w, "end", json_string(acme_time_format(c->meta.ari_end, b, sizeof(b))));
+            json_object_set_new(o, "ari_window", w);
+        }
+        json_object_set_new(o, "state", json_string(state));
+        if (c->job != NULL) {
+            json_object_set_new(o, "progress", json_string(acme_issue_state(c->job)));
+        }
+        json_object_set_new(o, "failures", json_integer(c->meta.failures));
+        json_object_set_new(o, "last_error", c->meta.last_error ? json_string(c->meta.last_error)
+                                                                : json_null());
+        json_array_append_new(arr, o);
+    }
+    return json_pack("{s:o}", "certificates", arr);
+}

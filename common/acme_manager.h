@@ -1,0 +1,59 @@
+/*
+ * The manager: the set of certificates a server keeps, each with its issuers in fallback order. It loads
+ * what the store has, decides with the scheduler when each certificate needs work (issue, renew, ARI
+ * re-check, retry after back-off), runs the issuance, and tells the host when a certificate changed.
+ * nginx runs it in one worker's event loop, Apache in one background thread.
+ */
+#ifndef ACME_MANAGER_H
+#define ACME_MANAGER_H
+
+#include <jansson.h>
+#include "acme_client.h"
+#include "acme_issue.h"
+#include "acme_store.h"
+
+typedef struct {
+    const char          *name;              /* the admin's name for it ("letsencrypt") */
+    acme_client_conf_t   client;
+    const char *const   *challenge_types;   /* preference order, NULL: http-01, tls-alpn-01 */
+    size_t               nchallenge_types;
+    const char          *profile;
+    int                  profile_required;
+    const char          *preferred_chain;
+} acme_issuer_conf_t;
+
+typedef struct {
+    void                   *data;
+    acme_challenge_host_t   challenges;
+    /* A certificate in the store changed (new issuance): reload and serve it. */
+    void                  (*cert_updated)(void *data, const char *name);
+} acme_manager_host_t;
+
+typedef struct acme_manager_s acme_manager_t;
+
+acme_manager_t *acme_manager_new(acme_loop_t *loop, acme_store_t *store, const acme_manager_host_t *host,
+    acme_err_t *err);
+void acme_manager_free(acme_manager_t *m);
+
+/* Returns the issuer's index, -1 with err. Strings are copied. */
+int acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_err_t *err);
+
+/* A certificate for ids with key type ks, from issuers[0], falling back to issuers[1..]. Returns its store
+ * name (owned by the manager), NULL with err. The same ids and key type twice share one entry. */
+const char *acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids,
+    const acme_keyspec_t *ks, const int *issuers, size_t nissuers, acme_err_t *err);
+
+/* Schedule everything (loads the store's state). */
+int acme_manager_start(acme_manager_t *m, acme_err_t *err);
+
+/* Renew now: what is a certificate's store name or any of its identifiers. 0 started, -1 unknown. */
+int acme_manager_renew(acme_manager_t *m, const char *what);
+
+/* {"certificates": [{name, identifiers, issuer, key_type, not_before, not_after, next_renewal,
+ * renewal_reason, state, last_error, ...}]} */
+json_t *acme_manager_status(acme_manager_t *m);
+
+/* Tests and benchmarks: seconds for the first retry after a network error (default from the scheduler). */
+void acme_manager_set_poll_timeout(acme_manager_t *m, long seconds);
+
+#endif

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build ngx_http_acme_module.so against Debian's nginx-dev sources, with the flags Debian's nginx was built with.
+# usage: build.sh BUILD_DIR   (writes BUILD_DIR/ngx_http_acme_module.so)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+src=${NGX_SRC:-/usr/share/nginx/src}
+tree="$out/nginx"
+# The addon config globs common/*.c: configure again when the set of sources changes.
+srcs=$(cd "$repo" && ls common/*.c ngx_acme_module/*.c 2>/dev/null | tr '\n' ' ')
+if [ ! -f "$tree/objs/Makefile" ] || [ "$repo/config" -nt "$tree/objs/Makefile" ] \
+    || [ "$(cat "$tree/.acme-srcs" 2>/dev/null)" != "$srcs" ]; then
+    rm -rf "$tree"
+    cp -r "$src" "$tree"
+    # shellcheck disable=SC1091
+    . "$tree/conf_flags"
+    (cd "$tree" && ./configure "${NGX_CONF_FLAGS[@]}" --add-dynamic-module="$repo" \
+        --with-cc-opt="${NGX_CC_OPT:-}" --with-ld-opt="${NGX_LD_OPT:-}" >"$out/nginx-configure.log" 2>&1) || {
+        tail -30 "$out/nginx-configure.log" >&2
+        exit 1
+    }
+    printf '%s' "$srcs" >"$tree/.acme-srcs"
+fi
+make -s -C "$tree" -f objs/Makefile modules >"$out/nginx-make.log" 2>&1 || { tail -40 "$out/nginx-make.log" >&2; exit 1; }
+cp "$tree/objs/ngx_http_acme_module.so" "$out/ngx_http_acme_module.so"
