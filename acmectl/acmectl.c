@@ -93,7 +93,7 @@ usage(FILE *f)
 "  list\n"
 "  status --json\n"
 "  revoke [--reason N] [--with-cert-key] NAME\n"
-"  account show|rollover [--key ALG]|deactivate|update\n"
+"  account show|find|rollover [--key ALG]|update|deactivate\n"
 "\n"
 "CA names: letsencrypt, letsencrypt-staging, zerossl, google, google-staging, buypass,\n"
 "buypass-staging, or a directory URL. State directory default: " DEFAULT_STATE "\n");
@@ -762,7 +762,7 @@ cmd_account(ctl_t *ctl, int argc, char **argv)
     int             rc;
 
     if (argc < 2) {
-        fprintf(stderr, "acmectl account: show, rollover, update or deactivate\n");
+        fprintf(stderr, "acmectl account: show, find, rollover, update or deactivate\n");
         return 2;
     }
     if (strcmp(argv[1], "rollover") == 0 && argc == 4 && strcmp(argv[2], "--key") == 0) {
@@ -791,6 +791,8 @@ cmd_account(ctl_t *ctl, int argc, char **argv)
         return 0;
     } else if (strcmp(argv[1], "rollover") == 0) {
         rc = acme_client_account_rollover(ctl->client, &ks, wait_done, &w, &err);
+    } else if (strcmp(argv[1], "find") == 0) {
+        rc = acme_client_account_find(ctl->client, wait_done, &w, &err);
     } else if (strcmp(argv[1], "deactivate") == 0) {
         rc = acme_client_account_deactivate(ctl->client, wait_done, &w, &err);
     } else if (strcmp(argv[1], "update") == 0) {

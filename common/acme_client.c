@@ -510,6 +510,57 @@ client_register(acme_client_t *c)
 }
 
 static void
+find_account_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_client_t  *c = arg;
+    acme_err_t      e;
+
+    if (err != NULL && strstr(err->msg, "accountDoesNotExist") != NULL) {
+        /* no account for this key yet */
+        client_register(c);
+        return;
+    }
+    if (err == NULL && resp->location != NULL && strncmp(resp->location, "http", 4) == 0) {
+        free(c->account_url);
+        c->account_url = acme_strdup(resp->location);
+        if (account_save(c, &e) != 0) {
+            client_notify(c, &e);
+            return;
+        }
+        acme_log(c->loop, ACME_LOG_NOTICE, "acme: found account %s at %s for the configured key",
+                 c->account_url, c->directory_url);
+        client_notify(c, NULL);
+        return;
+    }
+    if (err != NULL) {
+        e = *err;
+    } else {
+        acme_err_set(&e, ACME_ERR_BADRESPONSE, "no account URL (Location)");
+    }
+    acme_err_prefix(&e, "account lookup at %s", c->directory_url);
+    client_notify(c, &e);
+}
+
+/* newAccount with onlyReturnExisting (RFC 8555 7.3.1): the account of this key, if any. */
+static void
+client_find(acme_client_t *c)
+{
+    op_t        *op;
+    acme_err_t   err;
+
+    op = op_new(c, c->dir.new_account, "{\"onlyReturnExisting\":true}", NULL, find_account_done, c);
+    if (op == NULL) {
+        acme_err_set(&err, ACME_ERR_INTERNAL, "out of memory");
+        client_notify(c, &err);
+        return;
+    }
+    op->jwk_key = c->key;
+    EVP_PKEY_up_ref(c->key);
+    c->state = CL_ACCOUNT;
+    op_start(op);
+}
+
+static void
 client_account(acme_client_t *c)
 {
     char        *pem = NULL, *js = NULL;
@@ -578,8 +629,11 @@ client_account(acme_client_t *c)
             client_notify(c, &err);
             return;
         }
+        client_register(c);
+        return;
     }
-    client_register(c);
+    /* a known key without a URL (an admin's key file, or the CA forgot us): look it up first */
+    client_find(c);
 }
 
 static void
@@ -889,6 +943,11 @@ acct_post(acme_client_t *c, const char *url, json_t *payload, acct_op_t *a, acme
 int
 acme_client_account_find(acme_client_t *c, acme_client_done_pt done, void *arg, acme_err_t *err)
 {
+    /* forget the stored URL so ready() asks the CA (onlyReturnExisting) for this key's account */
+    if (c->state == CL_READY) {
+        c->state = CL_NONE;
+    }
+    c->reregister = 1;
     return acme_client_ready(c, done, arg, err);
 }
 

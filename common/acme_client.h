@@ -68,7 +68,8 @@ void acme_client_reset(acme_client_t *c);
 int acme_client_post(acme_client_t *c, const char *url, const char *payload, const char *accept,
     acme_client_resp_pt cb, void *arg, acme_err_t *err);
 
-/* Account operations (RFC 8555 7.3). */
+/* Account operations (RFC 8555 7.3). find: ask the CA for the account of the current key
+ * (onlyReturnExisting); registers when there is none. */
 int acme_client_account_find(acme_client_t *c, acme_client_done_pt done, void *arg, acme_err_t *err);
 int acme_client_account_update(acme_client_t *c, const char *const *contact, size_t n,
     acme_client_done_pt done, void *arg, acme_err_t *err);

@@ -288,3 +288,21 @@ def test_bad_identifier_refused(ctl):
     p = ctl.http("issue", "bad..name")
     assert p.returncode == 2
     assert "bad..name" in p.stderr
+
+
+def test_account_key_file_finds_existing_account(ctl, acmectl_bin, tmp_path, pebble):
+    first = json.loads(ctl.ok("account", "show").stdout)
+    (acct_dir,) = list((ctl.state / "accounts").iterdir())
+    keyfile = tmp_path / "admin-account.key"
+    keyfile.write_bytes((acct_dir / "account.key").read_bytes())
+    keyfile.chmod(0o600)
+    accounts = pebble.account_count()
+    # a fresh state directory with the admin's key: onlyReturnExisting finds the same account
+    other = Ctl(acmectl_bin, tmp_path / "other", pebble, ["--account-key", str(keyfile)])
+    p = other.ok("account", "show")
+    assert json.loads(p.stdout)["url"] == first["url"]
+    assert "found account" in p.stderr
+    assert pebble.account_count() == accounts
+    # and "account find" asks again
+    p = other.ok("account", "find")
+    assert first["url"] in p.stdout
