@@ -85,8 +85,11 @@ e2e: all
 test: check-deps all $(UNIT_BIN)
 	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/run_all.py $(UNIT_BIN)
 
+# The core, acmectl and their tests under ASan/UBSan. The server modules are left out: an ASan module
+# cannot load into Debian's uninstrumented nginx and apache2 binaries.
 test-asan:
-	$(MAKE) BUILD=build/asan OPT=-O1 \
+	PYTEST_ARGS="--ignore-glob=*nginx* --ignore-glob=*apache*" \
+	$(MAKE) BUILD=build/asan OPT=-O1 MODULES= \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
 clean:

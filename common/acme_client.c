@@ -11,7 +11,7 @@
 #include "acme_x509.h"
 #include "acme_problem.h"
 
-#define NONCE_RETRIES  5
+#define NONCE_RETRIES  10
 
 typedef enum { CL_NONE = 0, CL_DIRECTORY, CL_ACCOUNT, CL_READY } cl_state_t;
 

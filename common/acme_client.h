@@ -61,7 +61,7 @@ void acme_client_reset(acme_client_t *c);
 
 /*
  * A JWS-signed POST with the account's kid (payload NULL: POST-as-GET). Takes a nonce (HEAD newNonce only
- * when none is cached), retries badNonce up to 5 times with the nonce of the error, registers again and
+ * when none is cached), retries badNonce up to 10 times with the nonce of the error, registers again and
  * retries once when the CA no longer knows the account. Non-2xx answers become err (problem documents
  * decoded, Retry-After kept in err->retry_after).
  */
