@@ -31,6 +31,7 @@ typedef struct {
     const char      *eab_kid;
     const char      *eab_hmac;
     const char      *account_key;
+    acme_keyspec_t   account_keyspec;
     int              verbose;
 
     acme_store_t    *store;
@@ -84,7 +85,8 @@ usage(FILE *f)
 {
     fprintf(f,
 "usage: acmectl [--state DIR] [--ca URL|NAME] [--ca-cert FILE] [--contact EMAIL]... [--agree-tos]\n"
-"               [--eab-kid KID --eab-hmac-key B64URL] [--account-key FILE] [-v] COMMAND [ARGS]\n"
+"               [--eab-kid KID --eab-hmac-key B64URL] [--account-key FILE | --account-key-type ALG]\n"
+"               [-v] COMMAND [ARGS]\n"
 "\n"
 "commands:\n"
 "  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
@@ -156,7 +158,7 @@ ctl_client(ctl_t *ctl, const char *ca_override)
     conf.eab_kid = ctl->eab_kid;
     conf.eab_hmac_key = ctl->eab_hmac;
     conf.account_key_file = ctl->account_key;
-    conf.account_keyspec = ACME_KEYSPEC_DEFAULT;
+    conf.account_keyspec = ctl->account_keyspec;
     if (ctl->insecure) {
         fprintf(stderr, "acmectl: warning: TLS verification of the CA is off (--insecure)\n");
     }
@@ -833,16 +835,19 @@ main(int argc, char **argv)
         { "eab-kid", required_argument, NULL, 'e' },
         { "eab-hmac-key", required_argument, NULL, 'E' },
         { "account-key", required_argument, NULL, 'A' },
+        { "account-key-type", required_argument, NULL, 'K' },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
     ctl_t        ctl;
+    acme_err_t   kerr;
     int          c, rc;
     const char  *cmd;
 
     signal(SIGPIPE, SIG_IGN);
     memset(&ctl, 0, sizeof(ctl));
+    ctl.account_keyspec = ACME_KEYSPEC_DEFAULT;
     ctl.state = getenv("ACME_STATE") ? getenv("ACME_STATE") : DEFAULT_STATE;
     ctl.contact = calloc((size_t) argc, sizeof(char *));
     if (ctl.contact == NULL) {
@@ -860,6 +865,13 @@ main(int argc, char **argv)
         case 'e': ctl.eab_kid = optarg; break;
         case 'E': ctl.eab_hmac = optarg; break;
         case 'A': ctl.account_key = optarg; break;
+        case 'K':
+            if (acme_keyspec_parse(optarg, &ctl.account_keyspec, &kerr) != 0) {
+                fprintf(stderr, "acmectl: --account-key-type: %s\n", kerr.msg);
+                free(ctl.contact);
+                return 2;
+            }
+            break;
         case 'v': ctl.verbose = 1; break;
         case 'h': usage(stdout); free(ctl.contact); return 0;
         default:  usage(stderr); free(ctl.contact); return 2;

@@ -306,3 +306,10 @@ def test_account_key_file_finds_existing_account(ctl, acmectl_bin, tmp_path, peb
     # and "account find" asks again
     p = other.ok("account", "find")
     assert first["url"] in p.stdout
+
+
+@pytest.mark.parametrize("alg,kty", [("rsa:2048", "rsa:2048"), ("ecdsa:384", "ecdsa:384")])
+def test_account_key_types(acmectl_bin, tmp_path, pebble, alg, kty):
+    c = Ctl(acmectl_bin, tmp_path / "state", pebble, ["--account-key-type", alg])
+    c.ok("issue", "--http-listen", f"127.0.0.1:{pebble.http_port}", f"acct-{alg[:3]}.example.org")
+    assert json.loads(c.ok("account", "show").stdout)["key_type"] == kty
