@@ -123,7 +123,9 @@ int acme_store_cert_load(acme_store_t *st, const char *name, char **fullchain, s
 /* fullchain + privkey + meta in one commit, and removes order.json/order.key. */
 int acme_store_cert_save(acme_store_t *st, const char *name, const char *fullchain, size_t fullchain_len,
     const char *privkey, size_t privkey_len, const acme_certmeta_t *meta, acme_err_t *err);
+/* certs/<meta->name>/meta.json alone. */
 int acme_store_meta_save(acme_store_t *st, const acme_certmeta_t *meta, acme_err_t *err);
+/* 0 found, 1 none, -1 error; meta->name is set to name. */
 int acme_store_meta_load(acme_store_t *st, const char *name, acme_certmeta_t *meta, acme_err_t *err);
 
 /* Account: key PEM (secret) and JSON. 0 found, 1 none, -1 error. */

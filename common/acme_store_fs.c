@@ -114,7 +114,8 @@ fs_mkdir(const char *path, acme_err_t *err)
             acme_err_set(err, ACME_ERR_STORE, "cannot set the mode of %s: %s", path, strerror(errno));
             return -1;
         }
-        return 0;
+        /* the new entry must survive a crash as much as the files we put in it */
+        return fs_fsync_parent(path, err);
     }
     if (errno != EEXIST) {
         acme_err_set(err, ACME_ERR_STORE, "cannot create directory %s: %s", path, strerror(errno));
@@ -329,6 +330,17 @@ fs_read_file(const char *path, char **data, size_t *len, acme_err_t *err)
 
 /* ---- the store-wide lock ---- */
 
+/* Lock files are 0600 whatever the umask; one created by another user is left as it is. */
+static void
+fs_fix_mode(int fd)
+{
+    struct stat  sb;
+
+    if (fstat(fd, &sb) == 0 && sb.st_uid == geteuid() && (sb.st_mode & 07777) != FS_SECRET_MODE) {
+        (void) fchmod(fd, FS_SECRET_MODE);
+    }
+}
+
 static int
 fs_store_lock(fs_t *fs, int op, acme_err_t *err)
 {
@@ -346,6 +358,7 @@ fs_store_lock(fs_t *fs, int op, acme_err_t *err)
         free(path);
         return -1;
     }
+    fs_fix_mode(fd);
     while (flock(fd, op) != 0) {
         if (errno != EINTR) {
             acme_err_set(err, ACME_ERR_STORE, "cannot lock %s: %s", path, strerror(errno));
@@ -856,12 +869,7 @@ fs_lock(acme_store_t *st, const char *name, acme_lock_t **lk, acme_err_t *err)
         free(path);
         return -1;
     }
-    if (fchmod(fd, FS_SECRET_MODE) != 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot set the mode of %s: %s", path, strerror(errno));
-        close(fd);
-        free(path);
-        return -1;
-    }
+    fs_fix_mode(fd);
     while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EINTR) {
             continue;
