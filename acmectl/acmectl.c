@@ -16,6 +16,7 @@
 #include "acme_sched.h"
 #include "acme_x509.h"
 #include "acme_directory.h"
+#include "acme_manager.h"
 #include "chsrv.h"
 
 #define DEFAULT_STATE "/var/lib/acme"
@@ -92,6 +93,8 @@ usage(FILE *f)
 "  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
 "        [--key ALG] [--profile NAME] [--preferred-chain CN] NAME...\n"
 "  renew [--force] [challenge options as for issue] NAME\n"
+"  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
+"        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
 "  list\n"
 "  status --json\n"
 "  revoke [--reason N] [--with-cert-key] NAME\n"
@@ -822,6 +825,218 @@ cmd_account(ctl_t *ctl, int argc, char **argv)
     return 0;
 }
 
+/* ---- run: keep one certificate issued and renewed, in the foreground (the manager without a server) ---- */
+
+static volatile sig_atomic_t  run_stop;
+static volatile sig_atomic_t  run_renew;
+
+static void
+run_signal(int sig)
+{
+    if (sig == SIGUSR1) {
+        run_renew = 1;
+    } else {
+        run_stop = 1;
+    }
+}
+
+typedef struct {
+    ctl_t           *ctl;
+    acme_manager_t  *m;
+    const char      *status_file;
+} run_t;
+
+static void
+run_write_status(run_t *r)
+{
+    json_t  *st;
+    char    *js;
+
+    if (r->status_file == NULL) {
+        return;
+    }
+    st = acme_manager_status(r->m);
+    js = st ? json_dumps(st, JSON_INDENT(2)) : NULL;
+    json_decref(st);
+    if (js != NULL) {
+        FILE *f;
+        char  tmp[4096];
+
+        snprintf(tmp, sizeof(tmp), "%s.tmp", r->status_file);
+        f = fopen(tmp, "w");
+        if (f != NULL) {
+            fputs(js, f);
+            fclose(f);
+            rename(tmp, r->status_file);
+        }
+        free(js);
+    }
+}
+
+static void
+run_cert_updated(void *data, const char *name)
+{
+    run_t *r = data;
+
+    printf("updated %s\n", name);
+    fflush(stdout);
+    run_write_status(r);
+}
+
+static int
+cmd_run(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "challenge", required_argument, NULL, 'c' },
+        { "http-listen", required_argument, NULL, 'H' },
+        { "tls-listen", required_argument, NULL, 'T' },
+        { "key", required_argument, NULL, 'k' },
+        { "profile", required_argument, NULL, 'p' },
+        { "preferred-chain", required_argument, NULL, 'P' },
+        { "fallback-ca", required_argument, NULL, 'F' },
+        { "status-file", required_argument, NULL, 'S' },
+        { NULL, 0, NULL, 0 }
+    };
+    issue_opts_t         o;
+    acme_keyspec_t       ks = ACME_KEYSPEC_DEFAULT;
+    acme_ident_t        *ids = NULL;
+    size_t               nids = 0, i, nissuers = 0;
+    const char          *cas[8];
+    int                  idx[8];
+    acme_err_t           err;
+    acme_host_t          host;
+    acme_manager_host_t  mh;
+    acme_issuer_conf_t   ic;
+    run_t                r;
+    const char          *types[1];
+    char                *url;
+    int                  c, rc = 1;
+
+    memset(&o, 0, sizeof(o));
+    memset(&r, 0, sizeof(r));
+    cas[nissuers++] = ctl->ca ? ctl->ca : "letsencrypt";
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'F' && nissuers < 8) {
+            cas[nissuers++] = optarg;
+        } else if (c == 'S') {
+            r.status_file = optarg;
+        } else if (parse_issue_opt(c, &o) != 0) {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "acmectl run: name at least one identifier\n");
+        return 2;
+    }
+    if (o.key != NULL && acme_keyspec_parse(o.key, &ks, &err) != 0) {
+        fprintf(stderr, "acmectl: --key: %s\n", err.msg);
+        return 2;
+    }
+    types[0] = o.challenge ? o.challenge : "http-01";
+    if (strcmp(types[0], "http-01") != 0 && strcmp(types[0], "tls-alpn-01") != 0) {
+        fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", types[0]);
+        return 2;
+    }
+    ids = calloc((size_t) (argc - optind), sizeof(*ids));
+    if (ids == NULL) {
+        return 1;
+    }
+    for (c = optind; c < argc; c++) {
+        if (acme_ident_parse(argv[c], &ids[nids], &err) != 0) {
+            fprintf(stderr, "acmectl: \"%s\": %s\n", argv[c], err.msg);
+            rc = 2;
+            goto done;
+        }
+        nids++;
+    }
+    if (ctl_open_store(ctl, 1) != 0) {
+        goto done;
+    }
+    o.srv = acmectl_chsrv_start(strcmp(types[0], "http-01") == 0 ? (o.http_listen ? o.http_listen : ":80")
+                                                                 : NULL,
+                                strcmp(types[0], "tls-alpn-01") == 0 ? (o.tls_listen ? o.tls_listen : ":443")
+                                                                     : NULL, &err);
+    if (o.srv == NULL) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        goto done;
+    }
+    memset(&host, 0, sizeof(host));
+    host.data = ctl;
+    host.log = ctl_log;
+    ctl->loop = acme_loop_new(&host, ctl->verbose ? ACME_LOG_DEBUG : ACME_LOG_INFO, &err);
+    memset(&mh, 0, sizeof(mh));
+    mh.data = &r;
+    mh.challenges.data = &o;
+    mh.challenges.publish = ch_publish;
+    mh.challenges.withdraw = ch_withdraw;
+    mh.cert_updated = run_cert_updated;
+    r.ctl = ctl;
+    r.m = ctl->loop ? acme_manager_new(ctl->loop, ctl->store, &mh, &err) : NULL;
+    if (r.m == NULL) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        goto done;
+    }
+    for (i = 0; i < nissuers; i++) {
+        url = acme_ca_resolve(cas[i], &err);
+        if (url == NULL) {
+            fprintf(stderr, "acmectl: CA \"%s\": %s\n", cas[i], err.msg);
+            rc = 2;
+            goto done;
+        }
+        memset(&ic, 0, sizeof(ic));
+        ic.name = cas[i];
+        ic.client.directory_url = url;
+        ic.client.ca_file = ctl->ca_cert;
+        ic.client.verify = !ctl->insecure;
+        ic.client.contact = ctl->contact;
+        ic.client.ncontact = ctl->ncontact;
+        ic.client.agree_tos = ctl->agree_tos;
+        ic.client.eab_kid = ctl->eab_kid;
+        ic.client.eab_hmac_key = ctl->eab_hmac;
+        ic.client.account_key_file = ctl->account_key;
+        ic.client.account_keyspec = ctl->account_keyspec;
+        ic.challenge_types = types;
+        ic.nchallenge_types = 1;
+        ic.profile = o.profile;
+        ic.preferred_chain = o.preferred_chain;
+        idx[i] = acme_manager_add_issuer(r.m, &ic, &err);
+        free(url);
+        if (idx[i] < 0) {
+            fprintf(stderr, "acmectl: %s\n", err.msg);
+            goto done;
+        }
+    }
+    if (acme_manager_add_cert(r.m, ids, nids, &ks, idx, nissuers, &err) == NULL
+        || acme_manager_start(r.m, &err) != 0)
+    {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        goto done;
+    }
+    signal(SIGTERM, run_signal);
+    signal(SIGINT, run_signal);
+    signal(SIGUSR1, run_signal);
+    run_write_status(&r);
+    while (!run_stop) {
+        acme_loop_run(ctl->loop, NULL, 200);
+        if (run_renew) {
+            run_renew = 0;
+            acme_manager_renew(r.m, ids[0].value);
+        }
+        run_write_status(&r);
+    }
+    rc = 0;
+done:
+    acme_manager_free(r.m);
+    acmectl_chsrv_stop(o.srv);
+    for (i = 0; i < nids; i++) {
+        acme_ident_free(&ids[i]);
+    }
+    free(ids);
+    return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -890,6 +1105,8 @@ main(int argc, char **argv)
         rc = cmd_issue(&ctl, argc, argv);
     } else if (strcmp(cmd, "renew") == 0) {
         rc = cmd_renew(&ctl, argc, argv);
+    } else if (strcmp(cmd, "run") == 0) {
+        rc = cmd_run(&ctl, argc, argv);
     } else if (strcmp(cmd, "list") == 0) {
         rc = cmd_list(&ctl, 0);
     } else if (strcmp(cmd, "status") == 0) {

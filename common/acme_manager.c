@@ -524,23 +524,31 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     cert_schedule(c);
 }
 
+/* The issuer that issued the stored certificate (renewalInfo is asked there), else the first. */
+static issuer_t *
+cert_issuer(mcert_t *c)
+{
+    size_t i;
+
+    for (i = 0; i < c->nissuers; i++) {
+        if (c->meta.ca && strcmp(c->m->issuers[c->issuers[i]]->directory_url, c->meta.ca) == 0) {
+            return c->m->issuers[c->issuers[i]];
+        }
+    }
+    return c->m->issuers[c->issuers[0]];
+}
+
 static void
 ari_ready(void *arg, const acme_err_t *err)
 {
     mcert_t                 *c = arg;
-    issuer_t                *is = c->m->issuers[c->issuers[0]];
+    issuer_t                *is = cert_issuer(c);
     const acme_directory_t  *dir;
     char                    *pem = NULL;
     size_t                   len = 0;
     STACK_OF(X509)          *chain = NULL;
     acme_err_t               e;
-    size_t                   i;
 
-    for (i = 0; i < c->nissuers; i++) {
-        if (c->meta.ca && strcmp(c->m->issuers[c->issuers[i]]->directory_url, c->meta.ca) == 0) {
-            is = c->m->issuers[c->issuers[i]];
-        }
-    }
     dir = err ? NULL : acme_client_directory(is->client);
     if (dir == NULL || dir->renewal_info == NULL
         || acme_store_cert_load(c->m->store, c->name, &pem, &len, NULL, NULL, NULL, &e) != 0
@@ -582,7 +590,7 @@ cert_due(void *arg)
     c->reason = reason;
     if (reason == ACME_RENEW_NONE) {
         /* only an ARI re-check is due */
-        is = m->issuers[c->issuers[0]];
+        is = cert_issuer(c);
         c->ari_busy = 1;
         if (acme_client_ready(is->client, ari_ready, c, &err) != 0) {
             c->ari_busy = 0;
@@ -648,6 +656,19 @@ acme_manager_renew(acme_manager_t *m, const char *what)
     return 0;
 }
 
+/* When the certificate will be renewed and why, leaving ARI re-checks aside (for status). */
+static time_t
+cert_renewal(mcert_t *c, time_t now, acme_renew_reason_t *reason)
+{
+    time_t when = cert_next(c, now, reason);
+
+    if (*reason == ACME_RENEW_NONE) {
+        *reason = c->meta.ari_start ? ACME_RENEW_ARI : ACME_RENEW_LIFETIME;
+        when = c->meta.renew_at ? c->meta.renew_at : when;
+    }
+    return when;
+}
+
 json_t *
 acme_manager_status(acme_manager_t *m)
 {
@@ -655,8 +676,9 @@ acme_manager_status(acme_manager_t *m)
     size_t        i, j;
     mcert_t      *c;
     char          b[32], ks[16];
-    time_t        now = time(NULL);
+    time_t        now = time(NULL), renew_at;
     const char   *state;
+    acme_renew_reason_t reason;
 
     arr = json_array();
     for (i = 0; i < m->ncerts; i++) {
@@ -682,9 +704,13 @@ acme_manager_status(acme_manager_t *m)
                             ? json_string(acme_time_format(c->meta.not_before, b, sizeof(b))) : json_null());
         json_object_set_new(o, "not_after", c->meta.not_after
                             ? json_string(acme_time_format(c->meta.not_after, b, sizeof(b))) : json_null());
-        json_object_set_new(o, "next_renewal", json_string(acme_time_format(c->next_at ? c->next_at : now,
-                                                                            b, sizeof(b))));
-        json_object_set_new(o, "renewal_reason", json_string(acme_renew_reason_name(c->reason)));
+        renew_at = cert_renewal(c, now, &reason);
+        json_object_set_new(o, "next_renewal", json_string(acme_time_format(renew_at, b, sizeof(b))));
+        json_object_set_new(o, "renewal_reason", json_string(acme_renew_reason_name(reason)));
+        if (c->meta.ari_next_check != 0) {
+            json_object_set_new(o, "next_ari_check",
+                                json_string(acme_time_format(c->meta.ari_next_check, b, sizeof(b))));
+        }
         if (c->meta.ari_start != 0) {
             json_t *w = json_object();
             json_object_set_new(w, "start", json_string(acme_time_format(c->meta.ari_start, b, sizeof(b))));

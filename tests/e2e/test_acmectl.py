@@ -313,3 +313,46 @@ def test_account_key_types(acmectl_bin, tmp_path, pebble, alg, kty):
     c = Ctl(acmectl_bin, tmp_path / "state", pebble, ["--account-key-type", alg])
     c.ok("issue", "--http-listen", f"127.0.0.1:{pebble.http_port}", f"acct-{alg[:3]}.example.org")
     assert json.loads(c.ok("account", "show").stdout)["key_type"] == kty
+
+
+def wait_status(path, pred, timeout=30):
+    def ok():
+        try:
+            st = json.loads(open(path).read())
+        except (OSError, ValueError):
+            return False
+        return pred(st["certificates"][0])
+    harness.wait_for(ok, timeout=timeout, what=f"status in {path}")
+    return json.loads(open(path).read())["certificates"][0]
+
+
+def test_run_manager_issuer_fallback_and_forced_renewal(ctl, pebble, procs, tmp_path):
+    """The manager: the first CA is down, the fallback issues; SIGUSR1 renews; a restart reuses it."""
+    import signal as sig
+    dead = f"https://127.0.0.1:{harness.free_port()}/dir"
+    status = tmp_path / "status.json"
+    args = ctl.args("run", "--http-listen", f"127.0.0.1:{pebble.http_port}",
+                    "--fallback-ca", pebble.directory_url, "--status-file", str(status),
+                    "managed.example.org", ca=dead)
+    p = procs.start(args, name="acmectl-run")
+    c = wait_status(status, lambda c: c["state"] == "valid")
+    assert c["issuer"] == pebble.directory_url
+    fullchain = ctl.state / "certs" / "managed.example.org" / "fullchain.pem"
+    s1 = serial_of(fullchain)
+    assert "trying" in p.log_text() and dead in p.log_text()
+    assert pebble.issued_count() == 1
+
+    p.send_signal(sig.SIGUSR1)
+    harness.wait_for(lambda: serial_of(fullchain) != s1, timeout=30, what="forced renewal")
+    wait_status(status, lambda c: c["state"] == "valid")
+    assert pebble.issued_count() == 2
+    p.stop()
+
+    # a restart finds the stored certificate valid: no new order
+    since = pebble.mark()
+    p = procs.start(args, name="acmectl-run2")
+    c = wait_status(status, lambda c: c["state"] == "valid" and c["renewal_reason"] == "lifetime")
+    import time
+    time.sleep(1)
+    assert pebble.order_count(since=since) == 0
+    p.stop()
