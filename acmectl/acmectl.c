@@ -558,7 +558,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     if (m.renew_at == 0 && m.not_after != 0) {
         m.renew_at = acme_sched_renew_time(&m, acme_random(), now, &reason);
     }
-    when = acme_sched_next(&m, now, &reason);
+    when = acme_sched_renewal(&m, now, &reason);
     acme_store_meta_save(ctl->store, &m, NULL);
     if (!o.force && when > now) {
         printf("%s: not due until %s (%s)\n", m.name, acme_time_format(when, tbuf, sizeof(tbuf)),
@@ -590,7 +590,7 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
 {
     json_t              *o, *ids;
     size_t               i;
-    char                 b[32], ks[16];
+    char                 b[32], b2[32], ks[16];
     acme_renew_reason_t  reason;
     time_t               next;
 
@@ -599,7 +599,7 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
     for (i = 0; i < m->nids; i++) {
         json_array_append_new(ids, json_string(m->ids[i].value));
     }
-    next = acme_sched_next(m, time(NULL), &reason);
+    next = acme_sched_renewal(m, time(NULL), &reason);
     o = json_pack("{s:s, s:o, s:s, s:s?}", "name", m->name, "identifiers", ids,
                   "key_type", acme_keyspec_str(&m->keyspec, ks, sizeof(ks)), "issuer", m->ca);
     json_object_set_new(o, "not_before", m->not_before ? json_string(acme_time_format(m->not_before, b, 32))
@@ -610,7 +610,7 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
     json_object_set_new(o, "renewal_reason", json_string(acme_renew_reason_name(reason)));
     if (m->ari_start) {
         json_object_set_new(o, "ari_window", json_pack("{s:s, s:s}", "start",
-                            acme_time_format(m->ari_start, b, 32), "end", acme_time_format(m->ari_end, b + 0, 32)));
+                            acme_time_format(m->ari_start, b, 32), "end", acme_time_format(m->ari_end, b2, 32)));
     }
     json_object_set_new(o, "state", json_string(m->not_after == 0 ? "pending"
                                                 : m->not_after < time(NULL) ? "expired"
@@ -658,7 +658,7 @@ cmd_list(ctl_t *ctl, int json_out)
             }
             printf("%-40s %-10s %-20s %-20s %s\n", idbuf, acme_keyspec_str(&m.keyspec, ks, sizeof(ks)),
                    m.not_after ? acme_time_format(m.not_after, b1, sizeof(b1)) : "-",
-                   acme_time_format(acme_sched_next(&m, time(NULL), &reason), b2, sizeof(b2)),
+                   acme_time_format(acme_sched_renewal(&m, time(NULL), &reason), b2, sizeof(b2)),
                    m.last_error ? m.last_error : "-");
         }
         acme_certmeta_free(&m);

@@ -663,8 +663,7 @@ cert_renewal(mcert_t *c, time_t now, acme_renew_reason_t *reason)
     time_t when = cert_next(c, now, reason);
 
     if (*reason == ACME_RENEW_NONE) {
-        *reason = c->meta.ari_start ? ACME_RENEW_ARI : ACME_RENEW_LIFETIME;
-        when = c->meta.renew_at ? c->meta.renew_at : when;
+        when = acme_sched_renewal(&c->meta, now, reason);
     }
     return when;
 }

@@ -211,3 +211,17 @@ acme_random(void)
     }
     return (double) (v >> 11) * (1.0 / 9007199254740992.0);
 }
+
+time_t
+acme_sched_renewal(const acme_certmeta_t *m, time_t now, acme_renew_reason_t *reason)
+{
+    time_t when = acme_sched_next(m, now, reason);
+
+    if (*reason == ACME_RENEW_NONE) {
+        *reason = m->ari_start ? ACME_RENEW_ARI : ACME_RENEW_LIFETIME;
+        if (m->renew_at != 0) {
+            when = m->renew_at;
+        }
+    }
+    return when;
+}

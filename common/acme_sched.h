@@ -40,6 +40,9 @@ long acme_sched_backoff(acme_err_kind_t kind, int failures, long retry_after, do
  */
 time_t acme_sched_next(const acme_certmeta_t *m, time_t now, acme_renew_reason_t *reason);
 
+/* For status pages: when the certificate will be renewed and why, leaving ARI re-checks aside. */
+time_t acme_sched_renewal(const acme_certmeta_t *m, time_t now, acme_renew_reason_t *reason);
+
 /* Next ARI poll: the CA's Retry-After clamped to [1 h, 24 h] (default 6 h), with jitter. */
 time_t acme_sched_ari_next_check(time_t now, long retry_after, double rnd);
 
