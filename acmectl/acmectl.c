@@ -91,7 +91,7 @@ usage(FILE *f)
 "\n"
 "commands:\n"
 "  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
-"        [--key ALG] [--profile NAME] [--preferred-chain CN] NAME...\n"
+"        [--key ALG] [--profile NAME] [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
 "  renew [--force] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
@@ -208,6 +208,7 @@ typedef struct {
     const char       *profile;
     const char       *preferred_chain;
     int               force;
+    long              poll_timeout;
     acmectl_chsrv_t  *srv;
 } issue_opts_t;
 
@@ -260,6 +261,13 @@ parse_issue_opt(int c, issue_opts_t *o)
     case 'p': o->profile = optarg; return 0;
     case 'P': o->preferred_chain = optarg; return 0;
     case 'f': o->force = 1; return 0;
+    case 'W':
+        o->poll_timeout = strtol(optarg, NULL, 10);
+        if (o->poll_timeout <= 0) {
+            fprintf(stderr, "acmectl: --poll-timeout \"%s\": a number of seconds\n", optarg);
+            return -1;
+        }
+        return 0;
     }
     return -1;
 }
@@ -272,6 +280,7 @@ static const struct option issue_longopts[] = {
     { "profile", required_argument, NULL, 'p' },
     { "preferred-chain", required_argument, NULL, 'P' },
     { "force", no_argument, NULL, 'f' },
+    { "poll-timeout", required_argument, NULL, 'W' },
     { NULL, 0, NULL, 0 }
 };
 
@@ -315,6 +324,7 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     req.profile = o->profile;
     req.preferred_chain = o->preferred_chain;
     req.replaces = replaces;
+    req.poll_timeout = o->poll_timeout;
     ch.data = o;
     ch.publish = ch_publish;
     ch.withdraw = ch_withdraw;
@@ -895,6 +905,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "preferred-chain", required_argument, NULL, 'P' },
         { "fallback-ca", required_argument, NULL, 'F' },
         { "status-file", required_argument, NULL, 'S' },
+        { "poll-timeout", required_argument, NULL, 'W' },
         { NULL, 0, NULL, 0 }
     };
     issue_opts_t         o;
@@ -1007,6 +1018,9 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
             fprintf(stderr, "acmectl: %s\n", err.msg);
             goto done;
         }
+    }
+    if (o.poll_timeout > 0) {
+        acme_manager_set_poll_timeout(r.m, o.poll_timeout);
     }
     if (acme_manager_add_cert(r.m, ids, nids, &ks, idx, nissuers, &err) == NULL
         || acme_manager_start(r.m, &err) != 0)
