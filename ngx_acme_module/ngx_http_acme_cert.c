@@ -1,0 +1,1158 @@
+
+/*
+ * Serving certificates: the self-signed fallback pushed into the ssl
+ * module's configuration, the per worker parsed copies of the managed
+ * certificates (reloaded when their generation in the zone changes), the
+ * certificate callback choosing among them, and TLS-ALPN-01 challenge
+ * handshakes (client hello callback, ALPN selection, challenge
+ * certificates built and cached per worker).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_acme_module.h"
+#include "ngx_http_acme_zone.h"
+
+#include "acme_store.h"
+#include "acme_tlsalpn.h"
+#include "acme_x509.h"
+
+#include <openssl/pem.h>
+
+
+#define NGX_HTTP_ACME_ALPN_PROTOS    "\x08http/1.1\x08http/1.0\x08http/0.9"
+#define NGX_HTTP_ACME_TLSALPN_PROTO  "\x0a" "acme-tls/1"
+#define NGX_HTTP_ACME_CHALLENGE_MAX  16
+
+
+typedef struct {
+    X509                       *cert;
+    EVP_PKEY                   *key;
+    ngx_str_t                   cert_pem;        /* "data:" */
+    ngx_str_t                   key_pem;
+} ngx_http_acme_conn_challenge_t;
+
+
+typedef struct {
+    u_char                     *sni;
+    u_char                     *key_authz;
+    X509                       *cert;
+    EVP_PKEY                   *key;
+    char                       *cert_pem;
+    size_t                      cert_pem_len;
+    char                       *key_pem;
+    size_t                      key_pem_len;
+    ngx_uint_t                  used;
+} ngx_http_acme_challenge_cert_t;
+
+
+static int ngx_http_acme_client_hello(SSL *ssl, int *al, void *arg);
+static int ngx_http_acme_alpn_select(ngx_ssl_conn_t *ssl_conn,
+    const unsigned char **out, unsigned char *outlen,
+    const unsigned char *in, unsigned int inlen, void *arg);
+static int ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
+
+
+static int                              ngx_http_acme_ssl_index = -1;
+
+static ngx_http_acme_wcert_t           *ngx_http_acme_wcerts;
+static ngx_uint_t                       ngx_http_acme_nwcerts;
+static acme_store_t                   **ngx_http_acme_stores;
+static ngx_uint_t                       ngx_http_acme_nstores;
+static ngx_atomic_uint_t                ngx_http_acme_seen_gen;
+static ngx_http_acme_zone_t            *ngx_http_acme_wzone;
+
+static ngx_http_acme_challenge_cert_t   ngx_http_acme_challenges
+                                            [NGX_HTTP_ACME_CHALLENGE_MAX];
+static ngx_uint_t                       ngx_http_acme_challenge_clock;
+
+
+/* PEM of a certificate or key as "data:...", malloc'd */
+
+static char *
+ngx_http_acme_pem(X509 *x, EVP_PKEY *k, size_t *len)
+{
+    BIO     *bio;
+    char    *data, *p;
+    long     n;
+
+    bio = BIO_new(BIO_s_mem());
+    if (bio == NULL) {
+        return NULL;
+    }
+
+    if (BIO_write(bio, "data:", 5) != 5
+        || (x && PEM_write_bio_X509(bio, x) != 1)
+        || (k && PEM_write_bio_PrivateKey(bio, k, NULL, NULL, 0, NULL, NULL)
+                 != 1))
+    {
+        BIO_free(bio);
+        return NULL;
+    }
+
+    n = BIO_get_mem_data(bio, &data);
+
+    p = malloc(n + 1);
+    if (p == NULL) {
+        BIO_free(bio);
+        return NULL;
+    }
+
+    ngx_memcpy(p, data, n);
+    p[n] = '\0';
+    *len = n;
+
+    OPENSSL_cleanse(data, n);
+    BIO_free(bio);
+
+    return p;
+}
+
+
+/* configuration: the fallback certificate */
+
+char *
+ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+    ngx_str_t *names, ngx_uint_t nnames)
+{
+    char                     *pem, *cn[8];
+    size_t                    len;
+    X509                     *x;
+    EVP_PKEY                 *k;
+    ngx_str_t                *s;
+    ngx_uint_t                i, n;
+    acme_err_t                err;
+    acme_keyspec_t            ks;
+    ngx_http_ssl_srv_conf_t  *sscf;
+
+    if (ascf->fallback_cert.len == 0) {
+
+        n = 0;
+        for (i = 0; i < nnames && n < 8; i++) {
+            cn[n] = ngx_pnalloc(cf->temp_pool, names[i].len + 1);
+            if (cn[n] == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_cpystrn((u_char *) cn[n], names[i].data, names[i].len + 1);
+            n++;
+        }
+
+        if (n == 0) {
+            cn[n++] = "acme-fallback.invalid";
+        }
+
+        ks = ACME_KEYSPEC_DEFAULT;
+
+        if (acme_selfsigned((const char *const *) cn, n, &ks, &x, &k, &err)
+            != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cannot create the fallback certificate: %s",
+                               err.msg);
+            return NGX_CONF_ERROR;
+        }
+
+        pem = ngx_http_acme_pem(x, NULL, &len);
+        X509_free(x);
+
+        if (pem == NULL) {
+            EVP_PKEY_free(k);
+            return NGX_CONF_ERROR;
+        }
+
+        ascf->fallback_cert.data = ngx_pnalloc(cf->pool, len + 1);
+        if (ascf->fallback_cert.data == NULL) {
+            free(pem);
+            EVP_PKEY_free(k);
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(ascf->fallback_cert.data, pem, len + 1);
+        ascf->fallback_cert.len = len;
+        free(pem);
+
+        pem = ngx_http_acme_pem(NULL, k, &len);
+        EVP_PKEY_free(k);
+
+        if (pem == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ascf->fallback_key.data = ngx_pnalloc(cf->pool, len + 1);
+        if (ascf->fallback_key.data == NULL) {
+            acme_free_secret(pem, len);
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(ascf->fallback_key.data, pem, len + 1);
+        ascf->fallback_key.len = len;
+        acme_free_secret(pem, len);
+    }
+
+    sscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_ssl_module);
+
+    if (ascf->injected
+        || sscf->certificates != NGX_CONF_UNSET_PTR
+        || sscf->certificate_keys != NGX_CONF_UNSET_PTR)
+    {
+        /* ssl_certificate is configured: the admin's choice comes first */
+        return NGX_CONF_OK;
+    }
+
+    sscf->certificates = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+    sscf->certificate_keys = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+
+    if (sscf->certificates == NULL || sscf->certificate_keys == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    s = ngx_array_push(sscf->certificates);
+    if (s == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *s = ascf->fallback_cert;
+
+    s = ngx_array_push(sscf->certificate_keys);
+    if (s == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *s = ascf->fallback_key;
+
+    ascf->injected = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* postconfiguration: our callbacks on every server's SSL_CTX */
+
+static void
+ngx_http_acme_array_shift(ngx_array_t *a)
+{
+    if (a == NULL || a->nelts == 0) {
+        return;
+    }
+
+    ngx_memmove(a->elts, (u_char *) a->elts + a->size,
+                (a->nelts - 1) * a->size);
+    a->nelts--;
+}
+
+
+ngx_int_t
+ngx_http_acme_ssl_init(ngx_conf_t *cf)
+{
+    ngx_uint_t                   s;
+    ngx_http_ssl_srv_conf_t     *sscf;
+    ngx_http_acme_srv_conf_t    *ascf;
+    ngx_http_core_srv_conf_t   **cscfp;
+    ngx_http_core_main_conf_t   *cmcf;
+
+    if (ngx_http_acme_ssl_index == -1) {
+        ngx_http_acme_ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
+                                                       NULL);
+        if (ngx_http_acme_ssl_index == -1) {
+            ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                          "SSL_get_ex_new_index() failed");
+            return NGX_ERROR;
+        }
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+    cscfp = cmcf->servers.elts;
+
+    for (s = 0; s < cmcf->servers.nelts; s++) {
+
+        sscf = cscfp[s]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
+        ascf = cscfp[s]->ctx->srv_conf[ngx_http_acme_module.ctx_index];
+
+        if (sscf->ssl.ctx == NULL) {
+            continue;
+        }
+
+        if (ascf->injected && sscf->certificate_values) {
+
+            /*
+             * "ssl_certificate $acme_certificate" follows acme_certificate:
+             * the variables serve the certificate, our fallback would be
+             * loaded on every handshake for nothing
+             */
+
+            ngx_http_acme_array_shift(sscf->certificate_values);
+            ngx_http_acme_array_shift(sscf->certificate_key_values);
+        }
+
+        SSL_CTX_set_client_hello_cb(sscf->ssl.ctx, ngx_http_acme_client_hello,
+                                    NULL);
+
+        SSL_CTX_set_alpn_select_cb(sscf->ssl.ctx, ngx_http_acme_alpn_select,
+                                   NULL);
+
+        if (sscf->certificate_values == NULL) {
+            SSL_CTX_set_cert_cb(sscf->ssl.ctx, ngx_http_acme_cert_cb, ascf);
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* per worker certificates */
+
+static void
+ngx_http_acme_wcert_clear(ngx_http_acme_wcert_t *wc)
+{
+    if (wc->leaf) {
+        X509_free(wc->leaf);
+        wc->leaf = NULL;
+    }
+
+    if (wc->chain) {
+        sk_X509_pop_free(wc->chain, X509_free);
+        wc->chain = NULL;
+    }
+
+    if (wc->key) {
+        EVP_PKEY_free(wc->key);
+        wc->key = NULL;
+    }
+
+    if (wc->cert_pem.data) {
+        free(wc->cert_pem.data);
+        ngx_str_null(&wc->cert_pem);
+    }
+
+    if (wc->key_pem.data) {
+        acme_free_secret(wc->key_pem.data, wc->key_pem.len);
+        ngx_str_null(&wc->key_pem);
+    }
+}
+
+
+static u_char *
+ngx_http_acme_data_str(const char *pem, size_t len)
+{
+    u_char  *p;
+
+    p = malloc(sizeof("data:") - 1 + len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, "data:", sizeof("data:") - 1);
+    ngx_memcpy(p + sizeof("data:") - 1, pem, len);
+    p[sizeof("data:") - 1 + len] = '\0';
+
+    return p;
+}
+
+
+static ngx_int_t
+ngx_http_acme_wcert_load(ngx_http_acme_wcert_t *wc, ngx_log_t *log)
+{
+    char             *fullchain, *privkey;
+    size_t            flen, plen;
+    X509             *leaf;
+    EVP_PKEY         *key;
+    ngx_int_t         rc;
+    acme_err_t        err;
+    acme_store_t     *st;
+    STACK_OF(X509)   *chain;
+    ngx_http_acme_wcert_t  fresh;
+
+    st = ngx_http_acme_stores[wc->conf->store];
+    if (st == NULL) {
+        return NGX_ERROR;
+    }
+
+    fullchain = NULL;
+    privkey = NULL;
+    chain = NULL;
+    key = NULL;
+
+    rc = acme_store_cert_load(st, wc->conf->name, &fullchain, &flen,
+                              &privkey, &plen, NULL, &err);
+    if (rc == 1) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "acme: no certificate \"%s\" stored yet",
+                       wc->conf->name);
+        return NGX_DECLINED;
+    }
+
+    if (rc != 0) {
+        if (!wc->load_failed) {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "acme: cannot load certificate \"%s\": %s",
+                          wc->conf->name, err.msg);
+            wc->load_failed = 1;
+        }
+
+        return NGX_ERROR;
+    }
+
+    if (acme_pem_chain_parse(fullchain, flen, &chain, &err) != 0) {
+        goto failed;
+    }
+
+    key = acme_key_from_pem(privkey, plen, &err);
+    if (key == NULL) {
+        goto failed;
+    }
+
+    leaf = sk_X509_shift(chain);
+
+    if (!acme_key_matches(X509_get0_pubkey(leaf), key)) {
+        X509_free(leaf);
+        acme_err_set(&err, ACME_ERR_STORE,
+                     "the private key does not match the certificate");
+        goto failed;
+    }
+
+    ngx_memzero(&fresh, sizeof(ngx_http_acme_wcert_t));
+
+    fresh.leaf = leaf;
+    fresh.chain = chain;
+    fresh.key = key;
+
+    fresh.cert_pem.data = ngx_http_acme_data_str(fullchain, flen);
+    fresh.cert_pem.len = sizeof("data:") - 1 + flen;
+    fresh.key_pem.data = ngx_http_acme_data_str(privkey, plen);
+    fresh.key_pem.len = sizeof("data:") - 1 + plen;
+
+    free(fullchain);
+    acme_free_secret(privkey, plen);
+
+    if (fresh.cert_pem.data == NULL || fresh.key_pem.data == NULL) {
+        ngx_http_acme_wcert_clear(&fresh);
+        return NGX_ERROR;
+    }
+
+    ngx_http_acme_wcert_clear(wc);
+
+    wc->leaf = fresh.leaf;
+    wc->chain = fresh.chain;
+    wc->key = fresh.key;
+    wc->cert_pem = fresh.cert_pem;
+    wc->key_pem = fresh.key_pem;
+    wc->load_failed = 0;
+    wc->fallback_logged = 0;
+
+    ngx_log_error(NGX_LOG_INFO, log, 0,
+                  "acme: certificate \"%s\" loaded", wc->conf->name);
+
+    return NGX_OK;
+
+failed:
+
+    if (!wc->load_failed) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "acme: stored certificate \"%s\" is unusable: %s",
+                      wc->conf->name, err.msg);
+        wc->load_failed = 1;
+    }
+
+    if (chain) {
+        sk_X509_pop_free(chain, X509_free);
+    }
+
+    if (key) {
+        EVP_PKEY_free(key);
+    }
+
+    free(fullchain);
+
+    if (privkey) {
+        acme_free_secret(privkey, plen);
+    }
+
+    return NGX_ERROR;
+}
+
+
+static void
+ngx_http_acme_wcerts_refresh(ngx_log_t *log)
+{
+    ngx_uint_t              i, gen;
+    ngx_atomic_uint_t       g;
+    ngx_http_acme_wcert_t  *wc;
+
+    if (ngx_http_acme_wzone == NULL) {
+        return;
+    }
+
+    g = ngx_http_acme_wzone->sh->gen;
+
+    if (g == ngx_http_acme_seen_gen) {
+        return;
+    }
+
+    ngx_http_acme_seen_gen = g;
+
+    for (i = 0; i < ngx_http_acme_nwcerts; i++) {
+        wc = &ngx_http_acme_wcerts[i];
+
+        gen = ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
+                                          (u_char *) wc->conf->name,
+                                          ngx_strlen(wc->conf->name));
+        if (gen == wc->gen) {
+            continue;
+        }
+
+        wc->gen = gen;
+
+        (void) ngx_http_acme_wcert_load(wc, log);
+    }
+}
+
+
+ngx_http_acme_wcert_t *
+ngx_http_acme_wcert(ngx_http_acme_cert_t *cert, ngx_log_t *log)
+{
+    if (ngx_http_acme_wcerts == NULL
+        || cert->index >= ngx_http_acme_nwcerts)
+    {
+        return NULL;
+    }
+
+    ngx_http_acme_wcerts_refresh(log);
+
+    return &ngx_http_acme_wcerts[cert->index];
+}
+
+
+ngx_http_acme_wcert_t *
+ngx_http_acme_wcert_peek(ngx_http_acme_cert_t *cert)
+{
+    if (ngx_http_acme_wcerts == NULL
+        || cert->index >= ngx_http_acme_nwcerts)
+    {
+        return NULL;
+    }
+
+    return &ngx_http_acme_wcerts[cert->index];
+}
+
+
+ngx_int_t
+ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
+{
+    char                       **paths;
+    ngx_uint_t                   i;
+    acme_err_t                   err;
+    ngx_http_acme_cert_t       **certs;
+    ngx_http_acme_wcert_t       *wc;
+    ngx_http_acme_main_conf_t   *amcf;
+
+    amcf = ngx_http_acme_get_main_conf();
+
+    ngx_http_acme_wzone = amcf->shm_zone ? amcf->shm_zone->data : NULL;
+
+    ngx_http_acme_nstores = amcf->stores.nelts;
+    ngx_http_acme_stores = ngx_pcalloc(cycle->pool,
+                              (amcf->stores.nelts + 1) * sizeof(acme_store_t *));
+    if (ngx_http_acme_stores == NULL) {
+        return NGX_ERROR;
+    }
+
+    paths = amcf->stores.elts;
+    for (i = 0; i < amcf->stores.nelts; i++) {
+        ngx_http_acme_stores[i] = acme_store_fs_open(paths[i], 1, &err);
+        if (ngx_http_acme_stores[i] == NULL) {
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                          "acme: cannot open state_path \"%s\": %s",
+                          paths[i], err.msg);
+        }
+    }
+
+    ngx_http_acme_nwcerts = amcf->certs.nelts;
+    ngx_http_acme_wcerts = ngx_pcalloc(cycle->pool,
+                              (amcf->certs.nelts + 1)
+                              * sizeof(ngx_http_acme_wcert_t));
+    if (ngx_http_acme_wcerts == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_acme_wzone) {
+        ngx_http_acme_seen_gen = ngx_http_acme_wzone->sh->gen;
+    }
+
+    certs = amcf->certs.elts;
+    for (i = 0; i < amcf->certs.nelts; i++) {
+        wc = &ngx_http_acme_wcerts[i];
+        wc->conf = certs[i];
+
+        if (ngx_http_acme_wzone) {
+            wc->gen = ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
+                                                  (u_char *) certs[i]->name,
+                                                  ngx_strlen(certs[i]->name));
+        }
+
+        (void) ngx_http_acme_wcert_load(wc, cycle->log);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                       i;
+    ngx_http_acme_challenge_cert_t  *cc;
+
+    for (i = 0; i < ngx_http_acme_nwcerts; i++) {
+        ngx_http_acme_wcert_clear(&ngx_http_acme_wcerts[i]);
+    }
+
+    ngx_http_acme_nwcerts = 0;
+    ngx_http_acme_wcerts = NULL;
+
+    for (i = 0; i < ngx_http_acme_nstores; i++) {
+        if (ngx_http_acme_stores[i]) {
+            acme_store_close(ngx_http_acme_stores[i]);
+        }
+    }
+
+    ngx_http_acme_nstores = 0;
+    ngx_http_acme_stores = NULL;
+
+    for (i = 0; i < NGX_HTTP_ACME_CHALLENGE_MAX; i++) {
+        cc = &ngx_http_acme_challenges[i];
+
+        if (cc->sni == NULL) {
+            continue;
+        }
+
+        free(cc->sni);
+        free(cc->key_authz);
+        X509_free(cc->cert);
+        EVP_PKEY_free(cc->key);
+        free(cc->cert_pem);
+        acme_free_secret(cc->key_pem, cc->key_pem_len);
+        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
+    }
+}
+
+
+/* TLS-ALPN-01 */
+
+static ngx_http_acme_challenge_cert_t *
+ngx_http_acme_challenge_cert(ngx_str_t *sni, ngx_str_t *value, ngx_log_t *log)
+{
+    u_char                          *p, *last, *authz;
+    ngx_uint_t                       i, oldest;
+    acme_err_t                       err;
+    acme_ident_t                     id;
+    ngx_http_acme_challenge_cert_t  *cc;
+
+    /* value: "dns|ip <identifier> <key authorization>" */
+
+    p = value->data;
+    last = value->data + value->len;
+
+    if (value->len < 4) {
+        return NULL;
+    }
+
+    if (ngx_strncmp(p, "dns ", 4) == 0) {
+        id.type = ACME_IDENT_DNS;
+        p += 4;
+
+    } else if (ngx_strncmp(p, "ip ", 3) == 0) {
+        id.type = ACME_IDENT_IP;
+        p += 3;
+
+    } else {
+        return NULL;
+    }
+
+    authz = ngx_strlchr(p, last, ' ');
+    if (authz == NULL) {
+        return NULL;
+    }
+
+    *authz++ = '\0';
+    id.value = (char *) p;
+
+    oldest = 0;
+
+    for (i = 0; i < NGX_HTTP_ACME_CHALLENGE_MAX; i++) {
+        cc = &ngx_http_acme_challenges[i];
+
+        if (cc->sni == NULL) {
+            oldest = i;
+            continue;
+        }
+
+        if (ngx_strlen(cc->sni) == sni->len
+            && ngx_strncmp(cc->sni, sni->data, sni->len) == 0
+            && ngx_strcmp(cc->key_authz, authz) == 0)
+        {
+            cc->used = ++ngx_http_acme_challenge_clock;
+            return cc;
+        }
+
+        if (ngx_http_acme_challenges[oldest].sni != NULL
+            && cc->used < ngx_http_acme_challenges[oldest].used)
+        {
+            oldest = i;
+        }
+    }
+
+    cc = &ngx_http_acme_challenges[oldest];
+
+    if (cc->sni) {
+        free(cc->sni);
+        free(cc->key_authz);
+        X509_free(cc->cert);
+        EVP_PKEY_free(cc->key);
+        free(cc->cert_pem);
+        acme_free_secret(cc->key_pem, cc->key_pem_len);
+        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
+    }
+
+    if (acme_tlsalpn_cert(&id, (char *) authz, &cc->cert, &cc->key, &err)
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "acme: cannot build the tls-alpn-01 certificate for "
+                      "\"%s\": %s", id.value, err.msg);
+        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
+        return NULL;
+    }
+
+    cc->cert_pem = ngx_http_acme_pem(cc->cert, NULL, &cc->cert_pem_len);
+    cc->key_pem = ngx_http_acme_pem(NULL, cc->key, &cc->key_pem_len);
+    cc->sni = (u_char *) acme_strndup((char *) sni->data, sni->len);
+    cc->key_authz = (u_char *) acme_strdup((char *) authz);
+
+    if (cc->cert_pem == NULL || cc->key_pem == NULL || cc->sni == NULL
+        || cc->key_authz == NULL)
+    {
+        free(cc->sni);
+        free(cc->key_authz);
+        X509_free(cc->cert);
+        EVP_PKEY_free(cc->key);
+        free(cc->cert_pem);
+        if (cc->key_pem) {
+            acme_free_secret(cc->key_pem, cc->key_pem_len);
+        }
+        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
+        return NULL;
+    }
+
+    cc->used = ++ngx_http_acme_challenge_clock;
+
+    ngx_log_error(NGX_LOG_INFO, log, 0,
+                  "acme: tls-alpn-01 challenge certificate for \"%V\" built",
+                  sni);
+
+    return cc;
+}
+
+
+static void
+ngx_http_acme_conn_challenge_cleanup(void *data)
+{
+    ngx_http_acme_conn_challenge_t  *ch = data;
+
+    if (ch->cert) {
+        X509_free(ch->cert);
+        ch->cert = NULL;
+    }
+
+    if (ch->key) {
+        EVP_PKEY_free(ch->key);
+        ch->key = NULL;
+    }
+
+    if (ch->key_pem.data) {
+        ngx_explicit_memzero(ch->key_pem.data, ch->key_pem.len);
+    }
+}
+
+
+/* 1 when the ALPN extension offers acme-tls/1 */
+
+static ngx_uint_t
+ngx_http_acme_offers_acme_tls(const u_char *p, size_t len)
+{
+    size_t  n, l;
+
+    if (len < 2) {
+        return 0;
+    }
+
+    n = (p[0] << 8) | p[1];
+    p += 2;
+
+    if (n != len - 2) {
+        return 0;
+    }
+
+    while (n > 0) {
+        l = p[0];
+
+        if (l + 1 > n) {
+            return 0;
+        }
+
+        if (l == ACME_TLSALPN_PROTO_LEN
+            && ngx_memcmp(p + 1, ACME_TLSALPN_PROTO, l) == 0)
+        {
+            return 1;
+        }
+
+        p += l + 1;
+        n -= l + 1;
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_acme_client_sni(SSL *ssl, u_char *buf, size_t size, ngx_str_t *sni)
+{
+    size_t          n, l, i;
+    const u_char   *p;
+
+    if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &n)) {
+        return NGX_DECLINED;
+    }
+
+    /* list length, name type (host_name), name length, name */
+
+    if (n < 5 || (size_t) ((p[0] << 8) | p[1]) != n - 2 || p[2] != 0) {
+        return NGX_DECLINED;
+    }
+
+    l = (p[3] << 8) | p[4];
+
+    if (l == 0 || l + 5 > n || l >= size) {
+        return NGX_DECLINED;
+    }
+
+    p += 5;
+
+    for (i = 0; i < l; i++) {
+        u_char ch = p[i];
+
+        if (ch >= 'A' && ch <= 'Z') {
+            ch |= 0x20;
+
+        } else if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')
+                     || ch == '-' || ch == '.'))
+        {
+            return NGX_DECLINED;
+        }
+
+        buf[i] = ch;
+    }
+
+    if (buf[l - 1] == '.') {
+        l--;
+    }
+
+    sni->data = buf;
+    sni->len = l;
+
+    return l ? NGX_OK : NGX_DECLINED;
+}
+
+
+static int
+ngx_http_acme_client_hello(SSL *ssl, int *al, void *arg)
+{
+    u_char                           buf[256];
+    size_t                           len;
+    ngx_str_t                        sni, value;
+    const u_char                    *p;
+    ngx_connection_t                *c;
+    ngx_pool_cleanup_t              *cln;
+    ngx_http_acme_conn_challenge_t  *ch;
+    ngx_http_acme_challenge_cert_t  *cc;
+
+    (void) SSL_set_ex_data(ssl, ngx_http_acme_ssl_index, NULL);
+
+    if (ngx_http_acme_wzone == NULL) {
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    if (!SSL_client_hello_get0_ext(ssl,
+                        TLSEXT_TYPE_application_layer_protocol_negotiation,
+                        &p, &len)
+        || !ngx_http_acme_offers_acme_tls(p, len))
+    {
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    c = ngx_ssl_get_connection(ssl);
+
+    if (ngx_http_acme_client_sni(ssl, buf, sizeof(buf), &sni) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "acme: acme-tls/1 offered without a usable SNI name");
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    if (ngx_http_acme_zone_get(ngx_http_acme_wzone, NGX_HTTP_ACME_KV_TLSALPN,
+                               sni.data, sni.len, c->pool, &value)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "acme: acme-tls/1 offered for \"%V\", which has no "
+                      "pending tls-alpn-01 challenge", &sni);
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    cc = ngx_http_acme_challenge_cert(&sni, &value, c->log);
+    if (cc == NULL) {
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    ch = ngx_pcalloc(c->pool, sizeof(ngx_http_acme_conn_challenge_t));
+    if (ch == NULL) {
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    ch->cert_pem.data = ngx_pstrdup(c->pool,
+                                    &(ngx_str_t) { cc->cert_pem_len,
+                                                   (u_char *) cc->cert_pem });
+    ch->key_pem.data = ngx_pstrdup(c->pool,
+                                   &(ngx_str_t) { cc->key_pem_len,
+                                                  (u_char *) cc->key_pem });
+    if (ch->cert_pem.data == NULL || ch->key_pem.data == NULL) {
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    ch->cert_pem.len = cc->cert_pem_len;
+    ch->key_pem.len = cc->key_pem_len;
+
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+    if (cln == NULL) {
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+
+    X509_up_ref(cc->cert);
+    EVP_PKEY_up_ref(cc->key);
+
+    ch->cert = cc->cert;
+    ch->key = cc->key;
+
+    cln->handler = ngx_http_acme_conn_challenge_cleanup;
+    cln->data = ch;
+
+    (void) SSL_set_ex_data(ssl, ngx_http_acme_ssl_index, ch);
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "acme: tls-alpn-01 challenge handshake for \"%V\"", &sni);
+
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+
+ngx_uint_t
+ngx_http_acme_is_challenge_connection(ngx_connection_t *c)
+{
+    if (c->ssl == NULL || ngx_http_acme_ssl_index == -1) {
+        return 0;
+    }
+
+    return SSL_get_ex_data(c->ssl->connection, ngx_http_acme_ssl_index)
+           != NULL;
+}
+
+
+ngx_int_t
+ngx_http_acme_connection_challenge(ngx_connection_t *c, ngx_str_t *cert,
+    ngx_str_t *key)
+{
+    ngx_http_acme_conn_challenge_t  *ch;
+
+    if (c->ssl == NULL || c->ssl->handshaked
+        || ngx_http_acme_ssl_index == -1)
+    {
+        return NGX_DECLINED;
+    }
+
+    ch = SSL_get_ex_data(c->ssl->connection, ngx_http_acme_ssl_index);
+    if (ch == NULL) {
+        return NGX_DECLINED;
+    }
+
+    *cert = ch->cert_pem;
+    *key = ch->key_pem;
+
+    return NGX_OK;
+}
+
+
+static int
+ngx_http_acme_alpn_select(ngx_ssl_conn_t *ssl_conn, const unsigned char **out,
+    unsigned char *outlen, const unsigned char *in, unsigned int inlen,
+    void *arg)
+{
+    unsigned int            srvlen;
+    unsigned char          *srv;
+    ngx_connection_t       *c;
+#if (NGX_HTTP_V2)
+    ngx_http_connection_t  *hc;
+#endif
+
+    c = ngx_ssl_get_connection(ssl_conn);
+
+    if (SSL_get_ex_data(ssl_conn, ngx_http_acme_ssl_index) != NULL) {
+        srv = (unsigned char *) NGX_HTTP_ACME_TLSALPN_PROTO;
+        srvlen = sizeof(NGX_HTTP_ACME_TLSALPN_PROTO) - 1;
+
+        if (SSL_select_next_proto((unsigned char **) out, outlen, srv, srvlen,
+                                  in, inlen)
+            != OPENSSL_NPN_NEGOTIATED)
+        {
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
+
+        return SSL_TLSEXT_ERR_OK;
+    }
+
+    /* what ngx_http_ssl_module selects */
+
+#if (NGX_HTTP_V2)
+    hc = c->data;
+
+    if (hc->addr_conf->http2) {
+        srv = (unsigned char *) NGX_HTTP_V2_ALPN_PROTO
+                                NGX_HTTP_ACME_ALPN_PROTOS;
+        srvlen = sizeof(NGX_HTTP_V2_ALPN_PROTO NGX_HTTP_ACME_ALPN_PROTOS) - 1;
+
+    } else
+#endif
+    {
+        srv = (unsigned char *) NGX_HTTP_ACME_ALPN_PROTOS;
+        srvlen = sizeof(NGX_HTTP_ACME_ALPN_PROTOS) - 1;
+    }
+
+    if (SSL_select_next_proto((unsigned char **) out, outlen, srv, srvlen,
+                              in, inlen)
+        != OPENSSL_NPN_NEGOTIATED)
+    {
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "acme: SSL ALPN selected: %*s", (size_t) *outlen, *out);
+
+    return SSL_TLSEXT_ERR_OK;
+}
+
+
+static void
+ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc)
+{
+    acme_err_t        err;
+    acme_certmeta_t   meta;
+    acme_store_t     *st;
+
+    wc->fallback_logged = 1;
+
+    st = ngx_http_acme_stores[wc->conf->store];
+
+    ngx_memzero(&meta, sizeof(acme_certmeta_t));
+
+    if (st && acme_store_meta_load(st, wc->conf->name, &meta, &err) == 0
+        && meta.last_error)
+    {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "acme: serving the self-signed fallback certificate "
+                      "for \"%s\": no certificate yet, last attempt failed: "
+                      "%s", wc->conf->name, meta.last_error);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "acme: serving the self-signed fallback certificate "
+                      "for \"%s\": no certificate issued yet",
+                      wc->conf->name);
+    }
+
+    acme_certmeta_free(&meta);
+}
+
+
+static int
+ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
+{
+    ngx_http_acme_srv_conf_t  *ascf = arg;
+
+    ngx_uint_t                        i, served;
+    ngx_connection_t                 *c;
+    ngx_http_acme_cert_t            **certs;
+    ngx_http_acme_wcert_t            *wc;
+    ngx_http_acme_conn_challenge_t   *ch;
+
+    c = ngx_ssl_get_connection(ssl_conn);
+
+    if (c->ssl->handshaked) {
+        return 0;
+    }
+
+    ch = SSL_get_ex_data(ssl_conn, ngx_http_acme_ssl_index);
+
+    if (ch) {
+        SSL_certs_clear(ssl_conn);
+
+        if (SSL_use_cert_and_key(ssl_conn, ch->cert, ch->key, NULL, 1) != 1) {
+            ngx_ssl_error(NGX_LOG_ERR, c->log, 0,
+                          "acme: cannot use the challenge certificate");
+            return 0;
+        }
+
+        return 1;
+    }
+
+    if (ascf == NULL || ascf->certs == NULL) {
+        return 1;
+    }
+
+    served = 0;
+    certs = ascf->certs->elts;
+
+    for (i = 0; i < ascf->certs->nelts; i++) {
+
+        wc = ngx_http_acme_wcert(certs[i], c->log);
+        if (wc == NULL) {
+            continue;
+        }
+
+        if (wc->leaf == NULL) {
+            if (!wc->fallback_logged) {
+                ngx_http_acme_log_fallback(wc);
+            }
+
+            continue;
+        }
+
+        if (served == 0) {
+            /* the fallback must not stay for clients of the other type */
+            SSL_certs_clear(ssl_conn);
+        }
+
+        if (SSL_use_cert_and_key(ssl_conn, wc->leaf, wc->key, wc->chain, 1)
+            != 1)
+        {
+            ngx_ssl_error(NGX_LOG_ERR, c->log, 0,
+                          "acme: SSL_use_cert_and_key(\"%s\") failed",
+                          wc->conf->name);
+            return 0;
+        }
+
+        served++;
+    }
+
+    return 1;
+}

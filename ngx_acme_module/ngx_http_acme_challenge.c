@@ -1,0 +1,210 @@
+
+/*
+ * HTTP-01: GET /.well-known/acme-challenge/<token> answered early in the
+ * request pipeline (post-read phase) of every server block, from the
+ * shared zone, so whichever worker gets the validator's request answers.
+ *
+ * Every request whose path (raw or normalised) starts with the challenge
+ * prefix is ours: it is answered with the key authorization when the raw
+ * path is exactly the prefix and a token we published for the requested
+ * host, and with 404 otherwise (malformed tokens, encoded characters, dot
+ * segments, queries, unknown tokens, tokens of other names). Other methods
+ * than GET and HEAD get 405. Nothing is ever read from disk.
+ *
+ * A connection that negotiated acme-tls/1 (a TLS-ALPN-01 validation) is not
+ * served HTTP at all: it is closed.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_acme_module.h"
+#include "ngx_http_acme_zone.h"
+
+
+#define NGX_HTTP_ACME_TOKEN_MAX  256
+
+
+static ngx_uint_t
+ngx_http_acme_host_matches(ngx_http_request_t *r, u_char *id, size_t len)
+{
+    ngx_str_t  host;
+
+    host = r->headers_in.server;
+
+    if (host.len >= 2 && host.data[0] == '[' && host.data[host.len - 1] == ']')
+    {
+        host.data++;
+        host.len -= 2;
+    }
+
+    if (host.len == 0 || host.len != len) {
+        return 0;
+    }
+
+    return ngx_strncasecmp(host.data, id, len) == 0;
+}
+
+
+ngx_int_t
+ngx_http_acme_challenge_handler(ngx_http_request_t *r)
+{
+    size_t                      plen, i;
+    u_char                     *token, *sp;
+    ngx_int_t                   rc;
+    ngx_buf_t                  *b;
+    ngx_str_t                   value, tok;
+    ngx_chain_t                 out;
+    ngx_http_acme_zone_t       *zone;
+    ngx_http_acme_main_conf_t  *amcf;
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    if (r->connection->ssl
+        && ngx_http_acme_is_challenge_connection(r->connection))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "acme: request on an acme-tls/1 connection refused");
+        return NGX_HTTP_CLOSE;
+    }
+
+    plen = sizeof(NGX_HTTP_ACME_CHALLENGE_PREFIX) - 1;
+
+    if ((r->uri.len < plen
+         || ngx_strncmp(r->uri.data, NGX_HTTP_ACME_CHALLENGE_PREFIX, plen)
+            != 0)
+        && (r->unparsed_uri.len < plen
+            || ngx_strncmp(r->unparsed_uri.data,
+                           NGX_HTTP_ACME_CHALLENGE_PREFIX, plen)
+               != 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_acme_module);
+
+    if (amcf->shm_zone == NULL) {
+        return NGX_DECLINED;
+    }
+
+    zone = amcf->shm_zone->data;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    /* the raw path must be exactly the prefix and a base64url token */
+
+    if (r->unparsed_uri.len <= plen
+        || r->unparsed_uri.len > plen + NGX_HTTP_ACME_TOKEN_MAX
+        || ngx_strncmp(r->unparsed_uri.data, NGX_HTTP_ACME_CHALLENGE_PREFIX,
+                       plen)
+           != 0)
+    {
+        goto not_found;
+    }
+
+    token = r->unparsed_uri.data + plen;
+    tok.data = token;
+    tok.len = r->unparsed_uri.len - plen;
+
+    for (i = 0; i < tok.len; i++) {
+        u_char ch = token[i];
+
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_'))
+        {
+            goto not_found;
+        }
+    }
+
+    /* and the normalised path the same */
+
+    if (r->uri.len != r->unparsed_uri.len
+        || ngx_strncmp(r->uri.data, r->unparsed_uri.data, r->uri.len) != 0)
+    {
+        goto not_found;
+    }
+
+    rc = ngx_http_acme_zone_get(zone, NGX_HTTP_ACME_KV_HTTP01, tok.data,
+                                tok.len, r->pool, &value);
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "acme: unknown http-01 token \"%V\"", &tok);
+        goto not_found;
+    }
+
+    /* value: "<identifier> <key authorization>" */
+
+    sp = ngx_strlchr(value.data, value.data + value.len, ' ');
+    if (sp == NULL) {
+        goto not_found;
+    }
+
+    if (!ngx_http_acme_host_matches(r, value.data, sp - value.data)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "acme: http-01 token \"%V\" requested for host "
+                      "\"%V\", which it is not for", &tok,
+                      &r->headers_in.server);
+        goto not_found;
+    }
+
+    value.len -= sp + 1 - value.data;
+    value.data = sp + 1;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "acme: answering http-01 challenge \"%V\"", &tok);
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = value.len;
+    ngx_str_set(&r->headers_out.content_type, "text/plain");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        ngx_http_finalize_request(r, rc);
+        return NGX_DONE;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = value.data;
+    b->last = value.data + value.len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    ngx_http_finalize_request(r, ngx_http_output_filter(r, &out));
+
+    return NGX_DONE;
+
+not_found:
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return NGX_HTTP_NOT_FOUND;
+}

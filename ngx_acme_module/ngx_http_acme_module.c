@@ -1,0 +1,1519 @@
+
+/*
+ * ngx_http_acme_module: directives, configuration create/merge and
+ * validation, module hooks.
+ *
+ *   acme_issuer NAME { uri ...; contact ...; account_key ...; challenge ...;
+ *                      external_account_key KID FILE; preferred_chain ...;
+ *                      profile NAME [require]; ssl_trusted_certificate ...;
+ *                      ssl_verify on|off; state_path DIR;
+ *                      accept_terms_of_service; }
+ *   acme_shared_zone zone=NAME:SIZE;
+ *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]];
+ *   acme_status;
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ftw.h>
+
+#include "ngx_http_acme_module.h"
+#include "ngx_http_acme_zone.h"
+
+#include "acme_directory.h"
+#include "acme_store.h"
+
+
+static ngx_int_t ngx_http_acme_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_acme_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_acme_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_acme_create_srv_conf(ngx_conf_t *cf);
+static void *ngx_http_acme_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_acme_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+
+static char *ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_acme_issuer_directive(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static char *ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+static ngx_int_t ngx_http_acme_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_acme_init_process(ngx_cycle_t *cycle);
+static void ngx_http_acme_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_acme_commands[] = {
+
+    { ngx_string("acme_issuer"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_acme_issuer_block,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("acme_shared_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_acme_shared_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("acme_certificate"),
+      NGX_HTTP_SRV_CONF|NGX_CONF_1MORE,
+      ngx_http_acme_certificate,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("acme_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_acme_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_acme_module_ctx = {
+    ngx_http_acme_preconfiguration,        /* preconfiguration */
+    ngx_http_acme_postconfiguration,       /* postconfiguration */
+
+    ngx_http_acme_create_main_conf,        /* create main configuration */
+    ngx_http_acme_init_main_conf,          /* init main configuration */
+
+    ngx_http_acme_create_srv_conf,         /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_acme_create_loc_conf,         /* create location configuration */
+    ngx_http_acme_merge_loc_conf           /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_acme_module = {
+    NGX_MODULE_V1,
+    &ngx_http_acme_module_ctx,             /* module context */
+    ngx_http_acme_commands,                /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    ngx_http_acme_init_module,             /* init module */
+    ngx_http_acme_init_process,            /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_acme_exit_process,            /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+ngx_http_acme_main_conf_t *
+ngx_http_acme_get_main_conf(void)
+{
+    ngx_http_conf_ctx_t  *ctx;
+
+    ctx = (ngx_http_conf_ctx_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                               ngx_http_module);
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    return ctx->main_conf[ngx_http_acme_module.ctx_index];
+}
+
+
+static ngx_int_t
+ngx_http_acme_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_acme_add_variables(cf);
+}
+
+
+static void *
+ngx_http_acme_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_acme_main_conf_t  *amcf;
+
+    amcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_main_conf_t));
+    if (amcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&amcf->issuers, cf->pool, 2,
+                       sizeof(ngx_http_acme_issuer_t))
+        != NGX_OK
+        || ngx_array_init(&amcf->certs, cf->pool, 4,
+                          sizeof(ngx_http_acme_cert_t *))
+           != NGX_OK
+        || ngx_array_init(&amcf->stores, cf->pool, 2, sizeof(char *))
+           != NGX_OK
+        || ngx_array_init(&amcf->created, cf->pool, 2, sizeof(char *))
+           != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return amcf;
+}
+
+
+static void *
+ngx_http_acme_create_srv_conf(ngx_conf_t *cf)
+{
+    ngx_http_acme_srv_conf_t  *ascf;
+
+    ascf = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_srv_conf_t));
+    if (ascf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     ascf->certs = NULL;
+     *     ascf->fallback_cert = { 0, NULL };
+     *     ascf->fallback_key = { 0, NULL };
+     *     ascf->injected = 0;
+     */
+
+    return ascf;
+}
+
+
+static void *
+ngx_http_acme_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_acme_loc_conf_t  *alcf;
+
+    alcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_loc_conf_t));
+    if (alcf == NULL) {
+        return NULL;
+    }
+
+    alcf->status = NGX_CONF_UNSET;
+
+    return alcf;
+}
+
+
+static char *
+ngx_http_acme_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_acme_loc_conf_t  *prev = parent;
+    ngx_http_acme_loc_conf_t  *conf = child;
+
+    ngx_conf_merge_value(conf->status, prev->status, 0);
+
+    return NGX_CONF_OK;
+}
+
+
+/* helpers */
+
+static char *
+ngx_http_acme_cstr(ngx_pool_t *pool, ngx_str_t *s)
+{
+    char  *p;
+
+    p = ngx_pnalloc(pool, s->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, s->data, s->len);
+    p[s->len] = '\0';
+
+    return p;
+}
+
+
+static char *
+ngx_http_acme_cstr_dup(ngx_pool_t *pool, const char *s)
+{
+    ngx_str_t  str;
+
+    str.data = (u_char *) s;
+    str.len = ngx_strlen(s);
+
+    return ngx_http_acme_cstr(pool, &str);
+}
+
+
+/* mkdir -p with 0700 for what we create; the names go to amcf->created */
+
+static ngx_int_t
+ngx_http_acme_mkpath(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    char *path, ngx_err_t *errp)
+{
+    char             *p, save, **d;
+    ngx_file_info_t   fi;
+
+    for (p = path + 1; ; p++) {
+
+        if (*p != '/' && *p != '\0') {
+            continue;
+        }
+
+        save = *p;
+        *p = '\0';
+
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+
+            if (ngx_errno != NGX_ENOENT) {
+                *errp = ngx_errno;
+                *p = save;
+                return NGX_ERROR;
+            }
+
+            if (ngx_create_dir(path, 0700) == NGX_FILE_ERROR
+                && ngx_errno != NGX_EEXIST)
+            {
+                *errp = ngx_errno;
+                *p = save;
+                return NGX_ERROR;
+            }
+
+            d = ngx_array_push(&amcf->created);
+            if (d == NULL) {
+                *errp = 0;
+                *p = save;
+                return NGX_ERROR;
+            }
+
+            *d = ngx_http_acme_cstr_dup(cf->pool, path);
+
+        } else if (!ngx_is_dir(&fi)) {
+            *errp = NGX_ENOTDIR;
+            *p = save;
+            return NGX_ERROR;
+        }
+
+        *p = save;
+
+        if (save == '\0') {
+            break;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_acme_read_secret(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *out)
+{
+    u_char      *p, *last;
+    ssize_t      n;
+    ngx_fd_t     fd;
+    ngx_file_info_t  fi;
+
+    if (ngx_conf_full_name(cf->cycle, name, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot open \"%V\"", name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > 4096)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" is not a small regular file", name);
+        ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, 4097);
+    if (p == NULL) {
+        ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    n = read(fd, p, 4096);
+    ngx_close_file(fd);
+
+    if (n < 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read \"%V\"", name);
+        return NGX_CONF_ERROR;
+    }
+
+    last = p + n;
+    while (last > p && (last[-1] == '\n' || last[-1] == '\r'
+                        || last[-1] == ' ' || last[-1] == '\t'))
+    {
+        last--;
+    }
+
+    while (p < last && (*p == ' ' || *p == '\t' || *p == '\n')) {
+        p++;
+    }
+
+    *last = '\0';
+    out->data = p;
+    out->len = last - p;
+
+    return NGX_CONF_OK;
+}
+
+
+/* acme_issuer NAME { ... } */
+
+static char *
+ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    char                    *rv, **sp;
+    ngx_str_t               *value, path;
+    ngx_err_t                err;
+    ngx_uint_t               i, line;
+    ngx_conf_t               save;
+    acme_err_t               aerr;
+    acme_store_t            *st;
+    ngx_http_acme_issuer_t  *iss;
+
+    value = cf->args->elts;
+
+    iss = amcf->issuers.elts;
+    for (i = 0; i < amcf->issuers.nelts; i++) {
+        if (iss[i].name.len == value[1].len
+            && ngx_strncmp(iss[i].name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate acme_issuer \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (value[1].len == 0 || value[1].len > 64) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid acme_issuer name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        u_char ch = value[1].data[i];
+
+        if (!(ch >= 'a' && ch <= 'z') && !(ch >= 'A' && ch <= 'Z')
+            && !(ch >= '0' && ch <= '9') && ch != '-' && ch != '_'
+            && ch != '.')
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid acme_issuer name \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    iss = ngx_array_push(&amcf->issuers);
+    if (iss == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(iss, sizeof(ngx_http_acme_issuer_t));
+
+    iss->name = value[1];
+    iss->verify = 1;
+    iss->account_keyspec = ACME_KEYSPEC_DEFAULT;
+    iss->file = cf->conf_file->file.name.data;
+    iss->line = cf->conf_file->line;
+
+    if (ngx_array_init(&iss->contacts, cf->pool, 1, sizeof(char *))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    save = *cf;
+    cf->handler = ngx_http_acme_issuer_directive;
+    cf->handler_conf = (char *) iss;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (iss->directory_url == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "no \"uri\" is defined in acme_issuer \"%V\" in %s:%ui",
+                      &iss->name, iss->file, iss->line);
+        return NGX_CONF_ERROR;
+    }
+
+    line = iss->state_path_line ? iss->state_path_line : iss->line;
+
+    if (iss->state_path == NULL) {
+        path.len = sizeof(NGX_HTTP_ACME_DEFAULT_STATE_PATH) - 1
+                   + iss->name.len;
+        path.data = ngx_pnalloc(cf->pool, path.len + 1);
+        if (path.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_sprintf(path.data, "%s%V%Z", NGX_HTTP_ACME_DEFAULT_STATE_PATH,
+                    &iss->name);
+        iss->state_path = (char *) path.data;
+    }
+
+    /* an unusable state_path is a configuration error */
+
+    if (ngx_http_acme_mkpath(cf, amcf, iss->state_path, &err) != NGX_OK) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, err,
+                      "acme_issuer \"%V\": cannot create state_path \"%s\" "
+                      "in %s:%ui", &iss->name, iss->state_path, iss->file,
+                      line);
+        return NGX_CONF_ERROR;
+    }
+
+    st = acme_store_fs_open(iss->state_path, 1, &aerr);
+    if (st == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_issuer \"%V\": unusable state_path \"%s\": %s "
+                      "in %s:%ui", &iss->name, iss->state_path, aerr.msg,
+                      iss->file, line);
+        return NGX_CONF_ERROR;
+    }
+
+    acme_store_close(st);
+
+    sp = amcf->stores.elts;
+    for (i = 0; i < amcf->stores.nelts; i++) {
+        if (ngx_strcmp(sp[i], iss->state_path) == 0) {
+            break;
+        }
+    }
+
+    if (i == amcf->stores.nelts) {
+        sp = ngx_array_push(&amcf->stores);
+        if (sp == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *sp = iss->state_path;
+    }
+
+    iss->store = i;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    ngx_http_acme_issuer_t  *iss = conf;
+
+    char         *s, **c, *url;
+    ngx_str_t    *value, *name, key;
+    ngx_uint_t    i, nargs;
+    acme_err_t    err;
+    acme_keyspec_t  ks;
+    ngx_file_info_t fi;
+
+    value = cf->args->elts;
+    name = &value[0];
+    nargs = cf->args->nelts - 1;
+
+#define ngx_acme_is(n)                                                        \
+    (name->len == sizeof(n) - 1 && ngx_strncmp(name->data, n, name->len) == 0)
+
+#define ngx_acme_nargs(lo, hi)                                                \
+    if ((ngx_int_t) nargs < lo || (ngx_int_t) nargs > hi) {                   \
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,                              \
+                           "invalid number of arguments in \"%V\" "           \
+                           "directive of acme_issuer \"%V\"",                 \
+                           name, &iss->name);                                 \
+        return NGX_CONF_ERROR;                                                \
+    }
+
+    if (ngx_acme_is("uri")) {
+        ngx_acme_nargs(1, 1);
+
+        s = ngx_http_acme_cstr(cf->pool, &value[1]);
+        if (s == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        url = acme_ca_resolve(s, &err);
+        if (url == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"uri\" \"%V\" in acme_issuer "
+                               "\"%V\": %s", &value[1], &iss->name, err.msg);
+            return NGX_CONF_ERROR;
+        }
+
+        iss->uri = value[1];
+        iss->directory_url = ngx_http_acme_cstr_dup(cf->pool, url);
+        free(url);
+
+        return iss->directory_url ? NGX_CONF_OK : NGX_CONF_ERROR;
+    }
+
+    if (ngx_acme_is("contact")) {
+        ngx_acme_nargs(1, 16);
+
+        for (i = 1; i <= nargs; i++) {
+            if (value[i].len == 0 || value[i].len > 256
+                || ngx_strlchr(value[i].data, value[i].data + value[i].len,
+                               '@') == NULL)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"contact\" \"%V\" in "
+                                   "acme_issuer \"%V\"", &value[i],
+                                   &iss->name);
+                return NGX_CONF_ERROR;
+            }
+
+            c = ngx_array_push(&iss->contacts);
+            if (c == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            *c = ngx_http_acme_cstr(cf->pool, &value[i]);
+            if (*c == NULL) {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_acme_is("account_key")) {
+        ngx_acme_nargs(1, 1);
+
+        s = ngx_http_acme_cstr(cf->pool, &value[1]);
+        if (s == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (acme_keyspec_parse(s, &ks, &err) == 0) {
+            iss->account_keyspec = ks;
+            return NGX_CONF_OK;
+        }
+
+        if (ngx_strchr(s, '/') == NULL && ngx_strchr(s, '.') == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"account_key\" \"%V\" in "
+                               "acme_issuer \"%V\": %s", &value[1],
+                               &iss->name, err.msg);
+            return NGX_CONF_ERROR;
+        }
+
+        key = value[1];
+        if (ngx_conf_full_name(cf->cycle, &key, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_file_info(key.data, &fi) == NGX_FILE_ERROR
+            || !ngx_is_file(&fi))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               "invalid \"account_key\" \"%V\" in "
+                               "acme_issuer \"%V\": not a key type and not "
+                               "a readable file", &value[1], &iss->name);
+            return NGX_CONF_ERROR;
+        }
+
+        iss->account_key_file = (char *) key.data;
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_acme_is("challenge")) {
+        ngx_acme_nargs(1, 1);
+
+        if ((value[1].len == 7 && ngx_strncmp(value[1].data, "http-01", 7)
+             == 0)
+            || (value[1].len == 4 && ngx_strncmp(value[1].data, "http", 4)
+                == 0))
+        {
+            iss->challenge = "http-01";
+            return NGX_CONF_OK;
+        }
+
+        if ((value[1].len == 11
+             && ngx_strncmp(value[1].data, "tls-alpn-01", 11) == 0)
+            || (value[1].len == 8
+                && ngx_strncmp(value[1].data, "tls-alpn", 8) == 0))
+        {
+            iss->challenge = "tls-alpn-01";
+            return NGX_CONF_OK;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"challenge\" \"%V\" in acme_issuer "
+                           "\"%V\": use http-01 or tls-alpn-01",
+                           &value[1], &iss->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_acme_is("external_account_key")) {
+        ngx_acme_nargs(2, 2);
+
+        iss->eab_kid = ngx_http_acme_cstr(cf->pool, &value[1]);
+        if (iss->eab_kid == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        key = value[2];
+        if (ngx_http_acme_read_secret(cf, &value[2], &key) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (key.len == 0) {
+            goto bad_eab;
+        }
+
+        for (i = 0; i < key.len; i++) {
+            u_char ch = key.data[i];
+
+            if (!(ch >= 'a' && ch <= 'z') && !(ch >= 'A' && ch <= 'Z')
+                && !(ch >= '0' && ch <= '9') && ch != '-' && ch != '_'
+                && ch != '=')
+            {
+                goto bad_eab;
+            }
+        }
+
+        iss->eab_key = (char *) key.data;
+
+        return NGX_CONF_OK;
+
+    bad_eab:
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"external_account_key\" file \"%V\" in "
+                           "acme_issuer \"%V\": expected a base64url HMAC key",
+                           &value[2], &iss->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_acme_is("preferred_chain")) {
+        ngx_acme_nargs(1, 1);
+
+        iss->preferred_chain = ngx_http_acme_cstr(cf->pool, &value[1]);
+
+        return iss->preferred_chain ? NGX_CONF_OK : NGX_CONF_ERROR;
+    }
+
+    if (ngx_acme_is("profile")) {
+        ngx_acme_nargs(1, 2);
+
+        if (nargs == 2) {
+            if (value[2].len != 7
+                || ngx_strncmp(value[2].data, "require", 7) != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"profile\" parameter \"%V\" in "
+                                   "acme_issuer \"%V\"", &value[2],
+                                   &iss->name);
+                return NGX_CONF_ERROR;
+            }
+
+            iss->profile_required = 1;
+        }
+
+        iss->profile = ngx_http_acme_cstr(cf->pool, &value[1]);
+
+        return iss->profile ? NGX_CONF_OK : NGX_CONF_ERROR;
+    }
+
+    if (ngx_acme_is("ssl_trusted_certificate")) {
+        ngx_acme_nargs(1, 1);
+
+        key = value[1];
+        if (ngx_conf_full_name(cf->cycle, &key, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_file_info(key.data, &fi) == NGX_FILE_ERROR
+            || !ngx_is_file(&fi))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               "invalid \"ssl_trusted_certificate\" \"%V\" "
+                               "in acme_issuer \"%V\"", &value[1],
+                               &iss->name);
+            return NGX_CONF_ERROR;
+        }
+
+        iss->ca_file = (char *) key.data;
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_acme_is("ssl_verify")) {
+        ngx_acme_nargs(1, 1);
+
+        if (value[1].len == 2 && ngx_strncmp(value[1].data, "on", 2) == 0) {
+            iss->verify = 1;
+            return NGX_CONF_OK;
+        }
+
+        if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+            iss->verify = 0;
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                               "acme_issuer \"%V\": \"ssl_verify off\": the "
+                               "ACME server's certificate is not verified",
+                               &iss->name);
+            return NGX_CONF_OK;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"ssl_verify\" \"%V\" in acme_issuer "
+                           "\"%V\": use on or off", &value[1], &iss->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_acme_is("state_path")) {
+        ngx_acme_nargs(1, 1);
+
+        if (value[1].len == 0
+            || (value[1].len == 3
+                && ngx_strncmp(value[1].data, "off", 3) == 0))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"state_path\" \"%V\" in acme_issuer "
+                               "\"%V\": a directory is required", &value[1],
+                               &iss->name);
+            return NGX_CONF_ERROR;
+        }
+
+        key = value[1];
+        if (ngx_conf_full_name(cf->cycle, &key, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        iss->state_path = (char *) key.data;
+        iss->state_path_line = cf->conf_file->line;
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_acme_is("accept_terms_of_service")) {
+        ngx_acme_nargs(0, 0);
+
+        iss->accept_tos = 1;
+
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "unknown directive \"%V\" in acme_issuer \"%V\"",
+                       name, &iss->name);
+    return NGX_CONF_ERROR;
+
+#undef ngx_acme_is
+#undef ngx_acme_nargs
+}
+
+
+/* acme_shared_zone zone=NAME:SIZE */
+
+static char *
+ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    u_char     *p;
+    ssize_t     size;
+    ngx_str_t  *value, name, s;
+
+    if (amcf->zone_name.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "zone=", 5) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\", expected "
+                           "zone=NAME:SIZE", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data + 5;
+
+    p = (u_char *) ngx_strchr(name.data, ':');
+    if (p == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size in \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.len = p - name.data;
+
+    s.data = p + 1;
+    s.len = value[1].data + value[1].len - s.data;
+
+    size = ngx_parse_size(&s);
+
+    if (name.len == 0 || size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->zone_name = name;
+    amcf->zone_size = size;
+
+    return NGX_CONF_OK;
+}
+
+
+/* acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]] */
+
+static char *
+ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_srv_conf_t *ascf = conf;
+
+    char                        *s;
+    u_char                      *p, *last, *start;
+    ngx_str_t                   *value, *n, fb[8];
+    ngx_uint_t                   i, nfb;
+    acme_err_t                   err;
+    acme_ident_t                 id;
+    ngx_http_acme_cert_t        *cert, **cp;
+    ngx_http_core_srv_conf_t    *cscf;
+    ngx_http_server_name_t      *sn;
+    ngx_http_acme_main_conf_t   *amcf;
+
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+
+    value = cf->args->elts;
+
+    cert = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_cert_t));
+    if (cert == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cert->cscf = cscf;
+    cert->keyspec = ACME_KEYSPEC_DEFAULT;
+    cert->file = cf->conf_file->file.name.data;
+    cert->line = cf->conf_file->line;
+
+    if (ngx_array_init(&cert->issuer_names, cf->pool, 2, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_array_push(&cert->issuer_names);
+    if (n == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *n = value[1];
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "key=", 4) == 0) {
+            s = ngx_http_acme_cstr(cf->pool, &value[i]);
+            if (s == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            if (acme_keyspec_parse(s + 4, &cert->keyspec, &err) != 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid key type \"%V\": %s",
+                                   &value[i], err.msg);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "fallback=", 9) == 0) {
+            start = value[i].data + 9;
+            last = value[i].data + value[i].len;
+
+            if (start == last) {
+                goto bad_fallback;
+            }
+
+            while (start < last) {
+                p = ngx_strlchr(start, last, ',');
+                if (p == NULL) {
+                    p = last;
+                }
+
+                if (p == start) {
+                    goto bad_fallback;
+                }
+
+                n = ngx_array_push(&cert->issuer_names);
+                if (n == NULL) {
+                    return NGX_CONF_ERROR;
+                }
+
+                n->data = start;
+                n->len = p - start;
+
+                start = p + 1;
+            }
+
+            continue;
+
+        bad_fallback:
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\": expected "
+                               "fallback=ISSUER[,ISSUER...]", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        s = ngx_http_acme_cstr(cf->pool, &value[i]);
+        if (s == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (acme_ident_parse(s, &id, &err) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid identifier \"%V\": %s",
+                               &value[i], err.msg);
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_strncmp(id.value, "*.", 2) == 0) {
+            acme_ident_free(&id);
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid identifier \"%V\": wildcard names "
+                               "need the dns-01 challenge, which is not "
+                               "supported", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        acme_ident_free(&id);
+
+        if (cert->names == NULL) {
+            cert->names = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+            if (cert->names == NULL) {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        n = ngx_array_push(cert->names);
+        if (n == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *n = value[i];
+    }
+
+    if (ascf->certs == NULL) {
+        ascf->certs = ngx_array_create(cf->pool, 2,
+                                       sizeof(ngx_http_acme_cert_t *));
+        if (ascf->certs == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cp = ascf->certs->elts;
+    for (i = 0; i < ascf->certs->nelts; i++) {
+        if (cp[i]->keyspec.alg == cert->keyspec.alg
+            && cp[i]->names == NULL && cert->names == NULL)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate \"acme_certificate\" with the same "
+                               "key type in this server");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cp = ngx_array_push(ascf->certs);
+    if (cp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *cp = cert;
+
+    cp = ngx_array_push(&amcf->certs);
+    if (cp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cert->index = amcf->certs.nelts - 1;
+    *cp = cert;
+
+    /* the names the fallback certificate shows: what is known so far */
+
+    nfb = 0;
+
+    if (cert->names) {
+        n = cert->names->elts;
+        for (i = 0; i < cert->names->nelts && nfb < 8; i++) {
+            fb[nfb++] = n[i];
+        }
+
+    } else {
+        sn = cscf->server_names.elts;
+        for (i = 0; i < cscf->server_names.nelts && nfb < 8; i++) {
+#if (NGX_PCRE)
+            if (sn[i].regex) {
+                continue;
+            }
+#endif
+            if (sn[i].name.len == 0 || sn[i].name.data[0] == '*'
+                || sn[i].name.data[0] == '.' || sn[i].name.data[0] == '~'
+                || (sn[i].name.len == 1 && sn[i].name.data[0] == '_'))
+            {
+                continue;
+            }
+
+            fb[nfb++] = sn[i].name;
+        }
+    }
+
+    return ngx_http_acme_fallback_inject(cf, ascf, fb, nfb);
+}
+
+
+/* acme_status */
+
+static char *
+ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_loc_conf_t *alcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (alcf->status != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    alcf->status = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_acme_status_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* identifiers: explicit, or the server's real names */
+
+static ngx_int_t
+ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
+{
+    char                    *s;
+    ngx_str_t               *names, one;
+    ngx_uint_t               i, j, n, explicit;
+    acme_err_t               err;
+    acme_ident_t            *ids;
+    ngx_http_server_name_t  *sn;
+
+    explicit = (cert->names != NULL);
+
+    if (explicit) {
+        n = cert->names->nelts;
+        names = cert->names->elts;
+
+    } else {
+        n = cert->cscf->server_names.nelts;
+        names = NULL;
+    }
+
+    ids = ngx_pcalloc(cf->pool, (n ? n : 1) * sizeof(acme_ident_t));
+    if (ids == NULL) {
+        return NGX_ERROR;
+    }
+
+    cert->ids = ids;
+    cert->nids = 0;
+
+    sn = cert->cscf->server_names.elts;
+
+    for (i = 0; i < n; i++) {
+
+        if (explicit) {
+            one = names[i];
+
+        } else {
+#if (NGX_PCRE)
+            if (sn[i].regex) {
+                continue;
+            }
+#endif
+            one = sn[i].name;
+
+            if (one.len == 0 || one.data[0] == '*' || one.data[0] == '.'
+                || one.data[0] == '~'
+                || (one.len == 1 && one.data[0] == '_')
+                || ngx_strlchr(one.data, one.data + one.len, '*') != NULL)
+            {
+                continue;
+            }
+        }
+
+        s = ngx_http_acme_cstr(cf->temp_pool, &one);
+        if (s == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (acme_ident_parse(s, &ids[cert->nids], &err) != 0) {
+            if (explicit) {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "acme_certificate: invalid identifier \"%V\": "
+                              "%s in %s:%ui", &one, err.msg, cert->file,
+                              cert->line);
+                return NGX_ERROR;
+            }
+
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "acme_certificate: server name \"%V\" skipped: "
+                          "%s in %s:%ui", &one, err.msg, cert->file,
+                          cert->line);
+            continue;
+        }
+
+        /* the core copies what it keeps; these stay for the process */
+
+        for (j = 0; j < cert->nids; j++) {
+            if (ids[j].type == ids[cert->nids].type
+                && ngx_strcmp(ids[j].value, ids[cert->nids].value) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j < cert->nids) {
+            acme_ident_free(&ids[cert->nids]);
+            continue;
+        }
+
+        cert->nids++;
+    }
+
+    if (cert->nids == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_certificate: the server has no names to "
+                      "certify (server_name has no DNS names or addresses "
+                      "other than wildcards, regular expressions or \"_\"); "
+                      "list the identifiers in the directive in %s:%ui",
+                      cert->file, cert->line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_acme_cert_cleanup(void *data)
+{
+    ngx_http_acme_cert_t  *cert = data;
+
+    ngx_uint_t  i;
+
+    for (i = 0; i < cert->nids; i++) {
+        acme_ident_free(&cert->ids[i]);
+    }
+
+    cert->nids = 0;
+}
+
+
+static char *
+ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    char                    *name;
+    ngx_str_t               *in, zname;
+    ngx_uint_t               i, j, k;
+    ngx_pool_cleanup_t      *cln;
+    ngx_http_acme_cert_t   **certs, *cert;
+    ngx_http_acme_issuer_t  *iss;
+    ngx_http_acme_zone_t    *zone;
+
+    if (amcf->certs.nelts == 0 && amcf->issuers.nelts == 0) {
+        return NGX_CONF_OK;
+    }
+
+    amcf->enabled = 1;
+
+    iss = amcf->issuers.elts;
+    certs = amcf->certs.elts;
+
+    for (i = 0; i < amcf->certs.nelts; i++) {
+        cert = certs[i];
+
+        in = cert->issuer_names.elts;
+        cert->nissuers = cert->issuer_names.nelts;
+        cert->issuers = ngx_pcalloc(cf->pool,
+                                    cert->nissuers * sizeof(ngx_uint_t));
+        if (cert->issuers == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        for (j = 0; j < cert->nissuers; j++) {
+            for (k = 0; k < amcf->issuers.nelts; k++) {
+                if (iss[k].name.len == in[j].len
+                    && ngx_strncmp(iss[k].name.data, in[j].data, in[j].len)
+                       == 0)
+                {
+                    break;
+                }
+            }
+
+            if (k == amcf->issuers.nelts) {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "acme_certificate: unknown issuer \"%V\" "
+                              "(no acme_issuer block with this name) "
+                              "in %s:%ui", &in[j], cert->file, cert->line);
+                return NGX_CONF_ERROR;
+            }
+
+            cert->issuers[j] = k;
+        }
+
+        cert->store = iss[cert->issuers[0]].store;
+
+        cln = ngx_pool_cleanup_add(cf->pool, 0);
+        if (cln == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        cln->handler = ngx_http_acme_cert_cleanup;
+        cln->data = cert;
+
+        if (ngx_http_acme_cert_ids(cf, cert) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        name = acme_cert_name(cert->ids, cert->nids, &cert->keyspec);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        cert->name = ngx_http_acme_cstr_dup(cf->pool, name);
+        free(name);
+
+        if (cert->name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    /* the same store name must mean the same identifiers */
+
+    for (i = 0; i < amcf->certs.nelts; i++) {
+        for (j = i + 1; j < amcf->certs.nelts; j++) {
+            if (certs[i]->store != certs[j]->store
+                || ngx_strcmp(certs[i]->name, certs[j]->name) != 0)
+            {
+                continue;
+            }
+
+            if (certs[i]->nids != certs[j]->nids) {
+                goto conflict;
+            }
+
+            for (k = 0; k < certs[i]->nids; k++) {
+                if (ngx_strcmp(certs[i]->ids[k].value,
+                               certs[j]->ids[k].value) != 0)
+                {
+                    goto conflict;
+                }
+            }
+
+            continue;
+
+        conflict:
+
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "acme_certificate: certificate \"%s\" is also "
+                          "configured in %s:%ui with different names "
+                          "in %s:%ui", certs[j]->name, certs[i]->file,
+                          certs[i]->line, certs[j]->file, certs[j]->line);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (amcf->zone_name.len == 0) {
+        ngx_str_set(&amcf->zone_name, NGX_HTTP_ACME_DEFAULT_ZONE_NAME);
+        amcf->zone_size = NGX_HTTP_ACME_DEFAULT_ZONE_SIZE;
+    }
+
+    zname = amcf->zone_name;
+
+    amcf->shm_zone = ngx_shared_memory_add(cf, &zname, amcf->zone_size,
+                                           &ngx_http_acme_module);
+    if (amcf->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->shm_zone->data) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_shared_zone \"%V\" is already used", &zname);
+        return NGX_CONF_ERROR;
+    }
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_zone_t));
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->shm_zone->init = ngx_http_acme_zone_init;
+    amcf->shm_zone->data = zone;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_acme_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+    ngx_http_acme_main_conf_t  *amcf;
+
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
+
+    if (!amcf->enabled) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_acme_challenge_handler;
+
+    return ngx_http_acme_ssl_init(cf);
+}
+
+
+/* the master gives what it created for the workers to the worker user */
+
+static ngx_uid_t  ngx_http_acme_chown_uid;
+static ngx_gid_t  ngx_http_acme_chown_gid;
+
+
+static int
+ngx_http_acme_chown_one(const char *path, const struct stat *sb, int flag,
+    struct FTW *ftw)
+{
+    if (sb->st_uid != ngx_http_acme_chown_uid) {
+        (void) lchown(path, ngx_http_acme_chown_uid, ngx_http_acme_chown_gid);
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_acme_init_module(ngx_cycle_t *cycle)
+{
+    char                       **p;
+    ngx_uint_t                   i;
+    ngx_core_conf_t             *ccf;
+    ngx_http_acme_main_conf_t   *amcf;
+    ngx_http_conf_ctx_t         *ctx;
+
+    ctx = (ngx_http_conf_ctx_t *) ngx_get_conf(cycle->conf_ctx,
+                                               ngx_http_module);
+    if (ctx == NULL) {
+        return NGX_OK;
+    }
+
+    amcf = ctx->main_conf[ngx_http_acme_module.ctx_index];
+
+    if (amcf == NULL || !amcf->enabled) {
+        return NGX_OK;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT
+        || ccf->user == 0)
+    {
+        return NGX_OK;
+    }
+
+    ngx_http_acme_chown_uid = ccf->user;
+    ngx_http_acme_chown_gid = ccf->group;
+
+    p = amcf->created.elts;
+    for (i = 0; i < amcf->created.nelts; i++) {
+        if (chown(p[i], ccf->user, ccf->group) == -1) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno,
+                          "chown(\"%s\") failed", p[i]);
+        }
+    }
+
+    p = amcf->stores.elts;
+    for (i = 0; i < amcf->stores.nelts; i++) {
+        (void) nftw(p[i], ngx_http_acme_chown_one, 16, FTW_PHYS);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_acme_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_acme_main_conf_t  *amcf;
+
+    amcf = ngx_http_acme_get_main_conf();
+
+    if (amcf == NULL || !amcf->enabled) {
+        return NGX_OK;
+    }
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    if (ngx_http_acme_certs_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_acme_runner_init_process(cycle);
+}
+
+
+static void
+ngx_http_acme_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_acme_main_conf_t  *amcf;
+
+    amcf = ngx_http_acme_get_main_conf();
+
+    if (amcf == NULL || !amcf->enabled) {
+        return;
+    }
+
+    ngx_http_acme_runner_exit_process(cycle);
+    ngx_http_acme_certs_exit_process(cycle);
+}

@@ -1,0 +1,160 @@
+
+/*
+ * ngx_http_acme_module: automatic HTTPS inside nginx.
+ *
+ * Configuration structures shared by the module's files, and the functions
+ * each file offers the others.
+ */
+
+
+#ifndef _NGX_HTTP_ACME_MODULE_H_INCLUDED_
+#define _NGX_HTTP_ACME_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/evp.h>
+
+#include "acme_err.h"
+#include "acme_ident.h"
+#include "acme_key.h"
+
+
+#define NGX_HTTP_ACME_DEFAULT_STATE_PATH  "/var/lib/nginx/acme/"
+#define NGX_HTTP_ACME_DEFAULT_ZONE_NAME   "ngx_http_acme"
+#define NGX_HTTP_ACME_DEFAULT_ZONE_SIZE   (256 * 1024)
+#define NGX_HTTP_ACME_CHALLENGE_PREFIX    "/.well-known/acme-challenge/"
+
+
+typedef struct ngx_http_acme_zone_s  ngx_http_acme_zone_t;
+
+
+typedef struct {
+    ngx_str_t                   name;
+
+    ngx_str_t                   uri;             /* as written */
+    char                       *directory_url;   /* resolved */
+    ngx_array_t                 contacts;        /* char * */
+    acme_keyspec_t              account_keyspec;
+    char                       *account_key_file;
+    char                       *challenge;       /* NULL: the core's order */
+    char                       *eab_kid;
+    char                       *eab_key;         /* base64url HMAC key */
+    char                       *preferred_chain;
+    char                       *profile;
+    ngx_flag_t                  profile_required;
+    char                       *ca_file;
+    ngx_flag_t                  verify;
+    char                       *state_path;
+    ngx_uint_t                  state_path_line;
+    ngx_flag_t                  accept_tos;
+
+    ngx_uint_t                  store;           /* in amcf->stores */
+
+    u_char                     *file;
+    ngx_uint_t                  line;
+} ngx_http_acme_issuer_t;
+
+
+typedef struct {
+    ngx_uint_t                  index;           /* in amcf->certs */
+
+    ngx_http_core_srv_conf_t   *cscf;
+    ngx_array_t                 issuer_names;    /* ngx_str_t */
+    ngx_uint_t                 *issuers;         /* in amcf->issuers */
+    ngx_uint_t                  nissuers;
+    ngx_array_t                *names;           /* ngx_str_t, explicit */
+    acme_ident_t               *ids;
+    ngx_uint_t                  nids;
+    acme_keyspec_t              keyspec;
+    char                       *name;            /* store name */
+    ngx_uint_t                  store;
+
+    u_char                     *file;
+    ngx_uint_t                  line;
+} ngx_http_acme_cert_t;
+
+
+typedef struct {
+    ngx_array_t                 issuers;         /* ngx_http_acme_issuer_t */
+    ngx_array_t                 certs;           /* ngx_http_acme_cert_t * */
+    ngx_array_t                 stores;          /* char *, state paths */
+    ngx_array_t                 created;         /* char *, dirs we made */
+
+    ngx_shm_zone_t             *shm_zone;
+    ngx_str_t                   zone_name;
+    size_t                      zone_size;
+
+    ngx_uint_t                  enabled;
+} ngx_http_acme_main_conf_t;
+
+
+typedef struct {
+    ngx_array_t                *certs;           /* ngx_http_acme_cert_t * */
+
+    ngx_str_t                   fallback_cert;   /* "data:" PEM */
+    ngx_str_t                   fallback_key;
+    ngx_uint_t                  injected;        /* pushed into sscf */
+} ngx_http_acme_srv_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                  status;
+} ngx_http_acme_loc_conf_t;
+
+
+/* per worker: the parsed copy of one managed certificate */
+
+typedef struct {
+    ngx_http_acme_cert_t       *conf;
+    ngx_uint_t                  gen;             /* generation loaded */
+    X509                       *leaf;
+    STACK_OF(X509)             *chain;           /* intermediates */
+    EVP_PKEY                   *key;
+    ngx_str_t                   cert_pem;        /* "data:" fullchain */
+    ngx_str_t                   key_pem;         /* "data:" key, secret */
+    time_t                      not_after;
+    unsigned                    fallback_logged:1;
+    unsigned                    load_failed:1;
+} ngx_http_acme_wcert_t;
+
+
+extern ngx_module_t  ngx_http_acme_module;
+extern ngx_module_t  ngx_http_ssl_module;
+
+
+/* ngx_http_acme_module.c */
+ngx_http_acme_main_conf_t *ngx_http_acme_get_main_conf(void);
+
+/* ngx_http_acme_cert.c */
+ngx_int_t ngx_http_acme_ssl_init(ngx_conf_t *cf);
+char *ngx_http_acme_fallback_inject(ngx_conf_t *cf,
+    ngx_http_acme_srv_conf_t *ascf, ngx_str_t *names, ngx_uint_t nnames);
+ngx_int_t ngx_http_acme_certs_init_process(ngx_cycle_t *cycle);
+void ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle);
+ngx_http_acme_wcert_t *ngx_http_acme_wcert(ngx_http_acme_cert_t *cert,
+    ngx_log_t *log);
+ngx_http_acme_wcert_t *ngx_http_acme_wcert_peek(ngx_http_acme_cert_t *cert);
+ngx_int_t ngx_http_acme_connection_challenge(ngx_connection_t *c,
+    ngx_str_t *cert, ngx_str_t *key);
+ngx_uint_t ngx_http_acme_is_challenge_connection(ngx_connection_t *c);
+
+/* ngx_http_acme_runner.c */
+ngx_int_t ngx_http_acme_runner_init_process(ngx_cycle_t *cycle);
+void ngx_http_acme_runner_exit_process(ngx_cycle_t *cycle);
+
+/* ngx_http_acme_challenge.c */
+ngx_int_t ngx_http_acme_challenge_handler(ngx_http_request_t *r);
+
+/* ngx_http_acme_status.c */
+ngx_int_t ngx_http_acme_status_handler(ngx_http_request_t *r);
+
+/* ngx_http_acme_variables.c */
+ngx_int_t ngx_http_acme_add_variables(ngx_conf_t *cf);
+
+
+#endif /* _NGX_HTTP_ACME_MODULE_H_INCLUDED_ */

@@ -1,0 +1,915 @@
+
+/*
+ * The ACME core in one worker's event loop.
+ *
+ * Every worker runs a tick timer. The worker holding the leader lock in the
+ * shared zone (its pid, with a heartbeat) runs the core: acme_loop in hosted
+ * mode on nginx timers and connections (one ngx_connection_t per libcurl
+ * socket, level-triggered), one acme_manager per state_path. The other
+ * workers take over when the leader's pid is gone or its heartbeat is stale;
+ * a leader that is shutting down (reload, exit) steps down at once.
+ *
+ * The leader also publishes challenges into the zone, bumps generation
+ * numbers when a certificate changes, writes the status snapshot and picks
+ * up renew requests.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_acme_module.h"
+#include "ngx_http_acme_zone.h"
+
+#include "acme_loop.h"
+#include "acme_manager.h"
+#include "acme_store.h"
+
+
+#define NGX_HTTP_ACME_TICK_LEADER    250
+#define NGX_HTTP_ACME_TICK_FOLLOWER  1000
+#define NGX_HTTP_ACME_STALE          20
+#define NGX_HTTP_ACME_STATUS_EVERY   1
+#define NGX_HTTP_ACME_RETRY_START    30
+#define NGX_HTTP_ACME_EXIT_GRACE     5
+
+
+typedef struct {
+    ngx_cycle_t                 *cycle;
+    ngx_log_t                   *log;
+    ngx_http_acme_main_conf_t   *amcf;
+    ngx_http_acme_zone_t        *zone;
+
+    acme_loop_t                 *loop;
+    acme_store_t               **stores;
+    acme_manager_t             **managers;
+    ngx_uint_t                   nmanagers;
+
+    ngx_event_t                  timer;
+
+    ngx_connection_t           **conns;
+    ngx_uint_t                   nconns;
+    ngx_uint_t                   aconns;
+
+    char                        *status;
+    time_t                       status_at;
+    ngx_uint_t                   stopping;
+} ngx_http_acme_runner_t;
+
+
+static void ngx_http_acme_tick(ngx_event_t *ev);
+static ngx_int_t ngx_http_acme_runner_start(ngx_cycle_t *cycle);
+static void ngx_http_acme_runner_stop(ngx_uint_t release);
+
+
+static ngx_event_t              ngx_http_acme_tick_ev;
+static ngx_http_acme_runner_t  *ngx_http_acme_runner;
+static ngx_http_acme_zone_t    *ngx_http_acme_zone;
+static time_t                   ngx_http_acme_start_retry;
+static time_t                   ngx_http_acme_exit_deadline;
+
+
+/* acme_host_t */
+
+static void
+ngx_http_acme_host_log(void *data, int level, const char *msg)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    ngx_uint_t  l;
+
+    switch (level) {
+    case ACME_LOG_ERR:
+        l = NGX_LOG_ERR;
+        break;
+    case ACME_LOG_WARN:
+        l = NGX_LOG_WARN;
+        break;
+    case ACME_LOG_NOTICE:
+        l = NGX_LOG_NOTICE;
+        break;
+    case ACME_LOG_INFO:
+        l = NGX_LOG_INFO;
+        break;
+    default:
+        l = NGX_LOG_DEBUG;
+        break;
+    }
+
+    ngx_log_error(l, rn->log, 0, "%s", msg);
+}
+
+
+static void
+ngx_http_acme_host_timer_handler(ngx_event_t *ev)
+{
+    ngx_http_acme_runner_t  *rn = ev->data;
+
+    if (rn->loop) {
+        acme_loop_on_timer(rn->loop);
+    }
+}
+
+
+static void
+ngx_http_acme_host_set_timer(void *data, long ms)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    if (ms < 0) {
+        if (rn->timer.timer_set) {
+            ngx_del_timer(&rn->timer);
+        }
+
+        return;
+    }
+
+    ngx_add_timer(&rn->timer, (ngx_msec_t) ms);
+}
+
+
+static void
+ngx_http_acme_host_read_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c = ev->data;
+    ngx_http_acme_runner_t  *rn = c->data;
+
+    if (rn->loop) {
+        acme_loop_on_socket(rn->loop, c->fd, ACME_EV_IN);
+    }
+}
+
+
+static void
+ngx_http_acme_host_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c = ev->data;
+    ngx_http_acme_runner_t  *rn = c->data;
+
+    if (rn->loop) {
+        acme_loop_on_socket(rn->loop, c->fd, ACME_EV_OUT);
+    }
+}
+
+
+static void
+ngx_http_acme_conn_forget(ngx_http_acme_runner_t *rn, ngx_uint_t i)
+{
+    ngx_connection_t  *c;
+
+    c = rn->conns[i];
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    /* the socket is libcurl's: it closes it */
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+
+    rn->conns[i] = rn->conns[--rn->nconns];
+}
+
+
+static int
+ngx_http_acme_host_watch(void *data, int fd, int events)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    ngx_uint_t          i;
+    ngx_connection_t   *c, **conns;
+
+    c = NULL;
+
+    for (i = 0; i < rn->nconns; i++) {
+        if (rn->conns[i]->fd == fd) {
+            c = rn->conns[i];
+            break;
+        }
+    }
+
+    if (events == 0) {
+        if (c) {
+            ngx_http_acme_conn_forget(rn, i);
+        }
+
+        return 0;
+    }
+
+    if (c == NULL) {
+        if (rn->nconns == rn->aconns) {
+            conns = realloc(rn->conns,
+                            (rn->aconns + 8) * sizeof(ngx_connection_t *));
+            if (conns == NULL) {
+                return -1;
+            }
+
+            rn->conns = conns;
+            rn->aconns += 8;
+        }
+
+        c = ngx_get_connection(fd, rn->log);
+        if (c == NULL) {
+            return -1;
+        }
+
+        c->data = rn;
+        c->read->handler = ngx_http_acme_host_read_handler;
+        c->write->handler = ngx_http_acme_host_write_handler;
+        c->read->log = rn->log;
+        c->write->log = rn->log;
+
+        rn->conns[rn->nconns++] = c;
+    }
+
+    if ((events & ACME_EV_IN) && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return -1;
+        }
+
+    } else if (!(events & ACME_EV_IN) && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            return -1;
+        }
+    }
+
+    if ((events & ACME_EV_OUT) && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return -1;
+        }
+
+    } else if (!(events & ACME_EV_OUT) && c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+            return -1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* acme_challenge_host_t: challenges go into the shared zone */
+
+static int
+ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
+    const char *token, const char *key_authz, acme_err_t *err)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    char       *sni;
+    u_char     *v, *p;
+    size_t      len;
+    ngx_int_t   rc;
+
+    if (ngx_strcmp(type, "http-01") == 0) {
+        len = ngx_strlen(id->value) + 1 + ngx_strlen(key_authz);
+
+        v = ngx_alloc(len, rn->log);
+        if (v == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            return -1;
+        }
+
+        p = ngx_cpymem(v, id->value, ngx_strlen(id->value));
+        *p++ = ' ';
+        ngx_memcpy(p, key_authz, ngx_strlen(key_authz));
+
+        rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
+                                    (u_char *) token, ngx_strlen(token),
+                                    v, len);
+        ngx_free(v);
+
+    } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
+        sni = acme_ident_sni(id);
+        if (sni == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            return -1;
+        }
+
+        len = (id->type == ACME_IDENT_IP ? 3 : 4)
+              + ngx_strlen(id->value) + 1 + ngx_strlen(key_authz);
+
+        v = ngx_alloc(len, rn->log);
+        if (v == NULL) {
+            free(sni);
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            return -1;
+        }
+
+        p = ngx_cpymem(v, id->type == ACME_IDENT_IP ? "ip " : "dns ",
+                       id->type == ACME_IDENT_IP ? 3 : 4);
+        p = ngx_cpymem(p, id->value, ngx_strlen(id->value));
+        *p++ = ' ';
+        ngx_memcpy(p, key_authz, ngx_strlen(key_authz));
+
+        rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
+                                    (u_char *) sni, ngx_strlen(sni), v, len);
+        ngx_free(v);
+        free(sni);
+
+    } else {
+        acme_err_set(err, ACME_ERR_CONFIG,
+                     "challenge type \"%s\" is not supported by nginx", type);
+        return -1;
+    }
+
+    if (rc != NGX_OK) {
+        acme_err_set(err, ACME_ERR_INTERNAL,
+                     "the acme shared zone is full; increase its size with "
+                     "acme_shared_zone");
+        return -1;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, rn->log, 0,
+                  "acme: %s challenge for \"%s\" published", type, id->value);
+
+    return 0;
+}
+
+
+static void
+ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
+    const char *token)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    char  *sni;
+
+    if (rn->stopping) {
+        /*
+         * this worker hands over (reload, exit): the order stays in the
+         * store and the next leader resumes it, while the CA may be
+         * validating right now; the zone outlives us, so the answer stays
+         */
+        return;
+    }
+
+    if (ngx_strcmp(type, "http-01") == 0) {
+        ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
+                                  (u_char *) token, ngx_strlen(token));
+
+    } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
+        sni = acme_ident_sni(id);
+        if (sni == NULL) {
+            return;
+        }
+
+        ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
+                                  (u_char *) sni, ngx_strlen(sni));
+        free(sni);
+    }
+}
+
+
+static void
+ngx_http_acme_cert_updated(void *data, const char *name)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    if (ngx_http_acme_zone_cert_bump(rn->zone, (u_char *) name,
+                                     ngx_strlen(name))
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                      "acme: the shared zone is full, certificate \"%s\" is "
+                      "not announced to the workers", name);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                  "acme: certificate \"%s\" updated", name);
+
+    rn->status_at = 0;
+}
+
+
+/* the status snapshot: every manager's certificates in one document */
+
+static void
+ngx_http_acme_status_update(ngx_http_acme_runner_t *rn)
+{
+    char        *s;
+    size_t       i;
+    json_t      *doc, *arr, *one, *certs;
+    ngx_uint_t   m;
+
+    doc = json_object();
+    arr = json_array();
+
+    if (doc == NULL || arr == NULL) {
+        json_decref(doc);
+        json_decref(arr);
+        return;
+    }
+
+    for (m = 0; m < rn->nmanagers; m++) {
+        one = acme_manager_status(rn->managers[m]);
+        if (one == NULL) {
+            continue;
+        }
+
+        certs = json_object_get(one, "certificates");
+
+        for (i = 0; certs && i < json_array_size(certs); i++) {
+            json_array_append(arr, json_array_get(certs, i));
+        }
+
+        json_decref(one);
+    }
+
+    json_object_set_new(doc, "certificates", arr);
+    json_object_set_new(doc, "leader_pid", json_integer(ngx_pid));
+
+    s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(doc);
+
+    if (s == NULL) {
+        return;
+    }
+
+    if (rn->status && ngx_strcmp(rn->status, s) == 0) {
+        free(s);
+        return;
+    }
+
+    if (ngx_http_acme_zone_set_status(rn->zone, (u_char *) s, ngx_strlen(s))
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                      "acme: the shared zone is full, status not updated");
+        free(s);
+        return;
+    }
+
+    free(rn->status);
+    rn->status = s;
+}
+
+
+static void
+ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
+{
+    u_char      req[NGX_HTTP_ACME_RENEW_MAX][NGX_HTTP_ACME_RENEW_LEN];
+    ngx_uint_t  n, i, m;
+
+    n = ngx_http_acme_zone_renew_take(rn->zone, req);
+
+    for (i = 0; i < n; i++) {
+        for (m = 0; m < rn->nmanagers; m++) {
+            if (acme_manager_renew(rn->managers[m], (char *) req[i]) == 0) {
+                break;
+            }
+        }
+
+        if (m == rn->nmanagers) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: renew request for unknown certificate "
+                          "\"%s\"", req[i]);
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                      "acme: renewal of \"%s\" requested", req[i]);
+
+        rn->status_at = 0;
+    }
+}
+
+
+/* the leader lock */
+
+static ngx_uint_t
+ngx_http_acme_leader_gone(ngx_http_acme_sh_t *sh, ngx_pid_t pid, time_t now)
+{
+    if (pid == 0) {
+        return 1;
+    }
+
+    if (kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+        return 1;
+    }
+
+    return (now - (time_t) sh->heartbeat > NGX_HTTP_ACME_STALE);
+}
+
+
+static void
+ngx_http_acme_tick(ngx_event_t *ev)
+{
+    time_t               now;
+    ngx_pid_t            pid;
+    ngx_http_acme_sh_t  *sh;
+
+    sh = ngx_http_acme_zone->sh;
+    now = ngx_time();
+    pid = (ngx_pid_t) sh->leader;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+
+        /*
+         * a graceful exit (reload): let a request in flight finish, so the
+         * next leader does not repeat what the CA already did (a new order
+         * whose answer we never saw); the new workers wait meanwhile
+         */
+
+        if (!ngx_terminate && pid == ngx_pid && ngx_http_acme_runner
+            && ngx_http_acme_runner->nconns > 0)
+        {
+            if (ngx_http_acme_exit_deadline == 0) {
+                ngx_http_acme_exit_deadline = now + NGX_HTTP_ACME_EXIT_GRACE;
+            }
+
+            if (now < ngx_http_acme_exit_deadline) {
+                sh->heartbeat = now;
+                ev->cancelable = 0;
+                ngx_add_timer(ev, 50);
+                return;
+            }
+        }
+
+        ngx_http_acme_runner_stop(1);
+        return;
+    }
+
+    if (pid == ngx_pid) {
+        sh->heartbeat = now;
+
+        /* the leader's tick holds a graceful exit until the hand-over */
+        ev->cancelable = 0;
+
+        if (ngx_http_acme_runner == NULL
+            && now >= ngx_http_acme_start_retry)
+        {
+            if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
+                != NGX_OK)
+            {
+                ngx_http_acme_start_retry = now + NGX_HTTP_ACME_RETRY_START;
+            }
+        }
+
+        if (ngx_http_acme_runner) {
+            ngx_http_acme_renew_requests(ngx_http_acme_runner);
+
+            if (now - ngx_http_acme_runner->status_at
+                >= NGX_HTTP_ACME_STATUS_EVERY
+                || ngx_http_acme_runner->status_at == 0)
+            {
+                ngx_http_acme_status_update(ngx_http_acme_runner);
+                ngx_http_acme_runner->status_at = now;
+            }
+        }
+
+        ngx_add_timer(ev, NGX_HTTP_ACME_TICK_LEADER);
+        return;
+    }
+
+    if (ngx_http_acme_runner) {
+        /* the lock was taken from us (we looked dead): let go */
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "acme: worker %P took over, stopping here", pid);
+        ngx_http_acme_runner_stop(0);
+    }
+
+    if (ngx_http_acme_leader_gone(sh, pid, now)
+        && ngx_atomic_cmp_set(&sh->leader, pid, ngx_pid))
+    {
+        sh->heartbeat = now;
+
+        ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                      "acme: this worker runs the ACME client%s",
+                      pid ? " (took over)" : "");
+
+        ngx_http_acme_start_retry = 0;
+
+        if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle) != NGX_OK) {
+            ngx_http_acme_start_retry = now + NGX_HTTP_ACME_RETRY_START;
+        }
+
+        ev->cancelable = 0;
+        ngx_add_timer(ev, NGX_HTTP_ACME_TICK_LEADER);
+        return;
+    }
+
+    ev->cancelable = 1;
+    ngx_add_timer(ev, NGX_HTTP_ACME_TICK_FOLLOWER);
+}
+
+
+/* start and stop the core in this worker */
+
+static ngx_int_t
+ngx_http_acme_runner_start(ngx_cycle_t *cycle)
+{
+    int                          *idx, *map;
+    char                        **paths, **contacts, *types[1];
+    ngx_uint_t                    i, j, g;
+    acme_err_t                    err;
+    acme_host_t                   host;
+    const char                   *name;
+    acme_issuer_conf_t            ic;
+    acme_manager_host_t           mhost;
+    ngx_http_acme_cert_t        **certs, *cert;
+    ngx_http_acme_issuer_t       *iss;
+    ngx_http_acme_runner_t       *rn;
+    ngx_http_acme_main_conf_t    *amcf;
+
+    amcf = ngx_http_acme_get_main_conf();
+
+    rn = ngx_calloc(sizeof(ngx_http_acme_runner_t), cycle->log);
+    if (rn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rn->cycle = cycle;
+    rn->log = cycle->log;
+    rn->amcf = amcf;
+    rn->zone = ngx_http_acme_zone;
+
+    rn->timer.handler = ngx_http_acme_host_timer_handler;
+    rn->timer.data = rn;
+    rn->timer.log = cycle->log;
+    rn->timer.cancelable = 1;
+
+    ngx_http_acme_runner = rn;
+
+    idx = NULL;
+    map = NULL;
+
+    ngx_memzero(&host, sizeof(acme_host_t));
+    host.data = rn;
+    host.set_timer = ngx_http_acme_host_set_timer;
+    host.watch = ngx_http_acme_host_watch;
+    host.log = ngx_http_acme_host_log;
+
+    rn->loop = acme_loop_new(&host, ACME_LOG_DEBUG, &err);
+    if (rn->loop == NULL) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "acme: cannot start the event loop: %s", err.msg);
+        goto failed;
+    }
+
+    rn->nmanagers = amcf->stores.nelts;
+    rn->stores = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_store_t *),
+                            cycle->log);
+    rn->managers = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_manager_t *),
+                              cycle->log);
+    idx = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
+    map = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
+
+    if (rn->stores == NULL || rn->managers == NULL || idx == NULL
+        || map == NULL)
+    {
+        goto failed;
+    }
+
+    ngx_memzero(&mhost, sizeof(acme_manager_host_t));
+    mhost.data = rn;
+    mhost.challenges.data = rn;
+    mhost.challenges.publish = ngx_http_acme_publish;
+    mhost.challenges.withdraw = ngx_http_acme_withdraw;
+    mhost.cert_updated = ngx_http_acme_cert_updated;
+
+    paths = amcf->stores.elts;
+    iss = amcf->issuers.elts;
+    certs = amcf->certs.elts;
+
+    for (g = 0; g < rn->nmanagers; g++) {
+
+        rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);
+        if (rn->stores[g] == NULL) {
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                          "acme: cannot open state_path \"%s\": %s",
+                          paths[g], err.msg);
+            goto failed;
+        }
+
+        rn->managers[g] = acme_manager_new(rn->loop, rn->stores[g], &mhost,
+                                           &err);
+        if (rn->managers[g] == NULL) {
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                          "acme: %s", err.msg);
+            goto failed;
+        }
+
+        for (i = 0; i < amcf->issuers.nelts; i++) {
+            map[i] = -1;
+        }
+
+        for (i = 0; i < amcf->certs.nelts; i++) {
+            cert = certs[i];
+
+            if (cert->store != g) {
+                continue;
+            }
+
+            for (j = 0; j < cert->nissuers; j++) {
+
+                if (map[cert->issuers[j]] == -1) {
+                    ngx_http_acme_issuer_t  *is = &iss[cert->issuers[j]];
+
+                    ngx_memzero(&ic, sizeof(acme_issuer_conf_t));
+
+                    ic.name = (char *) is->name.data;
+                    ic.client.directory_url = is->directory_url;
+                    ic.client.ca_file = is->ca_file;
+                    ic.client.verify = is->verify ? 1 : 0;
+                    contacts = is->contacts.elts;
+                    ic.client.contact = (const char *const *) contacts;
+                    ic.client.ncontact = is->contacts.nelts;
+                    ic.client.agree_tos = is->accept_tos ? 1 : 0;
+                    ic.client.eab_kid = is->eab_kid;
+                    ic.client.eab_hmac_key = is->eab_key;
+                    ic.client.account_keyspec = is->account_keyspec;
+                    ic.client.account_key_file = is->account_key_file;
+
+                    if (is->challenge) {
+                        types[0] = is->challenge;
+                        ic.challenge_types = (const char *const *) types;
+                        ic.nchallenge_types = 1;
+                    }
+
+                    ic.profile = is->profile;
+                    ic.profile_required = is->profile_required ? 1 : 0;
+                    ic.preferred_chain = is->preferred_chain;
+
+                    map[cert->issuers[j]] =
+                        acme_manager_add_issuer(rn->managers[g], &ic, &err);
+
+                    if (map[cert->issuers[j]] < 0) {
+                        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                                      "acme: %s", err.msg);
+                        goto failed;
+                    }
+                }
+
+                idx[j] = map[cert->issuers[j]];
+            }
+
+            name = acme_manager_add_cert(rn->managers[g], cert->ids,
+                                         cert->nids, &cert->keyspec, idx,
+                                         cert->nissuers, &err);
+            if (name == NULL) {
+                ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                              "acme: certificate \"%s\": %s", cert->name,
+                              err.msg);
+                goto failed;
+            }
+        }
+
+        if (acme_manager_start(rn->managers[g], &err) != 0) {
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "acme: %s", err.msg);
+            goto failed;
+        }
+    }
+
+    ngx_free(idx);
+    ngx_free(map);
+
+    ngx_http_acme_status_update(rn);
+    rn->status_at = ngx_time();
+
+    return NGX_OK;
+
+failed:
+
+    ngx_free(idx);
+    ngx_free(map);
+
+    ngx_http_acme_runner_stop(0);
+
+    /* keep the lock: the retry happens here, not in a storm of takeovers */
+
+    return NGX_ERROR;
+}
+
+
+static void
+ngx_http_acme_runner_stop(ngx_uint_t release)
+{
+    ngx_uint_t               i;
+    ngx_http_acme_runner_t  *rn;
+
+    rn = ngx_http_acme_runner;
+
+    if (rn == NULL) {
+        if (release && ngx_http_acme_zone
+            && (ngx_pid_t) ngx_http_acme_zone->sh->leader == ngx_pid)
+        {
+            (void) ngx_atomic_cmp_set(&ngx_http_acme_zone->sh->leader,
+                                      ngx_pid, 0);
+        }
+
+        return;
+    }
+
+    if (rn->stopping) {
+        return;
+    }
+
+    rn->stopping = 1;
+
+    for (i = 0; rn->managers && i < rn->nmanagers; i++) {
+        if (rn->managers[i]) {
+            acme_manager_free(rn->managers[i]);
+        }
+    }
+
+    if (rn->loop) {
+        acme_loop_free(rn->loop);
+        rn->loop = NULL;
+    }
+
+    for (i = 0; rn->stores && i < rn->nmanagers; i++) {
+        if (rn->stores[i]) {
+            acme_store_close(rn->stores[i]);
+        }
+    }
+
+    while (rn->nconns) {
+        ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                      "acme: socket %d left behind by libcurl",
+                      (int) rn->conns[0]->fd);
+        ngx_http_acme_conn_forget(rn, 0);
+    }
+
+    if (rn->timer.timer_set) {
+        ngx_del_timer(&rn->timer);
+    }
+
+    free(rn->conns);
+    free(rn->status);
+    ngx_free(rn->stores);
+    ngx_free(rn->managers);
+    ngx_free(rn);
+
+    ngx_http_acme_runner = NULL;
+
+    if (release && (ngx_pid_t) ngx_http_acme_zone->sh->leader == ngx_pid) {
+        (void) ngx_atomic_cmp_set(&ngx_http_acme_zone->sh->leader, ngx_pid,
+                                  0);
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "acme: ACME client stopped in this worker");
+    }
+}
+
+
+ngx_int_t
+ngx_http_acme_runner_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_acme_main_conf_t  *amcf;
+
+    amcf = ngx_http_acme_get_main_conf();
+
+    if (amcf->shm_zone == NULL || amcf->certs.nelts == 0) {
+        return NGX_OK;
+    }
+
+    ngx_http_acme_zone = amcf->shm_zone->data;
+    ngx_http_acme_runner = NULL;
+    ngx_http_acme_start_retry = 0;
+    ngx_http_acme_exit_deadline = 0;
+
+    ngx_memzero(&ngx_http_acme_tick_ev, sizeof(ngx_event_t));
+    ngx_http_acme_tick_ev.handler = ngx_http_acme_tick;
+    ngx_http_acme_tick_ev.log = cycle->log;
+    ngx_http_acme_tick_ev.data = cycle;
+    ngx_http_acme_tick_ev.cancelable = 1;
+
+    /* the first look soon, a little apart between workers */
+    ngx_add_timer(&ngx_http_acme_tick_ev, 10 + (ngx_random() % 50));
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_acme_runner_exit_process(ngx_cycle_t *cycle)
+{
+    if (ngx_http_acme_zone == NULL) {
+        return;
+    }
+
+    if (ngx_http_acme_tick_ev.timer_set) {
+        ngx_del_timer(&ngx_http_acme_tick_ev);
+    }
+
+    ngx_http_acme_runner_stop(1);
+}

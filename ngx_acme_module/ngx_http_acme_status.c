@@ -1,0 +1,195 @@
+
+/*
+ * acme_status: the leader's status snapshot as JSON (GET, HEAD), and
+ * renewal requests (POST ?renew=NAME, NAME a certificate's store name or
+ * any of its identifiers): 202 when queued for the leader, 404 for names
+ * we do not manage, 400 without one, 405 for other methods. Private keys
+ * and EAB secrets are never part of the snapshot.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_acme_module.h"
+#include "ngx_http_acme_zone.h"
+
+
+static ngx_int_t
+ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *data, size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = len;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    if (len == 0) {
+        r->header_only = 1;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = data;
+    b->last = data + len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_uint_t
+ngx_http_acme_status_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *what)
+{
+    ngx_uint_t              i, j;
+    ngx_http_acme_cert_t  **certs;
+
+    certs = amcf->certs.elts;
+
+    for (i = 0; i < amcf->certs.nelts; i++) {
+        if (ngx_strlen(certs[i]->name) == what->len
+            && ngx_strncmp(certs[i]->name, what->data, what->len) == 0)
+        {
+            return 1;
+        }
+
+        for (j = 0; j < certs[i]->nids; j++) {
+            if (ngx_strlen(certs[i]->ids[j].value) == what->len
+                && ngx_strncasecmp((u_char *) certs[i]->ids[j].value,
+                                   what->data, what->len) == 0)
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+ngx_http_acme_status_handler(ngx_http_request_t *r)
+{
+    u_char                     *p, *dst;
+    size_t                      i;
+    ngx_int_t                   rc;
+    ngx_str_t                   json, arg, what;
+    ngx_http_acme_zone_t       *zone;
+    ngx_http_acme_main_conf_t  *amcf;
+
+    static u_char  empty[] = "{\"certificates\": []}\n";
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_acme_module);
+
+    if (!amcf->enabled || amcf->shm_zone == NULL) {
+        return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
+                                         sizeof(empty) - 1);
+    }
+
+    zone = amcf->shm_zone->data;
+
+    if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
+
+        rc = ngx_http_acme_zone_get_status(zone, r->pool, &json);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
+                                             sizeof(empty) - 1);
+        }
+
+        return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
+    }
+
+    /* POST ?renew=NAME */
+
+    if (ngx_http_arg(r, (u_char *) "renew", 5, &arg) != NGX_OK
+        || arg.len == 0 || arg.len >= NGX_HTTP_ACME_RENEW_LEN)
+    {
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    dst = ngx_pnalloc(r->pool, arg.len);
+    if (dst == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = dst;
+    ngx_unescape_uri(&p, &arg.data, arg.len, 0);
+
+    what.data = dst;
+    what.len = p - dst;
+
+    for (i = 0; i < what.len; i++) {
+        u_char ch = what.data[i];
+
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_'
+              || ch == '.' || ch == ':' || ch == '*'))
+        {
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    if (what.len == 0) {
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    if (!ngx_http_acme_status_known(amcf, &what)) {
+        return ngx_http_acme_status_send(r, NGX_HTTP_NOT_FOUND,
+                                 (u_char *) "{\"error\": \"unknown "
+                                            "certificate\"}\n",
+                                 sizeof("{\"error\": \"unknown "
+                                        "certificate\"}\n") - 1);
+    }
+
+    rc = ngx_http_acme_zone_renew_request(zone, &what);
+
+    if (rc == NGX_BUSY) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "acme: renewal of \"%V\" requested", &what);
+
+    return ngx_http_acme_status_send(r, NGX_HTTP_ACCEPTED,
+                                     (u_char *) "{\"renew\": \"accepted\"}\n",
+                                     sizeof("{\"renew\": \"accepted\"}\n")
+                                     - 1);
+}

@@ -1,0 +1,472 @@
+
+/*
+ * The shared zone: a slab pool with a red-black tree of small key/value
+ * entries (certificate generations, challenges), the leader lock, the
+ * status snapshot and the renew requests.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_acme_zone.h"
+
+
+typedef struct {
+    u_char                      color;
+    u_char                      kind;
+    u_short                     klen;
+    uint32_t                    vlen;
+    ngx_uint_t                  num;
+    u_char                      data[1];         /* key, then value */
+} ngx_http_acme_kv_t;
+
+
+static void ngx_http_acme_zone_rbtree_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_http_acme_kv_t *ngx_http_acme_zone_lookup(ngx_http_acme_zone_t *z,
+    u_char kind, u_char *key, size_t klen, ngx_rbtree_node_t **found);
+
+
+ngx_int_t
+ngx_http_acme_zone_init(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_acme_zone_t  *ozone = data;
+
+    size_t                 len;
+    ngx_http_acme_zone_t  *zone;
+
+    zone = shm_zone->data;
+
+    if (ozone) {
+        zone->sh = ozone->sh;
+        zone->shpool = ozone->shpool;
+        return NGX_OK;
+    }
+
+    zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        zone->sh = zone->shpool->data;
+        return NGX_OK;
+    }
+
+    zone->sh = ngx_slab_calloc(zone->shpool, sizeof(ngx_http_acme_sh_t));
+    if (zone->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    zone->shpool->data = zone->sh;
+
+    ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
+                    ngx_http_acme_zone_rbtree_insert);
+
+    len = sizeof(" in acme zone \"\"") + shm_zone->shm.name.len;
+
+    zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+    if (zone->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(zone->shpool->log_ctx, " in acme zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    zone->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_acme_kv_cmp(ngx_http_acme_kv_t *a, ngx_http_acme_kv_t *b)
+{
+    ngx_int_t  rc;
+
+    if (a->kind != b->kind) {
+        return (ngx_int_t) a->kind - (ngx_int_t) b->kind;
+    }
+
+    rc = ngx_memn2cmp(a->data, b->data, a->klen, b->klen);
+
+    return rc;
+}
+
+
+static void
+ngx_http_acme_zone_rbtree_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t   **p;
+    ngx_http_acme_kv_t   *kv, *kvt;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            kv = (ngx_http_acme_kv_t *) &node->color;
+            kvt = (ngx_http_acme_kv_t *) &temp->color;
+
+            p = (ngx_http_acme_kv_cmp(kv, kvt) < 0) ? &temp->left
+                                                     : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+static uint32_t
+ngx_http_acme_zone_hash(u_char kind, u_char *key, size_t klen)
+{
+    uint32_t  crc;
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, &kind, 1);
+    ngx_crc32_update(&crc, key, klen);
+    ngx_crc32_final(crc);
+
+    return crc;
+}
+
+
+/* with the zone locked */
+
+static ngx_http_acme_kv_t *
+ngx_http_acme_zone_lookup(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
+    size_t klen, ngx_rbtree_node_t **found)
+{
+    uint32_t             hash;
+    ngx_int_t            rc;
+    ngx_rbtree_node_t   *node, *sentinel;
+    ngx_http_acme_kv_t  *kv;
+
+    hash = ngx_http_acme_zone_hash(kind, key, klen);
+
+    node = z->sh->rbtree.root;
+    sentinel = z->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        kv = (ngx_http_acme_kv_t *) &node->color;
+
+        rc = (ngx_int_t) kind - (ngx_int_t) kv->kind;
+        if (rc == 0) {
+            rc = ngx_memn2cmp(key, kv->data, klen, kv->klen);
+        }
+
+        if (rc == 0) {
+            *found = node;
+            return kv;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    *found = NULL;
+    return NULL;
+}
+
+
+static ngx_http_acme_kv_t *
+ngx_http_acme_zone_insert(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
+    size_t klen, u_char *value, size_t vlen)
+{
+    size_t               n;
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    n = offsetof(ngx_rbtree_node_t, color)
+        + offsetof(ngx_http_acme_kv_t, data) + klen + vlen;
+
+    node = ngx_slab_alloc_locked(z->shpool, n);
+    if (node == NULL) {
+        return NULL;
+    }
+
+    node->key = ngx_http_acme_zone_hash(kind, key, klen);
+
+    kv = (ngx_http_acme_kv_t *) &node->color;
+    kv->kind = kind;
+    kv->klen = (u_short) klen;
+    kv->vlen = (uint32_t) vlen;
+    kv->num = 0;
+    ngx_memcpy(kv->data, key, klen);
+
+    if (vlen) {
+        ngx_memcpy(kv->data + klen, value, vlen);
+    }
+
+    ngx_rbtree_insert(&z->sh->rbtree, node);
+
+    return kv;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_put(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
+    size_t klen, u_char *value, size_t vlen)
+{
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    if (klen > 0xffff) {
+        return NGX_ERROR;
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, kind, key, klen, &node);
+
+    if (kv) {
+        ngx_rbtree_delete(&z->sh->rbtree, node);
+        ngx_slab_free_locked(z->shpool, node);
+    }
+
+    kv = ngx_http_acme_zone_insert(z, kind, key, klen, value, vlen);
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return kv ? NGX_OK : NGX_ERROR;
+}
+
+
+void
+ngx_http_acme_zone_delete(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
+    size_t klen)
+{
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, kind, key, klen, &node);
+
+    if (kv) {
+        ngx_rbtree_delete(&z->sh->rbtree, node);
+        ngx_slab_free_locked(z->shpool, node);
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_get(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
+    size_t klen, ngx_pool_t *pool, ngx_str_t *value)
+{
+    u_char              *p;
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, kind, key, klen, &node);
+
+    if (kv == NULL) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(pool, kv->vlen + 1);
+    if (p == NULL) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, kv->data + kv->klen, kv->vlen);
+    p[kv->vlen] = '\0';
+
+    value->data = p;
+    value->len = kv->vlen;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_http_acme_zone_cert_gen(ngx_http_acme_zone_t *z, u_char *name, size_t len)
+{
+    ngx_uint_t           gen;
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_GEN, name, len, &node);
+    gen = kv ? kv->num : 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return gen;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z, u_char *name,
+    size_t len)
+{
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_GEN, name, len, &node);
+
+    if (kv == NULL) {
+        kv = ngx_http_acme_zone_insert(z, NGX_HTTP_ACME_KV_GEN, name, len,
+                                       NULL, 0);
+    }
+
+    if (kv) {
+        kv->num++;
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    /* after the entry changed: workers compare the global one first */
+    (void) ngx_atomic_fetch_add(&z->sh->gen, 1);
+
+    return kv ? NGX_OK : NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_set_status(ngx_http_acme_zone_t *z, u_char *json,
+    size_t len)
+{
+    u_char  *p;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    p = ngx_slab_alloc_locked(z->shpool, len ? len : 1);
+    if (p == NULL) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, json, len);
+
+    if (z->sh->status) {
+        ngx_slab_free_locked(z->shpool, z->sh->status);
+    }
+
+    z->sh->status = p;
+    z->sh->status_len = len;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_get_status(ngx_http_acme_zone_t *z, ngx_pool_t *pool,
+    ngx_str_t *json)
+{
+    u_char  *p;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    if (z->sh->status == NULL) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(pool, z->sh->status_len);
+    if (p == NULL) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, z->sh->status, z->sh->status_len);
+    json->data = p;
+    json->len = z->sh->status_len;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z, ngx_str_t *what)
+{
+    ngx_uint_t  i;
+
+    if (what->len == 0 || what->len >= NGX_HTTP_ACME_RENEW_LEN) {
+        return NGX_ERROR;
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    for (i = 0; i < z->sh->nrenew; i++) {
+        if (ngx_strlen(z->sh->renew[i]) == what->len
+            && ngx_strncmp(z->sh->renew[i], what->data, what->len) == 0)
+        {
+            ngx_shmtx_unlock(&z->shpool->mutex);
+            return NGX_OK;
+        }
+    }
+
+    if (z->sh->nrenew == NGX_HTTP_ACME_RENEW_MAX) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_BUSY;
+    }
+
+    ngx_memcpy(z->sh->renew[z->sh->nrenew], what->data, what->len);
+    z->sh->renew[z->sh->nrenew][what->len] = '\0';
+    z->sh->nrenew++;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_http_acme_zone_renew_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_RENEW_LEN])
+{
+    ngx_uint_t  n;
+
+    if (z->sh->nrenew == 0) {
+        return 0;
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    n = z->sh->nrenew;
+    ngx_memcpy(out, z->sh->renew, n * NGX_HTTP_ACME_RENEW_LEN);
+    z->sh->nrenew = 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}

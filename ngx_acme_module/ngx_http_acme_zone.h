@@ -1,0 +1,86 @@
+
+/*
+ * The shared zone: what every worker must see.
+ *
+ *   - per certificate generation numbers ("g" entries) and a global
+ *     generation that changes whenever any of them does, so a worker
+ *     notices a renewal with one atomic read per handshake;
+ *   - published challenges: "h" entries (HTTP-01, keyed by token, value
+ *     "<identifier> <key authorization>") and "t" entries (TLS-ALPN-01,
+ *     keyed by the SNI name, value "<dns|ip> <identifier> <key authz>");
+ *   - the leader lock (pid and heartbeat) of the worker running the core;
+ *   - the status snapshot the leader writes, and renew requests for it.
+ */
+
+
+#ifndef _NGX_HTTP_ACME_ZONE_H_INCLUDED_
+#define _NGX_HTTP_ACME_ZONE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+#define NGX_HTTP_ACME_RENEW_MAX    16
+#define NGX_HTTP_ACME_RENEW_LEN    256
+
+#define NGX_HTTP_ACME_KV_GEN       'g'
+#define NGX_HTTP_ACME_KV_HTTP01    'h'
+#define NGX_HTTP_ACME_KV_TLSALPN   't'
+
+
+typedef struct {
+    ngx_rbtree_t                rbtree;
+    ngx_rbtree_node_t           sentinel;
+
+    ngx_atomic_t                gen;
+    ngx_atomic_t                leader;          /* pid, 0: none */
+    ngx_atomic_t                heartbeat;       /* ngx_time() */
+
+    ngx_uint_t                  nrenew;
+    u_char                      renew[NGX_HTTP_ACME_RENEW_MAX]
+                                     [NGX_HTTP_ACME_RENEW_LEN];
+
+    u_char                     *status;
+    size_t                      status_len;
+} ngx_http_acme_sh_t;
+
+
+typedef struct ngx_http_acme_zone_s  ngx_http_acme_zone_t;
+
+struct ngx_http_acme_zone_s {
+    ngx_http_acme_sh_t         *sh;
+    ngx_slab_pool_t            *shpool;
+};
+
+
+ngx_int_t ngx_http_acme_zone_init(ngx_shm_zone_t *shm_zone, void *data);
+
+/* NGX_OK, NGX_ERROR (zone full) */
+ngx_int_t ngx_http_acme_zone_put(ngx_http_acme_zone_t *z, u_char kind,
+    u_char *key, size_t klen, u_char *value, size_t vlen);
+void ngx_http_acme_zone_delete(ngx_http_acme_zone_t *z, u_char kind,
+    u_char *key, size_t klen);
+/* NGX_OK with a copy in pool, NGX_DECLINED when absent, NGX_ERROR */
+ngx_int_t ngx_http_acme_zone_get(ngx_http_acme_zone_t *z, u_char kind,
+    u_char *key, size_t klen, ngx_pool_t *pool, ngx_str_t *value);
+
+ngx_uint_t ngx_http_acme_zone_cert_gen(ngx_http_acme_zone_t *z,
+    u_char *name, size_t len);
+ngx_int_t ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z,
+    u_char *name, size_t len);
+
+ngx_int_t ngx_http_acme_zone_set_status(ngx_http_acme_zone_t *z,
+    u_char *json, size_t len);
+ngx_int_t ngx_http_acme_zone_get_status(ngx_http_acme_zone_t *z,
+    ngx_pool_t *pool, ngx_str_t *json);
+
+/* NGX_OK, NGX_BUSY when the queue is full */
+ngx_int_t ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z,
+    ngx_str_t *what);
+/* moves up to NGX_HTTP_ACME_RENEW_MAX requests into out; returns how many */
+ngx_uint_t ngx_http_acme_zone_renew_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_RENEW_LEN]);
+
+
+#endif /* _NGX_HTTP_ACME_ZONE_H_INCLUDED_ */

@@ -1,0 +1,131 @@
+"""`nginx -t` refuses bad acme configuration, naming the directive, the value and file:line."""
+
+import re
+
+import pytest
+
+from harness import free_port
+from nginx_harness import issuer_block, nginx_factory  # noqa: F401
+
+
+def _conf(tmp_path, issuer="", server_extra="acme_certificate le;", server_name="a.example.org",
+          http_extra=""):
+    iss = issuer if issuer else (
+        "acme_issuer le {\n    uri https://127.0.0.1:14000/dir;\n"
+        f"    state_path {tmp_path}/state;\n    accept_terms_of_service;\n}}\n")
+    return iss + http_extra + f"""
+    server {{
+        listen 127.0.0.1:{free_port()} ssl;
+        server_name {server_name};
+        {server_extra}
+    }}
+"""
+
+
+def _line_of(conf_path, needle):
+    for i, line in enumerate(conf_path.read_text().splitlines(), 1):
+        if needle in line:
+            return i
+    raise AssertionError(f"{needle!r} not in {conf_path}")
+
+
+def _check(nginx_factory, tmp_path, conf, needle, *patterns):
+    ng = nginx_factory(conf, start=False)
+    ok, out = ng.test_config()
+    assert not ok, out
+    assert "[emerg]" in out, out
+    line = _line_of(ng.conf_path, needle)
+    assert f"{ng.conf_path}:{line}" in out, out
+    for p in patterns:
+        assert re.search(p, out), (p, out)
+    return out
+
+
+def test_good_config_passes(nginx_factory, tmp_path):
+    ng = nginx_factory(_conf(tmp_path), start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert (tmp_path / "state").is_dir()
+    assert ((tmp_path / "state").stat().st_mode & 0o777) == 0o700
+
+
+def test_unknown_issuer(nginx_factory, tmp_path):
+    _check(nginx_factory, tmp_path, _conf(tmp_path, server_extra="acme_certificate nope;"),
+           "acme_certificate nope", r"acme_certificate.*unknown issuer \"nope\"")
+
+
+def test_unknown_fallback_issuer(nginx_factory, tmp_path):
+    _check(nginx_factory, tmp_path,
+           _conf(tmp_path, server_extra="acme_certificate le fallback=zz;"),
+           "fallback=zz", r"unknown issuer \"zz\"")
+
+
+@pytest.mark.parametrize("uri,pattern", [
+    ("ftp://example.org/dir", r"invalid \"uri\" \"ftp://example.org/dir\""),
+    ("http://example.org/dir", r"invalid \"uri\" \"http://example.org/dir\""),
+    ("nosuchca", r"invalid \"uri\" \"nosuchca\""),
+    ("https://acme-v01.api.letsencrypt.org/directory", r"acme-v02"),
+])
+def test_bad_uri(nginx_factory, tmp_path, uri, pattern):
+    iss = f"acme_issuer le {{\n    uri {uri};\n    state_path {tmp_path}/state;\n}}\n"
+    _check(nginx_factory, tmp_path, _conf(tmp_path, issuer=iss), f"uri {uri}", pattern)
+
+
+def test_unusable_state_path(nginx_factory, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    iss = f"acme_issuer le {{\n    uri https://127.0.0.1:1/dir;\n    state_path {f}/sub;\n}}\n"
+    out = _check(nginx_factory, tmp_path, _conf(tmp_path, issuer=iss), f"state_path {f}",
+                 r"state_path")
+    assert str(f) in out
+
+
+def test_missing_uri(nginx_factory, tmp_path):
+    iss = f"acme_issuer le {{\n    state_path {tmp_path}/state;\n}}\n"
+    _check(nginx_factory, tmp_path, _conf(tmp_path, issuer=iss), "acme_issuer le",
+           r"no \"uri\" is defined in acme_issuer \"le\"")
+
+
+def test_server_without_names(nginx_factory, tmp_path):
+    _check(nginx_factory, tmp_path, _conf(tmp_path, server_name="_ *.example.org"),
+           "acme_certificate le", r"acme_certificate: the server has no names")
+
+
+@pytest.mark.parametrize("extra,needle,pattern", [
+    ("acme_certificate le key=dsa:1024;", "key=dsa", r"invalid key type \"key=dsa:1024\""),
+    ("acme_certificate le bad_name!;", "bad_name", r"invalid identifier \"bad_name!\""),
+    ("acme_certificate le *.example.org;", "*.example.org", r"wildcard"),
+])
+def test_bad_certificate_arguments(nginx_factory, tmp_path, extra, needle, pattern):
+    _check(nginx_factory, tmp_path, _conf(tmp_path, server_extra=extra), needle, pattern)
+
+
+@pytest.mark.parametrize("line,pattern", [
+    ("challenge dns-01;", r"invalid \"challenge\" \"dns-01\""),
+    ("account_key ecdsa:999;", r"invalid \"account_key\" \"ecdsa:999\""),
+    ("ssl_verify maybe;", r"invalid \"ssl_verify\" \"maybe\""),
+    ("frobnicate 1;", r"unknown directive \"frobnicate\" in acme_issuer \"le\""),
+    ("profile x whatever;", r"invalid \"profile\" parameter \"whatever\""),
+    ("external_account_key kid /nonexistent/eab.key;", r"/nonexistent/eab.key"),
+])
+def test_bad_issuer_directives(nginx_factory, tmp_path, line, pattern):
+    iss = (f"acme_issuer le {{\n    uri https://127.0.0.1:14000/dir;\n"
+           f"    state_path {tmp_path}/state;\n    {line}\n}}\n")
+    _check(nginx_factory, tmp_path, _conf(tmp_path, issuer=iss), line, pattern)
+
+
+def test_bad_shared_zone(nginx_factory, tmp_path):
+    _check(nginx_factory, tmp_path, _conf(tmp_path, http_extra="acme_shared_zone acme:1m;\n"),
+           "acme_shared_zone", r"invalid parameter \"acme:1m\"")
+
+
+def test_eab_key_file_and_ssl_verify_off_warns(nginx_factory, tmp_path):
+    eab = tmp_path / "eab.key"
+    eab.write_text("zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\n")
+    iss = (f"acme_issuer le {{\n    uri https://127.0.0.1:14000/dir;\n"
+           f"    state_path {tmp_path}/state;\n    external_account_key kid-1 {eab};\n"
+           f"    ssl_verify off;\n}}\n")
+    ng = nginx_factory(_conf(tmp_path, issuer=iss), start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert "ssl_verify off" in out and "[warn]" in out
