@@ -166,7 +166,8 @@ job_fail(acme_issue_t *job, const acme_err_t *err)
 {
     acme_err_t e = *err;
 
-    acme_log(job->loop, ACME_LOG_ERR, "acme: certificate \"%s\" from %s: %s", job->name,
+    /* the caller reports the failure (once); this is the trail for debugging */
+    acme_log(job->loop, ACME_LOG_INFO, "acme: certificate \"%s\" from %s: %s", job->name,
              acme_client_directory_url(job->c), e.msg);
     job_finish(job, &e);
 }

@@ -448,8 +448,9 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         return;
     }
     if (c->issuer_i + 1 < c->nissuers && err->kind != ACME_ERR_STORE) {
-        acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": issuer \"%s\" failed, trying \"%s\"", c->name,
-                 m->issuers[c->issuers[c->issuer_i]]->name, m->issuers[c->issuers[c->issuer_i + 1]]->name);
+        acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": issuer \"%s\" failed, trying \"%s\": %s", c->name,
+                 m->issuers[c->issuers[c->issuer_i]]->name, m->issuers[c->issuers[c->issuer_i + 1]]->name,
+                 err->msg);
         c->issuer_i++;
         cert_issue(c);
         return;
