@@ -22,9 +22,7 @@
 
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
-
-
-#define NGX_HTTP_ACME_TOKEN_MAX  256
+#include "acme_http01.h"
 
 
 static ngx_uint_t
@@ -51,8 +49,9 @@ ngx_http_acme_host_matches(ngx_http_request_t *r, u_char *id, size_t len)
 ngx_int_t
 ngx_http_acme_challenge_handler(ngx_http_request_t *r)
 {
-    size_t                      plen, i;
-    u_char                     *token, *sp;
+    size_t                      plen, tlen;
+    u_char                     *sp;
+    const char                 *tp;
     ngx_int_t                   rc;
     ngx_buf_t                  *b;
     ngx_str_t                   value, tok;
@@ -99,28 +98,15 @@ ngx_http_acme_challenge_handler(ngx_http_request_t *r)
 
     /* the raw path must be exactly the prefix and a base64url token */
 
-    if (r->unparsed_uri.len <= plen
-        || r->unparsed_uri.len > plen + NGX_HTTP_ACME_TOKEN_MAX
-        || ngx_strncmp(r->unparsed_uri.data, NGX_HTTP_ACME_CHALLENGE_PREFIX,
-                       plen)
-           != 0)
+    if (acme_http01_parse_path((const char *) r->unparsed_uri.data,
+                               r->unparsed_uri.len, &tp, &tlen)
+        != ACME_HTTP01_TOKEN)
     {
         goto not_found;
     }
 
-    token = r->unparsed_uri.data + plen;
-    tok.data = token;
-    tok.len = r->unparsed_uri.len - plen;
-
-    for (i = 0; i < tok.len; i++) {
-        u_char ch = token[i];
-
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-              || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_'))
-        {
-            goto not_found;
-        }
-    }
+    tok.data = (u_char *) tp;
+    tok.len = tlen;
 
     /* and the normalised path the same */
 
