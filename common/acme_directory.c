@@ -1,5 +1,6 @@
 /* The ACME directory, CA names, and directory URL checks. */
 #include "acme_directory.h"
+#include "acme_store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +15,6 @@
 #define DIR_TEXT_MAX       1024
 #define DIR_PROFILES_MAX   64
 #define DIR_PROFILE_NAME_MAX 64
-#define CA_ID_MAX          200
 
 #define LE_V2_URL          "https://acme-v02.api.letsencrypt.org/directory"
 #define LE_V2_STAGING_URL  "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -499,25 +499,12 @@ acme_ca_resolve(const char *name_or_url, acme_err_t *err)
     return url;
 }
 
-/* FNV-1a, to keep over-long ids distinct. */
-static unsigned long
-ca_id_hash(const char *s)
-{
-    unsigned long  h = 2166136261UL;
-
-    while (*s) {
-        h ^= (unsigned char) *s++;
-        h = (h * 16777619UL) & 0xffffffffUL;
-    }
-    return h;
-}
-
 char *
 acme_ca_id(const char *directory_url)
 {
     const char  *s, *p;
     char        *id;
-    size_t       len, i;
+    size_t       len;
 
     if (directory_url == NULL) {
         return NULL;
@@ -531,29 +518,6 @@ acme_ca_id(const char *directory_url)
     while (len > 0 && s[len - 1] == '/') {
         len--;
     }
-    id = malloc((len > CA_ID_MAX ? CA_ID_MAX : len) + 12);
-    if (id == NULL) {
-        return NULL;
-    }
-    if (len > CA_ID_MAX) {
-        memcpy(id, s, CA_ID_MAX);
-        snprintf(id + CA_ID_MAX, 12, "_%08lx", ca_id_hash(s));
-        len = CA_ID_MAX;
-    } else {
-        memcpy(id, s, len);
-        id[len] = '\0';
-    }
-    for (i = 0; i < len; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'
-              || (c == '.' && i > 0)))
-        {
-            id[i] = '_';
-        }
-    }
-    if (id[0] == '\0') {
-        free(id);
-        return acme_strdup("_");
-    }
+    id = acme_store_name_make(s, len);
     return id;
 }

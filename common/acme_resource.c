@@ -766,6 +766,10 @@ acme_time_parse(const char *s, time_t *t)
     }
     /* local time = UTC + offset */
     r -= (time_t) sign * (oh * 3600 + om * 60);
+    /* 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z: what acme_time_format can write back */
+    if (r < 0 || r > (time_t) 253402300799LL) {
+        return -1;
+    }
     *t = r;
     return 0;
 }

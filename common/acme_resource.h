@@ -78,7 +78,8 @@ void acme_renewal_info_free(acme_renewal_info_t *ri);
 /* 1 when s is a challenge token as we accept it: base64url without padding, 22..256 characters. */
 int acme_token_valid(const char *s);
 
-/* RFC 3339 timestamps ("2025-01-02T03:04:05Z", fractional seconds and offsets allowed). -1 on error. */
+/* RFC 3339 timestamps ("2025-01-02T03:04:05Z", fractional seconds and offsets allowed), from 1970 to the
+ * end of 9999 UTC. -1 on error. */
 int acme_time_parse(const char *s, time_t *t);
 /* "2025-01-02T03:04:05Z" into buf (>= 21 bytes). */
 const char *acme_time_format(time_t t, char *buf, size_t size);

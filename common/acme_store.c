@@ -12,7 +12,6 @@
 #define STORE_KEY_MAX       1024
 #define STORE_IDS_MAX       1000
 #define STORE_KA_MAX        4096
-#define STORE_NAME_KEEP     160     /* bytes of the identifier kept in a certificate name */
 
 /* ---- key rules ---- */
 
@@ -87,6 +86,50 @@ acme_store_name_check(const char *name, const char *what, acme_err_t *err)
         return -1;
     }
     return 0;
+}
+
+#define STORE_NAME_CUT  180
+
+char *
+acme_store_name_make(const char *s, size_t n)
+{
+    char           *r;
+    size_t          i, len;
+    unsigned long   h;
+
+    len = n > STORE_NAME_CUT ? STORE_NAME_CUT : n;
+    r = malloc(len + 10 + 1);
+    if (r == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < len; i++) {
+        char c = s[i];
+        r[i] = ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'
+                || c == '_' || (c == '.' && i > 0)) ? c : '_';
+    }
+    if (n > len) {
+        /* keep long names distinct from others sharing their first bytes */
+        h = 2166136261UL;
+        for (i = 0; i < n; i++) {
+            h = ((h ^ (unsigned char) s[i]) * 16777619UL) & 0xffffffffUL;
+        }
+        len += (size_t) snprintf(r + len, 11, "_%08lx", h);
+    }
+    r[len] = '\0';
+    if (len == 0) {
+        r[len++] = '_';
+        r[len] = '\0';
+    }
+    /* the store's own temporary and journal names must never be producible */
+    for (i = 0; i + 5 <= len; i++) {
+        if (memcmp(r + i, ".tmp.", 5) == 0) {
+            r[i] = '_';
+        }
+    }
+    if (len >= 5 && memcmp(r + len - 5, ".next", 5) == 0) {
+        r[len - 5] = '_';
+    }
+    return r;
 }
 
 int
@@ -455,39 +498,20 @@ char *
 acme_cert_name(const acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks)
 {
     acme_buf_t   b = { NULL, 0, 0 };
-    const char     *v;
-    size_t          i;
-    unsigned long   h;
-    int             rc;
+    const char  *v;
+    char        *raw, *safe;
+    int          rc, wild;
 
     if (ids == NULL || nids == 0 || ids[0].value == NULL || ids[0].value[0] == '\0') {
         return NULL;
     }
     v = ids[0].value;
-    if (v[0] == '*' && v[1] == '.') {
-        rc = acme_buf_printf(&b, "_wildcard.");
-        v += 2;
-    } else {
-        rc = acme_buf_append(&b, "", 0);
-    }
-    /* IPv6 colons and anything else a key segment cannot hold become '_' */
-    for (i = 0; rc == 0 && v[i] != '\0' && i < STORE_NAME_KEEP; i++) {
-        char c = v[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'
-              || (c == '.' && b.len > 0)))
-        {
-            c = '_';
-        }
-        rc = acme_buf_append(&b, &c, 1);
-    }
-    if (rc == 0 && v[i] != '\0') {
-        /* a very long name: keep it distinct from others sharing its first bytes */
-        h = 2166136261UL;
-        for (i = 0; v[i] != '\0'; i++) {
-            h = ((h ^ (unsigned char) v[i]) * 16777619UL) & 0xffffffffUL;
-        }
-        rc = acme_buf_printf(&b, "_%08lx", h);
-    }
+    wild = v[0] == '*' && v[1] == '.';
+    raw = acme_sprintf("%s%s", wild ? "_wildcard." : "", wild ? v + 2 : v);
+    safe = raw ? acme_store_name_make(raw, strlen(raw)) : NULL;
+    free(raw);
+    rc = safe ? acme_buf_printf(&b, "%s", safe) : -1;
+    free(safe);
     if (rc == 0 && ks != NULL && ks->alg != 0 && !(ks->alg == ACME_KEY_EC && ks->bits == 256)) {
         rc = acme_buf_printf(&b, "_%s%d", ks->alg == ACME_KEY_EC ? "ecdsa" : "rsa", ks->bits);
     }

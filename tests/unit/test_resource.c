@@ -417,7 +417,12 @@ test_time(void **state)
     expect_time("2024-02-29T00:00:00Z", 1709164800);
     expect_time("2000-02-29T00:00:00Z", 951782400);
     expect_time("2016-12-31T23:59:60Z", 1483228799);
-    expect_time("1969-12-31T23:59:59Z", -1);
+    expect_time("9999-12-31T23:59:59Z", 253402300799LL);
+    /* outside what acme_time_format writes back (found by fuzzing: a stored time must reload) */
+    assert_int_equal(acme_time_parse("1969-12-31T23:59:59Z", &t), -1);
+    assert_int_equal(acme_time_parse("0999-12-31T23:59:59Z", &t), -1);
+    assert_int_equal(acme_time_parse("9999-12-31T23:59:59-23:59", &t), -1);
+    assert_int_equal(acme_time_parse("0000-01-01T00:00:00+00:01", &t), -1);
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         t = 777;
         if (acme_time_parse(bad[i], &t) == 0) {
