@@ -74,6 +74,9 @@ void          acme_store_close(acme_store_t *st);
  * (ACME_ERR_INPUT) naming the key.
  */
 int acme_store_name_check(const char *name, const char *what, acme_err_t *err);
+/* Turn any text into a name acme_store_name_check accepts (characters mapped to '_', reserved ".tmp."
+ * and ".next" defused, long text cut with a hash to stay distinct). malloc'd. */
+char *acme_store_name_make(const char *s, size_t n);
 int acme_store_key_check(const char *key, acme_err_t *err);
 
 /* Convenience wrappers over ops. */
