@@ -2,6 +2,8 @@
 # Build ngx_http_acme_module.so against Debian's nginx-dev sources, with the flags Debian's nginx was built with.
 # usage: build.sh BUILD_DIR   (writes BUILD_DIR/ngx_http_acme_module.so)
 set -euo pipefail
+# nginx's configure takes CFLAGS from the environment instead of its own warning set
+unset CFLAGS
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 src=${NGX_SRC:-/usr/share/nginx/src}

@@ -1421,8 +1421,13 @@ static int
 ngx_http_acme_chown_one(const char *path, const struct stat *sb, int flag,
     struct FTW *ftw)
 {
-    if (sb->st_uid != ngx_http_acme_chown_uid) {
-        (void) lchown(path, ngx_http_acme_chown_uid, ngx_http_acme_chown_gid);
+    if (sb->st_uid != ngx_http_acme_chown_uid
+        && lchown(path, ngx_http_acme_chown_uid, ngx_http_acme_chown_gid)
+           == -1)
+    {
+        /* the worker then cannot write there: say which path */
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno,
+                      "acme: lchown(\"%s\") failed", path);
     }
 
     return 0;
