@@ -5,7 +5,7 @@ PYTHON     ?= /usr/bin/python3
 SAN        ?=
 OPT        ?= -O2
 
-PKGS        := libcurl jansson openssl
+PKGS        := libcurl jansson openssl hiredis
 DEB_PKGS    := build-essential pkg-config libssl-dev libcurl4-openssl-dev libjansson-dev \
                libcmocka-dev pebble python3-pytest curl openssl nginx nginx-dev apache2 apache2-dev \
                libhiredis-dev redis-server clang libclang-rt-14-dev valgrind
@@ -94,3 +94,24 @@ test-asan:
 
 clean:
 	rm -rf $(BUILD)
+
+include tests/fuzz/fuzz.mk
+
+# ---- Debian packages, the demo, the package test ------------------------------------------------------
+.PHONY: deb demo test-packages
+
+# libnginx-mod-http-acme, libapache2-mod-acme and acmectl (.deb) into $(BUILD)/deb, with debhelper
+deb:
+	debian/build-deb.sh $(BUILD)/deb
+
+# Pebble + Debian's nginx with the module on loopback; shows the certificate; Ctrl-C stops it all.
+# DEMO_TIMEOUT=SECONDS ends it by itself.
+demo:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/demo/demo.py
+
+# builds the packages, installs them on this machine, checks them, issues from Pebble through
+# /etc/nginx, removes and purges them; restores /etc/nginx and /etc/apache2. Needs root.
+test-packages:
+	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/packaging/test_packages.py
