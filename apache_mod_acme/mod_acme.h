@@ -1,0 +1,205 @@
+/*
+ * mod_acme: automatic HTTPS for Apache httpd 2.4 on top of the ACME core in common/.
+ *
+ * Shared declarations of the module's parts:
+ *   mod_acme.c            module record, hook registration, post_config / child_init orchestration
+ *   mod_acme_config.c     directives, per-server configuration and merging, validation
+ *   mod_acme_shm.c        shared memory between the processes (certificate generation, status, renew queue)
+ *   mod_acme_drive.c      the background thread running the ACME manager in one process at a time
+ *   mod_acme_ssl.c        mod_ssl integration: certificate files, fallback, certificate callback, hot swap
+ *   mod_acme_challenge.c  HTTP-01 and TLS-ALPN-01 answers, acme-tls/1 protocol selection
+ *   mod_acme_status.c     the acme-status handler
+ */
+#ifndef MOD_ACME_H
+#define MOD_ACME_H
+
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <apr_strings.h>
+#include <apr_tables.h>
+#include <apr_thread_mutex.h>
+#include <apr_thread_rwlock.h>
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/evp.h>
+
+#include "acme_ident.h"
+#include "acme_key.h"
+
+/* Our own numbered log messages, in the spirit of httpd's APLOGNO(). */
+#define ACMELOGNO(n)            "ACME" #n ": "
+
+#define MOD_ACME_DEFAULT_STATE_DIR  "/var/lib/apache2/acme"
+#define MOD_ACME_DEFAULT_CA         "letsencrypt"
+#define MOD_ACME_HANDLER            "acme-status"
+#define MOD_ACME_DRIVER_LOCK        "apache_driver"
+
+extern module AP_MODULE_DECLARE_DATA acme_module;
+#ifndef MOD_ACME_MAIN     /* mod_acme.c gets it from AP_DECLARE_MODULE */
+APLOG_USE_MODULE(acme);
+#endif
+
+/* ---- configuration (mod_acme_config.c) ---- */
+
+#define ACME_UNSET  (-1)
+
+typedef enum {
+    ACME_CERT_UNSET = 0,
+    ACME_CERT_OFF,
+    ACME_CERT_ON,           /* ServerName + ServerAlias */
+    ACME_CERT_NAMES         /* the listed names */
+} mod_acme_cert_mode_t;
+
+typedef struct {
+    const char  *name;      /* as the admin wrote it */
+    const char  *url;       /* resolved directory URL */
+} mod_acme_ca_t;
+
+typedef struct mod_acme_cert_s mod_acme_cert_t;
+
+typedef struct {
+    server_rec            *s;
+    apr_array_header_t    *cas;             /* mod_acme_ca_t; NULL: unset */
+    apr_array_header_t    *contacts;        /* const char *; NULL: unset */
+    int                    accept_tos;      /* ACME_UNSET, 0, 1 */
+    const char            *trusted_cert;
+    apr_array_header_t    *challenges;      /* const char *; NULL: unset */
+    apr_array_header_t    *keytypes;        /* acme_keyspec_t; NULL: unset */
+    const char            *profile;
+    const char            *eab_kid;
+    const char            *eab_key_file;
+    const char            *eab_hmac;        /* secret, read from eab_key_file */
+    const char            *preferred_chain;
+    const char            *state_dir;       /* server-wide only */
+    mod_acme_cert_mode_t   cert_mode;       /* per vhost, not inherited */
+    apr_array_header_t    *cert_names;      /* const char *, for ACME_CERT_NAMES */
+    const char            *cert_directive;  /* "file:line" of ACMECertificate, for messages */
+
+    /* filled in post_config (per generation) */
+    apr_array_header_t    *managed;         /* mod_acme_cert_t *: the certificates this vhost manages */
+    apr_array_header_t    *served;          /* mod_acme_cert_t *: what an SSL vhost serves */
+    int                    ssl_seen;        /* mod_ssl asked us for its certificates */
+    int                    cb_installed;    /* our certificate callback is on its SSL_CTX */
+} mod_acme_srv_conf_t;
+
+typedef struct {
+    int  renew_allowed;                     /* ACMEStatusRenew, ACME_UNSET, 0, 1 */
+} mod_acme_dir_conf_t;
+
+extern const command_rec mod_acme_cmds[];
+void *mod_acme_create_srv_conf(apr_pool_t *p, server_rec *s);
+void *mod_acme_merge_srv_conf(apr_pool_t *p, void *base, void *add);
+void *mod_acme_create_dir_conf(apr_pool_t *p, char *dir);
+void *mod_acme_merge_dir_conf(apr_pool_t *p, void *base, void *add);
+
+mod_acme_srv_conf_t *mod_acme_srv_conf(server_rec *s);
+/* Effective values with defaults applied. */
+const char *mod_acme_state_dir(server_rec *base);
+int mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
+
+/* ---- the managed certificates and process-wide state ---- */
+
+/* What one process serves for one certificate: parsed once per generation change. */
+typedef struct {
+    X509            *leaf;
+    STACK_OF(X509)  *chain;     /* without the leaf */
+    EVP_PKEY        *key;
+    int              fallback;  /* self-signed stand-in */
+} mod_acme_served_t;
+
+struct mod_acme_cert_s {
+    const char            *name;        /* store name: certs/<name> */
+    acme_ident_t          *ids;         /* values in the pool */
+    size_t                 nids;
+    const char           **names;       /* identifier values, as strings */
+    acme_keyspec_t         ks;
+    server_rec            *s;           /* the vhost whose ACMECertificate asks for it */
+    mod_acme_srv_conf_t   *sc;
+    const char            *cert_file;   /* what mod_ssl loads at startup */
+    const char            *key_file;
+    int                    fallback;    /* at startup: only the self-signed stand-in exists */
+    int                    ssl_served;  /* some SSL vhost serves it */
+    mod_acme_served_t      cur;         /* per process, guarded by mod_acme_g.lock */
+};
+
+typedef struct mod_acme_shm_s mod_acme_shm_t;
+
+typedef struct {
+    apr_pool_t            *pool;        /* pconf of this generation */
+    server_rec            *base;
+    const char            *state_dir;
+    apr_array_header_t    *certs;       /* mod_acme_cert_t * */
+    mod_acme_shm_t        *shm;
+    struct acme_store_s   *store;       /* read-only look-ups in any process (stateless handle) */
+    volatile apr_uint32_t  loaded_gen;  /* generation this process has parsed */
+    apr_thread_rwlock_t   *lock;        /* guards the served certificates (per process) */
+    apr_thread_mutex_t    *reload_lock; /* one reload at a time (per process) */
+    int                    active;      /* post_config completed with managed certificates */
+} mod_acme_globals_t;
+
+extern mod_acme_globals_t mod_acme_g;
+
+/* Per connection (mod_acme.c). */
+typedef struct {
+    int          fallback;      /* the handshake served a fallback certificate: requests get 503 */
+    int          tls_alpn;      /* switched to acme-tls/1: a TLS-ALPN-01 validation */
+} mod_acme_conn_t;
+
+mod_acme_conn_t *mod_acme_conn(conn_rec *c, int create);
+
+/* ---- shared memory (mod_acme_shm.c) ---- */
+
+#define MOD_ACME_RENEW_SLOTS     16
+#define MOD_ACME_NAME_MAX        256
+#define MOD_ACME_STATUS_MAX      (128 * 1024)
+
+apr_status_t mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **shm);
+apr_uint32_t mod_acme_shm_generation(mod_acme_shm_t *shm);
+void         mod_acme_shm_bump(mod_acme_shm_t *shm);
+/* Status JSON written by the driver; read into a pool string (NULL when none yet). */
+void         mod_acme_shm_status_put(mod_acme_shm_t *shm, const char *json, apr_size_t len);
+const char  *mod_acme_shm_status_get(mod_acme_shm_t *shm, apr_pool_t *p);
+/* Renew requests from any process to the driver. 0 queued, -1 queue full. */
+int          mod_acme_shm_renew_push(mod_acme_shm_t *shm, const char *name);
+/* Takes one queued request into buf; 1 taken, 0 none. */
+int          mod_acme_shm_renew_pop(mod_acme_shm_t *shm, char *buf, apr_size_t size);
+void         mod_acme_shm_set_driver(mod_acme_shm_t *shm, pid_t pid);
+pid_t        mod_acme_shm_driver(mod_acme_shm_t *shm);
+
+/* ---- the driver (mod_acme_drive.c) ---- */
+
+void mod_acme_drive_child_init(apr_pool_t *pchild, server_rec *s);
+void mod_acme_drive_child_stopping(apr_pool_t *pchild, int graceful);
+/* Route a core log line to the error log (acme_host_t.log). */
+void mod_acme_core_log(void *data, int level, const char *msg);
+int  mod_acme_core_log_level(server_rec *s);
+
+/* ---- mod_ssl integration (mod_acme_ssl.c) ---- */
+
+/* post_config, before mod_ssl: state dir, certificate list, fallback certificates. */
+int  mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s);
+/* post_config, after mod_ssl: warnings about names no SSL vhost serves. */
+void mod_acme_ssl_check(apr_pool_t *ptemp, server_rec *s);
+void mod_acme_ssl_register_hooks(apr_pool_t *p);
+/* 1 when this connection's handshake served a fallback certificate. */
+int  mod_acme_conn_fallback(conn_rec *c);
+/* Parse what the store has for cert into out (0 ok, 1 none, -1 error with msg). */
+int  mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert,
+                        mod_acme_served_t *out, const char **msg);
+void mod_acme_served_free(mod_acme_served_t *sv);
+
+/* ---- challenges (mod_acme_challenge.c) ---- */
+
+void mod_acme_challenge_register_hooks(apr_pool_t *p);
+/* post_config: let acme-tls/1 be selected on every server without a Protocols line. */
+void mod_acme_challenge_add_protocol(apr_pool_t *pconf, server_rec *s);
+/* 1 when host is one of the managed identifiers. */
+int  mod_acme_is_managed_name(const char *host);
+
+/* ---- status (mod_acme_status.c) ---- */
+
+void mod_acme_status_register_hooks(apr_pool_t *p);
+
+#endif

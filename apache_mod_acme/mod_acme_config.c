@@ -1,0 +1,653 @@
+/*
+ * mod_acme directives: parsing, validation (every error names the directive and the value), per-server
+ * configuration with httpd's merging (server-wide values are inherited by virtual hosts, which may override
+ * them; ACMECertificate belongs to the virtual host that says it).
+ */
+#include "mod_acme.h"
+
+#include <http_core.h>
+#include <util_cfgtree.h>
+#include <apr_file_io.h>
+#include <ctype.h>
+
+#include "acme_directory.h"
+#include "acme_err.h"
+#include "acme_x509.h"
+
+mod_acme_srv_conf_t *
+mod_acme_srv_conf(server_rec *s)
+{
+    return ap_get_module_config(s->module_config, &acme_module);
+}
+
+void *
+mod_acme_create_srv_conf(apr_pool_t *p, server_rec *s)
+{
+    mod_acme_srv_conf_t *sc = apr_pcalloc(p, sizeof(*sc));
+
+    sc->s = s;
+    sc->accept_tos = ACME_UNSET;
+    sc->cert_mode = ACME_CERT_UNSET;
+    return sc;
+}
+
+void *
+mod_acme_merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    mod_acme_srv_conf_t *base = basev, *add = addv;
+    mod_acme_srv_conf_t *sc = apr_pcalloc(p, sizeof(*sc));
+
+    sc->s = add->s;
+    sc->cas = add->cas ? add->cas : base->cas;
+    sc->contacts = add->contacts ? add->contacts : base->contacts;
+    sc->accept_tos = add->accept_tos != ACME_UNSET ? add->accept_tos : base->accept_tos;
+    sc->trusted_cert = add->trusted_cert ? add->trusted_cert : base->trusted_cert;
+    sc->challenges = add->challenges ? add->challenges : base->challenges;
+    sc->keytypes = add->keytypes ? add->keytypes : base->keytypes;
+    sc->profile = add->profile ? add->profile : base->profile;
+    if (add->eab_kid != NULL) {
+        sc->eab_kid = add->eab_kid;
+        sc->eab_key_file = add->eab_key_file;
+        sc->eab_hmac = add->eab_hmac;
+    } else {
+        sc->eab_kid = base->eab_kid;
+        sc->eab_key_file = base->eab_key_file;
+        sc->eab_hmac = base->eab_hmac;
+    }
+    sc->preferred_chain = add->preferred_chain ? add->preferred_chain : base->preferred_chain;
+    sc->state_dir = add->state_dir ? add->state_dir : base->state_dir;
+    /* a certificate belongs to the vhost that asks for it: not inherited */
+    sc->cert_mode = add->cert_mode;
+    sc->cert_names = add->cert_names;
+    sc->cert_directive = add->cert_directive;
+    return sc;
+}
+
+void *
+mod_acme_create_dir_conf(apr_pool_t *p, char *dir)
+{
+    mod_acme_dir_conf_t *dc = apr_pcalloc(p, sizeof(*dc));
+
+    (void) dir;
+    dc->renew_allowed = ACME_UNSET;
+    return dc;
+}
+
+void *
+mod_acme_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    mod_acme_dir_conf_t *base = basev, *add = addv;
+    mod_acme_dir_conf_t *dc = apr_pcalloc(p, sizeof(*dc));
+
+    dc->renew_allowed = add->renew_allowed != ACME_UNSET ? add->renew_allowed : base->renew_allowed;
+    return dc;
+}
+
+const char *
+mod_acme_state_dir(server_rec *base)
+{
+    mod_acme_srv_conf_t *sc = mod_acme_srv_conf(base);
+
+    return sc->state_dir ? sc->state_dir : MOD_ACME_DEFAULT_STATE_DIR;
+}
+
+static mod_acme_srv_conf_t *
+cmd_conf(cmd_parms *cmd)
+{
+    return ap_get_module_config(cmd->server->module_config, &acme_module);
+}
+
+static const char *
+cmd_name(cmd_parms *cmd)
+{
+    return cmd->directive ? cmd->directive->directive : cmd->cmd->name;
+}
+
+static const char *
+bad_value(cmd_parms *cmd, const char *value, const char *why)
+{
+    return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s", cmd_name(cmd), value, why);
+}
+
+/* ---- the directives ---- */
+
+static const char *
+set_ca(cmd_parms *cmd, void *dc, const char *arg)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    mod_acme_ca_t        *ca;
+    acme_err_t            err;
+    char                 *url;
+    int                   i;
+
+    (void) dc;
+    url = acme_ca_resolve(arg, &err);
+    if (url == NULL) {
+        return bad_value(cmd, arg, err.msg);
+    }
+    if (sc->cas == NULL) {
+        sc->cas = apr_array_make(cmd->pool, 2, sizeof(mod_acme_ca_t));
+    }
+    for (i = 0; i < sc->cas->nelts; i++) {
+        if (strcmp(APR_ARRAY_IDX(sc->cas, i, mod_acme_ca_t).url, url) == 0) {
+            free(url);
+            return bad_value(cmd, arg, "given twice");
+        }
+    }
+    ca = apr_array_push(sc->cas);
+    ca->name = apr_pstrdup(cmd->pool, arg);
+    ca->url = apr_pstrdup(cmd->pool, url);
+    free(url);
+    return NULL;
+}
+
+static const char *
+set_contact(cmd_parms *cmd, void *dc, const char *arg)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    const char           *addr = arg, *at;
+    const char           *p;
+
+    (void) dc;
+    if (strncasecmp(addr, "mailto:", 7) == 0) {
+        addr += 7;
+    }
+    at = strchr(addr, '@');
+    if (at == NULL || at == addr || at[1] == '\0' || strchr(at + 1, '@') != NULL) {
+        return bad_value(cmd, arg, "expected an e-mail address (admin@example.org or mailto:...)");
+    }
+    for (p = addr; *p; p++) {
+        if ((unsigned char) *p <= ' ' || (unsigned char) *p >= 0x7f || strchr("<>,;\"", *p)) {
+            return bad_value(cmd, arg, "expected an e-mail address (admin@example.org or mailto:...)");
+        }
+    }
+    if (sc->contacts == NULL) {
+        sc->contacts = apr_array_make(cmd->pool, 2, sizeof(const char *));
+    }
+    APR_ARRAY_PUSH(sc->contacts, const char *) =
+        strncasecmp(arg, "mailto:", 7) == 0 ? apr_pstrdup(cmd->pool, arg)
+                                            : apr_pstrcat(cmd->pool, "mailto:", arg, NULL);
+    return NULL;
+}
+
+static const char *
+set_tos(cmd_parms *cmd, void *dc, int flag)
+{
+    (void) dc;
+    cmd_conf(cmd)->accept_tos = flag ? 1 : 0;
+    return NULL;
+}
+
+static const char *
+set_state_dir(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, NOT_IN_VIRTUALHOST | NOT_IN_DIR_CONTEXT);
+    const char *path;
+
+    (void) dc;
+    if (err != NULL) {
+        return err;
+    }
+    if (*arg == '\0') {
+        return bad_value(cmd, arg, "empty path");
+    }
+    path = ap_server_root_relative(cmd->pool, arg);
+    if (path == NULL) {
+        return bad_value(cmd, arg, "not a valid path");
+    }
+    cmd_conf(cmd)->state_dir = path;
+    return NULL;
+}
+
+static const char *
+read_small_file(cmd_parms *cmd, const char *path, apr_size_t max, char **out, apr_size_t *outlen)
+{
+    apr_file_t   *f;
+    apr_finfo_t   fi;
+    apr_status_t  rv;
+    apr_size_t    n;
+    char          eb[128];
+
+    rv = apr_file_open(&f, path, APR_FOPEN_READ, 0, cmd->temp_pool);
+    if (rv != APR_SUCCESS) {
+        return apr_psprintf(cmd->pool, "cannot open %s: %s", path, apr_strerror(rv, eb, sizeof(eb)));
+    }
+    rv = apr_file_info_get(&fi, APR_FINFO_SIZE | APR_FINFO_TYPE, f);
+    if (rv != APR_SUCCESS || fi.filetype != APR_REG) {
+        apr_file_close(f);
+        return apr_psprintf(cmd->pool, "%s is not a regular file", path);
+    }
+    if ((apr_size_t) fi.size > max) {
+        apr_file_close(f);
+        return apr_psprintf(cmd->pool, "%s is too large", path);
+    }
+    n = (apr_size_t) fi.size;
+    *out = apr_palloc(cmd->temp_pool, n + 1);
+    if (n > 0) {
+        rv = apr_file_read_full(f, *out, n, &n);
+    }
+    apr_file_close(f);
+    if (rv != APR_SUCCESS) {
+        return apr_psprintf(cmd->pool, "cannot read %s: %s", path, apr_strerror(rv, eb, sizeof(eb)));
+    }
+    (*out)[n] = '\0';
+    *outlen = n;
+    return NULL;
+}
+
+static const char *
+set_trusted(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char      *path = ap_server_root_relative(cmd->pool, arg);
+    const char      *why;
+    char            *pem;
+    apr_size_t       len;
+    STACK_OF(X509)  *chain = NULL;
+    acme_err_t       err;
+
+    (void) dc;
+    if (path == NULL) {
+        return bad_value(cmd, arg, "not a valid path");
+    }
+    why = read_small_file(cmd, path, 4 * 1024 * 1024, &pem, &len);
+    if (why != NULL) {
+        return bad_value(cmd, arg, why);
+    }
+    if (acme_pem_chain_parse(pem, len, &chain, &err) != 0) {
+        return bad_value(cmd, arg, apr_psprintf(cmd->pool, "no PEM certificates: %s", err.msg));
+    }
+    acme_chain_free(chain);
+    cmd_conf(cmd)->trusted_cert = path;
+    return NULL;
+}
+
+static const char *
+set_challenge(cmd_parms *cmd, void *dc, const char *arg)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    const char           *t;
+    int                   i;
+
+    (void) dc;
+    if (strcasecmp(arg, "http-01") == 0) {
+        t = "http-01";
+    } else if (strcasecmp(arg, "tls-alpn-01") == 0) {
+        t = "tls-alpn-01";
+    } else if (strcasecmp(arg, "dns-01") == 0) {
+        return bad_value(cmd, arg, "dns-01 is not supported by mod_acme (use http-01 or tls-alpn-01)");
+    } else {
+        return bad_value(cmd, arg, "expected http-01 or tls-alpn-01");
+    }
+    if (sc->challenges == NULL) {
+        sc->challenges = apr_array_make(cmd->pool, 2, sizeof(const char *));
+    }
+    for (i = 0; i < sc->challenges->nelts; i++) {
+        if (strcmp(APR_ARRAY_IDX(sc->challenges, i, const char *), t) == 0) {
+            return bad_value(cmd, arg, "given twice");
+        }
+    }
+    APR_ARRAY_PUSH(sc->challenges, const char *) = t;
+    return NULL;
+}
+
+static const char *
+set_keytype(cmd_parms *cmd, void *dc, const char *arg)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    acme_keyspec_t        ks;
+    acme_err_t            err;
+    int                   i;
+
+    (void) dc;
+    if (acme_keyspec_parse(arg, &ks, &err) != 0) {
+        return bad_value(cmd, arg, err.msg);
+    }
+    if (sc->keytypes == NULL) {
+        sc->keytypes = apr_array_make(cmd->pool, 2, sizeof(acme_keyspec_t));
+    }
+    for (i = 0; i < sc->keytypes->nelts; i++) {
+        acme_keyspec_t *o = &APR_ARRAY_IDX(sc->keytypes, i, acme_keyspec_t);
+        if (o->alg == ks.alg) {
+            return bad_value(cmd, arg, "one key type per algorithm (a second ECDSA or RSA key could "
+                             "not be served by client capability)");
+        }
+    }
+    APR_ARRAY_PUSH(sc->keytypes, acme_keyspec_t) = ks;
+    return NULL;
+}
+
+static const char *
+set_profile(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char *p;
+
+    (void) dc;
+    if (*arg == '\0' || strlen(arg) > 64) {
+        return bad_value(cmd, arg, "expected a profile name");
+    }
+    for (p = arg; *p; p++) {
+        if (!isalnum((unsigned char) *p) && !strchr("._-", *p)) {
+            return bad_value(cmd, arg, "a profile name has letters, digits, '.', '_' and '-' only");
+        }
+    }
+    cmd_conf(cmd)->profile = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+static int
+b64url_valid(const char *s, apr_size_t n)
+{
+    apr_size_t i;
+
+    if (n == 0) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (!isalnum((unsigned char) s[i]) && s[i] != '-' && s[i] != '_') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static const char *
+set_eab(cmd_parms *cmd, void *dc, const char *kid, const char *file)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    const char           *path, *why;
+    char                 *data, *p, *end;
+    apr_size_t            len;
+
+    (void) dc;
+    if (file == NULL) {
+        if (strcasecmp(kid, "none") == 0) {
+            sc->eab_kid = "";           /* explicitly none (overrides an inherited binding) */
+            sc->eab_key_file = NULL;
+            sc->eab_hmac = NULL;
+            return NULL;
+        }
+        return apr_psprintf(cmd->pool, "%s: expected KID KEYFILE (or none), got '%s' only", cmd_name(cmd),
+                            kid);
+    }
+    if (*kid == '\0' || strlen(kid) > 256 || strpbrk(kid, " \t\r\n\"\\") != NULL) {
+        return bad_value(cmd, kid, "not a usable key identifier");
+    }
+    path = ap_server_root_relative(cmd->pool, file);
+    if (path == NULL) {
+        return bad_value(cmd, file, "not a valid path");
+    }
+    why = read_small_file(cmd, path, 4096, &data, &len);
+    if (why != NULL) {
+        return bad_value(cmd, file, why);
+    }
+    /* the file holds the base64url HMAC key; surrounding white space is ignored */
+    p = data;
+    end = data + len;
+    while (p < end && isspace((unsigned char) *p)) {
+        p++;
+    }
+    while (end > p && isspace((unsigned char) end[-1])) {
+        end--;
+    }
+    if (!b64url_valid(p, (apr_size_t) (end - p))) {
+        memset(data, 0, len);
+        /* never show the key itself */
+        return bad_value(cmd, file, "the file must hold the base64url-encoded HMAC key");
+    }
+    sc->eab_kid = apr_pstrdup(cmd->pool, kid);
+    sc->eab_key_file = path;
+    sc->eab_hmac = apr_pstrmemdup(cmd->pool, p, (apr_size_t) (end - p));
+    memset(data, 0, len);
+    return NULL;
+}
+
+static const char *
+set_preferred_chain(cmd_parms *cmd, void *dc, const char *arg)
+{
+    (void) dc;
+    if (*arg == '\0' || strlen(arg) > 256) {
+        return bad_value(cmd, arg, "expected the issuer common name of the preferred chain");
+    }
+    cmd_conf(cmd)->preferred_chain = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+static const char *
+set_certificate(cmd_parms *cmd, void *dc, const char *arg)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    acme_ident_t          id;
+    acme_err_t            err;
+
+    (void) dc;
+    if (!cmd->server->is_virtual) {
+        return apr_psprintf(cmd->pool, "%s must be used inside a <VirtualHost> (got '%s' in the main "
+                            "server configuration)", cmd_name(cmd), arg);
+    }
+    if (cmd->directive != NULL) {
+        sc->cert_directive = apr_psprintf(cmd->pool, "%s:%d", cmd->directive->filename,
+                                          cmd->directive->line_num);
+    }
+    if (strcasecmp(arg, "on") == 0 || strcasecmp(arg, "off") == 0) {
+        if (sc->cert_mode == ACME_CERT_NAMES) {
+            return bad_value(cmd, arg, "'on' and 'off' cannot be combined with names");
+        }
+        sc->cert_mode = strcasecmp(arg, "on") == 0 ? ACME_CERT_ON : ACME_CERT_OFF;
+        return NULL;
+    }
+    if (sc->cert_mode == ACME_CERT_ON || sc->cert_mode == ACME_CERT_OFF) {
+        return bad_value(cmd, arg, "names cannot be combined with 'on' or 'off'");
+    }
+    if (acme_ident_parse(arg, &id, &err) != 0) {
+        return bad_value(cmd, arg, err.msg);
+    }
+    acme_ident_free(&id);
+    if (sc->cert_names == NULL) {
+        sc->cert_names = apr_array_make(cmd->pool, 4, sizeof(const char *));
+    }
+    APR_ARRAY_PUSH(sc->cert_names, const char *) = apr_pstrdup(cmd->pool, arg);
+    sc->cert_mode = ACME_CERT_NAMES;
+    return NULL;
+}
+
+static const char *
+set_status_renew(cmd_parms *cmd, void *dcv, int flag)
+{
+    mod_acme_dir_conf_t *dc = dcv;
+
+    (void) cmd;
+    dc->renew_allowed = flag ? 1 : 0;
+    return NULL;
+}
+
+const command_rec mod_acme_cmds[] = {
+    AP_INIT_ITERATE("ACMECertificateAuthority", set_ca, NULL, RSRC_CONF,
+                    "CA names (letsencrypt, zerossl, ...) or ACME v2 directory URLs; several = fallback in order"),
+    AP_INIT_ITERATE("ACMEContact", set_contact, NULL, RSRC_CONF,
+                    "contact e-mail addresses for the ACME account"),
+    AP_INIT_FLAG("ACMEAcceptTermsOfService", set_tos, NULL, RSRC_CONF,
+                 "on: agree to the CA's terms of service"),
+    AP_INIT_TAKE1("ACMEStateDir", set_state_dir, NULL, RSRC_CONF,
+                  "where accounts, keys and certificates are kept (default " MOD_ACME_DEFAULT_STATE_DIR ")"),
+    AP_INIT_TAKE1("ACMETrustedCertificate", set_trusted, NULL, RSRC_CONF,
+                  "PEM file with the roots to trust for the ACME server's own TLS"),
+    AP_INIT_ITERATE("ACMEChallenge", set_challenge, NULL, RSRC_CONF,
+                    "allowed challenge types in order of preference: http-01 tls-alpn-01"),
+    AP_INIT_ITERATE("ACMEKeyType", set_keytype, NULL, RSRC_CONF,
+                    "certificate key types (ecdsa:256, rsa:2048, ...); several = one certificate each"),
+    AP_INIT_TAKE1("ACMEProfile", set_profile, NULL, RSRC_CONF,
+                  "the CA's certificate profile to ask for"),
+    AP_INIT_TAKE12("ACMEExternalAccountBinding", set_eab, NULL, RSRC_CONF,
+                   "KID KEYFILE: external account binding (KEYFILE holds the base64url HMAC key), or none"),
+    AP_INIT_TAKE1("ACMEPreferredChain", set_preferred_chain, NULL, RSRC_CONF,
+                  "issuer common name of the preferred alternate chain"),
+    AP_INIT_ITERATE("ACMECertificate", set_certificate, NULL, RSRC_CONF,
+                    "on (ServerName + ServerAlias), off, or the names to manage a certificate for"),
+    AP_INIT_FLAG("ACMEStatusRenew", set_status_renew, NULL, OR_OPTIONS | ACCESS_CONF,
+                 "on: the acme-status handler accepts POST ?renew=NAME"),
+    { NULL }
+};
+
+/* ---- whole-configuration checks (check_config runs for apache2 -t too) ---- */
+
+/*
+ * apache2 -t does not run post_config, where mod_ssl tells us which vhosts have SSL. For the config test
+ * the parsed directive tree says it well enough: the names of every <VirtualHost> with "SSLEngine on".
+ */
+static void
+conftree_ssl_names(apr_pool_t *p, const ap_directive_t *vh, apr_array_header_t *out)
+{
+    const ap_directive_t  *c;
+    apr_array_header_t    *names = apr_array_make(p, 4, sizeof(const char *));
+    int                    ssl = 0;
+
+    for (c = vh->first_child; c != NULL; c = c->next) {
+        const char *args = c->args ? c->args : "", *w;
+
+        if (strcasecmp(c->directive, "SSLEngine") == 0) {
+            w = ap_getword_conf(p, &args);
+            ssl = strcasecmp(w, "on") == 0;
+        } else if (strcasecmp(c->directive, "ServerName") == 0 || strcasecmp(c->directive, "ServerAlias") == 0) {
+            while (*(w = ap_getword_conf(p, &args)) != '\0') {
+                char *n = apr_pstrdup(p, w), *colon;
+                if (strstr(n, "://") != NULL) {
+                    n = strstr(n, "://") + 3;
+                }
+                if (n[0] != '[' && (colon = strrchr(n, ':')) != NULL && strchr(n, ':') == colon) {
+                    *colon = '\0';
+                }
+                APR_ARRAY_PUSH(names, const char *) = n;
+            }
+        }
+    }
+    if (ssl) {
+        apr_array_cat(out, names);
+    }
+}
+
+static int
+name_covered(const char *name, const apr_array_header_t *ssl_names)
+{
+    int i;
+
+    for (i = 0; i < ssl_names->nelts; i++) {
+        const char *n = APR_ARRAY_IDX(ssl_names, i, const char *);
+        if (strcasecmp(n, name) == 0 || (n[0] == '*' && acme_dns_match(n, name))) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void
+config_test_ssl_warnings(apr_pool_t *ptemp, server_rec *base)
+{
+    const ap_directive_t  *d;
+    apr_array_header_t    *ssl_names = apr_array_make(ptemp, 8, sizeof(const char *));
+    server_rec            *s;
+
+    for (d = ap_conftree; d != NULL; d = d->next) {
+        if (strcasecmp(d->directive, "<VirtualHost") == 0) {
+            conftree_ssl_names(ptemp, d, ssl_names);
+        }
+    }
+    for (s = base; s != NULL; s = s->next) {
+        mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(s);
+        apr_array_header_t   *names = apr_array_make(ptemp, 4, sizeof(const char *));
+        int                   i;
+
+        if (sc->cert_mode == ACME_CERT_ON) {
+            APR_ARRAY_PUSH(names, const char *) = s->server_hostname;
+            if (s->names) {
+                apr_array_cat(names, s->names);
+            }
+            if (s->wild_names) {
+                apr_array_cat(names, s->wild_names);
+            }
+        } else if (sc->cert_mode == ACME_CERT_NAMES) {
+            apr_array_cat(names, sc->cert_names);
+        } else {
+            continue;
+        }
+        for (i = 0; i < names->nelts; i++) {
+            const char *n = APR_ARRAY_IDX(names, i, const char *);
+            if (n != NULL && !name_covered(n, ssl_names)) {
+                ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, ACMELOGNO(0006)
+                             "ACMECertificate (%s): no virtual host with SSLEngine on has the name %s; its "
+                             "certificate would be obtained but not used", sc->cert_directive ? sc->cert_directive : "?",
+                             n);
+            }
+        }
+    }
+}
+
+int
+mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *base)
+{
+    server_rec           *s;
+    mod_acme_srv_conf_t  *sc;
+    int                   warned_tos = 0;
+
+    (void) pconf;
+    (void) plog;
+    for (s = base; s != NULL; s = s->next) {
+        sc = mod_acme_srv_conf(s);
+        if (sc->cert_mode != ACME_CERT_ON && sc->cert_mode != ACME_CERT_NAMES) {
+            continue;
+        }
+        if (sc->cert_mode == ACME_CERT_ON) {
+            acme_ident_t  id;
+            acme_err_t    err;
+            int           i;
+
+            if (s->server_hostname == NULL) {
+                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0001)
+                             "ACMECertificate on (%s): the virtual host has no ServerName",
+                             sc->cert_directive ? sc->cert_directive : "?");
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            if (acme_ident_parse(s->server_hostname, &id, &err) != 0) {
+                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0002)
+                             "ACMECertificate on (%s): ServerName '%s' cannot be in a certificate: %s",
+                             sc->cert_directive ? sc->cert_directive : "?", s->server_hostname, err.msg);
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            acme_ident_free(&id);
+            for (i = 0; s->names && i < s->names->nelts; i++) {
+                const char *n = APR_ARRAY_IDX(s->names, i, const char *);
+                if (acme_ident_parse(n, &id, &err) != 0) {
+                    ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0003)
+                                 "ACMECertificate on (%s): ServerAlias '%s' cannot be in a certificate: %s",
+                                 sc->cert_directive ? sc->cert_directive : "?", n, err.msg);
+                    return HTTP_INTERNAL_SERVER_ERROR;
+                }
+                acme_ident_free(&id);
+            }
+            for (i = 0; s->wild_names && i < s->wild_names->nelts; i++) {
+                const char *n = APR_ARRAY_IDX(s->wild_names, i, const char *);
+                if (acme_ident_parse(n, &id, &err) != 0) {
+                    ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0004)
+                                 "ACMECertificate on (%s): ServerAlias '%s' cannot be in a certificate "
+                                 "(only a leading '*.' wildcard is possible): %s",
+                                 sc->cert_directive ? sc->cert_directive : "?", n, err.msg);
+                    return HTTP_INTERNAL_SERVER_ERROR;
+                }
+                acme_ident_free(&id);
+            }
+        }
+        if (sc->accept_tos != 1 && !warned_tos) {
+            warned_tos = 1;
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, ACMELOGNO(0005)
+                         "ACMEAcceptTermsOfService is not on: a CA with terms of service will refuse to "
+                         "create the account");
+        }
+        if (sc->eab_kid != NULL && *sc->eab_kid == '\0') {
+            sc->eab_kid = NULL;
+        }
+    }
+    if (ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_TEST) {
+        config_test_ssl_warnings(ptemp, base);     /* at startup mod_acme_ssl_check() says it exactly */
+    }
+    (void) ptemp;
+    return OK;
+}

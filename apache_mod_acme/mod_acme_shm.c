@@ -1,0 +1,166 @@
+/*
+ * Shared memory between the parent and every child of one configuration generation (anonymous apr_shm
+ * created in post_config, inherited by the children through fork):
+ *   - a certificate generation number: the driver bumps it when a certificate changed in the store; each
+ *     child compares it at every handshake (one atomic read) and re-parses its certificates when it moved;
+ *   - the driver's latest status JSON, under a sequence lock, so any child can answer acme-status;
+ *   - a small queue of renew requests from any child to the driver;
+ *   - the pid of the process running the driver.
+ */
+#include "mod_acme.h"
+
+#include <apr_shm.h>
+#include <apr_atomic.h>
+
+typedef struct {
+    volatile apr_uint32_t  state;       /* 0 free, 1 being written, 2 queued, 3 being read */
+    char                   name[MOD_ACME_NAME_MAX];
+} renew_slot_t;
+
+struct mod_acme_shm_s {
+    volatile apr_uint32_t  generation;
+    volatile apr_uint32_t  driver_pid;
+    volatile apr_uint32_t  status_seq;  /* odd while the driver writes */
+    volatile apr_uint32_t  status_len;
+    renew_slot_t           renew[MOD_ACME_RENEW_SLOTS];
+    char                   status[MOD_ACME_STATUS_MAX];
+};
+
+apr_status_t
+mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **out)
+{
+    apr_shm_t     *shm;
+    apr_status_t   rv;
+
+    rv = apr_shm_create(&shm, sizeof(mod_acme_shm_t), NULL, p);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, ACMELOGNO(0020)
+                     "cannot create the shared memory for certificate hot swap");
+        return rv;
+    }
+    *out = apr_shm_baseaddr_get(shm);
+    memset(*out, 0, sizeof(mod_acme_shm_t));
+    return APR_SUCCESS;
+}
+
+apr_uint32_t
+mod_acme_shm_generation(mod_acme_shm_t *shm)
+{
+    return shm ? apr_atomic_read32(&shm->generation) : 0;
+}
+
+void
+mod_acme_shm_bump(mod_acme_shm_t *shm)
+{
+    if (shm) {
+        apr_atomic_inc32(&shm->generation);
+    }
+}
+
+void
+mod_acme_shm_status_put(mod_acme_shm_t *shm, const char *json, apr_size_t len)
+{
+    if (shm == NULL) {
+        return;
+    }
+    if (len >= MOD_ACME_STATUS_MAX) {
+        json = "{\"error\": \"status too large for the shared memory\"}";
+        len = strlen(json);
+    }
+    apr_atomic_inc32(&shm->status_seq);         /* odd: writing */
+    __sync_synchronize();
+    memcpy(shm->status, json, len);
+    apr_atomic_set32(&shm->status_len, (apr_uint32_t) len);
+    __sync_synchronize();
+    apr_atomic_inc32(&shm->status_seq);         /* even: done */
+}
+
+const char *
+mod_acme_shm_status_get(mod_acme_shm_t *shm, apr_pool_t *p)
+{
+    apr_uint32_t  s1, s2, len;
+    char         *buf;
+    int           tries;
+
+    if (shm == NULL) {
+        return NULL;
+    }
+    buf = apr_palloc(p, MOD_ACME_STATUS_MAX + 1);
+    for (tries = 0; tries < 1000; tries++) {
+        s1 = apr_atomic_read32(&shm->status_seq);
+        if (s1 == 0) {
+            return NULL;                        /* nothing written yet */
+        }
+        if (s1 & 1) {
+            apr_sleep(1000);
+            continue;
+        }
+        __sync_synchronize();
+        len = apr_atomic_read32(&shm->status_len);
+        if (len >= MOD_ACME_STATUS_MAX) {
+            continue;
+        }
+        memcpy(buf, shm->status, len);
+        __sync_synchronize();
+        s2 = apr_atomic_read32(&shm->status_seq);
+        if (s1 == s2) {
+            buf[len] = '\0';
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+int
+mod_acme_shm_renew_push(mod_acme_shm_t *shm, const char *name)
+{
+    int i;
+
+    if (shm == NULL || strlen(name) >= MOD_ACME_NAME_MAX) {
+        return -1;
+    }
+    for (i = 0; i < MOD_ACME_RENEW_SLOTS; i++) {
+        renew_slot_t *sl = &shm->renew[i];
+        if (apr_atomic_cas32(&sl->state, 1, 0) == 0) {
+            apr_cpystrn(sl->name, name, sizeof(sl->name));
+            __sync_synchronize();
+            apr_atomic_set32(&sl->state, 2);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int
+mod_acme_shm_renew_pop(mod_acme_shm_t *shm, char *buf, apr_size_t size)
+{
+    int i;
+
+    if (shm == NULL) {
+        return 0;
+    }
+    for (i = 0; i < MOD_ACME_RENEW_SLOTS; i++) {
+        renew_slot_t *sl = &shm->renew[i];
+        if (apr_atomic_cas32(&sl->state, 3, 2) == 2) {
+            __sync_synchronize();
+            apr_cpystrn(buf, sl->name, size);
+            apr_atomic_set32(&sl->state, 0);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void
+mod_acme_shm_set_driver(mod_acme_shm_t *shm, pid_t pid)
+{
+    if (shm) {
+        apr_atomic_set32(&shm->driver_pid, (apr_uint32_t) pid);
+    }
+}
+
+pid_t
+mod_acme_shm_driver(mod_acme_shm_t *shm)
+{
+    return shm ? (pid_t) apr_atomic_read32(&shm->driver_pid) : 0;
+}

@@ -1,0 +1,741 @@
+/*
+ * mod_ssl integration.
+ *
+ * Startup (post_config, before mod_ssl): every managed certificate gets files for mod_ssl through the
+ * core's ssl_add_cert_files hook: the stored certs/<name>/fullchain.pem + privkey.pem when they exist,
+ * otherwise a self-signed fallback generated into the state directory. (We do not hand the fallback to
+ * ssl_add_fallback_cert_files: mod_ssl then marks the vhost "503 until restart" in its own private state,
+ * which would defeat the hot swap of the first real certificate. We answer 503 ourselves instead, per
+ * connection, while the handshake served a fallback.)
+ *
+ * Hot swap: mod_ssl's optional init_server hook hands us each SSL vhost's SSL_CTX; we install an OpenSSL
+ * certificate callback on it. The callback serves this process's parsed certificates, which are re-parsed
+ * only when the generation number in shared memory moved (the driver bumps it after storing a certificate).
+ * So a renewed certificate is served from the next handshake in every child, without restart and without
+ * reading files per handshake.
+ */
+#include "mod_acme.h"
+
+#include <http_core.h>
+#include <http_protocol.h>
+#include <http_request.h>
+#include <http_ssl.h>
+#include <mod_ssl.h>
+#include <unixd.h>
+#include <apr_optional_hooks.h>
+#include <apr_atomic.h>
+
+#include <openssl/err.h>
+
+#include <ftw.h>
+#include <unistd.h>
+#include <time.h>
+
+#include "acme_err.h"
+#include "acme_store.h"
+#include "acme_x509.h"
+#include "acme_tlsalpn.h"
+
+/* mod_ssl's optional hooks that Debian's headers do not declare (modules/ssl/mod_ssl_openssl.h). */
+APR_DECLARE_EXTERNAL_HOOK(ssl, SSL, int, init_server,
+                          (server_rec *s, apr_pool_t *p, int is_proxy, SSL_CTX *ctx))
+APR_DECLARE_EXTERNAL_HOOK(ssl, SSL, int, pre_handshake,
+                          (conn_rec *c, SSL *ssl, int is_proxy))
+
+#define FALLBACK_MIN_LEFT  (24 * 3600)
+
+/* ---- loading certificates ---- */
+
+void
+mod_acme_served_free(mod_acme_served_t *sv)
+{
+    X509_free(sv->leaf);
+    acme_chain_free(sv->chain);
+    EVP_PKEY_free(sv->key);
+    memset(sv, 0, sizeof(*sv));
+}
+
+static int
+parse_pair(const char *chain_pem, size_t chain_len, const char *key_pem, size_t key_len,
+           mod_acme_served_t *out, acme_err_t *err)
+{
+    STACK_OF(X509)  *chain = NULL;
+    EVP_PKEY        *key;
+
+    if (acme_pem_chain_parse(chain_pem, chain_len, &chain, err) != 0) {
+        return -1;
+    }
+    key = acme_key_from_pem(key_pem, key_len, err);
+    if (key == NULL) {
+        acme_chain_free(chain);
+        return -1;
+    }
+    if (!X509_check_private_key(sk_X509_value(chain, 0), key)) {
+        acme_err_set(err, ACME_ERR_INPUT, "the certificate does not match its key");
+        EVP_PKEY_free(key);
+        acme_chain_free(chain);
+        return -1;
+    }
+    out->leaf = sk_X509_shift(chain);
+    out->chain = chain;
+    out->key = key;
+    return 0;
+}
+
+int
+mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert, mod_acme_served_t *out,
+                   const char **msg)
+{
+    char        *fc = NULL, *pk = NULL;
+    size_t       fclen = 0, pklen = 0;
+    acme_err_t   err;
+    int          rc;
+
+    (void) state_dir;
+    memset(out, 0, sizeof(*out));
+    if (mod_acme_g.store == NULL) {
+        *msg = "no store";
+        return -1;
+    }
+    rc = acme_store_cert_load(mod_acme_g.store, cert->name, &fc, &fclen, &pk, &pklen, NULL, &err);
+    if (rc != 0) {
+        *msg = rc < 0 ? apr_pstrdup(p, err.msg) : NULL;
+        return rc;
+    }
+    rc = parse_pair(fc, fclen, pk, pklen, out, &err);
+    free(fc);
+    acme_free_secret(pk, pklen);
+    if (rc != 0) {
+        *msg = apr_pstrdup(p, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static apr_status_t
+served_cleanup(void *data)
+{
+    mod_acme_served_free(data);
+    return APR_SUCCESS;
+}
+
+/* ---- fallback certificates ---- */
+
+static int
+fallback_load(mod_acme_cert_t *cert, const char *ckey, const char *kkey, mod_acme_served_t *out)
+{
+    char        *fc = NULL, *pk = NULL;
+    size_t       fclen = 0, pklen = 0;
+    acme_err_t   err;
+    int          rc = -1;
+
+    memset(out, 0, sizeof(*out));
+    if (acme_store_get(mod_acme_g.store, ckey, &fc, &fclen, NULL) == 0
+        && acme_store_get(mod_acme_g.store, kkey, &pk, &pklen, NULL) == 0
+        && parse_pair(fc, fclen, pk, pklen, out, &err) == 0)
+    {
+        STACK_OF(X509) *one = sk_X509_new_null();
+        if (one != NULL && sk_X509_push(one, out->leaf)
+            && acme_chain_check(one, out->key, cert->ids, cert->nids, time(NULL) + FALLBACK_MIN_LEFT,
+                                &err) == 0)
+        {
+            acme_keyspec_t ks;
+            if (acme_keyspec_of(out->key, &ks, &err) == 0 && ks.alg == cert->ks.alg && ks.bits == cert->ks.bits) {
+                rc = 0;
+            }
+        }
+        sk_X509_free(one);
+        if (rc != 0) {
+            mod_acme_served_free(out);
+        }
+    }
+    free(fc);
+    if (pk) {
+        acme_free_secret(pk, pklen);
+    }
+    return rc;
+}
+
+static int
+fallback_make(apr_pool_t *p, server_rec *s, mod_acme_cert_t *cert, mod_acme_served_t *out)
+{
+    const char         *ckey = apr_psprintf(p, "fallback/%s/fullchain.pem", cert->name);
+    const char         *kkey = apr_psprintf(p, "fallback/%s/privkey.pem", cert->name);
+    X509               *x = NULL;
+    EVP_PKEY           *k = NULL;
+    STACK_OF(X509)     *one;
+    char               *cpem, *kpem;
+    size_t              clen, klen;
+    acme_err_t          err;
+    acme_store_item_t   items[2];
+    int                 rc;
+
+    cert->cert_file = apr_psprintf(p, "%s/%s", mod_acme_g.state_dir, ckey);
+    cert->key_file = apr_psprintf(p, "%s/%s", mod_acme_g.state_dir, kkey);
+    if (fallback_load(cert, ckey, kkey, out) == 0) {
+        return 0;
+    }
+    if (acme_selfsigned(cert->names, cert->nids, &cert->ks, &x, &k, &err) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0030)
+                     "%s: cannot make a fallback certificate: %s", cert->name, err.msg);
+        return -1;
+    }
+    one = sk_X509_new_null();
+    sk_X509_push(one, x);
+    cpem = acme_pem_chain_string(one, &clen, &err);
+    sk_X509_free(one);
+    kpem = cpem ? acme_key_to_pem(k, &klen, &err) : NULL;
+    if (cpem == NULL || kpem == NULL) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0031)
+                     "%s: cannot encode the fallback certificate: %s", cert->name, err.msg);
+        free(cpem);
+        X509_free(x);
+        EVP_PKEY_free(k);
+        return -1;
+    }
+    items[0].key = ckey;
+    items[0].data = cpem;
+    items[0].len = clen;
+    items[0].secret = 0;
+    items[1].key = kkey;
+    items[1].data = kpem;
+    items[1].len = klen;
+    items[1].secret = 1;
+    rc = mod_acme_g.store->ops->commit(mod_acme_g.store, items, 2, &err);
+    free(cpem);
+    acme_free_secret(kpem, klen);
+    if (rc != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0032)
+                     "%s: cannot store the fallback certificate in %s: %s", cert->name,
+                     mod_acme_g.state_dir, err.msg);
+        X509_free(x);
+        EVP_PKEY_free(k);
+        return -1;
+    }
+    out->leaf = x;
+    out->chain = NULL;
+    out->key = k;
+    return 0;
+}
+
+/* ---- the list of managed certificates ---- */
+
+static const char *
+ident_list(apr_pool_t *p, mod_acme_cert_t *c)
+{
+    const char  *out = "";
+    size_t       i;
+
+    for (i = 0; i < c->nids; i++) {
+        out = apr_pstrcat(p, out, i ? "," : "", c->names[i], NULL);
+    }
+    return out;
+}
+
+static int
+add_name(apr_pool_t *p, apr_array_header_t *names, const char *n, server_rec *s, mod_acme_srv_conf_t *sc)
+{
+    acme_ident_t  id;
+    acme_err_t    err;
+    int           i;
+
+    if (acme_ident_parse(n, &id, &err) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0033)
+                     "ACMECertificate (%s): '%s' cannot be in a certificate: %s",
+                     sc->cert_directive ? sc->cert_directive : "?", n, err.msg);
+        return -1;
+    }
+    for (i = 0; i < names->nelts; i++) {
+        acme_ident_t *o = &APR_ARRAY_IDX(names, i, acme_ident_t);
+        if (o->type == id.type && strcmp(o->value, id.value) == 0) {
+            acme_ident_free(&id);
+            return 0;
+        }
+    }
+    {
+        acme_ident_t *slot = apr_array_push(names);
+        slot->type = id.type;
+        slot->value = apr_pstrdup(p, id.value);
+    }
+    acme_ident_free(&id);
+    return 0;
+}
+
+static int
+build_certs(apr_pool_t *p, server_rec *base)
+{
+    server_rec           *s;
+    mod_acme_srv_conf_t  *sc;
+    int                   i, k;
+
+    for (s = base; s != NULL; s = s->next) {
+        apr_array_header_t  *ids;
+        apr_array_header_t  *kts;
+        acme_keyspec_t       defks = ACME_KEYSPEC_DEFAULT;
+
+        sc = mod_acme_srv_conf(s);
+        sc->managed = apr_array_make(p, 2, sizeof(mod_acme_cert_t *));
+        sc->served = apr_array_make(p, 2, sizeof(mod_acme_cert_t *));
+        sc->ssl_seen = 0;
+        sc->cb_installed = 0;
+        if (sc->cert_mode != ACME_CERT_ON && sc->cert_mode != ACME_CERT_NAMES) {
+            continue;
+        }
+        ids = apr_array_make(p, 4, sizeof(acme_ident_t));
+        if (sc->cert_mode == ACME_CERT_ON) {
+            if (s->server_hostname == NULL || add_name(p, ids, s->server_hostname, s, sc) != 0) {
+                return -1;
+            }
+            for (i = 0; s->names && i < s->names->nelts; i++) {
+                if (add_name(p, ids, APR_ARRAY_IDX(s->names, i, const char *), s, sc) != 0) {
+                    return -1;
+                }
+            }
+            for (i = 0; s->wild_names && i < s->wild_names->nelts; i++) {
+                if (add_name(p, ids, APR_ARRAY_IDX(s->wild_names, i, const char *), s, sc) != 0) {
+                    return -1;
+                }
+            }
+        } else {
+            for (i = 0; i < sc->cert_names->nelts; i++) {
+                if (add_name(p, ids, APR_ARRAY_IDX(sc->cert_names, i, const char *), s, sc) != 0) {
+                    return -1;
+                }
+            }
+        }
+        kts = sc->keytypes;
+        for (k = 0; k < (kts ? kts->nelts : 1); k++) {
+            acme_keyspec_t   *ks = kts ? &APR_ARRAY_IDX(kts, k, acme_keyspec_t) : &defks;
+            mod_acme_cert_t  *c = NULL, *o;
+            char             *name;
+
+            name = acme_cert_name((acme_ident_t *) ids->elts, (size_t) ids->nelts, ks);
+            if (name == NULL) {
+                return -1;
+            }
+            for (i = 0; i < mod_acme_g.certs->nelts; i++) {
+                o = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+                if (strcmp(o->name, name) == 0) {
+                    c = o;
+                }
+            }
+            if (c != NULL) {
+                /* another vhost asks for the same certificate name: it must be the same names */
+                int same = c->nids == (size_t) ids->nelts;
+                for (i = 0; same && i < ids->nelts; i++) {
+                    same = strcmp(c->ids[i].value, APR_ARRAY_IDX(ids, i, acme_ident_t).value) == 0;
+                }
+                if (!same) {
+                    ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0034)
+                                 "ACMECertificate (%s): certificate '%s' is already configured with other "
+                                 "names (%s) by %s:%u", sc->cert_directive ? sc->cert_directive : "?",
+                                 name, ident_list(p, c), c->s->server_hostname, c->s->port);
+                    free(name);
+                    return -1;
+                }
+            } else {
+                c = apr_pcalloc(p, sizeof(*c));
+                c->name = apr_pstrdup(p, name);
+                c->ids = (acme_ident_t *) ids->elts;
+                c->nids = (size_t) ids->nelts;
+                c->names = apr_palloc(p, sizeof(char *) * (c->nids + 1));
+                for (i = 0; i < ids->nelts; i++) {
+                    c->names[i] = c->ids[i].value;
+                }
+                c->names[c->nids] = NULL;
+                c->ks = *ks;
+                c->s = s;
+                c->sc = sc;
+                APR_ARRAY_PUSH(mod_acme_g.certs, mod_acme_cert_t *) = c;
+            }
+            free(name);
+            APR_ARRAY_PUSH(sc->managed, mod_acme_cert_t *) = c;
+        }
+    }
+
+    /* what each server serves: its own certificates, or those of the vhost whose names cover its name */
+    for (s = base; s != NULL; s = s->next) {
+        sc = mod_acme_srv_conf(s);
+        if (sc->managed->nelts > 0) {
+            apr_array_cat(sc->served, sc->managed);
+            continue;
+        }
+        if (s->server_hostname == NULL) {
+            continue;
+        }
+        for (i = 0; i < mod_acme_g.certs->nelts && sc->served->nelts == 0; i++) {
+            mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+            size_t j;
+            for (j = 0; j < c->nids; j++) {
+                if (c->ids[j].type == ACME_IDENT_DNS ? acme_dns_match(c->ids[j].value, s->server_hostname)
+                                                     : strcmp(c->ids[j].value, s->server_hostname) == 0) {
+                    apr_array_cat(sc->served, c->sc->managed);
+                    break;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- the state directory belongs to the user the children run as ---- */
+
+static uid_t chown_uid;
+static gid_t chown_gid;
+
+static int
+chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void) flag;
+    (void) ftw;
+    if (st->st_uid != chown_uid || st->st_gid != chown_gid) {
+        if (lchown(path, chown_uid, chown_gid) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+state_dir_owner(server_rec *s, const char *dir)
+{
+    if (geteuid() != 0 || ap_unixd_config.user_id == 0) {
+        return 0;
+    }
+    chown_uid = ap_unixd_config.user_id;
+    chown_gid = ap_unixd_config.group_id;
+    if (nftw(dir, chown_one, 16, FTW_PHYS) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, s, ACMELOGNO(0035)
+                     "ACMEStateDir %s: cannot give it to the server's user (uid %ld)", dir,
+                     (long) chown_uid);
+        return -1;
+    }
+    return 0;
+}
+
+static apr_status_t
+store_cleanup(void *data)
+{
+    (void) data;
+    if (mod_acme_g.store != NULL) {
+        acme_store_close(mod_acme_g.store);
+        mod_acme_g.store = NULL;
+    }
+    return APR_SUCCESS;
+}
+
+int
+mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
+{
+    acme_err_t      err;
+    apr_status_t    rv;
+    int             i;
+
+    (void) ptemp;
+    mod_acme_g.pool = pconf;
+    mod_acme_g.base = base;
+    mod_acme_g.state_dir = mod_acme_state_dir(base);
+    mod_acme_g.certs = apr_array_make(pconf, 4, sizeof(mod_acme_cert_t *));
+    mod_acme_g.active = 0;
+    mod_acme_g.shm = NULL;
+    mod_acme_g.loaded_gen = 0;
+
+    if (build_certs(pconf, base) != 0) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (mod_acme_g.certs->nelts == 0) {
+        return OK;
+    }
+    mod_acme_g.store = acme_store_fs_open(mod_acme_g.state_dir, 1, &err);
+    if (mod_acme_g.store == NULL) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, base, ACMELOGNO(0036)
+                     "ACMEStateDir %s: %s", mod_acme_g.state_dir, err.msg);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    apr_pool_cleanup_register(pconf, NULL, store_cleanup, apr_pool_cleanup_null);
+
+    for (i = 0; i < mod_acme_g.certs->nelts; i++) {
+        mod_acme_cert_t  *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+        const char       *msg = NULL;
+        int               rc;
+
+        rc = mod_acme_cert_load(pconf, mod_acme_g.state_dir, c, &c->cur, &msg);
+        if (rc == 0) {
+            c->cert_file = apr_psprintf(pconf, "%s/certs/%s/fullchain.pem", mod_acme_g.state_dir, c->name);
+            c->key_file = apr_psprintf(pconf, "%s/certs/%s/privkey.pem", mod_acme_g.state_dir, c->name);
+            c->fallback = 0;
+            ap_log_error(APLOG_MARK, APLOG_INFO, 0, c->s, ACMELOGNO(0037)
+                         "%s: serving the stored certificate", c->name);
+        } else {
+            if (rc < 0) {
+                ap_log_error(APLOG_MARK, APLOG_WARNING, 0, c->s, ACMELOGNO(0038)
+                             "%s: the stored certificate is not usable (%s)", c->name, msg);
+            }
+            if (fallback_make(pconf, c->s, c, &c->cur) != 0) {
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            c->fallback = 1;
+            c->cur.fallback = 1;
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, c->s, ACMELOGNO(0039)
+                         "%s: no certificate from the CA yet for %s; serving a self-signed fallback "
+                         "certificate (requests get 503) until it arrives", c->name, ident_list(ptemp, c));
+        }
+        apr_pool_cleanup_register(pconf, &c->cur, served_cleanup, apr_pool_cleanup_null);
+    }
+    if (state_dir_owner(base, mod_acme_g.state_dir) != 0) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    rv = mod_acme_shm_create(pconf, base, &mod_acme_g.shm);
+    if (rv != APR_SUCCESS) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    rv = apr_thread_rwlock_create(&mod_acme_g.lock, pconf);
+    if (rv == APR_SUCCESS) {
+        rv = apr_thread_mutex_create(&mod_acme_g.reload_lock, APR_THREAD_MUTEX_DEFAULT, pconf);
+    }
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, base, ACMELOGNO(0040) "cannot create locks");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    mod_acme_challenge_add_protocol(pconf, base);
+    mod_acme_g.active = 1;
+    return OK;
+}
+
+void
+mod_acme_ssl_check(apr_pool_t *ptemp, server_rec *base)
+{
+    server_rec  *s;
+    int          i;
+
+    if (!mod_acme_g.active) {
+        return;
+    }
+    for (i = 0; i < mod_acme_g.certs->nelts; i++) {
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+        if (!c->ssl_served) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, c->s, ACMELOGNO(0041)
+                         "ACMECertificate (%s) for %s: no virtual host with SSLEngine on serves these names; "
+                         "the certificate is obtained but no TLS connection will use it",
+                         c->sc->cert_directive ? c->sc->cert_directive : "?", ident_list(ptemp, c));
+        }
+    }
+    for (s = base; s != NULL; s = s->next) {
+        mod_acme_srv_conf_t *sc = mod_acme_srv_conf(s);
+        if (sc->ssl_seen && !sc->cb_installed) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, ACMELOGNO(0042)
+                         "%s:%u: mod_ssl did not offer its init_server hook: renewed certificates are "
+                         "used only after a restart", s->server_hostname, s->port);
+        }
+    }
+}
+
+/* ---- hooks ---- */
+
+static int
+add_cert_files(server_rec *s, apr_pool_t *p, apr_array_header_t *cert_files, apr_array_header_t *key_files)
+{
+    mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(s);
+    int                   i;
+
+    (void) p;
+    if (!mod_acme_g.active || sc->served == NULL || sc->served->nelts == 0) {
+        return DECLINED;
+    }
+    if (cert_files->nelts > 0) {
+        /* the admin configured SSLCertificateFile: theirs wins */
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, ACMELOGNO(0043)
+                     "%s:%u has SSLCertificateFile and ACMECertificate: using the configured files",
+                     s->server_hostname, s->port);
+        return DECLINED;
+    }
+    sc->ssl_seen = 1;
+    for (i = 0; i < sc->served->nelts; i++) {
+        mod_acme_cert_t *c = APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *);
+        APR_ARRAY_PUSH(cert_files, const char *) = c->cert_file;
+        APR_ARRAY_PUSH(key_files, const char *) = c->key_file;
+        c->ssl_served = 1;
+    }
+    return OK;
+}
+
+/* Re-parse this process's certificates when the driver stored new ones. */
+static void
+maybe_reload(server_rec *s)
+{
+    apr_uint32_t   gen = mod_acme_shm_generation(mod_acme_g.shm);
+    apr_pool_t    *tp;
+    int            i, n;
+    mod_acme_served_t *fresh;
+
+    if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen)) {
+        return;
+    }
+    if (apr_thread_mutex_trylock(mod_acme_g.reload_lock) != APR_SUCCESS) {
+        return;         /* another thread reloads; serve what we have meanwhile */
+    }
+    if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen)) {
+        apr_thread_mutex_unlock(mod_acme_g.reload_lock);
+        return;
+    }
+    apr_pool_create(&tp, NULL);
+    n = mod_acme_g.certs->nelts;
+    fresh = apr_pcalloc(tp, sizeof(*fresh) * (apr_size_t) n);
+    for (i = 0; i < n; i++) {
+        mod_acme_cert_t  *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+        const char       *msg = NULL;
+        int               rc = mod_acme_cert_load(tp, mod_acme_g.state_dir, c, &fresh[i], &msg);
+        if (rc < 0) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0044)
+                         "%s: cannot load the renewed certificate, keeping the current one: %s", c->name, msg);
+        }
+    }
+    apr_thread_rwlock_wrlock(mod_acme_g.lock);
+    for (i = 0; i < n; i++) {
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+        if (fresh[i].leaf != NULL) {
+            mod_acme_served_t old = c->cur;
+            c->cur = fresh[i];
+            memset(&fresh[i], 0, sizeof(fresh[i]));
+            mod_acme_served_free(&old);
+        }
+    }
+    apr_atomic_set32(&mod_acme_g.loaded_gen, gen);
+    apr_thread_rwlock_unlock(mod_acme_g.lock);
+    for (i = 0; i < n; i++) {
+        mod_acme_served_free(&fresh[i]);
+    }
+    apr_pool_destroy(tp);
+    apr_thread_mutex_unlock(mod_acme_g.reload_lock);
+    ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, ACMELOGNO(0045)
+                 "certificates reloaded (generation %u)", gen);
+}
+
+static int
+cert_cb(SSL *ssl, void *arg)
+{
+    server_rec            *s = arg;
+    mod_acme_srv_conf_t   *sc = mod_acme_srv_conf(s);
+    const unsigned char   *alpn = NULL;
+    unsigned int           alen = 0;
+    conn_rec              *c;
+    mod_acme_conn_t       *cc;
+    int                    i, fallback = 0;
+
+    if (!mod_acme_g.active) {
+        return 1;
+    }
+    SSL_get0_alpn_selected(ssl, &alpn, &alen);
+    if (alen == ACME_TLSALPN_PROTO_LEN && memcmp(alpn, ACME_TLSALPN_PROTO, alen) == 0) {
+        /*
+         * A TLS-ALPN-01 validation (TLS 1.3 selects ALPN before this callback): mod_ssl installed the
+         * challenge certificate with SSL_use_certificate, which only replaces the slot of its key type.
+         * The vhost's other slots (an RSA certificate next to the P-256 challenge one) would still be
+         * chosen by the client's signature algorithms, so the challenge certificate is left alone.
+         */
+        X509      *x = SSL_get_certificate(ssl);
+        EVP_PKEY  *k = SSL_get_privatekey(ssl);
+        if (x != NULL && k != NULL && X509_up_ref(x) && EVP_PKEY_up_ref(k)) {
+            SSL_certs_clear(ssl);
+            if (SSL_use_certificate(ssl, x) != 1 || SSL_use_PrivateKey(ssl, k) != 1) {
+                ERR_clear_error();
+            }
+            X509_free(x);
+            EVP_PKEY_free(k);
+        }
+        return 1;
+    }
+    if (sc->served == NULL || sc->served->nelts == 0) {
+        return 1;
+    }
+    maybe_reload(s);
+    apr_thread_rwlock_rdlock(mod_acme_g.lock);
+    for (i = 0; i < sc->served->nelts; i++) {
+        mod_acme_cert_t *mc = APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *);
+        if (mc->cur.leaf == NULL) {
+            continue;
+        }
+        if (SSL_use_cert_and_key(ssl, mc->cur.leaf, mc->cur.key, mc->cur.chain, 1) != 1) {
+            ERR_clear_error();
+            continue;   /* mod_ssl's own (startup) certificate stays */
+        }
+        fallback |= mc->cur.fallback;
+    }
+    apr_thread_rwlock_unlock(mod_acme_g.lock);
+    c = SSL_get_app_data(ssl);
+    if (c != NULL && (cc = mod_acme_conn(c, 1)) != NULL) {
+        cc->fallback = fallback;
+    }
+    return 1;
+}
+
+static int
+init_server(server_rec *s, apr_pool_t *p, int is_proxy, SSL_CTX *ctx)
+{
+    mod_acme_srv_conf_t *sc = mod_acme_srv_conf(s);
+
+    (void) p;
+    if (is_proxy || !mod_acme_g.active) {
+        return DECLINED;
+    }
+    /* on every SSL vhost: a TLS-ALPN-01 validation may arrive with any SNI; our certificates only where
+     * mod_ssl took them from us */
+    SSL_CTX_set_cert_cb(ctx, cert_cb, s);
+    if (sc->ssl_seen) {
+        sc->cb_installed = 1;
+    } else {
+        sc->served = NULL;
+    }
+    return DECLINED;    /* run-all hook: others may want the context too */
+}
+
+static int
+pre_handshake(conn_rec *c, SSL *ssl, int is_proxy)
+{
+    (void) ssl;
+    if (!is_proxy && mod_acme_g.active) {
+        mod_acme_conn(c, 1);
+    }
+    return DECLINED;
+}
+
+int
+mod_acme_conn_fallback(conn_rec *c)
+{
+    mod_acme_conn_t *cc;
+
+    while (c->master) {
+        c = c->master;
+    }
+    cc = mod_acme_conn(c, 0);
+    return cc != NULL && cc->fallback;
+}
+
+/* 503 for requests on a connection whose handshake served a fallback certificate. */
+static int
+fixups(request_rec *r)
+{
+    if (!mod_acme_g.active || r->main != NULL) {
+        return DECLINED;
+    }
+    if (r->handler != NULL && strcmp(r->handler, MOD_ACME_HANDLER) == 0) {
+        return DECLINED;
+    }
+    if (mod_acme_conn_fallback(r->connection)) {
+        apr_table_setn(r->err_headers_out, "Retry-After", "30");
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, ACMELOGNO(0046)
+                      "503: no certificate from the CA yet for %s", r->hostname ? r->hostname : "?");
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    return DECLINED;
+}
+
+void
+mod_acme_ssl_register_hooks(apr_pool_t *p)
+{
+    (void) p;
+    ap_hook_ssl_add_cert_files(add_cert_files, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_OPTIONAL_HOOK(ssl, init_server, init_server, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_OPTIONAL_HOOK(ssl, pre_handshake, pre_handshake, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_fixups(fixups, NULL, NULL, APR_HOOK_REALLY_FIRST);
+}

@@ -1,0 +1,132 @@
+"""mod_acme under faults: restarts and kills during issuance, challenge failures, a CA that forgets the
+account, a read-only state directory, an untrusted CA certificate."""
+
+import json
+import os
+import signal
+import time
+
+import harness
+from apache_harness import apache_factory  # noqa: F401  (fixture)
+from apache_harness import cert_serial, issued_and_served, stored_serial, tls_get
+
+
+def test_graceful_restart_during_issuance_resumes_the_order(apache_factory, pebble, procs):
+    name = "inflight.apache.example.org"
+    a = apache_factory(pebble, name="apache-inflight")
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs, wait=False)
+    harness.wait_for(lambda: "is pending" in a.log(), timeout=20, what="an order in flight")
+    a.proc.send_signal(signal.SIGUSR1)
+    issued_and_served(a, name)
+    # the old generation's driver finished the issuance it had started (or the new one resumed it)
+    assert "ACME0081" in a.log()
+    time.sleep(1.0)
+    assert pebble.order_count() == 1
+    assert pebble.issued_count() == 1
+
+
+def test_sigkill_during_issuance_then_restart(apache_factory, pebble, procs):
+    name = "killed.apache.example.org"
+    a = apache_factory(pebble, name="apache-killed")
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs, wait=False)
+    harness.wait_for(lambda: "is pending" in a.log(), timeout=20, what="an order in flight")
+    a.proc.kill()           # SIGKILL to the whole process group
+    # whatever is on disk parses (no half-written files)
+    for p in a.state.rglob("*.pem"):
+        assert p.stat().st_size > 0, p
+    a.start(procs)
+    issued_and_served(a, name)
+    # the stored order was looked at again; when the CA had validated while nothing answered, that order
+    # is invalid and one new order replaces it, never more
+    assert pebble.order_count() <= 2
+    assert pebble.issued_count() == 1
+
+
+def test_graceful_restart_storm_during_issuance(apache_factory, pebble, procs):
+    name = "storm.apache.example.org"
+    a = apache_factory(pebble, name="apache-storm")
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs, wait=False)
+    harness.wait_for(lambda: "ACME0079" in a.log(), timeout=20, what="a driver")
+    for _ in range(20):
+        a.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.15)
+    issued_and_served(a, name)
+    time.sleep(1.0)
+    assert pebble.order_count() == 1
+    assert pebble.issued_count() == 1
+
+
+def test_challenge_failure_reaches_log_and_status(apache_factory, pebble, procs, server_logs):
+    # http-01 only, and nothing listens where the validator connects: the challenge fails
+    name = "invalid.apache.example.org"
+    a = apache_factory(pebble, name="apache-invalid", listen_http=False, acme_global="ACMEChallenge http-01")
+    a.vhosts = a.managed_vhosts([name])
+    server_logs.allow(r"ACME0090: acme: .*next try at")
+    a.start(procs)
+
+    def failing():
+        status, body, _, _ = tls_get(a.https_port, name, "/acme-status")
+        assert status == 200
+        c = json.loads(body)["certificates"][0]
+        return c if c.get("last_error") else None
+    st = harness.wait_for(failing, timeout=20, interval=0.3, what="the failure in the status")
+    assert st["state"] == "failing" and name in st["last_error"], st
+    assert "http-01" in st["last_error"]
+    assert "next try at" in a.log() and name in a.log()
+    status, _, _, _ = tls_get(a.https_port, name)
+    assert status == 503
+
+
+def test_ca_forgets_the_account(apache_factory, pebble, procs):
+    name = "forgotten.apache.example.org"
+    a = apache_factory(pebble, name="apache-forgotten")
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs)
+    st, der = issued_and_served(a, name)
+    pebble.restart()            # accounts, orders and roots forgotten
+    assert a.renew(name).status == 202
+    harness.wait_for(lambda: stored_serial(a.state, st["name"]) != cert_serial(der), timeout=30,
+                     what="a certificate from the restarted CA")
+    harness.wait_for(lambda: cert_serial(tls_get(a.https_port, name)[2]) == stored_serial(a.state, st["name"]),
+                     timeout=10, what="the new certificate served")
+
+
+def test_read_only_state_keeps_serving(apache_factory, pebble, procs, server_logs):
+    name = "readonly.apache.example.org"
+    a = apache_factory(pebble, name="apache-readonly")
+    a.vhosts = a.managed_vhosts([name])
+    server_logs.allow(r"ACME0090: acme: ")
+    a.start(procs)
+    st, der = issued_and_served(a, name)
+    certdir = a.state / "certs" / st["name"]
+    modes = {p: p.stat().st_mode for p in [a.state, a.state / "certs", certdir]}
+    try:
+        for p in modes:
+            os.chmod(p, 0o500)
+        assert a.renew(name).status == 202
+        harness.wait_for(lambda: (a.cert_status(name) or {}).get("last_error"), timeout=20,
+                         what="the store failure in the status")
+        for _ in range(5):
+            status, _, der2, _ = tls_get(a.https_port, name)
+            assert status == 200 and der2 == der
+        assert (certdir / "fullchain.pem").stat().st_size > 0
+    finally:
+        for p, m in modes.items():
+            os.chmod(p, m & 0o7777)
+
+
+def test_ca_tls_certificate_is_verified(apache_factory, pebble, procs, server_logs):
+    name = "untrusted.apache.example.org"
+    a = apache_factory(pebble, name="apache-untrusted")
+    a.ca_file = None            # no ACMETrustedCertificate: Pebble's test root is not in the system store
+    a.vhosts = a.managed_vhosts([name])
+    server_logs.allow(r"ACME0090: acme: .*next try at")
+    a.start(procs)
+    st = harness.wait_for(lambda: (a.cert_status(name) or {}).get("last_error") and a.cert_status(name),
+                          timeout=20, what="the TLS failure in the status")
+    assert "certificate" in st["last_error"].lower(), st["last_error"]
+    assert pebble.order_count() == 0
+    assert tls_get(a.https_port, name)[0] == 503
