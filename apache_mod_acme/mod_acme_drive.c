@@ -238,19 +238,12 @@ nap(driver_t *d, long ms)
 static int
 publish_status(acme_manager_t *m)
 {
-    json_t  *st = acme_manager_status(m), *c;
+    json_t  *st = acme_manager_status(m);
     char    *text;
-    size_t   i;
-    int      busy = 0;
+    int      busy = acme_manager_busy(m);
 
     if (st == NULL) {
-        return 0;
-    }
-    json_array_foreach(json_object_get(st, "certificates"), i, c) {
-        const char *state = json_string_value(json_object_get(c, "state"));
-        if (state != NULL && strcmp(state, "renewing") == 0) {
-            busy = 1;
-        }
+        return busy;
     }
     json_object_set_new(st, "driver_pid", json_integer((json_int_t) getpid()));
     json_object_set_new(st, "generation", json_integer((json_int_t) mod_acme_shm_generation(mod_acme_g.shm)));
@@ -264,9 +257,9 @@ publish_status(acme_manager_t *m)
 }
 
 /*
- * The process is stopping (graceful restart, idle child reaped, stop). Cancelling an issuance withdraws
- * its published challenges (acme_issue_cancel), and a CA validating at that moment then fails the order,
- * so the next driver would have to place a new one. Instead the running issuance may finish, for at most
+ * The process is stopping (graceful restart, idle child reaped, stop). A cancelled issuance keeps its
+ * stored order and published challenges for the next driver, but a request already on the wire (a new
+ * order whose answer is never read) would be lost. So the running issuance may finish, for at most
  * DRAIN_MS: the challenges stay answerable by every other process from the store meanwhile, and the next
  * driver takes the lock as soon as this one lets go.
  */

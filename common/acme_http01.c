@@ -16,7 +16,7 @@ acme_http01_parse_path(const char *path, size_t len, const char **token, size_t 
     }
     t = path + ACME_HTTP01_PREFIX_LEN;
     n = len - ACME_HTTP01_PREFIX_LEN;
-    if (!acme_b64url_is_token(t, n, ACME_HTTP01_TOKEN_MAX)) {
+    if (n < ACME_HTTP01_TOKEN_MIN || !acme_b64url_is_token(t, n, ACME_HTTP01_TOKEN_MAX)) {
         return ACME_HTTP01_MALFORMED;
     }
     *token = t;

@@ -6,6 +6,7 @@
 
 #define ACME_HTTP01_PREFIX      "/.well-known/acme-challenge/"
 #define ACME_HTTP01_PREFIX_LEN  (sizeof(ACME_HTTP01_PREFIX) - 1)
+#define ACME_HTTP01_TOKEN_MIN   22      /* 128 bits of entropy, RFC 8555 8.1 */
 #define ACME_HTTP01_TOKEN_MAX   256
 
 typedef enum {
@@ -16,7 +17,7 @@ typedef enum {
 
 /*
  * Classify a request path as the client sent it (raw, before any decoding; a query string is part of it).
- * A token is 1..ACME_HTTP01_TOKEN_MAX base64url characters and nothing else: no '%', '/', '.', '?', NUL.
+ * A token is ACME_HTTP01_TOKEN_MIN..ACME_HTTP01_TOKEN_MAX base64url characters and nothing else: no '%', '/', '.', '?', NUL.
  * On ACME_HTTP01_TOKEN, *token / *token_len point into path.
  */
 acme_http01_path_t acme_http01_parse_path(const char *path, size_t len, const char **token,

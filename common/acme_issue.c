@@ -185,16 +185,33 @@ acme_issue_state(acme_issue_t *job)
     return job->state_text;
 }
 
+/* Forget what we published without withdrawing it: the CA may be validating right now, and the
+ * process that resumes the stored order answers with the same tokens (and withdraws them). */
+static void
+forget_published(acme_issue_t *job)
+{
+    size_t i;
+
+    for (i = 0; i < job->npublished; i++) {
+        free(job->published[i].type);
+        free(job->published[i].token);
+        acme_ident_free(&job->published[i].id);
+    }
+    free(job->published);
+    job->published = NULL;
+    job->npublished = 0;
+}
+
 void
 acme_issue_cancel(acme_issue_t *job)
 {
     if (job == NULL) {
         return;
     }
+    forget_published(job);
     if (job->busy) {
         /* the request's callback frees the job when it returns */
         job->cancelled = 1;
-        withdraw_all(job);
         return;
     }
     job_free(job);

@@ -46,8 +46,9 @@ typedef void (*acme_issue_done_pt)(void *arg, const char *name, const acme_err_t
  */
 acme_issue_t *acme_issue_start(acme_client_t *c, const acme_issue_req_t *req,
     const acme_challenge_host_t *ch, acme_issue_done_pt done, void *arg, acme_err_t *err);
-/* Stop without calling done; published challenges are withdrawn, the lock released, the stored order
- * kept so a later start resumes it. */
+/* Stop without calling done; the lock is released, the stored order and the published challenges are
+ * kept so a later start (this process or the next one, after a reload) resumes it while the CA may still
+ * be validating. */
 void acme_issue_cancel(acme_issue_t *job);
 
 /* What the job is doing now ("authorizing example.org", "finalizing", ...), for status pages. */

@@ -728,3 +728,9 @@ acme_manager_status(acme_manager_t *m)
     }
     return json_pack("{s:o}", "certificates", arr);
 }
+
+int
+acme_manager_busy(acme_manager_t *m)
+{
+    return m->running > 0;
+}

@@ -49,6 +49,9 @@ int acme_manager_start(acme_manager_t *m, acme_err_t *err);
 /* Renew now: what is a certificate's store name or any of its identifiers. 0 started, -1 unknown. */
 int acme_manager_renew(acme_manager_t *m, const char *what);
 
+/* 1 while an issuance runs (hosts wait for it before handing over on reload). */
+int acme_manager_busy(acme_manager_t *m);
+
 /* {"certificates": [{name, identifiers, issuer, key_type, not_before, not_after, next_renewal,
  * renewal_reason, state, last_error, ...}]} */
 json_t *acme_manager_status(acme_manager_t *m);

@@ -21,7 +21,9 @@ test_valid_token(void **state)
                      ACME_HTTP01_TOKEN);
     assert_int_equal(tlen, 43);
     assert_memory_equal(tok, "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0", 43);
-    assert_int_equal(C("/.well-known/acme-challenge/a-b_c"), ACME_HTTP01_TOKEN);
+    assert_int_equal(C("/.well-known/acme-challenge/a-b_cccccccccccccccccc"), ACME_HTTP01_TOKEN);
+    /* shorter than 128 bits: no CA issues such a token */
+    assert_int_equal(C("/.well-known/acme-challenge/a-b_ccccccccccccccccc"), ACME_HTTP01_MALFORMED);
 }
 
 static void
@@ -49,7 +51,7 @@ test_hostile(void **state)
     assert_int_equal(C("/.well-known/acme-challenge/../../etc/passwd"), ACME_HTTP01_MALFORMED);
     assert_int_equal(C("/.well-known/acme-challenge/.."), ACME_HTTP01_MALFORMED);
     assert_int_equal(C("/.well-known/acme-challenge/abc%2f..%2fx"), ACME_HTTP01_MALFORMED);
-    assert_int_equal(C("/.well-known/acme-challenge/abc/def"), ACME_HTTP01_MALFORMED);
+    assert_int_equal(C("/.well-known/acme-challenge/abcdefghijklmnopqrstuvwxyz/def"), ACME_HTTP01_MALFORMED);
     assert_int_equal(C("/.well-known/acme-challenge/abc?x=1"), ACME_HTTP01_MALFORMED);
     assert_int_equal(C("/.well-known/acme-challenge/abc\0def"), ACME_HTTP01_MALFORMED);
     assert_int_equal(C("/.well-known/acme-challenge/ab+c"), ACME_HTTP01_MALFORMED);
