@@ -33,11 +33,11 @@ MODULES    := $(if $(wildcard config),$(BUILD)/ngx_http_acme_module.so) \
 all: check-deps $(BUILD)/libacme.a $(BUILD)/acmectl $(MODULES)
 
 # nginx's own build compiles the core and the module (see ./config); SAN flags pass through.
-$(BUILD)/ngx_http_acme_module.so: $(CORE_SRC) $(wildcard common/*.h) $(NGX_SRCS)
+$(BUILD)/ngx_http_acme_module.so: $(CORE_SRC) $(wildcard common/*.h) $(NGX_SRCS) ngx_acme_module/build.sh
 	NGX_CC_OPT="$(SAN)" NGX_LD_OPT="$(SAN)" ngx_acme_module/build.sh $(BUILD)
 
 # apxs compiles the module and links the core built with -fPIC above.
-$(BUILD)/mod_acme.so: $(BUILD)/libacme.a $(APX_SRCS)
+$(BUILD)/mod_acme.so: $(BUILD)/libacme.a $(APX_SRCS) apache_mod_acme/build.sh
 	APX_SAN="$(SAN)" apache_mod_acme/build.sh $(BUILD)
 
 # Install what the build and the tests need from Debian, only when something is missing.
@@ -115,3 +115,29 @@ demo:
 # /etc/nginx, removes and purges them; restores /etc/nginx and /etc/apache2. Needs root.
 test-packages:
 	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/packaging/test_packages.py
+
+# Benchmarks (bench/, docs/performance.md): a table of side-by-side ratios, build/bench/results.json and
+# results.png. Fails only when a scenario could not run. Knobs: BENCH_* variables, see bench/bench.py.
+BENCH_PKGS := wrk gnuplot-nox
+$(BUILD)/bench/hsbench: bench/hsbench.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $< $(shell pkg-config --cflags --libs openssl) -lpthread
+
+$(BUILD)/bench/gencerts: bench/gencerts.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $< $(shell pkg-config --cflags --libs openssl)
+
+.PHONY: bench bench-deps
+bench-deps:
+	@missing=""; for p in $(BENCH_PKGS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+bench: all bench-deps $(BUILD)/bench/hsbench $(BUILD)/bench/gencerts
+	ACME_BUILD=$(abspath $(BUILD)) BENCH_OUT=$(abspath $(BUILD))/bench $(PYTHON) bench/bench.py

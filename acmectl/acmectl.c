@@ -23,6 +23,8 @@
 
 typedef struct {
     const char      *state;
+    const char      *storage;       /* --storage: a directory or redis:// URL, instead of --state */
+    const char      *storage_key;   /* --storage-key: seals secrets in Redis */
     const char      *ca;
     const char      *ca_cert;
     const char     **contact;
@@ -85,7 +87,7 @@ static void
 usage(FILE *f)
 {
     fprintf(f,
-"usage: acmectl [--state DIR] [--ca URL|NAME] [--ca-cert FILE] [--contact EMAIL]... [--agree-tos]\n"
+"usage: acmectl [--state DIR | --storage DIR|redis://...] [--storage-key FILE] [--ca URL|NAME] [--ca-cert FILE] [--contact EMAIL]... [--agree-tos]\n"
 "               [--eab-kid KID --eab-hmac-key B64URL] [--account-key FILE | --account-key-type ALG]\n"
 "               [-v] COMMAND [ARGS]\n"
 "\n"
@@ -99,6 +101,9 @@ usage(FILE *f)
 "  status --json\n"
 "  revoke [--reason N] [--with-cert-key] NAME\n"
 "  account show|find|rollover [--key ALG]|update|deactivate\n"
+"  migrate [--from DIR|URL] --to DIR|URL [--from-key FILE] [--to-key FILE]\n"
+"        copy every account, certificate, key and pending order from one store to another\n"
+"        (--from defaults to the current storage, the keys to --storage-key)\n"
 "\n"
 "CA names: letsencrypt, letsencrypt-staging, zerossl, google, google-staging, buypass,\n"
 "buypass-staging, or a directory URL. State directory default: " DEFAULT_STATE "\n");
@@ -109,7 +114,8 @@ ctl_open_store(ctl_t *ctl, int create)
 {
     acme_err_t err;
 
-    ctl->store = acme_store_fs_open(ctl->state, create, &err);
+    ctl->store = acme_store_open(ctl->storage ? ctl->storage : ctl->state, ctl->storage_key,
+                                 create ? ACME_STORE_CREATE : 0, &err);
     if (ctl->store == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
         return -1;
@@ -433,7 +439,10 @@ find_cert(ctl_t *ctl, const char *what, acme_certmeta_t *meta)
     }
     acme_store_list_free(names, n);
     if (!found) {
-        fprintf(stderr, "acmectl: no certificate \"%s\" in %s\n", what, ctl->state);
+        char *where = acme_store_url_redact(ctl->storage ? ctl->storage : ctl->state);
+
+        fprintf(stderr, "acmectl: no certificate \"%s\" in %s\n", what, where ? where : "the store");
+        free(where);
         return -1;
     }
     return 0;
@@ -1051,11 +1060,65 @@ done:
     return rc;
 }
 
+/* ---- migrate: copy a store into another (directory <-> Redis) ---- */
+
+static int
+cmd_migrate(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "from", required_argument, NULL, 'f' },
+        { "to", required_argument, NULL, 't' },
+        { "from-key", required_argument, NULL, 'F' },
+        { "to-key", required_argument, NULL, 'T' },
+        { NULL, 0, NULL, 0 }
+    };
+    acme_store_migrate_stats_t   st;
+    const char                  *from = ctl->storage ? ctl->storage : ctl->state, *to = NULL;
+    const char                  *from_key = ctl->storage_key, *to_key = ctl->storage_key;
+    char                        *sf, *stt;
+    acme_err_t                   err;
+    int                          c, rc;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f': from = optarg; break;
+        case 't': to = optarg; break;
+        case 'F': from_key = optarg; break;
+        case 'T': to_key = optarg; break;
+        default:  usage(stderr); return 2;
+        }
+    }
+    if (to == NULL || optind != argc) {
+        fprintf(stderr, "acmectl migrate: --to DIR|URL is needed (and nothing else)\n");
+        return 2;
+    }
+    rc = acme_store_migrate(from, from_key, to, to_key, &st, &err);
+    sf = acme_store_url_redact(from);
+    stt = acme_store_url_redact(to);
+    if (rc != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        if (st.keys > 0) {
+            fprintf(stderr, "acmectl: %zu keys were copied before the failure; running migrate again is safe\n",
+                    st.keys);
+        }
+    } else {
+        printf("migrated %zu keys (%zu secret) from %s to %s: %zu accounts, %zu certificates, "
+               "%zu pending orders, %zu challenges\n", st.keys, st.secrets, sf ? sf : "?", stt ? stt : "?",
+               st.accounts, st.certs, st.orders, st.challenges);
+    }
+    free(sf);
+    free(stt);
+    return rc == 0 ? 0 : 1;
+}
+
 int
 main(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "state", required_argument, NULL, 's' },
+        { "storage", required_argument, NULL, 'S' },
+        { "storage-key", required_argument, NULL, 'Y' },
         { "ca", required_argument, NULL, 'a' },
         { "ca-cert", required_argument, NULL, 'C' },
         { "contact", required_argument, NULL, 'm' },
@@ -1075,6 +1138,7 @@ main(int argc, char **argv)
     const char  *cmd;
 
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);   /* a full disk (or a file size limit) is a write error, not a crash */
     memset(&ctl, 0, sizeof(ctl));
     ctl.account_keyspec = ACME_KEYSPEC_DEFAULT;
     ctl.state = getenv("ACME_STATE") ? getenv("ACME_STATE") : DEFAULT_STATE;
@@ -1086,6 +1150,8 @@ main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "+vh", opts, NULL)) != -1) {
         switch (c) {
         case 's': ctl.state = optarg; break;
+        case 'S': ctl.storage = optarg; break;
+        case 'Y': ctl.storage_key = optarg; break;
         case 'a': ctl.ca = optarg; break;
         case 'C': ctl.ca_cert = optarg; break;
         case 'm': ctl.contact[ctl.ncontact++] = optarg; break;
@@ -1134,6 +1200,8 @@ main(int argc, char **argv)
         rc = cmd_revoke(&ctl, argc, argv);
     } else if (strcmp(cmd, "account") == 0) {
         rc = cmd_account(&ctl, argc, argv);
+    } else if (strcmp(cmd, "migrate") == 0) {
+        rc = cmd_migrate(&ctl, argc, argv);
     } else {
         fprintf(stderr, "acmectl: unknown command \"%s\"\n", cmd);
         usage(stderr);

@@ -644,12 +644,19 @@ directory_done(const acme_http_resp_t *resp, void *arg)
 
     c->dir_req = NULL;
     if (!resp->ok || resp->status != 200) {
-        if (resp->ok) {
+        if (resp->ok || resp->status == -1) {
+            /* the CA answered, with an error or with garbage */
             acme_client_resp_error(resp, "directory", &err);
         } else {
             acme_client_resp_error(resp, "cannot reach the CA", &err);
         }
         acme_err_prefix(&err, "%s", c->directory_url);
+        client_notify(c, &err);
+        return;
+    }
+    if (resp->content_type == NULL || strcmp(resp->content_type, "application/json") != 0) {
+        acme_err_set(&err, ACME_ERR_BADRESPONSE, "%s: directory: expected application/json, got \"%.60s\"",
+                     c->directory_url, resp->content_type ? resp->content_type : "(none)");
         client_notify(c, &err);
         return;
     }

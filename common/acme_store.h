@@ -79,6 +79,88 @@ int acme_store_name_check(const char *name, const char *what, acme_err_t *err);
 char *acme_store_name_make(const char *s, size_t n);
 int acme_store_key_check(const char *key, acme_err_t *err);
 
+/* ---- choosing a backend: a directory or Redis (common/acme_store_redis.c) ---- */
+
+#define ACME_STORE_CREATE  1    /* filesystem: create the directory (and missing parents) */
+#define ACME_STORE_LAZY    2    /* Redis: do not connect now (the first operation does); a host that must
+                                 * start while Redis is down opens with this */
+
+/*
+ * A directory path opens the filesystem backend (acme_store_fs_open); a URL opens Redis:
+ *   redis://[user:password@]host[:port][/db][?NAME=VALUE&...]      rediss://... for TLS
+ * user and password are percent-decoded; a user name alone needs password_file. Parameters:
+ *   prefix=NAME          key prefix, default "acme:" (a ':' is appended when missing)
+ *   password_file=PATH   the password (one line) from a file, instead of the URL
+ *   tls_ca=FILE          CA bundle to verify the server (default: the system trust store)
+ *   tls_cert=FILE, tls_key=FILE   a client certificate (Redis' tls-auth-clients)
+ *   tls_servername=NAME  name to verify and send as SNI (default: the host)
+ *   connect_timeout=MS, timeout=MS   default 2000 and 5000 ("2s" also works)
+ *   lock_lease=SECONDS   lease of a lock, default 30 ("500ms" also works)
+ * key_file: AES-256-GCM key (see acme_aead.h) sealing secret items in Redis; refused with a directory
+ * (files there are 0600). Reading a sealed value without the key, or with another key, fails clearly.
+ * flags: ACME_STORE_CREATE | ACME_STORE_LAZY (1 is create, as for acme_store_fs_open). Unless LAZY, a Redis
+ * store connects (and authenticates) before returning. Errors name the URL without its password.
+ */
+acme_store_t *acme_store_open(const char *url_or_dir, const char *key_file, int flags, acme_err_t *err);
+/* "redis" or "filesystem". */
+const char   *acme_store_backend(const acme_store_t *st);
+/* The URL with any password replaced by "***" (malloc'd); other strings copied. */
+char         *acme_store_url_redact(const char *url_or_dir);
+/* 0 when the store answers (filesystem: always), -1 with err. */
+int           acme_store_ping(acme_store_t *st, acme_err_t *err);
+
+/*
+ * Locks of a shared store have a lease (Redis: SET NX PX, default 30 s). The holder must call
+ * acme_store_lock_refresh at least every acme_store_lock_lease_ms()/3 while it works (a Redis store also
+ * refreshes due leases by itself at the start of any operation on the same store). 1 still held (lease
+ * extended), 0 lost (the lease ran out and the lock may be someone else's: stop, do not commit results),
+ * -1 Redis could not be reached (still within the lease: try again soon). Filesystem locks need none:
+ * always 1. Unlock (ops->unlock) before closing the store, or the lease expires by itself.
+ */
+int           acme_store_lock_refresh(acme_store_t *st, acme_lock_t *lk, acme_err_t *err);
+/* The lease in ms, 0 when locks have none (filesystem). */
+long          acme_store_lock_lease_ms(const acme_store_t *st);
+
+/*
+ * Change notification. A value that differs from the last one seen means that some certificate's
+ * fullchain/privkey changed. Redis: the counter <prefix>info:generation, INCR'd in the same transaction as
+ * each such change; filesystem (or any other backend): a 64-bit fingerprint of the names and chains under
+ * certs/ (reads every fullchain.pem: poll it every few seconds, not per request). Compare for equality only.
+ */
+int           acme_store_generation(acme_store_t *st, unsigned long long *gen, acme_err_t *err);
+
+/*
+ * Redis only: every such change is also PUBLISHed on the channel <prefix>"events" with the certificate name.
+ * acme_store_watch_open subscribes on a connection of its own (NULL with ACME_ERR_CONFIG for the filesystem).
+ * Poll acme_store_watch_fd() for POLLIN, then call acme_store_watch_next() until it returns 0:
+ * 1 *name set (malloc'd certificate name), 0 nothing more for now, -1 the connection is gone (close the
+ * watch, open a new one later, and compare acme_store_generation: changes may have been missed).
+ * One thread at a time per watch.
+ */
+typedef struct acme_store_watch_s acme_store_watch_t;
+acme_store_watch_t *acme_store_watch_open(acme_store_t *st, acme_err_t *err);
+int                 acme_store_watch_fd(const acme_store_watch_t *w);
+int                 acme_store_watch_next(acme_store_watch_t *w, char **name, acme_err_t *err);
+void                acme_store_watch_close(acme_store_watch_t *w);
+
+/*
+ * Copies every key of one store into another (a directory or a Redis URL each, as acme_store_open takes
+ * them), each directory's keys in one commit, keeping secret-ness (filesystem: mode 0600; Redis: the
+ * <prefix>info:secrets set). Keys only in the destination stay. Running it again gives the same result.
+ * from_key/to_key: storage key files for a Redis side (ignored for a directory).
+ */
+typedef struct {
+    size_t  keys;           /* copied */
+    size_t  secrets;        /* of which secret */
+    size_t  accounts;       /* accounts/<ca>/account.key */
+    size_t  certs;          /* certs/<name>/fullchain.pem */
+    size_t  orders;         /* certs/<name>/order.json (in flight) */
+    size_t  challenges;     /* challenges/... */
+} acme_store_migrate_stats_t;
+
+int acme_store_migrate(const char *from, const char *from_key, const char *to, const char *to_key,
+    acme_store_migrate_stats_t *stats, acme_err_t *err);
+
 /* Convenience wrappers over ops. */
 int  acme_store_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err);
 int  acme_store_put(acme_store_t *st, const char *key, const void *data, size_t len, int secret,

@@ -555,6 +555,15 @@ acme_chain_check(STACK_OF(X509) *chain, EVP_PKEY *key, const acme_ident_t *ids, 
             return -1;
         }
 
+        if (asn1_time_to_time_t(X509_get0_notBefore(issuer), &nb) != 0
+            || asn1_time_to_time_t(X509_get0_notAfter(issuer), &na) != 0
+            || now < nb || now > na)
+        {
+            acme_err_set(err, ACME_ERR_BADRESPONSE,
+                         "certificate %d of the chain (0 = leaf) is expired or not valid yet", j + 1);
+            return -1;
+        }
+
         pub = X509_get0_pubkey(issuer);
         if (pub == NULL || X509_verify(cert, pub) != 1) {
             ERR_clear_error();

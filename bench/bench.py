@@ -1,0 +1,1437 @@
+#!/usr/bin/python3
+"""Benchmark suite: nginx + ngx_http_acme_module, Apache + mod_acme, Apache + mod_md, against a local Pebble.
+
+Run with `make bench` (builds bench/hsbench.c and bench/gencerts.c into build/bench/ first). Every ratio in
+the table is measured side by side in this run: variants alternate (A/B/A/B...) against the same server
+processes or the same Pebble. Results: build/bench/results.json, build/bench/results.png, and the table on
+stdout. The exit status is non-zero only when a scenario could not run; no timing is asserted.
+
+Environment (defaults in brackets):
+  BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,scale,idle]
+  BENCH_HS_SECONDS      seconds per handshake measurement [3]
+  BENCH_HS_ROUNDS       alternating rounds per variant [4]
+  BENCH_HS_THREADS      client threads (the client runs on CPU 1, servers on CPU 0) [2]
+  BENCH_TTC_RUNS        time-to-certificate runs per server [3]
+  BENCH_SWAPS           forced renewals under load [20]
+  BENCH_SWAP_SECONDS    baseline load duration [15]
+  BENCH_WRK_CONNECTIONS wrk connections (Connection: close: one handshake per request) [4]
+  BENCH_SCALE           managed names issued from Pebble in the scale scenario [1000]
+  BENCH_SCALE_TIMEOUT   seconds allowed for that issuance; the rest is projected from the rate [120]
+  BENCH_STORED          stored-certificate counts for the start-time runs [1000,10000]
+  BENCH_IDLE_SECONDS    idle measurement with 1,000 managed certificates [60]
+  BENCH_OUT             output directory [build/bench]
+"""
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+import harness  # noqa: E402
+from harness import HarnessError, free_port, wait_for  # noqa: E402
+import nginx_harness  # noqa: E402
+from nginx_harness import Nginx, issuer_block  # noqa: E402
+import apache_harness  # noqa: E402
+
+BUILD = harness.build_dir()
+OUT = Path(os.environ.get("BENCH_OUT", BUILD / "bench"))
+if not OUT.is_absolute():
+    OUT = REPO / OUT
+HSBENCH = BUILD / "bench" / "hsbench"
+GENCERTS = BUILD / "bench" / "gencerts"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+
+
+def env_int(name, default):
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def env_float(name, default):
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+HS_SECONDS = env_float("BENCH_HS_SECONDS", 3)
+HS_ROUNDS = env_int("BENCH_HS_ROUNDS", 4)
+HS_THREADS = env_int("BENCH_HS_THREADS", 2)
+TTC_RUNS = env_int("BENCH_TTC_RUNS", 3)
+SWAPS = env_int("BENCH_SWAPS", 20)
+SWAP_SECONDS = env_float("BENCH_SWAP_SECONDS", 15)
+WRK_CONNS = env_int("BENCH_WRK_CONNECTIONS", 4)
+SCALE = env_int("BENCH_SCALE", 1000)
+SCALE_TIMEOUT = env_float("BENCH_SCALE_TIMEOUT", 120)
+STORED = [int(x) for x in os.environ.get("BENCH_STORED", "1000,10000").split(",") if x.strip()]
+IDLE_SECONDS = env_float("BENCH_IDLE_SECONDS", 60)
+ONLY = [x.strip() for x in os.environ.get("BENCH_ONLY", "handshake,ttc,swap,scale,idle").split(",")
+        if x.strip()]
+
+NCPU = os.cpu_count() or 1
+SERVER_CPUS = {0}
+CLIENT_CPUS = {1} if NCPU > 1 else {0}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------
+# processes: a stand-in for the pytest fixtures (procs, server_logs)
+# --------------------------------------------------------------------------
+
+class _NoWatch:
+    def watch(self, *a, **k):
+        pass
+
+    def allow(self, *a, **k):
+        pass
+
+
+class Procs:
+    """What nginx_harness.Nginx and apache_harness.Apache expect from the `procs` fixture."""
+
+    def __init__(self):
+        self.procs = []
+        self.server_logs = _NoWatch()
+        self.node = types.SimpleNamespace(_e2e_logs=[])
+
+    def start(self, args, name=None, log_path=None, env=None, cwd=None, wait_port=None,
+              wait_log=None, wait_url=None, ca_file=None, timeout=10.0, watch_log=False, allowed=()):
+        name = name or Path(str(args[0])).name
+        p = harness.Process(args, name=name, log_path=log_path, env=harness.child_env(env), cwd=cwd)
+        self.procs.append(p)
+        p.start()
+        if wait_port:
+            p.wait_port(wait_port, timeout=timeout)
+        if wait_log:
+            p.wait_log(wait_log, timeout=timeout)
+        if wait_url:
+            p.wait_url(wait_url, ca_file=ca_file, timeout=timeout)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        self.procs = []
+
+
+# --------------------------------------------------------------------------
+# /proc helpers
+# --------------------------------------------------------------------------
+
+def group_pids(pgid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                rest = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
+            out.append(int(d))
+    return sorted(out)
+
+
+def pin_group(pgid, cpus):
+    """Pin every thread of every process in the group (new threads and children inherit)."""
+    for pid in group_pids(pgid):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                os.sched_setaffinity(int(t), cpus)
+            except OSError:
+                pass
+
+
+def proc_cpu_ns(pid):
+    """CPU time of all live threads of pid in ns (schedstat), or utime+stime when unavailable."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+        for t in tids:
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except OSError:
+                pass
+        return total
+    except OSError:
+        return 0
+
+
+def proc_stat_cpu_s(pid):
+    """utime+stime (all threads, also exited ones) in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    except OSError:
+        return 0.0
+
+
+def group_cpu_ns(pgid):
+    return sum(proc_cpu_ns(p) for p in group_pids(pgid))
+
+
+def proc_status(pid):
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def rss_kib(pid):
+    v = proc_status(pid).get("VmRSS", "0 kB").split()[0]
+    return int(v)
+
+
+def private_kib(pid):
+    """Private_Clean + Private_Dirty (USS) from smaps_rollup."""
+    tot = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    tot += int(line.split()[1])
+    except OSError:
+        return None
+    return tot
+
+
+def ctx_switches(pid):
+    st = proc_status(pid)
+    return int(st.get("voluntary_ctxt_switches", 0)) + int(st.get("nonvoluntary_ctxt_switches", 0))
+
+
+def nginx_zone_usage(pid, zone_size):
+    """Used pages of the module's shared zone, read from ngx_slab_pool_t at the start of the mapping
+    (offsets for nginx 1.22 on x86_64: pfree at 80, start at 88, end at 96). Returns (used_bytes,
+    total_bytes) or None."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            maps = f.read().splitlines()
+    except OSError:
+        return None
+    for line in maps:
+        parts = line.split()
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if hi - lo != zone_size or "rw-s" not in parts[1]:
+            continue
+        try:
+            with open(f"/proc/{pid}/mem", "rb") as m:
+                m.seek(lo)
+                hdr = m.read(104)
+        except OSError:
+            return None
+        pfree = int.from_bytes(hdr[80:88], "little")
+        start = int.from_bytes(hdr[88:96], "little")
+        end = int.from_bytes(hdr[96:104], "little")
+        if not (lo <= start < end <= hi):
+            return None
+        pages = (end - start) // 4096
+        return (pages - pfree) * 4096, end - start
+    return None
+
+
+# --------------------------------------------------------------------------
+# clients
+# --------------------------------------------------------------------------
+
+def _client_preexec():
+    try:
+        os.sched_setaffinity(0, CLIENT_CPUS)
+    except OSError:
+        pass
+
+
+def hsbench(port, sni, seconds, threads=None, handshake_only=False, path="/"):
+    args = [HSBENCH, "-p", port, "-s", sni, "-c", threads or HS_THREADS, "-t", seconds, "-u", path]
+    if handshake_only:
+        args.append("-q")
+    cp = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        timeout=seconds + 60, preexec_fn=_client_preexec, env=harness.child_env())
+    if cp.returncode != 0:
+        raise HarnessError(f"hsbench failed: {cp.stderr.decode(errors='replace')}")
+    return json.loads(cp.stdout)
+
+
+def leaf_sha256(port, sni):
+    der = nginx_harness.tls_cert(port, sni)
+    import hashlib
+    return hashlib.sha256(der).hexdigest()
+
+
+def pem_leaf_sha256(path):
+    import hashlib
+    pem = Path(path).read_text()
+    first = pem.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()
+
+
+def served_verified(port, sni, roots):
+    try:
+        return nginx_harness.tls_verified(port, sni, roots, timeout=2)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def measure_alternating(variants, seconds, rounds, warmup=1.0, path="/"):
+    """variants: [(label, port, sni, pgid)]. Runs label order rotated each round (A B C, B C A, ...),
+    measuring the client's handshake rate and the server group's CPU time per handshake."""
+    acc = {v[0]: {"handshakes": 0, "errors": 0, "seconds": 0.0, "cpu_ns": 0, "runs": [],
+                  "leaf": None} for v in variants}
+    for label, port, sni, pgid in variants:
+        r = hsbench(port, sni, warmup, path=path)
+        acc[label]["leaf"] = r["leaf_sha256"]
+    for rnd in range(rounds):
+        order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
+        for label, port, sni, pgid in order:
+            c0 = group_cpu_ns(pgid)
+            r = hsbench(port, sni, seconds, path=path)
+            c1 = group_cpu_ns(pgid)
+            a = acc[label]
+            a["handshakes"] += r["handshakes"]
+            a["errors"] += r["errors"]
+            a["seconds"] += r["seconds"]
+            a["cpu_ns"] += c1 - c0
+            a["runs"].append(round(r["rate"], 1))
+            if r["errors"] and not a.get("first_error"):
+                a["first_error"] = r["first_error"]
+            if r["leaf_sha256"] != a["leaf"]:
+                a["leaf_changed"] = True
+    out = {}
+    for label, a in acc.items():
+        n = max(a["handshakes"], 1)
+        out[label] = {
+            "handshakes": a["handshakes"], "errors": a["errors"],
+            "rate": round(a["handshakes"] / a["seconds"], 1) if a["seconds"] else 0.0,
+            "rate_runs": a["runs"],
+            "rate_stdev_pct": round(100 * statistics.pstdev(a["runs"]) / statistics.mean(a["runs"]), 1)
+            if a["runs"] and statistics.mean(a["runs"]) else None,
+            "server_cpu_us_per_hs": round(a["cpu_ns"] / n / 1000, 1),
+            "server_hs_per_cpu_s": round(n / (a["cpu_ns"] / 1e9), 1) if a["cpu_ns"] else None,
+            "leaf_sha256": a["leaf"],
+        }
+        if a.get("first_error"):
+            out[label]["first_error"] = a["first_error"]
+        if a.get("leaf_changed"):
+            out[label]["leaf_changed"] = True
+    return out
+
+
+def ratio(a, b, nd=3):
+    """a / b rounded, None when either is missing or b is 0."""
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, nd)
+
+
+def parse_wrk(text):
+    def to_ms(v):
+        m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+        if not m:
+            return None
+        x = float(m.group(1))
+        return {"us": x / 1000, "ms": x, "s": x * 1000, "m": x * 60000}[m.group(2)]
+    res = {}
+    for p in ("50", "75", "90", "99"):
+        m = re.search(r"^\s+%s%%\s+(\S+)" % p, text, re.M)
+        res[f"p{p}_ms"] = to_ms(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    res["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
+                                    map(int, m.groups()))) if m else {}
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    res["failed"] = sum(res["socket_errors"].values()) + res["non_2xx"]
+    return res
+
+
+def wrk_start(port, host, duration, conns):
+    # wrk takes the address (and its SNI) from the URL: 127.0.0.1, with the name as Host header; the
+    # server under test is the port's default (only) server, so it is selected whatever the SNI.
+    args = [WRK, "-t", "1", "-c", str(conns), "-d", f"{int(duration)}s", "--latency",
+            "-H", f"Host: {host}", "-H", "Connection: close", f"https://127.0.0.1:{port}/"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_client_preexec, env=harness.child_env())
+
+
+# --------------------------------------------------------------------------
+# the environment: DNS, Pebble
+# --------------------------------------------------------------------------
+
+class Env:
+    def __init__(self, work):
+        self.work = Path(work)
+        self.ca = harness.TestCA(self.work / "ca")
+        self.dns = harness.ChallTestSrv(self.work / "challtestsrv").start()
+        self.pebble = harness.Pebble(self.work / "pebble", self.ca, dns_server=self.dns.dns_address,
+                                     env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
+        self.pebble.start()
+        self.procs = Procs()
+
+    def close(self):
+        self.procs.stop_all()
+        self.pebble.stop()
+        self.dns.stop()
+
+
+PEBBLE_REQ_RE = re.compile(r"^Pebble \S+ \S+ (GET|POST|HEAD) (/[A-Za-z-]+/?)\S* -> calling handler", re.M)
+
+
+def pebble_requests(pebble, since):
+    counts = {}
+    for meth, path in PEBBLE_REQ_RE.findall(pebble.log_text(since)):
+        k = f"{meth} {path}"
+        counts[k] = counts.get(k, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+NGX_HTTP_EXTRA = """
+    server_names_hash_max_size 131072;
+    server_names_hash_bucket_size 128;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+"""
+
+
+def new_nginx(env, name, http_conf, workers=1, level="notice"):
+    d = env.work / name
+    if d.exists():
+        shutil.rmtree(d)
+    return Nginx(d, env.procs, env.procs.server_logs, NGX_HTTP_EXTRA + http_conf, workers=workers,
+                 level=level)
+
+
+def nginx_workers(ng):
+    return ng.worker_pids()
+
+
+def nginx_error_lines(ng):
+    return harness.find_error_lines(ng.error_log)[:20]
+
+
+# --------------------------------------------------------------------------
+# scenario 1: handshake cost
+# --------------------------------------------------------------------------
+
+def scenario_handshake_nginx(env):
+    pb = env.pebble
+    name = "hs.bench.example.org"
+    state = env.work / "hs-state"
+    pa, pbp, pc = free_port(), free_port(), free_port()
+    static_dir = env.work / "hs-static"
+    static_dir.mkdir(exist_ok=True)
+
+    def conf(with_static):
+        c = issuer_block("pebble", pb, state) + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{pa} ssl;
+        server_name {name};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{pc} ssl;
+        server_name {name};
+        access_log off;
+        acme_certificate pebble;
+        ssl_certificate $acme_certificate;
+        ssl_certificate_key $acme_certificate_key;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+        if with_static:
+            c += f"""
+    server {{
+        listen 127.0.0.1:{pbp} ssl;
+        server_name {name};
+        access_log off;
+        ssl_certificate {static_dir}/fullchain.pem;
+        ssl_certificate_key {static_dir}/privkey.pem;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+        return c
+
+    ng = new_nginx(env, "ngx-hs", conf(False))
+    ng.start(wait_port=pa)
+    roots = pb.roots(0)
+    wait_for(lambda: served_verified(pa, name, roots), 60, 0.1, "the managed certificate")
+    ng.stop()
+    for f in ("fullchain.pem", "privkey.pem"):
+        shutil.copy(state / "certs" / name / f, static_dir / f)
+    ng.write_conf(NGX_HTTP_EXTRA + conf(True))
+    ng.start(wait_port=pbp)
+    pin_group(ng.proc.pid, SERVER_CPUS)
+    want = pem_leaf_sha256(static_dir / "fullchain.pem")
+    for port in (pa, pbp, pc):
+        wait_for(lambda: leaf_sha256(port, name) == want, 15, 0.1, f"the issued certificate on {port}")
+    log(f"nginx handshakes: managed :{pa}, static :{pbp}, variable :{pc}")
+    res = measure_alternating([("managed", pa, name, ng.proc.pid), ("static", pbp, name, ng.proc.pid),
+                               ("variable", pc, name, ng.proc.pid)], HS_SECONDS, HS_ROUNDS)
+    for k, v in res.items():
+        if v["leaf_sha256"] != want:
+            raise HarnessError(f"{k}: served another certificate than the issued one")
+    st, mg, va = res["static"], res["managed"], res["variable"]
+    out = {"variants": res,
+           "managed_static_rate_ratio": ratio(mg["rate"], st["rate"]),
+           "variable_static_rate_ratio": ratio(va["rate"], st["rate"]),
+           "managed_static_cpu_ratio": ratio(st["server_cpu_us_per_hs"], mg["server_cpu_us_per_hs"]),
+           "variable_static_cpu_ratio": ratio(st["server_cpu_us_per_hs"], va["server_cpu_us_per_hs"]),
+           "errors": nginx_error_lines(ng)}
+    ng.stop()
+    return out
+
+
+def apache_available():
+    return (BUILD / "mod_acme.so").is_file()
+
+
+def scenario_handshake_apache(env):
+    pb = env.pebble
+    name = "hsa.bench.example.org"
+    sport = free_port()
+    static_dir = Path(tempfile.mkdtemp(prefix="bench_static_"))
+    os.chmod(static_dir, 0o755)
+    ap = apache_harness.Apache(BUILD, pb, mpm="event", name="apache-hs", log_level="warn")
+    ap.extra_global = "SSLSessionTickets off\n"
+    ap.vhosts = ap.managed_vhosts([name])
+    try:
+        ap.start(env.procs)
+        roots = pb.roots(0)
+        wait_for(lambda: served_verified(ap.https_port, name, roots), 60, 0.1,
+                 "the mod_acme certificate")
+        ap.proc.stop()
+        for f in ("fullchain.pem", "privkey.pem"):
+            shutil.copy(ap.state / "certs" / name / f, static_dir / f)
+            os.chmod(static_dir / f, 0o644)
+        ap.extra_global = (f"SSLSessionTickets off\nListen {harness.LOOPBACK}:{sport} https\n")
+        ap.vhosts = ap.managed_vhosts([name]) + (
+            f"<VirtualHost {harness.LOOPBACK}:{sport}>\n    ServerName {name}\n    SSLEngine on\n"
+            f"    SSLCertificateFile {static_dir}/fullchain.pem\n"
+            f"    SSLCertificateKeyFile {static_dir}/privkey.pem\n</VirtualHost>\n")
+        ap.start(env.procs)
+        pin_group(ap.proc.pid, SERVER_CPUS)
+        want = pem_leaf_sha256(static_dir / "fullchain.pem")
+        for port in (ap.https_port, sport):
+            wait_for(lambda: leaf_sha256(port, name) == want, 15, 0.1, f"the issued certificate on {port}")
+        log(f"apache handshakes: managed :{ap.https_port}, static :{sport}")
+        res = measure_alternating([("managed", ap.https_port, name, ap.proc.pid),
+                                   ("static", sport, name, ap.proc.pid)], HS_SECONDS, HS_ROUNDS,
+                                  path="/index.html")
+        st, mg = res["static"], res["managed"]
+        return {"variants": res,
+                "managed_static_rate_ratio": ratio(mg["rate"], st["rate"]),
+                "managed_static_cpu_ratio": ratio(st["server_cpu_us_per_hs"], mg["server_cpu_us_per_hs"]),
+                "errors": harness.find_error_lines(ap.error_log, allowed=apache_harness.ALLOWED_ERRORS)}
+    finally:
+        if ap.proc:
+            ap.proc.stop()
+        ap.cleanup()
+        shutil.rmtree(static_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# scenario 2: time to certificate
+# --------------------------------------------------------------------------
+
+def _wait_served(proc, port, name, roots, timeout=120):
+    def ok():
+        if proc is not None and not proc.alive():
+            raise HarnessError("server exited")
+        return served_verified(port, name, roots)
+    wait_for(ok, timeout, 0.01, f"a Pebble certificate for {name}")
+    return time.monotonic()
+
+
+def ttc_nginx(env, i):
+    pb = env.pebble
+    name = f"ttc-ngx-{i}.bench.example.org"
+    https = free_port()
+    state = env.work / f"ttc-ngx-state-{i}"
+    conf = issuer_block("pebble", pb, state) + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+    ng = new_nginx(env, f"ngx-ttc-{i}", conf, workers=2)
+    roots = pb.roots(0)
+    mark = pb.mark()
+    t0 = time.monotonic()
+    ng.start()
+    try:
+        t1 = _wait_served(ng.proc, https, name, roots)
+        time.sleep(0.5)
+        return {"seconds": round(t1 - t0, 3), "requests": pebble_requests(pb, mark),
+                "orders": pb.order_count(mark)}
+    finally:
+        ng.stop()
+
+
+def ttc_mod_acme(env, i):
+    pb = env.pebble
+    name = f"ttc-acme-{i}.bench.example.org"
+    ap = apache_harness.Apache(BUILD, pb, mpm="event", name=f"apache-ttc-{i}", log_level="warn")
+    ap.vhosts = ap.managed_vhosts([name])
+    roots = pb.roots(0)
+    mark = pb.mark()
+    t0 = time.monotonic()
+    try:
+        ap.start(env.procs, wait=False)
+        t1 = _wait_served(ap.proc, ap.https_port, name, roots)
+        time.sleep(0.5)
+        return {"seconds": round(t1 - t0, 3), "requests": pebble_requests(pb, mark),
+                "orders": pb.order_count(mark)}
+    finally:
+        if ap.proc:
+            ap.proc.stop()
+        ap.cleanup()
+
+
+MD_CONF = """\
+ServerRoot "{dir}"
+PidFile "{dir}/httpd.pid"
+DefaultRuntimeDir "{dir}/run"
+Mutex file:{dir}/run default
+ErrorLog "{dir}/error.log"
+LogLevel warn md:info
+ServerName localhost
+DocumentRoot "{dir}/htdocs"
+TypesConfig /etc/mime.types
+SSLSessionCache none
+GracefulShutdownTimeout 5
+LoadModule mpm_event_module {mods}/mod_mpm_event.so
+LoadModule authz_core_module {mods}/mod_authz_core.so
+LoadModule mime_module {mods}/mod_mime.so
+LoadModule socache_shmcb_module {mods}/mod_socache_shmcb.so
+LoadModule ssl_module {mods}/mod_ssl.so
+LoadModule md_module {mods}/mod_md.so
+{user}
+StartServers 2
+ServerLimit 3
+ThreadsPerChild 5
+MinSpareThreads 5
+MaxSpareThreads 15
+MaxRequestWorkers 15
+ThreadLimit 5
+Listen 127.0.0.1:{http}
+Listen 127.0.0.1:{https} https
+<Directory "{dir}/htdocs">
+    Require all granted
+</Directory>
+MDStoreDir "{dir}/md"
+MDCertificateAuthority {ca_url}
+MDCACertificateFile {ca_file}
+MDCertificateAgreement accepted
+MDContactEmail admin@example.org
+MDPortMap http:{http} https:{https}
+MDCAChallenges http-01
+MDRenewViaARI off
+MDomain {name}
+<VirtualHost 127.0.0.1:{http}>
+    ServerName {name}
+</VirtualHost>
+<VirtualHost 127.0.0.1:{https}>
+    ServerName {name}
+    SSLEngine on
+</VirtualHost>
+"""
+
+
+def ttc_mod_md(env, i):
+    pb = env.pebble
+    name = f"ttc-md-{i}.bench.example.org"
+    d = Path(tempfile.mkdtemp(prefix="bench_md_"))
+    os.chmod(d, 0o755)
+    (d / "htdocs").mkdir()
+    (d / "run").mkdir()
+    os.chmod(d / "htdocs", 0o755)
+    shutil.copy(pb.ca_cert, d / "pebble-ca.pem")
+    os.chmod(d / "pebble-ca.pem", 0o644)
+    user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
+    (d / "httpd.conf").write_text(MD_CONF.format(
+        dir=d, mods=apache_harness.MODULES, user=user, http=pb.http_port, https=pb.tls_port,
+        ca_url=pb.directory_url, ca_file=d / "pebble-ca.pem", name=name))
+    roots = pb.roots(0)
+    mark = pb.mark()
+    staged = d / "md" / "staging" / name / "pubcert.pem"
+    proc = None
+    t0 = time.monotonic()
+    try:
+        proc = env.procs.start([apache_harness.APACHE_BIN, "-f", d / "httpd.conf", "-DFOREGROUND"],
+                               name=f"apache-md-{i}", log_path=d / "stdout.log",
+                               env={"APACHE_RUN_DIR": d / "run"})
+
+        def is_staged():
+            if not proc.alive():
+                raise HarnessError(f"mod_md apache exited: {proc.log_text()[-2000:]}"
+                                   f"{(d / 'error.log').read_text(errors='replace')[-2000:]}")
+            return staged.is_file() and staged.stat().st_size > 0
+        try:
+            wait_for(is_staged, 120, 0.01, "mod_md's staged certificate")
+        except HarnessError as e:
+            raise HarnessError(f"{e}\n{(d / 'error.log').read_text(errors='replace')[-3000:]}") from None
+        t1 = time.monotonic()
+        time.sleep(0.5)
+        reqs = pebble_requests(pb, mark)
+        orders = pb.order_count(mark)
+        # it serves the staged certificate only after a graceful restart
+        log_before = (d / "error.log").read_text(errors="replace").count("resuming normal operations")
+        t2 = time.monotonic()
+        proc.send_signal(signal.SIGUSR1)
+        t3 = _wait_served(proc, pb.tls_port, name, roots, timeout=60)
+        del log_before
+        return {"seconds": round(t1 - t0, 3), "graceful_to_served_s": round(t3 - t2, 3),
+                "requests": reqs, "orders": orders}
+    finally:
+        if proc:
+            proc.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def summarize_ttc(runs):
+    secs = [r["seconds"] for r in runs]
+    req_totals = [sum(r["requests"].values()) for r in runs]
+    out = {"runs": runs, "median_s": round(statistics.median(secs), 3), "min_s": min(secs),
+           "max_s": max(secs), "requests_per_issuance_median": statistics.median(req_totals)}
+    if "graceful_to_served_s" in runs[0]:
+        out["graceful_to_served_median_s"] = round(statistics.median(
+            [r["graceful_to_served_s"] for r in runs]), 3)
+    return out
+
+
+def scenario_ttc(env, servers):
+    out = {}
+    fns = {"nginx": ttc_nginx, "apache_mod_acme": ttc_mod_acme, "apache_mod_md": ttc_mod_md}
+    runs = {s: [] for s in servers}
+    errors = {}
+    for i in range(TTC_RUNS):
+        for s in servers:                     # alternate servers within each round
+            if s in errors:
+                continue
+            try:
+                runs[s].append(fns[s](env, i))
+                log(f"time to certificate {s} #{i}: {runs[s][-1]['seconds']} s")
+            except Exception as e:  # noqa: BLE001
+                errors[s] = f"{type(e).__name__}: {e}"
+                log(f"time to certificate {s}: FAILED {errors[s][:300]}")
+    for s in servers:
+        if runs[s]:
+            out[s] = summarize_ttc(runs[s])
+        if s in errors:
+            out.setdefault(s, {})["error"] = errors[s]
+    return out, errors
+
+
+# --------------------------------------------------------------------------
+# scenario 3: hot swap under load
+# --------------------------------------------------------------------------
+
+def scenario_swap(env):
+    pb = env.pebble
+    name = "swap.bench.example.org"
+    https = free_port()
+    state = env.work / "swap-state"
+    conf = issuer_block("pebble", pb, state) + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+        location = /acme {{ acme_status; }}
+    }}
+"""
+    ng = new_nginx(env, "ngx-swap", conf, workers=2)
+    ng.start(wait_port=https)
+    roots = pb.roots(0)
+    try:
+        first = wait_for(lambda: served_verified(https, name, roots), 60, 0.1, "the first certificate")
+        time.sleep(1.0)
+        workers = nginx_workers(ng)
+
+        def mem():
+            return {str(p): {"rss_kib": rss_kib(p), "private_kib": private_kib(p)} for p in workers}
+
+        # warm-up, then baseline
+        w = wrk_start(https, name, 3, WRK_CONNS)
+        w.communicate(timeout=30)
+        mem0 = mem()
+        log(f"swap: baseline {SWAP_SECONDS:.0f} s")
+        w = wrk_start(https, name, SWAP_SECONDS, WRK_CONNS)
+        base = parse_wrk(w.communicate(timeout=SWAP_SECONDS + 60)[0].decode(errors="replace"))
+        mem1 = mem()
+
+        log(f"swap: {SWAPS} forced renewals under load")
+        w = wrk_start(https, name, 600, WRK_CONNS)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        mark = pb.mark()
+        serials = [first]
+        for i in range(SWAPS):
+            r = nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST")
+            if r.status != 202:
+                raise HarnessError(f"renew request: HTTP {r.status} {r.text}")
+            prev = serials[-1]
+            serials.append(wait_for(lambda: (lambda s: s if s and s != prev else None)(
+                served_verified(https, name, roots)), 60, 0.05, f"renewal {i + 1}"))
+        # every worker has reloaded its copy once the new serial shows; a second for stragglers
+        time.sleep(1.0)
+        t1 = time.monotonic()
+        w.send_signal(signal.SIGINT)
+        swap = parse_wrk(w.communicate(timeout=60)[0].decode(errors="replace"))
+        mem2 = mem()
+        issued = pb.issued_count(mark)
+
+        log(f"swap: after-baseline {SWAP_SECONDS:.0f} s")
+        w = wrk_start(https, name, SWAP_SECONDS, WRK_CONNS)
+        base2 = parse_wrk(w.communicate(timeout=SWAP_SECONDS + 60)[0].decode(errors="replace"))
+        # memory: 20 more swaps without load, to see whether growth continues
+        for i in range(SWAPS):
+            prev = served_verified(https, name, roots)
+            nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST")
+            wait_for(lambda: (lambda s: s if s and s != prev else None)(
+                served_verified(https, name, roots)), 60, 0.05, f"extra renewal {i + 1}")
+        time.sleep(1.0)
+        mem3 = mem()
+        p99s = [x for x in (base["p99_ms"], base2["p99_ms"]) if x is not None]
+        p99_base = statistics.mean(p99s) if p99s else None
+        return {
+            "baseline": base, "during_swaps": swap, "baseline_after": base2,
+            "swaps": SWAPS, "swap_seconds": round(t1 - t0, 2), "issued": issued,
+            "distinct_serials": len(set(serials)),
+            "failed_requests": swap["failed"],
+            "p99_ratio": ratio(swap["p99_ms"], p99_base, 2),
+            "rps_ratio": ratio(swap["rps"], statistics.mean([base["rps"], base2["rps"]])),
+            "worker_memory": {"after_warmup": mem0, "after_baseline": mem1, "after_swaps": mem2,
+                              "after_second_swaps_without_load": mem3},
+            "rss_growth_kib_per_worker_swaps": {p: mem2[p]["rss_kib"] - mem1[p]["rss_kib"] for p in mem1},
+            "rss_growth_kib_per_worker_next_swaps": {p: mem3[p]["rss_kib"] - mem2[p]["rss_kib"]
+                                                     for p in mem2 if p in mem3},
+            "errors": nginx_error_lines(ng),
+        }
+    finally:
+        ng.stop()
+
+
+# --------------------------------------------------------------------------
+# scenario 4: scale, and 5: idle
+# --------------------------------------------------------------------------
+
+ZONE_SIZE = 64 * 1024 * 1024
+
+
+def scale_conf(pb, state, fmt, n, https, zone=True, static_dir=None, http=True):
+    parts = []
+    if not static_dir:
+        parts.append(issuer_block("pebble", pb, state))
+        if zone:
+            parts.append(f"    acme_shared_zone zone=acme_bench:{ZONE_SIZE // (1024 * 1024)}m;\n")
+    if http:
+        parts.append(f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port} default_server;
+        server_name _;
+        location / {{ return 200 "plain\\n"; }}
+    }}
+""")
+    for i in range(n):
+        nm = fmt % i
+        if static_dir:
+            cert = f"ssl_certificate {static_dir}/certs/{nm}/fullchain.pem; " \
+                   f"ssl_certificate_key {static_dir}/certs/{nm}/privkey.pem;"
+        else:
+            cert = "acme_certificate pebble;"
+        parts.append(f"    server {{ listen 127.0.0.1:{https} ssl; server_name {nm}; access_log off; "
+                     f"{cert} location / {{ return 200 \"ok\\n\"; }} }}\n")
+    return "".join(parts)
+
+
+def count_issued(state):
+    d = state / "certs"
+    try:
+        return sum(1 for x in os.scandir(d) if os.path.exists(os.path.join(x.path, "fullchain.pem")))
+    except OSError:
+        return 0
+
+
+def scale_issue(env):
+    pb = env.pebble
+    fmt = "i%d.scale.example.org"
+    https = free_port()
+    state = env.work / "scale-issue-state"
+    ng = new_nginx(env, "ngx-scale-issue", scale_conf(pb, state, fmt, SCALE, https), workers=2)
+    mark = pb.mark()
+    t0 = time.monotonic()
+    ng.start(wait_port=https, timeout=120)
+    progress = []
+    deadline = t0 + SCALE_TIMEOUT
+    n = 0
+    while time.monotonic() < deadline:
+        n = count_issued(state)
+        progress.append((round(time.monotonic() - t0, 1), n))
+        if n >= SCALE:
+            break
+        time.sleep(1.0)
+    t1 = time.monotonic()
+    roots = pb.roots(0)
+    ok_last = served_verified(https, fmt % (SCALE - 1), roots) is not None if n >= SCALE else None
+    reqs = pebble_requests(pb, mark)
+    workers = nginx_workers(ng)
+    leader = None
+    out = {"names": SCALE, "issued": n, "seconds": round(t1 - t0, 1), "complete": n >= SCALE,
+           "rate_per_s": round(n / (t1 - t0), 2), "last_name_served": ok_last,
+           "projected_s_for_all": round(t1 - t0, 1) if n >= SCALE else (
+               round(SCALE / (n / (t1 - t0)), 0) if n else None),
+           "pebble_orders": pb.order_count(mark), "pebble_requests": reqs,
+           "requests_per_issuance": round(sum(reqs.values()) / max(n, 1), 1),
+           "progress": progress[::max(1, len(progress) // 30)],
+           "leader_cpu_s": None, "errors": nginx_error_lines(ng)[:20]}
+    cpu = {p: proc_stat_cpu_s(p) for p in workers}
+    out["worker_cpu_s"] = cpu
+    out["pebble_cpu_s"] = proc_stat_cpu_s(pb.proc.pid)
+    del leader
+    ng.stop()
+    return out
+
+
+def gen_store(state, fmt, first, count, ca_url):
+    """Pre-generate `count` certificates in two parallel processes."""
+    half = count // 2
+    ps = [subprocess.Popen([str(GENCERTS), str(state), fmt, str(first), str(half), ca_url]),
+          subprocess.Popen([str(GENCERTS), str(state), fmt, str(first + half), str(count - half), ca_url])]
+    for p in ps:
+        if p.wait() != 0:
+            raise HarnessError("gencerts failed")
+
+
+def wait_rss_stable(pids, settle=2.0, timeout=600):
+    """Wait until no worker's RSS moved by more than 1% over `settle` seconds (every worker has loaded
+    what it loads at start)."""
+    deadline = time.monotonic() + timeout
+    prev = {p: rss_kib(p) for p in pids}
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        cur = {p: rss_kib(p) for p in pids}
+        if all(abs(cur[p] - prev[p]) <= max(prev[p], 1) * 0.01 for p in pids):
+            return cur
+        prev = cur
+    return prev
+
+
+def start_time(env, n, state, fmt, static=False, workers=2, name=None):
+    """Start nginx with n server blocks (one name each) whose certificates are all in `state`: seconds
+    until the port accepts and until the last-defined name is served with its stored certificate.
+    Returns (result, running Nginx)."""
+    pb = env.pebble
+    https = free_port()
+    ng = new_nginx(env, name or f"ngx-start-{'static' if static else 'acme'}-{n}",
+                   scale_conf(pb, state, fmt, n, https, static_dir=state if static else None, http=False),
+                   workers=workers)
+    last = fmt % (n - 1)
+    want = pem_leaf_sha256(state / "certs" / last / "fullchain.pem")
+    mark = pb.mark()
+    t0 = time.monotonic()
+    ng.start()
+    t_port = None
+
+    def ok():
+        nonlocal t_port
+        if not ng.proc.alive():
+            raise HarnessError(f"nginx exited: {ng.log_text()[-2000:]}")
+        if t_port is None:
+            if not harness.port_open(https):
+                return False
+            t_port = time.monotonic()
+        try:
+            return leaf_sha256(https, last) == want
+        except OSError:
+            return False
+    wait_for(ok, 900, 0.01, f"{last} served")
+    t1 = time.monotonic()
+    res = {"certificates": n, "seconds": round(t1 - t0, 3), "port_open_s": round(t_port - t0, 3),
+           "port": https}
+    wait_for(lambda: len(ng.worker_pids()) >= workers, 60, 0.05, "all workers")
+    ws = ng.worker_pids()
+    wait_rss_stable(ws)
+    res["workers_settled_s"] = round(time.monotonic() - t0, 1)
+    res["worker_rss_kib"] = [rss_kib(p) for p in ws]
+    res["worker_private_kib"] = [private_kib(p) for p in ws]
+    res["master_rss_kib"] = rss_kib(ng.proc.pid)
+    if not static:
+        z = nginx_zone_usage(ws[0], ZONE_SIZE)
+        res["zone_used_bytes"] = z[0] if z else None
+        res["pebble_orders_after_start"] = pb.order_count(mark)
+    return res, ng
+
+
+def scenario_scale_and_idle(env, do_scale, do_idle):
+    out = {}
+    idle = None
+    pb = env.pebble
+    fmt = "n%d.bench.example.org"
+    stored = sorted(set(STORED + ([1000] if do_idle else []))) if do_scale else [1000]
+    top = max(stored)
+    state = env.work / "stored-state"
+    t0 = time.monotonic()
+    gen_store(state, fmt, 0, top, pb.directory_url)
+    out["gencerts_seconds"] = round(time.monotonic() - t0, 1)
+    log(f"scale: {top} stored certificates generated in {out['gencerts_seconds']} s")
+    keep = {}
+    try:
+        if do_scale:
+            log(f"scale: issuing {SCALE} names from Pebble (at most {SCALE_TIMEOUT:.0f} s)")
+            out["issuance"] = scale_issue(env)
+            i = out["issuance"]
+            log(f"scale: issued {i['issued']}/{SCALE} in {i['seconds']} s ({i['rate_per_s']}/s)")
+        starts = {}
+        for n in stored:
+            for kind in ("acme", "static"):
+                r, ng = start_time(env, n, state, fmt, static=(kind == "static"))
+                starts[f"{kind}_{n}"] = r
+                log(f"scale: start with {n} {kind} certificates: port {r['port_open_s']} s, "
+                    f"last name served {r['seconds']} s, worker RSS {r['worker_rss_kib']} KiB")
+                used = False
+                if n == 1000 and do_idle:
+                    keep[kind] = ng              # the idle measurement runs on these later
+                    used = True
+                if n == top and kind == "acme" and do_scale:
+                    keep["sni"] = (ng, r)
+                    used = True
+                if not used:
+                    ng.stop()
+        if do_scale:
+            out["start"] = starts
+            if len(stored) >= 2:
+                lo, hi = stored[-2], stored[-1]
+                per = {}
+                for kind in ("acme", "static"):
+                    a, b = starts[f"{kind}_{lo}"], starts[f"{kind}_{hi}"]
+                    per[kind] = {
+                        "worker_rss_kib_per_cert": round((statistics.mean(b["worker_rss_kib"])
+                                                          - statistics.mean(a["worker_rss_kib"])) / (hi - lo), 2),
+                        "worker_private_kib_per_cert": round((statistics.mean(b["worker_private_kib"])
+                                                              - statistics.mean(a["worker_private_kib"]))
+                                                             / (hi - lo), 2),
+                        "master_rss_kib_per_cert": round((b["master_rss_kib"] - a["master_rss_kib"])
+                                                         / (hi - lo), 2),
+                    }
+                    if kind == "acme" and a.get("zone_used_bytes") is not None \
+                            and b.get("zone_used_bytes") is not None:
+                        per[kind]["zone_bytes_per_cert"] = round(
+                            (b["zone_used_bytes"] - a["zone_used_bytes"]) / (hi - lo), 1)
+                per["module_worker_rss_kib_per_cert"] = round(per["acme"]["worker_rss_kib_per_cert"]
+                                                              - per["static"]["worker_rss_kib_per_cert"], 2)
+                out["memory_per_cert"] = per
+                out["memory_counts"] = [lo, hi]
+
+            # SNI: the first vs the last-defined name, on the largest store (2 workers pinned to CPU 0)
+            ng, r = keep.pop("sni")
+            try:
+                pin_group(ng.proc.pid, SERVER_CPUS)
+                log(f"scale: handshakes for the first vs the last of {top} names")
+                res = measure_alternating([("first", r["port"], fmt % 0, ng.proc.pid),
+                                           ("last", r["port"], fmt % (top - 1), ng.proc.pid)],
+                                          HS_SECONDS, HS_ROUNDS)
+                out["sni"] = {"certificates": top, "variants": res,
+                              "last_first_rate_ratio": ratio(res["last"]["rate"], res["first"]["rate"]),
+                              "last_first_cpu_ratio": ratio(res["first"]["server_cpu_us_per_hs"],
+                                                            res["last"]["server_cpu_us_per_hs"])}
+            finally:
+                if keep.get("acme") is not ng:
+                    ng.stop()
+
+        if do_idle:
+            log(f"idle: nginx with 1,000 managed and nginx with 1,000 static certificates, "
+                f"{IDLE_SECONDS:.0f} s side by side")
+            nga, ngs = keep["acme"], keep["static"]
+            time.sleep(3.0)
+            groups = {"acme": nga, "static": ngs}
+            pids = {k: [g.proc.pid] + g.worker_pids() for k, g in groups.items()}
+            c0 = {k: {p: proc_stat_cpu_s(p) for p in v} for k, v in pids.items()}
+            s0 = {k: {p: ctx_switches(p) for p in v} for k, v in pids.items()}
+            t0 = time.monotonic()
+            time.sleep(IDLE_SECONDS)
+            el = time.monotonic() - t0
+            idle = {"seconds": round(el, 1), "certificates": 1000}
+            for k, v in pids.items():
+                per = {}
+                for p in v:
+                    cpu = proc_stat_cpu_s(p) - c0[k][p]
+                    per[str(p)] = {"role": "master" if p == groups[k].proc.pid else "worker",
+                                   "cpu_s": round(cpu, 3),
+                                   "cpu_s_per_min": round(cpu * 60 / el, 4),
+                                   "wakeups_per_s": round((ctx_switches(p) - s0[k][p]) / el, 2)}
+                idle[k] = {"processes": per,
+                           "total_cpu_s_per_min": round(sum(x["cpu_s_per_min"] for x in per.values()), 4),
+                           "max_worker_cpu_s_per_min": max(x["cpu_s_per_min"] for x in per.values()
+                                                           if x["role"] == "worker")}
+    finally:
+        for v in keep.values():
+            (v[0] if isinstance(v, tuple) else v).stop()
+    return out, idle
+
+
+# --------------------------------------------------------------------------
+# table, chart
+# --------------------------------------------------------------------------
+
+def fmt_num(v, unit=""):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        v = f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return f"{v}{unit}"
+
+
+def build_table(R):
+    rows = []  # (scenario, metric, value, target)
+    S = R["scenarios"]
+
+    def add(s, m, v, t=""):
+        rows.append((s, m, v, t))
+
+    h = S.get("handshake_nginx", {})
+    if "variants" in h:
+        v = h["variants"]
+        add("1 handshake nginx", "static: handshakes/s (client) | server CPU us/handshake",
+            f"{v['static']['rate']:.0f} | {v['static']['server_cpu_us_per_hs']}")
+        add("1 handshake nginx", "managed: handshakes/s | server CPU us/handshake",
+            f"{v['managed']['rate']:.0f} | {v['managed']['server_cpu_us_per_hs']}")
+        add("1 handshake nginx", "variable: handshakes/s | server CPU us/handshake",
+            f"{v['variable']['rate']:.0f} | {v['variable']['server_cpu_us_per_hs']}")
+        add("1 handshake nginx", "managed/static (rate | CPU efficiency)",
+            f"{h['managed_static_rate_ratio']} | {h['managed_static_cpu_ratio']}", ">= 0.98")
+        add("1 handshake nginx", "variable/static (rate | CPU efficiency)",
+            f"{h['variable_static_rate_ratio']} | {h['variable_static_cpu_ratio']}")
+    elif h.get("status"):
+        add("1 handshake nginx", "status", h.get("status") + ": " + h.get("error", "")[:80])
+    h = S.get("handshake_apache", {})
+    if "variants" in h:
+        v = h["variants"]
+        add("1 handshake apache", "static: handshakes/s | server CPU us/handshake",
+            f"{v['static']['rate']:.0f} | {v['static']['server_cpu_us_per_hs']}")
+        add("1 handshake apache", "mod_acme: handshakes/s | server CPU us/handshake",
+            f"{v['managed']['rate']:.0f} | {v['managed']['server_cpu_us_per_hs']}")
+        add("1 handshake apache", "managed/static (rate | CPU efficiency)",
+            f"{h['managed_static_rate_ratio']} | {h['managed_static_cpu_ratio']}", ">= 0.98")
+    elif h.get("status"):
+        add("1 handshake apache", "status", h.get("status") + ": " + h.get("error", "")[:80])
+    t = S.get("ttc", {})
+    for s, label in (("nginx", "nginx + module"), ("apache_mod_acme", "apache + mod_acme"),
+                     ("apache_mod_md", "apache + mod_md (staged)")):
+        x = t.get(s)
+        if not x:
+            continue
+        if "median_s" in x:
+            extra = ""
+            if "graceful_to_served_median_s" in x:
+                extra = f" (+ graceful restart to served {x['graceful_to_served_median_s']} s)"
+            add("2 time to cert", f"{label}: median s [min-max]{extra}",
+                f"{x['median_s']} [{x['min_s']}-{x['max_s']}]", "< 1 s, <= mod_md")
+            add("2 time to cert", f"{label}: ACME requests per issuance (median)",
+                fmt_num(x["requests_per_issuance_median"]))
+        if "error" in x:
+            add("2 time to cert", f"{label}: error", x["error"][:100])
+    if t.get("nginx", {}).get("median_s") and t.get("apache_mod_md", {}).get("median_s"):
+        add("2 time to cert", "nginx/mod_md time ratio",
+            ratio(t["nginx"]["median_s"], t["apache_mod_md"]["median_s"]), "<= 1")
+    if t.get("apache_mod_acme", {}).get("median_s") and t.get("apache_mod_md", {}).get("median_s"):
+        add("2 time to cert", "mod_acme/mod_md time ratio",
+            ratio(t["apache_mod_acme"]["median_s"], t["apache_mod_md"]["median_s"]), "<= 1")
+    w = S.get("swap", {})
+    if "during_swaps" in w:
+        add("3 hot swap", f"failed requests during {w['swaps']} swaps (wrk, Connection: close)",
+            w["failed_requests"], "0")
+        add("3 hot swap", "p99 ms baseline | during swaps | ratio",
+            f"{w['baseline']['p99_ms']}/{w['baseline_after']['p99_ms']} | {w['during_swaps']['p99_ms']} | "
+            f"{w['p99_ratio']}", "ratio <= 2")
+        add("3 hot swap", "requests/s during swaps / baseline", w["rps_ratio"])
+        g = list(w["rss_growth_kib_per_worker_swaps"].values())
+        g2 = list(w["rss_growth_kib_per_worker_next_swaps"].values())
+        add("3 hot swap", f"worker RSS growth KiB: {w['swaps']} swaps under load | {w['swaps']} more",
+            f"{g} | {g2}", "no growth")
+    sc = S.get("scale", {})
+    if "issuance" in sc and "issued" in sc["issuance"]:
+        i = sc["issuance"]
+        add("4 scale", f"{i['names']} names from Pebble: issued, in s, per s, projected s for all",
+            f"{i['issued']}, {i['seconds']}, {i['rate_per_s']}, {i['projected_s_for_all']}")
+        add("4 scale", "ACME requests | nonce fetches per issued certificate",
+            f"{i['requests_per_issuance']} | "
+            f"{round(i['pebble_requests'].get('HEAD /nonce-plz', 0) / max(i['issued'], 1), 2)}")
+    for k, r in sorted(sc.get("start", {}).items(), key=lambda kv: (kv[1]["certificates"], kv[0])):
+        add("4 scale", f"nginx start, {r['certificates']} {'managed' if k.startswith('acme') else 'static'}"
+            f" certs: port open | last name served (s)", f"{r['port_open_s']} | {r['seconds']}",
+            "< 2 s at 10,000" if k.startswith("acme") else "")
+    st = sc.get("start", {})
+    for n in STORED:
+        if f"acme_{n}" in st and f"static_{n}" in st:
+            add("4 scale", f"start time managed/static at {n}",
+                ratio(st[f"acme_{n}"]["seconds"], st[f"static_{n}"]["seconds"], 2))
+    m = sc.get("memory_per_cert")
+    if m:
+        lo, hi = sc["memory_counts"]
+        add("4 scale", f"per-worker RSS | private KiB per cert (acme, {lo}->{hi})",
+            f"{m['acme']['worker_rss_kib_per_cert']} | {m['acme']['worker_private_kib_per_cert']}")
+        add("4 scale", "per-worker RSS | private KiB per cert (static ssl_certificate)",
+            f"{m['static']['worker_rss_kib_per_cert']} | {m['static']['worker_private_kib_per_cert']}")
+        add("4 scale", "module's own per-worker RSS KiB per cert (managed - static)",
+            m["module_worker_rss_kib_per_cert"], "< 16")
+        add("4 scale", "shared zone bytes per cert", fmt_num(m["acme"].get("zone_bytes_per_cert")))
+    if "sni" in sc:
+        s = sc["sni"]
+        add("4 scale", f"handshakes/s first | last of {s['certificates']} names",
+            f"{s['variants']['first']['rate']:.0f} | {s['variants']['last']['rate']:.0f}")
+        add("4 scale", "last/first (rate | CPU efficiency)",
+            f"{s['last_first_rate_ratio']} | {s['last_first_cpu_ratio']}", "~1")
+    idle = S.get("idle", {})
+    if "acme" in idle:
+        add("5 idle", f"CPU s/min, 1,000 managed certs, all processes ({idle['seconds']} s)",
+            idle["acme"]["total_cpu_s_per_min"])
+        add("5 idle", "CPU s/min, busiest worker (managed) | static nginx total",
+            f"{idle['acme']['max_worker_cpu_s_per_min']} | {idle['static']['total_cpu_s_per_min']}")
+        wk = [f"{x['wakeups_per_s']}" for x in idle["acme"]["processes"].values() if x["role"] == "worker"]
+        add("5 idle", "context switches/s per worker (managed)", ", ".join(wk))
+    for name, s in S.items():
+        if s.get("status") not in (None, "ok"):
+            if not any(r[0].endswith(name) for r in rows):
+                add(name, s["status"], s.get("error", "")[:100])
+    return rows
+
+
+def print_table(rows):
+    w0 = max([len(r[0]) for r in rows] + [8])
+    w1 = max([len(r[1]) for r in rows] + [6])
+    w2 = max([len(str(r[2])) for r in rows] + [5])
+    line = f"{'scenario':<{w0}}  {'metric':<{w1}}  {'value':<{w2}}  target"
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print(f"{r[0]:<{w0}}  {r[1]:<{w1}}  {str(r[2]):<{w2}}  {r[3]}")
+
+
+def chart(R, path):
+    S = R["scenarios"]
+    ratios = []
+    h = S.get("handshake_nginx", {})
+    if "variants" in h:
+        ratios.append(("nginx managed/static", h["managed_static_rate_ratio"], h["managed_static_cpu_ratio"]))
+        ratios.append(("nginx variable/static", h["variable_static_rate_ratio"],
+                       h["variable_static_cpu_ratio"]))
+    h = S.get("handshake_apache", {})
+    if "variants" in h:
+        ratios.append(("apache mod_acme/static", h["managed_static_rate_ratio"], h["managed_static_cpu_ratio"]))
+    s = S.get("scale", {}).get("sni")
+    if s:
+        ratios.append(("SNI last/first", s["last_first_rate_ratio"], s["last_first_cpu_ratio"]))
+    ttc = []
+    for k, label in (("nginx", "nginx"), ("apache_mod_acme", "mod_acme"), ("apache_mod_md", "mod_md staged")):
+        x = S.get("ttc", {}).get(k, {})
+        if "median_s" in x:
+            ttc.append((label, x["median_s"]))
+    d1 = path.parent / "chart_ratios.dat"
+    d2 = path.parent / "chart_ttc.dat"
+    d1.write_text("".join(f"\"{a}\" {b} {c}\n" for a, b, c in ratios) or "\"none\" 0 0\n")
+    d2.write_text("".join(f"\"{a}\" {b}\n" for a, b in ttc) or "\"none\" 0\n")
+    gp = path.parent / "chart.gp"
+    gp.write_text(f"""set terminal pngcairo size 1200,520 font "sans,10"
+set output "{path}"
+set multiplot layout 1,2 title "ACME benchmarks, {R['date']} ({R['machine']['cpus']} CPUs)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set yrange [0:*]
+set grid ytics
+set xtics rotate by -20 scale 0
+set key top left
+set title "ratios, side by side (1.0 = parity)"
+set arrow 1 from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb "red"
+plot "{d1}" using 2:xtic(1) title "handshakes/s", "" using 3 title "server CPU efficiency"
+unset arrow 1
+set title "time to certificate, median (s)"
+set key off
+plot "{d2}" using 2:xtic(1) title "seconds" lc rgb "#4477aa"
+unset multiplot
+""")
+    cp = subprocess.run(["gnuplot", str(gp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if cp.returncode != 0:
+        log(f"gnuplot failed: {cp.stderr.decode(errors='replace')}")
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+def other_load():
+    """Other CPU consumers during the run (other test suites on the machine skew the numbers)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0:3]
+    except OSError:
+        return None
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    for b in (HSBENCH, GENCERTS):
+        if not b.is_file():
+            print(f"bench: {b} missing (run `make bench`)", file=sys.stderr)
+            return 2
+    if not (BUILD / "ngx_http_acme_module.so").is_file():
+        print("bench: build/ngx_http_acme_module.so missing", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="acme_bench_"))
+    R = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+         "machine": {"cpus": NCPU, "kernel": platform.release(), "loadavg_start": other_load(),
+                     "nginx": subprocess.run(["/usr/sbin/nginx", "-v"], stderr=subprocess.PIPE,
+                                             text=True).stderr.strip(),
+                     "openssl": ssl.OPENSSL_VERSION},
+         "config": {"hs_seconds": HS_SECONDS, "hs_rounds": HS_ROUNDS, "hs_threads": HS_THREADS,
+                    "ttc_runs": TTC_RUNS, "swaps": SWAPS, "swap_seconds": SWAP_SECONDS,
+                    "wrk_connections": WRK_CONNS, "scale": SCALE, "scale_timeout": SCALE_TIMEOUT,
+                    "stored": STORED, "idle_seconds": IDLE_SECONDS, "only": ONLY},
+         "scenarios": {}}
+    S = R["scenarios"]
+    failed = []
+    t_start = time.monotonic()
+
+    def run(name, fn, *a):
+        log(f"scenario {name}")
+        t0 = time.monotonic()
+        try:
+            res = fn(*a)
+            res = dict(res or {})
+            res["status"] = "ok"
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            res = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000]}
+            failed.append(name)
+        res["elapsed_s"] = round(time.monotonic() - t0, 1)
+        S[name] = res
+        env.procs.stop_all()
+        return res
+
+    env = Env(work)
+    try:
+        have_apache = apache_available()
+        if "handshake" in ONLY:
+            run("handshake_nginx", scenario_handshake_nginx, env)
+            if have_apache:
+                run("handshake_apache", scenario_handshake_apache, env)
+            else:
+                S["handshake_apache"] = {"status": "skipped", "error": "build/mod_acme.so not built"}
+        if "ttc" in ONLY:
+            servers = ["nginx"] + (["apache_mod_acme"] if have_apache else []) + ["apache_mod_md"]
+
+            def ttc():
+                res, errors = scenario_ttc(env, servers)
+                if errors:
+                    res["failed_servers"] = errors
+                    failed.append("ttc:" + ",".join(errors))
+                return res
+            run("ttc", ttc)
+            if not have_apache:
+                S["ttc"]["apache_mod_acme"] = {"error": "skipped: build/mod_acme.so not built"}
+        if "swap" in ONLY:
+            run("swap", scenario_swap, env)
+        if "scale" in ONLY or "idle" in ONLY:
+            holder = {}
+
+            def scale():
+                out, idle = scenario_scale_and_idle(env, "scale" in ONLY, "idle" in ONLY)
+                holder["idle"] = idle
+                return out
+            run("scale", scale)
+            if "idle" in ONLY:
+                if holder.get("idle"):
+                    S["idle"] = dict(holder["idle"], status="ok")
+                elif S["scale"]["status"] != "ok":
+                    S["idle"] = {"status": "failed", "error": "not reached: the scale scenario failed"}
+                    failed.append("idle")
+            if "scale" not in ONLY:
+                S.pop("scale", None)
+    finally:
+        env.close()
+    R["total_seconds"] = round(time.monotonic() - t_start, 1)
+    R["machine"]["loadavg_end"] = other_load()
+    R["failed"] = failed
+    rows = build_table(R)
+    R["table"] = [{"scenario": a, "metric": b, "value": c, "target": d} for a, b, c, d in rows]
+    (OUT / "results.json").write_text(json.dumps(R, indent=2) + "\n")
+    png = OUT / "results.png"
+    chart(R, png)
+    print()
+    print(f"ACME benchmarks {R['date']}, {NCPU} CPUs, {R['total_seconds']} s "
+          f"(servers pinned to CPU {sorted(SERVER_CPUS)}, clients to CPU {sorted(CLIENT_CPUS)})")
+    print_table(rows)
+    print(f"\nwrote {OUT / 'results.json'} and {png}")
+    if failed:
+        print(f"bench: scenarios that did not run: {', '.join(failed)}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+        return 1
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
