@@ -354,6 +354,30 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     return rc == 0 ? 0 : 1;
 }
 
+/* The identifiers named on the command line; 0, or 1/2 as exit status (with a message). */
+static int
+parse_idents(int argc, char **argv, int first, acme_ident_t **out, size_t *n)
+{
+    acme_ident_t  *ids;
+    acme_err_t     err;
+    int            i;
+
+    *n = 0;
+    ids = calloc((size_t) (argc - first), sizeof(*ids));
+    *out = ids;
+    if (ids == NULL) {
+        return 1;
+    }
+    for (i = first; i < argc; i++) {
+        if (acme_ident_parse(argv[i], &ids[*n], &err) != 0) {
+            fprintf(stderr, "acmectl: \"%s\": %s\n", argv[i], err.msg);
+            return 2;
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
 static int
 cmd_issue(ctl_t *ctl, int argc, char **argv)
 {
@@ -380,17 +404,9 @@ cmd_issue(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl: --key: %s\n", err.msg);
         return 2;
     }
-    ids = calloc((size_t) (argc - optind), sizeof(*ids));
-    if (ids == NULL) {
-        return 1;
-    }
-    for (i = optind; i < argc; i++) {
-        if (acme_ident_parse(argv[i], &ids[n], &err) != 0) {
-            fprintf(stderr, "acmectl: \"%s\": %s\n", argv[i], err.msg);
-            rc = 2;
-            goto done;
-        }
-        n++;
+    rc = parse_idents(argc, argv, optind, &ids, &n);
+    if (rc != 0) {
+        goto done;
     }
     if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0) {
         rc = 1;
@@ -959,18 +975,11 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", types[0]);
         return 2;
     }
-    ids = calloc((size_t) (argc - optind), sizeof(*ids));
-    if (ids == NULL) {
-        return 1;
+    rc = parse_idents(argc, argv, optind, &ids, &nids);
+    if (rc != 0) {
+        goto done;
     }
-    for (c = optind; c < argc; c++) {
-        if (acme_ident_parse(argv[c], &ids[nids], &err) != 0) {
-            fprintf(stderr, "acmectl: \"%s\": %s\n", argv[c], err.msg);
-            rc = 2;
-            goto done;
-        }
-        nids++;
-    }
+    rc = 1;
     if (ctl_open_store(ctl, 1) != 0) {
         goto done;
     }
