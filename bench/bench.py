@@ -1291,7 +1291,7 @@ def chart(R, path):
     d1.write_text("".join(f"\"{a}\" {b} {c}\n" for a, b, c in ratios) or "\"none\" 0 0\n")
     d2.write_text("".join(f"\"{a}\" {b}\n" for a, b in ttc) or "\"none\" 0\n")
     gp = path.parent / "chart.gp"
-    gp.write_text(f"""set terminal pngcairo size 1200,520 font "sans,10"
+    gp.write_text(f"""set terminal pngcairo noenhanced size 1200,520 font "sans,10"
 set output "{path}"
 set multiplot layout 1,2 title "ACME benchmarks, {R['date']} ({R['machine']['cpus']} CPUs)"
 set style data histograms
