@@ -41,23 +41,6 @@ typedef struct {
     const char  *path;          /* from the first '/', '?' or '#' after the authority; "" when none */
 } url_parts_t;
 
-/* A printable excerpt for messages. */
-static const char *
-dir_quote(const char *s, char *buf, size_t size)
-{
-    size_t  i;
-
-    for (i = 0; s[i] != '\0' && i + 4 < size && i < 200; i++) {
-        buf[i] = ((unsigned char) s[i] < 0x20 || (unsigned char) s[i] >= 0x7f) ? '?' : s[i];
-    }
-    if (s[i] != '\0' && i + 4 <= size) {
-        memcpy(buf + i, "...", 3);
-        i += 3;
-    }
-    buf[i] = '\0';
-    return buf;
-}
-
 /* Splits an absolute http(s) URL; NULL when fine, else why not. */
 static const char *
 url_split(const char *s, url_parts_t *u)
@@ -212,7 +195,7 @@ dir_url(json_t *o, const char *name, int required, char **out, acme_err_t *err)
     why = url_split(json_string_value(v), &u);
     if (why != NULL) {
         acme_err_set(err, ACME_ERR_BADRESPONSE, "directory: \"%s\" is not a usable URL (\"%s\": %s)",
-                     name, dir_quote(json_string_value(v), q, sizeof(q)), why);
+                     name, acme_quote(json_string_value(v), q, sizeof(q), 200), why);
         return -1;
     }
     *out = acme_strdup(json_string_value(v));
@@ -459,13 +442,13 @@ acme_ca_resolve(const char *name_or_url, acme_err_t *err)
     if (strstr(name_or_url, "://") == NULL) {
         acme_err_set(err, ACME_ERR_CONFIG, "unknown CA \"%s\" (expected a directory URL or one of "
                      "letsencrypt, letsencrypt-staging, zerossl, google, google-staging, buypass, "
-                     "buypass-staging)", dir_quote(name_or_url, q, sizeof(q)));
+                     "buypass-staging)", acme_quote(name_or_url, q, sizeof(q), 200));
         return NULL;
     }
     why = url_split(name_or_url, &u);
     if (why != NULL) {
         acme_err_set(err, ACME_ERR_CONFIG, "invalid CA directory URL \"%s\": %s",
-                     dir_quote(name_or_url, q, sizeof(q)), why);
+                     acme_quote(name_or_url, q, sizeof(q), 200), why);
         return NULL;
     }
 
@@ -483,13 +466,13 @@ acme_ca_resolve(const char *name_or_url, acme_err_t *err)
     }
     if (v2 != NULL) {
         acme_err_set(err, ACME_ERR_CONFIG, "ACME v1 (\"%s\") is retired; use %s",
-                     dir_quote(name_or_url, q, sizeof(q)), v2);
+                     acme_quote(name_or_url, q, sizeof(q), 200), v2);
         return NULL;
     }
 
     if (!u.https && !host_is_loopback(&u)) {
         acme_err_set(err, ACME_ERR_CONFIG, "CA directory URL \"%s\" must use https:// (http:// only for "
-                     "localhost)", dir_quote(name_or_url, q, sizeof(q)));
+                     "localhost)", acme_quote(name_or_url, q, sizeof(q), 200));
         return NULL;
     }
     url = acme_strdup(name_or_url);

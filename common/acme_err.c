@@ -164,6 +164,22 @@ acme_buf_steal(acme_buf_t *b)
     return d;
 }
 
+const char *
+acme_quote(const char *s, char *buf, size_t size, size_t max)
+{
+    size_t  i;
+
+    for (i = 0; s[i] != '\0' && i + 4 < size && i < max; i++) {
+        buf[i] = ((unsigned char) s[i] < 0x20 || (unsigned char) s[i] >= 0x7f) ? '?' : s[i];
+    }
+    if (s[i] != '\0' && i + 4 <= size) {
+        memcpy(buf + i, "...", 3);
+        i += 3;
+    }
+    buf[i] = '\0';
+    return buf;
+}
+
 void
 acme_free_secret(void *p, size_t n)
 {

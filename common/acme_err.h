@@ -52,6 +52,10 @@ void acme_buf_free(acme_buf_t *b);
 /* Hands the data to the caller (free() it); the buffer is empty afterwards. */
 char *acme_buf_steal(acme_buf_t *b);
 
+/* A printable excerpt of untrusted text for messages: at most max bytes (and what fits in buf with
+ * "..."), control and non-ASCII bytes as '?'. Returns buf. */
+const char *acme_quote(const char *s, char *buf, size_t size, size_t max);
+
 /* free() for secrets: wipes before freeing. */
 void acme_free_secret(void *p, size_t n);
 

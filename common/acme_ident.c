@@ -12,23 +12,6 @@
 #define DNS_NAME_MAX     253
 #define DNS_LABEL_MAX    63
 
-/* A printable excerpt of s for error messages: at most 80 bytes, non-printables as '?'. */
-static const char *
-ident_quote(const char *s, char *buf, size_t size)
-{
-    size_t  i;
-
-    for (i = 0; s[i] != '\0' && i + 4 < size && i < 80; i++) {
-        buf[i] = ((unsigned char) s[i] < 0x20 || (unsigned char) s[i] >= 0x7f) ? '?' : s[i];
-    }
-    if (s[i] != '\0' && i + 4 <= size) {
-        memcpy(buf + i, "...", 3);
-        i += 3;
-    }
-    buf[i] = '\0';
-    return buf;
-}
-
 static int
 ident_ip(const char *s, size_t len, acme_ident_t *id)
 {
@@ -145,7 +128,7 @@ acme_ident_parse(const char *s, acme_ident_t *id, acme_err_t *err)
     len = strnlen(s, IDENT_INPUT_MAX + 1);
     if (len > IDENT_INPUT_MAX) {
         acme_err_set(err, ACME_ERR_INPUT, "invalid name \"%s\": longer than %d bytes",
-                     ident_quote(s, q, sizeof(q)), DNS_NAME_MAX);
+                     acme_quote(s, q, sizeof(q), 80), DNS_NAME_MAX);
         return -1;
     }
 
@@ -158,7 +141,7 @@ acme_ident_parse(const char *s, acme_ident_t *id, acme_err_t *err)
         return -1;
     }
     if (rc == -1) {
-        acme_err_set(err, ACME_ERR_INPUT, "invalid IPv6 address \"%s\"", ident_quote(s, q, sizeof(q)));
+        acme_err_set(err, ACME_ERR_INPUT, "invalid IPv6 address \"%s\"", acme_quote(s, q, sizeof(q), 80));
         return -1;
     }
 
@@ -167,12 +150,12 @@ acme_ident_parse(const char *s, acme_ident_t *id, acme_err_t *err)
         len--;
     }
     if (len == 0) {
-        acme_err_set(err, ACME_ERR_INPUT, "invalid name \"%s\": empty", ident_quote(s, q, sizeof(q)));
+        acme_err_set(err, ACME_ERR_INPUT, "invalid name \"%s\": empty", acme_quote(s, q, sizeof(q), 80));
         return -1;
     }
     if (len > DNS_NAME_MAX) {
         acme_err_set(err, ACME_ERR_INPUT, "invalid name \"%s\": longer than %d bytes",
-                     ident_quote(s, q, sizeof(q)), DNS_NAME_MAX);
+                     acme_quote(s, q, sizeof(q), 80), DNS_NAME_MAX);
         return -1;
     }
     v = acme_strndup(s, len);
@@ -187,7 +170,7 @@ acme_ident_parse(const char *s, acme_ident_t *id, acme_err_t *err)
     }
     why = ident_dns_check(v, len);
     if (why != NULL) {
-        acme_err_set(err, ACME_ERR_INPUT, "invalid name \"%s\": %s", ident_quote(s, q, sizeof(q)), why);
+        acme_err_set(err, ACME_ERR_INPUT, "invalid name \"%s\": %s", acme_quote(s, q, sizeof(q), 80), why);
         free(v);
         return -1;
     }

@@ -91,23 +91,6 @@ res_load(const char *body, size_t len, const char *what, acme_err_t *err)
     return o;
 }
 
-/* A printable excerpt of a hostile string for messages. */
-static const char *
-res_quote(const char *s, char *buf, size_t size)
-{
-    size_t  i;
-
-    for (i = 0; s[i] != '\0' && i + 4 < size && i < 64; i++) {
-        buf[i] = ((unsigned char) s[i] < 0x20 || (unsigned char) s[i] >= 0x7f) ? '?' : s[i];
-    }
-    if (s[i] != '\0' && i + 4 <= size) {
-        memcpy(buf + i, "...", 3);
-        i += 3;
-    }
-    buf[i] = '\0';
-    return buf;
-}
-
 /* The status member; it must be one of the allowed ones (a 0-terminated list). */
 static int
 res_status(json_t *o, const char *what, const acme_status_t *allowed, acme_status_t *out, acme_err_t *err)
@@ -132,7 +115,7 @@ res_status(json_t *o, const char *what, const acme_status_t *allowed, acme_statu
         }
     }
     acme_err_set(err, ACME_ERR_BADRESPONSE, "%s: unexpected \"status\" \"%s\"", what,
-                 res_quote(json_string_value(v), q, sizeof(q)));
+                 acme_quote(json_string_value(v), q, sizeof(q), 64));
     return -1;
 }
 
@@ -155,7 +138,7 @@ res_url(json_t *o, const char *what, const char *name, int required, char **out,
     }
     if (!acme_url_valid(json_string_value(v))) {
         acme_err_set(err, ACME_ERR_BADRESPONSE, "%s: \"%s\" is not an http(s) URL (\"%s\")", what, name,
-                     res_quote(json_string_value(v), q, sizeof(q)));
+                     acme_quote(json_string_value(v), q, sizeof(q), 64));
         return -1;
     }
     *out = acme_strdup(json_string_value(v));
@@ -185,7 +168,7 @@ res_time(json_t *o, const char *what, const char *name, int required, time_t *ou
     }
     if (acme_time_parse(json_string_value(v), out) != 0) {
         acme_err_set(err, ACME_ERR_BADRESPONSE, "%s: \"%s\" is not an RFC 3339 time (\"%s\")", what, name,
-                     res_quote(json_string_value(v), q, sizeof(q)));
+                     acme_quote(json_string_value(v), q, sizeof(q), 64));
         return -1;
     }
     return 0;
@@ -285,7 +268,7 @@ acme_order_parse(const char *body, size_t len, acme_order_t *o, acme_err_t *err)
         if (!json_is_string(it) || !acme_url_valid(json_string_value(it))) {
             acme_err_set(err, ACME_ERR_BADRESPONSE, "order: \"authorizations[%zu]\" is not an http(s) URL%s%s%s",
                          i, json_is_string(it) ? " (\"" : "",
-                         json_is_string(it) ? res_quote(json_string_value(it), q, sizeof(q)) : "",
+                         json_is_string(it) ? acme_quote(json_string_value(it), q, sizeof(q), 64) : "",
                          json_is_string(it) ? "\")" : "");
             goto done;
         }
@@ -363,7 +346,7 @@ challenge_fill(json_t *j, const char *what, acme_challenge_t *c, acme_err_t *err
     for (i = 0; t[i] != '\0'; i++) {
         if ((unsigned char) t[i] <= 0x20 || (unsigned char) t[i] >= 0x7f || i >= RES_TYPE_MAX) {
             acme_err_set(err, ACME_ERR_BADRESPONSE, "%s: invalid \"type\" \"%s\"", what,
-                         res_quote(t, q, sizeof(q)));
+                         acme_quote(t, q, sizeof(q), 64));
             return -1;
         }
     }
@@ -395,7 +378,7 @@ challenge_fill(json_t *j, const char *what, acme_challenge_t *c, acme_err_t *err
         }
         if (!acme_token_valid(json_string_value(v))) {
             acme_err_set(err, ACME_ERR_BADRESPONSE, "%s (%s): invalid \"token\" \"%s\" (expected %d to %d "
-                         "base64url characters)", what, t, res_quote(json_string_value(v), q, sizeof(q)),
+                         "base64url characters)", what, t, acme_quote(json_string_value(v), q, sizeof(q), 64),
                          TOKEN_MIN, TOKEN_MAX);
             goto fail;
         }
@@ -480,7 +463,7 @@ authz_identifier(json_t *j, acme_authz_t *a, acme_err_t *err)
     }
     if (acme_ident_type_from_name(json_string_value(t), &type) != 0) {
         acme_err_set(err, ACME_ERR_BADRESPONSE, "authorization: unsupported identifier type \"%s\"",
-                     res_quote(json_string_value(t), q, sizeof(q)));
+                     acme_quote(json_string_value(t), q, sizeof(q), 64));
         return -1;
     }
     if (!json_is_string(v)) {
@@ -494,7 +477,7 @@ authz_identifier(json_t *j, acme_authz_t *a, acme_err_t *err)
     }
     if (a->identifier.type != type) {
         acme_err_set(err, ACME_ERR_BADRESPONSE, "authorization: identifier \"%s\" is not of type %s",
-                     res_quote(json_string_value(v), q, sizeof(q)), acme_ident_type_name(type));
+                     acme_quote(json_string_value(v), q, sizeof(q), 64), acme_ident_type_name(type));
         acme_ident_free(&a->identifier);
         return -1;
     }

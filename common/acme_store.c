@@ -15,22 +15,6 @@
 
 /* ---- key rules ---- */
 
-static const char *
-store_quote(const char *s, char *buf, size_t size)
-{
-    size_t  i;
-
-    for (i = 0; s[i] != '\0' && i + 4 < size && i < 120; i++) {
-        buf[i] = ((unsigned char) s[i] < 0x20 || (unsigned char) s[i] >= 0x7f) ? '?' : s[i];
-    }
-    if (s[i] != '\0' && i + 4 <= size) {
-        memcpy(buf + i, "...", 3);
-        i += 3;
-    }
-    buf[i] = '\0';
-    return buf;
-}
-
 /* NULL when the n bytes at s make a valid segment, else why not. */
 static const char *
 store_segment_why(const char *s, size_t n)
@@ -81,7 +65,7 @@ acme_store_name_check(const char *name, const char *what, acme_err_t *err)
         why = "longer than 200 bytes";
     }
     if (why != NULL) {
-        acme_err_set(err, ACME_ERR_INPUT, "invalid %s \"%s\": %s", what, store_quote(name, q, sizeof(q)),
+        acme_err_set(err, ACME_ERR_INPUT, "invalid %s \"%s\": %s", what, acme_quote(name, q, sizeof(q), 120),
                      why);
         return -1;
     }
@@ -166,7 +150,7 @@ acme_store_key_check(const char *key, acme_err_t *err)
         }
     }
     if (why != NULL) {
-        acme_err_set(err, ACME_ERR_INPUT, "invalid store key \"%s\": %s", store_quote(key, q, sizeof(q)), why);
+        acme_err_set(err, ACME_ERR_INPUT, "invalid store key \"%s\": %s", acme_quote(key, q, sizeof(q), 120), why);
         return -1;
     }
     return 0;
@@ -357,7 +341,7 @@ meta_get_time(json_t *o, const char *name, time_t *out, acme_err_t *err)
     }
     if (acme_time_parse(json_string_value(v), out) != 0) {
         acme_err_set(err, ACME_ERR_STORE, "\"%s\" is not an RFC 3339 time (\"%s\")", name,
-                     store_quote(json_string_value(v), q, sizeof(q)));
+                     acme_quote(json_string_value(v), q, sizeof(q), 120));
         return -1;
     }
     return 0;
@@ -844,7 +828,7 @@ challenge_key(const char *type, const char *id, acme_err_t *err)
     }
     if (strcmp(type, "http-01") == 0) {
         if (!acme_token_valid(id)) {
-            acme_err_set(err, ACME_ERR_INPUT, "invalid http-01 token \"%s\"", store_quote(id, q, sizeof(q)));
+            acme_err_set(err, ACME_ERR_INPUT, "invalid http-01 token \"%s\"", acme_quote(id, q, sizeof(q), 120));
             return NULL;
         }
         k = acme_sprintf("challenges/http-01/%s", id);
@@ -855,14 +839,14 @@ challenge_key(const char *type, const char *id, acme_err_t *err)
         {
             acme_ident_free(&ident);
             acme_err_set(err, ACME_ERR_INPUT, "invalid tls-alpn-01 server name \"%s\"",
-                         store_quote(id, q, sizeof(q)));
+                         acme_quote(id, q, sizeof(q), 120));
             return NULL;
         }
         k = acme_sprintf("challenges/tls-alpn-01/%s", ident.value);
         acme_ident_free(&ident);
 
     } else {
-        acme_err_set(err, ACME_ERR_INPUT, "unsupported challenge type \"%s\"", store_quote(type, q, sizeof(q)));
+        acme_err_set(err, ACME_ERR_INPUT, "unsupported challenge type \"%s\"", acme_quote(type, q, sizeof(q), 120));
         return NULL;
     }
     if (k == NULL) {
