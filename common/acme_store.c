@@ -229,7 +229,20 @@ acme_certmeta_free(acme_certmeta_t *m)
     free(m->profile);
     free(m->ari_cert_id);
     free(m->last_error);
+    acme_ident_errors_free(m->ident_errors, m->nident_errors);
     memset(m, 0, sizeof(*m));
+}
+
+void
+acme_ident_errors_free(acme_ident_error_t *e, size_t n)
+{
+    size_t i;
+
+    for (i = 0; e != NULL && i < n; i++) {
+        free(e[i].ident);
+        free(e[i].error);
+    }
+    free(e);
 }
 
 static int

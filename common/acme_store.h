@@ -170,6 +170,15 @@ void acme_store_list_free(char **names, size_t n);
 
 /* ---- typed records ---- */
 
+/* Why one identifier failed validation in the last attempt (the CA's problem, subproblems included). */
+typedef struct {
+    char           *ident;         /* "dns:example.org" */
+    char           *error;
+    time_t          at;
+} acme_ident_error_t;
+
+void  acme_ident_errors_free(acme_ident_error_t *e, size_t n);
+
 typedef struct {
     char           *name;          /* certs/<name> */
     acme_ident_t   *ids;
@@ -188,6 +197,8 @@ typedef struct {
     time_t          next_try;      /* after a failure, 0: none */
     char           *last_error;    /* optional */
     time_t          last_error_at;
+    acme_ident_error_t *ident_errors;   /* of the last failed attempt; none after a success */
+    size_t          nident_errors;
     time_t          issued_at;     /* when we stored it */
 } acme_certmeta_t;
 
