@@ -261,8 +261,9 @@ dir_meta(json_t *meta, acme_directory_t *dir, acme_err_t *err)
         acme_err_set(err, ACME_ERR_BADRESPONSE, "directory: \"meta\" is not an object");
         return -1;
     }
+    /* any URL scheme: Pebble's terms are a data: URL; the text is only ever shown */
     v = json_object_get(meta, "termsOfService");
-    if (json_is_string(v) && acme_url_valid(json_string_value(v))) {
+    if (json_is_string(v) && json_string_length(v) > 0) {
         dir->terms_of_service = dir_text(v);
     }
     v = json_object_get(meta, "website");

@@ -46,4 +46,12 @@ char *acme_ca_id(const char *directory_url);
  * spaces, control or non-ASCII characters. */
 int acme_url_valid(const char *s);
 
+/*
+ * Fetch and parse a directory once, blocking (on a private loop), for configuration checks such as
+ * "the CA has terms of service". timeout_ms bounds the whole fetch (0: 5 s). 0 with dir filled (free with
+ * acme_directory_free), -1 with err naming the URL. Not for an event loop's thread.
+ */
+int acme_directory_fetch(const char *directory_url, const char *ca_file, int verify, long timeout_ms,
+    acme_directory_t *dir, acme_err_t *err);
+
 #endif

@@ -26,6 +26,10 @@
 #include "acme_store.h"
 
 
+/* a CA that does not answer within this does not hold up "nginx -t" */
+#define NGX_HTTP_ACME_TOS_CHECK_TIMEOUT  5000
+
+
 static ngx_int_t ngx_http_acme_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_acme_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_acme_create_main_conf(ngx_conf_t *cf);
@@ -372,6 +376,70 @@ ngx_http_acme_read_secret(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *out)
 
 /* acme_issuer NAME { ... } */
 
+/*
+ * A CA with terms of service needs accept_terms_of_service before it lets
+ * us register: say so at "nginx -t" rather than at the first order. An
+ * account already in the store has agreed; a CA we cannot reach now is
+ * checked again at the first order (warning only).
+ */
+
+static char *
+ngx_http_acme_check_tos(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    acme_store_t *st)
+{
+    int                rc;
+    char              *ca_id, *json;
+    acme_err_t         aerr;
+    acme_directory_t   dir;
+
+    if (iss->accept_tos) {
+        return NGX_CONF_OK;
+    }
+
+    ca_id = acme_ca_id(iss->directory_url);
+    if (ca_id == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    json = NULL;
+    rc = acme_store_account_load(st, ca_id, NULL, NULL, &json, &aerr);
+    free(json);
+    free(ca_id);
+
+    if (rc == 0) {
+        return NGX_CONF_OK;
+    }
+
+    if (acme_directory_fetch(iss->directory_url, iss->ca_file, iss->verify,
+                             NGX_HTTP_ACME_TOS_CHECK_TIMEOUT, &dir, &aerr)
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "acme_issuer \"%V\": cannot check whether the CA has "
+                      "terms of service to accept (checked again at the "
+                      "first order): %s in %s:%ui", &iss->name, aerr.msg,
+                      iss->file, iss->line);
+        return NGX_CONF_OK;
+    }
+
+    if (dir.terms_of_service == NULL) {
+        acme_directory_free(&dir);
+        return NGX_CONF_OK;
+    }
+
+    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                  "acme_issuer \"%V\": the CA at \"%V\" has terms of "
+                  "service (%s): read them and add "
+                  "\"accept_terms_of_service;\" to the acme_issuer block "
+                  "in %s:%ui", &iss->name, &iss->uri, dir.terms_of_service,
+                  iss->file, iss->line);
+
+    acme_directory_free(&dir);
+
+    return NGX_CONF_ERROR;
+}
+
+
 static char *
 ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -491,7 +559,13 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    rv = ngx_http_acme_check_tos(cf, iss, st);
+
     acme_store_close(st);
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
 
     sp = amcf->stores.elts;
     for (i = 0; i < amcf->stores.nelts; i++) {

@@ -129,3 +129,34 @@ def test_eab_key_file_and_ssl_verify_off_warns(nginx_factory, tmp_path):
     ok, out = ng.test_config()
     assert ok, out
     assert "ssl_verify off" in out and "[warn]" in out
+
+
+def _issuer_without_tos(tmp_path, pebble, extra=""):
+    return (f"acme_issuer le {{\n    uri {pebble.directory_url};\n"
+            f"    ssl_trusted_certificate {pebble.ca_cert};\n"
+            f"    state_path {tmp_path}/state;\n{extra}}}\n")
+
+
+def test_terms_of_service_not_accepted(nginx_factory, tmp_path, pebble):
+    # Pebble's directory has meta.termsOfService: nginx -t says so, naming the issuer block
+    out = _check(nginx_factory, tmp_path, _conf(tmp_path, issuer=_issuer_without_tos(tmp_path, pebble)),
+                 "acme_issuer le", r"acme_issuer \"le\": the CA at .* has terms of service",
+                 r"accept_terms_of_service")
+    assert pebble.directory_url in out
+
+
+def test_terms_of_service_accepted(nginx_factory, tmp_path, pebble):
+    iss = _issuer_without_tos(tmp_path, pebble, "    accept_terms_of_service;\n")
+    ng = nginx_factory(_conf(tmp_path, issuer=iss), start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+
+
+def test_terms_of_service_unknown_when_ca_down(nginx_factory, tmp_path):
+    # a CA that cannot be reached now does not fail the configuration: a warning, checked again later
+    iss = (f"acme_issuer le {{\n    uri https://127.0.0.1:{free_port()}/dir;\n"
+           f"    state_path {tmp_path}/state;\n}}\n")
+    ng = nginx_factory(_conf(tmp_path, issuer=iss), start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert re.search(r"\[warn\].*acme_issuer \"le\": cannot check whether the CA has terms of service", out), out

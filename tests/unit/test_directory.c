@@ -1,4 +1,9 @@
 /* Directory parsing, CA names and URLs, CA ids. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <stdio.h>
 #include "unit.h"
 #include "acme_directory.h"
 
@@ -289,6 +294,57 @@ test_ca_id(void **state)
     free(b);
 }
 
+static void
+test_terms_any_scheme(void **state)
+{
+    acme_directory_t  d;
+    acme_err_t        err;
+
+    (void) state;
+    /* Pebble's terms are a data: URL; they still mean "agree first" */
+    assert_int_equal(parse("{" NN ", " NA ", " NO ", \"meta\": {\"termsOfService\": "
+                           "\"data:text/plain,Do%20what%20thou%20wilt\"}}", &d, &err), 0);
+    assert_string_equal(d.terms_of_service, "data:text/plain,Do%20what%20thou%20wilt");
+    acme_directory_free(&d);
+    /* empty or not a string: no terms */
+    assert_int_equal(parse("{" NN ", " NA ", " NO ", \"meta\": {\"termsOfService\": \"\"}}", &d, &err), 0);
+    assert_null(d.terms_of_service);
+    acme_directory_free(&d);
+    assert_int_equal(parse("{" NN ", " NA ", " NO ", \"meta\": {\"termsOfService\": 7}}", &d, &err), 0);
+    assert_null(d.terms_of_service);
+    acme_directory_free(&d);
+}
+
+static void
+test_fetch_unreachable(void **state)
+{
+    acme_directory_t  d;
+    acme_err_t        err;
+    int               fd, port;
+    struct sockaddr_in sa;
+    socklen_t         sl = sizeof(sa);
+
+    (void) state;
+    /* a port nobody listens on: bind one, read its number, close it */
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &sl), 0);
+    port = ntohs(sa.sin_port);
+    close(fd);
+
+    {
+        char url[64];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/dir", port);
+        assert_int_equal(acme_directory_fetch(url, NULL, 1, 2000, &d, &err), -1);
+        assert_int_equal(err.kind, ACME_ERR_NETWORK);
+        assert_non_null(strstr(err.msg, url));
+        assert_null(d.new_nonce);
+    }
+}
+
 int
 main(void)
 {
@@ -302,6 +358,8 @@ main(void)
         cmocka_unit_test(test_ca_bad),
         cmocka_unit_test(test_url_valid),
         cmocka_unit_test(test_ca_id),
+        cmocka_unit_test(test_terms_any_scheme),
+        cmocka_unit_test(test_fetch_unreachable),
     };
 
     return cmocka_run_group_tests_name("directory", tests, NULL, NULL);
