@@ -1,5 +1,6 @@
 /* RFC 8555 client for one CA and one account: directory, nonces, signed requests, account operations. */
 #include "acme_client.h"
+#include "acme_keygen.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ struct op_s {
 
 struct acme_client_s {
     acme_loop_t         *loop;
+    acme_keygen_t       *keygen;            /* making a new account key */
     acme_store_t        *store;
     acme_http_conf_t     http;
     char                *directory_url;
@@ -72,6 +74,23 @@ struct acme_client_s {
 
 static void op_start(op_t *op);
 static void client_register(acme_client_t *c);
+static void client_notify(acme_client_t *c, const acme_err_t *err);
+
+static void
+account_key_done(void *arg, EVP_PKEY *key, const acme_err_t *err)
+{
+    acme_client_t *c = arg;
+
+    c->keygen = NULL;
+    if (err != NULL) {
+        acme_err_t e = *err;
+        acme_err_prefix(&e, "generating the account key");
+        client_notify(c, &e);
+        return;
+    }
+    c->key = key;
+    client_register(c);
+}
 
 /* ---- small helpers ---- */
 
@@ -247,6 +266,7 @@ acme_client_free(acme_client_t *c)
     if (c == NULL) {
         return;
     }
+    acme_keygen_cancel(c->keygen);
     for (op = c->ops; op != NULL; op = next) {
         next = op->next;
         acme_http_cancel(op->req);
@@ -624,12 +644,11 @@ client_account(acme_client_t *c)
         return;
     }
     if (c->key == NULL) {
-        c->key = acme_key_generate(&c->account_keyspec, &err);
-        if (c->key == NULL) {
+        /* off the loop: an RSA key can take seconds */
+        c->keygen = acme_keygen_start(c->loop, &c->account_keyspec, account_key_done, c, &err);
+        if (c->keygen == NULL) {
             client_notify(c, &err);
-            return;
         }
-        client_register(c);
         return;
     }
     /* a known key without a URL (an admin's key file, or the CA forgot us): look it up first */

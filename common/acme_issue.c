@@ -1,5 +1,6 @@
 /* The order state machine: newOrder (or resume), authorizations, challenges, finalize, download, store. */
 #include "acme_issue.h"
+#include "acme_keygen.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,7 @@ struct acme_issue_s {
     acme_order_t            order;
     int                     have_order;
     EVP_PKEY               *cert_key;
+    acme_keygen_t          *keygen;         /* making cert_key */
     size_t                  authz_i;
     char                   *chall_url;
     time_t                  wait_start;
@@ -118,6 +120,7 @@ job_free(acme_issue_t *job)
 
     withdraw_all(job);
     acme_timer_cancel(job->loop, job->timer);
+    acme_keygen_cancel(job->keygen);
     if (job->lock != NULL) {
         job->store->ops->unlock(job->lock);
     }
@@ -1058,6 +1061,22 @@ new_order_payload(acme_issue_t *job, acme_err_t *err)
 }
 
 static void
+cert_key_done(void *arg, EVP_PKEY *key, const acme_err_t *err)
+{
+    acme_issue_t *job = arg;
+
+    job->keygen = NULL;
+    if (err != NULL) {
+        acme_err_t e = *err;
+        acme_err_prefix(&e, "generating the key for \"%s\"", job->name);
+        job_fail(job, &e);
+        return;
+    }
+    job->cert_key = key;
+    job_step(job);
+}
+
+static void
 job_step(acme_issue_t *job)
 {
     acme_err_t   err;
@@ -1078,11 +1097,12 @@ job_step(acme_issue_t *job)
 
     case J_NEW_ORDER:
         if (job->cert_key == NULL) {
-            job->cert_key = acme_key_generate(&job->keyspec, &err);
-            if (job->cert_key == NULL) {
+            /* off the loop: an RSA key can take seconds */
+            job->keygen = acme_keygen_start(job->loop, &job->keyspec, cert_key_done, job, &err);
+            if (job->keygen == NULL) {
                 job_fail(job, &err);
-                return;
             }
+            return;
         }
         s = new_order_payload(job, &err);
         if (s == NULL) {

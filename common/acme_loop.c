@@ -372,3 +372,9 @@ acme_log(acme_loop_t *loop, int level, const char *fmt, ...)
     }
     fprintf(stderr, "%s\n", msg);
 }
+
+int
+acme_loop_hosted(const acme_loop_t *loop)
+{
+    return loop->hosted;
+}

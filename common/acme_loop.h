@@ -50,6 +50,8 @@ void acme_loop_on_socket(acme_loop_t *loop, int fd, int events);
 void acme_loop_run(acme_loop_t *loop, volatile int *stop, long timeout_ms);
 /* Wake acme_loop_run from another thread (it re-checks *stop). */
 void acme_loop_wakeup(acme_loop_t *loop);
+/* 1 when the loop runs under a host's event loop (nothing may block), 0 in blocking mode. */
+int acme_loop_hosted(const acme_loop_t *loop);
 /* Number of timers and transfers in flight. */
 size_t acme_loop_pending(acme_loop_t *loop);
 

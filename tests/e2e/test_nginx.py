@@ -1,6 +1,7 @@
 """nginx + ngx_http_acme_module against Pebble: issuance, serving, hot swap, status, reload."""
 
 import json
+import re
 import threading
 import time
 
@@ -32,7 +33,7 @@ def status(port, sni, path="/acme"):
     return r.json()
 
 
-def basic_conf(pebble, tmp_path, https, name=NAME, challenge=None, extra_server=""):
+def basic_conf(pebble, tmp_path, https, name=NAME, challenge=None, extra_server="", cert_args=""):
     return issuer_block("pebble", pebble, tmp_path / "state", challenge=challenge) + f"""
     server {{
         listen 127.0.0.1:{pebble.http_port};
@@ -42,7 +43,7 @@ def basic_conf(pebble, tmp_path, https, name=NAME, challenge=None, extra_server=
     server {{
         listen 127.0.0.1:{https} ssl;
         server_name {name};
-        acme_certificate pebble;
+        acme_certificate pebble {cert_args};
         {extra_server}
         location / {{ return 200 "tls\\n"; }}
         location = /acme {{ acme_status; }}
@@ -305,3 +306,22 @@ def test_reload_storm_during_issuance_places_one_order(pebble, nginx_factory, tm
     assert serial in pebble.issued_serials()
     assert pebble.issued_count() == 1
     assert pebble.order_count() == 1, pebble.order_count()
+
+
+def test_rsa_key_made_off_the_worker(pebble, nginx_factory, tmp_path):
+    # an RSA-4096 key takes about a second: the leader worker hands it to a child process and keeps
+    # serving; the certificate still arrives, and nginx is not confused by the extra child
+    https = free_port()
+    conf = basic_conf(pebble, tmp_path, https, cert_args="key=rsa:4096")
+    ng = nginx_factory(conf, wait_port=https)
+    ng.wait_log(r"acme: generating an RSA-4096 key in child process \d+", timeout=30)
+
+    def issued():
+        try:
+            c = tls_cert(https, NAME, tls12=True, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+        except Exception:  # noqa: BLE001
+            return None
+        return c if "Pebble" in cert_issuer(c) else None
+    c = wait_for(issued, 60, interval=0.3, what="the RSA-4096 certificate")
+    assert "Public-Key: (4096 bit)" in cert_text(c)
+    assert not re.search(r"\[(alert|crit|emerg)\]", ng.log_text())
