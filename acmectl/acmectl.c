@@ -41,6 +41,8 @@ typedef struct {
     acme_loop_t     *loop;
     acme_client_t   *client;
     char            *ca_url;
+    acme_ident_error_t *ident_errors;  /* of the last failed issuance */
+    size_t           nident_errors;
 } ctl_t;
 
 /* A blocking wait on the loop for one asynchronous operation. */
@@ -245,6 +247,7 @@ ch_withdraw(void *data, const char *type, const acme_ident_t *id, const char *to
 typedef struct {
     wait_t  w;
     char   *name;
+    ctl_t  *ctl;
 } issue_wait_t;
 
 static void
@@ -253,6 +256,10 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
     issue_wait_t *iw = arg;
 
     iw->name = acme_strdup(name);
+    if (err != NULL) {
+        acme_ident_errors_free(iw->ctl->ident_errors, iw->ctl->nident_errors);
+        iw->ctl->nident_errors = acme_issue_take_ident_errors(&iw->ctl->ident_errors);
+    }
     wait_done(&iw->w, err);
 }
 
@@ -336,6 +343,7 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     ch.withdraw = ch_withdraw;
 
     memset(&iw, 0, sizeof(iw));
+    iw.ctl = ctl;
     job = acme_issue_start(ctl->client, &req, &ch, issue_done, &iw, &err);
     if (job == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
@@ -346,6 +354,12 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     acmectl_chsrv_stop(o->srv);
     if (rc != 0 && fail != NULL) {
         *fail = iw.w.err;
+    }
+    if (rc != 0) {
+        size_t i;
+        for (i = 0; i < ctl->nident_errors; i++) {
+            fprintf(stderr, "acmectl: %s: %s\n", ctl->ident_errors[i].ident, ctl->ident_errors[i].error);
+        }
     }
     if (rc == 0) {
         printf("issued %s\n", iw.name);
@@ -533,6 +547,13 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
     f.last_error_at = now;
     free(f.last_error);
     f.last_error = acme_strdup(err->msg);
+    if (ctl->nident_errors > 0) {
+        acme_ident_errors_free(f.ident_errors, f.nident_errors);
+        f.ident_errors = ctl->ident_errors;
+        f.nident_errors = ctl->nident_errors;
+        ctl->ident_errors = NULL;
+        ctl->nident_errors = 0;
+    }
     if (acme_store_meta_save(ctl->store, &f, NULL) == 0) {
         fprintf(stderr, "acmectl: next attempt not before %s\n",
                 acme_time_format(f.next_try, tb, sizeof(tb)));
@@ -651,6 +672,7 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
                                                 : m->not_after < time(NULL) ? "expired"
                                                 : m->failures ? "failing" : "valid"));
     json_object_set_new(o, "last_error", m->last_error ? json_string(m->last_error) : json_null());
+    json_object_set_new(o, "identifier_errors", acme_certmeta_ident_errors_json(m));
     json_object_set_new(o, "failures", json_integer(m->failures));
     return o;
 }
@@ -1221,5 +1243,6 @@ main(int argc, char **argv)
     acme_store_close(ctl.store);
     free(ctl.ca_url);
     free(ctl.contact);
+    acme_ident_errors_free(ctl.ident_errors, ctl.nident_errors);
     return rc;
 }

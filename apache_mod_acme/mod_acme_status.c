@@ -66,6 +66,8 @@ status_from_store(request_rec *r)
         json_object_set_new(o, "failures", json_integer(have ? meta.failures : 0));
         json_object_set_new(o, "last_error", have && meta.last_error ? json_string(meta.last_error)
                                                                      : json_null());
+        json_object_set_new(o, "identifier_errors", have ? acme_certmeta_ident_errors_json(&meta)
+                                                         : json_array());
         if (have) {
             acme_certmeta_free(&meta);
         }

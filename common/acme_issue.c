@@ -62,6 +62,8 @@ struct acme_issue_s {
     acme_order_t            order;
     int                     have_order;
     EVP_PKEY               *cert_key;
+    acme_ident_error_t     *ident_errors;   /* why identifiers failed, for the caller's status */
+    size_t                  nident_errors;
     acme_keygen_t          *keygen;         /* making cert_key */
     size_t                  authz_i;
     char                   *chall_url;
@@ -141,6 +143,7 @@ job_free(acme_issue_t *job)
         acme_order_free(&job->order);
     }
     EVP_PKEY_free(job->cert_key);
+    acme_ident_errors_free(job->ident_errors, job->nident_errors);
     free(job->chall_url);
     free(job->chain_pem);
     for (i = 0; i < job->nalternates; i++) {
@@ -150,18 +153,100 @@ job_free(acme_issue_t *job)
     free(job);
 }
 
+/* The finishing job's identifier errors, for acme_issue_take_ident_errors() inside done (the job itself
+ * is gone by then: its lock must be free when done starts the next attempt). One loop per thread. */
+static __thread acme_ident_error_t  *finishing_errors;
+static __thread size_t               finishing_nerrors;
+
+size_t
+acme_issue_take_ident_errors(acme_ident_error_t **errs)
+{
+    size_t n = finishing_nerrors;
+
+    *errs = finishing_errors;
+    finishing_errors = NULL;
+    finishing_nerrors = 0;
+    return n;
+}
+
 static void
 job_finish(acme_issue_t *job, const acme_err_t *err)
 {
     acme_issue_done_pt  done = job->done;
     void               *arg = job->arg;
     char               *name = job->name;
+    acme_ident_error_t *errs = NULL, *outer_errs = finishing_errors;
+    size_t              nerrs = 0, outer_n = finishing_nerrors;
 
     job->name = NULL;
     job->state = J_DONE;
+    if (err != NULL) {
+        errs = job->ident_errors;
+        nerrs = job->nident_errors;
+        job->ident_errors = NULL;
+        job->nident_errors = 0;
+    }
     job_free(job);
+    finishing_errors = errs;
+    finishing_nerrors = nerrs;
     done(arg, name, err);
+    /* whatever done did not take */
+    acme_ident_errors_free(finishing_errors, finishing_nerrors);
+    finishing_errors = outer_errs;
+    finishing_nerrors = outer_n;
     free(name);
+}
+
+/* Remember why one identifier failed ("dns:example.org": the CA's problem, subproblems included). */
+static void
+ident_error_add(acme_issue_t *job, const char *type, const char *value, const char *msg)
+{
+    acme_ident_error_t *e;
+    size_t              i;
+
+    for (i = 0; i < job->nident_errors; i++) {
+        e = &job->ident_errors[i];
+        if (strncmp(e->ident, type, strlen(type)) == 0 && e->ident[strlen(type)] == ':'
+            && strcmp(e->ident + strlen(type) + 1, value) == 0)
+        {
+            return;     /* the first reason is the one that counts */
+        }
+    }
+    e = realloc(job->ident_errors, (job->nident_errors + 1) * sizeof(*e));
+    if (e == NULL) {
+        return;
+    }
+    job->ident_errors = e;
+    e = &e[job->nident_errors];
+    e->ident = acme_sprintf("%s:%s", type, value);
+    e->error = acme_strdup(msg);
+    e->at = time(NULL);
+    if (e->ident == NULL || e->error == NULL) {
+        free(e->ident);
+        free(e->error);
+        return;
+    }
+    job->nident_errors++;
+}
+
+/* An order's or authorization's problem: its subproblems name identifiers (RFC 8555 6.7.1). */
+static void
+ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p)
+{
+    size_t  i;
+    char   *msg;
+
+    for (i = 0; p != NULL && i < p->nsubproblems; i++) {
+        const acme_problem_t *sp = &p->subproblems[i];
+        if (sp->ident_type == NULL || sp->ident_value == NULL) {
+            continue;
+        }
+        msg = acme_problem_message(sp);
+        if (msg != NULL) {
+            ident_error_add(job, sp->ident_type, sp->ident_value, msg);
+            free(msg);
+        }
+    }
 }
 
 static void
@@ -440,6 +525,7 @@ order_invalid(acme_issue_t *job, const char *what)
     acme_err_t  err;
 
     if (job->order.error != NULL) {
+        ident_errors_from_problem(job, job->order.error);
         acme_problem_to_err(job->order.error, what, &err);
     } else {
         acme_err_set(&err, ACME_ERR_CA, "%s: the order became %s", what,
@@ -679,6 +765,20 @@ authz_problem(acme_issue_t *job, acme_authz_t *a, acme_challenge_t *c)
         acme_problem_to_err(c->error, what, &err);
     } else {
         acme_err_set(&err, ACME_ERR_CA, "%s (status %s)", what, acme_status_name(a->status));
+    }
+    {
+        char *msg = c != NULL && c->error != NULL ? acme_problem_message(c->error) : NULL;
+        char  fb[200];
+
+        if (msg == NULL) {
+            snprintf(fb, sizeof(fb), "%s is %s", c ? c->type : "the authorization",
+                     acme_status_name(c ? c->status : a->status));
+        }
+        ident_error_add(job, acme_ident_type_name(a->identifier.type), a->identifier.value, msg ? msg : fb);
+        free(msg);
+        if (c != NULL) {
+            ident_errors_from_problem(job, c->error);
+        }
     }
     order_forget(job);
     job_fail(job, &err);
@@ -1285,12 +1385,4 @@ nomem:
     acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
     job_free(job);
     return NULL;
-}
-
-size_t
-acme_issue_take_ident_errors(acme_issue_t *job, acme_ident_error_t **errs)
-{
-    (void) job;
-    *errs = NULL;
-    return 0;
 }

@@ -52,9 +52,10 @@ acme_issue_t *acme_issue_start(acme_client_t *c, const acme_issue_req_t *req,
  * be validating. */
 void acme_issue_cancel(acme_issue_t *job);
 
-/* Inside done (err != NULL) only: hands the per-identifier validation errors of this attempt to the caller
- * (free with acme_ident_errors_free). Returns their number, 0 when the failure was not an identifier's. */
-size_t acme_issue_take_ident_errors(acme_issue_t *job, acme_ident_error_t **errs);
+/* Inside done (err != NULL) only: hands the per-identifier validation errors of the finishing job to the
+ * caller (free with acme_ident_errors_free). Returns their number, 0 when the failure was not an
+ * identifier's. */
+size_t acme_issue_take_ident_errors(acme_ident_error_t **errs);
 /* What the job is doing now ("authorizing example.org", "finalizing", ...), for status pages. */
 const char *acme_issue_state(acme_issue_t *job);
 

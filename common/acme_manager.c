@@ -434,6 +434,9 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         c->meta.next_try = 0;
         free(c->meta.last_error);
         c->meta.last_error = NULL;
+        acme_ident_errors_free(c->meta.ident_errors, c->meta.nident_errors);
+        c->meta.ident_errors = NULL;
+        c->meta.nident_errors = 0;
         c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
         c->meta.ari_next_check = now;
         acme_store_meta_save(m->store, &c->meta, NULL);
@@ -446,6 +449,16 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
     if (err->kind == ACME_ERR_BUSY) {
         cert_later(c, BUSY_RETRY_MS);
         return;
+    }
+    {
+        acme_ident_error_t *ie;
+        size_t              n = acme_issue_take_ident_errors(&ie);
+
+        if (n > 0) {
+            acme_ident_errors_free(c->meta.ident_errors, c->meta.nident_errors);
+            c->meta.ident_errors = ie;
+            c->meta.nident_errors = n;
+        }
     }
     if (c->issuer_i + 1 < c->nissuers && err->kind != ACME_ERR_STORE) {
         acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": issuer \"%s\" failed, trying \"%s\": %s", c->name,
@@ -724,6 +737,7 @@ acme_manager_status(acme_manager_t *m)
         json_object_set_new(o, "failures", json_integer(c->meta.failures));
         json_object_set_new(o, "last_error", c->meta.last_error ? json_string(c->meta.last_error)
                                                                 : json_null());
+        json_object_set_new(o, "identifier_errors", acme_certmeta_ident_errors_json(&c->meta));
         json_array_append_new(arr, o);
     }
     return json_pack("{s:o}", "certificates", arr);

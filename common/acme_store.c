@@ -265,6 +265,25 @@ meta_set_time(json_t *o, const char *name, time_t t)
     return json_object_set_new(o, name, json_string(buf));
 }
 
+json_t *
+acme_certmeta_ident_errors_json(const acme_certmeta_t *m)
+{
+    json_t  *arr = json_array(), *e;
+    size_t   i;
+    char     tb[32];
+
+    for (i = 0; arr != NULL && i < m->nident_errors; i++) {
+        e = json_pack("{s:s, s:s, s:s}", "identifier", m->ident_errors[i].ident,
+                      "error", m->ident_errors[i].error,
+                      "at", acme_time_format(m->ident_errors[i].at, tb, sizeof(tb)));
+        if (e == NULL || json_array_append_new(arr, e) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
 char *
 acme_certmeta_to_json(const acme_certmeta_t *m)
 {
@@ -309,6 +328,10 @@ acme_certmeta_to_json(const acme_certmeta_t *m)
     rc |= meta_set_time(o, "next_try", m->next_try);
     rc |= meta_set_str(o, "last_error", m->last_error);
     rc |= meta_set_time(o, "last_error_at", m->last_error_at);
+    if (m->nident_errors > 0) {
+        json_t *arr = acme_certmeta_ident_errors_json(m);
+        rc |= arr ? json_object_set_new(o, "identifier_errors", arr) : -1;
+    }
     if (rc != 0) {
         json_decref(o);
         return NULL;
@@ -356,6 +379,57 @@ meta_get_time(json_t *o, const char *name, time_t *out, acme_err_t *err)
         acme_err_set(err, ACME_ERR_STORE, "\"%s\" is not an RFC 3339 time (\"%s\")", name,
                      acme_quote(json_string_value(v), q, sizeof(q), 120));
         return -1;
+    }
+    return 0;
+}
+
+#define META_IDENT_ERRORS_MAX  100
+
+static int
+meta_get_ident_errors(json_t *o, acme_certmeta_t *m, acme_err_t *err)
+{
+    json_t              *v, *it;
+    size_t               i, n;
+    acme_ident_error_t  *e;
+
+    v = json_object_get(o, "identifier_errors");
+    if (v == NULL || json_is_null(v)) {
+        return 0;
+    }
+    n = json_is_array(v) ? json_array_size(v) : 0;
+    if (!json_is_array(v) || n > META_IDENT_ERRORS_MAX) {
+        acme_err_set(err, ACME_ERR_STORE, "\"identifier_errors\" is not an array of at most %d entries",
+                     META_IDENT_ERRORS_MAX);
+        return -1;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    m->ident_errors = calloc(n, sizeof(acme_ident_error_t));
+    if (m->ident_errors == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        it = json_array_get(v, i);
+        e = &m->ident_errors[i];
+        m->nident_errors = i + 1;
+        if (!json_is_object(it)
+            || meta_get_str(it, "identifier", &e->ident, err) != 0
+            || meta_get_str(it, "error", &e->error, err) != 0
+            || meta_get_time(it, "at", &e->at, err) != 0)
+        {
+            if (json_is_object(it)) {
+                acme_err_prefix(err, "\"identifier_errors\"[%zu]", i);
+            } else {
+                acme_err_set(err, ACME_ERR_STORE, "\"identifier_errors\"[%zu] is not an object", i);
+            }
+            return -1;
+        }
+        if (e->ident == NULL || e->error == NULL) {
+            acme_err_set(err, ACME_ERR_STORE, "\"identifier_errors\"[%zu]: needs \"identifier\" and \"error\"", i);
+            return -1;
+        }
     }
     return 0;
 }
@@ -464,7 +538,8 @@ acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_
         || meta_get_time(o, "ari_next_check", &m->ari_next_check, err) != 0
         || meta_get_time(o, "renew_at", &m->renew_at, err) != 0
         || meta_get_time(o, "next_try", &m->next_try, err) != 0
-        || meta_get_time(o, "last_error_at", &m->last_error_at, err) != 0)
+        || meta_get_time(o, "last_error_at", &m->last_error_at, err) != 0
+        || meta_get_ident_errors(o, m, err) != 0)
     {
         goto done;
     }

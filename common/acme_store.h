@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <time.h>
+#include <jansson.h>
 #include "acme_err.h"
 #include "acme_ident.h"
 #include "acme_key.h"
@@ -197,7 +198,8 @@ typedef struct {
     time_t          next_try;      /* after a failure, 0: none */
     char           *last_error;    /* optional */
     time_t          last_error_at;
-    acme_ident_error_t *ident_errors;   /* of the last failed attempt; none after a success */
+    acme_ident_error_t *ident_errors;   /* of the last failure that concerned identifiers; none after a
+                                         * success */
     size_t          nident_errors;
     time_t          issued_at;     /* when we stored it */
 } acme_certmeta_t;
@@ -205,6 +207,8 @@ typedef struct {
 void  acme_certmeta_free(acme_certmeta_t *m);
 /* JSON text (malloc'd) and back; unknown members ignored, bad members refused with err. */
 char *acme_certmeta_to_json(const acme_certmeta_t *m);
+/* [{"identifier", "error", "at"}] for status pages (a new reference; an empty array when none). */
+json_t *acme_certmeta_ident_errors_json(const acme_certmeta_t *m);
 int   acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_t *err);
 
 /*

@@ -2,6 +2,7 @@
 account, a read-only state directory, an untrusted CA certificate."""
 
 import json
+import re
 import os
 import signal
 import time
@@ -75,6 +76,8 @@ def test_challenge_failure_reaches_log_and_status(apache_factory, pebble, procs,
     st = harness.wait_for(failing, timeout=20, interval=0.3, what="the failure in the status")
     assert st["state"] == "failing" and name in st["last_error"], st
     assert "http-01" in st["last_error"]
+    assert [e["identifier"] for e in st["identifier_errors"]] == [f"dns:{name}"], st
+    assert re.search(r"connection|refused|connect", st["identifier_errors"][0]["error"]), st
     assert "next try at" in a.log() and name in a.log()
     status, _, _, _ = tls_get(a.https_port, name)
     assert status == 503

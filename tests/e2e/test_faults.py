@@ -590,6 +590,11 @@ def test_challenge_failure_problem_reaches_stderr_and_status(ctl, proxy, pebble_
     assert p.stderr.count(line) == 1, "the error is reported once"
     st = ctl.status(name)
     assert st["last_error"] == line and st["failures"] == 1 and st["state"] == "failing"
+    # per identifier: the one whose validation failed, with the CA's problem
+    ie = st["identifier_errors"]
+    assert ie and all(e["identifier"] in (f"dns:{name}", f"dns:www.{name}") for e in ie), ie
+    assert re.search(CHALLENGE_FAILURES[how], ie[0]["error"]), ie
+    assert re.search(rf"^acmectl: {re.escape(ie[0]['identifier'])}: ", p.stderr, re.M), p.stderr
     assert 240 - 5 <= backoff_of(ctl, name) <= 360 + 5
     assert_unchanged(ctl, name, before)
     assert not (ctl.certdir(name) / "order.json").exists(), "a failed order must be forgotten"

@@ -701,6 +701,58 @@ expect_meta_bad(const char *js, const char *msg_part)
 }
 
 static void
+test_certmeta_ident_errors(void **state)
+{
+    acme_certmeta_t  m, back;
+    acme_err_t       err;
+    char            *js;
+    json_t          *arr;
+
+    memset(&m, 0, sizeof(m));
+    m.name = strdup("two.example");
+    m.ident_errors = calloc(2, sizeof(acme_ident_error_t));
+    m.nident_errors = 2;
+    m.ident_errors[0].ident = strdup("dns:a.two.example");
+    m.ident_errors[0].error = strdup("unauthorized: key authorization did not match");
+    m.ident_errors[0].at = 1700000000;
+    m.ident_errors[1].ident = strdup("ip:192.0.2.1");
+    m.ident_errors[1].error = strdup("connection: refused");
+    m.ident_errors[1].at = 1700000001;
+    js = acme_certmeta_to_json(&m);
+    assert_non_null(strstr(js, "\"identifier_errors\""));
+    assert_int_equal(acme_certmeta_from_json(js, strlen(js), &back, &err), 0);
+    assert_int_equal(back.nident_errors, 2);
+    assert_string_equal(back.ident_errors[0].ident, "dns:a.two.example");
+    assert_string_equal(back.ident_errors[1].error, "connection: refused");
+    assert_int_equal(back.ident_errors[1].at, 1700000001);
+    arr = acme_certmeta_ident_errors_json(&back);
+    assert_int_equal(json_array_size(arr), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 0), "identifier")),
+                        "dns:a.two.example");
+    json_decref(arr);
+    free(js);
+    acme_certmeta_free(&back);
+    acme_certmeta_free(&m);
+
+    /* none: the member is left out, and the status array is empty */
+    memset(&m, 0, sizeof(m));
+    js = acme_certmeta_to_json(&m);
+    assert_null(strstr(js, "identifier_errors"));
+    arr = acme_certmeta_ident_errors_json(&m);
+    assert_int_equal(json_array_size(arr), 0);
+    json_decref(arr);
+    free(js);
+
+    expect_meta_bad("{\"name\": \"x\", \"identifiers\": [], \"identifier_errors\": 3}", "\"identifier_errors\"");
+    expect_meta_bad("{\"name\": \"x\", \"identifiers\": [], \"identifier_errors\": [7]}",
+                    "\"identifier_errors\"[0]");
+    expect_meta_bad("{\"name\": \"x\", \"identifiers\": [], \"identifier_errors\": [{\"identifier\": \"dns:a\"}]}",
+                    "needs");
+    expect_meta_bad("{\"name\": \"x\", \"identifiers\": [], \"identifier_errors\": "
+                    "[{\"identifier\": \"dns:a\", \"error\": \"e\", \"at\": 5}]}", "\"at\"");
+}
+
+static void
 test_certmeta_bad(void **state)
 {
     acme_certmeta_t  m;
@@ -928,6 +980,7 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_certmeta_ident_errors),
         cmocka_unit_test_setup_teardown(test_put_get_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_get_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_del_list, setup, teardown),
