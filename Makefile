@@ -92,6 +92,11 @@ test-asan:
 	$(MAKE) BUILD=build/asan OPT=-O1 MODULES= \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
+# nginx and the module under valgrind through 50 forced renewals (also part of `make test`).
+.PHONY: test-valgrind
+test-valgrind: check-deps all
+	ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/test_nginx_valgrind.py
+
 clean:
 	rm -rf $(BUILD)
 
