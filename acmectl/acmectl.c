@@ -537,9 +537,12 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
     acme_certmeta_t  f;
     time_t           now = time(NULL);
     char             tb[32];
+    acme_err_t       serr;
 
     memset(&f, 0, sizeof(f));
-    if (acme_store_meta_load(ctl->store, name, &f, NULL) != 0) {
+    if (acme_store_meta_load(ctl->store, name, &f, &serr) != 0) {
+        fprintf(stderr, "acmectl: cannot record the failure of \"%s\": reading its metadata: %s\n", name,
+                serr.msg);
         return;
     }
     f.failures++;
@@ -554,9 +557,11 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
         ctl->ident_errors = NULL;
         ctl->nident_errors = 0;
     }
-    if (acme_store_meta_save(ctl->store, &f, NULL) == 0) {
+    if (acme_store_meta_save(ctl->store, &f, &serr) == 0) {
         fprintf(stderr, "acmectl: next attempt not before %s\n",
                 acme_time_format(f.next_try, tb, sizeof(tb)));
+    } else {
+        fprintf(stderr, "acmectl: cannot record the failure of \"%s\" in the store: %s\n", name, serr.msg);
     }
     acme_certmeta_free(&f);
 }

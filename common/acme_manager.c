@@ -383,7 +383,8 @@ cert_later(mcert_t *c, long ms)
 static void
 cert_record_failure(mcert_t *c, const acme_err_t *err)
 {
-    time_t now = time(NULL);
+    time_t      now = time(NULL);
+    acme_err_t  serr;
 
     if (c->meta.name == NULL) {
         /* no certificate yet: a meta record of its own, so status and back-off survive restarts */
@@ -403,8 +404,9 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
     free(c->meta.last_error);
     c->meta.last_error = acme_strdup(err->msg);
     c->meta.last_error_at = now;
-    if (acme_store_meta_save(c->m->store, &c->meta, NULL) != 0) {
-        acme_log(c->m->loop, ACME_LOG_ERR, "acme: \"%s\": cannot record the failure in the store", c->name);
+    if (acme_store_meta_save(c->m->store, &c->meta, &serr) != 0) {
+        acme_log(c->m->loop, ACME_LOG_ERR, "acme: \"%s\": cannot record the failure in the store: %s", c->name,
+                 serr.msg);
     }
     {
         char tb[32];
@@ -422,6 +424,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
     acme_manager_t  *m = c->m;
     time_t           now = time(NULL);
     acme_renew_reason_t r;
+    acme_err_t       serr;
 
     (void) name;
     c->job = NULL;
@@ -439,7 +442,10 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         c->meta.nident_errors = 0;
         c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
         c->meta.ari_next_check = now;
-        acme_store_meta_save(m->store, &c->meta, NULL);
+        if (acme_store_meta_save(m->store, &c->meta, &serr) != 0) {
+            acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot store the renewal schedule: %s", c->name,
+                     serr.msg);
+        }
         if (m->host.cert_updated != NULL) {
             m->host.cert_updated(m->host.data, c->name);
         }
