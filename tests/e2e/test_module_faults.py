@@ -1,10 +1,12 @@
-"""The CA answers garbage, seen from the servers: nginx (2 workers) and Apache with mod_acme talk to
+"""Faults seen from the servers. The CA answers garbage: nginx (2 workers) and Apache with mod_acme talk to
 Pebble through fault_proxy.FaultProxy. Each answer is refused with a clear error in the error log and
 in the status JSON; nothing bad is stored or served: the fallback certificate (nothing issued yet) or
 the old certificate (a forced renewal hit the garbage) keeps being served, and once the CA behaves
 again the certificate arrives with no reload.
 
-The same faults against acmectl, with their exact messages, are in test_faults.py."""
+The same faults against acmectl, with their exact messages, are in test_faults.py. Also: a challenge
+failure per identifier in nginx's acme_status, and a Pebble that rejects half the nonces and reuses
+every authorization."""
 
 import re
 import time
@@ -205,3 +207,54 @@ def test_nginx_challenge_failure_per_identifier(pebble, nginx_factory, tmp_path)
     assert re.search(r"connection|refused|connect", c["identifier_errors"][0]["error"]), c
     assert re.search(rf"dns {re.escape(name)}: http-01 failed", c["last_error"]), c
     assert re.search(r"\[error\].*http-01 failed", ng.log_text())
+
+
+STRESS = {"PEBBLE_WFE_NONCEREJECT": "50", "PEBBLE_AUTHZREUSE": "100"}
+
+
+def test_nginx_stressed_pebble(pebble_factory, nginx_factory, tmp_path):
+    """Half the nonces rejected (badNonce retries) and authorizations reused (orders that are
+    ready at once): two certificates for overlapping names, then a forced renewal, all served."""
+    pb = pebble_factory(env=STRESS)
+    https = harness.free_port()
+    names = ["stress.nginx.example.org", "www.stress.nginx.example.org"]
+    conf = issuer_block("pebble", pb, tmp_path / "state") + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        server_name {' '.join(names)};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {' '.join(names)};
+        acme_certificate pebble;
+        acme_certificate pebble {names[0]} key=rsa:2048;
+        location = /acme {{ acme_status; }}
+    }}
+"""
+    nginx_factory(conf, wait_port=https)
+
+    def all_valid():
+        st = https_get(https, names[0], "/acme").json()["certificates"]
+        return st if len(st) == 2 and all(c["state"] == "valid" for c in st) else None
+    harness.wait_for(all_valid, 60, interval=0.3, what="both certificates")
+    before = _pebble_serial(https, names[0], None)
+    assert before
+    assert https_get(https, names[0], f"/acme?renew={names[1]}", method="POST").status == 202
+    harness.wait_for(lambda: (lambda s: s if s and s != before else None)(_pebble_serial(https, names[0], None)),
+                     60, interval=0.3, what="the renewed certificate")
+    assert pb.issued_count() == 3
+
+
+def test_apache_stressed_pebble(pebble_factory, apache_factory, procs):  # noqa: F811
+    pb = pebble_factory(env=STRESS)
+    names = ["stress.apache.example.org", "www.stress.apache.example.org"]
+    a = apache_factory(pb, name="apache-stress")
+    a.vhosts = a.managed_vhosts(names)
+    a.start(procs)
+    a.wait_valid(names[0], timeout=60)
+    old = a_cert_serial(tls_get(a.https_port, names[0])[2])
+    assert a.renew(names[0]).status == 202
+    harness.wait_for(lambda: (lambda s: s if s[0] == 200 and a_cert_serial(s[2]) != old else None)(
+        tls_get(a.https_port, names[1])), 60, interval=0.3, what="the renewed certificate")
+    assert pb.issued_count() == 2
