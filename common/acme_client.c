@@ -13,6 +13,9 @@
 #include "acme_problem.h"
 
 #define NONCE_RETRIES  10
+/* Replay-Nonces kept for the next signed requests: every response brings one, so concurrent orders rarely
+ * need a HEAD newNonce. */
+#define NONCE_POOL     8
 
 typedef enum { CL_NONE = 0, CL_DIRECTORY, CL_ACCOUNT, CL_READY } cl_state_t;
 
@@ -62,7 +65,8 @@ struct acme_client_s {
     int                  have_dir;
     EVP_PKEY            *key;
     char                *account_url;
-    char                *nonce;
+    char                *nonces[NONCE_POOL];
+    size_t               nnonces;
     acme_http_req_t     *dir_req;
     waiter_t            *waiters;
     acme_timer_t        *notify_timer;
@@ -74,6 +78,41 @@ struct acme_client_s {
 
 static void op_start(op_t *op);
 static void client_register(acme_client_t *c);
+
+static void
+nonce_push(acme_client_t *c, const char *nonce)
+{
+    char *n = acme_strdup(nonce);
+
+    if (n == NULL) {
+        return;
+    }
+    if (c->nnonces == NONCE_POOL) {
+        /* the oldest is the likeliest to have expired */
+        free(c->nonces[0]);
+        memmove(&c->nonces[0], &c->nonces[1], (NONCE_POOL - 1) * sizeof(char *));
+        c->nnonces--;
+    }
+    c->nonces[c->nnonces++] = n;
+}
+
+/* The freshest nonce (malloc'd), NULL when none. */
+static char *
+nonce_pop(acme_client_t *c)
+{
+    if (c->nnonces == 0) {
+        return NULL;
+    }
+    return c->nonces[--c->nnonces];
+}
+
+static void
+nonce_clear(acme_client_t *c)
+{
+    while (c->nnonces > 0) {
+        free(c->nonces[--c->nnonces]);
+    }
+}
 static void client_notify(acme_client_t *c, const acme_err_t *err);
 
 static void
@@ -281,7 +320,7 @@ acme_client_free(acme_client_t *c)
     acme_directory_free(&c->dir);
     EVP_PKEY_free(c->key);
     free(c->account_url);
-    free(c->nonce);
+    nonce_clear(c);
     free(c->directory_url);
     free(c->ca_id);
     free(c->ca_file);
@@ -316,8 +355,7 @@ acme_client_reset(acme_client_t *c)
         memset(&c->dir, 0, sizeof(c->dir));
         c->have_dir = 0;
         c->state = CL_NONE;
-        free(c->nonce);
-        c->nonce = NULL;
+        nonce_clear(c);
     }
 }
 
@@ -737,6 +775,7 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
 /* ---- signed requests ---- */
 
 static void op_send(op_t *op);
+static void op_start(op_t *op);
 
 static void
 op_account_ready(void *arg, const acme_err_t *err)
@@ -764,13 +803,12 @@ op_resp(const acme_http_resp_t *resp, void *arg)
     if (resp->ok && resp->replay_nonce != NULL && resp->replay_nonce[0] != '\0'
         && strlen(resp->replay_nonce) < 256)
     {
-        free(c->nonce);
-        c->nonce = acme_strdup(resp->replay_nonce);
+        nonce_push(c, resp->replay_nonce);
     }
 
     if (op->fetching_nonce) {
         op->fetching_nonce = 0;
-        if (!resp->ok || c->nonce == NULL) {
+        if (!resp->ok || c->nnonces == 0) {
             if (resp->ok) {
                 acme_err_set(&err, ACME_ERR_BADRESPONSE, "newNonce %s: no Replay-Nonce header",
                              c->dir.new_nonce);
@@ -829,7 +867,7 @@ static void
 op_send(op_t *op)
 {
     acme_client_t  *c = op->c;
-    char           *jws;
+    char           *jws, *nonce;
     acme_err_t      err;
 
     if (op->get) {
@@ -839,13 +877,17 @@ op_send(op_t *op)
         }
         return;
     }
-    if (op->jwk_key != NULL) {
-        jws = acme_jws_sign(op->jwk_key, NULL, c->nonce, op->url, op->payload, &err);
-    } else {
-        jws = acme_jws_sign(c->key, c->account_url, c->nonce, op->url, op->payload, &err);
+    nonce = nonce_pop(c);
+    if (nonce == NULL) {
+        op_start(op);
+        return;
     }
-    free(c->nonce);
-    c->nonce = NULL;
+    if (op->jwk_key != NULL) {
+        jws = acme_jws_sign(op->jwk_key, NULL, nonce, op->url, op->payload, &err);
+    } else {
+        jws = acme_jws_sign(c->key, c->account_url, nonce, op->url, op->payload, &err);
+    }
+    free(nonce);
     if (jws == NULL) {
         op_fail(op, &err);
         return;
@@ -863,7 +905,7 @@ op_start(op_t *op)
     acme_client_t  *c = op->c;
     acme_err_t      err;
 
-    if (op->get || c->nonce != NULL) {
+    if (op->get || c->nnonces > 0) {
         op_send(op);
         return;
     }

@@ -69,6 +69,7 @@ struct acme_issue_s {
     char                   *chall_url;
     time_t                  wait_start;
     long                    poll_delay_ms;
+    int                     finalize_early; /* finalize sent without reading the order first */
     int                     replaces_dropped;
 
     char                   *chain_pem;      /* the default chain, while alternates are checked */
@@ -376,8 +377,8 @@ job_poll_later(acme_issue_t *job, long retry_after, const char *what)
     long        ms;
 
     if (time(NULL) - job->wait_start > job->poll_timeout) {
-        acme_err_set(&err, ACME_ERR_CA, "%s: still not done after %ld s, giving up", what,
-                     job->poll_timeout);
+        acme_err_set(&err, ACME_ERR_CA, "%s: still not done after %ld s, giving up (order %s)", what,
+                     job->poll_timeout, job->order_url ? job->order_url : "not placed");
         job_fail(job, &err);
         return;
     }
@@ -397,7 +398,7 @@ static void
 poll_reset(acme_issue_t *job)
 {
     job->wait_start = time(NULL);
-    job->poll_delay_ms = 250;
+    job->poll_delay_ms = 100;
 }
 
 static int
@@ -802,7 +803,7 @@ challenge_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     }
     job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
     poll_reset(job);
-    job_later(job, 200);
+    job_later(job, 50);
 }
 
 static void
@@ -919,6 +920,16 @@ finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     if (!job_back(job)) {
         return;
     }
+    if (err != NULL && job->finalize_early && err->kind == ACME_ERR_CA
+        && strstr(err->msg, "orderNotReady") != NULL)
+    {
+        job->finalize_early = 0;
+        job_set_state(job, J_ORDER_READY_POLL, "waiting for the order to be ready", NULL);
+        poll_reset(job);
+        job_poll_later(job, err->retry_after, "order");
+        return;
+    }
+    job->finalize_early = 0;
     if (err != NULL) {
         e = *err;
         acme_err_prefix(&e, "finalize");
@@ -1215,10 +1226,12 @@ job_step(acme_issue_t *job)
 
     case J_AUTHZ:
         if (job->authz_i >= job->order.nauthorizations) {
+            /* every authorization is valid: finalize at once (RFC 8555 7.4); a CA that has not moved
+             * the order to "ready" yet answers orderNotReady and the order is polled then */
             withdraw_all(job);
-            job_set_state(job, J_ORDER_READY_POLL, "waiting for the order to be ready", NULL);
-            poll_reset(job);
-            job_post(job, job->order_url, NULL, NULL, order_resp);
+            job->finalize_early = 1;
+            job_set_state(job, J_FINALIZE, "finalizing", NULL);
+            job_step(job);
             return;
         }
         job_post(job, job->order.authorizations[job->authz_i], NULL, NULL, authz_resp);

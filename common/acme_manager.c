@@ -9,7 +9,7 @@
 #include "acme_sched.h"
 #include "acme_x509.h"
 
-#define MAX_RUNNING      4
+#define MAX_RUNNING      8
 #define BUSY_RETRY_MS    15000
 #define QUEUE_RETRY_MS   2000
 
@@ -47,6 +47,7 @@ struct mcert_s {
     acme_issue_t        *job;
     int                  ari_busy;
     int                  forced;
+    int                  queued;        /* due, waiting for a free issuance slot */
     acme_renew_reason_t  reason;
     time_t               next_at;
 };
@@ -417,6 +418,22 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
 
 static void cert_issue(mcert_t *c);
 
+/* A slot is free: the first certificate waiting for one goes next (in configuration order). */
+static void
+queue_wake(acme_manager_t *m)
+{
+    size_t i;
+
+    for (i = 0; i < m->ncerts; i++) {
+        mcert_t *q = m->certs[i];
+        if (q->queued && q->job == NULL && !q->ari_busy) {
+            q->queued = 0;
+            cert_later(q, 0);
+            return;
+        }
+    }
+}
+
 static void
 issue_done(void *arg, const char *name, const acme_err_t *err)
 {
@@ -429,6 +446,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
     (void) name;
     c->job = NULL;
     m->running--;
+    queue_wake(m);
     if (err == NULL) {
         c->forced = 0;
         c->issuer_i = 0;
@@ -620,9 +638,12 @@ cert_due(void *arg)
         return;
     }
     if (m->running >= MAX_RUNNING) {
+        /* woken when a slot frees up; the timer is only the safety net */
+        c->queued = 1;
         cert_later(c, QUEUE_RETRY_MS);
         return;
     }
+    c->queued = 0;
     cert_issue(c);
 }
 

@@ -360,6 +360,22 @@ def test_garbage_refused(ctl, proxy, case):
         assert 0 < wait <= 5 * 1.2 + 5, f"network-class back-off {wait:.0f}s"
 
 
+def test_requests_per_issuance(ctl, proxy):
+    """The protocol minimum for a new account and one name: directory, newNonce, newAccount,
+    newOrder, authorization, challenge, authorization poll(s), finalize, order poll(s) while
+    Pebble processes, certificate. Finalize follows the last valid authorization directly (no
+    order read in between), and no further nonce is fetched: every response brings one."""
+    name = "requests.example.org"
+    ctl.issue(name)
+    posts = [p for p, _ in proxy.payloads]
+    fin = next(i for i, p in enumerate(posts) if p.startswith("/finalize-order/"))
+    assert posts[fin - 1].startswith("/authZ/"), posts
+    assert proxy.count("HEAD", "/nonce-plz") + proxy.count("GET", "/nonce-plz") == 1, proxy.summary()
+    assert proxy.count("GET", "/dir") == 1, proxy.summary()
+    assert proxy.count("POST", "/order-plz") == 1 and proxy.count("POST", "/chalZ/", prefix=True) == 1
+    assert proxy.count("POST", "/certZ/", prefix=True) == 1
+
+
 def test_huge_directory_not_called_unreachable(ctl, proxy):
     name = "hugedir.example.org"
     proxy.add_fault("directory", method="GET", transform=pad(5 * MiB))
@@ -470,7 +486,7 @@ def test_order_stuck_processing_gives_up(ctl, proxy):
     assert f.hits >= 2
     assert 3 <= took < 15, f"gave up after {took:.1f}s"
     line = one_line(p.stderr, r"^acmectl: (.*)$").group(1)
-    assert re.search(r"processing: still not done after 3 s, giving up", line), p.stderr
+    assert re.search(rf"processing: still not done after 3 s, giving up \(order {URL}/my-order/\S+\)", line), p.stderr
     assert_unchanged(ctl, name, before)
     # the order is kept to be resumed: the CA may finish it later
     assert (ctl.certdir(name) / "order.json").exists()
