@@ -61,6 +61,7 @@ struct acme_manager_s {
     mcert_t             **certs;
     size_t                ncerts;
     size_t                running;
+    unsigned long         version;      /* bumped by every change the status shows */
     long                  poll_timeout;
     int                   started;
 };
@@ -364,6 +365,7 @@ cert_schedule(mcert_t *c)
 
     acme_timer_cancel(c->m->loop, c->timer);
     c->timer = NULL;
+    c->m->version++;
     if (c->job != NULL || c->ari_busy) {
         return;
     }
@@ -376,6 +378,7 @@ cert_schedule(mcert_t *c)
 static void
 cert_later(mcert_t *c, long ms)
 {
+    c->m->version++;
     acme_timer_cancel(c->m->loop, c->timer);
     c->next_at = time(NULL) + ms / 1000;
     c->timer = acme_timer_add(c->m->loop, ms, cert_due, c);
@@ -387,6 +390,7 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
     time_t      now = time(NULL);
     acme_err_t  serr;
 
+    c->m->version++;
     if (c->meta.name == NULL) {
         /* no certificate yet: a meta record of its own, so status and back-off survive restarts */
         size_t i;
@@ -446,6 +450,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
     (void) name;
     c->job = NULL;
     m->running--;
+    m->version++;
     queue_wake(m);
     if (err == NULL) {
         c->forced = 0;
@@ -537,6 +542,7 @@ cert_issue(mcert_t *c)
         return;
     }
     m->running++;
+    m->version++;
 }
 
 static void
@@ -547,6 +553,7 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     acme_renew_reason_t r;
 
     c->ari_busy = 0;
+    c->m->version++;
     if (ri != NULL) {
         if (c->meta.ari_start != ri->start || c->meta.ari_end != ri->end) {
             c->meta.ari_start = ri->start;
@@ -768,6 +775,12 @@ acme_manager_status(acme_manager_t *m)
         json_array_append_new(arr, o);
     }
     return json_pack("{s:o}", "certificates", arr);
+}
+
+unsigned long
+acme_manager_version(acme_manager_t *m)
+{
+    return m->version;
 }
 
 int

@@ -54,6 +54,7 @@ typedef struct {
 
     char                        *status;
     time_t                       status_at;
+    unsigned long                status_version;
     ngx_uint_t                   stopping;
 } ngx_http_acme_runner_t;
 
@@ -464,6 +465,35 @@ ngx_http_acme_status_update(ngx_http_acme_runner_t *rn)
 }
 
 
+/*
+ * Rebuilding the snapshot costs time linear in the certificates: only
+ * when a manager reports a change, and each second while an issuance runs
+ * (its progress text), never just because time passed.
+ */
+
+static ngx_uint_t
+ngx_http_acme_status_due(ngx_http_acme_runner_t *rn, time_t now)
+{
+    ngx_uint_t     m, busy;
+    unsigned long  version;
+
+    version = 0;
+    busy = 0;
+
+    for (m = 0; m < rn->nmanagers; m++) {
+        version += acme_manager_version(rn->managers[m]);
+        busy |= acme_manager_busy(rn->managers[m]);
+    }
+
+    if (rn->status_at == 0 || version != rn->status_version) {
+        rn->status_version = version;
+        return 1;
+    }
+
+    return busy && now - rn->status_at >= NGX_HTTP_ACME_STATUS_EVERY;
+}
+
+
 static void
 ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
 {
@@ -568,10 +598,7 @@ ngx_http_acme_tick(ngx_event_t *ev)
         if (ngx_http_acme_runner) {
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
 
-            if (now - ngx_http_acme_runner->status_at
-                >= NGX_HTTP_ACME_STATUS_EVERY
-                || ngx_http_acme_runner->status_at == 0)
-            {
+            if (ngx_http_acme_status_due(ngx_http_acme_runner, now)) {
                 ngx_http_acme_status_update(ngx_http_acme_runner);
                 ngx_http_acme_runner->status_at = now;
             }

@@ -43,7 +43,7 @@ def basic_conf(pebble, tmp_path, https, name=NAME, challenge=None, extra_server=
     server {{
         listen 127.0.0.1:{https} ssl;
         server_name {name};
-        acme_certificate pebble {cert_args};
+        acme_certificate pebble{' ' + cert_args if cert_args else ''};
         {extra_server}
         location / {{ return 200 "tls\\n"; }}
         location = /acme {{ acme_status; }}
