@@ -778,11 +778,8 @@ acme_x509_random_serial(X509 *cert, acme_err_t *err)
 }
 
 int
-acme_selfsigned(const char *const *names, size_t n, const acme_keyspec_t *ks, X509 **cert,
-    EVP_PKEY **key, acme_err_t *err)
+acme_selfsigned_key(const char *const *names, size_t n, EVP_PKEY *pk, X509 **cert, acme_err_t *err)
 {
-    acme_keyspec_t       spec;
-    EVP_PKEY            *pk = NULL;
     X509                *x = NULL;
     X509_NAME           *subj = NULL;
     GENERAL_NAMES       *gens = NULL;
@@ -791,12 +788,11 @@ acme_selfsigned(const char *const *names, size_t n, const acme_keyspec_t *ks, X5
     unsigned char        ip[16];
     size_t               i;
 
-    if (cert == NULL || key == NULL) {
-        acme_err_set(err, ACME_ERR_INPUT, "self-signed: no output");
+    if (cert == NULL || pk == NULL) {
+        acme_err_set(err, ACME_ERR_INPUT, "self-signed: no output or no key");
         return -1;
     }
     *cert = NULL;
-    *key = NULL;
     if (names == NULL || n == 0) {
         acme_err_set(err, ACME_ERR_INPUT, "self-signed: no names");
         return -1;
@@ -806,13 +802,6 @@ acme_selfsigned(const char *const *names, size_t n, const acme_keyspec_t *ks, X5
             acme_err_set(err, ACME_ERR_INPUT, "self-signed: empty name %zu", i);
             return -1;
         }
-    }
-
-    spec = ks != NULL ? *ks : ACME_KEYSPEC_DEFAULT;
-    pk = acme_key_generate(&spec, err);
-    if (pk == NULL) {
-        acme_err_prefix(err, "self-signed");
-        return -1;
     }
 
     gens = GENERAL_NAMES_new();
@@ -879,7 +868,6 @@ acme_selfsigned(const char *const *names, size_t n, const acme_keyspec_t *ks, X5
     GENERAL_NAMES_free(gens);
     X509_NAME_free(subj);
     *cert = x;
-    *key = pk;
     return 0;
 
 nomem:
@@ -890,6 +878,31 @@ failed:
     GENERAL_NAMES_free(gens);
     X509_NAME_free(subj);
     X509_free(x);
-    EVP_PKEY_free(pk);
     return -1;
+}
+
+int
+acme_selfsigned(const char *const *names, size_t n, const acme_keyspec_t *ks, X509 **cert,
+    EVP_PKEY **key, acme_err_t *err)
+{
+    acme_keyspec_t   spec = ks != NULL ? *ks : ACME_KEYSPEC_DEFAULT;
+    EVP_PKEY        *pk;
+
+    if (cert == NULL || key == NULL) {
+        acme_err_set(err, ACME_ERR_INPUT, "self-signed: no output");
+        return -1;
+    }
+    *cert = NULL;
+    *key = NULL;
+    pk = acme_key_generate(&spec, err);
+    if (pk == NULL) {
+        acme_err_prefix(err, "self-signed");
+        return -1;
+    }
+    if (acme_selfsigned_key(names, n, pk, cert, err) != 0) {
+        EVP_PKEY_free(pk);
+        return -1;
+    }
+    *key = pk;
+    return 0;
 }

@@ -47,6 +47,8 @@ char *acme_ari_cert_id(X509 *leaf, acme_err_t *err);
 /* A self-signed fallback certificate (served until a real one exists) for these names. */
 int acme_selfsigned(const char *const *names, size_t n, const acme_keyspec_t *ks, X509 **cert,
     EVP_PKEY **key, acme_err_t *err);
+/* The same with the caller's key (not taken over): one key can serve many fallbacks. */
+int acme_selfsigned_key(const char *const *names, size_t n, EVP_PKEY *key, X509 **cert, acme_err_t *err);
 
 /* Helpers shared by the certificate and CSR builders (acme_csr.c, acme_tlsalpn.c). */
 /* IPv4 or IPv6 text to 4 or 16 bytes in out; returns the length, 0 when s is not an IP address. */

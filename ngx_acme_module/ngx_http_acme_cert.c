@@ -60,6 +60,8 @@ static int                              ngx_http_acme_ssl_index = -1;
 
 static ngx_http_acme_wcert_t           *ngx_http_acme_wcerts;
 static ngx_uint_t                       ngx_http_acme_nwcerts;
+static ngx_http_acme_srv_conf_t       **ngx_http_acme_wservers;
+static ngx_uint_t                       ngx_http_acme_nwservers;
 static acme_store_t                   **ngx_http_acme_stores;
 static ngx_uint_t                       ngx_http_acme_nstores;
 static ngx_atomic_uint_t                ngx_http_acme_seen_gen;
@@ -112,6 +114,37 @@ ngx_http_acme_pem(X509 *x, EVP_PKEY *k, size_t *len)
 }
 
 
+/*
+ * One key per key type serves every server's fallback certificate (kept
+ * for the master's life: a key per server cost more than nginx's own
+ * parsing at 10,000 servers).
+ */
+
+static EVP_PKEY *
+ngx_http_acme_fallback_key(acme_keyspec_t *ks, acme_err_t *err)
+{
+    ngx_uint_t              i;
+    static EVP_PKEY        *keys[8];
+    static acme_keyspec_t   specs[8];
+
+    for (i = 0; i < 8 && keys[i] != NULL; i++) {
+        if (specs[i].alg == ks->alg && specs[i].bits == ks->bits) {
+            return keys[i];
+        }
+    }
+
+    if (i == 8) {
+        i = 7;
+        EVP_PKEY_free(keys[i]);
+        keys[i] = NULL;
+    }
+
+    keys[i] = acme_key_generate(ks, err);
+    specs[i] = *ks;
+
+    return keys[i];
+}
+
 /* configuration: the fallback certificate */
 
 char *
@@ -145,10 +178,18 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             cn[n++] = "acme-fallback.invalid";
         }
 
-        ks = ACME_KEYSPEC_DEFAULT;
+        /*
+         * the key type of the server's first certificate, so that its real
+         * certificate takes the fallback's place in the SSL_CTX
+         */
 
-        if (acme_selfsigned((const char *const *) cn, n, &ks, &x, &k, &err)
-            != 0)
+        ks = ((ngx_http_acme_cert_t **) ascf->certs->elts)[0]->keyspec;
+
+        k = ngx_http_acme_fallback_key(&ks, &err);
+
+        if (k == NULL
+            || acme_selfsigned_key((const char *const *) cn, n, k, &x, &err)
+               != 0)
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "cannot create the fallback certificate: %s",
@@ -160,7 +201,6 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
         X509_free(x);
 
         if (pem == NULL) {
-            EVP_PKEY_free(k);
             return NGX_CONF_ERROR;
         }
 
@@ -176,7 +216,6 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
         free(pem);
 
         pem = ngx_http_acme_pem(NULL, k, &len);
-        EVP_PKEY_free(k);
 
         if (pem == NULL) {
             return NGX_CONF_ERROR;
@@ -475,12 +514,79 @@ failed:
 }
 
 
+/* load a certificate on its first use in this worker (not all at start) */
+
+static void
+ngx_http_acme_wcert_ensure(ngx_http_acme_wcert_t *wc, ngx_log_t *log)
+{
+    if (wc->loaded) {
+        return;
+    }
+
+    wc->loaded = 1;
+
+    if (ngx_http_acme_wzone) {
+        wc->gen = ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
+                                              (u_char *) wc->conf->name,
+                                              ngx_strlen(wc->conf->name));
+    }
+
+    (void) ngx_http_acme_wcert_load(wc, log);
+}
+
+
+/*
+ * The server's certificates go into its own SSL_CTX, one per key type, as
+ * static ssl_certificate files do: OpenSSL then serves them by client
+ * capability with no work of ours per handshake.
+ */
+
+static void
+ngx_http_acme_ctx_install(ngx_http_acme_srv_conf_t *ascf, ngx_log_t *log)
+{
+    ngx_uint_t               i, n;
+    ngx_http_acme_cert_t   **certs;
+    ngx_http_acme_wcert_t   *wc;
+
+    n = 0;
+    certs = ascf->certs->elts;
+
+    for (i = 0; i < ascf->certs->nelts; i++) {
+        wc = &ngx_http_acme_wcerts[certs[i]->index];
+
+        ngx_http_acme_wcert_ensure(wc, log);
+
+        if (wc->leaf == NULL) {
+            continue;
+        }
+
+        if (SSL_CTX_use_cert_and_key(ascf->ctx, wc->leaf, wc->key, wc->chain,
+                                     1)
+            != 1)
+        {
+            ngx_ssl_error(NGX_LOG_ERR, log, 0,
+                          "acme: cannot install certificate \"%s\"",
+                          wc->conf->name);
+            continue;
+        }
+
+        ascf->ctx_last = wc->leaf;
+        n++;
+    }
+
+    ascf->ctx_installed = 1;
+    ascf->ctx_complete = (n == ascf->certs->nelts);
+}
+
+
 static void
 ngx_http_acme_wcerts_refresh(ngx_log_t *log)
 {
-    ngx_uint_t              i, gen;
-    ngx_atomic_uint_t       g;
-    ngx_http_acme_wcert_t  *wc;
+    ngx_uint_t                  i, j, gen, changed;
+    ngx_atomic_uint_t           g;
+    ngx_http_acme_cert_t      **certs;
+    ngx_http_acme_wcert_t      *wc;
+    ngx_http_acme_srv_conf_t   *ascf;
 
     if (ngx_http_acme_wzone == NULL) {
         return;
@@ -493,9 +599,14 @@ ngx_http_acme_wcerts_refresh(ngx_log_t *log)
     }
 
     ngx_http_acme_seen_gen = g;
+    changed = 0;
 
     for (i = 0; i < ngx_http_acme_nwcerts; i++) {
         wc = &ngx_http_acme_wcerts[i];
+
+        if (!wc->loaded) {
+            continue;
+        }
 
         gen = ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
                                           (u_char *) wc->conf->name,
@@ -506,7 +617,35 @@ ngx_http_acme_wcerts_refresh(ngx_log_t *log)
 
         wc->gen = gen;
 
-        (void) ngx_http_acme_wcert_load(wc, log);
+        if (ngx_http_acme_wcert_load(wc, log) == NGX_OK) {
+            wc->dirty = 1;
+            changed = 1;
+        }
+    }
+
+    if (!changed) {
+        return;
+    }
+
+    for (i = 0; i < ngx_http_acme_nwservers; i++) {
+        ascf = ngx_http_acme_wservers[i];
+
+        if (!ascf->ctx_installed) {
+            continue;
+        }
+
+        certs = ascf->certs->elts;
+
+        for (j = 0; j < ascf->certs->nelts; j++) {
+            if (ngx_http_acme_wcerts[certs[j]->index].dirty) {
+                ngx_http_acme_ctx_install(ascf, log);
+                break;
+            }
+        }
+    }
+
+    for (i = 0; i < ngx_http_acme_nwcerts; i++) {
+        ngx_http_acme_wcerts[i].dirty = 0;
     }
 }
 
@@ -514,6 +653,8 @@ ngx_http_acme_wcerts_refresh(ngx_log_t *log)
 ngx_http_acme_wcert_t *
 ngx_http_acme_wcert(ngx_http_acme_cert_t *cert, ngx_log_t *log)
 {
+    ngx_http_acme_wcert_t  *wc;
+
     if (ngx_http_acme_wcerts == NULL
         || cert->index >= ngx_http_acme_nwcerts)
     {
@@ -522,7 +663,11 @@ ngx_http_acme_wcert(ngx_http_acme_cert_t *cert, ngx_log_t *log)
 
     ngx_http_acme_wcerts_refresh(log);
 
-    return &ngx_http_acme_wcerts[cert->index];
+    wc = &ngx_http_acme_wcerts[cert->index];
+
+    ngx_http_acme_wcert_ensure(wc, log);
+
+    return wc;
 }
 
 
@@ -547,7 +692,11 @@ ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
     acme_err_t                   err;
     ngx_http_acme_cert_t       **certs;
     ngx_http_acme_wcert_t       *wc;
+    ngx_http_ssl_srv_conf_t     *sscf;
+    ngx_http_acme_srv_conf_t    *ascf;
+    ngx_http_core_srv_conf_t   **cscfp;
     ngx_http_acme_main_conf_t   *amcf;
+    ngx_http_core_main_conf_t   *cmcf;
 
     amcf = ngx_http_acme_get_main_conf();
 
@@ -582,18 +731,44 @@ ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
         ngx_http_acme_seen_gen = ngx_http_acme_wzone->sh->gen;
     }
 
+    /* parsed on first use: a worker with 10,000 certificates starts at once */
+
     certs = amcf->certs.elts;
     for (i = 0; i < amcf->certs.nelts; i++) {
         wc = &ngx_http_acme_wcerts[i];
         wc->conf = certs[i];
+    }
 
-        if (ngx_http_acme_wzone) {
-            wc->gen = ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
-                                                  (u_char *) certs[i]->name,
-                                                  ngx_strlen(certs[i]->name));
+    /* the servers whose SSL_CTX receives their certificates */
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module);
+    cscfp = cmcf->servers.elts;
+
+    ngx_http_acme_nwservers = 0;
+    ngx_http_acme_wservers = ngx_pcalloc(cycle->pool,
+                                 (cmcf->servers.nelts + 1)
+                                 * sizeof(ngx_http_acme_srv_conf_t *));
+    if (ngx_http_acme_wservers == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < cmcf->servers.nelts; i++) {
+        sscf = cscfp[i]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
+        ascf = cscfp[i]->ctx->srv_conf[ngx_http_acme_module.ctx_index];
+
+        ascf->ctx = NULL;
+        ascf->ctx_last = NULL;
+        ascf->ctx_installed = 0;
+        ascf->ctx_complete = 0;
+
+        if (ascf->certs == NULL || sscf->ssl.ctx == NULL
+            || sscf->certificate_values)
+        {
+            continue;
         }
 
-        (void) ngx_http_acme_wcert_load(wc, cycle->log);
+        ascf->ctx = sscf->ssl.ctx;
+        ngx_http_acme_wservers[ngx_http_acme_nwservers++] = ascf;
     }
 
     return NGX_OK;
@@ -612,6 +787,8 @@ ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_acme_nwcerts = 0;
     ngx_http_acme_wcerts = NULL;
+    ngx_http_acme_nwservers = 0;
+    ngx_http_acme_wservers = NULL;
 
     for (i = 0; i < ngx_http_acme_nstores; i++) {
         if (ngx_http_acme_stores[i]) {
@@ -1116,6 +1293,23 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
     }
 
     if (ascf == NULL || ascf->certs == NULL) {
+        return 1;
+    }
+
+    ngx_http_acme_wcerts_refresh(c->log);
+
+    if (ascf->ctx && !ascf->ctx_installed) {
+        ngx_http_acme_ctx_install(ascf, c->log);
+    }
+
+    /*
+     * the common case: the SSL_CTX holds every certificate of the server
+     * and this connection's copy of it is current (an SSL copies the
+     * context's certificates when it is made or switched by SNI)
+     */
+
+    if (ascf->ctx_complete && SSL_get_certificate(ssl_conn) == ascf->ctx_last)
+    {
         return 1;
     }
 

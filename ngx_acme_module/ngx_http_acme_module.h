@@ -99,6 +99,12 @@ typedef struct {
     ngx_str_t                   fallback_cert;   /* "data:" PEM */
     ngx_str_t                   fallback_key;
     ngx_uint_t                  injected;        /* pushed into sscf */
+
+    /* per worker: the certificates installed in the server's own SSL_CTX */
+    SSL_CTX                    *ctx;
+    X509                       *ctx_last;        /* leaf installed last */
+    unsigned                    ctx_installed:1;
+    unsigned                    ctx_complete:1;  /* every certificate */
 } ngx_http_acme_srv_conf_t;
 
 
@@ -118,6 +124,8 @@ typedef struct {
     ngx_str_t                   cert_pem;        /* "data:" fullchain */
     ngx_str_t                   key_pem;         /* "data:" key, secret */
     time_t                      not_after;
+    unsigned                    loaded:1;        /* on first need */
+    unsigned                    dirty:1;         /* reloaded, not installed */
     unsigned                    fallback_logged:1;
     unsigned                    load_failed:1;
 } ngx_http_acme_wcert_t;
