@@ -64,6 +64,9 @@ struct acme_store_s {
  * dir that exists but is not a directory or is not writable, with a message naming it.
  * Keys failing acme_store_key_check are refused (ACME_ERR_INPUT).
  */
+/* create: 1 creates the directory; | ACME_STORE_FS_READER skips the sweep of temporary files a crash left
+ * (the process that writes does it: an nginx worker that only reads would walk every directory). */
+#define ACME_STORE_FS_READER  4
 acme_store_t *acme_store_fs_open(const char *dir, int create, acme_err_t *err);
 void          acme_store_close(acme_store_t *st);
 

@@ -948,7 +948,7 @@ acme_store_fs_open(const char *dir, int create, acme_err_t *err)
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return NULL;
     }
-    if (create) {
+    if (create & 1) {
         char *p = acme_sprintf("%s/", root);
 
         if (p == NULL) {
@@ -1000,7 +1000,7 @@ acme_store_fs_open(const char *dir, int create, acme_err_t *err)
         return NULL;
     }
     rc = fs_recover_journal(fs, err);
-    if (rc == 0) {
+    if (rc == 0 && !(create & ACME_STORE_FS_READER)) {
         fs_clean_leftovers(root, 0);
     }
     fs_store_unlock(fd);

@@ -711,7 +711,9 @@ ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
 
     paths = amcf->stores.elts;
     for (i = 0; i < amcf->stores.nelts; i++) {
-        ngx_http_acme_stores[i] = acme_store_fs_open(paths[i], 1, &err);
+        ngx_http_acme_stores[i] = acme_store_fs_open(paths[i],
+                                                     1 | ACME_STORE_FS_READER,
+                                                     &err);
         if (ngx_http_acme_stores[i] == NULL) {
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                           "acme: cannot open state_path \"%s\": %s",
