@@ -53,6 +53,9 @@ struct acme_issue_s {
 
     job_state_t             state;
     acme_lock_t            *lock;
+    acme_timer_t           *lock_timer;     /* lease refresh (shared stores) */
+    int                     lock_lost;      /* noticed while a request was in flight */
+    acme_err_t              lock_err;
     acme_timer_t           *timer;
     int                     busy;           /* a request is in flight (its callback owns the job) */
     int                     cancelled;
@@ -123,6 +126,7 @@ job_free(acme_issue_t *job)
 
     withdraw_all(job);
     acme_timer_cancel(job->loop, job->timer);
+    acme_timer_cancel(job->loop, job->lock_timer);
     acme_keygen_cancel(job->keygen);
     if (job->lock != NULL) {
         job->store->ops->unlock(job->lock);
@@ -328,7 +332,8 @@ job_later(acme_issue_t *job, long ms)
     }
 }
 
-/* Callbacks from the client: returns 1 when the job may continue, 0 when it was cancelled (freed). */
+/* Callbacks from the client: returns 1 when the job may continue, 0 when it was cancelled or failed
+ * (freed). */
 static int
 job_back(acme_issue_t *job)
 {
@@ -337,7 +342,46 @@ job_back(acme_issue_t *job)
         job_free(job);
         return 0;
     }
+    if (job->lock_lost) {
+        acme_err_t e = job->lock_err;
+        job_fail(job, &e);
+        return 0;
+    }
     return 1;
+}
+
+/*
+ * A shared store's lock has a lease (Redis): extend it every third of the lease while the job lives.
+ * Lost (another node may hold it now): stop before anything is stored, at once or when the request in
+ * flight returns.
+ */
+static void
+lock_refresh(void *arg)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     err;
+    long           lease = acme_store_lock_lease_ms(job->store);
+    int            rc;
+
+    job->lock_timer = NULL;
+    rc = acme_store_lock_refresh(job->store, job->lock, &err);
+    if (rc == 0) {
+        acme_err_set(&job->lock_err, ACME_ERR_BUSY, "lost the lock on \"%s\" to another node: %s",
+                     job->name, err.msg);
+        if (job->busy) {
+            job->lock_lost = 1;
+            return;
+        }
+        err = job->lock_err;
+        job_fail(job, &err);
+        return;
+    }
+    if (rc < 0) {
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": cannot extend the lock's lease: %s", job->name,
+                 err.msg);
+    }
+    /* unreachable: try again sooner, while the lease still runs */
+    job->lock_timer = acme_timer_add(job->loop, rc < 0 ? lease / 6 : lease / 3, lock_refresh, job);
 }
 
 static int
@@ -1384,6 +1428,9 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
         job->lock = NULL;
         job_free(job);
         return NULL;
+    }
+    if (acme_store_lock_lease_ms(job->store) > 0) {
+        job->lock_timer = acme_timer_add(job->loop, acme_store_lock_lease_ms(job->store) / 3, lock_refresh, job);
     }
     if (req->check_seen && renewed_elsewhere(job, req->seen_issued_at)) {
         job->state = J_DONE;

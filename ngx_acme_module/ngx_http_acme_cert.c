@@ -342,6 +342,136 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
 }
 
 
+/* selection by SNI among several certificates of one key type in a server */
+
+typedef struct ngx_http_acme_sni_s {
+    const char                 *name;            /* identifier, lowercase */
+    ngx_http_acme_cert_t       *cert;
+} ngx_http_acme_sni_t;
+
+
+static int ngx_libc_cdecl
+ngx_http_acme_sni_cmp(const void *a, const void *b)
+{
+    const ngx_http_acme_sni_t  *x = a, *y = b;
+
+    return ngx_strcmp(x->name, y->name);
+}
+
+
+static ngx_int_t
+ngx_http_acme_sni_index(ngx_cycle_t *cycle, ngx_http_acme_srv_conf_t *ascf)
+{
+    ngx_uint_t              i, j, k, n, same;
+    ngx_http_acme_cert_t  **certs;
+    ngx_http_acme_sni_t    *idx;
+
+    certs = ascf->certs->elts;
+    same = 0;
+    n = 0;
+
+    for (i = 0; i < ascf->certs->nelts; i++) {
+        n += certs[i]->nids;
+
+        for (j = i + 1; j < ascf->certs->nelts; j++) {
+            if (certs[i]->keyspec.alg == certs[j]->keyspec.alg) {
+                same = 1;
+            }
+        }
+    }
+
+    ascf->sni = NULL;
+    ascf->nsni = 0;
+
+    if (!same) {
+        return NGX_OK;
+    }
+
+    idx = ngx_pcalloc(cycle->pool, (n + 1) * sizeof(ngx_http_acme_sni_t));
+    if (idx == NULL) {
+        return NGX_ERROR;
+    }
+
+    k = 0;
+
+    for (i = 0; i < ascf->certs->nelts; i++) {
+        for (j = 0; j < certs[i]->nids; j++) {
+            if (certs[i]->ids[j].type != ACME_IDENT_DNS) {
+                continue;
+            }
+
+            idx[k].name = certs[i]->ids[j].value;
+            idx[k].cert = certs[i];
+            k++;
+        }
+    }
+
+    ngx_qsort(idx, k, sizeof(ngx_http_acme_sni_t), ngx_http_acme_sni_cmp);
+
+    ascf->sni = idx;
+    ascf->nsni = k;
+
+    return NGX_OK;
+}
+
+
+/* the certificates for the client's server name, in configuration order */
+
+static ngx_uint_t
+ngx_http_acme_sni_select(ngx_http_acme_srv_conf_t *ascf, ngx_ssl_conn_t *ssl,
+    ngx_http_acme_cert_t **out, ngx_uint_t max)
+{
+    u_char                lower[256];
+    size_t                len, i;
+    ngx_uint_t            n, lo, hi, mid;
+    const char           *sni;
+    ngx_http_acme_sni_t   key, *e;
+
+    sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (sni == NULL) {
+        return 0;
+    }
+
+    len = ngx_strlen(sni);
+    if (len == 0 || len >= sizeof(lower)) {
+        return 0;
+    }
+
+    for (i = 0; i < len; i++) {
+        lower[i] = ngx_tolower(sni[i]);
+    }
+
+    lower[len] = '\0';
+    key.name = (const char *) lower;
+
+    lo = 0;
+    hi = ascf->nsni;
+
+    while (lo < hi) {
+        mid = (lo + hi) / 2;
+
+        if (ngx_http_acme_sni_cmp(&ascf->sni[mid], &key) < 0) {
+            lo = mid + 1;
+
+        } else {
+            hi = mid;
+        }
+    }
+
+    n = 0;
+
+    for (e = &ascf->sni[lo];
+         e < ascf->sni + ascf->nsni && ngx_strcmp(e->name, lower) == 0
+         && n < max;
+         e++)
+    {
+        out[n++] = e->cert;
+    }
+
+    return n;
+}
+
+
 /* per worker certificates */
 
 static void
@@ -762,10 +892,21 @@ ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
         ascf->ctx_last = NULL;
         ascf->ctx_installed = 0;
         ascf->ctx_complete = 0;
+        ascf->sni = NULL;
+        ascf->nsni = 0;
 
         if (ascf->certs == NULL || sscf->ssl.ctx == NULL
             || sscf->certificate_values)
         {
+            continue;
+        }
+
+        if (ngx_http_acme_sni_index(cycle, ascf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (ascf->sni) {
+            /* one SSL_CTX slot per key type cannot hold them: chosen per handshake */
             continue;
         }
 
@@ -1268,9 +1409,9 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 {
     ngx_http_acme_srv_conf_t  *ascf = arg;
 
-    ngx_uint_t                        i, served;
+    ngx_uint_t                        i, n, served;
     ngx_connection_t                 *c;
-    ngx_http_acme_cert_t            **certs;
+    ngx_http_acme_cert_t            **certs, *sel[8];
     ngx_http_acme_wcert_t            *wc;
     ngx_http_acme_conn_challenge_t   *ch;
 
@@ -1317,8 +1458,21 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 
     served = 0;
     certs = ascf->certs->elts;
+    n = ascf->certs->nelts;
 
-    for (i = 0; i < ascf->certs->nelts; i++) {
+    if (ascf->sni) {
+        n = ngx_http_acme_sni_select(ascf, ssl_conn, sel, 8);
+
+        if (n == 0) {
+            /* no or an unknown server name: the server's first certificate */
+            sel[0] = certs[0];
+            n = 1;
+        }
+
+        certs = sel;
+    }
+
+    for (i = 0; i < n; i++) {
 
         wc = ngx_http_acme_wcert(certs[i], c->log);
         if (wc == NULL) {

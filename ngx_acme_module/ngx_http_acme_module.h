@@ -100,6 +100,13 @@ typedef struct {
     ngx_str_t                   fallback_key;
     ngx_uint_t                  injected;        /* pushed into sscf */
 
+    /*
+     * per worker: several certificates of one key type (listed identifiers)
+     * are chosen by SNI from this index, sorted by name
+     */
+    struct ngx_http_acme_sni_s *sni;
+    ngx_uint_t                  nsni;
+
     /* per worker: the certificates installed in the server's own SSL_CTX */
     SSL_CTX                    *ctx;
     X509                       *ctx_last;        /* leaf installed last */

@@ -325,3 +325,31 @@ def test_rsa_key_made_off_the_worker(pebble, nginx_factory, tmp_path):
     c = wait_for(issued, 60, interval=0.3, what="the RSA-4096 certificate")
     assert "Public-Key: (4096 bit)" in cert_text(c)
     assert not re.search(r"\[(alert|crit|emerg)\]", ng.log_text())
+
+
+def test_several_certificates_of_one_type_by_sni(pebble, nginx_factory, tmp_path):
+    # one server, one ECDSA certificate per name (identifiers listed): each name gets its own
+    https = free_port()
+    names = ["one.example.org", "two.example.org", "three.example.org"]
+    conf = issuer_block("pebble", pebble, tmp_path / "state") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name {' '.join(names)};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {' '.join(names)};
+        {' '.join(f'acme_certificate pebble {n};' for n in names)}
+        location / {{ return 200 "tls\\n"; }}
+    }}
+"""
+    nginx_factory(conf, wait_port=https)
+    roots = pebble.roots(0)
+    for n in names:
+        wait_for(lambda: served_serial(https, n, roots), 60, interval=0.3, what=f"the certificate of {n}")
+        text = cert_text(tls_cert(https, n))
+        assert f"DNS:{n}" in text and all(f"DNS:{o}" not in text for o in names if o != n), text
+    # an unknown name: the server's first certificate
+    assert "DNS:one.example.org" in cert_text(tls_cert(https, "other.example.org"))
+    assert pebble.issued_count() == 3

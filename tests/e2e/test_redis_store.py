@@ -329,3 +329,37 @@ def test_rediss(acmectl_bin, tmp_path, pebble, procs, test_ca):
     p = acmectl(acmectl_bin, "--storage", r2.url(f"?tls_ca={test_ca.ca_cert}&tls_cert={crt}&tls_key={key}"),
                 "list")
     assert p.returncode == 0, p.stderr
+
+
+def test_lock_lease_extended_during_a_long_issuance(acmectl_bin, tmp_path, pebble, redis, test_ca):
+    """A Redis lock has a lease (here 1 s); the issuance extends it while it waits on the CA (finalize
+    held 3 s at a proxy), so a second process for the same certificate is still refused after the first
+    lease ran out, and the first one stores its certificate."""
+    from fault_proxy import FaultProxy
+    cert, key = test_ca.issue("lease-proxy", ["localhost"], ["127.0.0.1"], basename="lease-proxy")
+    px = FaultProxy(pebble, cert, key, harness.free_port(), log_path=tmp_path / "proxy.log")
+    px.start()
+    try:
+        f = px.add_fault("finalize", method="POST", hold=True)
+        url = redis.url("/0?prefix=lease&lock_lease=1s")
+        name = "lease.example.org"
+
+        def args(*cmd):
+            return [str(acmectl_bin), "--storage", url, "--ca", px.directory_url, "--ca-cert",
+                    str(pebble.ca_cert), "--contact", "admin@example.org", "--agree-tos", *cmd]
+        first = subprocess.Popen(args("issue", "--http-listen", f"127.0.0.1:{pebble.http_port}", name),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        f.wait_hit(30)
+        import time
+        time.sleep(2.5)     # more than two leases
+        assert redis.keys("lease:lock:*"), "the lock expired while its holder was working"
+        second = harness.run_cmd(args("issue", "--http-listen", f"127.0.0.1:{harness.free_port()}", name),
+                                 timeout=60)
+        assert second.returncode != 0 and "being issued by another process" in second.stderr, second.stderr
+        f.release()
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err
+        assert redis.get(f"lease:certs/{name}/fullchain.pem").startswith(b"-----BEGIN CERTIFICATE-----")
+        assert not redis.keys("lease:lock:*"), "the lock is released at the end"
+    finally:
+        px.stop()
