@@ -113,6 +113,7 @@ nonce_clear(acme_client_t *c)
         free(c->nonces[--c->nnonces]);
     }
 }
+
 static void client_notify(acme_client_t *c, const acme_err_t *err);
 
 static void
@@ -775,7 +776,6 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
 /* ---- signed requests ---- */
 
 static void op_send(op_t *op);
-static void op_start(op_t *op);
 
 static void
 op_account_ready(void *arg, const acme_err_t *err)

@@ -380,7 +380,7 @@ lock_refresh(void *arg)
         acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": cannot extend the lock's lease: %s", job->name,
                  err.msg);
     }
-    /* unreachable: try again sooner, while the lease still runs */
+    /* every third of the lease; every sixth while the store does not answer */
     job->lock_timer = acme_timer_add(job->loop, rc < 0 ? lease / 6 : lease / 3, lock_refresh, job);
 }
 
