@@ -49,7 +49,6 @@ post_config_check(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server
 static void
 child_init(apr_pool_t *pchild, server_rec *s)
 {
-    mod_acme_store_child_init(pchild, s);
     mod_acme_drive_child_init(pchild, s);
 }
 

@@ -135,8 +135,8 @@ typedef struct {
     const char            *state_dir;
     apr_array_header_t    *certs;       /* mod_acme_cert_t * */
     mod_acme_shm_t        *shm;
-    struct acme_store_s   *store;       /* the shared store (Redis) or the state directory; reopened
-                                         * (unconnected) in each child: a connection is never shared */
+    struct acme_store_s   *store;       /* the shared store (Redis) or the state directory; a Redis handle
+                                         * reaches the children unconnected: each connects its own */
     struct acme_store_s   *local;       /* the state directory: fallbacks, the local cache, driver lock */
     const char            *storage;     /* Redis URL or NULL */
     const char            *storage_shown;
@@ -197,8 +197,6 @@ int  mod_acme_conn_fallback(conn_rec *c);
 int  mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert,
                         mod_acme_served_t *out, const char **msg);
 void mod_acme_served_free(mod_acme_served_t *sv);
-/* child_init: this process's own (unconnected) handle on the shared store. */
-void mod_acme_store_child_init(apr_pool_t *pchild, server_rec *s);
 /* Copies what the shared store has for cert into the local cache (cache/<name>/...), when it differs.
  * 0 written or unchanged, 1 nothing stored, -1 error with msg. Driver and post_config only. */
 int  mod_acme_cache_update(apr_pool_t *p, struct acme_store_s *shared, mod_acme_cert_t *cert, const char **msg);

@@ -419,12 +419,9 @@ driver_main(apr_thread_t *t, void *arg)
         goto done;
     }
     if (mod_acme_g.storage != NULL) {
-        st = acme_store_open(mod_acme_g.storage, mod_acme_g.storage_key, ACME_STORE_LAZY, &err);
-        if (st == NULL) {
-            ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0089) "ACMEStorage %s: %s",
-                         mod_acme_g.storage_shown, err.msg);
-            goto done;
-        }
+        /* this process's handle, inherited unconnected from the parent (opened there as root, which can
+         * read ACMEStorageKey): the first use connects, so no connection is shared between processes */
+        st = mod_acme_g.store;
         fl.st = st;
         fl.s = s;
     }
@@ -506,9 +503,6 @@ done:
     if (lk != NULL) {
         mod_acme_shm_set_driver(mod_acme_g.shm, 0);
         lst->ops->unlock(lk);
-    }
-    if (st != NULL && st != lst) {
-        acme_store_close(st);
     }
     if (lst != NULL) {
         acme_store_close(lst);

@@ -509,30 +509,6 @@ store_cleanup(void *data)
     return APR_SUCCESS;
 }
 
-void
-mod_acme_store_child_init(apr_pool_t *pchild, server_rec *s)
-{
-    acme_store_t  *st;
-    acme_err_t     err;
-
-    (void) pchild;
-    if (!mod_acme_g.active || mod_acme_g.storage == NULL) {
-        return;
-    }
-    /* the parent's handle is unconnected (see mod_acme_ssl_prepare); this child gets its own anyway, so
-     * no connection can ever be shared between processes */
-    st = acme_store_open(mod_acme_g.storage, mod_acme_g.storage_key, ACME_STORE_LAZY, &err);
-    if (st == NULL) {
-        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0047) "ACMEStorage %s: %s",
-                     mod_acme_g.storage_shown, err.msg);
-        return;
-    }
-    if (mod_acme_g.store != NULL) {
-        acme_store_close(mod_acme_g.store);
-    }
-    mod_acme_g.store = st;
-}
-
 int
 mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
 {
@@ -624,7 +600,8 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
         apr_pool_cleanup_register(pconf, &c->cur, served_cleanup, apr_pool_cleanup_null);
     }
     if (mod_acme_g.storage != NULL) {
-        /* the children must not inherit this process's Redis connection: a fresh, unconnected handle */
+        /* the children must not inherit this process's Redis connection: a fresh handle, unconnected, which
+         * each child (request threads and the driver, under the store's mutex) connects on first use */
         acme_store_close(mod_acme_g.store);
         mod_acme_g.store = acme_store_open(mod_acme_g.storage, mod_acme_g.storage_key, ACME_STORE_LAZY, &err);
         if (mod_acme_g.store == NULL) {
