@@ -167,14 +167,26 @@ sni_key(apr_pool_t *p, const char *sni)
     return k;
 }
 
+static int sni_ident(apr_pool_t *p, const char *sni, acme_ident_t *id);
+
 static int
 pending_tls_alpn(apr_pool_t *p, const char *sni, char **ka)
 {
-    char  *k = sni_key(p, sni);
-    char  *v = NULL;
-    int    rc;
+    char          *k = sni_key(p, sni);
+    char          *v = NULL;
+    acme_ident_t   id;
+    int            rc, managed;
 
     if (k == NULL) {
+        return 0;
+    }
+    /* only names we manage reach the store (with Redis, a look-up is a round trip) */
+    if (sni_ident(p, k, &id) != 0) {
+        return 0;
+    }
+    managed = mod_acme_is_managed_name(id.value);
+    acme_ident_free(&id);
+    if (!managed) {
         return 0;
     }
     rc = acme_store_challenge_get(mod_acme_g.store, "tls-alpn-01", k, &v, NULL);
