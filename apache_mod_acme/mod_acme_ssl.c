@@ -693,8 +693,10 @@ maybe_reload(server_rec *s)
 {
     apr_uint32_t   gen = mod_acme_shm_generation(mod_acme_g.shm);
     apr_pool_t    *tp;
-    int            i, n;
+    int            i, n, failed = 0;
+    apr_time_t     now;
     mod_acme_served_t *fresh;
+    static apr_time_t  retry_at;
 
     if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen)) {
         return;
@@ -702,7 +704,8 @@ maybe_reload(server_rec *s)
     if (apr_thread_mutex_trylock(mod_acme_g.reload_lock) != APR_SUCCESS) {
         return;         /* another thread reloads; serve what we have meanwhile */
     }
-    if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen)) {
+    now = apr_time_now();
+    if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen) || now < retry_at) {
         apr_thread_mutex_unlock(mod_acme_g.reload_lock);
         return;
     }
@@ -714,6 +717,7 @@ maybe_reload(server_rec *s)
         const char       *msg = NULL;
         int               rc = mod_acme_cert_load(tp, mod_acme_g.state_dir, c, &fresh[i], &msg);
         if (rc < 0) {
+            failed = 1;
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0044)
                          "%s: cannot load the renewed certificate, keeping the current one: %s", c->name, msg);
         }
@@ -728,7 +732,13 @@ maybe_reload(server_rec *s)
             mod_acme_served_free(&old);
         }
     }
-    apr_atomic_set32(&mod_acme_g.loaded_gen, gen);
+    if (failed) {
+        /* not this generation for good: again in a second (a child forked with the parent's startup state
+         * would otherwise keep serving it) */
+        retry_at = now + apr_time_from_sec(1);
+    } else {
+        apr_atomic_set32(&mod_acme_g.loaded_gen, gen);
+    }
     apr_thread_rwlock_unlock(mod_acme_g.lock);
     for (i = 0; i < n; i++) {
         mod_acme_served_free(&fresh[i]);

@@ -676,9 +676,9 @@ int
 acme_store_cert_load(acme_store_t *st, const char *name, char **fullchain, size_t *fullchain_len,
     char **privkey, size_t *privkey_len, acme_certmeta_t *meta, acme_err_t *err)
 {
-    char    *key = NULL, *chain = NULL, *pk = NULL;
-    size_t   clen = 0, plen = 0;
-    int      rc;
+    char    *key = NULL, *chain = NULL, *pk = NULL, *again = NULL;
+    size_t   clen = 0, plen = 0, alen = 0;
+    int      rc, tries = 0;
 
     if (fullchain != NULL) {
         *fullchain = NULL;
@@ -699,6 +699,7 @@ acme_store_cert_load(acme_store_t *st, const char *name, char **fullchain, size_
         return -1;
     }
 
+retry:
     key = store_key("certs", name, "fullchain.pem");
     if (key == NULL) {
         goto nomem;
@@ -724,6 +725,31 @@ acme_store_cert_load(acme_store_t *st, const char *name, char **fullchain, size_
         }
         free(key);
         if (rc != 0) {
+            goto fail;
+        }
+        /*
+         * two reads are not one snapshot: a commit of a renewal between them would pair the old
+         * certificate with the new key. Read the certificate again; when it changed, start over.
+         */
+        key = store_key("certs", name, "fullchain.pem");
+        if (key == NULL) {
+            goto nomem;
+        }
+        rc = acme_store_get(st, key, &again, &alen, err);
+        free(key);
+        if (rc == 0 && (alen != clen || memcmp(again, chain, clen) != 0) && ++tries < 5) {
+            free(again);
+            free(chain);
+            acme_free_secret(pk, plen);
+            again = chain = pk = NULL;
+            alen = clen = plen = 0;
+            goto retry;
+        }
+        free(again);
+        if (rc != 0) {
+            if (rc == 1) {
+                acme_err_set(err, ACME_ERR_STORE, "no certificate \"%s\" in the store", name);
+            }
             goto fail;
         }
     }

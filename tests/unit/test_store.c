@@ -976,11 +976,60 @@ test_challenges(void **state)
     assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, NULL, &err), -1);
 }
 
+/* A store whose certificate is renewed between two reads (the first N reads of fullchain.pem see the
+ * old one, later reads the new one; privkey.pem is always the new key). */
+static int torn_reads;
+
+static int
+torn_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err)
+{
+    const char *v;
+
+    (void) st;
+    (void) err;
+    if (strstr(key, "fullchain.pem") != NULL) {
+        v = torn_reads++ < 1 ? "OLD-CHAIN" : "NEW-CHAIN";
+    } else if (strstr(key, "privkey.pem") != NULL) {
+        v = "NEW-KEY";
+    } else {
+        return 1;
+    }
+    *data = strdup(v);
+    if (len != NULL) {
+        *len = strlen(v);
+    }
+    return 0;
+}
+
+static void
+test_cert_load_not_torn(void **state)
+{
+    acme_store_ops_t  ops;
+    acme_store_t      st;
+    acme_err_t        err;
+    char             *fc, *pk;
+    size_t            fl, pl;
+
+    memset(&ops, 0, sizeof(ops));
+    ops.get = torn_get;
+    st.ops = &ops;
+    st.data = NULL;
+    torn_reads = 0;
+    assert_int_equal(acme_store_cert_load(&st, "torn.example", &fc, &fl, &pk, &pl, NULL, &err), 0);
+    /* the certificate read after the key, not the one before it */
+    assert_string_equal(fc, "NEW-CHAIN");
+    assert_string_equal(pk, "NEW-KEY");
+    assert_true(torn_reads >= 3);
+    free(fc);
+    free(pk);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_certmeta_ident_errors),
+        cmocka_unit_test(test_cert_load_not_torn),
         cmocka_unit_test_setup_teardown(test_put_get_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_get_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_del_list, setup, teardown),
