@@ -100,14 +100,15 @@ def harness_ctl():
     return os.path.join(os.environ.get("ACME_BUILD", "build"), "acmectl")
 
 
-def test_tlsalpn01_and_acmectl_hot_swap(apache_factory, pebble, procs, tmp_path):
+@pytest.mark.parametrize("mpm", ["event", "prefork"])
+def test_tlsalpn01_and_acmectl_hot_swap(apache_factory, pebble, procs, tmp_path, mpm):
     """Apache issues over TLS-ALPN-01 into Redis; acmectl (another node) renews into the same Redis over
-    HTTP-01; Apache serves the new certificate without restart."""
+    HTTP-01; Apache serves the new certificate without restart (prefork: every child its own connection)."""
     redis = Redis(procs, tmp_path / "redis")
     kf = _key(tmp_path / "storage.key")
     name = "alpn.redis.apache.example.org"
     a = _apache(apache_factory, pebble, redis, kf, [name], challenge="tls-alpn-01",
-                http_port=harness.free_port())
+                http_port=harness.free_port(), mpm=mpm)
     a.start(procs)
     a.wait_valid(name)
     first = _redis_serial(redis, name)
