@@ -394,7 +394,7 @@ driver_main(apr_thread_t *t, void *arg)
     acme_manager_t  *m = NULL;
     acme_err_t       err;
     apr_pool_t      *p = NULL;
-    int              rc, logged = 0;
+    int              rc, logged = 0, resync = 0;
     char             name[MOD_ACME_NAME_MAX];
 
     memset(&host, 0, sizeof(host));
@@ -457,15 +457,13 @@ driver_main(apr_thread_t *t, void *arg)
     while (!d->stop) {
         int busy;
 
-        while (!d->draining && mod_acme_shm_renew_pop(mod_acme_g.shm, name, sizeof(name))) {
-            if (acme_manager_renew(m, name) == 0) {
-                ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0080)
-                             "%s: renewal requested through acme-status", name);
-            }
+        if (fl.st != NULL && follow_step(&fl)) {
+            resync = 1;
         }
-        if (fl.st != NULL && follow_step(&fl) && !acme_manager_busy(m)) {
+        if (resync && !acme_manager_busy(m)) {
             /* back from an outage: the manager re-reads the store (what it read meanwhile failed) */
             acme_manager_t *fresh;
+            resync = 0;
             acme_manager_free(m);
             fresh = manager_build(p, loop, st, s);
             if (fresh == NULL) {
@@ -473,6 +471,12 @@ driver_main(apr_thread_t *t, void *arg)
                 goto done;
             }
             m = fresh;
+        }
+        while (!d->draining && mod_acme_shm_renew_pop(mod_acme_g.shm, name, sizeof(name))) {
+            if (acme_manager_renew(m, name) == 0) {
+                ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0080)
+                             "%s: renewal requested through acme-status", name);
+            }
         }
         busy = publish_status(m);
         if (d->draining) {

@@ -3,6 +3,7 @@ another node (acmectl) served without restart, keys sealed with ACMEStorageKey, 
 on, a graceful restart works from the local cache) and the recovery (renewal works again)."""
 
 import os
+import re
 import subprocess
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
-from apache_harness import cert_serial, tls_get
+from apache_harness import cert_serial, http_get, tls_get
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file
 
 pytestmark = pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
@@ -99,14 +100,15 @@ def harness_ctl():
     return os.path.join(os.environ.get("ACME_BUILD", "build"), "acmectl")
 
 
-def test_tlsalpn01_and_acmectl_hot_swap(apache_factory, pebble, procs, tmp_path):
+@pytest.mark.parametrize("mpm", ["event", "prefork"])
+def test_tlsalpn01_and_acmectl_hot_swap(apache_factory, pebble, procs, tmp_path, mpm):
     """Apache issues over TLS-ALPN-01 into Redis; acmectl (another node) renews into the same Redis over
-    HTTP-01; Apache serves the new certificate without restart."""
+    HTTP-01; Apache serves the new certificate without restart (prefork: every child its own connection)."""
     redis = Redis(procs, tmp_path / "redis")
     kf = _key(tmp_path / "storage.key")
     name = "alpn.redis.apache.example.org"
     a = _apache(apache_factory, pebble, redis, kf, [name], challenge="tls-alpn-01",
-                http_port=harness.free_port())
+                http_port=harness.free_port(), mpm=mpm)
     a.start(procs)
     a.wait_valid(name)
     first = _redis_serial(redis, name)
@@ -119,8 +121,37 @@ def test_tlsalpn01_and_acmectl_hot_swap(apache_factory, pebble, procs, tmp_path)
     assert second != first
     _wait_served(a, name, second, timeout=20)
     assert a.log().count("resuming normal operations") == pid_line, "no restart"
-    assert (a.state / "cache" / name / "fullchain.pem").read_bytes().rstrip() == \
-        redis.get(f"{PREFIX}:certs/{name}/fullchain.pem").rstrip()
+    # the driver's local cache follows (a child may have read Redis first, on its next handshake)
+    harness.wait_for(lambda: (a.state / "cache" / name / "fullchain.pem").read_bytes().rstrip()
+                     == redis.get(f"{PREFIX}:certs/{name}/fullchain.pem").rstrip(), timeout=10,
+                     what="the local cache to follow Redis")
+
+
+def _get_calls(redis):
+    m = re.search(r"cmdstat_get:calls=(\d+)", redis.cli("INFO", "commandstats").decode())
+    return int(m.group(1)) if m else 0
+
+
+def test_bogus_tokens_spare_redis(apache_factory, pebble, procs, tmp_path):
+    """Bogus HTTP-01 requests: other names and malformed tokens never reach Redis, a repeated well-formed
+    token for a managed name is looked up about once a second per child."""
+    redis = Redis(procs, tmp_path / "redis")
+    kf = _key(tmp_path / "storage.key")
+    name = "flood.redis.apache.example.org"
+    a = _apache(apache_factory, pebble, redis, kf, [name])
+    a.start(procs)
+    a.wait_valid(name)
+    before = _get_calls(redis)
+    t0 = time.monotonic()
+    token = "A" * 43
+    for i in range(60):
+        assert http_get(a.http_port, "not-managed.example.org", f"/.well-known/acme-challenge/{token}").status == 404
+        assert http_get(a.http_port, name, "/.well-known/acme-challenge/short").status == 404
+        assert http_get(a.http_port, name, f"/.well-known/acme-challenge/{token}").status == 404
+    seconds = time.monotonic() - t0
+    calls = _get_calls(redis) - before
+    # children (2 for event in the harness, at most 4) x seconds, plus the driver's generation checks
+    assert calls <= (int(seconds) + 1) * 4 + int(seconds / 5) + 2, (calls, seconds)
 
 
 def test_config_errors(apache_factory, pebble, tmp_path):
