@@ -33,6 +33,8 @@
 #define NGX_HTTP_ACME_STATUS_EVERY   1
 #define NGX_HTTP_ACME_RETRY_START    30
 #define NGX_HTTP_ACME_EXIT_GRACE     5
+#define NGX_HTTP_ACME_STORE_CHECK    2
+#define NGX_HTTP_ACME_STORE_BACKOFF  60
 
 
 typedef struct {
@@ -43,7 +45,14 @@ typedef struct {
 
     acme_loop_t                 *loop;
     acme_store_t               **stores;
+    acme_store_t               **cache;          /* acme_storage: state_path */
     acme_manager_t             **managers;
+
+    unsigned long long           store_gen;
+    ngx_uint_t                   store_gen_known;
+    ngx_uint_t                   store_down;
+    time_t                       store_check_at;
+    time_t                       store_backoff;
     ngx_uint_t                   nmanagers;
 
     ngx_event_t                  timer;
@@ -379,11 +388,81 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
 }
 
 
-static void
-ngx_http_acme_cert_updated(void *data, const char *name)
-{
-    ngx_http_acme_runner_t  *rn = data;
+/*
+ * acme_storage: workers never talk to Redis. The leader copies each
+ * certificate it learns about from the shared store into the state_path
+ * (the local cache the workers read, and what a restart serves while Redis
+ * is down). 1 copied (changed), 0 same or absent, -1 error.
+ */
 
+static ngx_int_t
+ngx_http_acme_cache_sync(ngx_http_acme_runner_t *rn, ngx_uint_t g,
+    const char *name)
+{
+    int              rc;
+    char            *fc, *key, *old;
+    size_t           fclen, keylen, oldlen;
+    ngx_int_t        ret;
+    acme_err_t       err;
+    acme_certmeta_t  meta;
+
+    fc = NULL;
+    key = NULL;
+    old = NULL;
+    ngx_memzero(&meta, sizeof(acme_certmeta_t));
+
+    rc = acme_store_cert_load(rn->stores[g], name, &fc, &fclen, &key, &keylen,
+                              &meta, &err);
+    if (rc != 0) {
+        if (rc == -1) {
+            ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                          "acme: cannot read certificate \"%s\" from the "
+                          "storage: %s", name, err.msg);
+        }
+
+        ret = rc == 1 ? 0 : -1;
+        goto done;
+    }
+
+    rc = acme_store_cert_load(rn->cache[g], name, &old, &oldlen, NULL, NULL,
+                              NULL, &err);
+    if (rc == 0 && oldlen == fclen && ngx_memcmp(old, fc, fclen) == 0) {
+        ret = 0;
+        goto done;
+    }
+
+    if (acme_store_cert_save(rn->cache[g], name, fc, fclen, key, keylen,
+                             &meta, &err)
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                      "acme: cannot write certificate \"%s\" into the local "
+                      "cache: %s", name, err.msg);
+        ret = -1;
+        goto done;
+    }
+
+    ret = 1;
+
+done:
+
+    free(fc);
+    free(old);
+
+    if (key) {
+        OPENSSL_cleanse(key, keylen);
+        free(key);
+    }
+
+    acme_certmeta_free(&meta);
+
+    return ret;
+}
+
+
+static void
+ngx_http_acme_cert_announce(ngx_http_acme_runner_t *rn, const char *name)
+{
     if (ngx_http_acme_zone_cert_bump(rn->zone, (u_char *) name,
                                      ngx_strlen(name))
         != NGX_OK)
@@ -398,6 +477,89 @@ ngx_http_acme_cert_updated(void *data, const char *name)
                   "acme: certificate \"%s\" updated", name);
 
     rn->status_at = 0;
+}
+
+
+/*
+ * The safety net for changes made by other nodes (or acmectl): compare the
+ * store's generation every few seconds; when Redis does not answer, back
+ * off so that the leader does not block on a timeout every tick.
+ */
+
+static void
+ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
+{
+    ngx_uint_t               i;
+    acme_err_t               err;
+    unsigned long long       gen;
+    ngx_http_acme_cert_t   **certs;
+
+    if (rn->cache == NULL || now < rn->store_check_at) {
+        return;
+    }
+
+    if (acme_store_generation(rn->stores[0], &gen, &err) != 0) {
+        if (!rn->store_down) {
+            ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                          "acme: storage unreachable, serving from the local "
+                          "cache: %s", err.msg);
+            rn->store_down = 1;
+            rn->store_backoff = NGX_HTTP_ACME_STORE_CHECK;
+        }
+
+        rn->store_backoff = ngx_min(rn->store_backoff * 2,
+                                    NGX_HTTP_ACME_STORE_BACKOFF);
+        rn->store_check_at = now + rn->store_backoff;
+        return;
+    }
+
+    if (rn->store_down) {
+        ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                      "acme: storage reachable again");
+        rn->store_down = 0;
+        rn->store_gen_known = 0;
+    }
+
+    rn->store_check_at = now + NGX_HTTP_ACME_STORE_CHECK;
+
+    if (rn->store_gen_known && gen == rn->store_gen) {
+        return;
+    }
+
+    certs = rn->amcf->certs.elts;
+
+    for (i = 0; i < rn->amcf->certs.nelts; i++) {
+        switch (ngx_http_acme_cache_sync(rn, certs[i]->store,
+                                         certs[i]->name))
+        {
+        case 1:
+            ngx_http_acme_cert_announce(rn, certs[i]->name);
+            break;
+        case -1:
+            /* try again at the next check */
+            return;
+        }
+    }
+
+    rn->store_gen = gen;
+    rn->store_gen_known = 1;
+}
+
+
+static void
+ngx_http_acme_cert_updated(void *data, const char *name)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    ngx_uint_t  g;
+
+    if (rn->cache) {
+        for (g = 0; g < rn->nmanagers; g++) {
+            (void) ngx_http_acme_cache_sync(rn, g, name);
+        }
+    }
+
+    ngx_http_acme_cert_announce(rn, name);
 }
 
 
@@ -566,6 +728,7 @@ ngx_http_acme_tick(ngx_event_t *ev)
         }
 
         if (ngx_http_acme_runner) {
+            ngx_http_acme_store_check(ngx_http_acme_runner, now);
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
 
             if (now - ngx_http_acme_runner->status_at
@@ -674,6 +837,14 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     idx = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
     map = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
 
+    if (amcf->storage) {
+        rn->cache = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_store_t *),
+                               cycle->log);
+        if (rn->cache == NULL) {
+            goto failed;
+        }
+    }
+
     if (rn->stores == NULL || rn->managers == NULL || idx == NULL
         || map == NULL)
     {
@@ -693,7 +864,23 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
 
     for (g = 0; g < rn->nmanagers; g++) {
 
-        rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);
+        if (amcf->storage) {
+            rn->cache[g] = acme_store_fs_open(paths[g], 1, &err);
+            if (rn->cache[g] == NULL) {
+                ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                              "acme: cannot open state_path \"%s\": %s",
+                              paths[g], err.msg);
+                goto failed;
+            }
+
+            /* lazy: a node starts (from its cache) while Redis is down */
+            rn->stores[g] = acme_store_open(amcf->storage, amcf->storage_key,
+                                            ACME_STORE_LAZY, &err);
+
+        } else {
+            rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);
+        }
+
         if (rn->stores[g] == NULL) {
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                           "acme: cannot open state_path \"%s\": %s",
@@ -843,6 +1030,12 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
         }
     }
 
+    for (i = 0; rn->cache && i < rn->nmanagers; i++) {
+        if (rn->cache[i]) {
+            acme_store_close(rn->cache[i]);
+        }
+    }
+
     while (rn->nconns) {
         ngx_log_error(NGX_LOG_WARN, rn->log, 0,
                       "acme: socket %d left behind by libcurl",
@@ -857,6 +1050,7 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     free(rn->conns);
     free(rn->status);
     ngx_free(rn->stores);
+    ngx_free(rn->cache);
     ngx_free(rn->managers);
     ngx_free(rn);
 
