@@ -35,6 +35,7 @@
 #define NGX_HTTP_ACME_EXIT_GRACE     5
 #define NGX_HTTP_ACME_STORE_CHECK    2
 #define NGX_HTTP_ACME_STORE_BACKOFF  60
+#define NGX_HTTP_ACME_STORE_WATCHED  10
 
 
 typedef struct {
@@ -47,6 +48,9 @@ typedef struct {
     acme_store_t               **stores;
     acme_store_t               **cache;          /* acme_storage: state_path */
     acme_manager_t             **managers;
+
+    acme_store_watch_t          *watch;          /* certificate announcements */
+    ngx_connection_t            *watch_conn;
 
     unsigned long long           store_gen;
     ngx_uint_t                   store_gen_known;
@@ -480,6 +484,147 @@ ngx_http_acme_cert_announce(ngx_http_acme_runner_t *rn, const char *name)
 }
 
 
+static ngx_int_t
+ngx_http_acme_cert_refresh(ngx_http_acme_runner_t *rn, const char *name)
+{
+    ngx_uint_t               i;
+    ngx_http_acme_cert_t   **certs;
+
+    certs = rn->amcf->certs.elts;
+
+    for (i = 0; i < rn->amcf->certs.nelts; i++) {
+        if (name != NULL && ngx_strcmp(certs[i]->name, name) != 0) {
+            continue;
+        }
+
+        switch (ngx_http_acme_cache_sync(rn, certs[i]->store,
+                                         certs[i]->name))
+        {
+        case 1:
+            ngx_http_acme_cert_announce(rn, certs[i]->name);
+            break;
+        case -1:
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_acme_watch_close(ngx_http_acme_runner_t *rn)
+{
+    ngx_connection_t  *c;
+
+    c = rn->watch_conn;
+
+    if (c) {
+        /* a failed watch has closed its socket already (and epoll let go) */
+        if (c->read->active && rn->watch
+            && acme_store_watch_fd(rn->watch) == c->fd)
+        {
+            (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+
+        if (c->read->posted) {
+            ngx_delete_posted_event(c->read);
+        }
+
+        /* the socket is the watch's: it closes it */
+        ngx_free_connection(c);
+        c->fd = (ngx_socket_t) -1;
+        rn->watch_conn = NULL;
+    }
+
+    if (rn->watch) {
+        acme_store_watch_close(rn->watch);
+        rn->watch = NULL;
+    }
+}
+
+
+/* announcements from any node (or acmectl): read without blocking */
+
+static void
+ngx_http_acme_watch_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c = ev->data;
+    ngx_http_acme_runner_t  *rn = c->data;
+
+    int          rc;
+    char        *name;
+    acme_err_t   err;
+
+    for ( ;; ) {
+        rc = acme_store_watch_next(rn->watch, &name, &err);
+
+        if (rc == 0) {
+            break;
+        }
+
+        if (rc == -1) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: storage announcements lost, polling "
+                          "until they are back: %s", err.msg);
+            ngx_http_acme_watch_close(rn);
+
+            /* changes may have been missed: compare at the next check */
+            rn->store_gen_known = 0;
+            return;
+        }
+
+        if (ngx_http_acme_cert_refresh(rn, name) != NGX_OK) {
+            rn->store_gen_known = 0;
+        }
+
+        free(name);
+    }
+
+    if (ngx_handle_read_event(ev, 0) != NGX_OK) {
+        ngx_http_acme_watch_close(rn);
+        rn->store_gen_known = 0;
+    }
+}
+
+
+static void
+ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
+{
+    ngx_connection_t  *c;
+    acme_err_t         err;
+
+    rn->watch = acme_store_watch_open(rn->stores[0], &err);
+    if (rn->watch == NULL) {
+        ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                      "acme: cannot subscribe to storage announcements, "
+                      "polling: %s", err.msg);
+        return;
+    }
+
+    c = ngx_get_connection(acme_store_watch_fd(rn->watch), rn->log);
+    if (c == NULL) {
+        acme_store_watch_close(rn->watch);
+        rn->watch = NULL;
+        return;
+    }
+
+    c->data = rn;
+    c->read->handler = ngx_http_acme_watch_handler;
+    c->read->log = rn->log;
+    c->write->log = rn->log;
+    rn->watch_conn = c;
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_acme_watch_close(rn);
+        return;
+    }
+
+    /* messages may already wait in the reader */
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
 /*
  * The safety net for changes made by other nodes (or acmectl): compare the
  * store's generation every few seconds; when Redis does not answer, back
@@ -489,10 +634,8 @@ ngx_http_acme_cert_announce(ngx_http_acme_runner_t *rn, const char *name)
 static void
 ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
 {
-    ngx_uint_t               i;
     acme_err_t               err;
     unsigned long long       gen;
-    ngx_http_acme_cert_t   **certs;
 
     if (rn->cache == NULL || now < rn->store_check_at) {
         return;
@@ -520,25 +663,21 @@ ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
         rn->store_gen_known = 0;
     }
 
-    rn->store_check_at = now + NGX_HTTP_ACME_STORE_CHECK;
+    rn->store_check_at = now + (rn->watch ? NGX_HTTP_ACME_STORE_WATCHED
+                                          : NGX_HTTP_ACME_STORE_CHECK);
+
+    if (rn->watch == NULL) {
+        /* subscribe before comparing: nothing falls in between */
+        ngx_http_acme_watch_open(rn);
+    }
 
     if (rn->store_gen_known && gen == rn->store_gen) {
         return;
     }
 
-    certs = rn->amcf->certs.elts;
-
-    for (i = 0; i < rn->amcf->certs.nelts; i++) {
-        switch (ngx_http_acme_cache_sync(rn, certs[i]->store,
-                                         certs[i]->name))
-        {
-        case 1:
-            ngx_http_acme_cert_announce(rn, certs[i]->name);
-            break;
-        case -1:
-            /* try again at the next check */
-            return;
-        }
+    if (ngx_http_acme_cert_refresh(rn, NULL) != NGX_OK) {
+        /* try again at the next check */
+        return;
     }
 
     rn->store_gen = gen;
@@ -1023,6 +1162,9 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
         acme_loop_free(rn->loop);
         rn->loop = NULL;
     }
+
+    /* before the store it belongs to */
+    ngx_http_acme_watch_close(rn);
 
     for (i = 0; rn->stores && i < rn->nmanagers; i++) {
         if (rn->stores[i]) {
