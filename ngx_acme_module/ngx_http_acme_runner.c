@@ -74,6 +74,7 @@ typedef struct {
 static void ngx_http_acme_tick(ngx_event_t *ev);
 static ngx_int_t ngx_http_acme_runner_start(ngx_cycle_t *cycle);
 static void ngx_http_acme_runner_stop(ngx_uint_t release);
+static void ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn);
 
 
 static ngx_event_t              ngx_http_acme_tick_ev;
@@ -281,6 +282,99 @@ ngx_http_acme_host_watch(void *data, int fd, int events)
 
 /* acme_challenge_host_t: challenges go into the shared zone */
 
+/*
+ * acme_storage: a challenge goes to every node's zone, since the CA may
+ * ask any of them. The message carries the zone entry itself:
+ * "a<kind> <key> <value>" or "d<kind> <key>". Each leader (this one too,
+ * through the echo) copies it into its zone when its watch reads it.
+ */
+
+static ngx_int_t
+ngx_http_acme_challenge_announce(ngx_http_acme_runner_t *rn, u_char op,
+    u_char kind, u_char *key, size_t klen, u_char *value, size_t vlen,
+    acme_err_t *err)
+{
+    int      n;
+    u_char  *msg, *p;
+
+    if (rn->cache == NULL) {
+        return NGX_OK;
+    }
+
+    msg = ngx_alloc(klen + vlen + 5, rn->log);
+    if (msg == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NGX_ERROR;
+    }
+
+    p = msg;
+    *p++ = op;
+    *p++ = kind;
+    *p++ = ' ';
+    p = ngx_cpymem(p, key, klen);
+
+    if (value) {
+        *p++ = ' ';
+        p = ngx_cpymem(p, value, vlen);
+    }
+
+    *p = '\0';
+
+    n = acme_store_announce(rn->stores[0], (char *) msg, err);
+    ngx_free(msg);
+
+    if (n < 0) {
+        return NGX_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, rn->log, 0,
+                  "acme: challenge %s announced to %d node(s)",
+                  op == 'a' ? "publication" : "withdrawal", n);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_acme_challenge_message(ngx_http_acme_runner_t *rn, char *msg)
+{
+    u_char  *p, *last, *key, *sp, kind;
+
+    p = (u_char *) msg;
+    last = p + ngx_strlen(msg);
+
+    if (last - p < 4 || (p[0] != 'a' && p[0] != 'd') || p[2] != ' '
+        || (p[1] != NGX_HTTP_ACME_KV_HTTP01
+            && p[1] != NGX_HTTP_ACME_KV_TLSALPN))
+    {
+        return;
+    }
+
+    kind = p[1];
+    key = p + 3;
+    sp = ngx_strlchr(key, last, ' ');
+
+    if (p[0] == 'd') {
+        ngx_http_acme_zone_delete(rn->zone, kind, key, last - key);
+        return;
+    }
+
+    if (sp == NULL || sp == key || sp + 1 == last) {
+        return;
+    }
+
+    if (ngx_http_acme_zone_put(rn->zone, kind, key, sp - key, sp + 1,
+                               last - sp - 1)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                      "acme: the shared zone is full, an announced challenge "
+                      "is not answered here; increase its size with "
+                      "acme_shared_zone");
+    }
+}
+
+
 static int
 ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
     const char *token, const char *key_authz, acme_err_t *err)
@@ -308,6 +402,19 @@ ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
         rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
                                     (u_char *) token, ngx_strlen(token),
                                     v, len);
+
+        if (rc == NGX_OK
+            && ngx_http_acme_challenge_announce(rn, 'a',
+                                                NGX_HTTP_ACME_KV_HTTP01,
+                                                (u_char *) token,
+                                                ngx_strlen(token), v, len,
+                                                err)
+               != NGX_OK)
+        {
+            ngx_free(v);
+            return -1;
+        }
+
         ngx_free(v);
 
     } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
@@ -335,6 +442,19 @@ ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
 
         rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
                                     (u_char *) sni, ngx_strlen(sni), v, len);
+
+        if (rc == NGX_OK
+            && ngx_http_acme_challenge_announce(rn, 'a',
+                                                NGX_HTTP_ACME_KV_TLSALPN,
+                                                (u_char *) sni,
+                                                ngx_strlen(sni), v, len, err)
+               != NGX_OK)
+        {
+            ngx_free(v);
+            free(sni);
+            return -1;
+        }
+
         ngx_free(v);
         free(sni);
 
@@ -364,7 +484,8 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
 {
     ngx_http_acme_runner_t  *rn = data;
 
-    char  *sni;
+    char        *sni;
+    acme_err_t   err;
 
     if (rn->stopping) {
         /*
@@ -379,6 +500,13 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
         ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
                                   (u_char *) token, ngx_strlen(token));
 
+        /* best effort: a node that misses it keeps a dead entry */
+        (void) ngx_http_acme_challenge_announce(rn, 'd',
+                                                NGX_HTTP_ACME_KV_HTTP01,
+                                                (u_char *) token,
+                                                ngx_strlen(token), NULL, 0,
+                                                &err);
+
     } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
         sni = acme_ident_sni(id);
         if (sni == NULL) {
@@ -387,6 +515,11 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
 
         ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
                                   (u_char *) sni, ngx_strlen(sni));
+        (void) ngx_http_acme_challenge_announce(rn, 'd',
+                                                NGX_HTTP_ACME_KV_TLSALPN,
+                                                (u_char *) sni,
+                                                ngx_strlen(sni), NULL, 0,
+                                                &err);
         free(sni);
     }
 }
@@ -574,7 +707,10 @@ ngx_http_acme_watch_handler(ngx_event_t *ev)
             return;
         }
 
-        if (ngx_http_acme_cert_refresh(rn, name) != NGX_OK) {
+        if (rc == 2) {
+            ngx_http_acme_challenge_message(rn, name);
+
+        } else if (ngx_http_acme_cert_refresh(rn, name) != NGX_OK) {
             rn->store_gen_known = 0;
         }
 
@@ -601,6 +737,11 @@ ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
                       "polling: %s", err.msg);
         return;
     }
+
+    ngx_log_error(NGX_LOG_INFO, rn->log, 0,
+                  "acme: subscribed to storage announcements");
+
+    acme_store_watch_messages(rn->watch, 1);
 
     c = ngx_get_connection(acme_store_watch_fd(rn->watch), rn->log);
     if (c == NULL) {
@@ -1098,6 +1239,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                               err.msg);
                 goto failed;
             }
+        }
+
+        if (g == 0 && rn->cache) {
+            /* before the first order: our own announcements echo back */
+            ngx_http_acme_watch_open(rn);
         }
 
         if (acme_manager_start(rn->managers[g], &err) != 0) {

@@ -168,3 +168,50 @@ def test_tls_alpn_hot_swap_outage_restart_resume(pebble, nginx_factory, tmp_path
     assert r.status == 202, r.text
     third = wait_served(pebble.tls_port, name, pebble, other_than=second, timeout=20)
     assert third not in (first, second)
+
+
+def test_two_nodes_shared_challenges(pebble, nginx_factory, tmp_path, redis):
+    """Two nodes on one Redis, sharing Pebble's HTTP-01 port with reuseport, so that the kernel spreads the
+    CA's validation requests over both: node 1 issues A alone; node 0, started next, serves A from Redis
+    through its cache, and orders B, which node 1 does not even configure, yet answers for."""
+    names = ["rd-two.example.org", "rd-two-b.example.org"]
+    key = key_file(tmp_path / "storage.key")
+    ports = [free_port(), free_port(), free_port()]
+
+    def conf(i):
+        c = storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / f"state{i}") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port} reuseport;
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{ports[i]} ssl;
+        server_name {names[0]};
+        acme_certificate pebble;
+        location / {{ return 200 "tls\\n"; }}
+    }}
+"""
+        if i == 0:
+            c += f"""
+    server {{
+        listen 127.0.0.1:{ports[2]} ssl;
+        server_name {names[1]};
+        acme_certificate pebble;
+    }}
+"""
+        return c
+
+    nginx_factory(conf(1), name="node1", wait_port=ports[1])
+    first = wait_served(ports[1], names[0], pebble)
+    n0 = nginx_factory(conf(0), name="node0", wait_port=ports[0])
+    assert wait_served(ports[0], names[0], pebble, timeout=20) == first
+    wait_served(ports[2], names[1], pebble, timeout=40)
+    assert pebble.order_count() == 2
+    assert list((tmp_path / "state0").rglob("fullchain.pem"))
+    assert "challenge publication announced to 2 node(s)" in n0.log_text()
+    # every validation request answered 200, on whichever node the kernel sent it to
+    hits = []
+    for i in range(2):
+        log = (tmp_path / f"node{i}" / "access.log").read_text(errors="replace")
+        hits += [(i, m) for m in re.findall(r'"GET /\.well-known/acme-challenge/\S+ HTTP/1\.1" (\d+)', log)]
+    assert hits and all(code == "200" for _, code in hits), hits
