@@ -928,7 +928,7 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         && ngx_strncmp(value[1].data, "rediss://", 9) != 0)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid storage \"%V\", expected "
+                           "\"acme_storage\" \"%V\": expected "
                            "redis://[user:password@]host[:port][/db] or "
                            "rediss://...", &value[1]);
         return NGX_CONF_ERROR;
@@ -941,8 +941,8 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             || value[2].len == 7)
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid parameter \"%V\", expected "
-                               "prefix=NAME", &value[2]);
+                               "\"acme_storage\": invalid parameter \"%V\", "
+                               "expected prefix=NAME", &value[2]);
             return NGX_CONF_ERROR;
         }
 
@@ -966,7 +966,7 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (st == NULL) {
         shown = acme_store_url_redact(url);
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid storage \"%s\": %s",
+                           "\"acme_storage\" \"%s\": %s",
                            shown ? shown : "(redacted)", err.msg);
         free(shown);
         return NGX_CONF_ERROR;

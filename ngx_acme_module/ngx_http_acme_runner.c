@@ -36,6 +36,7 @@
 #define NGX_HTTP_ACME_STORE_CHECK    2
 #define NGX_HTTP_ACME_STORE_BACKOFF  60
 #define NGX_HTTP_ACME_STORE_WATCHED  10
+#define NGX_HTTP_ACME_SETTLE_MS      250
 
 
 typedef struct {
@@ -330,6 +331,16 @@ ngx_http_acme_challenge_announce(ngx_http_acme_runner_t *rn, u_char op,
     ngx_log_error(NGX_LOG_INFO, rn->log, 0,
                   "acme: challenge %s announced to %d node(s)",
                   op == 'a' ? "publication" : "withdrawal", n);
+
+    if (op == 'a' && n > 1) {
+        /*
+         * the message sits in every leader's socket; give them time to
+         * copy it into their zones before the core tells the CA to
+         * validate (the core's publish is synchronous: a short stall of
+         * this worker, once per challenge, is the price until it is not)
+         */
+        ngx_msleep(NGX_HTTP_ACME_SETTLE_MS);
+    }
 
     return NGX_OK;
 }
