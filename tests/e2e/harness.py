@@ -1369,10 +1369,11 @@ class RedisServer:
     """A redis-server on 127.0.0.1 (free port, no persistence) that can be stopped and started again on the
     same port. command() speaks RESP over a plain socket (no redis-cli needed) and returns raw bytes."""
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, persist=False):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.persist = persist      # append-only file, fsync'd: the data survives stop() + start()
         self.log_path = self.dir / "redis-server.log"
         self.proc = None
 
@@ -1380,8 +1381,9 @@ class RedisServer:
         return f"redis://{LOOPBACK}:{self.port}{query}"
 
     def start(self, timeout=10.0):
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         self.proc = Process([REDIS_SERVER_BIN, "--bind", LOOPBACK, "--port", str(self.port), "--save", "",
-                             "--appendonly", "no", "--dir", str(self.dir)],
+                             *aof, "--dir", str(self.dir)],
                             name="redis-server", log_path=self.log_path, cwd=self.dir)
         self.proc.start()
         self.proc.wait_port(self.port, timeout=timeout)

@@ -225,7 +225,7 @@ def cpebble(pebble_factory):
 
 @pytest.fixture
 def redis(procs, tmp_path):
-    r = RedisServer(tmp_path / "redis")
+    r = RedisServer(tmp_path / "redis", persist=True)     # a restart keeps the data, as a real one would
     procs.procs.append(r)       # stopped with the other processes (Process-like stop())
     r.start()
     return r
@@ -395,7 +395,7 @@ def test_redis_down_serving_goes_on(cluster, dns, redis):
     assert new in cl.pebble.issued_serials()
 
 
-def test_secrets_sealed_in_redis(cluster, dns, redis):
+def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin):
     dns.add_a(HTTP_NAME, ADDR_A)
     cl = cluster(alpn_names=())
     cl.start()
@@ -413,3 +413,11 @@ def test_secrets_sealed_in_redis(cluster, dns, redis):
     assert b"PRIVATE KEY" not in values
     # the certificate itself is public
     assert redis.get(f"{PREFIX}:certs/{HTTP_NAME}/fullchain.pem").startswith(b"-----BEGIN CERTIFICATE-----")
+    # the key file opens them; without it they stay closed
+    ca = ["--ca", cl.pebble.directory_url, "--ca-cert", cl.pebble.ca_cert]
+    url = redis.url(f"?prefix={PREFIX}")
+    p = harness.run_cmd([acmectl_bin, "--storage", url, "--storage-key", key_file, *ca, "account", "show"],
+                        timeout=30)
+    assert p.returncode == 0, p.stderr
+    p = harness.run_cmd([acmectl_bin, "--storage", url, *ca, "account", "show"], timeout=30)
+    assert p.returncode != 0 and "encrypted" in p.stderr, p.stderr
