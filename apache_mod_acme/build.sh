@@ -38,14 +38,12 @@ done
 for f in ${APX_SAN:-}; do
     set -- "$@" "-Wc,$f" "-Wl,$f"
 done
-# the core's libraries (hiredis for its Redis store backend when the core has one)
-PKGS="libcurl jansson openssl"
-for opt in hiredis hiredis_ssl; do
-    if pkg-config --exists "$opt"; then
-        PKGS="$PKGS $opt"
-    fi
-done
-LIBS=$(pkg-config --libs $PKGS)
+# the core's libraries; hiredis for the Redis store (ACMEStorage)
+if ! pkg-config --exists hiredis; then
+    echo "$0: hiredis not found (Debian: apt-get install libhiredis-dev)" >&2
+    exit 1
+fi
+LIBS=$(pkg-config --libs libcurl jansson openssl hiredis)
 
 cd "$OBJ"
 # shellcheck disable=SC2086
@@ -56,7 +54,7 @@ grep -E "(warning|error):" "$OBJ/build.log" | grep -v "is not portable" >&2 || t
 # apache2 loads the module
 undef=$(nm -D -u "$OBJ/.libs/mod_acme.so" | awk '{print $2}')
 missing=$(echo "$undef" | grep -E '^acme_' || true)
-if echo "$undef" | grep -qE '^redis' && ! ldd "$OBJ/.libs/mod_acme.so" | grep -q hiredis; then
+if ! ldd "$OBJ/.libs/mod_acme.so" | grep -q hiredis; then
     missing="$missing hiredis (install libhiredis-dev)"
 fi
 if [ -n "$missing" ]; then

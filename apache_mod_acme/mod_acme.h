@@ -73,6 +73,9 @@ typedef struct {
     const char            *eab_hmac;        /* secret, read from eab_key_file */
     const char            *preferred_chain;
     const char            *state_dir;       /* server-wide only */
+    const char            *storage;         /* ACMEStorage: redis:// URL (prefix folded in); NULL: state_dir */
+    const char            *storage_shown;   /* the URL without its password, for messages */
+    const char            *storage_key;     /* ACMEStorageKey file */
     mod_acme_cert_mode_t   cert_mode;       /* per vhost, not inherited */
     apr_array_header_t    *cert_names;      /* const char *, for ACME_CERT_NAMES */
     const char            *cert_directive;  /* "file:line" of ACMECertificate, for messages */
@@ -132,7 +135,12 @@ typedef struct {
     const char            *state_dir;
     apr_array_header_t    *certs;       /* mod_acme_cert_t * */
     mod_acme_shm_t        *shm;
-    struct acme_store_s   *store;       /* read-only look-ups in any process (stateless handle) */
+    struct acme_store_s   *store;       /* the shared store (Redis) or the state directory; a Redis handle
+                                         * reaches the children unconnected: each connects its own */
+    struct acme_store_s   *local;       /* the state directory: fallbacks, the local cache, driver lock */
+    const char            *storage;     /* Redis URL or NULL */
+    const char            *storage_shown;
+    const char            *storage_key;
     volatile apr_uint32_t  loaded_gen;  /* generation this process has parsed */
     apr_thread_rwlock_t   *lock;        /* guards the served certificates (per process) */
     apr_thread_mutex_t    *reload_lock; /* one reload at a time (per process) */
@@ -189,6 +197,9 @@ int  mod_acme_conn_fallback(conn_rec *c);
 int  mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert,
                         mod_acme_served_t *out, const char **msg);
 void mod_acme_served_free(mod_acme_served_t *sv);
+/* Copies what the shared store has for cert into the local cache (cache/<name>/...), when it differs.
+ * 0 written or unchanged, 1 nothing stored, -1 error with msg. Driver and post_config only. */
+int  mod_acme_cache_update(apr_pool_t *p, struct acme_store_s *shared, mod_acme_cert_t *cert, const char **msg);
 
 /* ---- challenges (mod_acme_challenge.c) ---- */
 

@@ -23,6 +23,7 @@
 #include <http_request.h>
 #include <http_ssl.h>
 #include <ctype.h>
+#include <pthread.h>
 
 #include <openssl/pem.h>
 
@@ -56,6 +57,71 @@ mod_acme_is_managed_name(const char *host)
 
 /* ---- HTTP-01 ---- */
 
+/*
+ * With a shared store every look-up is a round trip to Redis. A token the store did not have is remembered
+ * per process for a second, so a client repeating bogus tokens costs one look-up a second each. A real token
+ * is published before the CA is told to validate it, so it is never remembered as missing (guessing one of
+ * 128 random bits in advance is not a concern). A look-up failure is logged at most every MISS_LOG_SECONDS.
+ */
+#define MISS_SLOTS        256
+#define MISS_TTL          apr_time_from_sec(1)
+#define MISS_LOG_SECONDS  60
+
+static struct {
+    apr_uint64_t  hash;
+    apr_time_t    until;
+} misses[MISS_SLOTS];
+static apr_time_t       miss_logged;
+static pthread_mutex_t  miss_mx = PTHREAD_MUTEX_INITIALIZER;
+
+static apr_uint64_t
+token_hash(const char *t, size_t n)
+{
+    apr_uint64_t h = 1469598103934665603ULL;     /* FNV-1a */
+    size_t       i;
+
+    for (i = 0; i < n; i++) {
+        h = (h ^ (unsigned char) t[i]) * 1099511628211ULL;
+    }
+    return h | 1;       /* 0 marks an empty slot */
+}
+
+static int
+miss_known(apr_uint64_t h)
+{
+    int hit;
+
+    pthread_mutex_lock(&miss_mx);
+    hit = misses[h % MISS_SLOTS].hash == h && misses[h % MISS_SLOTS].until > apr_time_now();
+    pthread_mutex_unlock(&miss_mx);
+    return hit;
+}
+
+static void
+miss_remember(apr_uint64_t h)
+{
+    pthread_mutex_lock(&miss_mx);
+    misses[h % MISS_SLOTS].hash = h;
+    misses[h % MISS_SLOTS].until = apr_time_now() + MISS_TTL;
+    pthread_mutex_unlock(&miss_mx);
+}
+
+/* 1 when this failure should be logged now */
+static int
+miss_log_due(void)
+{
+    apr_time_t  now = apr_time_now();
+    int         due;
+
+    pthread_mutex_lock(&miss_mx);
+    due = miss_logged == 0 || now - miss_logged >= apr_time_from_sec(MISS_LOG_SECONDS);
+    if (due) {
+        miss_logged = now;
+    }
+    pthread_mutex_unlock(&miss_mx);
+    return due;
+}
+
 /* The path as the client sent it (origin form), query included; absolute-form targets lose their authority. */
 static const char *
 raw_target(request_rec *r)
@@ -82,6 +148,7 @@ http01(request_rec *r)
     acme_http01_path_t   kind;
     int                  rc;
     apr_size_t           len;
+    apr_uint64_t         h;
 
     if (!mod_acme_g.active || r->main != NULL || r->prev != NULL) {
         return DECLINED;
@@ -109,12 +176,19 @@ http01(request_rec *r)
         return HTTP_METHOD_NOT_ALLOWED;
     }
     token = apr_pstrmemdup(r->pool, tok, toklen);
+    h = token_hash(tok, toklen);
+    if (mod_acme_g.storage != NULL && miss_known(h)) {
+        return HTTP_NOT_FOUND;
+    }
     rc = acme_store_challenge_get(mod_acme_g.store, "http-01", token, &ka, &err);
     if (rc != 0) {
         if (rc < 0) {
             /* a token the store refuses (too short...) is the client's doing: not worth a warning */
-            ap_log_rerror(APLOG_MARK, err.kind == ACME_ERR_INPUT ? APLOG_DEBUG : APLOG_WARNING, 0, r,
+            int quiet = err.kind == ACME_ERR_INPUT || (mod_acme_g.storage != NULL && !miss_log_due());
+            ap_log_rerror(APLOG_MARK, quiet ? APLOG_DEBUG : APLOG_WARNING, 0, r,
                           ACMELOGNO(0052) "http-01: store look-up failed: %s", err.msg);
+        } else if (mod_acme_g.storage != NULL) {
+            miss_remember(h);
         }
         free(ka);
         return HTTP_NOT_FOUND;
@@ -167,14 +241,26 @@ sni_key(apr_pool_t *p, const char *sni)
     return k;
 }
 
+static int sni_ident(apr_pool_t *p, const char *sni, acme_ident_t *id);
+
 static int
 pending_tls_alpn(apr_pool_t *p, const char *sni, char **ka)
 {
-    char  *k = sni_key(p, sni);
-    char  *v = NULL;
-    int    rc;
+    char          *k = sni_key(p, sni);
+    char          *v = NULL;
+    acme_ident_t   id;
+    int            rc, managed;
 
     if (k == NULL) {
+        return 0;
+    }
+    /* only names we manage reach the store (with Redis, a look-up is a round trip) */
+    if (sni_ident(p, k, &id) != 0) {
+        return 0;
+    }
+    managed = mod_acme_is_managed_name(id.value);
+    acme_ident_free(&id);
+    if (!managed) {
         return 0;
     }
     rc = acme_store_challenge_get(mod_acme_g.store, "tls-alpn-01", k, &v, NULL);

@@ -10,8 +10,10 @@
 #include <apr_file_io.h>
 #include <ctype.h>
 
+#include "acme_aead.h"
 #include "acme_directory.h"
 #include "acme_err.h"
+#include "acme_store.h"
 #include "acme_x509.h"
 
 mod_acme_srv_conf_t *
@@ -56,6 +58,9 @@ mod_acme_merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
     }
     sc->preferred_chain = add->preferred_chain ? add->preferred_chain : base->preferred_chain;
     sc->state_dir = add->state_dir ? add->state_dir : base->state_dir;
+    sc->storage = add->storage ? add->storage : base->storage;
+    sc->storage_shown = add->storage ? add->storage_shown : base->storage_shown;
+    sc->storage_key = add->storage_key ? add->storage_key : base->storage_key;
     /* a certificate belongs to the vhost that asks for it: not inherited */
     sc->cert_mode = add->cert_mode;
     sc->cert_names = add->cert_names;
@@ -196,6 +201,75 @@ set_state_dir(cmd_parms *cmd, void *dc, const char *arg)
         return bad_value(cmd, arg, "not a valid path");
     }
     cmd_conf(cmd)->state_dir = path;
+    return NULL;
+}
+
+/* ACMEStorage URL [prefix=NAME]: a Redis URL, checked (not connected) here so apache2 -t refuses a bad one */
+static const char *
+set_storage(cmd_parms *cmd, void *dc, const char *url, const char *opt)
+{
+    const char    *err = ap_check_cmd_context(cmd, NOT_IN_VIRTUALHOST | NOT_IN_DIR_CONTEXT);
+    const char    *full = url;
+    char          *shown;
+    acme_store_t  *st;
+    acme_err_t     e;
+
+    (void) dc;
+    if (err != NULL) {
+        return err;
+    }
+    shown = acme_store_url_redact(url);
+    if (shown == NULL) {
+        return "ACMEStorage: out of memory";
+    }
+    cmd_conf(cmd)->storage_shown = apr_pstrdup(cmd->pool, shown);
+    free(shown);
+    if (strncmp(url, "redis://", 8) != 0 && strncmp(url, "rediss://", 9) != 0) {
+        return bad_value(cmd, cmd_conf(cmd)->storage_shown,
+                         "a redis:// or rediss:// URL (the default storage is ACMEStateDir)");
+    }
+    if (opt != NULL) {
+        if (strncmp(opt, "prefix=", 7) != 0 || opt[7] == '\0') {
+            return bad_value(cmd, opt, "the optional second argument is prefix=NAME");
+        }
+        if (strstr(url, "prefix=") != NULL) {
+            return bad_value(cmd, opt, "the URL has a prefix already");
+        }
+        full = apr_pstrcat(cmd->pool, url, strchr(url, '?') ? "&" : "?", opt, NULL);
+        cmd_conf(cmd)->storage_shown = apr_pstrcat(cmd->pool, cmd_conf(cmd)->storage_shown,
+                                                   strchr(url, '?') ? "&" : "?", opt, NULL);
+    }
+    st = acme_store_open(full, NULL, ACME_STORE_LAZY, &e);
+    if (st == NULL) {
+        return bad_value(cmd, cmd_conf(cmd)->storage_shown, e.msg);
+    }
+    acme_store_close(st);
+    cmd_conf(cmd)->storage = apr_pstrdup(cmd->pool, full);
+    return NULL;
+}
+
+static const char *
+set_storage_key(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char       *err = ap_check_cmd_context(cmd, NOT_IN_VIRTUALHOST | NOT_IN_DIR_CONTEXT);
+    const char       *path;
+    acme_aead_key_t  *k;
+    acme_err_t        e;
+
+    (void) dc;
+    if (err != NULL) {
+        return err;
+    }
+    path = ap_server_root_relative(cmd->pool, arg);
+    if (path == NULL || *arg == '\0') {
+        return bad_value(cmd, arg, "not a valid path");
+    }
+    k = acme_aead_key_load(path, &e);
+    if (k == NULL) {
+        return bad_value(cmd, path, e.msg);
+    }
+    acme_aead_key_free(k);
+    cmd_conf(cmd)->storage_key = path;
     return NULL;
 }
 
@@ -469,6 +543,11 @@ const command_rec mod_acme_cmds[] = {
                  "on: agree to the CA's terms of service"),
     AP_INIT_TAKE1("ACMEStateDir", set_state_dir, NULL, RSRC_CONF,
                   "where accounts, keys and certificates are kept (default " MOD_ACME_DEFAULT_STATE_DIR ")"),
+    AP_INIT_TAKE12("ACMEStorage", set_storage, NULL, RSRC_CONF,
+                   "redis://[user:password@]host:port[/db][?prefix=...] [prefix=NAME]: keep everything in Redis "
+                   "(cluster mode); default: ACMEStateDir"),
+    AP_INIT_TAKE1("ACMEStorageKey", set_storage_key, NULL, RSRC_CONF,
+                  "file with the AES-256-GCM key sealing private keys in Redis"),
     AP_INIT_TAKE1("ACMETrustedCertificate", set_trusted, NULL, RSRC_CONF,
                   "PEM file with the roots to trust for the ACME server's own TLS"),
     AP_INIT_ITERATE("ACMEChallenge", set_challenge, NULL, RSRC_CONF,
@@ -644,6 +723,18 @@ mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, se
         if (sc->eab_kid != NULL && *sc->eab_kid == '\0') {
             sc->eab_kid = NULL;
         }
+    }
+    sc = mod_acme_srv_conf(base);
+    if (sc->storage_key != NULL && sc->storage == NULL) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, base, ACMELOGNO(0007)
+                     "ACMEStorageKey %s: applies to ACMEStorage redis://... only (the state directory keeps "
+                     "keys in files only its owner can read)", sc->storage_key);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (sc->storage != NULL && sc->storage_key == NULL) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, base, ACMELOGNO(0008)
+                     "ACMEStorage %s without ACMEStorageKey: private keys are kept in Redis unencrypted",
+                     sc->storage_shown);
     }
     if (ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_TEST) {
         config_test_ssl_warnings(ptemp, base);     /* at startup mod_acme_ssl_check() says it exactly */

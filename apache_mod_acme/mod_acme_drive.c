@@ -16,6 +16,7 @@
 #include <ap_mpm.h>
 #include <apr_thread_proc.h>
 #include <apr_hash.h>
+#include <poll.h>
 #include <signal.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -32,6 +33,10 @@
 #define TICK_MS         250
 /* When the process stops, an issuance in flight may finish for this long (see driver_drain). */
 #define DRAIN_MS        15000
+/* Shared store: the generation counter is compared this often, whatever the announcements said (a
+ * subscription misses what is published while it is down); a lost subscription is retried this often. */
+#define GEN_CHECK_MS    5000
+#define WATCH_RETRY_MS  2000
 
 typedef struct {
     apr_pool_t           *pool;
@@ -212,6 +217,110 @@ manager_build(apr_pool_t *p, acme_loop_t *loop, acme_store_t *st, server_rec *ba
     return m;
 }
 
+/* ---- following a shared store (Redis): other nodes' certificates, outages ---- */
+
+typedef struct {
+    acme_store_t        *st;
+    server_rec          *s;
+    acme_store_watch_t  *watch;
+    apr_time_t           next_watch;
+    apr_time_t           next_gen;
+    unsigned long long   gen;
+    int                  have_gen;
+    int                  down;          /* the outage was logged */
+} follow_t;
+
+/* The local cache follows the store, then every process reloads (shm generation). */
+static void
+follow_changed(follow_t *f)
+{
+    apr_pool_t  *tp;
+    int          i;
+
+    apr_pool_create(&tp, NULL);
+    for (i = 0; i < mod_acme_g.certs->nelts; i++) {
+        mod_acme_cert_t  *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+        const char       *msg = NULL;
+
+        if (mod_acme_cache_update(tp, f->st, c, &msg) < 0) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, f->s, ACMELOGNO(0085)
+                         "%s: cannot refresh the local cache: %s", c->name, msg);
+        }
+    }
+    apr_pool_destroy(tp);
+    mod_acme_shm_bump(mod_acme_g.shm);
+}
+
+/*
+ * One step, every loop turn. Returns 1 when Redis came back after an outage (the caller resyncs its
+ * manager), 0 otherwise.
+ */
+static int
+follow_step(follow_t *f)
+{
+    apr_time_t     now = apr_time_now();
+    acme_err_t     err;
+    struct pollfd  pfd;
+    char          *name;
+    int            rc, changed = 0, check = 0, back = 0;
+    unsigned long long gen;
+
+    if (f->watch == NULL && now >= f->next_watch) {
+        f->watch = acme_store_watch_open(f->st, &err);
+        if (f->watch == NULL) {
+            f->next_watch = now + apr_time_from_msec(WATCH_RETRY_MS);
+        }
+        check = 1;      /* anything published while we were not listening */
+    }
+    if (f->watch != NULL) {
+        pfd.fd = acme_store_watch_fd(f->watch);
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+        if (poll(&pfd, 1, 0) > 0) {
+            while ((rc = acme_store_watch_next(f->watch, &name, &err)) == 1) {
+                ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, f->s, ACMELOGNO(0086)
+                             "%s: changed in the shared store", name);
+                free(name);
+                changed = 1;
+            }
+            if (rc < 0) {
+                acme_store_watch_close(f->watch);
+                f->watch = NULL;
+                f->next_watch = now + apr_time_from_msec(WATCH_RETRY_MS);
+                check = 1;
+            }
+        }
+    }
+    if (check || changed || now >= f->next_gen) {
+        f->next_gen = now + apr_time_from_msec(GEN_CHECK_MS);
+        if (acme_store_generation(f->st, &gen, &err) != 0) {
+            if (!f->down) {
+                f->down = 1;
+                ap_log_error(APLOG_MARK, APLOG_ERR, 0, f->s, ACMELOGNO(0087)
+                             "ACMEStorage %s is out of reach (%s): serving the certificates this host has, "
+                             "renewals wait for it", mod_acme_g.storage_shown, err.msg);
+            }
+            return 0;
+        }
+        if (f->down) {
+            f->down = 0;
+            back = 1;
+            changed = 1;
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, f->s, ACMELOGNO(0088)
+                         "ACMEStorage %s answers again: resynchronising", mod_acme_g.storage_shown);
+        }
+        if (!f->have_gen || gen != f->gen) {
+            changed = 1;
+        }
+        f->gen = gen;
+        f->have_gen = 1;
+    }
+    if (changed) {
+        follow_changed(f);
+    }
+    return back;
+}
+
 /* ---- the thread ---- */
 
 static int
@@ -279,12 +388,13 @@ driver_main(apr_thread_t *t, void *arg)
     server_rec      *s = d->s;
     acme_host_t      host;
     acme_loop_t     *loop;
-    acme_store_t    *st;
+    acme_store_t    *st, *lst = NULL;
     acme_lock_t     *lk = NULL;
+    follow_t         fl;
     acme_manager_t  *m = NULL;
     acme_err_t       err;
     apr_pool_t      *p = NULL;
-    int              rc, logged = 0;
+    int              rc, logged = 0, resync = 0;
     char             name[MOD_ACME_NAME_MAX];
 
     memset(&host, 0, sizeof(host));
@@ -299,14 +409,24 @@ driver_main(apr_thread_t *t, void *arg)
     d->loop = loop;
     apr_thread_mutex_unlock(d->mx);
 
-    st = acme_store_fs_open(mod_acme_g.state_dir, 1, &err);
-    if (st == NULL) {
+    memset(&fl, 0, sizeof(fl));
+    /* the driver lock is per host (the state directory); one issuance per certificate across the cluster
+     * is the shared store's certificate lock */
+    st = lst = acme_store_fs_open(mod_acme_g.state_dir, 1, &err);
+    if (lst == NULL) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0077) "ACMEStateDir %s: %s",
                      mod_acme_g.state_dir, err.msg);
         goto done;
     }
+    if (mod_acme_g.storage != NULL) {
+        /* this process's handle, inherited unconnected from the parent (opened there as root, which can
+         * read ACMEStorageKey): the first use connects, so no connection is shared between processes */
+        st = mod_acme_g.store;
+        fl.st = st;
+        fl.s = s;
+    }
     while (!d->stop && !d->draining && !mpm_stopping()) {
-        rc = st->ops->lock(st, MOD_ACME_DRIVER_LOCK, &lk, &err);
+        rc = lst->ops->lock(lst, MOD_ACME_DRIVER_LOCK, &lk, &err);
         if (rc == 1) {
             break;
         }
@@ -324,6 +444,9 @@ driver_main(apr_thread_t *t, void *arg)
                  mod_acme_g.certs->nelts);
     mod_acme_shm_set_driver(mod_acme_g.shm, getpid());
 
+    if (fl.st != NULL) {
+        follow_step(&fl);   /* the cache and every process catch up first; an outage is logged */
+    }
     apr_pool_create(&p, NULL);      /* not a child of pchild: this thread is not the pool's owner */
     m = manager_build(p, loop, st, s);
     if (m == NULL) {
@@ -334,6 +457,21 @@ driver_main(apr_thread_t *t, void *arg)
     while (!d->stop) {
         int busy;
 
+        if (fl.st != NULL && follow_step(&fl)) {
+            resync = 1;
+        }
+        if (resync && !acme_manager_busy(m)) {
+            /* back from an outage: the manager re-reads the store (what it read meanwhile failed) */
+            acme_manager_t *fresh;
+            resync = 0;
+            acme_manager_free(m);
+            fresh = manager_build(p, loop, st, s);
+            if (fresh == NULL) {
+                m = NULL;
+                goto done;
+            }
+            m = fresh;
+        }
         while (!d->draining && mod_acme_shm_renew_pop(mod_acme_g.shm, name, sizeof(name))) {
             if (acme_manager_renew(m, name) == 0) {
                 ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0080)
@@ -363,12 +501,15 @@ done:
     if (m != NULL) {
         acme_manager_free(m);
     }
+    if (fl.watch != NULL) {
+        acme_store_watch_close(fl.watch);
+    }
     if (lk != NULL) {
         mod_acme_shm_set_driver(mod_acme_g.shm, 0);
-        st->ops->unlock(lk);
+        lst->ops->unlock(lk);
     }
-    if (st != NULL) {
-        acme_store_close(st);
+    if (lst != NULL) {
+        acme_store_close(lst);
     }
     if (p != NULL) {
         apr_pool_destroy(p);

@@ -82,6 +82,80 @@ parse_pair(const char *chain_pem, size_t chain_len, const char *key_pem, size_t 
     return 0;
 }
 
+/* The local cache of a shared store's certificates: what lets Apache start while Redis is down. */
+static const char *
+cache_key(apr_pool_t *p, const mod_acme_cert_t *cert, const char *file)
+{
+    return apr_psprintf(p, "cache/%s/%s", cert->name, file);
+}
+
+static int
+cache_load(apr_pool_t *p, mod_acme_cert_t *cert, mod_acme_served_t *out, const char **msg)
+{
+    char        *fc = NULL, *pk = NULL;
+    size_t       fclen = 0, pklen = 0;
+    acme_err_t   err;
+    int          rc;
+
+    rc = acme_store_get(mod_acme_g.local, cache_key(p, cert, "fullchain.pem"), &fc, &fclen, &err);
+    if (rc == 0) {
+        rc = acme_store_get(mod_acme_g.local, cache_key(p, cert, "privkey.pem"), &pk, &pklen, &err);
+    }
+    if (rc == 0) {
+        rc = parse_pair(fc, fclen, pk, pklen, out, &err) == 0 ? 0 : -1;
+    }
+    if (rc < 0) {
+        *msg = apr_pstrcat(p, "local cache: ", err.msg, NULL);
+    }
+    free(fc);
+    if (pk != NULL) {
+        acme_free_secret(pk, pklen);
+    }
+    return rc;
+}
+
+int
+mod_acme_cache_update(apr_pool_t *p, acme_store_t *shared, mod_acme_cert_t *cert, const char **msg)
+{
+    char                *fc = NULL, *pk = NULL, *old = NULL, *oldk = NULL;
+    size_t               fclen = 0, pklen = 0, oldlen = 0, oldklen = 0;
+    acme_store_item_t    items[2];
+    acme_err_t           err;
+    int                  rc;
+
+    rc = acme_store_cert_load(shared, cert->name, &fc, &fclen, &pk, &pklen, NULL, &err);
+    if (rc != 0) {
+        *msg = rc < 0 ? apr_pstrdup(p, err.msg) : NULL;
+        return rc;
+    }
+    if (acme_store_get(mod_acme_g.local, cache_key(p, cert, "fullchain.pem"), &old, &oldlen, NULL) == 0
+        && acme_store_get(mod_acme_g.local, cache_key(p, cert, "privkey.pem"), &oldk, &oldklen, NULL) == 0
+        && oldlen == fclen && memcmp(old, fc, fclen) == 0 && oldklen == pklen && memcmp(oldk, pk, pklen) == 0)
+    {
+        rc = 0;
+    } else {
+        items[0].key = cache_key(p, cert, "fullchain.pem");
+        items[0].data = fc;
+        items[0].len = fclen;
+        items[0].secret = 0;
+        items[1].key = cache_key(p, cert, "privkey.pem");
+        items[1].data = pk;
+        items[1].len = pklen;
+        items[1].secret = 1;
+        rc = mod_acme_g.local->ops->commit(mod_acme_g.local, items, 2, &err);
+        if (rc != 0) {
+            *msg = apr_pstrcat(p, "local cache: ", err.msg, NULL);
+        }
+    }
+    free(fc);
+    free(old);
+    acme_free_secret(pk, pklen);
+    if (oldk != NULL) {
+        acme_free_secret(oldk, oldklen);
+    }
+    return rc;
+}
+
 int
 mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert, mod_acme_served_t *out,
                    const char **msg)
@@ -98,6 +172,13 @@ mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert, 
         return -1;
     }
     rc = acme_store_cert_load(mod_acme_g.store, cert->name, &fc, &fclen, &pk, &pklen, NULL, &err);
+    if (rc < 0 && mod_acme_g.storage != NULL) {
+        /* Redis is out of reach: what this host last saw of it */
+        const char *cmsg = NULL;
+        if (cache_load(p, cert, out, &cmsg) == 0) {
+            return 0;
+        }
+    }
     if (rc != 0) {
         *msg = rc < 0 ? apr_pstrdup(p, err.msg) : NULL;
         return rc;
@@ -130,8 +211,8 @@ fallback_load(mod_acme_cert_t *cert, const char *ckey, const char *kkey, mod_acm
     int          rc = -1;
 
     memset(out, 0, sizeof(*out));
-    if (acme_store_get(mod_acme_g.store, ckey, &fc, &fclen, NULL) == 0
-        && acme_store_get(mod_acme_g.store, kkey, &pk, &pklen, NULL) == 0
+    if (acme_store_get(mod_acme_g.local, ckey, &fc, &fclen, NULL) == 0
+        && acme_store_get(mod_acme_g.local, kkey, &pk, &pklen, NULL) == 0
         && parse_pair(fc, fclen, pk, pklen, out, &err) == 0)
     {
         STACK_OF(X509) *one = sk_X509_new_null();
@@ -201,7 +282,7 @@ fallback_make(apr_pool_t *p, server_rec *s, mod_acme_cert_t *cert, mod_acme_serv
     items[1].data = kpem;
     items[1].len = klen;
     items[1].secret = 1;
-    rc = mod_acme_g.store->ops->commit(mod_acme_g.store, items, 2, &err);
+    rc = mod_acme_g.local->ops->commit(mod_acme_g.local, items, 2, &err);
     free(cpem);
     acme_free_secret(kpem, klen);
     if (rc != 0) {
@@ -417,10 +498,14 @@ static apr_status_t
 store_cleanup(void *data)
 {
     (void) data;
-    if (mod_acme_g.store != NULL) {
+    if (mod_acme_g.store != NULL && mod_acme_g.store != mod_acme_g.local) {
         acme_store_close(mod_acme_g.store);
-        mod_acme_g.store = NULL;
     }
+    if (mod_acme_g.local != NULL) {
+        acme_store_close(mod_acme_g.local);
+    }
+    mod_acme_g.store = NULL;
+    mod_acme_g.local = NULL;
     return APR_SUCCESS;
 }
 
@@ -429,12 +514,14 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
 {
     acme_err_t      err;
     apr_status_t    rv;
-    int             i;
+    int             i, redis_down = 0;
 
-    (void) ptemp;
     mod_acme_g.pool = pconf;
     mod_acme_g.base = base;
     mod_acme_g.state_dir = mod_acme_state_dir(base);
+    mod_acme_g.storage = mod_acme_srv_conf(base)->storage;
+    mod_acme_g.storage_shown = mod_acme_srv_conf(base)->storage_shown;
+    mod_acme_g.storage_key = mod_acme_srv_conf(base)->storage_key;
     mod_acme_g.certs = apr_array_make(pconf, 4, sizeof(mod_acme_cert_t *));
     mod_acme_g.active = 0;
     mod_acme_g.shm = NULL;
@@ -446,23 +533,53 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
     if (mod_acme_g.certs->nelts == 0) {
         return OK;
     }
-    mod_acme_g.store = acme_store_fs_open(mod_acme_g.state_dir, 1, &err);
-    if (mod_acme_g.store == NULL) {
+    mod_acme_g.local = acme_store_fs_open(mod_acme_g.state_dir, 1, &err);
+    if (mod_acme_g.local == NULL) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, base, ACMELOGNO(0036)
                      "ACMEStateDir %s: %s", mod_acme_g.state_dir, err.msg);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
+    mod_acme_g.store = mod_acme_g.local;
     apr_pool_cleanup_register(pconf, NULL, store_cleanup, apr_pool_cleanup_null);
+    if (mod_acme_g.storage != NULL) {
+        /* lazy: Apache starts while Redis is down, from the local cache */
+        mod_acme_g.store = acme_store_open(mod_acme_g.storage, mod_acme_g.storage_key, ACME_STORE_LAZY, &err);
+        if (mod_acme_g.store == NULL) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, base, ACMELOGNO(0048)
+                         "ACMEStorage %s: %s", mod_acme_g.storage_shown, err.msg);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
 
     for (i = 0; i < mod_acme_g.certs->nelts; i++) {
         mod_acme_cert_t  *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-        const char       *msg = NULL;
+        const char       *msg = NULL, *dir = "certs";
         int               rc;
 
-        rc = mod_acme_cert_load(pconf, mod_acme_g.state_dir, c, &c->cur, &msg);
+        if (mod_acme_g.storage != NULL) {
+            /* mod_ssl reads files: the local cache, refreshed from Redis when it answers */
+            dir = "cache";
+            rc = redis_down ? -1 : mod_acme_cache_update(ptemp, mod_acme_g.store, c, &msg);
+            if (rc < 0 && !redis_down) {
+                redis_down = 1;
+                ap_log_error(APLOG_MARK, APLOG_WARNING, 0, base, ACMELOGNO(0049)
+                             "ACMEStorage %s: %s; serving certificates from the local cache in %s/cache",
+                             mod_acme_g.storage_shown, msg, mod_acme_g.state_dir);
+            }
+            if (rc == 1) {
+                msg = NULL;
+            } else {
+                rc = cache_load(pconf, c, &c->cur, &msg);
+                if (rc < 0 && redis_down) {
+                    rc = 1;     /* nothing cached: the fallback */
+                }
+            }
+        } else {
+            rc = mod_acme_cert_load(pconf, mod_acme_g.state_dir, c, &c->cur, &msg);
+        }
         if (rc == 0) {
-            c->cert_file = apr_psprintf(pconf, "%s/certs/%s/fullchain.pem", mod_acme_g.state_dir, c->name);
-            c->key_file = apr_psprintf(pconf, "%s/certs/%s/privkey.pem", mod_acme_g.state_dir, c->name);
+            c->cert_file = apr_psprintf(pconf, "%s/%s/%s/fullchain.pem", mod_acme_g.state_dir, dir, c->name);
+            c->key_file = apr_psprintf(pconf, "%s/%s/%s/privkey.pem", mod_acme_g.state_dir, dir, c->name);
             c->fallback = 0;
             ap_log_error(APLOG_MARK, APLOG_INFO, 0, c->s, ACMELOGNO(0037)
                          "%s: serving the stored certificate", c->name);
@@ -481,6 +598,17 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
                          "certificate (requests get 503) until it arrives", c->name, ident_list(ptemp, c));
         }
         apr_pool_cleanup_register(pconf, &c->cur, served_cleanup, apr_pool_cleanup_null);
+    }
+    if (mod_acme_g.storage != NULL) {
+        /* the children must not inherit this process's Redis connection: a fresh handle, unconnected, which
+         * each child (request threads and the driver, under the store's mutex) connects on first use */
+        acme_store_close(mod_acme_g.store);
+        mod_acme_g.store = acme_store_open(mod_acme_g.storage, mod_acme_g.storage_key, ACME_STORE_LAZY, &err);
+        if (mod_acme_g.store == NULL) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, base, ACMELOGNO(0048)
+                         "ACMEStorage %s: %s", mod_acme_g.storage_shown, err.msg);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
     if (state_dir_owner(base, mod_acme_g.state_dir) != 0) {
         return HTTP_INTERNAL_SERVER_ERROR;

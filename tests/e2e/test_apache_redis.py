@@ -1,0 +1,169 @@
+"""mod_acme with ACMEStorage redis://...: issuance into Redis (HTTP-01, TLS-ALPN-01), certificates written by
+another node (acmectl) served without restart, keys sealed with ACMEStorageKey, a Redis outage (serving goes
+on, a graceful restart works from the local cache) and the recovery (renewal works again)."""
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+import harness
+from apache_harness import apache_factory  # noqa: F401  (fixture)
+from apache_harness import cert_serial, http_get, tls_get
+from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file
+
+pytestmark = pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
+                                reason="redis-server / redis-cli not installed")
+
+PREFIX = "ap"
+
+
+def _key(path):
+    kf = key_file(path)
+    if os.geteuid() == 0:
+        os.chmod(kf, 0o600)     # read by the parent (root) only, as mod_ssl's keys
+    return kf
+
+
+def _apache(apache_factory, pebble, redis, kf, names, challenge="http-01", **kw):
+    a = apache_factory(pebble, acme_global=(f'ACMEStorage "{redis.url("/0")}" prefix={PREFIX}\n'
+                                            f'ACMEStorageKey "{kf}"\nACMEChallenge {challenge}\n'), **kw)
+    a.vhosts = a.managed_vhosts(names)
+    return a
+
+
+def _redis_serial(redis, name):
+    pem = redis.get(f"{PREFIX}:certs/{name}/fullchain.pem")
+    p = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True, check=True)
+    return harness.normalize_serial(p.stdout.decode())
+
+
+def _served_serial(a, name):
+    status, _, der, _ = tls_get(a.https_port, name)
+    assert status == 200
+    return cert_serial(der)
+
+
+def _wait_served(a, name, serial, timeout=30):
+    return harness.wait_for(lambda: _served_serial(a, name) == serial, timeout=timeout, interval=0.3,
+                            what=f"{name} to serve {serial}")
+
+
+def test_http01_into_redis_sealed_and_outage(apache_factory, pebble, procs, tmp_path):
+    redis = Redis(procs, tmp_path / "redis")
+    kf = _key(tmp_path / "storage.key")
+    name = "redis.apache.example.org"
+    a = _apache(apache_factory, pebble, redis, kf, [name])
+    a.start(procs)
+    a.wait_valid(name)
+    serial = _redis_serial(redis, name)
+    _wait_served(a, name, serial)
+
+    # everything in Redis, keys sealed; nothing but the cache and fallbacks on disk
+    keys = redis.keys(f"{PREFIX}:*")
+    assert f"{PREFIX}:certs/{name}/meta.json" in keys
+    assert any(k.startswith(f"{PREFIX}:accounts/") and k.endswith("/account.key") for k in keys)
+    assert redis.get(f"{PREFIX}:certs/{name}/privkey.pem").startswith(b"acme-aead-v1:")
+    assert not (a.state / "certs").exists() and not (a.state / "accounts").exists()
+    cached = a.state / "cache" / name / "privkey.pem"
+    assert (os.stat(cached).st_mode & 0o777) == 0o600
+    # without the key file the private key cannot be read
+    p = Ctl(harness_ctl(), redis.url(f"/0?prefix={PREFIX}"), pebble).run("revoke", "--with-cert-key", name)
+    assert p.returncode != 0 and "storage key" in p.stderr, p.stderr
+
+    # Redis down (its data saved first, as a persistent Redis would): serving goes on, the outage is logged
+    # once, a graceful restart works from the local cache
+    redis.cli("SAVE")
+    redis.proc.stop()
+    harness.wait_for(lambda: "is out of reach" in a.log(), timeout=20, what="the outage to be logged")
+    assert _served_serial(a, name) == serial
+    a.graceful()
+    assert _served_serial(a, name) == serial
+    time.sleep(6)       # more than one generation check
+    assert _served_serial(a, name) == serial
+    assert a.log().count("is out of reach") <= 2      # once per driver, not per check
+
+    # Redis back: the recovery is logged, a renewal works and is served
+    redis.proc.start()
+    redis.proc.wait_port(redis.port, timeout=10)
+    harness.wait_for(lambda: "answers again" in a.log(), timeout=30, what="the recovery to be logged")
+    r = a.renew(name)
+    assert r.status == 202, r
+    new = harness.wait_for(lambda: (lambda s: s if s != serial else None)(_redis_serial(redis, name)),
+                           timeout=60, interval=0.5, what="a renewal stored in Redis")
+    _wait_served(a, name, new)
+
+
+def harness_ctl():
+    return os.path.join(os.environ.get("ACME_BUILD", "build"), "acmectl")
+
+
+@pytest.mark.parametrize("mpm", ["event", "prefork"])
+def test_tlsalpn01_and_acmectl_hot_swap(apache_factory, pebble, procs, tmp_path, mpm):
+    """Apache issues over TLS-ALPN-01 into Redis; acmectl (another node) renews into the same Redis over
+    HTTP-01; Apache serves the new certificate without restart (prefork: every child its own connection)."""
+    redis = Redis(procs, tmp_path / "redis")
+    kf = _key(tmp_path / "storage.key")
+    name = "alpn.redis.apache.example.org"
+    a = _apache(apache_factory, pebble, redis, kf, [name], challenge="tls-alpn-01",
+                http_port=harness.free_port(), mpm=mpm)
+    a.start(procs)
+    a.wait_valid(name)
+    first = _redis_serial(redis, name)
+    _wait_served(a, name, first)
+    pid_line = a.log().count("resuming normal operations")
+
+    ctl = Ctl(harness_ctl(), redis.url(f"/0?prefix={PREFIX}"), pebble, key_file=kf)
+    ctl.ok("renew", "--force", "--http-listen", f"127.0.0.1:{pebble.http_port}", name)
+    second = _redis_serial(redis, name)
+    assert second != first
+    _wait_served(a, name, second, timeout=20)
+    assert a.log().count("resuming normal operations") == pid_line, "no restart"
+    # the driver's local cache follows (a child may have read Redis first, on its next handshake)
+    harness.wait_for(lambda: (a.state / "cache" / name / "fullchain.pem").read_bytes().rstrip()
+                     == redis.get(f"{PREFIX}:certs/{name}/fullchain.pem").rstrip(), timeout=10,
+                     what="the local cache to follow Redis")
+
+
+def _get_calls(redis):
+    m = re.search(r"cmdstat_get:calls=(\d+)", redis.cli("INFO", "commandstats").decode())
+    return int(m.group(1)) if m else 0
+
+
+def test_bogus_tokens_spare_redis(apache_factory, pebble, procs, tmp_path):
+    """Bogus HTTP-01 requests: other names and malformed tokens never reach Redis, a repeated well-formed
+    token for a managed name is looked up about once a second per child."""
+    redis = Redis(procs, tmp_path / "redis")
+    kf = _key(tmp_path / "storage.key")
+    name = "flood.redis.apache.example.org"
+    a = _apache(apache_factory, pebble, redis, kf, [name])
+    a.start(procs)
+    a.wait_valid(name)
+    before = _get_calls(redis)
+    t0 = time.monotonic()
+    token = "A" * 43
+    for i in range(60):
+        assert http_get(a.http_port, "not-managed.example.org", f"/.well-known/acme-challenge/{token}").status == 404
+        assert http_get(a.http_port, name, "/.well-known/acme-challenge/short").status == 404
+        assert http_get(a.http_port, name, f"/.well-known/acme-challenge/{token}").status == 404
+    seconds = time.monotonic() - t0
+    calls = _get_calls(redis) - before
+    # children (2 for event in the harness, at most 4) x seconds, plus the driver's generation checks
+    assert calls <= (int(seconds) + 1) * 4 + int(seconds / 5) + 2, (calls, seconds)
+
+
+def test_config_errors(apache_factory, pebble, tmp_path):
+    a = apache_factory(pebble, acme_global='ACMEStorage "redis://127.0.0.1:1/0?bogus=1"\n')
+    a.vhosts = a.managed_vhosts(["bad.example.org"])
+    p = a.config_test()
+    assert p.returncode != 0 and "ACMEStorage" in p.stderr and "bogus" in p.stderr, p.stderr
+    a.acme_global = 'ACMEStorage "redis://127.0.0.1:1/0"\nACMEStorageKey /nonexistent/storage.key\n'
+    p = a.config_test()
+    assert p.returncode != 0 and "ACMEStorageKey" in p.stderr and "/nonexistent/storage.key" in p.stderr, p.stderr
+    # a good URL with Redis not running: the test passes (nothing connects)
+    kf = _key(tmp_path / "k")
+    a.acme_global = f'ACMEStorage "redis://127.0.0.1:1/0" prefix=x\nACMEStorageKey "{kf}"\n'
+    p = a.config_test()
+    assert p.returncode == 0, p.stderr
