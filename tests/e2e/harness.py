@@ -703,6 +703,11 @@ class ChallTestSrv:
         self._post("/add-a", {"host": host, "addresses": list(addresses)})
         self._records.add(("a", host))
 
+    def map_a(self, host, addresses):
+        """Answer A queries for `host` with exactly `addresses` (add_a appends to what is there)."""
+        self.clear_a(host)
+        self.add_a(host, addresses)
+
     def clear_a(self, host):
         self._post("/clear-a", {"host": host})
         self._records.discard(("a", host))

@@ -219,8 +219,9 @@ class Cluster:
 
 @pytest.fixture
 def cpebble(pebble_factory):
-    """A Pebble of its own that never reuses authorizations: every order is validated."""
-    return pebble_factory(env={"PEBBLE_AUTHZREUSE": "0"})
+    """A Pebble of its own that never reuses authorizations (every order is validated) and rejects no
+    good nonce (so newOrder requests count orders)."""
+    return pebble_factory(env={"PEBBLE_AUTHZREUSE": "0", "PEBBLE_WFE_NONCEREJECT": "0"})
 
 
 @pytest.fixture
@@ -253,8 +254,8 @@ def cluster(cpebble, redis, key_file, nginx_factory, apache_factory, procs, tmp_
 def test_nodes_on_other_loopback_addresses(pebble, dns, nginx_factory, apache_factory, procs, acme_build,
                                            tmp_path):
     """Plain nodes (each its own state directory): the CA validates at the address the mock DNS gives."""
-    dns.add_a("n2.cluster.test", ADDR_B)
-    dns.add_a("ap4.cluster.test", ADDR_C)
+    dns.map_a("n2.cluster.test", ADDR_B)
+    dns.map_a("ap4.cluster.test", ADDR_C)
     assert dns.resolve("n2.cluster.test") == [ADDR_B]
     node = NginxNode(nginx_factory, "plain-b", ADDR_B, pebble, "", ["n2.cluster.test"], [], tmp_path)
     node.start()
@@ -280,8 +281,8 @@ def test_nodes_on_other_loopback_addresses(pebble, dns, nginx_factory, apache_fa
 def test_validated_on_another_node(cluster, dns):
     """The node that orders is not the node the CA validates: http-01 ordered by nginx A and answered by
     Apache C; tls-alpn-01 ordered by Apache C and answered by nginx B."""
-    dns.add_a(HTTP_NAME, ADDR_B)
-    dns.add_a(ALPN_NAME, ADDR_B)
+    dns.map_a(HTTP_NAME, ADDR_B)
+    dns.map_a(ALPN_NAME, ADDR_B)
     cl = cluster()
     cl.start()
     first = {n: cl.wait_served(n) for n in cl.names}
@@ -291,7 +292,7 @@ def test_validated_on_another_node(cluster, dns):
         assert cl.b.answered(n, 0), f"nginx B did not answer the CA for {n}"
 
     # http-01: A orders, the CA goes to C
-    dns.add_a(HTTP_NAME, ADDR_C)
+    dns.map_a(HTTP_NAME, ADDR_C)
     marks = cl.marks()
     assert cl.a.renew(HTTP_NAME) == 202
     new = cl.wait_served(HTTP_NAME, differs_from=first[HTTP_NAME])
@@ -311,8 +312,8 @@ def test_validated_on_another_node(cluster, dns):
 
 def test_one_order_per_certificate(cluster, dns):
     """Three nodes started at once place one order per certificate between them."""
-    dns.add_a(HTTP_NAME, ADDR_A)
-    dns.add_a(ALPN_NAME, ADDR_C)
+    dns.map_a(HTTP_NAME, ADDR_A)
+    dns.map_a(ALPN_NAME, ADDR_C)
     cl = cluster()
     base = cl.pebble.mark()
     cl.start()
@@ -327,7 +328,7 @@ def test_one_order_per_certificate(cluster, dns):
 
 
 def test_forced_renewal_served_everywhere_without_reload(cluster, dns):
-    dns.add_a(HTTP_NAME, ADDR_B)
+    dns.map_a(HTTP_NAME, ADDR_B)
     cl = cluster(alpn_names=())
     cl.start()
     old = cl.wait_served(HTTP_NAME)
@@ -354,7 +355,7 @@ def test_lock_holder_killed_mid_issuance(cpebble, redis, key_file, nginx_factory
         ca = types.SimpleNamespace(directory_url=px.directory_url, ca_cert=cpebble.ca_cert,
                                    http_port=cpebble.http_port, tls_port=cpebble.tls_port)
         held = px.add_fault("finalize", hold=True, hold_timeout=60)
-        dns.add_a(HTTP_NAME, ADDR_B)
+        dns.map_a(HTTP_NAME, ADDR_B)
         cl = Cluster(cpebble, redis, key_file, nginx_factory, apache_factory, procs, tmp_path, ca=ca,
                      url_query="?lock_lease=2s", alpn_names=())
         cl.start()
@@ -377,7 +378,7 @@ def test_lock_holder_killed_mid_issuance(cpebble, redis, key_file, nginx_factory
 
 
 def test_redis_down_serving_goes_on(cluster, dns, redis):
-    dns.add_a(HTTP_NAME, ADDR_C)
+    dns.map_a(HTTP_NAME, ADDR_C)
     cl = cluster(alpn_names=())
     cl.start()
     cl.allow(r"redis")
@@ -396,7 +397,7 @@ def test_redis_down_serving_goes_on(cluster, dns, redis):
 
 
 def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin):
-    dns.add_a(HTTP_NAME, ADDR_A)
+    dns.map_a(HTTP_NAME, ADDR_A)
     cl = cluster(alpn_names=())
     cl.start()
     cl.wait_served(HTTP_NAME)
@@ -421,3 +422,35 @@ def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin):
     assert p.returncode == 0, p.stderr
     p = harness.run_cmd([acmectl_bin, "--storage", url, *ca, "account", "show"], timeout=30)
     assert p.returncode != 0 and "encrypted" in p.stderr, p.stderr
+
+
+def test_two_apache_nodes(cpebble, redis, key_file, apache_factory, procs, dns):
+    """Two Apache nodes (.3 and .4) on one prefix: one order between them, a renewal ordered by one and
+    validated at the other, served by both with no graceful restart."""
+    storage = f"ACMEStorage {redis.url()} prefix={PREFIX}\nACMEStorageKey {key_file}\n"
+    dns.map_a(HTTP_NAME, ADDR_B)
+    nodes = [ApacheNode(apache_factory, procs, f"apache-{i}", addr, cpebble, cpebble.directory_url, storage,
+                        [HTTP_NAME], []) for i, addr in ((3, ADDR_B), (4, ADDR_C))]
+    base = cpebble.mark()
+    for n in nodes:
+        n.start()
+    for n in nodes:
+        n.wait_up()
+    roots = cpebble.roots(0)
+
+    def same(differs_from=None):
+        s = [served(n, HTTP_NAME, roots) for n in nodes]
+        return s[0] if s[0] and len(set(s)) == 1 and s[0] != differs_from else None
+    old = wait_for(same, 60, interval=0.3, what="both Apache nodes serving one certificate")
+    assert cpebble.request_count("/order-plz", since=base) == 1 == cpebble.order_count(since=base)
+    assert nodes[0].answered(HTTP_NAME, 0)
+    gens = [n.a.log().count("resuming normal operations") for n in nodes]
+
+    dns.map_a(HTTP_NAME, ADDR_C)
+    marks = [n.mark() for n in nodes]
+    assert nodes[0].renew(HTTP_NAME) == 202
+    new = wait_for(lambda: same(old), 60, interval=0.3, what="the renewed certificate on both nodes")
+    assert new in cpebble.issued_serials()
+    assert ordered(nodes[0], HTTP_NAME, marks[0]) and not ordered(nodes[1], HTTP_NAME, marks[1])
+    assert nodes[1].answered(HTTP_NAME, marks[1]) and not nodes[0].answered(HTTP_NAME, marks[0])
+    assert [n.a.log().count("resuming normal operations") for n in nodes] == gens
