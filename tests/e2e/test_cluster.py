@@ -94,6 +94,9 @@ class NginxNode:
     def kill(self):
         self.ng.proc.kill()
 
+    def allow(self, regex):
+        self.ng.allow(regex)
+
 
 class ApacheNode:
     kind = "apache"
@@ -146,6 +149,10 @@ class ApacheNode:
     def kill(self):
         self.a.proc.kill()
 
+    def allow(self, regex):
+        """After start() (the log is watched from then)."""
+        self.procs.server_logs.allow(regex, self.a.error_log)
+
 
 def ordered(node, name, since=0):
     """True if node's log says it stored a certificate for name that it got from the CA."""
@@ -161,7 +168,8 @@ def served(node, name, roots):
 
 class Cluster:
     def __init__(self, pebble, redis, key_file, nginx_factory, apache_factory, procs, tmp_path,
-                 ca=None, url_query="", http_names=(HTTP_NAME,), alpn_names=(ALPN_NAME,)):
+                 ca=None, url_query="", http_names=(HTTP_NAME,), alpn_names=(ALPN_NAME,),
+                 kinds=("nginx", "nginx", "apache")):
         self.pebble = pebble
         self.redis = redis
         ca = ca or pebble
@@ -170,12 +178,16 @@ class Cluster:
         ngx_storage = f"acme_storage {url} prefix={PREFIX};\nacme_storage_key {key_file};\n"
         ap_storage = f"ACMEStorage {url} prefix={PREFIX}\nACMEStorageKey {key_file}\n"
         self.names = list(http_names) + list(alpn_names)
-        self.a = NginxNode(nginx_factory, "nginx-a", ADDR_A, ca, ngx_storage, http_names, alpn_names, tmp_path)
-        self.b = NginxNode(nginx_factory, "nginx-b", ADDR_B, ca, ngx_storage, http_names, alpn_names, tmp_path)
-        self.c = ApacheNode(apache_factory, procs, "apache-c", ADDR_C, ca, ca.directory_url, ap_storage,
-                            http_names, alpn_names)
-        self.nodes = [self.a, self.b, self.c]
-        self.a.ng.allow(r"is being issued by another process")
+        self.nodes = []
+        for kind, letter, addr in zip(kinds, "abc", NODE_ADDRESSES):
+            if kind == "nginx":
+                n = NginxNode(nginx_factory, f"nginx-{letter}", addr, ca, ngx_storage, http_names, alpn_names,
+                              tmp_path)
+            else:
+                n = ApacheNode(apache_factory, procs, f"apache-{letter}", addr, ca, ca.directory_url, ap_storage,
+                               http_names, alpn_names)
+            self.nodes.append(n)
+        self.a, self.b, self.c = self.nodes
 
     def start(self):
         """All three at once."""
@@ -208,9 +220,8 @@ class Cluster:
 
     def allow(self, regex):
         """Error lines every node may log (after start(): Apache's log is watched from its start)."""
-        self.a.ng.allow(regex)
-        self.b.ng.allow(regex)
-        self.c.procs.server_logs.allow(regex, self.c.a.error_log)
+        for n in self.nodes:
+            n.allow(regex)
 
 
 # --------------------------------------------------------------------------
@@ -245,6 +256,12 @@ def cluster(cpebble, redis, key_file, nginx_factory, apache_factory, procs, tmp_
     def make(**kw):
         return Cluster(cpebble, redis, key_file, nginx_factory, apache_factory, procs, tmp_path, **kw)
     return make
+
+
+# the mixed cluster (nginx A, nginx B, Apache C), and three Apache nodes for the tests that do not depend on
+# the server kind
+KINDS = pytest.mark.parametrize("kinds", [("nginx", "nginx", "apache"), ("apache", "apache", "apache")],
+                                ids=["mixed", "apache"])
 
 
 # --------------------------------------------------------------------------
@@ -310,11 +327,12 @@ def test_validated_on_another_node(cluster, dns):
     assert not cl.c.answered(ALPN_NAME, marks["apache-c"])
 
 
-def test_one_order_per_certificate(cluster, dns):
+@KINDS
+def test_one_order_per_certificate(cluster, dns, kinds):
     """Three nodes started at once place one order per certificate between them."""
     dns.map_a(HTTP_NAME, ADDR_A)
     dns.map_a(ALPN_NAME, ADDR_C)
-    cl = cluster()
+    cl = cluster(kinds=kinds)
     base = cl.pebble.mark()
     cl.start()
     for n in cl.names:
@@ -327,26 +345,28 @@ def test_one_order_per_certificate(cluster, dns):
         assert len(cl.orderers(n)) == 1, (n, cl.orderers(n))
 
 
-def test_forced_renewal_served_everywhere_without_reload(cluster, dns):
+@KINDS
+def test_forced_renewal_served_everywhere_without_reload(cluster, dns, kinds):
     dns.map_a(HTTP_NAME, ADDR_B)
-    cl = cluster(alpn_names=())
+    cl = cluster(alpn_names=(), kinds=kinds)
     cl.start()
     old = cl.wait_served(HTTP_NAME)
     pids = {n.name: n.pids() for n in cl.nodes}
-    gens = cl.c.a.log().count("resuming normal operations")
+    gens = [n.log().count("resuming normal operations") for n in cl.nodes]     # Apache generations
     marks = cl.marks()
     assert cl.b.renew(HTTP_NAME) == 202
     new = cl.wait_served(HTTP_NAME, differs_from=old, timeout=40)
     assert new in cl.pebble.issued_serials()
     # no reload, no restart, no graceful: the same processes serve the new certificate
     assert {n.name: n.pids() for n in cl.nodes} == pids
-    assert cl.c.a.log().count("resuming normal operations") == gens
+    assert [n.log().count("resuming normal operations") for n in cl.nodes] == gens
     for n in cl.nodes:
         assert "reconfiguring" not in n.log(marks[n.name])
 
 
+@KINDS
 def test_lock_holder_killed_mid_issuance(cpebble, redis, key_file, nginx_factory, apache_factory, procs,
-                                         tmp_path, dns, test_ca):
+                                         tmp_path, dns, test_ca, kinds):
     """The node holding the certificate's lock is SIGKILLed while its finalize is held at the CA; after the
     lease another node finishes the issuance and every surviving node serves it."""
     cert, key = test_ca.issue("cluster-proxy", ["localhost"], ["127.0.0.1"], basename="cluster-proxy")
@@ -357,7 +377,7 @@ def test_lock_holder_killed_mid_issuance(cpebble, redis, key_file, nginx_factory
         held = px.add_fault("finalize", hold=True, hold_timeout=60)
         dns.map_a(HTTP_NAME, ADDR_B)
         cl = Cluster(cpebble, redis, key_file, nginx_factory, apache_factory, procs, tmp_path, ca=ca,
-                     url_query="?lock_lease=2s", alpn_names=())
+                     url_query="?lock_lease=2s", alpn_names=(), kinds=kinds)
         cl.start()
         assert held.wait_hit(timeout=40), "no finalize reached the CA"
         locks = [k for k in redis.keys(f"{PREFIX}:lock:*") if HTTP_NAME in k]
@@ -377,9 +397,10 @@ def test_lock_holder_killed_mid_issuance(cpebble, redis, key_file, nginx_factory
         px.stop()
 
 
-def test_redis_down_serving_goes_on(cluster, dns, redis):
+@KINDS
+def test_redis_down_serving_goes_on(cluster, dns, redis, kinds):
     dns.map_a(HTTP_NAME, ADDR_C)
-    cl = cluster(alpn_names=())
+    cl = cluster(alpn_names=(), kinds=kinds)
     cl.start()
     cl.allow(r"redis")
     old = cl.wait_served(HTTP_NAME)
@@ -396,9 +417,10 @@ def test_redis_down_serving_goes_on(cluster, dns, redis):
     assert new in cl.pebble.issued_serials()
 
 
-def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin):
+@KINDS
+def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin, kinds):
     dns.map_a(HTTP_NAME, ADDR_A)
-    cl = cluster(alpn_names=())
+    cl = cluster(alpn_names=(), kinds=kinds)
     cl.start()
     cl.wait_served(HTTP_NAME)
     keys = redis.keys(f"{PREFIX}:*")
