@@ -142,6 +142,15 @@ acme_store_watch_t *acme_store_watch_open(acme_store_t *st, acme_err_t *err);
 int                 acme_store_watch_fd(const acme_store_watch_t *w);
 int                 acme_store_watch_next(acme_store_watch_t *w, char **name, acme_err_t *err);
 void                acme_store_watch_close(acme_store_watch_t *w);
+/*
+ * Host messages on the same channel (Redis only): acme_store_announce publishes msg (text, no NUL, at most
+ * 4096 bytes) to every watch of the store, the sender's own included; returns how many watches got it, -1
+ * with err. A watch returns them only after acme_store_watch_messages(w, 1): acme_store_watch_next then
+ * returns 2 with *name set to the message (malloc'd). The server modules use them for challenges that any
+ * node must answer.
+ */
+int                 acme_store_announce(acme_store_t *st, const char *msg, acme_err_t *err);
+void                acme_store_watch_messages(acme_store_watch_t *w, int on);
 
 /*
  * Copies every key of one store into another (a directory or a Redis URL each, as acme_store_open takes

@@ -127,6 +127,7 @@ struct acme_lock_s {
 struct acme_store_watch_s {
     rd_t     *rd;
     rconn_t   c;
+    int       messages;     /* also return host messages (acme_store_announce) */
 };
 
 static const acme_store_ops_t rd_ops;
@@ -2445,6 +2446,63 @@ acme_store_generation(acme_store_t *st, unsigned long long *gen, acme_err_t *err
 
 /* ---- change notification ---- */
 
+void
+acme_store_watch_messages(acme_store_watch_t *w, int on)
+{
+    if (w != NULL) {
+        w->messages = on;
+    }
+}
+
+int
+acme_store_announce(acme_store_t *st, const char *msg, acme_err_t *err)
+{
+    rd_t        *rd;
+    redisReply  *rep = NULL;
+    const char  *argv[3];
+    size_t       lens[3];
+    char        *chan, *m;
+    int          rc = -1;
+
+    if (st == NULL || msg == NULL || msg[0] == '\0' || strlen(msg) > 4096) {
+        acme_err_set(err, ACME_ERR_INPUT, "announce: no store, or an empty or too long message");
+        return -1;
+    }
+    if (!rd_is(st)) {
+        acme_err_set(err, ACME_ERR_CONFIG, "the %s store has no announcements", acme_store_backend(st));
+        return -1;
+    }
+    rd = st->data;
+    chan = rd_key(rd, NULL, "events");
+    /* '!' is no name character: certificate watchers skip these */
+    m = acme_sprintf("!%s", msg);
+    if (chan == NULL || m == NULL) {
+        free(chan);
+        free(m);
+        rd_oom(err);
+        return -1;
+    }
+    argv[0] = "PUBLISH";
+    argv[1] = chan;
+    argv[2] = m;
+    lens[0] = 7;
+    lens[1] = strlen(chan);
+    lens[2] = strlen(m);
+    rd_enter(rd);
+    if (rd_simple(rd, &rep, 1, "announce", NULL, err, 3, argv, lens) == 0) {
+        if (rep->type == REDIS_REPLY_INTEGER) {
+            rc = rep->integer > INT_MAX ? INT_MAX : (int) rep->integer;
+        } else {
+            acme_err_set(err, ACME_ERR_STORE, "redis store %s: announce: unexpected reply", rd->display);
+        }
+    }
+    rd_leave(rd);
+    rd_reply_free(rep, 0);
+    free(chan);
+    free(m);
+    return rc;
+}
+
 acme_store_watch_t *
 acme_store_watch_open(acme_store_t *st, acme_err_t *err)
 {
@@ -2537,6 +2595,19 @@ acme_store_watch_next(acme_store_watch_t *w, char **name, acme_err_t *err)
         }
         if (rp != NULL) {
             rep = rp;
+            if (w->messages && rep->type == REDIS_REPLY_ARRAY && rep->elements == 3
+                && rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "message") == 0
+                && rep->element[2]->type == REDIS_REPLY_STRING && rep->element[2]->len > 1
+                && rep->element[2]->str[0] == '!' && strlen(rep->element[2]->str) == rep->element[2]->len)
+            {
+                *name = acme_strdup(rep->element[2]->str + 1);
+                freeReplyObject(rep);
+                if (*name == NULL) {
+                    rd_oom(err);
+                    return -1;
+                }
+                return 2;
+            }
             if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3
                 && rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "message") == 0
                 && rep->element[2]->type == REDIS_REPLY_STRING

@@ -30,6 +30,10 @@ static ngx_int_t ngx_http_acme_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_acme_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_acme_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf);
+static char *ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_acme_storage_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static void *ngx_http_acme_create_srv_conf(ngx_conf_t *cf);
 static void *ngx_http_acme_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_acme_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -63,6 +67,20 @@ static ngx_command_t  ngx_http_acme_commands[] = {
     { ngx_string("acme_shared_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_acme_shared_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("acme_storage"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_acme_storage,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("acme_storage_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_acme_storage_key,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -884,6 +902,120 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * acme_storage redis://... [prefix=NAME]: the shared store. Checked here
+ * without connecting (ACME_STORE_LAZY), so nginx -t works with Redis down.
+ */
+
+static char *
+ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    char          *url, *shown;
+    size_t         len;
+    ngx_str_t     *value;
+    acme_err_t     err;
+    acme_store_t  *st;
+
+    if (amcf->storage) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "redis://", 8) != 0
+        && ngx_strncmp(value[1].data, "rediss://", 9) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid storage \"%V\", expected "
+                           "redis://[user:password@]host[:port][/db] or "
+                           "rediss://...", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    len = value[1].len + 1;
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strncmp(value[2].data, "prefix=", 7) != 0
+            || value[2].len == 7)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\", expected "
+                               "prefix=NAME", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        len += value[2].len + 1;
+    }
+
+    url = ngx_pnalloc(cf->pool, len);
+    if (url == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 3) {
+        ngx_sprintf((u_char *) url, "%V%c%V%Z", &value[1],
+                    ngx_strchr(value[1].data, '?') ? '&' : '?', &value[2]);
+
+    } else {
+        ngx_sprintf((u_char *) url, "%V%Z", &value[1]);
+    }
+
+    st = acme_store_open(url, NULL, ACME_STORE_LAZY, &err);
+    if (st == NULL) {
+        shown = acme_store_url_redact(url);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid storage \"%s\": %s",
+                           shown ? shown : "(redacted)", err.msg);
+        free(shown);
+        return NGX_CONF_ERROR;
+    }
+
+    acme_store_close(st);
+
+    amcf->storage = url;
+    amcf->storage_file = cf->conf_file->file.name.data;
+    amcf->storage_line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}
+
+
+/* acme_storage_key FILE: checked with the URL in init_main_conf */
+
+static char *
+ngx_http_acme_storage_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    ngx_str_t  *value, file;
+
+    if (amcf->storage_key) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    file = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->storage_key = ngx_pnalloc(cf->pool, file.len + 1);
+    if (amcf->storage_key == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_sprintf((u_char *) amcf->storage_key, "%V%Z", &file);
+
+    amcf->storage_key_file = cf->conf_file->file.name.data;
+    amcf->storage_key_line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}
+
+
 /* acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]] */
 
 static char *
@@ -1250,6 +1382,31 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_http_acme_cert_t   **certs, *cert;
     ngx_http_acme_issuer_t  *iss;
     ngx_http_acme_zone_t    *zone;
+    acme_err_t               aerr;
+    acme_store_t            *st;
+
+    if (amcf->storage_key && amcf->storage == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"acme_storage_key\" \"%s\" needs \"acme_storage "
+                      "redis://...\" in %s:%ui", amcf->storage_key,
+                      amcf->storage_key_file, amcf->storage_key_line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->storage_key) {
+        /* reads and checks the key file; still no connection */
+        st = acme_store_open(amcf->storage, amcf->storage_key,
+                             ACME_STORE_LAZY, &aerr);
+        if (st == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"acme_storage_key\" \"%s\": %s in %s:%ui",
+                          amcf->storage_key, aerr.msg,
+                          amcf->storage_key_file, amcf->storage_key_line);
+            return NGX_CONF_ERROR;
+        }
+
+        acme_store_close(st);
+    }
 
     if (amcf->certs.nelts == 0 && amcf->issuers.nelts == 0) {
         return NGX_CONF_OK;

@@ -89,6 +89,13 @@ typedef struct {
     ngx_str_t                   zone_name;
     size_t                      zone_size;
 
+    char                       *storage;         /* Redis URL, NULL: files */
+    char                       *storage_key;     /* AES-256-GCM key file */
+    u_char                     *storage_file;
+    ngx_uint_t                  storage_line;
+    u_char                     *storage_key_file;
+    ngx_uint_t                  storage_key_line;
+
     ngx_uint_t                  enabled;
 } ngx_http_acme_main_conf_t;
 

@@ -33,6 +33,9 @@
 #define NGX_HTTP_ACME_STATUS_EVERY   1
 #define NGX_HTTP_ACME_RETRY_START    30
 #define NGX_HTTP_ACME_EXIT_GRACE     5
+#define NGX_HTTP_ACME_STORE_CHECK    2
+#define NGX_HTTP_ACME_STORE_BACKOFF  60
+#define NGX_HTTP_ACME_STORE_WATCHED  10
 
 
 typedef struct {
@@ -43,7 +46,17 @@ typedef struct {
 
     acme_loop_t                 *loop;
     acme_store_t               **stores;
+    acme_store_t               **cache;          /* acme_storage: state_path */
     acme_manager_t             **managers;
+
+    acme_store_watch_t          *watch;          /* certificate announcements */
+    ngx_connection_t            *watch_conn;
+
+    unsigned long long           store_gen;
+    ngx_uint_t                   store_gen_known;
+    ngx_uint_t                   store_down;
+    time_t                       store_check_at;
+    time_t                       store_backoff;
     ngx_uint_t                   nmanagers;
 
     ngx_event_t                  timer;
@@ -61,6 +74,7 @@ typedef struct {
 static void ngx_http_acme_tick(ngx_event_t *ev);
 static ngx_int_t ngx_http_acme_runner_start(ngx_cycle_t *cycle);
 static void ngx_http_acme_runner_stop(ngx_uint_t release);
+static void ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn);
 
 
 static ngx_event_t              ngx_http_acme_tick_ev;
@@ -268,6 +282,99 @@ ngx_http_acme_host_watch(void *data, int fd, int events)
 
 /* acme_challenge_host_t: challenges go into the shared zone */
 
+/*
+ * acme_storage: a challenge goes to every node's zone, since the CA may
+ * ask any of them. The message carries the zone entry itself:
+ * "a<kind> <key> <value>" or "d<kind> <key>". Each leader (this one too,
+ * through the echo) copies it into its zone when its watch reads it.
+ */
+
+static ngx_int_t
+ngx_http_acme_challenge_announce(ngx_http_acme_runner_t *rn, u_char op,
+    u_char kind, u_char *key, size_t klen, u_char *value, size_t vlen,
+    acme_err_t *err)
+{
+    int      n;
+    u_char  *msg, *p;
+
+    if (rn->cache == NULL) {
+        return NGX_OK;
+    }
+
+    msg = ngx_alloc(klen + vlen + 5, rn->log);
+    if (msg == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NGX_ERROR;
+    }
+
+    p = msg;
+    *p++ = op;
+    *p++ = kind;
+    *p++ = ' ';
+    p = ngx_cpymem(p, key, klen);
+
+    if (value) {
+        *p++ = ' ';
+        p = ngx_cpymem(p, value, vlen);
+    }
+
+    *p = '\0';
+
+    n = acme_store_announce(rn->stores[0], (char *) msg, err);
+    ngx_free(msg);
+
+    if (n < 0) {
+        return NGX_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, rn->log, 0,
+                  "acme: challenge %s announced to %d node(s)",
+                  op == 'a' ? "publication" : "withdrawal", n);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_acme_challenge_message(ngx_http_acme_runner_t *rn, char *msg)
+{
+    u_char  *p, *last, *key, *sp, kind;
+
+    p = (u_char *) msg;
+    last = p + ngx_strlen(msg);
+
+    if (last - p < 4 || (p[0] != 'a' && p[0] != 'd') || p[2] != ' '
+        || (p[1] != NGX_HTTP_ACME_KV_HTTP01
+            && p[1] != NGX_HTTP_ACME_KV_TLSALPN))
+    {
+        return;
+    }
+
+    kind = p[1];
+    key = p + 3;
+    sp = ngx_strlchr(key, last, ' ');
+
+    if (p[0] == 'd') {
+        ngx_http_acme_zone_delete(rn->zone, kind, key, last - key);
+        return;
+    }
+
+    if (sp == NULL || sp == key || sp + 1 == last) {
+        return;
+    }
+
+    if (ngx_http_acme_zone_put(rn->zone, kind, key, sp - key, sp + 1,
+                               last - sp - 1)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                      "acme: the shared zone is full, an announced challenge "
+                      "is not answered here; increase its size with "
+                      "acme_shared_zone");
+    }
+}
+
+
 static int
 ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
     const char *token, const char *key_authz, acme_err_t *err)
@@ -295,6 +402,19 @@ ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
         rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
                                     (u_char *) token, ngx_strlen(token),
                                     v, len);
+
+        if (rc == NGX_OK
+            && ngx_http_acme_challenge_announce(rn, 'a',
+                                                NGX_HTTP_ACME_KV_HTTP01,
+                                                (u_char *) token,
+                                                ngx_strlen(token), v, len,
+                                                err)
+               != NGX_OK)
+        {
+            ngx_free(v);
+            return -1;
+        }
+
         ngx_free(v);
 
     } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
@@ -322,6 +442,19 @@ ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
 
         rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
                                     (u_char *) sni, ngx_strlen(sni), v, len);
+
+        if (rc == NGX_OK
+            && ngx_http_acme_challenge_announce(rn, 'a',
+                                                NGX_HTTP_ACME_KV_TLSALPN,
+                                                (u_char *) sni,
+                                                ngx_strlen(sni), v, len, err)
+               != NGX_OK)
+        {
+            ngx_free(v);
+            free(sni);
+            return -1;
+        }
+
         ngx_free(v);
         free(sni);
 
@@ -351,7 +484,8 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
 {
     ngx_http_acme_runner_t  *rn = data;
 
-    char  *sni;
+    char        *sni;
+    acme_err_t   err;
 
     if (rn->stopping) {
         /*
@@ -366,6 +500,13 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
         ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
                                   (u_char *) token, ngx_strlen(token));
 
+        /* best effort: a node that misses it keeps a dead entry */
+        (void) ngx_http_acme_challenge_announce(rn, 'd',
+                                                NGX_HTTP_ACME_KV_HTTP01,
+                                                (u_char *) token,
+                                                ngx_strlen(token), NULL, 0,
+                                                &err);
+
     } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
         sni = acme_ident_sni(id);
         if (sni == NULL) {
@@ -374,16 +515,91 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
 
         ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
                                   (u_char *) sni, ngx_strlen(sni));
+        (void) ngx_http_acme_challenge_announce(rn, 'd',
+                                                NGX_HTTP_ACME_KV_TLSALPN,
+                                                (u_char *) sni,
+                                                ngx_strlen(sni), NULL, 0,
+                                                &err);
         free(sni);
     }
 }
 
 
-static void
-ngx_http_acme_cert_updated(void *data, const char *name)
-{
-    ngx_http_acme_runner_t  *rn = data;
+/*
+ * acme_storage: workers never talk to Redis. The leader copies each
+ * certificate it learns about from the shared store into the state_path
+ * (the local cache the workers read, and what a restart serves while Redis
+ * is down). 1 copied (changed), 0 same or absent, -1 error.
+ */
 
+static ngx_int_t
+ngx_http_acme_cache_sync(ngx_http_acme_runner_t *rn, ngx_uint_t g,
+    const char *name)
+{
+    int              rc;
+    char            *fc, *key, *old;
+    size_t           fclen, keylen, oldlen;
+    ngx_int_t        ret;
+    acme_err_t       err;
+    acme_certmeta_t  meta;
+
+    fc = NULL;
+    key = NULL;
+    old = NULL;
+    ngx_memzero(&meta, sizeof(acme_certmeta_t));
+
+    rc = acme_store_cert_load(rn->stores[g], name, &fc, &fclen, &key, &keylen,
+                              &meta, &err);
+    if (rc != 0) {
+        if (rc == -1) {
+            ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                          "acme: cannot read certificate \"%s\" from the "
+                          "storage: %s", name, err.msg);
+        }
+
+        ret = rc == 1 ? 0 : -1;
+        goto done;
+    }
+
+    rc = acme_store_cert_load(rn->cache[g], name, &old, &oldlen, NULL, NULL,
+                              NULL, &err);
+    if (rc == 0 && oldlen == fclen && ngx_memcmp(old, fc, fclen) == 0) {
+        ret = 0;
+        goto done;
+    }
+
+    if (acme_store_cert_save(rn->cache[g], name, fc, fclen, key, keylen,
+                             &meta, &err)
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                      "acme: cannot write certificate \"%s\" into the local "
+                      "cache: %s", name, err.msg);
+        ret = -1;
+        goto done;
+    }
+
+    ret = 1;
+
+done:
+
+    free(fc);
+    free(old);
+
+    if (key) {
+        OPENSSL_cleanse(key, keylen);
+        free(key);
+    }
+
+    acme_certmeta_free(&meta);
+
+    return ret;
+}
+
+
+static void
+ngx_http_acme_cert_announce(ngx_http_acme_runner_t *rn, const char *name)
+{
     if (ngx_http_acme_zone_cert_bump(rn->zone, (u_char *) name,
                                      ngx_strlen(name))
         != NGX_OK)
@@ -398,6 +614,232 @@ ngx_http_acme_cert_updated(void *data, const char *name)
                   "acme: certificate \"%s\" updated", name);
 
     rn->status_at = 0;
+}
+
+
+static ngx_int_t
+ngx_http_acme_cert_refresh(ngx_http_acme_runner_t *rn, const char *name)
+{
+    ngx_uint_t               i;
+    ngx_http_acme_cert_t   **certs;
+
+    certs = rn->amcf->certs.elts;
+
+    for (i = 0; i < rn->amcf->certs.nelts; i++) {
+        if (name != NULL && ngx_strcmp(certs[i]->name, name) != 0) {
+            continue;
+        }
+
+        switch (ngx_http_acme_cache_sync(rn, certs[i]->store,
+                                         certs[i]->name))
+        {
+        case 1:
+            ngx_http_acme_cert_announce(rn, certs[i]->name);
+            break;
+        case -1:
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_acme_watch_close(ngx_http_acme_runner_t *rn)
+{
+    ngx_connection_t  *c;
+
+    c = rn->watch_conn;
+
+    if (c) {
+        /* a failed watch has closed its socket already (and epoll let go) */
+        if (c->read->active && rn->watch
+            && acme_store_watch_fd(rn->watch) == c->fd)
+        {
+            (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+
+        if (c->read->posted) {
+            ngx_delete_posted_event(c->read);
+        }
+
+        /* the socket is the watch's: it closes it */
+        ngx_free_connection(c);
+        c->fd = (ngx_socket_t) -1;
+        rn->watch_conn = NULL;
+    }
+
+    if (rn->watch) {
+        acme_store_watch_close(rn->watch);
+        rn->watch = NULL;
+    }
+}
+
+
+/* announcements from any node (or acmectl): read without blocking */
+
+static void
+ngx_http_acme_watch_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c = ev->data;
+    ngx_http_acme_runner_t  *rn = c->data;
+
+    int          rc;
+    char        *name;
+    acme_err_t   err;
+
+    for ( ;; ) {
+        rc = acme_store_watch_next(rn->watch, &name, &err);
+
+        if (rc == 0) {
+            break;
+        }
+
+        if (rc == -1) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: storage announcements lost, polling "
+                          "until they are back: %s", err.msg);
+            ngx_http_acme_watch_close(rn);
+
+            /* changes may have been missed: compare at the next check */
+            rn->store_gen_known = 0;
+            return;
+        }
+
+        if (rc == 2) {
+            ngx_http_acme_challenge_message(rn, name);
+
+        } else if (ngx_http_acme_cert_refresh(rn, name) != NGX_OK) {
+            rn->store_gen_known = 0;
+        }
+
+        free(name);
+    }
+
+    if (ngx_handle_read_event(ev, 0) != NGX_OK) {
+        ngx_http_acme_watch_close(rn);
+        rn->store_gen_known = 0;
+    }
+}
+
+
+static void
+ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
+{
+    ngx_connection_t  *c;
+    acme_err_t         err;
+
+    rn->watch = acme_store_watch_open(rn->stores[0], &err);
+    if (rn->watch == NULL) {
+        ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                      "acme: cannot subscribe to storage announcements, "
+                      "polling: %s", err.msg);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, rn->log, 0,
+                  "acme: subscribed to storage announcements");
+
+    acme_store_watch_messages(rn->watch, 1);
+
+    c = ngx_get_connection(acme_store_watch_fd(rn->watch), rn->log);
+    if (c == NULL) {
+        acme_store_watch_close(rn->watch);
+        rn->watch = NULL;
+        return;
+    }
+
+    c->data = rn;
+    c->read->handler = ngx_http_acme_watch_handler;
+    c->read->log = rn->log;
+    c->write->log = rn->log;
+    rn->watch_conn = c;
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_acme_watch_close(rn);
+        return;
+    }
+
+    /* messages may already wait in the reader */
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
+/*
+ * The safety net for changes made by other nodes (or acmectl): compare the
+ * store's generation every few seconds; when Redis does not answer, back
+ * off so that the leader does not block on a timeout every tick.
+ */
+
+static void
+ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
+{
+    acme_err_t               err;
+    unsigned long long       gen;
+
+    if (rn->cache == NULL || now < rn->store_check_at) {
+        return;
+    }
+
+    if (acme_store_generation(rn->stores[0], &gen, &err) != 0) {
+        if (!rn->store_down) {
+            ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                          "acme: storage unreachable, serving from the local "
+                          "cache: %s", err.msg);
+            rn->store_down = 1;
+            rn->store_backoff = NGX_HTTP_ACME_STORE_CHECK;
+        }
+
+        rn->store_backoff = ngx_min(rn->store_backoff * 2,
+                                    NGX_HTTP_ACME_STORE_BACKOFF);
+        rn->store_check_at = now + rn->store_backoff;
+        return;
+    }
+
+    if (rn->store_down) {
+        ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                      "acme: storage reachable again");
+        rn->store_down = 0;
+        rn->store_gen_known = 0;
+    }
+
+    rn->store_check_at = now + (rn->watch ? NGX_HTTP_ACME_STORE_WATCHED
+                                          : NGX_HTTP_ACME_STORE_CHECK);
+
+    if (rn->watch == NULL) {
+        /* subscribe before comparing: nothing falls in between */
+        ngx_http_acme_watch_open(rn);
+    }
+
+    if (rn->store_gen_known && gen == rn->store_gen) {
+        return;
+    }
+
+    if (ngx_http_acme_cert_refresh(rn, NULL) != NGX_OK) {
+        /* try again at the next check */
+        return;
+    }
+
+    rn->store_gen = gen;
+    rn->store_gen_known = 1;
+}
+
+
+static void
+ngx_http_acme_cert_updated(void *data, const char *name)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    ngx_uint_t  g;
+
+    if (rn->cache) {
+        for (g = 0; g < rn->nmanagers; g++) {
+            (void) ngx_http_acme_cache_sync(rn, g, name);
+        }
+    }
+
+    ngx_http_acme_cert_announce(rn, name);
 }
 
 
@@ -566,6 +1008,7 @@ ngx_http_acme_tick(ngx_event_t *ev)
         }
 
         if (ngx_http_acme_runner) {
+            ngx_http_acme_store_check(ngx_http_acme_runner, now);
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
 
             if (now - ngx_http_acme_runner->status_at
@@ -674,6 +1117,14 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     idx = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
     map = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
 
+    if (amcf->storage) {
+        rn->cache = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_store_t *),
+                               cycle->log);
+        if (rn->cache == NULL) {
+            goto failed;
+        }
+    }
+
     if (rn->stores == NULL || rn->managers == NULL || idx == NULL
         || map == NULL)
     {
@@ -693,7 +1144,23 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
 
     for (g = 0; g < rn->nmanagers; g++) {
 
-        rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);
+        if (amcf->storage) {
+            rn->cache[g] = acme_store_fs_open(paths[g], 1, &err);
+            if (rn->cache[g] == NULL) {
+                ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                              "acme: cannot open state_path \"%s\": %s",
+                              paths[g], err.msg);
+                goto failed;
+            }
+
+            /* lazy: a node starts (from its cache) while Redis is down */
+            rn->stores[g] = acme_store_open(amcf->storage, amcf->storage_key,
+                                            ACME_STORE_LAZY, &err);
+
+        } else {
+            rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);
+        }
+
         if (rn->stores[g] == NULL) {
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                           "acme: cannot open state_path \"%s\": %s",
@@ -774,6 +1241,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             }
         }
 
+        if (g == 0 && rn->cache) {
+            /* before the first order: our own announcements echo back */
+            ngx_http_acme_watch_open(rn);
+        }
+
         if (acme_manager_start(rn->managers[g], &err) != 0) {
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "acme: %s", err.msg);
             goto failed;
@@ -837,9 +1309,18 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
         rn->loop = NULL;
     }
 
+    /* before the store it belongs to */
+    ngx_http_acme_watch_close(rn);
+
     for (i = 0; rn->stores && i < rn->nmanagers; i++) {
         if (rn->stores[i]) {
             acme_store_close(rn->stores[i]);
+        }
+    }
+
+    for (i = 0; rn->cache && i < rn->nmanagers; i++) {
+        if (rn->cache[i]) {
+            acme_store_close(rn->cache[i]);
         }
     }
 
@@ -857,6 +1338,7 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     free(rn->conns);
     free(rn->status);
     ngx_free(rn->stores);
+    ngx_free(rn->cache);
     ngx_free(rn->managers);
     ngx_free(rn);
 

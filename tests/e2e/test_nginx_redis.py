@@ -1,0 +1,217 @@
+"""nginx with acme_storage redis://...: one node against a redis-server of the test's own and a real Pebble.
+Certificates, keys and accounts live in Redis (keys sealed with acme_storage_key); the workers serve from the
+local cache under state_path, which the leader keeps in step with Redis."""
+import os
+import re
+
+import pytest
+
+import harness
+from harness import free_port, wait_for
+from nginx_harness import cert_serial, https_get, issuer_block, nginx_factory, tls_handshake, tls_verified  # noqa: F401
+from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file
+
+pytestmark = pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
+                                reason="redis-server / redis-cli not installed")
+
+# what a node logs, by design, while its Redis is away
+REDIS_DOWN = [r"storage unreachable", r"acme: .*redis store redis://", r"cannot read certificate .* from the storage",
+              r"cannot record the failure in the store"]
+
+
+def served(port, sni, roots):
+    try:
+        return tls_verified(port, sni, roots)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def wait_served(port, sni, pebble, other_than=None, timeout=45):
+    roots = pebble.roots(0)
+    return wait_for(lambda: (lambda s: s if s and s != other_than else None)(served(port, sni, roots)),
+                    timeout, interval=0.2, what=f"a Pebble certificate for {sni}")
+
+
+def storage_conf(redis, key):
+    return f"acme_storage {redis.url()} prefix=ngx;\nacme_storage_key {key};\n"
+
+
+def alpn_conf(pebble, tmp_path, redis, key, name):
+    return storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state",
+                                                   challenge="tls-alpn-01") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.tls_port} ssl;
+        server_name {name};
+        acme_certificate pebble;
+        location / {{ return 200 "tls\\n"; }}
+        location = /acme {{ acme_status; }}
+    }}
+"""
+
+
+@pytest.fixture
+def redis(procs, tmp_path):
+    return Redis(procs, tmp_path / "redis")
+
+
+def test_config_checks_without_redis(nginx_factory, pebble, tmp_path):
+    """nginx -t checks the URL and the key file without a Redis to talk to, naming directive, value and line."""
+    key = key_file(tmp_path / "storage.key")
+    port = free_port()                      # nothing listens there
+    base = issuer_block("pebble", pebble, tmp_path / "state")
+    ng = nginx_factory(f"acme_storage redis://127.0.0.1:{port}/2 prefix=node;\nacme_storage_key {key};\n" + base,
+                       start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+
+    ng.write_conf("acme_storage redis://127.0.0.1:notaport;\n" + base)
+    ok, out = ng.test_config()
+    assert not ok
+    assert "acme_storage" in out or "invalid storage" in out
+    assert "notaport" in out and re.search(r"nginx\.conf:\d+", out), out
+
+    ng.write_conf(f"acme_storage redis://127.0.0.1:{port} colour=blue;\n" + base)
+    ok, out = ng.test_config()
+    assert not ok and "colour=blue" in out, out
+
+    missing = tmp_path / "no-such.key"
+    ng.write_conf(f"acme_storage redis://127.0.0.1:{port};\nacme_storage_key {missing};\n" + base)
+    ok, out = ng.test_config()
+    assert not ok and "acme_storage_key" in out and str(missing) in out, out
+    assert re.search(r"nginx\.conf:\d+", out), out
+
+    short = key_file(tmp_path / "short.key", b"too short")
+    ng.write_conf(f"acme_storage redis://127.0.0.1:{port};\nacme_storage_key {short};\n" + base)
+    ok, out = ng.test_config()
+    assert not ok and str(short) in out, out
+
+    ng.write_conf(f"acme_storage_key {key};\n" + base)
+    ok, out = ng.test_config()
+    assert not ok and "needs" in out, out
+
+
+def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, acmectl_bin):
+    """HTTP-01 issuance with everything in Redis; private keys there are sealed; the cache is 0600."""
+    name = "rd-http.example.org"
+    https = free_port()
+    key = key_file(tmp_path / "storage.key")
+    conf = storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        acme_certificate pebble;
+        location / {{ return 200 "tls\\n"; }}
+    }}
+"""
+    nginx_factory(conf, wait_port=https)
+    serial = wait_served(https, name, pebble)
+    assert serial in pebble.issued_serials() and pebble.order_count() == 1
+
+    keys = redis.keys("ngx:*")
+    assert any(k.endswith("/fullchain.pem") and name in k for k in keys), keys
+    assert any(k.startswith("ngx:accounts") or "account" in k for k in keys), keys
+    privs = [k for k in keys if k.endswith("privkey.pem") or k.endswith(".key")]
+    assert privs, keys
+    for k in privs:
+        assert b"PRIVATE KEY" not in redis.get(k), k
+
+    # without the key file the sealed key cannot be read; with it, it can
+    blind = Ctl(acmectl_bin, redis.url("/0?prefix=ngx"), pebble)
+    p = blind.run("status", "--json")
+    assert p.returncode != 0 or "PRIVATE" not in p.stdout
+    cached = list((tmp_path / "state").rglob("privkey.pem"))
+    assert cached and all((c.stat().st_mode & 0o777) == 0o600 for c in cached)
+
+
+def test_tls_alpn_hot_swap_outage_restart_resume(pebble, nginx_factory, tmp_path, redis, acmectl_bin, procs):
+    """TLS-ALPN-01 issuance; a renewal stored into Redis by acmectl is served without a reload; with Redis
+    stopped nginx keeps serving and restarts from its cache; with Redis back, renewals work again."""
+    name = "rd-alpn.example.org"
+    key = key_file(tmp_path / "storage.key")
+    ng = nginx_factory(alpn_conf(pebble, tmp_path, redis, key, name), wait_port=pebble.tls_port,
+                       allowed=REDIS_DOWN)
+    first = wait_served(pebble.tls_port, name, pebble)
+    master = ng.proc.pid
+
+    # another writer renews into Redis (HTTP-01 on Pebble's port: nginx only holds the TLS port)
+    certname = next(k.split("/")[1] for k in redis.keys("ngx:certs/*/fullchain.pem"))
+    ctl = Ctl(acmectl_bin, redis.url("?prefix=ngx"), pebble, key_file=key)
+    ctl.ok("renew", "--force", "--http-listen", f"127.0.0.1:{pebble.http_port}", certname)
+    second = wait_served(pebble.tls_port, name, pebble, other_than=first, timeout=20)
+    assert ng.proc.pid == master and ng.proc.alive()
+    assert second in pebble.issued_serials()
+
+    # Redis goes away (its data saved): serving goes on, and a restart serves from the cache
+    rport, rdir = redis.port, redis.dir
+    harness.run_cmd([REDIS_CLI, "-h", "127.0.0.1", "-p", str(rport), "SHUTDOWN", "SAVE"], timeout=30)
+    assert (rdir / "dump.rdb").exists()
+    wait_for(lambda: not redis.proc.alive(), 10, what="redis-server gone")
+    for _ in range(5):
+        assert tls_verified(pebble.tls_port, name, pebble.roots(0)) == second
+    ng.wait_log(r"storage unreachable", timeout=20)
+
+    ng.stop()
+    ng.start(wait_port=pebble.tls_port)
+    assert wait_served(pebble.tls_port, name, pebble, timeout=20) == second
+
+    # Redis back with its data: the node notices, and a renewal goes through Redis again
+    mark = ng.log_size()
+    procs.start([REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(rport), "--save", "",
+                 "--appendonly", "no", "--dir", str(rdir)], name="redis-server-again", wait_port=rport)
+    ng.wait_log(r"storage reachable again", timeout=90, since=mark)
+    r = https_get(pebble.tls_port, name, f"/acme?renew={name}", method="POST")
+    assert r.status == 202, r.text
+    third = wait_served(pebble.tls_port, name, pebble, other_than=second, timeout=20)
+    assert third not in (first, second)
+
+
+def test_two_nodes_shared_challenges(pebble, nginx_factory, tmp_path, redis):
+    """Two nodes on one Redis, sharing Pebble's HTTP-01 port with reuseport, so that the kernel spreads the
+    CA's validation requests over both: node 1 issues A alone; node 0, started next, serves A from Redis
+    through its cache, and orders B, which node 1 does not even configure, yet answers for."""
+    names = ["rd-two.example.org", "rd-two-b.example.org"]
+    key = key_file(tmp_path / "storage.key")
+    ports = [free_port(), free_port(), free_port()]
+
+    def conf(i):
+        c = storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / f"state{i}") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port} reuseport;
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{ports[i]} ssl;
+        server_name {names[0]};
+        acme_certificate pebble;
+        location / {{ return 200 "tls\\n"; }}
+    }}
+"""
+        if i == 0:
+            c += f"""
+    server {{
+        listen 127.0.0.1:{ports[2]} ssl;
+        server_name {names[1]};
+        acme_certificate pebble;
+    }}
+"""
+        return c
+
+    nginx_factory(conf(1), name="node1", wait_port=ports[1])
+    first = wait_served(ports[1], names[0], pebble)
+    n0 = nginx_factory(conf(0), name="node0", wait_port=ports[0])
+    assert wait_served(ports[0], names[0], pebble, timeout=20) == first
+    wait_served(ports[2], names[1], pebble, timeout=40)
+    assert pebble.order_count() == 2
+    assert list((tmp_path / "state0").rglob("fullchain.pem"))
+    assert "challenge publication announced to 2 node(s)" in n0.log_text()
+    # every validation request answered 200, on whichever node the kernel sent it to
+    hits = []
+    for i in range(2):
+        log = (tmp_path / f"node{i}" / "access.log").read_text(errors="replace")
+        hits += [(i, m) for m in re.findall(r'"GET /\.well-known/acme-challenge/\S+ HTTP/1\.1" (\d+)', log)]
+    assert hits and all(code == "200" for _, code in hits), hits
