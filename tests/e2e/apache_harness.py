@@ -49,7 +49,7 @@ class Apache:
 
     def __init__(self, build, pebble=None, mpm="event", name="apache", http_port=None, https_port=None,
                  acme_global="", vhosts=None, extra_global="", log_level="info acme:debug",
-                 ca_url=None, http2=False, listen_http=True):
+                 ca_url=None, http2=False, listen_http=True, address=LOOPBACK):
         self.build = Path(build)
         self.module = self.build / "mod_acme.so"
         if not self.module.is_file():
@@ -66,6 +66,7 @@ class Apache:
         self.http_port = http_port or (pebble.http_port if pebble else harness.free_port())
         self.https_port = https_port or (pebble.tls_port if pebble else harness.free_port())
         self.listen_http = listen_http
+        self.address = address      # the loopback address it listens on (cluster nodes: 127.0.0.2...)
         self.http2 = http2
         self.ca_file = None
         if pebble is not None:
@@ -113,11 +114,11 @@ class Apache:
         lines.append('LogFormat "%P %{SSL_SERVER_M_SERIAL}x %>s %U" acme')
         lines.append(f'CustomLog "{self.access_log}" acme')
         if self.listen_http:
-            lines.append(f"Listen {LOOPBACK}:{self.http_port}")
-        lines.append(f"Listen {LOOPBACK}:{self.https_port} https")
+            lines.append(f"Listen {self.address}:{self.http_port}")
+        lines.append(f"Listen {self.address}:{self.https_port} https")
         lines.append(f'<Directory "{self.dir}/htdocs">\n    Require all granted\n</Directory>')
         lines.append("<Location /acme-status>\n    SetHandler acme-status\n    ACMEStatusRenew on\n"
-                     f"    Require ip {LOOPBACK}\n</Location>")
+                     f"    Require ip {LOOPBACK} {self.address}\n</Location>")
         if self.ca_url:
             lines.append(f"ACMECertificateAuthority {self.ca_url}")
         if self.ca_file:
@@ -136,9 +137,9 @@ class Apache:
         alias = f"    ServerAlias {' '.join(aliases)}\n" if aliases else ""
         out = ""
         if http and self.listen_http:
-            out += (f"<VirtualHost {LOOPBACK}:{self.http_port}>\n    ServerName {sn}\n{alias}"
+            out += (f"<VirtualHost {self.address}:{self.http_port}>\n    ServerName {sn}\n{alias}"
                     "</VirtualHost>\n")
-        out += (f"<VirtualHost {LOOPBACK}:{self.https_port}>\n    ServerName {sn}\n{alias}"
+        out += (f"<VirtualHost {self.address}:{self.https_port}>\n    ServerName {sn}\n{alias}"
                 f"    SSLEngine on\n    ACMECertificate on\n{extra}</VirtualHost>\n")
         return out
 
@@ -151,7 +152,7 @@ class Apache:
         procs.server_logs.watch(self.error_log, allowed=list(ALLOWED_ERRORS))
         procs.node._e2e_logs.append((f"{self.name} error.log", self.error_log, 0))
         if wait:
-            self.proc.wait_port(self.https_port, timeout=15)
+            self.proc.wait_port(self.https_port, host=self.address, timeout=15)
             wait_for(lambda: "resuming normal operations" in self.log(), timeout=15,
                      what="apache to be up")
         return self
@@ -185,7 +186,7 @@ class Apache:
 
     # -- status --------------------------------------------------------------------
     def status(self):
-        r = harness.http_request(f"http://{LOOPBACK}:{self.http_port}/acme-status", timeout=5)
+        r = harness.http_request(f"http://{self.address}:{self.http_port}/acme-status", timeout=5)
         assert r.status == 200, r
         return r.json()
 
@@ -208,17 +209,17 @@ class Apache:
         return wait_for(ok, timeout=timeout, interval=0.3, what=f"{name} to be valid")
 
     def renew(self, name):
-        return harness.http_request(f"http://{LOOPBACK}:{self.http_port}/acme-status?renew={name}",
+        return harness.http_request(f"http://{self.address}:{self.http_port}/acme-status?renew={name}",
                                     method="POST", data=b"", timeout=5)
 
 
-def tls_connect(port, name, alpn=None, timeout=5.0):
+def tls_connect(port, name, alpn=None, timeout=5.0, host=LOOPBACK):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     if alpn:
         ctx.set_alpn_protocols(alpn)
-    sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    sock = socket.create_connection((host, port), timeout=timeout)
     try:
         return ctx.wrap_socket(sock, server_hostname=name)
     except Exception:
@@ -226,9 +227,9 @@ def tls_connect(port, name, alpn=None, timeout=5.0):
         raise
 
 
-def tls_get(port, name, path="/index.html", alpn=None, method="GET", timeout=5.0):
-    """One HTTP/1.1 request on a new TLS connection: (status, body, der, alpn)."""
-    s = tls_connect(port, name, alpn=alpn, timeout=timeout)
+def tls_get(port, name, path="/index.html", alpn=None, method="GET", timeout=5.0, host=LOOPBACK):
+    """One HTTP/1.1 request on a new TLS connection to host:port: (status, body, der, alpn)."""
+    s = tls_connect(port, name, alpn=alpn, timeout=timeout, host=host)
     try:
         der = s.getpeercert(binary_form=True)
         proto = s.selected_alpn_protocol()
@@ -248,9 +249,9 @@ def tls_get(port, name, path="/index.html", alpn=None, method="GET", timeout=5.0
     return int(m.group(1)), body, der, proto
 
 
-def http_get(port, name, path="/", method="GET"):
-    """Plain HTTP with a Host header; returns harness.Response."""
-    return harness.http_request(f"http://{LOOPBACK}:{port}{path}", method=method,
+def http_get(port, name, path="/", method="GET", host=LOOPBACK):
+    """Plain HTTP to host:port with a Host header; returns harness.Response."""
+    return harness.http_request(f"http://{host}:{port}{path}", method=method,
                                 headers={"Host": name}, timeout=5)
 
 
@@ -336,7 +337,7 @@ def issued_and_served(a, name, store_name=None):
     """Wait for a valid certificate (from this generation's driver), check it is Pebble's and served."""
     st = a.wait_valid(name)
     store_name = store_name or st["name"]
-    status, body, der, _ = tls_get(a.https_port, name)
+    status, body, der, _ = tls_get(a.https_port, name, host=a.address)
     assert status == 200, body
     assert b"hello from apache" in body
     assert "Pebble" in cert_issuer(der), cert_issuer(der)

@@ -703,6 +703,11 @@ class ChallTestSrv:
         self._post("/add-a", {"host": host, "addresses": list(addresses)})
         self._records.add(("a", host))
 
+    def map_a(self, host, addresses):
+        """Answer A queries for `host` with exactly `addresses` (add_a appends to what is there)."""
+        self.clear_a(host)
+        self.add_a(host, addresses)
+
     def clear_a(self, host):
         self._post("/clear-a", {"host": host})
         self._records.discard(("a", host))
@@ -1352,3 +1357,92 @@ class AcmeTestClient:
             raise HarnessError(f"order failed: {order}")
         chain = self.post(order["certificate"], None).text
         return chain, key
+
+
+# --------------------------------------------------------------------------
+# cluster nodes: other loopback addresses, Redis
+# --------------------------------------------------------------------------
+
+# Every 127.0.0.0/8 address is loopback on Linux: cluster nodes listen on these with Pebble's httpPort and
+# tlsPort, and the mock DNS maps a name to one of them (ChallTestSrv.add_a) to choose the node the CA validates.
+NODE_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+REDIS_SERVER_BIN = os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server")
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1 (free port, no persistence) that can be stopped and started again on the
+    same port. command() speaks RESP over a plain socket (no redis-cli needed) and returns raw bytes."""
+
+    def __init__(self, workdir, port=None, persist=False):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.persist = persist      # append-only file, fsync'd: the data survives stop() + start()
+        self.log_path = self.dir / "redis-server.log"
+        self.proc = None
+
+    def url(self, query=""):
+        return f"redis://{LOOPBACK}:{self.port}{query}"
+
+    def start(self, timeout=10.0):
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        self.proc = Process([REDIS_SERVER_BIN, "--bind", LOOPBACK, "--port", str(self.port), "--save", "",
+                             *aof, "--dir", str(self.dir)],
+                            name="redis-server", log_path=self.log_path, cwd=self.dir)
+        self.proc.start()
+        self.proc.wait_port(self.port, timeout=timeout)
+        wait_for(lambda: self._ping(), timeout, what="redis PING")
+        return self
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+    def alive(self):
+        return self.proc is not None and self.proc.alive()
+
+    def _ping(self):
+        try:
+            return self.command("PING") == "PONG"
+        except OSError:
+            return False
+
+    def command(self, *args, timeout=5.0):
+        """One command; the reply: bytes (bulk), str (status), int, list, None (nil). Errors raise."""
+        req = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            req += b"$%d\r\n%s\r\n" % (len(a), a)
+        with socket.create_connection((LOOPBACK, self.port), timeout=timeout) as s:
+            s.sendall(req)
+            f = s.makefile("rb")
+            return self._reply(f)
+
+    def _reply(self, f):
+        line = f.readline()
+        if not line.endswith(b"\r\n"):
+            raise HarnessError(f"redis: short reply {line!r}")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise HarnessError(f"redis: {rest.decode(errors='replace')}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = f.read(n + 2)
+            return data[:-2]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply(f) for _ in range(n)]
+        raise HarnessError(f"redis: unexpected reply {line!r}")
+
+    def get(self, key):
+        return self.command("GET", key)
+
+    def keys(self, pattern="*"):
+        return sorted(k.decode() for k in self.command("KEYS", pattern))

@@ -192,10 +192,10 @@ def _client_ctx(ciphers=None, tls12=False, alpn=None, sigalgs=None):
     return ctx
 
 
-def tls_handshake(port, sni, ciphers=None, tls12=False, alpn=None, timeout=5):
+def tls_handshake(port, sni, ciphers=None, tls12=False, alpn=None, timeout=5, host="127.0.0.1"):
     """Handshake without verification; returns (der_leaf, selected_alpn)."""
     ctx = _client_ctx(ciphers, tls12, alpn)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection((host, port), timeout=timeout) as s:
         with ctx.wrap_socket(s, server_hostname=sni) as t:
             return t.getpeercert(binary_form=True), t.selected_alpn_protocol()
 
@@ -230,22 +230,22 @@ def verified_context(roots_pem):
     return ctx
 
 
-def tls_verified(port, sni, roots_pem, timeout=5):
-    """A verified handshake (chain to roots_pem, name sni); returns the leaf's serial."""
+def tls_verified(port, sni, roots_pem, timeout=5, host="127.0.0.1"):
+    """A verified handshake (chain to roots_pem, name sni) with host:port; returns the leaf's serial."""
     ctx = verified_context(roots_pem)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection((host, port), timeout=timeout) as s:
         with ctx.wrap_socket(s, server_hostname=sni) as t:
             return cert_serial(t.getpeercert(binary_form=True))
 
 
-def https_get(port, sni, path="/", roots_pem=None, method="GET", timeout=5):
+def https_get(port, sni, path="/", roots_pem=None, method="GET", timeout=5, host="127.0.0.1"):
     """One HTTPS request with SNI/Host sni (verified when roots_pem is given)."""
     ctx = verified_context(roots_pem) if roots_pem else _client_ctx()
     url = f"https://{sni}:{port}{path}"
 
     class _Conn(http.client.HTTPSConnection):
         def connect(self):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout)
             self.sock = ctx.wrap_socket(sock, server_hostname=sni)
 
     conn = _Conn(sni, port, timeout=timeout, context=ctx)
@@ -257,15 +257,15 @@ def https_get(port, sni, path="/", roots_pem=None, method="GET", timeout=5):
         conn.close()
 
 
-def http_get(port, host, path, method="GET", timeout=5):
-    """Plain HTTP with an explicit Host header, path sent as is."""
+def http_get(port, host, path, method="GET", timeout=5, address="127.0.0.1"):
+    """Plain HTTP to address:port with an explicit Host header, path sent as is."""
     return raw_http(port, f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
-                          f"Connection: close\r\n\r\n".encode(), timeout)
+                          f"Connection: close\r\n\r\n".encode(), timeout, address=address)
 
 
-def raw_http(port, data, timeout=5):
-    """Send raw bytes, return (status, body)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+def raw_http(port, data, timeout=5, address="127.0.0.1"):
+    """Send raw bytes to address:port, return (status, body)."""
+    with socket.create_connection((address, port), timeout=timeout) as s:
         s.sendall(data)
         buf = b""
         while True:
