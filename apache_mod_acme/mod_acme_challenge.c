@@ -241,7 +241,6 @@ sni_key(apr_pool_t *p, const char *sni)
     return k;
 }
 
-static int sni_ident(apr_pool_t *p, const char *sni, acme_ident_t *id);
 
 static int
 pending_tls_alpn(apr_pool_t *p, const char *sni, char **ka)
@@ -255,7 +254,7 @@ pending_tls_alpn(apr_pool_t *p, const char *sni, char **ka)
         return 0;
     }
     /* only names we manage reach the store (with Redis, a look-up is a round trip) */
-    if (sni_ident(p, k, &id) != 0) {
+    if (acme_ident_from_sni(k, &id, NULL) != 0) {
         return 0;
     }
     managed = mod_acme_is_managed_name(id.value);
@@ -323,55 +322,6 @@ protocol_get(const conn_rec *c)
     return cc != NULL && cc->tls_alpn ? ACME_TLSALPN_PROTO : NULL;
 }
 
-/* The identifier a validator's SNI stands for: the DNS name, or the IP of a reverse-DNS name (RFC 8738). */
-static int
-sni_ident(apr_pool_t *p, const char *sni, acme_ident_t *id)
-{
-    size_t       n = strlen(sni);
-    const char  *v4 = ".in-addr.arpa", *v6 = ".ip6.arpa";
-    char        *text = NULL;
-
-    if (n > strlen(v4) && strcasecmp(sni + n - strlen(v4), v4) == 0) {
-        char *lab[4], *copy = apr_pstrndup(p, sni, n - strlen(v4)), *save = NULL, *t;
-        int   i = 0;
-        for (t = apr_strtok(copy, ".", &save); t && i < 4; t = apr_strtok(NULL, ".", &save)) {
-            lab[i++] = t;
-        }
-        if (i != 4 || t != NULL) {
-            return -1;
-        }
-        text = apr_psprintf(p, "%s.%s.%s.%s", lab[3], lab[2], lab[1], lab[0]);
-    } else if (n > strlen(v6) && strcasecmp(sni + n - strlen(v6), v6) == 0) {
-        size_t  m = n - strlen(v6), i, k = 0;
-        char    nib[32];
-        if (m != 63) {
-            return -1;
-        }
-        for (i = 0; i < m; i++) {
-            if (i % 2 == 1) {
-                if (sni[i] != '.') {
-                    return -1;
-                }
-            } else if (!isxdigit((unsigned char) sni[i])) {
-                return -1;
-            } else {
-                nib[31 - k++] = sni[i];
-            }
-        }
-        text = apr_palloc(p, 40);
-        for (i = 0, k = 0; i < 32; i++) {
-            text[k++] = nib[i];
-            if (i % 4 == 3 && i != 31) {
-                text[k++] = ':';
-            }
-        }
-        text[k] = '\0';
-    } else {
-        text = apr_pstrdup(p, sni);
-    }
-    return acme_ident_parse(text, id, NULL);
-}
-
 static char *
 pem_of(apr_pool_t *p, X509 *x, EVP_PKEY *k)
 {
@@ -413,7 +363,7 @@ answer_challenge(conn_rec *c, const char *server_name, const char **pcert_pem, c
         return DECLINED;
     }
     sni = sni_key(c->pool, server_name);
-    if (sni == NULL || sni_ident(c->pool, sni, &id) != 0) {
+    if (sni == NULL || acme_ident_from_sni(sni, &id, NULL) != 0) {
         return DECLINED;
     }
     /* the name must be the canonical SNI of the identifier it stands for */

@@ -256,6 +256,70 @@ acme_ident_sni(const acme_ident_t *id)
 }
 
 int
+acme_ident_from_sni(const char *sni, acme_ident_t *id, acme_err_t *err)
+{
+    static const char  v4[] = ".in-addr.arpa", v6[] = ".ip6.arpa";
+    char               text[64], q[140], *back;
+    const char        *s, *lab[4];
+    size_t             n, i, k, ll[4];
+    int                nl;
+
+    memset(id, 0, sizeof(*id));
+    n = sni ? strlen(sni) : 0;
+    if (n > sizeof(v4) - 1 && strcasecmp(sni + n - (sizeof(v4) - 1), v4) == 0) {
+        /* d.c.b.a.in-addr.arpa -> a.b.c.d */
+        for (s = sni, nl = 0; s < sni + n - (sizeof(v4) - 1) && nl < 4; nl++) {
+            lab[nl] = s;
+            ll[nl] = strcspn(s, ".");
+            s += ll[nl] + 1;
+        }
+        if (nl != 4 || s != sni + n - (sizeof(v4) - 1) + 1 || ll[0] + ll[1] + ll[2] + ll[3] > 12) {
+            goto bad;
+        }
+        snprintf(text, sizeof(text), "%.*s.%.*s.%.*s.%.*s", (int) ll[3], lab[3], (int) ll[2], lab[2],
+                 (int) ll[1], lab[1], (int) ll[0], lab[0]);
+    } else if (n > sizeof(v6) - 1 && strcasecmp(sni + n - (sizeof(v6) - 1), v6) == 0) {
+        /* 32 nibbles, least significant first */
+        if (n - (sizeof(v6) - 1) != 63) {
+            goto bad;
+        }
+        for (i = 0, k = 0; i < 32; i++) {
+            text[k++] = sni[62 - 2 * i];
+            if (i % 4 == 3 && i != 31) {
+                text[k++] = ':';
+            }
+        }
+        text[k] = '\0';
+    } else {
+        if (acme_ident_parse(sni ? sni : "", id, err) != 0) {
+            return -1;
+        }
+        if (id->type != ACME_IDENT_DNS || id->value[0] == '*') {
+            acme_ident_free(id);
+            goto bad;
+        }
+        return 0;
+    }
+    if (acme_ident_parse(text, id, NULL) != 0 || id->type != ACME_IDENT_IP) {
+        acme_ident_free(id);
+        goto bad;
+    }
+    /* only the canonical reverse name (as acme_ident_sni makes it) */
+    back = acme_ident_sni(id);
+    if (back == NULL || strcasecmp(back, sni) != 0) {
+        free(back);
+        acme_ident_free(id);
+        goto bad;
+    }
+    free(back);
+    return 0;
+bad:
+    acme_err_set(err, ACME_ERR_INPUT, "\"%s\" is not a server name a TLS-ALPN-01 validator sends",
+                 acme_quote(sni ? sni : "", q, sizeof(q), 120));
+    return -1;
+}
+
+int
 acme_dns_match(const char *pattern, const char *name)
 {
     const char  *dot;

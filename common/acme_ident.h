@@ -28,6 +28,9 @@ int acme_ident_type_from_name(const char *s, acme_ident_type_t *t);
  * addresses the reverse-DNS name (RFC 8738 section 6: "4.3.2.1.in-addr.arpa", nibbles for IPv6). malloc'd.
  */
 char *acme_ident_sni(const acme_ident_t *id);
+/* The identifier a TLS-ALPN-01 SNI stands for (the inverse of acme_ident_sni; reverse names only in the
+ * canonical form it makes). 0, or -1 with err. */
+int acme_ident_from_sni(const char *sni, acme_ident_t *id, acme_err_t *err);
 
 /* 1 when the DNS name is matched by the pattern (exact, or "*.example.org" covering one label). */
 int acme_dns_match(const char *pattern, const char *name);

@@ -16,6 +16,7 @@ typedef enum {
     J_RESUME,           /* POST-as-GET the stored order */
     J_NEW_ORDER,
     J_AUTHZ,            /* fetching authorization authz_i */
+    J_CONFIRM,          /* waiting for the nodes that got the challenge announcement */
     J_CHALLENGE,        /* told the CA to validate */
     J_AUTHZ_POLL,
     J_ORDER_READY_POLL,
@@ -82,7 +83,11 @@ struct acme_issue_s {
 
     published_t            *published;
     size_t                  npublished;
+    int                     confirm_n;      /* nodes that got the last challenge announcement */
+    long long               confirm_start;  /* ms */
 };
+
+#define ISSUE_CONFIRM_MS  3000
 
 static void job_step(acme_issue_t *job);
 static void job_fail(acme_issue_t *job, const acme_err_t *err);
@@ -103,10 +108,12 @@ withdraw_all(acme_issue_t *job)
         }
         if (strcmp(p->type, "http-01") == 0) {
             acme_store_challenge_del(job->store, p->type, p->token, NULL);
+            (void) acme_store_challenge_announce(job->store, 0, p->type, p->token, NULL, NULL, NULL);
         } else {
             char *sni = acme_ident_sni(&p->id);
             if (sni != NULL) {
                 acme_store_challenge_del(job->store, p->type, sni, NULL);
+                (void) acme_store_challenge_announce(job->store, 0, p->type, sni, NULL, NULL, NULL);
             }
             free(sni);
         }
@@ -781,11 +788,23 @@ publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char 
     } else {
         sni = acme_ident_sni(id);
         rc = sni ? acme_store_challenge_put(job->store, type, sni, ka, err) : -1;
-        free(sni);
+        if (sni == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        }
     }
     if (rc == 0 && job->ch.publish != NULL) {
         rc = job->ch.publish(job->ch.data, type, id, token, ka, err);
     }
+    /* nodes that answer from memory (nginx) copy it from the announcement; the CA is told once they did */
+    job->confirm_n = 0;
+    if (rc == 0) {
+        job->confirm_n = acme_store_challenge_announce(job->store, 1, type, sni ? sni : token, id, ka, err);
+        if (job->confirm_n < 0) {
+            acme_err_prefix(err, "announcing it to the other nodes");
+            rc = -1;
+        }
+    }
+    free(sni);
     free(ka);
     if (rc != 0) {
         return -1;
@@ -827,6 +846,57 @@ authz_problem(acme_issue_t *job, acme_authz_t *a, acme_challenge_t *c)
     }
     order_forget(job);
     job_fail(job, &err);
+}
+
+static long long
+now_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void challenge_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+
+/* The last published challenge: every node that got its announcement has acknowledged it, or the time
+ * is up (a node that does not answer in time is one the CA may find unready; the others are). */
+static void
+confirm_step(acme_issue_t *job)
+{
+    published_t  *p = &job->published[job->npublished - 1];
+    char         *key;
+    long          n = 0;
+    long long     waited;
+    acme_err_t    e;
+    int           rc;
+
+    key = strcmp(p->type, "http-01") == 0 ? acme_strdup(p->token) : acme_ident_sni(&p->id);
+    if (key == NULL) {
+        acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
+        job_fail(job, &e);
+        return;
+    }
+    rc = acme_store_challenge_acks(job->store, p->type, key, &n, &e);
+    free(key);
+    waited = now_ms() - job->confirm_start;
+    if (rc == 0 && n < job->confirm_n && waited < ISSUE_CONFIRM_MS) {
+        job_later(job, waited < 100 ? 5 : 25);
+        return;
+    }
+    if (rc != 0) {
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": cannot count the nodes that took the %s challenge "
+                 "for %s: %s", job->name, p->type, p->id.value, e.msg);
+    } else if (n < job->confirm_n) {
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": %ld of %d nodes took the %s challenge for %s "
+                 "within %d ms; asking the CA to validate anyway", job->name, n, job->confirm_n, p->type,
+                 p->id.value, ISSUE_CONFIRM_MS);
+    } else {
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": %ld node(s) took the %s challenge for %s in %lld ms",
+                 job->name, n, p->type, p->id.value, waited);
+    }
+    job_set_state(job, J_CHALLENGE, "validating", NULL);
+    job_post(job, job->chall_url, "{}", NULL, challenge_resp);
 }
 
 static void
@@ -932,6 +1002,12 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         free(job->chall_url);
         job->chall_url = acme_strdup(c->url);
         acme_authz_free(&a);
+        if (payload != NULL && job->confirm_n > 0) {
+            job_set_state(job, J_CONFIRM, "waiting for the cluster's nodes to take the challenge", NULL);
+            job->confirm_start = now_ms();
+            job_step(job);
+            return;
+        }
         job_set_state(job, J_CHALLENGE, "validating", NULL);
         if (payload == NULL) {
             job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
@@ -1333,6 +1409,10 @@ job_step(acme_issue_t *job)
 
     case J_DONE:
         job_finish(job, NULL);
+        return;
+
+    case J_CONFIRM:
+        confirm_step(job);
         return;
 
     case J_CHALLENGE:

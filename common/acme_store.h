@@ -147,14 +147,35 @@ int                 acme_store_watch_fd(const acme_store_watch_t *w);
 int                 acme_store_watch_next(acme_store_watch_t *w, char **name, acme_err_t *err);
 void                acme_store_watch_close(acme_store_watch_t *w);
 /*
- * Host messages on the same channel (Redis only): acme_store_announce publishes msg (text, no NUL, at most
- * 4096 bytes) to every watch of the store, the sender's own included; returns how many watches got it, -1
- * with err. A watch returns them only after acme_store_watch_messages(w, 1): acme_store_watch_next then
- * returns 2 with *name set to the message (malloc'd). The server modules use them for challenges that any
- * node must answer.
+ * Challenge announcements (Redis only), for hosts that answer challenges from their own memory (nginx's
+ * shared zone) instead of reading the store per request (Apache). The issuing core announces every
+ * challenge it publishes or withdraws on the channel <prefix>"challenges"; acme_store_watch_open_challenges
+ * opens a watch that receives them as well (acme_store_watch_next returns 2 with *name set to the message,
+ * malloc'd; read it with acme_store_challenge_msg_parse). A host that has made an announced challenge
+ * answerable calls acme_store_challenge_ack; the core waits until acme_store_challenge_acks reaches the
+ * count acme_store_challenge_announce returned (the watches that got it, the sender's own included; 0 for
+ * a filesystem store), or a time limit, before it asks the CA to validate.
+ * key: the token (http-01) or the SNI (tls-alpn-01), as in challenges/<type>/<key>.
  */
-int                 acme_store_announce(acme_store_t *st, const char *msg, acme_err_t *err);
-void                acme_store_watch_messages(acme_store_watch_t *w, int on);
+acme_store_watch_t *acme_store_watch_open_challenges(acme_store_t *st, acme_err_t *err);
+int acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const char *key,
+    const acme_ident_t *id, const char *key_authz, acme_err_t *err);
+int acme_store_challenge_ack(acme_store_t *st, const char *type, const char *key, acme_err_t *err);
+/* *n: acknowledgements so far of the last announcement of this challenge. */
+int acme_store_challenge_acks(acme_store_t *st, const char *type, const char *key, long *n, acme_err_t *err);
+
+typedef struct {
+    int          add;           /* 1 published, 0 withdrawn */
+    const char  *type;          /* "http-01" or "tls-alpn-01" */
+    const char  *key;           /* token or SNI (valid as a store key) */
+    acme_ident_t id;            /* add only: the identifier (malloc'd value) */
+    const char  *key_authz;     /* add only */
+    char        *buf;           /* owns the strings above */
+} acme_challenge_msg_t;
+
+/* 0 with *m filled (free with acme_store_challenge_msg_free), -1 with err naming what is wrong. */
+int  acme_store_challenge_msg_parse(const char *msg, acme_challenge_msg_t *m, acme_err_t *err);
+void acme_store_challenge_msg_free(acme_challenge_msg_t *m);
 
 /*
  * Copies every key of one store into another (a directory or a Redis URL each, as acme_store_open takes

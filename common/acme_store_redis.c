@@ -25,7 +25,9 @@
  */
 #include "acme_store.h"
 #include "acme_aead.h"
+#include "acme_resource.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +129,8 @@ struct acme_lock_s {
 struct acme_store_watch_s {
     rd_t     *rd;
     rconn_t   c;
-    int       messages;     /* also return host messages (acme_store_announce) */
+    int       messages;     /* also return challenge announcements */
+    char     *chal_chan;    /* P"challenges" */
 };
 
 static const acme_store_ops_t rd_ops;
@@ -2446,72 +2449,292 @@ acme_store_generation(acme_store_t *st, unsigned long long *gen, acme_err_t *err
 
 /* ---- change notification ---- */
 
-void
-acme_store_watch_messages(acme_store_watch_t *w, int on)
+/* ---- challenge announcements ---- */
+
+#define RD_ACK_TTL  "600"
+
+static int
+ka_valid(const char *s)
 {
-    if (w != NULL) {
-        w->messages = on;
+    size_t  i;
+
+    for (i = 0; s[i] != '\0'; i++) {
+        if (!(isalnum((unsigned char) s[i]) || s[i] == '-' || s[i] == '_' || s[i] == '.') || i >= 4096) {
+            return 0;
+        }
     }
+    return i > 0;
+}
+
+/* 0 when type and key name a challenge (the key as challenges/<type>/<key> takes it). */
+static int
+chal_check(const char *type, const char *key, acme_err_t *err)
+{
+    acme_ident_t  id;
+    acme_err_t    e;
+    char          q[140];
+    int           ok = 0;
+
+    if (type != NULL && key != NULL && strcmp(type, "http-01") == 0) {
+        ok = acme_token_valid(key);
+    } else if (type != NULL && key != NULL && strcmp(type, "tls-alpn-01") == 0) {
+        if (acme_ident_parse(key, &id, &e) == 0) {
+            ok = id.type == ACME_IDENT_DNS && id.value[0] != '*' && strcmp(id.value, key) == 0;
+            acme_ident_free(&id);
+        }
+    } else {
+        acme_err_set(err, ACME_ERR_INPUT, "challenge: unsupported type \"%s\"",
+                     acme_quote(type ? type : "(none)", q, sizeof(q), 40));
+        return -1;
+    }
+    if (!ok) {
+        acme_err_set(err, ACME_ERR_INPUT, "challenge: invalid %s key \"%s\"", type, acme_quote(key, q, sizeof(q), 120));
+        return -1;
+    }
+    return 0;
 }
 
 int
-acme_store_announce(acme_store_t *st, const char *msg, acme_err_t *err)
+acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const char *key,
+    const acme_ident_t *id, const char *key_authz, acme_err_t *err)
 {
     rd_t        *rd;
     redisReply  *rep = NULL;
     const char  *argv[3];
     size_t       lens[3];
-    char        *chan, *m;
+    char        *chan = NULL, *m = NULL, *ack = NULL;
     int          rc = -1;
 
-    if (st == NULL || msg == NULL || msg[0] == '\0' || strlen(msg) > 4096) {
-        acme_err_set(err, ACME_ERR_INPUT, "announce: no store, or an empty or too long message");
+    if (st == NULL || chal_check(type, key, err) != 0) {
+        return -1;
+    }
+    if (add && (id == NULL || id->value == NULL || key_authz == NULL || !ka_valid(key_authz))) {
+        acme_err_set(err, ACME_ERR_INPUT, "challenge %s %s: no identifier or an invalid key authorization",
+                     type, key);
         return -1;
     }
     if (!rd_is(st)) {
-        acme_err_set(err, ACME_ERR_CONFIG, "the %s store has no announcements", acme_store_backend(st));
-        return -1;
+        return 0;           /* every process reads the directory itself */
     }
     rd = st->data;
-    chan = rd_key(rd, NULL, "events");
-    /* '!' is no name character: certificate watchers skip these */
-    m = acme_sprintf("!%s", msg);
-    if (chan == NULL || m == NULL) {
-        free(chan);
-        free(m);
+    chan = rd_key(rd, NULL, "challenges");
+    ack = acme_sprintf("%sacks:%s/%s", rd->prefix, type, key);
+    m = add ? acme_sprintf("a %s %s %s %s %s", type, key, acme_ident_type_name(id->type), id->value, key_authz)
+            : acme_sprintf("d %s %s", type, key);
+    if (chan == NULL || ack == NULL || m == NULL) {
         rd_oom(err);
-        return -1;
+        goto done;
     }
-    argv[0] = "PUBLISH";
-    argv[1] = chan;
-    argv[2] = m;
-    lens[0] = 7;
-    lens[1] = strlen(chan);
-    lens[2] = strlen(m);
     rd_enter(rd);
-    if (rd_simple(rd, &rep, 1, "announce", NULL, err, 3, argv, lens) == 0) {
-        if (rep->type == REDIS_REPLY_INTEGER) {
-            rc = rep->integer > INT_MAX ? INT_MAX : (int) rep->integer;
-        } else {
-            acme_err_set(err, ACME_ERR_STORE, "redis store %s: announce: unexpected reply", rd->display);
+    argv[0] = "DEL";
+    argv[1] = ack;
+    lens[0] = 3;
+    lens[1] = strlen(ack);
+    if (rd_simple(rd, &rep, 1, "announce", NULL, err, 2, argv, lens) == 0) {
+        rd_reply_free(rep, 0);
+        rep = NULL;
+        argv[0] = "PUBLISH";
+        argv[1] = chan;
+        argv[2] = m;
+        lens[0] = 7;
+        lens[1] = strlen(chan);
+        lens[2] = strlen(m);
+        if (rd_simple(rd, &rep, 1, "announce", NULL, err, 3, argv, lens) == 0) {
+            if (rep->type == REDIS_REPLY_INTEGER) {
+                rc = rep->integer > INT_MAX ? INT_MAX : (int) rep->integer;
+            } else {
+                acme_err_set(err, ACME_ERR_STORE, "redis store %s: announce: unexpected reply", rd->display);
+            }
         }
     }
     rd_leave(rd);
     rd_reply_free(rep, 0);
+done:
     free(chan);
+    free(ack);
     free(m);
     return rc;
 }
 
+int
+acme_store_challenge_ack(acme_store_t *st, const char *type, const char *key, acme_err_t *err)
+{
+    rd_t        *rd;
+    redisReply  *rep = NULL;
+    const char  *argv[3];
+    size_t       lens[3];
+    char        *ack;
+    int          rc = -1;
+
+    if (st == NULL || chal_check(type, key, err) != 0) {
+        return -1;
+    }
+    if (!rd_is(st)) {
+        return 0;
+    }
+    rd = st->data;
+    ack = acme_sprintf("%sacks:%s/%s", rd->prefix, type, key);
+    if (ack == NULL) {
+        rd_oom(err);
+        return -1;
+    }
+    argv[0] = "INCR";
+    argv[1] = ack;
+    lens[0] = 4;
+    lens[1] = strlen(ack);
+    rd_enter(rd);
+    if (rd_simple(rd, &rep, 0, "acknowledge", NULL, err, 2, argv, lens) == 0) {
+        rd_reply_free(rep, 0);
+        rep = NULL;
+        argv[0] = "EXPIRE";
+        argv[2] = RD_ACK_TTL;
+        lens[0] = 6;
+        lens[2] = strlen(RD_ACK_TTL);
+        if (rd_simple(rd, &rep, 1, "acknowledge", NULL, err, 3, argv, lens) == 0) {
+            rc = 0;
+        }
+    }
+    rd_leave(rd);
+    rd_reply_free(rep, 0);
+    free(ack);
+    return rc;
+}
+
+int
+acme_store_challenge_acks(acme_store_t *st, const char *type, const char *key, long *n, acme_err_t *err)
+{
+    rd_t        *rd;
+    redisReply  *rep = NULL;
+    const char  *argv[2];
+    size_t       lens[2];
+    char        *ack, *end;
+    int          rc = -1;
+
+    if (n == NULL || st == NULL || chal_check(type, key, err) != 0) {
+        return -1;
+    }
+    *n = 0;
+    if (!rd_is(st)) {
+        return 0;
+    }
+    rd = st->data;
+    ack = acme_sprintf("%sacks:%s/%s", rd->prefix, type, key);
+    if (ack == NULL) {
+        rd_oom(err);
+        return -1;
+    }
+    argv[0] = "GET";
+    argv[1] = ack;
+    lens[0] = 3;
+    lens[1] = strlen(ack);
+    rd_enter(rd);
+    if (rd_simple(rd, &rep, 1, "acknowledgements", NULL, err, 2, argv, lens) == 0) {
+        if (rep->type == REDIS_REPLY_NIL) {
+            rc = 0;
+        } else if (rep->type == REDIS_REPLY_STRING) {
+            *n = strtol(rep->str, &end, 10);
+            rc = (end != rep->str && *end == '\0') ? 0 : -1;
+        }
+        if (rc != 0) {
+            acme_err_set(err, ACME_ERR_STORE, "redis store %s: acknowledgements: not a number", rd->display);
+        }
+    }
+    rd_leave(rd);
+    rd_reply_free(rep, 0);
+    free(ack);
+    return rc;
+}
+
+int
+acme_store_challenge_msg_parse(const char *msg, acme_challenge_msg_t *m, acme_err_t *err)
+{
+    char        *f[6], *save = NULL, *t;
+    size_t       nf = 0;
+    acme_err_t   e;
+
+    memset(m, 0, sizeof(*m));
+    if (msg == NULL || strlen(msg) > 8192 || (m->buf = acme_strdup(msg)) == NULL) {
+        acme_err_set(err, ACME_ERR_INPUT, "challenge announcement: missing or too long");
+        return -1;
+    }
+    for (t = strtok_r(m->buf, " ", &save); t != NULL; t = strtok_r(NULL, " ", &save)) {
+        if (nf == 6) {
+            goto bad;
+        }
+        f[nf++] = t;
+    }
+    if (nf < 3 || strlen(f[0]) != 1 || (f[0][0] == 'a' && nf != 6) || (f[0][0] == 'd' && nf != 3)
+        || (f[0][0] != 'a' && f[0][0] != 'd'))
+    {
+        goto bad;
+    }
+    m->add = f[0][0] == 'a';
+    m->type = f[1];
+    m->key = f[2];
+    if (chal_check(m->type, m->key, err) != 0) {
+        acme_err_prefix(err, "challenge announcement");
+        acme_store_challenge_msg_free(m);
+        return -1;
+    }
+    if (m->add) {
+        acme_ident_type_t  it;
+        char              *sni;
+
+        if (acme_ident_type_from_name(f[3], &it) != 0 || acme_ident_parse(f[4], &m->id, &e) != 0
+            || m->id.type != it || m->id.value[0] == '*' || !ka_valid(f[5]))
+        {
+            goto bad;
+        }
+        if (strcmp(m->type, "tls-alpn-01") == 0) {
+            sni = acme_ident_sni(&m->id);
+            if (sni == NULL || strcmp(sni, m->key) != 0) {
+                free(sni);
+                goto bad;
+            }
+            free(sni);
+        }
+        m->key_authz = f[5];
+    }
+    return 0;
+bad:
+    acme_err_set(err, ACME_ERR_INPUT, "challenge announcement: malformed");
+    acme_store_challenge_msg_free(m);
+    return -1;
+}
+
+void
+acme_store_challenge_msg_free(acme_challenge_msg_t *m)
+{
+    if (m != NULL) {
+        acme_ident_free(&m->id);
+        free(m->buf);
+        memset(m, 0, sizeof(*m));
+    }
+}
+
+static acme_store_watch_t *watch_open(acme_store_t *st, int challenges, acme_err_t *err);
+
 acme_store_watch_t *
 acme_store_watch_open(acme_store_t *st, acme_err_t *err)
+{
+    return watch_open(st, 0, err);
+}
+
+acme_store_watch_t *
+acme_store_watch_open_challenges(acme_store_t *st, acme_err_t *err)
+{
+    return watch_open(st, 1, err);
+}
+
+static acme_store_watch_t *
+watch_open(acme_store_t *st, int challenges, acme_err_t *err)
 {
     acme_store_watch_t  *w;
     rd_t                *rd;
     acme_buf_t           b = { NULL, 0, 0 };
-    redisReply          *rep = NULL;
-    char                *chan, eb[220];
-    int                  fresh;
+    redisReply          *rep[2] = { NULL, NULL };
+    char                *chan, *cchan, eb[220];
+    int                  fresh, i, n = challenges ? 2 : 1, ok = 1;
 
     if (!rd_is(st)) {
         acme_err_set(err, ACME_ERR_CONFIG, "the %s store has no change notification: poll "
@@ -2521,39 +2744,52 @@ acme_store_watch_open(acme_store_t *st, acme_err_t *err)
     rd = st->data;
     w = calloc(1, sizeof(*w));
     chan = rd_key(rd, NULL, "events");
-    if (w == NULL || chan == NULL || cmd_str(&b, 2, "SUBSCRIBE", chan) != 0) {
+    cchan = rd_key(rd, NULL, "challenges");
+    if (w == NULL || chan == NULL || cchan == NULL
+        || (challenges ? cmd_str(&b, 3, "SUBSCRIBE", chan, cchan) : cmd_str(&b, 2, "SUBSCRIBE", chan)) != 0)
+    {
         free(w);
         free(chan);
+        free(cchan);
         cmd_free(&b);
         rd_oom(err);
         return NULL;
     }
     rc_init(&w->c);
     w->rd = rd;
+    w->messages = challenges;
+    w->chal_chan = cchan;
     if (rd_ensure(rd, &w->c, &fresh, err) != 0
-        || rc_command_raw(&w->c, rd->command_ms, b.data, b.len, 1, &rep, err) != 0)
+        || rc_command_raw(&w->c, rd->command_ms, b.data, b.len, n, rep, err) != 0)
     {
         rd_err_context(rd, err, "subscribe", chan + strlen(rd->prefix));
         rc_close(&w->c);
         free(w);
         free(chan);
+        free(cchan);
         cmd_free(&b);
         return NULL;
     }
     cmd_free(&b);
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->type != REDIS_REPLY_STRING
-        || strcmp(rep->element[0]->str, "subscribe") != 0)
-    {
-        acme_err_set(err, ACME_ERR_STORE, "redis store %s: subscribe %s: %s", rd->display, chan,
-                     rep->type == REDIS_REPLY_ERROR ? rd_errstr(rep, eb, sizeof(eb)) : "unexpected reply");
-        rd_reply_free(rep, 0);
+    for (i = 0; i < n; i++) {
+        if (ok && (rep[i]->type != REDIS_REPLY_ARRAY || rep[i]->elements < 1
+                   || rep[i]->element[0]->type != REDIS_REPLY_STRING
+                   || strcmp(rep[i]->element[0]->str, "subscribe") != 0))
+        {
+            acme_err_set(err, ACME_ERR_STORE, "redis store %s: subscribe %s: %s", rd->display, chan,
+                         rep[i]->type == REDIS_REPLY_ERROR ? rd_errstr(rep[i], eb, sizeof(eb))
+                                                           : "unexpected reply");
+            ok = 0;
+        }
+        rd_reply_free(rep[i], 0);
+    }
+    free(chan);
+    if (!ok) {
         rc_close(&w->c);
+        free(cchan);
         free(w);
-        free(chan);
         return NULL;
     }
-    rd_reply_free(rep, 0);
-    free(chan);
     pthread_mutex_lock(&rd->mu);
     rd->refs++;
     pthread_mutex_unlock(&rd->mu);
@@ -2597,10 +2833,11 @@ acme_store_watch_next(acme_store_watch_t *w, char **name, acme_err_t *err)
             rep = rp;
             if (w->messages && rep->type == REDIS_REPLY_ARRAY && rep->elements == 3
                 && rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "message") == 0
-                && rep->element[2]->type == REDIS_REPLY_STRING && rep->element[2]->len > 1
-                && rep->element[2]->str[0] == '!' && strlen(rep->element[2]->str) == rep->element[2]->len)
+                && rep->element[1]->type == REDIS_REPLY_STRING && strcmp(rep->element[1]->str, w->chal_chan) == 0
+                && rep->element[2]->type == REDIS_REPLY_STRING && rep->element[2]->len > 0
+                && strlen(rep->element[2]->str) == rep->element[2]->len)
             {
-                *name = acme_strdup(rep->element[2]->str + 1);
+                *name = acme_strdup(rep->element[2]->str);
                 freeReplyObject(rep);
                 if (*name == NULL) {
                     rd_oom(err);
@@ -2659,6 +2896,7 @@ acme_store_watch_close(acme_store_watch_t *w)
     }
     rc_close(&w->c);
     rd_unref(w->rd);
+    free(w->chal_chan);
     free(w);
 }
 

@@ -30,6 +30,11 @@ ngx_http_acme_host_matches(ngx_http_request_t *r, u_char *id, size_t len)
 {
     ngx_str_t  host;
 
+    /* an entry read back from the acme_storage (the store keeps no name) */
+    if (len == 1 && id[0] == '*') {
+        return 1;
+    }
+
     host = r->headers_in.server;
 
     if (host.len >= 2 && host.data[0] == '[' && host.data[host.len - 1] == ']')

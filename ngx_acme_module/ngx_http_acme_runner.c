@@ -36,7 +36,6 @@
 #define NGX_HTTP_ACME_STORE_CHECK    2
 #define NGX_HTTP_ACME_STORE_BACKOFF  60
 #define NGX_HTTP_ACME_STORE_WATCHED  10
-#define NGX_HTTP_ACME_SETTLE_MS      250
 
 
 typedef struct {
@@ -282,108 +281,57 @@ ngx_http_acme_host_watch(void *data, int fd, int events)
 }
 
 
-/* acme_challenge_host_t: challenges go into the shared zone */
-
 /*
- * acme_storage: a challenge goes to every node's zone, since the CA may
- * ask any of them. The message carries the zone entry itself:
- * "a<kind> <key> <value>" or "d<kind> <key>". Each leader (this one too,
- * through the echo) copies it into its zone when its watch reads it.
+ * acme_challenge_host_t: challenges go into the shared zone, where any
+ * worker answers them. http-01: token -> "<identifier> <key authz>" (the
+ * identifier is the only Host it is answered for; "*": read back from the
+ * store, see ngx_http_acme_challenge_resync); tls-alpn-01: SNI ->
+ * "<dns|ip> <identifier> <key authz>".
+ *
+ * With acme_storage the core announces every challenge it publishes (the
+ * issuing node may be nginx, Apache or acmectl); each leader, this one
+ * too, copies it into its zone and acknowledges it, and the core asks the
+ * CA to validate once every node did.
  */
 
 static ngx_int_t
-ngx_http_acme_challenge_announce(ngx_http_acme_runner_t *rn, u_char op,
-    u_char kind, u_char *key, size_t klen, u_char *value, size_t vlen,
-    acme_err_t *err)
+ngx_http_acme_challenge_put(ngx_http_acme_runner_t *rn, const char *type,
+    const char *key, const char *itype, const char *ivalue, const char *ka)
 {
-    int      n;
-    u_char  *msg, *p;
+    u_char     *v, *p, kind;
+    size_t      len;
+    ngx_int_t   rc;
 
-    if (rn->cache == NULL) {
-        return NGX_OK;
+    if (ngx_strcmp(type, "http-01") == 0) {
+        kind = NGX_HTTP_ACME_KV_HTTP01;
+        len = ngx_strlen(ivalue) + 1 + ngx_strlen(ka);
+
+    } else {
+        kind = NGX_HTTP_ACME_KV_TLSALPN;
+        len = ngx_strlen(itype) + 1 + ngx_strlen(ivalue) + 1 + ngx_strlen(ka);
     }
 
-    msg = ngx_alloc(klen + vlen + 5, rn->log);
-    if (msg == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    v = ngx_alloc(len, rn->log);
+    if (v == NULL) {
         return NGX_ERROR;
     }
 
-    p = msg;
-    *p++ = op;
-    *p++ = kind;
-    *p++ = ' ';
-    p = ngx_cpymem(p, key, klen);
+    p = v;
 
-    if (value) {
+    if (kind == NGX_HTTP_ACME_KV_TLSALPN) {
+        p = ngx_cpymem(p, itype, ngx_strlen(itype));
         *p++ = ' ';
-        p = ngx_cpymem(p, value, vlen);
     }
 
-    *p = '\0';
+    p = ngx_cpymem(p, ivalue, ngx_strlen(ivalue));
+    *p++ = ' ';
+    ngx_memcpy(p, ka, ngx_strlen(ka));
 
-    n = acme_store_announce(rn->stores[0], (char *) msg, err);
-    ngx_free(msg);
+    rc = ngx_http_acme_zone_put(rn->zone, kind, (u_char *) key,
+                                ngx_strlen(key), v, len);
+    ngx_free(v);
 
-    if (n < 0) {
-        return NGX_ERROR;
-    }
-
-    ngx_log_error(NGX_LOG_INFO, rn->log, 0,
-                  "acme: challenge %s announced to %d node(s)",
-                  op == 'a' ? "publication" : "withdrawal", n);
-
-    if (op == 'a' && n > 1) {
-        /*
-         * the message sits in every leader's socket; give them time to
-         * copy it into their zones before the core tells the CA to
-         * validate (the core's publish is synchronous: a short stall of
-         * this worker, once per challenge, is the price until it is not)
-         */
-        ngx_msleep(NGX_HTTP_ACME_SETTLE_MS);
-    }
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_acme_challenge_message(ngx_http_acme_runner_t *rn, char *msg)
-{
-    u_char  *p, *last, *key, *sp, kind;
-
-    p = (u_char *) msg;
-    last = p + ngx_strlen(msg);
-
-    if (last - p < 4 || (p[0] != 'a' && p[0] != 'd') || p[2] != ' '
-        || (p[1] != NGX_HTTP_ACME_KV_HTTP01
-            && p[1] != NGX_HTTP_ACME_KV_TLSALPN))
-    {
-        return;
-    }
-
-    kind = p[1];
-    key = p + 3;
-    sp = ngx_strlchr(key, last, ' ');
-
-    if (p[0] == 'd') {
-        ngx_http_acme_zone_delete(rn->zone, kind, key, last - key);
-        return;
-    }
-
-    if (sp == NULL || sp == key || sp + 1 == last) {
-        return;
-    }
-
-    if (ngx_http_acme_zone_put(rn->zone, kind, key, sp - key, sp + 1,
-                               last - sp - 1)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, rn->log, 0,
-                      "acme: the shared zone is full, an announced challenge "
-                      "is not answered here; increase its size with "
-                      "acme_shared_zone");
-    }
+    return rc;
 }
 
 
@@ -393,88 +341,30 @@ ngx_http_acme_publish(void *data, const char *type, const acme_ident_t *id,
 {
     ngx_http_acme_runner_t  *rn = data;
 
-    char       *sni;
-    u_char     *v, *p;
-    size_t      len;
+    char       *key;
     ngx_int_t   rc;
 
     if (ngx_strcmp(type, "http-01") == 0) {
-        len = ngx_strlen(id->value) + 1 + ngx_strlen(key_authz);
-
-        v = ngx_alloc(len, rn->log);
-        if (v == NULL) {
-            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-            return -1;
-        }
-
-        p = ngx_cpymem(v, id->value, ngx_strlen(id->value));
-        *p++ = ' ';
-        ngx_memcpy(p, key_authz, ngx_strlen(key_authz));
-
-        rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
-                                    (u_char *) token, ngx_strlen(token),
-                                    v, len);
-
-        if (rc == NGX_OK
-            && ngx_http_acme_challenge_announce(rn, 'a',
-                                                NGX_HTTP_ACME_KV_HTTP01,
-                                                (u_char *) token,
-                                                ngx_strlen(token), v, len,
-                                                err)
-               != NGX_OK)
-        {
-            ngx_free(v);
-            return -1;
-        }
-
-        ngx_free(v);
+        key = strdup(token);
 
     } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
-        sni = acme_ident_sni(id);
-        if (sni == NULL) {
-            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-            return -1;
-        }
-
-        len = (id->type == ACME_IDENT_IP ? 3 : 4)
-              + ngx_strlen(id->value) + 1 + ngx_strlen(key_authz);
-
-        v = ngx_alloc(len, rn->log);
-        if (v == NULL) {
-            free(sni);
-            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-            return -1;
-        }
-
-        p = ngx_cpymem(v, id->type == ACME_IDENT_IP ? "ip " : "dns ",
-                       id->type == ACME_IDENT_IP ? 3 : 4);
-        p = ngx_cpymem(p, id->value, ngx_strlen(id->value));
-        *p++ = ' ';
-        ngx_memcpy(p, key_authz, ngx_strlen(key_authz));
-
-        rc = ngx_http_acme_zone_put(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
-                                    (u_char *) sni, ngx_strlen(sni), v, len);
-
-        if (rc == NGX_OK
-            && ngx_http_acme_challenge_announce(rn, 'a',
-                                                NGX_HTTP_ACME_KV_TLSALPN,
-                                                (u_char *) sni,
-                                                ngx_strlen(sni), v, len, err)
-               != NGX_OK)
-        {
-            ngx_free(v);
-            free(sni);
-            return -1;
-        }
-
-        ngx_free(v);
-        free(sni);
+        key = acme_ident_sni(id);
 
     } else {
         acme_err_set(err, ACME_ERR_CONFIG,
                      "challenge type \"%s\" is not supported by nginx", type);
         return -1;
     }
+
+    if (key == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+
+    rc = ngx_http_acme_challenge_put(rn, type, key,
+                                     acme_ident_type_name(id->type),
+                                     id->value, key_authz);
+    free(key);
 
     if (rc != NGX_OK) {
         acme_err_set(err, ACME_ERR_INTERNAL,
@@ -496,8 +386,7 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
 {
     ngx_http_acme_runner_t  *rn = data;
 
-    char        *sni;
-    acme_err_t   err;
+    char  *sni;
 
     if (rn->stopping) {
         /*
@@ -512,13 +401,6 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
         ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_HTTP01,
                                   (u_char *) token, ngx_strlen(token));
 
-        /* best effort: a node that misses it keeps a dead entry */
-        (void) ngx_http_acme_challenge_announce(rn, 'd',
-                                                NGX_HTTP_ACME_KV_HTTP01,
-                                                (u_char *) token,
-                                                ngx_strlen(token), NULL, 0,
-                                                &err);
-
     } else if (ngx_strcmp(type, "tls-alpn-01") == 0) {
         sni = acme_ident_sni(id);
         if (sni == NULL) {
@@ -527,12 +409,151 @@ ngx_http_acme_withdraw(void *data, const char *type, const acme_ident_t *id,
 
         ngx_http_acme_zone_delete(rn->zone, NGX_HTTP_ACME_KV_TLSALPN,
                                   (u_char *) sni, ngx_strlen(sni));
-        (void) ngx_http_acme_challenge_announce(rn, 'd',
-                                                NGX_HTTP_ACME_KV_TLSALPN,
-                                                (u_char *) sni,
-                                                ngx_strlen(sni), NULL, 0,
-                                                &err);
         free(sni);
+    }
+}
+
+
+static void
+ngx_http_acme_challenge_message(ngx_http_acme_runner_t *rn, char *msg)
+{
+    u_char                kind;
+    acme_err_t            err;
+    acme_challenge_msg_t  m;
+
+    if (acme_store_challenge_msg_parse(msg, &m, &err) != 0) {
+        ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                      "acme: storage: %s", err.msg);
+        return;
+    }
+
+    kind = ngx_strcmp(m.type, "http-01") == 0 ? NGX_HTTP_ACME_KV_HTTP01
+                                              : NGX_HTTP_ACME_KV_TLSALPN;
+
+    if (!m.add) {
+        ngx_http_acme_zone_delete(rn->zone, kind, (u_char *) m.key,
+                                  ngx_strlen(m.key));
+        acme_store_challenge_msg_free(&m);
+        return;
+    }
+
+    if (ngx_http_acme_challenge_put(rn, m.type, m.key,
+                                    acme_ident_type_name(m.id.type),
+                                    m.id.value, m.key_authz)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, rn->log, 0,
+                      "acme: the shared zone is full, the %s challenge for "
+                      "\"%s\" is not answered here; increase its size with "
+                      "acme_shared_zone", m.type, m.id.value);
+        acme_store_challenge_msg_free(&m);
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rn->log, 0,
+                   "acme: announced %s challenge for \"%s\" taken",
+                   m.type, m.id.value);
+
+    if (acme_store_challenge_ack(rn->stores[0], m.type, m.key, &err) != 0) {
+        ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                      "acme: cannot acknowledge the %s challenge for \"%s\": "
+                      "%s", m.type, m.id.value, err.msg);
+    }
+
+    acme_store_challenge_msg_free(&m);
+}
+
+
+/*
+ * A leader that subscribes (at start, after an outage) may have missed
+ * announcements: challenges pending in the store are copied into the zone
+ * unless it has them. An http-01 entry read back this way has lost its
+ * identifier and is answered for any Host (the token is the CA's secret
+ * and the key authorization is what the CA is told anyway).
+ */
+
+static void
+ngx_http_acme_challenge_resync(ngx_http_acme_runner_t *rn)
+{
+    static const char  *types[] = { "http-01", "tls-alpn-01" };
+
+    int                 rc;
+    char              **names, *dir, *key, *ka;
+    size_t              n, i, t, len, copied;
+    u_char              kind;
+    ngx_str_t           v;
+    ngx_pool_t         *pool;
+    acme_err_t          err;
+    acme_ident_t        id;
+    acme_store_t       *st;
+
+    st = rn->stores[0];
+
+    pool = ngx_create_pool(1024, rn->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    copied = 0;
+
+    for (t = 0; t < 2; t++) {
+        kind = t == 0 ? NGX_HTTP_ACME_KV_HTTP01 : NGX_HTTP_ACME_KV_TLSALPN;
+        dir = t == 0 ? "challenges/http-01" : "challenges/tls-alpn-01";
+
+        if (st->ops->list(st, dir, &names, &n, &err) != 0) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: cannot list the pending challenges in the "
+                          "storage: %s", err.msg);
+            break;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (ngx_http_acme_zone_get(rn->zone, kind, (u_char *) names[i],
+                                       ngx_strlen(names[i]), pool, &v)
+                != NGX_DECLINED)
+            {
+                continue;
+            }
+
+            key = names[i];
+
+            if (acme_store_challenge_get(st, types[t], key, &ka, &err) != 0) {
+                free(ka);
+                continue;
+            }
+
+            if (t == 0) {
+                rc = ngx_http_acme_challenge_put(rn, types[t], key, "dns",
+                                                 "*", ka);
+
+            } else if (acme_ident_from_sni(key, &id, &err) == 0) {
+                rc = ngx_http_acme_challenge_put(rn, types[t], key,
+                                             acme_ident_type_name(id.type),
+                                             id.value, ka);
+                acme_ident_free(&id);
+
+            } else {
+                rc = NGX_DECLINED;
+            }
+
+            len = ngx_strlen(ka);
+            ngx_explicit_memzero(ka, len);
+            free(ka);
+
+            if (rc == NGX_OK) {
+                copied++;
+            }
+        }
+
+        acme_store_list_free(names, n);
+    }
+
+    ngx_destroy_pool(pool);
+
+    if (copied) {
+        ngx_log_error(NGX_LOG_INFO, rn->log, 0,
+                      "acme: %uz pending challenge(s) copied from the storage",
+                      copied);
     }
 }
 
@@ -742,7 +763,7 @@ ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
     ngx_connection_t  *c;
     acme_err_t         err;
 
-    rn->watch = acme_store_watch_open(rn->stores[0], &err);
+    rn->watch = acme_store_watch_open_challenges(rn->stores[0], &err);
     if (rn->watch == NULL) {
         ngx_log_error(NGX_LOG_WARN, rn->log, 0,
                       "acme: cannot subscribe to storage announcements, "
@@ -752,8 +773,6 @@ ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
 
     ngx_log_error(NGX_LOG_INFO, rn->log, 0,
                   "acme: subscribed to storage announcements");
-
-    acme_store_watch_messages(rn->watch, 1);
 
     c = ngx_get_connection(acme_store_watch_fd(rn->watch), rn->log);
     if (c == NULL) {
@@ -772,6 +791,8 @@ ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
         ngx_http_acme_watch_close(rn);
         return;
     }
+
+    ngx_http_acme_challenge_resync(rn);
 
     /* messages may already wait in the reader */
     ngx_post_event(c->read, &ngx_posted_events);

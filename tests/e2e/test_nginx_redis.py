@@ -3,12 +3,13 @@ Certificates, keys and accounts live in Redis (keys sealed with acme_storage_key
 local cache under state_path, which the leader keeps in step with Redis."""
 import os
 import re
+import secrets
 
 import pytest
 
 import harness
 from harness import free_port, wait_for
-from nginx_harness import cert_serial, https_get, issuer_block, nginx_factory, tls_handshake, tls_verified  # noqa: F401
+from nginx_harness import cert_serial, http_get, https_get, issuer_block, nginx_factory, tls_handshake, tls_verified  # noqa: F401
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file
 
 pytestmark = pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
@@ -107,7 +108,7 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
         location / {{ return 200 "tls\\n"; }}
     }}
 """
-    nginx_factory(conf, wait_port=https)
+    n = nginx_factory(conf, wait_port=https)
     serial = wait_served(https, name, pebble)
     assert serial in pebble.issued_serials() and pebble.order_count() == 1
 
@@ -125,6 +126,60 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     assert p.returncode != 0 or "PRIVATE" not in p.stdout
     cached = list((tmp_path / "state").rglob("privkey.pem"))
     assert cached and all((c.stat().st_mode & 0o777) == 0o600 for c in cached)
+
+    # a challenge another node published while this one was not subscribed (no announcement reached it) is
+    # copied from Redis when the leader subscribes again (here: after a reload)
+    token, sni = "late-" + "L" * 40, "late-alpn.example.org"
+    # as the store writes them: the value, and the name in its directory's set
+    redis.cli("SET", f"ngx:challenges/http-01/{token}", f"{token}.thumb")
+    redis.cli("SADD", "ngx:dir:challenges/http-01", token)
+    redis.cli("SET", f"ngx:challenges/tls-alpn-01/{sni}", "other.thumb")
+    redis.cli("SADD", "ngx:dir:challenges/tls-alpn-01", sni)
+    assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")[0] == 404
+    mark = len(n.log_text())
+    n.reload()
+    wait_for(lambda: "2 pending challenge(s) copied from the storage" in n.log_text(mark), 20,
+             what="the pending challenges to be copied")
+    status, body = http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")
+    assert (status, body) == (200, f"{token}.thumb".encode()), (status, body)
+    # and an announced withdrawal removes it
+    redis.cli("PUBLISH", "ngx:challenges", f"d http-01 {token}")
+    wait_for(lambda: http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")[0] == 404, 10,
+             what="the withdrawal to be applied")
+
+
+def test_rediss_with_password_file(pebble, nginx_factory, tmp_path, procs, acmectl_bin, test_ca):
+    """acme_storage over TLS (rediss://, server verified with tls_ca) with the password in a file: issuance,
+    and a renewal stored by another writer reaches nginx through the subscription on the TLS connection."""
+    pw = "ngx-" + secrets.token_hex(8)
+    pwf = tmp_path / "redis.pw"
+    pwf.write_text(pw + "\n")
+    pwf.chmod(0o600)
+    tls = {"cert": test_ca.cert, "key": test_ca.key, "ca": test_ca.ca_cert}
+    r = Redis(procs, tmp_path / "redis-tls", password=pw, tls=tls, name="redis-tls")
+    url = f"rediss://localhost:{r.port}?tls_ca={test_ca.ca_cert}&password_file={pwf}"
+    key = key_file(tmp_path / "storage.key")
+    name = "rd-tls.example.org"
+    conf = (f'acme_storage "{url}" prefix=ngx;\nacme_storage_key {key};\n'
+            + issuer_block("pebble", pebble, tmp_path / "state", challenge="tls-alpn-01") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.tls_port} ssl;
+        server_name {name};
+        acme_certificate pebble;
+        location / {{ return 200 "tls\\n"; }}
+    }}
+""")
+    ng = nginx_factory(conf, wait_port=pebble.tls_port)
+    first = wait_served(pebble.tls_port, name, pebble)
+    assert any(k.startswith("ngx:certs/") for k in r.keys("ngx:*"))
+    assert pw not in ng.log_text()
+
+    certname = next(k.split("/")[1] for k in r.keys("ngx:certs/*/fullchain.pem"))
+    ctl = Ctl(acmectl_bin, url + "&prefix=ngx", pebble, key_file=key)
+    ctl.ok("renew", "--force", "--http-listen", f"127.0.0.1:{pebble.http_port}", certname)
+    wait_served(pebble.tls_port, name, pebble, other_than=first, timeout=20)
+    assert "subscribed to storage announcements" in ng.log_text()
+    assert "announcements lost" not in ng.log_text()
 
 
 def test_tls_alpn_hot_swap_outage_restart_resume(pebble, nginx_factory, tmp_path, redis, acmectl_bin, procs):
@@ -207,7 +262,9 @@ def test_two_nodes_shared_challenges(pebble, nginx_factory, tmp_path, redis):
     wait_served(ports[2], names[1], pebble, timeout=40)
     assert pebble.order_count() == 2
     assert list((tmp_path / "state0").rglob("fullchain.pem"))
-    assert "challenge publication announced to 2 node(s)" in n0.log_text()
+    # the CA was asked to validate once both nodes had taken the challenge (no waiting on a timer)
+    assert re.search(r"2 node\(s\) took the http-01 challenge for rd-two-b\.example\.org", n0.log_text())
+    assert "asking the CA to validate anyway" not in n0.log_text()
     # every validation request answered 200, on whichever node the kernel sent it to
     hits = []
     for i in range(2):

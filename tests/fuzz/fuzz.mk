@@ -14,7 +14,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 20
 FUZZ_FLAGS   ?=
 FUZZ_DIR     := $(BUILD)/fuzz
-FUZZ_TARGETS := problem directory ca order authz challenge renewal_info time pem_chain http01 ident certmeta
+FUZZ_TARGETS := problem directory ca order authz challenge renewal_info time pem_chain http01 ident certmeta announce
 
 FUZZ_SAN     := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 # the core's pkg-config packages (PKGS in the Makefile: libcurl jansson openssl, and whatever it adds)

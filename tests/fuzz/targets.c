@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <openssl/err.h>
@@ -464,6 +465,22 @@ fuzz_ident(const uint8_t *data, size_t size)
         return 0;
     }
     memset(&err, 0, sizeof(err));
+    /* as a validator's SNI: a reverse name maps back to the same SNI, a DNS name to itself normalised */
+    if (acme_ident_from_sni(s, &id, &err) == 0) {
+        sni = acme_ident_sni(&id);
+        if (id.type == ACME_IDENT_IP) {
+            FUZZ_CHECK(sni != NULL && strcasecmp(sni, s) == 0, "SNI \"%s\" -> \"%s\" -> \"%s\"", s, id.value,
+                       sni ? sni : "(none)");
+        } else {
+            FUZZ_CHECK(acme_ident_parse(s, &id2, &err) == 0 && id2.type == ACME_IDENT_DNS
+                       && strcmp(id2.value, id.value) == 0, "SNI \"%s\" -> \"%s\"", s, id.value);
+            acme_ident_free(&id2);
+        }
+        free(sni);
+        acme_ident_free(&id);
+    } else {
+        fuzz_err_ok(&err);
+    }
     if (acme_ident_parse(s, &id, &err) != 0) {
         fuzz_err_ok(&err);
         FUZZ_CHECK(id.value == NULL, "value set on failure");
@@ -481,6 +498,13 @@ fuzz_ident(const uint8_t *data, size_t size)
     }
     sni = acme_ident_sni(&id);
     FUZZ_CHECK(sni != NULL, "no SNI name for \"%s\"", id.value);
+    /* (a DNS identifier that is itself a reverse name is read back as the address: the SNI is the same) */
+    if (id.value[0] != '*' && !(strlen(id.value) >= 5 && strcmp(id.value + strlen(id.value) - 5, ".arpa") == 0)) {
+        FUZZ_CHECK(acme_ident_from_sni(sni, &id2, &err) == 0, "SNI \"%s\" does not map back: %s", sni, err.msg);
+        FUZZ_CHECK(id2.type == id.type && strcmp(id2.value, id.value) == 0, "SNI \"%s\" maps back to \"%s\"",
+                   sni, id2.value);
+        acme_ident_free(&id2);
+    }
     free(sni);
     /* a certificate for this name is stored under certs/<acme_cert_name>/: it must be a store segment */
     name = acme_cert_name(&id, 1, NULL);
@@ -536,6 +560,43 @@ fuzz_certmeta(const uint8_t *data, size_t size)
     return 0;
 }
 
+/* ---- challenge announcements read from Redis (acme_storage) ---- */
+
+static int
+fuzz_announce(const uint8_t *data, size_t size)
+{
+    acme_challenge_msg_t  m;
+    acme_err_t            err;
+    char                 *s, *sni;
+
+    s = fuzz_cstr(data, size);
+    if (s == NULL) {
+        return 0;
+    }
+    memset(&err, 0, sizeof(err));
+    if (acme_store_challenge_msg_parse(s, &m, &err) != 0) {
+        fuzz_err_ok(&err);
+        FUZZ_CHECK(m.buf == NULL && m.id.value == NULL, "fields set on failure");
+        free(s);
+        return 0;
+    }
+    FUZZ_CHECK(m.type != NULL && m.key != NULL, "no type or key");
+    FUZZ_CHECK(strchr(m.key, '/') == NULL && strstr(m.key, "..") == NULL, "key \"%s\" is not a segment", m.key);
+    if (m.add) {
+        FUZZ_CHECK(m.id.value != NULL && m.key_authz != NULL && strchr(m.key_authz, ' ') == NULL, "bad fields");
+        if (strcmp(m.type, "tls-alpn-01") == 0) {
+            sni = acme_ident_sni(&m.id);
+            FUZZ_CHECK(sni != NULL && strcmp(sni, m.key) == 0, "SNI key \"%s\" for \"%s\"", m.key, m.id.value);
+            free(sni);
+        }
+    } else {
+        FUZZ_CHECK(m.key_authz == NULL && m.id.value == NULL, "a withdrawal with a value");
+    }
+    acme_store_challenge_msg_free(&m);
+    free(s);
+    return 0;
+}
+
 /* ---- the list ---- */
 
 #define FUZZ_TARGETS(X)  \
@@ -550,7 +611,8 @@ fuzz_certmeta(const uint8_t *data, size_t size)
     X(pem_chain)         \
     X(http01)            \
     X(ident)             \
-    X(certmeta)
+    X(certmeta)          \
+    X(announce)
 
 typedef struct {
     const char  *name;

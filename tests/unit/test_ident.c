@@ -154,14 +154,46 @@ test_type_names(void **state)
 static void
 expect_sni(const char *in, const char *sni)
 {
-    acme_ident_t  id;
+    acme_ident_t  id, back;
     char         *s;
 
     assert_int_equal(acme_ident_parse(in, &id, NULL), 0);
     s = acme_ident_sni(&id);
     assert_non_null(s);
     assert_string_equal(s, sni);
+    /* and back */
+    assert_int_equal(acme_ident_from_sni(s, &back, NULL), 0);
+    assert_int_equal(back.type, id.type);
+    assert_string_equal(back.value, id.value);
+    acme_ident_free(&back);
     free(s);
+    acme_ident_free(&id);
+}
+
+static void
+test_from_sni_refused(void **state)
+{
+    static const char  *bad[] = {
+        "", "*.example.org", "1.2.3.in-addr.arpa", "1.2.3.4.5.in-addr.arpa", "01.2.3.4.in-addr.arpa",
+        "256.2.3.4.in-addr.arpa", "a.b.c.d.in-addr.arpa", "1..3.4.in-addr.arpa", ".in-addr.arpa",
+        "1.0.0.ip6.arpa", "g.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa",
+        "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.00.ip6.arpa", "bad name", NULL
+    };
+    acme_ident_t  id;
+    acme_err_t    err;
+    int           i;
+
+    (void) state;
+    for (i = 0; bad[i] != NULL; i++) {
+        if (acme_ident_from_sni(bad[i], &id, &err) == 0) {
+            fail_msg("accepted \"%s\" as %s", bad[i], id.value);
+        }
+        assert_int_equal(err.kind, ACME_ERR_INPUT);
+    }
+    assert_int_equal(acme_ident_from_sni(NULL, &id, &err), -1);
+    /* uppercase is the same name */
+    assert_int_equal(acme_ident_from_sni("4.3.2.1.IN-ADDR.ARPA", &id, &err), 0);
+    assert_string_equal(id.value, "1.2.3.4");
     acme_ident_free(&id);
 }
 
@@ -214,6 +246,7 @@ main(void)
         cmocka_unit_test(test_ip),
         cmocka_unit_test(test_type_names),
         cmocka_unit_test(test_sni),
+        cmocka_unit_test(test_from_sni_refused),
         cmocka_unit_test(test_match),
     };
 

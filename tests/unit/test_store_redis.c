@@ -785,6 +785,157 @@ test_watch(void **state)
     acme_store_close(st);
 }
 
+/* Reads from w until a challenge announcement arrives (5 s at most); malloc'd message or NULL. */
+static char *
+next_announcement(acme_store_watch_t *w)
+{
+    struct pollfd   pfd;
+    acme_err_t      err;
+    char           *msg = NULL;
+    long long       t0 = now_ms();
+    int             rc;
+
+    while (now_ms() - t0 < 5000) {
+        while ((rc = acme_store_watch_next(w, &msg, &err)) == 1) {
+            free(msg);      /* a certificate change */
+        }
+        if (rc == 2) {
+            return msg;
+        }
+        assert_int_equal(rc, 0);
+        pfd.fd = acme_store_watch_fd(w);
+        pfd.events = POLLIN;
+        if (poll(&pfd, 1, 5000) <= 0) {
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void
+test_challenge_announcements(void **state)
+{
+    acme_store_t          *st, *fs;
+    acme_store_watch_t    *w, *plain;
+    acme_challenge_msg_t   m;
+    acme_ident_t           id = { ACME_IDENT_IP, "192.0.2.7" }, dns = { ACME_IDENT_DNS, "a.example" };
+    acme_err_t             err;
+    char                   prefix[32], *msg, *name = NULL;
+    long                   n;
+    const char            *tok = "tok_EN-abcdefghijklmnopqrstuvwxyz";
+
+    (void) state;
+    NEED_REDIS();
+    st = open_fresh(NULL, NULL, prefix);
+    w = acme_store_watch_open_challenges(st, &err);
+    if (w == NULL) {
+        fail_msg("watch: %s", err.msg);
+    }
+    plain = acme_store_watch_open(st, &err);
+    assert_non_null(plain);
+
+    /* only the challenge watch counts: the announcement reached one node */
+    assert_int_equal(acme_store_challenge_announce(st, 1, "http-01", tok, &dns, "tok_EN-abcdefghijklmnopqrstuvwxyz.thumb", &err), 1);
+    msg = next_announcement(w);
+    assert_non_null(msg);
+    assert_int_equal(acme_store_challenge_msg_parse(msg, &m, &err), 0);
+    assert_true(m.add);
+    assert_string_equal(m.type, "http-01");
+    assert_string_equal(m.key, tok);
+    assert_int_equal(m.id.type, ACME_IDENT_DNS);
+    assert_string_equal(m.id.value, "a.example");
+    assert_string_equal(m.key_authz, "tok_EN-abcdefghijklmnopqrstuvwxyz.thumb");
+    acme_store_challenge_msg_free(&m);
+    free(msg);
+    /* the plain watch never returns it */
+    sleep_ms(50);
+    assert_int_equal(acme_store_watch_next(plain, &name, &err), 0);
+
+    /* acknowledgements count from the last announcement */
+    assert_int_equal(acme_store_challenge_acks(st, "http-01", tok, &n, &err), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(acme_store_challenge_ack(st, "http-01", tok, &err), 0);
+    assert_int_equal(acme_store_challenge_ack(st, "http-01", tok, &err), 0);
+    assert_int_equal(acme_store_challenge_acks(st, "http-01", tok, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(acme_store_challenge_announce(st, 1, "http-01", tok, &dns, "tok_EN-abcdefghijklmnopqrstuvwxyz.thumb", &err), 1);
+    assert_int_equal(acme_store_challenge_acks(st, "http-01", tok, &n, &err), 0);
+    assert_int_equal(n, 0);
+    free(next_announcement(w));
+
+    /* TLS-ALPN-01 for an IP address, and a withdrawal */
+    assert_int_equal(acme_store_challenge_announce(st, 1, "tls-alpn-01", "7.2.0.192.in-addr.arpa", &id,
+                                                   "T.x", &err), 1);
+    msg = next_announcement(w);
+    assert_int_equal(acme_store_challenge_msg_parse(msg, &m, &err), 0);
+    assert_int_equal(m.id.type, ACME_IDENT_IP);
+    assert_string_equal(m.id.value, "192.0.2.7");
+    acme_store_challenge_msg_free(&m);
+    free(msg);
+    assert_int_equal(acme_store_challenge_announce(st, 0, "tls-alpn-01", "7.2.0.192.in-addr.arpa", NULL, NULL,
+                                                   &err), 1);
+    msg = next_announcement(w);
+    assert_int_equal(acme_store_challenge_msg_parse(msg, &m, &err), 0);
+    assert_false(m.add);
+    assert_string_equal(m.key, "7.2.0.192.in-addr.arpa");
+    assert_null(m.key_authz);
+    acme_store_challenge_msg_free(&m);
+    free(msg);
+
+    /* refused before anything is sent */
+    assert_int_equal(acme_store_challenge_announce(st, 1, "http-01", "bad token", &dns, "x.y", &err), -1);
+    assert_int_equal(err.kind, ACME_ERR_INPUT);
+    assert_int_equal(acme_store_challenge_announce(st, 1, "dns-01", tok, &dns, "x.y", &err), -1);
+    assert_int_equal(acme_store_challenge_announce(st, 1, "http-01", tok, &dns, "x y", &err), -1);
+    assert_int_equal(acme_store_challenge_announce(st, 1, "http-01", tok, NULL, "x.y", &err), -1);
+
+    /* a filesystem store has nobody to tell */
+    fs = acme_store_fs_open(tmp_path("announce-fs"), 1, &err);
+    assert_non_null(fs);
+    assert_int_equal(acme_store_challenge_announce(fs, 1, "http-01", tok, &dns, "x.y", &err), 0);
+    assert_int_equal(acme_store_challenge_ack(fs, "http-01", tok, &err), 0);
+    assert_int_equal(acme_store_challenge_acks(fs, "http-01", tok, &n, &err), 0);
+    assert_int_equal(n, 0);
+    assert_null(acme_store_watch_open_challenges(fs, &err));
+    acme_store_close(fs);
+
+    acme_store_watch_close(plain);
+    acme_store_watch_close(w);
+    acme_store_close(st);
+}
+
+#define TOK "tok_EN-abcdefghijklmnopqrstuvwxyz"
+
+static void
+test_challenge_msg_hostile(void **state)
+{
+    static const char  *bad[] = {
+        "", "a", "x http-01 " TOK, "a http-01 " TOK " dns a.example", "a http-01 " TOK " dns a.example k.a extra",
+        "a http-01 ../x dns a.example k.a", "a http-01 " TOK " dns *.example k.a", "a http-01 " TOK " dns a..b k.a",
+        "a http-01 " TOK " foo a.example k.a", "a http-01 " TOK " ip a.example k.a", "a http-01 " TOK " dns a.example k/a",
+        "a tls-alpn-01 b.example dns a.example k.a", "a tls-alpn-01 4.3.2.1.in-addr.arpa ip 1.2.3.5 k.a",
+        "d http-01", "d http-01 " TOK " extra", "d dns-01 " TOK, "aa http-01 " TOK " dns a.example k.a", NULL
+    };
+    acme_challenge_msg_t  m;
+    acme_err_t            err;
+    int                   i;
+
+    (void) state;
+    for (i = 0; bad[i] != NULL; i++) {
+        if (acme_store_challenge_msg_parse(bad[i], &m, &err) == 0) {
+            fail_msg("accepted \"%s\"", bad[i]);
+        }
+        assert_int_equal(err.kind, ACME_ERR_INPUT);
+        assert_null(m.buf);
+    }
+    assert_int_equal(acme_store_challenge_msg_parse(NULL, &m, &err), -1);
+    assert_int_equal(acme_store_challenge_msg_parse("a tls-alpn-01 4.3.2.1.in-addr.arpa ip 1.2.3.4 k.a", &m,
+                                                    &err), 0);
+    acme_store_challenge_msg_free(&m);
+    assert_int_equal(acme_store_challenge_msg_parse("d http-01 " TOK, &m, &err), 0);
+    acme_store_challenge_msg_free(&m);
+}
+
 static void
 test_password_file(void **state)
 {
@@ -1042,6 +1193,8 @@ main(void)
         cmocka_unit_test(test_locks),
         cmocka_unit_test(test_lock_refresh_piggyback),
         cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_challenge_announcements),
+        cmocka_unit_test(test_challenge_msg_hostile),
         cmocka_unit_test(test_password_file),
         cmocka_unit_test(test_reconnect_and_timeouts),
         cmocka_unit_test(test_generation_fs),
