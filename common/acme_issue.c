@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "acme_b64.h"
@@ -14,6 +15,9 @@
 typedef enum {
     J_READY = 0,        /* waiting for directory/account */
     J_RESUME,           /* POST-as-GET the stored order */
+    J_ORPHAN_ACCOUNT,   /* a newOrder may have been lost: the account object's "orders" URL */
+    J_ORPHAN_LIST,      /* its list of orders */
+    J_ORPHAN_ORDER,     /* candidate cand_i */
     J_NEW_ORDER,
     J_AUTHZ,            /* fetching authorization authz_i */
     J_CONFIRM,          /* waiting for the nodes that got the challenge announcement */
@@ -74,6 +78,9 @@ struct acme_issue_s {
     time_t                  wait_start;
     long                    poll_delay_ms;
     int                     finalize_early; /* finalize sent without reading the order first */
+    char                  **cands;          /* orders the account lists, newest first */
+    size_t                  ncands;
+    size_t                  cand_i;
     int                     replaces_dropped;
 
     char                   *chain_pem;      /* the default chain, while alternates are checked */
@@ -90,6 +97,11 @@ struct acme_issue_s {
 #define ISSUE_CONFIRM_MS  3000
 
 static void job_step(acme_issue_t *job);
+static void orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+static void orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+static void orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+static void orphan_none(acme_issue_t *job, const char *why);
+static void order_dispatch(acme_issue_t *job);
 static void job_fail(acme_issue_t *job, const acme_err_t *err);
 
 static const char *default_types[] = { "http-01", "tls-alpn-01" };
@@ -162,6 +174,10 @@ job_free(acme_issue_t *job)
         free(job->alternates[i]);
     }
     free(job->alternates);
+    for (i = 0; i < job->ncands; i++) {
+        free(job->cands[i]);
+    }
+    free(job->cands);
     free(job);
 }
 
@@ -467,8 +483,14 @@ order_store(acme_issue_t *job, acme_err_t *err)
         json_array_append_new(ids, json_pack("{s:s, s:s}", "type", acme_ident_type_name(job->ids[i].type),
                                              "value", job->ids[i].value));
     }
-    o = json_pack("{s:s, s:s, s:o, s:I}", "url", job->order_url, "ca", acme_client_directory_url(job->c),
+    /* without a URL: newOrder is about to be sent (an "intent"), so that a crash before its answer is
+     * stored can look the order up in the account's list instead of leaving it orphaned */
+    o = json_pack("{s:s, s:o, s:I}", "ca", acme_client_directory_url(job->c),
                   "identifiers", ids, "created", (json_int_t) time(NULL));
+    if (o != NULL) {
+        json_object_set_new(o, job->order_url ? "url" : "intent",
+                            job->order_url ? json_string(job->order_url) : json_true());
+    }
     js = o ? json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(o);
     if (js == NULL) {
@@ -503,7 +525,8 @@ order_forget(acme_issue_t *job)
     job->store->ops->commit(job->store, items, 2, NULL);
 }
 
-/* A stored order for the same CA and identifiers, with its key: resume it. */
+/* A stored order for the same CA and identifiers, with its key: resume it. 1 an order URL, 2 an intent
+ * (newOrder sent, answer not stored), 0 nothing usable. */
 static int
 order_load(acme_issue_t *job)
 {
@@ -511,7 +534,7 @@ order_load(acme_issue_t *job)
     size_t      len, pem_len = 0, i;
     json_t     *o, *ids, *it;
     const char *url, *ca;
-    int         ok = 0;
+    int         ok = 0, intent;
 
     snprintf(k, sizeof(k), "certs/%s/order.json", job->name);
     if (acme_store_get(job->store, k, &js, &len, NULL) != 0) {
@@ -520,9 +543,10 @@ order_load(acme_issue_t *job)
     o = json_loadb(js, len, 0, NULL);
     free(js);
     url = json_string_value(json_object_get(o, "url"));
+    intent = url == NULL && json_is_true(json_object_get(o, "intent"));
     ca = json_string_value(json_object_get(o, "ca"));
     ids = json_object_get(o, "identifiers");
-    if (url != NULL && ca != NULL && strcmp(ca, acme_client_directory_url(job->c)) == 0
+    if ((url != NULL || intent) && ca != NULL && strcmp(ca, acme_client_directory_url(job->c)) == 0
         && json_is_array(ids) && json_array_size(ids) == job->nids)
     {
         ok = 1;
@@ -541,11 +565,14 @@ order_load(acme_issue_t *job)
         }
         if (job->cert_key == NULL) {
             ok = 0;
-        } else {
+        } else if (url != NULL) {
             job->order_url = acme_strdup(url);
         }
     }
     json_decref(o);
+    if (ok && intent) {
+        return 2;
+    }
     return ok && job->order_url != NULL;
 }
 
@@ -647,6 +674,9 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         }
         e = *err;
         acme_err_prefix(&e, "newOrder");
+        if (err->kind == ACME_ERR_CA || err->kind == ACME_ERR_RATELIMIT) {
+            order_forget(job);      /* refused: no order was made */
+        }
         job_fail(job, &e);
         return;
     }
@@ -1226,6 +1256,7 @@ static void
 ready_done(void *arg, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
+    int            rc;
 
     if (!job_back(job)) {
         return;
@@ -1234,7 +1265,10 @@ ready_done(void *arg, const acme_err_t *err)
         job_fail(job, err);
         return;
     }
-    if (order_load(job)) {
+    rc = order_load(job);
+    if (rc == 2 && acme_client_account_url(job->c) != NULL) {
+        job_set_state(job, J_ORPHAN_ACCOUNT, "looking for an order lost in a crash", NULL);
+    } else if (rc == 1) {
         job_set_state(job, J_RESUME, "resuming the order", NULL);
     } else {
         job_set_state(job, J_NEW_ORDER, "ordering", NULL);
@@ -1291,6 +1325,150 @@ new_order_payload(acme_issue_t *job, acme_err_t *err)
     return s;
 }
 
+/* ---- an order lost between newOrder and storing its URL (RFC 8555 7.1.2.1) ---- */
+
+#define ORPHAN_CANDIDATES  5
+
+static void
+orphan_none(acme_issue_t *job, const char *why)
+{
+    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": no order to resume (%s), ordering anew", job->name, why);
+    free(job->order_url);
+    job->order_url = NULL;
+    job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+    job_step(job);
+}
+
+static void
+orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    json_t        *o;
+    const char    *orders;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        orphan_none(job, err->msg);
+        return;
+    }
+    o = json_loadb(resp->body.data, resp->body.len, 0, NULL);
+    orders = json_string_value(json_object_get(o, "orders"));
+    if (orders == NULL || strncmp(orders, "https://", 8) != 0) {
+        json_decref(o);
+        orphan_none(job, "the CA does not list the account's orders");
+        return;
+    }
+    free(job->order_url);
+    job->order_url = acme_strdup(orders);     /* the list, until an order is chosen */
+    json_decref(o);
+    job_set_state(job, J_ORPHAN_LIST, "looking for an order lost in a crash", NULL);
+    job_step(job);
+}
+
+static void
+orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    json_t        *o, *a, *it;
+    size_t         n, i;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL) {
+        orphan_none(job, err->msg);
+        return;
+    }
+    o = json_loadb(resp->body.data, resp->body.len, 0, NULL);
+    a = json_object_get(o, "orders");
+    n = json_array_size(a);
+    job->cands = calloc(ORPHAN_CANDIDATES, sizeof(char *));
+    /* the newest orders are last in practice: look at those */
+    for (i = n; job->cands != NULL && i > 0 && job->ncands < ORPHAN_CANDIDATES; i--) {
+        it = json_array_get(a, i - 1);
+        if (json_is_string(it) && strncmp(json_string_value(it), "https://", 8) == 0) {
+            job->cands[job->ncands] = acme_strdup(json_string_value(it));
+            if (job->cands[job->ncands] != NULL) {
+                job->ncands++;
+            }
+        }
+    }
+    json_decref(o);
+    job->cand_i = 0;
+    job_set_state(job, J_ORPHAN_ORDER, "looking for an order lost in a crash", NULL);
+    job_step(job);
+}
+
+/* 1 when the order body names exactly our identifiers (in any order). */
+static int
+orphan_same_ids(acme_issue_t *job, const acme_http_resp_t *resp)
+{
+    json_t      *o, *ids, *it;
+    size_t       i, j, found = 0;
+    const char  *t, *v;
+
+    o = json_loadb(resp->body.data, resp->body.len, 0, NULL);
+    ids = json_object_get(o, "identifiers");
+    if (json_array_size(ids) != job->nids) {
+        json_decref(o);
+        return 0;
+    }
+    for (i = 0; i < job->nids; i++) {
+        json_array_foreach(ids, j, it) {
+            t = json_string_value(json_object_get(it, "type"));
+            v = json_string_value(json_object_get(it, "value"));
+            if (t != NULL && v != NULL && strcmp(t, acme_ident_type_name(job->ids[i].type)) == 0
+                && strcasecmp(v, job->ids[i].value) == 0)
+            {
+                found++;
+                break;
+            }
+        }
+    }
+    json_decref(o);
+    return found == job->nids;
+}
+
+static void
+orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err == NULL && resp->content_type != NULL && strcmp(resp->content_type, "application/json") == 0
+        && orphan_same_ids(job, resp))
+    {
+        if (job->have_order) {
+            acme_order_free(&job->order);
+            job->have_order = 0;
+        }
+        memset(&job->order, 0, sizeof(job->order));
+        if (acme_order_parse(resp->body.data, resp->body.len, &job->order, &e) == 0) {
+            job->have_order = 1;
+            if (job->order.status == ACME_ST_PENDING || job->order.status == ACME_ST_READY) {
+                free(job->order_url);
+                job->order_url = acme_strdup(job->cands[job->cand_i]);
+                if (job->order_url == NULL || order_store(job, &e) != 0) {
+                    acme_err_prefix(&e, "storing the order for \"%s\"", job->name);
+                    job_fail(job, &e);
+                    return;
+                }
+                acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": resuming order %s (%s), found in the "
+                         "account's orders", job->name, job->order_url, acme_status_name(job->order.status));
+                order_dispatch(job);
+                return;
+            }
+        }
+    }
+    job->cand_i++;
+    job_step(job);
+}
+
 static void
 cert_key_done(void *arg, EVP_PKEY *key, const acme_err_t *err)
 {
@@ -1326,6 +1504,24 @@ job_step(acme_issue_t *job)
         job_post(job, job->order_url, NULL, NULL, order_resp);
         return;
 
+    case J_ORPHAN_ACCOUNT:
+        /* POST-as-GET of the account (Pebble and Boulder answer it; Pebble refuses the empty update of
+         * RFC 8555 7.3.3); a CA refusing both just leads to a new order */
+        job_post(job, acme_client_account_url(job->c), NULL, NULL, orphan_account_resp);
+        return;
+
+    case J_ORPHAN_LIST:
+        job_post(job, job->order_url, NULL, NULL, orphan_list_resp);
+        return;
+
+    case J_ORPHAN_ORDER:
+        if (job->cand_i >= job->ncands) {
+            orphan_none(job, "no pending order for these identifiers");
+            return;
+        }
+        job_post(job, job->cands[job->cand_i], NULL, NULL, orphan_order_resp);
+        return;
+
     case J_NEW_ORDER:
         if (job->cert_key == NULL) {
             /* off the loop: an RSA key can take seconds */
@@ -1337,6 +1533,14 @@ job_step(acme_issue_t *job)
         }
         s = new_order_payload(job, &err);
         if (s == NULL) {
+            job_fail(job, &err);
+            return;
+        }
+        free(job->order_url);
+        job->order_url = NULL;
+        if (order_store(job, &err) != 0) {
+            free(s);
+            acme_err_prefix(&err, "storing the order for \"%s\"", job->name);
             job_fail(job, &err);
             return;
         }

@@ -1014,3 +1014,101 @@ def test_disk_full_tmpfs(ctl, proxy, tmp_path, free_pages):
     after = Ctl(ctl.binary, out, ctl.proxy)
     assert after.snapshot(name) == before, "the old certificate changed on the full disk"
     assert_state_clean(out)
+
+
+# --------------------------------------------------------------------------
+# requests per issuance: the protocol minimum
+# --------------------------------------------------------------------------
+
+def _kinds(proxy):
+    """The proxy's requests as (METHOD, PATHS name) in order."""
+    from fault_proxy import PATHS
+    out = []
+    with proxy._lock:
+        reqs = list(proxy.requests)
+    for r in reqs:
+        name = next((k for k, rx in PATHS.items() if re.search(rx, r.path)), r.path)
+        out.append((r.method, name))
+    return out
+
+
+def test_requests_per_issuance_minimum(ctl, proxy):
+    """A fresh issuance for two names: no order poll before finalize (the order is known ready once the
+    last authorization is valid), one request of each kind besides the few authorization and order polls
+    the CA's pace needs."""
+    name = "count.example.org"
+    ctl.issue(name, f"www.{name}")
+    kinds = _kinds(proxy)
+    n = lambda m, k: kinds.count((m, k))      # noqa: E731
+    fin = kinds.index(("POST", "finalize"))
+    assert ("POST", "order") not in kinds[:fin], kinds
+    assert n("POST", "newAccount") == 1 and n("POST", "newOrder") == 1, kinds
+    assert n("POST", "challenge") == 2 and n("POST", "finalize") == 1, kinds
+    assert n("POST", "certificate") == 1, kinds
+    # each authorization: one fetch, then polls at 60, 120, 240 ms ... while Pebble validates
+    assert 4 <= n("POST", "authz") <= 10, kinds
+    assert n("POST", "order") <= 3, kinds
+    # renewal with the same account: no newAccount, one newNonce at most
+    proxy.reset()
+    ctl.ok("renew", "--force", *ctl.http, name)
+    kinds = _kinds(proxy)
+    assert ("POST", "newAccount") not in kinds and n("HEAD", "newNonce") + n("GET", "newNonce") <= 1, kinds
+    fin = kinds.index(("POST", "finalize"))
+    assert ("POST", "order") not in kinds[:fin], kinds
+
+
+def test_finalize_order_not_ready_polls_then_finalizes(ctl, proxy):
+    """A CA that has not caught up with the last authorization answers orderNotReady: the order is polled
+    until ready, then finalized once more."""
+    name = "notready.example.org"
+    f = proxy.add_fault("finalize", method="POST",
+                        respond=problem(403, "orderNotReady", "the order is not ready yet"))
+    p = ctl.ok("issue", *ctl.http, name)
+    assert f.hits == 1
+    kinds = _kinds(proxy)
+    fins = [i for i, k in enumerate(kinds) if k == ("POST", "finalize")]
+    assert len(fins) == 2, kinds
+    assert ("POST", "order") in kinds[fins[0]:fins[1]], kinds
+    assert "issued" in p.stdout
+
+
+def test_orphan_lost_new_order_answer_is_found_in_the_account_orders(ctl, proxy):
+    """newOrder reaches the CA but its answer is lost (as in a crash before the order URL is stored): the
+    next run finds the order in the account's "orders" list (RFC 8555 7.1.2.1, Pebble lists them) and
+    resumes it instead of leaving it orphaned and placing another."""
+    name = "orphan.example.org"
+    ctl.issue("first-orphan.example.org")          # the account exists
+    f = proxy.add_fault("newOrder", method="POST", cut=True, times=None)
+    p = ctl.fails("issue", *ctl.http, name)
+    assert f.hits >= 1
+    order = json.loads((ctl.certdir(name) / "order.json").read_text())
+    assert order.get("intent") is True and "url" not in order, order
+    assert (ctl.certdir(name) / "order.key").exists()
+    proxy.clear_faults()
+    proxy.reset()
+    p = ctl.ok("issue", *ctl.http, name)
+    assert "found in the account's orders" in p.stderr, p.stderr
+    assert proxy.count("POST", "/order-plz") == 0, proxy.summary()
+    assert not (ctl.certdir(name) / "order.json").exists()
+    # the key recorded with the intent is the certificate's key
+    out = subprocess.run(["openssl", "x509", "-noout", "-pubkey", "-in", str(ctl.fullchain(name))],
+                         capture_output=True, text=True).stdout
+    key = subprocess.run(["openssl", "pkey", "-pubout", "-in", str(ctl.certdir(name) / "privkey.pem")],
+                         capture_output=True, text=True).stdout
+    assert out and out == key
+
+
+def test_orphan_intent_without_a_listed_order_orders_anew(ctl, proxy):
+    """An intent whose newOrder never reached the CA: nothing in the list matches, one new order."""
+    name = "intent-only.example.org"
+    ctl.issue("first-intent.example.org")
+    f = proxy.add_fault("newOrder", method="POST", drop=True, times=None)
+    ctl.fails("issue", *ctl.http, name)
+    assert f.hits >= 1
+    assert json.loads((ctl.certdir(name) / "order.json").read_text()).get("intent") is True
+    proxy.clear_faults()
+    proxy.reset()
+    ctl.ok("issue", *ctl.http, name)
+    # the account object and its list were asked, then one new order placed
+    assert proxy.count("POST", "/order-plz") == 1, proxy.summary()
+    assert any(k.startswith("POST /list-orderz/") for k in proxy.summary()), proxy.summary()
