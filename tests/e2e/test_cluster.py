@@ -325,6 +325,9 @@ def test_validated_on_another_node(cluster, dns):
     assert cl.orderers(ALPN_NAME, marks) == ["apache-c"]
     assert cl.b.answered(ALPN_NAME, marks["nginx-b"]), cl.b.log(marks["nginx-b"])[-3000:]
     assert not cl.c.answered(ALPN_NAME, marks["apache-c"])
+    # Apache's core waited for both nginx nodes to take the challenge it announced
+    assert re.search(r"2 node\(s\) took the tls-alpn-01 challenge for " + re.escape(ALPN_NAME),
+                     cl.c.log(marks["apache-c"])), cl.c.log(marks["apache-c"])[-3000:]
 
 
 @KINDS
