@@ -1339,6 +1339,27 @@ orphan_none(acme_issue_t *job, const char *why)
     job_step(job);
 }
 
+/* The CA's answer while looking for the order, parsed; NULL when the search is over (the job was cancelled
+ * or failed, or orders anew). */
+static json_t *
+orphan_answer(acme_issue_t *job, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    json_t  *o;
+
+    if (!job_back(job)) {
+        return NULL;
+    }
+    if (err != NULL) {
+        orphan_none(job, err->msg);
+        return NULL;
+    }
+    o = json_loadb(resp->body.data, resp->body.len, 0, NULL);
+    if (o == NULL) {
+        orphan_none(job, "the CA's answer is not JSON");
+    }
+    return o;
+}
+
 static void
 orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
@@ -1346,14 +1367,10 @@ orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *e
     json_t        *o;
     const char    *orders;
 
-    if (!job_back(job)) {
+    o = orphan_answer(job, resp, err);
+    if (o == NULL) {
         return;
     }
-    if (err != NULL) {
-        orphan_none(job, err->msg);
-        return;
-    }
-    o = json_loadb(resp->body.data, resp->body.len, 0, NULL);
     orders = json_string_value(json_object_get(o, "orders"));
     if (orders == NULL || strncmp(orders, "https://", 8) != 0) {
         json_decref(o);
@@ -1374,14 +1391,10 @@ orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     json_t        *o, *a, *it;
     size_t         n, i;
 
-    if (!job_back(job)) {
+    o = orphan_answer(job, resp, err);
+    if (o == NULL) {
         return;
     }
-    if (err != NULL) {
-        orphan_none(job, err->msg);
-        return;
-    }
-    o = json_loadb(resp->body.data, resp->body.len, 0, NULL);
     a = json_object_get(o, "orders");
     n = json_array_size(a);
     job->cands = calloc(ORPHAN_CANDIDATES, sizeof(char *));

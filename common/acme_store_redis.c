@@ -2494,6 +2494,28 @@ chal_check(const char *type, const char *key, acme_err_t *err)
     return 0;
 }
 
+/* The acknowledgement counter of a challenge: 1 with *k set (malloc'd), 0 not Redis (nobody to count), -1. */
+static int
+ack_key(acme_store_t *st, const char *type, const char *key, char **k, acme_err_t *err)
+{
+    rd_t  *rd;
+
+    *k = NULL;
+    if (st == NULL || chal_check(type, key, err) != 0) {
+        return -1;
+    }
+    if (!rd_is(st)) {
+        return 0;
+    }
+    rd = st->data;
+    *k = acme_sprintf("%sacks:%s/%s", rd->prefix, type, key);
+    if (*k == NULL) {
+        rd_oom(err);
+        return -1;
+    }
+    return 1;
+}
+
 int
 acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const char *key,
     const acme_ident_t *id, const char *key_authz, acme_err_t *err)
@@ -2505,20 +2527,18 @@ acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const
     char        *chan = NULL, *m = NULL, *ack = NULL;
     int          rc = -1;
 
-    if (st == NULL || chal_check(type, key, err) != 0) {
-        return -1;
-    }
     if (add && (id == NULL || id->value == NULL || key_authz == NULL || !ka_valid(key_authz))) {
         acme_err_set(err, ACME_ERR_INPUT, "challenge %s %s: no identifier or an invalid key authorization",
-                     type, key);
+                     type ? type : "", key ? key : "");
         return -1;
     }
-    if (!rd_is(st)) {
-        return 0;           /* every process reads the directory itself */
+    rc = ack_key(st, type, key, &ack, err);
+    if (rc <= 0) {
+        return rc;          /* a directory: every process reads it itself */
     }
+    rc = -1;
     rd = st->data;
     chan = rd_key(rd, NULL, "challenges");
-    ack = acme_sprintf("%sacks:%s/%s", rd->prefix, type, key);
     m = add ? acme_sprintf("a %s %s %s %s %s", type, key, acme_ident_type_name(id->type), id->value, key_authz)
             : acme_sprintf("d %s %s", type, key);
     if (chan == NULL || ack == NULL || m == NULL) {
@@ -2564,20 +2584,14 @@ acme_store_challenge_ack(acme_store_t *st, const char *type, const char *key, ac
     const char  *argv[3];
     size_t       lens[3];
     char        *ack;
-    int          rc = -1;
+    int          rc;
 
-    if (st == NULL || chal_check(type, key, err) != 0) {
-        return -1;
+    rc = ack_key(st, type, key, &ack, err);
+    if (rc <= 0) {
+        return rc;
     }
-    if (!rd_is(st)) {
-        return 0;
-    }
+    rc = -1;
     rd = st->data;
-    ack = acme_sprintf("%sacks:%s/%s", rd->prefix, type, key);
-    if (ack == NULL) {
-        rd_oom(err);
-        return -1;
-    }
     argv[0] = "INCR";
     argv[1] = ack;
     lens[0] = 4;
@@ -2608,21 +2622,19 @@ acme_store_challenge_acks(acme_store_t *st, const char *type, const char *key, l
     const char  *argv[2];
     size_t       lens[2];
     char        *ack, *end;
-    int          rc = -1;
+    int          rc;
 
-    if (n == NULL || st == NULL || chal_check(type, key, err) != 0) {
+    if (n == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "acknowledgements: no output");
         return -1;
     }
     *n = 0;
-    if (!rd_is(st)) {
-        return 0;
+    rc = ack_key(st, type, key, &ack, err);
+    if (rc <= 0) {
+        return rc;
     }
+    rc = -1;
     rd = st->data;
-    ack = acme_sprintf("%sacks:%s/%s", rd->prefix, type, key);
-    if (ack == NULL) {
-        rd_oom(err);
-        return -1;
-    }
     argv[0] = "GET";
     argv[1] = ack;
     lens[0] = 3;
