@@ -1389,6 +1389,24 @@ rd_simple(rd_t *rd, redisReply **out, int retry, const char *op, const char *key
     return 0;
 }
 
+/* rd_simple with NUL-terminated arguments (at most 4). */
+static int
+rd_simple_str(rd_t *rd, redisReply **out, int retry, const char *op, acme_err_t *err, int argc, ...)
+{
+    const char  *argv[4];
+    size_t       lens[4];
+    va_list      ap;
+    int          i;
+
+    va_start(ap, argc);
+    for (i = 0; i < argc && i < 4; i++) {
+        argv[i] = va_arg(ap, const char *);
+        lens[i] = strlen(argv[i]);
+    }
+    va_end(ap);
+    return rd_simple(rd, out, retry, op, NULL, err, argc < 4 ? argc : 4, argv, lens);
+}
+
 static char *
 rd_key(rd_t *rd, const char *kind, const char *key)
 {
@@ -2522,8 +2540,6 @@ acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const
 {
     rd_t        *rd;
     redisReply  *rep = NULL;
-    const char  *argv[3];
-    size_t       lens[3];
     char        *chan = NULL, *m = NULL, *ack = NULL;
     int          rc = -1;
 
@@ -2546,20 +2562,10 @@ acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const
         goto done;
     }
     rd_enter(rd);
-    argv[0] = "DEL";
-    argv[1] = ack;
-    lens[0] = 3;
-    lens[1] = strlen(ack);
-    if (rd_simple(rd, &rep, 1, "announce", NULL, err, 2, argv, lens) == 0) {
+    if (rd_simple_str(rd, &rep, 1, "announce", err, 2, "DEL", ack) == 0) {
         rd_reply_free(rep, 0);
         rep = NULL;
-        argv[0] = "PUBLISH";
-        argv[1] = chan;
-        argv[2] = m;
-        lens[0] = 7;
-        lens[1] = strlen(chan);
-        lens[2] = strlen(m);
-        if (rd_simple(rd, &rep, 1, "announce", NULL, err, 3, argv, lens) == 0) {
+        if (rd_simple_str(rd, &rep, 1, "announce", err, 3, "PUBLISH", chan, m) == 0) {
             if (rep->type == REDIS_REPLY_INTEGER) {
                 rc = rep->integer > INT_MAX ? INT_MAX : (int) rep->integer;
             } else {
@@ -2581,8 +2587,6 @@ acme_store_challenge_ack(acme_store_t *st, const char *type, const char *key, ac
 {
     rd_t        *rd;
     redisReply  *rep = NULL;
-    const char  *argv[3];
-    size_t       lens[3];
     char        *ack;
     int          rc;
 
@@ -2592,19 +2596,11 @@ acme_store_challenge_ack(acme_store_t *st, const char *type, const char *key, ac
     }
     rc = -1;
     rd = st->data;
-    argv[0] = "INCR";
-    argv[1] = ack;
-    lens[0] = 4;
-    lens[1] = strlen(ack);
     rd_enter(rd);
-    if (rd_simple(rd, &rep, 0, "acknowledge", NULL, err, 2, argv, lens) == 0) {
+    if (rd_simple_str(rd, &rep, 0, "acknowledge", err, 2, "INCR", ack) == 0) {
         rd_reply_free(rep, 0);
         rep = NULL;
-        argv[0] = "EXPIRE";
-        argv[2] = RD_ACK_TTL;
-        lens[0] = 6;
-        lens[2] = strlen(RD_ACK_TTL);
-        if (rd_simple(rd, &rep, 1, "acknowledge", NULL, err, 3, argv, lens) == 0) {
+        if (rd_simple_str(rd, &rep, 1, "acknowledge", err, 3, "EXPIRE", ack, RD_ACK_TTL) == 0) {
             rc = 0;
         }
     }
@@ -2619,8 +2615,6 @@ acme_store_challenge_acks(acme_store_t *st, const char *type, const char *key, l
 {
     rd_t        *rd;
     redisReply  *rep = NULL;
-    const char  *argv[2];
-    size_t       lens[2];
     char        *ack, *end;
     int          rc;
 
@@ -2635,12 +2629,8 @@ acme_store_challenge_acks(acme_store_t *st, const char *type, const char *key, l
     }
     rc = -1;
     rd = st->data;
-    argv[0] = "GET";
-    argv[1] = ack;
-    lens[0] = 3;
-    lens[1] = strlen(ack);
     rd_enter(rd);
-    if (rd_simple(rd, &rep, 1, "acknowledgements", NULL, err, 2, argv, lens) == 0) {
+    if (rd_simple_str(rd, &rep, 1, "acknowledgements", err, 2, "GET", ack) == 0) {
         if (rep->type == REDIS_REPLY_NIL) {
             rc = 0;
         } else if (rep->type == REDIS_REPLY_STRING) {
