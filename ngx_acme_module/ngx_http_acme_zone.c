@@ -17,9 +17,17 @@ typedef struct {
     u_char                      kind;
     u_short                     klen;
     uint32_t                    vlen;
-    ngx_uint_t                  num;
+    ngx_uint_t                  num;             /* generation; put time */
     u_char                      data[1];         /* key, then value */
 } ngx_http_acme_kv_t;
+
+
+/*
+ * A challenge is answered for an hour at most: a withdrawal that never
+ * arrived (another node's, announced while this one was not listening)
+ * does not leave an answer behind for good.
+ */
+#define NGX_HTTP_ACME_CHALLENGE_TTL  3600
 
 
 static void ngx_http_acme_zone_rbtree_insert(ngx_rbtree_node_t *temp,
@@ -249,6 +257,10 @@ ngx_http_acme_zone_put(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
 
     kv = ngx_http_acme_zone_insert(z, kind, key, klen, value, vlen);
 
+    if (kv) {
+        kv->num = ngx_time();
+    }
+
     ngx_shmtx_unlock(&z->shpool->mutex);
 
     return kv ? NGX_OK : NGX_ERROR;
@@ -286,6 +298,15 @@ ngx_http_acme_zone_get(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
     ngx_shmtx_lock(&z->shpool->mutex);
 
     kv = ngx_http_acme_zone_lookup(z, kind, key, klen, &node);
+
+    if (kv && (kind == NGX_HTTP_ACME_KV_HTTP01
+               || kind == NGX_HTTP_ACME_KV_TLSALPN)
+        && ngx_time() - (time_t) kv->num > NGX_HTTP_ACME_CHALLENGE_TTL)
+    {
+        ngx_rbtree_delete(&z->sh->rbtree, node);
+        ngx_slab_free_locked(z->shpool, node);
+        kv = NULL;
+    }
 
     if (kv == NULL) {
         ngx_shmtx_unlock(&z->shpool->mutex);
