@@ -11,7 +11,9 @@
  *   P"info:generation"      counter, INCR'd by every commit that changes certs/<name>/fullchain.pem or
  *                           privkey.pem
  *   P"lock:"<name>          a lock: "<host>:<pid>:<random>", SET NX PX <lease>
- * and the pub/sub channel P"events" carries the certificate name of each such change.
+ *   P"acks:"<type>/<key>    how many nodes took the last announcement of a challenge (expires)
+ * and the pub/sub channel P"events" carries the certificate name of each such change, P"challenges" the
+ * challenge announcements ("a TYPE KEY IDTYPE ID KEYAUTHZ" / "d TYPE KEY").
  *
  * Every change is one MULTI/EXEC: the values, their index entries, the secret set, the generation and the
  * announcements become visible together. Directories left empty by deletes are pruned afterwards by a Lua
