@@ -687,9 +687,10 @@ add_cert_files(server_rec *s, apr_pool_t *p, apr_array_header_t *cert_files, apr
     return OK;
 }
 
-/* Re-parse this process's certificates when the driver stored new ones. */
+/* Re-parse this process's certificates when the driver stored new ones. wait: when another thread is
+ * reloading, wait for it instead of serving what this process has (a fallback: that would be a 503). */
 static void
-maybe_reload(server_rec *s)
+maybe_reload(server_rec *s, int wait)
 {
     apr_uint32_t   gen = mod_acme_shm_generation(mod_acme_g.shm);
     apr_pool_t    *tp;
@@ -701,7 +702,9 @@ maybe_reload(server_rec *s)
     if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen)) {
         return;
     }
-    if (apr_thread_mutex_trylock(mod_acme_g.reload_lock) != APR_SUCCESS) {
+    if (wait) {
+        apr_thread_mutex_lock(mod_acme_g.reload_lock);
+    } else if (apr_thread_mutex_trylock(mod_acme_g.reload_lock) != APR_SUCCESS) {
         return;         /* another thread reloads; serve what we have meanwhile */
     }
     now = apr_time_now();
@@ -786,7 +789,15 @@ cert_cb(SSL *ssl, void *arg)
     if (sc->served == NULL || sc->served->nelts == 0) {
         return 1;
     }
-    maybe_reload(s);
+    /* a fallback here may be stale: a child forked with the parent's startup state, racing the thread
+     * that loads the certificate issued since */
+    apr_thread_rwlock_rdlock(mod_acme_g.lock);
+    for (i = 0; i < sc->served->nelts; i++) {
+        fallback |= APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *)->cur.fallback;
+    }
+    apr_thread_rwlock_unlock(mod_acme_g.lock);
+    maybe_reload(s, fallback);
+    fallback = 0;
     apr_thread_rwlock_rdlock(mod_acme_g.lock);
     for (i = 0; i < sc->served->nelts; i++) {
         mod_acme_cert_t *mc = APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *);

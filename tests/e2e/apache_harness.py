@@ -146,15 +146,17 @@ class Apache:
     # -- lifecycle -----------------------------------------------------------------
     def start(self, procs, wait=True):
         self.write()
+        up = self.log().count("resuming normal operations")    # a restart appends to the same log
         self.proc = procs.start([APACHE_BIN, "-f", self.conf, "-DFOREGROUND"], name=self.name,
                                 log_path=self.dir / "stdout.log", env={"APACHE_RUN_DIR": self.dir / "run"},
                                 watch_log=True, allowed=ALLOWED_ERRORS)
         procs.server_logs.watch(self.error_log, allowed=list(ALLOWED_ERRORS))
         procs.node._e2e_logs.append((f"{self.name} error.log", self.error_log, 0))
         if wait:
-            self.proc.wait_port(self.https_port, host=self.address, timeout=15)
-            wait_for(lambda: "resuming normal operations" in self.log(), timeout=15,
+            # this Apache's own listeners: a killed one's may linger for a moment
+            wait_for(lambda: self.log().count("resuming normal operations") > up, timeout=15,
                      what="apache to be up")
+            self.proc.wait_port(self.https_port, host=self.address, timeout=15)
         return self
 
     def graceful(self):
