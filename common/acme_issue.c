@@ -35,6 +35,7 @@ typedef struct {
     char          *type;
     acme_ident_t   id;
     char          *token;
+    char          *key;         /* in the store: the token (http-01) or the SNI (tls-alpn-01) */
 } published_t;
 
 struct acme_issue_s {
@@ -108,34 +109,35 @@ static const char *default_types[] = { "http-01", "tls-alpn-01" };
 
 /* ---- lifecycle ---- */
 
+/* Forget what we published (withdraw: from the host and the store too). */
 static void
-withdraw_all(acme_issue_t *job)
+published_clear(acme_issue_t *job, int withdraw)
 {
     size_t  i;
 
     for (i = 0; i < job->npublished; i++) {
         published_t *p = &job->published[i];
-        if (job->ch.withdraw != NULL) {
-            job->ch.withdraw(job->ch.data, p->type, &p->id, p->token);
-        }
-        if (strcmp(p->type, "http-01") == 0) {
-            acme_store_challenge_del(job->store, p->type, p->token, NULL);
-            (void) acme_store_challenge_announce(job->store, 0, p->type, p->token, NULL, NULL, NULL);
-        } else {
-            char *sni = acme_ident_sni(&p->id);
-            if (sni != NULL) {
-                acme_store_challenge_del(job->store, p->type, sni, NULL);
-                (void) acme_store_challenge_announce(job->store, 0, p->type, sni, NULL, NULL, NULL);
+        if (withdraw) {
+            if (job->ch.withdraw != NULL) {
+                job->ch.withdraw(job->ch.data, p->type, &p->id, p->token);
             }
-            free(sni);
+            acme_store_challenge_del(job->store, p->type, p->key, NULL);
+            (void) acme_store_challenge_announce(job->store, 0, p->type, p->key, NULL, NULL, NULL);
         }
         free(p->type);
         free(p->token);
+        free(p->key);
         acme_ident_free(&p->id);
     }
     free(job->published);
     job->published = NULL;
     job->npublished = 0;
+}
+
+static void
+withdraw_all(acme_issue_t *job)
+{
+    published_clear(job, 1);
 }
 
 static void
@@ -306,16 +308,7 @@ acme_issue_state(acme_issue_t *job)
 static void
 forget_published(acme_issue_t *job)
 {
-    size_t i;
-
-    for (i = 0; i < job->npublished; i++) {
-        free(job->published[i].type);
-        free(job->published[i].token);
-        acme_ident_free(&job->published[i].id);
-    }
-    free(job->published);
-    job->published = NULL;
-    job->npublished = 0;
+    published_clear(job, 0);
 }
 
 void
@@ -794,7 +787,7 @@ choose_type(acme_issue_t *job, acme_authz_t *a, acme_challenge_t **out)
 static int
 publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char *token, acme_err_t *err)
 {
-    char         *thumb, *ka, *sni = NULL;
+    char         *thumb, *ka, *key;
     published_t  *p;
     int           rc;
 
@@ -804,44 +797,39 @@ publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char 
     }
     ka = acme_sprintf("%s.%s", token, thumb);
     free(thumb);
+    key = strcmp(type, "http-01") == 0 ? acme_strdup(token) : acme_ident_sni(id);
     p = realloc(job->published, (job->npublished + 1) * sizeof(*p));
     if (p != NULL) {
         job->published = p;
     }
-    if (ka == NULL || p == NULL) {
+    if (ka == NULL || key == NULL || p == NULL) {
         free(ka);
+        free(key);
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return -1;
     }
-    if (strcmp(type, "http-01") == 0) {
-        rc = acme_store_challenge_put(job->store, type, token, ka, err);
-    } else {
-        sni = acme_ident_sni(id);
-        rc = sni ? acme_store_challenge_put(job->store, type, sni, ka, err) : -1;
-        if (sni == NULL) {
-            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        }
-    }
+    rc = acme_store_challenge_put(job->store, type, key, ka, err);
     if (rc == 0 && job->ch.publish != NULL) {
         rc = job->ch.publish(job->ch.data, type, id, token, ka, err);
     }
     /* nodes that answer from memory (nginx) copy it from the announcement; the CA is told once they did */
     job->confirm_n = 0;
     if (rc == 0) {
-        job->confirm_n = acme_store_challenge_announce(job->store, 1, type, sni ? sni : token, id, ka, err);
+        job->confirm_n = acme_store_challenge_announce(job->store, 1, type, key, id, ka, err);
         if (job->confirm_n < 0) {
             acme_err_prefix(err, "announcing it to the other nodes");
             rc = -1;
         }
     }
-    free(sni);
     free(ka);
     if (rc != 0) {
+        free(key);
         return -1;
     }
     p = &job->published[job->npublished++];
     p->type = acme_strdup(type);
     p->token = acme_strdup(token);
+    p->key = key;
     p->id.type = id->type;
     p->id.value = acme_strdup(id->value);
     return 0;
@@ -895,20 +883,12 @@ static void
 confirm_step(acme_issue_t *job)
 {
     published_t  *p = &job->published[job->npublished - 1];
-    char         *key;
     long          n = 0;
     long long     waited;
     acme_err_t    e;
     int           rc;
 
-    key = strcmp(p->type, "http-01") == 0 ? acme_strdup(p->token) : acme_ident_sni(&p->id);
-    if (key == NULL) {
-        acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
-        job_fail(job, &e);
-        return;
-    }
-    rc = acme_store_challenge_acks(job->store, p->type, key, &n, &e);
-    free(key);
+    rc = acme_store_challenge_acks(job->store, p->type, p->key, &n, &e);
     waited = now_ms() - job->confirm_start;
     if (rc == 0 && n < job->confirm_n && waited < ISSUE_CONFIRM_MS) {
         job_later(job, waited < 100 ? 5 : 25);

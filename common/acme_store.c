@@ -928,9 +928,8 @@ acme_store_account_save(acme_store_t *st, const char *ca_id, const char *key_pem
 
 /* ---- challenges ---- */
 
-/* The store key of a challenge response; NULL with err when type or id is not acceptable. */
-static char *
-challenge_key(const char *type, const char *id, acme_err_t *err)
+char *
+acme_store_challenge_key(const char *type, const char *id, acme_err_t *err)
 {
     acme_ident_t  ident;
     acme_err_t    e;
@@ -982,7 +981,7 @@ acme_store_challenge_put(acme_store_t *st, const char *type, const char *id, con
         acme_err_set(err, ACME_ERR_INPUT, "challenge: key authorization missing or too long");
         return -1;
     }
-    k = challenge_key(type, id, err);
+    k = acme_store_challenge_key(type, id, err);
     if (k == NULL) {
         return -1;
     }
@@ -1004,7 +1003,7 @@ acme_store_challenge_get(acme_store_t *st, const char *type, const char *id, cha
         return -1;
     }
     *key_authz = NULL;
-    k = challenge_key(type, id, err);
+    k = acme_store_challenge_key(type, id, err);
     if (k == NULL) {
         return -1;
     }
@@ -1019,7 +1018,7 @@ acme_store_challenge_del(acme_store_t *st, const char *type, const char *id, acm
     char  *k;
     int    rc;
 
-    k = challenge_key(type, id, err);
+    k = acme_store_challenge_key(type, id, err);
     if (k == NULL) {
         return -1;
     }

@@ -268,6 +268,9 @@ int acme_store_account_save(acme_store_t *st, const char *ca_id, const char *key
     const char *json, acme_err_t *err);
 
 /* Challenge publication through the store (any node of a shared backend can answer). */
+/* The store key of a challenge response, "challenges/<type>/<id>" (malloc'd; an SNI id lowercased); NULL
+ * with err when type or id is not acceptable. */
+char *acme_store_challenge_key(const char *type, const char *id, acme_err_t *err);
 int acme_store_challenge_put(acme_store_t *st, const char *type, const char *id, const char *key_authz,
     acme_err_t *err);
 int acme_store_challenge_get(acme_store_t *st, const char *type, const char *id, char **key_authz,

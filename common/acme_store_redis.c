@@ -27,7 +27,6 @@
  */
 #include "acme_store.h"
 #include "acme_aead.h"
-#include "acme_resource.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -2486,29 +2485,23 @@ ka_valid(const char *s)
     return i > 0;
 }
 
-/* 0 when type and key name a challenge (the key as challenges/<type>/<key> takes it). */
+/* 0 when type and key name a challenge as the store keys it (an SNI already lowercased: other nodes use
+ * the key as it comes). */
 static int
 chal_check(const char *type, const char *key, acme_err_t *err)
 {
-    acme_ident_t  id;
-    acme_err_t    e;
-    char          q[140];
-    int           ok = 0;
+    char  *k, q[140];
+    int    same;
 
-    if (type != NULL && key != NULL && strcmp(type, "http-01") == 0) {
-        ok = acme_token_valid(key);
-    } else if (type != NULL && key != NULL && strcmp(type, "tls-alpn-01") == 0) {
-        if (acme_ident_parse(key, &id, &e) == 0) {
-            ok = id.type == ACME_IDENT_DNS && id.value[0] != '*' && strcmp(id.value, key) == 0;
-            acme_ident_free(&id);
-        }
-    } else {
-        acme_err_set(err, ACME_ERR_INPUT, "challenge: unsupported type \"%s\"",
-                     acme_quote(type ? type : "(none)", q, sizeof(q), 40));
+    k = acme_store_challenge_key(type, key, err);
+    if (k == NULL) {
         return -1;
     }
-    if (!ok) {
-        acme_err_set(err, ACME_ERR_INPUT, "challenge: invalid %s key \"%s\"", type, acme_quote(key, q, sizeof(q), 120));
+    same = strcmp(k + strlen("challenges/") + strlen(type) + 1, key) == 0;
+    free(k);
+    if (!same) {
+        acme_err_set(err, ACME_ERR_INPUT, "challenge: %s key \"%s\" is not in its normal form", type,
+                     acme_quote(key, q, sizeof(q), 120));
         return -1;
     }
     return 0;
