@@ -147,6 +147,15 @@ class Fault:
             self.hit_event.set()
         return act
 
+    def give_back(self):
+        """Undo take() for a request the fault ended up not acting on."""
+        with self._lock:
+            self.seen -= 1
+            self.hits -= 1
+            self.hit_paths.pop()
+            if not self.hits:
+                self.hit_event.clear()
+
     def release(self):
         """Let held requests (hold=True) go on, now and from now on."""
         self._release.set()
@@ -159,6 +168,15 @@ class Fault:
 
     def __repr__(self):
         return f"<Fault {self.name} seen={self.seen} hits={self.hits}>"
+
+
+def _is_bad_nonce(status, body):
+    if status != 400 or not body:
+        return False
+    try:
+        return json.loads(body).get("type") == ACME_ERR + "badNonce"
+    except (ValueError, AttributeError):
+        return False
 
 
 def decode_jws_payload(body):
@@ -401,6 +419,12 @@ def _fault_handler_class(base, outer):
         def _send(self, status, headers, body, head=False):
             f = self._fault
             self._fault = None      # once per request (an error path may send again)
+            if f is not None and (f.transform or f.cut) and f.respond is None and _is_bad_nonce(status, body):
+                # Pebble rejected the nonce at random (PEBBLE_WFE_NONCEREJECT): the client must see
+                # that answer as it is and retry; the fault acts on the retry instead
+                f.give_back()
+                outer._log(f"FAULT {f.name}: skipped, Pebble answered badNonce")
+                f = None
             if f is not None and f.transform and not head:
                 r = FaultResponse(self.command, self.path, status, headers, body, outer)
                 for t in f.transform:
