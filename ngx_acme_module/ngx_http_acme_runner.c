@@ -464,28 +464,59 @@ ngx_http_acme_challenge_message(ngx_http_acme_runner_t *rn, char *msg)
 }
 
 
+typedef struct {
+    char                      **names;
+    size_t                      n;
+} ngx_http_acme_names_t;
+
+
+static ngx_int_t
+ngx_http_acme_challenge_pending(void *ctx, u_char *key, size_t klen)
+{
+    ngx_http_acme_names_t  *pending = ctx;
+
+    size_t  i;
+
+    for (i = 0; i < pending->n; i++) {
+        if (ngx_strlen(pending->names[i]) == klen
+            && ngx_memcmp(pending->names[i], key, klen) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 /*
  * A leader that subscribes (at start, after an outage) may have missed
  * announcements: challenges pending in the store are copied into the zone
- * unless it has them. An http-01 entry read back this way has lost its
+ * unless it has them, and entries the store no longer has (a withdrawal
+ * it missed) are removed. An http-01 entry read back this way has lost its
  * identifier and is answered for any Host (the token is the CA's secret
  * and the key authorization is what the CA is told anyway).
+ *
+ * Every challenge is in the store before it is in a zone, so an entry put
+ * before the listing and missing from it was withdrawn.
  */
 
 static void
 ngx_http_acme_challenge_resync(ngx_http_acme_runner_t *rn)
 {
-    static const char  *types[] = { "http-01", "tls-alpn-01" };
+    static const char      *types[] = { "http-01", "tls-alpn-01" };
 
-    int                 rc;
-    char              **names, *dir, *key, *ka;
-    size_t              n, i, t, len, copied;
-    u_char              kind;
-    ngx_str_t           v;
-    ngx_pool_t         *pool;
-    acme_err_t          err;
-    acme_ident_t        id;
-    acme_store_t       *st;
+    int                     rc;
+    char                  **names, *dir, *key, *ka;
+    size_t                  n, i, t, len, copied, removed;
+    time_t                  listed;
+    u_char                  kind;
+    ngx_str_t               v;
+    ngx_pool_t             *pool;
+    acme_err_t              err;
+    acme_ident_t            id;
+    acme_store_t           *st;
+    ngx_http_acme_names_t   pending;
 
     st = rn->stores[0];
 
@@ -495,10 +526,13 @@ ngx_http_acme_challenge_resync(ngx_http_acme_runner_t *rn)
     }
 
     copied = 0;
+    removed = 0;
 
     for (t = 0; t < 2; t++) {
         kind = t == 0 ? NGX_HTTP_ACME_KV_HTTP01 : NGX_HTTP_ACME_KV_TLSALPN;
         dir = t == 0 ? "challenges/http-01" : "challenges/tls-alpn-01";
+
+        listed = ngx_time();
 
         if (st->ops->list(st, dir, &names, &n, &err) != 0) {
             ngx_log_error(NGX_LOG_WARN, rn->log, 0,
@@ -506,6 +540,13 @@ ngx_http_acme_challenge_resync(ngx_http_acme_runner_t *rn)
                           "storage: %s", err.msg);
             break;
         }
+
+        pending.names = names;
+        pending.n = n;
+
+        removed += ngx_http_acme_zone_sweep(rn->zone, kind, listed,
+                                            ngx_http_acme_challenge_pending,
+                                            &pending);
 
         for (i = 0; i < n; i++) {
             if (ngx_http_acme_zone_get(rn->zone, kind, (u_char *) names[i],
@@ -554,6 +595,12 @@ ngx_http_acme_challenge_resync(ngx_http_acme_runner_t *rn)
         ngx_log_error(NGX_LOG_INFO, rn->log, 0,
                       "acme: %uz pending challenge(s) copied from the storage",
                       copied);
+    }
+
+    if (removed) {
+        ngx_log_error(NGX_LOG_INFO, rn->log, 0,
+                      "acme: %uz challenge(s) withdrawn while not subscribed "
+                      "removed", removed);
     }
 }
 

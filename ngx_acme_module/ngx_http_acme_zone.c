@@ -287,6 +287,60 @@ ngx_http_acme_zone_delete(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
 }
 
 
+ngx_uint_t
+ngx_http_acme_zone_sweep(ngx_http_acme_zone_t *z, u_char kind, time_t before,
+    ngx_http_acme_zone_keep_pt keep, void *ctx)
+{
+    time_t               now;
+    ngx_uint_t           n;
+    ngx_rbtree_node_t   *node, *root, *sentinel;
+    ngx_http_acme_kv_t  *kv;
+
+    now = ngx_time();
+    n = 0;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    sentinel = z->sh->rbtree.sentinel;
+
+again:
+
+    root = z->sh->rbtree.root;
+
+    if (root != sentinel) {
+
+        for (node = ngx_rbtree_min(root, sentinel);
+             node;
+             node = ngx_rbtree_next(&z->sh->rbtree, node))
+        {
+            kv = (ngx_http_acme_kv_t *) &node->color;
+
+            if (kv->kind != kind) {
+                continue;
+            }
+
+            if (now - (time_t) kv->num <= NGX_HTTP_ACME_CHALLENGE_TTL
+                && ((time_t) kv->num >= before
+                    || keep(ctx, kv->data, kv->klen)))
+            {
+                continue;
+            }
+
+            /* a deletion rebalances the tree: walk it again */
+            ngx_rbtree_delete(&z->sh->rbtree, node);
+            ngx_slab_free_locked(z->shpool, node);
+            n++;
+
+            goto again;
+        }
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
 ngx_int_t
 ngx_http_acme_zone_get(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
     size_t klen, ngx_pool_t *pool, ngx_str_t *value)

@@ -65,6 +65,17 @@ void ngx_http_acme_zone_delete(ngx_http_acme_zone_t *z, u_char kind,
 ngx_int_t ngx_http_acme_zone_get(ngx_http_acme_zone_t *z, u_char kind,
     u_char *key, size_t klen, ngx_pool_t *pool, ngx_str_t *value);
 
+/* 1: keep the entry; called with the zone locked */
+typedef ngx_int_t (*ngx_http_acme_zone_keep_pt)(void *ctx, u_char *key,
+    size_t klen);
+
+/*
+ * Deletes the challenge entries of kind put before `before` that keep()
+ * declines, and those past their time to live; returns how many.
+ */
+ngx_uint_t ngx_http_acme_zone_sweep(ngx_http_acme_zone_t *z, u_char kind,
+    time_t before, ngx_http_acme_zone_keep_pt keep, void *ctx);
+
 ngx_uint_t ngx_http_acme_zone_cert_gen(ngx_http_acme_zone_t *z,
     u_char *name, size_t len);
 ngx_int_t ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z,

@@ -4,6 +4,7 @@ local cache under state_path, which the leader keeps in step with Redis."""
 import os
 import re
 import secrets
+import time
 
 import pytest
 
@@ -146,6 +147,28 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     redis.cli("PUBLISH", "ngx:challenges", f"d http-01 {token}")
     wait_for(lambda: http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")[0] == 404, 10,
              what="the withdrawal to be applied")
+
+    # withdrawals missed while not subscribed: an announced challenge whose store record is gone (its
+    # withdrawal lost) and the tls-alpn-01 one deleted from the store are removed from the zone when the
+    # leader subscribes again (here: its subscription killed); a pending one stays
+    gone, kept = "gone-" + "G" * 40, "kept-" + "K" * 40
+    redis.cli("SET", f"ngx:challenges/http-01/{kept}", f"{kept}.thumb")
+    redis.cli("SADD", "ngx:dir:challenges/http-01", kept)
+    redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {kept} dns {name} {kept}.thumb")
+    redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {gone} dns {name} {gone}.thumb")
+    wait_for(lambda: http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{gone}")[0] == 200, 10,
+             what="the announced challenge to be answered")
+    redis.cli("DEL", f"ngx:challenges/tls-alpn-01/{sni}")
+    redis.cli("SREM", "ngx:dir:challenges/tls-alpn-01", sni)
+    time.sleep(1.1)         # zone entries are stamped in seconds: put strictly before the next listing
+    mark = len(n.log_text())
+    redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+    wait_for(lambda: "2 challenge(s) withdrawn while not subscribed removed" in n.log_text(mark), 30,
+             what="the stale challenges to be removed")
+    assert "storage announcements lost" in n.log_text(mark)
+    assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{gone}")[0] == 404
+    assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{kept}") == \
+        (200, f"{kept}.thumb".encode())
 
 
 def test_rediss_with_password_file(pebble, nginx_factory, tmp_path, procs, acmectl_bin, test_ca):
