@@ -30,6 +30,15 @@ typedef struct {
 #define NGX_HTTP_ACME_CHALLENGE_TTL  3600
 
 
+static ngx_inline ngx_uint_t
+ngx_http_acme_zone_expired(ngx_http_acme_kv_t *kv, time_t now)
+{
+    return (kv->kind == NGX_HTTP_ACME_KV_HTTP01
+            || kv->kind == NGX_HTTP_ACME_KV_TLSALPN)
+           && now - (time_t) kv->num > NGX_HTTP_ACME_CHALLENGE_TTL;
+}
+
+
 static void ngx_http_acme_zone_rbtree_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_http_acme_kv_t *ngx_http_acme_zone_lookup(ngx_http_acme_zone_t *z,
@@ -319,7 +328,7 @@ again:
                 continue;
             }
 
-            if (now - (time_t) kv->num <= NGX_HTTP_ACME_CHALLENGE_TTL
+            if (!ngx_http_acme_zone_expired(kv, now)
                 && ((time_t) kv->num >= before
                     || keep(ctx, kv->data, kv->klen)))
             {
@@ -353,10 +362,7 @@ ngx_http_acme_zone_get(ngx_http_acme_zone_t *z, u_char kind, u_char *key,
 
     kv = ngx_http_acme_zone_lookup(z, kind, key, klen, &node);
 
-    if (kv && (kind == NGX_HTTP_ACME_KV_HTTP01
-               || kind == NGX_HTTP_ACME_KV_TLSALPN)
-        && ngx_time() - (time_t) kv->num > NGX_HTTP_ACME_CHALLENGE_TTL)
-    {
+    if (kv && ngx_http_acme_zone_expired(kv, ngx_time())) {
         ngx_rbtree_delete(&z->sh->rbtree, node);
         ngx_slab_free_locked(z->shpool, node);
         kv = NULL;
