@@ -5,7 +5,8 @@
  * /.well-known/acme-challenge/<token> on every vhost and scheme, from the store (the driver's core writes
  * the key authorization there before it tells the CA, so whichever child gets the validator's request can
  * answer). The raw request path is checked: the token must be base64url characters (acme_http01_parse_path) and nothing else
- * (no '%', '/', '.', NUL...), the Host must be a managed name; anything else is a 404 and never a file read.
+ * (no '%', '/', '.', NUL...), the Host must be a managed name and the identifier the token was published for
+ * (the store's record names it); anything else is a 404 and never a file read.
  *
  * TLS-ALPN-01: mod_ssl's ALPN callback asks ap_select_protocol(), which only considers protocols listed by
  * the core's "Protocols" directive of the SNI-selected server (an empty list means "http/1.1 only" and the
@@ -146,7 +147,8 @@ http01(request_rec *r)
     size_t               toklen;
     acme_err_t           err;
     acme_http01_path_t   kind;
-    int                  rc;
+    acme_ident_t         id, host;
+    int                  rc, same;
     apr_size_t           len;
     apr_uint64_t         h;
 
@@ -180,7 +182,7 @@ http01(request_rec *r)
     if (mod_acme_g.storage != NULL && miss_known(h)) {
         return HTTP_NOT_FOUND;
     }
-    rc = acme_store_challenge_get(mod_acme_g.store, "http-01", token, &ka, &err);
+    rc = acme_store_challenge_get(mod_acme_g.store, "http-01", token, &id, &ka, &err);
     if (rc != 0) {
         if (rc < 0) {
             /* a token the store refuses (too short...) is the client's doing: not worth a warning */
@@ -190,6 +192,17 @@ http01(request_rec *r)
         } else if (mod_acme_g.storage != NULL) {
             miss_remember(h);
         }
+        free(ka);
+        return HTTP_NOT_FOUND;
+    }
+    /* the token answers for the identifier it was published for, never for another managed name */
+    same = acme_ident_parse(r->hostname, &host, NULL) == 0 && host.type == id.type
+           && strcmp(host.value, id.value) == 0;
+    acme_ident_free(&host);
+    acme_ident_free(&id);
+    if (!same) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, ACMELOGNO(0054)
+                      "http-01: a token requested for %s, which it is not for", r->hostname);
         free(ka);
         return HTTP_NOT_FOUND;
     }
@@ -262,7 +275,8 @@ pending_tls_alpn(apr_pool_t *p, const char *sni, char **ka)
     if (!managed) {
         return 0;
     }
-    rc = acme_store_challenge_get(mod_acme_g.store, "tls-alpn-01", k, &v, NULL);
+    /* the record's identifier is checked against its key, the SNI, by the store */
+    rc = acme_store_challenge_get(mod_acme_g.store, "tls-alpn-01", k, NULL, &v, NULL);
     if (rc != 0) {
         free(v);
         return 0;

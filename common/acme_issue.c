@@ -808,7 +808,7 @@ publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char 
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return -1;
     }
-    rc = acme_store_challenge_put(job->store, type, key, ka, err);
+    rc = acme_store_challenge_put(job->store, type, key, id, ka, err);
     if (rc == 0 && job->ch.publish != NULL) {
         rc = job->ch.publish(job->ch.data, type, id, token, ka, err);
     }

@@ -968,46 +968,133 @@ acme_store_challenge_key(const char *type, const char *id, acme_err_t *err)
     return k;
 }
 
-int
-acme_store_challenge_put(acme_store_t *st, const char *type, const char *id, const char *key_authz,
+/*
+ * A challenge record is "<dns|ip> <identifier> <key authorization>": the identifier is what a host checks
+ * a request against (the Host of an HTTP-01 request; the key of a TLS-ALPN-01 record, its SNI, already
+ * names it), so a token is never answered for another name.
+ */
+static int
+challenge_record_check(const char *type, const char *key, const acme_ident_t *id, const char *ka,
     acme_err_t *err)
 {
-    char    *k;
-    size_t   len;
-    int      rc;
+    size_t  i, len;
+    char   *sni;
+    int     same;
 
-    len = key_authz ? strnlen(key_authz, STORE_KA_MAX + 1) : 0;
+    len = ka ? strnlen(ka, STORE_KA_MAX + 1) : 0;
     if (len == 0 || len > STORE_KA_MAX) {
         acme_err_set(err, ACME_ERR_INPUT, "challenge: key authorization missing or too long");
         return -1;
     }
-    k = acme_store_challenge_key(type, id, err);
+    for (i = 0; i < len; i++) {
+        if (ka[i] <= ' ' || ka[i] > '~') {
+            acme_err_set(err, ACME_ERR_INPUT, "challenge: key authorization with a space or control character");
+            return -1;
+        }
+    }
+    if (id == NULL || id->value == NULL || id->value[0] == '\0' || id->value[0] == '*'
+        || strchr(id->value, ' ') != NULL || (id->type != ACME_IDENT_DNS && id->type != ACME_IDENT_IP))
+    {
+        acme_err_set(err, ACME_ERR_INPUT, "challenge: missing or invalid identifier");
+        return -1;
+    }
+    if (strcmp(type, "tls-alpn-01") == 0) {
+        sni = acme_ident_sni(id);
+        same = sni != NULL && strcmp(sni, key) == 0;
+        free(sni);
+        if (!same) {
+            acme_err_set(err, ACME_ERR_INPUT, "challenge: tls-alpn-01 record for %s under another name", id->value);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+acme_store_challenge_put(acme_store_t *st, const char *type, const char *key, const acme_ident_t *id,
+    const char *key_authz, acme_err_t *err)
+{
+    char    *k, *v;
+    int      rc;
+
+    k = acme_store_challenge_key(type, key, err);
     if (k == NULL) {
         return -1;
     }
-    rc = acme_store_put(st, k, key_authz, len, 0, err);
+    if (challenge_record_check(type, k + strlen("challenges/") + strlen(type) + 1, id, key_authz, err) != 0) {
+        free(k);
+        return -1;
+    }
+    v = acme_sprintf("%s %s %s", acme_ident_type_name(id->type), id->value, key_authz);
+    if (v == NULL) {
+        free(k);
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    rc = acme_store_put(st, k, v, strlen(v), 0, err);
     free(k);
+    free(v);
     return rc;
 }
 
 int
-acme_store_challenge_get(acme_store_t *st, const char *type, const char *id, char **key_authz,
-    acme_err_t *err)
+acme_store_challenge_get(acme_store_t *st, const char *type, const char *key, acme_ident_t *id,
+    char **key_authz, acme_err_t *err)
 {
-    char    *k;
-    size_t   len;
-    int      rc;
+    char               *k, *v = NULL, *sp1, *sp2, *ka;
+    size_t              len;
+    int                 rc;
+    acme_ident_t        ident = { 0, NULL };
+    acme_ident_type_t   it;
 
     if (key_authz == NULL) {
         acme_err_set(err, ACME_ERR_INTERNAL, "acme_store_challenge_get: no output");
         return -1;
     }
     *key_authz = NULL;
-    k = acme_store_challenge_key(type, id, err);
+    if (id != NULL) {
+        id->type = 0;
+        id->value = NULL;
+    }
+    k = acme_store_challenge_key(type, key, err);
     if (k == NULL) {
         return -1;
     }
-    rc = acme_store_get(st, k, key_authz, &len, err);
+    rc = acme_store_get(st, k, &v, &len, err);
+    if (rc != 0) {
+        free(k);
+        free(v);
+        return rc;
+    }
+    /* "<dns|ip> <identifier> <key authorization>" */
+    sp1 = strlen(v) == len ? strchr(v, ' ') : NULL;
+    sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+    if (sp2 != NULL) {
+        *sp1 = '\0';
+        *sp2 = '\0';
+        if (acme_ident_type_from_name(v, &it) == 0 && (ident.value = acme_strdup(sp1 + 1)) != NULL) {
+            ident.type = it;
+        }
+    }
+    rc = -1;
+    if (sp2 == NULL || ident.value == NULL
+        || challenge_record_check(type, k + strlen("challenges/") + strlen(type) + 1, &ident, sp2 + 1, NULL)
+           != 0)
+    {
+        acme_err_set(err, ACME_ERR_STORE, "challenge record %s is not \"<dns|ip> <identifier> <key "
+                     "authorization>\" (written by an older release?)", k);
+    } else if ((ka = acme_strdup(sp2 + 1)) == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    } else {
+        *key_authz = ka;
+        if (id != NULL) {
+            *id = ident;
+            ident.value = NULL;
+        }
+        rc = 0;
+    }
+    acme_ident_free(&ident);
+    free(v);
     free(k);
     return rc;
 }

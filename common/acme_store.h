@@ -11,8 +11,8 @@
  *   certs/<name>/meta.json           acme_certmeta_t
  *   certs/<name>/order.json          an order in flight, so a restart resumes it
  *   certs/<name>/order.key           its fresh certificate key (secret)
- *   challenges/http-01/<token>       key authorization
- *   challenges/tls-alpn-01/<sni>     key authorization
+ *   challenges/http-01/<token>       "<dns|ip> <identifier> <key authorization>"
+ *   challenges/tls-alpn-01/<sni>     "<dns|ip> <identifier> <key authorization>"
  */
 #ifndef ACME_STORE_H
 #define ACME_STORE_H
@@ -271,10 +271,14 @@ int acme_store_account_save(acme_store_t *st, const char *ca_id, const char *key
 /* The store key of a challenge response, "challenges/<type>/<id>" (malloc'd; an SNI id lowercased); NULL
  * with err when type or id is not acceptable. */
 char *acme_store_challenge_key(const char *type, const char *id, acme_err_t *err);
-int acme_store_challenge_put(acme_store_t *st, const char *type, const char *id, const char *key_authz,
-    acme_err_t *err);
-int acme_store_challenge_get(acme_store_t *st, const char *type, const char *id, char **key_authz,
-    acme_err_t *err);
+/* key: the token (http-01) or the SNI (tls-alpn-01); the record names the identifier it is for (id: its
+ * SNI must be the key for tls-alpn-01), so a host answers it for that identifier only. */
+int acme_store_challenge_put(acme_store_t *st, const char *type, const char *key, const acme_ident_t *id,
+    const char *key_authz, acme_err_t *err);
+/* 0 with *key_authz (malloc'd) and, when id is not NULL, *id (free with acme_ident_free) set; 1 none; -1
+ * error (a record not in that form is one). */
+int acme_store_challenge_get(acme_store_t *st, const char *type, const char *key, acme_ident_t *id,
+    char **key_authz, acme_err_t *err);
 int acme_store_challenge_del(acme_store_t *st, const char *type, const char *id, acme_err_t *err);
 
 #endif

@@ -23,31 +23,44 @@
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
 #include "acme_http01.h"
+#include "acme_ident.h"
 
+
+/*
+ * The Host as nginx normalised it (lowercase, no port, no trailing dot),
+ * read the way identifiers are stored (IPv6 without brackets, in its
+ * canonical form), must be the identifier the token was published for.
+ */
 
 static ngx_uint_t
 ngx_http_acme_host_matches(ngx_http_request_t *r, u_char *id, size_t len)
 {
-    ngx_str_t  host;
+    u_char        *host;
+    ngx_uint_t     match;
+    acme_ident_t   ident;
 
-    /* an entry read back from the acme_storage (the store keeps no name) */
-    if (len == 1 && id[0] == '*') {
-        return 1;
-    }
-
-    host = r->headers_in.server;
-
-    if (host.len >= 2 && host.data[0] == '[' && host.data[host.len - 1] == ']')
-    {
-        host.data++;
-        host.len -= 2;
-    }
-
-    if (host.len == 0 || host.len != len) {
+    if (r->headers_in.server.len == 0) {
         return 0;
     }
 
-    return ngx_strncasecmp(host.data, id, len) == 0;
+    host = ngx_pnalloc(r->pool, r->headers_in.server.len + 1);
+    if (host == NULL) {
+        return 0;
+    }
+
+    ngx_cpystrn(host, r->headers_in.server.data,
+                r->headers_in.server.len + 1);
+
+    if (acme_ident_parse((char *) host, &ident, NULL) != 0) {
+        return 0;
+    }
+
+    match = ngx_strlen(ident.value) == len
+            && ngx_strncmp(ident.value, id, len) == 0;
+
+    acme_ident_free(&ident);
+
+    return match;
 }
 
 

@@ -284,8 +284,7 @@ ngx_http_acme_host_watch(void *data, int fd, int events)
 /*
  * acme_challenge_host_t: challenges go into the shared zone, where any
  * worker answers them. http-01: token -> "<identifier> <key authz>" (the
- * identifier is the only Host it is answered for; "*": read back from the
- * store, see ngx_http_acme_challenge_resync); tls-alpn-01: SNI ->
+ * identifier is the only Host it is answered for); tls-alpn-01: SNI ->
  * "<dns|ip> <identifier> <key authz>".
  *
  * With acme_storage the core announces every challenge it publishes (the
@@ -493,9 +492,8 @@ ngx_http_acme_challenge_pending(void *ctx, u_char *key, size_t klen)
  * A leader that subscribes (at start, after an outage) may have missed
  * announcements: challenges pending in the store are copied into the zone
  * unless it has them, and entries the store no longer has (a withdrawal
- * it missed) are removed. An http-01 entry read back this way has lost its
- * identifier and is answered for any Host (the token is the CA's secret
- * and the key authorization is what the CA is told anyway).
+ * it missed) are removed. The store's record names the identifier, so an
+ * entry read back this way is bound to it as an announced one is.
  *
  * Every challenge is in the store before it is in a zone, so an entry put
  * before the listing and missing from it was withdrawn.
@@ -558,24 +556,23 @@ ngx_http_acme_challenge_resync(ngx_http_acme_runner_t *rn)
 
             key = names[i];
 
-            if (acme_store_challenge_get(st, types[t], key, &ka, &err) != 0) {
+            rc = acme_store_challenge_get(st, types[t], key, &id, &ka, &err);
+
+            if (rc != 0) {
+                if (rc < 0) {
+                    ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                                  "acme: pending %s challenge not copied "
+                                  "from the storage: %s", types[t], err.msg);
+                }
+
                 free(ka);
                 continue;
             }
 
-            if (t == 0) {
-                rc = ngx_http_acme_challenge_put(rn, types[t], key, "dns",
-                                                 "*", ka);
-
-            } else if (acme_ident_from_sni(key, &id, &err) == 0) {
-                rc = ngx_http_acme_challenge_put(rn, types[t], key,
+            rc = ngx_http_acme_challenge_put(rn, types[t], key,
                                              acme_ident_type_name(id.type),
                                              id.value, ka);
-                acme_ident_free(&id);
-
-            } else {
-                rc = NGX_DECLINED;
-            }
+            acme_ident_free(&id);
 
             len = ngx_strlen(ka);
             ngx_explicit_memzero(ka, len);

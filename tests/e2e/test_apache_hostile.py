@@ -8,10 +8,11 @@ from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import Apache, http_get, raw_http, tls_get
 
 
-def _write_token(a, token, value):
+def _write_token(a, token, ident, value):
+    """A challenge record as the core writes it: "<dns|ip> <identifier> <key authorization>"."""
     d = a.state / "challenges" / "http-01"
     d.mkdir(parents=True, exist_ok=True)
-    (d / token).write_text(value)
+    (d / token).write_text(f"{ident} {value}" if ident else value)
     os.chmod(d / token, 0o644)
 
 
@@ -23,7 +24,7 @@ def test_http01_hostile_paths(apache_factory, procs, server_logs):
     server_logs.allow(r"ACME0090: acme: .*next try at")
     a.start(procs)
     token = "tok_EN-123abcXYZ-0123456789_abcdefghijklm"
-    _write_token(a, token, token + ".thumb")
+    _write_token(a, token, "dns " + name, token + ".thumb")
     (a.dir / "htdocs" / "secret").write_text("not for you")
     port = a.http_port
     prefix = "/.well-known/acme-challenge/"
@@ -56,6 +57,37 @@ def test_http01_hostile_paths(apache_factory, procs, server_logs):
     assert status == 503
     status, body, _, _ = tls_get(a.https_port, name, "/acme-status")
     assert status == 200 and b'"certificates"' in body
+
+
+def test_http01_token_bound_to_its_identifier(apache_factory, procs, server_logs):
+    """A token is answered only for the identifier it was published for (the Host, normalised as identifiers
+    are: case, trailing dot, port, IPv6 brackets and canonical form), never for another managed name."""
+    one, two = "bound-one.apache.example.org", "bound-two.apache.example.org"
+    a = apache_factory(None, name="apache-bound", ca_url=f"http://127.0.0.1:{harness.free_port()}/dir")
+    a.vhosts = a.managed_vhosts([one, two]) + (
+        f"<VirtualHost 127.0.0.1:{a.https_port}>\n    ServerName v6.apache.example.org\n"
+        "    SSLEngine on\n    ACMECertificate ::1\n</VirtualHost>\n")
+    server_logs.allow(r"ACME0090: acme: .*next try at")
+    a.start(procs)
+    port, prefix = a.http_port, "/.well-known/acme-challenge/"
+    t_one, t_v6, t_old = "one_" + "1" * 40, "six_" + "6" * 40, "old_" + "0" * 40
+    _write_token(a, t_one, "dns " + one, t_one + ".thumb")
+    _write_token(a, t_v6, "ip ::1", t_v6 + ".thumb")
+    _write_token(a, t_old, None, t_old + ".thumb")      # no identifier (an older release's record)
+
+    for host in (one, one.upper(), one + ".", f"{one}:{port}"):
+        r = http_get(port, host, prefix + t_one)
+        assert (r.status, r.text) == (200, t_one + ".thumb"), host
+    for host in (two, f"{two}:{port}", "[::1]", "v6.apache.example.org"):
+        assert http_get(port, host, prefix + t_one).status == 404, host
+    for host in (f"[::1]:{port}", "[0:0::1]", "[::0001]"):
+        r = http_get(port, host, prefix + t_v6)
+        assert (r.status, r.text) == (200, t_v6 + ".thumb"), host
+    for host in (one, two, "[::2]"):
+        assert http_get(port, host, prefix + t_v6).status == 404, host
+    for host in (one, two):
+        assert http_get(port, host, prefix + t_old).status == 404, host
+    assert "ACME0054" in a.log()
 
 
 def test_renew_refused_unless_allowed(apache_factory, procs, server_logs):

@@ -132,17 +132,30 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     # copied from Redis when the leader subscribes again (here: after a reload)
     token, sni = "late-" + "L" * 40, "late-alpn.example.org"
     # as the store writes them: the value, and the name in its directory's set
-    redis.cli("SET", f"ngx:challenges/http-01/{token}", f"{token}.thumb")
-    redis.cli("SADD", "ngx:dir:challenges/http-01", token)
-    redis.cli("SET", f"ngx:challenges/tls-alpn-01/{sni}", "other.thumb")
+    # (the record names the identifier the token is for: it is answered for that Host only)
+    v6token, oldtoken = "late6-" + "S" * 40, "old-" + "O" * 40
+    redis.cli("SET", f"ngx:challenges/http-01/{token}", f"dns {name} {token}.thumb")
+    redis.cli("SET", f"ngx:challenges/http-01/{v6token}", f"ip ::1 {v6token}.thumb")
+    redis.cli("SET", f"ngx:challenges/http-01/{oldtoken}", f"{oldtoken}.thumb")    # no identifier
+    redis.cli("SADD", "ngx:dir:challenges/http-01", token, v6token, oldtoken)
+    redis.cli("SET", f"ngx:challenges/tls-alpn-01/{sni}", f"dns {sni} other.thumb")
     redis.cli("SADD", "ngx:dir:challenges/tls-alpn-01", sni)
     assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")[0] == 404
     mark = len(n.log_text())
     n.reload()
-    wait_for(lambda: "2 pending challenge(s) copied from the storage" in n.log_text(mark), 20,
+    wait_for(lambda: "3 pending challenge(s) copied from the storage" in n.log_text(mark), 20,
              what="the pending challenges to be copied")
-    status, body = http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")
-    assert (status, body) == (200, f"{token}.thumb".encode()), (status, body)
+    assert "pending http-01 challenge not copied" in n.log_text(mark)
+    for host in (name, name.upper() + ".", f"{name}:{pebble.http_port}"):
+        status, body = http_get(pebble.http_port, host, f"/.well-known/acme-challenge/{token}")
+        assert (status, body) == (200, f"{token}.thumb".encode()), (host, status, body)
+    for host in ("other.example.org", sni, "[::1]"):
+        assert http_get(pebble.http_port, host, f"/.well-known/acme-challenge/{token}")[0] == 404, host
+    for host in (f"[::1]:{pebble.http_port}", "[0:0::1]"):
+        status, body = http_get(pebble.http_port, host, f"/.well-known/acme-challenge/{v6token}")
+        assert (status, body) == (200, f"{v6token}.thumb".encode()), (host, status, body)
+    assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{v6token}")[0] == 404
+    assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{oldtoken}")[0] == 404
     # and an announced withdrawal removes it
     redis.cli("PUBLISH", "ngx:challenges", f"d http-01 {token}")
     wait_for(lambda: http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")[0] == 404, 10,
@@ -152,7 +165,7 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     # withdrawal lost) and the tls-alpn-01 one deleted from the store are removed from the zone when the
     # leader subscribes again (here: its subscription killed); a pending one stays
     gone, kept = "gone-" + "G" * 40, "kept-" + "K" * 40
-    redis.cli("SET", f"ngx:challenges/http-01/{kept}", f"{kept}.thumb")
+    redis.cli("SET", f"ngx:challenges/http-01/{kept}", f"dns {name} {kept}.thumb")
     redis.cli("SADD", "ngx:dir:challenges/http-01", kept)
     redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {kept} dns {name} {kept}.thumb")
     redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {gone} dns {name} {gone}.thumb")
@@ -169,6 +182,8 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{gone}")[0] == 404
     assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{kept}") == \
         (200, f"{kept}.thumb".encode())
+    # an announced one is bound to its identifier too
+    assert http_get(pebble.http_port, "other.example.org", f"/.well-known/acme-challenge/{kept}")[0] == 404
 
 
 def test_rediss_with_password_file(pebble, nginx_factory, tmp_path, procs, acmectl_bin, test_ca):

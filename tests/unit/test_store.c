@@ -938,42 +938,78 @@ test_account(void **state)
 static void
 test_challenges(void **state)
 {
-    fixture_t   *f = *state;
-    acme_err_t   err;
-    char        *ka;
-    const char  *tok = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
+    fixture_t     *f = *state;
+    acme_err_t     err;
+    char          *ka, *raw;
+    size_t         len;
+    acme_ident_t   id;
+    acme_ident_t   dns = { ACME_IDENT_DNS, "a.example.org" };
+    acme_ident_t   www = { ACME_IDENT_DNS, "www.example.org" };
+    acme_ident_t   ip = { ACME_IDENT_IP, "1.2.3.4" };
+    const char    *tok = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
 
-    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, "KA1", &err), 0);
+    /* the record names the identifier the token is for */
+    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, &dns, "KA1", &err), 0);
     assert_true(exists(path_of(f, "challenges/http-01/evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA")));
-    assert_int_equal(acme_store_challenge_get(f->st, "http-01", tok, &ka, &err), 0);
+    assert_int_equal(acme_store_get(f->st, "challenges/http-01/evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA",
+                                    &raw, &len, &err), 0);
+    assert_string_equal(raw, "dns a.example.org KA1");
+    free(raw);
+    assert_int_equal(acme_store_challenge_get(f->st, "http-01", tok, &id, &ka, &err), 0);
     assert_string_equal(ka, "KA1");
+    assert_int_equal(id.type, ACME_IDENT_DNS);
+    assert_string_equal(id.value, "a.example.org");
+    acme_ident_free(&id);
+    free(ka);
+    assert_int_equal(acme_store_challenge_get(f->st, "http-01", tok, NULL, &ka, &err), 0);
     free(ka);
 
-    /* tls-alpn-01 by server name, case-insensitively */
-    assert_int_equal(acme_store_challenge_put(f->st, "tls-alpn-01", "WWW.Example.org", "KA2", &err), 0);
+    /* tls-alpn-01 by server name, case-insensitively; the identifier must be the one the SNI stands for */
+    assert_int_equal(acme_store_challenge_put(f->st, "tls-alpn-01", "WWW.Example.org", &www, "KA2", &err), 0);
     assert_true(exists(path_of(f, "challenges/tls-alpn-01/www.example.org")));
-    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "www.example.org", &ka, &err), 0);
+    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "www.example.org", &id, &ka, &err), 0);
     assert_string_equal(ka, "KA2");
+    assert_string_equal(id.value, "www.example.org");
+    acme_ident_free(&id);
     free(ka);
-    assert_int_equal(acme_store_challenge_put(f->st, "tls-alpn-01", "4.3.2.1.in-addr.arpa", "KA3", &err), 0);
+    assert_int_equal(acme_store_challenge_put(f->st, "tls-alpn-01", "4.3.2.1.in-addr.arpa", &ip, "KA3", &err), 0);
+    assert_int_equal(acme_store_challenge_put(f->st, "tls-alpn-01", "4.3.2.1.in-addr.arpa", &dns, "KA3", &err),
+                     -1);
+    assert_int_equal(acme_store_challenge_put(f->st, "tls-alpn-01", "www.example.org", &dns, "KA3", &err), -1);
 
     assert_int_equal(acme_store_challenge_del(f->st, "http-01", tok, &err), 0);
-    assert_int_equal(acme_store_challenge_get(f->st, "http-01", tok, &ka, &err), 1);
+    assert_int_equal(acme_store_challenge_get(f->st, "http-01", tok, &id, &ka, &err), 1);
     assert_null(ka);
+    assert_null(id.value);
     assert_int_equal(acme_store_challenge_del(f->st, "http-01", tok, &err), 0);
+
+    /* a record without its identifier (an older release's, or forged) is never answered */
+    assert_int_equal(acme_store_put(f->st, "challenges/http-01/evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA",
+                                    "KA1", 3, 0, &err), 0);
+    assert_int_equal(acme_store_challenge_get(f->st, "http-01", tok, &id, &ka, &err), -1);
+    assert_null(ka);
+    assert_non_null(strstr(err.msg, "identifier"));
+    assert_int_equal(acme_store_put(f->st, "challenges/http-01/evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA",
+                                    "dns * KA1", 9, 0, &err), 0);
+    assert_int_equal(acme_store_challenge_get(f->st, "http-01", tok, &id, &ka, &err), -1);
+    assert_int_equal(acme_store_put(f->st, "challenges/tls-alpn-01/www.example.org", "dns a.example.org KA2", 21,
+                                    0, &err), 0);
+    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "www.example.org", &id, &ka, &err), -1);
 
     /* refusals */
-    assert_int_equal(acme_store_challenge_put(f->st, "http-01", "short", "KA", &err), -1);
+    assert_int_equal(acme_store_challenge_put(f->st, "http-01", "short", &dns, "KA", &err), -1);
     assert_non_null(strstr(err.msg, "\"short\""));
-    assert_int_equal(acme_store_challenge_get(f->st, "http-01", "../../../../etc/passwd", &ka, &err), -1);
-    assert_int_equal(acme_store_challenge_get(f->st, "http-01", "aaaaaaaaaaaaaaaaaaaaaa/..", &ka, &err), -1);
-    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "*.example.org", &ka, &err), -1);
-    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "..", &ka, &err), -1);
-    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "1.2.3.4", &ka, &err), -1);
-    assert_int_equal(acme_store_challenge_get(f->st, "dns-01", "example.org", &ka, &err), -1);
+    assert_int_equal(acme_store_challenge_get(f->st, "http-01", "../../../../etc/passwd", NULL, &ka, &err), -1);
+    assert_int_equal(acme_store_challenge_get(f->st, "http-01", "aaaaaaaaaaaaaaaaaaaaaa/..", NULL, &ka, &err), -1);
+    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "*.example.org", NULL, &ka, &err), -1);
+    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "..", NULL, &ka, &err), -1);
+    assert_int_equal(acme_store_challenge_get(f->st, "tls-alpn-01", "1.2.3.4", NULL, &ka, &err), -1);
+    assert_int_equal(acme_store_challenge_get(f->st, "dns-01", "example.org", NULL, &ka, &err), -1);
     assert_non_null(strstr(err.msg, "dns-01"));
-    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, "", &err), -1);
-    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, NULL, &err), -1);
+    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, &dns, "", &err), -1);
+    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, &dns, NULL, &err), -1);
+    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, NULL, "KA", &err), -1);
+    assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, &dns, "K A", &err), -1);
 }
 
 /* A store whose certificate is renewed between two reads (the first N reads of fullchain.pem see the

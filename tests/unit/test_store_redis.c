@@ -461,6 +461,7 @@ test_commit_and_records(void **state)
     char                 prefix[32], *chain, *key;
     size_t               clen, klen;
     unsigned long long   g0, g1, g2;
+    acme_ident_t         chid = { ACME_IDENT_DNS, "records.example" };
 
     (void) state;
     NEED_REDIS();
@@ -497,12 +498,12 @@ test_commit_and_records(void **state)
     assert_string_equal(chain, "{\"url\":\"u\"}");
     acme_free_secret(key, klen);
     free(chain);
-    assert_int_equal(acme_store_challenge_put(st, "http-01", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.thumb", &err), 0);
-    assert_int_equal(acme_store_challenge_get(st, "http-01", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &key, &err), 0);
+    assert_int_equal(acme_store_challenge_put(st, "http-01", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &chid, "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.thumb", &err), 0);
+    assert_int_equal(acme_store_challenge_get(st, "http-01", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", NULL, &key, &err), 0);
     assert_string_equal(key, "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.thumb");
     free(key);
     assert_int_equal(acme_store_challenge_del(st, "http-01", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &err), 0);
-    assert_int_equal(acme_store_challenge_get(st, "http-01", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &key, &err), 1);
+    assert_int_equal(acme_store_challenge_get(st, "http-01", "tok_en-1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", NULL, &key, &err), 1);
     check_list(st, "", "accounts,certs");
 
     /* a commit: all of it; a key twice is refused and nothing is written */
