@@ -173,6 +173,9 @@ const char  *mod_acme_shm_status_get(mod_acme_shm_t *shm, apr_pool_t *p);
 int          mod_acme_shm_renew_push(mod_acme_shm_t *shm, const char *name);
 /* Takes one queued request into buf; 1 taken, 0 none. */
 int          mod_acme_shm_renew_pop(mod_acme_shm_t *shm, char *buf, apr_size_t size);
+/* A new driver repairs what a process that died mid-write left: the status sequence, renew slots held by
+ * dead processes. Returns how many things it repaired. */
+int          mod_acme_shm_recover(mod_acme_shm_t *shm);
 void         mod_acme_shm_set_driver(mod_acme_shm_t *shm, pid_t pid);
 pid_t        mod_acme_shm_driver(mod_acme_shm_t *shm);
 

@@ -443,6 +443,11 @@ driver_main(apr_thread_t *t, void *arg)
                  "this process (pid %ld) runs the ACME driver for %d certificate(s)", (long) getpid(),
                  mod_acme_g.certs->nelts);
     mod_acme_shm_set_driver(mod_acme_g.shm, getpid());
+    rc = mod_acme_shm_recover(mod_acme_g.shm);
+    if (rc > 0) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0021)
+                     "repaired %d shared memory item(s) a process that died mid-write left behind", rc);
+    }
 
     if (fl.st != NULL) {
         follow_step(&fl);   /* the cache and every process catch up first; an outage is logged */

@@ -4,7 +4,7 @@
  *   - a certificate generation number: the driver bumps it when a certificate changed in the store; each
  *     child compares it at every handshake (one atomic read) and re-parses its certificates when it moved;
  *   - the driver's latest status JSON, under a sequence lock, so any child can answer acme-status;
- *   - a small queue of renew requests from any child to the driver;
+ *   - a small queue of renew requests from any child to the driver (see renew_recover for dead holders);
  *   - the pid of the process running the driver.
  */
 #include "mod_acme.h"
@@ -12,19 +12,48 @@
 #include <apr_shm.h>
 #include <apr_atomic.h>
 
+#include <errno.h>
+#include <signal.h>
+
+/*
+ * A process can die anywhere (a crash, SIGKILL, the OOM killer), also between the two steps of a write.
+ * What it leaves is repaired: a status sequence left odd by a dead driver is made even by the next one
+ * (the driver lock makes it the only writer), and readers stop waiting for a writer that is gone; a renew
+ * slot names the pid holding it, so a slot whose holder died is freed (or queued again, when the dead
+ * process was the driver taking it).
+ */
+#define SLOT_FREE       0u
+#define SLOT_QUEUED     2u
+#define SLOT_WRITING    1u              /* | pid << 2: a child fills the slot */
+#define SLOT_READING    3u              /* | pid << 2: the driver takes it */
+#define SLOT_HELD(st, pid)  (((apr_uint32_t) (pid) << 2) | (st))
+
+/* readers wait this long (in 1 ms naps) for a writer that is alive, then do without */
+#define STATUS_READ_TRIES  50
+
 typedef struct {
-    volatile apr_uint32_t  state;       /* 0 free, 1 being written, 2 queued, 3 being read */
+    volatile apr_uint32_t  state;       /* SLOT_* */
     char                   name[MOD_ACME_NAME_MAX];
 } renew_slot_t;
 
+/* test_driver_killed_mid_write_is_repaired (tests/e2e) finds the segment by driver_pid and writes
+ * status_seq: keep these two at offsets 4 and 8 */
 struct mod_acme_shm_s {
     volatile apr_uint32_t  generation;
     volatile apr_uint32_t  driver_pid;
     volatile apr_uint32_t  status_seq;  /* odd while the driver writes */
     volatile apr_uint32_t  status_len;
+    volatile apr_uint32_t  status_writer;   /* pid of the last writer */
     renew_slot_t           renew[MOD_ACME_RENEW_SLOTS];
     char                   status[MOD_ACME_STATUS_MAX];
 };
+
+/* 1 unless the process is known to be gone (another user's process answers EPERM: alive) */
+static int
+pid_alive(apr_uint32_t pid)
+{
+    return pid != 0 && (kill((pid_t) pid, 0) == 0 || errno != ESRCH);
+}
 
 apr_status_t
 mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **out)
@@ -67,6 +96,10 @@ mod_acme_shm_status_put(mod_acme_shm_t *shm, const char *json, apr_size_t len)
         json = "{\"error\": \"status too large for the shared memory\"}";
         len = strlen(json);
     }
+    if (apr_atomic_read32(&shm->status_seq) & 1) {
+        apr_atomic_inc32(&shm->status_seq);     /* a writer died mid-write; we are the only one now */
+    }
+    apr_atomic_set32(&shm->status_writer, (apr_uint32_t) getpid());
     apr_atomic_inc32(&shm->status_seq);         /* odd: writing */
     __sync_synchronize();
     memcpy(shm->status, json, len);
@@ -86,12 +119,15 @@ mod_acme_shm_status_get(mod_acme_shm_t *shm, apr_pool_t *p)
         return NULL;
     }
     buf = apr_palloc(p, MOD_ACME_STATUS_MAX + 1);
-    for (tries = 0; tries < 1000; tries++) {
+    for (tries = 0; tries < STATUS_READ_TRIES; tries++) {
         s1 = apr_atomic_read32(&shm->status_seq);
         if (s1 == 0) {
             return NULL;                        /* nothing written yet */
         }
         if (s1 & 1) {
+            if (!pid_alive(apr_atomic_read32(&shm->status_writer))) {
+                return NULL;                    /* died mid-write: the next driver repairs it */
+            }
             apr_sleep(1000);
             continue;
         }
@@ -114,41 +150,75 @@ mod_acme_shm_status_get(mod_acme_shm_t *shm, apr_pool_t *p)
 int
 mod_acme_shm_renew_push(mod_acme_shm_t *shm, const char *name)
 {
-    int i;
+    apr_uint32_t  held = SLOT_HELD(SLOT_WRITING, getpid());
+    int           i;
 
     if (shm == NULL || strlen(name) >= MOD_ACME_NAME_MAX) {
         return -1;
     }
     for (i = 0; i < MOD_ACME_RENEW_SLOTS; i++) {
         renew_slot_t *sl = &shm->renew[i];
-        if (apr_atomic_cas32(&sl->state, 1, 0) == 0) {
+        if (apr_atomic_cas32(&sl->state, held, SLOT_FREE) == SLOT_FREE) {
             apr_cpystrn(sl->name, name, sizeof(sl->name));
             __sync_synchronize();
-            apr_atomic_set32(&sl->state, 2);
+            apr_atomic_set32(&sl->state, SLOT_QUEUED);
             return 0;
         }
     }
     return -1;
 }
 
+/* Frees the slot of a process that died filling it, queues again the one a dead driver was taking. */
+static int
+renew_recover(renew_slot_t *sl)
+{
+    apr_uint32_t  st = apr_atomic_read32(&sl->state);
+
+    if (st == SLOT_FREE || st == SLOT_QUEUED || pid_alive(st >> 2)) {
+        return 0;
+    }
+    return apr_atomic_cas32(&sl->state, (st & 3) == SLOT_READING ? SLOT_QUEUED : SLOT_FREE, st) == st;
+}
+
 int
 mod_acme_shm_renew_pop(mod_acme_shm_t *shm, char *buf, apr_size_t size)
 {
-    int i;
+    apr_uint32_t  held = SLOT_HELD(SLOT_READING, getpid());
+    int           i;
 
     if (shm == NULL) {
         return 0;
     }
     for (i = 0; i < MOD_ACME_RENEW_SLOTS; i++) {
         renew_slot_t *sl = &shm->renew[i];
-        if (apr_atomic_cas32(&sl->state, 3, 2) == 2) {
+        renew_recover(sl);
+        if (apr_atomic_cas32(&sl->state, held, SLOT_QUEUED) == SLOT_QUEUED) {
             __sync_synchronize();
             apr_cpystrn(buf, sl->name, size);
-            apr_atomic_set32(&sl->state, 0);
+            apr_atomic_set32(&sl->state, SLOT_FREE);
             return 1;
         }
     }
     return 0;
+}
+
+int
+mod_acme_shm_recover(mod_acme_shm_t *shm)
+{
+    apr_uint32_t  seq;
+    int           i, n = 0;
+
+    if (shm == NULL) {
+        return 0;
+    }
+    seq = apr_atomic_read32(&shm->status_seq);
+    if ((seq & 1) && apr_atomic_cas32(&shm->status_seq, seq + 1, seq) == seq) {
+        n++;
+    }
+    for (i = 0; i < MOD_ACME_RENEW_SLOTS; i++) {
+        n += renew_recover(&shm->renew[i]);
+    }
+    return n;
 }
 
 void

@@ -133,3 +133,72 @@ def test_ca_tls_certificate_is_verified(apache_factory, pebble, procs, server_lo
     assert "certificate" in st["last_error"].lower(), st["last_error"]
     assert pebble.order_count() == 0
     assert tls_get(a.https_port, name)[0] == 503
+
+
+def _driver_shm(pid, driver_pid):
+    """(address, bytes) of mod_acme's shared segment in process pid: an anonymous shared mapping (APR keeps
+    its size in the first 8 bytes, the usable part follows) whose driver_pid field (offset 4) is the
+    driver's."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
+        for line in maps:
+            f = line.split()
+            if f[1] != "rw-s" or "/dev/zero" not in line:
+                continue
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            mem.seek(lo)
+            data = mem.read(hi - lo)
+            if int.from_bytes(data[12:16], "little") == driver_pid:
+                return lo + 8, data[8:]
+    raise AssertionError("mod_acme's shared memory not found")
+
+
+def test_driver_killed_mid_write_is_repaired(apache_factory, procs, server_logs):
+    """A driver that dies in the middle of writing the shared memory (here: stopped, its half-done writes
+    put in place as a crash would leave them, then SIGKILLed): the status sequence left odd and the renew
+    slots it held (one being taken, the others being filled). Readers do not wait for it, and the next
+    driver (another prefork child) repairs all of it: its status is served again and renew requests are
+    queued and taken."""
+    name = "shm.apache.example.org"
+    a = apache_factory(None, name="apache-shm", mpm="prefork",
+                       ca_url=f"http://127.0.0.1:{harness.free_port()}/dir")
+    a.vhosts = a.managed_vhosts([name])
+    server_logs.allow(r"ACME0090: acme: .*next try at")
+    server_logs.allow(r"exit signal Killed")
+    a.start(procs)
+    old = harness.wait_for(lambda: a.status().get("driver_pid"), timeout=20, what="the driver's status")
+    # a request the driver takes leaves the name in slot 0: that finds the slots whatever the layout
+    assert a.renew(name).status == 202
+    harness.wait_for(lambda: "ACME0080" in a.log(), timeout=10, what="the renew request to be taken")
+
+    os.kill(old, signal.SIGSTOP)
+    try:
+        base, data = _driver_shm(old, old)
+        seq = int.from_bytes(data[8:12], "little")
+        slot0 = data.index(name.encode() + b"\0") - 4
+        slot_size = 4 + 256
+        with open(f"/proc/{old}/mem", "r+b") as mem:
+            mem.seek(base + 8)
+            mem.write((seq | 1).to_bytes(4, "little"))              # died between the two increments
+            for i in range(16):                                      # every slot held by the dead driver:
+                state = (old << 2) | (3 if i == 0 else 1)           # slot 0 being taken, the rest filled
+                mem.seek(base + slot0 + i * slot_size)
+                mem.write(state.to_bytes(4, "little"))
+    finally:
+        os.kill(old, signal.SIGKILL)
+    # a reader does not wait for a writer that is gone (the store's view serves meanwhile)
+    t0 = time.monotonic()
+    a.status()
+    assert time.monotonic() - t0 < 0.8
+    taken = a.log().count("ACME0080")
+
+    def new_driver():
+        pid = a.status().get("driver_pid")
+        return pid and pid != old and pid
+    new = harness.wait_for(new_driver, timeout=20, what="another child to drive, its status served")
+    assert new != old and "ACME0021" in a.log()
+    # the request the dead driver was taking is taken again, and the queue takes new ones
+    harness.wait_for(lambda: a.log().count("ACME0080") > taken, timeout=10, what="the interrupted request")
+    taken = a.log().count("ACME0080")
+    for _ in range(3):
+        assert a.renew(name).status == 202
+    harness.wait_for(lambda: a.log().count("ACME0080") >= taken + 3, timeout=10, what="the new requests")
