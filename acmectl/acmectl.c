@@ -227,7 +227,7 @@ ch_publish(void *data, const char *type, const acme_ident_t *id, const char *tok
     issue_opts_t *o = data;
 
     if (strcmp(type, "http-01") == 0) {
-        return acmectl_chsrv_add_http(o->srv, token, ka, err);
+        return acmectl_chsrv_add_http(o->srv, id, token, ka, err);
     }
     return acmectl_chsrv_add_tlsalpn(o->srv, id, ka, err);
 }

@@ -47,6 +47,7 @@ typedef struct chsrv_tls_s   chsrv_tls_t;
 struct chsrv_http_s {
     chsrv_http_t  *next;
     char          *token;
+    acme_ident_t   id;          /* answered for this Host only */
     char          *key_authz;
 };
 
@@ -460,12 +461,39 @@ chsrv_line(const char *p, const char *end, const char **next)
     return eol;
 }
 
+/* The identifier a Host (header or absolute-form authority) names: the port cut off, then read as
+ * identifiers are stored (case, trailing dot, IPv6 brackets). 0, or -1 when there is none. */
+static int
+chsrv_host_ident(const char *host, size_t len, acme_ident_t *id)
+{
+    char         buf[CHSRV_SNI_MAX + 8];
+    const char  *colon;
+
+    id->value = NULL;
+    if (host == NULL || len == 0 || len >= sizeof(buf)) {
+        return -1;
+    }
+    if (host[0] == '[') {
+        colon = memchr(host, ']', len);
+        if (colon == NULL || (colon + 1 < host + len && colon[1] != ':')) {
+            return -1;
+        }
+        len = (size_t) (colon + 1 - host);
+    } else if ((colon = memchr(host, ':', len)) != NULL) {
+        len = (size_t) (colon - host);
+    }
+    memcpy(buf, host, len);
+    buf[len] = '\0';
+    return acme_ident_parse(buf, id, NULL);
+}
+
 static int
 chsrv_http_request(acmectl_chsrv_t *s, chsrv_conn_t *c, size_t headlen, int64_t now)
 {
-    const char    *p, *end, *eol, *next, *method, *target, *token, *name;
-    size_t         mlen, tlen, plen;
+    const char    *p, *end, *eol, *next, *method, *target, *token, *name, *value, *host;
+    size_t         mlen, tlen, plen, hlen;
     chsrv_http_t  *h;
+    acme_ident_t   hid;
     int            head_only, rc;
 
     p = c->in;
@@ -500,7 +528,9 @@ chsrv_http_request(acmectl_chsrv_t *s, chsrv_conn_t *c, size_t headlen, int64_t 
         return chsrv_http_respond(c, 400, NULL, 0, now);
     }
 
-    /* header fields: name ":" value, no folding, no control characters */
+    /* header fields: name ":" value, no folding, no control characters; one Host */
+    host = NULL;
+    hlen = 0;
     for (p = next; p < end; p = next) {
         eol = chsrv_line(p, end, &next);
         if (eol == p) {
@@ -514,9 +544,23 @@ chsrv_http_request(acmectl_chsrv_t *s, chsrv_conn_t *c, size_t headlen, int64_t 
             /* no name (or a folded line), whitespace before the colon, no colon */
             return chsrv_http_respond(c, 400, NULL, 0, now);
         }
+        for (value = p + 1; value < eol && (*value == ' ' || *value == '\t'); value++) {
+            /* leading whitespace */
+        }
         for (p++; p < eol; p++) {
             if (((unsigned char) *p < 0x20 && *p != '\t') || *p == 0x7f) {
                 return chsrv_http_respond(c, 400, NULL, 0, now);
+            }
+        }
+        if (value - name > 4 && strncasecmp(name, "host:", 5) == 0) {
+            if (host != NULL) {
+                return chsrv_http_respond(c, 400, NULL, 0, now);
+            }
+            host = value;
+            for (hlen = (size_t) (eol - value); hlen > 0 && (host[hlen - 1] == ' ' || host[hlen - 1] == '\t');
+                 hlen--)
+            {
+                /* trailing whitespace */
             }
         }
     }
@@ -529,12 +573,14 @@ chsrv_http_request(acmectl_chsrv_t *s, chsrv_conn_t *c, size_t headlen, int64_t 
         return chsrv_http_respond(c, 405, NULL, 0, now);
     }
 
-    /* absolute-form: skip scheme and authority */
+    /* absolute-form: skip scheme and authority (which then is the host, RFC 7230 5.4) */
     if (tlen > 7 && strncasecmp(target, "http://", 7) == 0) {
         p = memchr(target + 7, '/', tlen - 7);
         if (p == NULL) {
             return chsrv_http_respond(c, 404, NULL, head_only, now);
         }
+        host = target + 7;
+        hlen = (size_t) (p - host);
         tlen -= (size_t) (p - target);
         target = p;
     }
@@ -549,15 +595,21 @@ chsrv_http_request(acmectl_chsrv_t *s, chsrv_conn_t *c, size_t headlen, int64_t 
         return chsrv_http_respond(c, 404, NULL, head_only, now);
     }
 
+    if (chsrv_host_ident(host, hlen, &hid) != 0) {
+        return chsrv_http_respond(c, 404, NULL, head_only, now);
+    }
     pthread_mutex_lock(&s->lock);
     for (h = s->http; h != NULL; h = h->next) {
         if (strlen(h->token) == tlen && memcmp(h->token, token, tlen) == 0) {
             break;
         }
     }
-    rc = h != NULL ? chsrv_http_respond(c, 200, h->key_authz, head_only, now)
-                   : chsrv_http_respond(c, 404, NULL, head_only, now);
+    /* a token is answered only for the identifier it was published for */
+    rc = h != NULL && h->id.type == hid.type && strcmp(h->id.value, hid.value) == 0
+         ? chsrv_http_respond(c, 200, h->key_authz, head_only, now)
+         : chsrv_http_respond(c, 404, NULL, head_only, now);
     pthread_mutex_unlock(&s->lock);
+    acme_ident_free(&hid);
     return rc;
 }
 
@@ -938,6 +990,7 @@ chsrv_free(acmectl_chsrv_t *s)
     while ((h = s->http) != NULL) {
         s->http = h->next;
         free(h->token);
+        acme_ident_free(&h->id);
         acme_free_secret(h->key_authz, strlen(h->key_authz));
         free(h);
     }
@@ -1033,7 +1086,8 @@ acmectl_chsrv_tls_port(const acmectl_chsrv_t *s)
 }
 
 int
-acmectl_chsrv_add_http(acmectl_chsrv_t *s, const char *token, const char *key_authz, acme_err_t *err)
+acmectl_chsrv_add_http(acmectl_chsrv_t *s, const acme_ident_t *id, const char *token, const char *key_authz,
+    acme_err_t *err)
 {
     chsrv_http_t  *h, *n;
     size_t         klen;
@@ -1052,13 +1106,20 @@ acmectl_chsrv_add_http(acmectl_chsrv_t *s, const char *token, const char *key_au
         acme_err_set(err, ACME_ERR_INPUT, "http-01: bad key authorization for token \"%s\"", token);
         return -1;
     }
+    if (id == NULL || id->value == NULL) {
+        acme_err_set(err, ACME_ERR_INPUT, "http-01: no identifier for token \"%s\"", token);
+        return -1;
+    }
 
     n = calloc(1, sizeof(*n));
     if (n == NULL || (n->token = acme_strdup(token)) == NULL
-        || (n->key_authz = acme_strdup(key_authz)) == NULL)
+        || (n->key_authz = acme_strdup(key_authz)) == NULL || (n->id.value = acme_strdup(id->value)) == NULL)
     {
         if (n != NULL) {
             free(n->token);
+            if (n->key_authz != NULL) {
+                acme_free_secret(n->key_authz, strlen(n->key_authz));
+            }
             free(n);
         }
         acme_err_set(err, ACME_ERR_INTERNAL, "http-01: out of memory");
@@ -1072,10 +1133,14 @@ acmectl_chsrv_add_http(acmectl_chsrv_t *s, const char *token, const char *key_au
             break;
         }
     }
+    n->id.type = id->type;
     if (h != NULL) {
         old = h->key_authz;
         h->key_authz = n->key_authz;
         n->key_authz = NULL;
+        acme_ident_free(&h->id);
+        h->id = n->id;
+        n->id.value = NULL;
     } else {
         n->next = s->http;
         s->http = n;
@@ -1088,6 +1153,7 @@ acmectl_chsrv_add_http(acmectl_chsrv_t *s, const char *token, const char *key_au
     }
     if (n != NULL) {
         free(n->token);
+        acme_ident_free(&n->id);
         free(n);
     }
     return 0;
@@ -1114,6 +1180,7 @@ acmectl_chsrv_remove_http(acmectl_chsrv_t *s, const char *token)
 
     if (h != NULL) {
         free(h->token);
+        acme_ident_free(&h->id);
         acme_free_secret(h->key_authz, strlen(h->key_authz));
         free(h);
     }

@@ -19,7 +19,9 @@ int  acmectl_chsrv_http_port(const acmectl_chsrv_t *s);
 int  acmectl_chsrv_tls_port(const acmectl_chsrv_t *s);
 
 /* Thread-safe; copy their strings. Adding a known token / identifier again replaces it. */
-int  acmectl_chsrv_add_http(acmectl_chsrv_t *s, const char *token, const char *key_authz, acme_err_t *err);
+/* HTTP-01: answered only for a Host (or absolute-form authority) that is the identifier id. */
+int  acmectl_chsrv_add_http(acmectl_chsrv_t *s, const acme_ident_t *id, const char *token, const char *key_authz,
+    acme_err_t *err);
 /* Builds the challenge certificate now (acme_tlsalpn_cert); keyed by acme_ident_sni(id). */
 int  acmectl_chsrv_add_tlsalpn(acmectl_chsrv_t *s, const acme_ident_t *id, const char *key_authz,
     acme_err_t *err);

@@ -14,6 +14,8 @@
 #define KA2     TOKEN ".AAAAsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 #define WK      "/.well-known/acme-challenge/"
 
+static acme_ident_t  ID = { ACME_IDENT_DNS, "example.org" };
+
 /* ---- helpers ---- */
 
 static int
@@ -149,7 +151,7 @@ setup(void **state)
     acme_err_t        err;
 
     s = start_local();
-    assert_int_equal(acmectl_chsrv_add_http(s, TOKEN, KA, &err), 0);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, TOKEN, KA, &err), 0);
     *state = s;
     return 0;
 }
@@ -180,8 +182,8 @@ test_http_get(void **state)
     free(resp);
 
     /* HTTP/1.0, bare LF line ends, leading empty line */
-    resp = http_raw(acmectl_chsrv_http_port(s), "\r\nGET " WK TOKEN " HTTP/1.0\n\n",
-                    strlen("\r\nGET " WK TOKEN " HTTP/1.0\n\n"), &status);
+    resp = http_raw(acmectl_chsrv_http_port(s), "\r\nGET " WK TOKEN " HTTP/1.0\nHost: example.org\n\n",
+                    strlen("\r\nGET " WK TOKEN " HTTP/1.0\nHost: example.org\n\n"), &status);
     assert_int_equal(status, 200);
     assert_string_equal(http_body(resp), KA);
     free(resp);
@@ -197,7 +199,7 @@ test_http_head(void **state)
     acmectl_chsrv_t  *s = *state;
     char             *resp, want[64];
     int               status;
-    const char        req[] = "HEAD " WK TOKEN " HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char        req[] = "HEAD " WK TOKEN " HTTP/1.1\r\nHost: example.org\r\n\r\n";
 
     resp = http_raw(acmectl_chsrv_http_port(s), req, sizeof(req) - 1, &status);
     assert_int_equal(status, 200);
@@ -218,7 +220,7 @@ static void
 test_http_split(void **state)
 {
     acmectl_chsrv_t  *s = *state;
-    const char        req[] = "GET " WK TOKEN " HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char        req[] = "GET " WK TOKEN " HTTP/1.1\r\nHost: example.org\r\n\r\n";
     size_t            cuts[] = { 0, 3, 20, sizeof(req) - 4, sizeof(req) - 2, sizeof(req) - 1 };
     char             *resp;
     size_t            i;
@@ -270,6 +272,51 @@ test_http_not_found(void **state)
     assert_int_equal(http_get_status(port, target), 404);
 }
 
+/* A token is answered only for the identifier it was published for. */
+static void
+test_http_host_bound(void **state)
+{
+    acmectl_chsrv_t  *s = *state;
+    acme_err_t        err;
+    acme_ident_t      v6 = { ACME_IDENT_IP, "::1" };
+    int               port = acmectl_chsrv_http_port(s);
+    size_t            i;
+    const char       *ok[] = {
+        "GET " WK TOKEN " HTTP/1.1\r\nHost: example.org\r\n\r\n",
+        "GET " WK TOKEN " HTTP/1.1\r\nhost:EXAMPLE.org.:80 \r\n\r\n",
+        "GET http://example.org:5002" WK TOKEN " HTTP/1.1\r\nHost: other.org\r\n\r\n",
+        "GET " WK "six-6666666666666666666666 HTTP/1.1\r\nHost: [::1]:5002\r\n\r\n",
+        "GET " WK "six-6666666666666666666666 HTTP/1.1\r\nHost: [0:0::1]\r\n\r\n",
+    };
+    const char       *no[] = {
+        "GET " WK TOKEN " HTTP/1.1\r\nHost: other.org\r\n\r\n",
+        "GET " WK TOKEN " HTTP/1.1\r\nHost: www.example.org\r\n\r\n",
+        "GET " WK TOKEN " HTTP/1.1\r\nHost: [::1]\r\n\r\n",
+        "GET " WK TOKEN " HTTP/1.1\r\nHost:\r\n\r\n",
+        "GET " WK TOKEN " HTTP/1.0\r\n\r\n",
+        "GET http://other.org" WK TOKEN " HTTP/1.1\r\nHost: example.org\r\n\r\n",
+        "GET " WK "six-6666666666666666666666 HTTP/1.1\r\nHost: example.org\r\n\r\n",
+        "GET " WK "six-6666666666666666666666 HTTP/1.1\r\nHost: [::2]\r\n\r\n",
+        "GET " WK "six-6666666666666666666666 HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
+    };
+
+    assert_int_equal(acmectl_chsrv_add_http(s, &v6, "six-6666666666666666666666", "six.x", &err), 0);
+    for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        if (http_status(port, ok[i]) != 200) {
+            fail_msg("request %zu: not answered", i);
+        }
+    }
+    for (i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        if (http_status(port, no[i]) != 404) {
+            fail_msg("request %zu: not a 404", i);
+        }
+    }
+    /* two Host fields are a bad request */
+    assert_int_equal(http_status(port, "GET " WK TOKEN " HTTP/1.1\r\nHost: example.org\r\nHost: x\r\n\r\n"),
+                     400);
+    assert_int_equal(acmectl_chsrv_add_http(s, NULL, "abcabcabcabc", "abc.x", &err), -1);
+}
+
 static void
 test_http_long_token(void **state)
 {
@@ -279,13 +326,13 @@ test_http_long_token(void **state)
 
     memset(tok, 'Z', 256);
     tok[256] = '\0';
-    assert_int_equal(acmectl_chsrv_add_http(s, tok, "Z.long", &err), 0);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, tok, "Z.long", &err), 0);
     snprintf(target, sizeof(target), WK "%s", tok);
     assert_int_equal(http_get_status(acmectl_chsrv_http_port(s), target), 200);
 
     tok[256] = 'Z';
     tok[257] = '\0';
-    assert_int_equal(acmectl_chsrv_add_http(s, tok, "Z.long", &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, tok, "Z.long", &err), -1);
     assert_int_equal(err.kind, ACME_ERR_INPUT);
 }
 
@@ -356,7 +403,7 @@ test_http_bad_request(void **state)
     free(resp);
 
     /* tabs and UTF-8 in field values are fine */
-    assert_int_equal(http_status(port, "GET " WK TOKEN " HTTP/1.1\r\nX:\ta\xc3\xa9\t\r\n\r\n"), 200);
+    assert_int_equal(http_status(port, "GET " WK TOKEN " HTTP/1.1\r\nX:\ta\xc3\xa9\t\r\nHost: example.org\r\n\r\n"), 200);
 }
 
 static void
@@ -380,7 +427,7 @@ test_http_too_large(void **state)
 
     /* a head just under the limit still works */
     b.len = 0;
-    assert_int_equal(acme_buf_printf(&b, "GET " WK TOKEN " HTTP/1.1\r\nX: "), 0);
+    assert_int_equal(acme_buf_printf(&b, "GET " WK TOKEN " HTTP/1.1\r\nHost: example.org\r\nX: "), 0);
     while (b.len < CHSRV_HEAD_MAX - 4) {
         assert_int_equal(acme_buf_append(&b, "y", 1), 0);
     }
@@ -400,10 +447,10 @@ test_http_remove_replace(void **state)
     acme_err_t        err;
     char             *resp;
     int               port = acmectl_chsrv_http_port(s), status;
-    const char        req[] = "GET " WK TOKEN " HTTP/1.1\r\n\r\n";
+    const char        req[] = "GET " WK TOKEN " HTTP/1.1\r\nHost: example.org\r\n\r\n";
 
-    assert_int_equal(acmectl_chsrv_add_http(s, "other", "other.x", &err), 0);
-    assert_int_equal(acmectl_chsrv_add_http(s, TOKEN, KA2, &err), 0);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "other", "other.x", &err), 0);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, TOKEN, KA2, &err), 0);
     resp = http_raw(port, req, sizeof(req) - 1, &status);
     assert_int_equal(status, 200);
     assert_string_equal(http_body(resp), KA2);
@@ -425,16 +472,16 @@ test_http_add_errors(void **state)
     acmectl_chsrv_t  *s = *state;
     acme_err_t        err;
 
-    assert_int_equal(acmectl_chsrv_add_http(s, "", KA, &err), -1);
-    assert_int_equal(acmectl_chsrv_add_http(s, NULL, KA, &err), -1);
-    assert_int_equal(acmectl_chsrv_add_http(s, "a/b", KA, &err), -1);
-    assert_int_equal(acmectl_chsrv_add_http(s, "..", KA, &err), -1);
-    assert_int_equal(acmectl_chsrv_add_http(s, "a=", KA, &err), -1);
-    assert_int_equal(acmectl_chsrv_add_http(s, "abc", "", &err), -1);
-    assert_int_equal(acmectl_chsrv_add_http(s, "abc", NULL, &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "", KA, &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, NULL, KA, &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "a/b", KA, &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "..", KA, &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "a=", KA, &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "abc", "", &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "abc", NULL, &err), -1);
     assert_int_equal(err.kind, ACME_ERR_INPUT);
-    assert_int_equal(acmectl_chsrv_add_http(NULL, "abc", "abc.x", &err), -1);
-    assert_int_equal(acmectl_chsrv_add_http(s, "abc", "abc.x", NULL), 0);
+    assert_int_equal(acmectl_chsrv_add_http(NULL, &ID, "abc", "abc.x", &err), -1);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, "abc", "abc.x", NULL), 0);
 }
 
 /* Idle and half-sent connections are dropped after the timeout while others are served. */
@@ -849,7 +896,7 @@ test_listen(void **state)
     /* all addresses, reachable over 127.0.0.1; "*:", and a bare port */
     s = acmectl_chsrv_start(":0", "*:0", &err);
     assert_non_null(s);
-    assert_int_equal(acmectl_chsrv_add_http(s, TOKEN, KA, &err), 0);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, TOKEN, KA, &err), 0);
     assert_int_equal(http_get_status(acmectl_chsrv_http_port(s), WK TOKEN), 200);
     acmectl_chsrv_stop(s);
     s = acmectl_chsrv_start("0", NULL, &err);
@@ -893,7 +940,7 @@ test_stop_busy(void **state)
     (void) state;
     s = start_local();
     add_ident(s, "a.example.org", KA, &a);
-    assert_int_equal(acmectl_chsrv_add_http(s, TOKEN, KA, NULL), 0);
+    assert_int_equal(acmectl_chsrv_add_http(s, &ID, TOKEN, KA, NULL), 0);
     fds[0] = tcp_connect(acmectl_chsrv_http_port(s));
     fds[1] = tcp_connect(acmectl_chsrv_http_port(s));
     send_all(fds[1], "GET /", 5);
@@ -916,6 +963,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_http_head, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_not_found, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_host_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_long_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_method, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_bad_request, setup, teardown),
