@@ -195,6 +195,26 @@ typedef struct {
 int acme_store_migrate(const char *from, const char *from_key, const char *to, const char *to_key,
     acme_store_migrate_stats_t *stats, acme_err_t *err);
 
+/*
+ * Redis with a storage key: every value is authenticated, secret ones sealed (acme_aead.h), the others
+ * with a MAC bound to their store key, and challenge announcements with a MAC too. A value or an
+ * announcement that does not authenticate (forged, moved to another name, or written without the key) is
+ * refused: get fails with ACME_ERR_STORE, a watch drops the announcement. fn (when set) is told once per
+ * distinct refused record (the last 64 are remembered), from the thread that read it, with the store's
+ * mutex held (fn must not call the store). A filesystem store ignores this.
+ */
+typedef void (*acme_store_forged_fn)(void *arg, const char *msg);
+void acme_store_on_forged(acme_store_t *st, acme_store_forged_fn fn, void *arg);
+
+/*
+ * Upgrade of a Redis store in place to a storage key: seals the secrets and signs the other values that
+ * are not yet (written before this version or before the key was configured), accepting them as they are
+ * now; challenges are not carried over (they are short-lived, and trusting them is what a forger wants).
+ * Run once, when Redis' content is trusted. Values already sealed or signed must authenticate.
+ */
+int acme_store_upgrade(const char *url, const char *key_file, acme_store_migrate_stats_t *stats,
+    acme_err_t *err);
+
 /* Convenience wrappers over ops. */
 int  acme_store_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err);
 int  acme_store_put(acme_store_t *st, const char *key, const void *data, size_t len, int secret,
