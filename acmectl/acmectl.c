@@ -462,6 +462,12 @@ find_cert(ctl_t *ctl, const char *what, acme_certmeta_t *meta)
     for (i = 0; i < n && !found; i++) {
         memset(meta, 0, sizeof(*meta));
         if (acme_store_meta_load(ctl->store, names[i], meta, &err) != 0) {
+            if (strcmp(names[i], what) == 0) {
+                /* the one asked for, unreadable (another storage key, refused): say why */
+                fprintf(stderr, "acmectl: %s\n", err.msg);
+                acme_store_list_free(names, n);
+                return -1;
+            }
             continue;
         }
         if (strcmp(names[i], what) == 0) {

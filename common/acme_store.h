@@ -201,7 +201,8 @@ int acme_store_migrate(const char *from, const char *from_key, const char *to, c
  * announcement that does not authenticate (forged, moved to another name, or written without the key) is
  * refused: get fails with ACME_ERR_STORE, a watch drops the announcement. fn (when set) is told once per
  * distinct refused record (the last 64 are remembered), from the thread that read it, with the store's
- * mutex held (fn must not call the store). A filesystem store ignores this.
+ * mutex held (fn must not call the store). A filesystem store ignores this. Without a storage key nothing
+ * is checked (public values and announcements read as they are, a MAC cut off): Redis is trusted.
  */
 typedef void (*acme_store_forged_fn)(void *arg, const char *msg);
 void acme_store_on_forged(acme_store_t *st, acme_store_forged_fn fn, void *arg);

@@ -1596,17 +1596,19 @@ rd_value_open(rd_t *rd, const char *key, const char *v, size_t vlen, char **pt, 
         if (nl == NULL) {
             why = "the MAC line is damaged";
             acme_err_set(err, ACME_ERR_STORE, "%s", why);
+        } else if (rd->key == NULL) {
+            /* no key: nothing can be checked, Redis is trusted as it was before MACs (public values) */
+            vlen -= (size_t) (nl + 1 - v);
+            v = nl + 1;
+            goto copy;
         } else if (acme_aead_mac_check(rd->key, "store", key, nl + 1, vlen - (size_t) (nl + 1 - v), v,
                                        (size_t) (nl - v), &e) != 0)
         {
-            if (rd->key != NULL && e.msg[0] != '\0' && strstr(e.msg, "another storage key") == NULL) {
+            if (strstr(e.msg, "another storage key") == NULL) {
                 rd_forged(rd, key, v, vlen, e.msg);
             }
             if (err != NULL) {
                 *err = e;
-            }
-            if (rd->key == NULL) {
-                rd_err_append(err, " (give the storage key file)");
             }
             return -1;
         } else if (rd_secret_name(key)) {
@@ -3001,7 +3003,13 @@ watch_msg_check(rd_t *rd, char *msg)
     acme_err_t   e;
 
     pthread_mutex_lock(&rd->mu);
-    if (rd->key != NULL) {
+    if (rd->key == NULL) {
+        /* no key: nothing can be checked; a MAC a keyed node added is cut off */
+        sp = strrchr(msg, ' ');
+        if (sp != NULL && strncmp(sp + 1, ACME_AEAD_MAC_MAGIC, ACME_AEAD_MAC_MAGIC_LEN) == 0) {
+            *sp = '\0';
+        }
+    } else {
         sp = strrchr(msg, ' ');
         if (sp == NULL || strncmp(sp + 1, ACME_AEAD_MAC_MAGIC, ACME_AEAD_MAC_MAGIC_LEN) != 0) {
             why = "an announcement without a MAC, though a storage key is configured";
