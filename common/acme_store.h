@@ -100,8 +100,9 @@ int acme_store_key_check(const char *key, acme_err_t *err);
  *   tls_servername=NAME  name to verify and send as SNI (default: the host)
  *   connect_timeout=MS, timeout=MS   default 2000 and 5000 ("2s" also works)
  *   lock_lease=SECONDS   lease of a lock, default 30 ("500ms" also works)
- * key_file: AES-256-GCM key (see acme_aead.h) sealing secret items in Redis; refused with a directory
- * (files there are 0600). Reading a sealed value without the key, or with another key, fails clearly.
+ * key_file: the storage key (see acme_aead.h): it seals secret items in Redis and signs the others
+ * (acme_store_on_forged); refused with a directory (files there are 0600). Reading a sealed value without
+ * the key, or with another key, fails clearly.
  * flags: ACME_STORE_CREATE | ACME_STORE_LAZY (1 is create, as for acme_store_fs_open). Unless LAZY, a Redis
  * store connects (and authenticates) before returning. Errors name the URL without its password.
  */
