@@ -1604,7 +1604,10 @@ rd_value_open(rd_t *rd, const char *key, const char *v, size_t vlen, char **pt, 
         } else if (acme_aead_mac_check(rd->key, "store", key, nl + 1, vlen - (size_t) (nl + 1 - v), v,
                                        (size_t) (nl - v), &e) != 0)
         {
-            if (strstr(e.msg, "another storage key") == NULL) {
+            /* another key's MAC is a configuration error, said in err; the rest is a forgery */
+            if (vlen > ACME_AEAD_MAC_MAGIC_LEN + 8
+                && memcmp(v + ACME_AEAD_MAC_MAGIC_LEN, acme_aead_key_id(rd->key), 8) == 0)
+            {
                 rd_forged(rd, key, v, vlen, e.msg);
             }
             if (err != NULL) {
@@ -3181,7 +3184,8 @@ mig_secret(acme_store_t *st, const char *dir, const char *key, int *secret, acme
         }
         rd_leave(rd);
         free(k);
-        *secret = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+        /* the layout's secret names count whatever the set says (Redis may have been written to) */
+        *secret = (rep->type == REDIS_REPLY_INTEGER && rep->integer == 1) || rd_secret_name(key);
         rd_reply_free(rep, 0);
         return 0;
     }
