@@ -91,6 +91,13 @@ def test_config_checks_without_redis(nginx_factory, pebble, tmp_path):
     ok, out = ng.test_config()
     assert not ok and "needs" in out, out
 
+    # no storage key: accepted, with a warning saying what that means
+    ng.write_conf(f"acme_storage redis://127.0.0.1:{port};\n" + base)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert re.search(r"\[warn\].*\"acme_storage\" without \"acme_storage_key\" in \S+nginx\.conf:\d+: .*controls the "
+                     r"domains", out), out
+
 
 def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, acmectl_bin):
     """HTTP-01 issuance with everything in Redis; private keys there are sealed; the cache is 0600."""
