@@ -106,9 +106,19 @@ usage(FILE *f)
 "  migrate [--from DIR|URL] --to DIR|URL [--from-key FILE] [--to-key FILE]\n"
 "        copy every account, certificate, key and pending order from one store to another\n"
 "        (--from defaults to the current storage, the keys to --storage-key)\n"
+"  upgrade-storage\n"
+"        seal and sign in place what the --storage redis://... holds unsealed or unsigned (written before\n"
+"        --storage-key was set, or by an older version); run once, when Redis' content is trusted\n"
 "\n"
 "CA names: letsencrypt, letsencrypt-staging, zerossl, google, google-staging, buypass,\n"
 "buypass-staging, or a directory URL. State directory default: " DEFAULT_STATE "\n");
+}
+
+static void
+ctl_forged(void *arg, const char *msg)
+{
+    (void) arg;
+    fprintf(stderr, "acmectl: %s\n", msg);
 }
 
 static int
@@ -122,6 +132,7 @@ ctl_open_store(ctl_t *ctl, int create)
         fprintf(stderr, "acmectl: %s\n", err.msg);
         return -1;
     }
+    acme_store_on_forged(ctl->store, ctl_forged, NULL);
     return 0;
 }
 
@@ -451,6 +462,12 @@ find_cert(ctl_t *ctl, const char *what, acme_certmeta_t *meta)
     for (i = 0; i < n && !found; i++) {
         memset(meta, 0, sizeof(*meta));
         if (acme_store_meta_load(ctl->store, names[i], meta, &err) != 0) {
+            if (strcmp(names[i], what) == 0) {
+                /* the one asked for, unreadable (another storage key, refused): say why */
+                fprintf(stderr, "acmectl: %s\n", err.msg);
+                acme_store_list_free(names, n);
+                return -1;
+            }
             continue;
         }
         if (strcmp(names[i], what) == 0) {
@@ -1096,6 +1113,36 @@ done:
     return rc;
 }
 
+/* ---- upgrade-storage: seal and sign a Redis store in place ---- */
+
+static int
+cmd_upgrade_storage(ctl_t *ctl, int argc)
+{
+    acme_store_migrate_stats_t   st;
+    acme_err_t                   err;
+    char                        *shown;
+    int                          rc;
+
+    if (argc != 1) {
+        fprintf(stderr, "acmectl upgrade-storage: no arguments\n");
+        return 2;
+    }
+    if (ctl->storage == NULL || ctl->storage_key == NULL) {
+        fprintf(stderr, "acmectl upgrade-storage: give --storage redis://... and --storage-key FILE\n");
+        return 2;
+    }
+    rc = acme_store_upgrade(ctl->storage, ctl->storage_key, &st, &err);
+    if (rc != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
+        return 1;
+    }
+    shown = acme_store_url_redact(ctl->storage);
+    printf("sealed and signed %zu keys (%zu secret) in %s: %zu accounts, %zu certificates, "
+           "%zu pending orders\n", st.keys, st.secrets, shown ? shown : "?", st.accounts, st.certs, st.orders);
+    free(shown);
+    return 0;
+}
+
 /* ---- migrate: copy a store into another (directory <-> Redis) ---- */
 
 static int
@@ -1238,6 +1285,8 @@ main(int argc, char **argv)
         rc = cmd_account(&ctl, argc, argv);
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&ctl, argc, argv);
+    } else if (strcmp(cmd, "upgrade-storage") == 0) {
+        rc = cmd_upgrade_storage(&ctl, argc);
     } else {
         fprintf(stderr, "acmectl: unknown command \"%s\"\n", cmd);
         usage(stderr);

@@ -494,6 +494,13 @@ state_dir_owner(server_rec *s, const char *dir)
     return 0;
 }
 
+/* a record in Redis that does not authenticate: the store says so once per process */
+static void
+forged_log(void *data, const char *msg)
+{
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, (server_rec *) data, ACMELOGNO(0110) "%s", msg);
+}
+
 static apr_status_t
 store_cleanup(void *data)
 {
@@ -549,6 +556,7 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
                          "ACMEStorage %s: %s", mod_acme_g.storage_shown, err.msg);
             return HTTP_INTERNAL_SERVER_ERROR;
         }
+        acme_store_on_forged(mod_acme_g.store, forged_log, base);
     }
 
     for (i = 0; i < mod_acme_g.certs->nelts; i++) {
@@ -609,6 +617,7 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
                          "ACMEStorage %s: %s", mod_acme_g.storage_shown, err.msg);
             return HTTP_INTERNAL_SERVER_ERROR;
         }
+        acme_store_on_forged(mod_acme_g.store, forged_log, base);
     }
     if (state_dir_owner(base, mod_acme_g.state_dir) != 0) {
         return HTTP_INTERNAL_SERVER_ERROR;

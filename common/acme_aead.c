@@ -14,6 +14,8 @@
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <openssl/err.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 
 #define AEAD_KEY_LEN    32
 #define AEAD_NONCE_LEN  12
@@ -24,6 +26,7 @@
 
 struct acme_aead_key_s {
     unsigned char  key[AEAD_KEY_LEN];
+    unsigned char  mac_key[AEAD_KEY_LEN];     /* HKDF subkey of key for HMACs */
     char           kid[AEAD_KID_LEN + 1];
 };
 
@@ -43,7 +46,7 @@ aead_hexval(int c)
 }
 
 static int
-aead_hkdf(const unsigned char *ikm, size_t ikmlen, unsigned char out[AEAD_KEY_LEN])
+aead_hkdf(const unsigned char *ikm, size_t ikmlen, const char *info, unsigned char out[AEAD_KEY_LEN])
 {
     EVP_PKEY_CTX  *pctx;
     size_t         outlen = AEAD_KEY_LEN;
@@ -57,7 +60,7 @@ aead_hkdf(const unsigned char *ikm, size_t ikmlen, unsigned char out[AEAD_KEY_LE
          && EVP_PKEY_CTX_set_hkdf_md(pctx, EVP_sha256()) > 0
          && EVP_PKEY_CTX_set1_hkdf_salt(pctx, (const unsigned char *) "acme-store", 10) > 0
          && EVP_PKEY_CTX_set1_hkdf_key(pctx, ikm, (int) ikmlen) > 0
-         && EVP_PKEY_CTX_add1_hkdf_info(pctx, (const unsigned char *) "acme-store-aead-v1", 18) > 0
+         && EVP_PKEY_CTX_add1_hkdf_info(pctx, (const unsigned char *) info, strlen(info)) > 0
          && EVP_PKEY_derive(pctx, out, &outlen) > 0
          && outlen == AEAD_KEY_LEN;
     EVP_PKEY_CTX_free(pctx);
@@ -118,14 +121,13 @@ acme_aead_key_from_bytes(const void *data, size_t len, acme_err_t *err)
             k->key[i] = (unsigned char) (hi << 4 | lo);
         }
         if (i == AEAD_KEY_LEN) {
-            aead_set_kid(k);
-            return k;
+            goto derived;
         }
     }
     if (len == AEAD_KEY_LEN) {
         memcpy(k->key, p, AEAD_KEY_LEN);
     } else if (len > AEAD_KEY_LEN) {
-        rc = aead_hkdf(p, len, k->key);
+        rc = aead_hkdf(p, len, "acme-store-aead-v1", k->key);
     } else {
         acme_err_set(err, ACME_ERR_CONFIG, "the key is too short (%zu bytes; 32 raw bytes, 64 hex digits or "
                      "at least 32 bytes to derive a key from)", len);
@@ -133,12 +135,21 @@ acme_aead_key_from_bytes(const void *data, size_t len, acme_err_t *err)
         return NULL;
     }
     if (rc != 0) {
-        acme_err_ssl(err, "HKDF failed");
-        acme_aead_key_free(k);
-        return NULL;
+        goto failed;
+    }
+
+derived:
+    /* the MAC key is a subkey: independent of the sealing key, which stays as it was */
+    if (aead_hkdf(k->key, AEAD_KEY_LEN, "acme-store-mac-v1", k->mac_key) != 0) {
+        goto failed;
     }
     aead_set_kid(k);
     return k;
+
+failed:
+    acme_err_ssl(err, "HKDF failed");
+    acme_aead_key_free(k);
+    return NULL;
 }
 
 acme_aead_key_t *
@@ -380,4 +391,99 @@ done:
         acme_free_secret(raw, rawlen);
     }
     return ok ? 0 : -1;
+}
+
+static int
+aead_hmac(const acme_aead_key_t *k, const char *domain, const char *name, const void *data, size_t len,
+    unsigned char tag[32])
+{
+    EVP_MAC       *mac;
+    EVP_MAC_CTX   *c = NULL;
+    OSSL_PARAM     params[2];
+    size_t         tlen = 0;
+    int            ok;
+
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (mac == NULL) {
+        return -1;
+    }
+    params[0] = OSSL_PARAM_construct_utf8_string("digest", (char *) "SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+    c = EVP_MAC_CTX_new(mac);
+    /* domain NUL name NUL data: neither part can be shifted into the other */
+    ok = c != NULL
+         && EVP_MAC_init(c, k->mac_key, AEAD_KEY_LEN, params) == 1
+         && EVP_MAC_update(c, (const unsigned char *) domain, strlen(domain) + 1) == 1
+         && EVP_MAC_update(c, (const unsigned char *) name, strlen(name) + 1) == 1
+         && (len == 0 || EVP_MAC_update(c, data, len) == 1)
+         && EVP_MAC_final(c, tag, &tlen, 32) == 1
+         && tlen == 32;
+    EVP_MAC_CTX_free(c);
+    EVP_MAC_free(mac);
+    return ok ? 0 : -1;
+}
+
+int
+acme_aead_mac(const acme_aead_key_t *k, const char *domain, const char *name, const void *data, size_t len,
+    char out[ACME_AEAD_MAC_MAX])
+{
+    unsigned char  tag[32];
+    char          *b64;
+
+    out[0] = '\0';
+    if (k == NULL || domain == NULL || name == NULL || (data == NULL && len > 0)
+        || aead_hmac(k, domain, name, data, len, tag) != 0)
+    {
+        ERR_clear_error();
+        return -1;
+    }
+    b64 = acme_b64url_encode(tag, sizeof(tag));
+    if (b64 == NULL) {
+        return -1;
+    }
+    snprintf(out, ACME_AEAD_MAC_MAX, "%s%s:%s", ACME_AEAD_MAC_MAGIC, k->kid, b64);
+    free(b64);
+    return 0;
+}
+
+int
+acme_aead_mac_check(const acme_aead_key_t *k, const char *domain, const char *name, const void *data,
+    size_t len, const char *mac, size_t mac_len, acme_err_t *err)
+{
+    char  want[ACME_AEAD_MAC_MAX], kid[AEAD_KID_LEN + 1];
+
+    kid[0] = '\0';
+    if (mac_len >= ACME_AEAD_MAC_MAGIC_LEN + AEAD_KID_LEN + 1
+        && memcmp(mac, ACME_AEAD_MAC_MAGIC, ACME_AEAD_MAC_MAGIC_LEN) == 0
+        && mac[ACME_AEAD_MAC_MAGIC_LEN + AEAD_KID_LEN] == ':')
+    {
+        memcpy(kid, mac + ACME_AEAD_MAC_MAGIC_LEN, AEAD_KID_LEN);
+        kid[AEAD_KID_LEN] = '\0';
+    }
+    if (kid[0] == '\0') {
+        acme_err_set(err, ACME_ERR_STORE, "no valid MAC (damaged header)");
+        return -1;
+    }
+    if (k == NULL) {
+        acme_err_set(err, ACME_ERR_STORE, "the value carries a MAC (storage key id %.8s) and no storage key is "
+                     "configured", kid);
+        return -1;
+    }
+    if (strcmp(kid, k->kid) != 0) {
+        acme_err_set(err, ACME_ERR_STORE, "the value carries a MAC of another storage key (key id %.8s; the "
+                     "configured key has id %s)", kid, k->kid);
+        return -1;
+    }
+    if (acme_aead_mac(k, domain, name, data, len, want) != 0) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "HMAC-SHA256 failed");
+        return -1;
+    }
+    if (strlen(want) != mac_len || CRYPTO_memcmp(want, mac, mac_len) != 0) {
+        OPENSSL_cleanse(want, sizeof(want));
+        acme_err_set(err, ACME_ERR_STORE, "the MAC does not authenticate the value (forged, damaged, or moved "
+                     "from another name)");
+        return -1;
+    }
+    OPENSSL_cleanse(want, sizeof(want));
+    return 0;
 }

@@ -9,6 +9,10 @@
  * KID is the first 4 bytes of SHA-256("acme-store-key-id" || key) in hex, so that a value sealed with another
  * key is told apart from a damaged one. The nonce is random for every seal; the additional authenticated
  * data is the store key the value is kept under (so a sealed value cannot be moved to another key).
+ *
+ * Values that are not secret are authenticated instead (acme_aead_mac): HMAC-SHA256 under a subkey derived
+ * from the key with HKDF-SHA256 (info "acme-store-mac-v1"), over a domain, a NUL, the name and the data.
+ * The sealing key itself is unchanged, so values sealed before MACs existed still open.
  */
 #ifndef ACME_AEAD_H
 #define ACME_AEAD_H
@@ -41,5 +45,17 @@ int acme_aead_seal(const acme_aead_key_t *k, const char *aad, const void *pt, si
  * -1 with ACME_ERR_STORE: another key (naming both key ids), damaged or moved value. */
 int acme_aead_open(const acme_aead_key_t *k, const char *aad, const void *sealed, size_t len, char **pt,
     size_t *ptlen, acme_err_t *err);
+
+/* The MAC of data stored or sent under name, as text: "acme-mac-v1:" KID ":" base64url(tag[32]) into
+ * out[ACME_AEAD_MAC_MAX]. domain separates uses ("store", "announce"). 0 or -1. */
+#define ACME_AEAD_MAC_MAGIC      "acme-mac-v1:"
+#define ACME_AEAD_MAC_MAGIC_LEN  12
+#define ACME_AEAD_MAC_MAX        72
+int acme_aead_mac(const acme_aead_key_t *k, const char *domain, const char *name, const void *data,
+    size_t len, char out[ACME_AEAD_MAC_MAX]);
+/* 0 when mac (mac_len bytes, as acme_aead_mac writes it) authenticates data under name; -1 with
+ * ACME_ERR_STORE saying why (another key naming both key ids, or a forgery). */
+int acme_aead_mac_check(const acme_aead_key_t *k, const char *domain, const char *name, const void *data,
+    size_t len, const char *mac, size_t mac_len, acme_err_t *err);
 
 #endif

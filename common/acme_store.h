@@ -100,8 +100,9 @@ int acme_store_key_check(const char *key, acme_err_t *err);
  *   tls_servername=NAME  name to verify and send as SNI (default: the host)
  *   connect_timeout=MS, timeout=MS   default 2000 and 5000 ("2s" also works)
  *   lock_lease=SECONDS   lease of a lock, default 30 ("500ms" also works)
- * key_file: AES-256-GCM key (see acme_aead.h) sealing secret items in Redis; refused with a directory
- * (files there are 0600). Reading a sealed value without the key, or with another key, fails clearly.
+ * key_file: the storage key (see acme_aead.h): it seals secret items in Redis and signs the others
+ * (acme_store_on_forged); refused with a directory (files there are 0600). Reading a sealed value without
+ * the key, or with another key, fails clearly.
  * flags: ACME_STORE_CREATE | ACME_STORE_LAZY (1 is create, as for acme_store_fs_open). Unless LAZY, a Redis
  * store connects (and authenticates) before returning. Errors name the URL without its password.
  */
@@ -194,6 +195,27 @@ typedef struct {
 
 int acme_store_migrate(const char *from, const char *from_key, const char *to, const char *to_key,
     acme_store_migrate_stats_t *stats, acme_err_t *err);
+
+/*
+ * Redis with a storage key: every value is authenticated, secret ones sealed (acme_aead.h), the others
+ * with a MAC bound to their store key, and challenge announcements with a MAC too. A value or an
+ * announcement that does not authenticate (forged, moved to another name, or written without the key) is
+ * refused: get fails with ACME_ERR_STORE, a watch drops the announcement. fn (when set) is told once per
+ * distinct refused record (the last 64 are remembered), from the thread that read it, with the store's
+ * mutex held (fn must not call the store). A filesystem store ignores this. Without a storage key nothing
+ * is checked (public values and announcements read as they are, a MAC cut off): Redis is trusted.
+ */
+typedef void (*acme_store_forged_fn)(void *arg, const char *msg);
+void acme_store_on_forged(acme_store_t *st, acme_store_forged_fn fn, void *arg);
+
+/*
+ * Upgrade of a Redis store in place to a storage key: seals the secrets and signs the other values that
+ * are not yet (written before this version or before the key was configured), accepting them as they are
+ * now; challenges are not carried over (they are short-lived, and trusting them is what a forger wants).
+ * Run once, when Redis' content is trusted. Values already sealed or signed must authenticate.
+ */
+int acme_store_upgrade(const char *url, const char *key_file, acme_store_migrate_stats_t *stats,
+    acme_err_t *err);
 
 /* Convenience wrappers over ops. */
 int  acme_store_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err);

@@ -3,8 +3,10 @@
  *
  * Redis layout under the prefix P (default "acme:"; store keys never contain ':', so the names below cannot
  * collide with them):
- *   P<store key>            the value (a string), e.g. "acme:certs/example.org/fullchain.pem"; secret values
- *                           are sealed with AES-256-GCM (acme_aead.h) when a storage key is configured
+ *   P<store key>            the value (a string), e.g. "acme:certs/example.org/fullchain.pem". With a storage
+ *                           key, secret values are sealed with AES-256-GCM and the others carry a MAC
+ *                           line first ("acme-mac-v1:KID:TAG\n", acme_aead.h), both bound to the store key;
+ *                           a value that does not authenticate is refused, whoever wrote it
  *   P"dir:"<dir>            SET of the names directly below <dir> ("acme:dir:" for the top level,
  *                           "acme:dir:certs" for the certificate names): list() is one SMEMBERS
  *   P"info:secrets"         SET of the store keys written as secret (kept 0600 by the filesystem backend)
@@ -13,7 +15,7 @@
  *   P"lock:"<name>          a lock: "<host>:<pid>:<random>", SET NX PX <lease>
  *   P"acks:"<type>/<key>    how many nodes took the last announcement of a challenge (expires)
  * and the pub/sub channel P"events" carries the certificate name of each such change, P"challenges" the
- * challenge announcements ("a TYPE KEY IDTYPE ID KEYAUTHZ" / "d TYPE KEY").
+ * challenge announcements ("a TYPE KEY IDTYPE ID KEYAUTHZ" / "d TYPE KEY", then " MAC" with a storage key).
  *
  * Every change is one MULTI/EXEC: the values, their index entries, the secret set, the generation and the
  * announcements become visible together. Directories left empty by deletes are pruned afterwards by a Lua
@@ -68,6 +70,7 @@
 #define RD_PREFIX_MAX        100
 #define RD_SECRET_FILE_MAX   4096
 #define RD_WALK_DEPTH        8
+#define RD_FORGED_SEEN       64     /* forged records remembered, so each is reported once */
 
 #define RD_SCRIPT_REFRESH \
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
@@ -113,6 +116,11 @@ typedef struct rd_s {
     char             *display;        /* the URL without the password, for messages */
     SSL_CTX          *ssl_ctx;
     acme_aead_key_t  *key;
+    int               unauthenticated_ok;    /* upgrade: accept values without a MAC or seal */
+    acme_store_forged_fn  forged_fn;
+    void             *forged_arg;
+    unsigned char     forged_seen[RD_FORGED_SEEN][16];
+    unsigned          forged_n;
 
     rconn_t           c;
     acme_lock_t      *locks;          /* held, for the refresh piggybacked on other operations */
@@ -1489,6 +1497,178 @@ rd_leave(rd_t *rd)
     pthread_mutex_unlock(&rd->mu);
 }
 
+/* ---- authentication of values (with a storage key) ---- */
+
+static int rd_is(const acme_store_t *st);
+
+static void
+rd_err_append(acme_err_t *err, const char *text)
+{
+    size_t  n;
+
+    if (err != NULL) {
+        n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof(err->msg) - n, "%s", text);
+    }
+}
+
+/* The layout's secret keys: with a storage key they must be sealed, whatever info:secrets says. */
+static int
+rd_secret_name(const char *key)
+{
+    const char  *base = strrchr(key, '/');
+
+    base = base ? base + 1 : key;
+    return strcmp(base, "privkey.pem") == 0 || strcmp(base, "account.key") == 0
+           || strcmp(base, "order.key") == 0;
+}
+
+/* Reports a refused record through the host's callback, once per distinct name and content. rd->mu held. */
+static void
+rd_forged(rd_t *rd, const char *name, const void *data, size_t len, const char *why)
+{
+    unsigned char  md[EVP_MAX_MD_SIZE];
+    unsigned int   mdlen = 0;
+    EVP_MD_CTX    *c;
+    unsigned       i, n;
+    char           q[140], *msg;
+    int            ok;
+
+    if (rd->forged_fn == NULL) {
+        return;
+    }
+    c = EVP_MD_CTX_new();
+    ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1
+         && EVP_DigestUpdate(c, name, strlen(name) + 1) == 1
+         && (len == 0 || EVP_DigestUpdate(c, data, len) == 1)
+         && EVP_DigestFinal_ex(c, md, &mdlen) == 1;
+    EVP_MD_CTX_free(c);
+    if (!ok) {
+        return;
+    }
+    n = rd->forged_n < RD_FORGED_SEEN ? rd->forged_n : RD_FORGED_SEEN;
+    for (i = 0; i < n; i++) {
+        if (memcmp(rd->forged_seen[i], md, 16) == 0) {
+            return;
+        }
+    }
+    memcpy(rd->forged_seen[rd->forged_n % RD_FORGED_SEEN], md, 16);
+    rd->forged_n++;
+    msg = acme_sprintf("redis store %s: refused %s: %s", rd->display, acme_quote(name, q, sizeof(q), 120),
+                       why);
+    if (msg != NULL) {
+        rd->forged_fn(rd->forged_arg, msg);
+        free(msg);
+    }
+}
+
+/*
+ * The plaintext of a value read under key: opens a sealed value, checks and strips a MAC, and with a storage
+ * key refuses anything else. *pt malloc'd (acme_free_secret). rd->mu held.
+ */
+static int
+rd_value_open(rd_t *rd, const char *key, const char *v, size_t vlen, char **pt, size_t *ptlen, acme_err_t *err)
+{
+    const char  *nl, *why = NULL;
+    char         kid[9];
+    acme_err_t   e;
+
+    *pt = NULL;
+    *ptlen = 0;
+    if (acme_aead_is_sealed(v, vlen)) {
+        if (acme_aead_open(rd->key, key, v, vlen, pt, ptlen, &e) == 0) {
+            return 0;
+        }
+        acme_aead_sealed_kid(v, vlen, kid);
+        if (rd->key != NULL && strcmp(kid, acme_aead_key_id(rd->key)) == 0) {
+            rd_forged(rd, key, v, vlen, e.msg);
+        }
+        if (err != NULL) {
+            *err = e;
+        }
+        if (rd->key == NULL) {
+            rd_err_append(err, " (give the storage key file)");
+        }
+        return -1;
+    }
+    if (vlen >= ACME_AEAD_MAC_MAGIC_LEN && memcmp(v, ACME_AEAD_MAC_MAGIC, ACME_AEAD_MAC_MAGIC_LEN) == 0) {
+        nl = memchr(v, '\n', vlen < ACME_AEAD_MAC_MAX ? vlen : ACME_AEAD_MAC_MAX);
+        if (nl == NULL) {
+            why = "the MAC line is damaged";
+            acme_err_set(err, ACME_ERR_STORE, "%s", why);
+        } else if (rd->key == NULL) {
+            /* no key: nothing can be checked, Redis is trusted as it was before MACs (public values) */
+            vlen -= (size_t) (nl + 1 - v);
+            v = nl + 1;
+            goto copy;
+        } else if (acme_aead_mac_check(rd->key, "store", key, nl + 1, vlen - (size_t) (nl + 1 - v), v,
+                                       (size_t) (nl - v), &e) != 0)
+        {
+            /* another key's MAC is a configuration error, said in err; the rest is a forgery */
+            if (vlen > ACME_AEAD_MAC_MAGIC_LEN + 8
+                && memcmp(v + ACME_AEAD_MAC_MAGIC_LEN, acme_aead_key_id(rd->key), 8) == 0)
+            {
+                rd_forged(rd, key, v, vlen, e.msg);
+            }
+            if (err != NULL) {
+                *err = e;
+            }
+            return -1;
+        } else if (rd_secret_name(key)) {
+            why = "a secret that is not sealed";
+            acme_err_set(err, ACME_ERR_STORE, "%s", why);
+        } else {
+            vlen -= (size_t) (nl + 1 - v);
+            v = nl + 1;
+            goto copy;
+        }
+        rd_forged(rd, key, v, vlen, why);
+        return -1;
+    }
+    if (rd->key != NULL && !rd->unauthenticated_ok) {
+        why = rd_secret_name(key)
+              ? "an unsealed secret, though a storage key is configured (forged, or stored before the key was "
+                "configured: \"acmectl --storage URL --storage-key FILE upgrade-storage\" seals what Redis "
+                "holds now)"
+              : "a value without a MAC, though a storage key is configured (forged, or stored before this "
+                "version: \"acmectl --storage URL --storage-key FILE upgrade-storage\" signs what Redis holds "
+                "now)";
+        acme_err_set(err, ACME_ERR_STORE, "%s", why);
+        rd_forged(rd, key, v, vlen, why);
+        return -1;
+    }
+
+copy:
+    if (vlen > RD_VALUE_MAX) {
+        acme_err_set(err, ACME_ERR_STORE, "%zu bytes is too large", vlen);
+        return -1;
+    }
+    *pt = malloc(vlen + 1);
+    if (*pt == NULL) {
+        rd_oom(err);
+        return -1;
+    }
+    memcpy(*pt, v, vlen);
+    (*pt)[vlen] = '\0';
+    *ptlen = vlen;
+    return 0;
+}
+
+void
+acme_store_on_forged(acme_store_t *st, acme_store_forged_fn fn, void *arg)
+{
+    rd_t  *rd;
+
+    if (!rd_is(st)) {
+        return;
+    }
+    rd = st->data;
+    pthread_mutex_lock(&rd->mu);
+    rd->forged_fn = fn;
+    rd->forged_arg = arg;
+    pthread_mutex_unlock(&rd->mu);
+}
+
 /* ---- ops ---- */
 
 static int
@@ -1538,29 +1718,9 @@ rd_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *
                      rep->len);
         goto done;
     }
-    if (acme_aead_is_sealed(rep->str, rep->len)) {
-        if (acme_aead_open(rd->key, key, rep->str, rep->len, &pt, &ptlen, err) != 0) {
-            acme_err_prefix(err, "redis store %s: get %s", rd->display, key);
-            if (rd->key == NULL && err != NULL) {
-                size_t n = strlen(err->msg);
-                snprintf(err->msg + n, sizeof(err->msg) - n, " (give the storage key file)");
-            }
-            goto done;
-        }
-    } else {
-        if (rep->len > RD_VALUE_MAX) {
-            acme_err_set(err, ACME_ERR_STORE, "redis store %s: get %s: %zu bytes is too large", rd->display,
-                         key, rep->len);
-            goto done;
-        }
-        pt = malloc(rep->len + 1);
-        if (pt == NULL) {
-            rd_oom(err);
-            goto done;
-        }
-        memcpy(pt, rep->str, rep->len);
-        pt[rep->len] = '\0';
-        ptlen = rep->len;
+    if (rd_value_open(rd, key, rep->str, rep->len, &pt, &ptlen, err) != 0) {
+        acme_err_prefix(err, "redis store %s: get %s", rd->display, key);
+        goto done;
     }
     *data = pt;
     if (len != NULL) {
@@ -1672,8 +1832,8 @@ rd_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t
     size_t         ncerts = 0, i, j, vlen, sealed_len = 0;
     const char    *val, *op = n == 1 ? (items[0].data ? "put" : "del") : "commit";
     const char    *what = n == 1 ? items[0].key : NULL;
-    char          *secrets = NULL, *gen = NULL, *chan = NULL;
-    int            ncmd = 0, nprune = 0, rc = -1, dup, r;
+    char          *secrets = NULL, *gen = NULL, *chan = NULL, mac[ACME_AEAD_MAC_MAX];
+    int            ncmd = 0, nprune = 0, rc = -1, dup, r, secret;
 
     if (n == 0) {
         return 0;
@@ -1719,10 +1879,30 @@ rd_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t
 
             val = items[i].data;
             vlen = items[i].len;
-            if (items[i].secret && rd->key != NULL) {
+            secret = items[i].secret || (rd->key != NULL && rd_secret_name(key));
+            if (secret && rd->key != NULL) {
                 if (acme_aead_seal(rd->key, key, val, vlen, &sealed, &sealed_len, err) != 0) {
                     acme_err_prefix(err, "redis store %s: %s %s", rd->display, op, key);
                     goto done;
+                }
+                val = sealed;
+                vlen = sealed_len;
+            } else if (rd->key != NULL) {
+                /* the MAC line, then the value */
+                if (acme_aead_mac(rd->key, "store", key, val, vlen, mac) != 0) {
+                    acme_err_set(err, ACME_ERR_INTERNAL, "redis store %s: %s %s: HMAC-SHA256 failed",
+                                 rd->display, op, key);
+                    goto done;
+                }
+                sealed_len = strlen(mac) + 1 + vlen;
+                sealed = malloc(sealed_len);
+                if (sealed == NULL) {
+                    goto nomem;
+                }
+                memcpy(sealed, mac, sealed_len - 1 - vlen);
+                sealed[sealed_len - 1 - vlen] = '\n';
+                if (vlen > 0) {
+                    memcpy(sealed + sealed_len - vlen, val, vlen);
                 }
                 val = sealed;
                 vlen = sealed_len;
@@ -1762,7 +1942,7 @@ rd_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t
                 }
                 p = (char *) s + 1;
             }
-            if (cmd_str(&b, 3, items[i].secret ? "SADD" : "SREM", secrets, key) != 0) {
+            if (cmd_str(&b, 3, secret ? "SADD" : "SREM", secrets, key) != 0) {
                 goto nomem;
             }
             ncmd++;
@@ -2556,6 +2736,21 @@ acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const
         rd_oom(err);
         goto done;
     }
+    if (rd->key != NULL) {
+        char  mac[ACME_AEAD_MAC_MAX], *signed_m;
+
+        if (acme_aead_mac(rd->key, "announce", "challenges", m, strlen(m), mac) != 0) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "redis store %s: announce: HMAC-SHA256 failed", rd->display);
+            goto done;
+        }
+        signed_m = acme_sprintf("%s %s", m, mac);
+        if (signed_m == NULL) {
+            rd_oom(err);
+            goto done;
+        }
+        free(m);
+        m = signed_m;
+    }
     rd_enter(rd);
     if (rd_simple_str(rd, &rep, 1, "announce", err, 2, "DEL", ack) == 0) {
         rd_reply_free(rep, 0);
@@ -2799,6 +2994,43 @@ acme_store_watch_fd(const acme_store_watch_t *w)
     return w ? w->c.fd : -1;
 }
 
+/*
+ * With a storage key, an announcement must end in " MAC" over the rest: 0 with the MAC cut off msg, -1
+ * (reported once) when it does not authenticate. Without a key, 0 (msg as it came).
+ */
+static int
+watch_msg_check(rd_t *rd, char *msg)
+{
+    char        *sp;
+    const char  *why = NULL;
+    acme_err_t   e;
+
+    pthread_mutex_lock(&rd->mu);
+    if (rd->key == NULL) {
+        /* no key: nothing can be checked; a MAC a keyed node added is cut off */
+        sp = strrchr(msg, ' ');
+        if (sp != NULL && strncmp(sp + 1, ACME_AEAD_MAC_MAGIC, ACME_AEAD_MAC_MAGIC_LEN) == 0) {
+            *sp = '\0';
+        }
+    } else {
+        sp = strrchr(msg, ' ');
+        if (sp == NULL || strncmp(sp + 1, ACME_AEAD_MAC_MAGIC, ACME_AEAD_MAC_MAGIC_LEN) != 0) {
+            why = "an announcement without a MAC, though a storage key is configured";
+        } else if (acme_aead_mac_check(rd->key, "announce", "challenges", msg, (size_t) (sp - msg), sp + 1,
+                                       strlen(sp + 1), &e) != 0)
+        {
+            why = e.msg;
+        } else {
+            *sp = '\0';
+        }
+        if (why != NULL) {
+            rd_forged(rd, "challenge announcement", msg, strlen(msg), why);
+        }
+    }
+    pthread_mutex_unlock(&rd->mu);
+    return why == NULL ? 0 : -1;
+}
+
 int
 acme_store_watch_next(acme_store_watch_t *w, char **name, acme_err_t *err)
 {
@@ -2834,6 +3066,10 @@ acme_store_watch_next(acme_store_watch_t *w, char **name, acme_err_t *err)
                 && rep->element[2]->type == REDIS_REPLY_STRING && rep->element[2]->len > 0
                 && strlen(rep->element[2]->str) == rep->element[2]->len)
             {
+                if (watch_msg_check(w->rd, rep->element[2]->str) != 0) {
+                    freeReplyObject(rep);
+                    continue;
+                }
                 *name = acme_strdup(rep->element[2]->str);
                 freeReplyObject(rep);
                 if (*name == NULL) {
@@ -2948,7 +3184,8 @@ mig_secret(acme_store_t *st, const char *dir, const char *key, int *secret, acme
         }
         rd_leave(rd);
         free(k);
-        *secret = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+        /* the layout's secret names count whatever the set says (Redis may have been written to) */
+        *secret = (rep->type == REDIS_REPLY_INTEGER && rep->integer == 1) || rd_secret_name(key);
         rd_reply_free(rep, 0);
         return 0;
     }
@@ -2965,6 +3202,7 @@ typedef struct {
     const char                   *src_dir;
     acme_store_t                 *dst;
     acme_store_migrate_stats_t   *stats;
+    int                           skip_challenges;
 } mig_t;
 
 static void
@@ -3023,6 +3261,9 @@ mig_walk(mig_t *m, const char *prefix, int depth, acme_err_t *err)
         }
     }
     for (i = 0; i < n; i++) {
+        if (m->skip_challenges && prefix[0] == '\0' && strcmp(names[i], "challenges") == 0) {
+            continue;
+        }
         k = prefix[0] ? acme_sprintf("%s/%s", prefix, names[i]) : acme_strdup(names[i]);
         if (k == NULL) {
             rd_oom(err);
@@ -3156,6 +3397,7 @@ acme_store_migrate(const char *from, const char *from_key, const char *to, const
     m.src_dir = sf;
     m.dst = dst;
     m.stats = &s;
+    m.skip_challenges = 0;
     rc = mig_walk(&m, "", 0, err);
     if (rc != 0) {
         acme_err_prefix(err, "migrate");
@@ -3165,6 +3407,52 @@ done:
         *stats = s;
     }
     free(sf);
+    acme_store_close(src);
+    acme_store_close(dst);
+    return rc;
+}
+
+int
+acme_store_upgrade(const char *url, const char *key_file, acme_store_migrate_stats_t *stats, acme_err_t *err)
+{
+    acme_store_migrate_stats_t   s;
+    acme_store_t                *src = NULL, *dst = NULL;
+    mig_t                        m;
+    int                          rc = -1;
+
+    memset(&s, 0, sizeof(s));
+    if (stats != NULL) {
+        memset(stats, 0, sizeof(*stats));
+    }
+    if (url == NULL || !rd_is_redis_url(url) || key_file == NULL || key_file[0] == '\0') {
+        acme_err_set(err, ACME_ERR_CONFIG, "upgrade: a redis:// storage and its storage key are needed");
+        return -1;
+    }
+    /* two connections to the same store: one reads as it is, one writes sealed and signed */
+    src = acme_store_open(url, key_file, 0, err);
+    if (src == NULL) {
+        acme_err_prefix(err, "upgrade");
+        return -1;
+    }
+    ((rd_t *) src->data)->unauthenticated_ok = 1;
+    dst = acme_store_open(url, key_file, 0, err);
+    if (dst == NULL) {
+        acme_err_prefix(err, "upgrade");
+        goto done;
+    }
+    m.src = src;
+    m.src_dir = NULL;
+    m.dst = dst;
+    m.stats = &s;
+    m.skip_challenges = 1;
+    rc = mig_walk(&m, "", 0, err);
+    if (rc != 0) {
+        acme_err_prefix(err, "upgrade");
+    }
+done:
+    if (stats != NULL) {
+        *stats = s;
+    }
     acme_store_close(src);
     acme_store_close(dst);
     return rc;

@@ -1480,6 +1480,14 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
         }
 
         acme_store_close(st);
+
+    } else if (amcf->storage) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "\"acme_storage\" without \"acme_storage_key\" "
+                      "in %s:%ui: private keys are kept in Redis "
+                      "unencrypted and whoever can write to Redis controls "
+                      "the domains",
+                      amcf->storage_file, amcf->storage_line);
     }
 
     if (amcf->certs.nelts == 0 && amcf->issuers.nelts == 0) {

@@ -116,6 +116,17 @@ ngx_http_acme_host_log(void *data, int level, const char *msg)
 }
 
 
+/* a record in Redis that does not authenticate: the store says so once */
+
+static void
+ngx_http_acme_forged(void *data, const char *msg)
+{
+    ngx_http_acme_runner_t  *rn = data;
+
+    ngx_log_error(NGX_LOG_ERR, rn->log, 0, "acme: %s", msg);
+}
+
+
 static void
 ngx_http_acme_host_timer_handler(ngx_event_t *ev)
 {
@@ -1259,6 +1270,7 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             /* lazy: a node starts (from its cache) while Redis is down */
             rn->stores[g] = acme_store_open(amcf->storage, amcf->storage_key,
                                             ACME_STORE_LAZY, &err);
+            acme_store_on_forged(rn->stores[g], ngx_http_acme_forged, rn);
 
         } else {
             rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);

@@ -12,7 +12,7 @@ import pytest
 import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_serial, http_get, tls_get
-from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file
+from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file, signed
 
 pytestmark = pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
                                 reason="redis-server / redis-cli not installed")
@@ -35,7 +35,7 @@ def _apache(apache_factory, pebble, redis, kf, names, challenge="http-01", **kw)
 
 
 def _redis_serial(redis, name):
-    pem = redis.get(f"{PREFIX}:certs/{name}/fullchain.pem")
+    pem = redis.value(f"{PREFIX}:certs/{name}/fullchain.pem")
     p = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True, check=True)
     return harness.normalize_serial(p.stdout.decode())
 
@@ -123,7 +123,7 @@ def test_tlsalpn01_and_acmectl_hot_swap(apache_factory, pebble, procs, tmp_path,
     assert a.log().count("resuming normal operations") == pid_line, "no restart"
     # the driver's local cache follows (a child may have read Redis first, on its next handshake)
     harness.wait_for(lambda: (a.state / "cache" / name / "fullchain.pem").read_bytes().rstrip()
-                     == redis.get(f"{PREFIX}:certs/{name}/fullchain.pem").rstrip(), timeout=10,
+                     == redis.value(f"{PREFIX}:certs/{name}/fullchain.pem").rstrip(), timeout=10,
                      what="the local cache to follow Redis")
 
 
@@ -152,6 +152,53 @@ def test_bogus_tokens_spare_redis(apache_factory, pebble, procs, tmp_path):
     calls = _get_calls(redis) - before
     # children (2 for event in the harness, at most 4) x seconds, plus the driver's generation checks
     assert calls <= (int(seconds) + 1) * 4 + int(seconds / 5) + 2, (calls, seconds)
+
+
+def test_forged_records_refused(apache_factory, pebble, procs, tmp_path, server_logs):
+    """With ACMEStorageKey, what Redis holds must authenticate: a challenge record written straight into Redis
+    is not answered (and logged once per child, not per request); an attacker's plaintext key and certificate
+    are refused, the certificate served stays, a graceful restart included."""
+    redis = Redis(procs, tmp_path / "redis")
+    kf = _key(tmp_path / "storage.key")
+    name = "forged.redis.apache.example.org"
+    a = _apache(apache_factory, pebble, redis, kf, [name])
+    server_logs.allow(r"ACME0110: redis store \S+: refused ")
+    server_logs.allow(r"ACME0052: http-01: store look-up failed: .*a value without a MAC")
+    a.start(procs)
+    a.wait_valid(name)
+    serial = _redis_serial(redis, name)
+    _wait_served(a, name, serial)
+
+    forged, good = "F" * 43, "G" * 43
+    redis.cli("SET", f"{PREFIX}:challenges/http-01/{forged}", f"dns {name} {forged}.thumb")
+    redis.cli("SET", f"{PREFIX}:challenges/http-01/{good}",
+              signed(kf, f"challenges/http-01/{good}", f"dns {name} {good}.t"))
+    for _ in range(10):
+        assert http_get(a.http_port, name, f"/.well-known/acme-challenge/{forged}").status == 404
+        time.sleep(0.1)
+    r = http_get(a.http_port, name, f"/.well-known/acme-challenge/{good}")
+    assert (r.status, r.body) == (200, f"{good}.t".encode()), r
+    children = 3        # the harness's event MPM: ServerLimit 3
+    n = a.log().count(f"refused challenges/http-01/{forged}: a value without a MAC")
+    assert 1 <= n <= children, a.log()
+
+    # an attacker's key (plaintext) and certificate in place of the sealed key and the signed chain
+    k, c = tmp_path / "evil.key", tmp_path / "evil.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(k), "-out", str(c), "-subj", f"/CN={name}", "-addext",
+                    f"subjectAltName=DNS:{name}", "-days", "30"], check=True, capture_output=True)
+    redis.cli("SET", f"{PREFIX}:certs/{name}/privkey.pem", k.read_bytes())
+    redis.cli("SET", f"{PREFIX}:certs/{name}/fullchain.pem", c.read_bytes())
+    redis.cli("INCR", f"{PREFIX}:info:generation")
+    redis.cli("PUBLISH", f"{PREFIX}:events", name)
+    harness.wait_for(lambda: f"refused certs/{name}/fullchain.pem: a value without a MAC" in a.log(), timeout=20,
+                     what="the forged certificate to be refused")
+    for _ in range(5):
+        assert _served_serial(a, name) == serial
+        time.sleep(0.3)
+    a.graceful()
+    assert _served_serial(a, name) == serial
+    assert "PRIVATE KEY" not in a.log()
 
 
 def test_config_errors(apache_factory, pebble, tmp_path):

@@ -452,7 +452,7 @@ def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin, kin
     values = b"".join(redis.get(k) or b"" for k in keys if redis.command("TYPE", k) == "string")
     assert b"PRIVATE KEY" not in values
     # the certificate itself is public
-    assert redis.get(f"{PREFIX}:certs/{HTTP_NAME}/fullchain.pem").startswith(b"-----BEGIN CERTIFICATE-----")
+    assert redis.value(f"{PREFIX}:certs/{HTTP_NAME}/fullchain.pem").startswith(b"-----BEGIN CERTIFICATE-----")
     # the key file opens them; without it they stay closed
     ca = ["--ca", cl.pebble.directory_url, "--ca-cert", cl.pebble.ca_cert]
     url = redis.url(f"?prefix={PREFIX}")

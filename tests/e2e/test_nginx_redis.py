@@ -4,6 +4,7 @@ local cache under state_path, which the leader keeps in step with Redis."""
 import os
 import re
 import secrets
+import subprocess
 import time
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 import harness
 from harness import free_port, wait_for
 from nginx_harness import cert_serial, http_get, https_get, issuer_block, nginx_factory, tls_handshake, tls_verified  # noqa: F401
-from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file
+from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file, signed, signed_announcement
 
 pytestmark = pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
                                 reason="redis-server / redis-cli not installed")
@@ -90,6 +91,13 @@ def test_config_checks_without_redis(nginx_factory, pebble, tmp_path):
     ok, out = ng.test_config()
     assert not ok and "needs" in out, out
 
+    # no storage key: accepted, with a warning saying what that means
+    ng.write_conf(f"acme_storage redis://127.0.0.1:{port};\n" + base)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert re.search(r"\[warn\].*\"acme_storage\" without \"acme_storage_key\" in \S+nginx\.conf:\d+: .*controls the "
+                     r"domains", out), out
+
 
 def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, acmectl_bin):
     """HTTP-01 issuance with everything in Redis; private keys there are sealed; the cache is 0600."""
@@ -131,14 +139,18 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     # a challenge another node published while this one was not subscribed (no announcement reached it) is
     # copied from Redis when the leader subscribes again (here: after a reload)
     token, sni = "late-" + "L" * 40, "late-alpn.example.org"
-    # as the store writes them: the value, and the name in its directory's set
+    # as the store writes them: the value (signed with the storage key), and the name in its directory's set
     # (the record names the identifier the token is for: it is answered for that Host only)
     v6token, oldtoken = "late6-" + "S" * 40, "old-" + "O" * 40
-    redis.cli("SET", f"ngx:challenges/http-01/{token}", f"dns {name} {token}.thumb")
-    redis.cli("SET", f"ngx:challenges/http-01/{v6token}", f"ip ::1 {v6token}.thumb")
-    redis.cli("SET", f"ngx:challenges/http-01/{oldtoken}", f"{oldtoken}.thumb")    # no identifier
+
+    def put(kind, name_, value):
+        redis.cli("SET", f"ngx:challenges/{kind}/{name_}", signed(key, f"challenges/{kind}/{name_}", value))
+
+    put("http-01", token, f"dns {name} {token}.thumb")
+    put("http-01", v6token, f"ip ::1 {v6token}.thumb")
+    put("http-01", oldtoken, f"{oldtoken}.thumb")    # no identifier
     redis.cli("SADD", "ngx:dir:challenges/http-01", token, v6token, oldtoken)
-    redis.cli("SET", f"ngx:challenges/tls-alpn-01/{sni}", f"dns {sni} other.thumb")
+    put("tls-alpn-01", sni, f"dns {sni} other.thumb")
     redis.cli("SADD", "ngx:dir:challenges/tls-alpn-01", sni)
     assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")[0] == 404
     mark = len(n.log_text())
@@ -157,7 +169,7 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{v6token}")[0] == 404
     assert http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{oldtoken}")[0] == 404
     # and an announced withdrawal removes it
-    redis.cli("PUBLISH", "ngx:challenges", f"d http-01 {token}")
+    redis.cli("PUBLISH", "ngx:challenges", signed_announcement(key, f"d http-01 {token}"))
     wait_for(lambda: http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{token}")[0] == 404, 10,
              what="the withdrawal to be applied")
 
@@ -165,10 +177,10 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     # withdrawal lost) and the tls-alpn-01 one deleted from the store are removed from the zone when the
     # leader subscribes again (here: its subscription killed); a pending one stays
     gone, kept = "gone-" + "G" * 40, "kept-" + "K" * 40
-    redis.cli("SET", f"ngx:challenges/http-01/{kept}", f"dns {name} {kept}.thumb")
+    put("http-01", kept, f"dns {name} {kept}.thumb")
     redis.cli("SADD", "ngx:dir:challenges/http-01", kept)
-    redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {kept} dns {name} {kept}.thumb")
-    redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {gone} dns {name} {gone}.thumb")
+    redis.cli("PUBLISH", "ngx:challenges", signed_announcement(key, f"a http-01 {kept} dns {name} {kept}.thumb"))
+    redis.cli("PUBLISH", "ngx:challenges", signed_announcement(key, f"a http-01 {gone} dns {name} {gone}.thumb"))
     wait_for(lambda: http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{gone}")[0] == 200, 10,
              what="the announced challenge to be answered")
     redis.cli("DEL", f"ngx:challenges/tls-alpn-01/{sni}")
@@ -309,3 +321,95 @@ def test_two_nodes_shared_challenges(pebble, nginx_factory, tmp_path, redis):
         log = (tmp_path / f"node{i}" / "access.log").read_text(errors="replace")
         hits += [(i, m) for m in re.findall(r'"GET /\.well-known/acme-challenge/\S+ HTTP/1\.1" (\d+)', log)]
     assert hits and all(code == "200" for _, code in hits), hits
+
+
+def _self_signed(tmp_path, name):
+    """An attacker's key and certificate for name (PEM bytes, the key unencrypted)."""
+    k, c = tmp_path / "evil.key", tmp_path / "evil.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(k), "-out", str(c), "-subj", f"/CN={name}", "-addext",
+                    f"subjectAltName=DNS:{name}", "-days", "30"], check=True, capture_output=True)
+    return k.read_bytes(), c.read_bytes()
+
+
+def test_forged_records_refused(pebble, nginx_factory, tmp_path, redis):
+    """With acme_storage_key, what Redis holds must authenticate. A challenge record or an announcement
+    written straight into Redis is not answered, and logged once however often it is read; a private key
+    replaced by a plaintext PEM, an attacker's key and certificate, and a tampered fullchain.pem are refused:
+    the certificate served stays."""
+    name = "rd-forged.example.org"
+    https = free_port()
+    key = key_file(tmp_path / "storage.key")
+    conf = storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        acme_certificate pebble;
+        location / {{ return 200 "tls\\n"; }}
+    }}
+"""
+    n = nginx_factory(conf, wait_port=https,
+                      allowed=[r"acme: redis store \S+: refused ", r"cannot read certificate .* from the storage"])
+    serial = wait_served(https, name, pebble)
+    roots = pebble.roots(0)
+
+    def chal(tok):
+        return http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{tok}")
+
+    # a forged challenge record, read at each resubscription, next to a genuine one
+    forged = "forged-" + "F" * 40
+    redis.cli("SET", f"ngx:challenges/http-01/{forged}", f"{forged}.thumb")
+    redis.cli("SADD", "ngx:dir:challenges/http-01", forged)
+    for i in range(2):
+        good = f"good{i}-" + "G" * 40
+        redis.cli("SET", f"ngx:challenges/http-01/{good}", signed(key, f"challenges/http-01/{good}", f"{good}.t"))
+        redis.cli("SADD", "ngx:dir:challenges/http-01", good)
+        mark = len(n.log_text())
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        wait_for(lambda: "1 pending challenge(s) copied from the storage" in n.log_text(mark), 30,
+                 what="the genuine pending challenge to be copied")
+        assert chal(good) == (200, f"{good}.t".encode())
+        assert chal(forged)[0] == 404
+    assert n.log_text().count(f"refused challenges/http-01/{forged}: a value without a MAC") == 1, n.log_text()
+
+    # a forged announcement (three times, and one with a MAC of another key), then a genuine one
+    fake = "fake-" + "A" * 40
+    for _ in range(3):
+        redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {fake} dns {name} {fake}.thumb")
+    redis.cli("PUBLISH", "ngx:challenges", f"a http-01 {fake} dns {name} {fake}.thumb acme-mac-v1:00000000:AAAA")
+    real = "real-" + "R" * 40
+    redis.cli("PUBLISH", "ngx:challenges", signed_announcement(key, f"a http-01 {real} dns {name} {real}.thumb"))
+    wait_for(lambda: chal(real)[0] == 200, 10, what="the genuine announcement to be answered")
+    assert chal(fake)[0] == 404
+    log = n.log_text()
+    assert log.count("refused challenge announcement: an announcement without a MAC") == 1, log
+    assert log.count("refused challenge announcement: the value carries a MAC of another storage key") == 1, log
+
+    def refused(what, change):
+        mark = len(n.log_text())
+        change()
+        redis.cli("PUBLISH", "ngx:events", name)
+        wait_for(lambda: re.search(rf"refused certs/{re.escape(name)}/\S+: {what}", n.log_text(mark)), 15,
+                 what=f"the refusal ({what})")
+        time.sleep(1)
+        assert served(https, name, roots) == serial, "the certificate served changed"
+
+    evil_key, evil_cert = _self_signed(tmp_path, name)
+    # the sealed private key replaced by a plaintext PEM
+    refused("an unsealed secret", lambda: redis.cli("SET", f"ngx:certs/{name}/privkey.pem", evil_key))
+    # the attacker's own certificate with it
+    refused("a value without a MAC", lambda: redis.cli("SET", f"ngx:certs/{name}/fullchain.pem", evil_cert))
+    # the genuine leaf with another chain, its MAC line kept
+    leaf = re.search(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n",
+                     next((tmp_path / "state").rglob("fullchain.pem")).read_bytes(), re.S)
+    assert leaf
+    refused("the MAC does not authenticate",
+            lambda: redis.cli("SET", f"ngx:certs/{name}/fullchain.pem",
+                              signed(key, f"certs/{name}/fullchain.pem", "x").split("\n", 1)[0].encode()
+                              + b"\n" + leaf.group(0) + evil_cert))
+    assert "PRIVATE KEY" not in n.log_text()

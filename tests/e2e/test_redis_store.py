@@ -1,5 +1,8 @@
 """The Redis store through acmectl: --storage, --storage-key, migrate, against a redis-server of the test's own
 (loopback, free port, no persistence) and a real Pebble."""
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -64,6 +67,11 @@ class Redis:
     def get(self, key):
         return self.cli("--raw", "GET", key)
 
+    def value(self, key):
+        """A value as the store reads it: without the MAC line a storage key puts first."""
+        v = self.get(key)
+        return v.split(b"\n", 1)[1] if v.startswith(b"acme-mac-v1:") else v
+
 
 class Ctl:
     """acmectl with a storage (directory or URL) and a Pebble."""
@@ -102,6 +110,41 @@ def key_file(path, data=None):
     p.write_bytes(data if data is not None else secrets.token_bytes(32))
     p.chmod(0o600)
     return p
+
+
+def _hkdf(ikm, info):
+    prk = hmac.new(b"acme-store", ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def _storage_key(path):
+    """(key id, MAC key) of a storage key file, derived as common/acme_aead.c does."""
+    raw = Path(path).read_bytes()
+    s = raw.strip(b" \t\r\n")
+    if len(s) == 64 and re.fullmatch(rb"[0-9a-fA-F]{64}", s):
+        k = bytes.fromhex(s.decode())
+    elif len(raw) == 32:
+        k = raw
+    else:
+        k = _hkdf(raw, b"acme-store-aead-v1")
+    return hashlib.sha256(b"acme-store-key-id" + k).hexdigest()[:8], _hkdf(k, b"acme-store-mac-v1")
+
+
+def store_mac(key_path, domain, name, data):
+    if isinstance(data, str):
+        data = data.encode()
+    kid, mk = _storage_key(key_path)
+    tag = hmac.new(mk, domain.encode() + b"\0" + name.encode() + b"\0" + data, hashlib.sha256).digest()
+    return f"acme-mac-v1:{kid}:" + base64.urlsafe_b64encode(tag).decode().rstrip("=")
+
+
+def signed(key_path, store_key, value):
+    """A value as the store writes it under store_key (no prefix) with that storage key."""
+    return store_mac(key_path, "store", store_key, value) + "\n" + value
+
+
+def signed_announcement(key_path, msg):
+    return msg + " " + store_mac(key_path, "announce", "challenges", msg)
 
 
 def verify_chain(pebble, pem_bytes, tmp_path):
@@ -162,7 +205,7 @@ def test_issue_list_status_on_redis(acmectl_bin, tmp_path, pebble, redis):
     assert b"PRIVATE KEY" not in dump
     assert redis.get("e2e:certs/redis.example.org/privkey.pem").startswith(b"acme-aead-v1:")
     assert redis.get(acct[0]).startswith(b"acme-aead-v1:")
-    fullchain = redis.get("e2e:certs/redis.example.org/fullchain.pem").rstrip(b"\n") + b"\n"
+    fullchain = redis.value("e2e:certs/redis.example.org/fullchain.pem").rstrip(b"\n") + b"\n"
     ok, out = verify_chain(pebble, fullchain, tmp_path)
     assert ok, out
     secrets_set = sorted(redis.cli("--raw", "SMEMBERS", "e2e:info:secrets").decode().split())
@@ -363,3 +406,32 @@ def test_lock_lease_extended_during_a_long_issuance(acmectl_bin, tmp_path, pebbl
         assert not redis.keys("lease:lock:*"), "the lock is released at the end"
     finally:
         px.stop()
+
+
+def test_upgrade_storage(acmectl_bin, tmp_path, pebble, redis):
+    """A Redis store written without a storage key (or before values were signed) is refused once the key is
+    configured, naming the way out; `acmectl upgrade-storage` seals and signs it in place, after which the
+    certificate reads back as it was."""
+    url = redis.url("/0?prefix=up")
+    name = "upgrade.example.org"
+    Ctl(acmectl_bin, url, pebble).issue(name)
+    chain = redis.get(f"up:certs/{name}/fullchain.pem")
+    assert chain.startswith(b"-----BEGIN CERTIFICATE-----")
+    kf = key_file(tmp_path / "storage.key")
+    ctl = Ctl(acmectl_bin, url, pebble, key_file=kf)
+
+    p = ctl.run("revoke", "--with-cert-key", name)
+    assert p.returncode != 0 and "upgrade-storage" in p.stderr, p.stderr
+    assert "PRIVATE KEY" not in p.stderr
+
+    p = ctl.ok("upgrade-storage")
+    assert "1 certificates" in p.stdout, p.stdout
+    assert redis.get(f"up:certs/{name}/privkey.pem").startswith(b"acme-aead-v1:")
+    assert redis.get(f"up:certs/{name}/fullchain.pem").startswith(b"acme-mac-v1:")
+    assert redis.value(f"up:certs/{name}/fullchain.pem") == chain
+    p = ctl.ok("status", "--json")
+    assert name in p.stdout
+    # without the key it needs, or twice: refused / the same
+    assert Ctl(acmectl_bin, url, pebble).run("upgrade-storage").returncode == 2
+    ctl.ok("upgrade-storage")
+    assert redis.value(f"up:certs/{name}/fullchain.pem") == chain

@@ -556,14 +556,16 @@ test_sealing(void **state)
                                     &err), 0);
     check_value(st, "certs/s.example/privkey.pem", "-----BEGIN PRIVATE KEY-----\nMIG\n-----END PRIVATE KEY-----\n");
 
-    /* what Redis holds: no PEM for the secret, the public chain as is */
+    /* what Redis holds: no PEM for the secret, the public chain after its MAC line */
     r = raw(&srv, "GET %scerts/s.example/privkey.pem", prefix);
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_null(strstr(r->str, "PRIVATE KEY"));
     assert_memory_equal(r->str, ACME_AEAD_MAGIC, ACME_AEAD_MAGIC_LEN);
     freeReplyObject(r);
     r = raw(&srv, "GET %scerts/s.example/fullchain.pem", prefix);
-    assert_string_equal(r->str, "-----BEGIN CERTIFICATE-----\n");
+    assert_memory_equal(r->str, ACME_AEAD_MAC_MAGIC, ACME_AEAD_MAC_MAGIC_LEN);
+    assert_non_null(strchr(r->str, '\n'));
+    assert_string_equal(strchr(r->str, '\n') + 1, "-----BEGIN CERTIFICATE-----\n");
     freeReplyObject(r);
 
     /* the same key as hex reads it */
@@ -580,6 +582,7 @@ test_sealing(void **state)
     assert_non_null(strstr(err.msg, "encrypted"));
     assert_non_null(strstr(err.msg, "no storage key"));
     assert_non_null(strstr(err.msg, "certs/s.example/privkey.pem"));
+    /* a signed public value reads without the key (nothing to check it with: Redis is trusted then) */
     check_value(nokey, "certs/s.example/fullchain.pem", "-----BEGIN CERTIFICATE-----\n");
     other = reopen(prefix, NULL, tmp_path("key.other"), &err);
     assert_non_null(other);
@@ -600,6 +603,274 @@ test_sealing(void **state)
     acme_store_close(st);
     acme_store_close(nokey);
     acme_store_close(other);
+}
+
+
+/* ---- forged records (a storage key makes every value authenticated) ---- */
+
+static char *next_announcement(acme_store_watch_t *w);
+
+typedef struct {
+    int   n;
+    char  last[1024];
+} forged_t;
+
+static void
+on_forged(void *arg, const char *msg)
+{
+    forged_t  *f = arg;
+
+    f->n++;
+    snprintf(f->last, sizeof(f->last), "%s", msg);
+}
+
+static void
+test_forged_records(void **state)
+{
+    acme_store_t     *st, *plain;
+    acme_certmeta_t   m;
+    acme_err_t        err;
+    forged_t          f;
+    redisReply       *r;
+    char              prefix[32], pprefix[32], *d, *ka, *fc = NULL, *pk = NULL;
+    size_t            len, fl, pl;
+    unsigned char     kb[32];
+    int               i;
+    const char       *tok = "tok_EN-abcdefghijklmnopqrstuvwxyz";
+
+    (void) state;
+    NEED_REDIS();
+    for (i = 0; i < 32; i++) {
+        kb[i] = (unsigned char) (i * 7 + 1);
+    }
+    write_file(tmp_path("fkey"), kb, 32, 0600);
+    memset(&f, 0, sizeof(f));
+    st = open_fresh(NULL, tmp_path("fkey"), prefix);
+    acme_store_on_forged(st, on_forged, &f);
+
+    /* what the key holder writes reads back */
+    fill_meta(&m, "f.example");
+    assert_int_equal(acme_store_cert_save(st, "f.example", "CHAIN-F", 7, "PRIVATE-F", 9, &m, &err), 0);
+    assert_int_equal(acme_store_challenge_put(st, "http-01", tok, "tok.thumb", &err), 0);
+    assert_int_equal(acme_store_challenge_put(st, "tls-alpn-01", "a.example", "A.thumb", &err), 0);
+    assert_int_equal(acme_store_challenge_get(st, "http-01", tok, &ka, &err), 0);
+    assert_string_equal(ka, "tok.thumb");
+    free(ka);
+    assert_int_equal(acme_store_cert_load(st, "f.example", &fc, &fl, &pk, &pl, NULL, &err), 0);
+    assert_string_equal(fc, "CHAIN-F");
+    free(fc);
+    acme_free_secret(pk, pl);
+
+    /* a forged challenge record: refused, reported once however often it is read */
+    r = raw(&srv, "SET %schallenges/http-01/%s forged.thumb", prefix, tok);
+    freeReplyObject(r);
+    for (i = 0; i < 3; i++) {
+        ka = NULL;
+        assert_int_equal(acme_store_challenge_get(st, "http-01", tok, &ka, &err), -1);
+        assert_null(ka);
+        assert_int_equal(err.kind, ACME_ERR_STORE);
+        assert_non_null(strstr(err.msg, "without a MAC"));
+    }
+    assert_int_equal(f.n, 1);
+    assert_non_null(strstr(f.last, "challenges/http-01/"));
+    assert_null(strstr(f.last, "forged.thumb"));
+
+    /* a valid record moved to another name (a.example's answer for b.example) */
+    r = raw(&srv, "COPY %schallenges/tls-alpn-01/a.example %schallenges/tls-alpn-01/b.example", prefix, prefix);
+    freeReplyObject(r);
+    assert_int_equal(acme_store_challenge_get(st, "tls-alpn-01", "b.example", &ka, &err), -1);
+    assert_non_null(strstr(err.msg, "does not authenticate"));
+    free(ka);
+    assert_int_equal(f.n, 2);
+
+    /* a tampered certificate: the MAC line kept, the chain replaced */
+    r = raw(&srv, "GET %scerts/f.example/fullchain.pem", prefix);
+    assert_non_null(strchr(r->str, '\n'));
+    *strchr(r->str, '\n') = '\0';
+    d = acme_sprintf("%s\nEVIL-CHAIN", r->str);
+    freeReplyObject(r);
+    r = raw(&srv, "SET %scerts/f.example/fullchain.pem %s", prefix, d);
+    freeReplyObject(r);
+    free(d);
+    fc = NULL;
+    assert_int_equal(acme_store_cert_load(st, "f.example", &fc, &fl, NULL, NULL, NULL, &err), -1);
+    assert_null(fc);
+    assert_non_null(strstr(err.msg, "does not authenticate"));
+    /* or no MAC at all */
+    r = raw(&srv, "SET %scerts/f.example/fullchain.pem EVIL-CHAIN", prefix);
+    freeReplyObject(r);
+    assert_int_equal(acme_store_get(st, "certs/f.example/fullchain.pem", &d, &len, &err), -1);
+    assert_non_null(strstr(err.msg, "without a MAC"));
+    /* meta.json too */
+    r = raw(&srv, "SET %scerts/f.example/meta.json {}", prefix);
+    freeReplyObject(r);
+    assert_int_equal(acme_store_get(st, "certs/f.example/meta.json", &d, &len, &err), -1);
+    assert_non_null(strstr(err.msg, "without a MAC"));
+
+    /* an unsealed private key (a PEM put in place of the sealed one) */
+    r = raw(&srv, "SET %scerts/f.example/privkey.pem %s", prefix,
+            "-----BEGIN PRIVATE KEY-----\nEVIL\n-----END PRIVATE KEY-----\n");
+    freeReplyObject(r);
+    pk = NULL;
+    assert_int_equal(acme_store_get(st, "certs/f.example/privkey.pem", &pk, &pl, &err), -1);
+    assert_null(pk);
+    assert_non_null(strstr(err.msg, "unsealed secret"));
+    assert_null(strstr(err.msg, "EVIL"));
+    assert_null(strstr(f.last, "EVIL"));
+    assert_int_equal(f.n, 6);
+
+    /* without a storage key nothing is checked (the documented trust: Redis write access) */
+    plain = open_fresh(NULL, NULL, pprefix);
+    r = raw(&srv, "SET %schallenges/http-01/%s plain.thumb", pprefix, tok);
+    freeReplyObject(r);
+    assert_int_equal(acme_store_challenge_get(plain, "http-01", tok, &ka, &err), 0);
+    assert_string_equal(ka, "plain.thumb");
+    free(ka);
+    acme_store_close(plain);
+
+    free_meta(&m);
+    acme_store_close(st);
+}
+
+/* A secret sealed by the version before MACs (same key, fixed vector) still opens. */
+static void
+test_sealed_before_macs(void **state)
+{
+    acme_store_t   *st;
+    redisReply     *r;
+    char            prefix[32];
+    unsigned char   kb[32];
+    int             i;
+
+    (void) state;
+    NEED_REDIS();
+    for (i = 0; i < 32; i++) {
+        kb[i] = (unsigned char) (i * 7 + 1);
+    }
+    write_file(tmp_path("okey"), kb, 32, 0600);
+    st = open_fresh(NULL, tmp_path("okey"), prefix);
+    r = raw(&srv, "SET %scerts/old.example/privkey.pem %s", prefix,
+            "acme-aead-v1:a042392d:JOoO6XpKB_oZJDdWmadmFDhPizrbGog6mwlJtNIIjNw-B_oIeZ0");
+    freeReplyObject(r);
+    check_value(st, "certs/old.example/privkey.pem", "OLD-SECRET");
+    acme_store_close(st);
+}
+
+/* A store written without a key (or before MACs): refused with the key, until upgrade-storage. */
+static void
+test_upgrade(void **state)
+{
+    acme_store_t                *st, *old;
+    acme_store_migrate_stats_t   ms;
+    acme_certmeta_t              m;
+    acme_err_t                   err;
+    redisReply                  *r;
+    char                         prefix[32], u[256], *d;
+    size_t                       len;
+
+    (void) state;
+    NEED_REDIS();
+    write_file(tmp_path("ukey"), "0123456789abcdef0123456789abcdef", 32, 0600);
+    old = open_fresh(NULL, NULL, prefix);
+    fill_meta(&m, "u.example");
+    assert_int_equal(acme_store_cert_save(old, "u.example", "CHAIN-U", 7, "PRIVATE-U", 9, &m, &err), 0);
+    assert_int_equal(acme_store_challenge_put(old, "http-01", "tok_EN-abcdefghijklmnopqrstuvwxyz", "t.x", &err), 0);
+    acme_store_close(old);
+
+    st = reopen(prefix, NULL, tmp_path("ukey"), &err);
+    assert_non_null(st);
+    assert_int_equal(acme_store_get(st, "certs/u.example/fullchain.pem", &d, &len, &err), -1);
+    assert_non_null(strstr(err.msg, "upgrade-storage"));
+    assert_int_equal(acme_store_get(st, "certs/u.example/privkey.pem", &d, &len, &err), -1);
+    assert_non_null(strstr(err.msg, "unsealed secret"));
+
+    snprintf(u, sizeof(u), "redis://127.0.0.1:%d?prefix=%s", srv.port, prefix);
+    assert_int_equal(acme_store_upgrade(u, NULL, &ms, &err), -1);
+    if (acme_store_upgrade(u, tmp_path("ukey"), &ms, &err) != 0) {
+        fail_msg("upgrade: %s", err.msg);
+    }
+    assert_int_equal(ms.certs, 1);
+    assert_int_equal(ms.challenges, 0);
+    check_value(st, "certs/u.example/fullchain.pem", "CHAIN-U");
+    check_value(st, "certs/u.example/privkey.pem", "PRIVATE-U");
+    r = raw(&srv, "GET %scerts/u.example/privkey.pem", prefix);
+    assert_memory_equal(r->str, ACME_AEAD_MAGIC, ACME_AEAD_MAGIC_LEN);
+    freeReplyObject(r);
+    /* challenges are not carried over */
+    assert_int_equal(acme_store_get(st, "challenges/http-01/tok_EN-abcdefghijklmnopqrstuvwxyz", &d, &len, &err),
+                     -1);
+    /* again: nothing changes */
+    assert_int_equal(acme_store_upgrade(u, tmp_path("ukey"), &ms, &err), 0);
+    check_value(st, "certs/u.example/fullchain.pem", "CHAIN-U");
+
+    free_meta(&m);
+    acme_store_close(st);
+}
+
+static void
+test_forged_announcements(void **state)
+{
+    acme_store_t          *st, *nokey;
+    acme_store_watch_t    *w, *wn;
+    acme_challenge_msg_t   m;
+    acme_ident_t           dns = { ACME_IDENT_DNS, "a.example" };
+    acme_err_t             err;
+    forged_t               f;
+    redisReply            *r;
+    char                   prefix[32], *msg;
+    const char            *tok = "tok_EN-abcdefghijklmnopqrstuvwxyz";
+    int                    i;
+
+    (void) state;
+    NEED_REDIS();
+    write_file(tmp_path("akey"), "0123456789abcdef0123456789abcdef", 32, 0600);
+    memset(&f, 0, sizeof(f));
+    st = open_fresh(NULL, tmp_path("akey"), prefix);
+    acme_store_on_forged(st, on_forged, &f);
+    w = acme_store_watch_open_challenges(st, &err);
+    assert_non_null(w);
+    nokey = reopen(prefix, NULL, NULL, &err);
+    assert_non_null(nokey);
+    wn = acme_store_watch_open_challenges(nokey, &err);
+    assert_non_null(wn);
+
+    /* the key holder's announcement arrives, its MAC cut off (a node without the key cannot check it) */
+    assert_int_equal(acme_store_challenge_announce(st, 1, "http-01", tok, &dns, "tok.thumb", &err), 2);
+    msg = next_announcement(w);
+    assert_non_null(msg);
+    assert_int_equal(acme_store_challenge_msg_parse(msg, &m, &err), 0);
+    assert_string_equal(m.key_authz, "tok.thumb");
+    acme_store_challenge_msg_free(&m);
+    free(msg);
+    msg = next_announcement(wn);
+    assert_non_null(msg);
+    assert_int_equal(acme_store_challenge_msg_parse(msg, &m, &err), 0);
+    acme_store_challenge_msg_free(&m);
+    free(msg);
+    acme_store_watch_close(wn);
+    acme_store_close(nokey);
+
+    /* forged ones (none, a wrong MAC, a valid MAC of another message) are dropped and reported once */
+    for (i = 0; i < 3; i++) {
+        r = raw(&srv, "PUBLISH %schallenges %s", prefix, "a http-01 tok_EN-forged dns b.example forged.thumb");
+        freeReplyObject(r);
+    }
+    r = raw(&srv, "PUBLISH %schallenges %s", prefix,
+            "a http-01 tok_EN-forged dns b.example forged.thumb acme-mac-v1:00000000:AAAA");
+    freeReplyObject(r);
+    assert_int_equal(acme_store_challenge_announce(st, 0, "http-01", tok, NULL, NULL, &err), 1);
+    msg = next_announcement(w);
+    assert_non_null(msg);
+    assert_int_equal(acme_store_challenge_msg_parse(msg, &m, &err), 0);
+    assert_false(m.add);
+    assert_string_equal(m.key, tok);
+    acme_store_challenge_msg_free(&m);
+    free(msg);
+    assert_int_equal(f.n, 2);
+    assert_non_null(strstr(f.last, "another storage key"));
+
+    acme_store_watch_close(w);
+    acme_store_close(st);
 }
 
 static void
@@ -1200,6 +1471,10 @@ main(void)
         cmocka_unit_test(test_reconnect_and_timeouts),
         cmocka_unit_test(test_generation_fs),
         cmocka_unit_test(test_migrate),
+        cmocka_unit_test(test_forged_records),
+        cmocka_unit_test(test_sealed_before_macs),
+        cmocka_unit_test(test_upgrade),
+        cmocka_unit_test(test_forged_announcements),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
