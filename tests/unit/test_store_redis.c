@@ -637,6 +637,7 @@ test_forged_records(void **state)
     unsigned char     kb[32];
     int               i;
     const char       *tok = "tok_EN-abcdefghijklmnopqrstuvwxyz";
+    acme_ident_t      fid = { ACME_IDENT_DNS, "f.example" }, aid = { ACME_IDENT_DNS, "a.example" };
 
     (void) state;
     NEED_REDIS();
@@ -651,9 +652,9 @@ test_forged_records(void **state)
     /* what the key holder writes reads back */
     fill_meta(&m, "f.example");
     assert_int_equal(acme_store_cert_save(st, "f.example", "CHAIN-F", 7, "PRIVATE-F", 9, &m, &err), 0);
-    assert_int_equal(acme_store_challenge_put(st, "http-01", tok, "tok.thumb", &err), 0);
-    assert_int_equal(acme_store_challenge_put(st, "tls-alpn-01", "a.example", "A.thumb", &err), 0);
-    assert_int_equal(acme_store_challenge_get(st, "http-01", tok, &ka, &err), 0);
+    assert_int_equal(acme_store_challenge_put(st, "http-01", tok, &fid, "tok.thumb", &err), 0);
+    assert_int_equal(acme_store_challenge_put(st, "tls-alpn-01", "a.example", &aid, "A.thumb", &err), 0);
+    assert_int_equal(acme_store_challenge_get(st, "http-01", tok, NULL, &ka, &err), 0);
     assert_string_equal(ka, "tok.thumb");
     free(ka);
     assert_int_equal(acme_store_cert_load(st, "f.example", &fc, &fl, &pk, &pl, NULL, &err), 0);
@@ -666,7 +667,7 @@ test_forged_records(void **state)
     freeReplyObject(r);
     for (i = 0; i < 3; i++) {
         ka = NULL;
-        assert_int_equal(acme_store_challenge_get(st, "http-01", tok, &ka, &err), -1);
+        assert_int_equal(acme_store_challenge_get(st, "http-01", tok, NULL, &ka, &err), -1);
         assert_null(ka);
         assert_int_equal(err.kind, ACME_ERR_STORE);
         assert_non_null(strstr(err.msg, "without a MAC"));
@@ -678,7 +679,7 @@ test_forged_records(void **state)
     /* a valid record moved to another name (a.example's answer for b.example) */
     r = raw(&srv, "COPY %schallenges/tls-alpn-01/a.example %schallenges/tls-alpn-01/b.example", prefix, prefix);
     freeReplyObject(r);
-    assert_int_equal(acme_store_challenge_get(st, "tls-alpn-01", "b.example", &ka, &err), -1);
+    assert_int_equal(acme_store_challenge_get(st, "tls-alpn-01", "b.example", NULL, &ka, &err), -1);
     assert_non_null(strstr(err.msg, "does not authenticate"));
     free(ka);
     assert_int_equal(f.n, 2);
@@ -721,9 +722,9 @@ test_forged_records(void **state)
 
     /* without a storage key nothing is checked (the documented trust: Redis write access) */
     plain = open_fresh(NULL, NULL, pprefix);
-    r = raw(&srv, "SET %schallenges/http-01/%s plain.thumb", pprefix, tok);
+    r = raw(&srv, "SET %schallenges/http-01/%s %s", pprefix, tok, "dns f.example plain.thumb");
     freeReplyObject(r);
-    assert_int_equal(acme_store_challenge_get(plain, "http-01", tok, &ka, &err), 0);
+    assert_int_equal(acme_store_challenge_get(plain, "http-01", tok, NULL, &ka, &err), 0);
     assert_string_equal(ka, "plain.thumb");
     free(ka);
     acme_store_close(plain);
@@ -764,6 +765,7 @@ test_upgrade(void **state)
     acme_store_migrate_stats_t   ms;
     acme_certmeta_t              m;
     acme_err_t                   err;
+    acme_ident_t                 uid = { ACME_IDENT_DNS, "u.example" };
     redisReply                  *r;
     char                         prefix[32], u[256], *d;
     size_t                       len;
@@ -774,7 +776,7 @@ test_upgrade(void **state)
     old = open_fresh(NULL, NULL, prefix);
     fill_meta(&m, "u.example");
     assert_int_equal(acme_store_cert_save(old, "u.example", "CHAIN-U", 7, "PRIVATE-U", 9, &m, &err), 0);
-    assert_int_equal(acme_store_challenge_put(old, "http-01", "tok_EN-abcdefghijklmnopqrstuvwxyz", "t.x", &err), 0);
+    assert_int_equal(acme_store_challenge_put(old, "http-01", "tok_EN-abcdefghijklmnopqrstuvwxyz", &uid, "t.x", &err), 0);
     acme_store_close(old);
 
     st = reopen(prefix, NULL, tmp_path("ukey"), &err);
