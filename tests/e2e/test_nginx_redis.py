@@ -363,11 +363,12 @@ def test_forged_records_refused(pebble, nginx_factory, tmp_path, redis):
 
     # a forged challenge record, read at each resubscription, next to a genuine one
     forged = "forged-" + "F" * 40
-    redis.cli("SET", f"ngx:challenges/http-01/{forged}", f"{forged}.thumb")
+    redis.cli("SET", f"ngx:challenges/http-01/{forged}", f"dns {name} {forged}.thumb")
     redis.cli("SADD", "ngx:dir:challenges/http-01", forged)
     for i in range(2):
         good = f"good{i}-" + "G" * 40
-        redis.cli("SET", f"ngx:challenges/http-01/{good}", signed(key, f"challenges/http-01/{good}", f"{good}.t"))
+        redis.cli("SET", f"ngx:challenges/http-01/{good}",
+                  signed(key, f"challenges/http-01/{good}", f"dns {name} {good}.t"))
         redis.cli("SADD", "ngx:dir:challenges/http-01", good)
         mark = len(n.log_text())
         redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
