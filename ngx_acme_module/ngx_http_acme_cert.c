@@ -204,10 +204,11 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             return NGX_CONF_ERROR;
         }
 
+        /* k belongs to the cache: a failed configuration must not free it */
+
         ascf->fallback_cert.data = ngx_pnalloc(cf->pool, len + 1);
         if (ascf->fallback_cert.data == NULL) {
             free(pem);
-            EVP_PKEY_free(k);
             return NGX_CONF_ERROR;
         }
 
