@@ -15,6 +15,7 @@
 typedef enum {
     J_READY = 0,        /* waiting for directory/account */
     J_RESUME,           /* POST-as-GET the stored order */
+    J_STALE,            /* POST-as-GET a stored order for other identifiers, to give it up */
     J_ORPHAN_ACCOUNT,   /* a newOrder may have been lost: the account object's "orders" URL */
     J_ORPHAN_LIST,      /* its list of orders */
     J_ORPHAN_ORDER,     /* candidate cand_i */
@@ -525,7 +526,8 @@ order_forget(acme_issue_t *job)
 }
 
 /* A stored order for the same CA and identifiers, with its key: resume it. 1 an order URL, 2 an intent
- * (newOrder sent, answer not stored), 0 nothing usable. */
+ * (newOrder sent, answer not stored), 3 an order URL at this CA for other identifiers (the configuration
+ * changed: it is given up), 0 nothing usable. */
 static int
 order_load(acme_issue_t *job)
 {
@@ -567,6 +569,14 @@ order_load(acme_issue_t *job)
         } else if (url != NULL) {
             job->order_url = acme_strdup(url);
         }
+    }
+    if (!ok && url != NULL && ca != NULL && strcmp(ca, acme_client_directory_url(job->c)) == 0) {
+        EVP_PKEY_free(job->cert_key);
+        job->cert_key = NULL;
+        free(job->order_url);
+        job->order_url = acme_strdup(url);
+        json_decref(o);
+        return job->order_url != NULL ? 3 : 0;
     }
     json_decref(o);
     if (ok && intent) {
@@ -1347,6 +1357,30 @@ abandon_post(acme_issue_t *job, const char *payload, acme_client_resp_pt cb)
     }
 }
 
+/* The stored order was for identifiers no longer configured: give it up, then order anew. */
+static void
+stale_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (job->have_order) {
+        acme_order_free(&job->order);
+        job->have_order = 0;
+    }
+    memset(&job->order, 0, sizeof(job->order));
+    if (err == NULL && acme_order_parse(resp->body.data, resp->body.len, &job->order, &e) == 0) {
+        job->have_order = 1;
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": giving up the stored order %s (%s): it is for "
+                 "other identifiers or lost its key", job->name, job->order_url,
+                 acme_status_name(job->order.status));
+    }
+    order_abandon(job, NULL);
+}
+
 /* ---- the machine ---- */
 
 static void
@@ -1367,6 +1401,8 @@ ready_done(void *arg, const acme_err_t *err)
         job_set_state(job, J_ORPHAN_ACCOUNT, "looking for an order lost in a crash", NULL);
     } else if (rc == 1) {
         job_set_state(job, J_RESUME, "resuming the order", NULL);
+    } else if (rc == 3) {
+        job_set_state(job, J_STALE, "giving up the order for the former identifiers", NULL);
     } else {
         job_set_state(job, J_NEW_ORDER, "ordering", NULL);
     }
@@ -1612,6 +1648,10 @@ job_step(acme_issue_t *job)
 
     case J_RESUME:
         job_post(job, job->order_url, NULL, NULL, order_resp);
+        return;
+
+    case J_STALE:
+        job_post(job, job->order_url, NULL, NULL, stale_order_resp);
         return;
 
     case J_ORPHAN_ACCOUNT:

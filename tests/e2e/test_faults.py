@@ -511,6 +511,26 @@ def test_failed_order_deactivates_pending_authorizations(ctl, proxy):
     assert new_orders.seen == 1
 
 
+def test_order_for_former_identifiers_is_given_up(ctl, proxy):
+    """A stored order for identifiers no longer asked for is not left pending at the CA: its
+    pending authorizations are deactivated before the new order is placed."""
+    name = "former.example.org"
+    # the CA fails the challenge requests: the order stays stored with both authorizations pending
+    proxy.add_fault("challenge", method="POST", times=None,
+                    respond=problem(500, "serverInternal", "not now"))
+    ctl.fails("issue", *ctl.http, name, f"www.{name}")
+    assert (ctl.certdir(name) / "order.json").exists()
+    proxy.clear_faults()
+    proxy.reset()
+
+    ctl.ok("issue", *ctl.http, name)
+    asked = [path for path, pl in proxy.payloads
+             if re.search(r"^/authZ/", path) and pl == {"status": "deactivated"}]
+    assert len(asked) == 2, proxy.payloads
+    assert proxy.count("POST", "/order-plz") == 1
+    assert not (ctl.certdir(name) / "order.json").exists()
+
+
 # --------------------------------------------------------------------------
 # 3. an order stuck in "processing"
 # --------------------------------------------------------------------------
