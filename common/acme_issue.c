@@ -15,6 +15,7 @@
 typedef enum {
     J_READY = 0,        /* waiting for directory/account */
     J_RESUME,           /* POST-as-GET the stored order */
+    J_STALE,            /* POST-as-GET a stored order for other identifiers, to give it up */
     J_ORPHAN_ACCOUNT,   /* a newOrder may have been lost: the account object's "orders" URL */
     J_ORPHAN_LIST,      /* its list of orders */
     J_ORPHAN_ORDER,     /* candidate cand_i */
@@ -28,6 +29,8 @@ typedef enum {
     J_ORDER_VALID_POLL,
     J_DOWNLOAD,
     J_ALTERNATE,
+    J_ABANDON,          /* giving the order up: POST-as-GET of authorization abandon_i */
+    J_DEACTIVATE,       /* ... which is pending: deactivating it */
     J_DONE
 } job_state_t;
 
@@ -88,6 +91,10 @@ struct acme_issue_s {
     char                  **alternates;
     size_t                  nalternates;
     size_t                  alt_i;
+
+    size_t                  abandon_i;
+    int                     abandon_fail;   /* finish with abandon_err afterwards, else order anew */
+    acme_err_t              abandon_err;
 
     published_t            *published;
     size_t                  npublished;
@@ -519,7 +526,8 @@ order_forget(acme_issue_t *job)
 }
 
 /* A stored order for the same CA and identifiers, with its key: resume it. 1 an order URL, 2 an intent
- * (newOrder sent, answer not stored), 0 nothing usable. */
+ * (newOrder sent, answer not stored), 3 an order URL at this CA for other identifiers (the configuration
+ * changed: it is given up), 0 nothing usable. */
 static int
 order_load(acme_issue_t *job)
 {
@@ -562,6 +570,14 @@ order_load(acme_issue_t *job)
             job->order_url = acme_strdup(url);
         }
     }
+    if (!ok && url != NULL && ca != NULL && strcmp(ca, acme_client_directory_url(job->c)) == 0) {
+        EVP_PKEY_free(job->cert_key);
+        job->cert_key = NULL;
+        free(job->order_url);
+        job->order_url = acme_strdup(url);
+        json_decref(o);
+        return job->order_url != NULL ? 3 : 0;
+    }
     json_decref(o);
     if (ok && intent) {
         return 2;
@@ -591,6 +607,8 @@ order_parse(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
     return 0;
 }
 
+static void order_abandon(acme_issue_t *job, const acme_err_t *err);
+
 static void
 order_invalid(acme_issue_t *job, const char *what)
 {
@@ -603,8 +621,7 @@ order_invalid(acme_issue_t *job, const char *what)
         acme_err_set(&err, ACME_ERR_CA, "%s: the order became %s", what,
                      acme_status_name(job->order.status));
     }
-    order_forget(job);
-    job_fail(job, &err);
+    order_abandon(job, &err);
 }
 
 /* ---- responses ---- */
@@ -729,11 +746,7 @@ order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     switch (job->state) {
     case J_RESUME:
         if (job->order.status == ACME_ST_INVALID || job->order.status == ACME_ST_EXPIRED) {
-            order_forget(job);
-            EVP_PKEY_free(job->cert_key);
-            job->cert_key = NULL;
-            job_set_state(job, J_NEW_ORDER, "ordering", NULL);
-            job_step(job);
+            order_abandon(job, NULL);
             return;
         }
         acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": resuming order %s (%s)", job->name,
@@ -862,8 +875,7 @@ authz_problem(acme_issue_t *job, acme_authz_t *a, acme_challenge_t *c)
             ident_errors_from_problem(job, c->error);
         }
     }
-    order_forget(job);
-    job_fail(job, &err);
+    order_abandon(job, &err);
 }
 
 static long long
@@ -987,7 +999,7 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
             acme_err_set(&e, ACME_ERR_CONFIG, "%s: wildcard names need dns-01, which is not supported",
                          a.identifier.value);
             acme_authz_free(&a);
-            job_fail(job, &e);
+            order_abandon(job, &e);
             return;
         }
         type = choose_type(job, &a, &c);
@@ -995,7 +1007,7 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
             acme_err_set(&e, ACME_ERR_CA, "%s %s: the CA offers none of the configured challenge types",
                          acme_ident_type_name(a.identifier.type), a.identifier.value);
             acme_authz_free(&a);
-            job_fail(job, &e);
+            order_abandon(job, &e);
             return;
         }
         if (c->status == ACME_ST_PROCESSING || c->status == ACME_ST_VALID) {
@@ -1125,7 +1137,9 @@ accept_chain(acme_issue_t *job, const char *pem, size_t len)
     {
         acme_chain_free(chain);
         acme_err_prefix(&e, "certificate from %s refused", job->order.certificate);
-        job_fail(job, &e);
+        /* not this order's certificate (a CA that reused the order for another key, or a broken one):
+         * resuming would download it again, so the next try places a new order */
+        order_abandon(job, &e);
         return;
     }
     if (store_certificate(job, pem, len, chain, &e) != 0) {
@@ -1230,6 +1244,143 @@ download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     job_step(job);
 }
 
+/* ---- giving an order up ---- */
+
+/* The order is forgotten (the next try places a new one) and its pending authorizations are deactivated
+ * (RFC 8555 7.5.2): nobody can complete them any more, and they stop counting against the account's
+ * limit of pending authorizations. err: the job fails with it afterwards; NULL: it orders anew. */
+static void
+order_abandon(acme_issue_t *job, const acme_err_t *err)
+{
+    order_forget(job);
+    withdraw_all(job);
+    job->abandon_fail = err != NULL;
+    if (err != NULL) {
+        job->abandon_err = *err;
+    }
+    job->abandon_i = 0;
+    /* ready, processing and valid orders have every authorization valid already */
+    if (!job->have_order || (job->order.status != ACME_ST_PENDING && job->order.status != ACME_ST_INVALID)) {
+        job->abandon_i = job->have_order ? job->order.nauthorizations : 0;
+    }
+    job_set_state(job, J_ABANDON, "giving the order up", NULL);
+    job_step(job);
+}
+
+static void
+abandon_done(acme_issue_t *job)
+{
+    acme_err_t  e;
+
+    if (job->abandon_fail) {
+        e = job->abandon_err;
+        job_fail(job, &e);
+        return;
+    }
+    EVP_PKEY_free(job->cert_key);
+    job->cert_key = NULL;
+    free(job->order_url);
+    job->order_url = NULL;
+    job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+    job_step(job);
+}
+
+static void
+abandon_next(acme_issue_t *job)
+{
+    job->abandon_i++;
+    job_set_state(job, J_ABANDON, "giving the order up", NULL);
+    job_step(job);
+}
+
+static void
+abandon_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_authz_t   a;
+    acme_err_t     e;
+    int            pending = 0;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (err == NULL) {
+        memset(&a, 0, sizeof(a));
+        if (acme_authz_parse(resp->body.data, resp->body.len, &a, &e) == 0) {
+            pending = a.status == ACME_ST_PENDING;
+            acme_authz_free(&a);
+        }
+    }
+    if (pending) {
+        job_set_state(job, J_DEACTIVATE, "giving the order up", NULL);
+        job_step(job);
+        return;
+    }
+    abandon_next(job);
+}
+
+static void
+deactivate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    const char    *url;
+
+    (void) resp;
+    if (!job_back(job)) {
+        return;
+    }
+    url = job->order.authorizations[job->abandon_i];
+    if (err != NULL) {
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": cannot deactivate the pending authorization %s: %s",
+                 job->name, url, err->msg);
+    } else {
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": deactivated the pending authorization %s of the "
+                 "abandoned order", job->name, url);
+    }
+    abandon_next(job);
+}
+
+/* Requests while giving up do not fail the job: the order is forgotten either way. */
+static void
+abandon_post(acme_issue_t *job, const char *payload, acme_client_resp_pt cb)
+{
+    acme_err_t  err;
+
+    job->busy = 1;
+    if (acme_client_post(job->c, job->order.authorizations[job->abandon_i], payload, NULL, cb, job, &err)
+        != 0)
+    {
+        job->busy = 0;
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": cannot deactivate the authorizations of the "
+                 "abandoned order: %s", job->name, err.msg);
+        abandon_done(job);
+    }
+}
+
+/* The stored order was for identifiers no longer configured: give it up, then order anew. */
+static void
+stale_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    if (!job_back(job)) {
+        return;
+    }
+    if (job->have_order) {
+        acme_order_free(&job->order);
+        job->have_order = 0;
+    }
+    memset(&job->order, 0, sizeof(job->order));
+    if (err == NULL && acme_order_parse(resp->body.data, resp->body.len, &job->order, &e) == 0) {
+        job->have_order = 1;
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": giving up the stored order %s (%s): it is for "
+                 "other identifiers or lost its key", job->name, job->order_url,
+                 acme_status_name(job->order.status));
+    }
+    order_abandon(job, NULL);
+}
+
 /* ---- the machine ---- */
 
 static void
@@ -1250,6 +1401,8 @@ ready_done(void *arg, const acme_err_t *err)
         job_set_state(job, J_ORPHAN_ACCOUNT, "looking for an order lost in a crash", NULL);
     } else if (rc == 1) {
         job_set_state(job, J_RESUME, "resuming the order", NULL);
+    } else if (rc == 3) {
+        job_set_state(job, J_STALE, "giving up the order for the former identifiers", NULL);
     } else {
         job_set_state(job, J_NEW_ORDER, "ordering", NULL);
     }
@@ -1497,6 +1650,10 @@ job_step(acme_issue_t *job)
         job_post(job, job->order_url, NULL, NULL, order_resp);
         return;
 
+    case J_STALE:
+        job_post(job, job->order_url, NULL, NULL, stale_order_resp);
+        return;
+
     case J_ORPHAN_ACCOUNT:
         /* POST-as-GET of the account (Pebble and Boulder answer it; Pebble refuses the empty update of
          * RFC 8555 7.3.3); a CA refusing both just leads to a new order */
@@ -1602,6 +1759,18 @@ job_step(acme_issue_t *job)
         }
         job_post(job, job->alternates[job->alt_i], NULL, "application/pem-certificate-chain",
                  alternate_resp);
+        return;
+
+    case J_ABANDON:
+        if (!job->have_order || job->abandon_i >= job->order.nauthorizations) {
+            abandon_done(job);
+            return;
+        }
+        abandon_post(job, NULL, abandon_authz_resp);
+        return;
+
+    case J_DEACTIVATE:
+        abandon_post(job, "{\"status\":\"deactivated\"}", deactivate_resp);
         return;
 
     case J_DONE:

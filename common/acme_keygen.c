@@ -1,19 +1,16 @@
-/* Key generation off the event loop: a forked child for RSA under a hosted loop, in-process otherwise. */
+/* Key generation off the event loop: a thread for RSA under a hosted loop, in-process otherwise. */
 #include "acme_keygen.h"
 
-#include <errno.h>
-#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
 
 #define KEYGEN_POLL_MS     20
 #define KEYGEN_TIMEOUT_MS  120000L
-#define KEYGEN_PEM_MAX     (64 * 1024)
 
 struct acme_keygen_s {
     acme_loop_t          *loop;
@@ -21,45 +18,40 @@ struct acme_keygen_s {
     acme_keygen_done_pt   done;
     void                 *arg;
     acme_timer_t         *timer;
-    pid_t                 pid;
-    int                   fd;
-    acme_buf_t            pem;
+    pthread_t             thread;
+    int                   threaded;     /* thread started and not joined yet */
+    atomic_int            finished;     /* the thread set key or err */
+    atomic_int            stop;         /* the thread gives up at OpenSSL's next progress callback */
     long                  waited_ms;
-    EVP_PKEY             *key;      /* in-process result */
+    EVP_PKEY             *key;
     acme_err_t            err;
 };
 
-static int keygen_forked;
+static int keygen_threaded;
 
 int
-acme_keygen_last_forked(void)
+acme_keygen_last_threaded(void)
 {
-    return keygen_forked;
+    return keygen_threaded;
+}
+
+/* Waits for the thread: it ends within one progress callback once stop is set. */
+static void
+keygen_join(acme_keygen_t *kg)
+{
+    if (kg->threaded) {
+        pthread_join(kg->thread, NULL);
+        kg->threaded = 0;
+    }
 }
 
 static void
 keygen_free(acme_keygen_t *kg)
 {
-    if (kg->fd >= 0) {
-        close(kg->fd);
-    }
-    if (kg->pem.data != NULL) {
-        OPENSSL_cleanse(kg->pem.data, kg->pem.len);
-    }
-    acme_buf_free(&kg->pem);
+    atomic_store(&kg->stop, 1);
+    keygen_join(kg);
     EVP_PKEY_free(kg->key);
     free(kg);
-}
-
-/* The child may already have been reaped by the host (nginx's SIGCHLD handler waits for any child). */
-static void
-keygen_reap(pid_t pid)
-{
-    int st;
-
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-        /* again */
-    }
 }
 
 static void
@@ -91,102 +83,71 @@ keygen_local_done(void *p)
     keygen_finish(kg, kg->key, kg->key == NULL ? &kg->err : NULL);
 }
 
-static void
-keygen_child(const acme_keyspec_t *ks, int wfd)
+/* OpenSSL's progress callback, called for every prime candidate: 0 aborts the generation. */
+static int
+keygen_progress(EVP_PKEY_CTX *ctx)
 {
-    EVP_PKEY  *key;
-    char      *pem;
-    size_t     len, off = 0;
-    ssize_t    n;
+    acme_keygen_t *kg = EVP_PKEY_CTX_get_app_data(ctx);
 
-    /* keep only the pipe: the host's sockets must not outlive it in here */
-    if (wfd != 3 && dup2(wfd, 3) < 0) {
-        _exit(1);
-    }
-    close_range(4, ~0U, 0);
+    return !atomic_load(&kg->stop);
+}
 
-    key = acme_key_generate(ks, NULL);
-    pem = key ? acme_key_to_pem(key, &len, NULL) : NULL;
-    if (pem == NULL) {
-        _exit(1);
-    }
-    while (off < len) {
-        n = write(3, pem + off, len - off);
-        if (n < 0 && errno == EINTR) {
-            continue;
+static void *
+keygen_thread(void *p)
+{
+    acme_keygen_t  *kg = p;
+    EVP_PKEY_CTX   *ctx;
+    EVP_PKEY       *key = NULL;
+    char            buf[32];
+
+    ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    if (ctx != NULL && EVP_PKEY_keygen_init(ctx) == 1
+        && EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, kg->ks.bits) == 1)
+    {
+        EVP_PKEY_CTX_set_app_data(ctx, kg);
+        EVP_PKEY_CTX_set_cb(ctx, keygen_progress);
+        if (EVP_PKEY_generate(ctx, &key) != 1) {
+            key = NULL;
         }
-        if (n <= 0) {
-            _exit(1);
-        }
-        off += (size_t) n;
     }
-    OPENSSL_cleanse(pem, len);
-    _exit(0);
+    if (key == NULL) {
+        if (atomic_load(&kg->stop)) {
+            acme_err_set(&kg->err, ACME_ERR_INTERNAL, "key generation (%s) stopped",
+                         acme_keyspec_str(&kg->ks, buf, sizeof(buf)));
+        } else {
+            acme_err_ssl(&kg->err, "key generation (%s) failed", acme_keyspec_str(&kg->ks, buf, sizeof(buf)));
+        }
+    }
+    EVP_PKEY_CTX_free(ctx);
+    ERR_clear_error();
+    kg->key = key;
+    atomic_store(&kg->finished, 1);
+    return NULL;
 }
 
 static void
 keygen_poll(void *p)
 {
     acme_keygen_t  *kg = p;
-    char            buf[4096];
-    ssize_t         n;
-    EVP_PKEY       *key;
     acme_err_t      err;
 
     kg->timer = NULL;
-    for ( ;; ) {
-        n = read(kg->fd, buf, sizeof(buf));
-        if (n > 0) {
-            if (kg->pem.len + (size_t) n > KEYGEN_PEM_MAX || acme_buf_append(&kg->pem, buf, (size_t) n) != 0) {
-                OPENSSL_cleanse(buf, sizeof(buf));
-                acme_err_set(&err, ACME_ERR_INTERNAL, "key generation: the child process sent too much");
-                goto fail;
-            }
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        break;
-    }
-    OPENSSL_cleanse(buf, sizeof(buf));
-
-    if (n < 0 && errno == EAGAIN) {
-        kg->waited_ms += KEYGEN_POLL_MS;
-        if (kg->waited_ms > KEYGEN_TIMEOUT_MS) {
-            acme_err_set(&err, ACME_ERR_INTERNAL, "key generation: no key after %ld s", KEYGEN_TIMEOUT_MS / 1000);
-            goto fail;
-        }
-        kg->timer = acme_timer_add(kg->loop, KEYGEN_POLL_MS, keygen_poll, kg);
-        if (kg->timer == NULL) {
-            acme_err_set(&err, ACME_ERR_INTERNAL, "out of memory");
-            goto fail;
-        }
+    if (atomic_load(&kg->finished)) {
+        keygen_join(kg);
+        keygen_finish(kg, kg->key, kg->key == NULL ? &kg->err : NULL);
         return;
     }
-    if (n < 0) {
-        acme_err_set(&err, ACME_ERR_INTERNAL, "key generation: reading from the child process: %s",
-                     strerror(errno));
-        goto fail;
-    }
-
-    /* end of file: the child wrote everything and exited */
-    keygen_reap(kg->pid);
-    kg->pid = 0;
-    key = kg->pem.len > 0 ? acme_key_from_pem(kg->pem.data, kg->pem.len, NULL) : NULL;
-    if (key == NULL) {
-        acme_err_set(&err, ACME_ERR_INTERNAL, "key generation: the child process failed");
+    kg->waited_ms += KEYGEN_POLL_MS;
+    if (kg->waited_ms > KEYGEN_TIMEOUT_MS) {
+        acme_err_set(&err, ACME_ERR_INTERNAL, "key generation: no key after %ld s", KEYGEN_TIMEOUT_MS / 1000);
         keygen_finish(kg, NULL, &err);
         return;
     }
-    keygen_finish(kg, key, NULL);
-    return;
-
-fail:
-    kill(kg->pid, SIGKILL);
-    keygen_reap(kg->pid);
-    kg->pid = 0;
-    keygen_finish(kg, NULL, &err);
+    kg->timer = acme_timer_add(kg->loop, KEYGEN_POLL_MS, keygen_poll, kg);
+    if (kg->timer == NULL) {
+        acme_err_set(&err, ACME_ERR_INTERNAL, "out of memory");
+        keygen_finish(kg, NULL, &err);
+    }
 }
 
 acme_keygen_t *
@@ -194,7 +155,8 @@ acme_keygen_start(acme_loop_t *loop, const acme_keyspec_t *ks, acme_keygen_done_
     acme_err_t *err)
 {
     acme_keygen_t  *kg;
-    int             fds[2];
+    sigset_t        all, old;
+    int             rc;
 
     kg = calloc(1, sizeof(*kg));
     if (kg == NULL) {
@@ -205,10 +167,14 @@ acme_keygen_start(acme_loop_t *loop, const acme_keyspec_t *ks, acme_keygen_done_
     kg->ks = *ks;
     kg->done = done;
     kg->arg = arg;
-    kg->fd = -1;
-    keygen_forked = 0;
+    atomic_init(&kg->finished, 0);
+    atomic_init(&kg->stop, 0);
+    keygen_threaded = 0;
 
-    if (!acme_loop_hosted(loop) || ks->alg != ACME_KEY_RSA) {
+    if (!acme_loop_hosted(loop) || ks->alg != ACME_KEY_RSA
+        || (ks->bits != 2048 && ks->bits != 3072 && ks->bits != 4096))
+    {
+        /* quick, or refused at once by acme_key_generate */
         kg->key = acme_key_generate(ks, &kg->err);
         kg->timer = acme_timer_add(loop, 0, keygen_local_done, kg);
         if (kg->timer == NULL) {
@@ -219,37 +185,29 @@ acme_keygen_start(acme_loop_t *loop, const acme_keyspec_t *ks, acme_keygen_done_
         return kg;
     }
 
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "key generation: pipe: %s", strerror(errno));
+    kg->timer = acme_timer_add(loop, KEYGEN_POLL_MS, keygen_poll, kg);
+    if (kg->timer == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         free(kg);
         return NULL;
     }
-    kg->pid = fork();
-    if (kg->pid < 0) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "key generation: fork: %s", strerror(errno));
-        close(fds[0]);
-        close(fds[1]);
+    /*
+     * A thread, not a child process: the host reaps any child it did not start and logs it ("unknown
+     * process" in nginx). It takes no signal (the host's handlers stay with its own thread).
+     */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&kg->thread, NULL, keygen_thread, kg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "key generation: cannot start a thread: %s", strerror(rc));
+        acme_timer_cancel(loop, kg->timer);
         free(kg);
         return NULL;
     }
-    if (kg->pid == 0) {
-        close(fds[0]);
-        keygen_child(ks, fds[1]);
-    }
-    close(fds[1]);
-    kg->fd = fds[0];
-    if (fcntl(kg->fd, F_SETFL, fcntl(kg->fd, F_GETFL) | O_NONBLOCK) != 0
-        || (kg->timer = acme_timer_add(loop, KEYGEN_POLL_MS, keygen_poll, kg)) == NULL)
-    {
-        acme_err_set(err, ACME_ERR_INTERNAL, "key generation: cannot watch the child process");
-        kill(kg->pid, SIGKILL);
-        keygen_reap(kg->pid);
-        keygen_free(kg);
-        return NULL;
-    }
-    keygen_forked = 1;
-    acme_log(loop, ACME_LOG_INFO, "acme: generating an RSA-%d key in child process %ld", ks->bits,
-             (long) kg->pid);
+    kg->threaded = 1;
+    keygen_threaded = 1;
+    acme_log(loop, ACME_LOG_INFO, "acme: generating an RSA-%d key in a background thread", ks->bits);
     return kg;
 }
 
@@ -261,10 +219,6 @@ acme_keygen_cancel(acme_keygen_t *kg)
     }
     if (kg->timer != NULL) {
         acme_timer_cancel(kg->loop, kg->timer);
-    }
-    if (kg->pid > 0) {
-        kill(kg->pid, SIGKILL);
-        keygen_reap(kg->pid);
     }
     keygen_free(kg);
 }

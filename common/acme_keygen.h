@@ -1,8 +1,9 @@
 /*
  * Key generation that does not stall a host's event loop. RSA keys take up to seconds to make: under a
- * hosted loop (an nginx worker) they are made in a forked child that hands the PEM back through a pipe,
- * polled from a loop timer; no thread. ECDSA keys (milliseconds), and every key in blocking mode (Apache's
- * thread, acmectl), are made in-process. The result always arrives from the loop, never from inside start.
+ * hosted loop (an nginx worker) they are made in a thread of their own (signals blocked), whose end a loop
+ * timer polls; not in a child process, which the host would reap and log as unknown. ECDSA keys
+ * (milliseconds), and every key in blocking mode (Apache's thread, acmectl), are made in-process. The
+ * result always arrives from the loop, never from inside start.
  */
 #ifndef ACME_KEYGEN_H
 #define ACME_KEYGEN_H
@@ -19,10 +20,10 @@ typedef void (*acme_keygen_done_pt)(void *arg, EVP_PKEY *key, const acme_err_t *
 
 acme_keygen_t *acme_keygen_start(acme_loop_t *loop, const acme_keyspec_t *ks, acme_keygen_done_pt done,
     void *arg, acme_err_t *err);
-/* done is not called; a child still working is killed and reaped. */
+/* done is not called; a thread still working stops at OpenSSL's next progress callback and is joined. */
 void acme_keygen_cancel(acme_keygen_t *kg);
 
-/* Tests: 1 when the last started generation ran in a child process. */
-int acme_keygen_last_forked(void);
+/* Tests: 1 when the last started generation runs in a thread. */
+int acme_keygen_last_threaded(void);
 
 #endif

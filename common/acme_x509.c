@@ -581,20 +581,18 @@ int
 acme_chain_issuer_matches(STACK_OF(X509) *chain, const char *name)
 {
     char  *cn;
-    int    i, match;
+    int    n, match;
 
-    if (chain == NULL || name == NULL || name[0] == '\0') {
+    n = chain != NULL ? sk_X509_num(chain) : 0;
+    if (n <= 0 || name == NULL || name[0] == '\0') {
         return 0;
     }
-    for (i = 0; i < sk_X509_num(chain); i++) {
-        cn = name_cn(X509_get_issuer_name(sk_X509_value(chain, i)));
-        match = cn != NULL && strcmp(cn, name) == 0;
-        free(cn);
-        if (match) {
-            return 1;
-        }
-    }
-    return 0;
+    /* the top certificate (last, closest to the root) names the root the chain leads to; an issuer
+     * lower down (the leaf's intermediate) is shared by alternates and decides nothing */
+    cn = name_cn(X509_get_issuer_name(sk_X509_value(chain, n - 1)));
+    match = cn != NULL && strcmp(cn, name) == 0;
+    free(cn);
+    return match;
 }
 
 char *

@@ -37,8 +37,8 @@ void acme_cert_info_free(acme_cert_info_t *info);
 int acme_chain_check(STACK_OF(X509) *chain, EVP_PKEY *key, const acme_ident_t *ids, size_t n,
     time_t now, acme_err_t *err);
 
-/* 1 when some certificate of the chain has an issuer CN equal to name (the usual preferred-chain rule;
- * the topmost certificate's issuer decides among alternates). */
+/* 1 when the issuer CN of the chain's top certificate (the last one, closest to the root) equals name:
+ * the preferred-chain rule of certbot and nginx-acme. */
 int acme_chain_issuer_matches(STACK_OF(X509) *chain, const char *name);
 
 /* RFC 9773 certificate identifier: base64url(AKI keyIdentifier) "." base64url(serial DER content). */

@@ -65,6 +65,7 @@ static ngx_uint_t                       ngx_http_acme_nwservers;
 static acme_store_t                   **ngx_http_acme_stores;
 static ngx_uint_t                       ngx_http_acme_nstores;
 static ngx_atomic_uint_t                ngx_http_acme_seen_gen;
+static ngx_msec_t                       ngx_http_acme_retry_at;
 static ngx_http_acme_zone_t            *ngx_http_acme_wzone;
 
 static ngx_http_acme_challenge_cert_t   ngx_http_acme_challenges
@@ -204,10 +205,11 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             return NGX_CONF_ERROR;
         }
 
+        /* k belongs to the cache: a failed configuration must not free it */
+
         ascf->fallback_cert.data = ngx_pnalloc(cf->pool, len + 1);
         if (ascf->fallback_cert.data == NULL) {
             free(pem);
-            EVP_PKEY_free(k);
             return NGX_CONF_ERROR;
         }
 
@@ -644,6 +646,74 @@ failed:
 }
 
 
+#define NGX_HTTP_ACME_RETRY_MIN  1000
+#define NGX_HTTP_ACME_RETRY_MAX  60000
+
+
+static void
+ngx_http_acme_retry_note(ngx_msec_t at)
+{
+    if (ngx_http_acme_retry_at == 0
+        || (ngx_msec_int_t) (at - ngx_http_acme_retry_at) < 0)
+    {
+        ngx_http_acme_retry_at = at;
+    }
+}
+
+
+/*
+ * The generation is recorded only once it is loaded (or known to have no
+ * certificate yet): a failed load (a file being replaced, a store that does
+ * not answer) is tried again, after 1 s and then up to a minute apart.
+ */
+
+static ngx_int_t
+ngx_http_acme_wcert_reload(ngx_http_acme_wcert_t *wc, ngx_uint_t gen,
+    ngx_log_t *log)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_acme_wcert_load(wc, log);
+
+    if (rc == NGX_OK || rc == NGX_DECLINED) {
+        wc->gen = gen;
+        wc->retry_at = 0;
+        wc->retry_delay = 0;
+        return rc;
+    }
+
+    wc->tried_gen = gen;
+    wc->retry_delay = wc->retry_delay ? ngx_min(wc->retry_delay * 2,
+                                                NGX_HTTP_ACME_RETRY_MAX)
+                                      : NGX_HTTP_ACME_RETRY_MIN;
+    wc->retry_at = ngx_current_msec + wc->retry_delay;
+    if (wc->retry_at == 0) {
+        wc->retry_at = 1;
+    }
+
+    ngx_http_acme_retry_note(wc->retry_at);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "acme: loading \"%s\" again in %M ms",
+                   wc->conf->name, wc->retry_delay);
+
+    return rc;
+}
+
+
+static ngx_uint_t
+ngx_http_acme_wcert_gen(ngx_http_acme_wcert_t *wc)
+{
+    if (ngx_http_acme_wzone == NULL) {
+        return 0;
+    }
+
+    return ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
+                                       (u_char *) wc->conf->name,
+                                       ngx_strlen(wc->conf->name));
+}
+
+
 /* load a certificate on its first use in this worker (not all at start) */
 
 static void
@@ -655,13 +725,7 @@ ngx_http_acme_wcert_ensure(ngx_http_acme_wcert_t *wc, ngx_log_t *log)
 
     wc->loaded = 1;
 
-    if (ngx_http_acme_wzone) {
-        wc->gen = ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
-                                              (u_char *) wc->conf->name,
-                                              ngx_strlen(wc->conf->name));
-    }
-
-    (void) ngx_http_acme_wcert_load(wc, log);
+    (void) ngx_http_acme_wcert_reload(wc, ngx_http_acme_wcert_gen(wc), log);
 }
 
 
@@ -713,6 +777,7 @@ static void
 ngx_http_acme_wcerts_refresh(ngx_log_t *log)
 {
     ngx_uint_t                  i, j, gen, changed;
+    ngx_msec_t                  now;
     ngx_atomic_uint_t           g;
     ngx_http_acme_cert_t      **certs;
     ngx_http_acme_wcert_t      *wc;
@@ -723,12 +788,17 @@ ngx_http_acme_wcerts_refresh(ngx_log_t *log)
     }
 
     g = ngx_http_acme_wzone->sh->gen;
+    now = ngx_current_msec;
 
-    if (g == ngx_http_acme_seen_gen) {
+    if (g == ngx_http_acme_seen_gen
+        && (ngx_http_acme_retry_at == 0
+            || (ngx_msec_int_t) (now - ngx_http_acme_retry_at) < 0))
+    {
         return;
     }
 
     ngx_http_acme_seen_gen = g;
+    ngx_http_acme_retry_at = 0;
     changed = 0;
 
     for (i = 0; i < ngx_http_acme_nwcerts; i++) {
@@ -738,16 +808,23 @@ ngx_http_acme_wcerts_refresh(ngx_log_t *log)
             continue;
         }
 
-        gen = ngx_http_acme_zone_cert_gen(ngx_http_acme_wzone,
-                                          (u_char *) wc->conf->name,
-                                          ngx_strlen(wc->conf->name));
-        if (gen == wc->gen) {
+        gen = ngx_http_acme_wcert_gen(wc);
+
+        if (wc->retry_at) {
+            /* a failed load: again when due, or at once for a newer one */
+
+            if (gen == wc->tried_gen
+                && (ngx_msec_int_t) (now - wc->retry_at) < 0)
+            {
+                ngx_http_acme_retry_note(wc->retry_at);
+                continue;
+            }
+
+        } else if (gen == wc->gen) {
             continue;
         }
 
-        wc->gen = gen;
-
-        if (ngx_http_acme_wcert_load(wc, log) == NGX_OK) {
+        if (ngx_http_acme_wcert_reload(wc, gen, log) == NGX_OK) {
             wc->dirty = 1;
             changed = 1;
         }

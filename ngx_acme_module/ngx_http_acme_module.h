@@ -132,6 +132,9 @@ typedef struct {
 typedef struct {
     ngx_http_acme_cert_t       *conf;
     ngx_uint_t                  gen;             /* generation loaded */
+    ngx_uint_t                  tried_gen;       /* generation that failed */
+    ngx_msec_t                  retry_at;        /* 0: no failed load */
+    ngx_msec_t                  retry_delay;
     X509                       *leaf;
     STACK_OF(X509)             *chain;           /* intermediates */
     EVP_PKEY                   *key;

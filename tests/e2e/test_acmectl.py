@@ -181,6 +181,39 @@ def test_alternate_chain_preferred(acmectl_bin, tmp_path, pebble_factory):
     assert default_cn in x509_text(t, "-issuer")
 
 
+def test_preferred_chain_compares_the_top_issuer_only(acmectl_bin, tmp_path, pebble_factory):
+    # chains of leaf, intermediate and upper intermediate (root apart): the upper intermediate of the
+    # alternate chain issues its lower one, but is not the top certificate's issuer (the alternate
+    # root is), so naming it selects nothing and the default chain stays
+    peb = pebble_factory(env={"PEBBLE_ALTERNATE_ROOTS": "1", "PEBBLE_CHAIN_LENGTH": "3"})
+    lower = tmp_path / "lower1.pem"
+    lower.write_text(peb.intermediates(1))
+    upper_cn = re.search(r"CN\s*=\s*(.+)", x509_text(lower, "-issuer")).group(1).strip()
+    alt_root = tmp_path / "alt.pem"
+    alt_root.write_text(peb.roots(1))
+    alt_cn = re.search(r"CN\s*=\s*(.+)", x509_text(alt_root, "-subject")).group(1).strip()
+    assert upper_cn != alt_cn
+
+    c = Ctl(acmectl_bin, tmp_path / "state", peb)
+    p = c.ok("issue", "--http-listen", f"127.0.0.1:{peb.http_port}", "--preferred-chain", upper_cn,
+             "top.example.org")
+    assert f'no chain issued by "{upper_cn}", using the default' in p.stderr, p.stderr
+    chain = split_pem(c.state / "certs" / "top.example.org" / "fullchain.pem")
+    assert len(chain) >= 3
+    t = tmp_path / "top.pem"
+    t.write_text(chain[-1])
+    assert alt_cn not in x509_text(t, "-issuer")
+    ok, out = verify_chain(peb, c.state / "certs" / "top.example.org" / "fullchain.pem", tmp_path, index=0)
+    assert ok, out
+
+    # the alternate root's name selects the alternate chain
+    c2 = Ctl(acmectl_bin, tmp_path / "state2", peb)
+    c2.ok("issue", "--http-listen", f"127.0.0.1:{peb.http_port}", "--preferred-chain", alt_cn,
+          "top2.example.org")
+    t.write_text(split_pem(c2.state / "certs" / "top2.example.org" / "fullchain.pem")[-1])
+    assert alt_cn in x509_text(t, "-issuer")
+
+
 def serial_of(path):
     return x509_text(path, "-serial").strip().split("=")[1]
 

@@ -460,15 +460,75 @@ def test_bad_certificate_refused_then_recovers(ctl, proxy, pebble_f, tmp_path, k
     assert_unchanged(ctl, name, before)
     st = ctl.status(name)
     assert st["failures"] == 1 and st["last_error"] == line
+    # the refused order is forgotten: resuming it would download the same certificate again
+    assert not (ctl.certdir(name) / "order.json").exists()
+    assert not (ctl.certdir(name) / "order.key").exists()
 
-    # the CA behaves again: the next attempt succeeds (the stored order is resumed or replaced)
+    # the CA behaves again: the next attempt places a new order and succeeds
     proxy.clear_faults()
+    new_orders = proxy.add_fault("newOrder", method="POST", times=0)
     ctl.ok("renew", "--force", *ctl.http, name)
+    assert new_orders.seen == 1
     after = ctl.snapshot(name)
     assert after["fullchain.pem"] != before["fullchain.pem"]
     assert not (ctl.certdir(name) / "order.json").exists()
     assert_state_clean(ctl.state)
     assert ctl.status(name)["failures"] == 0
+
+
+def test_failed_order_deactivates_pending_authorizations(ctl, proxy):
+    """An order that fails gives its pending authorizations up (RFC 8555 7.5.2): the first
+    authorization fails at the CA (its token is changed on the way, so the answer published is
+    not the one the CA fetches); the other one, still pending, is deactivated."""
+    name = "deactivate.example.org"
+
+    def wrong_token(obj):
+        for c in obj.get("challenges", []):
+            c["token"] = "A" * 43
+    proxy.add_fault("authz", method="POST", nth=1, times=1, transform=edit_json(wrong_token))
+    answers = []
+
+    def record(r):
+        try:
+            answers.append((r.path, r.status, json.loads(r.body)))
+        except ValueError:
+            answers.append((r.path, r.status, None))
+    proxy.add_fault("authz", method="POST", times=None, transform=record)
+    p = ctl.fails("issue", *ctl.http, name, f"www.{name}")
+    assert "is invalid" in p.stderr or "failed" in p.stderr, p.stderr
+
+    asked = [path for path, pl in proxy.payloads
+             if re.search(r"^/authZ/", path) and pl == {"status": "deactivated"}]
+    assert len(asked) == 1, proxy.payloads
+    done = [a for a in answers if a[0] == asked[0] and a[2] and a[2].get("status") == "deactivated"]
+    assert done and done[-1][1] == 200, answers
+    assert not (ctl.certdir(name) / "order.json").exists()
+
+    # the next attempt places a new order and succeeds
+    proxy.clear_faults()
+    new_orders = proxy.add_fault("newOrder", method="POST", times=0)
+    ctl.ok("issue", *ctl.http, name, f"www.{name}")
+    assert new_orders.seen == 1
+
+
+def test_order_for_former_identifiers_is_given_up(ctl, proxy):
+    """A stored order for identifiers no longer asked for is not left pending at the CA: its
+    pending authorizations are deactivated before the new order is placed."""
+    name = "former.example.org"
+    # the CA fails the challenge requests: the order stays stored with both authorizations pending
+    proxy.add_fault("challenge", method="POST", times=None,
+                    respond=problem(500, "serverInternal", "not now"))
+    ctl.fails("issue", *ctl.http, name, f"www.{name}")
+    assert (ctl.certdir(name) / "order.json").exists()
+    proxy.clear_faults()
+    proxy.reset()
+
+    ctl.ok("issue", *ctl.http, name)
+    asked = [path for path, pl in proxy.payloads
+             if re.search(r"^/authZ/", path) and pl == {"status": "deactivated"}]
+    assert len(asked) == 2, proxy.payloads
+    assert proxy.count("POST", "/order-plz") == 1
+    assert not (ctl.certdir(name) / "order.json").exists()
 
 
 # --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness import HarnessError, free_port, http_request, wait_for
+from harness import HarnessError, free_port, http_request, openssl, wait_for
 from nginx_harness import (cert_issuer, cert_serial, cert_text, http_get, https_get, issuer_block,  # noqa: F401
                            nginx_factory, tls_cert, tls_handshake, tls_verified)
 
@@ -309,12 +309,13 @@ def test_reload_storm_during_issuance_places_one_order(pebble, nginx_factory, tm
 
 
 def test_rsa_key_made_off_the_worker(pebble, nginx_factory, tmp_path):
-    # an RSA-4096 key takes about a second: the leader worker hands it to a child process and keeps
-    # serving; the certificate still arrives, and nginx is not confused by the extra child
+    # an RSA-4096 key takes about a second: the leader worker makes it in a thread and keeps serving;
+    # the certificate still arrives, and nginx never sees a child process it did not start (it would
+    # reap it and log "unknown process ... exited", or an alert if it was killed)
     https = free_port()
     conf = basic_conf(pebble, tmp_path, https, cert_args="key=rsa:4096")
     ng = nginx_factory(conf, wait_port=https)
-    ng.wait_log(r"acme: generating an RSA-4096 key in child process \d+", timeout=30)
+    ng.wait_log(r"acme: generating an RSA-4096 key", timeout=30)
 
     def issued():
         try:
@@ -325,6 +326,29 @@ def test_rsa_key_made_off_the_worker(pebble, nginx_factory, tmp_path):
     c = wait_for(issued, 60, interval=0.3, what="the RSA-4096 certificate")
     assert "Public-Key: (4096 bit)" in cert_text(c)
     assert not re.search(r"\[(alert|crit|emerg)\]", ng.log_text())
+    assert "unknown process" not in ng.log_text()
+    assert "in a background thread" in ng.log_text()
+
+
+def test_failed_load_is_retried(pebble, nginx_factory, tmp_path):
+    # a worker that cannot load a stored certificate (here: a key that does not match it, as while a file is
+    # replaced by hand) must try again, not record the generation as loaded and serve the fallback forever
+    https = free_port()
+    ng = nginx_factory(basic_conf(pebble, tmp_path, https), wait_port=https, workers=1,
+                       allowed=[r"stored certificate \"%s\" is unusable" % re.escape(NAME)])
+    ng.wait_log(r'"%s": certificate issued by .* and stored' % re.escape(NAME), timeout=40)
+    key = tmp_path / "state" / "certs" / NAME / "privkey.pem"
+    good = key.read_bytes()
+    other = tmp_path / "other.pem"
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(other))
+    key.write_bytes(other.read_bytes())
+    mark = ng.log_size()
+    assert "Pebble" not in cert_issuer(tls_cert(https, NAME))       # the fallback
+    ng.wait_log(r'stored certificate "%s" is unusable' % re.escape(NAME), timeout=10, since=mark)
+    key.write_bytes(good)
+    serial = wait_issued(https, NAME, pebble, timeout=15)
+    assert serial in pebble.issued_serials()
+    assert pebble.order_count() == 1
 
 
 def test_several_certificates_of_one_type_by_sni(pebble, nginx_factory, tmp_path):

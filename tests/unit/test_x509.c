@@ -541,13 +541,20 @@ test_issuer_matches(void **state)
 
     sk = chain_of(f, 0);
     assert_int_equal(acme_chain_issuer_matches(sk, "Test Root X1"), 1);
-    assert_int_equal(acme_chain_issuer_matches(sk, "Test Intermediate R1"), 1);
+    /* the leaf's issuer is not the top certificate's: alternates share it, it must not decide */
+    assert_int_equal(acme_chain_issuer_matches(sk, "Test Intermediate R1"), 0);
     assert_int_equal(acme_chain_issuer_matches(sk, "Test Root"), 0);
     assert_int_equal(acme_chain_issuer_matches(sk, "test root x1"), 0);
     assert_int_equal(acme_chain_issuer_matches(sk, "example.org"), 0);
     assert_int_equal(acme_chain_issuer_matches(sk, ""), 0);
     assert_int_equal(acme_chain_issuer_matches(sk, NULL), 0);
     assert_int_equal(acme_chain_issuer_matches(NULL, "Test Root X1"), 0);
+    acme_chain_free(sk);
+
+    /* with the self-signed root on top, its own CN is the top issuer */
+    sk = chain_of(f, 1);
+    assert_int_equal(acme_chain_issuer_matches(sk, "Test Root X1"), 1);
+    assert_int_equal(acme_chain_issuer_matches(sk, "Test Intermediate R1"), 0);
     acme_chain_free(sk);
 }
 
