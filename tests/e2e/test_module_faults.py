@@ -90,7 +90,7 @@ def _nginx_conf(proxy, pebble, tmp_path, https, names):
         server_name {' '.join(names)};
         acme_certificate garbage;
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
 
@@ -194,7 +194,7 @@ def test_nginx_challenge_failure_per_identifier(pebble, nginx_factory, tmp_path)
         listen 127.0.0.1:{https} ssl;
         server_name {name};
         acme_certificate pebble;
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     ng = nginx_factory(conf, wait_port=https, allowed=[r"acme: "])
@@ -229,7 +229,7 @@ def test_nginx_stressed_pebble(pebble_factory, nginx_factory, tmp_path):
         server_name {' '.join(names)};
         acme_certificate pebble;
         acme_certificate pebble {names[0]} key=rsa:2048;
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     nginx_factory(conf, wait_port=https)

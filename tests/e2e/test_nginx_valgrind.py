@@ -70,7 +70,7 @@ def test_fifty_renewals_under_valgrind(pebble, procs, server_logs, tmp_path):
         server_name {NAME};
         acme_certificate pebble;
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     ng = Nginx(tmp_path / "nginx", procs, server_logs, conf, workers=1, level="notice")
