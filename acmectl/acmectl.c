@@ -1089,7 +1089,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
             time_t until = 0;
             char   tb[32];
 
-            if (acme_manager_renew(r.m, ids[0].value, 0, &until) == 1) {
+            if (acme_manager_renew(r.m, ids[0].value, &until) == 1) {
                 fprintf(stderr, "acmectl: SIGUSR1: not renewing now: the CA asked to wait until %s "
                         "(acmectl renew --force overrides)\n", acme_time_format(until, tb, sizeof(tb)));
             }

@@ -478,7 +478,7 @@ driver_main(apr_thread_t *t, void *arg)
         }
         while (!d->draining && mod_acme_shm_renew_pop(mod_acme_g.shm, name, sizeof(name))) {
             time_t until = 0;
-            int    rc = acme_manager_renew(m, name, 0, &until);
+            int    rc = acme_manager_renew(m, name, &until);
 
             if (rc == 0) {
                 ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0080)

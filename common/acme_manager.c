@@ -692,24 +692,18 @@ find_cert(acme_manager_t *m, const char *what)
 }
 
 int
-acme_manager_renew(acme_manager_t *m, const char *what, int override, time_t *until)
+acme_manager_renew(acme_manager_t *m, const char *what, time_t *until)
 {
     mcert_t  *c = find_cert(m, what);
-    time_t    now = time(NULL);
-    char      tb[32];
 
     if (c == NULL) {
         return -1;
     }
-    if (c->meta.ca_wait_until > now) {
-        if (!override) {
-            if (until != NULL) {
-                *until = c->meta.ca_wait_until;
-            }
-            return 1;
+    if (c->meta.ca_wait_until > time(NULL)) {
+        if (until != NULL) {
+            *until = c->meta.ca_wait_until;
         }
-        acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": forced renewal overrides the CA's Retry-After "
-                 "(it asked to wait until %s)", c->name, acme_time_format(c->meta.ca_wait_until, tb, sizeof(tb)));
+        return 1;
     }
     if (c->job == NULL) {
         c->forced = 1;

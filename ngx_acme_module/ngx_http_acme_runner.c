@@ -1052,8 +1052,7 @@ ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
         until = 0;
 
         for (m = 0; m < rn->nmanagers; m++) {
-            rc = acme_manager_renew(rn->managers[m], (char *) req[i], 0,
-                                    &until);
+            rc = acme_manager_renew(rn->managers[m], (char *) req[i], &until);
             if (rc >= 0) {
                 break;
             }

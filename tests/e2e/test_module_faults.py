@@ -17,7 +17,7 @@ import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_serial as a_cert_serial, tls_get
 from fault_proxy import CertForge, FaultProxy, content_type, forge_leaf, pad, problem, truncate
-from nginx_harness import (cert_issuer, cert_serial, https_get, issuer_block,  # noqa: F401
+from nginx_harness import (cert_issuer, cert_serial, force_renewal, https_get, issuer_block,  # noqa: F401
                            nginx_factory, tls_cert)
 
 MiB = 1024 * 1024
@@ -141,7 +141,7 @@ def test_nginx_refuses_garbage(case, pebble, proxy, nginx_factory, tmp_path):
 
     # the CA behaves again: a (new) certificate arrives with no reload
     proxy.clear_faults()
-    assert https_get(https, name, f"/acme?renew={name}", method="POST").status == 202
+    assert force_renewal(https, name, name).status == 202
     new = harness.wait_for(lambda: (lambda s: s if s and s != old else None)(
         _pebble_serial(https, name, roots)), 60, interval=0.3, what="the certificate once the CA behaves")
     assert new != old
