@@ -250,3 +250,42 @@ def test_apache_per_vhost_and_limits(apache_factory, pebble, procs):
     # several at once, across children: exactly one passes
     got = _post_all(lambda: post(three, three).status, 8)
     assert got == [202] + [429] * 7, got
+
+
+def test_apache_forced_renewal_waits_for_ca_retry_after(apache_factory, pebble, proxy, procs, server_logs):
+    """The driver publishes the CA's wait in the shared memory; any child answers 429 with its time."""
+    name = "ratelimited.apache-forced.example.org"
+    server_logs.allow(r"acme")
+    a = apache_factory(pebble, name="apache-ratelimited", ca_url=proxy.directory_url)
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs)
+    a.wait_valid(name)
+    f = proxy.add_fault("newOrder", times=None,
+                        respond=problem(429, "rateLimited", "too many new orders", retry_after=3600))
+    t0 = time.time()
+    assert a.renew(name).status == 202
+    c = wait_for(lambda: (lambda c: c if c and c.get("ca_retry_after") else None)(a.cert_status(name)),
+                 30, interval=0.3, what="the rate limit in the status")
+    assert "rateLimited" in c["last_error"]
+    time.sleep(1.2)     # past the harness's interval=1s: only the CA's wait is left
+    r = harness.http_request(f"http://{a.address}:{a.http_port}/acme-status?renew={name}", method="POST",
+                             data=b"", headers={"Host": name})
+    assert r.status == 429, r
+    assert 3590 - (time.time() - t0) <= _retry_after(r) <= 3600, r.headers
+    assert r.json() == {"error": "the CA asked to wait (rate limited)", "retry_after": c["ca_retry_after"]}
+    assert f.hits == 1
+
+
+@pytest.mark.parametrize("value,why", [
+    ("maybe", "on or off expected"),
+    ("on interval=0", "interval=DURATION expected"),
+    ("on every=5m", "interval=DURATION expected"),
+    ("off interval=5m", "an interval needs 'on'"),
+])
+def test_apache_status_renew_values(apache_factory, pebble, value, why):
+    a = apache_factory(pebble, name="apache-renew-values")
+    a.extra_global = f"<Location /x>\n    SetHandler acme-status\n    ACMEStatusRenew {value}\n</Location>\n"
+    a.vhosts = a.managed_vhosts(["values.apache-forced.example.org"])
+    cp = a.config_test()
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0 and "ACMEStatusRenew: invalid value" in out and why in out, out
