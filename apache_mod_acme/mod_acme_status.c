@@ -213,10 +213,8 @@ too_soon(request_rec *r, apr_uint32_t until, const char *why)
     char    *text;
     int      rc;
 
-    apr_table_setn(r->err_headers_out, "Retry-After",
-                   apr_psprintf(r->pool, "%ld", (long) ((time_t) until > now ? (time_t) until - now : 1)));
     apr_table_setn(r->headers_out, "Retry-After",
-                   apr_table_get(r->err_headers_out, "Retry-After"));
+                   apr_psprintf(r->pool, "%ld", (long) ((time_t) until > now ? (time_t) until - now : 1)));
     o = json_pack("{s:s, s:s}", "error", why, "retry_after", iso_time(r->pool, (time_t) until));
     text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);

@@ -23,7 +23,9 @@ ISO_RX = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 
 
 def _retry_after(r):
-    return int(r.headers.get("Retry-After"))
+    values = r.headers.get_all("Retry-After")
+    assert len(values) == 1, values
+    return int(values[0])
 
 
 def _nginx_conf(uri_or_pebble, pebble, tmp_path, https, names, extra=""):
