@@ -564,6 +564,7 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
     }
     f.failures++;
     f.next_try = now + acme_sched_backoff(err->kind, f.failures, err->retry_after, acme_random());
+    f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
     f.last_error_at = now;
     free(f.last_error);
     f.last_error = acme_strdup(err->msg);
@@ -643,6 +644,10 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
                acme_renew_reason_name(reason));
         acme_certmeta_free(&m);
         return 0;
+    }
+    if (o.force && m.ca_wait_until > now) {
+        fprintf(stderr, "acmectl: --force: overriding the CA's Retry-After: it asked not to be asked again "
+                "before %s\n", acme_time_format(m.ca_wait_until, tbuf, sizeof(tbuf)));
     }
     if (o.key != NULL && acme_keyspec_parse(o.key, &m.keyspec, &err) != 0) {
         fprintf(stderr, "acmectl: --key: %s\n", err.msg);
@@ -1098,7 +1103,13 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         acme_loop_run(ctl->loop, NULL, 200);
         if (run_renew) {
             run_renew = 0;
-            acme_manager_renew(r.m, ids[0].value);
+            time_t until = 0;
+            char   tb[32];
+
+            if (acme_manager_renew(r.m, ids[0].value, &until) == 1) {
+                fprintf(stderr, "acmectl: SIGUSR1: not renewing now: the CA asked to wait until %s "
+                        "(acmectl renew --force overrides)\n", acme_time_format(until, tb, sizeof(tb)));
+            }
         }
         run_write_status(&r);
     }

@@ -5,6 +5,8 @@
  */
 #include "mod_acme.h"
 
+#include <apr_lib.h>
+
 #include <http_core.h>
 #include <util_cfgtree.h>
 #include <apr_file_io.h>
@@ -75,6 +77,7 @@ mod_acme_create_dir_conf(apr_pool_t *p, char *dir)
 
     (void) dir;
     dc->renew_allowed = ACME_UNSET;
+    dc->renew_interval = ACME_UNSET;
     return dc;
 }
 
@@ -85,6 +88,7 @@ mod_acme_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     mod_acme_dir_conf_t *dc = apr_pcalloc(p, sizeof(*dc));
 
     dc->renew_allowed = add->renew_allowed != ACME_UNSET ? add->renew_allowed : base->renew_allowed;
+    dc->renew_interval = add->renew_interval != ACME_UNSET ? add->renew_interval : base->renew_interval;
     return dc;
 }
 
@@ -524,13 +528,47 @@ set_certificate(cmd_parms *cmd, void *dc, const char *arg)
     return NULL;
 }
 
+/* "30", "30s", "10m", "1h": seconds, at least 1 and at most a day; -1 otherwise. */
+static int
+parse_interval(const char *v)
+{
+    char  *end;
+    long   n;
+
+    if (!apr_isdigit(*v)) {
+        return -1;
+    }
+    n = strtol(v, &end, 10);
+    if (*end == 'm' && end[1] == '\0') {
+        n *= 60;
+    } else if (*end == 'h' && end[1] == '\0') {
+        n *= 3600;
+    } else if (!(*end == '\0' || (*end == 's' && end[1] == '\0'))) {
+        return -1;
+    }
+    return n >= 1 && n <= 86400 ? (int) n : -1;
+}
+
 static const char *
-set_status_renew(cmd_parms *cmd, void *dcv, int flag)
+set_status_renew(cmd_parms *cmd, void *dcv, const char *flag, const char *interval)
 {
     mod_acme_dir_conf_t *dc = dcv;
 
-    (void) cmd;
-    dc->renew_allowed = flag ? 1 : 0;
+    if (strcasecmp(flag, "on") == 0) {
+        dc->renew_allowed = 1;
+    } else if (strcasecmp(flag, "off") == 0) {
+        dc->renew_allowed = 0;
+    } else {
+        return bad_value(cmd, flag, "on or off expected");
+    }
+    if (interval != NULL) {
+        if (strncmp(interval, "interval=", 9) != 0 || (dc->renew_interval = parse_interval(interval + 9)) < 0) {
+            return bad_value(cmd, interval, "interval=DURATION expected (seconds, or with s, m, h; 1s to 1 day)");
+        }
+        if (dc->renew_allowed != 1) {
+            return bad_value(cmd, interval, "an interval needs 'on'");
+        }
+    }
     return NULL;
 }
 
@@ -562,8 +600,10 @@ const command_rec mod_acme_cmds[] = {
                   "issuer common name of the preferred alternate chain"),
     AP_INIT_ITERATE("ACMECertificate", set_certificate, NULL, RSRC_CONF,
                     "on (ServerName + ServerAlias), off, or the names to manage a certificate for"),
-    AP_INIT_FLAG("ACMEStatusRenew", set_status_renew, NULL, OR_OPTIONS | ACCESS_CONF,
-                 "on: the acme-status handler accepts POST ?renew=NAME"),
+    /* not OR_*: never from .htaccess, where a vhost's users could turn it on */
+    AP_INIT_TAKE12("ACMEStatusRenew", set_status_renew, NULL, RSRC_CONF | ACCESS_CONF,
+                   "on|off [interval=DURATION]: the acme-status handler accepts POST ?renew=NAME, each "
+                   "certificate at most once per DURATION (default 10m)"),
     { NULL }
 };
 

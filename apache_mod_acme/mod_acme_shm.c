@@ -5,6 +5,8 @@
  *     child compares it at every handshake (one atomic read) and re-parses its certificates when it moved;
  *   - the driver's latest status JSON, under a sequence lock, so any child can answer acme-status;
  *   - a small queue of renew requests from any child to the driver (see renew_recover for dead holders);
+ *   - per certificate: when a renewal was last forced and until when the CA asked to wait, so any child
+ *     refuses a forced renewal at once (429);
  *   - the pid of the process running the driver.
  */
 #include "mod_acme.h"
@@ -36,6 +38,12 @@ typedef struct {
     char                   name[MOD_ACME_NAME_MAX];
 } renew_slot_t;
 
+/* Per certificate (index in mod_acme_g.certs), in seconds since the epoch. */
+typedef struct {
+    volatile apr_uint32_t  forced_at;   /* last forced renewal accepted */
+    volatile apr_uint32_t  ca_wait;     /* the CA asked to wait until (the driver writes it) */
+} renew_limit_t;
+
 /* test_driver_killed_mid_write_is_repaired (tests/e2e) finds the segment by driver_pid and writes
  * status_seq: keep these two at offsets 4 and 8 */
 struct mod_acme_shm_s {
@@ -46,6 +54,8 @@ struct mod_acme_shm_s {
     volatile apr_uint32_t  status_writer;   /* pid of the last writer */
     renew_slot_t           renew[MOD_ACME_RENEW_SLOTS];
     char                   status[MOD_ACME_STATUS_MAX];
+    apr_uint32_t           nlimits;
+    renew_limit_t          limits[];
 };
 
 /* 1 unless the process is known to be gone (another user's process answers EPERM: alive) */
@@ -60,15 +70,18 @@ mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **out)
 {
     apr_shm_t     *shm;
     apr_status_t   rv;
+    apr_size_t     n = mod_acme_g.certs ? (apr_size_t) mod_acme_g.certs->nelts : 0, size;
 
-    rv = apr_shm_create(&shm, sizeof(mod_acme_shm_t), NULL, p);
+    size = sizeof(mod_acme_shm_t) + n * sizeof(renew_limit_t);
+    rv = apr_shm_create(&shm, size, NULL, p);
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, ACMELOGNO(0020)
                      "cannot create the shared memory for certificate hot swap");
         return rv;
     }
     *out = apr_shm_baseaddr_get(shm);
-    memset(*out, 0, sizeof(mod_acme_shm_t));
+    memset(*out, 0, size);
+    (*out)->nlimits = (apr_uint32_t) n;
     return APR_SUCCESS;
 }
 
@@ -233,4 +246,50 @@ pid_t
 mod_acme_shm_driver(mod_acme_shm_t *shm)
 {
     return shm ? (pid_t) apr_atomic_read32(&shm->driver_pid) : 0;
+}
+
+int
+mod_acme_shm_renew_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t interval,
+                         apr_uint32_t *until, apr_uint32_t *prev)
+{
+    renew_limit_t  *l;
+    apr_uint32_t    old, wait;
+
+    if (shm == NULL || i < 0 || (apr_uint32_t) i >= shm->nlimits) {
+        return -1;
+    }
+    l = &shm->limits[i];
+    for ( ;; ) {
+        wait = apr_atomic_read32(&l->ca_wait);
+        if (wait > now) {
+            *until = wait;
+            return 1;
+        }
+        old = apr_atomic_read32(&l->forced_at);
+        if (old != 0 && now - old < interval) {
+            *until = old + interval;
+            return 2;
+        }
+        /* of two requests at once, only the one whose swap lands passes */
+        if (apr_atomic_cas32(&l->forced_at, now, old) == old) {
+            *prev = old;
+            return 0;
+        }
+    }
+}
+
+void
+mod_acme_shm_renew_unclaim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t prev)
+{
+    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->nlimits) {
+        apr_atomic_cas32(&shm->limits[i].forced_at, prev, now);
+    }
+}
+
+void
+mod_acme_shm_set_ca_wait(mod_acme_shm_t *shm, int i, apr_uint32_t until)
+{
+    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->nlimits) {
+        apr_atomic_set32(&shm->limits[i].ca_wait, until);
+    }
 }

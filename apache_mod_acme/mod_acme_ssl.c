@@ -498,7 +498,7 @@ state_dir_owner(server_rec *s, const char *dir)
 static void
 forged_log(void *data, const char *msg)
 {
-    ap_log_error(APLOG_MARK, APLOG_ERR, 0, (server_rec *) data, ACMELOGNO(0110) "%s", msg);
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, (server_rec *) data, ACMELOGNO(0113) "%s", msg);
 }
 
 static apr_status_t

@@ -253,6 +253,8 @@ typedef struct {
     time_t          next_try;      /* after a failure, 0: none */
     char           *last_error;    /* optional */
     time_t          last_error_at;
+    time_t          ca_wait_until; /* the CA's Retry-After after rateLimited/429: no forced renewal before
+                                    * it (acmectl renew --force aside), 0: none */
     acme_ident_error_t *ident_errors;   /* of the last failure that concerned identifiers; none after a
                                          * success */
     size_t          nident_errors;

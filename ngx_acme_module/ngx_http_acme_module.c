@@ -10,7 +10,7 @@
  *                      accept_terms_of_service; }
  *   acme_shared_zone zone=NAME:SIZE;
  *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]];
- *   acme_status;
+ *   acme_status [renew=on|off] [renew_interval=TIME];
  */
 
 
@@ -97,7 +97,7 @@ static ngx_command_t  ngx_http_acme_commands[] = {
       NULL },
 
     { ngx_string("acme_status"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE12,
       ngx_http_acme_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -222,6 +222,8 @@ ngx_http_acme_create_loc_conf(ngx_conf_t *cf)
     }
 
     alcf->status = NGX_CONF_UNSET;
+    alcf->renew = NGX_CONF_UNSET;
+    alcf->renew_interval = NGX_CONF_UNSET;
 
     return alcf;
 }
@@ -234,6 +236,9 @@ ngx_http_acme_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_acme_loc_conf_t  *conf = child;
 
     ngx_conf_merge_value(conf->status, prev->status, 0);
+    ngx_conf_merge_value(conf->renew, prev->renew, 0);
+    ngx_conf_merge_sec_value(conf->renew_interval, prev->renew_interval,
+                             NGX_HTTP_ACME_RENEW_INTERVAL);
 
     return NGX_CONF_OK;
 }
@@ -1306,6 +1311,9 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_acme_loc_conf_t *alcf = conf;
 
+    time_t                     t;
+    ngx_str_t                 *value, v;
+    ngx_uint_t                 i;
     ngx_http_core_loc_conf_t  *clcf;
 
     if (alcf->status != NGX_CONF_UNSET) {
@@ -1313,6 +1321,50 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     alcf->status = 1;
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "renew=on") == 0) {
+            alcf->renew = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "renew=off") == 0) {
+            alcf->renew = 0;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "renew_interval=", 15) == 0) {
+            v.data = value[i].data + 15;
+            v.len = value[i].len - 15;
+
+            t = ngx_parse_time(&v, 1);
+            if (t == (time_t) NGX_ERROR || t < 1) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"acme_status\": invalid value \"%V\": "
+                                   "a time of at least 1s expected",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            alcf->renew_interval = t;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"acme_status\": invalid parameter \"%V\": "
+                           "renew=on|off or renew_interval=TIME expected",
+                           &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (alcf->renew_interval != NGX_CONF_UNSET && alcf->renew != 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"acme_status\": renew_interval= needs renew=on");
+        return NGX_CONF_ERROR;
+    }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_acme_status_handler;

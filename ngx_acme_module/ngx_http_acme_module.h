@@ -122,8 +122,14 @@ typedef struct {
 } ngx_http_acme_srv_conf_t;
 
 
+/* a certificate is forced at most once per this, by default */
+#define NGX_HTTP_ACME_RENEW_INTERVAL  600
+
+
 typedef struct {
     ngx_flag_t                  status;
+    ngx_flag_t                  renew;           /* renew=on: POST ?renew */
+    time_t                      renew_interval;  /* seconds */
 } ngx_http_acme_loc_conf_t;
 
 

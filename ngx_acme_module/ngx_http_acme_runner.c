@@ -936,10 +936,31 @@ ngx_http_acme_cert_updated(void *data, const char *name)
 static void
 ngx_http_acme_status_update(ngx_http_acme_runner_t *rn)
 {
-    char        *s;
-    size_t       i;
-    json_t      *doc, *arr, *one, *certs;
-    ngx_uint_t   m;
+    char                   *s;
+    size_t                  i;
+    json_t                 *doc, *arr, *one, *certs;
+    time_t                  until;
+    ngx_uint_t              m;
+    ngx_http_acme_cert_t  **cc;
+
+    /* for the status handlers: refuse forced renewals while the CA waits */
+
+    cc = rn->amcf->certs.elts;
+
+    for (m = 0; m < rn->amcf->certs.nelts; m++) {
+        until = acme_manager_ca_wait(rn->managers[cc[m]->store],
+                                     cc[m]->name);
+
+        if (ngx_http_acme_zone_set_ca_wait(rn->zone, (u_char *) cc[m]->name,
+                                           ngx_strlen(cc[m]->name),
+                                           until > 0 ? until : 0)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: the shared zone is full, the CA's wait "
+                          "for \"%s\" not published", cc[m]->name);
+        }
+    }
 
     doc = json_object();
     arr = json_array();
@@ -1026,22 +1047,38 @@ ngx_http_acme_status_due(ngx_http_acme_runner_t *rn, time_t now)
 static void
 ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
 {
+    int         rc;
+    char        tb[32];
     u_char      req[NGX_HTTP_ACME_RENEW_MAX][NGX_HTTP_ACME_RENEW_LEN];
+    time_t      until;
     ngx_uint_t  n, i, m;
 
     n = ngx_http_acme_zone_renew_take(rn->zone, req);
 
     for (i = 0; i < n; i++) {
+        rc = -1;
+        until = 0;
+
         for (m = 0; m < rn->nmanagers; m++) {
-            if (acme_manager_renew(rn->managers[m], (char *) req[i]) == 0) {
+            rc = acme_manager_renew(rn->managers[m], (char *) req[i], &until);
+            if (rc >= 0) {
                 break;
             }
         }
 
-        if (m == rn->nmanagers) {
+        if (rc == -1) {
             ngx_log_error(NGX_LOG_WARN, rn->log, 0,
                           "acme: renew request for unknown certificate "
                           "\"%s\"", req[i]);
+            continue;
+        }
+
+        if (rc == 1) {
+            /* the CA's answer came after the handler looked */
+            ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                          "acme: renewal of \"%s\" not forced: the CA "
+                          "asked to wait until %s", req[i],
+                          acme_time_format(until, tb, sizeof(tb)));
             continue;
         }
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import http.client
 from pathlib import Path
 
@@ -255,6 +256,17 @@ def https_get(port, sni, path="/", roots_pem=None, method="GET", timeout=5, host
         return harness.Response(r.status, r.headers, r.read(), url)
     finally:
         conn.close()
+
+
+def force_renewal(port, sni, what, path="/acme", timeout=5, request_timeout=5):
+    """POST path?renew=what; waits out a 429 of renew_interval=1s (the test configurations' interval):
+    returns the final answer."""
+    deadline = time.time() + timeout
+    while True:
+        r = https_get(port, sni, f"{path}?renew={what}", method="POST", timeout=request_timeout)
+        if r.status != 429 or time.time() > deadline:
+            return r
+        time.sleep(0.2)
 
 
 def http_get(port, host, path, method="GET", timeout=5, address="127.0.0.1"):

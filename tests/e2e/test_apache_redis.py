@@ -162,7 +162,7 @@ def test_forged_records_refused(apache_factory, pebble, procs, tmp_path, server_
     kf = _key(tmp_path / "storage.key")
     name = "forged.redis.apache.example.org"
     a = _apache(apache_factory, pebble, redis, kf, [name])
-    server_logs.allow(r"ACME0110: redis store \S+: refused ")
+    server_logs.allow(r"ACME0113: redis store \S+: refused ")
     server_logs.allow(r"ACME0052: http-01: store look-up failed: .*a value without a MAC")
     a.start(procs)
     a.wait_valid(name)

@@ -53,7 +53,7 @@ def nginx_conf(ca, addr, state, storage, http_names, alpn_names):
         server_name {n};
         acme_certificate {issuer};
         location / {{ return 200 "tls {addr}\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     return conf

@@ -46,7 +46,7 @@ def basic_conf(pebble, tmp_path, https, name=NAME, challenge=None, extra_server=
         acme_certificate pebble{' ' + cert_args if cert_args else ''};
         {extra_server}
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
 

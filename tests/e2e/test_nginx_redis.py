@@ -47,7 +47,7 @@ def alpn_conf(pebble, tmp_path, redis, key, name):
         server_name {name};
         acme_certificate pebble;
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
 

@@ -613,6 +613,7 @@ fill_meta(acme_certmeta_t *m)
     m->next_try = 1735787045 + 600;
     m->last_error = strdup("order: rateLimited: \"too many\"\nsecond line");
     m->last_error_at = 1735787045 + 1;
+    m->ca_wait_until = 1735787045 + 3600;
     m->issued_at = 1735787045 + 2;
 }
 
@@ -642,6 +643,7 @@ assert_meta_equal(const acme_certmeta_t *a, const acme_certmeta_t *b)
     assert_int_equal(a->next_try, b->next_try);
     assert_string_equal(a->last_error, b->last_error);
     assert_int_equal(a->last_error_at, b->last_error_at);
+    assert_int_equal(a->ca_wait_until, b->ca_wait_until);
     assert_int_equal(a->issued_at, b->issued_at);
 }
 
