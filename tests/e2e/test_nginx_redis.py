@@ -3,12 +3,12 @@ Certificates, keys and accounts live in Redis (keys sealed with acme_storage_key
 local cache under state_path, which the leader keeps in step with Redis."""
 import os
 import re
-import secrets
 import time
 
 import pytest
 
 import harness
+import leakcheck
 from harness import free_port, wait_for
 from nginx_harness import cert_serial, http_get, https_get, issuer_block, nginx_factory, tls_handshake, tls_verified  # noqa: F401
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file
@@ -174,7 +174,7 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
 def test_rediss_with_password_file(pebble, nginx_factory, tmp_path, procs, acmectl_bin, test_ca):
     """acme_storage over TLS (rediss://, server verified with tls_ca) with the password in a file: issuance,
     and a renewal stored by another writer reaches nginx through the subscription on the TLS connection."""
-    pw = "ngx-" + secrets.token_hex(8)
+    pw = leakcheck.REDIS_PASSWORD
     pwf = tmp_path / "redis.pw"
     pwf.write_text(pw + "\n")
     pwf.chmod(0o600)
