@@ -14,6 +14,7 @@ source) and line, never the secret.
 import base64
 import os
 import re
+import subprocess
 from pathlib import Path
 
 # --------------------------------------------------------------------------
@@ -123,17 +124,40 @@ def preserve_dir(path):
     _roots.discard(str(path))
 
 
-_PEM_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\s*(.*?)-----END", re.S)
+_PEM_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\s*(.*?)-----END [A-Z0-9 ]*PRIVATE KEY-----", re.S)
+
+
+def _public_der(pem_block):
+    """The SubjectPublicKeyInfo DER of a PEM private key (b"" when openssl cannot read it)."""
+    try:
+        p = subprocess.run([os.environ.get("OPENSSL_BIN", "openssl"), "pkey", "-pubout", "-outform", "DER",
+                            "-passin", "pass:"], input=pem_block.encode(), stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return b""
+    return p.stdout if p.returncode == 0 else b""
 
 
 def pem_key_lines(text):
-    """The base64 body lines of every PEM private key in text (short final lines left out)."""
+    """The base64 body lines of every PEM private key in text that carry private bytes: lines that only
+    encode public key bytes (an EC point, an RSA modulus) also appear in certificates and are left out, as
+    are short final lines."""
     out = set()
     for m in _PEM_RE.finditer(text):
-        for line in m.group(2).splitlines():
-            line = line.strip()
-            if len(line) >= _MIN_NEEDLE and ":" not in line:       # not Proc-Type / DEK-Info
-                out.add(line)
+        lines = [ln.strip() for ln in m.group(2).splitlines() if ln.strip() and ":" not in ln]
+        try:
+            der = base64.b64decode("".join(lines))
+        except ValueError:
+            der = None
+        pub = _public_der(m.group(0)) if der else b""
+        off = 0
+        for line in lines:
+            n = len(line) * 3 // 4
+            chunk = der[off:off + n] if der else b""
+            off += n
+            if len(line) < _MIN_NEEDLE or (pub and chunk and chunk in pub):
+                continue
+            out.add(line)
     return out
 
 

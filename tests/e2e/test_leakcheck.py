@@ -68,6 +68,12 @@ def test_private_key_found_in_store_and_caught_in_log(tmp_path):
     one_line = "".join(body)
     hits = leakcheck.scan_text(secrets, "status", '{"key": "' + one_line + '"}')
     assert hits and hits[0][2].startswith("private key")
+    # lines that encode only public bytes (the EC point) are no secret: certificates carry them
+    cert = harness.openssl("req", "-new", "-x509", "-key", store / "privkey.pem", "-subj", "/CN=x.example.org",
+                           "-days", "1", "-outform", "DER")
+    for shift in range(3):      # every byte alignment of the certificate's base64
+        text = base64.b64encode(b"\0" * shift + cert).decode()
+        assert not leakcheck.scan_text(secrets, "certificate", text), shift
 
 
 def test_session_registry_scans_watched_files_and_records(tmp_path):
