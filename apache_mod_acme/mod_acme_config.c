@@ -576,8 +576,8 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE1("ACMEProfile", set_profile, NULL, RSRC_CONF,
                   "the CA's certificate profile to ask for"),
     AP_INIT_TAKE12("ACMEExternalAccountBinding", set_eab, NULL, RSRC_CONF,
-                   "KID data:KEY or KID KEYFILE: external account binding (the base64url HMAC key inline or in a file), "
-                   "or none"),
+                   "KID data:KEY or KID KEYFILE: external account binding (the base64url HMAC key inline or "
+                   "in a file), or none"),
     AP_INIT_TAKE1("ACMEPreferredChain", set_preferred_chain, NULL, RSRC_CONF,
                   "issuer common name of the preferred alternate chain"),
     AP_INIT_ITERATE("ACMECertificate", set_certificate, NULL, RSRC_CONF,

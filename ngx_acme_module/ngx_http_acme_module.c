@@ -472,6 +472,10 @@ decode:
     {
         ngx_explicit_memzero(dst.data, ngx_base64_decoded_length(src.len));
 
+        if (buf != NULL) {
+            ngx_explicit_memzero(buf, n);
+        }
+
         if (path.len == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid \"external_account_key\" in "
