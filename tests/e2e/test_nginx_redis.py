@@ -75,6 +75,16 @@ def test_config_checks_without_redis(nginx_factory, pebble, tmp_path):
     ok, out = ng.test_config()
     assert not ok and "acme_storage" in out and "colour=blue" in out, out
 
+    # a password in the URL is never shown, whatever is wrong with the URL
+    pw = leakcheck.REDIS_PASSWORD
+    for url, needle in ((f"redis://:{pw}@127.0.0.1:notaport", "notaport"),
+                        (f"redis://u:{pw}@127.0.0.1:{port}/2?bogus=1", "bogus"),
+                        (f"http://:{pw}@127.0.0.1:{port}", "expected redis://")):
+        ng.write_conf(f'acme_storage "{url}";\n' + base)
+        ok, out = ng.test_config()
+        assert not ok and '"acme_storage"' in out and needle in out and ":***@" in out, out
+        assert pw not in out, out
+
     missing = tmp_path / "no-such.key"
     ng.write_conf(f"acme_storage redis://127.0.0.1:{port};\nacme_storage_key {missing};\n" + base)
     ok, out = ng.test_config()
