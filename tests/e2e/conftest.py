@@ -83,6 +83,7 @@ def pytest_runtest_makereport(item, call):
 def no_secret_in_messages(tmp_path_factory):
     """Fails the session (at the last test's teardown) when a test secret appears in a server log, our
     programs' output or a status document; private keys are those found under the session's directories."""
+    leakcheck.enable()
     yield
     hits = leakcheck.scan_session(extra_roots=[tmp_path_factory.getbasetemp()])
     if hits:

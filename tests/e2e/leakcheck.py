@@ -79,11 +79,19 @@ _files = {}         # path -> label
 _texts = []         # (label, text)
 _roots = set()      # directories searched for PEM private keys at the end
 _recorded = 0
-_MAX_RECORDED = 256 * 1024 * 1024
+_MAX_RECORDED = 64 * 1024 * 1024
+_enabled = False    # set by the test session (conftest.py); other users of the harness (bench, demo) keep nothing
+
+
+def enable(on=True):
+    global _enabled
+    _enabled = on
 
 
 def watch_file(path, label=None):
     """A file our software writes (a log, a status file), scanned at the end of the session."""
+    if not _enabled:
+        return
     p = str(path)
     _files.setdefault(p, label or p)
 
@@ -91,7 +99,7 @@ def watch_file(path, label=None):
 def record(label, text):
     """Something our software answered or printed (status documents, command output)."""
     global _recorded
-    if text is None:
+    if text is None or not _enabled:
         return
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8", "replace")
@@ -106,11 +114,14 @@ _found_keys = {}    # PEM body line -> path, from directories removed before the
 
 def key_root(path):
     """A directory whose PEM private keys count as secrets (beyond the session's temp directory)."""
-    _roots.add(str(path))
+    if _enabled:
+        _roots.add(str(path))
 
 
 def preserve_dir(path):
     """Before a directory is removed: keep the registered files under it as texts, and its private keys."""
+    if not _enabled:
+        return
     root = str(path).rstrip("/") + "/"
     for p in [p for p in _files if p.startswith(root)]:
         label = _files.pop(p)
