@@ -428,6 +428,10 @@ b64url_valid(const char *s, apr_size_t n)
     return 1;
 }
 
+/*
+ * ACMEExternalAccountBinding KID data:KEY | KEYFILE: the base64url HMAC key inline (as nginx-acme's
+ * external_account_key takes it) or in a file. Errors name the directive and the file, never the key.
+ */
 static const char *
 set_eab(cmd_parms *cmd, void *dc, const char *kid, const char *file)
 {
@@ -444,32 +448,47 @@ set_eab(cmd_parms *cmd, void *dc, const char *kid, const char *file)
             sc->eab_hmac = NULL;
             return NULL;
         }
-        return apr_psprintf(cmd->pool, "%s: expected KID KEYFILE (or none), got '%s' only", cmd_name(cmd),
-                            kid);
+        return apr_psprintf(cmd->pool, "%s: expected KID data:KEY or KID KEYFILE (or none), got '%s' only",
+                            cmd_name(cmd), kid);
     }
     if (*kid == '\0' || strlen(kid) > 256 || strpbrk(kid, " \t\r\n\"\\") != NULL) {
         return bad_value(cmd, kid, "not a usable key identifier");
     }
-    path = ap_server_root_relative(cmd->pool, file);
-    if (path == NULL) {
-        return bad_value(cmd, file, "not a valid path");
+    if (strncmp(file, "data:", 5) == 0) {
+        path = NULL;
+        len = strlen(file + 5);
+        data = apr_pstrmemdup(cmd->temp_pool, file + 5, len);
+    } else {
+        path = ap_server_root_relative(cmd->pool, file);
+        if (path == NULL) {
+            return bad_value(cmd, file, "not a valid path");
+        }
+        why = read_small_file(cmd, path, 4096, &data, &len);
+        if (why != NULL) {
+            if (strchr(file, '/') == NULL && strlen(file) >= 16 && b64url_valid(file, strlen(file))) {
+                /* most likely the key itself, given without data: */
+                return apr_psprintf(cmd->pool, "%s: no such file, and a key given inline needs the data: "
+                                    "prefix (the value is not shown)", cmd_name(cmd));
+            }
+            return bad_value(cmd, file, why);
+        }
     }
-    why = read_small_file(cmd, path, 4096, &data, &len);
-    if (why != NULL) {
-        return bad_value(cmd, file, why);
-    }
-    /* the file holds the base64url HMAC key; surrounding white space is ignored */
+    /* surrounding white space and base64 padding are ignored */
     p = data;
     end = data + len;
     while (p < end && isspace((unsigned char) *p)) {
         p++;
     }
-    while (end > p && isspace((unsigned char) end[-1])) {
+    while (end > p && (isspace((unsigned char) end[-1]) || end[-1] == '=')) {
         end--;
     }
-    if (!b64url_valid(p, (apr_size_t) (end - p))) {
+    if (!b64url_valid(p, (apr_size_t) (end - p)) || (end - p) % 4 == 1) {
         memset(data, 0, len);
         /* never show the key itself */
+        if (path == NULL) {
+            return apr_psprintf(cmd->pool, "%s: the inline key (data:) is not base64url (the value is not "
+                                "shown)", cmd_name(cmd));
+        }
         return bad_value(cmd, file, "the file must hold the base64url-encoded HMAC key");
     }
     sc->eab_kid = apr_pstrdup(cmd->pool, kid);
@@ -595,7 +614,8 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE1("ACMEProfile", set_profile, NULL, RSRC_CONF,
                   "the CA's certificate profile to ask for"),
     AP_INIT_TAKE12("ACMEExternalAccountBinding", set_eab, NULL, RSRC_CONF,
-                   "KID KEYFILE: external account binding (KEYFILE holds the base64url HMAC key), or none"),
+                   "KID data:KEY or KID KEYFILE: external account binding (the base64url HMAC key inline or "
+                   "in a file), or none"),
     AP_INIT_TAKE1("ACMEPreferredChain", set_preferred_chain, NULL, RSRC_CONF,
                   "issuer common name of the preferred alternate chain"),
     AP_INIT_ITERATE("ACMECertificate", set_certificate, NULL, RSRC_CONF,

@@ -4,7 +4,8 @@
  * validation, module hooks.
  *
  *   acme_issuer NAME { uri ...; contact ...; account_key ...; challenge ...;
- *                      external_account_key KID FILE; preferred_chain ...;
+ *                      external_account_key KID data:KEY|FILE;
+ *                      preferred_chain ...;
  *                      profile NAME [require]; ssl_trusted_certificate ...;
  *                      ssl_verify on|off; state_path DIR;
  *                      accept_terms_of_service; }
@@ -335,63 +336,181 @@ ngx_http_acme_mkpath(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 }
 
 
-static char *
-ngx_http_acme_read_secret(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *out)
+/*
+ * external_account_key KID data:KEY | FILE: the base64url HMAC key inline
+ * (as nginx-acme takes it) or in a file. Errors name the directive and the
+ * file, never the key: an argument that looks like a bare key is not shown.
+ */
+
+static ngx_int_t
+ngx_http_acme_b64url_valid(u_char *p, size_t len)
 {
-    u_char      *p, *last;
-    ssize_t      n;
-    ngx_fd_t     fd;
-    ngx_file_info_t  fi;
+    size_t  i;
 
-    if (ngx_conf_full_name(cf->cycle, name, 1) != NGX_OK) {
+    if (len == 0) {
+        return 0;
+    }
+
+    for (i = 0; i < len; i++) {
+        if (!(p[i] >= 'a' && p[i] <= 'z') && !(p[i] >= 'A' && p[i] <= 'Z')
+            && !(p[i] >= '0' && p[i] <= '9') && p[i] != '-' && p[i] != '_')
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+static char *
+ngx_http_acme_eab_key(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg)
+{
+    u_char           *p, *last, *buf;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t         path, src, dst;
+    ngx_err_t         e;
+    ngx_file_info_t   fi;
+
+    if (arg->len >= 5 && ngx_strncmp(arg->data, "data:", 5) == 0) {
+        p = arg->data + 5;
+        last = arg->data + arg->len;
+        buf = NULL;
+        n = 0;
+        ngx_str_null(&path);
+        goto decode;
+    }
+
+    path = *arg;
+    if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
-    fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open \"%V\"", name);
+        e = ngx_errno;
+
+        if (ngx_strlchr(arg->data, arg->data + arg->len, '/') == NULL
+            && arg->len >= 16
+            && ngx_http_acme_b64url_valid(arg->data, arg->len))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, e,
+                               "\"external_account_key\" in acme_issuer "
+                               "\"%V\": no such file, and a key given "
+                               "inline needs the \"data:\" prefix (the "
+                               "value is not shown)", &iss->name);
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, e,
+                           "\"external_account_key\" in acme_issuer \"%V\": "
+                           "cannot open file \"%V\"", &iss->name, &path);
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)
         || ngx_file_size(&fi) > 4096)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" is not a small regular file", name);
+                           "\"external_account_key\" in acme_issuer \"%V\": "
+                           "\"%V\" is not a small regular file",
+                           &iss->name, &path);
         ngx_close_file(fd);
         return NGX_CONF_ERROR;
     }
 
-    p = ngx_pnalloc(cf->pool, 4097);
-    if (p == NULL) {
+    buf = ngx_pnalloc(cf->pool, 4097);
+    if (buf == NULL) {
         ngx_close_file(fd);
         return NGX_CONF_ERROR;
     }
 
-    n = read(fd, p, 4096);
+    n = read(fd, buf, 4096);
+    e = ngx_errno;
     ngx_close_file(fd);
 
     if (n < 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read \"%V\"", name);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, e,
+                           "\"external_account_key\" in acme_issuer \"%V\": "
+                           "cannot read \"%V\"", &iss->name, &path);
         return NGX_CONF_ERROR;
     }
 
-    last = p + n;
+    p = buf;
+    last = buf + n;
+
+decode:
+
     while (last > p && (last[-1] == '\n' || last[-1] == '\r'
                         || last[-1] == ' ' || last[-1] == '\t'))
     {
         last--;
     }
 
-    while (p < last && (*p == ' ' || *p == '\t' || *p == '\n')) {
+    while (p < last && (*p == ' ' || *p == '\t' || *p == '\n'
+                        || *p == '\r'))
+    {
         p++;
     }
 
-    *last = '\0';
-    out->data = p;
-    out->len = last - p;
+    /* the core decodes unpadded base64url */
+
+    while (last > p && last[-1] == '=') {
+        last--;
+    }
+
+    src.data = p;
+    src.len = last - p;
+
+    dst.len = 0;
+    dst.data = ngx_pnalloc(cf->temp_pool, ngx_base64_decoded_length(src.len)
+                                          + 1);
+    if (dst.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (!ngx_http_acme_b64url_valid(src.data, src.len)
+        || ngx_decode_base64url(&dst, &src) != NGX_OK
+        || dst.len == 0)
+    {
+        ngx_explicit_memzero(dst.data, ngx_base64_decoded_length(src.len));
+
+        if (buf != NULL) {
+            ngx_explicit_memzero(buf, n);
+        }
+
+        if (path.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"external_account_key\" in "
+                               "acme_issuer \"%V\": the inline key (data:) "
+                               "is not base64url (the value is not shown)",
+                               &iss->name);
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"external_account_key\" file "
+                               "\"%V\" in acme_issuer \"%V\": expected a "
+                               "base64url HMAC key", &path, &iss->name);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_explicit_memzero(dst.data, dst.len);
+
+    iss->eab_key = ngx_pnalloc(cf->pool, src.len + 1);
+    if (iss->eab_key == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(iss->eab_key, src.data, src.len);
+    iss->eab_key[src.len] = '\0';
+
+    if (buf != NULL) {
+        ngx_explicit_memzero(buf, n);
+    }
 
     return NGX_CONF_OK;
 }
@@ -770,37 +889,7 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_ERROR;
         }
 
-        key = value[2];
-        if (ngx_http_acme_read_secret(cf, &value[2], &key) != NGX_CONF_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        if (key.len == 0) {
-            goto bad_eab;
-        }
-
-        for (i = 0; i < key.len; i++) {
-            u_char ch = key.data[i];
-
-            if (!(ch >= 'a' && ch <= 'z') && !(ch >= 'A' && ch <= 'Z')
-                && !(ch >= '0' && ch <= '9') && ch != '-' && ch != '_'
-                && ch != '=')
-            {
-                goto bad_eab;
-            }
-        }
-
-        iss->eab_key = (char *) key.data;
-
-        return NGX_CONF_OK;
-
-    bad_eab:
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid \"external_account_key\" file \"%V\" in "
-                           "acme_issuer \"%V\": expected a base64url HMAC key",
-                           &value[2], &iss->name);
-        return NGX_CONF_ERROR;
+        return ngx_http_acme_eab_key(cf, iss, &value[2]);
     }
 
     if (ngx_acme_is("preferred_chain")) {
@@ -1006,10 +1095,13 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (ngx_strncmp(value[1].data, "redis://", 8) != 0
         && ngx_strncmp(value[1].data, "rediss://", 9) != 0)
     {
+        /* the value may hold a password: shown without it */
+        shown = acme_store_url_redact((char *) value[1].data);
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"acme_storage\" \"%V\": expected "
+                           "\"acme_storage\" \"%s\": expected "
                            "redis://[user:password@]host[:port][/db] or "
-                           "rediss://...", &value[1]);
+                           "rediss://...", shown ? shown : "(redacted)");
+        free(shown);
         return NGX_CONF_ERROR;
     }
 

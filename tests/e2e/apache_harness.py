@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import leakcheck
 from harness import LOOPBACK, HarnessError, openssl, run_cmd, wait_for
 
 APACHE_BIN = os.environ.get("APACHE_BIN", "/usr/sbin/apache2")
@@ -59,6 +60,7 @@ class Apache:
         self.mpm = mpm
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix="mod_acme_e2e_"))
+        leakcheck.key_root(self.dir)
         os.chmod(self.dir, 0o755)
         self.state = self.dir / "state"
         self.conf = self.dir / "httpd.conf"
@@ -186,6 +188,7 @@ class Apache:
             return ""
 
     def cleanup(self):
+        leakcheck.preserve_dir(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- status --------------------------------------------------------------------
@@ -262,6 +265,7 @@ def tls_get(port, name, path="/index.html", alpn=None, method="GET", timeout=5.0
             data += chunk
     finally:
         s.close()
+    leakcheck.record(f"{method} https://{name}:{port}{path}", data)
     head, _, body = data.partition(b"\r\n\r\n")
     m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
     if not m:
@@ -288,6 +292,7 @@ def raw_http(port, request_bytes, timeout=5.0):
                 data += chunk
         except socket.timeout:
             pass
+    leakcheck.record(f"raw HTTP to port {port}", data)
     m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
     return (int(m.group(1)) if m else None), data
 

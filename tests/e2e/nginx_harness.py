@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import leakcheck
 from harness import HarnessError, free_port, http_request, openssl, wait_for
 
 NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
@@ -104,6 +105,7 @@ class Nginx:
         cp = harness.run_cmd([NGINX_BIN, "-t", "-p", self.dir, "-c", self.conf_path,
                               "-e", self.dir / "test-stderr.log"], timeout=60)
         out = cp.stdout + cp.stderr
+        leakcheck.watch_file(self.dir / "test-stderr.log")
         try:
             out += (self.dir / "test-stderr.log").read_text()
         except OSError:
@@ -253,7 +255,9 @@ def https_get(port, sni, path="/", roots_pem=None, method="GET", timeout=5, host
     try:
         conn.request(method, path, headers={"Host": sni})
         r = conn.getresponse()
-        return harness.Response(r.status, r.headers, r.read(), url)
+        resp = harness.Response(r.status, r.headers, r.read(), url)
+        leakcheck.record(f"{method} {url}", resp.body)
+        return resp
     finally:
         conn.close()
 
@@ -288,6 +292,7 @@ def raw_http(port, data, timeout=5, address="127.0.0.1"):
             if not chunk:
                 break
             buf += chunk
+    leakcheck.record(f"raw HTTP to {address}:{port}", buf)
     head, _, body = buf.partition(b"\r\n\r\n")
     m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
     return (int(m.group(1)) if m else None), body

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import harness
+import leakcheck
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_serial, http_get, tls_get
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file, signed
@@ -206,6 +207,15 @@ def test_config_errors(apache_factory, pebble, tmp_path):
     a.vhosts = a.managed_vhosts(["bad.example.org"])
     p = a.config_test()
     assert p.returncode != 0 and "ACMEStorage" in p.stderr and "bogus" in p.stderr, p.stderr
+    # a password in the URL is never shown, whatever is wrong with the URL
+    pw = leakcheck.REDIS_PASSWORD
+    for url, needle in ((f"redis://:{pw}@127.0.0.1:1/0?bogus=1", "bogus"),
+                        (f"redis://u:{pw}@127.0.0.1:notaport/0", "port"),
+                        (f"http://:{pw}@127.0.0.1:1/0", "redis://")):
+        a.acme_global = f'ACMEStorage "{url}"\n'
+        p = a.config_test()
+        assert p.returncode != 0 and "ACMEStorage" in p.stderr and needle in p.stderr, p.stderr
+        assert ":***@" in p.stderr and pw not in p.stdout + p.stderr, p.stderr
     a.acme_global = 'ACMEStorage "redis://127.0.0.1:1/0"\nACMEStorageKey /nonexistent/storage.key\n'
     p = a.config_test()
     assert p.returncode != 0 and "ACMEStorageKey" in p.stderr and "/nonexistent/storage.key" in p.stderr, p.stderr
