@@ -731,9 +731,17 @@ fs_commit_(fs_t *fs, const acme_store_item_t *items, size_t n, acme_err_t *err)
         goto done;
     }
 
-    /* 1. every new value as <key>.next */
+    /* 1. every new value as <key>.next; a deletion whose path is refused (a link) refuses the commit now,
+     * before anything is applied */
     for (i = 0; i < n; i++) {
         if (items[i].data == NULL) {
+            pfd = fs_parent(fs, items[i].key, 0, &leaf, err);
+            if (pfd == -1) {
+                goto undo;
+            }
+            if (pfd >= 0) {
+                close(pfd);
+            }
             continue;
         }
         pfd = fs_parent(fs, items[i].key, 1, &leaf, err);
