@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import harness
 from harness import free_port, wait_for
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import tls_get
@@ -213,4 +214,28 @@ def test_apache_linked_certificate_dir_refused(apache_factory, procs, server_log
     a.start(procs)
     log = a.log()
     assert f"/certs/{host} is a symbolic link" in log, log[-2000:]
+    assert _victim_intact(victim)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# acmectl run by root on a server's directory
+# ---------------------------------------------------------------------------------------------------------
+
+def test_acmectl_as_root(acmectl_bin, open_dir):
+    """Root's acmectl follows no link either, and what it writes stays the directory owner's."""
+    victim = _victim(open_dir)
+    state = _worker_state(open_dir)
+    _plant(state, victim)
+    base = [str(acmectl_bin), "--state", str(state), "--ca", f"http://127.0.0.1:{free_port()}/dir"]
+    p = harness.run_cmd(base + ["list"], timeout=60)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "/x is a symbolic link" in out, out
+    assert _victim_intact(victim)
+    assert not (state / ".commit").exists()
+    # the journal is gone: the store opens; the files acmectl makes are the worker's
+    p = harness.run_cmd(base + ["list"], timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    uid = _worker_ids()[0]
+    made = [q for q in state.rglob("*") if not q.is_symlink()]
+    assert made and all(q.lstat().st_uid == uid for q in made), [(str(q), q.lstat().st_uid) for q in made]
     assert _victim_intact(victim)
