@@ -18,7 +18,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <ftw.h>
 
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
@@ -178,8 +177,6 @@ ngx_http_acme_create_main_conf(ngx_conf_t *cf)
                           sizeof(ngx_http_acme_cert_t *))
            != NGX_OK
         || ngx_array_init(&amcf->stores, cf->pool, 2, sizeof(char *))
-           != NGX_OK
-        || ngx_array_init(&amcf->created, cf->pool, 2, sizeof(char *))
            != NGX_OK)
     {
         return NULL;
@@ -273,66 +270,6 @@ ngx_http_acme_cstr_dup(ngx_pool_t *pool, const char *s)
     str.len = ngx_strlen(s);
 
     return ngx_http_acme_cstr(pool, &str);
-}
-
-
-/* mkdir -p with 0700 for what we create; the names go to amcf->created */
-
-static ngx_int_t
-ngx_http_acme_mkpath(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
-    char *path, ngx_err_t *errp)
-{
-    char             *p, save, **d;
-    ngx_file_info_t   fi;
-
-    for (p = path + 1; ; p++) {
-
-        if (*p != '/' && *p != '\0') {
-            continue;
-        }
-
-        save = *p;
-        *p = '\0';
-
-        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
-
-            if (ngx_errno != NGX_ENOENT) {
-                *errp = ngx_errno;
-                *p = save;
-                return NGX_ERROR;
-            }
-
-            if (ngx_create_dir(path, 0700) == NGX_FILE_ERROR
-                && ngx_errno != NGX_EEXIST)
-            {
-                *errp = ngx_errno;
-                *p = save;
-                return NGX_ERROR;
-            }
-
-            d = ngx_array_push(&amcf->created);
-            if (d == NULL) {
-                *errp = 0;
-                *p = save;
-                return NGX_ERROR;
-            }
-
-            *d = ngx_http_acme_cstr_dup(cf->pool, path);
-
-        } else if (!ngx_is_dir(&fi)) {
-            *errp = NGX_ENOTDIR;
-            *p = save;
-            return NGX_ERROR;
-        }
-
-        *p = save;
-
-        if (save == '\0') {
-            break;
-        }
-    }
-
-    return NGX_OK;
 }
 
 
@@ -589,7 +526,6 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     char                    *rv, **sp;
     ngx_str_t               *value, path;
-    ngx_err_t                err;
     ngx_uint_t               i, line;
     ngx_conf_t               save;
     acme_err_t               aerr;
@@ -682,17 +618,21 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         iss->state_path = (char *) path.data;
     }
 
-    /* an unusable state_path is a configuration error */
+    /*
+     * an unusable state_path is a configuration error; root only creates
+     * the directory here (given to the worker user in init_module) and
+     * reads: recovery, cleanup and every write are the workers'
+     */
 
-    if (ngx_http_acme_mkpath(cf, amcf, iss->state_path, &err) != NGX_OK) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, err,
-                      "acme_issuer \"%V\": cannot create state_path \"%s\" "
-                      "in %s:%ui", &iss->name, iss->state_path, iss->file,
-                      line);
+    if (acme_store_fs_prepare(iss->state_path, -1, -1, &aerr) != 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_issuer \"%V\": cannot create state_path \"%s\": "
+                      "%s in %s:%ui", &iss->name, iss->state_path, aerr.msg,
+                      iss->file, line);
         return NGX_CONF_ERROR;
     }
 
-    st = acme_store_fs_open(iss->state_path, 1, &aerr);
+    st = acme_store_fs_open(iss->state_path, ACME_STORE_FS_RDONLY, &aerr);
     if (st == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "acme_issuer \"%V\": unusable state_path \"%s\": %s "
@@ -1794,34 +1734,19 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 }
 
 
-/* the master gives what it created for the workers to the worker user */
-
-static ngx_uid_t  ngx_http_acme_chown_uid;
-static ngx_gid_t  ngx_http_acme_chown_gid;
-
-
-static int
-ngx_http_acme_chown_one(const char *path, const struct stat *sb, int flag,
-    struct FTW *ftw)
-{
-    if (sb->st_uid != ngx_http_acme_chown_uid
-        && lchown(path, ngx_http_acme_chown_uid, ngx_http_acme_chown_gid)
-           == -1)
-    {
-        /* the worker then cannot write there: say which path */
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno,
-                      "acme: lchown(\"%s\") failed", path);
-    }
-
-    return 0;
-}
-
+/*
+ * the master gives each state_path directory (only the directory itself,
+ * on an O_NOFOLLOW descriptor) to the worker user; what is inside belongs
+ * to the workers, and root never walks, repairs or writes it
+ */
 
 static ngx_int_t
 ngx_http_acme_init_module(ngx_cycle_t *cycle)
 {
     char                       **p;
+    long                         uid, gid;
     ngx_uint_t                   i;
+    acme_err_t                   aerr;
     ngx_core_conf_t             *ccf;
     ngx_http_acme_main_conf_t   *amcf;
     ngx_http_conf_ctx_t         *ctx;
@@ -1840,26 +1765,22 @@ ngx_http_acme_init_module(ngx_cycle_t *cycle)
 
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
 
-    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT
-        || ccf->user == 0)
-    {
-        return NGX_OK;
-    }
+    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT) {
+        uid = -1;
+        gid = -1;
 
-    ngx_http_acme_chown_uid = ccf->user;
-    ngx_http_acme_chown_gid = ccf->group;
-
-    p = amcf->created.elts;
-    for (i = 0; i < amcf->created.nelts; i++) {
-        if (chown(p[i], ccf->user, ccf->group) == -1) {
-            ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno,
-                          "chown(\"%s\") failed", p[i]);
-        }
+    } else {
+        uid = (long) ccf->user;
+        gid = (long) ccf->group;
     }
 
     p = amcf->stores.elts;
     for (i = 0; i < amcf->stores.nelts; i++) {
-        (void) nftw(p[i], ngx_http_acme_chown_one, 16, FTW_PHYS);
+        if (acme_store_fs_prepare(p[i], uid, gid, &aerr) != 0) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "acme: state_path \"%s\": %s", p[i], aerr.msg);
+            return NGX_ERROR;
+        }
     }
 
     return NGX_OK;

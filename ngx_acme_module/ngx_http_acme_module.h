@@ -83,7 +83,6 @@ typedef struct {
     ngx_array_t                 issuers;         /* ngx_http_acme_issuer_t */
     ngx_array_t                 certs;           /* ngx_http_acme_cert_t * */
     ngx_array_t                 stores;          /* char *, state paths */
-    ngx_array_t                 created;         /* char *, dirs we made */
 
     ngx_shm_zone_t             *shm_zone;
     ngx_str_t                   zone_name;

@@ -1207,6 +1207,34 @@ ngx_http_acme_tick(ngx_event_t *ev)
 }
 
 
+/*
+ * a state_path, opened in this worker (as the worker user: journal recovery
+ * and cleanup happen here, never in the master); twice, because a journal
+ * that failed to apply (a link in the store, say) is dropped by the first
+ */
+
+static acme_store_t *
+ngx_http_acme_runner_open(ngx_cycle_t *cycle, char *path)
+{
+    ngx_uint_t     n;
+    acme_err_t     err;
+    acme_store_t  *st;
+
+    for (n = 0; n < 2; n++) {
+        st = acme_store_fs_open(path, 1, &err);
+        if (st != NULL) {
+            return st;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "acme: cannot open state_path \"%s\": %s",
+                      path, err.msg);
+    }
+
+    return NULL;
+}
+
+
 /* start and stop the core in this worker */
 
 static ngx_int_t
@@ -1296,11 +1324,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     for (g = 0; g < rn->nmanagers; g++) {
 
         if (amcf->storage) {
-            rn->cache[g] = acme_store_fs_open(paths[g], 1, &err);
+            rn->cache[g] = ngx_http_acme_runner_open(cycle, paths[g]);
             if (rn->cache[g] == NULL) {
-                ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                              "acme: cannot open state_path \"%s\": %s",
-                              paths[g], err.msg);
                 goto failed;
             }
 
@@ -1310,7 +1335,10 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             acme_store_on_forged(rn->stores[g], ngx_http_acme_forged, rn);
 
         } else {
-            rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);
+            rn->stores[g] = ngx_http_acme_runner_open(cycle, paths[g]);
+            if (rn->stores[g] == NULL) {
+                goto failed;
+            }
         }
 
         if (rn->stores[g] == NULL) {

@@ -75,7 +75,7 @@ def issuer_block(name, pebble, state_path, challenge=None, extra=""):
 
 class Nginx:
     def __init__(self, workdir, procs, server_logs, http_conf, workers=2, level="info",
-                 allowed=()):
+                 allowed=(), user=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
@@ -87,12 +87,16 @@ class Nginx:
         self.workers = workers
         self.level = level
         self.allowed = list(allowed)
+        self.user = user        # the workers' user (default: root when the tests run as root)
         self.proc = None
         self.write_conf(http_conf)
         self.server_logs.watch(self.error_log, allowed=self.allowed)
 
     def write_conf(self, http_conf):
-        user = "user root;" if os.geteuid() == 0 else ""
+        if self.user:
+            user = f"user {self.user};"
+        else:
+            user = "user root;" if os.geteuid() == 0 else ""
         self.conf_path.write_text(MAIN_CONF.format(
             module=module_path(), user=user, workers=self.workers, dir=self.dir,
             level=self.level, http=http_conf))
