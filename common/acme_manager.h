@@ -49,8 +49,8 @@ int acme_manager_start(acme_manager_t *m, acme_err_t *err);
 /* Renew now: what is a certificate's store name or any of its identifiers. 0 started, -1 unknown. */
 int acme_manager_renew(acme_manager_t *m, const char *what);
 
-/* Changes whenever something acme_manager_status() reports changes, except the progress text of a running
- * issuance (poll while acme_manager_busy()): hosts rebuild their status snapshot only then. */
+/* Changes whenever something acme_manager_status() reports changes, the progress text of a running issuance
+ * included (checked when called): hosts rebuild their status snapshot only then. */
 unsigned long acme_manager_version(acme_manager_t *m);
 /* 1 while an issuance runs (hosts wait for it before handing over on reload). */
 int acme_manager_busy(acme_manager_t *m);
