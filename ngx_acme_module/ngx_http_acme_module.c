@@ -21,6 +21,7 @@
 
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
+#include "ngx_http_acme_status_snapshot.h"
 
 #include "acme_directory.h"
 #include "acme_store.h"
@@ -1619,6 +1620,10 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
     amcf->shm_zone->init = ngx_http_acme_zone_init;
     amcf->shm_zone->data = zone;
+
+    if (ngx_http_acme_status_zone_add(cf, amcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }

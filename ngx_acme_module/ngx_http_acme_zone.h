@@ -9,7 +9,8 @@
  *     "<identifier> <key authorization>") and "t" entries (TLS-ALPN-01,
  *     keyed by the SNI name, value "<dns|ip> <identifier> <key authz>");
  *   - the leader lock (pid and heartbeat) of the worker running the core;
- *   - the status snapshot the leader writes, and renew requests for it.
+ *   - renew requests for the leader (the status snapshot has a zone of its
+ *     own: ngx_http_acme_status_snapshot.c).
  */
 
 
@@ -40,9 +41,6 @@ typedef struct {
     ngx_uint_t                  nrenew;
     u_char                      renew[NGX_HTTP_ACME_RENEW_MAX]
                                      [NGX_HTTP_ACME_RENEW_LEN];
-
-    u_char                     *status;
-    size_t                      status_len;
 } ngx_http_acme_sh_t;
 
 
@@ -80,11 +78,6 @@ ngx_uint_t ngx_http_acme_zone_cert_gen(ngx_http_acme_zone_t *z,
     u_char *name, size_t len);
 ngx_int_t ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z,
     u_char *name, size_t len);
-
-ngx_int_t ngx_http_acme_zone_set_status(ngx_http_acme_zone_t *z,
-    u_char *json, size_t len);
-ngx_int_t ngx_http_acme_zone_get_status(ngx_http_acme_zone_t *z,
-    ngx_pool_t *pool, ngx_str_t *json);
 
 /* NGX_OK, NGX_BUSY when the queue is full */
 ngx_int_t ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z,
