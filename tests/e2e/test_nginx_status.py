@@ -1,4 +1,5 @@
-"""nginx with 1,000 managed certificates and the default acme_shared_zone (issue #13).
+"""nginx's status snapshot (issue #13): 1,000 managed certificates with the default acme_shared_zone, a reload
+that resizes the status zone, an order's progress followed without polling.
 
 The 1,000 are pre-seeded in the state directory (leaf certificates from a local CA made here, metadata in the
 store's format), so no order is placed for them; three more really issue from Pebble meanwhile. The status
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fault_proxy import FaultProxy
 from harness import free_port, wait_for
 from nginx_harness import cert_issuer, https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
 
@@ -206,3 +208,43 @@ def test_reload_resizing_the_status_zone_keeps_the_status(pebble, nginx_factory,
     assert not errors, errors[:3]
     assert seen and min(seen) >= 100 + len(FRESH), sorted(set(seen))
     assert pebble.order_count() == len(FRESH)
+
+
+def test_status_follows_an_order_step_by_step(pebble, nginx_factory, tmp_path, test_ca):
+    """The snapshot is rebuilt when an order's progress text changes (no timer): held at finalize, the
+    status says so; released, the certificate is valid."""
+    name = "step.status.example.org"
+    cert, key = test_ca.issue("status-proxy", ["localhost"], ["127.0.0.1"], basename="status-proxy")
+    px = FaultProxy(pebble, cert, key, free_port(), log_path=tmp_path / "proxy.log").start()
+    try:
+        hold = px.add_fault("finalize", hold=True)
+        https = free_port()
+        nginx_factory(issuer_block("held", px.directory_url, tmp_path / "state",
+                                   extra=f"ssl_trusted_certificate {pebble.ca_cert};") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        acme_certificate held;
+        location = /acme {{ acme_status; }}
+    }}
+""", wait_port=https)
+        hold.wait_hit(30)
+
+        def step():
+            c = https_get(https, name, "/acme").json()["certificates"][0]
+            return c if c["state"] == "renewing" and c.get("progress") == "finalizing" else None
+
+        wait_for(step, 10, interval=0.2, what="progress 'finalizing' in the status")
+        hold.release()
+        c = wait_for(lambda: (lambda c: c if c["state"] == "valid" else None)(
+            https_get(https, name, "/acme").json()["certificates"][0]), 30, interval=0.3,
+            what="the certificate valid in the status")
+        assert "progress" not in c and c["failures"] == 0
+    finally:
+        px.stop()
+    assert not px.errors, px.errors
