@@ -1451,6 +1451,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_http_acme_main_conf_t *amcf = conf;
 
     char                    *name;
+    size_t                   need;
     ngx_str_t               *in, zname;
     ngx_uint_t               i, j, k;
     ngx_pool_cleanup_t      *cln;
@@ -1597,6 +1598,26 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     if (amcf->zone_name.len == 0) {
         ngx_str_set(&amcf->zone_name, NGX_HTTP_ACME_DEFAULT_ZONE_NAME);
         amcf->zone_size = NGX_HTTP_ACME_DEFAULT_ZONE_SIZE;
+    }
+
+    /*
+     * a certificate renewed while nginx runs keeps its generation entry in
+     * the zone for good: say so when those could crowd out the challenges
+     */
+
+    need = NGX_HTTP_ACME_ZONE_RESERVE;
+
+    for (i = 0; i < amcf->certs.nelts; i++) {
+        need += ngx_http_acme_zone_entry_size(ngx_strlen(certs[i]->name), 0);
+    }
+
+    if (amcf->zone_size < need) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "acme_shared_zone \"%V\": %uzk leaves too little "
+                      "room for challenges beside the generation numbers "
+                      "of %ui certificates, use at least %uzk",
+                      &amcf->zone_name, amcf->zone_size / 1024,
+                      amcf->certs.nelts, (need + 1023) / 1024);
     }
 
     zname = amcf->zone_name;

@@ -438,6 +438,22 @@ ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z, u_char *name,
 }
 
 
+/* the slab chunk an entry takes, for room planning at configuration */
+
+size_t
+ngx_http_acme_zone_entry_size(size_t klen, size_t vlen)
+{
+    size_t  n, size;
+
+    n = offsetof(ngx_rbtree_node_t, color)
+        + offsetof(ngx_http_acme_kv_t, data) + klen + vlen;
+
+    for (size = 8; size < n; size <<= 1) { /* void */ }
+
+    return size;
+}
+
+
 ngx_int_t
 ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z, ngx_str_t *what)
 {

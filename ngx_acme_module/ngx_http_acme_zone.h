@@ -25,6 +25,9 @@
 #define NGX_HTTP_ACME_RENEW_MAX    16
 #define NGX_HTTP_ACME_RENEW_LEN    256
 
+/* kept for challenges, the leader lock and the renew queue */
+#define NGX_HTTP_ACME_ZONE_RESERVE (64 * 1024)
+
 #define NGX_HTTP_ACME_KV_GEN       'g'
 #define NGX_HTTP_ACME_KV_HTTP01    'h'
 #define NGX_HTTP_ACME_KV_TLSALPN   't'
@@ -78,6 +81,8 @@ ngx_uint_t ngx_http_acme_zone_cert_gen(ngx_http_acme_zone_t *z,
     u_char *name, size_t len);
 ngx_int_t ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z,
     u_char *name, size_t len);
+
+size_t ngx_http_acme_zone_entry_size(size_t klen, size_t vlen);
 
 /* NGX_OK, NGX_BUSY when the queue is full */
 ngx_int_t ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z,

@@ -9,6 +9,7 @@ document must list every certificate, fresh, and the log must not say that a zon
 import datetime
 import json
 import os
+import re
 import threading
 import time
 
@@ -248,3 +249,30 @@ def test_status_follows_an_order_step_by_step(pebble, nginx_factory, tmp_path, t
     finally:
         px.stop()
     assert not px.errors, px.errors
+
+
+def test_small_shared_zone_for_many_certificates_warns(nginx_factory, tmp_path):
+    """Generation entries stay in acme_shared_zone: nginx -t says when 1,600 of them could crowd out the
+    challenges in the default 256k, and is quiet with a zone that leaves room."""
+    names = [f"z{i:04d}.zone.example.org" for i in range(1600)]
+    iss = issuer_block("le", "https://127.0.0.1:14000/dir", tmp_path / "state")
+    server = f"""
+    server {{
+        listen 127.0.0.1:{free_port()} ssl;
+        server_name {names[0]};
+        {' '.join(f'acme_certificate le {n};' for n in names)}
+    }}
+"""
+    ng = nginx_factory(iss + server, name="small", start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert "[warn]" in out and re.search(
+        r'acme_shared_zone "ngx_http_acme": 256k leaves too little room for challenges beside the generation '
+        r'numbers of 1600 certificates, use at least (\d+)k', out), out
+    need = int(re.search(r"use at least (\d+)k", out).group(1))
+    assert 256 < need < 1024
+
+    ng = nginx_factory(iss + f"acme_shared_zone zone=acme:{need}k;\n" + server, name="roomy", start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert "acme_shared_zone" not in out, out
