@@ -69,6 +69,7 @@ struct acme_issue_s {
     int                     busy;           /* a request is in flight (its callback owns the job) */
     int                     cancelled;
     char                    state_text[300];
+    unsigned long           state_changes;  /* status pages rebuild when it moves */
 
     char                   *order_url;
     acme_order_t            order;
@@ -302,12 +303,19 @@ job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *ar
 {
     job->state = st;
     snprintf(job->state_text, sizeof(job->state_text), fmt, arg ? arg : "");
+    job->state_changes++;
 }
 
 const char *
 acme_issue_state(acme_issue_t *job)
 {
     return job->state_text;
+}
+
+unsigned long
+acme_issue_state_changes(acme_issue_t *job)
+{
+    return job->state_changes;
 }
 
 /* Forget what we published without withdrawing it: the CA may be validating right now, and the

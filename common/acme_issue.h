@@ -58,5 +58,7 @@ void acme_issue_cancel(acme_issue_t *job);
 size_t acme_issue_take_ident_errors(acme_ident_error_t **errs);
 /* What the job is doing now ("authorizing example.org", "finalizing", ...), for status pages. */
 const char *acme_issue_state(acme_issue_t *job);
+/* Counts changes of acme_issue_state(): a status page is rebuilt only when it moved. */
+unsigned long acme_issue_state_changes(acme_issue_t *job);
 
 #endif

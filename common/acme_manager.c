@@ -45,6 +45,7 @@ struct mcert_s {
     acme_certmeta_t      meta;
     acme_timer_t        *timer;
     acme_issue_t        *job;
+    unsigned long        job_seen;      /* the job's state changes the version counted */
     int                  ari_busy;
     int                  forced;
     int                  queued;        /* due, waiting for a free issuance slot */
@@ -544,6 +545,7 @@ cert_issue(mcert_t *c)
         cert_schedule(c);
         return;
     }
+    c->job_seen = acme_issue_state_changes(c->job);
     m->running++;
     m->version++;
 }
@@ -804,6 +806,19 @@ acme_manager_status(acme_manager_t *m)
 unsigned long
 acme_manager_version(acme_manager_t *m)
 {
+    size_t         i;
+    unsigned long  n;
+
+    /* a running issuance's progress text counts as a change, so hosts need not poll while busy */
+    for (i = 0; m->running > 0 && i < m->ncerts; i++) {
+        if (m->certs[i]->job != NULL) {
+            n = acme_issue_state_changes(m->certs[i]->job);
+            if (n != m->certs[i]->job_seen) {
+                m->certs[i]->job_seen = n;
+                m->version++;
+            }
+        }
+    }
     return m->version;
 }
 

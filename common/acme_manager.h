@@ -57,8 +57,8 @@ int acme_manager_renew(acme_manager_t *m, const char *what, time_t *until);
  * status handlers can refuse a forced renewal at once. */
 time_t acme_manager_ca_wait(acme_manager_t *m, const char *what);
 
-/* Changes whenever something acme_manager_status() reports changes, except the progress text of a running
- * issuance (poll while acme_manager_busy()): hosts rebuild their status snapshot only then. */
+/* Changes whenever something acme_manager_status() reports changes, the progress text of a running issuance
+ * included (checked when called): hosts rebuild their status snapshot only then. */
 unsigned long acme_manager_version(acme_manager_t *m);
 /* 1 while an issuance runs (hosts wait for it before handing over on reload). */
 int acme_manager_busy(acme_manager_t *m);

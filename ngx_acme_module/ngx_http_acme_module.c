@@ -21,6 +21,7 @@
 
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
+#include "ngx_http_acme_status_snapshot.h"
 
 #include "acme_directory.h"
 #include "acme_store.h"
@@ -1534,6 +1535,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_http_acme_main_conf_t *amcf = conf;
 
     char                    *name;
+    size_t                   need;
     ngx_str_t               *in, zname;
     ngx_uint_t               i, j, k;
     ngx_pool_cleanup_t      *cln;
@@ -1682,6 +1684,26 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
         amcf->zone_size = NGX_HTTP_ACME_DEFAULT_ZONE_SIZE;
     }
 
+    /*
+     * a certificate renewed while nginx runs keeps its generation entry in
+     * the zone for good: say so when those could crowd out the challenges
+     */
+
+    need = NGX_HTTP_ACME_ZONE_RESERVE;
+
+    for (i = 0; i < amcf->certs.nelts; i++) {
+        need += ngx_http_acme_zone_entry_size(ngx_strlen(certs[i]->name), 0);
+    }
+
+    if (amcf->zone_size < need) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "acme_shared_zone \"%V\": %uzk leaves too little "
+                      "room for challenges beside the generation numbers "
+                      "of %ui certificates, use at least %uzk",
+                      &amcf->zone_name, amcf->zone_size / 1024,
+                      amcf->certs.nelts, (need + 1023) / 1024);
+    }
+
     zname = amcf->zone_name;
 
     amcf->shm_zone = ngx_shared_memory_add(cf, &zname, amcf->zone_size,
@@ -1703,6 +1725,10 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
     amcf->shm_zone->init = ngx_http_acme_zone_init;
     amcf->shm_zone->data = zone;
+
+    if (ngx_http_acme_status_zone_add(cf, amcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }

@@ -85,6 +85,7 @@ typedef struct {
     ngx_array_t                 stores;          /* char *, state paths */
 
     ngx_shm_zone_t             *shm_zone;
+    ngx_shm_zone_t             *status_zone;     /* the status snapshot */
     ngx_str_t                   zone_name;
     size_t                      zone_size;
 

@@ -10,8 +10,8 @@
  * a leader that is shutting down (reload, exit) steps down at once.
  *
  * The leader also publishes challenges into the zone, bumps generation
- * numbers when a certificate changes, writes the status snapshot and picks
- * up renew requests.
+ * numbers when a certificate changes, has the status snapshot rebuilt
+ * (ngx_http_acme_status_snapshot.c) and picks up renew requests.
  */
 
 
@@ -21,6 +21,7 @@
 
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
+#include "ngx_http_acme_status_snapshot.h"
 
 #include "acme_loop.h"
 #include "acme_manager.h"
@@ -30,7 +31,6 @@
 #define NGX_HTTP_ACME_TICK_LEADER    250
 #define NGX_HTTP_ACME_TICK_FOLLOWER  1000
 #define NGX_HTTP_ACME_STALE          20
-#define NGX_HTTP_ACME_STATUS_EVERY   1
 #define NGX_HTTP_ACME_RETRY_START    30
 #define NGX_HTTP_ACME_EXIT_GRACE     5
 #define NGX_HTTP_ACME_STORE_CHECK    2
@@ -65,9 +65,9 @@ typedef struct {
     ngx_uint_t                   nconns;
     ngx_uint_t                   aconns;
 
-    char                        *status;
-    time_t                       status_at;
-    unsigned long                status_version;
+    ngx_http_acme_snapshot_t     status;
+    unsigned long                ca_wait_version;
+    ngx_uint_t                   ca_wait_known;
     ngx_uint_t                   stopping;
 } ngx_http_acme_runner_t;
 
@@ -701,7 +701,7 @@ ngx_http_acme_cert_announce(ngx_http_acme_runner_t *rn, const char *name)
     ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
                   "acme: certificate \"%s\" updated", name);
 
-    rn->status_at = 0;
+    ngx_http_acme_snapshot_touch(&rn->status);
 }
 
 
@@ -931,19 +931,31 @@ ngx_http_acme_cert_updated(void *data, const char *name)
 }
 
 
-/* the status snapshot: every manager's certificates in one document */
+/*
+ * For the status handlers: refuse forced renewals while the CA waits. Only
+ * when a manager changed: a failure that sets the wait changes its version.
+ */
 
 static void
-ngx_http_acme_status_update(ngx_http_acme_runner_t *rn)
+ngx_http_acme_ca_wait_publish(ngx_http_acme_runner_t *rn)
 {
-    char                   *s;
-    size_t                  i;
-    json_t                 *doc, *arr, *one, *certs;
     time_t                  until;
     ngx_uint_t              m;
+    unsigned long           version;
     ngx_http_acme_cert_t  **cc;
 
-    /* for the status handlers: refuse forced renewals while the CA waits */
+    version = 0;
+
+    for (m = 0; m < rn->nmanagers; m++) {
+        version += acme_manager_version(rn->managers[m]);
+    }
+
+    if (rn->ca_wait_known && version == rn->ca_wait_version) {
+        return;
+    }
+
+    rn->ca_wait_version = version;
+    rn->ca_wait_known = 1;
 
     cc = rn->amcf->certs.elts;
 
@@ -961,86 +973,6 @@ ngx_http_acme_status_update(ngx_http_acme_runner_t *rn)
                           "for \"%s\" not published", cc[m]->name);
         }
     }
-
-    doc = json_object();
-    arr = json_array();
-
-    if (doc == NULL || arr == NULL) {
-        json_decref(doc);
-        json_decref(arr);
-        return;
-    }
-
-    for (m = 0; m < rn->nmanagers; m++) {
-        one = acme_manager_status(rn->managers[m]);
-        if (one == NULL) {
-            continue;
-        }
-
-        certs = json_object_get(one, "certificates");
-
-        for (i = 0; certs && i < json_array_size(certs); i++) {
-            json_array_append(arr, json_array_get(certs, i));
-        }
-
-        json_decref(one);
-    }
-
-    json_object_set_new(doc, "certificates", arr);
-    json_object_set_new(doc, "leader_pid", json_integer(ngx_pid));
-
-    s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    json_decref(doc);
-
-    if (s == NULL) {
-        return;
-    }
-
-    if (rn->status && ngx_strcmp(rn->status, s) == 0) {
-        free(s);
-        return;
-    }
-
-    if (ngx_http_acme_zone_set_status(rn->zone, (u_char *) s, ngx_strlen(s))
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_WARN, rn->log, 0,
-                      "acme: the shared zone is full, status not updated");
-        free(s);
-        return;
-    }
-
-    free(rn->status);
-    rn->status = s;
-}
-
-
-/*
- * Rebuilding the snapshot costs time linear in the certificates: only
- * when a manager reports a change, and each second while an issuance runs
- * (its progress text), never just because time passed.
- */
-
-static ngx_uint_t
-ngx_http_acme_status_due(ngx_http_acme_runner_t *rn, time_t now)
-{
-    ngx_uint_t     m, busy;
-    unsigned long  version;
-
-    version = 0;
-    busy = 0;
-
-    for (m = 0; m < rn->nmanagers; m++) {
-        version += acme_manager_version(rn->managers[m]);
-        busy |= acme_manager_busy(rn->managers[m]);
-    }
-
-    if (rn->status_at == 0 || version != rn->status_version) {
-        rn->status_version = version;
-        return 1;
-    }
-
-    return busy && now - rn->status_at >= NGX_HTTP_ACME_STATUS_EVERY;
 }
 
 
@@ -1085,7 +1017,7 @@ ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
         ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
                       "acme: renewal of \"%s\" requested", req[i]);
 
-        rn->status_at = 0;
+        ngx_http_acme_snapshot_touch(&rn->status);
     }
 }
 
@@ -1164,11 +1096,12 @@ ngx_http_acme_tick(ngx_event_t *ev)
         if (ngx_http_acme_runner) {
             ngx_http_acme_store_check(ngx_http_acme_runner, now);
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
+            ngx_http_acme_ca_wait_publish(ngx_http_acme_runner);
 
-            if (ngx_http_acme_status_due(ngx_http_acme_runner, now)) {
-                ngx_http_acme_status_update(ngx_http_acme_runner);
-                ngx_http_acme_runner->status_at = now;
-            }
+            ngx_http_acme_snapshot_update(&ngx_http_acme_runner->status,
+                                          ngx_http_acme_runner->managers,
+                                          ngx_http_acme_runner->nmanagers,
+                                          ngx_http_acme_runner->log);
         }
 
         ngx_add_timer(ev, NGX_HTTP_ACME_TICK_LEADER);
@@ -1264,6 +1197,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     rn->log = cycle->log;
     rn->amcf = amcf;
     rn->zone = ngx_http_acme_zone;
+
+    ngx_http_acme_snapshot_init(&rn->status, amcf->status_zone);
 
     rn->timer.handler = ngx_http_acme_host_timer_handler;
     rn->timer.data = rn;
@@ -1435,8 +1370,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     ngx_free(idx);
     ngx_free(map);
 
-    ngx_http_acme_status_update(rn);
-    rn->status_at = ngx_time();
+    ngx_http_acme_snapshot_update(&rn->status, rn->managers, rn->nmanagers,
+                                  rn->log);
 
     return NGX_OK;
 
@@ -1516,7 +1451,7 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     }
 
     free(rn->conns);
-    free(rn->status);
+    ngx_http_acme_snapshot_free(&rn->status);
     ngx_free(rn->stores);
     ngx_free(rn->cache);
     ngx_free(rn->managers);

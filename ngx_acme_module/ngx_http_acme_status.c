@@ -17,6 +17,7 @@
 
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
+#include "ngx_http_acme_status_snapshot.h"
 
 
 static ngx_int_t
@@ -149,7 +150,7 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
     ngx_http_acme_loc_conf_t   *alcf;
     ngx_http_acme_main_conf_t  *amcf;
 
-    static u_char  empty[] = "{\"certificates\": []}\n";
+    static u_char  empty[] = "{\"certificates\":[]}";
     static u_char  forbidden[] = "{\"error\": \"renewal requests are not "
                                  "allowed here (acme_status renew=on)\"}\n";
 
@@ -173,7 +174,8 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
 
     if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
 
-        rc = ngx_http_acme_zone_get_status(zone, r->pool, &json);
+        rc = ngx_http_acme_status_zone_get(amcf->status_zone, r->pool,
+                                           &json);
 
         if (rc == NGX_ERROR) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -1,8 +1,8 @@
 
 /*
  * The shared zone: a slab pool with a red-black tree of small key/value
- * entries (certificate generations, challenges), the leader lock, the
- * status snapshot and the renew requests.
+ * entries (certificate generations, challenges), the leader lock and the
+ * renew requests.
  */
 
 
@@ -438,61 +438,19 @@ ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z, u_char *name,
 }
 
 
-ngx_int_t
-ngx_http_acme_zone_set_status(ngx_http_acme_zone_t *z, u_char *json,
-    size_t len)
+/* the slab chunk an entry takes, for room planning at configuration */
+
+size_t
+ngx_http_acme_zone_entry_size(size_t klen, size_t vlen)
 {
-    u_char  *p;
+    size_t  n, size;
 
-    ngx_shmtx_lock(&z->shpool->mutex);
+    n = offsetof(ngx_rbtree_node_t, color)
+        + offsetof(ngx_http_acme_kv_t, data) + klen + vlen;
 
-    p = ngx_slab_alloc_locked(z->shpool, len ? len : 1);
-    if (p == NULL) {
-        ngx_shmtx_unlock(&z->shpool->mutex);
-        return NGX_ERROR;
-    }
+    for (size = 8; size < n; size <<= 1) { /* void */ }
 
-    ngx_memcpy(p, json, len);
-
-    if (z->sh->status) {
-        ngx_slab_free_locked(z->shpool, z->sh->status);
-    }
-
-    z->sh->status = p;
-    z->sh->status_len = len;
-
-    ngx_shmtx_unlock(&z->shpool->mutex);
-
-    return NGX_OK;
-}
-
-
-ngx_int_t
-ngx_http_acme_zone_get_status(ngx_http_acme_zone_t *z, ngx_pool_t *pool,
-    ngx_str_t *json)
-{
-    u_char  *p;
-
-    ngx_shmtx_lock(&z->shpool->mutex);
-
-    if (z->sh->status == NULL) {
-        ngx_shmtx_unlock(&z->shpool->mutex);
-        return NGX_DECLINED;
-    }
-
-    p = ngx_pnalloc(pool, z->sh->status_len);
-    if (p == NULL) {
-        ngx_shmtx_unlock(&z->shpool->mutex);
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(p, z->sh->status, z->sh->status_len);
-    json->data = p;
-    json->len = z->sh->status_len;
-
-    ngx_shmtx_unlock(&z->shpool->mutex);
-
-    return NGX_OK;
+    return size;
 }
 
 

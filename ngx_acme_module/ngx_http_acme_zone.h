@@ -9,7 +9,8 @@
  *     "<identifier> <key authorization>") and "t" entries (TLS-ALPN-01,
  *     keyed by the SNI name, value "<dns|ip> <identifier> <key authz>");
  *   - the leader lock (pid and heartbeat) of the worker running the core;
- *   - the status snapshot the leader writes, and renew requests for it;
+ *   - renew requests for the leader (the status snapshot has a zone of its
+ *     own: ngx_http_acme_status_snapshot.c);
  *   - per certificate: when a renewal was last forced ("f" entries) and
  *     until when the CA asked to wait ("w", written by the leader), so a
  *     status handler refuses a forced renewal at once.
@@ -26,6 +27,9 @@
 
 #define NGX_HTTP_ACME_RENEW_MAX    16
 #define NGX_HTTP_ACME_RENEW_LEN    256
+
+/* kept for challenges, the leader lock and the renew queue */
+#define NGX_HTTP_ACME_ZONE_RESERVE (64 * 1024)
 
 #define NGX_HTTP_ACME_KV_GEN       'g'
 #define NGX_HTTP_ACME_KV_HTTP01    'h'
@@ -45,9 +49,6 @@ typedef struct {
     ngx_uint_t                  nrenew;
     u_char                      renew[NGX_HTTP_ACME_RENEW_MAX]
                                      [NGX_HTTP_ACME_RENEW_LEN];
-
-    u_char                     *status;
-    size_t                      status_len;
 } ngx_http_acme_sh_t;
 
 
@@ -86,10 +87,7 @@ ngx_uint_t ngx_http_acme_zone_cert_gen(ngx_http_acme_zone_t *z,
 ngx_int_t ngx_http_acme_zone_cert_bump(ngx_http_acme_zone_t *z,
     u_char *name, size_t len);
 
-ngx_int_t ngx_http_acme_zone_set_status(ngx_http_acme_zone_t *z,
-    u_char *json, size_t len);
-ngx_int_t ngx_http_acme_zone_get_status(ngx_http_acme_zone_t *z,
-    ngx_pool_t *pool, ngx_str_t *json);
+size_t ngx_http_acme_zone_entry_size(size_t klen, size_t vlen);
 
 /* NGX_OK, NGX_BUSY when the queue is full */
 /*
