@@ -131,11 +131,11 @@ ngx_http_acme_tls_alpn_ctx(ngx_conf_t *cf)
         return NULL;
     }
 
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION);
+
 #ifdef SSL_OP_NO_RENEGOTIATION
-                             | SSL_OP_NO_RENEGOTIATION
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
 #endif
-                        );
 
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
