@@ -493,6 +493,16 @@ ngx_http_acme_challenge_hello(SSL *ssl, ngx_connection_t *c)
         return NGX_DECLINED;
     }
 
+#if (NGX_QUIC)
+
+    /* RFC 8737 validates over TLS on TCP; QUIC handshakes stay nginx's */
+
+    if (c->listening && c->listening->quic) {
+        return NGX_DECLINED;
+    }
+
+#endif
+
     if (!SSL_client_hello_get0_ext(ssl,
                         TLSEXT_TYPE_application_layer_protocol_negotiation,
                         &p, &len)

@@ -2,6 +2,7 @@
 not the default server's, HTTP/2 kept on the managed servers."""
 
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -185,3 +186,29 @@ def test_nginx_client_hello_callback_still_chooses_the_server(pebble, nginx_fact
     assert rc == 0 and "ALPN protocol: h2" in out, out
     rc, out, _ = s_client(https, OTHER, "h2", "-tls1_2")
     assert rc == 0 and "ALPN protocol: h2" in out, out
+
+
+def _has_http3():
+    p = subprocess.run([NGINX_BIN, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    return "--with-http_v3_module" in p.stdout.decode()
+
+
+@pytest.mark.skipif(not _has_http3() or shutil.which("gtlsclient") is None,
+                    reason="needs an nginx with --with-http_v3_module (NGINX_BIN=...) and gtlsclient (ngtcp2-client)")
+def test_http3_alpn_on_a_managed_server(pebble, nginx_factory, tmp_path):
+    """nginx's own ALPN callback stays: h3 is negotiated on a managed server's QUIC listener."""
+    port = free_port(udp=True)
+    conf = issuer_block("pebble", pebble, tmp_path / "state", challenge="tls-alpn-01") + f"""
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        listen 127.0.0.1:{port} quic;
+        server_name {NAME};
+        acme_certificate pebble;
+        location / {{ return 200 "over h3\\n"; }}
+    }}
+"""
+    nginx_factory(conf, wait_port=port, allowed=[r"acme: "])
+    p = subprocess.run(["gtlsclient", "--exit-on-all-streams-close", "--timeout=5s", "127.0.0.1", str(port),
+                        f"https://{NAME}:{port}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    out = p.stdout.decode(errors="replace")
+    assert "over h3" in out, out[-3000:]
