@@ -3,9 +3,8 @@
  * Serving certificates: the self-signed fallback pushed into the ssl
  * module's configuration, the per worker parsed copies of the managed
  * certificates (reloaded when their generation in the zone changes), the
- * certificate callback choosing among them, and TLS-ALPN-01 challenge
- * handshakes (client hello callback, ALPN selection, challenge
- * certificates built and cached per worker).
+ * certificate callback choosing among them (TLS-ALPN-01 handshakes are
+ * ngx_http_acme_tls_alpn.c's).
  */
 
 
@@ -17,46 +16,13 @@
 #include "ngx_http_acme_zone.h"
 
 #include "acme_store.h"
-#include "acme_tlsalpn.h"
 #include "acme_x509.h"
 
 #include <openssl/pem.h>
 
 
-#define NGX_HTTP_ACME_ALPN_PROTOS    "\x08http/1.1\x08http/1.0\x08http/0.9"
-#define NGX_HTTP_ACME_TLSALPN_PROTO  "\x0a" "acme-tls/1"
-#define NGX_HTTP_ACME_CHALLENGE_MAX  16
-
-
-typedef struct {
-    X509                       *cert;
-    EVP_PKEY                   *key;
-    ngx_str_t                   cert_pem;        /* "data:" */
-    ngx_str_t                   key_pem;
-} ngx_http_acme_conn_challenge_t;
-
-
-typedef struct {
-    u_char                     *sni;
-    u_char                     *key_authz;
-    X509                       *cert;
-    EVP_PKEY                   *key;
-    char                       *cert_pem;
-    size_t                      cert_pem_len;
-    char                       *key_pem;
-    size_t                      key_pem_len;
-    ngx_uint_t                  used;
-} ngx_http_acme_challenge_cert_t;
-
-
-static int ngx_http_acme_client_hello(SSL *ssl, int *al, void *arg);
-static int ngx_http_acme_alpn_select(ngx_ssl_conn_t *ssl_conn,
-    const unsigned char **out, unsigned char *outlen,
-    const unsigned char *in, unsigned int inlen, void *arg);
 static int ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
 
-
-static int                              ngx_http_acme_ssl_index = -1;
 
 static ngx_http_acme_wcert_t           *ngx_http_acme_wcerts;
 static ngx_uint_t                       ngx_http_acme_nwcerts;
@@ -67,10 +33,6 @@ static ngx_uint_t                       ngx_http_acme_nstores;
 static ngx_atomic_uint_t                ngx_http_acme_seen_gen;
 static ngx_msec_t                       ngx_http_acme_retry_at;
 static ngx_http_acme_zone_t            *ngx_http_acme_wzone;
-
-static ngx_http_acme_challenge_cert_t   ngx_http_acme_challenges
-                                            [NGX_HTTP_ACME_CHALLENGE_MAX];
-static ngx_uint_t                       ngx_http_acme_challenge_clock;
 
 
 /* PEM of a certificate or key as "data:...", malloc'd */
@@ -295,16 +257,6 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
     ngx_http_core_srv_conf_t   **cscfp;
     ngx_http_core_main_conf_t   *cmcf;
 
-    if (ngx_http_acme_ssl_index == -1) {
-        ngx_http_acme_ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
-                                                       NULL);
-        if (ngx_http_acme_ssl_index == -1) {
-            ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
-                          "SSL_get_ex_new_index() failed");
-            return NGX_ERROR;
-        }
-    }
-
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
     cscfp = cmcf->servers.elts;
 
@@ -328,12 +280,6 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
             ngx_http_acme_array_shift(sscf->certificate_values);
             ngx_http_acme_array_shift(sscf->certificate_key_values);
         }
-
-        SSL_CTX_set_client_hello_cb(sscf->ssl.ctx, ngx_http_acme_client_hello,
-                                    NULL);
-
-        SSL_CTX_set_alpn_select_cb(sscf->ssl.ctx, ngx_http_acme_alpn_select,
-                                   NULL);
 
         if (sscf->certificate_values == NULL) {
             SSL_CTX_set_cert_cb(sscf->ssl.ctx, ngx_http_acme_cert_cb, ascf);
@@ -1003,8 +949,7 @@ ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                       i;
-    ngx_http_acme_challenge_cert_t  *cc;
+    ngx_uint_t  i;
 
     for (i = 0; i < ngx_http_acme_nwcerts; i++) {
         ngx_http_acme_wcert_clear(&ngx_http_acme_wcerts[i]);
@@ -1023,434 +968,6 @@ ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_acme_nstores = 0;
     ngx_http_acme_stores = NULL;
-
-    for (i = 0; i < NGX_HTTP_ACME_CHALLENGE_MAX; i++) {
-        cc = &ngx_http_acme_challenges[i];
-
-        if (cc->sni == NULL) {
-            continue;
-        }
-
-        free(cc->sni);
-        free(cc->key_authz);
-        X509_free(cc->cert);
-        EVP_PKEY_free(cc->key);
-        free(cc->cert_pem);
-        acme_free_secret(cc->key_pem, cc->key_pem_len);
-        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
-    }
-}
-
-
-/* TLS-ALPN-01 */
-
-static ngx_http_acme_challenge_cert_t *
-ngx_http_acme_challenge_cert(ngx_str_t *sni, ngx_str_t *value, ngx_log_t *log)
-{
-    u_char                          *p, *last, *authz;
-    ngx_uint_t                       i, oldest;
-    acme_err_t                       err;
-    acme_ident_t                     id;
-    ngx_http_acme_challenge_cert_t  *cc;
-
-    /* value: "dns|ip <identifier> <key authorization>" */
-
-    p = value->data;
-    last = value->data + value->len;
-
-    if (value->len < 4) {
-        return NULL;
-    }
-
-    if (ngx_strncmp(p, "dns ", 4) == 0) {
-        id.type = ACME_IDENT_DNS;
-        p += 4;
-
-    } else if (ngx_strncmp(p, "ip ", 3) == 0) {
-        id.type = ACME_IDENT_IP;
-        p += 3;
-
-    } else {
-        return NULL;
-    }
-
-    authz = ngx_strlchr(p, last, ' ');
-    if (authz == NULL) {
-        return NULL;
-    }
-
-    *authz++ = '\0';
-    id.value = (char *) p;
-
-    oldest = 0;
-
-    for (i = 0; i < NGX_HTTP_ACME_CHALLENGE_MAX; i++) {
-        cc = &ngx_http_acme_challenges[i];
-
-        if (cc->sni == NULL) {
-            oldest = i;
-            continue;
-        }
-
-        if (ngx_strlen(cc->sni) == sni->len
-            && ngx_strncmp(cc->sni, sni->data, sni->len) == 0
-            && ngx_strcmp(cc->key_authz, authz) == 0)
-        {
-            cc->used = ++ngx_http_acme_challenge_clock;
-            return cc;
-        }
-
-        if (ngx_http_acme_challenges[oldest].sni != NULL
-            && cc->used < ngx_http_acme_challenges[oldest].used)
-        {
-            oldest = i;
-        }
-    }
-
-    cc = &ngx_http_acme_challenges[oldest];
-
-    if (cc->sni) {
-        free(cc->sni);
-        free(cc->key_authz);
-        X509_free(cc->cert);
-        EVP_PKEY_free(cc->key);
-        free(cc->cert_pem);
-        acme_free_secret(cc->key_pem, cc->key_pem_len);
-        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
-    }
-
-    if (acme_tlsalpn_cert(&id, (char *) authz, &cc->cert, &cc->key, &err)
-        != 0)
-    {
-        ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "acme: cannot build the tls-alpn-01 certificate for "
-                      "\"%s\": %s", id.value, err.msg);
-        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
-        return NULL;
-    }
-
-    cc->cert_pem = ngx_http_acme_pem(cc->cert, NULL, &cc->cert_pem_len);
-    cc->key_pem = ngx_http_acme_pem(NULL, cc->key, &cc->key_pem_len);
-    cc->sni = (u_char *) acme_strndup((char *) sni->data, sni->len);
-    cc->key_authz = (u_char *) acme_strdup((char *) authz);
-
-    if (cc->cert_pem == NULL || cc->key_pem == NULL || cc->sni == NULL
-        || cc->key_authz == NULL)
-    {
-        free(cc->sni);
-        free(cc->key_authz);
-        X509_free(cc->cert);
-        EVP_PKEY_free(cc->key);
-        free(cc->cert_pem);
-        if (cc->key_pem) {
-            acme_free_secret(cc->key_pem, cc->key_pem_len);
-        }
-        ngx_memzero(cc, sizeof(ngx_http_acme_challenge_cert_t));
-        return NULL;
-    }
-
-    cc->used = ++ngx_http_acme_challenge_clock;
-
-    ngx_log_error(NGX_LOG_INFO, log, 0,
-                  "acme: tls-alpn-01 challenge certificate for \"%V\" built",
-                  sni);
-
-    return cc;
-}
-
-
-static void
-ngx_http_acme_conn_challenge_cleanup(void *data)
-{
-    ngx_http_acme_conn_challenge_t  *ch = data;
-
-    if (ch->cert) {
-        X509_free(ch->cert);
-        ch->cert = NULL;
-    }
-
-    if (ch->key) {
-        EVP_PKEY_free(ch->key);
-        ch->key = NULL;
-    }
-
-    if (ch->key_pem.data) {
-        ngx_explicit_memzero(ch->key_pem.data, ch->key_pem.len);
-    }
-}
-
-
-/* 1 when the ALPN extension offers acme-tls/1 */
-
-static ngx_uint_t
-ngx_http_acme_offers_acme_tls(const u_char *p, size_t len)
-{
-    size_t  n, l;
-
-    if (len < 2) {
-        return 0;
-    }
-
-    n = (p[0] << 8) | p[1];
-    p += 2;
-
-    if (n != len - 2) {
-        return 0;
-    }
-
-    while (n > 0) {
-        l = p[0];
-
-        if (l + 1 > n) {
-            return 0;
-        }
-
-        if (l == ACME_TLSALPN_PROTO_LEN
-            && ngx_memcmp(p + 1, ACME_TLSALPN_PROTO, l) == 0)
-        {
-            return 1;
-        }
-
-        p += l + 1;
-        n -= l + 1;
-    }
-
-    return 0;
-}
-
-
-static ngx_int_t
-ngx_http_acme_client_sni(SSL *ssl, u_char *buf, size_t size, ngx_str_t *sni)
-{
-    size_t          n, l, i;
-    const u_char   *p;
-
-    if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &n)) {
-        return NGX_DECLINED;
-    }
-
-    /* list length, name type (host_name), name length, name */
-
-    if (n < 5 || (size_t) ((p[0] << 8) | p[1]) != n - 2 || p[2] != 0) {
-        return NGX_DECLINED;
-    }
-
-    l = (p[3] << 8) | p[4];
-
-    if (l == 0 || l + 5 > n || l >= size) {
-        return NGX_DECLINED;
-    }
-
-    p += 5;
-
-    for (i = 0; i < l; i++) {
-        u_char ch = p[i];
-
-        if (ch >= 'A' && ch <= 'Z') {
-            ch |= 0x20;
-
-        } else if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')
-                     || ch == '-' || ch == '.'))
-        {
-            return NGX_DECLINED;
-        }
-
-        buf[i] = ch;
-    }
-
-    if (buf[l - 1] == '.') {
-        l--;
-    }
-
-    sni->data = buf;
-    sni->len = l;
-
-    return l ? NGX_OK : NGX_DECLINED;
-}
-
-
-static int
-ngx_http_acme_client_hello(SSL *ssl, int *al, void *arg)
-{
-    u_char                           buf[256];
-    size_t                           len;
-    ngx_str_t                        sni, value;
-    const u_char                    *p;
-    ngx_connection_t                *c;
-    ngx_pool_cleanup_t              *cln;
-    ngx_http_acme_conn_challenge_t  *ch;
-    ngx_http_acme_challenge_cert_t  *cc;
-
-    (void) SSL_set_ex_data(ssl, ngx_http_acme_ssl_index, NULL);
-
-    if (ngx_http_acme_wzone == NULL) {
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    if (!SSL_client_hello_get0_ext(ssl,
-                        TLSEXT_TYPE_application_layer_protocol_negotiation,
-                        &p, &len)
-        || !ngx_http_acme_offers_acme_tls(p, len))
-    {
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    c = ngx_ssl_get_connection(ssl);
-
-    if (ngx_http_acme_client_sni(ssl, buf, sizeof(buf), &sni) != NGX_OK) {
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "acme: acme-tls/1 offered without a usable SNI name");
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    if (ngx_http_acme_zone_get(ngx_http_acme_wzone, NGX_HTTP_ACME_KV_TLSALPN,
-                               sni.data, sni.len, c->pool, &value)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "acme: acme-tls/1 offered for \"%V\", which has no "
-                      "pending tls-alpn-01 challenge", &sni);
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    cc = ngx_http_acme_challenge_cert(&sni, &value, c->log);
-    if (cc == NULL) {
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    ch = ngx_pcalloc(c->pool, sizeof(ngx_http_acme_conn_challenge_t));
-    if (ch == NULL) {
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    ch->cert_pem.data = ngx_pstrdup(c->pool,
-                                    &(ngx_str_t) { cc->cert_pem_len,
-                                                   (u_char *) cc->cert_pem });
-    ch->key_pem.data = ngx_pstrdup(c->pool,
-                                   &(ngx_str_t) { cc->key_pem_len,
-                                                  (u_char *) cc->key_pem });
-    if (ch->cert_pem.data == NULL || ch->key_pem.data == NULL) {
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    ch->cert_pem.len = cc->cert_pem_len;
-    ch->key_pem.len = cc->key_pem_len;
-
-    cln = ngx_pool_cleanup_add(c->pool, 0);
-    if (cln == NULL) {
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-
-    X509_up_ref(cc->cert);
-    EVP_PKEY_up_ref(cc->key);
-
-    ch->cert = cc->cert;
-    ch->key = cc->key;
-
-    cln->handler = ngx_http_acme_conn_challenge_cleanup;
-    cln->data = ch;
-
-    (void) SSL_set_ex_data(ssl, ngx_http_acme_ssl_index, ch);
-
-    ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "acme: tls-alpn-01 challenge handshake for \"%V\"", &sni);
-
-    return SSL_CLIENT_HELLO_SUCCESS;
-}
-
-
-ngx_uint_t
-ngx_http_acme_is_challenge_connection(ngx_connection_t *c)
-{
-    if (c->ssl == NULL || ngx_http_acme_ssl_index == -1) {
-        return 0;
-    }
-
-    return SSL_get_ex_data(c->ssl->connection, ngx_http_acme_ssl_index)
-           != NULL;
-}
-
-
-ngx_int_t
-ngx_http_acme_connection_challenge(ngx_connection_t *c, ngx_str_t *cert,
-    ngx_str_t *key)
-{
-    ngx_http_acme_conn_challenge_t  *ch;
-
-    if (c->ssl == NULL || c->ssl->handshaked
-        || ngx_http_acme_ssl_index == -1)
-    {
-        return NGX_DECLINED;
-    }
-
-    ch = SSL_get_ex_data(c->ssl->connection, ngx_http_acme_ssl_index);
-    if (ch == NULL) {
-        return NGX_DECLINED;
-    }
-
-    *cert = ch->cert_pem;
-    *key = ch->key_pem;
-
-    return NGX_OK;
-}
-
-
-static int
-ngx_http_acme_alpn_select(ngx_ssl_conn_t *ssl_conn, const unsigned char **out,
-    unsigned char *outlen, const unsigned char *in, unsigned int inlen,
-    void *arg)
-{
-    unsigned int            srvlen;
-    unsigned char          *srv;
-    ngx_connection_t       *c;
-#if (NGX_HTTP_V2)
-    ngx_http_connection_t  *hc;
-#endif
-
-    c = ngx_ssl_get_connection(ssl_conn);
-
-    if (SSL_get_ex_data(ssl_conn, ngx_http_acme_ssl_index) != NULL) {
-        srv = (unsigned char *) NGX_HTTP_ACME_TLSALPN_PROTO;
-        srvlen = sizeof(NGX_HTTP_ACME_TLSALPN_PROTO) - 1;
-
-        if (SSL_select_next_proto((unsigned char **) out, outlen, srv, srvlen,
-                                  in, inlen)
-            != OPENSSL_NPN_NEGOTIATED)
-        {
-            return SSL_TLSEXT_ERR_ALERT_FATAL;
-        }
-
-        return SSL_TLSEXT_ERR_OK;
-    }
-
-    /* what ngx_http_ssl_module selects */
-
-#if (NGX_HTTP_V2)
-    hc = c->data;
-
-    if (hc->addr_conf->http2) {
-        srv = (unsigned char *) NGX_HTTP_V2_ALPN_PROTO
-                                NGX_HTTP_ACME_ALPN_PROTOS;
-        srvlen = sizeof(NGX_HTTP_V2_ALPN_PROTO NGX_HTTP_ACME_ALPN_PROTOS) - 1;
-
-    } else
-#endif
-    {
-        srv = (unsigned char *) NGX_HTTP_ACME_ALPN_PROTOS;
-        srvlen = sizeof(NGX_HTTP_ACME_ALPN_PROTOS) - 1;
-    }
-
-    if (SSL_select_next_proto((unsigned char **) out, outlen, srv, srvlen,
-                              in, inlen)
-        != OPENSSL_NPN_NEGOTIATED)
-    {
-        return SSL_TLSEXT_ERR_ALERT_FATAL;
-    }
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "acme: SSL ALPN selected: %*s", (size_t) *outlen, *out);
-
-    return SSL_TLSEXT_ERR_OK;
 }
 
 
@@ -1495,26 +1012,11 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
     ngx_connection_t                 *c;
     ngx_http_acme_cert_t            **certs, *sel[8];
     ngx_http_acme_wcert_t            *wc;
-    ngx_http_acme_conn_challenge_t   *ch;
 
     c = ngx_ssl_get_connection(ssl_conn);
 
     if (c->ssl->handshaked) {
         return 0;
-    }
-
-    ch = SSL_get_ex_data(ssl_conn, ngx_http_acme_ssl_index);
-
-    if (ch) {
-        SSL_certs_clear(ssl_conn);
-
-        if (SSL_use_cert_and_key(ssl_conn, ch->cert, ch->key, NULL, 1) != 1) {
-            ngx_ssl_error(NGX_LOG_ERR, c->log, 0,
-                          "acme: cannot use the challenge certificate");
-            return 0;
-        }
-
-        return 1;
     }
 
     if (ascf == NULL || ascf->certs == NULL) {

@@ -1756,7 +1756,11 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 
     *h = ngx_http_acme_challenge_handler;
 
-    return ngx_http_acme_ssl_init(cf);
+    if (ngx_http_acme_ssl_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_acme_tls_alpn_init(cf);
 }
 
 
@@ -1834,6 +1838,8 @@ ngx_http_acme_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    ngx_http_acme_tls_alpn_init_process(cycle);
+
     return ngx_http_acme_runner_init_process(cycle);
 }
 
@@ -1850,5 +1856,6 @@ ngx_http_acme_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_acme_runner_exit_process(cycle);
+    ngx_http_acme_tls_alpn_exit_process(cycle);
     ngx_http_acme_certs_exit_process(cycle);
 }

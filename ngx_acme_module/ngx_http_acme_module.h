@@ -170,8 +170,11 @@ void ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle);
 ngx_http_acme_wcert_t *ngx_http_acme_wcert(ngx_http_acme_cert_t *cert,
     ngx_log_t *log);
 ngx_http_acme_wcert_t *ngx_http_acme_wcert_peek(ngx_http_acme_cert_t *cert);
-ngx_int_t ngx_http_acme_connection_challenge(ngx_connection_t *c,
-    ngx_str_t *cert, ngx_str_t *key);
+
+/* ngx_http_acme_tls_alpn.c */
+ngx_int_t ngx_http_acme_tls_alpn_init(ngx_conf_t *cf);
+void ngx_http_acme_tls_alpn_init_process(ngx_cycle_t *cycle);
+void ngx_http_acme_tls_alpn_exit_process(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_acme_is_challenge_connection(ngx_connection_t *c);
 
 /* ngx_http_acme_runner.c */

@@ -3,8 +3,8 @@
  * $acme_certificate and $acme_certificate_key: "data:" PEM of the current
  * certificate of the server's (first) acme_certificate, from the worker's
  * cache, for "ssl_certificate $acme_certificate;". Before the first
- * certificate exists they hold the fallback; during a TLS-ALPN-01
- * validation handshake, the challenge certificate.
+ * certificate exists they hold the fallback. TLS-ALPN-01 handshakes
+ * never evaluate them: they move to a private SSL_CTX.
  */
 
 
@@ -54,18 +54,11 @@ static ngx_int_t
 ngx_http_acme_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
 {
-    ngx_str_t                  cert, key, *s;
+    ngx_str_t                 *s;
     ngx_uint_t                 i;
     ngx_http_acme_cert_t     **certs;
     ngx_http_acme_wcert_t     *wc;
     ngx_http_acme_srv_conf_t  *ascf;
-
-    if (ngx_http_acme_connection_challenge(r->connection, &cert, &key)
-        == NGX_OK)
-    {
-        s = data ? &key : &cert;
-        goto found;
-    }
 
     ascf = ngx_http_get_module_srv_conf(r, ngx_http_acme_module);
 
