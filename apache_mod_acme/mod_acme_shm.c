@@ -1,8 +1,11 @@
 /*
  * Shared memory between the parent and every child of one configuration generation (anonymous apr_shm
  * created in post_config, inherited by the children through fork):
- *   - a certificate generation number: the driver bumps it when a certificate changed in the store; each
- *     child compares it at every handshake (one atomic read) and re-parses its certificates when it moved;
+ *   - a generation number per certificate (a table sized in post_config, indexed like mod_acme_g.certs):
+ *     the driver bumps one when that certificate changed on this host (the fs store, or the local cache it
+ *     keeps of Redis); a handshake compares the generations of the certificates its vhost serves (an
+ *     atomic read each) and re-parses only the one that moved, from local files; a global generation
+ *     moves with any of them (the status shows it);
  *   - the driver's latest status JSON, under a sequence lock, so any child can answer acme-status;
  *   - a small queue of renew requests from any child to the driver (see renew_recover for dead holders);
  *   - the pid of the process running the driver.
@@ -39,13 +42,15 @@ typedef struct {
 /* test_driver_killed_mid_write_is_repaired (tests/e2e) finds the segment by driver_pid and writes
  * status_seq: keep these two at offsets 4 and 8 */
 struct mod_acme_shm_s {
-    volatile apr_uint32_t  generation;
+    volatile apr_uint32_t  generation;  /* moves with any certificate's */
     volatile apr_uint32_t  driver_pid;
     volatile apr_uint32_t  status_seq;  /* odd while the driver writes */
     volatile apr_uint32_t  status_len;
     volatile apr_uint32_t  status_writer;   /* pid of the last writer */
+    apr_uint32_t           ncerts;      /* entries in cert_gen, fixed at creation */
     renew_slot_t           renew[MOD_ACME_RENEW_SLOTS];
     char                   status[MOD_ACME_STATUS_MAX];
+    volatile apr_uint32_t  cert_gen[];  /* per certificate, indexed like mod_acme_g.certs */
 };
 
 /* 1 unless the process is known to be gone (another user's process answers EPERM: alive) */
@@ -56,19 +61,21 @@ pid_alive(apr_uint32_t pid)
 }
 
 apr_status_t
-mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **out)
+mod_acme_shm_create(apr_pool_t *p, server_rec *s, int ncerts, mod_acme_shm_t **out)
 {
     apr_shm_t     *shm;
     apr_status_t   rv;
+    apr_size_t     size = sizeof(mod_acme_shm_t) + sizeof(apr_uint32_t) * (apr_size_t) ncerts;
 
-    rv = apr_shm_create(&shm, sizeof(mod_acme_shm_t), NULL, p);
+    rv = apr_shm_create(&shm, size, NULL, p);
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, ACMELOGNO(0020)
                      "cannot create the shared memory for certificate hot swap");
         return rv;
     }
     *out = apr_shm_baseaddr_get(shm);
-    memset(*out, 0, sizeof(mod_acme_shm_t));
+    memset(*out, 0, size);
+    (*out)->ncerts = (apr_uint32_t) ncerts;
     return APR_SUCCESS;
 }
 
@@ -78,12 +85,32 @@ mod_acme_shm_generation(mod_acme_shm_t *shm)
     return shm ? apr_atomic_read32(&shm->generation) : 0;
 }
 
-void
-mod_acme_shm_bump(mod_acme_shm_t *shm)
+apr_uint32_t
+mod_acme_shm_cert_generation(mod_acme_shm_t *shm, int idx)
 {
-    if (shm) {
-        apr_atomic_inc32(&shm->generation);
+    if (shm == NULL || idx < 0 || (apr_uint32_t) idx >= shm->ncerts) {
+        return 0;
     }
+    return apr_atomic_read32(&shm->cert_gen[idx]);
+}
+
+void
+mod_acme_shm_bump(mod_acme_shm_t *shm, int idx)
+{
+    apr_uint32_t i;
+
+    if (shm == NULL || idx >= (int) shm->ncerts) {
+        return;
+    }
+    /* the certificate's first: whoever sees the global move sees it */
+    if (idx >= 0) {
+        apr_atomic_inc32(&shm->cert_gen[idx]);
+    } else {
+        for (i = 0; i < shm->ncerts; i++) {
+            apr_atomic_inc32(&shm->cert_gen[i]);
+        }
+    }
+    apr_atomic_inc32(&shm->generation);
 }
 
 void

@@ -4,6 +4,7 @@ on, a graceful restart works from the local cache) and the recovery (renewal wor
 
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -214,3 +215,37 @@ def test_config_errors(apache_factory, pebble, tmp_path):
     a.acme_global = f'ACMEStorage "redis://127.0.0.1:1/0" prefix=x\nACMEStorageKey "{kf}"\n'
     p = a.config_test()
     assert p.returncode == 0, p.stderr
+
+
+def test_renewal_while_redis_hangs_keeps_handshakes_fast(apache_factory, pebble, procs, tmp_path):
+    """Redis stopped (SIGSTOP: connections hang rather than fail), one renewal forced: every HTTPS request
+    is answered quickly. A handshake reads only local files (the cache the driver keeps), never Redis."""
+    redis = Redis(procs, tmp_path / "redis")
+    kf = _key(tmp_path / "storage.key")
+    name = "hang.redis.apache.example.org"
+    a = _apache(apache_factory, pebble, redis, kf, [name])
+    a.start(procs)
+    a.wait_valid(name)
+    serial = _redis_serial(redis, name)
+    _wait_served(a, name, serial)
+
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        r = a.renew(name)
+        assert r.status == 202, r
+        slow = []
+        for i in range(60):
+            t0 = time.monotonic()
+            try:
+                status, _, der, _ = tls_get(a.https_port, name, timeout=10)
+            except OSError as e:
+                slow.append((i, f"{type(e).__name__}: {e}"))
+                continue
+            took = time.monotonic() - t0
+            assert status == 200
+            assert cert_serial(der) == serial
+            if took > 2:
+                slow.append((i, round(took, 1)))
+        assert not slow, slow
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
