@@ -105,10 +105,10 @@ cert_updated(void *data, const char *name)
     }
     if (mod_acme_g.storage != NULL) {
         /* the children read the local cache, not Redis: it first */
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, idx, mod_acme_cert_t *);
+
         apr_pool_create(&tp, NULL);
-        if (mod_acme_cache_update(tp, mod_acme_g.store, APR_ARRAY_IDX(mod_acme_g.certs, idx, mod_acme_cert_t *),
-                                  NULL, &msg) != 0)
-        {
+        if (mod_acme_cache_update(tp, mod_acme_g.store, c, NULL, &msg) != 0) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, ACMELOGNO(0085)
                          "%s: cannot refresh the local cache: %s", name, msg ? msg : "nothing stored");
             apr_pool_destroy(tp);
