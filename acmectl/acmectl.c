@@ -1,4 +1,5 @@
 /* acmectl: the admin's command line for the ACME core and the state directory the modules share. */
+#include <ctype.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +33,7 @@ typedef struct {
     int              agree_tos;
     int              insecure;
     const char      *eab_kid;
-    const char      *eab_hmac;
+    char            *eab_hmac;         /* base64url, owned (acme_free_secret) */
     const char      *account_key;
     acme_keyspec_t   account_keyspec;
     int              verbose;
@@ -90,7 +91,7 @@ usage(FILE *f)
 {
     fprintf(f,
 "usage: acmectl [--state DIR | --storage DIR|redis://...] [--storage-key FILE] [--ca URL|NAME] [--ca-cert FILE] [--contact EMAIL]... [--agree-tos]\n"
-"               [--eab-kid KID --eab-hmac-key B64URL] [--account-key FILE | --account-key-type ALG]\n"
+"               [--eab-kid KID --eab-hmac-key data:B64URL|FILE] [--account-key FILE | --account-key-type ALG]\n"
 "               [-v] COMMAND [ARGS]\n"
 "\n"
 "commands:\n"
@@ -119,6 +120,75 @@ ctl_forged(void *arg, const char *msg)
 {
     (void) arg;
     fprintf(stderr, "acmectl: %s\n", msg);
+}
+
+static int
+b64url_valid(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (!isalnum((unsigned char) s[i]) && s[i] != '-' && s[i] != '_') {
+            return 0;
+        }
+    }
+    return n > 0 && n % 4 != 1;
+}
+
+/*
+ * --eab-hmac-key data:KEY | FILE (as nginx's external_account_key); a bare key that names no file is still
+ * taken, as before. The key is never part of a message.
+ */
+static char *
+eab_key_read(const char *arg)
+{
+    const char  *p, *end, *file = NULL;
+    char         buf[4097];
+    size_t       n;
+    FILE        *f;
+    char        *key;
+
+    if (strncmp(arg, "data:", 5) == 0) {
+        p = arg + 5;
+        n = strlen(p);
+    } else if ((f = fopen(arg, "r")) != NULL) {
+        n = fread(buf, 1, sizeof(buf), f);
+        if (ferror(f) || n == sizeof(buf)) {
+            fprintf(stderr, "acmectl: --eab-hmac-key: cannot read %s (at most 4096 bytes)\n", arg);
+            fclose(f);
+            explicit_bzero(buf, sizeof(buf));
+            return NULL;
+        }
+        fclose(f);
+        p = buf;
+        file = arg;
+    } else if (strchr(arg, '/') == NULL && b64url_valid(arg, strlen(arg))) {
+        p = arg;
+        n = strlen(p);
+    } else {
+        fprintf(stderr, "acmectl: --eab-hmac-key: not data:KEY and not a readable file (the value is not "
+                "shown)\n");
+        return NULL;
+    }
+    end = p + n;
+    while (p < end && isspace((unsigned char) *p)) {
+        p++;
+    }
+    while (end > p && (isspace((unsigned char) end[-1]) || end[-1] == '=')) {
+        end--;
+    }
+    if (!b64url_valid(p, (size_t) (end - p))) {
+        fprintf(stderr, "acmectl: --eab-hmac-key: %s%s is not a base64url HMAC key (the value is not shown)\n",
+                file ? "the content of " : "the inline key", file ? file : "");
+        explicit_bzero(buf, sizeof(buf));
+        return NULL;
+    }
+    key = acme_strndup(p, (size_t) (end - p));
+    explicit_bzero(buf, sizeof(buf));
+    if (key == NULL) {
+        fprintf(stderr, "acmectl: out of memory\n");
+    }
+    return key;
 }
 
 static int
@@ -564,6 +634,7 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
     }
     f.failures++;
     f.next_try = now + acme_sched_backoff(err->kind, f.failures, err->retry_after, acme_random());
+    f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
     f.last_error_at = now;
     free(f.last_error);
     f.last_error = acme_strdup(err->msg);
@@ -643,6 +714,10 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
                acme_renew_reason_name(reason));
         acme_certmeta_free(&m);
         return 0;
+    }
+    if (o.force && m.ca_wait_until > now) {
+        fprintf(stderr, "acmectl: --force: overriding the CA's Retry-After: it asked not to be asked again "
+                "before %s\n", acme_time_format(m.ca_wait_until, tbuf, sizeof(tbuf)));
     }
     if (o.key != NULL && acme_keyspec_parse(o.key, &m.keyspec, &err) != 0) {
         fprintf(stderr, "acmectl: --key: %s\n", err.msg);
@@ -1098,7 +1173,13 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         acme_loop_run(ctl->loop, NULL, 200);
         if (run_renew) {
             run_renew = 0;
-            acme_manager_renew(r.m, ids[0].value);
+            time_t until = 0;
+            char   tb[32];
+
+            if (acme_manager_renew(r.m, ids[0].value, &until) == 1) {
+                fprintf(stderr, "acmectl: SIGUSR1: not renewing now: the CA asked to wait until %s "
+                        "(acmectl renew --force overrides)\n", acme_time_format(until, tb, sizeof(tb)));
+            }
         }
         run_write_status(&r);
     }
@@ -1241,7 +1322,14 @@ main(int argc, char **argv)
         case 't': ctl.agree_tos = 1; break;
         case 'I': ctl.insecure = 1; break;
         case 'e': ctl.eab_kid = optarg; break;
-        case 'E': ctl.eab_hmac = optarg; break;
+        case 'E':
+            acme_free_secret(ctl.eab_hmac, ctl.eab_hmac ? strlen(ctl.eab_hmac) : 0);
+            ctl.eab_hmac = eab_key_read(optarg);
+            if (ctl.eab_hmac == NULL) {
+                free(ctl.contact);
+                return 2;
+            }
+            break;
         case 'A': ctl.account_key = optarg; break;
         case 'K':
             if (acme_keyspec_parse(optarg, &ctl.account_keyspec, &kerr) != 0) {
@@ -1297,6 +1385,7 @@ main(int argc, char **argv)
     acme_store_close(ctl.store);
     free(ctl.ca_url);
     free(ctl.contact);
+    acme_free_secret(ctl.eab_hmac, ctl.eab_hmac ? strlen(ctl.eab_hmac) : 0);
     acme_ident_errors_free(ctl.ident_errors, ctl.nident_errors);
     return rc;
 }

@@ -87,8 +87,11 @@ typedef struct {
     int                    cb_installed;    /* our certificate callback is on its SSL_CTX */
 } mod_acme_srv_conf_t;
 
+#define MOD_ACME_RENEW_INTERVAL  600    /* a certificate is forced at most once per this, by default */
+
 typedef struct {
     int  renew_allowed;                     /* ACMEStatusRenew, ACME_UNSET, 0, 1 */
+    int  renew_interval;                    /* seconds, ACME_UNSET: MOD_ACME_RENEW_INTERVAL */
 } mod_acme_dir_conf_t;
 
 extern const command_rec mod_acme_cmds[];
@@ -166,8 +169,8 @@ mod_acme_conn_t *mod_acme_conn(conn_rec *c, int create);
 #define MOD_ACME_NAME_MAX        256
 #define MOD_ACME_STATUS_MAX      (128 * 1024)
 
-/* ncerts: entries of the per-certificate generation table (mod_acme_g.certs->nelts). */
-apr_status_t mod_acme_shm_create(apr_pool_t *p, server_rec *s, int ncerts, mod_acme_shm_t **shm);
+/* Per certificate entries for mod_acme_g.certs as it is when called (post_config). */
+apr_status_t mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **shm);
 /* Moves whenever any certificate's generation does. */
 apr_uint32_t mod_acme_shm_generation(mod_acme_shm_t *shm);
 apr_uint32_t mod_acme_shm_cert_generation(mod_acme_shm_t *shm, int idx);
@@ -183,6 +186,16 @@ int          mod_acme_shm_renew_pop(mod_acme_shm_t *shm, char *buf, apr_size_t s
 /* A new driver repairs what a process that died mid-write left: the status sequence, renew slots held by
  * dead processes. Returns how many things it repaired. */
 int          mod_acme_shm_recover(mod_acme_shm_t *shm);
+/*
+ * A forced renewal of certificate i (index in mod_acme_g.certs) at now: 0 claimed (*prev: the previous
+ * time, for mod_acme_shm_renew_unclaim), 1 the CA asked to wait until *until, 2 forced less than interval
+ * seconds ago (next at *until), -1 no such certificate. Atomic across processes.
+ */
+int          mod_acme_shm_renew_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t interval,
+                                      apr_uint32_t *until, apr_uint32_t *prev);
+void         mod_acme_shm_renew_unclaim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t prev);
+/* The driver: until when the CA asked to wait for certificate i (0: no more). */
+void         mod_acme_shm_set_ca_wait(mod_acme_shm_t *shm, int i, apr_uint32_t until);
 void         mod_acme_shm_set_driver(mod_acme_shm_t *shm, pid_t pid);
 pid_t        mod_acme_shm_driver(mod_acme_shm_t *shm);
 

@@ -5,6 +5,8 @@
  */
 #include "mod_acme.h"
 
+#include <apr_lib.h>
+
 #include <http_core.h>
 #include <util_cfgtree.h>
 #include <apr_file_io.h>
@@ -75,6 +77,7 @@ mod_acme_create_dir_conf(apr_pool_t *p, char *dir)
 
     (void) dir;
     dc->renew_allowed = ACME_UNSET;
+    dc->renew_interval = ACME_UNSET;
     return dc;
 }
 
@@ -85,6 +88,7 @@ mod_acme_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     mod_acme_dir_conf_t *dc = apr_pcalloc(p, sizeof(*dc));
 
     dc->renew_allowed = add->renew_allowed != ACME_UNSET ? add->renew_allowed : base->renew_allowed;
+    dc->renew_interval = add->renew_interval != ACME_UNSET ? add->renew_interval : base->renew_interval;
     return dc;
 }
 
@@ -424,6 +428,10 @@ b64url_valid(const char *s, apr_size_t n)
     return 1;
 }
 
+/*
+ * ACMEExternalAccountBinding KID data:KEY | KEYFILE: the base64url HMAC key inline (as nginx-acme's
+ * external_account_key takes it) or in a file. Errors name the directive and the file, never the key.
+ */
 static const char *
 set_eab(cmd_parms *cmd, void *dc, const char *kid, const char *file)
 {
@@ -440,32 +448,47 @@ set_eab(cmd_parms *cmd, void *dc, const char *kid, const char *file)
             sc->eab_hmac = NULL;
             return NULL;
         }
-        return apr_psprintf(cmd->pool, "%s: expected KID KEYFILE (or none), got '%s' only", cmd_name(cmd),
-                            kid);
+        return apr_psprintf(cmd->pool, "%s: expected KID data:KEY or KID KEYFILE (or none), got '%s' only",
+                            cmd_name(cmd), kid);
     }
     if (*kid == '\0' || strlen(kid) > 256 || strpbrk(kid, " \t\r\n\"\\") != NULL) {
         return bad_value(cmd, kid, "not a usable key identifier");
     }
-    path = ap_server_root_relative(cmd->pool, file);
-    if (path == NULL) {
-        return bad_value(cmd, file, "not a valid path");
+    if (strncmp(file, "data:", 5) == 0) {
+        path = NULL;
+        len = strlen(file + 5);
+        data = apr_pstrmemdup(cmd->temp_pool, file + 5, len);
+    } else {
+        path = ap_server_root_relative(cmd->pool, file);
+        if (path == NULL) {
+            return bad_value(cmd, file, "not a valid path");
+        }
+        why = read_small_file(cmd, path, 4096, &data, &len);
+        if (why != NULL) {
+            if (strchr(file, '/') == NULL && strlen(file) >= 16 && b64url_valid(file, strlen(file))) {
+                /* most likely the key itself, given without data: */
+                return apr_psprintf(cmd->pool, "%s: no such file, and a key given inline needs the data: "
+                                    "prefix (the value is not shown)", cmd_name(cmd));
+            }
+            return bad_value(cmd, file, why);
+        }
     }
-    why = read_small_file(cmd, path, 4096, &data, &len);
-    if (why != NULL) {
-        return bad_value(cmd, file, why);
-    }
-    /* the file holds the base64url HMAC key; surrounding white space is ignored */
+    /* surrounding white space and base64 padding are ignored */
     p = data;
     end = data + len;
     while (p < end && isspace((unsigned char) *p)) {
         p++;
     }
-    while (end > p && isspace((unsigned char) end[-1])) {
+    while (end > p && (isspace((unsigned char) end[-1]) || end[-1] == '=')) {
         end--;
     }
-    if (!b64url_valid(p, (apr_size_t) (end - p))) {
+    if (!b64url_valid(p, (apr_size_t) (end - p)) || (end - p) % 4 == 1) {
         memset(data, 0, len);
         /* never show the key itself */
+        if (path == NULL) {
+            return apr_psprintf(cmd->pool, "%s: the inline key (data:) is not base64url (the value is not "
+                                "shown)", cmd_name(cmd));
+        }
         return bad_value(cmd, file, "the file must hold the base64url-encoded HMAC key");
     }
     sc->eab_kid = apr_pstrdup(cmd->pool, kid);
@@ -524,13 +547,47 @@ set_certificate(cmd_parms *cmd, void *dc, const char *arg)
     return NULL;
 }
 
+/* "30", "30s", "10m", "1h": seconds, at least 1 and at most a day; -1 otherwise. */
+static int
+parse_interval(const char *v)
+{
+    char  *end;
+    long   n;
+
+    if (!apr_isdigit(*v)) {
+        return -1;
+    }
+    n = strtol(v, &end, 10);
+    if (*end == 'm' && end[1] == '\0') {
+        n *= 60;
+    } else if (*end == 'h' && end[1] == '\0') {
+        n *= 3600;
+    } else if (!(*end == '\0' || (*end == 's' && end[1] == '\0'))) {
+        return -1;
+    }
+    return n >= 1 && n <= 86400 ? (int) n : -1;
+}
+
 static const char *
-set_status_renew(cmd_parms *cmd, void *dcv, int flag)
+set_status_renew(cmd_parms *cmd, void *dcv, const char *flag, const char *interval)
 {
     mod_acme_dir_conf_t *dc = dcv;
 
-    (void) cmd;
-    dc->renew_allowed = flag ? 1 : 0;
+    if (strcasecmp(flag, "on") == 0) {
+        dc->renew_allowed = 1;
+    } else if (strcasecmp(flag, "off") == 0) {
+        dc->renew_allowed = 0;
+    } else {
+        return bad_value(cmd, flag, "on or off expected");
+    }
+    if (interval != NULL) {
+        if (strncmp(interval, "interval=", 9) != 0 || (dc->renew_interval = parse_interval(interval + 9)) < 0) {
+            return bad_value(cmd, interval, "interval=DURATION expected (seconds, or with s, m, h; 1s to 1 day)");
+        }
+        if (dc->renew_allowed != 1) {
+            return bad_value(cmd, interval, "an interval needs 'on'");
+        }
+    }
     return NULL;
 }
 
@@ -557,13 +614,16 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE1("ACMEProfile", set_profile, NULL, RSRC_CONF,
                   "the CA's certificate profile to ask for"),
     AP_INIT_TAKE12("ACMEExternalAccountBinding", set_eab, NULL, RSRC_CONF,
-                   "KID KEYFILE: external account binding (KEYFILE holds the base64url HMAC key), or none"),
+                   "KID data:KEY or KID KEYFILE: external account binding (the base64url HMAC key inline or "
+                   "in a file), or none"),
     AP_INIT_TAKE1("ACMEPreferredChain", set_preferred_chain, NULL, RSRC_CONF,
                   "issuer common name of the preferred alternate chain"),
     AP_INIT_ITERATE("ACMECertificate", set_certificate, NULL, RSRC_CONF,
                     "on (ServerName + ServerAlias), off, or the names to manage a certificate for"),
-    AP_INIT_FLAG("ACMEStatusRenew", set_status_renew, NULL, OR_OPTIONS | ACCESS_CONF,
-                 "on: the acme-status handler accepts POST ?renew=NAME"),
+    /* not OR_*: never from .htaccess, where a vhost's users could turn it on */
+    AP_INIT_TAKE12("ACMEStatusRenew", set_status_renew, NULL, RSRC_CONF | ACCESS_CONF,
+                   "on|off [interval=DURATION]: the acme-status handler accepts POST ?renew=NAME, each "
+                   "certificate at most once per DURATION (default 10m)"),
     { NULL }
 };
 

@@ -373,10 +373,14 @@ publish_status(acme_manager_t *m)
 {
     json_t  *st = acme_manager_status(m);
     char    *text;
-    int      busy = acme_manager_busy(m);
+    int      busy = acme_manager_busy(m), i;
 
     if (st == NULL) {
         return busy;
+    }
+    for (i = 0; i < mod_acme_g.certs->nelts; i++) {
+        time_t until = acme_manager_ca_wait(m, APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *)->name);
+        mod_acme_shm_set_ca_wait(mod_acme_g.shm, i, until > 0 ? (apr_uint32_t) until : 0);
     }
     json_object_set_new(st, "driver_pid", json_integer((json_int_t) getpid()));
     json_object_set_new(st, "generation", json_integer((json_int_t) mod_acme_shm_generation(mod_acme_g.shm)));
@@ -503,9 +507,17 @@ driver_main(apr_thread_t *t, void *arg)
             m = fresh;
         }
         while (!d->draining && mod_acme_shm_renew_pop(mod_acme_g.shm, name, sizeof(name))) {
-            if (acme_manager_renew(m, name) == 0) {
+            time_t until = 0;
+            int    rc = acme_manager_renew(m, name, &until);
+
+            if (rc == 0) {
                 ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0080)
                              "%s: renewal requested through acme-status", name);
+            } else if (rc == 1) {
+                char tb[32];
+                ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0110)
+                             "%s: renewal through acme-status not forced: the CA asked to wait until %s",
+                             name, acme_time_format(until, tb, sizeof(tb)));
             }
         }
         busy = publish_status(m);

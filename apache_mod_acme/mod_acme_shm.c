@@ -8,6 +8,8 @@
  *     moves with any of them (the status shows it);
  *   - the driver's latest status JSON, under a sequence lock, so any child can answer acme-status;
  *   - a small queue of renew requests from any child to the driver (see renew_recover for dead holders);
+ *   - per certificate: when a renewal was last forced and until when the CA asked to wait, so any child
+ *     refuses a forced renewal at once (429);
  *   - the pid of the process running the driver.
  */
 #include "mod_acme.h"
@@ -39,6 +41,13 @@ typedef struct {
     char                   name[MOD_ACME_NAME_MAX];
 } renew_slot_t;
 
+/* Per certificate (index in mod_acme_g.certs); times in seconds since the epoch. */
+typedef struct {
+    volatile apr_uint32_t  forced_at;   /* last forced renewal accepted */
+    volatile apr_uint32_t  ca_wait;     /* the CA asked to wait until (the driver writes it) */
+    volatile apr_uint32_t  gen;         /* moves when its local files changed */
+} per_cert_t;
+
 /* test_driver_killed_mid_write_is_repaired (tests/e2e) finds the segment by driver_pid and writes
  * status_seq: keep these two at offsets 4 and 8 */
 struct mod_acme_shm_s {
@@ -47,10 +56,10 @@ struct mod_acme_shm_s {
     volatile apr_uint32_t  status_seq;  /* odd while the driver writes */
     volatile apr_uint32_t  status_len;
     volatile apr_uint32_t  status_writer;   /* pid of the last writer */
-    apr_uint32_t           ncerts;      /* entries in cert_gen, fixed at creation */
     renew_slot_t           renew[MOD_ACME_RENEW_SLOTS];
     char                   status[MOD_ACME_STATUS_MAX];
-    volatile apr_uint32_t  cert_gen[];  /* per certificate, indexed like mod_acme_g.certs */
+    apr_uint32_t           ncerts;      /* entries in cert, fixed at creation */
+    per_cert_t             cert[];
 };
 
 /* 1 unless the process is known to be gone (another user's process answers EPERM: alive) */
@@ -61,12 +70,13 @@ pid_alive(apr_uint32_t pid)
 }
 
 apr_status_t
-mod_acme_shm_create(apr_pool_t *p, server_rec *s, int ncerts, mod_acme_shm_t **out)
+mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **out)
 {
     apr_shm_t     *shm;
     apr_status_t   rv;
-    apr_size_t     size = sizeof(mod_acme_shm_t) + sizeof(apr_uint32_t) * (apr_size_t) ncerts;
+    apr_size_t     n = mod_acme_g.certs ? (apr_size_t) mod_acme_g.certs->nelts : 0, size;
 
+    size = sizeof(mod_acme_shm_t) + n * sizeof(per_cert_t);
     rv = apr_shm_create(&shm, size, NULL, p);
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, ACMELOGNO(0020)
@@ -75,7 +85,7 @@ mod_acme_shm_create(apr_pool_t *p, server_rec *s, int ncerts, mod_acme_shm_t **o
     }
     *out = apr_shm_baseaddr_get(shm);
     memset(*out, 0, size);
-    (*out)->ncerts = (apr_uint32_t) ncerts;
+    (*out)->ncerts = (apr_uint32_t) n;
     return APR_SUCCESS;
 }
 
@@ -91,7 +101,7 @@ mod_acme_shm_cert_generation(mod_acme_shm_t *shm, int idx)
     if (shm == NULL || idx < 0 || (apr_uint32_t) idx >= shm->ncerts) {
         return 0;
     }
-    return apr_atomic_read32(&shm->cert_gen[idx]);
+    return apr_atomic_read32(&shm->cert[idx].gen);
 }
 
 void
@@ -104,10 +114,10 @@ mod_acme_shm_bump(mod_acme_shm_t *shm, int idx)
     }
     /* the certificate's first: whoever sees the global move sees it */
     if (idx >= 0) {
-        apr_atomic_inc32(&shm->cert_gen[idx]);
+        apr_atomic_inc32(&shm->cert[idx].gen);
     } else {
         for (i = 0; i < shm->ncerts; i++) {
-            apr_atomic_inc32(&shm->cert_gen[i]);
+            apr_atomic_inc32(&shm->cert[i].gen);
         }
     }
     apr_atomic_inc32(&shm->generation);
@@ -260,4 +270,50 @@ pid_t
 mod_acme_shm_driver(mod_acme_shm_t *shm)
 {
     return shm ? (pid_t) apr_atomic_read32(&shm->driver_pid) : 0;
+}
+
+int
+mod_acme_shm_renew_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t interval,
+                         apr_uint32_t *until, apr_uint32_t *prev)
+{
+    per_cert_t     *l;
+    apr_uint32_t    old, wait;
+
+    if (shm == NULL || i < 0 || (apr_uint32_t) i >= shm->ncerts) {
+        return -1;
+    }
+    l = &shm->cert[i];
+    for ( ;; ) {
+        wait = apr_atomic_read32(&l->ca_wait);
+        if (wait > now) {
+            *until = wait;
+            return 1;
+        }
+        old = apr_atomic_read32(&l->forced_at);
+        if (old != 0 && now - old < interval) {
+            *until = old + interval;
+            return 2;
+        }
+        /* of two requests at once, only the one whose swap lands passes */
+        if (apr_atomic_cas32(&l->forced_at, now, old) == old) {
+            *prev = old;
+            return 0;
+        }
+    }
+}
+
+void
+mod_acme_shm_renew_unclaim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t prev)
+{
+    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->ncerts) {
+        apr_atomic_cas32(&shm->cert[i].forced_at, prev, now);
+    }
+}
+
+void
+mod_acme_shm_set_ca_wait(mod_acme_shm_t *shm, int i, apr_uint32_t until)
+{
+    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->ncerts) {
+        apr_atomic_set32(&shm->cert[i].ca_wait, until);
+    }
 }

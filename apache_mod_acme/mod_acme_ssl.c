@@ -29,7 +29,6 @@
 
 #include <openssl/err.h>
 
-#include <ftw.h>
 #include <unistd.h>
 #include <time.h>
 
@@ -483,44 +482,44 @@ build_certs(apr_pool_t *p, server_rec *base)
 
 /* ---- the state directory belongs to the user the children run as ---- */
 
-static uid_t chown_uid;
-static gid_t chown_gid;
-
-static int
-chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/*
+ * Root creates the directory and gives the directory itself (never what is in it) to the children's user.
+ * The store opened here then acts as that user (acme_store_fs_open switches the filesystem ids around every
+ * operation when root opens another user's directory): journal recovery, the cache and the fallback files
+ * are written as the children's user, and no link planted in the directory is followed.
+ */
+static acme_store_t *
+state_dir_open(server_rec *s, const char *dir)
 {
-    (void) flag;
-    (void) ftw;
-    if (st->st_uid != chown_uid || st->st_gid != chown_gid) {
-        if (lchown(path, chown_uid, chown_gid) != 0) {
-            return -1;
+    acme_store_t  *st = NULL;
+    acme_err_t     err;
+    long           uid = -1, gid = -1;
+    int            n;
+
+    if (geteuid() == 0 && ap_unixd_config.user_id != 0) {
+        uid = (long) ap_unixd_config.user_id;
+        gid = (long) ap_unixd_config.group_id;
+    }
+    if (acme_store_fs_prepare(dir, uid, gid, &err) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0035) "ACMEStateDir %s: %s", dir, err.msg);
+        return NULL;
+    }
+    /* twice: a journal that failed to apply (a link in the directory, say) is dropped by the first */
+    for (n = 0; n < 2 && st == NULL; n++) {
+        st = acme_store_fs_open(dir, 1, &err);
+        if (st == NULL) {
+            ap_log_error(APLOG_MARK, n == 0 ? APLOG_ERR : APLOG_EMERG, 0, s, ACMELOGNO(0036)
+                         "ACMEStateDir %s: %s", dir, err.msg);
         }
     }
-    return 0;
-}
-
-static int
-state_dir_owner(server_rec *s, const char *dir)
-{
-    if (geteuid() != 0 || ap_unixd_config.user_id == 0) {
-        return 0;
-    }
-    chown_uid = ap_unixd_config.user_id;
-    chown_gid = ap_unixd_config.group_id;
-    if (nftw(dir, chown_one, 16, FTW_PHYS) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, s, ACMELOGNO(0035)
-                     "ACMEStateDir %s: cannot give it to the server's user (uid %ld)", dir,
-                     (long) chown_uid);
-        return -1;
-    }
-    return 0;
+    return st;
 }
 
 /* a record in Redis that does not authenticate: the store says so once per process */
 static void
 forged_log(void *data, const char *msg)
 {
-    ap_log_error(APLOG_MARK, APLOG_ERR, 0, (server_rec *) data, ACMELOGNO(0110) "%s", msg);
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, (server_rec *) data, ACMELOGNO(0113) "%s", msg);
 }
 
 static apr_status_t
@@ -561,10 +560,8 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
     if (mod_acme_g.certs->nelts == 0) {
         return OK;
     }
-    mod_acme_g.local = acme_store_fs_open(mod_acme_g.state_dir, 1, &err);
+    mod_acme_g.local = state_dir_open(base, mod_acme_g.state_dir);
     if (mod_acme_g.local == NULL) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, base, ACMELOGNO(0036)
-                     "ACMEStateDir %s: %s", mod_acme_g.state_dir, err.msg);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     mod_acme_g.store = mod_acme_g.local;
@@ -640,10 +637,7 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
         }
         acme_store_on_forged(mod_acme_g.store, forged_log, base);
     }
-    if (state_dir_owner(base, mod_acme_g.state_dir) != 0) {
-        return HTTP_INTERNAL_SERVER_ERROR;
-    }
-    rv = mod_acme_shm_create(pconf, base, mod_acme_g.certs->nelts, &mod_acme_g.shm);
+    rv = mod_acme_shm_create(pconf, base, &mod_acme_g.shm);
     if (rv != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }

@@ -1,10 +1,13 @@
 /*
- * The acme-status handler:
+ * The acme-status handler. A request sees only the certificates of the virtual host it came to
+ * (r->server: those it manages or serves); the main server (no <VirtualHost> matched) sees all.
  *   GET                JSON per certificate (names, issuer, key type, validity, next renewal and why, state,
  *                      last error) as the driver last published it; before the driver runs, what the store
  *                      says. Never keys or EAB secrets (the manager's status has neither).
- *   POST ?renew=NAME   queue a renewal of the certificate with that store name or identifier: 202; 404 for
- *                      names we do not manage; 403 unless "ACMEStatusRenew on" applies to the location.
+ *   POST ?renew=NAME   queue a renewal of the certificate with that store name or identifier: 202; 403 unless
+ *                      "ACMEStatusRenew on" applies to the location; 429 with Retry-After while the CA asked
+ *                      to wait (rateLimited) or when the certificate was forced less than the interval ago;
+ *                      404 for names this virtual host does not have.
  *   anything else      405.
  */
 #include "mod_acme.h"
@@ -29,6 +32,8 @@ iso_time(apr_pool_t *p, time_t t)
     return apr_pstrdup(p, buf);
 }
 
+static int cert_visible(request_rec *r, const mod_acme_cert_t *c);
+
 /* Before the driver published anything: the configured certificates and what the store knows of them. */
 static const char *
 status_from_store(request_rec *r)
@@ -41,10 +46,16 @@ status_from_store(request_rec *r)
     for (i = 0; mod_acme_g.active && i < mod_acme_g.certs->nelts; i++) {
         mod_acme_cert_t  *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
         acme_certmeta_t   meta;
-        json_t           *o = json_object(), *ids = json_array();
+        json_t           *o, *ids;
         char              ks[16];
         size_t            j;
         int               have;
+
+        if (!cert_visible(r, c)) {
+            continue;
+        }
+        o = json_object();
+        ids = json_array();
 
         for (j = 0; j < c->nids; j++) {
             json_array_append_new(ids, json_string(c->ids[j].value));
@@ -82,24 +93,80 @@ status_from_store(request_rec *r)
     return out;
 }
 
+/* The certificates a request may see: its virtual host's, all of them on the main server. */
 static int
-known_name(const char *what)
+cert_visible(request_rec *r, const mod_acme_cert_t *c)
+{
+    mod_acme_srv_conf_t  *sc;
+    int                   i;
+
+    if (r->server == mod_acme_g.base) {
+        return 1;
+    }
+    sc = mod_acme_srv_conf(r->server);
+    for (i = 0; sc->served != NULL && i < sc->served->nelts; i++) {
+        if (APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *) == c) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Index in mod_acme_g.certs of the visible certificate with that store name or identifier, -1: none. */
+static int
+find_cert(request_rec *r, const char *what)
 {
     int     i;
     size_t  j;
 
     for (i = 0; mod_acme_g.active && i < mod_acme_g.certs->nelts; i++) {
         mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-        if (strcmp(c->name, what) == 0) {
-            return 1;
+        int              hit = strcmp(c->name, what) == 0;
+
+        for (j = 0; !hit && j < c->nids; j++) {
+            hit = strcasecmp(c->ids[j].value, what) == 0;
         }
-        for (j = 0; j < c->nids; j++) {
-            if (strcasecmp(c->ids[j].value, what) == 0) {
-                return 1;
-            }
+        if (hit && cert_visible(r, c)) {
+            return i;
         }
     }
-    return 0;
+    return -1;
+}
+
+/* The driver's document with only the certificates this request may see. */
+static const char *
+status_filter(request_rec *r, const char *json)
+{
+    json_t      *root, *arr, *keep;
+    const char  *out;
+    char        *text;
+    size_t       k;
+
+    if (r->server == mod_acme_g.base) {
+        return json;
+    }
+    root = json_loads(json, 0, NULL);
+    arr = root ? json_object_get(root, "certificates") : NULL;
+    if (!json_is_array(arr)) {
+        json_decref(root);
+        return "{\"certificates\": []}";
+    }
+    keep = json_array();
+    for (k = 0; k < json_array_size(arr); k++) {
+        json_t      *o = json_array_get(arr, k);
+        const char  *name = json_string_value(json_object_get(o, "name"));
+        int          i = name ? find_cert(r, name) : -1;
+
+        if (i >= 0 && strcmp(APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *)->name, name) == 0) {
+            json_array_append(keep, o);
+        }
+    }
+    json_object_set_new(root, "certificates", keep);
+    text = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    out = apr_pstrdup(r->pool, text ? text : "{}");
+    free(text);
+    return out;
 }
 
 static const char *
@@ -137,22 +204,42 @@ send_json(request_rec *r, int status, const char *json)
     return OK;
 }
 
+/* 429: Retry-After, and the time and the reason in the body. */
+static int
+too_soon(request_rec *r, apr_uint32_t until, const char *why)
+{
+    time_t   now = time(NULL);
+    json_t  *o;
+    char    *text;
+    int      rc;
+
+    apr_table_setn(r->headers_out, "Retry-After",
+                   apr_psprintf(r->pool, "%ld", (long) ((time_t) until > now ? (time_t) until - now : 1)));
+    o = json_pack("{s:s, s:s}", "error", why, "retry_after", iso_time(r->pool, (time_t) until));
+    text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    rc = send_json(r, HTTP_TOO_MANY_REQUESTS, text ? apr_pstrdup(r->pool, text) : "{}");
+    free(text);
+    return rc;
+}
+
 static int
 status_handler(request_rec *r)
 {
     mod_acme_dir_conf_t  *dc;
+    mod_acme_cert_t      *c;
     const char           *json, *name;
     json_t               *o;
     char                 *text;
+    apr_uint32_t          now, until = 0, prev = 0;
+    int                   i, rc, interval;
 
     if (r->handler == NULL || strcmp(r->handler, MOD_ACME_HANDLER) != 0) {
         return DECLINED;
     }
     if (r->method_number == M_GET) {
         json = mod_acme_shm_status_get(mod_acme_g.active ? mod_acme_g.shm : NULL, r->pool);
-        if (json == NULL) {
-            json = status_from_store(r);
-        }
+        json = json != NULL ? status_filter(r, json) : status_from_store(r);
         return send_json(r, HTTP_OK, json);
     }
     if (r->method_number != M_POST) {
@@ -167,18 +254,37 @@ status_handler(request_rec *r)
     if (dc == NULL || dc->renew_allowed != 1) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, ACMELOGNO(0100)
                       "acme-status: renew refused: ACMEStatusRenew is not on for this location");
-        return HTTP_FORBIDDEN;
+        return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal requests are not allowed here "
+                                            "(ACMEStatusRenew on)\"}");
     }
-    if (!known_name(name)) {
+    i = find_cert(r, name);
+    if (i < 0) {
         return HTTP_NOT_FOUND;
     }
-    if (mod_acme_shm_renew_push(mod_acme_g.shm, name) != 0) {
+    c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+    interval = dc->renew_interval != ACME_UNSET ? dc->renew_interval : MOD_ACME_RENEW_INTERVAL;
+    now = (apr_uint32_t) time(NULL);
+    rc = mod_acme_shm_renew_claim(mod_acme_g.shm, i, now, (apr_uint32_t) interval, &until, &prev);
+    if (rc == 1) {
+        ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0111)
+                      "acme-status: renewal of %s refused: the CA asked to wait (rate limited)", c->name);
+        return too_soon(r, until, "the CA asked to wait (rate limited)");
+    }
+    if (rc == 2) {
+        ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0112)
+                      "acme-status: renewal of %s refused: it was forced less than %d s ago", c->name, interval);
+        return too_soon(r, until, "this certificate was forced recently");
+    }
+    if (rc != 0 || mod_acme_shm_renew_push(mod_acme_g.shm, c->name) != 0) {
+        if (rc == 0) {
+            mod_acme_shm_renew_unclaim(mod_acme_g.shm, i, now, prev);
+        }
         apr_table_setn(r->err_headers_out, "Retry-After", "5");
         return HTTP_SERVICE_UNAVAILABLE;
     }
     ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0101)
-                  "acme-status: renewal of %s requested", name);
-    o = json_pack("{s:s, s:s}", "renew", name, "status", "queued");
+                  "acme-status: renewal of %s requested", c->name);
+    o = json_pack("{s:s, s:s}", "renew", c->name, "status", "queued");
     text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     json = apr_pstrdup(r->pool, text ? text : "{}");

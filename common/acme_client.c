@@ -11,6 +11,7 @@
 #include "acme_jws.h"
 #include "acme_x509.h"
 #include "acme_problem.h"
+#include "acme_urlpolicy.h"
 
 #define NONCE_RETRIES  10
 /* Replay-Nonces kept for the next signed requests: every response brings one, so concurrent orders rarely
@@ -48,6 +49,7 @@ struct acme_client_s {
     acme_keygen_t       *keygen;            /* making a new account key */
     acme_store_t        *store;
     acme_http_conf_t     http;
+    acme_urlpolicy_t     urls;              /* which URLs the CA may hand out */
     char                *directory_url;
     char                *ca_id;
     char                *ca_file;
@@ -228,6 +230,11 @@ acme_client_new(acme_loop_t *loop, acme_store_t *store, const acme_client_conf_t
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return NULL;
     }
+    if (acme_urlpolicy_init(&c->urls, conf->directory_url, err) != 0) {
+        free(c);
+        return NULL;
+    }
+    c->http.https_only = c->urls.https_only;
     c->loop = loop;
     c->store = store;
     c->directory_url = acme_strdup(conf->directory_url);
@@ -720,8 +727,12 @@ directory_done(const acme_http_resp_t *resp, void *arg)
     }
     acme_directory_free(&c->dir);
     memset(&c->dir, 0, sizeof(c->dir));
-    if (acme_directory_parse(resp->body.data, resp->body.len, &c->dir, &err) != 0) {
+    if (acme_directory_parse(resp->body.data, resp->body.len, &c->dir, &err) != 0
+        || acme_urlpolicy_check_directory(&c->urls, c->loop, &c->dir, &err) != 0)
+    {
         acme_err_prefix(&err, "directory %s", c->directory_url);
+        acme_directory_free(&c->dir);
+        memset(&c->dir, 0, sizeof(c->dir));
         client_notify(c, &err);
         return;
     }
@@ -732,7 +743,8 @@ directory_done(const acme_http_resp_t *resp, void *arg)
 int
 acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_err_t *err)
 {
-    waiter_t *w;
+    waiter_t          *w;
+    acme_http_conf_t   dconf;
 
     w = calloc(1, sizeof(*w));
     if (w == NULL) {
@@ -762,7 +774,9 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
         return 0;
     }
     c->state = CL_DIRECTORY;
-    c->dir_req = acme_http_send(c->loop, &c->http, "GET", c->directory_url, NULL, "application/json",
+    dconf = c->http;
+    dconf.follow_redirects = 1;         /* directory GETs only */
+    c->dir_req = acme_http_send(c->loop, &dconf, "GET", c->directory_url, NULL, "application/json",
                                 directory_done, c, err);
     if (c->dir_req == NULL) {
         c->waiters = w->next;
@@ -823,6 +837,11 @@ op_resp(const acme_http_resp_t *resp, void *arg)
     }
 
     if (resp->ok && resp->status >= 200 && resp->status < 300) {
+        if (acme_urlpolicy_check_resp(&c->urls, c->loop, resp, &err) != 0) {
+            acme_err_prefix(&err, "%s %.250s", op->get ? "GET" : "POST", op->url);
+            op_fail(op, &err);
+            return;
+        }
         cb = op->cb;
         cbarg = op->arg;
         op_unlink(op);
@@ -869,6 +888,12 @@ op_send(op_t *op)
     acme_client_t  *c = op->c;
     char           *jws, *nonce;
     acme_err_t      err;
+
+    /* URLs from the store (a resumed order, the account) obey the same rules as the CA's answers */
+    if (acme_urlpolicy_check(&c->urls, c->loop, "request", op->url, &err) != 0) {
+        op_fail(op, &err);
+        return;
+    }
 
     if (op->get) {
         op->req = acme_http_send(c->loop, &c->http, "GET", op->url, NULL, op->accept, op_resp, op, &err);

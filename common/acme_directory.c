@@ -2,6 +2,7 @@
 #include "acme_directory.h"
 #include "acme_store.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,7 @@ typedef struct {
     const char  *host;          /* without brackets for IPv6 */
     size_t       host_len;
     int          ipv6;
+    unsigned     port;          /* 0: the scheme's default */
     const char  *path;          /* from the first '/', '?' or '#' after the authority; "" when none */
 } url_parts_t;
 
@@ -132,6 +134,7 @@ url_split(const char *s, url_parts_t *u)
         if (pn == 0 || pn > 65535) {
             return "invalid port in URL";
         }
+        u->port = (unsigned) pn;
     }
     return NULL;
 }
@@ -168,6 +171,35 @@ host_is_loopback(const url_parts_t *u)
         return inet_pton(AF_INET6, tmp, a) == 1 && memcmp(a, &in6addr_loopback, 16) == 0;
     }
     return inet_pton(AF_INET, tmp, a) == 1 && a[0] == 127;
+}
+
+int
+acme_url_loopback(const char *s)
+{
+    url_parts_t  u;
+
+    return s != NULL && url_split(s, &u) == NULL && host_is_loopback(&u);
+}
+
+int
+acme_url_origin(const char *s, char *out, size_t n)
+{
+    url_parts_t  u;
+    size_t       i;
+    int          len;
+
+    if (s == NULL || url_split(s, &u) != NULL) {
+        return -1;
+    }
+    len = snprintf(out, n, "%s://%s%.*s%s:%u", u.https ? "https" : "http", u.ipv6 ? "[" : "",
+                   (int) u.host_len, u.host, u.ipv6 ? "]" : "", u.port ? u.port : (u.https ? 443u : 80u));
+    if (len < 0 || (size_t) len >= n) {
+        return -1;
+    }
+    for (i = 0; out[i] != '\0'; i++) {
+        out[i] = (char) tolower((unsigned char) out[i]);
+    }
+    return 0;
 }
 
 /* ---- directory ---- */

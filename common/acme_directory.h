@@ -45,6 +45,10 @@ char *acme_ca_id(const char *directory_url);
 /* 1 when s is an absolute http:// or https:// URL with a host (optional port), no userinfo, and no
  * spaces, control or non-ASCII characters. */
 int acme_url_valid(const char *s);
+/* 1 when s is a valid URL (as above) whose host is loopback: localhost, 127.0.0.0/8 or [::1]. */
+int acme_url_loopback(const char *s);
+/* "scheme://host:port" of a valid URL, lowercase, the default port explicit. 0, or -1 (invalid, too long). */
+int acme_url_origin(const char *s, char *out, size_t n);
 
 /*
  * Fetch and parse a directory once, blocking (on a private loop), for configuration checks such as

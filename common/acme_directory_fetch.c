@@ -61,6 +61,8 @@ acme_directory_fetch(const char *directory_url, const char *ca_file, int verify,
     conf.verify = verify;
     conf.timeout_ms = timeout_ms;
     conf.connect_timeout_ms = timeout_ms;
+    conf.https_only = strncmp(directory_url, "https://", 8) == 0;
+    conf.follow_redirects = 1;
 
     memset(&f, 0, sizeof(f));
     f.url = directory_url;

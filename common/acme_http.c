@@ -251,8 +251,15 @@ acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *meth
     curl_easy_setopt(req->easy, CURLOPT_URL, url);
     curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
     curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
+    /* plain http only for an http directory (on loopback: acme_urlpolicy_init); redirects lead to https */
+    curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, conf->https_only ? "https" : "http,https");
+    curl_easy_setopt(req->easy, CURLOPT_REDIR_PROTOCOLS_STR, "https");
+    if (conf->follow_redirects && strcmp(method, "GET") == 0) {
+        curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(req->easy, CURLOPT_MAXREDIRS, 10L);
+    } else {
+        curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
+    }
     curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "libacme/1.0 (nginx/apache automatic HTTPS)");
     curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, conf->timeout_ms ? conf->timeout_ms : 30000L);
     curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS,

@@ -15,6 +15,8 @@ typedef struct {
     long        timeout_ms;     /* whole transfer; 0: 30 s */
     long        connect_timeout_ms; /* 0: 10 s */
     size_t      max_body;       /* 0: ACME_HTTP_MAX_BODY */
+    int         https_only;     /* curl may speak https only (the directory is https) */
+    int         follow_redirects;   /* GET only: up to 10 redirects, each to https (directory GETs) */
 } acme_http_conf_t;
 
 typedef struct {

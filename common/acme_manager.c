@@ -403,9 +403,12 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
         c->meta.nids = c->meta.ids ? c->nids : 0;
         c->meta.keyspec = c->ks;
     }
+    /* a forced renewal is one attempt: a failure waits for the back-off like any other */
+    c->forced = 0;
     c->meta.failures++;
     c->meta.next_try = now + acme_sched_backoff(err->kind, c->meta.failures, err->retry_after,
                                                 acme_random());
+    c->meta.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, c->meta.next_try);
     free(c->meta.last_error);
     c->meta.last_error = acme_strdup(err->msg);
     c->meta.last_error_at = now;
@@ -458,6 +461,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         cert_reload(c, 0);
         c->meta.failures = 0;
         c->meta.next_try = 0;
+        c->meta.ca_wait_until = 0;
         free(c->meta.last_error);
         c->meta.last_error = NULL;
         acme_ident_errors_free(c->meta.ident_errors, c->meta.nident_errors);
@@ -498,7 +502,6 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         return;
     }
     c->issuer_i = 0;
-    c->forced = 0;
     cert_record_failure(c, err);
     cert_schedule(c);
 }
@@ -689,12 +692,18 @@ find_cert(acme_manager_t *m, const char *what)
 }
 
 int
-acme_manager_renew(acme_manager_t *m, const char *what)
+acme_manager_renew(acme_manager_t *m, const char *what, time_t *until)
 {
-    mcert_t *c = find_cert(m, what);
+    mcert_t  *c = find_cert(m, what);
 
     if (c == NULL) {
         return -1;
+    }
+    if (c->meta.ca_wait_until > time(NULL)) {
+        if (until != NULL) {
+            *until = c->meta.ca_wait_until;
+        }
+        return 1;
     }
     if (c->job == NULL) {
         c->forced = 1;
@@ -702,6 +711,17 @@ acme_manager_renew(acme_manager_t *m, const char *what)
         cert_later(c, 0);
     }
     return 0;
+}
+
+time_t
+acme_manager_ca_wait(acme_manager_t *m, const char *what)
+{
+    mcert_t  *c = find_cert(m, what);
+
+    if (c == NULL) {
+        return -1;
+    }
+    return c->meta.ca_wait_until > time(NULL) ? c->meta.ca_wait_until : 0;
 }
 
 /* When the certificate will be renewed and why, leaving ARI re-checks aside (for status). */
@@ -772,6 +792,10 @@ acme_manager_status(acme_manager_t *m)
         json_object_set_new(o, "last_error", c->meta.last_error ? json_string(c->meta.last_error)
                                                                 : json_null());
         json_object_set_new(o, "identifier_errors", acme_certmeta_ident_errors_json(&c->meta));
+        if (c->meta.ca_wait_until > now) {
+            json_object_set_new(o, "ca_retry_after",
+                                json_string(acme_time_format(c->meta.ca_wait_until, b, sizeof(b))));
+        }
         json_array_append_new(arr, o);
     }
     return json_pack("{s:o}", "certificates", arr);

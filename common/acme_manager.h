@@ -46,8 +46,16 @@ const char *acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, si
 /* Schedule everything (loads the store's state). */
 int acme_manager_start(acme_manager_t *m, acme_err_t *err);
 
-/* Renew now: what is a certificate's store name or any of its identifiers. 0 started, -1 unknown. */
-int acme_manager_renew(acme_manager_t *m, const char *what);
+/*
+ * Renew now: what is a certificate's store name or any of its identifiers. 0 started, -1 unknown, 1 refused:
+ * the CA asked to wait until *until (its Retry-After after rateLimited/429; only acmectl renew --force,
+ * which does not go through the manager, overrides it). A forced renewal is one attempt: a failure waits
+ * for the back-off.
+ */
+int acme_manager_renew(acme_manager_t *m, const char *what, time_t *until);
+/* Until when the CA asked to wait (0: it did not, -1: unknown certificate): adapters publish it so their
+ * status handlers can refuse a forced renewal at once. */
+time_t acme_manager_ca_wait(acme_manager_t *m, const char *what);
 
 /* Changes whenever something acme_manager_status() reports changes, except the progress text of a running
  * issuance (poll while acme_manager_busy()): hosts rebuild their status snapshot only then. */

@@ -130,6 +130,15 @@ acme_sched_backoff(acme_err_kind_t kind, int failures, long retry_after, double 
 }
 
 time_t
+acme_sched_ca_wait(acme_err_kind_t kind, long retry_after, time_t now, time_t next_try)
+{
+    if (retry_after > 0) {
+        return now + (retry_after > SCHED_RETRY_AFTER_MAX ? SCHED_RETRY_AFTER_MAX : retry_after);
+    }
+    return kind == ACME_ERR_RATELIMIT ? next_try : 0;
+}
+
+time_t
 acme_sched_next(const acme_certmeta_t *m, time_t now, acme_renew_reason_t *reason)
 {
     acme_renew_reason_t  r;

@@ -35,6 +35,13 @@ time_t acme_sched_renew_time(const acme_certmeta_t *m, double rnd, time_t now, a
 long acme_sched_backoff(acme_err_kind_t kind, int failures, long retry_after, double rnd);
 
 /*
+ * Until when the CA asked not to be asked again, after a failure at now whose back-off ends at next_try:
+ * its Retry-After when it sent one, else next_try after rateLimited/429; 0 when it asked nothing.
+ * Forced renewals wait for it (acmectl renew --force aside).
+ */
+time_t acme_sched_ca_wait(acme_err_kind_t kind, long retry_after, time_t now, time_t next_try);
+
+/*
  * When to act next and why: a failing certificate waits for next_try; a missing one is due now; else
  * the earlier of renew_at and ari_next_check (reason NONE when only an ARI re-check is due).
  */

@@ -60,15 +60,30 @@ struct acme_store_s {
 
 /*
  * Filesystem backend rooted at dir: directories 0700, secret files 0600, other files 0644, every write
- * temp + fsync + rename + fsync(dir). Creates dir (and missing parents) when create is set. Refuses a
- * dir that exists but is not a directory or is not writable, with a message naming it.
+ * temp + fsync + rename + fsync(dir). Creates dir (missing parents 0755, dir itself 0700) when create is
+ * set. Refuses a dir that is a symbolic link, is not a directory or is not writable, with a message naming
+ * it. Every key is resolved beneath the directory's descriptor without following symbolic links: a link in
+ * the store is an error naming it. A directory the store writes in that its user owns with a looser mode is
+ * tightened to 0700; one owned by another user that others may write in is refused. Opened by root, a
+ * directory that another user owns is acted on as that user (filesystem ids switched around each
+ * operation, in the calling thread), so root never writes there as root.
  * Keys failing acme_store_key_check are refused (ACME_ERR_INPUT).
  */
 /* create: 1 creates the directory; | ACME_STORE_FS_READER skips the sweep of temporary files a crash left
- * (the process that writes does it: an nginx worker that only reads would walk every directory). */
+ * (the process that writes does it: an nginx worker that only reads would walk every directory);
+ * | ACME_STORE_FS_RDONLY only reads (no directory made, no journal recovery, no sweep; writes refused): for
+ * a configuration check run by root. */
 #define ACME_STORE_FS_READER  4
+#define ACME_STORE_FS_RDONLY  8
 acme_store_t *acme_store_fs_open(const char *dir, int create, acme_err_t *err);
 void          acme_store_close(acme_store_t *st);
+/*
+ * What root does for a server whose workers run as uid/gid: creates dir when missing (parents 0755, dir
+ * 0700), and gives dir itself (never what is in it) to uid/gid when root owns it, through a descriptor
+ * opened O_NOFOLLOW | O_DIRECTORY; a looser mode is tightened to 0700. uid < 0: no owner change. Everything
+ * inside is left to the workers. 0 or -1 with err naming dir.
+ */
+int           acme_store_fs_prepare(const char *dir, long uid, long gid, acme_err_t *err);
 
 /*
  * Key rules shared by every backend. A segment (a certificate name, a CA id, a lock name...) is 1..200
@@ -253,6 +268,8 @@ typedef struct {
     time_t          next_try;      /* after a failure, 0: none */
     char           *last_error;    /* optional */
     time_t          last_error_at;
+    time_t          ca_wait_until; /* the CA's Retry-After after rateLimited/429: no forced renewal before
+                                    * it (acmectl renew --force aside), 0: none */
     acme_ident_error_t *ident_errors;   /* of the last failure that concerned identifiers; none after a
                                          * success */
     size_t          nident_errors;

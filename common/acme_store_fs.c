@@ -10,8 +10,15 @@
  *
  * "<root>/.lock" serialises this: commits and recovery hold it exclusively, single puts shared (so the
  * cleanup at open never removes the temp file of a put in progress elsewhere).
+ *
+ * The directory usually belongs to a server's worker user, who may plant symbolic links in it. The store
+ * keeps a descriptor of its directory and resolves every key beneath it without following any link
+ * (acme_beneath.h); a link is an error naming it. When root opens a directory that another user owns, every
+ * operation runs with the filesystem ids of that owner (setfsuid, this thread only), so root never writes
+ * there as root and what it writes stays the owner's.
  */
 #include "acme_store.h"
+#include "acme_beneath.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +30,9 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#ifdef __linux__
+#include <sys/fsuid.h>
+#endif
 #include <openssl/rand.h>
 
 #define FS_FILE_MAX       (1024 * 1024)
@@ -32,137 +42,120 @@
 #define FS_STORE_LOCK     ".lock"
 #define FS_JOURNAL_MAGIC  "acme-store-commit 1\n"
 #define FS_DIR_MODE       0700
+#define FS_PARENT_MODE    0755
 #define FS_SECRET_MODE    0600
 #define FS_FILE_MODE      0644
 
 typedef struct {
-    char  *root;
+    char   *root;       /* as given, for messages */
+    int     dfd;        /* the directory, O_NOFOLLOW */
+    int     rdonly;     /* ACME_STORE_FS_RDONLY */
+    int     as_owner;   /* root acting with the owner's filesystem ids */
+    uid_t   uid;        /* who the store writes as: the owner when as_owner, else the effective uid */
+    gid_t   gid;
 } fs_t;
 
 struct acme_lock_s {
     int  fd;
 };
 
+typedef struct {
+    int    on;
+    uid_t  uid;
+    gid_t  gid;
+} fs_ids_t;
+
 static const acme_store_ops_t fs_ops;
+
+/* ---- acting as the directory's owner ---- */
+
+static int
+fs_enter(fs_t *fs, fs_ids_t *save, acme_err_t *err)
+{
+    save->on = 0;
+#ifdef __linux__
+    if (fs->as_owner && geteuid() == 0) {
+        save->gid = (gid_t) setfsgid(fs->gid);
+        save->uid = (uid_t) setfsuid(fs->uid);
+        save->on = 1;
+        /* setfsuid reports the previous value only: ask again to know it took */
+        if ((uid_t) setfsuid(fs->uid) != fs->uid || (gid_t) setfsgid(fs->gid) != fs->gid) {
+            setfsuid(save->uid);
+            setfsgid(save->gid);
+            save->on = 0;
+            acme_err_set(err, ACME_ERR_STORE, "%s: cannot act as its owner (uid %ld)", fs->root,
+                         (long) fs->uid);
+            return -1;
+        }
+    }
+#else
+    (void) fs;
+    (void) err;
+#endif
+    return 0;
+}
+
+static void
+fs_leave(fs_ids_t *save)
+{
+#ifdef __linux__
+    if (save->on) {
+        setfsuid(save->uid);
+        setfsgid(save->gid);
+    }
+#endif
+    save->on = 0;
+}
 
 /* ---- paths and low-level helpers ---- */
 
-static char *
-fs_path(fs_t *fs, const char *key, const char *suffix)
+/* "<root>/<key><suffix>" for messages (a static buffer per call site would not do: two in one message). */
+static void
+fs_shown(fs_t *fs, const char *key, const char *suffix, char *buf, size_t size)
 {
-    return acme_sprintf("%s/%s%s", fs->root, key ? key : "", suffix ? suffix : "");
+    snprintf(buf, size, "%s/%s%s", fs->root, key ? key : "", suffix ? suffix : "");
 }
 
-/* The directory part of a path (malloc'd). */
-static char *
-fs_dirname(const char *path)
-{
-    const char  *s = strrchr(path, '/');
-
-    if (s == NULL) {
-        return acme_strdup(".");
-    }
-    if (s == path) {
-        return acme_strdup("/");
-    }
-    return acme_strndup(path, (size_t) (s - path));
-}
+#define FS_SHOWN_MAX  1400
 
 static int
-fs_fsync_dir(const char *dir, acme_err_t *err)
+fs_refuse_rdonly(fs_t *fs, const char *what, const char *key, acme_err_t *err)
+{
+    if (!fs->rdonly) {
+        return 0;
+    }
+    acme_err_set(err, ACME_ERR_STORE, "%s: opened read-only, cannot %s %s", fs->root, what, key);
+    return -1;
+}
+
+/* The directory holding key (created when create is set): a descriptor, -1, or ACME_BENEATH_MISSING. */
+static int
+fs_parent(fs_t *fs, const char *key, int create, const char **leaf, acme_err_t *err)
 {
     int  fd;
 
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot open directory %s: %s", dir, strerror(errno));
-        return -1;
+    fd = acme_beneath_parent(fs->dfd, key, create, leaf, fs->root, err);
+    if (fd >= 0 && create) {
+        char shown[FS_SHOWN_MAX];
+
+        /* a directory we write in: ours alone */
+        snprintf(shown, sizeof(shown), "%s/%.*s", fs->root, (int) (*leaf - key), key);
+        if (*leaf != key && acme_beneath_dir_check(fd, fs->uid, 1, shown, err) != 0) {
+            close(fd);
+            return -1;
+        }
     }
+    return fd;
+}
+
+static int
+fs_fsync_fd(int fd, const char *shown, acme_err_t *err)
+{
     if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot fsync directory %s: %s", dir, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    close(fd);
-    return 0;
-}
-
-static int
-fs_fsync_parent(const char *path, acme_err_t *err)
-{
-    char  *d;
-    int    rc;
-
-    d = fs_dirname(path);
-    if (d == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        return -1;
-    }
-    rc = fs_fsync_dir(d, err);
-    free(d);
-    return rc;
-}
-
-/* mkdir with mode 0700 whatever the umask; an existing directory is fine. */
-static int
-fs_mkdir(const char *path, acme_err_t *err)
-{
-    struct stat  sb;
-
-    if (mkdir(path, FS_DIR_MODE) == 0) {
-        if (chmod(path, FS_DIR_MODE) != 0) {
-            acme_err_set(err, ACME_ERR_STORE, "cannot set the mode of %s: %s", path, strerror(errno));
-            return -1;
-        }
-        /* the new entry must survive a crash as much as the files we put in it */
-        return fs_fsync_parent(path, err);
-    }
-    if (errno != EEXIST) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot create directory %s: %s", path, strerror(errno));
-        return -1;
-    }
-    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-        acme_err_set(err, ACME_ERR_STORE, "%s exists and is not a directory", path);
+        acme_err_set(err, ACME_ERR_STORE, "cannot fsync directory of %s: %s", shown, strerror(errno));
         return -1;
     }
     return 0;
-}
-
-/* mkdir -p of every directory of path after its first skip bytes (0: all of it). */
-static int
-fs_mkdirs(char *path, size_t skip, acme_err_t *err)
-{
-    char  *p;
-
-    for (p = path + skip; *p != '\0'; p++) {
-        if (*p != '/' || p == path || p[-1] == '/') {
-            continue;
-        }
-        *p = '\0';
-        if (fs_mkdir(path, err) != 0) {
-            *p = '/';
-            return -1;
-        }
-        *p = '/';
-    }
-    return 0;
-}
-
-/* The directories leading to key (not key itself). */
-static int
-fs_mkparents(fs_t *fs, const char *key, acme_err_t *err)
-{
-    char  *path;
-    int    rc;
-
-    path = fs_path(fs, key, NULL);
-    if (path == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        return -1;
-    }
-    rc = fs_mkdirs(path, strlen(fs->root) + 1, err);
-    free(path);
-    return rc;
 }
 
 static int
@@ -185,9 +178,10 @@ fs_write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
-/* Atomically replace path with data: temp file, fsync, rename, fsync of the directory. */
+/* Atomically replace name in dfd with data: temp file, fsync, rename, fsync of the directory. */
 static int
-fs_write_file(const char *path, const void *data, size_t len, mode_t mode, acme_err_t *err)
+fs_write_at(int dfd, const char *name, const char *shown, const void *data, size_t len, mode_t mode,
+    acme_err_t *err)
 {
     static unsigned    counter;
     unsigned char      rnd[4];
@@ -200,46 +194,46 @@ fs_write_file(const char *path, const void *data, size_t len, mode_t mode, acme_
     } else {
         r = ++counter ^ (unsigned) time(NULL);
     }
-    tmp = acme_sprintf("%s.tmp.%ld.%08x", path, (long) getpid(), r);
+    tmp = acme_sprintf("%s.tmp.%ld.%08x", name, (long) getpid(), r);
     if (tmp == NULL) {
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return -1;
     }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     if (fd < 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot create %s: %s", tmp, strerror(errno));
+        acme_err_set(err, ACME_ERR_STORE, "cannot create a temporary file for %s: %s", shown, strerror(errno));
         free(tmp);
         return -1;
     }
     if (fchmod(fd, mode) != 0 || fs_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
         e = errno;
         close(fd);
-        unlink(tmp);
-        acme_err_set(err, ACME_ERR_STORE, "cannot write %s: %s", path, strerror(e));
+        unlinkat(dfd, tmp, 0);
+        acme_err_set(err, ACME_ERR_STORE, "cannot write %s: %s", shown, strerror(e));
         free(tmp);
         return -1;
     }
     if (close(fd) != 0) {
         e = errno;
-        unlink(tmp);
-        acme_err_set(err, ACME_ERR_STORE, "cannot write %s: %s", path, strerror(e));
+        unlinkat(dfd, tmp, 0);
+        acme_err_set(err, ACME_ERR_STORE, "cannot write %s: %s", shown, strerror(e));
         free(tmp);
         return -1;
     }
-    if (rename(tmp, path) != 0) {
+    if (renameat(dfd, tmp, dfd, name) != 0) {
         e = errno;
-        unlink(tmp);
-        acme_err_set(err, ACME_ERR_STORE, "cannot rename %s to %s: %s", tmp, path, strerror(e));
+        unlinkat(dfd, tmp, 0);
+        acme_err_set(err, ACME_ERR_STORE, "cannot rename a temporary file over %s: %s", shown, strerror(e));
         free(tmp);
         return -1;
     }
     free(tmp);
-    return fs_fsync_parent(path, err);
+    return fs_fsync_fd(dfd, shown, err);
 }
 
 /* Reads a whole regular file of at most FS_FILE_MAX bytes. 0, 1 when absent, -1. */
 static int
-fs_read_file(const char *path, char **data, size_t *len, acme_err_t *err)
+fs_read_at(int dfd, const char *name, const char *shown, char **data, size_t *len, acme_err_t *err)
 {
     struct stat   sb;
     char         *buf;
@@ -247,27 +241,27 @@ fs_read_file(const char *path, char **data, size_t *len, acme_err_t *err)
     ssize_t       n;
     int           fd;
 
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT) {
             return 1;
         }
-        acme_err_set(err, ACME_ERR_STORE, "cannot open %s: %s", path,
-                     errno == ELOOP ? "it is a symbolic link" : strerror(errno));
+        acme_err_set(err, ACME_ERR_STORE, "cannot open %s: %s", shown,
+                     errno == ELOOP ? "it is a symbolic link (refused, never followed)" : strerror(errno));
         return -1;
     }
     if (fstat(fd, &sb) != 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot stat %s: %s", path, strerror(errno));
+        acme_err_set(err, ACME_ERR_STORE, "cannot stat %s: %s", shown, strerror(errno));
         close(fd);
         return -1;
     }
     if (!S_ISREG(sb.st_mode)) {
-        acme_err_set(err, ACME_ERR_STORE, "%s is not a regular file", path);
+        acme_err_set(err, ACME_ERR_STORE, "%s is not a regular file", shown);
         close(fd);
         return -1;
     }
     if (sb.st_size > FS_FILE_MAX) {
-        acme_err_set(err, ACME_ERR_STORE, "%s is too large (%lld bytes, at most %d)", path,
+        acme_err_set(err, ACME_ERR_STORE, "%s is too large (%lld bytes, at most %d)", shown,
                      (long long) sb.st_size, FS_FILE_MAX);
         close(fd);
         return -1;
@@ -288,7 +282,7 @@ fs_read_file(const char *path, char **data, size_t *len, acme_err_t *err)
             if (cap > FS_FILE_MAX) {
                 acme_free_secret(buf, cap + 1);
                 close(fd);
-                acme_err_set(err, ACME_ERR_STORE, "%s is too large (more than %d bytes)", path,
+                acme_err_set(err, ACME_ERR_STORE, "%s is too large (more than %d bytes)", shown,
                              FS_FILE_MAX);
                 return -1;
             }
@@ -309,7 +303,7 @@ fs_read_file(const char *path, char **data, size_t *len, acme_err_t *err)
             if (errno == EINTR) {
                 continue;
             }
-            acme_err_set(err, ACME_ERR_STORE, "cannot read %s: %s", path, strerror(errno));
+            acme_err_set(err, ACME_ERR_STORE, "cannot read %s: %s", shown, strerror(errno));
             acme_free_secret(buf, cap + 1);
             close(fd);
             return -1;
@@ -328,15 +322,18 @@ fs_read_file(const char *path, char **data, size_t *len, acme_err_t *err)
     return 0;
 }
 
+
 /* ---- the store-wide lock ---- */
 
-/* Lock files are 0600 whatever the umask; one created by another user is left as it is. */
+/* Lock files are 0600 whatever the umask; one created by another user (or linked elsewhere) is left alone. */
 static void
-fs_fix_mode(int fd)
+fs_fix_mode(fs_t *fs, int fd)
 {
     struct stat  sb;
 
-    if (fstat(fd, &sb) == 0 && sb.st_uid == geteuid() && (sb.st_mode & 07777) != FS_SECRET_MODE) {
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_nlink == 1 && sb.st_uid == fs->uid
+        && (sb.st_mode & 07777) != FS_SECRET_MODE)
+    {
         (void) fchmod(fd, FS_SECRET_MODE);
     }
 }
@@ -344,30 +341,23 @@ fs_fix_mode(int fd)
 static int
 fs_store_lock(fs_t *fs, int op, acme_err_t *err)
 {
-    char  *path;
-    int    fd;
+    char  shown[FS_SHOWN_MAX];
+    int   fd;
 
-    path = fs_path(fs, FS_STORE_LOCK, NULL);
-    if (path == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        return -1;
-    }
-    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, FS_SECRET_MODE);
+    fs_shown(fs, FS_STORE_LOCK, NULL, shown, sizeof(shown));
+    fd = openat(fs->dfd, FS_STORE_LOCK, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, FS_SECRET_MODE);
     if (fd < 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot open %s: %s", path, strerror(errno));
-        free(path);
+        acme_err_set(err, ACME_ERR_STORE, "cannot open %s: %s", shown, strerror(errno));
         return -1;
     }
-    fs_fix_mode(fd);
+    fs_fix_mode(fs, fd);
     while (flock(fd, op) != 0) {
         if (errno != EINTR) {
-            acme_err_set(err, ACME_ERR_STORE, "cannot lock %s: %s", path, strerror(errno));
+            acme_err_set(err, ACME_ERR_STORE, "cannot lock %s: %s", shown, strerror(errno));
             close(fd);
-            free(path);
             return -1;
         }
     }
-    free(path);
     return fd;
 }
 
@@ -380,25 +370,68 @@ fs_store_unlock(int fd)
     }
 }
 
+/* ---- applying a journal line ---- */
+
+/*
+ * "put KEY": <KEY>.next over KEY; "del KEY": KEY removed. Both beneath the store's directory, no link
+ * followed. 0 done (or nothing left to do), -1 with err.
+ */
+static int
+fs_apply(fs_t *fs, const char *key, int put, acme_err_t *err)
+{
+    const char  *leaf;
+    char        *next, shown[FS_SHOWN_MAX];
+    int          dfd, rc = 0;
+
+    dfd = fs_parent(fs, key, 0, &leaf, err);
+    if (dfd == ACME_BENEATH_MISSING) {
+        return 0;               /* no directory: no .next to rename, nothing to delete */
+    }
+    if (dfd < 0) {
+        return -1;
+    }
+    fs_shown(fs, key, NULL, shown, sizeof(shown));
+    if (put) {
+        next = acme_sprintf("%s.next", leaf);
+        if (next == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            close(dfd);
+            return -1;
+        }
+        if (renameat(dfd, next, dfd, leaf) != 0 && errno != ENOENT) {
+            acme_err_set(err, ACME_ERR_STORE, "cannot rename %s.next to %s: %s", shown, shown, strerror(errno));
+            rc = -1;
+        }
+        free(next);
+    } else if (unlinkat(dfd, leaf, 0) != 0 && errno != ENOENT) {
+        acme_err_set(err, ACME_ERR_STORE, "cannot remove %s: %s", shown, strerror(errno));
+        rc = -1;
+    }
+    if (rc == 0) {
+        rc = fs_fsync_fd(dfd, shown, err);
+    }
+    close(dfd);
+    return rc;
+}
+
 /* ---- recovery ---- */
 
 /* Rolls a leftover journal forward; the caller holds the store lock exclusively. */
 static int
 fs_recover_journal(fs_t *fs, acme_err_t *err)
 {
-    char        *jpath, *text = NULL, *line, *nl, *path, *next;
+    char        *text = NULL, *line, *nl, jshown[FS_SHOWN_MAX];
     size_t       len;
     int          rc, ret = 0;
     acme_err_t   e;
 
-    jpath = fs_path(fs, FS_JOURNAL, NULL);
-    if (jpath == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        return -1;
-    }
-    rc = fs_read_file(jpath, &text, &len, err);
+    fs_shown(fs, FS_JOURNAL, NULL, jshown, sizeof(jshown));
+    rc = fs_read_at(fs->dfd, FS_JOURNAL, jshown, &text, &len, err);
     if (rc != 0) {
-        free(jpath);
+        if (rc < 0) {
+            /* a link or worse in place of the journal: remove the entry, never follow it */
+            (void) unlinkat(fs->dfd, FS_JOURNAL, 0);
+        }
         return rc > 0 ? 0 : -1;
     }
     if (strncmp(text, FS_JOURNAL_MAGIC, sizeof(FS_JOURNAL_MAGIC) - 1) == 0) {
@@ -413,39 +446,21 @@ fs_recover_journal(fs_t *fs, acme_err_t *err)
             {
                 continue;
             }
-            path = fs_path(fs, line + 4, NULL);
-            next = fs_path(fs, line + 4, ".next");
-            if (path == NULL || next == NULL) {
-                free(path);
-                free(next);
-                acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-                ret = -1;
-                break;
-            }
-            if (line[0] == 'p') {
-                if (rename(next, path) != 0 && errno != ENOENT) {
-                    acme_err_set(err, ACME_ERR_STORE, "recovering an interrupted commit: cannot rename %s: "
-                                 "%s", next, strerror(errno));
-                    ret = -1;
+            if (fs_apply(fs, line + 4, line[0] == 'p', ret == 0 ? err : &e) != 0) {
+                if (ret == 0) {
+                    acme_err_prefix(err, "recovering an interrupted commit (%s)", jshown);
                 }
-            } else if (unlink(path) != 0 && errno != ENOENT) {
-                acme_err_set(err, ACME_ERR_STORE, "recovering an interrupted commit: cannot remove %s: %s",
-                             path, strerror(errno));
                 ret = -1;
             }
-            fs_fsync_parent(path, NULL);
-            free(path);
-            free(next);
         }
     }
     free(text);
     /* done (or hopeless: a journal that cannot be applied must not block the store forever) */
-    if (unlink(jpath) != 0 && errno != ENOENT) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot remove %s: %s", jpath, strerror(errno));
+    if (unlinkat(fs->dfd, FS_JOURNAL, 0) != 0 && errno != ENOENT && ret == 0) {
+        acme_err_set(err, ACME_ERR_STORE, "cannot remove %s: %s", jshown, strerror(errno));
         ret = -1;
     }
-    free(jpath);
-    fs_fsync_dir(fs->root, NULL);
+    (void) fs_fsync_fd(fs->dfd, jshown, NULL);
     return ret;
 }
 
@@ -457,37 +472,37 @@ fs_is_leftover(const char *name)
     return strstr(name, ".tmp.") != NULL || (n > 5 && strcmp(name + n - 5, ".next") == 0);
 }
 
-/* Removes .next and temp files below dir; the caller holds the store lock exclusively. */
+/* Removes .next and temp files below dfd (closed here); links are not followed. The caller holds the store
+ * lock exclusively. */
 static void
-fs_clean_leftovers(const char *dir, int depth)
+fs_clean_leftovers(int dfd, int depth)
 {
     DIR            *d;
     struct dirent  *de;
     struct stat     sb;
-    char           *p;
+    int             sub;
 
-    d = opendir(dir);
+    d = fdopendir(dfd);
     if (d == NULL) {
+        close(dfd);
         return;
     }
     while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0
+            || fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0)
+        {
             continue;
         }
-        p = acme_sprintf("%s/%s", dir, de->d_name);
-        if (p == NULL) {
-            break;
-        }
-        if (lstat(p, &sb) == 0) {
-            if (S_ISDIR(sb.st_mode)) {
-                if (depth < FS_WALK_DEPTH) {
-                    fs_clean_leftovers(p, depth + 1);
+        if (S_ISDIR(sb.st_mode)) {
+            if (depth < FS_WALK_DEPTH) {
+                sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (sub >= 0) {
+                    fs_clean_leftovers(sub, depth + 1);
                 }
-            } else if (S_ISREG(sb.st_mode) && fs_is_leftover(de->d_name)) {
-                unlink(p);
             }
+        } else if (S_ISREG(sb.st_mode) && fs_is_leftover(de->d_name)) {
+            (void) unlinkat(dirfd(d), de->d_name, 0);
         }
-        free(p);
     }
     closedir(d);
 }
@@ -495,36 +510,24 @@ fs_clean_leftovers(const char *dir, int depth)
 static int
 fs_journal_exists(fs_t *fs)
 {
-    char  *j;
-    int    r;
+    struct stat  sb;
 
-    j = fs_path(fs, FS_JOURNAL, NULL);
-    r = j == NULL || access(j, F_OK) == 0 || errno != ENOENT;
-    free(j);
-    return r;
+    return fstatat(fs->dfd, FS_JOURNAL, &sb, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT;
 }
 
-/* ---- ops ---- */
+/* ---- ops (each runs as the directory's owner: see the wrappers below) ---- */
 
 static int
-fs_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err)
+fs_get_(fs_t *fs, const char *key, char **data, size_t *len, acme_err_t *err)
 {
-    fs_t  *fs = st->data;
-    char  *path;
-    int    rc, fd;
+    const char  *leaf;
+    char         shown[FS_SHOWN_MAX];
+    int          rc, fd;
 
-    if (data == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "store get: no output");
-        return -1;
-    }
-    *data = NULL;
-    if (len != NULL) {
-        *len = 0;
-    }
     if (acme_store_key_check(key, err) != 0) {
         return -1;
     }
-    if (fs_journal_exists(fs)) {
+    if (!fs->rdonly && fs_journal_exists(fs)) {
         /* a commit is being applied, or was interrupted: wait for it or finish it */
         fd = fs_store_lock(fs, LOCK_EX, err);
         if (fd < 0) {
@@ -536,24 +539,27 @@ fs_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *
             return -1;
         }
     }
-    path = fs_path(fs, key, NULL);
-    if (path == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    fd = fs_parent(fs, key, 0, &leaf, err);
+    if (fd == ACME_BENEATH_MISSING) {
+        return 1;
+    }
+    if (fd < 0) {
         return -1;
     }
-    rc = fs_read_file(path, data, len, err);
-    free(path);
+    fs_shown(fs, key, NULL, shown, sizeof(shown));
+    rc = fs_read_at(fd, leaf, shown, data, len, err);
+    close(fd);
     return rc;
 }
 
 static int
-fs_put(acme_store_t *st, const char *key, const void *data, size_t len, int secret, acme_err_t *err)
+fs_put_(fs_t *fs, const char *key, const void *data, size_t len, int secret, acme_err_t *err)
 {
-    fs_t  *fs = st->data;
-    char  *path;
-    int    rc, fd;
+    const char  *leaf;
+    char         shown[FS_SHOWN_MAX];
+    int          rc, lfd, fd;
 
-    if (acme_store_key_check(key, err) != 0) {
+    if (acme_store_key_check(key, err) != 0 || fs_refuse_rdonly(fs, "write", key, err) != 0) {
         return -1;
     }
     if (data == NULL && len > 0) {
@@ -564,50 +570,29 @@ fs_put(acme_store_t *st, const char *key, const void *data, size_t len, int secr
         acme_err_set(err, ACME_ERR_INPUT, "store put %s: %zu bytes is too large", key, len);
         return -1;
     }
-    path = fs_path(fs, key, NULL);
-    if (path == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    lfd = fs_store_lock(fs, LOCK_SH, err);
+    if (lfd < 0) {
         return -1;
     }
-    fd = fs_store_lock(fs, LOCK_SH, err);
+    fd = fs_parent(fs, key, 1, &leaf, err);
     if (fd < 0) {
-        free(path);
+        fs_store_unlock(lfd);
         return -1;
     }
-    rc = fs_mkparents(fs, key, err);
-    if (rc == 0) {
-        rc = fs_write_file(path, data ? data : "", len, secret ? FS_SECRET_MODE : FS_FILE_MODE, err);
-    }
-    fs_store_unlock(fd);
-    free(path);
+    fs_shown(fs, key, NULL, shown, sizeof(shown));
+    rc = fs_write_at(fd, leaf, shown, data ? data : "", len, secret ? FS_SECRET_MODE : FS_FILE_MODE, err);
+    close(fd);
+    fs_store_unlock(lfd);
     return rc;
 }
 
 static int
-fs_del(acme_store_t *st, const char *key, acme_err_t *err)
+fs_del_(fs_t *fs, const char *key, acme_err_t *err)
 {
-    fs_t  *fs = st->data;
-    char  *path;
-    int    rc = 0;
-
-    if (acme_store_key_check(key, err) != 0) {
+    if (acme_store_key_check(key, err) != 0 || fs_refuse_rdonly(fs, "remove", key, err) != 0) {
         return -1;
     }
-    path = fs_path(fs, key, NULL);
-    if (path == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        return -1;
-    }
-    if (unlink(path) != 0) {
-        if (errno != ENOENT && errno != ENOTDIR) {
-            acme_err_set(err, ACME_ERR_STORE, "cannot remove %s: %s", path, strerror(errno));
-            rc = -1;
-        }
-    } else {
-        rc = fs_fsync_parent(path, err);
-    }
-    free(path);
-    return rc;
+    return fs_apply(fs, key, 0, err);
 }
 
 static int
@@ -617,38 +602,30 @@ fs_name_cmp(const void *a, const void *b)
 }
 
 static int
-fs_list(acme_store_t *st, const char *prefix, char ***names, size_t *n, acme_err_t *err)
+fs_list_(fs_t *fs, const char *prefix, char ***names, size_t *n, acme_err_t *err)
 {
-    fs_t           *fs = st->data;
     DIR            *d;
     struct dirent  *de;
-    char           *path, **v = NULL, **nv;
+    char          **v = NULL, **nv;
     size_t          cnt = 0, cap = 0;
-    int             root = prefix == NULL || prefix[0] == '\0';
+    int             root = prefix == NULL || prefix[0] == '\0', fd;
     acme_err_t      e;
 
-    if (names == NULL || n == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "store list: no output");
-        return -1;
-    }
-    *names = NULL;
-    *n = 0;
     if (!root && acme_store_key_check(prefix, err) != 0) {
         return -1;
     }
-    path = root ? acme_strdup(fs->root) : fs_path(fs, prefix, NULL);
-    if (path == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    fd = acme_beneath_dir(fs->dfd, root ? "" : prefix, 0, fs->root, err);
+    if (fd == ACME_BENEATH_MISSING) {
+        return 0;
+    }
+    if (fd < 0) {
         return -1;
     }
-    d = opendir(path);
+    d = fdopendir(fd);
     if (d == NULL) {
-        if (errno == ENOENT || errno == ENOTDIR) {
-            free(path);
-            return 0;
-        }
-        acme_err_set(err, ACME_ERR_STORE, "cannot list %s: %s", path, strerror(errno));
-        free(path);
+        acme_err_set(err, ACME_ERR_STORE, "cannot list %s/%s: %s", fs->root, root ? "" : prefix,
+                     strerror(errno));
+        close(fd);
         return -1;
     }
     while ((de = readdir(d)) != NULL) {
@@ -670,7 +647,6 @@ fs_list(acme_store_t *st, const char *prefix, char ***names, size_t *n, acme_err
         cnt++;
     }
     closedir(d);
-    free(path);
     if (cnt > 1) {
         qsort(v, cnt, sizeof(char *), fs_name_cmp);
     }
@@ -680,21 +656,46 @@ fs_list(acme_store_t *st, const char *prefix, char ***names, size_t *n, acme_err
 
 nomem:
     closedir(d);
-    free(path);
     acme_store_list_free(v, cnt);
     acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
     return -1;
 }
 
-static int
-fs_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t *err)
+/* Removes the .next files of the first n items (a commit given up before its journal). */
+static void
+fs_undo(fs_t *fs, const acme_store_item_t *items, size_t n)
 {
-    fs_t        *fs = st->data;
-    size_t       i, j, written = 0;
-    int          fd = -1, rc = -1;
-    char        *path = NULL, *next = NULL, *jpath = NULL;
-    acme_buf_t   jb = { NULL, 0, 0 };
+    const char  *leaf;
+    char        *next;
+    size_t       i;
+    int          fd;
     acme_err_t   e;
+
+    for (i = 0; i < n; i++) {
+        if (items[i].data == NULL) {
+            continue;
+        }
+        fd = fs_parent(fs, items[i].key, 0, &leaf, &e);
+        if (fd < 0) {
+            continue;
+        }
+        next = acme_sprintf("%s.next", leaf);
+        if (next != NULL) {
+            (void) unlinkat(fd, next, 0);
+        }
+        free(next);
+        close(fd);
+    }
+}
+
+static int
+fs_commit_(fs_t *fs, const acme_store_item_t *items, size_t n, acme_err_t *err)
+{
+    size_t       i, j, written = 0;
+    int          fd = -1, pfd, rc = -1;
+    char        *next = NULL, shown[FS_SHOWN_MAX];
+    const char  *leaf;
+    acme_buf_t   jb = { NULL, 0, 0 };
 
     if (n == 0) {
         return 0;
@@ -704,7 +705,9 @@ fs_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t
         return -1;
     }
     for (i = 0; i < n; i++) {
-        if (acme_store_key_check(items[i].key, err) != 0) {
+        if (acme_store_key_check(items[i].key, err) != 0
+            || fs_refuse_rdonly(fs, "commit", items[i].key, err) != 0)
+        {
             return -1;
         }
         if (items[i].len > FS_FILE_MAX) {
@@ -728,25 +731,40 @@ fs_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t
         goto done;
     }
 
-    /* 1. every new value as <key>.next */
+    /* 1. every new value as <key>.next; a deletion whose path is refused (a link) refuses the commit now,
+     * before anything is applied */
     for (i = 0; i < n; i++) {
         if (items[i].data == NULL) {
+            pfd = fs_parent(fs, items[i].key, 0, &leaf, err);
+            if (pfd == -1) {
+                goto undo;
+            }
+            if (pfd >= 0) {
+                close(pfd);
+            }
             continue;
         }
-        next = fs_path(fs, items[i].key, ".next");
+        pfd = fs_parent(fs, items[i].key, 1, &leaf, err);
+        if (pfd < 0) {
+            goto undo;
+        }
+        next = acme_sprintf("%s.next", leaf);
         if (next == NULL) {
+            close(pfd);
             acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
             goto undo;
         }
-        if (fs_mkparents(fs, items[i].key, err) != 0
-            || fs_write_file(next, items[i].data, items[i].len,
-                             items[i].secret ? FS_SECRET_MODE : FS_FILE_MODE, err) != 0)
+        fs_shown(fs, items[i].key, ".next", shown, sizeof(shown));
+        written = i + 1;
+        if (fs_write_at(pfd, next, shown, items[i].data, items[i].len,
+                        items[i].secret ? FS_SECRET_MODE : FS_FILE_MODE, err) != 0)
         {
+            close(pfd);
             goto undo;
         }
+        close(pfd);
         free(next);
         next = NULL;
-        written = i + 1;
     }
 
     /* 2. the journal: from here on the commit happens, now or at the next recovery */
@@ -760,130 +778,89 @@ fs_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t
             goto undo;
         }
     }
-    jpath = fs_path(fs, FS_JOURNAL, NULL);
-    if (jpath == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        goto undo;
-    }
-    if (fs_write_file(jpath, jb.data, jb.len, FS_SECRET_MODE, err) != 0) {
-        unlink(jpath);
+    fs_shown(fs, FS_JOURNAL, NULL, shown, sizeof(shown));
+    if (fs_write_at(fs->dfd, FS_JOURNAL, shown, jb.data, jb.len, FS_SECRET_MODE, err) != 0) {
+        (void) unlinkat(fs->dfd, FS_JOURNAL, 0);
         goto undo;
     }
 
-    /* 3. apply, 4. forget the journal */
-    rc = 0;
+    /* 3. apply. A step that fails leaves the journal and the .next files not yet renamed: the next
+     * recovery rolls the whole commit forward, so a new key never stays beside an old certificate. */
     for (i = 0; i < n; i++) {
-        path = fs_path(fs, items[i].key, NULL);
-        next = fs_path(fs, items[i].key, ".next");
-        if (path == NULL || next == NULL) {
-            if (rc == 0) {
-                acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-            }
-            rc = -1;
-        } else if (items[i].data != NULL) {
-            if (rename(next, path) != 0) {
-                if (rc == 0) {
-                    acme_err_set(err, ACME_ERR_STORE, "cannot rename %s to %s: %s", next, path,
-                                 strerror(errno));
-                }
-                unlink(next);
-                rc = -1;
-            }
-        } else if (unlink(path) != 0 && errno != ENOENT && errno != ENOTDIR) {
-            if (rc == 0) {
-                acme_err_set(err, ACME_ERR_STORE, "cannot remove %s: %s", path, strerror(errno));
-            }
-            rc = -1;
+        if (fs_apply(fs, items[i].key, items[i].data != NULL, err) != 0) {
+            acme_err_prefix(err, "store commit (kept in %s/%s for the next recovery)", fs->root, FS_JOURNAL);
+            goto done;
         }
-        if (path != NULL && fs_fsync_parent(path, rc == 0 ? err : &e) != 0) {
-            rc = -1;
-        }
-        free(path);
-        free(next);
-        path = next = NULL;
     }
-    if (unlink(jpath) != 0 && rc == 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot remove %s: %s", jpath, strerror(errno));
-        rc = -1;
+
+    /* 4. forget the journal */
+    if (unlinkat(fs->dfd, FS_JOURNAL, 0) != 0) {
+        acme_err_set(err, ACME_ERR_STORE, "cannot remove %s: %s", shown, strerror(errno));
+        goto done;
     }
-    if (fs_fsync_dir(fs->root, rc == 0 ? err : &e) != 0) {
-        rc = -1;
-    }
+    rc = fs_fsync_fd(fs->dfd, shown, err);
     goto done;
 
 undo:
     free(next);
     next = NULL;
-    for (i = 0; i < written; i++) {
-        if (items[i].data != NULL) {
-            next = fs_path(fs, items[i].key, ".next");
-            if (next != NULL) {
-                unlink(next);
-            }
-            free(next);
-            next = NULL;
-        }
-    }
+    fs_undo(fs, items, written);
     rc = -1;
 
 done:
     fs_store_unlock(fd);
     acme_buf_free(&jb);
-    free(jpath);
     return rc;
 }
 
 static int
-fs_lock(acme_store_t *st, const char *name, acme_lock_t **lk, acme_err_t *err)
+fs_lock_(fs_t *fs, const char *name, acme_lock_t **lk, acme_err_t *err)
 {
-    fs_t         *fs = st->data;
-    char         *dir, *path;
-    int           fd;
-    acme_lock_t  *l;
+    char          *file, shown[FS_SHOWN_MAX];
+    int            dfd, fd;
+    acme_lock_t   *l;
 
-    if (lk == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "store lock: no output");
+    if (acme_store_name_check(name, "lock name", err) != 0
+        || fs_refuse_rdonly(fs, "take the lock", name, err) != 0)
+    {
         return -1;
     }
-    *lk = NULL;
-    if (acme_store_name_check(name, "lock name", err) != 0) {
+    dfd = acme_beneath_dir(fs->dfd, "locks", 1, fs->root, err);
+    if (dfd < 0) {
         return -1;
     }
-    dir = fs_path(fs, "locks", NULL);
-    path = acme_sprintf("%s/locks/%s.lock", fs->root, name);
-    if (dir == NULL || path == NULL) {
-        free(dir);
-        free(path);
+    fs_shown(fs, "locks", NULL, shown, sizeof(shown));
+    if (acme_beneath_dir_check(dfd, fs->uid, 1, shown, err) != 0) {
+        close(dfd);
+        return -1;
+    }
+    file = acme_sprintf("%s.lock", name);
+    if (file == NULL) {
+        close(dfd);
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return -1;
     }
-    if (fs_mkdir(dir, err) != 0) {
-        free(dir);
-        free(path);
-        return -1;
-    }
-    free(dir);
-    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, FS_SECRET_MODE);
+    snprintf(shown, sizeof(shown), "%s/locks/%s", fs->root, file);
+    fd = openat(dfd, file, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, FS_SECRET_MODE);
+    close(dfd);
+    free(file);
     if (fd < 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot open lock file %s: %s", path, strerror(errno));
-        free(path);
+        acme_err_set(err, ACME_ERR_STORE, "cannot open lock file %s: %s", shown,
+                     errno == ELOOP ? "it is a symbolic link (refused, never followed)" : strerror(errno));
         return -1;
     }
-    fs_fix_mode(fd);
+    fs_fix_mode(fs, fd);
     while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EINTR) {
             continue;
         }
         close(fd);
         if (errno == EWOULDBLOCK) {
-            free(path);
             return 0;
         }
-        acme_err_set(err, ACME_ERR_STORE, "cannot lock %s: %s", path, strerror(errno));
-        free(path);
+        acme_err_set(err, ACME_ERR_STORE, "cannot lock %s: %s", shown, strerror(errno));
         return -1;
     }
-    free(path);
     l = malloc(sizeof(*l));
     if (l == NULL) {
         close(fd);
@@ -893,6 +870,111 @@ fs_lock(acme_store_t *st, const char *name, acme_lock_t **lk, acme_err_t *err)
     l->fd = fd;
     *lk = l;
     return 1;
+}
+
+/* ---- the ops table: every operation as the directory's owner ---- */
+
+static int
+fs_get(acme_store_t *st, const char *key, char **data, size_t *len, acme_err_t *err)
+{
+    fs_ids_t  ids;
+    int       rc;
+
+    if (data == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "store get: no output");
+        return -1;
+    }
+    *data = NULL;
+    if (len != NULL) {
+        *len = 0;
+    }
+    if (fs_enter(st->data, &ids, err) != 0) {
+        return -1;
+    }
+    rc = fs_get_(st->data, key, data, len, err);
+    fs_leave(&ids);
+    return rc;
+}
+
+static int
+fs_put(acme_store_t *st, const char *key, const void *data, size_t len, int secret, acme_err_t *err)
+{
+    fs_ids_t  ids;
+    int       rc;
+
+    if (fs_enter(st->data, &ids, err) != 0) {
+        return -1;
+    }
+    rc = fs_put_(st->data, key, data, len, secret, err);
+    fs_leave(&ids);
+    return rc;
+}
+
+static int
+fs_del(acme_store_t *st, const char *key, acme_err_t *err)
+{
+    fs_ids_t  ids;
+    int       rc;
+
+    if (fs_enter(st->data, &ids, err) != 0) {
+        return -1;
+    }
+    rc = fs_del_(st->data, key, err);
+    fs_leave(&ids);
+    return rc;
+}
+
+static int
+fs_list(acme_store_t *st, const char *prefix, char ***names, size_t *n, acme_err_t *err)
+{
+    fs_ids_t  ids;
+    int       rc;
+
+    if (names == NULL || n == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "store list: no output");
+        return -1;
+    }
+    *names = NULL;
+    *n = 0;
+    if (fs_enter(st->data, &ids, err) != 0) {
+        return -1;
+    }
+    rc = fs_list_(st->data, prefix, names, n, err);
+    fs_leave(&ids);
+    return rc;
+}
+
+static int
+fs_commit(acme_store_t *st, const acme_store_item_t *items, size_t n, acme_err_t *err)
+{
+    fs_ids_t  ids;
+    int       rc;
+
+    if (fs_enter(st->data, &ids, err) != 0) {
+        return -1;
+    }
+    rc = fs_commit_(st->data, items, n, err);
+    fs_leave(&ids);
+    return rc;
+}
+
+static int
+fs_lock(acme_store_t *st, const char *name, acme_lock_t **lk, acme_err_t *err)
+{
+    fs_ids_t  ids;
+    int       rc;
+
+    if (lk == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "store lock: no output");
+        return -1;
+    }
+    *lk = NULL;
+    if (fs_enter(st->data, &ids, err) != 0) {
+        return -1;
+    }
+    rc = fs_lock_(st->data, name, lk, err);
+    fs_leave(&ids);
+    return rc;
 }
 
 static void
@@ -915,6 +997,9 @@ fs_destroy(acme_store_t *st)
     }
     fs = st->data;
     if (fs != NULL) {
+        if (fs->dfd >= 0) {
+            close(fs->dfd);
+        }
         free(fs->root);
         free(fs);
     }
@@ -925,15 +1010,78 @@ static const acme_store_ops_t fs_ops = {
     fs_get, fs_put, fs_del, fs_list, fs_commit, fs_lock, fs_unlock, fs_destroy
 };
 
-acme_store_t *
-acme_store_fs_open(const char *dir, int create, acme_err_t *err)
+/* ---- opening ---- */
+
+/* mkdir -p: missing parents 0755 (they are only passed through), the directory itself 0700. */
+static int
+fs_mkdirs(const char *root, acme_err_t *err)
 {
-    acme_store_t  *st;
-    fs_t          *fs;
-    struct stat    sb;
-    char          *root;
-    size_t         len;
-    int            fd, rc;
+    char    *path, *p;
+    int      rc = 0, last;
+    mode_t   mode;
+
+    path = acme_strdup(root);
+    if (path == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    for (p = path + 1; rc == 0; p++) {
+        if (*p != '/' && *p != '\0') {
+            continue;
+        }
+        last = *p == '\0';
+        *p = '\0';
+        mode = last ? FS_DIR_MODE : FS_PARENT_MODE;
+        if (mkdir(path, mode) == 0) {
+            if (last && chmod(path, mode) != 0) {
+                acme_err_set(err, ACME_ERR_STORE, "cannot set the mode of %s: %s", path, strerror(errno));
+                rc = -1;
+            }
+        } else if (errno != EEXIST) {
+            acme_err_set(err, ACME_ERR_STORE, "cannot create directory %s: %s", path, strerror(errno));
+            rc = -1;
+        }
+        if (last) {
+            break;
+        }
+        *p = '/';
+    }
+    free(path);
+    return rc;
+}
+
+/* The directory itself, never through a link in its last component; -1 with err. */
+static int
+fs_open_root(const char *root, struct stat *sb, acme_err_t *err)
+{
+    int  fd, e;
+
+    fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        e = errno;
+        if ((e == ELOOP || e == ENOTDIR) && lstat(root, sb) == 0 && S_ISLNK(sb->st_mode)) {
+            acme_err_set(err, ACME_ERR_CONFIG, "state directory %s is a symbolic link (refused: name the "
+                         "directory it points to)", root);
+        } else if (e == ENOTDIR) {
+            acme_err_set(err, ACME_ERR_CONFIG, "state directory %s is not a directory", root);
+        } else {
+            acme_err_set(err, ACME_ERR_CONFIG, "state directory %s: %s", root, strerror(e));
+        }
+        return -1;
+    }
+    if (fstat(fd, sb) != 0) {
+        acme_err_set(err, ACME_ERR_CONFIG, "state directory %s: %s", root, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static char *
+fs_root_name(const char *dir, acme_err_t *err)
+{
+    size_t  len;
+    char   *root;
 
     if (dir == NULL || dir[0] == '\0') {
         acme_err_set(err, ACME_ERR_CONFIG, "no state directory given");
@@ -946,36 +1094,71 @@ acme_store_fs_open(const char *dir, int create, acme_err_t *err)
     root = acme_strndup(dir, len);
     if (root == NULL) {
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        return NULL;
     }
-    if (create & 1) {
-        char *p = acme_sprintf("%s/", root);
+    return root;
+}
 
-        if (p == NULL) {
-            free(root);
-            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-            return NULL;
-        }
-        rc = fs_mkdirs(p, 0, err);
-        free(p);
-        if (rc != 0) {
-            acme_err_prefix(err, "state directory %s", root);
-            free(root);
-            return NULL;
-        }
+int
+acme_store_fs_prepare(const char *dir, long uid, long gid, acme_err_t *err)
+{
+    struct stat  sb;
+    char        *root;
+    int          fd, rc = 0;
+
+    root = fs_root_name(dir, err);
+    if (root == NULL) {
+        return -1;
     }
-    if (stat(root, &sb) != 0) {
-        acme_err_set(err, ACME_ERR_CONFIG, "state directory %s: %s", root, strerror(errno));
+    if (fs_mkdirs(root, err) != 0) {
+        acme_err_prefix(err, "state directory %s", root);
+        free(root);
+        return -1;
+    }
+    fd = fs_open_root(root, &sb, err);
+    if (fd < 0) {
+        free(root);
+        return -1;
+    }
+    if (uid >= 0 && sb.st_uid == 0 && (uid_t) uid != 0) {
+        /* new, or made by root before: the worker's (this directory only, on its descriptor) */
+        if (fchown(fd, (uid_t) uid, gid >= 0 ? (gid_t) gid : (gid_t) -1) != 0) {
+            acme_err_set(err, ACME_ERR_STORE, "state directory %s: cannot give it to uid %ld: %s", root, uid,
+                         strerror(errno));
+            rc = -1;
+        }
+        sb.st_uid = (uid_t) uid;
+    }
+    if (rc == 0 && (sb.st_mode & 077) != 0 && fchmod(fd, FS_DIR_MODE) != 0) {
+        acme_err_set(err, ACME_ERR_STORE, "state directory %s: cannot set its mode to 0700: %s", root,
+                     strerror(errno));
+        rc = -1;
+    }
+    close(fd);
+    free(root);
+    return rc;
+}
+
+acme_store_t *
+acme_store_fs_open(const char *dir, int create, acme_err_t *err)
+{
+    acme_store_t  *st;
+    fs_t          *fs;
+    struct stat    sb;
+    char          *root;
+    int            fd, rc;
+    fs_ids_t       ids;
+
+    root = fs_root_name(dir, err);
+    if (root == NULL) {
+        return NULL;
+    }
+    if ((create & 1) && !(create & ACME_STORE_FS_RDONLY) && fs_mkdirs(root, err) != 0) {
+        acme_err_prefix(err, "state directory %s", root);
         free(root);
         return NULL;
     }
-    if (!S_ISDIR(sb.st_mode)) {
-        acme_err_set(err, ACME_ERR_CONFIG, "state directory %s is not a directory", root);
-        free(root);
-        return NULL;
-    }
-    if (access(root, W_OK | X_OK) != 0) {
-        acme_err_set(err, ACME_ERR_CONFIG, "state directory %s is not writable: %s", root, strerror(errno));
+    fd = fs_open_root(root, &sb, err);
+    if (fd < 0) {
         free(root);
         return NULL;
     }
@@ -986,24 +1169,52 @@ acme_store_fs_open(const char *dir, int create, acme_err_t *err)
         free(st);
         free(fs);
         free(root);
+        close(fd);
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return NULL;
     }
     fs->root = root;
+    fs->dfd = fd;
+    fs->rdonly = (create & ACME_STORE_FS_RDONLY) != 0;
+    fs->uid = geteuid();
+    fs->gid = getegid();
+#ifdef __linux__
+    if (fs->uid == 0 && sb.st_uid != 0) {
+        /* root on another user's directory (a server's worker, acmectl run by root): act as that user */
+        fs->as_owner = 1;
+        fs->uid = sb.st_uid;
+        fs->gid = sb.st_gid;
+    }
+#endif
     st->ops = &fs_ops;
     st->data = fs;
 
-    /* finish or discard what a crash left behind */
-    fd = fs_store_lock(fs, LOCK_EX, err);
-    if (fd < 0) {
+    if (fs->rdonly) {
+        return st;
+    }
+    if (fs_enter(fs, &ids, err) != 0) {
         fs_destroy(st);
         return NULL;
     }
-    rc = fs_recover_journal(fs, err);
-    if (rc == 0 && !(create & ACME_STORE_FS_READER)) {
-        fs_clean_leftovers(root, 0);
+    rc = acme_beneath_dir_check(fd, fs->uid, 1, root, err);
+    if (rc == 0 && faccessat(fd, ".", W_OK | X_OK, AT_EACCESS) != 0) {
+        acme_err_set(err, ACME_ERR_CONFIG, "state directory %s is not writable: %s", root, strerror(errno));
+        rc = -1;
     }
-    fs_store_unlock(fd);
+    if (rc == 0) {
+        /* finish or discard what a crash left behind */
+        fd = fs_store_lock(fs, LOCK_EX, err);
+        rc = fd < 0 ? -1 : fs_recover_journal(fs, err);
+        if (rc == 0 && !(create & ACME_STORE_FS_READER)) {
+            int top = openat(fs->dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+            if (top >= 0) {
+                fs_clean_leftovers(top, 0);
+            }
+        }
+        fs_store_unlock(fd);
+    }
+    fs_leave(&ids);
     if (rc != 0) {
         fs_destroy(st);
         return NULL;

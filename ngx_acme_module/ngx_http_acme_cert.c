@@ -895,7 +895,7 @@ ngx_int_t
 ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
 {
     char                       **paths;
-    ngx_uint_t                   i;
+    ngx_uint_t                   i, n;
     acme_err_t                   err;
     ngx_http_acme_cert_t       **certs;
     ngx_http_acme_wcert_t       *wc;
@@ -918,13 +918,18 @@ ngx_http_acme_certs_init_process(ngx_cycle_t *cycle)
 
     paths = amcf->stores.elts;
     for (i = 0; i < amcf->stores.nelts; i++) {
-        ngx_http_acme_stores[i] = acme_store_fs_open(paths[i],
-                                                     1 | ACME_STORE_FS_READER,
-                                                     &err);
-        if (ngx_http_acme_stores[i] == NULL) {
-            ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                          "acme: cannot open state_path \"%s\": %s",
-                          paths[i], err.msg);
+
+        /* twice: a journal that failed to apply is dropped by the first */
+
+        for (n = 0; n < 2 && ngx_http_acme_stores[i] == NULL; n++) {
+            ngx_http_acme_stores[i] = acme_store_fs_open(paths[i],
+                                                 1 | ACME_STORE_FS_READER,
+                                                 &err);
+            if (ngx_http_acme_stores[i] == NULL) {
+                ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                              "acme: cannot open state_path \"%s\": %s",
+                              paths[i], err.msg);
+            }
         }
     }
 

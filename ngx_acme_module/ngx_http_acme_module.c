@@ -4,20 +4,20 @@
  * validation, module hooks.
  *
  *   acme_issuer NAME { uri ...; contact ...; account_key ...; challenge ...;
- *                      external_account_key KID FILE; preferred_chain ...;
+ *                      external_account_key KID data:KEY|FILE;
+ *                      preferred_chain ...;
  *                      profile NAME [require]; ssl_trusted_certificate ...;
  *                      ssl_verify on|off; state_path DIR;
  *                      accept_terms_of_service; }
  *   acme_shared_zone zone=NAME:SIZE;
  *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]];
- *   acme_status;
+ *   acme_status [renew=on|off] [renew_interval=TIME];
  */
 
 
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <ftw.h>
 
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
@@ -97,7 +97,7 @@ static ngx_command_t  ngx_http_acme_commands[] = {
       NULL },
 
     { ngx_string("acme_status"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE12,
       ngx_http_acme_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -177,8 +177,6 @@ ngx_http_acme_create_main_conf(ngx_conf_t *cf)
                           sizeof(ngx_http_acme_cert_t *))
            != NGX_OK
         || ngx_array_init(&amcf->stores, cf->pool, 2, sizeof(char *))
-           != NGX_OK
-        || ngx_array_init(&amcf->created, cf->pool, 2, sizeof(char *))
            != NGX_OK)
     {
         return NULL;
@@ -222,6 +220,8 @@ ngx_http_acme_create_loc_conf(ngx_conf_t *cf)
     }
 
     alcf->status = NGX_CONF_UNSET;
+    alcf->renew = NGX_CONF_UNSET;
+    alcf->renew_interval = NGX_CONF_UNSET;
 
     return alcf;
 }
@@ -234,6 +234,9 @@ ngx_http_acme_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_acme_loc_conf_t  *conf = child;
 
     ngx_conf_merge_value(conf->status, prev->status, 0);
+    ngx_conf_merge_value(conf->renew, prev->renew, 0);
+    ngx_conf_merge_sec_value(conf->renew_interval, prev->renew_interval,
+                             NGX_HTTP_ACME_RENEW_INTERVAL);
 
     return NGX_CONF_OK;
 }
@@ -270,123 +273,181 @@ ngx_http_acme_cstr_dup(ngx_pool_t *pool, const char *s)
 }
 
 
-/* mkdir -p with 0700 for what we create; the names go to amcf->created */
+/*
+ * external_account_key KID data:KEY | FILE: the base64url HMAC key inline
+ * (as nginx-acme takes it) or in a file. Errors name the directive and the
+ * file, never the key: an argument that looks like a bare key is not shown.
+ */
 
 static ngx_int_t
-ngx_http_acme_mkpath(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
-    char *path, ngx_err_t *errp)
+ngx_http_acme_b64url_valid(u_char *p, size_t len)
 {
-    char             *p, save, **d;
-    ngx_file_info_t   fi;
+    size_t  i;
 
-    for (p = path + 1; ; p++) {
+    if (len == 0) {
+        return 0;
+    }
 
-        if (*p != '/' && *p != '\0') {
-            continue;
-        }
-
-        save = *p;
-        *p = '\0';
-
-        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
-
-            if (ngx_errno != NGX_ENOENT) {
-                *errp = ngx_errno;
-                *p = save;
-                return NGX_ERROR;
-            }
-
-            if (ngx_create_dir(path, 0700) == NGX_FILE_ERROR
-                && ngx_errno != NGX_EEXIST)
-            {
-                *errp = ngx_errno;
-                *p = save;
-                return NGX_ERROR;
-            }
-
-            d = ngx_array_push(&amcf->created);
-            if (d == NULL) {
-                *errp = 0;
-                *p = save;
-                return NGX_ERROR;
-            }
-
-            *d = ngx_http_acme_cstr_dup(cf->pool, path);
-
-        } else if (!ngx_is_dir(&fi)) {
-            *errp = NGX_ENOTDIR;
-            *p = save;
-            return NGX_ERROR;
-        }
-
-        *p = save;
-
-        if (save == '\0') {
-            break;
+    for (i = 0; i < len; i++) {
+        if (!(p[i] >= 'a' && p[i] <= 'z') && !(p[i] >= 'A' && p[i] <= 'Z')
+            && !(p[i] >= '0' && p[i] <= '9') && p[i] != '-' && p[i] != '_')
+        {
+            return 0;
         }
     }
 
-    return NGX_OK;
+    return 1;
 }
 
 
 static char *
-ngx_http_acme_read_secret(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *out)
+ngx_http_acme_eab_key(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg)
 {
-    u_char      *p, *last;
-    ssize_t      n;
-    ngx_fd_t     fd;
-    ngx_file_info_t  fi;
+    u_char           *p, *last, *buf;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t         path, src, dst;
+    ngx_err_t         e;
+    ngx_file_info_t   fi;
 
-    if (ngx_conf_full_name(cf->cycle, name, 1) != NGX_OK) {
+    if (arg->len >= 5 && ngx_strncmp(arg->data, "data:", 5) == 0) {
+        p = arg->data + 5;
+        last = arg->data + arg->len;
+        buf = NULL;
+        n = 0;
+        ngx_str_null(&path);
+        goto decode;
+    }
+
+    path = *arg;
+    if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
-    fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open \"%V\"", name);
+        e = ngx_errno;
+
+        if (ngx_strlchr(arg->data, arg->data + arg->len, '/') == NULL
+            && arg->len >= 16
+            && ngx_http_acme_b64url_valid(arg->data, arg->len))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, e,
+                               "\"external_account_key\" in acme_issuer "
+                               "\"%V\": no such file, and a key given "
+                               "inline needs the \"data:\" prefix (the "
+                               "value is not shown)", &iss->name);
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, e,
+                           "\"external_account_key\" in acme_issuer \"%V\": "
+                           "cannot open file \"%V\"", &iss->name, &path);
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)
         || ngx_file_size(&fi) > 4096)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" is not a small regular file", name);
+                           "\"external_account_key\" in acme_issuer \"%V\": "
+                           "\"%V\" is not a small regular file",
+                           &iss->name, &path);
         ngx_close_file(fd);
         return NGX_CONF_ERROR;
     }
 
-    p = ngx_pnalloc(cf->pool, 4097);
-    if (p == NULL) {
+    buf = ngx_pnalloc(cf->pool, 4097);
+    if (buf == NULL) {
         ngx_close_file(fd);
         return NGX_CONF_ERROR;
     }
 
-    n = read(fd, p, 4096);
+    n = read(fd, buf, 4096);
+    e = ngx_errno;
     ngx_close_file(fd);
 
     if (n < 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read \"%V\"", name);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, e,
+                           "\"external_account_key\" in acme_issuer \"%V\": "
+                           "cannot read \"%V\"", &iss->name, &path);
         return NGX_CONF_ERROR;
     }
 
-    last = p + n;
+    p = buf;
+    last = buf + n;
+
+decode:
+
     while (last > p && (last[-1] == '\n' || last[-1] == '\r'
                         || last[-1] == ' ' || last[-1] == '\t'))
     {
         last--;
     }
 
-    while (p < last && (*p == ' ' || *p == '\t' || *p == '\n')) {
+    while (p < last && (*p == ' ' || *p == '\t' || *p == '\n'
+                        || *p == '\r'))
+    {
         p++;
     }
 
-    *last = '\0';
-    out->data = p;
-    out->len = last - p;
+    /* the core decodes unpadded base64url */
+
+    while (last > p && last[-1] == '=') {
+        last--;
+    }
+
+    src.data = p;
+    src.len = last - p;
+
+    dst.len = 0;
+    dst.data = ngx_pnalloc(cf->temp_pool, ngx_base64_decoded_length(src.len)
+                                          + 1);
+    if (dst.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (!ngx_http_acme_b64url_valid(src.data, src.len)
+        || ngx_decode_base64url(&dst, &src) != NGX_OK
+        || dst.len == 0)
+    {
+        ngx_explicit_memzero(dst.data, ngx_base64_decoded_length(src.len));
+
+        if (buf != NULL) {
+            ngx_explicit_memzero(buf, n);
+        }
+
+        if (path.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"external_account_key\" in "
+                               "acme_issuer \"%V\": the inline key (data:) "
+                               "is not base64url (the value is not shown)",
+                               &iss->name);
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"external_account_key\" file "
+                               "\"%V\" in acme_issuer \"%V\": expected a "
+                               "base64url HMAC key", &path, &iss->name);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_explicit_memzero(dst.data, dst.len);
+
+    iss->eab_key = ngx_pnalloc(cf->pool, src.len + 1);
+    if (iss->eab_key == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(iss->eab_key, src.data, src.len);
+    iss->eab_key[src.len] = '\0';
+
+    if (buf != NULL) {
+        ngx_explicit_memzero(buf, n);
+    }
 
     return NGX_CONF_OK;
 }
@@ -465,7 +526,6 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     char                    *rv, **sp;
     ngx_str_t               *value, path;
-    ngx_err_t                err;
     ngx_uint_t               i, line;
     ngx_conf_t               save;
     acme_err_t               aerr;
@@ -558,17 +618,21 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         iss->state_path = (char *) path.data;
     }
 
-    /* an unusable state_path is a configuration error */
+    /*
+     * an unusable state_path is a configuration error; root only creates
+     * the directory here (given to the worker user in init_module) and
+     * reads: recovery, cleanup and every write are the workers'
+     */
 
-    if (ngx_http_acme_mkpath(cf, amcf, iss->state_path, &err) != NGX_OK) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, err,
-                      "acme_issuer \"%V\": cannot create state_path \"%s\" "
-                      "in %s:%ui", &iss->name, iss->state_path, iss->file,
-                      line);
+    if (acme_store_fs_prepare(iss->state_path, -1, -1, &aerr) != 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_issuer \"%V\": cannot create state_path \"%s\": "
+                      "%s in %s:%ui", &iss->name, iss->state_path, aerr.msg,
+                      iss->file, line);
         return NGX_CONF_ERROR;
     }
 
-    st = acme_store_fs_open(iss->state_path, 1, &aerr);
+    st = acme_store_fs_open(iss->state_path, ACME_STORE_FS_RDONLY, &aerr);
     if (st == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "acme_issuer \"%V\": unusable state_path \"%s\": %s "
@@ -765,37 +829,7 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_ERROR;
         }
 
-        key = value[2];
-        if (ngx_http_acme_read_secret(cf, &value[2], &key) != NGX_CONF_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        if (key.len == 0) {
-            goto bad_eab;
-        }
-
-        for (i = 0; i < key.len; i++) {
-            u_char ch = key.data[i];
-
-            if (!(ch >= 'a' && ch <= 'z') && !(ch >= 'A' && ch <= 'Z')
-                && !(ch >= '0' && ch <= '9') && ch != '-' && ch != '_'
-                && ch != '=')
-            {
-                goto bad_eab;
-            }
-        }
-
-        iss->eab_key = (char *) key.data;
-
-        return NGX_CONF_OK;
-
-    bad_eab:
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid \"external_account_key\" file \"%V\" in "
-                           "acme_issuer \"%V\": expected a base64url HMAC key",
-                           &value[2], &iss->name);
-        return NGX_CONF_ERROR;
+        return ngx_http_acme_eab_key(cf, iss, &value[2]);
     }
 
     if (ngx_acme_is("preferred_chain")) {
@@ -1001,10 +1035,13 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (ngx_strncmp(value[1].data, "redis://", 8) != 0
         && ngx_strncmp(value[1].data, "rediss://", 9) != 0)
     {
+        /* the value may hold a password: shown without it */
+        shown = acme_store_url_redact((char *) value[1].data);
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"acme_storage\" \"%V\": expected "
+                           "\"acme_storage\" \"%s\": expected "
                            "redis://[user:password@]host[:port][/db] or "
-                           "rediss://...", &value[1]);
+                           "rediss://...", shown ? shown : "(redacted)");
+        free(shown);
         return NGX_CONF_ERROR;
     }
 
@@ -1306,6 +1343,9 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_acme_loc_conf_t *alcf = conf;
 
+    time_t                     t;
+    ngx_str_t                 *value, v;
+    ngx_uint_t                 i;
     ngx_http_core_loc_conf_t  *clcf;
 
     if (alcf->status != NGX_CONF_UNSET) {
@@ -1313,6 +1353,50 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     alcf->status = 1;
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "renew=on") == 0) {
+            alcf->renew = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "renew=off") == 0) {
+            alcf->renew = 0;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "renew_interval=", 15) == 0) {
+            v.data = value[i].data + 15;
+            v.len = value[i].len - 15;
+
+            t = ngx_parse_time(&v, 1);
+            if (t == (time_t) NGX_ERROR || t < 1) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"acme_status\": invalid value \"%V\": "
+                                   "a time of at least 1s expected",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            alcf->renew_interval = t;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"acme_status\": invalid parameter \"%V\": "
+                           "renew=on|off or renew_interval=TIME expected",
+                           &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (alcf->renew_interval != NGX_CONF_UNSET && alcf->renew != 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"acme_status\": renew_interval= needs renew=on");
+        return NGX_CONF_ERROR;
+    }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_acme_status_handler;
@@ -1650,34 +1734,19 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 }
 
 
-/* the master gives what it created for the workers to the worker user */
-
-static ngx_uid_t  ngx_http_acme_chown_uid;
-static ngx_gid_t  ngx_http_acme_chown_gid;
-
-
-static int
-ngx_http_acme_chown_one(const char *path, const struct stat *sb, int flag,
-    struct FTW *ftw)
-{
-    if (sb->st_uid != ngx_http_acme_chown_uid
-        && lchown(path, ngx_http_acme_chown_uid, ngx_http_acme_chown_gid)
-           == -1)
-    {
-        /* the worker then cannot write there: say which path */
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno,
-                      "acme: lchown(\"%s\") failed", path);
-    }
-
-    return 0;
-}
-
+/*
+ * the master gives each state_path directory (only the directory itself,
+ * on an O_NOFOLLOW descriptor) to the worker user; what is inside belongs
+ * to the workers, and root never walks, repairs or writes it
+ */
 
 static ngx_int_t
 ngx_http_acme_init_module(ngx_cycle_t *cycle)
 {
     char                       **p;
+    long                         uid, gid;
     ngx_uint_t                   i;
+    acme_err_t                   aerr;
     ngx_core_conf_t             *ccf;
     ngx_http_acme_main_conf_t   *amcf;
     ngx_http_conf_ctx_t         *ctx;
@@ -1696,26 +1765,22 @@ ngx_http_acme_init_module(ngx_cycle_t *cycle)
 
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
 
-    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT
-        || ccf->user == 0)
-    {
-        return NGX_OK;
-    }
+    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT) {
+        uid = -1;
+        gid = -1;
 
-    ngx_http_acme_chown_uid = ccf->user;
-    ngx_http_acme_chown_gid = ccf->group;
-
-    p = amcf->created.elts;
-    for (i = 0; i < amcf->created.nelts; i++) {
-        if (chown(p[i], ccf->user, ccf->group) == -1) {
-            ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno,
-                          "chown(\"%s\") failed", p[i]);
-        }
+    } else {
+        uid = (long) ccf->user;
+        gid = (long) ccf->group;
     }
 
     p = amcf->stores.elts;
     for (i = 0; i < amcf->stores.nelts; i++) {
-        (void) nftw(p[i], ngx_http_acme_chown_one, 16, FTW_PHYS);
+        if (acme_store_fs_prepare(p[i], uid, gid, &aerr) != 0) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "acme: state_path \"%s\": %s", p[i], aerr.msg);
+            return NGX_ERROR;
+        }
     }
 
     return NGX_OK;

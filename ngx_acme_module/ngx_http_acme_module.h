@@ -83,7 +83,6 @@ typedef struct {
     ngx_array_t                 issuers;         /* ngx_http_acme_issuer_t */
     ngx_array_t                 certs;           /* ngx_http_acme_cert_t * */
     ngx_array_t                 stores;          /* char *, state paths */
-    ngx_array_t                 created;         /* char *, dirs we made */
 
     ngx_shm_zone_t             *shm_zone;
     ngx_str_t                   zone_name;
@@ -122,8 +121,14 @@ typedef struct {
 } ngx_http_acme_srv_conf_t;
 
 
+/* a certificate is forced at most once per this, by default */
+#define NGX_HTTP_ACME_RENEW_INTERVAL  600
+
+
 typedef struct {
     ngx_flag_t                  status;
+    ngx_flag_t                  renew;           /* renew=on: POST ?renew */
+    time_t                      renew_interval;  /* seconds */
 } ngx_http_acme_loc_conf_t;
 
 

@@ -936,10 +936,31 @@ ngx_http_acme_cert_updated(void *data, const char *name)
 static void
 ngx_http_acme_status_update(ngx_http_acme_runner_t *rn)
 {
-    char        *s;
-    size_t       i;
-    json_t      *doc, *arr, *one, *certs;
-    ngx_uint_t   m;
+    char                   *s;
+    size_t                  i;
+    json_t                 *doc, *arr, *one, *certs;
+    time_t                  until;
+    ngx_uint_t              m;
+    ngx_http_acme_cert_t  **cc;
+
+    /* for the status handlers: refuse forced renewals while the CA waits */
+
+    cc = rn->amcf->certs.elts;
+
+    for (m = 0; m < rn->amcf->certs.nelts; m++) {
+        until = acme_manager_ca_wait(rn->managers[cc[m]->store],
+                                     cc[m]->name);
+
+        if (ngx_http_acme_zone_set_ca_wait(rn->zone, (u_char *) cc[m]->name,
+                                           ngx_strlen(cc[m]->name),
+                                           until > 0 ? until : 0)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: the shared zone is full, the CA's wait "
+                          "for \"%s\" not published", cc[m]->name);
+        }
+    }
 
     doc = json_object();
     arr = json_array();
@@ -1026,22 +1047,38 @@ ngx_http_acme_status_due(ngx_http_acme_runner_t *rn, time_t now)
 static void
 ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
 {
+    int         rc;
+    char        tb[32];
     u_char      req[NGX_HTTP_ACME_RENEW_MAX][NGX_HTTP_ACME_RENEW_LEN];
+    time_t      until;
     ngx_uint_t  n, i, m;
 
     n = ngx_http_acme_zone_renew_take(rn->zone, req);
 
     for (i = 0; i < n; i++) {
+        rc = -1;
+        until = 0;
+
         for (m = 0; m < rn->nmanagers; m++) {
-            if (acme_manager_renew(rn->managers[m], (char *) req[i]) == 0) {
+            rc = acme_manager_renew(rn->managers[m], (char *) req[i], &until);
+            if (rc >= 0) {
                 break;
             }
         }
 
-        if (m == rn->nmanagers) {
+        if (rc == -1) {
             ngx_log_error(NGX_LOG_WARN, rn->log, 0,
                           "acme: renew request for unknown certificate "
                           "\"%s\"", req[i]);
+            continue;
+        }
+
+        if (rc == 1) {
+            /* the CA's answer came after the handler looked */
+            ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                          "acme: renewal of \"%s\" not forced: the CA "
+                          "asked to wait until %s", req[i],
+                          acme_time_format(until, tb, sizeof(tb)));
             continue;
         }
 
@@ -1170,6 +1207,34 @@ ngx_http_acme_tick(ngx_event_t *ev)
 }
 
 
+/*
+ * a state_path, opened in this worker (as the worker user: journal recovery
+ * and cleanup happen here, never in the master); twice, because a journal
+ * that failed to apply (a link in the store, say) is dropped by the first
+ */
+
+static acme_store_t *
+ngx_http_acme_runner_open(ngx_cycle_t *cycle, char *path)
+{
+    ngx_uint_t     n;
+    acme_err_t     err;
+    acme_store_t  *st;
+
+    for (n = 0; n < 2; n++) {
+        st = acme_store_fs_open(path, 1, &err);
+        if (st != NULL) {
+            return st;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "acme: cannot open state_path \"%s\": %s",
+                      path, err.msg);
+    }
+
+    return NULL;
+}
+
+
 /* start and stop the core in this worker */
 
 static ngx_int_t
@@ -1259,11 +1324,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     for (g = 0; g < rn->nmanagers; g++) {
 
         if (amcf->storage) {
-            rn->cache[g] = acme_store_fs_open(paths[g], 1, &err);
+            rn->cache[g] = ngx_http_acme_runner_open(cycle, paths[g]);
             if (rn->cache[g] == NULL) {
-                ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                              "acme: cannot open state_path \"%s\": %s",
-                              paths[g], err.msg);
                 goto failed;
             }
 
@@ -1273,7 +1335,10 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             acme_store_on_forged(rn->stores[g], ngx_http_acme_forged, rn);
 
         } else {
-            rn->stores[g] = acme_store_fs_open(paths[g], 1, &err);
+            rn->stores[g] = ngx_http_acme_runner_open(cycle, paths[g]);
+            if (rn->stores[g] == NULL) {
+                goto failed;
+            }
         }
 
         if (rn->stores[g] == NULL) {

@@ -1,10 +1,13 @@
 
 /*
- * acme_status: the leader's status snapshot as JSON (GET, HEAD), and
- * renewal requests (POST ?renew=NAME, NAME a certificate's store name or
- * any of its identifiers): 202 when queued for the leader, 404 for names
- * we do not manage, 400 without one, 405 for other methods. Private keys
- * and EAB secrets are never part of the snapshot.
+ * acme_status: the leader's status snapshot as JSON (GET, HEAD), and, with
+ * "acme_status renew=on", renewal requests (POST ?renew=NAME, NAME a
+ * certificate's store name or any of its identifiers): 202 when queued for
+ * the leader; 403 where renew=on is not set; 429 with Retry-After while the
+ * CA asked to wait (rateLimited) or when the certificate was forced less
+ * than renew_interval ago; 404 for names we do not manage, 400 without one,
+ * 405 for other methods. Private keys and EAB secrets are never part of
+ * the snapshot.
  */
 
 
@@ -58,8 +61,8 @@ ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
-static ngx_uint_t
-ngx_http_acme_status_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *what)
+static ngx_http_acme_cert_t *
+ngx_http_acme_status_find(ngx_http_acme_main_conf_t *amcf, ngx_str_t *what)
 {
     ngx_uint_t              i, j;
     ngx_http_acme_cert_t  **certs;
@@ -70,7 +73,7 @@ ngx_http_acme_status_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *what)
         if (ngx_strlen(certs[i]->name) == what->len
             && ngx_strncmp(certs[i]->name, what->data, what->len) == 0)
         {
-            return 1;
+            return certs[i];
         }
 
         for (j = 0; j < certs[i]->nids; j++) {
@@ -78,12 +81,58 @@ ngx_http_acme_status_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *what)
                 && ngx_strncasecmp((u_char *) certs[i]->ids[j].value,
                                    what->data, what->len) == 0)
             {
-                return 1;
+                return certs[i];
             }
         }
     }
 
-    return 0;
+    return NULL;
+}
+
+
+/* 429 with Retry-After, and the time and the reason in the body */
+
+static ngx_int_t
+ngx_http_acme_status_too_soon(ngx_http_request_t *r, time_t until,
+    const char *why)
+{
+    u_char           *p, *last;
+    time_t            now, delta;
+    ngx_tm_t          tm;
+    ngx_table_elt_t  *h;
+
+    now = ngx_time();
+    delta = until > now ? until - now : 1;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->value.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (h->value.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Retry-After");
+    h->value.len = ngx_sprintf(h->value.data, "%T", delta) - h->value.data;
+
+    p = ngx_pnalloc(r->pool, 256);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_gmtime(until, &tm);
+
+    last = ngx_snprintf(p, 256,
+                        "{\"error\": \"%s\", "
+                        "\"retry_after\": \"%4d-%02d-%02dT%02d:%02d:%02dZ\"}\n",
+                        why, tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                        tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec);
+
+    return ngx_http_acme_status_send(r, NGX_HTTP_TOO_MANY_REQUESTS, p,
+                                     last - p);
 }
 
 
@@ -93,11 +142,16 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
     u_char                     *p, *dst;
     size_t                      i;
     ngx_int_t                   rc;
-    ngx_str_t                   json, arg, what;
+    time_t                      until;
+    ngx_str_t                   json, arg, what, name;
+    ngx_http_acme_cert_t       *cert;
     ngx_http_acme_zone_t       *zone;
+    ngx_http_acme_loc_conf_t   *alcf;
     ngx_http_acme_main_conf_t  *amcf;
 
     static u_char  empty[] = "{\"certificates\": []}\n";
+    static u_char  forbidden[] = "{\"error\": \"renewal requests are not "
+                                 "allowed here (acme_status renew=on)\"}\n";
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -135,6 +189,16 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
 
     /* POST ?renew=NAME */
 
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
+
+    if (!alcf->renew) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "acme: renewal request refused: \"acme_status\" "
+                      "has no renew=on in this location");
+        return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
+                                 (u_char *) forbidden, sizeof(forbidden) - 1);
+    }
+
     if (ngx_http_arg(r, (u_char *) "renew", 5, &arg) != NGX_OK
         || arg.len == 0 || arg.len >= NGX_HTTP_ACME_RENEW_LEN)
     {
@@ -167,7 +231,9 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    if (!ngx_http_acme_status_known(amcf, &what)) {
+    cert = ngx_http_acme_status_find(amcf, &what);
+
+    if (cert == NULL) {
         return ngx_http_acme_status_send(r, NGX_HTTP_NOT_FOUND,
                                  (u_char *) "{\"error\": \"unknown "
                                             "certificate\"}\n",
@@ -175,7 +241,29 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
                                         "certificate\"}\n") - 1);
     }
 
-    rc = ngx_http_acme_zone_renew_request(zone, &what);
+    name.data = (u_char *) cert->name;
+    name.len = ngx_strlen(cert->name);
+
+    rc = ngx_http_acme_zone_renew_request(zone, &name, alcf->renew_interval,
+                                          &until);
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "acme: renewal of \"%V\" refused: the CA asked to "
+                      "wait (rate limited)", &what);
+        return ngx_http_acme_status_too_soon(r, until,
+                                             "the CA asked to wait "
+                                             "(rate limited)");
+    }
+
+    if (rc == NGX_AGAIN) {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "acme: renewal of \"%V\" refused: it was forced less "
+                      "than %T s ago", &what, alcf->renew_interval);
+        return ngx_http_acme_status_too_soon(r, until,
+                                             "this certificate was forced "
+                                             "recently");
+    }
 
     if (rc == NGX_BUSY) {
         return NGX_HTTP_SERVICE_UNAVAILABLE;

@@ -497,37 +497,115 @@ ngx_http_acme_zone_get_status(ngx_http_acme_zone_t *z, ngx_pool_t *pool,
 
 
 ngx_int_t
-ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z, ngx_str_t *what)
+ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z, ngx_str_t *name,
+    time_t interval, time_t *until)
 {
-    ngx_uint_t  i;
+    time_t               now;
+    ngx_uint_t           i;
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv, *forced;
 
-    if (what->len == 0 || what->len >= NGX_HTTP_ACME_RENEW_LEN) {
+    if (name->len == 0 || name->len >= NGX_HTTP_ACME_RENEW_LEN) {
+        return NGX_ERROR;
+    }
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_CA_WAIT, name->data,
+                                   name->len, &node);
+
+    if (kv && (time_t) kv->num > now) {
+        *until = (time_t) kv->num;
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    forced = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_FORCED, name->data,
+                                       name->len, &node);
+
+    if (forced && now - (time_t) forced->num < interval) {
+        *until = (time_t) forced->num + interval;
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_AGAIN;
+    }
+
+    for (i = 0; i < z->sh->nrenew; i++) {
+        if (ngx_strlen(z->sh->renew[i]) == name->len
+            && ngx_strncmp(z->sh->renew[i], name->data, name->len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (i == NGX_HTTP_ACME_RENEW_MAX) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_BUSY;
+    }
+
+    if (forced == NULL) {
+        forced = ngx_http_acme_zone_insert(z, NGX_HTTP_ACME_KV_FORCED,
+                                           name->data, name->len, NULL, 0);
+        if (forced == NULL) {
+            /* no room to remember it: refuse rather than allow a flood */
+            ngx_shmtx_unlock(&z->shpool->mutex);
+            return NGX_BUSY;
+        }
+    }
+
+    if (i == z->sh->nrenew) {
+        ngx_memcpy(z->sh->renew[i], name->data, name->len);
+        z->sh->renew[i][name->len] = '\0';
+        z->sh->nrenew++;
+    }
+
+    forced->num = (ngx_uint_t) now;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_set_ca_wait(ngx_http_acme_zone_t *z, u_char *name,
+    size_t len, time_t until)
+{
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    if (len == 0 || len > 0xffff) {
         return NGX_ERROR;
     }
 
     ngx_shmtx_lock(&z->shpool->mutex);
 
-    for (i = 0; i < z->sh->nrenew; i++) {
-        if (ngx_strlen(z->sh->renew[i]) == what->len
-            && ngx_strncmp(z->sh->renew[i], what->data, what->len) == 0)
-        {
-            ngx_shmtx_unlock(&z->shpool->mutex);
-            return NGX_OK;
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_CA_WAIT, name, len,
+                                   &node);
+
+    if (until == 0) {
+        if (kv) {
+            ngx_rbtree_delete(&z->sh->rbtree, node);
+            ngx_slab_free_locked(z->shpool, node);
         }
-    }
 
-    if (z->sh->nrenew == NGX_HTTP_ACME_RENEW_MAX) {
         ngx_shmtx_unlock(&z->shpool->mutex);
-        return NGX_BUSY;
+        return NGX_OK;
     }
 
-    ngx_memcpy(z->sh->renew[z->sh->nrenew], what->data, what->len);
-    z->sh->renew[z->sh->nrenew][what->len] = '\0';
-    z->sh->nrenew++;
+    if (kv == NULL) {
+        kv = ngx_http_acme_zone_insert(z, NGX_HTTP_ACME_KV_CA_WAIT, name, len,
+                                       NULL, 0);
+    }
+
+    if (kv) {
+        kv->num = (ngx_uint_t) until;
+    }
 
     ngx_shmtx_unlock(&z->shpool->mutex);
 
-    return NGX_OK;
+    return kv ? NGX_OK : NGX_ERROR;
 }
 
 

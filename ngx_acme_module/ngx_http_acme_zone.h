@@ -9,7 +9,10 @@
  *     "<identifier> <key authorization>") and "t" entries (TLS-ALPN-01,
  *     keyed by the SNI name, value "<dns|ip> <identifier> <key authz>");
  *   - the leader lock (pid and heartbeat) of the worker running the core;
- *   - the status snapshot the leader writes, and renew requests for it.
+ *   - the status snapshot the leader writes, and renew requests for it;
+ *   - per certificate: when a renewal was last forced ("f" entries) and
+ *     until when the CA asked to wait ("w", written by the leader), so a
+ *     status handler refuses a forced renewal at once.
  */
 
 
@@ -27,6 +30,8 @@
 #define NGX_HTTP_ACME_KV_GEN       'g'
 #define NGX_HTTP_ACME_KV_HTTP01    'h'
 #define NGX_HTTP_ACME_KV_TLSALPN   't'
+#define NGX_HTTP_ACME_KV_FORCED    'f'   /* per certificate: last forced */
+#define NGX_HTTP_ACME_KV_CA_WAIT   'w'   /* per certificate: CA's wait */
 
 
 typedef struct {
@@ -87,8 +92,18 @@ ngx_int_t ngx_http_acme_zone_get_status(ngx_http_acme_zone_t *z,
     ngx_pool_t *pool, ngx_str_t *json);
 
 /* NGX_OK, NGX_BUSY when the queue is full */
+/*
+ * Queues a forced renewal of the certificate with store name `name`:
+ * NGX_OK; NGX_BUSY when the queue is full; NGX_DECLINED when the CA asked
+ * to wait, NGX_AGAIN when the last forced renewal is less than `interval`
+ * seconds ago (both with *until). One check and update under the zone's
+ * lock: of two requests at once, one passes.
+ */
 ngx_int_t ngx_http_acme_zone_renew_request(ngx_http_acme_zone_t *z,
-    ngx_str_t *what);
+    ngx_str_t *name, time_t interval, time_t *until);
+/* The leader: until when the CA asked to wait, 0: no more */
+ngx_int_t ngx_http_acme_zone_set_ca_wait(ngx_http_acme_zone_t *z,
+    u_char *name, size_t len, time_t until);
 /* moves up to NGX_HTTP_ACME_RENEW_MAX requests into out; returns how many */
 ngx_uint_t ngx_http_acme_zone_renew_take(ngx_http_acme_zone_t *z,
     u_char out[][NGX_HTTP_ACME_RENEW_LEN]);

@@ -19,11 +19,13 @@ import signal
 import socket
 import ssl
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 import harness
+import leakcheck
 from harness import LOOPBACK, HarnessError, openssl, run_cmd, wait_for
 
 APACHE_BIN = os.environ.get("APACHE_BIN", "/usr/sbin/apache2")
@@ -58,6 +60,7 @@ class Apache:
         self.mpm = mpm
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix="mod_acme_e2e_"))
+        leakcheck.key_root(self.dir)
         os.chmod(self.dir, 0o755)
         self.state = self.dir / "state"
         self.conf = self.dir / "httpd.conf"
@@ -117,7 +120,8 @@ class Apache:
             lines.append(f"Listen {self.address}:{self.http_port}")
         lines.append(f"Listen {self.address}:{self.https_port} https")
         lines.append(f'<Directory "{self.dir}/htdocs">\n    Require all granted\n</Directory>')
-        lines.append("<Location /acme-status>\n    SetHandler acme-status\n    ACMEStatusRenew on\n"
+        # tests force renewals often: at most one per second and certificate (the default is 10 minutes)
+        lines.append("<Location /acme-status>\n    SetHandler acme-status\n    ACMEStatusRenew on interval=1s\n"
                      f"    Require ip {LOOPBACK} {self.address}\n</Location>")
         if self.ca_url:
             lines.append(f"ACMECertificateAuthority {self.ca_url}")
@@ -184,16 +188,20 @@ class Apache:
             return ""
 
     def cleanup(self):
+        leakcheck.preserve_dir(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- status --------------------------------------------------------------------
-    def status(self):
-        r = harness.http_request(f"http://{self.address}:{self.http_port}/acme-status", timeout=5)
+    def status(self, host=None):
+        """The status a request for Host `host` sees (its virtual host's certificates; the default vhost
+        of the HTTP port without one)."""
+        r = harness.http_request(f"http://{self.address}:{self.http_port}/acme-status", timeout=5,
+                                 headers={"Host": host} if host else None)
         assert r.status == 200, r
         return r.json()
 
     def cert_status(self, name):
-        for c in self.status()["certificates"]:
+        for c in self.status(_host(name))["certificates"]:
             if c["name"] == name or name in c["identifiers"]:
                 return c
         return None
@@ -201,7 +209,7 @@ class Apache:
     def wait_valid(self, name, timeout=45):
         """Wait until this generation's driver says the certificate is valid; returns its status."""
         def ok():
-            st = self.status()
+            st = self.status(_host(name))
             if not st.get("driver_pid"):
                 return None     # not yet from this generation's driver (which makes every child reload)
             c = next((c for c in st["certificates"] if c["name"] == name or name in c["identifiers"]), None)
@@ -210,9 +218,22 @@ class Apache:
             return c
         return wait_for(ok, timeout=timeout, interval=0.3, what=f"{name} to be valid")
 
-    def renew(self, name):
-        return harness.http_request(f"http://{self.address}:{self.http_port}/acme-status?renew={name}",
-                                    method="POST", data=b"", timeout=5)
+    def renew(self, name, timeout=5):
+        """POST ?renew=name; waits out a 429 of the 1 s interval set above: returns the final answer."""
+        deadline = time.time() + timeout
+        while True:
+            r = harness.http_request(f"http://{self.address}:{self.http_port}/acme-status?renew={name}",
+                                     method="POST", data=b"", timeout=5, headers={"Host": _host(name)})
+            if r.status != 429 or time.time() > deadline:
+                return r
+            time.sleep(0.2)
+
+
+def _host(name):
+    """The Host header that reaches the virtual host of a certificate named by identifier or store name
+    (acme-status shows a virtual host only its own certificates)."""
+    name = name.split("_")[0].strip("[]")
+    return f"[{name}]" if ":" in name else name
 
 
 def tls_connect(port, name, alpn=None, timeout=5.0, host=LOOPBACK):
@@ -244,6 +265,7 @@ def tls_get(port, name, path="/index.html", alpn=None, method="GET", timeout=5.0
             data += chunk
     finally:
         s.close()
+    leakcheck.record(f"{method} https://{name}:{port}{path}", data)
     head, _, body = data.partition(b"\r\n\r\n")
     m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
     if not m:
@@ -270,6 +292,7 @@ def raw_http(port, request_bytes, timeout=5.0):
                 data += chunk
         except socket.timeout:
             pass
+    leakcheck.record(f"raw HTTP to port {port}", data)
     m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
     return (int(m.group(1)) if m else None), data
 

@@ -16,6 +16,9 @@ Fixtures (scope):
   procs (function)              ProcessManager: .start(args, ...) -> harness.Process, all
                                 stopped after the test (before server_logs is checked)
   acme_test_client (function)   factory(pebble=None) -> harness.AcmeTestClient
+  no_secret_in_messages (session, autouse)
+                                after the session: no test secret (leakcheck) in any log,
+                                output or status document of our software
 """
 
 import itertools
@@ -29,6 +32,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import leakcheck  # noqa: E402
 from harness import (  # noqa: E402
     AcmeTestClient, ChallTestSrv, LogWatcher, Pebble, Process, TestCA,
     check_error_log as _check_error_log, child_env)
@@ -73,6 +77,17 @@ def pytest_runtest_makereport(item, call):
             lines = text.splitlines()
             tail = "\n".join(lines[-80:])
             rep.sections.append((f"{title} ({path}, last {min(80, len(lines))} lines)", tail))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_messages(tmp_path_factory):
+    """Fails the session (at the last test's teardown) when a test secret appears in a server log, our
+    programs' output or a status document; private keys are those found under the session's directories."""
+    leakcheck.enable()
+    yield
+    hits = leakcheck.scan_session(extra_roots=[tmp_path_factory.getbasetemp()])
+    if hits:
+        pytest.fail(leakcheck.report(hits), pytrace=False)
 
 
 # --------------------------------------------------------------------------
@@ -213,6 +228,8 @@ class ProcessManager:
         _debug_logs(self.node).append((name, log_path, 0))
         if watch_log:
             self.server_logs.watch(log_path, allowed=allowed)
+        if "--status-file" in args[:-1]:
+            leakcheck.watch_file(args[list(args).index("--status-file") + 1])
         p.start()
         if wait_port:
             p.wait_port(wait_port, timeout=timeout)

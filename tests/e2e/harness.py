@@ -39,6 +39,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import leakcheck
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 
@@ -172,9 +174,10 @@ def ssl_context(ca_file=None, insecure=False):
 
 
 def http_request(url, method=None, data=None, headers=None, ca_file=None, context=None,
-                 timeout=10.0, json_body=None):
+                 timeout=10.0, json_body=None, record=True):
     """HTTP(S) request bypassing any proxy.  Never raises on HTTP error statuses;
-    returns Response(status, headers, body).  `ca_file` is the trusted root for https."""
+    returns Response(status, headers, body).  `ca_file` is the trusted root for https.
+    The body is kept for the session's secret check (leakcheck) unless record=False."""
     if json_body is not None:
         data = json.dumps(json_body).encode()
         headers = dict(headers or {})
@@ -188,9 +191,12 @@ def http_request(url, method=None, data=None, headers=None, ca_file=None, contex
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with opener.open(req, timeout=timeout) as r:
-            return Response(r.status, r.headers, r.read(), url)
+            resp = Response(r.status, r.headers, r.read(), url)
     except urllib.error.HTTPError as e:
-        return Response(e.code, e.headers, e.read(), url)
+        resp = Response(e.code, e.headers, e.read(), url)
+    if record:
+        leakcheck.record(f"{method or 'GET'} {url}", resp.body)
+    return resp
 
 
 # --------------------------------------------------------------------------
@@ -265,6 +271,8 @@ class Process:
         self.popen = None
         self._log_fh = None
         self._start_offset = 0
+        if self.log_path is not None and leakcheck.is_ours(self.args[0]):
+            leakcheck.watch_file(self.log_path)
 
     # -- lifecycle --------------------------------------------------------
     def start(self):
@@ -448,6 +456,8 @@ def run_cmd(args, timeout=60.0, env=None, cwd=None, input=None, check=False):
         _killpg(p.pid, signal.SIGKILL)  # strays left in the group
     cp = subprocess.CompletedProcess(args, p.returncode, out.decode("utf-8", "replace"),
                                      err.decode("utf-8", "replace"))
+    if leakcheck.is_ours(args[0]):
+        leakcheck.record(f"output of {' '.join(args)[:200]}", cp.stdout + cp.stderr)
     if check and cp.returncode != 0:
         raise HarnessError(f"command failed ({cp.returncode}): {' '.join(args)}\n"
                            f"stdout:\n{cp.stdout}\nstderr:\n{cp.stderr}")
@@ -936,7 +946,8 @@ class Pebble:
         return r.json()
 
     def _mgmt_pem(self, path):
-        r = self.get(self.management_url + path)
+        # Pebble's own keys: not an answer of our software
+        r = self.get(self.management_url + path, record=False)
         if r.status != 200:
             return None
         return r.text
@@ -1105,6 +1116,7 @@ class LogWatcher:
         (for logs shared between tests). Returns an entry whose allowed list
         can be extended with allow()."""
         path = Path(path)
+        leakcheck.watch_file(path)
         off = 0
         if from_end:
             try:

@@ -15,12 +15,14 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import http.client
 from pathlib import Path
 
 import pytest
 
 import harness
+import leakcheck
 from harness import HarnessError, free_port, http_request, openssl, wait_for
 
 NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
@@ -73,7 +75,7 @@ def issuer_block(name, pebble, state_path, challenge=None, extra=""):
 
 class Nginx:
     def __init__(self, workdir, procs, server_logs, http_conf, workers=2, level="info",
-                 allowed=()):
+                 allowed=(), user=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
@@ -85,12 +87,16 @@ class Nginx:
         self.workers = workers
         self.level = level
         self.allowed = list(allowed)
+        self.user = user        # the workers' user (default: root when the tests run as root)
         self.proc = None
         self.write_conf(http_conf)
         self.server_logs.watch(self.error_log, allowed=self.allowed)
 
     def write_conf(self, http_conf):
-        user = "user root;" if os.geteuid() == 0 else ""
+        if self.user:
+            user = f"user {self.user};"
+        else:
+            user = "user root;" if os.geteuid() == 0 else ""
         self.conf_path.write_text(MAIN_CONF.format(
             module=module_path(), user=user, workers=self.workers, dir=self.dir,
             level=self.level, http=http_conf))
@@ -103,6 +109,7 @@ class Nginx:
         cp = harness.run_cmd([NGINX_BIN, "-t", "-p", self.dir, "-c", self.conf_path,
                               "-e", self.dir / "test-stderr.log"], timeout=60)
         out = cp.stdout + cp.stderr
+        leakcheck.watch_file(self.dir / "test-stderr.log")
         try:
             out += (self.dir / "test-stderr.log").read_text()
         except OSError:
@@ -252,9 +259,22 @@ def https_get(port, sni, path="/", roots_pem=None, method="GET", timeout=5, host
     try:
         conn.request(method, path, headers={"Host": sni})
         r = conn.getresponse()
-        return harness.Response(r.status, r.headers, r.read(), url)
+        resp = harness.Response(r.status, r.headers, r.read(), url)
+        leakcheck.record(f"{method} {url}", resp.body)
+        return resp
     finally:
         conn.close()
+
+
+def force_renewal(port, sni, what, path="/acme", timeout=5, request_timeout=5):
+    """POST path?renew=what; waits out a 429 of renew_interval=1s (the test configurations' interval):
+    returns the final answer."""
+    deadline = time.time() + timeout
+    while True:
+        r = https_get(port, sni, f"{path}?renew={what}", method="POST", timeout=request_timeout)
+        if r.status != 429 or time.time() > deadline:
+            return r
+        time.sleep(0.2)
 
 
 def http_get(port, host, path, method="GET", timeout=5, address="127.0.0.1"):
@@ -276,6 +296,7 @@ def raw_http(port, data, timeout=5, address="127.0.0.1"):
             if not chunk:
                 break
             buf += chunk
+    leakcheck.record(f"raw HTTP to {address}:{port}", buf)
     head, _, body = buf.partition(b"\r\n\r\n")
     m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
     return (int(m.group(1)) if m else None), body

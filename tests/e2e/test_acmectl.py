@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 import harness
+import leakcheck
 
 
 def x509_text(pem_path, *args):
@@ -130,16 +131,30 @@ def test_authz_reuse(acmectl_bin, tmp_path, pebble_factory):
 
 
 def test_eab_required(acmectl_bin, tmp_path, pebble_factory):
-    key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    key = leakcheck.EAB_HMAC_KEY
     peb = pebble_factory(eab_keys={"kid-1": key})
     c = Ctl(acmectl_bin, tmp_path / "state", peb)
     p = c.http("issue", "eab.example.org")
     assert p.returncode != 0
     assert "External Account Binding" in p.stderr
     assert not (c.state / "certs" / "eab.example.org" / "fullchain.pem").exists()
-    c.extra = ["--eab-kid", "kid-1", "--eab-hmac-key", key]
+    c.extra = ["--eab-kid", "kid-1", "--eab-hmac-key", f"data:{key}"]
     p = c.http("issue", "eab.example.org")
     assert p.returncode == 0, p.stderr
+    # the key in a file, and as a bare argument (as before data: existed)
+    kf = tmp_path / "eab.key"
+    kf.write_text(key + "\n")
+    for i, arg in enumerate((str(kf), key)):
+        c3 = Ctl(acmectl_bin, tmp_path / f"state-{i}", peb, ["--eab-kid", "kid-1", "--eab-hmac-key", arg])
+        p = c3.http("issue", f"eab-{i}.example.org")
+        assert p.returncode == 0, p.stderr
+    # a key that is not base64url: refused before anything is sent, never shown
+    kf.write_text(key + "*\n")
+    for arg, needle in ((f"data:{key}*", "inline key"), (str(kf), str(kf)), (f"{key}*", "not data:KEY")):
+        c4 = Ctl(acmectl_bin, tmp_path / "state-bad", peb, ["--eab-kid", "kid-1", "--eab-hmac-key", arg])
+        p = c4.http("issue", "eab-bad.example.org")
+        assert p.returncode == 2 and "--eab-hmac-key" in p.stderr and needle in p.stderr, p.stderr
+        assert key not in p.stderr + p.stdout
     # a wrong key is refused by the CA with a clear message
     c2 = Ctl(acmectl_bin, tmp_path / "state2", peb,
              ["--eab-kid", "kid-1", "--eab-hmac-key", "AAAA" + key[4:]])

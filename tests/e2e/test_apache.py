@@ -14,6 +14,7 @@ import time
 import pytest
 
 import harness
+import leakcheck
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import (cert_issuer, cert_serial, cert_subject, http_get, issued_and_served,
                             log_pids_serials, stored_der, stored_serial, tls_get, tls_connect)
@@ -273,14 +274,16 @@ def test_two_key_types_served_by_client_capability(apache_factory, pebble, procs
     assert pebble.order_count() == 2
 
 
-def test_external_account_binding(apache_factory, pebble_factory, procs):
-    key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+@pytest.mark.parametrize("form", ["file", "data"])
+def test_external_account_binding(apache_factory, pebble_factory, procs, form):
+    """The HMAC key in a file or inline (data:KEY, as nginx's external_account_key)."""
+    key = leakcheck.EAB_HMAC_KEY
     pb = pebble_factory(eab_keys={"kid-1": key})
     name = "eab.apache.example.org"
     a = apache_factory(pb, name="apache-eab")
     keyfile = a.dir / "eab.key"
     keyfile.write_text(key + "\n")
-    a.acme_global = f"ACMEExternalAccountBinding kid-1 {keyfile}"
+    a.acme_global = f"ACMEExternalAccountBinding kid-1 {keyfile if form == 'file' else 'data:' + key}"
     a.vhosts = a.managed_vhosts([name])
     a.start(procs)
     issued_and_served(a, name)

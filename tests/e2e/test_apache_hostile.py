@@ -4,6 +4,7 @@ errors named by apache2 -t, warnings."""
 import os
 
 import harness
+import leakcheck
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import Apache, http_get, raw_http, tls_get
 
@@ -143,6 +144,19 @@ def test_config_errors(acme_build, tmp_path):
         p = a.config_test()
         out = p.stdout + p.stderr
         assert p.returncode != 0 and "ACMEExternalAccountBinding" in out and "not base64url" not in out
+        assert str(keyfile) in out, out
+        # the same inline (data:KEY), and a key given without data:: named, never shown
+        key = leakcheck.EAB_HMAC_KEY
+        for arg, needle in ((f"data:{key}*", "data:"), (key, "data:"),
+                            (f"data:{key[:-3]}", "data:")):
+            a.acme_global = f"ACMEExternalAccountBinding kid-1 {arg}"
+            p = a.config_test()
+            out = p.stdout + p.stderr
+            assert p.returncode != 0 and "ACMEExternalAccountBinding" in out and needle in out, (arg, out)
+            assert key[:20] not in out, out
+        a.acme_global = f"ACMEExternalAccountBinding kid-1 data:{key}"
+        p = a.config_test()
+        assert p.returncode == 0, p.stdout + p.stderr
         # a name no SSL vhost serves: a warning, also from apache2 -t
         a.acme_global = (f"<VirtualHost 127.0.0.1:{a.http_port}>\nServerName plainonly.example.org\n"
                          "ACMECertificate on\n</VirtualHost>")

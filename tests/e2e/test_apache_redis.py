@@ -11,6 +11,7 @@ import time
 import pytest
 
 import harness
+import leakcheck
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_serial, http_get, tls_get
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file, signed
@@ -162,7 +163,7 @@ def test_forged_records_refused(apache_factory, pebble, procs, tmp_path, server_
     kf = _key(tmp_path / "storage.key")
     name = "forged.redis.apache.example.org"
     a = _apache(apache_factory, pebble, redis, kf, [name])
-    server_logs.allow(r"ACME0110: redis store \S+: refused ")
+    server_logs.allow(r"ACME0113: redis store \S+: refused ")
     server_logs.allow(r"ACME0052: http-01: store look-up failed: .*a value without a MAC")
     a.start(procs)
     a.wait_valid(name)
@@ -206,6 +207,15 @@ def test_config_errors(apache_factory, pebble, tmp_path):
     a.vhosts = a.managed_vhosts(["bad.example.org"])
     p = a.config_test()
     assert p.returncode != 0 and "ACMEStorage" in p.stderr and "bogus" in p.stderr, p.stderr
+    # a password in the URL is never shown, whatever is wrong with the URL
+    pw = leakcheck.REDIS_PASSWORD
+    for url, needle in ((f"redis://:{pw}@127.0.0.1:1/0?bogus=1", "bogus"),
+                        (f"redis://u:{pw}@127.0.0.1:notaport/0", "port"),
+                        (f"http://:{pw}@127.0.0.1:1/0", "redis://")):
+        a.acme_global = f'ACMEStorage "{url}"\n'
+        p = a.config_test()
+        assert p.returncode != 0 and "ACMEStorage" in p.stderr and needle in p.stderr, p.stderr
+        assert ":***@" in p.stderr and pw not in p.stdout + p.stderr, p.stderr
     a.acme_global = 'ACMEStorage "redis://127.0.0.1:1/0"\nACMEStorageKey /nonexistent/storage.key\n'
     p = a.config_test()
     assert p.returncode != 0 and "ACMEStorageKey" in p.stderr and "/nonexistent/storage.key" in p.stderr, p.stderr

@@ -5,7 +5,6 @@ prefix sealed with one storage key file. The mock DNS maps each name to the node
 
 import os
 import re
-import secrets
 import signal
 import time
 import types
@@ -13,6 +12,7 @@ import types
 import pytest
 
 import harness
+import leakcheck
 from harness import NODE_ADDRESSES, RedisServer, wait_for
 from nginx_harness import https_get, issuer_block, nginx_factory, tls_verified  # noqa: F401
 from apache_harness import Apache, apache_factory  # noqa: F401
@@ -53,7 +53,7 @@ def nginx_conf(ca, addr, state, storage, http_names, alpn_names):
         server_name {n};
         acme_certificate {issuer};
         location / {{ return 200 "tls {addr}\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     return conf
@@ -264,7 +264,7 @@ def redis(procs, tmp_path):
 @pytest.fixture
 def key_file(tmp_path):
     p = tmp_path / "storage.key"
-    p.write_bytes(secrets.token_bytes(32))
+    p.write_bytes(leakcheck.STORAGE_KEY)
     p.chmod(0o600)
     return p
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import leakcheck
 from harness import (HarnessError, LogWatcher, Process, dns_query, find_error_lines,
                      free_port, http_request, run_cmd)
 
@@ -178,7 +179,7 @@ def test_pebble_env_and_fixed_ports(pebble_factory):
 
 
 def test_pebble_eab(pebble_factory, acme_test_client):
-    key = harness.b64u(b"k" * 32)
+    key = leakcheck.EAB_HMAC_KEY
     pb = pebble_factory(eab_keys={"kid-1": key})
     assert pb.directory()["meta"]["externalAccountRequired"] is True
     c = acme_test_client(pb)

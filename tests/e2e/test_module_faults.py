@@ -17,7 +17,7 @@ import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_serial as a_cert_serial, tls_get
 from fault_proxy import CertForge, FaultProxy, content_type, forge_leaf, pad, problem, truncate
-from nginx_harness import (cert_issuer, cert_serial, https_get, issuer_block,  # noqa: F401
+from nginx_harness import (cert_issuer, cert_serial, force_renewal, https_get, issuer_block,  # noqa: F401
                            nginx_factory, tls_cert)
 
 MiB = 1024 * 1024
@@ -90,7 +90,7 @@ def _nginx_conf(proxy, pebble, tmp_path, https, names):
         server_name {' '.join(names)};
         acme_certificate garbage;
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
 
@@ -141,7 +141,7 @@ def test_nginx_refuses_garbage(case, pebble, proxy, nginx_factory, tmp_path):
 
     # the CA behaves again: a (new) certificate arrives with no reload
     proxy.clear_faults()
-    assert https_get(https, name, f"/acme?renew={name}", method="POST").status == 202
+    assert force_renewal(https, name, name).status == 202
     new = harness.wait_for(lambda: (lambda s: s if s and s != old else None)(
         _pebble_serial(https, name, roots)), 60, interval=0.3, what="the certificate once the CA behaves")
     assert new != old
@@ -194,7 +194,7 @@ def test_nginx_challenge_failure_per_identifier(pebble, nginx_factory, tmp_path)
         listen 127.0.0.1:{https} ssl;
         server_name {name};
         acme_certificate pebble;
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     ng = nginx_factory(conf, wait_port=https, allowed=[r"acme: "])
@@ -229,7 +229,7 @@ def test_nginx_stressed_pebble(pebble_factory, nginx_factory, tmp_path):
         server_name {' '.join(names)};
         acme_certificate pebble;
         acme_certificate pebble {names[0]} key=rsa:2048;
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     nginx_factory(conf, wait_port=https)

@@ -46,7 +46,7 @@ def basic_conf(pebble, tmp_path, https, name=NAME, challenge=None, extra_server=
         acme_certificate pebble{' ' + cert_args if cert_args else ''};
         {extra_server}
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
 
@@ -377,3 +377,21 @@ def test_several_certificates_of_one_type_by_sni(pebble, nginx_factory, tmp_path
     # an unknown name: the server's first certificate
     assert "DNS:one.example.org" in cert_text(tls_cert(https, "other.example.org"))
     assert pebble.issued_count() == 3
+
+
+@pytest.mark.parametrize("form", ["data", "file"])
+def test_external_account_binding(pebble_factory, nginx_factory, tmp_path, form):
+    """A CA that requires EAB: the HMAC key inline (data:KEY, as nginx-acme) or in a file; never shown."""
+    import leakcheck
+    key = leakcheck.EAB_HMAC_KEY
+    pb = pebble_factory(eab_keys={"kid-1": key})
+    keyfile = tmp_path / "eab.key"
+    keyfile.write_text(key + "\n")
+    https = free_port()
+    arg = f"data:{key}" if form == "data" else keyfile
+    conf = basic_conf(pb, tmp_path, https).replace(
+        "    accept_terms_of_service;\n", f"    accept_terms_of_service;\n    external_account_key kid-1 {arg};\n", 1)
+    ng = nginx_factory(conf, wait_port=https)
+    serial = wait_issued(https, NAME, pb)
+    assert serial in pb.issued_serials()
+    assert key not in ng.log_text() and key not in json.dumps(status(https, NAME))

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import leakcheck
 from harness import free_port
 from nginx_harness import issuer_block, nginx_factory  # noqa: F401
 
@@ -121,7 +122,7 @@ def test_bad_shared_zone(nginx_factory, tmp_path):
 
 def test_eab_key_file_and_ssl_verify_off_warns(nginx_factory, tmp_path):
     eab = tmp_path / "eab.key"
-    eab.write_text("zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\n")
+    eab.write_text(leakcheck.EAB_HMAC_KEY + "\n")
     iss = (f"acme_issuer le {{\n    uri https://127.0.0.1:14000/dir;\n"
            f"    state_path {tmp_path}/state;\n    external_account_key kid-1 {eab};\n"
            f"    ssl_verify off;\n}}\n")
@@ -129,6 +130,45 @@ def test_eab_key_file_and_ssl_verify_off_warns(nginx_factory, tmp_path):
     ok, out = ng.test_config()
     assert ok, out
     assert "ssl_verify off" in out and "[warn]" in out
+
+
+def _eab_issuer(tmp_path, arg):
+    return (f"acme_issuer le {{\n    uri https://127.0.0.1:14000/dir;\n"
+            f"    state_path {tmp_path}/state;\n    accept_terms_of_service;\n"
+            f"    external_account_key kid-1 {arg};\n}}\n")
+
+
+def _no_secret(out):
+    hits = leakcheck.scan_text(leakcheck.Secrets(leakcheck.CONSTANT_SECRETS), "nginx -t", out)
+    assert not hits, leakcheck.report(hits)
+
+
+def test_eab_key_inline(nginx_factory, tmp_path):
+    """external_account_key KID data:KEY takes the key inline, as nginx-acme does."""
+    ng = nginx_factory(_conf(tmp_path, issuer=_eab_issuer(tmp_path, f"data:{leakcheck.EAB_HMAC_KEY}")),
+                       start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    _no_secret(out)
+
+
+@pytest.mark.parametrize("arg,pattern", [
+    # not base64url, and a length base64url cannot have
+    ("data:{key}*", r"invalid \"external_account_key\" in acme_issuer \"le\": the inline key \(data:\)"),
+    ("data:{key3}", r"invalid \"external_account_key\" in acme_issuer \"le\": the inline key \(data:\)"),
+    # the key given without data: is no file name, and not shown as one
+    ("{key}", r"\"external_account_key\" in acme_issuer \"le\": no such file, .* \"data:\" prefix"),
+    ("{file}", r"invalid \"external_account_key\" file \".*eab\.key\" in acme_issuer \"le\""),
+])
+def test_eab_key_errors_never_show_the_key(nginx_factory, tmp_path, arg, pattern):
+    key = leakcheck.EAB_HMAC_KEY
+    bad = tmp_path / "eab.key"
+    bad.write_text(f"{key}*\n")
+    arg = arg.format(key=key, key3=key[:-3], file=bad)
+    out = _check(nginx_factory, tmp_path, _conf(tmp_path, issuer=_eab_issuer(tmp_path, arg)),
+                 "external_account_key", pattern)
+    _no_secret(out)
+    assert key[:20] not in out, out
 
 
 def _issuer_without_tos(tmp_path, pebble, extra=""):

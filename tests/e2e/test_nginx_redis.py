@@ -3,13 +3,13 @@ Certificates, keys and accounts live in Redis (keys sealed with acme_storage_key
 local cache under state_path, which the leader keeps in step with Redis."""
 import os
 import re
-import secrets
 import subprocess
 import time
 
 import pytest
 
 import harness
+import leakcheck
 from harness import free_port, wait_for
 from nginx_harness import cert_serial, http_get, https_get, issuer_block, nginx_factory, tls_handshake, tls_verified  # noqa: F401
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file, signed, signed_announcement
@@ -47,7 +47,7 @@ def alpn_conf(pebble, tmp_path, redis, key, name):
         server_name {name};
         acme_certificate pebble;
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
 
@@ -75,6 +75,16 @@ def test_config_checks_without_redis(nginx_factory, pebble, tmp_path):
     ng.write_conf(f"acme_storage redis://127.0.0.1:{port} colour=blue;\n" + base)
     ok, out = ng.test_config()
     assert not ok and "acme_storage" in out and "colour=blue" in out, out
+
+    # a password in the URL is never shown, whatever is wrong with the URL
+    pw = leakcheck.REDIS_PASSWORD
+    for url, needle in ((f"redis://:{pw}@127.0.0.1:notaport", "notaport"),
+                        (f"redis://u:{pw}@127.0.0.1:{port}/2?bogus=1", "bogus"),
+                        (f"http://:{pw}@127.0.0.1:{port}", "expected redis://")):
+        ng.write_conf(f'acme_storage "{url}";\n' + base)
+        ok, out = ng.test_config()
+        assert not ok and '"acme_storage"' in out and needle in out and ":***@" in out, out
+        assert pw not in out, out
 
     missing = tmp_path / "no-such.key"
     ng.write_conf(f"acme_storage redis://127.0.0.1:{port};\nacme_storage_key {missing};\n" + base)
@@ -201,7 +211,7 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
 def test_rediss_with_password_file(pebble, nginx_factory, tmp_path, procs, acmectl_bin, test_ca):
     """acme_storage over TLS (rediss://, server verified with tls_ca) with the password in a file: issuance,
     and a renewal stored by another writer reaches nginx through the subscription on the TLS connection."""
-    pw = "ngx-" + secrets.token_hex(8)
+    pw = leakcheck.REDIS_PASSWORD
     pwf = tmp_path / "redis.pw"
     pwf.write_text(pw + "\n")
     pwf.chmod(0o600)

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 import harness
-from nginx_harness import NGINX_BIN, Nginx, cert_issuer, cert_serial, https_get, issuer_block, tls_cert
+from nginx_harness import NGINX_BIN, Nginx, cert_issuer, cert_serial, force_renewal, issuer_block, tls_cert
 
 RENEWALS = int(os.environ.get("ACME_VALGRIND_RENEWALS", "50"))
 NAME = "valgrind.example.org"
@@ -70,7 +70,7 @@ def test_fifty_renewals_under_valgrind(pebble, procs, server_logs, tmp_path):
         server_name {NAME};
         acme_certificate pebble;
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     ng = Nginx(tmp_path / "nginx", procs, server_logs, conf, workers=1, level="notice")
@@ -97,7 +97,7 @@ def test_fifty_renewals_under_valgrind(pebble, procs, server_logs, tmp_path):
     serials = [serial]
     mid = None
     for i in range(1, RENEWALS + 1):
-        r = https_get(https, NAME, f"/acme?renew={NAME}", method="POST", timeout=30)
+        r = force_renewal(https, NAME, NAME, request_timeout=30)
         assert r.status == 202, r
         serial = harness.wait_for(lambda: (lambda s: s if s and s != serials[-1] else None)(served()),
                                   120, interval=0.3, what=f"renewal {i} served")

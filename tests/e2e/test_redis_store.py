@@ -6,7 +6,6 @@ import hmac
 import json
 import os
 import re
-import secrets
 import stat
 import subprocess
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import leakcheck
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"
@@ -107,7 +107,7 @@ def acmectl(binary, *args, timeout=120):
 
 def key_file(path, data=None):
     p = Path(path)
-    p.write_bytes(data if data is not None else secrets.token_bytes(32))
+    p.write_bytes(data if data is not None else leakcheck.STORAGE_KEY)
     p.chmod(0o600)
     return p
 
@@ -233,7 +233,7 @@ def test_issue_list_status_on_redis(acmectl_bin, tmp_path, pebble, redis):
     p = nokey.run("account", "show")
     assert p.returncode != 0
     assert "encrypted" in p.stderr and "storage key" in p.stderr, p.stderr
-    other = Ctl(acmectl_bin, url, pebble, key_file=key_file(tmp_path / "other.key"))
+    other = Ctl(acmectl_bin, url, pebble, key_file=key_file(tmp_path / "other.key", leakcheck.STORAGE_KEY_OTHER))
     p = other.run("revoke", "--with-cert-key", "redis.example.org")
     assert p.returncode != 0
     assert "another storage key" in p.stderr, p.stderr
@@ -257,7 +257,7 @@ def test_migrate_roundtrip(acmectl_bin, tmp_path, pebble, redis):
     original = tree(src)
     assert original["certs/mig.example.org/privkey.pem"][0] == 0o600
 
-    kf = key_file(tmp_path / "k.hex", secrets.token_hex(32).encode() + b"\n")
+    kf = key_file(tmp_path / "k.hex", leakcheck.STORAGE_KEY_HEX.encode() + b"\n")
     url = redis.url("?prefix=mig")
     p = acmectl(acmectl_bin, "--storage-key", kf, "migrate", "--from", src, "--to", url)
     assert p.returncode == 0, p.stderr
@@ -296,7 +296,7 @@ def test_migrate_roundtrip(acmectl_bin, tmp_path, pebble, redis):
 
 
 def test_password_file(acmectl_bin, tmp_path, procs):
-    pw = "e2e-" + secrets.token_hex(8)
+    pw = leakcheck.REDIS_PASSWORD
     r = Redis(procs, tmp_path / "redis-auth", password=pw)
     pwf = tmp_path / "redis.pw"
     pwf.write_text(pw + "\n")

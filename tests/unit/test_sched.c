@@ -121,6 +121,20 @@ test_backoff_network(void **state)
     assert_int_equal(acme_sched_backoff(ACME_ERR_NETWORK, 1, 3000, 0.5), 3000);
 }
 
+/* What a forced renewal must wait for: the CA's own Retry-After, else our back-off after a rate limit. */
+static void
+test_ca_wait(void **state)
+{
+    (void) state;
+    assert_int_equal(acme_sched_ca_wait(ACME_ERR_RATELIMIT, 120, 1000, 5000), 1120);
+    assert_int_equal(acme_sched_ca_wait(ACME_ERR_RATELIMIT, 0, 1000, 5000), 5000);
+    assert_int_equal(acme_sched_ca_wait(ACME_ERR_CA, 300, 1000, 1500), 1300);
+    assert_int_equal(acme_sched_ca_wait(ACME_ERR_NETWORK, 0, 1000, 1005), 0);
+    assert_int_equal(acme_sched_ca_wait(ACME_ERR_CA, -5, 1000, 1300), 0);
+    /* a Retry-After beyond 30 days is not believed */
+    assert_int_equal(acme_sched_ca_wait(ACME_ERR_RATELIMIT, 100L * 86400, 1000, 5000), 1000 + 30L * 86400);
+}
+
 static void
 test_backoff_ca(void **state)
 {
@@ -283,6 +297,7 @@ main(void)
         cmocka_unit_test(test_ari),
         cmocka_unit_test(test_backoff_network),
         cmocka_unit_test(test_backoff_ca),
+        cmocka_unit_test(test_ca_wait),
         cmocka_unit_test(test_backoff_ratelimit),
         cmocka_unit_test(test_backoff_bounds),
         cmocka_unit_test(test_next),

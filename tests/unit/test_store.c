@@ -1,9 +1,11 @@
 /* The filesystem store and the typed records. */
 #include "unit.h"
 #include "acme_store.h"
+#include "acme_beneath.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <unistd.h>
 #include <sys/stat.h>
@@ -170,12 +172,13 @@ test_put_get_modes(void **state)
     assert_int_equal(mode_of(path_of(f, "certs/example.org/privkey.pem")), 0600);
     assert_int_equal(mode_of(path_of(f, "accounts/ca/account.key")), 0600);
     assert_int_equal(mode_of(path_of(f, "accounts/ca/account.json")), 0644);
-    /* the root and the parent it created */
+    /* the root; the parent it created is only passed through (0755 less the umask) */
     assert_int_equal(mode_of(f->root), 0700);
     {
         char parent[160];
         snprintf(parent, sizeof(parent), "%s/state", f->dir);
-        assert_int_equal(mode_of(parent), 0700);
+        assert_int_equal(mode_of(parent) & 0700, 0700);
+        assert_int_equal(mode_of(parent) & 022, 0);
     }
 
     check_value(f->st, "certs/example.org/fullchain.pem", "CHAIN");
@@ -583,6 +586,367 @@ test_open_errors(void **state)
     acme_store_close(st);
 }
 
+/* ---- links planted by whoever owns the directory (the worker user) ---- */
+
+/* An outside directory holding a file the store must never touch: <dir>/victim/passwd. */
+static void
+make_victim(fixture_t *f, char *victim, size_t size)
+{
+    char p[300];
+
+    snprintf(victim, size, "%s/victim", f->dir);
+    assert_int_equal(mkdir(victim, 0755), 0);
+    snprintf(p, sizeof(p), "%s/passwd", victim);
+    write_raw(p, "root:x:0:0");
+}
+
+static int
+victim_intact(const char *victim)
+{
+    char   p[300];
+    DIR   *d;
+    int    n = 0;
+    struct dirent *de;
+
+    snprintf(p, sizeof(p), "%s/passwd", victim);
+    if (!exists(p)) {
+        return 0;
+    }
+    d = opendir(victim);
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL) {
+        n += de->d_name[0] != '.';
+    }
+    closedir(d);
+    return n == 1;
+}
+
+static void
+test_resolver(void **state)
+{
+    fixture_t   *f = *state;
+    acme_err_t   err;
+    char         victim[256];
+    const char  *leaf;
+    int          dfd, fd;
+
+    make_victim(f, victim, sizeof(victim));
+    dfd = open(f->root, O_RDONLY | O_DIRECTORY);
+    assert_true(dfd >= 0);
+    assert_int_equal(mkdir(path_of(f, "a"), 0700), 0);
+    assert_int_equal(mkdir(path_of(f, "a/b"), 0700), 0);
+    assert_int_equal(symlink(victim, path_of(f, "a/link")), 0);
+    write_raw(path_of(f, "a/file"), "x");
+
+    /* plain paths */
+    fd = acme_beneath_dir(dfd, "a/b", 0, "STATE", &err);
+    assert_true(fd >= 0);
+    close(fd);
+    fd = acme_beneath_parent(dfd, "a/b/c", 0, &leaf, "STATE", &err);
+    assert_true(fd >= 0);
+    assert_string_equal(leaf, "c");
+    close(fd);
+
+    /* a link in the middle or at the end: refused, named, never followed (with create too) */
+    assert_int_equal(acme_beneath_dir(dfd, "a/link/x", 0, "STATE", &err), -1);
+    assert_non_null(strstr(err.msg, "STATE/a/link is a symbolic link"));
+    assert_int_equal(acme_beneath_dir(dfd, "a/link", 0, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_parent(dfd, "a/link/passwd", 0, &leaf, "STATE", &err), -1);
+    assert_non_null(strstr(err.msg, "symbolic link"));
+    assert_int_equal(acme_beneath_dir(dfd, "a/link/new", 1, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_parent(dfd, "a/link/new/x", 1, &leaf, "STATE", &err), -1);
+
+    /* "..", ".", empty components, absolute paths */
+    assert_int_equal(acme_beneath_dir(dfd, "..", 0, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_dir(dfd, "a/../..", 0, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_parent(dfd, "a/../../victim/passwd", 0, &leaf, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_parent(dfd, "../victim/passwd", 1, &leaf, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_parent(dfd, "a/..", 0, &leaf, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_dir(dfd, "a/./b", 0, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_dir(dfd, "a//b", 0, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_dir(dfd, victim, 0, "STATE", &err), -1);
+    assert_non_null(strstr(err.msg, "absolute"));
+    assert_int_equal(acme_beneath_parent(dfd, "/etc/passwd", 0, &leaf, "STATE", &err), -1);
+    assert_int_equal(acme_beneath_parent(dfd, "/passwd", 0, &leaf, "STATE", &err), -1);
+
+    /* missing: told apart from an error; a file on the way counts as missing */
+    assert_int_equal(acme_beneath_dir(dfd, "a/none/x", 0, "STATE", &err), ACME_BENEATH_MISSING);
+    assert_int_equal(acme_beneath_dir(dfd, "a/file/x", 0, "STATE", &err), ACME_BENEATH_MISSING);
+    assert_int_equal(acme_beneath_dir(dfd, "a/file/x", 1, "STATE", &err), -1);
+
+    /* create: 0700 whatever the umask */
+    {
+        mode_t old = umask(0);
+        fd = acme_beneath_dir(dfd, "n1/n2", 1, "STATE", &err);
+        umask(old);
+    }
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(mode_of(path_of(f, "n1")), 0700);
+    assert_int_equal(mode_of(path_of(f, "n1/n2")), 0700);
+
+    /* a directory others may write in: tightened when ours */
+    assert_int_equal(chmod(path_of(f, "a"), 0777), 0);
+    fd = acme_beneath_dir(dfd, "a", 0, "STATE", &err);
+    assert_int_equal(acme_beneath_dir_check(fd, geteuid(), 1, "STATE/a", &err), 0);
+    close(fd);
+    assert_int_equal(mode_of(path_of(f, "a")), 0700);
+    assert_int_equal(chmod(path_of(f, "a"), 0777), 0);
+    fd = acme_beneath_dir(dfd, "a", 0, "STATE", &err);
+    assert_int_equal(acme_beneath_dir_check(fd, geteuid() + 1, 1, "STATE/a", &err), -1);
+    assert_non_null(strstr(err.msg, "STATE/a"));
+    close(fd);
+    close(dfd);
+    assert_true(victim_intact(victim));
+}
+
+static void
+test_link_journal_attack(void **state)
+{
+    fixture_t   *f = *state;
+    acme_err_t   err;
+    char         victim[256];
+
+    /* x -> outside, and a journal asking to delete x/passwd and to rename x/passwd.next over it */
+    make_victim(f, victim, sizeof(victim));
+    assert_int_equal(acme_store_put(f->st, "certs/e/fullchain.pem", "OLD", 3, 0, &err), 0);
+    acme_store_close(f->st);
+    f->st = NULL;
+    assert_int_equal(symlink(victim, path_of(f, "x")), 0);
+    write_raw(path_of(f, "certs/e/fullchain.pem.next"), "NEW");
+    write_raw(path_of(f, ".commit"), "acme-store-commit 1\n"
+                                     "del x/passwd\n"
+                                     "put x/passwd\n"
+                                     "put certs/e/fullchain.pem\n");
+    {
+        char p[300];
+        snprintf(p, sizeof(p), "%s/passwd.next", victim);
+        write_raw(p, "planted");
+    }
+
+    /* read-only (a configuration check): the journal is left alone */
+    f->st = acme_store_fs_open(f->root, 1 | ACME_STORE_FS_RDONLY, &err);
+    assert_non_null(f->st);
+    check_value(f->st, "certs/e/fullchain.pem", "OLD");
+    assert_true(exists(path_of(f, ".commit")));
+    assert_int_equal(acme_store_put(f->st, "certs/e/x", "1", 1, 0, &err), -1);
+    assert_non_null(strstr(err.msg, "read-only"));
+    assert_int_equal(f->st->ops->del(f->st, "certs/e/fullchain.pem", &err), -1);
+    acme_store_close(f->st);
+
+    /* the recovery: refuses the link, names it, applies the rest, drops the journal */
+    f->st = acme_store_fs_open(f->root, 0, &err);
+    assert_null(f->st);
+    assert_non_null(strstr(err.msg, "/x is a symbolic link"));
+    {
+        char p[300];
+        snprintf(p, sizeof(p), "%s/passwd", victim);
+        assert_true(exists(p));
+        snprintf(p, sizeof(p), "%s/passwd.next", victim);
+        assert_true(exists(p));
+    }
+    assert_false(exists(path_of(f, ".commit")));
+    f->st = acme_store_fs_open(f->root, 0, &err);
+    assert_non_null(f->st);
+    check_value(f->st, "certs/e/fullchain.pem", "NEW");
+
+    /* every operation through the link is refused */
+    {
+        char *d = NULL;
+        assert_int_equal(acme_store_get(f->st, "x/passwd", &d, NULL, &err), -1);
+        assert_null(d);
+    }
+    assert_non_null(strstr(err.msg, "symbolic link"));
+    assert_int_equal(acme_store_put(f->st, "x/new", "1", 1, 0, &err), -1);
+    assert_non_null(strstr(err.msg, "/x is a symbolic link"));
+    assert_int_equal(acme_store_del(f->st, "x/passwd", &err), -1);
+    {
+        char **names = NULL;
+        size_t n = 0;
+        assert_int_equal(f->st->ops->list(f->st, "x", &names, &n, &err), -1);
+    }
+    {
+        acme_store_item_t items[2] = {
+            { "certs/e/fullchain.pem", "NEWER", 5, 0 },
+            { "x/passwd", NULL, 0, 0 },
+        };
+        assert_int_equal(f->st->ops->commit(f->st, items, 2, &err), -1);
+        assert_non_null(strstr(err.msg, "symbolic link"));
+        items[1].key = "x/passwd";
+        items[1].data = "evil";
+        items[1].len = 4;
+        assert_int_equal(f->st->ops->commit(f->st, items, 2, &err), -1);
+    }
+    check_value(f->st, "certs/e/fullchain.pem", "NEW");
+    assert_false(exists(path_of(f, ".commit")));
+    assert_int_equal(count_files(f->dir, ".next"), 1);         /* the planted victim/passwd.next */
+    {
+        char p[300];
+        snprintf(p, sizeof(p), "%s/passwd.next", victim);
+        unlink(p);
+    }
+    assert_true(victim_intact(victim));
+}
+
+static void
+test_linked_directories(void **state)
+{
+    fixture_t     *f = *state;
+    acme_err_t     err;
+    char           victim[256];
+    acme_lock_t   *lk = NULL;
+    acme_store_item_t items[2] = {
+        { "fallback/e/fullchain.pem", "C", 1, 0 },
+        { "fallback/e/privkey.pem", "K", 1, 1 },
+    };
+
+    make_victim(f, victim, sizeof(victim));
+    assert_int_equal(symlink(victim, path_of(f, "fallback")), 0);
+    assert_int_equal(f->st->ops->commit(f->st, items, 2, &err), -1);
+    assert_non_null(strstr(err.msg, "/fallback is a symbolic link"));
+
+    assert_int_equal(mkdir(path_of(f, "certs"), 0700), 0);
+    assert_int_equal(symlink(victim, path_of(f, "certs/e")), 0);
+    items[0].key = "certs/e/fullchain.pem";
+    items[1].key = "certs/e/privkey.pem";
+    assert_int_equal(f->st->ops->commit(f->st, items, 2, &err), -1);
+    assert_non_null(strstr(err.msg, "/certs/e is a symbolic link"));
+    assert_int_equal(acme_store_put(f->st, "certs/e/privkey.pem", "K", 1, 1, &err), -1);
+
+    assert_int_equal(symlink(victim, path_of(f, "accounts")), 0);
+    assert_int_equal(acme_store_account_save(f->st, "ca", "AK", 2, "{}", &err), -1);
+    assert_non_null(strstr(err.msg, "/accounts is a symbolic link"));
+
+    assert_int_equal(symlink(victim, path_of(f, "locks")), 0);
+    assert_int_equal(f->st->ops->lock(f->st, "cert-e", &lk, &err), -1);
+    assert_non_null(strstr(err.msg, "/locks is a symbolic link"));
+
+    /* a link in place of a file is not read either */
+    assert_int_equal(mkdir(path_of(f, "certs/f"), 0700), 0);
+    {
+        char p[300];
+        snprintf(p, sizeof(p), "%s/passwd", victim);
+        assert_int_equal(symlink(p, path_of(f, "certs/f/fullchain.pem")), 0);
+    }
+    {
+        char *d = NULL;
+        assert_int_equal(acme_store_get(f->st, "certs/f/fullchain.pem", &d, NULL, &err), -1);
+        assert_null(d);
+        assert_non_null(strstr(err.msg, "symbolic link"));
+    }
+
+    /* the state directory itself given as a link */
+    assert_int_equal(symlink(f->root, path_of(f, "../state-link")), 0);
+    {
+        char p[300];
+        acme_store_t *st;
+        snprintf(p, sizeof(p), "%s/state/state-link", f->dir);
+        st = acme_store_fs_open(p, 1, &err);
+        assert_null(st);
+        assert_non_null(strstr(err.msg, "symbolic link"));
+        assert_int_equal(acme_store_fs_prepare(p, -1, -1, &err), -1);
+    }
+    assert_true(victim_intact(victim));
+}
+
+static void
+test_commit_rename_fails(void **state)
+{
+    fixture_t          *f = *state;
+    acme_err_t          err;
+    acme_store_item_t   items[2] = {
+        { "certs/r/privkey.pem", "NEW KEY", 7, 1 },
+        { "certs/r/fullchain.pem", "NEW CHAIN", 9, 0 },
+    };
+
+    assert_int_equal(acme_store_put(f->st, "certs/r/privkey.pem", "OLD KEY", 7, 1, &err), 0);
+    /* something in the way of the second rename (a directory cannot be replaced by a file) */
+    assert_int_equal(mkdir(path_of(f, "certs/r/fullchain.pem"), 0700), 0);
+    write_raw(path_of(f, "certs/r/fullchain.pem/x"), "x");
+    assert_int_equal(f->st->ops->commit(f->st, items, 2, &err), -1);
+    assert_non_null(strstr(err.msg, "certs/r/fullchain.pem"));
+    /* the journal and the .next not yet renamed stay, for recovery to roll forward */
+    assert_true(exists(path_of(f, ".commit")));
+    assert_true(exists(path_of(f, "certs/r/fullchain.pem.next")));
+
+    unlink(path_of(f, "certs/r/fullchain.pem/x"));
+    rmdir(path_of(f, "certs/r/fullchain.pem"));
+    check_value(f->st, "certs/r/fullchain.pem", "NEW CHAIN");
+    check_value(f->st, "certs/r/privkey.pem", "NEW KEY");
+    assert_false(exists(path_of(f, ".commit")));
+}
+
+static void
+test_loose_modes(void **state)
+{
+    fixture_t     *f = *state;
+    acme_err_t     err;
+    acme_store_t  *st;
+
+    assert_int_equal(acme_store_put(f->st, "certs/m/meta.json", "{}", 2, 0, &err), 0);
+    assert_int_equal(chmod(path_of(f, "certs/m"), 0777), 0);
+    assert_int_equal(acme_store_put(f->st, "certs/m/meta.json", "{}", 2, 0, &err), 0);
+    assert_int_equal(mode_of(path_of(f, "certs/m")), 0700);
+
+    acme_store_close(f->st);
+    f->st = NULL;
+    assert_int_equal(chmod(f->root, 0755), 0);
+    st = acme_store_fs_open(f->root, 0, &err);
+    assert_non_null(st);
+    assert_int_equal(mode_of(f->root), 0700);
+    acme_store_close(st);
+}
+
+/* Run as root: a directory another user owns is acted on as that user; prepare gives only the top. */
+static void
+test_root_as_owner(void **state)
+{
+    fixture_t     *f = *state;
+    acme_err_t     err;
+    acme_store_t  *st;
+    char           p[300];
+    struct stat    sb;
+    acme_lock_t   *lk = NULL;
+
+    if (geteuid() != 0) {
+        skip();
+    }
+    snprintf(p, sizeof(p), "%s/worker/state", f->dir);
+    assert_int_equal(acme_store_fs_prepare(p, 65534, 65534, &err), 0);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_uid, 65534);
+    assert_int_equal(sb.st_mode & 07777, 0700);
+    snprintf(p, sizeof(p), "%s/worker", f->dir);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_uid, 0);                 /* parents stay root's */
+
+    snprintf(p, sizeof(p), "%s/worker/state", f->dir);
+    st = acme_store_fs_open(p, 1, &err);
+    if (st == NULL) {
+        fail_msg("open: %s", err.msg);
+    }
+    assert_int_equal(acme_store_put(st, "certs/o/privkey.pem", "K", 1, 1, &err), 0);
+    assert_int_equal(st->ops->lock(st, "cert-o", &lk, &err), 1);
+    st->ops->unlock(lk);
+    snprintf(p, sizeof(p), "%s/worker/state/certs/o/privkey.pem", f->dir);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_uid, 65534);
+    snprintf(p, sizeof(p), "%s/worker/state/certs", f->dir);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_uid, 65534);
+    /* and back to root afterwards: this process's own files are root's */
+    assert_int_equal(acme_store_put(f->st, "mine", "1", 1, 0, &err), 0);
+    assert_int_equal(stat(path_of(f, "mine"), &sb), 0);
+    assert_int_equal(sb.st_uid, 0);
+
+    /* a file root left in there (an older version) is not readable by the owner: a clear error */
+    assert_int_equal(chown(p, 0, 0), 0);
+    assert_int_equal(chmod(p, 0700), 0);
+    assert_int_equal(acme_store_put(st, "certs/o/privkey.pem", "K", 1, 1, &err), -1);
+    assert_non_null(strstr(err.msg, "/certs"));
+    acme_store_close(st);
+}
+
 /* ---- records ---- */
 
 static void
@@ -613,6 +977,7 @@ fill_meta(acme_certmeta_t *m)
     m->next_try = 1735787045 + 600;
     m->last_error = strdup("order: rateLimited: \"too many\"\nsecond line");
     m->last_error_at = 1735787045 + 1;
+    m->ca_wait_until = 1735787045 + 3600;
     m->issued_at = 1735787045 + 2;
 }
 
@@ -642,6 +1007,7 @@ assert_meta_equal(const acme_certmeta_t *a, const acme_certmeta_t *b)
     assert_int_equal(a->next_try, b->next_try);
     assert_string_equal(a->last_error, b->last_error);
     assert_int_equal(a->last_error_at, b->last_error_at);
+    assert_int_equal(a->ca_wait_until, b->ca_wait_until);
     assert_int_equal(a->issued_at, b->issued_at);
 }
 
@@ -1077,6 +1443,12 @@ main(void)
         cmocka_unit_test_setup_teardown(test_recovery_on_get, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resolver, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_link_journal_attack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_linked_directories, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_rename_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loose_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_root_as_owner, setup, teardown),
         cmocka_unit_test(test_certmeta_json),
         cmocka_unit_test(test_certmeta_bad),
         cmocka_unit_test(test_cert_name),
