@@ -603,6 +603,13 @@ def scenario_apache_reload(env):
     ap.extra_global = "SSLSessionTickets off\n"
     t0 = time.monotonic()
     gen_store(ap.state, fmt, 0, n, pb.directory_url)
+    if os.geteuid() == 0:
+        # the state directory is the children's user's (Apache as root does not take it over)
+        import pwd
+        pw = pwd.getpwnam("www-data")
+        for root, dirs, files in os.walk(ap.state):
+            for x in [root] + [os.path.join(root, f) for f in dirs + files]:
+                os.lchown(x, pw.pw_uid, pw.pw_gid)
     log(f"apache_reload: {n} stored certificates generated in {time.monotonic() - t0:.1f} s")
     ap.vhosts = "".join(f"<VirtualHost {harness.LOOPBACK}:{ap.https_port}>\n    ServerName {fmt % i}\n"
                         "    SSLEngine on\n    ACMECertificate on\n</VirtualHost>\n" for i in range(n))
@@ -624,7 +631,11 @@ def scenario_apache_reload(env):
             r = ap.renew(target)
             if r.status != 202:
                 raise HarnessError(f"renew: {r.status}")
-            wait_for(lambda: ap.log().count("ACME0070") > stored, 60, 0.005, f"renewal {k + 1} stored")
+            try:
+                wait_for(lambda: ap.log().count("ACME0070") > stored, 60, 0.005, f"renewal {k + 1} stored")
+            except HarnessError:
+                log("apache_reload: error log tail:\n" + "\n".join(ap.log().splitlines()[-15:]))
+                raise
             time.sleep(0.5)     # the driver's own work after storing (status JSON) off the server CPU;
             #                     the children re-read a certificate at their next handshake, not before
             after.append(hs_ms(ap.https_port, target))     # one child re-reads: the first handshake
