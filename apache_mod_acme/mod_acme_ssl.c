@@ -181,8 +181,7 @@ mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert, 
         return -1;
     }
     if (mod_acme_g.storage != NULL) {
-        rc = cache_load(p, cert, out, msg);
-        return rc;
+        return cache_load(p, cert, out, msg);
     }
     rc = acme_store_cert_load(mod_acme_g.local, cert->name, &fc, &fclen, &pk, &pklen, NULL, &err);
     if (rc != 0) {
