@@ -4,7 +4,7 @@
  * Shared declarations of the module's parts:
  *   mod_acme.c            module record, hook registration, post_config / child_init orchestration
  *   mod_acme_config.c     directives, per-server configuration and merging, validation
- *   mod_acme_shm.c        shared memory between the processes (certificate generation, status, renew queue)
+ *   mod_acme_shm.c        shared memory between the processes (certificate generations, status, renew queue)
  *   mod_acme_drive.c      the background thread running the ACME manager in one process at a time
  *   mod_acme_ssl.c        mod_ssl integration: certificate files, fallback, certificate callback, hot swap
  *   mod_acme_challenge.c  HTTP-01 and TLS-ALPN-01 answers, acme-tls/1 protocol selection
@@ -127,7 +127,11 @@ struct mod_acme_cert_s {
     const char            *key_file;
     int                    fallback;    /* at startup: only the self-signed stand-in exists */
     int                    ssl_served;  /* some SSL vhost serves it */
-    mod_acme_served_t      cur;         /* per process, guarded by mod_acme_g.lock */
+    int                    idx;         /* in mod_acme_g.certs and the shared generation table */
+    /* per process: */
+    mod_acme_served_t      cur;         /* guarded by mod_acme_g.lock */
+    volatile apr_uint32_t  loaded_gen;  /* the shared generation cur was read at */
+    apr_time_t             retry_at;    /* a failed reload is tried again from then (under reload_lock) */
 };
 
 typedef struct mod_acme_shm_s mod_acme_shm_t;
@@ -144,7 +148,6 @@ typedef struct {
     const char            *storage;     /* Redis URL or NULL */
     const char            *storage_shown;
     const char            *storage_key;
-    volatile apr_uint32_t  loaded_gen;  /* generation this process has parsed */
     apr_thread_rwlock_t   *lock;        /* guards the served certificates (per process) */
     apr_thread_mutex_t    *reload_lock; /* one reload at a time (per process) */
     int                    active;      /* post_config completed with managed certificates */
@@ -166,9 +169,13 @@ mod_acme_conn_t *mod_acme_conn(conn_rec *c, int create);
 #define MOD_ACME_NAME_MAX        256
 #define MOD_ACME_STATUS_MAX      (128 * 1024)
 
+/* Per certificate entries for mod_acme_g.certs as it is when called (post_config). */
 apr_status_t mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **shm);
+/* Moves whenever any certificate's generation does. */
 apr_uint32_t mod_acme_shm_generation(mod_acme_shm_t *shm);
-void         mod_acme_shm_bump(mod_acme_shm_t *shm);
+apr_uint32_t mod_acme_shm_cert_generation(mod_acme_shm_t *shm, int idx);
+/* After the certificate's local files (fs store or local cache) changed; idx -1: every certificate. */
+void         mod_acme_shm_bump(mod_acme_shm_t *shm, int idx);
 /* Status JSON written by the driver; read into a pool string (NULL when none yet). */
 void         mod_acme_shm_status_put(mod_acme_shm_t *shm, const char *json, apr_size_t len);
 const char  *mod_acme_shm_status_get(mod_acme_shm_t *shm, apr_pool_t *p);
@@ -209,13 +216,18 @@ void mod_acme_ssl_check(apr_pool_t *ptemp, server_rec *s);
 void mod_acme_ssl_register_hooks(apr_pool_t *p);
 /* 1 when this connection's handshake served a fallback certificate. */
 int  mod_acme_conn_fallback(conn_rec *c);
-/* Parse what the store has for cert into out (0 ok, 1 none, -1 error with msg). */
+/* Parse what this host has for cert into out (0 ok, 1 none, -1 error with msg): the fs store, or with
+ * ACMEStorage the local cache the driver keeps; never Redis (this runs inside handshakes). */
 int  mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert,
                         mod_acme_served_t *out, const char **msg);
 void mod_acme_served_free(mod_acme_served_t *sv);
 /* Copies what the shared store has for cert into the local cache (cache/<name>/...), when it differs.
- * 0 written or unchanged, 1 nothing stored, -1 error with msg. Driver and post_config only. */
-int  mod_acme_cache_update(apr_pool_t *p, struct acme_store_s *shared, mod_acme_cert_t *cert, const char **msg);
+ * 0 written (*changed = 1) or unchanged, 1 nothing stored, -1 error with msg. Driver and post_config only:
+ * it reads Redis. changed may be NULL. */
+int  mod_acme_cache_update(apr_pool_t *p, struct acme_store_s *shared, mod_acme_cert_t *cert, int *changed,
+                           const char **msg);
+/* 1 when the name is a configured certificate's store name; its index in mod_acme_g.certs in *idx. */
+int  mod_acme_cert_index(const char *name, int *idx);
 
 /* ---- challenges (mod_acme_challenge.c) ---- */
 

@@ -7,9 +7,10 @@
  * (driver_drain), then stops; the next driver (a new generation's child) takes the lock and resumes any
  * order left in the store instead of placing a new one.
  *
- * Between the driver and the other processes (shared memory, mod_acme_shm.c): the driver bumps the
- * certificate generation when the core stored a certificate, publishes its status JSON, and takes renew
- * requests queued by the acme-status handler of any child.
+ * Between the driver and the other processes (shared memory, mod_acme_shm.c): the driver bumps a
+ * certificate's generation once its local files changed (the core stored it in the fs store; or, with a
+ * shared store, the driver copied it from Redis into the local cache: handshakes read only local files),
+ * publishes its status JSON, and takes renew requests queued by the acme-status handler of any child.
  */
 #include "mod_acme.h"
 
@@ -94,9 +95,28 @@ mod_acme_core_log_level(server_rec *s)
 static void
 cert_updated(void *data, const char *name)
 {
-    server_rec *s = data;
+    server_rec  *s = data;
+    apr_pool_t  *tp;
+    const char  *msg = NULL;
+    int          idx;
 
-    mod_acme_shm_bump(mod_acme_g.shm);
+    if (!mod_acme_cert_index(name, &idx)) {
+        return;
+    }
+    if (mod_acme_g.storage != NULL) {
+        /* the children read the local cache, not Redis: it first */
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, idx, mod_acme_cert_t *);
+
+        apr_pool_create(&tp, NULL);
+        if (mod_acme_cache_update(tp, mod_acme_g.store, c, NULL, &msg) != 0) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, ACMELOGNO(0085)
+                         "%s: cannot refresh the local cache: %s", name, msg ? msg : "nothing stored");
+            apr_pool_destroy(tp);
+            return;     /* the next look at the store (follow_step) tries again */
+        }
+        apr_pool_destroy(tp);
+    }
+    mod_acme_shm_bump(mod_acme_g.shm, idx);
     ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0070)
                  "%s: new certificate stored; every process serves it from its next handshake", name);
 }
@@ -230,7 +250,7 @@ typedef struct {
     int                  down;          /* the outage was logged */
 } follow_t;
 
-/* The local cache follows the store, then every process reloads (shm generation). */
+/* The local cache follows the store; the processes reload what changed in it (shm generations). */
 static void
 follow_changed(follow_t *f)
 {
@@ -241,14 +261,18 @@ follow_changed(follow_t *f)
     for (i = 0; i < mod_acme_g.certs->nelts; i++) {
         mod_acme_cert_t  *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
         const char       *msg = NULL;
+        int               changed = 0;
 
-        if (mod_acme_cache_update(tp, f->st, c, &msg) < 0) {
+        if (mod_acme_cache_update(tp, f->st, c, &changed, &msg) < 0) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, f->s, ACMELOGNO(0085)
                          "%s: cannot refresh the local cache: %s", c->name, msg);
         }
+        if (changed) {
+            mod_acme_shm_bump(mod_acme_g.shm, i);
+        }
+        apr_pool_clear(tp);
     }
     apr_pool_destroy(tp);
-    mod_acme_shm_bump(mod_acme_g.shm);
 }
 
 /*
@@ -461,8 +485,9 @@ driver_main(apr_thread_t *t, void *arg)
     if (m == NULL) {
         goto done;
     }
-    /* a certificate another generation stored meanwhile: make every process look again */
-    mod_acme_shm_bump(mod_acme_g.shm);
+    /* a certificate another generation stored meanwhile: every process looks again, at local files, each
+     * certificate at its next handshake */
+    mod_acme_shm_bump(mod_acme_g.shm, -1);
     while (!d->stop) {
         int busy;
 

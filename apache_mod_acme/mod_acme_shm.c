@@ -1,8 +1,11 @@
 /*
  * Shared memory between the parent and every child of one configuration generation (anonymous apr_shm
  * created in post_config, inherited by the children through fork):
- *   - a certificate generation number: the driver bumps it when a certificate changed in the store; each
- *     child compares it at every handshake (one atomic read) and re-parses its certificates when it moved;
+ *   - a generation number per certificate (a table sized in post_config, indexed like mod_acme_g.certs):
+ *     the driver bumps one when that certificate changed on this host (the fs store, or the local cache it
+ *     keeps of Redis); a handshake compares the generations of the certificates its vhost serves (an
+ *     atomic read each) and re-parses only the one that moved, from local files; a global generation
+ *     moves with any of them (the status shows it);
  *   - the driver's latest status JSON, under a sequence lock, so any child can answer acme-status;
  *   - a small queue of renew requests from any child to the driver (see renew_recover for dead holders);
  *   - per certificate: when a renewal was last forced and until when the CA asked to wait, so any child
@@ -38,24 +41,25 @@ typedef struct {
     char                   name[MOD_ACME_NAME_MAX];
 } renew_slot_t;
 
-/* Per certificate (index in mod_acme_g.certs), in seconds since the epoch. */
+/* Per certificate (index in mod_acme_g.certs); times in seconds since the epoch. */
 typedef struct {
     volatile apr_uint32_t  forced_at;   /* last forced renewal accepted */
     volatile apr_uint32_t  ca_wait;     /* the CA asked to wait until (the driver writes it) */
-} renew_limit_t;
+    volatile apr_uint32_t  gen;         /* moves when its local files changed */
+} per_cert_t;
 
 /* test_driver_killed_mid_write_is_repaired (tests/e2e) finds the segment by driver_pid and writes
  * status_seq: keep these two at offsets 4 and 8 */
 struct mod_acme_shm_s {
-    volatile apr_uint32_t  generation;
+    volatile apr_uint32_t  generation;  /* moves with any certificate's */
     volatile apr_uint32_t  driver_pid;
     volatile apr_uint32_t  status_seq;  /* odd while the driver writes */
     volatile apr_uint32_t  status_len;
     volatile apr_uint32_t  status_writer;   /* pid of the last writer */
     renew_slot_t           renew[MOD_ACME_RENEW_SLOTS];
     char                   status[MOD_ACME_STATUS_MAX];
-    apr_uint32_t           nlimits;
-    renew_limit_t          limits[];
+    apr_uint32_t           ncerts;      /* entries in cert, fixed at creation */
+    per_cert_t             cert[];
 };
 
 /* 1 unless the process is known to be gone (another user's process answers EPERM: alive) */
@@ -72,7 +76,7 @@ mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **out)
     apr_status_t   rv;
     apr_size_t     n = mod_acme_g.certs ? (apr_size_t) mod_acme_g.certs->nelts : 0, size;
 
-    size = sizeof(mod_acme_shm_t) + n * sizeof(renew_limit_t);
+    size = sizeof(mod_acme_shm_t) + n * sizeof(per_cert_t);
     rv = apr_shm_create(&shm, size, NULL, p);
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, ACMELOGNO(0020)
@@ -81,7 +85,7 @@ mod_acme_shm_create(apr_pool_t *p, server_rec *s, mod_acme_shm_t **out)
     }
     *out = apr_shm_baseaddr_get(shm);
     memset(*out, 0, size);
-    (*out)->nlimits = (apr_uint32_t) n;
+    (*out)->ncerts = (apr_uint32_t) n;
     return APR_SUCCESS;
 }
 
@@ -91,12 +95,32 @@ mod_acme_shm_generation(mod_acme_shm_t *shm)
     return shm ? apr_atomic_read32(&shm->generation) : 0;
 }
 
-void
-mod_acme_shm_bump(mod_acme_shm_t *shm)
+apr_uint32_t
+mod_acme_shm_cert_generation(mod_acme_shm_t *shm, int idx)
 {
-    if (shm) {
-        apr_atomic_inc32(&shm->generation);
+    if (shm == NULL || idx < 0 || (apr_uint32_t) idx >= shm->ncerts) {
+        return 0;
     }
+    return apr_atomic_read32(&shm->cert[idx].gen);
+}
+
+void
+mod_acme_shm_bump(mod_acme_shm_t *shm, int idx)
+{
+    apr_uint32_t i;
+
+    if (shm == NULL || idx >= (int) shm->ncerts) {
+        return;
+    }
+    /* the certificate's first: whoever sees the global move sees it */
+    if (idx >= 0) {
+        apr_atomic_inc32(&shm->cert[idx].gen);
+    } else {
+        for (i = 0; i < shm->ncerts; i++) {
+            apr_atomic_inc32(&shm->cert[i].gen);
+        }
+    }
+    apr_atomic_inc32(&shm->generation);
 }
 
 void
@@ -252,13 +276,13 @@ int
 mod_acme_shm_renew_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t interval,
                          apr_uint32_t *until, apr_uint32_t *prev)
 {
-    renew_limit_t  *l;
+    per_cert_t     *l;
     apr_uint32_t    old, wait;
 
-    if (shm == NULL || i < 0 || (apr_uint32_t) i >= shm->nlimits) {
+    if (shm == NULL || i < 0 || (apr_uint32_t) i >= shm->ncerts) {
         return -1;
     }
-    l = &shm->limits[i];
+    l = &shm->cert[i];
     for ( ;; ) {
         wait = apr_atomic_read32(&l->ca_wait);
         if (wait > now) {
@@ -281,15 +305,15 @@ mod_acme_shm_renew_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint3
 void
 mod_acme_shm_renew_unclaim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t prev)
 {
-    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->nlimits) {
-        apr_atomic_cas32(&shm->limits[i].forced_at, prev, now);
+    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->ncerts) {
+        apr_atomic_cas32(&shm->cert[i].forced_at, prev, now);
     }
 }
 
 void
 mod_acme_shm_set_ca_wait(mod_acme_shm_t *shm, int i, apr_uint32_t until)
 {
-    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->nlimits) {
-        apr_atomic_set32(&shm->limits[i].ca_wait, until);
+    if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->ncerts) {
+        apr_atomic_set32(&shm->cert[i].ca_wait, until);
     }
 }

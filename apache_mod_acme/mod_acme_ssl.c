@@ -9,10 +9,12 @@
  * connection, while the handshake served a fallback.)
  *
  * Hot swap: mod_ssl's optional init_server hook hands us each SSL vhost's SSL_CTX; we install an OpenSSL
- * certificate callback on it. The callback serves this process's parsed certificates, which are re-parsed
- * only when the generation number in shared memory moved (the driver bumps it after storing a certificate).
- * So a renewed certificate is served from the next handshake in every child, without restart and without
- * reading files per handshake.
+ * certificate callback on it. The callback serves this process's parsed certificates. Each certificate has
+ * a generation number in shared memory, which the driver bumps once the certificate's local files changed
+ * (the fs store, or with ACMEStorage the local cache it writes from Redis); a handshake re-parses only the
+ * certificates of its vhost whose generation moved, from those local files, once per change and process.
+ * So a renewed certificate is served from the next handshake in every child, without restart, without
+ * reading files per handshake, and never waiting for Redis.
  */
 #include "mod_acme.h"
 
@@ -94,8 +96,9 @@ cache_load(apr_pool_t *p, mod_acme_cert_t *cert, mod_acme_served_t *out, const c
     char        *fc = NULL, *pk = NULL;
     size_t       fclen = 0, pklen = 0;
     acme_err_t   err;
-    int          rc;
+    int          rc, tries = 0;
 
+again:
     rc = acme_store_get(mod_acme_g.local, cache_key(p, cert, "fullchain.pem"), &fc, &fclen, &err);
     if (rc == 0) {
         rc = acme_store_get(mod_acme_g.local, cache_key(p, cert, "privkey.pem"), &pk, &pklen, &err);
@@ -103,18 +106,23 @@ cache_load(apr_pool_t *p, mod_acme_cert_t *cert, mod_acme_served_t *out, const c
     if (rc == 0) {
         rc = parse_pair(fc, fclen, pk, pklen, out, &err) == 0 ? 0 : -1;
     }
-    if (rc < 0) {
-        *msg = apr_pstrcat(p, "local cache: ", err.msg, NULL);
-    }
     free(fc);
     if (pk != NULL) {
         acme_free_secret(pk, pklen);
+    }
+    fc = pk = NULL;
+    if (rc < 0 && tries++ == 0) {
+        goto again;     /* read between the driver's two renames: the pair is whole now */
+    }
+    if (rc < 0) {
+        *msg = apr_pstrcat(p, "local cache: ", err.msg, NULL);
     }
     return rc;
 }
 
 int
-mod_acme_cache_update(apr_pool_t *p, acme_store_t *shared, mod_acme_cert_t *cert, const char **msg)
+mod_acme_cache_update(apr_pool_t *p, acme_store_t *shared, mod_acme_cert_t *cert, int *changed,
+                      const char **msg)
 {
     char                *fc = NULL, *pk = NULL, *old = NULL, *oldk = NULL;
     size_t               fclen = 0, pklen = 0, oldlen = 0, oldklen = 0;
@@ -144,6 +152,8 @@ mod_acme_cache_update(apr_pool_t *p, acme_store_t *shared, mod_acme_cert_t *cert
         rc = mod_acme_g.local->ops->commit(mod_acme_g.local, items, 2, &err);
         if (rc != 0) {
             *msg = apr_pstrcat(p, "local cache: ", err.msg, NULL);
+        } else if (changed != NULL) {
+            *changed = 1;
         }
     }
     free(fc);
@@ -166,18 +176,14 @@ mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert, 
 
     (void) state_dir;
     memset(out, 0, sizeof(*out));
-    if (mod_acme_g.store == NULL) {
+    if (mod_acme_g.local == NULL) {
         *msg = "no store";
         return -1;
     }
-    rc = acme_store_cert_load(mod_acme_g.store, cert->name, &fc, &fclen, &pk, &pklen, NULL, &err);
-    if (rc < 0 && mod_acme_g.storage != NULL) {
-        /* Redis is out of reach: what this host last saw of it */
-        const char *cmsg = NULL;
-        if (cache_load(p, cert, out, &cmsg) == 0) {
-            return 0;
-        }
+    if (mod_acme_g.storage != NULL) {
+        return cache_load(p, cert, out, msg);
     }
+    rc = acme_store_cert_load(mod_acme_g.local, cert->name, &fc, &fclen, &pk, &pklen, NULL, &err);
     if (rc != 0) {
         *msg = rc < 0 ? apr_pstrdup(p, err.msg) : NULL;
         return rc;
@@ -188,6 +194,20 @@ mod_acme_cert_load(apr_pool_t *p, const char *state_dir, mod_acme_cert_t *cert, 
     if (rc != 0) {
         *msg = apr_pstrdup(p, err.msg);
         return -1;
+    }
+    return 0;
+}
+
+int
+mod_acme_cert_index(const char *name, int *idx)
+{
+    int i;
+
+    for (i = 0; mod_acme_g.certs != NULL && i < mod_acme_g.certs->nelts; i++) {
+        if (strcmp(APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *)->name, name) == 0) {
+            *idx = i;
+            return 1;
+        }
     }
     return 0;
 }
@@ -426,6 +446,7 @@ build_certs(apr_pool_t *p, server_rec *base)
                 c->ks = *ks;
                 c->s = s;
                 c->sc = sc;
+                c->idx = mod_acme_g.certs->nelts;
                 APR_ARRAY_PUSH(mod_acme_g.certs, mod_acme_cert_t *) = c;
             }
             free(name);
@@ -531,7 +552,6 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
     mod_acme_g.certs = apr_array_make(pconf, 4, sizeof(mod_acme_cert_t *));
     mod_acme_g.active = 0;
     mod_acme_g.shm = NULL;
-    mod_acme_g.loaded_gen = 0;
 
     if (build_certs(pconf, base) != 0) {
         return HTTP_INTERNAL_SERVER_ERROR;
@@ -564,7 +584,7 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
         if (mod_acme_g.storage != NULL) {
             /* mod_ssl reads files: the local cache, refreshed from Redis when it answers */
             dir = "cache";
-            rc = redis_down ? -1 : mod_acme_cache_update(ptemp, mod_acme_g.store, c, &msg);
+            rc = redis_down ? -1 : mod_acme_cache_update(ptemp, mod_acme_g.store, c, NULL, &msg);
             if (rc < 0 && !redis_down) {
                 redis_down = 1;
                 ap_log_error(APLOG_MARK, APLOG_WARNING, 0, base, ACMELOGNO(0049)
@@ -690,19 +710,23 @@ add_cert_files(server_rec *s, apr_pool_t *p, apr_array_header_t *cert_files, apr
     return OK;
 }
 
-/* Re-parse this process's certificates when the driver stored new ones. wait: when another thread is
- * reloading, wait for it instead of serving what this process has (a fallback: that would be a 503). */
+/*
+ * Re-parse one certificate when the driver changed its local files since this process read them. Only
+ * local files (never Redis: a handshake must not wait for it), only this certificate. wait: when another
+ * thread is reloading, wait for it instead of serving what this process has (a fallback: that would be a
+ * 503).
+ */
 static void
-maybe_reload(server_rec *s, int wait)
+maybe_reload(server_rec *s, mod_acme_cert_t *c, int wait)
 {
-    apr_uint32_t   gen = mod_acme_shm_generation(mod_acme_g.shm);
-    apr_pool_t    *tp;
-    int            i, n, failed = 0;
-    apr_time_t     now;
-    mod_acme_served_t *fresh;
-    static apr_time_t  retry_at;
+    apr_uint32_t        gen = mod_acme_shm_cert_generation(mod_acme_g.shm, c->idx);
+    apr_pool_t         *tp;
+    apr_time_t          now;
+    mod_acme_served_t   fresh, old;
+    const char         *msg = NULL;
+    int                 rc;
 
-    if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen)) {
+    if (gen == apr_atomic_read32(&c->loaded_gen)) {
         return;
     }
     if (wait) {
@@ -711,48 +735,35 @@ maybe_reload(server_rec *s, int wait)
         return;         /* another thread reloads; serve what we have meanwhile */
     }
     now = apr_time_now();
-    if (gen == apr_atomic_read32(&mod_acme_g.loaded_gen) || now < retry_at) {
+    gen = mod_acme_shm_cert_generation(mod_acme_g.shm, c->idx);
+    if (gen == apr_atomic_read32(&c->loaded_gen) || now < c->retry_at) {
         apr_thread_mutex_unlock(mod_acme_g.reload_lock);
         return;
     }
     apr_pool_create(&tp, NULL);
-    n = mod_acme_g.certs->nelts;
-    fresh = apr_pcalloc(tp, sizeof(*fresh) * (apr_size_t) n);
-    for (i = 0; i < n; i++) {
-        mod_acme_cert_t  *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-        const char       *msg = NULL;
-        int               rc = mod_acme_cert_load(tp, mod_acme_g.state_dir, c, &fresh[i], &msg);
-        if (rc < 0) {
-            failed = 1;
-            ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0044)
-                         "%s: cannot load the renewed certificate, keeping the current one: %s", c->name, msg);
-        }
-    }
-    apr_thread_rwlock_wrlock(mod_acme_g.lock);
-    for (i = 0; i < n; i++) {
-        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-        if (fresh[i].leaf != NULL) {
-            mod_acme_served_t old = c->cur;
-            c->cur = fresh[i];
-            memset(&fresh[i], 0, sizeof(fresh[i]));
-            mod_acme_served_free(&old);
-        }
-    }
-    if (failed) {
+    rc = mod_acme_cert_load(tp, mod_acme_g.state_dir, c, &fresh, &msg);
+    if (rc < 0) {
         /* not this generation for good: again in a second (a child forked with the parent's startup state
          * would otherwise keep serving it) */
-        retry_at = now + apr_time_from_sec(1);
+        c->retry_at = now + apr_time_from_sec(1);
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0044)
+                     "%s: cannot load the renewed certificate, keeping the current one: %s", c->name, msg);
     } else {
-        apr_atomic_set32(&mod_acme_g.loaded_gen, gen);
-    }
-    apr_thread_rwlock_unlock(mod_acme_g.lock);
-    for (i = 0; i < n; i++) {
-        mod_acme_served_free(&fresh[i]);
+        memset(&old, 0, sizeof(old));
+        apr_thread_rwlock_wrlock(mod_acme_g.lock);
+        if (rc == 0) {
+            old = c->cur;
+            c->cur = fresh;
+        }
+        apr_atomic_set32(&c->loaded_gen, gen);
+        apr_thread_rwlock_unlock(mod_acme_g.lock);
+        mod_acme_served_free(&old);
+        ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, ACMELOGNO(0045)
+                     "%s: %s (generation %u)", c->name, rc == 0 ? "certificate reloaded" : "nothing stored yet",
+                     gen);
     }
     apr_pool_destroy(tp);
     apr_thread_mutex_unlock(mod_acme_g.reload_lock);
-    ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, ACMELOGNO(0045)
-                 "certificates reloaded (generation %u)", gen);
 }
 
 static int
@@ -792,14 +803,16 @@ cert_cb(SSL *ssl, void *arg)
     if (sc->served == NULL || sc->served->nelts == 0) {
         return 1;
     }
-    /* a fallback here may be stale: a child forked with the parent's startup state, racing the thread
-     * that loads the certificate issued since */
-    apr_thread_rwlock_rdlock(mod_acme_g.lock);
     for (i = 0; i < sc->served->nelts; i++) {
-        fallback |= APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *)->cur.fallback;
+        mod_acme_cert_t *mc = APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *);
+
+        /* a fallback here may be stale: a child forked with the parent's startup state, racing the thread
+         * that loads the certificate issued since */
+        apr_thread_rwlock_rdlock(mod_acme_g.lock);
+        fallback = mc->cur.fallback;
+        apr_thread_rwlock_unlock(mod_acme_g.lock);
+        maybe_reload(s, mc, fallback);
     }
-    apr_thread_rwlock_unlock(mod_acme_g.lock);
-    maybe_reload(s, fallback);
     fallback = 0;
     apr_thread_rwlock_rdlock(mod_acme_g.lock);
     for (i = 0; i < sc->served->nelts; i++) {

@@ -7,7 +7,8 @@ processes or the same Pebble. Results: build/bench/results.json, build/bench/res
 stdout. The exit status is non-zero only when a scenario could not run; no timing is asserted.
 
 Environment (defaults in brackets):
-  BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,scale,idle]
+  BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,scale,idle]; also
+                        apache_reload (not in the default list)
   BENCH_HS_SECONDS      seconds per handshake measurement [3]
   BENCH_HS_ROUNDS       alternating rounds per variant [4]
   BENCH_HS_THREADS      client threads (the client runs on CPU 1, servers on CPU 0) [2]
@@ -19,6 +20,8 @@ Environment (defaults in brackets):
   BENCH_SCALE_TIMEOUT   seconds allowed for that issuance; the rest is projected from the rate [120]
   BENCH_STORED          stored-certificate counts for the start-time runs [1000,10000]
   BENCH_IDLE_SECONDS    idle measurement with 1,000 managed certificates [60]
+  BENCH_RELOAD_CERTS    stored certificates in the apache_reload scenario [1000]
+  BENCH_RELOAD_RENEWALS renewals measured there [5]
   BENCH_OUT             output directory [build/bench]
 """
 
@@ -83,6 +86,8 @@ SCALE = env_int("BENCH_SCALE", 1000)
 SCALE_TIMEOUT = env_float("BENCH_SCALE_TIMEOUT", 120)
 STORED = [int(x) for x in os.environ.get("BENCH_STORED", "1000,10000").split(",") if x.strip()]
 IDLE_SECONDS = env_float("BENCH_IDLE_SECONDS", 60)
+RELOAD_CERTS = env_int("BENCH_RELOAD_CERTS", 1000)
+RELOAD_RENEWALS = env_int("BENCH_RELOAD_RENEWALS", 5)
 ONLY = [x.strip() for x in os.environ.get("BENCH_ONLY", "handshake,ttc,swap,scale,idle").split(",")
         if x.strip()]
 
@@ -573,6 +578,80 @@ def scenario_handshake_apache(env):
             ap.proc.stop()
         ap.cleanup()
         shutil.rmtree(static_dir, ignore_errors=True)
+
+
+def hs_ms(port, sni):
+    """One full handshake on a new connection, in ms (the client does nothing else)."""
+    t0 = time.perf_counter()
+    s = apache_harness.tls_connect(port, sni, timeout=60)
+    took = (time.perf_counter() - t0) * 1000
+    s.close()
+    return took
+
+
+def scenario_apache_reload(env):
+    """Apache with RELOAD_CERTS stored certificates (one SSL vhost each): the handshake latency in a child
+    right after one of them was renewed (a forced renewal from Pebble, so the driver bumps that
+    certificate's generation), against handshakes with no change. Before per-certificate generations,
+    the first handshake after any change re-read every certificate."""
+    pb = env.pebble
+    fmt = "r%d.reload.bench.example.org"
+    n = RELOAD_CERTS
+    target = fmt % (n // 2)
+    ap = apache_harness.Apache(BUILD, pb, mpm="event", name="apache-reload",
+                               log_level="notice acme:info")
+    ap.extra_global = "SSLSessionTickets off\n"
+    t0 = time.monotonic()
+    gen_store(ap.state, fmt, 0, n, pb.directory_url)
+    if os.geteuid() == 0:
+        # the state directory is the children's user's (Apache as root does not take it over)
+        import pwd
+        pw = pwd.getpwnam("www-data")
+        for root, dirs, files in os.walk(ap.state):
+            for x in [root] + [os.path.join(root, f) for f in dirs + files]:
+                os.lchown(x, pw.pw_uid, pw.pw_gid)
+    log(f"apache_reload: {n} stored certificates generated in {time.monotonic() - t0:.1f} s")
+    ap.vhosts = "".join(f"<VirtualHost {harness.LOOPBACK}:{ap.https_port}>\n    ServerName {fmt % i}\n"
+                        "    SSLEngine on\n    ACMECertificate on\n</VirtualHost>\n" for i in range(n))
+    try:
+        t0 = time.monotonic()
+        ap.start(env.procs, wait=False)
+        wait_for(lambda: "resuming normal operations" in ap.log(), 300, 0.2, "apache to be up")
+        ap.proc.wait_port(ap.https_port, timeout=60)
+        pin_group(ap.proc.pid, SERVER_CPUS)
+        wait_for(lambda: "runs the ACME driver" in ap.log(), 120, 0.2, "the driver")
+        started = round(time.monotonic() - t0, 1)
+        log(f"apache_reload: up in {started} s")
+        base, after, after2 = [], [], []
+        for k in range(RELOAD_RENEWALS):
+            for _ in range(20):
+                hs_ms(ap.https_port, target)        # every child settled (the driver's start bumps all)
+            base += [hs_ms(ap.https_port, target) for _ in range(10)]
+            stored = ap.log().count("ACME0070")
+            r = ap.renew(target)
+            if r.status != 202:
+                raise HarnessError(f"renew: {r.status}")
+            try:
+                wait_for(lambda: ap.log().count("ACME0070") > stored, 60, 0.005, f"renewal {k + 1} stored")
+            except HarnessError:
+                log("apache_reload: error log tail:\n" + "\n".join(ap.log().splitlines()[-15:]))
+                raise
+            time.sleep(0.5)     # the driver's own work after storing (status JSON) off the server CPU;
+            #                     the children re-read a certificate at their next handshake, not before
+            after.append(hs_ms(ap.https_port, target))     # one child re-reads: the first handshake
+            after2.append(hs_ms(ap.https_port, target))    # the other child, or a settled one
+        bm, am = statistics.median(base), statistics.median(after)
+        return {"certificates": n, "renewals": RELOAD_RENEWALS, "start_s": started,
+                "baseline_ms_median": round(bm, 2), "baseline_ms_max": round(max(base), 2),
+                "after_renewal_ms": [round(x, 2) for x in after],
+                "after_renewal_second_ms": [round(x, 2) for x in after2],
+                "after_renewal_ms_median": round(am, 2),
+                "after_baseline_ratio": ratio(am, bm, 2),
+                "errors": harness.find_error_lines(ap.error_log, allowed=apache_harness.ALLOWED_ERRORS)}
+    finally:
+        if ap.proc:
+            ap.proc.stop()
+        ap.cleanup()
 
 
 # --------------------------------------------------------------------------
@@ -1256,6 +1335,12 @@ def build_table(R):
             f"{s['variants']['first']['rate']:.0f} | {s['variants']['last']['rate']:.0f}")
         add("4 scale", "last/first (rate | CPU efficiency)",
             f"{s['last_first_rate_ratio']} | {s['last_first_cpu_ratio']}", "~1")
+    rl = S.get("apache_reload", {})
+    if "after_renewal_ms_median" in rl:
+        add("6 apache reload", f"handshake ms with {rl['certificates']} certs: no change | first after a "
+            "renewal (median)", f"{rl['baseline_ms_median']} | {rl['after_renewal_ms_median']}")
+        add("6 apache reload", "first handshake after a renewal / no change", rl["after_baseline_ratio"],
+            "~1")
     idle = S.get("idle", {})
     if "acme" in idle:
         add("5 idle", f"CPU s/min, 1,000 managed certs, all processes ({idle['seconds']} s)",
@@ -1409,6 +1494,11 @@ def main():
                 S["ttc"]["apache_mod_acme"] = {"error": "skipped: build/mod_acme.so not built"}
         if "swap" in ONLY:
             run("swap", scenario_swap, env)
+        if "apache_reload" in ONLY:
+            if have_apache:
+                run("apache_reload", scenario_apache_reload, env)
+            else:
+                S["apache_reload"] = {"status": "skipped", "error": "build/mod_acme.so not built"}
         if "scale" in ONLY or "idle" in ONLY:
             holder = {}
 

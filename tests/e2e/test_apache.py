@@ -122,6 +122,34 @@ def test_forced_renewal_hot_swap(apache_factory, pebble, procs, mpm):
     assert st2["state"] == "valid"
 
 
+def test_renewal_rereads_only_that_certificate(apache_factory, pebble, procs):
+    """A renewal makes each child re-read the renewed certificate only, at its next handshake for it: another
+    certificate's files are left alone (here replaced by garbage once served: reading them would log
+    ACME0044 and fail)."""
+    one, other = "one.reload.apache.example.org", "other.reload.apache.example.org"
+    a = apache_factory(pebble, name="apache-one-reload")
+    a.vhosts = a.managed_vhosts([one]) + a.managed_vhosts([other])
+    a.start(procs)
+    st, der1 = issued_and_served(a, one)
+    st_other, _ = issued_and_served(a, other)
+    for _ in range(10):
+        assert tls_get(a.https_port, other)[0] == 200
+
+    (a.state / "certs" / st_other["name"] / "fullchain.pem").write_text("not a certificate\n")
+    r = a.renew(one)
+    assert r.status == 202, r.text
+    harness.wait_for(lambda: stored_der(a.state, st["name"]) != der1, timeout=30,
+                     what="the renewed certificate in the store")
+    der2 = stored_der(a.state, st["name"])
+    harness.wait_for(lambda: tls_get(a.https_port, one)[2] == der2, timeout=10,
+                     what="the renewed certificate to be served")
+    for _ in range(20):     # every child
+        status, _, der, _ = tls_get(a.https_port, one)
+        assert status == 200 and der == der2
+    time.sleep(0.5)
+    assert "ACME0044" not in a.log()
+
+
 def test_fallback_until_the_ca_comes_back(apache_factory, pebble_factory, procs, server_logs):
     pb = pebble_factory(start=False, port=harness.free_port(), management_port=harness.free_port(),
                         http_port=harness.free_port(), tls_port=harness.free_port())
