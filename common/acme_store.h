@@ -98,7 +98,7 @@ int acme_store_name_check(const char *name, const char *what, acme_err_t *err);
 char *acme_store_name_make(const char *s, size_t n);
 int acme_store_key_check(const char *key, acme_err_t *err);
 
-/* ---- choosing a backend: a directory or Redis (common/acme_store_redis.c) ---- */
+/* ---- choosing a backend: a directory or Redis (common/acme_store_backend.c) ---- */
 
 #define ACME_STORE_CREATE  1    /* filesystem: create the directory (and missing parents) */
 #define ACME_STORE_LAZY    2    /* Redis: do not connect now (the first operation does); a host that must
