@@ -1,7 +1,8 @@
 /*
  * Challenge announcements on Redis (acme_store.h): a challenge published or withdrawn on the channel
- * P"challenges" as "a TYPE KEY IDTYPE ID KEYAUTHZ" / "d TYPE KEY", then " MAC" with a storage key, and the
- * count under P"acks:"<type>/<key> of the nodes that took it.
+ * P"challenges" as "a TYPE KEY <challenge text>" / "d TYPE KEY", then " MAC" with a storage key, and the
+ * count under P"acks:"<type>/<key> of the nodes that took it. The challenge text is the record's
+ * (acme_store_challenge_text: "<dns|ip> <identifier> <key authorization>").
  */
 #include "acme_store_redis_int.h"
 
@@ -75,7 +76,7 @@ acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const
 {
     rd_t        *rd;
     redisReply  *rep = NULL;
-    char        *chan = NULL, *m = NULL, *ack = NULL;
+    char        *chan = NULL, *m = NULL, *ack = NULL, *text = NULL;
     int          rc = -1;
 
     if (add && (id == NULL || id->value == NULL || key_authz == NULL || !ka_valid(key_authz))) {
@@ -90,8 +91,12 @@ acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const
     rc = -1;
     rd = st->data;
     chan = acme_redis_key(&rd->r, NULL, "challenges");
-    m = add ? acme_sprintf("a %s %s %s %s %s", type, key, acme_ident_type_name(id->type), id->value, key_authz)
-            : acme_sprintf("d %s %s", type, key);
+    if (add) {
+        text = acme_store_challenge_text(id, key_authz);
+        m = text ? acme_sprintf("a %s %s %s", type, key, text) : NULL;
+    } else {
+        m = acme_sprintf("d %s %s", type, key);
+    }
     if (chan == NULL || ack == NULL || m == NULL) {
         acme_redis_oom(err);
         goto done;
@@ -128,6 +133,7 @@ acme_store_challenge_announce(acme_store_t *st, int add, const char *type, const
 done:
     free(chan);
     free(ack);
+    free(text);
     free(m);
     return rc;
 }
@@ -200,8 +206,7 @@ acme_store_challenge_acks(acme_store_t *st, const char *type, const char *key, l
 int
 acme_store_challenge_msg_parse(const char *msg, acme_challenge_msg_t *m, acme_err_t *err)
 {
-    char        *f[6], *save = NULL, *t;
-    size_t       nf = 0;
+    char        *sp, *text = NULL, *value, *ka;
     acme_err_t   e;
 
     memset(m, 0, sizeof(*m));
@@ -209,20 +214,26 @@ acme_store_challenge_msg_parse(const char *msg, acme_challenge_msg_t *m, acme_er
         acme_err_set(err, ACME_ERR_INPUT, "challenge announcement: missing or too long");
         return -1;
     }
-    for (t = strtok_r(m->buf, " ", &save); t != NULL; t = strtok_r(NULL, " ", &save)) {
-        if (nf == 6) {
-            goto bad;
-        }
-        f[nf++] = t;
-    }
-    if (nf < 3 || strlen(f[0]) != 1 || (f[0][0] == 'a' && nf != 6) || (f[0][0] == 'd' && nf != 3)
-        || (f[0][0] != 'a' && f[0][0] != 'd'))
-    {
+    /* "a TYPE KEY <challenge text>" or "d TYPE KEY" */
+    if ((m->buf[0] != 'a' && m->buf[0] != 'd') || m->buf[1] != ' ') {
         goto bad;
     }
-    m->add = f[0][0] == 'a';
-    m->type = f[1];
-    m->key = f[2];
+    m->add = m->buf[0] == 'a';
+    m->type = m->buf + 2;
+    sp = strchr(m->type, ' ');
+    if (sp == NULL) {
+        goto bad;
+    }
+    *sp = '\0';
+    m->key = sp + 1;
+    sp = strchr(m->key, ' ');
+    if (sp != NULL) {
+        *sp = '\0';
+        text = sp + 1;
+    }
+    if (m->type[0] == '\0' || m->key[0] == '\0' || (text != NULL) != m->add) {
+        goto bad;
+    }
     if (chal_check(m->type, m->key, err) != 0) {
         acme_err_prefix(err, "challenge announcement");
         acme_store_challenge_msg_free(m);
@@ -232,8 +243,9 @@ acme_store_challenge_msg_parse(const char *msg, acme_challenge_msg_t *m, acme_er
         acme_ident_type_t  it;
         char              *sni;
 
-        if (acme_ident_type_from_name(f[3], &it) != 0 || acme_ident_parse(f[4], &m->id, &e) != 0
-            || m->id.type != it || m->id.value[0] == '*' || !ka_valid(f[5]))
+        if (acme_store_challenge_text_split(text, &it, &value, &ka) != 0
+            || acme_ident_parse(value, &m->id, &e) != 0 || m->id.type != it || m->id.value[0] == '*'
+            || !ka_valid(ka))
         {
             goto bad;
         }
@@ -245,7 +257,7 @@ acme_store_challenge_msg_parse(const char *msg, acme_challenge_msg_t *m, acme_er
             }
             free(sni);
         }
-        m->key_authz = f[5];
+        m->key_authz = ka;
     }
     return 0;
 bad:
