@@ -158,21 +158,6 @@ rd_nosig_leave(rd_nosig_t *s)
 
 /* ---- URL parsing ---- */
 
-static int
-rd_hex(int c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 /* Percent-decodes n bytes of s (malloc'd, NUL-terminated); NULL on a bad escape or a NUL byte. */
 static char *
 rd_unescape(const char *s, size_t n, size_t *outlen)
@@ -190,8 +175,8 @@ rd_unescape(const char *s, size_t n, size_t *outlen)
                 acme_free_secret(o, n + 1);
                 return NULL;
             }
-            hi = rd_hex(s[i + 1]);
-            lo = rd_hex(s[i + 2]);
+            hi = acme_hexval(s[i + 1]);
+            lo = acme_hexval(s[i + 2]);
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
                 acme_free_secret(o, n + 1);
                 return NULL;

@@ -222,18 +222,40 @@ done:
     return rc;
 }
 
+/* Walks src into dst; *stats (when not NULL): what was copied, also after a failure. */
+static int
+mig_run(acme_store_t *src, const char *src_dir, acme_store_t *dst, int skip_challenges,
+    acme_store_migrate_stats_t *stats, const char *what, acme_err_t *err)
+{
+    acme_store_migrate_stats_t   s;
+    mig_t                        m;
+    int                          rc;
+
+    memset(&s, 0, sizeof(s));
+    m.src = src;
+    m.src_dir = src_dir;
+    m.dst = dst;
+    m.stats = &s;
+    m.skip_challenges = skip_challenges;
+    rc = mig_walk(&m, "", 0, err);
+    if (rc != 0) {
+        acme_err_prefix(err, "%s", what);
+    }
+    if (stats != NULL) {
+        *stats = s;
+    }
+    return rc;
+}
+
 int
 acme_store_migrate(const char *from, const char *from_key, const char *to, const char *to_key,
     acme_store_migrate_stats_t *stats, acme_err_t *err)
 {
-    acme_store_migrate_stats_t   s;
-    acme_store_t                *src = NULL, *dst = NULL;
-    mig_t                        m;
-    char                        *sf = NULL;
-    size_t                       fl, tl;
-    int                          rc = -1;
+    acme_store_t  *src = NULL, *dst = NULL;
+    char          *sf = NULL;
+    size_t         fl, tl;
+    int            rc = -1;
 
-    memset(&s, 0, sizeof(s));
     if (stats != NULL) {
         memset(stats, 0, sizeof(*stats));
     }
@@ -270,19 +292,8 @@ acme_store_migrate(const char *from, const char *from_key, const char *to, const
             goto done;
         }
     }
-    m.src = src;
-    m.src_dir = sf;
-    m.dst = dst;
-    m.stats = &s;
-    m.skip_challenges = 0;
-    rc = mig_walk(&m, "", 0, err);
-    if (rc != 0) {
-        acme_err_prefix(err, "migrate");
-    }
+    rc = mig_run(src, sf, dst, 0, stats, "migrate", err);
 done:
-    if (stats != NULL) {
-        *stats = s;
-    }
     free(sf);
     acme_store_close(src);
     acme_store_close(dst);
@@ -292,12 +303,9 @@ done:
 int
 acme_store_upgrade(const char *url, const char *key_file, acme_store_migrate_stats_t *stats, acme_err_t *err)
 {
-    acme_store_migrate_stats_t   s;
-    acme_store_t                *src = NULL, *dst = NULL;
-    mig_t                        m;
-    int                          rc = -1;
+    acme_store_t  *src = NULL, *dst = NULL;
+    int            rc = -1;
 
-    memset(&s, 0, sizeof(s));
     if (stats != NULL) {
         memset(stats, 0, sizeof(*stats));
     }
@@ -317,19 +325,8 @@ acme_store_upgrade(const char *url, const char *key_file, acme_store_migrate_sta
         acme_err_prefix(err, "upgrade");
         goto done;
     }
-    m.src = src;
-    m.src_dir = NULL;
-    m.dst = dst;
-    m.stats = &s;
-    m.skip_challenges = 1;
-    rc = mig_walk(&m, "", 0, err);
-    if (rc != 0) {
-        acme_err_prefix(err, "upgrade");
-    }
+    rc = mig_run(src, NULL, dst, 1, stats, "upgrade", err);
 done:
-    if (stats != NULL) {
-        *stats = s;
-    }
     acme_store_close(src);
     acme_store_close(dst);
     return rc;
