@@ -59,6 +59,9 @@ const char *acme_quote(const char *s, char *buf, size_t size, size_t max);
 /* free() for secrets: wipes before freeing. */
 void acme_free_secret(void *p, size_t n);
 
+/* The value of a hexadecimal digit, -1 for another character. */
+int   acme_hexval(int c);
+
 char *acme_strdup(const char *s);
 char *acme_strndup(const char *s, size_t n);
 char *acme_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
