@@ -124,3 +124,23 @@ def test_blackholed_redis(pebble, nginx_factory, tmp_path):
         assert runner_pid(ng) not in ng.worker_pids()
     finally:
         hole.close()
+
+
+def test_reload_during_rsa_keygen(pebble, nginx_factory, tmp_path):
+    """A reload while the cache manager makes an RSA-4096 key in its thread: the old cache manager leaves
+    at once (its atexit handler stops and joins the thread, releases the lock), the new one takes over
+    and issues; no process dies on a signal, and workers never run the client."""
+    from test_nginx import basic_conf, wait_issued
+    https = free_port()
+    ng = nginx_factory(basic_conf(pebble, tmp_path, https, cert_args="key=rsa:4096"), wait_port=https)
+    old = runner_pid(ng)
+    ng.wait_log(r"acme: generating an RSA-4096 key", timeout=30)
+    mark = ng.reload()
+    ng.wait_log(r"acme: the ACME client runs in this cache manager process", since=mark, timeout=15)
+    wait_for(lambda: old not in ng.helper_pids(), 10, what="the old cache manager to exit")
+    assert "ACME client stopped in this process" in ng.log_text(mark)
+    serial = wait_issued(https, "a.example.org", pebble, timeout=90)
+    assert serial in pebble.issued_serials()
+    assert pebble.order_count() == 1
+    assert not __import__("re").search(r"exited on signal|\[(alert|crit|emerg)\]", ng.log_text())
+    assert set(ng.helper_pids()).isdisjoint(ng.worker_pids()) and len(ng.helper_pids()) == 1
