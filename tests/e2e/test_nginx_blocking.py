@@ -144,3 +144,19 @@ def test_reload_during_rsa_keygen(pebble, nginx_factory, tmp_path):
     assert pebble.order_count() == 1
     assert not __import__("re").search(r"exited on signal|\[(alert|crit|emerg)\]", ng.log_text())
     assert set(ng.helper_pids()).isdisjoint(ng.worker_pids()) and len(ng.helper_pids()) == 1
+
+
+def test_with_a_proxy_cache_of_its_own(pebble, nginx_factory, tmp_path):
+    """A proxy_cache_path of the user's: one cache manager calls both managers and runs the client; the
+    cache loader (also a helper process, alive for its first minute) never does."""
+    from test_nginx import basic_conf, status, wait_issued
+    https = free_port()
+    conf = f"proxy_cache_path {tmp_path / 'cache'} keys_zone=pc:1m;\n" + basic_conf(pebble, tmp_path, https)
+    ng = nginx_factory(conf, wait_port=https)
+    loaders = ng._child_pids(b"cache loader process")
+    assert len(loaders) == 1, loaders
+    wait_issued(https, "a.example.org", pebble)
+    leader = status(https, "a.example.org")["leader_pid"]
+    assert ng.helper_pids() == [leader] and leader == runner_pid(ng)
+    assert len(__import__("re").findall(r"acme: the ACME client runs in this", ng.log_text())) == 1
+    assert loaders[0] not in (leader, *ng.worker_pids())
