@@ -153,7 +153,8 @@ def test_with_a_proxy_cache_of_its_own(pebble, nginx_factory, tmp_path):
     https = free_port()
     conf = f"proxy_cache_path {tmp_path / 'cache'} keys_zone=pc:1m;\n" + basic_conf(pebble, tmp_path, https)
     ng = nginx_factory(conf, wait_port=https)
-    loaders = ng._child_pids(b"cache loader process")
+    # the loader names itself once its init_process calls (ours included) are done
+    loaders = wait_for(lambda: ng._child_pids(b"cache loader process"), 10, what="the cache loader")
     assert len(loaders) == 1, loaders
     wait_issued(https, "a.example.org", pebble)
     leader = status(https, "a.example.org")["leader_pid"]
