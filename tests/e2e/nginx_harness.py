@@ -125,6 +125,13 @@ class Nginx:
 
     def worker_pids(self):
         """pids of the current (non-exiting) worker processes."""
+        return self._child_pids(b"worker process")
+
+    def helper_pids(self):
+        """pids of the current cache manager processes (where the ACME client runs)."""
+        return self._child_pids(b"cache manager process")
+
+    def _child_pids(self, title):
         out = []
         master = self.proc.pid
         for d in os.listdir("/proc"):
@@ -138,7 +145,7 @@ class Nginx:
             except OSError:
                 continue
             if int(rest[1]) == master and rest[0] not in (b"Z", b"X") \
-                    and b"worker process" in cmd and b"shutting down" not in cmd:
+                    and title in cmd and b"shutting down" not in cmd:
                 out.append(int(d))
         return sorted(out)
 
