@@ -50,6 +50,8 @@ class Apache:
     def __init__(self, build, pebble=None, mpm="event", name="apache", http_port=None, https_port=None,
                  acme_global="", vhosts=None, extra_global="", log_level="info acme:debug",
                  ca_url=None, http2=False, listen_http=True, address=LOOPBACK):
+        if harness.sanitizer_logs() is not None and "APACHE_BIN" not in os.environ:
+            pytest.skip("make test-asan: Apache is not built with the sanitizers (docs/testing.md)")
         self.build = Path(build)
         self.module = self.build / "mod_acme.so"
         if not self.module.is_file():

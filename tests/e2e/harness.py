@@ -57,6 +57,35 @@ class HarnessError(Exception):
 # paths / environment
 # --------------------------------------------------------------------------
 
+def sanitizer_logs():
+    """$ACME_SANITIZER_LOGS (set by `make test-asan`): the directory where every sanitized test process
+    writes its ASan/UBSan/LSan reports, or None when the servers are not sanitized."""
+    v = os.environ.get("ACME_SANITIZER_LOGS")
+    return Path(v) if v else None
+
+
+def sanitizer_reports(seen=()):
+    """Paths of the report files in sanitizer_logs() not in `seen` that report an error (not
+    only, say, the suppressions that LSan used)."""
+    d = sanitizer_logs()
+    if d is None or not d.is_dir():
+        return []
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.is_file() and p not in seen and SANITIZER_RE.search(p.read_text(errors="replace")):
+            out.append(p)
+    return out
+
+
+def format_sanitizer_reports(paths, lines=60):
+    out = []
+    for p in paths:
+        text = p.read_text(errors="replace").splitlines()
+        out.append(f"{p}:\n  " + "\n  ".join(text[:lines])
+                   + (f"\n  ... ({len(text) - lines} more lines)" if len(text) > lines else ""))
+    return "sanitizer reports:\n" + "\n".join(out)
+
+
 def build_dir():
     """$ACME_BUILD (relative paths are taken relative to the repo root) or <repo>/build."""
     v = os.environ.get("ACME_BUILD")
@@ -1066,10 +1095,15 @@ def _level_re(levels):
         r"|\[[^\]]*\] \[(?:[\w.-]*:)?(?:%s)\])" % (lv, lv, lv))
 
 
+# A sanitizer's report (make test-asan): UBSan writes to stderr, which nginx sends to its error
+# log. Never allowed; empty `levels` watch a log for these lines only.
+SANITIZER_RE = re.compile(r"runtime error: |^==\d+==ERROR: \w+Sanitizer|^SUMMARY: \w+Sanitizer", re.M)
+
+
 def find_error_lines(path, allowed=(), since=0, levels=DEFAULT_LEVELS):
     """Return the log lines at the given levels that match none of the `allowed`
-    regexes (re.search).  A missing file has no errors."""
-    rx = _level_re(levels)
+    regexes (re.search), and every sanitizer report line.  A missing file has no errors."""
+    rx = _level_re(levels) if levels else None
     allowed_rx = [re.compile(a) if isinstance(a, str) else a for a in allowed]
     try:
         with open(path, "rb") as f:
@@ -1079,7 +1113,8 @@ def find_error_lines(path, allowed=(), since=0, levels=DEFAULT_LEVELS):
         return []
     bad = []
     for line in text.splitlines():
-        if rx.search(line) and not any(a.search(line) for a in allowed_rx):
+        if SANITIZER_RE.search(line) or (
+                rx and rx.search(line) and not any(a.search(line) for a in allowed_rx)):
             bad.append(line)
     return bad
 

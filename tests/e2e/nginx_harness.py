@@ -1,6 +1,6 @@
 """nginx with ngx_http_acme_module for the end-to-end tests (helpers and fixtures).
 
-  Nginx            one nginx (Debian's /usr/sbin/nginx) in a temp dir: writes nginx.conf from an
+  Nginx            one nginx ($NGINX_BIN, default Debian's /usr/sbin/nginx) in a temp dir: writes nginx.conf from an
                    http{} body, runs `nginx -t`, starts it in the foreground with 2 workers,
                    reloads, stops; error log checked by the harness's LogWatcher.
   tls_cert()       the certificate a TLS server presents for an SNI name (ssl module, no checks)
@@ -24,6 +24,9 @@ import harness
 from harness import HarnessError, free_port, http_request, openssl, wait_for
 
 NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+# make test-asan: the ASan runtime and a dlclose() that keeps modules mapped, so that LSan
+# symbolizes the module's frames at exit and sees what its globals still point to
+NGINX_ENV = {"LD_PRELOAD": os.environ["NGINX_LD_PRELOAD"]} if os.environ.get("NGINX_LD_PRELOAD") else {}
 
 
 def module_path():
@@ -88,6 +91,9 @@ class Nginx:
         self.proc = None
         self.write_conf(http_conf)
         self.server_logs.watch(self.error_log, allowed=self.allowed)
+        if harness.sanitizer_logs() is not None:
+            # UBSan reports before nginx redirects stderr to its error log
+            self.server_logs.watch(self.dir / "stdout.log", levels=())
 
     def write_conf(self, http_conf):
         user = "user root;" if os.geteuid() == 0 else ""
@@ -101,7 +107,8 @@ class Nginx:
     def test_config(self):
         """`nginx -t`: returns (ok, output)."""
         cp = harness.run_cmd([NGINX_BIN, "-t", "-p", self.dir, "-c", self.conf_path,
-                              "-e", self.dir / "test-stderr.log"], timeout=60)
+                              "-e", self.dir / "test-stderr.log"], timeout=60,
+                             env=harness.child_env(NGINX_ENV))
         out = cp.stdout + cp.stderr
         try:
             out += (self.dir / "test-stderr.log").read_text()
@@ -112,7 +119,7 @@ class Nginx:
     def start(self, wait_port=None, timeout=15):
         self.proc = self.procs.start(
             [NGINX_BIN, "-p", self.dir, "-c", self.conf_path, "-e", self.error_log],
-            name=f"nginx-{self.dir.name}", log_path=self.dir / "stdout.log",
+            name=f"nginx-{self.dir.name}", log_path=self.dir / "stdout.log", env=NGINX_ENV,
             wait_port=wait_port, timeout=timeout)
         return self
 
