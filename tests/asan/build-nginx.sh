@@ -55,26 +55,7 @@ get_source() {
 }
 : >"$out/nginx-fetch.log"
 if ! get_source; then
-    # no deb-src entry yet: one for the Debian suites this machine already uses
-    list=/etc/apt/sources.list.d/acme-test-deb-src.sources
-    if [ ! -f "$list" ]; then
-        echo "$0: adding $list (deb-src for Debian's nginx source)" >&2
-        . /etc/os-release
-        $SUDO tee "$list" >/dev/null <<SRC
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: $VERSION_CODENAME $VERSION_CODENAME-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://deb.debian.org/debian-security
-Suites: $VERSION_CODENAME-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    fi
-    $SUDO apt-get update -qq
+    "$here/deb-src.sh"
     get_source || { tail -20 "$out/nginx-fetch.log" >&2; exit 1; }
 fi
 rm -rf "$src"
