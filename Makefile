@@ -35,11 +35,12 @@ all: check-deps $(BUILD)/libacme.a $(BUILD)/acmectl $(MODULES)
 # nginx's own build compiles the core and the module (see ./config); SAN flags pass through.
 # NGX_SRC: another nginx tree to build against (make test-asan's sanitized nginx).
 $(BUILD)/ngx_http_acme_module.so: $(CORE_SRC) $(wildcard common/*.h) $(NGX_SRCS) ngx_acme_module/build.sh \
-                                  $(if $(NGX_SRC),$(NGX_SRC)/objs/Makefile)
+                                  $(wildcard $(NGX_SRC)/objs/Makefile)
 	NGX_CC_OPT="$(SAN)" NGX_LD_OPT="$(SAN)" ngx_acme_module/build.sh $(BUILD)
 
 # apxs compiles the module and links the core built with -fPIC above.
-$(BUILD)/mod_acme.so: $(BUILD)/libacme.a $(APX_SRCS) apache_mod_acme/build.sh
+# APXS: another httpd's apxs (make test-asan's sanitized httpd).
+$(BUILD)/mod_acme.so: $(BUILD)/libacme.a $(APX_SRCS) apache_mod_acme/build.sh $(wildcard $(APXS))
 	APX_SAN="$(SAN)" apache_mod_acme/build.sh $(BUILD)
 
 # Install what the build and the tests need from Debian, only when something is missing.
@@ -87,22 +88,26 @@ e2e: all
 test: check-deps all $(UNIT_BIN)
 	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/run_all.py $(UNIT_BIN)
 
-# The core, acmectl, the nginx module and their tests under ASan/UBSan. nginx itself is built from
-# Debian's source package with the same flags (tests/asan/build-nginx.sh, cached in build/asan) and the
-# module against that tree; sanitizer reports of any test process fail the test (tests/e2e/conftest.py).
-# Apache stays out (see docs/testing.md: the suite's time), as does the valgrind run.
-# nginx's own code gets recoverable UBSan checks, so that tests/asan/ubsan.supp can silence its
-# known reports (UBSAN_OPTIONS halt_on_error=1 still stops at any other one).
+# The core, acmectl, both modules and their tests under ASan/UBSan. nginx and Apache httpd are built
+# from Debian's source packages with the same flags (tests/asan/build-*.sh, cached in build/asan), the
+# modules against those trees; a sanitizer report of any test process fails the test (see
+# docs/architecture.md, Testing). nginx's and httpd's own code get recoverable UBSan checks, so that
+# tests/asan/ubsan.supp can silence their known reports (halt_on_error=1 stops at any other one).
 ASAN_SAN   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-ASAN_NGX   := -fsanitize=address,undefined -fno-omit-frame-pointer
+ASAN_SRV   := -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_BUILD := build/asan
+ASAN_ABS   := $(abspath $(ASAN_BUILD))
 test-asan: check-deps
-	tests/asan/build-nginx.sh $(ASAN_BUILD) "$(ASAN_NGX)"
-	NGINX_BIN=$(abspath $(ASAN_BUILD))/nginx-bin NGX_SRC=$(abspath $(ASAN_BUILD))/nginx-src \
-	NGINX_LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $(abspath $(ASAN_BUILD))/nodlclose.so" \
-	ACME_SANITIZER_LOGS=$(abspath $(ASAN_BUILD))/sanitizer \
-	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 MODULES=$(ASAN_BUILD)/ngx_http_acme_module.so SAN="$(ASAN_SAN)" \
-	    PYTEST_ARGS="--ignore-glob=*apache* --ignore-glob=*valgrind* $(PYTEST_ARGS)" test
+	tests/asan/build-nginx.sh $(ASAN_BUILD) "$(ASAN_SRV)"
+	tests/asan/build-apache.sh $(ASAN_BUILD) "$(ASAN_SRV)"
+	NGINX_BIN=$(ASAN_ABS)/nginx-bin NGX_SRC=$(ASAN_ABS)/nginx-src \
+	APACHE_BIN=$(ASAN_ABS)/httpd/bin/httpd APACHE_MODULES=$(ASAN_ABS)/httpd/modules \
+	APXS=$(ASAN_ABS)/httpd/bin/apxs \
+	ACME_SANITIZER_PRELOAD="$$($(CC) -print-file-name=libasan.so) $(ASAN_ABS)/nodlclose.so" \
+	ACME_SANITIZER_LOGS=$(ASAN_ABS)/sanitizer \
+	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 SAN="$(ASAN_SAN)" \
+	    MODULES="$(ASAN_BUILD)/ngx_http_acme_module.so $(ASAN_BUILD)/mod_acme.so" \
+	    PYTEST_ARGS="--ignore-glob=*valgrind* $(PYTEST_ARGS)" test
 
 # nginx and the module under valgrind through 50 forced renewals (also part of `make test`).
 .PHONY: test-valgrind

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Apache httpd 2.4 from Debian's source package with the sanitizer flags, for `make test-asan`.
 # usage: build-apache.sh OUT_DIR "SAN FLAGS"
-#   installs into OUT_DIR/apache: bin/httpd, bin/apxs (mod_acme is built with it) and modules/ with
+#   installs into OUT_DIR/httpd: bin/httpd, bin/apxs (mod_acme is built with it) and modules/ with
 #   the modules the tests load (the MPMs, authz_core, authz_host, socache_shmcb, ssl, http2), all
 #   built with the same flags. Debian's Apache modules cannot be used: an uninstrumented module of
 #   another 2.4 release beside an instrumented httpd. Cached like build-nginx.sh. Compiled in, as in
@@ -10,8 +10,8 @@ set -euo pipefail
 unset CFLAGS
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 san=${2:-}
-prefix="$out/apache"
-stamp="$out/apache.flags"
+prefix="$out/httpd"
+stamp="$out/httpd.flags"
 if [ -x "$prefix/bin/httpd" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$san" ]; then
     exit 0
 fi
@@ -51,6 +51,8 @@ src="$out/apache-src"
 rm -rf "$src"
 mv "$fetch"/apache2-2.4.* "$src"
 rm -rf "$fetch" "$prefix"
+# Debian's reproducible-builds patch takes the build time from debian/rules
+sed -i 's/= BUILD_DATETIME;/= __DATE__ " " __TIME__;/' "$src/server/buildmark.c"
 
 (cd "$src" && ./configure --prefix="$prefix" \
     --with-apr=/usr/bin/apr-1-config --with-apr-util=/usr/bin/apu-1-config \

@@ -24,9 +24,7 @@ import harness
 from harness import HarnessError, free_port, http_request, openssl, wait_for
 
 NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
-# make test-asan: the ASan runtime and a dlclose() that keeps modules mapped, so that LSan
-# symbolizes the module's frames at exit and sees what its globals still point to
-NGINX_ENV = {"LD_PRELOAD": os.environ["NGINX_LD_PRELOAD"]} if os.environ.get("NGINX_LD_PRELOAD") else {}
+NGINX_ENV = harness.sanitizer_env()
 
 
 def module_path():
