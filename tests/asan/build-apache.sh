@@ -12,7 +12,7 @@ out=$(mkdir -p "$1" && cd "$1" && pwd)
 san=${2:-}
 prefix="$out/httpd"
 stamp="$out/httpd.flags"
-if [ -x "$prefix/bin/httpd" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$san" ]; then
+if [ -x "$prefix/bin/httpd" ] && [ -x "$prefix/bin/apxs" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$san" ]; then
     exit 0
 fi
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

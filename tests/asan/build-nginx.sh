@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 if [ ! -f "$out/nodlclose.so" ] || [ "$here/nodlclose.c" -nt "$out/nodlclose.so" ]; then
     ${CC:-cc} -shared -fPIC -O2 -Wall -Wextra -Werror -o "$out/nodlclose.so" "$here/nodlclose.c"
 fi
-if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$san" ]; then
+if [ -x "$bin" ] && [ -f "$src/objs/Makefile" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$san" ]; then
     exit 0
 fi
 [ -f "$dev/conf_flags" ] || { echo "$0: $dev/conf_flags missing (apt-get install nginx-dev)" >&2; exit 1; }
