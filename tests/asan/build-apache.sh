@@ -23,6 +23,7 @@ for p in dpkg-dev libapr1-dev libaprutil1-dev libpcre2-dev libssl-dev libnghttp2
 done
 if [ -n "$need" ]; then
     $SUDO apt-get update -qq
+    # shellcheck disable=SC2086  # one word per package
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 

@@ -33,6 +33,7 @@ for p in dpkg-dev libpcre2-dev libssl-dev zlib1g-dev; do
 done
 if [ -n "$need" ]; then
     $SUDO apt-get update -qq
+    # shellcheck disable=SC2086  # one word per package
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 
