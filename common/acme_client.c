@@ -342,6 +342,36 @@ acme_client_free(acme_client_t *c)
     free(c);
 }
 
+void
+acme_client_forget(acme_client_t *c, void *arg)
+{
+    op_t      **pp, *op;
+    waiter_t  **wp, *w;
+
+    if (c == NULL) {
+        return;
+    }
+    for (pp = &c->ops; *pp != NULL; ) {
+        op = *pp;
+        if (op->arg != arg) {
+            pp = &op->next;
+            continue;
+        }
+        *pp = op->next;
+        acme_http_cancel(op->req);
+        op_free(op);
+    }
+    for (wp = &c->waiters; *wp != NULL; ) {
+        w = *wp;
+        if (w->arg != arg) {
+            wp = &w->next;
+            continue;
+        }
+        *wp = w->next;
+        free(w);
+    }
+}
+
 acme_loop_t *acme_client_loop(acme_client_t *c) { return c->loop; }
 acme_store_t *acme_client_store(acme_client_t *c) { return c->store; }
 const char *acme_client_directory_url(acme_client_t *c) { return c->directory_url; }

@@ -66,8 +66,7 @@ struct acme_issue_s {
     int                     lock_lost;      /* noticed while a request was in flight */
     acme_err_t              lock_err;
     acme_timer_t           *timer;
-    int                     busy;           /* a request is in flight (its callback owns the job) */
-    int                     cancelled;
+    int                     busy;           /* a request is in flight */
     char                    state_text[300];
     unsigned long           state_changes;  /* status pages rebuild when it moves */
 
@@ -334,9 +333,11 @@ acme_issue_cancel(acme_issue_t *job)
     }
     forget_published(job);
     if (job->busy) {
-        /* the request's callback frees the job when it returns */
-        job->cancelled = 1;
-        return;
+        /*
+         * Its request is dropped: waiting for the callback would keep the lock until the CA answers,
+         * and for ever when the client is freed next (shutdown), leaking the job.
+         */
+        acme_client_forget(job->c, job);
     }
     job_free(job);
 }
@@ -363,16 +364,11 @@ job_later(acme_issue_t *job, long ms)
     }
 }
 
-/* Callbacks from the client: returns 1 when the job may continue, 0 when it was cancelled or failed
- * (freed). */
+/* Callbacks from the client: returns 1 when the job may continue, 0 when it failed (freed). */
 static int
 job_back(acme_issue_t *job)
 {
     job->busy = 0;
-    if (job->cancelled) {
-        job_free(job);
-        return 0;
-    }
     if (job->lock_lost) {
         acme_err_t e = job->lock_err;
         job_fail(job, &e);
@@ -1480,8 +1476,8 @@ orphan_none(acme_issue_t *job, const char *why)
     job_step(job);
 }
 
-/* The CA's answer while looking for the order, parsed; NULL when the search is over (the job was cancelled
- * or failed, or orders anew). */
+/* The CA's answer while looking for the order, parsed; NULL when the search is over (the job failed or
+ * orders anew). */
 static json_t *
 orphan_answer(acme_issue_t *job, const acme_http_resp_t *resp, const acme_err_t *err)
 {
