@@ -1077,7 +1077,7 @@ challenge_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     }
     if (err != NULL && err->http_status == 409) {
         /* Boulder: "already being validated" (asked again by a resumed job): wait for that validation */
-        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": challenge %s is already being validated (%s), "
+        acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": challenge %s is already being validated (%s), "
                  "polling its authorization", job->name, job->chall_url, err->msg);
         err = NULL;
     }
