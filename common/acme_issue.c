@@ -1281,16 +1281,19 @@ accept_chain(acme_issue_t *job, const char *pem, size_t len)
 {
     STACK_OF(X509)  *chain = NULL;
     acme_err_t       e;
+    int              other_key;
 
     if (acme_pem_chain_parse(pem, len, &chain, &e) != 0
         || acme_chain_check(chain, job->cert_key, job->ids, job->nids, time(NULL), &e) != 0)
     {
+        other_key = chain != NULL && sk_X509_num(chain) > 0
+                    && EVP_PKEY_eq(X509_get0_pubkey(sk_X509_value(chain, 0)), job->cert_key) != 1;
         acme_chain_free(chain);
         acme_err_prefix(&e, "certificate from %s refused", job->order.certificate);
-        /* not this order's certificate (a CA that reused the order for another key and another job
-         * finalized it, or a broken CA): resuming would download it again, so the order is forgotten
-         * and a new one placed at once; a second refusal fails the job */
-        if (!job->reordered) {
+        /* not this order's certificate: resuming would download it again, so the order is forgotten.
+         * For another key (a CA that reused the order and another job of the account finalized it with
+         * its key, as Boulder does), a new order is placed at once; a second such refusal fails */
+        if (other_key && !job->reordered) {
             job->reordered = 1;
             acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": %s; placing a new order", job->name, e.msg);
             order_abandon(job, NULL);
