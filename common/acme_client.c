@@ -192,6 +192,9 @@ acme_client_resp_error(const acme_http_resp_t *resp, const char *what, acme_err_
     if (resp->status == 429 && err != NULL) {
         err->kind = ACME_ERR_RATELIMIT;
     }
+    if (err != NULL) {
+        err->http_status = (int) resp->status;
+    }
     if (err != NULL && resp->retry_after > 0) {
         err->retry_after = resp->retry_after;
     }

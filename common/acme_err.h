@@ -19,11 +19,12 @@ typedef enum {
     ACME_ERR_BUSY           /* another process holds the certificate's lock */
 } acme_err_kind_t;
 
-#define ACME_ERR_MSG_MAX 1024
+#define ACME_ERR_MSG_MAX 1536    /* with its log line prefix, within nginx's 2048-byte log lines */
 
 typedef struct {
     acme_err_kind_t kind;
     long            retry_after;    /* seconds the CA asked us to wait, 0: none */
+    int             http_status;    /* the CA's HTTP status when it answered with an error, else 0 */
     char            msg[ACME_ERR_MSG_MAX];
 } acme_err_t;
 
