@@ -525,11 +525,10 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_acme_main_conf_t *amcf = conf;
 
-    char                    *rv, **sp;
-    ngx_str_t               *value, path;
-    ngx_uint_t               i, line;
+    char                    *rv;
+    ngx_str_t               *value;
+    ngx_uint_t               i;
     ngx_conf_t               save;
-    acme_err_t               aerr;
     acme_store_t            *st;
     ngx_http_acme_issuer_t  *iss;
 
@@ -604,41 +603,8 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    line = iss->state_path_line ? iss->state_path_line : iss->line;
-
-    if (iss->state_path == NULL) {
-        path.len = sizeof(NGX_HTTP_ACME_DEFAULT_STATE_PATH) - 1
-                   + iss->name.len;
-        path.data = ngx_pnalloc(cf->pool, path.len + 1);
-        if (path.data == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_sprintf(path.data, "%s%V%Z", NGX_HTTP_ACME_DEFAULT_STATE_PATH,
-                    &iss->name);
-        iss->state_path = (char *) path.data;
-    }
-
-    /*
-     * an unusable state_path is a configuration error; root only creates
-     * the directory here (given to the worker user in init_module) and
-     * reads: recovery, cleanup and every write are the workers'
-     */
-
-    if (acme_store_fs_prepare(iss->state_path, -1, -1, &aerr) != 0) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "acme_issuer \"%V\": cannot create state_path \"%s\": "
-                      "%s in %s:%ui", &iss->name, iss->state_path, aerr.msg,
-                      iss->file, line);
-        return NGX_CONF_ERROR;
-    }
-
-    st = acme_store_fs_open(iss->state_path, ACME_STORE_FS_RDONLY, &aerr);
+    st = ngx_http_acme_state_open(cf, iss);
     if (st == NULL) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "acme_issuer \"%V\": unusable state_path \"%s\": %s "
-                      "in %s:%ui", &iss->name, iss->state_path, aerr.msg,
-                      iss->file, line);
         return NGX_CONF_ERROR;
     }
 
@@ -650,23 +616,9 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return rv;
     }
 
-    sp = amcf->stores.elts;
-    for (i = 0; i < amcf->stores.nelts; i++) {
-        if (ngx_strcmp(sp[i], iss->state_path) == 0) {
-            break;
-        }
+    if (ngx_http_acme_state_add(amcf, iss) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
-
-    if (i == amcf->stores.nelts) {
-        sp = ngx_array_push(&amcf->stores);
-        if (sp == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        *sp = iss->state_path;
-    }
-
-    iss->store = i;
 
     return NGX_CONF_OK;
 }
@@ -1024,8 +976,6 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     char          *url, *shown;
     size_t         len;
     ngx_str_t     *value;
-    acme_err_t     err;
-    acme_store_t  *st;
 
     if (amcf->storage) {
         return "is duplicate";
@@ -1074,17 +1024,9 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         ngx_sprintf((u_char *) url, "%V%Z", &value[1]);
     }
 
-    st = acme_store_open(url, NULL, ACME_STORE_LAZY, &err);
-    if (st == NULL) {
-        shown = acme_store_url_redact(url);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"acme_storage\" \"%s\": %s",
-                           shown ? shown : "(redacted)", err.msg);
-        free(shown);
+    if (ngx_http_acme_state_storage(cf, url) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
-
-    acme_store_close(st);
 
     amcf->storage = url;
     amcf->storage_file = cf->conf_file->file.name.data;
@@ -1542,38 +1484,9 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_http_acme_cert_t   **certs, *cert;
     ngx_http_acme_issuer_t  *iss;
     ngx_http_acme_zone_t    *zone;
-    acme_err_t               aerr;
-    acme_store_t            *st;
 
-    if (amcf->storage_key && amcf->storage == NULL) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"acme_storage_key\" \"%s\" needs \"acme_storage "
-                      "redis://...\" in %s:%ui", amcf->storage_key,
-                      amcf->storage_key_file, amcf->storage_key_line);
+    if (ngx_http_acme_state_storage_key(cf, amcf) != NGX_OK) {
         return NGX_CONF_ERROR;
-    }
-
-    if (amcf->storage_key) {
-        /* reads and checks the key file; still no connection */
-        st = acme_store_open(amcf->storage, amcf->storage_key,
-                             ACME_STORE_LAZY, &aerr);
-        if (st == NULL) {
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "\"acme_storage_key\" \"%s\": %s in %s:%ui",
-                          amcf->storage_key, aerr.msg,
-                          amcf->storage_key_file, amcf->storage_key_line);
-            return NGX_CONF_ERROR;
-        }
-
-        acme_store_close(st);
-
-    } else if (amcf->storage) {
-        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                      "\"acme_storage\" without \"acme_storage_key\" "
-                      "in %s:%ui: private keys are kept in Redis "
-                      "unencrypted and whoever can write to Redis controls "
-                      "the domains",
-                      amcf->storage_file, amcf->storage_line);
     }
 
     if (amcf->certs.nelts == 0 && amcf->issuers.nelts == 0) {
@@ -1764,20 +1677,9 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 }
 
 
-/*
- * the master gives each state_path directory (only the directory itself,
- * on an O_NOFOLLOW descriptor) to the worker user; what is inside belongs
- * to the workers, and root never walks, repairs or writes it
- */
-
 static ngx_int_t
 ngx_http_acme_init_module(ngx_cycle_t *cycle)
 {
-    char                       **p;
-    long                         uid, gid;
-    ngx_uint_t                   i;
-    acme_err_t                   aerr;
-    ngx_core_conf_t             *ccf;
     ngx_http_acme_main_conf_t   *amcf;
     ngx_http_conf_ctx_t         *ctx;
 
@@ -1793,24 +1695,8 @@ ngx_http_acme_init_module(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
-
-    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT) {
-        uid = -1;
-        gid = -1;
-
-    } else {
-        uid = (long) ccf->user;
-        gid = (long) ccf->group;
-    }
-
-    p = amcf->stores.elts;
-    for (i = 0; i < amcf->stores.nelts; i++) {
-        if (acme_store_fs_prepare(p[i], uid, gid, &aerr) != 0) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                          "acme: state_path \"%s\": %s", p[i], aerr.msg);
-            return NGX_ERROR;
-        }
+    if (ngx_http_acme_state_own(cycle, amcf) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     /* the core runs in the cache manager process (ngx_http_acme_runner.c) */
