@@ -360,3 +360,21 @@ def test_nginx_trusted_certificate_must_be_pem(root):
     ok, out = nginx_t(conf, root)
     assert not ok, f"nginx -t accepts a non-PEM ssl_trusted_certificate:\n{out}"
     assert f'invalid "ssl_trusted_certificate" "{bad}"' in out and "no PEM certificates" in out, out
+
+
+# ---- the README's backup commands, on a fresh machine (only the paths moved under a temp root) ------
+
+def test_readme_backup_commands_work_on_a_fresh_server(root):
+    blocks = [b for b in fenced_blocks("README.md") if b.tag == "sh" and "tar -C" in b.text]
+    assert len(blocks) == 1, [b.id for b in blocks]
+    for d in ("var/lib/nginx/acme/letsencrypt", "var/lib/apache2/acme"):
+        (root.root / d).mkdir(parents=True)
+        (root.root / d / "account.json").write_text("{}\n")
+    (root.root / "root").mkdir()
+    script = re.sub(r"(?<![\w/])/(var|root)/", lambda m: f"{root.root}/{m.group(1)}/", blocks[0].text)
+    cp = run_cmd(["bash", "-e", "-c", script], timeout=30)
+    assert cp.returncode == 0, f"{blocks[0].id} fails:\n{script}\n{cp.stdout}{cp.stderr}"
+    made = sorted(p.name for p in (root.root / "root" / "backup").iterdir())
+    assert len(made) == 2 and all(n.endswith(".tar.gz") for n in made), made
+    listing = run_cmd(["tar", "-tzf", root.root / "root" / "backup" / made[0]], timeout=30).stdout
+    assert "acme/" in listing, listing
