@@ -446,7 +446,8 @@ def new_nginx(env, name, http_conf, workers=1, level="notice"):
 
 
 def nginx_workers(ng):
-    return ng.worker_pids()
+    # the cache manager runs the ACME client: its CPU counts too
+    return ng.worker_pids() + ng.helper_pids()
 
 
 def nginx_error_lines(ng):
@@ -1197,7 +1198,7 @@ def scenario_scale_and_idle(env, do_scale, do_idle):
             nga, ngs = keep["acme"], keep["static"]
             time.sleep(3.0)
             groups = {"acme": nga, "static": ngs}
-            pids = {k: [g.proc.pid] + g.worker_pids() for k, g in groups.items()}
+            pids = {k: [g.proc.pid] + g.worker_pids() + g.helper_pids() for k, g in groups.items()}
             c0 = {k: {p: proc_stat_cpu_s(p) for p in v} for k, v in pids.items()}
             s0 = {k: {p: ctx_switches(p) for p in v} for k, v in pids.items()}
             t0 = time.monotonic()

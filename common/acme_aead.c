@@ -31,21 +31,6 @@ struct acme_aead_key_s {
 };
 
 static int
-aead_hexval(int c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
-static int
 aead_hkdf(const unsigned char *ikm, size_t ikmlen, const char *info, unsigned char out[AEAD_KEY_LEN])
 {
     EVP_PKEY_CTX  *pctx;
@@ -113,8 +98,8 @@ acme_aead_key_from_bytes(const void *data, size_t len, acme_err_t *err)
     }
     if (e - s == 2 * AEAD_KEY_LEN) {
         for (i = 0; i < AEAD_KEY_LEN; i++) {
-            hi = aead_hexval(s[2 * i]);
-            lo = aead_hexval(s[2 * i + 1]);
+            hi = acme_hexval(s[2 * i]);
+            lo = acme_hexval(s[2 * i + 1]);
             if (hi < 0 || lo < 0) {
                 break;
             }
@@ -247,7 +232,7 @@ acme_aead_sealed_kid(const void *data, size_t len, char kid[9])
         return;
     }
     for (i = 0; i < AEAD_KID_LEN; i++) {
-        if (aead_hexval(p[ACME_AEAD_MAGIC_LEN + i]) < 0) {
+        if (acme_hexval(p[ACME_AEAD_MAGIC_LEN + i]) < 0) {
             kid[0] = '\0';
             return;
         }

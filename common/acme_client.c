@@ -192,6 +192,9 @@ acme_client_resp_error(const acme_http_resp_t *resp, const char *what, acme_err_
     if (resp->status == 429 && err != NULL) {
         err->kind = ACME_ERR_RATELIMIT;
     }
+    if (err != NULL) {
+        err->http_status = (int) resp->status;
+    }
     if (err != NULL && resp->retry_after > 0) {
         err->retry_after = resp->retry_after;
     }
@@ -340,6 +343,36 @@ acme_client_free(acme_client_t *c)
     acme_free_secret(c->eab_key, c->eab_key_len);
     free(c->account_key_file);
     free(c);
+}
+
+void
+acme_client_forget(acme_client_t *c, void *arg)
+{
+    op_t      **pp, *op;
+    waiter_t  **wp, *w;
+
+    if (c == NULL) {
+        return;
+    }
+    for (pp = &c->ops; *pp != NULL; ) {
+        op = *pp;
+        if (op->arg != arg) {
+            pp = &op->next;
+            continue;
+        }
+        *pp = op->next;
+        acme_http_cancel(op->req);
+        op_free(op);
+    }
+    for (wp = &c->waiters; *wp != NULL; ) {
+        w = *wp;
+        if (w->arg != arg) {
+            wp = &w->next;
+            continue;
+        }
+        *wp = w->next;
+        free(w);
+    }
 }
 
 acme_loop_t *acme_client_loop(acme_client_t *c) { return c->loop; }

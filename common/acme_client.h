@@ -41,6 +41,8 @@ acme_client_t *acme_client_new(acme_loop_t *loop, acme_store_t *store, const acm
     acme_err_t *err);
 /* Cancels every request in flight; no callback runs afterwards. */
 void acme_client_free(acme_client_t *c);
+/* Cancels the requests and ready() waits made with this callback argument; their callbacks never run. */
+void acme_client_forget(acme_client_t *c, void *arg);
 
 acme_loop_t  *acme_client_loop(acme_client_t *c);
 acme_store_t *acme_client_store(acme_client_t *c);

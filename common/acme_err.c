@@ -7,6 +7,48 @@
 #include <openssl/err.h>
 #include <openssl/crypto.h>
 
+/*
+ * Copy src into msg; when it is too long, cut the middle, not the end: a CA's problem detail ends with
+ * what the operator needs most (Let's Encrypt's paused-account message ends with the unpause URL).
+ */
+static void
+err_fit(char *msg, size_t size, const char *src)
+{
+    size_t       len = strlen(src), head, tail;
+    const char  *t, *u;
+
+    if (len < size) {
+        memcpy(msg, src, len + 1);
+        return;
+    }
+    /* the tail: from the last URL when it fits in half the message, else the last quarter */
+    t = NULL;
+    for (u = strstr(src, "https://"); u != NULL; u = strstr(u + 1, "https://")) {
+        t = u;
+    }
+    tail = t != NULL && (size_t) (src + len - t) <= size / 2 ? (size_t) (src + len - t) : size / 4;
+    while (tail > 0 && ((unsigned char) src[len - tail] & 0xc0) == 0x80) {
+        tail--;
+    }
+    head = size - 1 - tail - 5;
+    while (head > 0 && ((unsigned char) src[head] & 0xc0) == 0x80) {
+        head--;
+    }
+    memcpy(msg, src, head);
+    memcpy(msg + head, " ... ", 5);
+    memcpy(msg + head + 5, src + len - tail, tail);
+    msg[head + 5 + tail] = '\0';
+}
+
+static void
+err_vformat(acme_err_t *err, const char *fmt, va_list ap)
+{
+    char  buf[4 * ACME_ERR_MSG_MAX];
+
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    err_fit(err->msg, sizeof(err->msg), buf);
+}
+
 void
 acme_err_set(acme_err_t *err, acme_err_kind_t kind, const char *fmt, ...)
 {
@@ -17,8 +59,9 @@ acme_err_set(acme_err_t *err, acme_err_kind_t kind, const char *fmt, ...)
     }
     err->kind = kind;
     err->retry_after = 0;
+    err->http_status = 0;
     va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    err_vformat(err, fmt, ap);
     va_end(ap);
 }
 
@@ -36,6 +79,7 @@ acme_err_ssl(acme_err_t *err, const char *fmt, ...)
     }
     err->kind = ACME_ERR_INTERNAL;
     err->retry_after = 0;
+    err->http_status = 0;
     va_start(ap, fmt);
     vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
     va_end(ap);
@@ -54,18 +98,18 @@ void
 acme_err_prefix(acme_err_t *err, const char *fmt, ...)
 {
     va_list  ap;
-    char     old[ACME_ERR_MSG_MAX];
+    char     buf[2 * ACME_ERR_MSG_MAX];
     size_t   n;
 
     if (err == NULL) {
         return;
     }
-    memcpy(old, err->msg, sizeof(old));
     va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    vsnprintf(buf, ACME_ERR_MSG_MAX, fmt, ap);
     va_end(ap);
-    n = strlen(err->msg);
-    snprintf(err->msg + n, sizeof(err->msg) - n, ": %s", old);
+    n = strlen(buf);
+    snprintf(buf + n, sizeof(buf) - n, ": %s", err->msg);
+    err_fit(err->msg, sizeof(err->msg), buf);
 }
 
 void
@@ -74,6 +118,7 @@ acme_err_clear(acme_err_t *err)
     if (err != NULL) {
         err->kind = ACME_ERR_NONE;
         err->retry_after = 0;
+        err->http_status = 0;
         err->msg[0] = '\0';
     }
 }
@@ -193,6 +238,21 @@ char *
 acme_strdup(const char *s)
 {
     return s ? strdup(s) : NULL;
+}
+
+int
+acme_hexval(int c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
 }
 
 char *

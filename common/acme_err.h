@@ -19,11 +19,12 @@ typedef enum {
     ACME_ERR_BUSY           /* another process holds the certificate's lock */
 } acme_err_kind_t;
 
-#define ACME_ERR_MSG_MAX 1024
+#define ACME_ERR_MSG_MAX 1536    /* with its log line prefix, within nginx's 2048-byte log lines */
 
 typedef struct {
     acme_err_kind_t kind;
     long            retry_after;    /* seconds the CA asked us to wait, 0: none */
+    int             http_status;    /* the CA's HTTP status when it answered with an error, else 0 */
     char            msg[ACME_ERR_MSG_MAX];
 } acme_err_t;
 
@@ -58,6 +59,9 @@ const char *acme_quote(const char *s, char *buf, size_t size, size_t max);
 
 /* free() for secrets: wipes before freeing. */
 void acme_free_secret(void *p, size_t n);
+
+/* The value of a hexadecimal digit, -1 for another character. */
+int   acme_hexval(int c);
 
 char *acme_strdup(const char *s);
 char *acme_strndup(const char *s, size_t n);

@@ -12,6 +12,8 @@
 #include "acme_x509.h"
 #include "acme_store.h"
 
+#include <openssl/evp.h>
+
 typedef enum {
     J_READY = 0,        /* waiting for directory/account */
     J_RESUME,           /* POST-as-GET the stored order */
@@ -31,7 +33,8 @@ typedef enum {
     J_ALTERNATE,
     J_ABANDON,          /* giving the order up: POST-as-GET of authorization abandon_i */
     J_DEACTIVATE,       /* ... which is pending: deactivating it */
-    J_DONE
+    J_DONE,
+    J_QUEUE             /* another job issues for the same CA, identifiers and profile: waiting */
 } job_state_t;
 
 typedef struct {
@@ -62,12 +65,15 @@ struct acme_issue_s {
 
     job_state_t             state;
     acme_lock_t            *lock;
+    acme_lock_t            *issue_lock;     /* one issuance per (CA, identifier set, profile) */
+    char                    issue_lockname[80];
+    int                     queued_logged;
+    int                     reordered;      /* placed a new order after refusing a certificate */
     acme_timer_t           *lock_timer;     /* lease refresh (shared stores) */
     int                     lock_lost;      /* noticed while a request was in flight */
     acme_err_t              lock_err;
     acme_timer_t           *timer;
-    int                     busy;           /* a request is in flight (its callback owns the job) */
-    int                     cancelled;
+    int                     busy;           /* a request is in flight */
     char                    state_text[300];
     unsigned long           state_changes;  /* status pages rebuild when it moves */
 
@@ -87,6 +93,7 @@ struct acme_issue_s {
     size_t                  ncands;
     size_t                  cand_i;
     int                     replaces_dropped;
+    int                     replaces_5xx;   /* newOrders with "replaces" that met a server error */
 
     char                   *chain_pem;      /* the default chain, while alternates are checked */
     char                  **alternates;
@@ -111,13 +118,106 @@ static void orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme
 static void orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
 static void orphan_none(acme_issue_t *job, const char *why);
 static void order_dispatch(acme_issue_t *job);
+static void issue_queue(acme_issue_t *job);
 static void job_fail(acme_issue_t *job, const acme_err_t *err);
 
 static const char *default_types[] = { "http-01", "tls-alpn-01" };
 
+/* ---- published answers, counted ---- */
+
+/*
+ * Jobs of this thread's loop that publish the same answer (type, key): two certificates with a name in
+ * common answer the same authorization (the CA reuses it). It is published once and withdrawn when the
+ * last job lets it go, so one job's withdrawal cannot take another's answer away.
+ */
+typedef struct {
+    char  *type;
+    char  *key;
+    char  *ka;      /* the answer published last (tls-alpn-01: one per name, a new token replaces it) */
+    int    refs;
+} pubref_t;
+
+static __thread pubref_t  *pubrefs;
+static __thread size_t     npubrefs;
+
+static pubref_t *
+pubref_find(const char *type, const char *key)
+{
+    size_t  i;
+
+    for (i = 0; i < npubrefs; i++) {
+        if (strcmp(pubrefs[i].type, type) == 0 && strcmp(pubrefs[i].key, key) == 0) {
+            return &pubrefs[i];
+        }
+    }
+    return NULL;
+}
+
+static int
+pubref_take(const char *type, const char *key, const char *ka)
+{
+    pubref_t  *r = pubref_find(type, key), *n;
+    char      *k;
+
+    if (r != NULL) {
+        if (strcmp(r->ka, ka) != 0) {
+            if ((k = acme_strdup(ka)) == NULL) {
+                return -1;
+            }
+            free(r->ka);
+            r->ka = k;
+        }
+        r->refs++;
+        return 0;
+    }
+    n = realloc(pubrefs, (npubrefs + 1) * sizeof(*n));
+    if (n == NULL) {
+        return -1;
+    }
+    pubrefs = n;
+    r = &pubrefs[npubrefs];
+    r->type = acme_strdup(type);
+    r->key = acme_strdup(key);
+    r->ka = acme_strdup(ka);
+    r->refs = 1;
+    if (r->type == NULL || r->key == NULL || r->ka == NULL) {
+        free(r->type);
+        free(r->key);
+        free(r->ka);
+        return -1;
+    }
+    npubrefs++;
+    return 0;
+}
+
+/* Returns the references left (0: nobody else publishes it). */
+static int
+pubref_release(const char *type, const char *key)
+{
+    pubref_t  *r = pubref_find(type, key);
+    int        left;
+
+    if (r == NULL) {
+        return 0;
+    }
+    left = --r->refs;
+    if (left == 0) {
+        free(r->type);
+        free(r->key);
+        free(r->ka);
+        *r = pubrefs[--npubrefs];
+        if (npubrefs == 0) {
+            free(pubrefs);
+            pubrefs = NULL;
+        }
+    }
+    return left;
+}
+
 /* ---- lifecycle ---- */
 
-/* Forget what we published (withdraw: from the host and the store too). */
+/* Forget what we published (withdraw: from the host and the store too, unless another job of this
+ * process still publishes the same answer). */
 static void
 published_clear(acme_issue_t *job, int withdraw)
 {
@@ -125,7 +225,7 @@ published_clear(acme_issue_t *job, int withdraw)
 
     for (i = 0; i < job->npublished; i++) {
         published_t *p = &job->published[i];
-        if (withdraw) {
+        if (pubref_release(p->type, p->key) == 0 && withdraw) {
             if (job->ch.withdraw != NULL) {
                 job->ch.withdraw(job->ch.data, p->type, &p->id, p->token);
             }
@@ -157,6 +257,9 @@ job_free(acme_issue_t *job)
     acme_timer_cancel(job->loop, job->timer);
     acme_timer_cancel(job->loop, job->lock_timer);
     acme_keygen_cancel(job->keygen);
+    if (job->issue_lock != NULL) {
+        job->store->ops->unlock(job->issue_lock);
+    }
     if (job->lock != NULL) {
         job->store->ops->unlock(job->lock);
     }
@@ -334,9 +437,11 @@ acme_issue_cancel(acme_issue_t *job)
     }
     forget_published(job);
     if (job->busy) {
-        /* the request's callback frees the job when it returns */
-        job->cancelled = 1;
-        return;
+        /*
+         * Its request is dropped: waiting for the callback would keep the lock until the CA answers,
+         * and for ever when the client is freed next (shutdown), leaking the job.
+         */
+        acme_client_forget(job->c, job);
     }
     job_free(job);
 }
@@ -363,16 +468,11 @@ job_later(acme_issue_t *job, long ms)
     }
 }
 
-/* Callbacks from the client: returns 1 when the job may continue, 0 when it was cancelled or failed
- * (freed). */
+/* Callbacks from the client: returns 1 when the job may continue, 0 when it failed (freed). */
 static int
 job_back(acme_issue_t *job)
 {
     job->busy = 0;
-    if (job->cancelled) {
-        job_free(job);
-        return 0;
-    }
     if (job->lock_lost) {
         acme_err_t e = job->lock_err;
         job_fail(job, &e);
@@ -395,6 +495,10 @@ lock_refresh(void *arg)
     int            rc;
 
     job->lock_timer = NULL;
+    if (job->issue_lock != NULL && acme_store_lock_refresh(job->store, job->issue_lock, &err) == 0) {
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": lost the lock on issuing for its identifiers: %s",
+                 job->name, err.msg);
+    }
     rc = acme_store_lock_refresh(job->store, job->lock, &err);
     if (rc == 0) {
         acme_err_set(&job->lock_err, ACME_ERR_BUSY, "lost the lock on \"%s\" to another node: %s",
@@ -650,6 +754,8 @@ order_dispatch(acme_issue_t *job)
         job_step(job);
         return;
     case ACME_ST_PROCESSING:
+        /* the wait starts now (a resumed order has had no wait yet) */
+        poll_reset(job);
         job_set_state(job, J_ORDER_VALID_POLL, "waiting for the CA to issue", NULL);
         job_poll_later(job, 0, "order processing");
         return;
@@ -680,7 +786,17 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         return;
     }
     if (err != NULL) {
-        if (job->replaces != NULL && !job->replaces_dropped && err->kind == ACME_ERR_CA
+        if (job->replaces != NULL && !job->replaces_dropped && err->http_status >= 500
+            && ++job->replaces_5xx < 2)
+        {
+            /* a CA failing on "replaces" fails the same way again: try it once more, then without */
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": newOrder failed (%s), trying again",
+                     job->name, err->msg);
+            job_later(job, 1000);
+            return;
+        }
+        if (job->replaces != NULL && !job->replaces_dropped
+            && (err->kind == ACME_ERR_CA || err->http_status >= 500)
             && strstr(err->msg, "accountDoesNotExist") == NULL)
         {
             /* RFC 9773: a CA may refuse "replaces"; order again without it */
@@ -810,7 +926,8 @@ publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char 
 {
     char         *thumb, *ka, *key;
     published_t  *p;
-    int           rc;
+    pubref_t     *r;
+    int           rc, refs_before;
 
     thumb = acme_jwk_thumbprint(acme_client_account_key(job->c), err);
     if (thumb == NULL) {
@@ -829,9 +946,27 @@ publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char 
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return -1;
     }
+    /* published already by another job, which keeps it until we let it go too */
+    r = pubref_find(type, key);
+    if (r != NULL && strcmp(r->ka, ka) == 0) {
+        rc = pubref_take(type, key, ka);
+        free(ka);
+        if (rc != 0) {
+            free(key);
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            return -1;
+        }
+        job->confirm_n = 0;
+        goto done;
+    }
     rc = acme_store_challenge_put(job->store, type, key, id, ka, err);
     if (rc == 0 && job->ch.publish != NULL) {
         rc = job->ch.publish(job->ch.data, type, id, token, ka, err);
+    }
+    refs_before = r != NULL ? r->refs : 0;
+    if (rc == 0 && pubref_take(type, key, ka) != 0) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        rc = -1;
     }
     /* nodes that answer from memory (nginx) copy it from the announcement; the CA is told once they did */
     job->confirm_n = 0;
@@ -844,9 +979,14 @@ publish(acme_issue_t *job, const char *type, const acme_ident_t *id, const char 
     }
     free(ka);
     if (rc != 0) {
+        r = pubref_find(type, key);
+        if (r != NULL && r->refs > refs_before) {
+            (void) pubref_release(type, key);
+        }
         free(key);
         return -1;
     }
+done:
     p = &job->published[job->npublished++];
     p->type = acme_strdup(type);
     p->token = acme_strdup(token);
@@ -938,6 +1078,12 @@ challenge_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     (void) resp;
     if (!job_back(job)) {
         return;
+    }
+    if (err != NULL && err->http_status == 409) {
+        /* Boulder: "already being validated" (asked again by a resumed job): wait for that validation */
+        acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": challenge %s is already being validated (%s), "
+                 "polling its authorization", job->name, job->chall_url, err->msg);
+        err = NULL;
     }
     if (err != NULL) {
         e = *err;
@@ -1139,14 +1285,24 @@ accept_chain(acme_issue_t *job, const char *pem, size_t len)
 {
     STACK_OF(X509)  *chain = NULL;
     acme_err_t       e;
+    int              other_key;
 
     if (acme_pem_chain_parse(pem, len, &chain, &e) != 0
         || acme_chain_check(chain, job->cert_key, job->ids, job->nids, time(NULL), &e) != 0)
     {
+        other_key = chain != NULL && sk_X509_num(chain) > 0
+                    && EVP_PKEY_eq(X509_get0_pubkey(sk_X509_value(chain, 0)), job->cert_key) != 1;
         acme_chain_free(chain);
         acme_err_prefix(&e, "certificate from %s refused", job->order.certificate);
-        /* not this order's certificate (a CA that reused the order for another key, or a broken one):
-         * resuming would download it again, so the next try places a new order */
+        /* not this order's certificate: resuming would download it again, so the order is forgotten.
+         * For another key (a CA that reused the order and another job of the account finalized it with
+         * its key, as Boulder does), a new order is placed at once; a second such refusal fails */
+        if (other_key && !job->reordered) {
+            job->reordered = 1;
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": %s; placing a new order", job->name, e.msg);
+            order_abandon(job, NULL);
+            return;
+        }
         order_abandon(job, &e);
         return;
     }
@@ -1486,8 +1642,8 @@ orphan_none(acme_issue_t *job, const char *why)
     job_step(job);
 }
 
-/* The CA's answer while looking for the order, parsed; NULL when the search is over (the job was cancelled
- * or failed, or orders anew). */
+/* The CA's answer while looking for the order, parsed; NULL when the search is over (the job failed or
+ * orders anew). */
 static json_t *
 orphan_answer(acme_issue_t *job, const acme_http_resp_t *resp, const acme_err_t *err)
 {
@@ -1652,6 +1808,10 @@ job_step(acme_issue_t *job)
     char        *s, *csr, *payload;
 
     switch (job->state) {
+    case J_QUEUE:
+        issue_queue(job);
+        return;
+
     case J_READY:
         job->busy = 1;
         if (acme_client_ready(job->c, ready_done, job, &err) != 0) {
@@ -1800,6 +1960,88 @@ job_step(acme_issue_t *job)
     }
 }
 
+/*
+ * One issuance at a time per (CA, identifier set, profile), across jobs and processes sharing the store:
+ * Boulder answers a newOrder with the same account's pending order for the same identifiers and
+ * profile, so two certificates for the same names (ECDSA and RSA) ordered at once would share an order.
+ * The second waits until the first finalized; its newOrder then gets a new order.
+ */
+static int
+issue_lockname(acme_issue_t *job, acme_err_t *err)
+{
+    EVP_MD_CTX     *md;
+    unsigned char   h[EVP_MAX_MD_SIZE];
+    unsigned int    hlen = 0, k;
+    char          **v;
+    size_t          i, j;
+    int             ok;
+
+    v = calloc(job->nids, sizeof(char *));
+    md = EVP_MD_CTX_new();
+    ok = v != NULL && md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    for (i = 0; ok && i < job->nids; i++) {
+        v[i] = acme_sprintf("%s:%s", acme_ident_type_name(job->ids[i].type), job->ids[i].value);
+        ok = v[i] != NULL;
+    }
+    /* the set, not the order of the names */
+    for (i = 1; ok && i < job->nids; i++) {
+        for (j = i; j > 0 && strcmp(v[j - 1], v[j]) > 0; j--) {
+            char *t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    }
+    ok = ok && EVP_DigestUpdate(md, acme_client_directory_url(job->c),
+                                strlen(acme_client_directory_url(job->c)) + 1) == 1;
+    for (i = 0; ok && i < job->nids; i++) {
+        ok = EVP_DigestUpdate(md, v[i], strlen(v[i]) + 1) == 1;
+    }
+    ok = ok && EVP_DigestUpdate(md, job->profile ? job->profile : "", job->profile ? strlen(job->profile) : 0)
+         == 1 && EVP_DigestFinal_ex(md, h, &hlen) == 1;
+    for (i = 0; v != NULL && i < job->nids; i++) {
+        free(v[i]);
+    }
+    free(v);
+    EVP_MD_CTX_free(md);
+    if (!ok) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "cannot name the issuance lock of \"%s\"", job->name);
+        return -1;
+    }
+    k = (unsigned int) snprintf(job->issue_lockname, sizeof(job->issue_lockname), "issue-");
+    for (i = 0; i < 16 && i < hlen; i++) {
+        k += (unsigned int) snprintf(job->issue_lockname + k, sizeof(job->issue_lockname) - k, "%02x", h[i]);
+    }
+    return 0;
+}
+
+static void
+issue_queue(acme_issue_t *job)
+{
+    acme_err_t  err;
+    int         rc;
+
+    rc = job->store->ops->lock(job->store, job->issue_lockname, &job->issue_lock, &err);
+    if (rc < 0) {
+        job->issue_lock = NULL;
+        acme_err_prefix(&err, "locking the issuance for the identifiers of \"%s\"", job->name);
+        job_fail(job, &err);
+        return;
+    }
+    if (rc == 0) {
+        job->issue_lock = NULL;
+        if (!job->queued_logged) {
+            job->queued_logged = 1;
+            acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": another certificate for the same identifiers "
+                     "is being ordered, waiting for it", job->name);
+        }
+        job_set_state(job, J_QUEUE, "waiting for another certificate for the same identifiers", NULL);
+        job_later(job, 500);
+        return;
+    }
+    job_set_state(job, J_READY, "starting", NULL);
+    job_step(job);
+}
+
 /* Under the lock: did another process store a newer certificate since the caller looked? */
 static int
 renewed_elsewhere(acme_issue_t *job, time_t seen)
@@ -1897,7 +2139,11 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
         job_later(job, 0);
         return job;
     }
-    job->state = J_READY;
+    if (issue_lockname(job, err) != 0) {
+        job_free(job);
+        return NULL;
+    }
+    job->state = J_QUEUE;
     job_later(job, 0);
     return job;
 

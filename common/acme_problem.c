@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PROBLEM_STR_MAX        1024   /* bytes kept of any string member */
+#define PROBLEM_STR_MAX        1024   /* bytes kept of any string member ... */
+#define PROBLEM_DETAIL_MAX     4096   /* ... but "detail": Let's Encrypt's paused-account detail lists the
+                                       * names and ends with the unpause URL */
 #define PROBLEM_SUB_MAX        100    /* subproblems kept */
 #define PROBLEM_BODY_MAX       (1024 * 1024)
 
@@ -13,7 +15,7 @@
  * characters replaced (whitespace by ' ', the rest by '?'). NULL when absent or not a string.
  */
 static char *
-problem_str(json_t *obj, const char *name)
+problem_str_max(json_t *obj, const char *name, size_t max)
 {
     json_t         *v;
     const char     *s;
@@ -27,8 +29,8 @@ problem_str(json_t *obj, const char *name)
     }
     s = json_string_value(v);
     len = strlen(s);
-    if (len > PROBLEM_STR_MAX) {
-        len = PROBLEM_STR_MAX;
+    if (len > max) {
+        len = max;
         /* do not cut a multi-byte sequence: back up over continuation bytes */
         while (len > 0 && ((unsigned char) s[len] & 0xc0) == 0x80) {
             len--;
@@ -51,6 +53,12 @@ problem_str(json_t *obj, const char *name)
     return out;
 }
 
+static char *
+problem_str(json_t *obj, const char *name)
+{
+    return problem_str_max(obj, name, PROBLEM_STR_MAX);
+}
+
 static int
 problem_fill(json_t *obj, acme_problem_t *p, int depth)
 {
@@ -63,7 +71,7 @@ problem_fill(json_t *obj, acme_problem_t *p, int depth)
         return -1;
     }
     p->type = problem_str(obj, "type");
-    p->detail = problem_str(obj, "detail");
+    p->detail = problem_str_max(obj, "detail", PROBLEM_DETAIL_MAX);
     v = json_object_get(obj, "status");
     if (json_is_integer(v)) {
         st = json_integer_value(v);

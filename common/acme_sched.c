@@ -10,6 +10,7 @@
 #define SCHED_CA_FIRST         300L
 #define SCHED_CA_MAX           86400L
 #define SCHED_RATELIMIT_MIN    3600L
+#define SCHED_RATELIMIT_SLOW   86400L   /* from the 3rd refusal in a row with no Retry-After */
 #define SCHED_RETRY_AFTER_MAX  (30L * 86400)    /* a CA's Retry-After beyond this is not believed */
 #define SCHED_ARI_MIN          3600L
 #define SCHED_ARI_MAX          86400L
@@ -102,6 +103,11 @@ acme_sched_backoff(acme_err_kind_t kind, int failures, long retry_after, double 
     if (kind == ACME_ERR_RATELIMIT) {
         /* at least an hour and at least what the CA said, plus up to 20% so clients spread out */
         d = retry_after > SCHED_RATELIMIT_MIN ? retry_after : SCHED_RATELIMIT_MIN;
+        if (retry_after == 0 && failures >= 3) {
+            /* no end given, hourly tries did not help (Let's Encrypt's paused account, which only
+             * the operator can lift): daily */
+            d = SCHED_RATELIMIT_SLOW;
+        }
         return d + (long) ((double) d * 0.2 * sched_unit(rnd));
     }
 

@@ -29,7 +29,8 @@ time_t acme_sched_renew_time(const acme_certmeta_t *m, double rnd, time_t now, a
 
 /*
  * Back-off after the failures-th consecutive failure (1 = first) in seconds, with +-20% jitter from
- * rnd in [0,1): network errors 5 s doubling to at most 10 min; rate limits max(retry_after, 1 h);
+ * rnd in [0,1): network errors 5 s doubling to at most 10 min; rate limits max(retry_after, 1 h), a day
+ * from the 3rd failure in a row when the CA gave no Retry-After;
  * other refusals 5 min doubling to at most 24 h; retry_after from the CA is a floor in every case.
  */
 long acme_sched_backoff(acme_err_kind_t kind, int failures, long retry_after, double rnd);

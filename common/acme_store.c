@@ -970,6 +970,32 @@ acme_store_challenge_key(const char *type, const char *id, acme_err_t *err)
     return k;
 }
 
+char *
+acme_store_challenge_text(const acme_ident_t *id, const char *key_authz)
+{
+    return acme_sprintf("%s %s %s", acme_ident_type_name(id->type), id->value, key_authz);
+}
+
+int
+acme_store_challenge_text_split(char *text, acme_ident_type_t *type, char **value, char **key_authz)
+{
+    char  *sp1, *sp2;
+
+    sp1 = strchr(text, ' ');
+    sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+    if (sp2 == NULL) {
+        return -1;
+    }
+    *sp1 = '\0';
+    *sp2 = '\0';
+    if (acme_ident_type_from_name(text, type) != 0) {
+        return -1;
+    }
+    *value = sp1 + 1;
+    *key_authz = sp2 + 1;
+    return 0;
+}
+
 /*
  * A challenge record is "<dns|ip> <identifier> <key authorization>": the identifier is what a host checks
  * a request against (the Host of an HTTP-01 request; the key of a TLS-ALPN-01 record, its SNI, already
@@ -1027,7 +1053,7 @@ acme_store_challenge_put(acme_store_t *st, const char *type, const char *key, co
         free(k);
         return -1;
     }
-    v = acme_sprintf("%s %s %s", acme_ident_type_name(id->type), id->value, key_authz);
+    v = acme_store_challenge_text(id, key_authz);
     if (v == NULL) {
         free(k);
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
@@ -1043,7 +1069,7 @@ int
 acme_store_challenge_get(acme_store_t *st, const char *type, const char *key, acme_ident_t *id,
     char **key_authz, acme_err_t *err)
 {
-    char               *k, *v = NULL, *sp1, *sp2, *ka;
+    char               *k, *v = NULL, *value, *text_ka = NULL, *ka;
     size_t              len;
     int                 rc;
     acme_ident_t        ident = { 0, NULL };
@@ -1068,24 +1094,19 @@ acme_store_challenge_get(acme_store_t *st, const char *type, const char *key, ac
         free(v);
         return rc;
     }
-    /* "<dns|ip> <identifier> <key authorization>" */
-    sp1 = strlen(v) == len ? strchr(v, ' ') : NULL;
-    sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
-    if (sp2 != NULL) {
-        *sp1 = '\0';
-        *sp2 = '\0';
-        if (acme_ident_type_from_name(v, &it) == 0 && (ident.value = acme_strdup(sp1 + 1)) != NULL) {
-            ident.type = it;
-        }
+    if (strlen(v) == len && acme_store_challenge_text_split(v, &it, &value, &text_ka) == 0
+        && (ident.value = acme_strdup(value)) != NULL)
+    {
+        ident.type = it;
     }
     rc = -1;
-    if (sp2 == NULL || ident.value == NULL
-        || challenge_record_check(type, k + strlen("challenges/") + strlen(type) + 1, &ident, sp2 + 1, NULL)
+    if (ident.value == NULL
+        || challenge_record_check(type, k + strlen("challenges/") + strlen(type) + 1, &ident, text_ka, NULL)
            != 0)
     {
         acme_err_set(err, ACME_ERR_STORE, "challenge record %s is not \"<dns|ip> <identifier> <key "
                      "authorization>\" (written by an older release?)", k);
-    } else if ((ka = acme_strdup(sp2 + 1)) == NULL) {
+    } else if ((ka = acme_strdup(text_ka)) == NULL) {
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
     } else {
         *key_authz = ka;

@@ -98,7 +98,7 @@ int acme_store_name_check(const char *name, const char *what, acme_err_t *err);
 char *acme_store_name_make(const char *s, size_t n);
 int acme_store_key_check(const char *key, acme_err_t *err);
 
-/* ---- choosing a backend: a directory or Redis (common/acme_store_redis.c) ---- */
+/* ---- choosing a backend: a directory or Redis (common/acme_store_backend.c) ---- */
 
 #define ACME_STORE_CREATE  1    /* filesystem: create the directory (and missing parents) */
 #define ACME_STORE_LAZY    2    /* Redis: do not connect now (the first operation does); a host that must
@@ -307,6 +307,14 @@ int acme_store_account_save(acme_store_t *st, const char *ca_id, const char *key
     const char *json, acme_err_t *err);
 
 /* Challenge publication through the store (any node of a shared backend can answer). */
+/*
+ * The one text of a challenge, in its record (challenges/<type>/<key>) and in its announcement:
+ * "<dns|ip> <identifier> <key authorization>" (malloc'd; NULL out of memory). The callers check id and
+ * key_authz; split undoes it in place: 0 with *type, and *value and *key_authz pointing into text at what
+ * follows its first and second space; -1 when it has fewer spaces or another type.
+ */
+char *acme_store_challenge_text(const acme_ident_t *id, const char *key_authz);
+int   acme_store_challenge_text_split(char *text, acme_ident_type_t *type, char **value, char **key_authz);
 /* The store key of a challenge response, "challenges/<type>/<id>" (malloc'd; an SNI id lowercased); NULL
  * with err when type or id is not acceptable. */
 char *acme_store_challenge_key(const char *type, const char *id, acme_err_t *err);

@@ -10,6 +10,8 @@ src=${NGX_SRC:-/usr/share/nginx/src}
 tree="$out/nginx"
 # The addon config globs common/*.c: configure again when the set of sources changes.
 srcs=$(cd "$repo" && ls common/*.c ngx_acme_module/*.c 2>/dev/null | tr '\n' ' ')
+# ... and when the nginx tree (NGX_SRC: make test-asan's sanitizer nginx) or the flags change.
+srcs="$srcs src=$src built=$(stat -c %Y "$src/objs/Makefile" 2>/dev/null || true) cc=${NGX_CC_OPT:-}"
 if [ ! -f "$tree/objs/Makefile" ] || [ "$repo/config" -nt "$tree/objs/Makefile" ] \
     || [ "$(cat "$tree/.acme-srcs" 2>/dev/null)" != "$srcs" ]; then
     rm -rf "$tree"

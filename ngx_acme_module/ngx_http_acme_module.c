@@ -1885,7 +1885,9 @@ ngx_http_acme_init_module(ngx_cycle_t *cycle)
         }
     }
 
-    return NGX_OK;
+    /* the core runs in the cache manager process (ngx_http_acme_runner.c) */
+
+    return ngx_http_acme_runner_add_path(cycle, amcf);
 }
 
 
@@ -1898,6 +1900,11 @@ ngx_http_acme_init_process(ngx_cycle_t *cycle)
 
     if (amcf == NULL || !amcf->enabled) {
         return NGX_OK;
+    }
+
+    if (ngx_process == NGX_PROCESS_HELPER) {
+        /* the cache manager runs the core and serves nothing */
+        return ngx_http_acme_runner_init_process(cycle);
     }
 
     if (ngx_process != NGX_PROCESS_WORKER

@@ -180,6 +180,8 @@ ngx_uint_t ngx_http_acme_is_challenge_connection(ngx_connection_t *c);
 /* ngx_http_acme_runner.c */
 ngx_int_t ngx_http_acme_runner_init_process(ngx_cycle_t *cycle);
 void ngx_http_acme_runner_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_acme_runner_add_path(ngx_cycle_t *cycle,
+    ngx_http_acme_main_conf_t *amcf);
 
 /* ngx_http_acme_challenge.c */
 ngx_int_t ngx_http_acme_challenge_handler(ngx_http_request_t *r);

@@ -1,15 +1,22 @@
 
 /*
- * The ACME core in one worker's event loop.
+ * The ACME core in nginx's cache manager process.
  *
- * Every worker runs a tick timer. The worker holding the leader lock in the
- * shared zone (its pid, with a heartbeat) runs the core: acme_loop in hosted
- * mode on nginx timers and connections (one ngx_connection_t per libcurl
- * socket, level-triggered), one acme_manager per state_path. The other
- * workers take over when the leader's pid is gone or its heartbeat is stale;
- * a leader that is shutting down (reload, exit) steps down at once.
+ * Nothing that can block (Redis, fsync, RSA key generation, DNS) runs in a
+ * traffic-serving worker: the module registers a path with a manager
+ * callback, so the master spawns the cache manager (no listening sockets,
+ * the worker user, an nginx event loop, respawned when it dies), and the
+ * core runs there: acme_loop in hosted mode on nginx timers and connections
+ * (one ngx_connection_t per libcurl socket, level-triggered), one
+ * acme_manager per state_path. With master_process off the one process runs
+ * it. Workers only serve challenges and certificates from the shared zone.
  *
- * The leader also publishes challenges into the zone, bumps generation
+ * The lock in the zone (the runner's pid, with a heartbeat) keeps two
+ * processes from running the core at once: on reload the new cache manager
+ * starts before the old one exits, and takes over once the old one has let
+ * go (at exit) or is gone.
+ *
+ * The runner also publishes challenges into the zone, bumps generation
  * numbers when a certificate changes, has the status snapshot rebuilt
  * (ngx_http_acme_status_snapshot.c) and picks up renew requests.
  */
@@ -32,7 +39,7 @@
 #define NGX_HTTP_ACME_TICK_FOLLOWER  1000
 #define NGX_HTTP_ACME_STALE          20
 #define NGX_HTTP_ACME_RETRY_START    30
-#define NGX_HTTP_ACME_EXIT_GRACE     5
+#define NGX_HTTP_ACME_MANAGER_IDLE   (60 * 60 * 1000)
 #define NGX_HTTP_ACME_STORE_CHECK    2
 #define NGX_HTTP_ACME_STORE_BACKOFF  60
 #define NGX_HTTP_ACME_STORE_WATCHED  10
@@ -75,6 +82,8 @@ typedef struct {
 static void ngx_http_acme_tick(ngx_event_t *ev);
 static ngx_int_t ngx_http_acme_runner_start(ngx_cycle_t *cycle);
 static void ngx_http_acme_runner_stop(ngx_uint_t release);
+static ngx_msec_t ngx_http_acme_runner_manager(void *data);
+static void ngx_http_acme_runner_atexit(void);
 static void ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn);
 
 
@@ -82,7 +91,6 @@ static ngx_event_t              ngx_http_acme_tick_ev;
 static ngx_http_acme_runner_t  *ngx_http_acme_runner;
 static ngx_http_acme_zone_t    *ngx_http_acme_zone;
 static time_t                   ngx_http_acme_start_retry;
-static time_t                   ngx_http_acme_exit_deadline;
 
 
 /* acme_host_t */
@@ -1051,37 +1059,12 @@ ngx_http_acme_tick(ngx_event_t *ev)
     pid = (ngx_pid_t) sh->leader;
 
     if (ngx_exiting || ngx_quit || ngx_terminate) {
-
-        /*
-         * a graceful exit (reload): let a request in flight finish, so the
-         * next leader does not repeat what the CA already did (a new order
-         * whose answer we never saw); the new workers wait meanwhile
-         */
-
-        if (!ngx_terminate && pid == ngx_pid && ngx_http_acme_runner
-            && ngx_http_acme_runner->nconns > 0)
-        {
-            if (ngx_http_acme_exit_deadline == 0) {
-                ngx_http_acme_exit_deadline = now + NGX_HTTP_ACME_EXIT_GRACE;
-            }
-
-            if (now < ngx_http_acme_exit_deadline) {
-                sh->heartbeat = now;
-                ev->cancelable = 0;
-                ngx_add_timer(ev, 50);
-                return;
-            }
-        }
-
         ngx_http_acme_runner_stop(1);
         return;
     }
 
     if (pid == ngx_pid) {
         sh->heartbeat = now;
-
-        /* the leader's tick holds a graceful exit until the hand-over */
-        ev->cancelable = 0;
 
         if (ngx_http_acme_runner == NULL
             && now >= ngx_http_acme_start_retry)
@@ -1111,7 +1094,7 @@ ngx_http_acme_tick(ngx_event_t *ev)
     if (ngx_http_acme_runner) {
         /* the lock was taken from us (we looked dead): let go */
         ngx_log_error(NGX_LOG_WARN, ev->log, 0,
-                      "acme: worker %P took over, stopping here", pid);
+                      "acme: process %P took over, stopping here", pid);
         ngx_http_acme_runner_stop(0);
     }
 
@@ -1121,7 +1104,9 @@ ngx_http_acme_tick(ngx_event_t *ev)
         sh->heartbeat = now;
 
         ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
-                      "acme: this worker runs the ACME client%s",
+                      "acme: the ACME client runs in this %s%s",
+                      ngx_process == NGX_PROCESS_HELPER
+                      ? "cache manager process" : "process",
                       pid ? " (took over)" : "");
 
         ngx_http_acme_start_retry = 0;
@@ -1130,12 +1115,10 @@ ngx_http_acme_tick(ngx_event_t *ev)
             ngx_http_acme_start_retry = now + NGX_HTTP_ACME_RETRY_START;
         }
 
-        ev->cancelable = 0;
         ngx_add_timer(ev, NGX_HTTP_ACME_TICK_LEADER);
         return;
     }
 
-    ev->cancelable = 1;
     ngx_add_timer(ev, NGX_HTTP_ACME_TICK_FOLLOWER);
 }
 
@@ -1463,8 +1446,85 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
         (void) ngx_atomic_cmp_set(&ngx_http_acme_zone->sh->leader, ngx_pid,
                                   0);
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                      "acme: ACME client stopped in this worker");
+                      "acme: ACME client stopped in this process");
     }
+}
+
+
+/*
+ * The master spawns the cache manager when a path has a manager callback.
+ * Ours is added after ngx_create_paths() ran (init_module comes later in
+ * ngx_init_cycle): root never creates, chowns or chmods a directory for it;
+ * the name is only a label.
+ */
+
+ngx_int_t
+ngx_http_acme_runner_add_path(ngx_cycle_t *cycle,
+    ngx_http_acme_main_conf_t *amcf)
+{
+    ngx_path_t  *path, **p;
+
+    if (amcf->shm_zone == NULL || amcf->certs.nelts == 0) {
+        return NGX_OK;
+    }
+
+    path = ngx_pcalloc(cycle->pool, sizeof(ngx_path_t));
+    if (path == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&path->name, "acme");
+    path->manager = ngx_http_acme_runner_manager;
+
+    p = ngx_array_push(&cycle->paths);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    *p = path;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Called in the cache manager only (the cache loader, also a helper
+ * process, calls loaders, never managers): the first call starts the
+ * tick; the core then runs on its own timers and connections.
+ */
+
+static ngx_msec_t
+ngx_http_acme_runner_manager(void *data)
+{
+    if (ngx_process == NGX_PROCESS_HELPER && ngx_http_acme_zone
+        && !ngx_http_acme_tick_ev.timer_set && ngx_http_acme_runner == NULL)
+    {
+        ngx_add_timer(&ngx_http_acme_tick_ev, 1);
+    }
+
+    return NGX_HTTP_ACME_MANAGER_IDLE;
+}
+
+
+/*
+ * The cache manager leaves with exit(0) on reload and shutdown, without
+ * exit_process: stop the core here (the key generation thread joins, the
+ * lock is released for the next cache manager). An issuance in flight is
+ * resumed by the next runner from the store's journal and order intents.
+ */
+
+static void
+ngx_http_acme_runner_atexit(void)
+{
+    if (ngx_process != NGX_PROCESS_HELPER || ngx_http_acme_zone == NULL) {
+        return;
+    }
+
+    if (ngx_http_acme_tick_ev.timer_set) {
+        ngx_del_timer(&ngx_http_acme_tick_ev);
+    }
+
+    ngx_http_acme_runner_stop(1);
 }
 
 
@@ -1479,10 +1539,17 @@ ngx_http_acme_runner_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    /* with a master process, workers never run the core */
+
+    if (ngx_process != NGX_PROCESS_SINGLE
+        && ngx_process != NGX_PROCESS_HELPER)
+    {
+        return NGX_OK;
+    }
+
     ngx_http_acme_zone = amcf->shm_zone->data;
     ngx_http_acme_runner = NULL;
     ngx_http_acme_start_retry = 0;
-    ngx_http_acme_exit_deadline = 0;
 
     ngx_memzero(&ngx_http_acme_tick_ev, sizeof(ngx_event_t));
     ngx_http_acme_tick_ev.handler = ngx_http_acme_tick;
@@ -1490,8 +1557,18 @@ ngx_http_acme_runner_init_process(ngx_cycle_t *cycle)
     ngx_http_acme_tick_ev.data = cycle;
     ngx_http_acme_tick_ev.cancelable = 1;
 
-    /* the first look soon, a little apart between workers */
-    ngx_add_timer(&ngx_http_acme_tick_ev, 10 + (ngx_random() % 50));
+    if (ngx_process == NGX_PROCESS_HELPER) {
+        if (atexit(ngx_http_acme_runner_atexit) != 0) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "acme: atexit() failed");
+            return NGX_ERROR;
+        }
+
+        /* the manager callback arms the tick */
+        return NGX_OK;
+    }
+
+    ngx_add_timer(&ngx_http_acme_tick_ev, 10);
 
     return NGX_OK;
 }

@@ -5,7 +5,7 @@
  * The zone is sized at configuration from what bounds the document: the
  * number of certificates, their names and identifiers, the issuers' URLs
  * and the longest error text the core keeps. One buffer takes all of it;
- * the leader rewrites it under the zone's lock only when a manager's
+ * the runner (cache manager) rewrites it under the zone's lock only when a manager's
  * version moved, and acme_status handlers copy it under the same lock.
  * Nothing here blocks: no disk, only a memcpy under a spinlock.
  */
@@ -152,7 +152,7 @@ ngx_http_acme_status_zone_add(ngx_conf_t *cf,
 /*
  * A reload that changes the size (certificates added) makes a new zone:
  * it starts with the old zone's document, still mapped in the master, so
- * acme_status does not go empty until the next leader writes.
+ * acme_status does not go empty until the next runner writes.
  */
 
 static void

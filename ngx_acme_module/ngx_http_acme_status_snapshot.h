@@ -1,6 +1,6 @@
 
 /*
- * The status snapshot: the leader builds one compact JSON document of every
+ * The status snapshot: the runner (cache manager) builds one compact JSON document of every
  * manager's certificates when something in it changed, and keeps it in a
  * shared zone of its own, sized from the configuration, that every worker's
  * acme_status handler copies from. It never takes room from challenges.
@@ -19,7 +19,7 @@
 #include "acme_manager.h"
 
 
-/* the leader's side, per runner */
+/* the runner's side */
 
 typedef struct {
     ngx_shm_zone_t             *zone;

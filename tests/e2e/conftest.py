@@ -49,10 +49,66 @@ def pytest_configure(config):
         def _term(signum, frame):
             raise KeyboardInterrupt("SIGTERM")
         signal.signal(signal.SIGTERM, _term)
+    # make test-asan: the sanitized servers (and acmectl) write their ASan reports to files
+    # that the sanitizer_reports fixture checks after each test.
+    d = harness.sanitizer_logs()
+    if d is not None:
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o1777)     # workers that run as another user write there too
+        for p in d.iterdir():   # an earlier run's reports were shown by that run
+            if p.name.startswith(("asan.", "ubsan.")):
+                p.unlink()
+        # ASan (and LSan) reports go to d/asan.PID. UBSan's own reports ignore log_path when
+        # linked with ASan (gcc 12) and go to stderr, i.e. nginx's error log, where the log
+        # watcher catches "runtime error:" lines; its first check (even a suppressed one) resets
+        # the report path to UBSAN_OPTIONS' log_path, hence the same log_path in both.
+        # nginx's own benign UBSan reports are suppressed (tests/asan/ubsan.supp; nginx is
+        # built with recoverable checks for that). detect_odr_violation=0: every nginx dynamic
+        # module defines ngx_modules and ngx_module_names (dlsym reads them from its handle).
+        # Leaks stay checked (tests/asan/lsan.supp: nginx's own exit-time ones).
+        supp = harness.REPO_ROOT / "tests" / "asan"
+        # use_sigaltstack=0: ASan's thread teardown trips over its own alternate signal stack
+        # after apr_thread_exit() (a false stack-buffer-overflow in every Apache worker thread).
+        for var, extra in (("ASAN_OPTIONS", ["detect_odr_violation=0", "use_sigaltstack=0",
+                                             f"log_path={d / 'asan'}"]),
+                           ("LSAN_OPTIONS", [f"suppressions={supp / 'lsan.supp'}", "print_suppressions=0"]),
+                           ("UBSAN_OPTIONS", ["print_stacktrace=1", "halt_on_error=1",
+                                              f"suppressions={supp / 'ubsan.supp'}",
+                                              f"log_path={d / 'asan'}"])):
+            opts = [o for o in os.environ.get(var, "").split(":") if o]
+            keys = {o.split("=", 1)[0] for o in opts}
+            os.environ[var] = ":".join(opts + [e for e in extra if e.split("=", 1)[0] not in keys])
+        config._sanitizer_seen = set()
 
 
 def pytest_unconfigure(config):
     harness._kill_all_live()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Reports written after the last test's check (a session server's exit) fail the run."""
+    seen = getattr(session.config, "_sanitizer_seen", None)
+    if seen is None:
+        return
+    harness._kill_all_live()
+    new = harness.sanitizer_reports(seen)
+    if new:
+        sys.stderr.write(harness.format_sanitizer_reports(new) + "\n")
+        session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def sanitizer_reports(request):
+    """Fails the test when a sanitized process wrote a report during it. Autouse: set up before
+    procs and server_logs, so checked after every server of the test stopped (LSan reports at exit)."""
+    seen = getattr(request.config, "_sanitizer_seen", None)
+    yield
+    if seen is None:
+        return
+    new = harness.sanitizer_reports(seen)
+    seen.update(new)
+    if new:
+        pytest.fail(harness.format_sanitizer_reports(new), pytrace=False)
 
 
 def _debug_logs(node):

@@ -59,6 +59,66 @@ class HarnessError(Exception):
 # paths / environment
 # --------------------------------------------------------------------------
 
+def sanitizer_logs():
+    """$ACME_SANITIZER_LOGS (set by `make test-asan`): the directory where every sanitized test process
+    writes its ASan/UBSan/LSan reports, or None when the servers are not sanitized."""
+    v = os.environ.get("ACME_SANITIZER_LOGS")
+    return Path(v) if v else None
+
+
+# nginx's own leak when it exits on a configuration error: main() does not destroy its init
+# cycle's pool on that path. Ignored only as a leak whose first frames below the allocator are
+# these (an LSan suppression cannot say "called from main" without matching every allocation).
+IGNORED_LEAKS = [("ngx_memalign", "ngx_create_pool", "main")]
+_FRAME_RE = re.compile(r"^\s+#(\d+) 0x[0-9a-f]+ in (\S+)", re.M)
+
+
+def sanitizer_report_is_error(text):
+    """Whether a sanitizer's report file reports an error (not only IGNORED_LEAKS or, say, the
+    suppressions that LSan used)."""
+    if not SANITIZER_RE.search(text):
+        return False
+    if "ERROR: LeakSanitizer" not in text or re.search(r"ERROR: (?!LeakSanitizer)", text):
+        return True
+    for rec in re.split(r"\n(?=(?:Direct|Indirect) leak of )", text)[1:]:
+        frames = tuple(f for n, f in _FRAME_RE.findall(rec) if n != "0")
+        if not any(frames[:len(ig)] == ig for ig in IGNORED_LEAKS):
+            return True
+    return False
+
+
+def sanitizer_env(leaks=True):
+    """Extra environment for a sanitized server (make test-asan): the ASan runtime and a dlclose()
+    that keeps modules mapped ($ACME_SANITIZER_PRELOAD), so that LSan symbolizes a module's frames
+    at exit and sees what its globals still point to. leaks=False: no leak check at its exit."""
+    v = os.environ.get("ACME_SANITIZER_PRELOAD")
+    env = {"LD_PRELOAD": v} if v else {}
+    if not leaks and sanitizer_logs() is not None:
+        env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    return env
+
+
+def sanitizer_reports(seen=()):
+    """Paths of the report files in sanitizer_logs() not in `seen` that report an error."""
+    d = sanitizer_logs()
+    if d is None or not d.is_dir():
+        return []
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.is_file() and p not in seen and sanitizer_report_is_error(p.read_text(errors="replace")):
+            out.append(p)
+    return out
+
+
+def format_sanitizer_reports(paths, lines=60):
+    out = []
+    for p in paths:
+        text = p.read_text(errors="replace").splitlines()
+        out.append(f"{p}:\n  " + "\n  ".join(text[:lines])
+                   + (f"\n  ... ({len(text) - lines} more lines)" if len(text) > lines else ""))
+    return "sanitizer reports:\n" + "\n".join(out)
+
+
 def build_dir():
     """$ACME_BUILD (relative paths are taken relative to the repo root) or <repo>/build."""
     v = os.environ.get("ACME_BUILD")
@@ -1077,10 +1137,15 @@ def _level_re(levels):
         r"|\[[^\]]*\] \[(?:[\w.-]*:)?(?:%s)\])" % (lv, lv, lv))
 
 
+# A sanitizer's report (make test-asan): UBSan writes to stderr, which nginx sends to its error
+# log. Never allowed; empty `levels` watch a log for these lines only.
+SANITIZER_RE = re.compile(r"runtime error: |^==\d+==ERROR: \w+Sanitizer|^SUMMARY: \w+Sanitizer", re.M)
+
+
 def find_error_lines(path, allowed=(), since=0, levels=DEFAULT_LEVELS):
     """Return the log lines at the given levels that match none of the `allowed`
-    regexes (re.search).  A missing file has no errors."""
-    rx = _level_re(levels)
+    regexes (re.search), and every sanitizer report line.  A missing file has no errors."""
+    rx = _level_re(levels) if levels else None
     allowed_rx = [re.compile(a) if isinstance(a, str) else a for a in allowed]
     try:
         with open(path, "rb") as f:
@@ -1090,7 +1155,8 @@ def find_error_lines(path, allowed=(), since=0, levels=DEFAULT_LEVELS):
         return []
     bad = []
     for line in text.splitlines():
-        if rx.search(line) and not any(a.search(line) for a in allowed_rx):
+        if SANITIZER_RE.search(line) or (
+                rx and rx.search(line) and not any(a.search(line) for a in allowed_rx)):
             bad.append(line)
     return bad
 

@@ -1,6 +1,6 @@
 """nginx with ngx_http_acme_module for the end-to-end tests (helpers and fixtures).
 
-  Nginx            one nginx (Debian's /usr/sbin/nginx) in a temp dir: writes nginx.conf from an
+  Nginx            one nginx ($NGINX_BIN, default Debian's /usr/sbin/nginx) in a temp dir: writes nginx.conf from an
                    http{} body, runs `nginx -t`, starts it in the foreground with 2 workers,
                    reloads, stops; error log checked by the harness's LogWatcher.
   tls_cert()       the certificate a TLS server presents for an SNI name (ssl module, no checks)
@@ -26,6 +26,7 @@ import leakcheck
 from harness import HarnessError, free_port, http_request, openssl, wait_for
 
 NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+NGINX_ENV = harness.sanitizer_env()
 
 
 def module_path():
@@ -91,6 +92,9 @@ class Nginx:
         self.proc = None
         self.write_conf(http_conf)
         self.server_logs.watch(self.error_log, allowed=self.allowed)
+        if harness.sanitizer_logs() is not None:
+            # UBSan reports before nginx redirects stderr to its error log
+            self.server_logs.watch(self.dir / "stdout.log", levels=())
 
     def write_conf(self, http_conf):
         if self.user:
@@ -107,7 +111,8 @@ class Nginx:
     def test_config(self):
         """`nginx -t`: returns (ok, output)."""
         cp = harness.run_cmd([NGINX_BIN, "-t", "-p", self.dir, "-c", self.conf_path,
-                              "-e", self.dir / "test-stderr.log"], timeout=60)
+                              "-e", self.dir / "test-stderr.log"], timeout=60,
+                             env=harness.child_env(NGINX_ENV))
         out = cp.stdout + cp.stderr
         leakcheck.watch_file(self.dir / "test-stderr.log")
         try:
@@ -119,12 +124,19 @@ class Nginx:
     def start(self, wait_port=None, timeout=15):
         self.proc = self.procs.start(
             [NGINX_BIN, "-p", self.dir, "-c", self.conf_path, "-e", self.error_log],
-            name=f"nginx-{self.dir.name}", log_path=self.dir / "stdout.log",
+            name=f"nginx-{self.dir.name}", log_path=self.dir / "stdout.log", env=NGINX_ENV,
             wait_port=wait_port, timeout=timeout)
         return self
 
     def worker_pids(self):
         """pids of the current (non-exiting) worker processes."""
+        return self._child_pids(b"worker process")
+
+    def helper_pids(self):
+        """pids of the current cache manager processes (where the ACME client runs)."""
+        return self._child_pids(b"cache manager process")
+
+    def _child_pids(self, title):
         out = []
         master = self.proc.pid
         for d in os.listdir("/proc"):
@@ -138,7 +150,7 @@ class Nginx:
             except OSError:
                 continue
             if int(rest[1]) == master and rest[0] not in (b"Z", b"X") \
-                    and b"worker process" in cmd and b"shutting down" not in cmd:
+                    and title in cmd and b"shutting down" not in cmd:
                 out.append(int(d))
         return sorted(out)
 

@@ -80,7 +80,7 @@ class NginxNode:
         return self.ng.log_size()
 
     def pids(self):
-        return {self.ng.proc.pid, *self.ng.worker_pids()}
+        return {self.ng.proc.pid, *self.ng.worker_pids(), *self.ng.helper_pids()}
 
     def renew(self, name):
         return https_get(self.ca.tls_port, name, f"/acme?renew={name}", method="POST", host=self.addr).status

@@ -452,9 +452,12 @@ def test_bad_certificate_refused_then_recovers(ctl, proxy, pebble_f, tmp_path, k
     proxy.reset()
     forge = CertForge(pebble_f, tmp_path / "forge")
     transform, rx = _cert_fault(kind, ctl, forge, name)
-    f = proxy.add_fault("certificate", method="POST", transform=transform)
+    # a certificate for another key: the order is given up and a new one placed at once (a CA that
+    # reused the order for another job); refused again, the attempt fails
+    times = 2 if kind == "other-key" else 1
+    f = proxy.add_fault("certificate", method="POST", transform=transform, times=times)
     p = ctl.fails("renew", "--force", *ctl.http, name)
-    assert f.hits == 1
+    assert f.hits == times
     line = one_line(p.stderr, r"^acmectl: (.*)$").group(1)
     assert re.search(rf"certificate from {URL}/certZ/\S+ refused: .*{rx}", line), p.stderr
     assert_unchanged(ctl, name, before)

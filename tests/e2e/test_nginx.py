@@ -150,7 +150,7 @@ def test_reload_and_restart_place_no_new_order(pebble, nginx_factory, tmp_path):
 
     for _ in range(3):
         mark = ng.reload()
-        ng.wait_log(r"acme: this worker runs the ACME client", since=mark, timeout=15)
+        ng.wait_log(r"acme: the ACME client runs in this cache manager process", since=mark, timeout=15)
         for _ in range(6):
             assert tls_verified(https, NAME, roots) == serial
     time.sleep(1.5)
@@ -163,7 +163,7 @@ def test_reload_and_restart_place_no_new_order(pebble, nginx_factory, tmp_path):
     mark = ng.log_size()
     ng.start(wait_port=https)
     assert tls_verified(https, NAME, roots) == serial
-    ng.wait_log(r"acme: this worker runs the ACME client", since=mark, timeout=15)
+    ng.wait_log(r"acme: the ACME client runs in this cache manager process", since=mark, timeout=15)
     time.sleep(1.5)
     assert tls_verified(https, NAME, roots) == serial
     assert pebble.order_count() == 1
@@ -271,26 +271,30 @@ def test_issuer_fallback_when_first_ca_is_down(pebble, nginx_factory, tmp_path):
     assert "issuer \"dead\" failed, trying \"pebble\"" in ng.log_text()
 
 
-def test_leader_killed_another_worker_takes_over(pebble, nginx_factory, tmp_path):
+def test_cache_manager_killed_respawned_takes_over(pebble, nginx_factory, tmp_path):
+    # the ACME client runs in the cache manager, never in a worker; killed, the master respawns it and
+    # the new one takes the lock over
     import os
     import signal as sig
     https = free_port()
     ng = nginx_factory(basic_conf(pebble, tmp_path, https), wait_port=https,
-                       allowed=[r"worker process \d+ exited on signal 9"])
+                       allowed=[r"cache manager process \d+ exited on signal 9"])
     old = wait_issued(https, NAME, pebble)
     leader = wait_for(lambda: status(https, NAME).get("leader_pid"), 10, what="leader pid")
-    assert leader in ng.worker_pids()
+    assert ng.helper_pids() == [leader]
+    assert leader not in ng.worker_pids()
     mark = ng.log_size()
     os.kill(leader, sig.SIGKILL)
-    ng.wait_log(r"acme: this worker runs the ACME client \(took over\)", since=mark, timeout=15)
+    ng.wait_log(r"acme: the ACME client runs in this cache manager process \(took over\)", since=mark,
+                timeout=15)
     new_leader = wait_for(lambda: (lambda p: p if p and p != leader else None)(
         status(https, NAME).get("leader_pid")), 15, what="new leader in status")
-    assert new_leader in ng.worker_pids()
-    # the new leader works: a forced renewal goes through it
+    assert ng.helper_pids() == [new_leader]
+    # the new cache manager works: a forced renewal goes through it
     assert https_get(https, NAME, f"/acme?renew={NAME}", method="POST").status == 202
     roots = pebble.roots(0)
     wait_for(lambda: served_serial(https, NAME, roots) not in (None, old), 30,
-             what="renewal by the new leader")
+             what="renewal by the new cache manager")
     assert pebble.order_count() == 2
 
 
@@ -309,7 +313,7 @@ def test_reload_storm_during_issuance_places_one_order(pebble, nginx_factory, tm
 
 
 def test_rsa_key_made_off_the_worker(pebble, nginx_factory, tmp_path):
-    # an RSA-4096 key takes about a second: the leader worker makes it in a thread and keeps serving;
+    # an RSA-4096 key takes about a second: the cache manager makes it in a thread and keeps running;
     # the certificate still arrives, and nginx never sees a child process it did not start (it would
     # reap it and log "unknown process ... exited", or an alert if it was killed)
     https = free_port()

@@ -1,6 +1,6 @@
 """nginx with acme_storage redis://...: one node against a redis-server of the test's own and a real Pebble.
 Certificates, keys and accounts live in Redis (keys sealed with acme_storage_key); the workers serve from the
-local cache under state_path, which the leader keeps in step with Redis."""
+local cache under state_path, which the cache manager keeps in step with Redis."""
 import os
 import re
 import subprocess
@@ -147,7 +147,7 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     assert cached and all((c.stat().st_mode & 0o777) == 0o600 for c in cached)
 
     # a challenge another node published while this one was not subscribed (no announcement reached it) is
-    # copied from Redis when the leader subscribes again (here: after a reload)
+    # copied from Redis when the ACME client subscribes again (here: after a reload)
     token, sni = "late-" + "L" * 40, "late-alpn.example.org"
     # as the store writes them: the value (signed with the storage key), and the name in its directory's set
     # (the record names the identifier the token is for: it is answered for that Host only)
@@ -185,7 +185,7 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
 
     # withdrawals missed while not subscribed: an announced challenge whose store record is gone (its
     # withdrawal lost) and the tls-alpn-01 one deleted from the store are removed from the zone when the
-    # leader subscribes again (here: its subscription killed); a pending one stays
+    # ACME client subscribes again (here: its subscription killed); a pending one stays
     gone, kept = "gone-" + "G" * 40, "kept-" + "K" * 40
     put("http-01", kept, f"dns {name} {kept}.thumb")
     redis.cli("SADD", "ngx:dir:challenges/http-01", kept)

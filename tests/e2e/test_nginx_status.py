@@ -104,7 +104,7 @@ def many_conf(pebble, state, https, many=MANY):
         server_name {' '.join(FRESH)};
         {' '.join(f'acme_certificate pebble {n};' for n in FRESH)}
         location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}""" + "".join(servers) + "\n"
 
 

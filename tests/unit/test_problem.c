@@ -194,14 +194,15 @@ test_hostile(void **state)
     acme_problem_free(&p);
     acme_buf_free(&b);
 
-    /* a huge detail: truncated; control characters replaced */
+    /* a huge detail: truncated (at 4096 bytes: Let's Encrypt's paused-account detail ends with the
+     * unpause URL after a list of names); control characters replaced */
     acme_buf_printf(&b, "{\"detail\": \"line1\\nline2\\u0001\\u001b[31m");
     for (i = 0; i < 100000; i++) {
         acme_buf_append(&b, "x", 1);
     }
     acme_buf_printf(&b, "\"}");
     assert_int_equal(acme_problem_parse(b.data, b.len, &p, NULL), 0);
-    assert_true(strlen(p.detail) <= 1024);
+    assert_true(strlen(p.detail) <= 4096 && strlen(p.detail) > 2048);
     assert_memory_equal(p.detail, "line1 line2??[31m", 17);
     for (i = 0; p.detail[i]; i++) {
         assert_true((unsigned char) p.detail[i] >= 0x20);
@@ -211,13 +212,13 @@ test_hostile(void **state)
 
     /* truncation does not split a UTF-8 sequence */
     acme_buf_printf(&b, "{\"detail\": \"");
-    for (i = 0; i < 2000; i++) {
+    for (i = 0; i < 3000; i++) {
         acme_buf_append(&b, "\xc3\xa9", 2);
     }
     acme_buf_printf(&b, "x\"}");
     assert_int_equal(acme_problem_parse(b.data, b.len, &p, NULL), 0);
     assert_int_equal(strlen(p.detail) % 2, 0);
-    assert_true(strlen(p.detail) <= 1024);
+    assert_true(strlen(p.detail) <= 4096);
     acme_problem_free(&p);
     acme_buf_free(&b);
 
@@ -232,6 +233,42 @@ test_hostile(void **state)
     acme_buf_free(&b);
 }
 
+/* Let's Encrypt's paused account: a long list of names, the unpause URL last. The error message (which
+ * is prefixed twice on its way to the log) keeps the URL whole. */
+static void
+test_paused_keeps_url(void **state)
+{
+    acme_buf_t       b = { NULL, 0, 0 };
+    acme_problem_t   p;
+    acme_err_t       err;
+    size_t           i;
+    const char      *url = "https://portal.letsencrypt.org/sfe/v1/unpause?jwt=eyJhbGciOiJIUzI1NiJ9."
+                           "eyJhcGlWZXJzaW9uIjoidjEiLCJpZGVudGlmaWVycyI6ImEsYixjIn0.c2lnbmF0dXJl";
+    (void) state;
+
+    acme_buf_printf(&b, "{\"type\": \"urn:ietf:params:acme:error:rateLimited\", \"status\": 429, "
+                    "\"detail\": \"Your account is temporarily prevented from requesting certificates for ");
+    for (i = 0; i < 40; i++) {
+        acme_buf_printf(&b, "%sname-number-%02zu.a-rather-long-subdomain.example.org", i ? ", " : "", i);
+    }
+    acme_buf_printf(&b, " and possibly others. Please visit: %s\"}", url);
+    assert_int_equal(acme_problem_parse(b.data, b.len, &p, NULL), 0);
+    assert_non_null(strstr(p.detail, url));
+    acme_problem_to_err(&p, "newOrder", &err);
+    acme_err_prefix(&err, "certificate \"%s\"", "name-number-00.a-rather-long-subdomain.example.org");
+    acme_err_prefix(&err, "issuing");
+    assert_int_equal(err.kind, ACME_ERR_RATELIMIT);
+    assert_true(strlen(err.msg) < sizeof(err.msg));
+    assert_true(strlen(err.msg) > sizeof(err.msg) / 2);
+    /* the head and the end both kept, the middle cut */
+    assert_memory_equal(err.msg, "issuing: certificate", 20);
+    assert_non_null(strstr(err.msg, " ... "));
+    assert_non_null(strstr(err.msg, url));
+    assert_string_equal(err.msg + strlen(err.msg) - strlen(url), url);
+    acme_problem_free(&p);
+    acme_buf_free(&b);
+}
+
 int
 main(void)
 {
@@ -242,6 +279,7 @@ main(void)
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_not_object),
         cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_paused_keeps_url),
     };
 
     return cmocka_run_group_tests_name("problem", tests, NULL, NULL);

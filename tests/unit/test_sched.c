@@ -169,6 +169,11 @@ test_backoff_ratelimit(void **state)
     d = acme_sched_backoff(ACME_ERR_RATELIMIT, 1, 100000000L, 0.0);
     assert_int_equal(d, 30 * DAY);
     assert_int_equal(acme_sched_backoff(ACME_ERR_CA, 1, -5, 0.5), 300);
+    /* refused again and again with no end given (a paused account): daily from the 3rd time */
+    assert_int_equal(acme_sched_backoff(ACME_ERR_RATELIMIT, 2, 0, 0.0), 3600);
+    assert_int_equal(acme_sched_backoff(ACME_ERR_RATELIMIT, 3, 0, 0.0), DAY);
+    assert_int_equal(acme_sched_backoff(ACME_ERR_RATELIMIT, 30, 0, 0.0), DAY);
+    assert_int_equal(acme_sched_backoff(ACME_ERR_RATELIMIT, 3, 60, 0.0), 3600);
 }
 
 static void
@@ -187,7 +192,7 @@ test_backoff_bounds(void **state)
                 d = acme_sched_backoff(kinds[k], f, 0, rnd);
                 assert_true(d >= 1);
                 if (kinds[k] == ACME_ERR_RATELIMIT) {
-                    assert_true(d >= 3600 && d <= 4320);
+                    assert_true(f >= 3 ? d >= DAY && d <= DAY * 12 / 10 : d >= 3600 && d <= 4320);
                 } else {
                     assert_true(d >= base * 8 / 10 - 1);
                     assert_true(d <= base * 12 / 10 + 1);

@@ -1378,6 +1378,57 @@ test_challenges(void **state)
     assert_int_equal(acme_store_challenge_put(f->st, "http-01", tok, &dns, "K A", &err), -1);
 }
 
+/* One text of a challenge: what a record holds is what an announcement carries after "a TYPE KEY ". */
+static void
+test_challenge_text(void **state)
+{
+    fixture_t             *f = *state;
+    acme_err_t             err;
+    acme_challenge_msg_t   m;
+    acme_ident_t           ip = { ACME_IDENT_IP, "1.2.3.4" };
+    acme_ident_type_t      type;
+    char                  *raw, *text, *msg, *value, *ka;
+    size_t                 len, i;
+    const char            *sni = "4.3.2.1.in-addr.arpa";
+    static const char     *bad[] = { "", "dns", "dns a.example", "foo a.example k.a", "DNS a.example k.a", NULL };
+
+    text = acme_store_challenge_text(&ip, "k.a");
+    assert_non_null(text);
+    assert_string_equal(text, "ip 1.2.3.4 k.a");
+
+    /* the record put writes */
+    assert_int_equal(acme_store_challenge_put(f->st, "tls-alpn-01", sni, &ip, "k.a", &err), 0);
+    assert_int_equal(acme_store_get(f->st, "challenges/tls-alpn-01/4.3.2.1.in-addr.arpa", &raw, &len, &err), 0);
+    assert_string_equal(raw, text);
+
+    /* read back as an announcement */
+    msg = acme_sprintf("a tls-alpn-01 %s %s", sni, raw);
+    assert_non_null(msg);
+    assert_int_equal(acme_store_challenge_msg_parse(msg, &m, &err), 0);
+    assert_true(m.add);
+    assert_int_equal(m.id.type, ACME_IDENT_IP);
+    assert_string_equal(m.id.value, "1.2.3.4");
+    assert_string_equal(m.key_authz, "k.a");
+    acme_store_challenge_msg_free(&m);
+    free(msg);
+    free(raw);
+
+    /* split undoes it in place */
+    assert_int_equal(acme_store_challenge_text_split(text, &type, &value, &ka), 0);
+    assert_int_equal(type, ACME_IDENT_IP);
+    assert_string_equal(value, "1.2.3.4");
+    assert_string_equal(ka, "k.a");
+    free(text);
+    for (i = 0; bad[i] != NULL; i++) {
+        text = strdup(bad[i]);
+        assert_non_null(text);
+        if (acme_store_challenge_text_split(text, &type, &value, &ka) == 0) {
+            fail_msg("split \"%s\"", bad[i]);
+        }
+        free(text);
+    }
+}
+
 /* A store whose certificate is renewed between two reads (the first N reads of fullchain.pem see the
  * old one, later reads the new one; privkey.pem is always the new key). */
 static int torn_reads;
@@ -1455,6 +1506,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_cert_save_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_account, setup, teardown),
         cmocka_unit_test_setup_teardown(test_challenges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_challenge_text, setup, teardown),
     };
 
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
