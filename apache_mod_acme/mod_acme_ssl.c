@@ -424,8 +424,8 @@ build_certs(apr_pool_t *p, server_rec *base)
                 if (!same) {
                     ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0034)
                                  "ACMECertificate (%s): certificate '%s' is already configured with other "
-                                 "names (%s) by %s:%u", sc->cert_directive ? sc->cert_directive : "?",
-                                 name, ident_list(p, c), c->s->server_hostname, c->s->port);
+                                 "names (%s) by %s", sc->cert_directive ? sc->cert_directive : "?",
+                                 name, ident_list(p, c), mod_acme_vhost_id(p, c->s));
                     free(name);
                     return -1;
                 }

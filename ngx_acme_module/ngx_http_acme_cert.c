@@ -949,9 +949,17 @@ ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * What a handshake gets while the certificate is not issued: our self-signed
+ * fallback, or the server's own ssl_certificate files when they come before
+ * acme_certificate (a migration), which then stay in its SSL_CTX.
+ */
+
 static void
-ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc)
+ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc, ngx_uint_t own_files)
 {
+    char             *what;
+    ngx_uint_t        level;
     acme_err_t        err;
     acme_certmeta_t   meta;
     acme_store_t     *st;
@@ -962,19 +970,22 @@ ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc)
 
     ngx_memzero(&meta, sizeof(acme_certmeta_t));
 
+    what = own_files ? "the server's ssl_certificate files"
+                     : "the self-signed fallback certificate";
+    level = own_files ? NGX_LOG_NOTICE : NGX_LOG_WARN;
+
     if (st && acme_store_meta_load(st, wc->conf->name, &meta, &err) == 0
         && meta.last_error)
     {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "acme: serving the self-signed fallback certificate "
-                      "for \"%s\": no certificate yet, last attempt failed: "
-                      "%s", wc->conf->name, meta.last_error);
+                      "acme: serving %s for \"%s\": no certificate yet, last "
+                      "attempt failed: %s", what, wc->conf->name,
+                      meta.last_error);
 
     } else {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "acme: serving the self-signed fallback certificate "
-                      "for \"%s\": no certificate issued yet",
-                      wc->conf->name);
+        ngx_log_error(level, ngx_cycle->log, 0,
+                      "acme: serving %s for \"%s\": no certificate issued "
+                      "yet", what, wc->conf->name);
     }
 
     acme_certmeta_free(&meta);
@@ -1043,7 +1054,7 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 
         if (wc->leaf == NULL) {
             if (!wc->fallback_logged) {
-                ngx_http_acme_log_fallback(wc);
+                ngx_http_acme_log_fallback(wc, !ascf->injected);
             }
 
             continue;

@@ -25,6 +25,7 @@
 
 #include "acme_directory.h"
 #include "acme_store.h"
+#include "acme_x509.h"
 
 
 /* a CA that does not answer within this does not hold up "nginx -t" */
@@ -298,6 +299,83 @@ ngx_http_acme_b64url_valid(u_char *p, size_t len)
     }
 
     return 1;
+}
+
+
+/*
+ * The CA roots for the issuer's own TLS: read and parsed at configuration
+ * time (as Apache does), so that "nginx -t" refuses a file that is not PEM
+ * instead of every later request to the CA failing.
+ */
+
+static ngx_int_t
+ngx_http_acme_trusted_pem(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *path)
+{
+    u_char           *buf;
+    size_t            size, got;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_err_t         e;
+    acme_err_t        err;
+    ngx_file_info_t   fi;
+    STACK_OF(X509)   *chain;
+
+    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "invalid \"ssl_trusted_certificate\" \"%V\" "
+                           "in acme_issuer \"%V\": cannot open the file",
+                           path, &iss->name);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)
+        || ngx_file_size(&fi) > 4 * 1024 * 1024)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"ssl_trusted_certificate\" \"%V\" "
+                           "in acme_issuer \"%V\": not a regular file of "
+                           "at most 4 MiB", path, &iss->name);
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    size = (size_t) ngx_file_size(&fi);
+
+    buf = ngx_pnalloc(cf->temp_pool, size + 1);
+    if (buf == NULL) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    for (got = 0; got < size; got += n) {
+        n = read(fd, buf + got, size - got);
+        if (n <= 0) {
+            e = ngx_errno;
+            ngx_close_file(fd);
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, n < 0 ? e : 0,
+                               "invalid \"ssl_trusted_certificate\" \"%V\" "
+                               "in acme_issuer \"%V\": cannot read the file",
+                               path, &iss->name);
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_close_file(fd);
+
+    chain = NULL;
+    if (acme_pem_chain_parse((char *) buf, size, &chain, &err) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"ssl_trusted_certificate\" \"%V\" "
+                           "in acme_issuer \"%V\": no PEM certificates: %s",
+                           path, &iss->name, err.msg);
+        return NGX_ERROR;
+    }
+
+    acme_chain_free(chain);
+
+    return NGX_OK;
 }
 
 
@@ -823,13 +901,7 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_ERROR;
         }
 
-        if (ngx_file_info(key.data, &fi) == NGX_FILE_ERROR
-            || !ngx_is_file(&fi))
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                               "invalid \"ssl_trusted_certificate\" \"%V\" "
-                               "in acme_issuer \"%V\"", &value[1],
-                               &iss->name);
+        if (ngx_http_acme_trusted_pem(cf, iss, &key) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
 
