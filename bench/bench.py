@@ -59,6 +59,7 @@ if not OUT.is_absolute():
 HSBENCH = BUILD / "bench" / "hsbench"
 GENCERTS = BUILD / "bench" / "gencerts"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+CADDY = shutil.which("caddy") or "/usr/bin/caddy"
 
 
 def env_int(name, default):
@@ -454,6 +455,89 @@ def nginx_error_lines(ng):
 
 
 # --------------------------------------------------------------------------
+# Caddy (Debian's caddy 2.6) as a peer: its own ACME client against the same Pebble
+# --------------------------------------------------------------------------
+
+def caddy_available():
+    return Path(CADDY).is_file()
+
+
+def caddy_leaf_key(pem_path):
+    cp = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(pem_path)],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    m = re.search(r"Public Key Algorithm: (\S+)", cp.stdout)
+    return m.group(1) if m else None
+
+
+class Caddy:
+    """caddy run with a Caddyfile of its own: Pebble as the only CA (acme_ca) trusted through
+    acme_ca_root, Pebble's challenge ports as http_port/https_port (so both http-01 and tls-alpn-01
+    validate, whichever Caddy picks), storage, config and HOME in a fresh directory, no admin
+    endpoint. body: the site block's body; static: (fullchain, key) served instead of issuing;
+    fresh=False keeps the directory (and the certificate stored there by an earlier run)."""
+
+    def __init__(self, env, name, site_name, body, static=None, http_port=None, https_port=None,
+                 fresh=True):
+        self.env = env
+        self.dir = env.work / name
+        if fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        (self.dir / "config").mkdir(exist_ok=True)
+        pb = env.pebble
+        self.http_port = http_port or pb.http_port
+        self.https_port = https_port or pb.tls_port
+        tls = f"\ttls {static[0]} {static[1]}\n" if static else ""
+        (self.dir / "Caddyfile").write_text(f"""{{
+\tadmin off
+\tstorage file_system {{
+\t\troot {self.dir}/data
+\t}}
+\tacme_ca {pb.directory_url}
+\tacme_ca_root {pb.ca_cert}
+\temail admin@example.org
+\thttp_port {self.http_port}
+\thttps_port {self.https_port}
+\tskip_install_trust
+\tocsp_stapling off
+\tauto_https disable_redirects
+\tlog {{
+\t\tlevel WARN
+\t}}
+}}
+{site_name} {{
+{tls}{body}}}
+""")
+        self.proc = None
+
+    def start(self):
+        self.proc = self.env.procs.start(
+            [CADDY, "run", "--config", self.dir / "Caddyfile", "--adapter", "caddyfile"],
+            name="caddy", log_path=self.dir / "caddy.log",
+            env={"HOME": self.dir, "XDG_DATA_HOME": self.dir / "data",
+                 "XDG_CONFIG_HOME": self.dir / "config"})
+        return self.proc
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def cert_files(self, name):
+        """The certificate and key Caddy stored for name (certmagic's layout)."""
+        crt = list((self.dir / "data").glob(f"certificates/*/{name}/{name}.crt"))
+        if not crt:
+            return None
+        return crt[0], crt[0].with_suffix(".key")
+
+    def log_tail(self, n=3000):
+        try:
+            return self.proc.log_text()[-n:] if self.proc else ""
+        except Exception:  # noqa: BLE001
+            return ""
+
+
+# --------------------------------------------------------------------------
 # scenario 1: handshake cost
 # --------------------------------------------------------------------------
 
@@ -502,9 +586,23 @@ def scenario_handshake_nginx(env):
 """
         return c
 
+    roots = pb.roots(0)
+    cd = None
+    if caddy_available():
+        # Caddy gets its certificate from Pebble first (it needs Pebble's challenge ports), then is
+        # restarted on free ports, serving the certificate it stored
+        cname = "hsc.bench.example.org"
+        cd = Caddy(env, "caddy-hs", cname, '\trespond "ok" 200\n')
+        cd.start()
+        try:
+            _wait_served(cd.proc, cd.https_port, cname, roots, timeout=60)
+        except HarnessError as e:
+            raise HarnessError(f"caddy: {e}\n{cd.log_tail()}") from None
+        cd.stop()
+        cd = Caddy(env, "caddy-hs", cname, '\trespond "ok" 200\n', http_port=free_port(),
+                   https_port=free_port(), fresh=False)
     ng = new_nginx(env, "ngx-hs", conf(False))
     ng.start(wait_port=pa)
-    roots = pb.roots(0)
     wait_for(lambda: served_verified(pa, name, roots), 60, 0.1, "the managed certificate")
     ng.stop()
     for f in ("fullchain.pem", "privkey.pem"):
@@ -515,19 +613,37 @@ def scenario_handshake_nginx(env):
     want = pem_leaf_sha256(static_dir / "fullchain.pem")
     for port in (pa, pbp, pc):
         wait_for(lambda: leaf_sha256(port, name) == want, 15, 0.1, f"the issued certificate on {port}")
-    log(f"nginx handshakes: managed :{pa}, static :{pbp}, variable :{pc}")
-    res = measure_alternating([("managed", pa, name, ng.proc.pid), ("static", pbp, name, ng.proc.pid),
-                               ("variable", pc, name, ng.proc.pid)], HS_SECONDS, HS_ROUNDS)
+    variants = [("managed", pa, name, ng.proc.pid), ("static", pbp, name, ng.proc.pid),
+                ("variable", pc, name, ng.proc.pid)]
+    caddy_want = None
+    if cd:
+        cd.start()
+        cd.proc.wait_port(cd.https_port, timeout=15)
+        pin_group(cd.proc.pid, SERVER_CPUS)
+        crt, _ = cd.cert_files(cname)
+        caddy_want = pem_leaf_sha256(crt)
+        wait_for(lambda: leaf_sha256(cd.https_port, cname) == caddy_want, 15, 0.1, "caddy's certificate")
+        variants.append(("caddy", cd.https_port, cname, cd.proc.pid))
+    log("nginx handshakes: " + ", ".join(f"{v[0]} :{v[1]}" for v in variants))
+    res = measure_alternating(variants, HS_SECONDS, HS_ROUNDS)
     for k, v in res.items():
-        if v["leaf_sha256"] != want:
+        if v["leaf_sha256"] != (caddy_want if k == "caddy" else want):
             raise HarnessError(f"{k}: served another certificate than the issued one")
     st, mg, va = res["static"], res["managed"], res["variable"]
     out = {"variants": res,
+           "key_types": {"nginx": caddy_leaf_key(static_dir / "fullchain.pem")},
            "managed_static_rate_ratio": ratio(mg["rate"], st["rate"]),
            "variable_static_rate_ratio": ratio(va["rate"], st["rate"]),
            "managed_static_cpu_ratio": ratio(st["server_cpu_us_per_hs"], mg["server_cpu_us_per_hs"]),
            "variable_static_cpu_ratio": ratio(st["server_cpu_us_per_hs"], va["server_cpu_us_per_hs"]),
            "errors": nginx_error_lines(ng)}
+    if "caddy" in res:
+        cv = res["caddy"]
+        out["key_types"]["caddy"] = caddy_leaf_key(crt)
+        # CPU efficiency of nginx's managed certificate against Caddy's (> 1: nginx cheaper)
+        out["managed_caddy_cpu_ratio"] = ratio(cv["server_cpu_us_per_hs"], mg["server_cpu_us_per_hs"])
+        out["managed_caddy_rate_ratio"] = ratio(mg["rate"], cv["rate"])
+        cd.stop()
     ng.stop()
     return out
 
@@ -820,6 +936,27 @@ def ttc_mod_md(env, i):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def ttc_caddy(env, i):
+    pb = env.pebble
+    name = f"ttc-caddy-{i}.bench.example.org"
+    cd = Caddy(env, f"caddy-ttc-{i}", name, '\trespond "ok" 200\n')
+    roots = pb.roots(0)
+    mark = pb.mark()
+    t0 = time.monotonic()
+    cd.start()
+    try:
+        try:
+            t1 = _wait_served(cd.proc, cd.https_port, name, roots)
+        except HarnessError as e:
+            raise HarnessError(f"{e}\n{cd.log_tail()}") from None
+        time.sleep(0.5)
+        return {"seconds": round(t1 - t0, 3), "requests": pebble_requests(pb, mark),
+                "orders": pb.order_count(mark)}
+    finally:
+        cd.stop()
+        shutil.rmtree(cd.dir, ignore_errors=True)
+
+
 def summarize_ttc(runs):
     secs = [r["seconds"] for r in runs]
     req_totals = [sum(r["requests"].values()) for r in runs]
@@ -833,7 +970,8 @@ def summarize_ttc(runs):
 
 def scenario_ttc(env, servers):
     out = {}
-    fns = {"nginx": ttc_nginx, "apache_mod_acme": ttc_mod_acme, "apache_mod_md": ttc_mod_md}
+    fns = {"nginx": ttc_nginx, "apache_mod_acme": ttc_mod_acme, "apache_mod_md": ttc_mod_md,
+           "caddy": ttc_caddy}
     runs = {s: [] for s in servers}
     errors = {}
     for i in range(TTC_RUNS):
@@ -1481,7 +1619,8 @@ def main():
             else:
                 S["handshake_apache"] = {"status": "skipped", "error": "build/mod_acme.so not built"}
         if "ttc" in ONLY:
-            servers = ["nginx"] + (["apache_mod_acme"] if have_apache else []) + ["apache_mod_md"]
+            servers = (["nginx"] + (["apache_mod_acme"] if have_apache else []) + ["apache_mod_md"]
+                       + (["caddy"] if caddy_available() else []))
 
             def ttc():
                 res, errors = scenario_ttc(env, servers)
