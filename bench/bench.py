@@ -7,7 +7,7 @@ processes or the same Pebble. Results: build/bench/results.json, build/bench/res
 stdout. The exit status is non-zero only when a scenario could not run; no timing is asserted.
 
 Environment (defaults in brackets):
-  BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,scale,idle]; also
+  BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,blocking,scale,idle]; also
                         apache_reload (not in the default list)
   BENCH_HS_SECONDS      seconds per handshake measurement [3]
   BENCH_HS_ROUNDS       alternating rounds per variant [4]
@@ -22,6 +22,9 @@ Environment (defaults in brackets):
   BENCH_IDLE_SECONDS    idle measurement with 1,000 managed certificates [60]
   BENCH_RELOAD_CERTS    stored certificates in the apache_reload scenario [1000]
   BENCH_RELOAD_RENEWALS renewals measured there [5]
+  BENCH_BLOCK_SECONDS   length of each load phase of the blocking scenario [15]
+  BENCH_BLOCK_RATE      its request rate (open loop, one full handshake per request) [50]
+  BENCH_BLOCK_CERTS     certificates issued under load there [50]
   BENCH_OUT             output directory [build/bench]
 """
 
@@ -89,7 +92,10 @@ STORED = [int(x) for x in os.environ.get("BENCH_STORED", "1000,10000").split(","
 IDLE_SECONDS = env_float("BENCH_IDLE_SECONDS", 60)
 RELOAD_CERTS = env_int("BENCH_RELOAD_CERTS", 1000)
 RELOAD_RENEWALS = env_int("BENCH_RELOAD_RENEWALS", 5)
-ONLY = [x.strip() for x in os.environ.get("BENCH_ONLY", "handshake,ttc,swap,scale,idle").split(",")
+BLOCK_SECONDS = env_float("BENCH_BLOCK_SECONDS", 15)
+BLOCK_RATE = env_float("BENCH_BLOCK_RATE", 50)
+BLOCK_CERTS = env_int("BENCH_BLOCK_CERTS", 50)
+ONLY = [x.strip() for x in os.environ.get("BENCH_ONLY", "handshake,ttc,swap,blocking,scale,idle").split(",")
         if x.strip()]
 
 NCPU = os.cpu_count() or 1
@@ -1089,6 +1095,171 @@ def scenario_swap(env):
 
 
 # --------------------------------------------------------------------------
+# scenario 7: does the module block the worker that serves traffic?
+# --------------------------------------------------------------------------
+
+def hsbench_start(port, sni, seconds, rate=BLOCK_RATE, threads=8):
+    """Open-loop load in the background (one full handshake + GET per connection); latencies count from
+    each request's scheduled start. hsbench_finish() ends it early (SIGINT) and reads its JSON."""
+    args = [HSBENCH, "-p", port, "-s", sni, "-c", threads, "-t", seconds, "-r", rate]
+    return subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_client_preexec, env=harness.child_env())
+
+
+def hsbench_finish(p, stop=False, timeout=120):
+    if stop:
+        p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=timeout)
+    if p.returncode != 0:
+        raise HarnessError(f"hsbench failed: {err.decode(errors='replace')}")
+    r = json.loads(out)
+    return {k: r[k] for k in ("handshakes", "errors", "seconds", "rate", "lat_p50_ms", "lat_p99_ms",
+                              "lat_p999_ms", "lat_max_ms", "n_over_50ms", "n_over_1s", "first_error")}
+
+
+def _block_compare(idle, busy):
+    return {"idle": idle, "busy": busy,
+            "worst_ms": busy["lat_max_ms"], "p99_ms": busy["lat_p99_ms"],
+            "p99_ratio": ratio(busy["lat_p99_ms"], idle["lat_p99_ms"], 2),
+            "worst_ratio": ratio(busy["lat_max_ms"], idle["lat_max_ms"], 2)}
+
+
+def scenario_blocking_redis(env):
+    """(a) worker_processes 1, acme_storage redis:// to a redis-server that is then paused (SIGSTOP: the
+    kernel still accepts connections, nothing answers): steady load while a forced renewal is posted every
+    second, against the same load with Redis answering and nothing due."""
+    import leakcheck
+    pb = env.pebble
+    name = "blk-redis.bench.example.org"
+    https = free_port()
+    rdir = env.work / "blk-redis"
+    redis = harness.RedisServer(rdir).start()
+    key = rdir / "storage.key"
+    key.write_bytes(leakcheck.STORAGE_KEY)
+    key.chmod(0o600)
+    conf = (f"acme_storage {redis.url()} prefix=bench;\nacme_storage_key {key};\n"
+            + issuer_block("pebble", pb, env.work / "blk-redis-state") + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
+    }}
+""")
+    ng = new_nginx(env, "ngx-blk-redis", conf, workers=1)
+    stopped = False
+    try:
+        ng.start(wait_port=https)
+        pin_group(ng.proc.pid, SERVER_CPUS)
+        roots = pb.roots(0)
+        wait_for(lambda: served_verified(https, name, roots), 60, 0.1, "the certificate (Redis store)")
+        time.sleep(1.0)
+        hsbench_finish(hsbench_start(https, name, 2))            # warm-up
+        log(f"blocking (a): idle load {BLOCK_SECONDS:.0f} s")
+        idle = hsbench_finish(hsbench_start(https, name, BLOCK_SECONDS))
+        log(f"blocking (a): Redis paused, a forced renewal every second, load {BLOCK_SECONDS:.0f} s")
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        stopped = True
+        load = hsbench_start(https, name, BLOCK_SECONDS)
+        t_end = time.monotonic() + BLOCK_SECONDS - 1
+        posts = []
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            try:
+                r = nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST", timeout=10)
+                posts.append({"status": r.status, "ms": round((time.monotonic() - t0) * 1000, 1)})
+            except Exception as e:  # noqa: BLE001
+                posts.append({"error": f"{type(e).__name__}: {e}"[:120],
+                              "ms": round((time.monotonic() - t0) * 1000, 1)})
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+        busy = hsbench_finish(load)
+        out = _block_compare(idle, busy)
+        out["renew_posts"] = posts
+        out["errors"] = nginx_error_lines(ng)
+        return out
+    finally:
+        if stopped:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        ng.stop()
+        redis.stop()
+
+
+def scenario_blocking_issue(env):
+    """(b) worker_processes 1, file store: steady load on one name already issued while BLOCK_CERTS other
+    server blocks are issued from Pebble, against the same load once they are all stored (nothing due)."""
+    pb = env.pebble
+    name = "blk-load.bench.example.org"
+    fmt = "blk%d.bench.example.org"
+    https = free_port()
+    state = env.work / "blk-issue-state"
+    head = issuer_block("pebble", pb, state) + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+    many = "".join(f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {fmt % i};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+""" for i in range(BLOCK_CERTS))
+    roots = pb.roots(0)
+    ng = new_nginx(env, "ngx-blk-issue", head, workers=1)
+    try:
+        ng.start(wait_port=https)
+        wait_for(lambda: served_verified(https, name, roots), 60, 0.1, "the load name's certificate")
+        ng.stop()
+        ng.write_conf(NGX_HTTP_EXTRA + head + many)
+
+        def stored():
+            return sum((state / "certs" / (fmt % i) / "fullchain.pem").is_file() for i in range(BLOCK_CERTS))
+        log(f"blocking (b): {BLOCK_CERTS} certificates issued under load")
+        ng.start(wait_port=https)
+        pin_group(ng.proc.pid, SERVER_CPUS)
+        t0 = time.monotonic()
+        load = hsbench_start(https, name, 300)
+        try:
+            wait_for(lambda: stored() == BLOCK_CERTS, 120, 0.05, f"{BLOCK_CERTS} certificates stored")
+        finally:
+            took = time.monotonic() - t0
+            busy = hsbench_finish(load, stop=True)
+        for i in (0, BLOCK_CERTS - 1):
+            wait_for(lambda: served_verified(https, fmt % i, roots), 30, 0.1, f"{fmt % i} served")
+        time.sleep(1.0)
+        log(f"blocking (b): idle load {max(took, 5):.0f} s")
+        idle = hsbench_finish(hsbench_start(https, name, max(took, 5)))
+        out = _block_compare(idle, busy)
+        out["certificates"] = BLOCK_CERTS
+        out["issuance_s"] = round(took, 2)
+        out["errors"] = nginx_error_lines(ng)
+        return out
+    finally:
+        ng.stop()
+
+
+def scenario_blocking(env):
+    return {"redis_paused": scenario_blocking_redis(env), "issuing": scenario_blocking_issue(env)}
+
+
+# --------------------------------------------------------------------------
 # scenario 4: scale, and 5: idle
 # --------------------------------------------------------------------------
 
@@ -1392,6 +1563,11 @@ def build_table(R):
             f"{h['managed_static_rate_ratio']} | {h['managed_static_cpu_ratio']}", ">= 0.98")
         add("1 handshake nginx", "variable/static (rate | CPU efficiency)",
             f"{h['variable_static_rate_ratio']} | {h['variable_static_cpu_ratio']}")
+        if "caddy" in v:
+            add("1 handshake nginx", "caddy (own Pebble cert): handshakes/s | server CPU us/handshake",
+                f"{v['caddy']['rate']:.0f} | {v['caddy']['server_cpu_us_per_hs']}")
+            add("1 handshake nginx", "nginx managed/caddy (rate | CPU efficiency)",
+                f"{h['managed_caddy_rate_ratio']} | {h['managed_caddy_cpu_ratio']}")
     elif h.get("status"):
         add("1 handshake nginx", "status", h.get("status") + ": " + h.get("error", "")[:80])
     h = S.get("handshake_apache", {})
@@ -1407,7 +1583,7 @@ def build_table(R):
         add("1 handshake apache", "status", h.get("status") + ": " + h.get("error", "")[:80])
     t = S.get("ttc", {})
     for s, label in (("nginx", "nginx + module"), ("apache_mod_acme", "apache + mod_acme"),
-                     ("apache_mod_md", "apache + mod_md (staged)")):
+                     ("apache_mod_md", "apache + mod_md (staged)"), ("caddy", "caddy 2.6")):
         x = t.get(s)
         if not x:
             continue
@@ -1424,6 +1600,9 @@ def build_table(R):
     if t.get("nginx", {}).get("median_s") and t.get("apache_mod_md", {}).get("median_s"):
         add("2 time to cert", "nginx/mod_md time ratio",
             ratio(t["nginx"]["median_s"], t["apache_mod_md"]["median_s"]), "<= 1")
+    if t.get("nginx", {}).get("median_s") and t.get("caddy", {}).get("median_s"):
+        add("2 time to cert", "nginx/caddy time ratio", ratio(t["nginx"]["median_s"], t["caddy"]["median_s"]),
+            "<= 0.6")
     if t.get("apache_mod_acme", {}).get("median_s") and t.get("apache_mod_md", {}).get("median_s"):
         add("2 time to cert", "mod_acme/mod_md time ratio",
             ratio(t["apache_mod_acme"]["median_s"], t["apache_mod_md"]["median_s"]), "<= 1")
@@ -1439,6 +1618,16 @@ def build_table(R):
         g2 = list(w["rss_growth_kib_per_worker_next_swaps"].values())
         add("3 hot swap", f"worker RSS growth KiB: {w['swaps']} swaps under load | {w['swaps']} more",
             f"{g} | {g2}", "no growth")
+    b = S.get("blocking", {})
+    for k, label in (("redis_paused", "Redis paused, renewals posted"),
+                     ("issuing", f"{b.get('issuing', {}).get('certificates', '')} certs issued")):
+        x = b.get(k)
+        if not x:
+            continue
+        add("7 blocking", f"{label}: p99 ms idle | busy | ratio",
+            f"{x['idle']['lat_p99_ms']} | {x['busy']['lat_p99_ms']} | {x['p99_ratio']}", "ratio <= 1.2")
+        add("7 blocking", f"{label}: worst ms idle | busy; requests > 1 s",
+            f"{x['idle']['lat_max_ms']} | {x['busy']['lat_max_ms']}; {x['busy']['n_over_1s']}", "busy < 50")
     sc = S.get("scale", {})
     if "issuance" in sc and "issued" in sc["issuance"]:
         i = sc["issuance"]
@@ -1520,18 +1709,27 @@ def chart(R, path):
     if s:
         ratios.append(("SNI last/first", s["last_first_rate_ratio"], s["last_first_cpu_ratio"]))
     ttc = []
-    for k, label in (("nginx", "nginx"), ("apache_mod_acme", "mod_acme"), ("apache_mod_md", "mod_md staged")):
+    for k, label in (("nginx", "nginx"), ("apache_mod_acme", "mod_acme"), ("apache_mod_md", "mod_md staged"),
+                     ("caddy", "caddy")):
         x = S.get("ttc", {}).get(k, {})
         if "median_s" in x:
             ttc.append((label, x["median_s"]))
+    blk = []
+    for k, label in (("redis_paused", "Redis paused"), ("issuing", "issuing")):
+        x = S.get("blocking", {}).get(k)
+        if x:
+            blk.append((f"{label} idle", x["idle"]["lat_p99_ms"], x["idle"]["lat_max_ms"]))
+            blk.append((f"{label} busy", x["busy"]["lat_p99_ms"], x["busy"]["lat_max_ms"]))
+    d3 = path.parent / "chart_blocking.dat"
+    d3.write_text("".join(f"\"{a}\" {max(b, 0.01)} {max(c, 0.01)}\n" for a, b, c in blk) or "\"none\" 1 1\n")
     d1 = path.parent / "chart_ratios.dat"
     d2 = path.parent / "chart_ttc.dat"
     d1.write_text("".join(f"\"{a}\" {b} {c}\n" for a, b, c in ratios) or "\"none\" 0 0\n")
     d2.write_text("".join(f"\"{a}\" {b}\n" for a, b in ttc) or "\"none\" 0\n")
     gp = path.parent / "chart.gp"
-    gp.write_text(f"""set terminal pngcairo noenhanced size 1200,520 font "sans,10"
+    gp.write_text(f"""set terminal pngcairo noenhanced size 1600,520 font "sans,10"
 set output "{path}"
-set multiplot layout 1,2 title "ACME benchmarks, {R['date']} ({R['machine']['cpus']} CPUs)"
+set multiplot layout 1,3 title "ACME benchmarks, {R['date']} ({R['machine']['cpus']} CPUs)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -1547,6 +1745,11 @@ unset arrow 1
 set title "time to certificate, median (s)"
 set key off
 plot "{d2}" using 2:xtic(1) title "seconds" lc rgb "#4477aa"
+set title "blocking: request latency, worker_processes 1 (ms, log)"
+set key top left
+set logscale y
+set yrange [0.1:*]
+plot "{d3}" using 2:xtic(1) title "p99", "" using 3 title "worst"
 unset multiplot
 """)
     cp = subprocess.run(["gnuplot", str(gp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1633,6 +1836,8 @@ def main():
                 S["ttc"]["apache_mod_acme"] = {"error": "skipped: build/mod_acme.so not built"}
         if "swap" in ONLY:
             run("swap", scenario_swap, env)
+        if "blocking" in ONLY:
+            run("blocking", scenario_blocking, env)
         if "apache_reload" in ONLY:
             if have_apache:
                 run("apache_reload", scenario_apache_reload, env)
