@@ -1002,6 +1002,18 @@ def scenario_ttc(env, servers):
 # scenario 3: hot swap under load
 # --------------------------------------------------------------------------
 
+def force_renew(port, name):
+    """POST a forced renewal; a 429 (forced less than renew_interval=1s ago) is posted again."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = nginx_harness.https_get(port, name, f"/acme?renew={name}", method="POST")
+        if r.status == 202:
+            return
+        if r.status != 429 or time.monotonic() > deadline:
+            raise HarnessError(f"renew request: HTTP {r.status} {r.text}")
+        time.sleep(0.1)
+
+
 def scenario_swap(env):
     pb = env.pebble
     name = "swap.bench.example.org"
@@ -1019,7 +1031,7 @@ def scenario_swap(env):
         access_log off;
         acme_certificate pebble;
         location / {{ return 200 "ok\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     ng = new_nginx(env, "ngx-swap", conf, workers=2)
@@ -1049,9 +1061,7 @@ def scenario_swap(env):
         mark = pb.mark()
         serials = [first]
         for i in range(SWAPS):
-            r = nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST")
-            if r.status != 202:
-                raise HarnessError(f"renew request: HTTP {r.status} {r.text}")
+            force_renew(https, name)
             prev = serials[-1]
             serials.append(wait_for(lambda: (lambda s: s if s and s != prev else None)(
                 served_verified(https, name, roots)), 60, 0.05, f"renewal {i + 1}"))
@@ -1069,7 +1079,7 @@ def scenario_swap(env):
         # memory: 20 more swaps without load, to see whether growth continues
         for i in range(SWAPS):
             prev = served_verified(https, name, roots)
-            nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST")
+            force_renew(https, name)
             wait_for(lambda: (lambda s: s if s and s != prev else None)(
                 served_verified(https, name, roots)), 60, 0.05, f"extra renewal {i + 1}")
         time.sleep(1.0)
