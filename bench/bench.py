@@ -1037,6 +1037,7 @@ def scenario_swap(env):
     ng = new_nginx(env, "ngx-swap", conf, workers=2)
     ng.start(wait_port=https)
     roots = pb.roots(0)
+    w = None
     try:
         first = wait_for(lambda: served_verified(https, name, roots), 60, 0.1, "the first certificate")
         time.sleep(1.0)
@@ -1101,6 +1102,9 @@ def scenario_swap(env):
             "errors": nginx_error_lines(ng),
         }
     finally:
+        if w is not None and w.poll() is None:      # a failure mid-run: no 600 s wrk left behind
+            w.kill()
+            w.wait()
         ng.stop()
 
 
