@@ -1716,6 +1716,8 @@ def chart(R, path):
         ratios.append(("nginx managed/static", h["managed_static_rate_ratio"], h["managed_static_cpu_ratio"]))
         ratios.append(("nginx variable/static", h["variable_static_rate_ratio"],
                        h["variable_static_cpu_ratio"]))
+        if "managed_caddy_cpu_ratio" in h:
+            ratios.append(("nginx managed/caddy", h["managed_caddy_rate_ratio"], h["managed_caddy_cpu_ratio"]))
     h = S.get("handshake_apache", {})
     if "variants" in h:
         ratios.append(("apache mod_acme/static", h["managed_static_rate_ratio"], h["managed_static_cpu_ratio"]))
