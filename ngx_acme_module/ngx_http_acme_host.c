@@ -57,11 +57,17 @@ ngx_http_acme_host_set_timer(void *data, long ms)
 {
     ngx_http_acme_runner_t  *rn = data;
 
-    if (ms < 0) {
-        if (rn->timer.timer_set) {
-            ngx_del_timer(&rn->timer);
-        }
+    /*
+     * ngx_add_timer() keeps a pending timer less than 300 ms
+     * (NGX_TIMER_LAZY_DELAY) away from the new deadline: "at once" would
+     * wait for curl's earlier request of up to 300 ms
+     */
 
+    if (rn->timer.timer_set) {
+        ngx_del_timer(&rn->timer);
+    }
+
+    if (ms < 0) {
         return;
     }
 
