@@ -633,7 +633,8 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
         return;
     }
     f.failures++;
-    f.next_try = now + acme_sched_backoff(err->kind, f.failures, err->retry_after, acme_random());
+    f.next_try = acme_sched_next_try(err->kind, f.failures, err->retry_after, acme_random(), now,
+                                     f.not_after);
     f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
     f.last_error_at = now;
     free(f.last_error);

@@ -406,8 +406,8 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
     /* a forced renewal is one attempt: a failure waits for the back-off like any other */
     c->forced = 0;
     c->meta.failures++;
-    c->meta.next_try = now + acme_sched_backoff(err->kind, c->meta.failures, err->retry_after,
-                                                acme_random());
+    c->meta.next_try = acme_sched_next_try(err->kind, c->meta.failures, err->retry_after, acme_random(),
+                                           now, c->meta.not_after);
     c->meta.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, c->meta.next_try);
     free(c->meta.last_error);
     c->meta.last_error = acme_strdup(err->msg);
