@@ -17,6 +17,7 @@
 #include "acme_sched.h"
 #include "acme_x509.h"
 #include "acme_directory.h"
+#include "acme_http.h"
 #include "acme_manager.h"
 #include "chsrv.h"
 
@@ -1305,6 +1306,7 @@ main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);   /* a full disk (or a file size limit) is a write error, not a crash */
     memset(&ctl, 0, sizeof(ctl));
+    acme_http_set_server("acmectl");
     ctl.account_keyspec = ACME_KEYSPEC_DEFAULT;
     ctl.state = getenv("ACME_STATE") ? getenv("ACME_STATE") : DEFAULT_STATE;
     ctl.contact = calloc((size_t) argc, sizeof(char *));

@@ -436,12 +436,17 @@ require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
     return 0;
 }
 
-/* Polling: honour Retry-After (capped at 60 s), else back off from 1 s to 10 s; give up at the deadline. */
+#define ISSUE_POLL_RETRY_AFTER_MAX  600L     /* seconds; Boulder asks for a few */
+
+/*
+ * Polling: honour Retry-After up to ISSUE_POLL_RETRY_AFTER_MAX and up to the deadline (one last poll
+ * there), else back off from 0.1 s to 10 s; give up past the deadline.
+ */
 static void
 job_poll_later(acme_issue_t *job, long retry_after, const char *what)
 {
     acme_err_t  err;
-    long        ms;
+    long        ms, left;
 
     if (time(NULL) - job->wait_start > job->poll_timeout) {
         acme_err_set(&err, ACME_ERR_CA, "%s: still not done after %ld s, giving up (order %s)", what,
@@ -450,7 +455,11 @@ job_poll_later(acme_issue_t *job, long retry_after, const char *what)
         return;
     }
     if (retry_after > 0) {
-        ms = (retry_after > 60 ? 60 : retry_after) * 1000;
+        left = job->wait_start + job->poll_timeout + 1 - time(NULL);
+        if (retry_after > ISSUE_POLL_RETRY_AFTER_MAX) {
+            retry_after = ISSUE_POLL_RETRY_AFTER_MAX;
+        }
+        ms = (retry_after < left ? retry_after : left) * 1000;
     } else {
         ms = job->poll_delay_ms;
         job->poll_delay_ms = job->poll_delay_ms * 3 / 2;

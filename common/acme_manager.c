@@ -12,6 +12,7 @@
 #define MAX_RUNNING      8
 #define BUSY_RETRY_MS    15000
 #define QUEUE_RETRY_MS   2000
+#define ARI_RETRY_SOON   600L       /* s: an ARI check that found the CA unreachable */
 
 typedef struct {
     char                *name;
@@ -603,9 +604,13 @@ ari_ready(void *arg, const acme_err_t *err)
         || acme_pem_chain_parse(pem, len, &chain, &e) != 0
         || acme_client_renewal_info(is->client, sk_X509_value(chain, 0), ari_done, c, &e) != 0)
     {
-        /* no ARI at this CA (or it is unreachable now): look again in a day */
+        /* no ARI at this CA: look again in a day; the CA unreachable now: soon */
         c->ari_busy = 0;
-        c->meta.ari_next_check = time(NULL) + 86400;
+        c->meta.ari_next_check = time(NULL) + (dir == NULL ? ARI_RETRY_SOON : 86400);
+        if (dir == NULL) {
+            acme_log(c->m->loop, ACME_LOG_WARN, "acme: \"%s\": renewalInfo not asked: %s; again in %ld s",
+                     c->name, err ? err->msg : "no directory", ARI_RETRY_SOON);
+        }
         acme_store_meta_save(c->m->store, &c->meta, NULL);
         free(pem);
         acme_chain_free(chain);
@@ -642,7 +647,7 @@ cert_due(void *arg)
         c->ari_busy = 1;
         if (acme_client_ready(is->client, ari_ready, c, &err) != 0) {
             c->ari_busy = 0;
-            c->meta.ari_next_check = now + 3600;
+            c->meta.ari_next_check = now + ARI_RETRY_SOON;
             cert_schedule(c);
         }
         return;

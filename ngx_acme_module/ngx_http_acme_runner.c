@@ -22,6 +22,7 @@
 #include "ngx_http_acme_module.h"
 #include "ngx_http_acme_zone.h"
 
+#include "acme_http.h"
 #include "acme_loop.h"
 #include "acme_manager.h"
 #include "acme_store.h"
@@ -1281,6 +1282,7 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     host.watch = ngx_http_acme_host_watch;
     host.log = ngx_http_acme_host_log;
 
+    acme_http_set_server("nginx/" NGINX_VERSION);
     rn->loop = acme_loop_new(&host, ACME_LOG_DEBUG, &err);
     if (rn->loop == NULL) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0,

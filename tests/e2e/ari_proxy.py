@@ -25,7 +25,9 @@ On top of that:
                             from Pebble) and not forwarded
   every request             recorded in `requests` as Req(method, path, status,
                             problem type, JWS nonce of a POST); every Replay-Nonce
-                            handed to the client is in `nonces_given`
+                            handed to the client is in `nonces_given`; its request
+                            headers (names lowercased) in `headers_seen` as
+                            (method, path, dict)
 
 Pebble 2.4 ignores the unknown newOrder fields "profile" and "replaces"
 (encoding/json drops unknown keys), so they can stay in the signed payload.
@@ -228,6 +230,7 @@ class AriProxy:
         self.ari_requests = []
         self.new_orders = []
         self.nonces_given = []
+        self.headers_seen = []      # (method, path, {lowercased name: value})
         self.errors = []            # exceptions in the proxy itself
         self._lock = threading.Lock()
         self._server = None
@@ -255,6 +258,7 @@ class AriProxy:
             self.ari_requests.clear()
             self.new_orders.clear()
             self.nonces_given.clear()
+            self.headers_seen.clear()
 
     def count(self, method=None, path=None, prefix=False):
         """Requests seen with this method and path (prefix=True: path prefix)."""
@@ -373,6 +377,9 @@ class AriProxy:
             def _handle(self):
                 method = self.command
                 path = self.path
+                with outer._lock:
+                    outer.headers_seen.append((method, path,
+                                               {k.lower(): v for k, v in self.headers.items()}))
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
                 self.jws_nonce = None

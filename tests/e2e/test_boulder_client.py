@@ -5,15 +5,19 @@ Short-lived certificates (6-day `shortlived`, step-ca's 24 hours) come from Cert
 signed by Pebble's own intermediate with free dates, handed out at the certificate download.
 """
 import datetime
+import json
 import re
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from fault_proxy import CertForge, forge_leaf, problem, window_from_now
+from fault_proxy import (CertForge, edit_json, forge_leaf, problem, set_header, stuck_processing,
+                         window_from_now)
 # the fixtures of test_faults: a Pebble without random nonce rejections, a FaultProxy, acmectl
 from test_faults import (Ctl, backoff_of, ctl, fault_pebble, pebble_f, proxy,  # noqa: F401
-                         proxy_cert)
+                         proxy_cert, wait_status)
 
 
 def ts(s):
@@ -79,3 +83,66 @@ def test_ari_window_past_not_after_renews_before_expiry(ctl, proxy, tmp_path):
     na = ts(meta["not_after"])
     nb = ts(meta["not_before"])
     assert time.time() - 5 <= ts(m.group(1)) <= na - (na - nb) / 10 + 1, (m.group(1), meta["not_after"])
+
+
+# --------------------------------------------------------------------------
+# item 11: HTTP details
+# --------------------------------------------------------------------------
+
+def _release_version():
+    """The version at the top of debian/changelog: what the User-Agent must carry."""
+    top = (Path(__file__).resolve().parents[2] / "debian" / "changelog").read_text().splitlines()[0]
+    return re.match(r"\S+ \(([^)-]+)", top).group(1)
+
+
+def test_user_agent_and_accept_language(ctl, proxy):
+    """RFC 8555 6.1: the User-Agent names the software, its real version and the server kind
+    (here acmectl) and the HTTP library; every request asks for English problem details."""
+    ctl.issue("ua.example.org")
+    seen = list(proxy.headers_seen)
+    assert {m for m, _, _ in seen} >= {"GET", "HEAD", "POST"}, seen
+    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
+    want = f"acme-httpd/{_release_version()} (acmectl) libcurl/{curl}"
+    for method, path, hdrs in seen:
+        assert hdrs.get("user-agent") == want, (method, path, hdrs.get("user-agent"))
+        assert hdrs.get("accept-language") == "en", (method, path, hdrs)
+
+
+def test_poll_honours_retry_after_beyond_60s(ctl, proxy):
+    """The CA answers finalize with "processing" and Retry-After: 65; the client polls the order
+    after 65 s (it used to cut every Retry-After to 60 s)."""
+    name = "slowfinalize.example.org"
+    ctl.issue(name)
+    f = proxy.add_fault("finalize", method="POST",
+                        transform=[edit_json(stuck_processing), set_header("Retry-After", "65")])
+    proxy.reset()
+    t0 = time.monotonic()
+    ctl.ok("renew", "--force", *ctl.http, name, timeout=120)
+    took = time.monotonic() - t0
+    assert f.hits == 1
+    assert proxy.count("POST", "/my-order/", prefix=True) >= 1
+    assert 65 <= took < 90, f"renewal took {took:.1f}s"
+
+
+def test_ari_check_while_ca_unreachable_retries_soon(acmectl_bin, pebble_f, proxy, tmp_path, procs):
+    """An ARI check falls due while the directory cannot be fetched: the next check is within
+    minutes, not a day later."""
+    c = Ctl(acmectl_bin, tmp_path / "state", proxy)
+    name = "arisoon.example.org"
+    c.issue(name)
+    meta_path = c.certdir(name) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["ari_next_check"] = "2020-01-01T00:00:00Z"          # due at once
+    meta_path.write_text(json.dumps(meta))
+    proxy.add_fault("directory", method="GET", times=None,
+                    respond=problem(503, "serverInternal", "down for maintenance"))
+    status = tmp_path / "status.json"
+    p = procs.start(c.args("run", *c.http, "--status-file", status, name), name="acmectl-run")
+    try:
+        st = wait_status(status, lambda s: s.get("next_ari_check") not in (None, meta["ari_next_check"]),
+                         20, "an ARI check", p)
+        nxt = ts(st["next_ari_check"]) - time.time()
+        assert 0 < nxt <= 15 * 60, f"next ARI check in {nxt:.0f}s: {st}"
+        assert st["state"] == "valid", st
+    finally:
+        p.stop()
