@@ -610,9 +610,18 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     if (ri != NULL) {
         if (aw->meta->ari_start != ri->start || aw->meta->ari_end != ri->end) {
             aw->meta->renew_at = 0;     /* a new window: choose a new point in it */
+            if (ri->explanation_url != NULL) {
+                char b1[32], b2[32];
+
+                fprintf(stderr, "acmectl: %s: the CA's renewal window is %s to %s; the CA explains: %s\n",
+                        aw->meta->name, acme_time_format(ri->start, b1, sizeof(b1)),
+                        acme_time_format(ri->end, b2, sizeof(b2)), ri->explanation_url);
+            }
         }
         aw->meta->ari_start = ri->start;
         aw->meta->ari_end = ri->end;
+        free(aw->meta->ari_explanation_url);
+        aw->meta->ari_explanation_url = acme_strdup(ri->explanation_url);
     }
     aw->meta->ari_next_check = acme_sched_ari_next_check(time(NULL), retry_after, acme_random());
     wait_done(&aw->w, err);
@@ -766,6 +775,9 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
     if (m->ari_start) {
         json_object_set_new(o, "ari_window", json_pack("{s:s, s:s}", "start",
                             acme_time_format(m->ari_start, b, 32), "end", acme_time_format(m->ari_end, b2, 32)));
+        if (m->ari_explanation_url != NULL) {
+            json_object_set_new(o, "ari_explanation_url", json_string(m->ari_explanation_url));
+        }
     }
     json_object_set_new(o, "state", json_string(m->not_after == 0 ? "pending"
                                                 : m->not_after < time(NULL) ? "expired"

@@ -560,11 +560,20 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     c->m->version++;
     if (ri != NULL) {
         if (c->meta.ari_start != ri->start || c->meta.ari_end != ri->end) {
+            char  b1[32], b2[32];
+
             c->meta.ari_start = ri->start;
             c->meta.ari_end = ri->end;
             c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
-            acme_log(c->m->loop, ACME_LOG_INFO, "acme: \"%s\": ARI window updated", c->name);
+            /* a CA moving a window for an incident says why at explanationURL: the admin wants it */
+            acme_log(c->m->loop, ri->explanation_url ? ACME_LOG_NOTICE : ACME_LOG_INFO,
+                     "acme: \"%s\": ARI window updated: %s to %s%s%s", c->name,
+                     acme_time_format(ri->start, b1, sizeof(b1)), acme_time_format(ri->end, b2, sizeof(b2)),
+                     ri->explanation_url ? "; the CA explains: " : "",
+                     ri->explanation_url ? ri->explanation_url : "");
         }
+        free(c->meta.ari_explanation_url);
+        c->meta.ari_explanation_url = acme_strdup(ri->explanation_url);
     } else if (err != NULL) {
         acme_log(c->m->loop, ACME_LOG_WARN, "acme: \"%s\": renewalInfo: %s", c->name, err->msg);
     }
@@ -788,6 +797,9 @@ acme_manager_status(acme_manager_t *m)
             json_object_set_new(w, "start", json_string(acme_time_format(c->meta.ari_start, b, sizeof(b))));
             json_object_set_new(w, "end", json_string(acme_time_format(c->meta.ari_end, b, sizeof(b))));
             json_object_set_new(o, "ari_window", w);
+            if (c->meta.ari_explanation_url != NULL) {
+                json_object_set_new(o, "ari_explanation_url", json_string(c->meta.ari_explanation_url));
+            }
         }
         json_object_set_new(o, "state", json_string(state));
         if (c->job != NULL) {

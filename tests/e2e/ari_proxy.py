@@ -205,6 +205,7 @@ class AriProxy:
     Attributes to configure per test (thread-safe enough: set before the client runs):
       window          {"start": rfc3339, "end": rfc3339} served by renewalInfo
       retry_after     Retry-After of renewalInfo answers (seconds; None: no header)
+      explanation_url explanationURL of renewalInfo answers (None: left out)
       profiles        dict name -> description for meta.profiles (None: not advertised)
       renewal_info    True: advertise "renewalInfo" in the directory
       reject_replaces None, or (status, problem type suffix) to refuse newOrder with "replaces"
@@ -221,6 +222,7 @@ class AriProxy:
         self.log_path = Path(log_path) if log_path else None
         self.window = window_from_now(-3600, -60)       # default: renew now
         self.retry_after = 21600
+        self.explanation_url = None     # explanationURL of renewalInfo answers (None: none)
         self.profiles = {"classic": "The profile you know and love",
                          "shortlived": "A short-lived certificate (6 days)"}
         self.renewal_info = True
@@ -450,7 +452,10 @@ class AriProxy:
                     self._problem(404, "urn:ietf:params:acme:error:malformed",
                                   f"no certificate with renewalInfo id {cert_id!r}")
                     return
-                body = json.dumps({"suggestedWindow": dict(outer.window)}).encode()
+                doc = {"suggestedWindow": dict(outer.window)}
+                if outer.explanation_url is not None:
+                    doc["explanationURL"] = outer.explanation_url
+                body = json.dumps(doc).encode()
                 hdrs = [("Content-Type", "application/json")]
                 if outer.retry_after is not None:
                     hdrs.append(("Retry-After", str(outer.retry_after)))

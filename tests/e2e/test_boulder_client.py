@@ -146,3 +146,52 @@ def test_ari_check_while_ca_unreachable_retries_soon(acmectl_bin, pebble_f, prox
         assert st["state"] == "valid", st
     finally:
         p.stop()
+
+
+# --------------------------------------------------------------------------
+# item 8: ARI explanationURL
+# --------------------------------------------------------------------------
+
+INCIDENT = "https://letsencrypt.example/incident/2026-12-02-revocation"
+
+
+def test_ari_explanation_url_acmectl(ctl, proxy):
+    """The CA moves the window (a mass revocation) and says why: acmectl prints the URL and
+    its status shows it; a later answer without one clears it."""
+    name = "explained.example.org"
+    ctl.issue(name)
+    proxy.check_known = True
+    proxy.window = window_from_now(600, 2400)
+    proxy.explanation_url = INCIDENT
+    p = ctl.ok("renew", *ctl.http, name)
+    assert re.search(rf"acmectl: {re.escape(name)}: the CA's renewal window is \S+ to \S+; "
+                     rf"the CA explains: {re.escape(INCIDENT)}$", p.stderr, re.M), p.stderr
+    st = ctl.status(name)
+    assert st["ari_explanation_url"] == INCIDENT, st
+    proxy.explanation_url = None
+    ctl.ok("renew", *ctl.http, name)
+    assert "ari_explanation_url" not in ctl.status(name)
+
+
+def test_ari_explanation_url_manager(acmectl_bin, pebble_f, proxy, tmp_path, procs):
+    """The same through the manager (what nginx and Apache run): logged at notice with the
+    window, shown in the status document."""
+    c = Ctl(acmectl_bin, tmp_path / "state", proxy)
+    name = "explained-run.example.org"
+    c.issue(name)
+    meta_path = c.certdir(name) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["ari_next_check"] = "2020-01-01T00:00:00Z"          # due at once
+    meta_path.write_text(json.dumps(meta))
+    proxy.window = window_from_now(3600, 7200)
+    proxy.explanation_url = INCIDENT
+    status = tmp_path / "status.json"
+    p = procs.start(c.args("run", *c.http, "--status-file", status, name), name="acmectl-run")
+    try:
+        st = wait_status(status, lambda s: "ari_explanation_url" in s, 20, "the explanation URL", p)
+        assert st["ari_explanation_url"] == INCIDENT
+        assert st["ari_window"] == proxy.window, st
+        assert re.search(rf'acme: "{re.escape(name)}": ARI window updated: \S+ to \S+; '
+                         rf"the CA explains: {re.escape(INCIDENT)}", p.log_text()), p.log_text()
+    finally:
+        p.stop()
