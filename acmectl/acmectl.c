@@ -296,6 +296,7 @@ typedef struct {
     const char       *tls_listen;
     const char       *key;
     const char       *profile;
+    int               profile_stored;   /* profile from the stored certificate, not --profile */
     const char       *preferred_chain;
     int               force;
     long              poll_timeout;
@@ -396,6 +397,25 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     {
         fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", o->challenge);
         return 2;
+    }
+    if (o->profile != NULL && !o->profile_stored) {
+        /* an explicit --profile the CA does not list is a typo: refused before ordering (a stored one
+         * the CA dropped falls back to its default in the core) */
+        const acme_directory_t *dir;
+
+        if (ctl_ready_err(ctl, fail) != 0) {
+            return 1;
+        }
+        dir = acme_client_directory(ctl->client);
+        if (dir->nprofiles > 0 && !acme_directory_has_profile(dir, o->profile)) {
+            acme_err_set(&err, ACME_ERR_CONFIG, "--profile: the CA %s does not offer the profile \"%s\"",
+                         acme_client_directory_url(ctl->client), o->profile);
+            fprintf(stderr, "acmectl: %s\n", err.msg);
+            if (fail != NULL) {
+                *fail = err;
+            }
+            return 1;
+        }
     }
     types[0] = o->challenge ? o->challenge : "http-01";
     if (strcmp(types[0], "http-01") == 0 && o->http_listen == NULL) {
@@ -737,6 +757,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     }
     if (o.profile == NULL) {
         o.profile = m.profile;
+        o.profile_stored = 1;
     }
     acme_err_clear(&err);
     rc = do_issue_names(ctl, &o, m.ids, m.nids, &m.keyspec, m.not_after ? m.ari_cert_id : NULL, &err);

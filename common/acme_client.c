@@ -17,6 +17,7 @@
 /* Replay-Nonces kept for the next signed requests: every response brings one, so concurrent orders rarely
  * need a HEAD newNonce. */
 #define NONCE_POOL     8
+#define DIR_REFRESH    86400            /* s: re-fetch the directory daily */
 
 typedef enum { CL_NONE = 0, CL_DIRECTORY, CL_ACCOUNT, CL_READY } cl_state_t;
 
@@ -70,6 +71,8 @@ struct acme_client_s {
     char                *nonces[NONCE_POOL];
     size_t               nnonces;
     acme_http_req_t     *dir_req;
+    time_t               dir_at;        /* when the directory was fetched */
+    int                  dir_stale;     /* re-fetch it at the next acme_client_ready */
     waiter_t            *waiters;
     acme_timer_t        *notify_timer;
     acme_err_t           notify_err;
@@ -359,6 +362,10 @@ void
 acme_client_reset(acme_client_t *c)
 {
     if (c->state == CL_READY || c->state == CL_NONE) {
+        if (c->state == CL_READY && c->dir_req != NULL) {
+            acme_http_cancel(c->dir_req);       /* a background re-fetch */
+            c->dir_req = NULL;
+        }
         acme_directory_free(&c->dir);
         memset(&c->dir, 0, sizeof(c->dir));
         c->have_dir = 0;
@@ -701,6 +708,59 @@ client_account(acme_client_t *c)
     client_find(c);
 }
 
+void
+acme_client_directory_stale(acme_client_t *c)
+{
+    c->dir_stale = 1;
+}
+
+/* 1 when url is one of the directory's resources (a 404 there means the directory changed) */
+static int
+dir_has_url(const acme_directory_t *d, const char *url)
+{
+    const char *u[] = { d->new_nonce, d->new_account, d->new_order, d->new_authz, d->revoke_cert,
+                        d->key_change, d->renewal_info };
+    size_t      i;
+
+    for (i = 0; i < sizeof(u) / sizeof(u[0]); i++) {
+        if (u[i] != NULL && strncmp(url, u[i], strlen(u[i])) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A background re-fetch: the new directory replaces the old one only when it is good. */
+static void
+directory_refresh_done(const acme_http_resp_t *resp, void *arg)
+{
+    acme_client_t     *c = arg;
+    acme_directory_t   nd;
+    acme_err_t         err;
+
+    c->dir_req = NULL;
+    c->dir_at = time(NULL);
+    c->dir_stale = 0;
+    memset(&nd, 0, sizeof(nd));
+    if (!resp->ok || resp->status != 200) {
+        acme_client_resp_error(resp, "directory", &err);
+    } else if (resp->content_type == NULL || strcmp(resp->content_type, "application/json") != 0) {
+        acme_err_set(&err, ACME_ERR_BADRESPONSE, "directory: expected application/json, got \"%.60s\"",
+                     resp->content_type ? resp->content_type : "(none)");
+    } else if (acme_directory_parse(resp->body.data, resp->body.len, &nd, &err) == 0
+               && acme_urlpolicy_check_directory(&c->urls, c->loop, &nd, &err) == 0)
+    {
+        acme_directory_free(&c->dir);
+        c->dir = nd;
+        acme_log(c->loop, ACME_LOG_INFO, "acme: directory %s fetched again (%zu profiles)", c->directory_url,
+                 c->dir.nprofiles);
+        return;
+    }
+    acme_directory_free(&nd);
+    acme_log(c->loop, ACME_LOG_WARN, "acme: %s: fetching the directory again failed, keeping the one "
+             "fetched before: %s", c->directory_url, err.msg);
+}
+
 static void
 directory_done(const acme_http_resp_t *resp, void *arg)
 {
@@ -737,6 +797,8 @@ directory_done(const acme_http_resp_t *resp, void *arg)
         return;
     }
     c->have_dir = 1;
+    c->dir_at = time(NULL);
+    c->dir_stale = 0;
     client_account(c);
 }
 
@@ -756,6 +818,15 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
     w->next = c->waiters;
     c->waiters = w;
 
+    if (c->state == CL_READY && c->have_dir && c->dir_req == NULL
+        && (c->dir_stale || time(NULL) - c->dir_at >= DIR_REFRESH))
+    {
+        /* in the background: requests in flight keep using the current one */
+        dconf = c->http;
+        dconf.follow_redirects = 1;
+        c->dir_req = acme_http_send(c->loop, &dconf, "GET", c->directory_url, NULL, "application/json",
+                                    directory_refresh_done, c, NULL);
+    }
     switch (c->state) {
     case CL_READY:
         c->notify_failed = 0;
@@ -877,6 +948,11 @@ op_resp(const acme_http_resp_t *resp, void *arg)
         return;
     }
 
+    if (resp->ok && (resp->status == 404 || resp_is_problem(resp, "invalidProfile"))
+        && (resp->status != 404 || dir_has_url(&c->dir, op->url)))
+    {
+        c->dir_stale = 1;       /* the CA changed its directory or its profiles */
+    }
     snprintf(what, sizeof(what), "%s %.250s", op->get ? "GET" : "POST", op->url);
     acme_client_resp_error(resp, what, &err);
     op_fail(op, &err);

@@ -86,6 +86,7 @@ struct acme_issue_s {
     size_t                  ncands;
     size_t                  cand_i;
     int                     replaces_dropped;
+    int                     profile_dropped;    /* the CA refused the profile: its default instead */
 
     char                   *chain_pem;      /* the default chain, while alternates are checked */
     char                  **alternates;
@@ -680,6 +681,23 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     if (!job_back(job)) {
         return;
     }
+    if (err != NULL && strstr(err->msg, "invalidProfile") != NULL) {
+        /* the CA no longer takes the profile (the client fetches its directory again): a configuration
+         * matter, not a refusal of "replaces" */
+        if (job->profile != NULL && !job->profile_dropped && !job->profile_required) {
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": the CA refused the profile \"%s\" (%s); "
+                     "ordering with the CA's default profile", job->name, job->profile, err->msg);
+            job->profile_dropped = 1;
+            job_step(job);
+            return;
+        }
+        e = *err;
+        e.kind = ACME_ERR_CONFIG;
+        acme_err_prefix(&e, "newOrder");
+        order_forget(job);
+        job_fail(job, &e);
+        return;
+    }
     if (err != NULL) {
         if (job->replaces != NULL && !job->replaces_dropped && err->kind == ACME_ERR_CA
             && strstr(err->msg, "accountDoesNotExist") == NULL)
@@ -1083,6 +1101,11 @@ finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     job->finalize_early = 0;
     if (err != NULL) {
         e = *err;
+        if (strstr(err->msg, "invalidProfile") != NULL) {
+            /* the profile went away while the order was open: the next order falls back (or, when
+             * required, says so) once the client has the CA's new directory */
+            e.kind = ACME_ERR_CONFIG;
+        }
         acme_err_prefix(&e, "finalize");
         if (err->kind == ACME_ERR_CA) {
             order_forget(job);
@@ -1436,13 +1459,22 @@ new_order_payload(acme_issue_t *job, acme_err_t *err)
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return NULL;
     }
-    if (job->profile != NULL) {
+    if (job->profile != NULL && !job->profile_dropped) {
         if (dir->nprofiles > 0 && !acme_directory_has_profile(dir, job->profile)) {
-            acme_err_set(err, ACME_ERR_CONFIG, "the CA %s does not offer the profile \"%s\"",
-                         acme_client_directory_url(job->c), job->profile);
-            json_decref(o);
-            return NULL;
+            if (job->profile_required) {
+                acme_err_set(err, ACME_ERR_CONFIG, "the CA %s does not offer the profile \"%s\", which is "
+                             "required", acme_client_directory_url(job->c), job->profile);
+                json_decref(o);
+                return NULL;
+            }
+            /* dropped or renamed by the CA: renewals go on with its default */
+            acme_log(job->loop, ACME_LOG_WARN, "acme: the CA %s does not offer the profile \"%s\" (any "
+                     "more); ordering \"%s\" with the CA's default profile", acme_client_directory_url(job->c),
+                     job->profile, job->name);
+            job->profile_dropped = 1;
         }
+    }
+    if (job->profile != NULL && !job->profile_dropped) {
         if (dir->nprofiles == 0 && job->profile_required) {
             acme_err_set(err, ACME_ERR_CONFIG, "the CA %s offers no profiles, and \"%s\" is required",
                          acme_client_directory_url(job->c), job->profile);

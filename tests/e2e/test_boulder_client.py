@@ -7,11 +7,14 @@ signed by Pebble's own intermediate with free dates, handed out at the certifica
 import datetime
 import json
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+import harness
 
 from fault_proxy import (CertForge, edit_json, forge_leaf, problem, set_header, stuck_processing,
                          window_from_now)
@@ -193,5 +196,74 @@ def test_ari_explanation_url_manager(acmectl_bin, pebble_f, proxy, tmp_path, pro
         assert st["ari_window"] == proxy.window, st
         assert re.search(rf'acme: "{re.escape(name)}": ARI window updated: \S+ to \S+; '
                          rf"the CA explains: {re.escape(INCIDENT)}", p.log_text()), p.log_text()
+    finally:
+        p.stop()
+
+
+# --------------------------------------------------------------------------
+# item 2: a profile the CA drops or renames
+# --------------------------------------------------------------------------
+
+def test_stored_profile_dropped_by_ca_falls_back(ctl, proxy):
+    """A certificate issued with "shortlived"; the CA renames it: the renewal (a new process,
+    as after a restart) orders the CA's default profile with a warning instead of failing."""
+    name = "renamed.example.org"
+    ctl.ok("issue", *ctl.http, "--profile", "shortlived", name)
+    assert ctl.meta(name)["profile"] == "shortlived"
+    proxy.profiles = {"classic": "The profile you know and love", "shortlived-v2": "6 days"}
+    proxy.reset()
+    p = ctl.ok("renew", "--force", *ctl.http, name)
+    assert "issued" in p.stdout
+    assert re.search(r'does not offer the profile "shortlived" \(any more\); ordering '
+                     rf'"{re.escape(name)}" with the CA\'s default profile', p.stderr), p.stderr
+    (path, order), = [(pa, pl) for pa, pl in proxy.payloads if pa == "/order-plz"]
+    assert "profile" not in order and order.get("replaces"), order
+
+
+def test_invalid_profile_at_new_order_keeps_replaces(ctl, proxy):
+    """newOrder answered invalidProfile (Boulder after dropping a profile the directory fetched
+    earlier still listed): the order is placed again without the profile, still with "replaces";
+    the profile is not what "replaces" is blamed for."""
+    name = "invprofile.example.org"
+    ctl.ok("issue", *ctl.http, "--profile", "shortlived", name)
+    f = proxy.add_fault("newOrder", respond=problem(400, "invalidProfile",
+                                                    'profile "shortlived" is not offered'))
+    proxy.reset()
+    p = ctl.ok("renew", "--force", *ctl.http, name)
+    assert f.hits == 1 and "issued" in p.stdout
+    assert re.search(r'the CA refused the profile "shortlived" .*invalidProfile.*ordering with the '
+                     r"CA's default profile", p.stderr), p.stderr
+    orders = [pl for pa, pl in proxy.payloads if pa == "/order-plz"]
+    assert len(orders) == 1, orders           # the refused one was answered by the fault
+    assert "profile" not in orders[0] and orders[0].get("replaces"), orders[0]
+
+
+def test_long_running_refetches_directory_after_invalid_profile(acmectl_bin, pebble_f, proxy, tmp_path,
+                                                                 procs):
+    """`acmectl run --profile shortlived` (the manager, as in nginx and Apache) keeps its
+    directory; the CA drops the profile and answers invalidProfile: the renewal goes on with the
+    default profile and the directory is fetched again."""
+    c = Ctl(acmectl_bin, tmp_path / "state", proxy)
+    name = "longrun-profile.example.org"
+    status = tmp_path / "status.json"
+    p = procs.start(c.args("run", *c.http, "--profile", "shortlived", "--status-file", status, name),
+                    name="acmectl-run")
+    try:
+        wait_status(status, lambda s: s["state"] == "valid", 30, "the certificate", p)
+        first = c.meta(name)["not_before"]
+        dir_gets = proxy.count("GET", "/dir")
+        proxy.profiles = {"classic": "The profile you know and love"}
+        f = proxy.add_fault("newOrder", respond=problem(400, "invalidProfile",
+                                                        'profile "shortlived" is not offered'))
+        n0 = len(proxy.payloads)
+        time.sleep(1.1)                                       # a new not_before
+        p.send_signal(signal.SIGUSR1)
+        harness.wait_for(lambda: c.meta(name)["not_before"] != first, timeout=30, what="the renewal")
+        assert f.hits == 1
+        orders = [pl for pa, pl in proxy.payloads[n0:] if pa == "/order-plz"]
+        assert len(orders) == 1 and "profile" not in orders[0], orders
+        harness.wait_for(lambda: proxy.count("GET", "/dir") > dir_gets, timeout=10,
+                         what="the directory fetched again")
+        assert re.search(r'the CA refused the profile "shortlived"', p.log_text()), p.log_text()
     finally:
         p.stop()
