@@ -672,6 +672,8 @@ order_dispatch(acme_issue_t *job)
     }
 }
 
+static int job_has_ip(acme_issue_t *job);
+
 static void
 new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
@@ -711,6 +713,12 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         }
         e = *err;
         acme_err_prefix(&e, "newOrder");
+        if (strstr(err->msg, "rejectedIdentifier") != NULL && job_has_ip(job)) {
+            size_t n = strlen(e.msg);
+
+            snprintf(e.msg + n, sizeof(e.msg) - n, " (a CA may issue IP address certificates only under a "
+                     "certain profile: Let's Encrypt's is \"shortlived\", see the \"profile\" setting)");
+        }
         if (err->kind == ACME_ERR_CA || err->kind == ACME_ERR_RATELIMIT) {
             order_forget(job);      /* refused: no order was made */
         }
@@ -1441,6 +1449,21 @@ ready_done(void *arg, const acme_err_t *err)
     job_step(job);
 }
 
+#define ISSUE_IP_PROFILE  "shortlived"
+
+static int
+job_has_ip(acme_issue_t *job)
+{
+    size_t i;
+
+    for (i = 0; i < job->nids; i++) {
+        if (job->ids[i].type == ACME_IDENT_IP) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static char *
 new_order_payload(acme_issue_t *job, acme_err_t *err)
 {
@@ -1458,6 +1481,12 @@ new_order_payload(acme_issue_t *job, acme_err_t *err)
     if (o == NULL) {
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return NULL;
+    }
+    if (job->profile == NULL && job_has_ip(job) && acme_directory_has_profile(dir, ISSUE_IP_PROFILE)) {
+        /* Let's Encrypt issues IP address certificates only under "shortlived" */
+        acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\" has an IP address and no profile is configured: "
+                 "ordering the CA's \"%s\" profile", job->name, ISSUE_IP_PROFILE);
+        job->profile = acme_strdup(ISSUE_IP_PROFILE);
     }
     if (job->profile != NULL && !job->profile_dropped) {
         if (dir->nprofiles > 0 && !acme_directory_has_profile(dir, job->profile)) {

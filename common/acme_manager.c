@@ -49,6 +49,7 @@ struct mcert_s {
     int                  ari_busy;
     int                  forced;
     int                  queued;        /* due, waiting for a free issuance slot */
+    char                *profile;       /* per certificate, overrides the issuer's; NULL: the issuer's */
     acme_renew_reason_t  reason;
     time_t               next_at;
 };
@@ -142,6 +143,7 @@ cert_free(mcert_t *c)
     }
     free(c->ids);
     free(c->issuers);
+    free(c->profile);
     acme_certmeta_free(&c->meta);
     free(c);
 }
@@ -310,6 +312,35 @@ acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids, c
     c->nissuers = nissuers;
     m->certs[m->ncerts++] = c;
     return c->name;
+}
+
+int
+acme_manager_set_cert_profile(acme_manager_t *m, const char *name, const char *profile, acme_err_t *err)
+{
+    size_t i;
+
+    for (i = 0; i < m->ncerts; i++) {
+        mcert_t *c = m->certs[i];
+
+        if (strcmp(c->name, name) != 0) {
+            continue;
+        }
+        if (c->profile != NULL && (profile == NULL || strcmp(c->profile, profile) != 0)) {
+            acme_err_set(err, ACME_ERR_CONFIG, "certificate \"%s\" is configured twice with different "
+                         "profiles (\"%s\" and \"%s\")", name, c->profile, profile ? profile : "");
+            return -1;
+        }
+        if (profile != NULL && c->profile == NULL) {
+            c->profile = acme_strdup(profile);
+            if (c->profile == NULL) {
+                acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+                return -1;
+            }
+        }
+        return 0;
+    }
+    acme_err_set(err, ACME_ERR_CONFIG, "unknown certificate \"%s\"", name);
+    return -1;
 }
 
 /* ---- per certificate ---- */
@@ -522,8 +553,8 @@ cert_issue(mcert_t *c)
     req.keyspec = c->ks;
     req.challenge_types = (const char *const *) is->types;
     req.nchallenge_types = is->ntypes;
-    req.profile = is->profile;
-    req.profile_required = is->profile_required;
+    req.profile = c->profile ? c->profile : is->profile;
+    req.profile_required = c->profile ? 0 : is->profile_required;
     req.preferred_chain = is->preferred_chain;
     req.poll_timeout = m->poll_timeout;
     if (c->meta.not_after != 0 && c->meta.ca != NULL && strcmp(c->meta.ca, is->directory_url) == 0) {

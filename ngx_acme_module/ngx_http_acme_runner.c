@@ -1415,7 +1415,12 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             name = acme_manager_add_cert(rn->managers[g], cert->ids,
                                          cert->nids, &cert->keyspec, idx,
                                          cert->nissuers, &err);
-            if (name == NULL) {
+            if (name == NULL
+                || (cert->profile != NULL
+                    && acme_manager_set_cert_profile(rn->managers[g], name,
+                                                     cert->profile, &err)
+                       != 0))
+            {
                 ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                               "acme: certificate \"%s\": %s", cert->name,
                               err.msg);

@@ -16,6 +16,7 @@ import pytest
 
 import harness
 
+from nginx_harness import https_get, issuer_block, nginx_factory  # noqa: F401  (fixture)
 from fault_proxy import (CertForge, edit_json, forge_leaf, problem, set_header, stuck_processing,
                          window_from_now)
 # the fixtures of test_faults: a Pebble without random nonce rejections, a FaultProxy, acmectl
@@ -267,3 +268,68 @@ def test_long_running_refetches_directory_after_invalid_profile(acmectl_bin, peb
         assert re.search(r'the CA refused the profile "shortlived"', p.log_text()), p.log_text()
     finally:
         p.stop()
+
+
+# --------------------------------------------------------------------------
+# item 4: IP certificates and per-certificate profiles
+# --------------------------------------------------------------------------
+
+def test_ip_certificate_orders_shortlived(ctl, proxy):
+    """An IP address certificate with no profile configured, at a CA listing "shortlived"
+    (Let's Encrypt issues IP certificates only under it): the order asks for it."""
+    p = ctl.ok("issue", *ctl.http, "127.0.0.1")
+    assert re.search(r'"127\.0\.0\.1" has an IP address and no profile is configured: ordering the CA\'s '
+                     r'"shortlived" profile', p.stderr), p.stderr
+    (order,) = [pl for pa, pl in proxy.payloads if pa == "/order-plz"]
+    assert order["profile"] == "shortlived", order
+    assert ctl.meta("127.0.0.1")["profile"] == "shortlived"
+    # a DNS certificate at the same CA: no profile
+    ctl.ok("issue", *ctl.http, "dnsonly.example.org")
+    orders = [pl for pa, pl in proxy.payloads if pa == "/order-plz"]
+    assert "profile" not in orders[-1], orders[-1]
+
+
+def test_ip_certificate_rejected_identifier_hint(ctl, proxy):
+    """The CA lists no "shortlived" and refuses the IP address: the error says what to do."""
+    proxy.profiles = {"classic": "The profile you know and love"}
+    proxy.add_fault("newOrder", respond=problem(400, "rejectedIdentifier",
+                                                "IP address identifiers are not allowed for this profile"))
+    p = ctl.fails("issue", *ctl.http, "127.0.0.1")
+    assert re.search(r"rejectedIdentifier: IP address identifiers are not allowed for this profile \(a CA "
+                     r'may issue IP address certificates only under a certain profile: Let\'s Encrypt\'s is '
+                     r'"shortlived", see the "profile" setting\)', p.stderr), p.stderr
+
+
+def test_nginx_profile_per_certificate(pebble_f, proxy, nginx_factory, tmp_path):
+    """One issuer with `profile classic`; two certificates: one inherits it, the other sets
+    `profile=shortlived` on its acme_certificate line."""
+    https = harness.free_port()
+    a, b = "classic.nginx.example.org", "short.nginx.example.org"
+    conf = issuer_block("le", proxy.directory_url, tmp_path / "state",
+                        extra=f"ssl_trusted_certificate {pebble_f.ca_cert};\n    profile classic;") + f"""
+    server {{
+        listen 127.0.0.1:{pebble_f.http_port};
+        server_name {a} {b};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {a};
+        acme_certificate le;
+        location = /acme {{ acme_status; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {b};
+        acme_certificate le profile=shortlived;
+    }}
+"""
+    nginx_factory(conf, wait_port=https, allowed=[r"acme: "])
+
+    def both_valid():
+        st = https_get(https, a, "/acme").json()["certificates"]
+        return st if len(st) == 2 and all(c["state"] == "valid" for c in st) else None
+    harness.wait_for(both_valid, timeout=60, interval=0.3, what="both certificates")
+    by_name = {pl["identifiers"][0]["value"]: pl for pa, pl in proxy.payloads if pa == "/order-plz"}
+    assert by_name[a].get("profile") == "classic", by_name
+    assert by_name[b].get("profile") == "shortlived", by_name
