@@ -1160,28 +1160,136 @@ acme_client_account_update(acme_client_t *c, const char *const *contact, size_t 
                      acct_op_new(c, done, arg), update_done, err);
 }
 
+/* accounts/<ca>/rollover.key: the new key, stored before keyChange is sent (malloc'd) */
+static char *
+rollover_key_name(acme_client_t *c)
+{
+    return acme_sprintf("accounts/%s/rollover.key", c->ca_id);
+}
+
+/* The CA has the new key: it becomes the account key; the pending copy goes. */
+static void
+rollover_adopt(acct_op_t *a, const char *how)
+{
+    acme_client_t  *c = a->c;
+    acme_err_t      e;
+    char           *k;
+
+    EVP_PKEY_free(c->key);
+    c->key = a->new_key;
+    a->new_key = NULL;
+    if (account_save(c, &e) != 0) {
+        acme_err_prefix(&e, "key rollover succeeded at the CA but the new key could not be stored (it is "
+                        "in the store as accounts/%s/rollover.key)", c->ca_id);
+        acct_finish(a, &e);
+        return;
+    }
+    k = rollover_key_name(c);
+    if (k != NULL) {
+        acme_store_del(c->store, k, NULL);
+        free(k);
+    }
+    acme_log(c->loop, ACME_LOG_NOTICE, "acme: rolled over the key of account %s%s", c->account_url, how);
+    acct_finish(a, NULL);
+}
+
+/* After a lost keyChange answer: the account of the new key, if the CA made the change. */
+static void
+rollover_find_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acct_op_t      *a = arg;
+    acme_client_t  *c = a->c;
+    acme_err_t      e;
+    char           *k;
+
+    if (err == NULL && resp->location != NULL && c->account_url != NULL
+        && strcmp(resp->location, c->account_url) == 0)
+    {
+        rollover_adopt(a, " (its answer was lost; the account was found with the new key)");
+        return;
+    }
+    if (err != NULL && strstr(err->msg, "accountDoesNotExist") != NULL) {
+        /* the CA never made the change: the old key stays */
+        k = rollover_key_name(c);
+        if (k != NULL) {
+            acme_store_del(c->store, k, NULL);
+            free(k);
+        }
+        acme_err_set(&e, ACME_ERR_NETWORK, "key rollover: the answer was lost and the CA still has the "
+                     "old key; try again");
+        acct_finish(a, &e);
+        return;
+    }
+    acme_err_set(&e, err ? err->kind : ACME_ERR_BADRESPONSE, "key rollover: the answer was lost, and looking "
+                 "the account up with the new key failed (%s); the new key is kept in the store as "
+                 "accounts/%s/rollover.key", err ? err->msg : "another account URL", c->ca_id);
+    acct_finish(a, &e);
+}
+
 static void
 rollover_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acct_op_t      *a = arg;
     acme_client_t  *c = a->c;
+    op_t           *op;
     acme_err_t      e;
 
     (void) resp;
-    if (err != NULL) {
-        acct_finish(a, err);
-        return;
-    }
-    EVP_PKEY_free(c->key);
-    c->key = a->new_key;
-    a->new_key = NULL;
-    if (account_save(c, &e) != 0) {
-        acme_err_prefix(&e, "key rollover succeeded at the CA but the new key could not be stored");
+    if (err != NULL && err->kind == ACME_ERR_NETWORK) {
+        /* the CA may have made the change: ask it for the new key's account */
+        acme_log(c->loop, ACME_LOG_WARN, "acme: key rollover of account %s: %s; looking the account up "
+                 "with the new key", c->account_url, err->msg);
+        op = op_new(c, c->dir.new_account, "{\"onlyReturnExisting\":true}", NULL, rollover_find_done, a);
+        if (op != NULL) {
+            op->jwk_key = a->new_key;
+            EVP_PKEY_up_ref(a->new_key);
+            op_start(op);
+            return;
+        }
+        acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
         acct_finish(a, &e);
         return;
     }
-    acme_log(c->loop, ACME_LOG_NOTICE, "acme: rolled over the key of account %s", c->account_url);
-    acct_finish(a, NULL);
+    if (err != NULL) {
+        char *k = rollover_key_name(c);
+
+        if (k != NULL) {
+            acme_store_del(c->store, k, NULL);
+            free(k);
+        }
+        acct_finish(a, err);
+        return;
+    }
+    rollover_adopt(a, "");
+}
+
+/* The new key goes into the store before the CA hears of it: an answer lost in transit loses no key. */
+static int
+rollover_key_store(acme_client_t *c, EVP_PKEY *key, acme_err_t *err)
+{
+    char    *pem, *k;
+    size_t   len;
+    int      rc;
+
+    pem = acme_key_to_pem(key, &len, err);
+    k = rollover_key_name(c);
+    if (pem == NULL || k == NULL) {
+        if (pem != NULL) {
+            acme_free_secret(pem, len);
+        }
+        free(k);
+        if (k == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        }
+        return -1;
+    }
+    rc = acme_store_put(c->store, k, pem, len, 1, err);
+    acme_free_secret(pem, len);
+    free(k);
+    if (rc != 0) {
+        acme_err_prefix(err, "key rollover: storing the new key first");
+    }
+    return rc;
 }
 
 int
@@ -1213,7 +1321,8 @@ acme_client_account_rollover(acme_client_t *c, const acme_keyspec_t *ks, acme_cl
     json_decref(inner_payload);
     inner = s ? acme_jws_sign_json(a->new_key, NULL, NULL, c->dir.key_change, s, err) : NULL;
     free(s);
-    if (inner == NULL) {
+    if (inner == NULL || rollover_key_store(c, a->new_key, err) != 0) {
+        json_decref(inner);
         EVP_PKEY_free(a->new_key);
         free(a);
         return -1;

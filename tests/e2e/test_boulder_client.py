@@ -333,3 +333,25 @@ def test_nginx_profile_per_certificate(pebble_f, proxy, nginx_factory, tmp_path)
     by_name = {pl["identifiers"][0]["value"]: pl for pa, pl in proxy.payloads if pa == "/order-plz"}
     assert by_name[a].get("profile") == "classic", by_name
     assert by_name[b].get("profile") == "shortlived", by_name
+
+
+# --------------------------------------------------------------------------
+# item 9: account dead ends
+# --------------------------------------------------------------------------
+
+def test_rollover_answer_lost_keeps_new_key(ctl, proxy, tmp_path):
+    """keyChange reaches the CA but its answer is lost: the client looks the account up with
+    the new key, finds it, and keeps that key (it used to throw it away and be locked out)."""
+    ctl.issue("roll-before.example.org")
+    before = json.loads(ctl.ok("account", "show").stdout)
+    f = proxy.add_fault(r"^/rollover-account-key$", method="POST", lose=True)
+    p = ctl.ok("account", "rollover", "--key", "ecdsa:384")
+    assert f.hits == 1
+    assert "its answer was lost; the account was found with the new key" in p.stderr, p.stderr
+    after = json.loads(ctl.ok("account", "show").stdout)
+    assert after["url"] == before["url"] and after["key_type"] == "ecdsa:384", after
+    assert after["thumbprint"] != before["thumbprint"]
+    # the stored key is the one the CA has: orders work without registering again
+    p = ctl.ok("issue", *ctl.http, "roll-after.example.org")
+    assert "registering again" not in p.stderr
+    assert not list((ctl.state / "accounts").glob("*/rollover.key"))
