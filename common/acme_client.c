@@ -37,6 +37,7 @@ struct op_s {
     char                *accept;
     EVP_PKEY            *jwk_key;       /* sign in jwk form with this key (newAccount, cert-key revoke) */
     int                  get;           /* plain GET, unsigned */
+    int                  tos_retries;   /* agreed to the terms again after userActionRequired */
     int                  nonce_retries;
     int                  account_retries;
     int                  fetching_nonce;
@@ -213,6 +214,23 @@ resp_is_problem(const acme_http_resp_t *resp, const char *short_type)
     }
     r = acme_problem_is(&p, short_type);
     acme_problem_free(&p);
+    return r;
+}
+
+/* The problem's "instance" URL (RFC 8555 7.3.3: where the user acts, e.g. new terms), malloc'd or NULL. */
+static char *
+problem_instance(const acme_http_resp_t *resp)
+{
+    json_t      *j;
+    const char  *s;
+    char        *r = NULL;
+
+    j = json_loadb(resp->body.data ? resp->body.data : "", resp->body.len, 0, NULL);
+    s = json_string_value(json_object_get(j, "instance"));
+    if (s != NULL && acme_url_valid(s)) {
+        r = acme_strdup(s);
+    }
+    json_decref(j);
     return r;
 }
 
@@ -861,6 +879,7 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
 /* ---- signed requests ---- */
 
 static void op_send(op_t *op);
+static void op_user_action(op_t *op, const acme_http_resp_t *resp);
 
 static void
 op_account_ready(void *arg, const acme_err_t *err)
@@ -953,8 +972,76 @@ op_resp(const acme_http_resp_t *resp, void *arg)
     {
         c->dir_stale = 1;       /* the CA changed its directory or its profiles */
     }
+    if (resp->ok && !op->get && op->jwk_key == NULL && resp_is_problem(resp, "userActionRequired")) {
+        op_user_action(op, resp);
+        return;
+    }
     snprintf(what, sizeof(what), "%s %.250s", op->get ? "GET" : "POST", op->url);
     acme_client_resp_error(resp, what, &err);
+    op_fail(op, &err);
+}
+
+/* The terms were agreed to again: the request that met userActionRequired goes once more. */
+static void
+op_tos_agreed(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    op_t        *op = arg;
+    acme_err_t   e;
+
+    (void) resp;
+    if (err != NULL) {
+        e = *err;
+        acme_err_prefix(&e, "agreeing to the terms of service of %s again", op->c->directory_url);
+        op_fail(op, &e);
+        return;
+    }
+    acme_log(op->c->loop, ACME_LOG_NOTICE, "acme: agreed to the terms of service of %s again",
+             op->c->directory_url);
+    op_start(op);
+}
+
+/*
+ * userActionRequired (RFC 8555 7.3.3), typically new terms of service: with accept_terms_of_service the
+ * account agrees again (once per request), else the error names the instance URL for the admin.
+ */
+static void
+op_user_action(op_t *op, const acme_http_resp_t *resp)
+{
+    acme_client_t  *c = op->c;
+    op_t           *agree;
+    acme_err_t      err;
+    char            what[300], *instance = problem_instance(resp), *payload;
+    size_t          n;
+    json_t         *o;
+
+    acme_log(c->loop, ACME_LOG_NOTICE, "acme: %s asks for an action on account %s: %s", c->directory_url,
+             c->account_url ? c->account_url : "-", instance ? instance : "(no instance URL given)");
+    if (c->agree_tos && op->tos_retries == 0 && c->account_url != NULL) {
+        op->tos_retries++;
+        /* the contacts too: some CAs (Pebble) take an update without them for an empty one */
+        o = json_pack("{s:b}", "termsOfServiceAgreed", 1);
+        if (o != NULL && c->ncontact > 0) {
+            json_object_set_new(o, "contact", contact_json(c->contact, c->ncontact));
+        }
+        payload = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        agree = payload ? op_new(c, c->account_url, payload, NULL, op_tos_agreed, op) : NULL;
+        free(payload);
+        if (agree != NULL) {
+            free(instance);
+            op_start(agree);
+            return;
+        }
+    }
+    snprintf(what, sizeof(what), "POST %.250s", op->url);
+    acme_client_resp_error(resp, what, &err);
+    n = strlen(err.msg);
+    snprintf(err.msg + n, sizeof(err.msg) - n, " (the CA asks for an action at %s%s)",
+             instance ? instance : "its website",
+             c->agree_tos ? "" : "; if these are new terms of service, read them and set "
+                                 "accept_terms_of_service to agree");
+    err.kind = ACME_ERR_CONFIG;
+    free(instance);
     op_fail(op, &err);
 }
 

@@ -355,3 +355,43 @@ def test_rollover_answer_lost_keeps_new_key(ctl, proxy, tmp_path):
     p = ctl.ok("issue", *ctl.http, "roll-after.example.org")
     assert "registering again" not in p.stderr
     assert not list((ctl.state / "accounts").glob("*/rollover.key"))
+
+
+TOS = "https://letsencrypt.example/documents/LE-SA-v1.6-December-2026.pdf"
+
+
+def _user_action_required():
+    body = json.dumps({"type": "urn:ietf:params:acme:error:userActionRequired",
+                       "detail": "Terms of service have changed", "status": 403, "instance": TOS})
+    return (403, [("Content-Type", "application/problem+json"),
+                  ("Link", f'<{TOS}>;rel="terms-of-service"')], body)
+
+
+def test_user_action_required_agrees_again(ctl, proxy):
+    """The terms changed (userActionRequired at newOrder) and --agree-tos is set: the account
+    agrees again (termsOfServiceAgreed on the account URL) and the order goes through."""
+    name = "newterms.example.org"
+    ctl.issue(name)
+    f = proxy.add_fault("newOrder", respond=_user_action_required())
+    proxy.reset()
+    p = ctl.ok("renew", "--force", *ctl.http, name)
+    assert f.hits == 1 and "issued" in p.stdout
+    assert f"asks for an action on account" in p.stderr and TOS in p.stderr, p.stderr
+    assert "agreed to the terms of service of" in p.stderr, p.stderr
+    agreed = [pl for pa, pl in proxy.payloads if pa.startswith("/my-account/")]
+    assert len(agreed) == 1 and agreed[0]["termsOfServiceAgreed"] is True, proxy.payloads
+
+
+def test_user_action_required_without_agreement_names_url(ctl, proxy):
+    """Without --agree-tos: the failure names the instance URL and what to set; status shows it."""
+    name = "newterms-no.example.org"
+    ctl.issue(name)
+    proxy.add_fault("newOrder", respond=_user_action_required())
+    args = [a for a in ctl.args("renew", "--force", *ctl.http, name) if a != "--agree-tos"]
+    p = harness.run_cmd(args, timeout=60)
+    assert p.returncode not in (0, 2), p.stderr
+    assert re.search(r"userActionRequired: Terms of service have changed \(the CA asks for an action at "
+                     + re.escape(TOS) + r"; if these are new terms of service, read them and set "
+                     r"accept_terms_of_service to agree\)", p.stderr), p.stderr
+    assert TOS in ctl.status(name)["last_error"]
+    assert not [pa for pa, pl in proxy.payloads if pa.startswith("/my-account/")]
