@@ -84,6 +84,7 @@ struct acme_client_s {
 
 static void op_start(op_t *op);
 static void client_register(acme_client_t *c);
+static void client_account(acme_client_t *c);
 
 static void
 nonce_push(acme_client_t *c, const char *nonce)
@@ -600,6 +601,50 @@ client_register(acme_client_t *c)
     op_start(op);
 }
 
+/* 1 when err is the CA saying the account (of this key) is deactivated: it never comes back (7.3.6). */
+static int
+err_deactivated(const acme_err_t *err)
+{
+    return err != NULL && strstr(err->msg, "unauthorized") != NULL && strstr(err->msg, "deactivated") != NULL;
+}
+
+/*
+ * A deactivated account: with a generated key, it is forgotten (store included) and a new key registers a
+ * new account; a configured key file cannot be used again, which the error says (configuration-class).
+ * 0: go on with client_account(); -1: *e filled.
+ */
+static int
+client_deactivated(acme_client_t *c, const acme_err_t *err, acme_err_t *e)
+{
+    char *k1, *k2;
+
+    if (c->account_key_file != NULL) {
+        acme_err_set(e, ACME_ERR_CONFIG, "%s: the account of the configured key file %s is deactivated at "
+                     "the CA, and a deactivated account cannot be used again: configure a new key file (or "
+                     "none, to have a key made)", err->msg, c->account_key_file);
+        return -1;
+    }
+    acme_log(c->loop, ACME_LOG_WARN, "acme: account %s at %s is deactivated: registering a new account with "
+             "a new key", c->account_url ? c->account_url : "-", c->directory_url);
+    k1 = acme_sprintf("accounts/%s/account.key", c->ca_id);
+    k2 = acme_sprintf("accounts/%s/account.json", c->ca_id);
+    if (k1 == NULL || k2 == NULL || acme_store_del(c->store, k2, e) != 0 || acme_store_del(c->store, k1, e) != 0) {
+        if (k1 == NULL || k2 == NULL) {
+            acme_err_set(e, ACME_ERR_INTERNAL, "out of memory");
+        }
+        free(k1);
+        free(k2);
+        return -1;
+    }
+    free(k1);
+    free(k2);
+    EVP_PKEY_free(c->key);
+    c->key = NULL;
+    free(c->account_url);
+    c->account_url = NULL;
+    return 0;
+}
+
 static void
 find_account_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
@@ -609,6 +654,15 @@ find_account_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err
     if (err != NULL && strstr(err->msg, "accountDoesNotExist") != NULL) {
         /* no account for this key yet */
         client_register(c);
+        return;
+    }
+    if (err_deactivated(err)) {
+        if (client_deactivated(c, err, &e) == 0) {
+            client_account(c);
+            return;
+        }
+        acme_err_prefix(&e, "account lookup at %s", c->directory_url);
+        client_notify(c, &e);
         return;
     }
     if (err == NULL && resp->location != NULL && strncmp(resp->location, "http", 4) == 0) {
@@ -971,6 +1025,26 @@ op_resp(const acme_http_resp_t *resp, void *arg)
         && (resp->status != 404 || dir_has_url(&c->dir, op->url)))
     {
         c->dir_stale = 1;       /* the CA changed its directory or its profiles */
+    }
+    if (resp->ok && !op->get && op->jwk_key == NULL && op->account_retries == 0 && resp->status == 403
+        && resp_is_problem(resp, "unauthorized"))
+    {
+        snprintf(what, sizeof(what), "%s %.250s", op->get ? "GET" : "POST", op->url);
+        acme_client_resp_error(resp, what, &err);
+        if (err_deactivated(&err)) {
+            acme_err_t  e2;
+
+            op->account_retries++;
+            if (client_deactivated(c, &err, &e2) != 0) {
+                op_fail(op, &e2);
+                return;
+            }
+            c->state = CL_NONE;
+            if (acme_client_ready(c, op_account_ready, op, &err) != 0) {
+                op_fail(op, &err);
+            }
+            return;
+        }
     }
     if (resp->ok && !op->get && op->jwk_key == NULL && resp_is_problem(resp, "userActionRequired")) {
         op_user_action(op, resp);

@@ -395,3 +395,50 @@ def test_user_action_required_without_agreement_names_url(ctl, proxy):
                      r"accept_terms_of_service to agree\)", p.stderr), p.stderr
     assert TOS in ctl.status(name)["last_error"]
     assert not [pa for pa, pl in proxy.payloads if pa.startswith("/my-account/")]
+
+
+
+def _deactivate_elsewhere(ctl, proxy, tmp_path, keyfile):
+    """Deactivate the account of keyfile from another state directory (as another tool would)."""
+    other = Ctl(ctl.binary, tmp_path / "elsewhere", proxy)
+    args = other.args("account", "deactivate")
+    p = harness.run_cmd(args[:1] + ["--account-key", str(keyfile)] + args[1:], timeout=60)
+    assert p.returncode == 0, p.stderr
+
+
+def test_deactivated_account_with_key_file(ctl, proxy, acmectl_bin, tmp_path):
+    """The account of a configured key file was deactivated: every attempt used to fail the same
+    way for ever with a bare "unauthorized". The error now says what to do; configuration-class."""
+    ctl.issue("deact-first.example.org")
+    (acct_dir,) = list((ctl.state / "accounts").iterdir())
+    keyfile = tmp_path / "admin-account.key"
+    keyfile.write_bytes((acct_dir / "account.key").read_bytes())
+    keyfile.chmod(0o600)
+    _deactivate_elsewhere(ctl, proxy, tmp_path, keyfile)
+    c = Ctl(acmectl_bin, tmp_path / "other", proxy)
+    args = c.args("issue", *c.http, "deact-second.example.org")
+    p = harness.run_cmd(args[:1] + ["--account-key", str(keyfile)] + args[1:], timeout=60)
+    assert p.returncode not in (0, 2), p.stderr
+    assert re.search(r"unauthorized: .*deactivated: the account of the configured key file "
+                     + re.escape(str(keyfile)) + r" is deactivated at the CA, and a deactivated account "
+                     r"cannot be used again: configure a new key file", p.stderr), p.stderr
+
+
+def test_deactivated_account_with_generated_key(ctl, proxy, tmp_path):
+    """The account of a generated (stored) key was deactivated elsewhere: the next renewal
+    registers a new account with a new key instead of failing for ever."""
+    name = "deact-gen.example.org"
+    ctl.issue(name)
+    (acct_dir,) = list((ctl.state / "accounts").iterdir())
+    keyfile = tmp_path / "copy-account.key"
+    keyfile.write_bytes((acct_dir / "account.key").read_bytes())
+    keyfile.chmod(0o600)
+    before = json.loads((acct_dir / "account.json").read_text())["url"]
+    _deactivate_elsewhere(ctl, proxy, tmp_path, keyfile)
+    p = ctl.ok("renew", "--force", *ctl.http, name)
+    assert "issued" in p.stdout
+    assert re.search(r"account \S+ at \S+ is deactivated: registering a new account with a new key",
+                     p.stderr), p.stderr
+    after = json.loads((acct_dir / "account.json").read_text())["url"]
+    assert after != before
+    assert (acct_dir / "account.key").read_bytes() != keyfile.read_bytes()
