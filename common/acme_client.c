@@ -628,7 +628,9 @@ client_deactivated(acme_client_t *c, const acme_err_t *err, acme_err_t *e)
              "a new key", c->account_url ? c->account_url : "-", c->directory_url);
     k1 = acme_sprintf("accounts/%s/account.key", c->ca_id);
     k2 = acme_sprintf("accounts/%s/account.json", c->ca_id);
-    if (k1 == NULL || k2 == NULL || acme_store_del(c->store, k2, e) != 0 || acme_store_del(c->store, k1, e) != 0) {
+    if (k1 == NULL || k2 == NULL
+        || acme_store_del(c->store, k2, e) != 0 || acme_store_del(c->store, k1, e) != 0)
+    {
         if (k1 == NULL || k2 == NULL) {
             acme_err_set(e, ACME_ERR_INTERNAL, "out of memory");
         }

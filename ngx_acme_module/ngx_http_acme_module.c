@@ -1224,8 +1224,9 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         bad_profile:
 
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid \"%V\": expected profile=NAME (letters, "
-                               "digits, \".\", \"_\", \"-\")", &value[i]);
+                               "invalid \"%V\": expected profile=NAME "
+                               "(letters, digits, \".\", \"_\", \"-\")",
+                               &value[i]);
             return NGX_CONF_ERROR;
         }
 

@@ -16,7 +16,7 @@ import pytest
 
 import harness
 
-from nginx_harness import https_get, issuer_block, nginx_factory  # noqa: F401  (fixture)
+from nginx_harness import NGINX_BIN, https_get, issuer_block, nginx_factory  # noqa: F401  (fixture)
 from fault_proxy import (CertForge, edit_json, forge_leaf, problem, set_header, stuck_processing,
                          window_from_now)
 # the fixtures of test_faults: a Pebble without random nonce rejections, a FaultProxy, acmectl
@@ -333,6 +333,13 @@ def test_nginx_profile_per_certificate(pebble_f, proxy, nginx_factory, tmp_path)
     by_name = {pl["identifiers"][0]["value"]: pl for pa, pl in proxy.payloads if pa == "/order-plz"}
     assert by_name[a].get("profile") == "classic", by_name
     assert by_name[b].get("profile") == "shortlived", by_name
+    # RFC 8555 6.1: the User-Agent names nginx and its version
+    nginx_v = re.search(r"nginx/(\S+)", subprocess.run([NGINX_BIN, "-v"], capture_output=True,
+                                                       text=True).stderr).group(1)
+    agents = {h.get("user-agent") for _, _, h in proxy.headers_seen}
+    assert len(agents) == 1 and re.fullmatch(
+        rf"acme-httpd/{re.escape(_release_version())} \(nginx/{re.escape(nginx_v)}\) libcurl/\S+",
+        agents.pop()), agents
 
 
 # --------------------------------------------------------------------------
