@@ -449,3 +449,28 @@ def test_deactivated_account_with_generated_key(ctl, proxy, tmp_path):
     after = json.loads((acct_dir / "account.json").read_text())["url"]
     assert after != before
     assert (acct_dir / "account.key").read_bytes() != keyfile.read_bytes()
+
+
+def test_long_running_refetches_directory_after_404(acmectl_bin, pebble_f, proxy, tmp_path, procs):
+    """A 404 on one of the directory's URLs (the CA moved its endpoints): the next request that
+    needs the client ready fetches the directory again; other errors do not."""
+    c = Ctl(acmectl_bin, tmp_path / "state", proxy)
+    name = "moved.example.org"
+    status = tmp_path / "status.json"
+    p = procs.start(c.args("run", *c.http, "--status-file", status, name), name="acmectl-run")
+    try:
+        wait_status(status, lambda s: s["state"] == "valid", 30, "the certificate", p)
+        time.sleep(1)                                   # the ARI check after issuance
+        # twice: the order is tried again without "replaces" first
+        f = proxy.add_fault("newOrder", times=2, respond=problem(404, "malformed", "no such endpoint"))
+        dir_gets = proxy.count("GET", "/dir")
+        p.send_signal(signal.SIGUSR1)
+        wait_status(status, lambda s: s["failures"] >= 1, 20, "the failure", p)
+        assert f.hits == 2
+        assert proxy.count("GET", "/dir") == dir_gets       # not fetched yet: nothing asked for it
+        p.send_signal(signal.SIGUSR1)                       # the next attempt
+        harness.wait_for(lambda: proxy.count("GET", "/dir") > dir_gets, timeout=15,
+                         what="the directory fetched again")
+        wait_status(status, lambda s: s["failures"] == 0, 30, "the renewal", p)
+    finally:
+        p.stop()
