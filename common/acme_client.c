@@ -828,11 +828,14 @@ directory_refresh_done(const acme_http_resp_t *resp, void *arg)
         c->dir = nd;
         acme_log(c->loop, ACME_LOG_INFO, "acme: directory %s fetched again (%zu profiles)", c->directory_url,
                  c->dir.nprofiles);
-        return;
+    } else {
+        acme_directory_free(&nd);
+        acme_log(c->loop, ACME_LOG_WARN, "acme: %s: fetching the directory again failed, keeping the one "
+                 "fetched before: %s", c->directory_url, err.msg);
     }
-    acme_directory_free(&nd);
-    acme_log(c->loop, ACME_LOG_WARN, "acme: %s: fetching the directory again failed, keeping the one "
-             "fetched before: %s", c->directory_url, err.msg);
+    if (c->waiters != NULL) {
+        client_notify(c, NULL);     /* those who asked meanwhile: ready, with the newest directory */
+    }
 }
 
 static void
@@ -895,7 +898,7 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
     if (c->state == CL_READY && c->have_dir && c->dir_req == NULL
         && (c->dir_stale || time(NULL) - c->dir_at >= DIR_REFRESH))
     {
-        /* in the background: requests in flight keep using the current one */
+        /* requests in flight keep the current one; this caller (and any until the answer) waits for it */
         dconf = c->http;
         dconf.follow_redirects = 1;
         c->dir_req = acme_http_send(c->loop, &dconf, "GET", c->directory_url, NULL, "application/json",
@@ -903,6 +906,9 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
     }
     switch (c->state) {
     case CL_READY:
+        if (c->dir_req != NULL) {
+            return 0;               /* told by directory_refresh_done */
+        }
         c->notify_failed = 0;
         if (c->notify_timer == NULL) {
             c->notify_timer = acme_timer_add(c->loop, 0, notify_cb, c);

@@ -474,3 +474,34 @@ def test_long_running_refetches_directory_after_404(acmectl_bin, pebble_f, proxy
         wait_status(status, lambda s: s["failures"] == 0, 30, "the renewal", p)
     finally:
         p.stop()
+
+
+def test_invalid_profile_at_finalize_then_fallback(acmectl_bin, pebble_f, proxy, tmp_path, procs):
+    """The CA drops the profile while an order is open: finalize answers invalidProfile. The
+    attempt fails as a configuration matter (the stored certificate stays); the directory is
+    fetched again, and the next attempt orders the CA's default profile."""
+    c = Ctl(acmectl_bin, tmp_path / "state", proxy)
+    name = "finalize-profile.example.org"
+    status = tmp_path / "status.json"
+    p = procs.start(c.args("run", *c.http, "--profile", "shortlived", "--status-file", status, name),
+                    name="acmectl-run")
+    try:
+        wait_status(status, lambda s: s["state"] == "valid", 30, "the certificate", p)
+        time.sleep(1)
+        first = c.meta(name)["not_before"]
+        f = proxy.add_fault("finalize", method="POST", respond=problem(400, "invalidProfile",
+                                                                       'profile "shortlived" is gone'))
+        p.send_signal(signal.SIGUSR1)
+        st = wait_status(status, lambda s: s["failures"] >= 1, 20, "the failure", p)
+        assert f.hits == 1
+        assert re.search(r"finalize: .*invalidProfile: profile \"shortlived\" is gone", st["last_error"]), st
+        assert c.meta(name)["not_before"] == first
+        proxy.profiles = {"classic": "The profile you know and love"}
+        n0 = len(proxy.payloads)
+        p.send_signal(signal.SIGUSR1)
+        harness.wait_for(lambda: c.meta(name)["not_before"] != first, timeout=30, what="the renewal")
+        orders = [pl for pa, pl in proxy.payloads[n0:] if pa == "/order-plz"]
+        assert orders and "profile" not in orders[-1], orders
+        assert re.search(r'does not offer the profile "shortlived" \(any more\)', p.log_text()), p.log_text()
+    finally:
+        p.stop()
