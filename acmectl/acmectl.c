@@ -17,6 +17,7 @@
 #include "acme_sched.h"
 #include "acme_x509.h"
 #include "acme_directory.h"
+#include "acme_http.h"
 #include "acme_manager.h"
 #include "chsrv.h"
 
@@ -295,6 +296,7 @@ typedef struct {
     const char       *tls_listen;
     const char       *key;
     const char       *profile;
+    int               profile_stored;   /* profile from the stored certificate, not --profile */
     const char       *preferred_chain;
     int               force;
     long              poll_timeout;
@@ -395,6 +397,25 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     {
         fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", o->challenge);
         return 2;
+    }
+    if (o->profile != NULL && !o->profile_stored) {
+        /* an explicit --profile the CA does not list is a typo: refused before ordering (a stored one
+         * the CA dropped falls back to its default in the core) */
+        const acme_directory_t *dir;
+
+        if (ctl_ready_err(ctl, fail) != 0) {
+            return 1;
+        }
+        dir = acme_client_directory(ctl->client);
+        if (dir->nprofiles > 0 && !acme_directory_has_profile(dir, o->profile)) {
+            acme_err_set(&err, ACME_ERR_CONFIG, "--profile: the CA %s does not offer the profile \"%s\"",
+                         acme_client_directory_url(ctl->client), o->profile);
+            fprintf(stderr, "acmectl: %s\n", err.msg);
+            if (fail != NULL) {
+                *fail = err;
+            }
+            return 1;
+        }
     }
     types[0] = o->challenge ? o->challenge : "http-01";
     if (strcmp(types[0], "http-01") == 0 && o->http_listen == NULL) {
@@ -609,9 +630,18 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     if (ri != NULL) {
         if (aw->meta->ari_start != ri->start || aw->meta->ari_end != ri->end) {
             aw->meta->renew_at = 0;     /* a new window: choose a new point in it */
+            if (ri->explanation_url != NULL) {
+                char b1[32], b2[32];
+
+                fprintf(stderr, "acmectl: %s: the CA's renewal window is %s to %s; the CA explains: %s\n",
+                        aw->meta->name, acme_time_format(ri->start, b1, sizeof(b1)),
+                        acme_time_format(ri->end, b2, sizeof(b2)), ri->explanation_url);
+            }
         }
         aw->meta->ari_start = ri->start;
         aw->meta->ari_end = ri->end;
+        free(aw->meta->ari_explanation_url);
+        aw->meta->ari_explanation_url = acme_strdup(ri->explanation_url);
     }
     aw->meta->ari_next_check = acme_sched_ari_next_check(time(NULL), retry_after, acme_random());
     wait_done(&aw->w, err);
@@ -633,7 +663,8 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
         return;
     }
     f.failures++;
-    f.next_try = now + acme_sched_backoff(err->kind, f.failures, err->retry_after, acme_random());
+    f.next_try = acme_sched_next_try(err->kind, f.failures, err->retry_after, acme_random(), now,
+                                     f.not_after);
     f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
     f.last_error_at = now;
     free(f.last_error);
@@ -726,6 +757,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     }
     if (o.profile == NULL) {
         o.profile = m.profile;
+        o.profile_stored = 1;
     }
     acme_err_clear(&err);
     rc = do_issue_names(ctl, &o, m.ids, m.nids, &m.keyspec, m.not_after ? m.ari_cert_id : NULL, &err);
@@ -764,6 +796,9 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
     if (m->ari_start) {
         json_object_set_new(o, "ari_window", json_pack("{s:s, s:s}", "start",
                             acme_time_format(m->ari_start, b, 32), "end", acme_time_format(m->ari_end, b2, 32)));
+        if (m->ari_explanation_url != NULL) {
+            json_object_set_new(o, "ari_explanation_url", json_string(m->ari_explanation_url));
+        }
     }
     json_object_set_new(o, "state", json_string(m->not_after == 0 ? "pending"
                                                 : m->not_after < time(NULL) ? "expired"
@@ -1304,6 +1339,7 @@ main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);   /* a full disk (or a file size limit) is a write error, not a crash */
     memset(&ctl, 0, sizeof(ctl));
+    acme_http_set_server("acmectl");
     ctl.account_keyspec = ACME_KEYSPEC_DEFAULT;
     ctl.state = getenv("ACME_STATE") ? getenv("ACME_STATE") : DEFAULT_STATE;
     ctl.contact = calloc((size_t) argc, sizeof(char *));

@@ -26,6 +26,7 @@
 
 #include "acme_directory.h"
 #include "acme_err.h"
+#include "acme_http.h"
 #include "acme_loop.h"
 #include "acme_manager.h"
 #include "acme_store.h"
@@ -428,6 +429,7 @@ driver_main(apr_thread_t *t, void *arg)
     memset(&host, 0, sizeof(host));
     host.data = s;
     host.log = mod_acme_core_log;
+    acme_http_set_server("Apache/" AP_SERVER_BASEREVISION);
     loop = acme_loop_new(&host, mod_acme_core_log_level(s), &err);
     if (loop == NULL) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0076) "cannot create the ACME loop: %s", err.msg);

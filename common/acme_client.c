@@ -17,6 +17,7 @@
 /* Replay-Nonces kept for the next signed requests: every response brings one, so concurrent orders rarely
  * need a HEAD newNonce. */
 #define NONCE_POOL     8
+#define DIR_REFRESH    86400            /* s: re-fetch the directory daily */
 
 typedef enum { CL_NONE = 0, CL_DIRECTORY, CL_ACCOUNT, CL_READY } cl_state_t;
 
@@ -36,6 +37,7 @@ struct op_s {
     char                *accept;
     EVP_PKEY            *jwk_key;       /* sign in jwk form with this key (newAccount, cert-key revoke) */
     int                  get;           /* plain GET, unsigned */
+    int                  tos_retries;   /* agreed to the terms again after userActionRequired */
     int                  nonce_retries;
     int                  account_retries;
     int                  fetching_nonce;
@@ -70,6 +72,8 @@ struct acme_client_s {
     char                *nonces[NONCE_POOL];
     size_t               nnonces;
     acme_http_req_t     *dir_req;
+    time_t               dir_at;        /* when the directory was fetched */
+    int                  dir_stale;     /* re-fetch it at the next acme_client_ready */
     waiter_t            *waiters;
     acme_timer_t        *notify_timer;
     acme_err_t           notify_err;
@@ -80,6 +84,7 @@ struct acme_client_s {
 
 static void op_start(op_t *op);
 static void client_register(acme_client_t *c);
+static void client_account(acme_client_t *c);
 
 static void
 nonce_push(acme_client_t *c, const char *nonce)
@@ -213,6 +218,23 @@ resp_is_problem(const acme_http_resp_t *resp, const char *short_type)
     }
     r = acme_problem_is(&p, short_type);
     acme_problem_free(&p);
+    return r;
+}
+
+/* The problem's "instance" URL (RFC 8555 7.3.3: where the user acts, e.g. new terms), malloc'd or NULL. */
+static char *
+problem_instance(const acme_http_resp_t *resp)
+{
+    json_t      *j;
+    const char  *s;
+    char        *r = NULL;
+
+    j = json_loadb(resp->body.data ? resp->body.data : "", resp->body.len, 0, NULL);
+    s = json_string_value(json_object_get(j, "instance"));
+    if (s != NULL && acme_url_valid(s)) {
+        r = acme_strdup(s);
+    }
+    json_decref(j);
     return r;
 }
 
@@ -392,6 +414,10 @@ void
 acme_client_reset(acme_client_t *c)
 {
     if (c->state == CL_READY || c->state == CL_NONE) {
+        if (c->state == CL_READY && c->dir_req != NULL) {
+            acme_http_cancel(c->dir_req);       /* a background re-fetch */
+            c->dir_req = NULL;
+        }
         acme_directory_free(&c->dir);
         memset(&c->dir, 0, sizeof(c->dir));
         c->have_dir = 0;
@@ -608,6 +634,52 @@ client_register(acme_client_t *c)
     op_start(op);
 }
 
+/* 1 when err is the CA saying the account (of this key) is deactivated: it never comes back (7.3.6). */
+static int
+err_deactivated(const acme_err_t *err)
+{
+    return err != NULL && strstr(err->msg, "unauthorized") != NULL && strstr(err->msg, "deactivated") != NULL;
+}
+
+/*
+ * A deactivated account: with a generated key, it is forgotten (store included) and a new key registers a
+ * new account; a configured key file cannot be used again, which the error says (configuration-class).
+ * 0: go on with client_account(); -1: *e filled.
+ */
+static int
+client_deactivated(acme_client_t *c, const acme_err_t *err, acme_err_t *e)
+{
+    char *k1, *k2;
+
+    if (c->account_key_file != NULL) {
+        acme_err_set(e, ACME_ERR_CONFIG, "%s: the account of the configured key file %s is deactivated at "
+                     "the CA, and a deactivated account cannot be used again: configure a new key file (or "
+                     "none, to have a key made)", err->msg, c->account_key_file);
+        return -1;
+    }
+    acme_log(c->loop, ACME_LOG_WARN, "acme: account %s at %s is deactivated: registering a new account with "
+             "a new key", c->account_url ? c->account_url : "-", c->directory_url);
+    k1 = acme_sprintf("accounts/%s/account.key", c->ca_id);
+    k2 = acme_sprintf("accounts/%s/account.json", c->ca_id);
+    if (k1 == NULL || k2 == NULL
+        || acme_store_del(c->store, k2, e) != 0 || acme_store_del(c->store, k1, e) != 0)
+    {
+        if (k1 == NULL || k2 == NULL) {
+            acme_err_set(e, ACME_ERR_INTERNAL, "out of memory");
+        }
+        free(k1);
+        free(k2);
+        return -1;
+    }
+    free(k1);
+    free(k2);
+    EVP_PKEY_free(c->key);
+    c->key = NULL;
+    free(c->account_url);
+    c->account_url = NULL;
+    return 0;
+}
+
 static void
 find_account_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
@@ -617,6 +689,15 @@ find_account_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err
     if (err != NULL && strstr(err->msg, "accountDoesNotExist") != NULL) {
         /* no account for this key yet */
         client_register(c);
+        return;
+    }
+    if (err_deactivated(err)) {
+        if (client_deactivated(c, err, &e) == 0) {
+            client_account(c);
+            return;
+        }
+        acme_err_prefix(&e, "account lookup at %s", c->directory_url);
+        client_notify(c, &e);
         return;
     }
     if (err == NULL && resp->location != NULL && strncmp(resp->location, "http", 4) == 0) {
@@ -734,6 +815,62 @@ client_account(acme_client_t *c)
     client_find(c);
 }
 
+void
+acme_client_directory_stale(acme_client_t *c)
+{
+    c->dir_stale = 1;
+}
+
+/* 1 when url is one of the directory's resources (a 404 there means the directory changed) */
+static int
+dir_has_url(const acme_directory_t *d, const char *url)
+{
+    const char *u[] = { d->new_nonce, d->new_account, d->new_order, d->new_authz, d->revoke_cert,
+                        d->key_change, d->renewal_info };
+    size_t      i;
+
+    for (i = 0; i < sizeof(u) / sizeof(u[0]); i++) {
+        if (u[i] != NULL && strncmp(url, u[i], strlen(u[i])) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A background re-fetch: the new directory replaces the old one only when it is good. */
+static void
+directory_refresh_done(const acme_http_resp_t *resp, void *arg)
+{
+    acme_client_t     *c = arg;
+    acme_directory_t   nd;
+    acme_err_t         err;
+
+    c->dir_req = NULL;
+    c->dir_at = time(NULL);
+    c->dir_stale = 0;
+    memset(&nd, 0, sizeof(nd));
+    if (!resp->ok || resp->status != 200) {
+        acme_client_resp_error(resp, "directory", &err);
+    } else if (resp->content_type == NULL || strcmp(resp->content_type, "application/json") != 0) {
+        acme_err_set(&err, ACME_ERR_BADRESPONSE, "directory: expected application/json, got \"%.60s\"",
+                     resp->content_type ? resp->content_type : "(none)");
+    } else if (acme_directory_parse(resp->body.data, resp->body.len, &nd, &err) == 0
+               && acme_urlpolicy_check_directory(&c->urls, c->loop, &nd, &err) == 0)
+    {
+        acme_directory_free(&c->dir);
+        c->dir = nd;
+        acme_log(c->loop, ACME_LOG_INFO, "acme: directory %s fetched again (%zu profiles)", c->directory_url,
+                 c->dir.nprofiles);
+    } else {
+        acme_directory_free(&nd);
+        acme_log(c->loop, ACME_LOG_WARN, "acme: %s: fetching the directory again failed, keeping the one "
+                 "fetched before: %s", c->directory_url, err.msg);
+    }
+    if (c->waiters != NULL) {
+        client_notify(c, NULL);     /* those who asked meanwhile: ready, with the newest directory */
+    }
+}
+
 static void
 directory_done(const acme_http_resp_t *resp, void *arg)
 {
@@ -770,6 +907,8 @@ directory_done(const acme_http_resp_t *resp, void *arg)
         return;
     }
     c->have_dir = 1;
+    c->dir_at = time(NULL);
+    c->dir_stale = 0;
     client_account(c);
 }
 
@@ -789,8 +928,20 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
     w->next = c->waiters;
     c->waiters = w;
 
+    if (c->state == CL_READY && c->have_dir && c->dir_req == NULL
+        && (c->dir_stale || time(NULL) - c->dir_at >= DIR_REFRESH))
+    {
+        /* requests in flight keep the current one; this caller (and any until the answer) waits for it */
+        dconf = c->http;
+        dconf.follow_redirects = 1;
+        c->dir_req = acme_http_send(c->loop, &dconf, "GET", c->directory_url, NULL, "application/json",
+                                    directory_refresh_done, c, NULL);
+    }
     switch (c->state) {
     case CL_READY:
+        if (c->dir_req != NULL) {
+            return 0;               /* told by directory_refresh_done */
+        }
         c->notify_failed = 0;
         if (c->notify_timer == NULL) {
             c->notify_timer = acme_timer_add(c->loop, 0, notify_cb, c);
@@ -823,6 +974,7 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
 /* ---- signed requests ---- */
 
 static void op_send(op_t *op);
+static void op_user_action(op_t *op, const acme_http_resp_t *resp);
 
 static void
 op_account_ready(void *arg, const acme_err_t *err)
@@ -910,8 +1062,101 @@ op_resp(const acme_http_resp_t *resp, void *arg)
         return;
     }
 
+    if (resp->ok && (resp->status == 404 || resp_is_problem(resp, "invalidProfile"))
+        && (resp->status != 404 || dir_has_url(&c->dir, op->url)))
+    {
+        c->dir_stale = 1;       /* the CA changed its directory or its profiles */
+    }
+    if (resp->ok && !op->get && op->jwk_key == NULL && op->account_retries == 0 && resp->status == 403
+        && resp_is_problem(resp, "unauthorized"))
+    {
+        snprintf(what, sizeof(what), "%s %.250s", op->get ? "GET" : "POST", op->url);
+        acme_client_resp_error(resp, what, &err);
+        if (err_deactivated(&err)) {
+            acme_err_t  e2;
+
+            op->account_retries++;
+            if (client_deactivated(c, &err, &e2) != 0) {
+                op_fail(op, &e2);
+                return;
+            }
+            c->state = CL_NONE;
+            if (acme_client_ready(c, op_account_ready, op, &err) != 0) {
+                op_fail(op, &err);
+            }
+            return;
+        }
+    }
+    if (resp->ok && !op->get && op->jwk_key == NULL && resp_is_problem(resp, "userActionRequired")) {
+        op_user_action(op, resp);
+        return;
+    }
     snprintf(what, sizeof(what), "%s %.250s", op->get ? "GET" : "POST", op->url);
     acme_client_resp_error(resp, what, &err);
+    op_fail(op, &err);
+}
+
+/* The terms were agreed to again: the request that met userActionRequired goes once more. */
+static void
+op_tos_agreed(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    op_t        *op = arg;
+    acme_err_t   e;
+
+    (void) resp;
+    if (err != NULL) {
+        e = *err;
+        acme_err_prefix(&e, "agreeing to the terms of service of %s again", op->c->directory_url);
+        op_fail(op, &e);
+        return;
+    }
+    acme_log(op->c->loop, ACME_LOG_NOTICE, "acme: agreed to the terms of service of %s again",
+             op->c->directory_url);
+    op_start(op);
+}
+
+/*
+ * userActionRequired (RFC 8555 7.3.3), typically new terms of service: with accept_terms_of_service the
+ * account agrees again (once per request), else the error names the instance URL for the admin.
+ */
+static void
+op_user_action(op_t *op, const acme_http_resp_t *resp)
+{
+    acme_client_t  *c = op->c;
+    op_t           *agree;
+    acme_err_t      err;
+    char            what[300], *instance = problem_instance(resp), *payload;
+    size_t          n;
+    json_t         *o;
+
+    acme_log(c->loop, ACME_LOG_NOTICE, "acme: %s asks for an action on account %s: %s", c->directory_url,
+             c->account_url ? c->account_url : "-", instance ? instance : "(no instance URL given)");
+    if (c->agree_tos && op->tos_retries == 0 && c->account_url != NULL) {
+        op->tos_retries++;
+        /* the contacts too: some CAs (Pebble) take an update without them for an empty one */
+        o = json_pack("{s:b}", "termsOfServiceAgreed", 1);
+        if (o != NULL && c->ncontact > 0) {
+            json_object_set_new(o, "contact", contact_json(c->contact, c->ncontact));
+        }
+        payload = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        agree = payload ? op_new(c, c->account_url, payload, NULL, op_tos_agreed, op) : NULL;
+        free(payload);
+        if (agree != NULL) {
+            free(instance);
+            op_start(agree);
+            return;
+        }
+    }
+    snprintf(what, sizeof(what), "POST %.250s", op->url);
+    acme_client_resp_error(resp, what, &err);
+    n = strlen(err.msg);
+    snprintf(err.msg + n, sizeof(err.msg) - n, " (the CA asks for an action at %s%s)",
+             instance ? instance : "its website",
+             c->agree_tos ? "" : "; if these are new terms of service, read them and set "
+                                 "accept_terms_of_service to agree");
+    err.kind = ACME_ERR_CONFIG;
+    free(instance);
     op_fail(op, &err);
 }
 
@@ -1117,28 +1362,136 @@ acme_client_account_update(acme_client_t *c, const char *const *contact, size_t 
                      acct_op_new(c, done, arg), update_done, err);
 }
 
+/* accounts/<ca>/rollover.key: the new key, stored before keyChange is sent (malloc'd) */
+static char *
+rollover_key_name(acme_client_t *c)
+{
+    return acme_sprintf("accounts/%s/rollover.key", c->ca_id);
+}
+
+/* The CA has the new key: it becomes the account key; the pending copy goes. */
+static void
+rollover_adopt(acct_op_t *a, const char *how)
+{
+    acme_client_t  *c = a->c;
+    acme_err_t      e;
+    char           *k;
+
+    EVP_PKEY_free(c->key);
+    c->key = a->new_key;
+    a->new_key = NULL;
+    if (account_save(c, &e) != 0) {
+        acme_err_prefix(&e, "key rollover succeeded at the CA but the new key could not be stored (it is "
+                        "in the store as accounts/%s/rollover.key)", c->ca_id);
+        acct_finish(a, &e);
+        return;
+    }
+    k = rollover_key_name(c);
+    if (k != NULL) {
+        acme_store_del(c->store, k, NULL);
+        free(k);
+    }
+    acme_log(c->loop, ACME_LOG_NOTICE, "acme: rolled over the key of account %s%s", c->account_url, how);
+    acct_finish(a, NULL);
+}
+
+/* After a lost keyChange answer: the account of the new key, if the CA made the change. */
+static void
+rollover_find_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+{
+    acct_op_t      *a = arg;
+    acme_client_t  *c = a->c;
+    acme_err_t      e;
+    char           *k;
+
+    if (err == NULL && resp->location != NULL && c->account_url != NULL
+        && strcmp(resp->location, c->account_url) == 0)
+    {
+        rollover_adopt(a, " (its answer was lost; the account was found with the new key)");
+        return;
+    }
+    if (err != NULL && strstr(err->msg, "accountDoesNotExist") != NULL) {
+        /* the CA never made the change: the old key stays */
+        k = rollover_key_name(c);
+        if (k != NULL) {
+            acme_store_del(c->store, k, NULL);
+            free(k);
+        }
+        acme_err_set(&e, ACME_ERR_NETWORK, "key rollover: the answer was lost and the CA still has the "
+                     "old key; try again");
+        acct_finish(a, &e);
+        return;
+    }
+    acme_err_set(&e, err ? err->kind : ACME_ERR_BADRESPONSE, "key rollover: the answer was lost, and looking "
+                 "the account up with the new key failed (%s); the new key is kept in the store as "
+                 "accounts/%s/rollover.key", err ? err->msg : "another account URL", c->ca_id);
+    acct_finish(a, &e);
+}
+
 static void
 rollover_done(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acct_op_t      *a = arg;
     acme_client_t  *c = a->c;
+    op_t           *op;
     acme_err_t      e;
 
     (void) resp;
-    if (err != NULL) {
-        acct_finish(a, err);
-        return;
-    }
-    EVP_PKEY_free(c->key);
-    c->key = a->new_key;
-    a->new_key = NULL;
-    if (account_save(c, &e) != 0) {
-        acme_err_prefix(&e, "key rollover succeeded at the CA but the new key could not be stored");
+    if (err != NULL && err->kind == ACME_ERR_NETWORK) {
+        /* the CA may have made the change: ask it for the new key's account */
+        acme_log(c->loop, ACME_LOG_WARN, "acme: key rollover of account %s: %s; looking the account up "
+                 "with the new key", c->account_url, err->msg);
+        op = op_new(c, c->dir.new_account, "{\"onlyReturnExisting\":true}", NULL, rollover_find_done, a);
+        if (op != NULL) {
+            op->jwk_key = a->new_key;
+            EVP_PKEY_up_ref(a->new_key);
+            op_start(op);
+            return;
+        }
+        acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
         acct_finish(a, &e);
         return;
     }
-    acme_log(c->loop, ACME_LOG_NOTICE, "acme: rolled over the key of account %s", c->account_url);
-    acct_finish(a, NULL);
+    if (err != NULL) {
+        char *k = rollover_key_name(c);
+
+        if (k != NULL) {
+            acme_store_del(c->store, k, NULL);
+            free(k);
+        }
+        acct_finish(a, err);
+        return;
+    }
+    rollover_adopt(a, "");
+}
+
+/* The new key goes into the store before the CA hears of it: an answer lost in transit loses no key. */
+static int
+rollover_key_store(acme_client_t *c, EVP_PKEY *key, acme_err_t *err)
+{
+    char    *pem, *k;
+    size_t   len;
+    int      rc;
+
+    pem = acme_key_to_pem(key, &len, err);
+    k = rollover_key_name(c);
+    if (pem == NULL || k == NULL) {
+        if (pem != NULL) {
+            acme_free_secret(pem, len);
+        }
+        free(k);
+        if (k == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        }
+        return -1;
+    }
+    rc = acme_store_put(c->store, k, pem, len, 1, err);
+    acme_free_secret(pem, len);
+    free(k);
+    if (rc != 0) {
+        acme_err_prefix(err, "key rollover: storing the new key first");
+    }
+    return rc;
 }
 
 int
@@ -1170,7 +1523,8 @@ acme_client_account_rollover(acme_client_t *c, const acme_keyspec_t *ks, acme_cl
     json_decref(inner_payload);
     inner = s ? acme_jws_sign_json(a->new_key, NULL, NULL, c->dir.key_change, s, err) : NULL;
     free(s);
-    if (inner == NULL) {
+    if (inner == NULL || rollover_key_store(c, a->new_key, err) != 0) {
+        json_decref(inner);
         EVP_PKEY_free(a->new_key);
         free(a);
         return -1;

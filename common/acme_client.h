@@ -50,6 +50,13 @@ const char   *acme_client_directory_url(acme_client_t *c);
 const char   *acme_client_ca_id(acme_client_t *c);
 /* NULL until acme_client_ready() succeeded. */
 const acme_directory_t *acme_client_directory(acme_client_t *c);
+/*
+ * The directory is fetched again by the first acme_client_ready a day after the last fetch, or after this
+ * call (a CA answered invalidProfile, or 404 on one of the directory's URLs): a CA that drops or renames a
+ * profile is noticed without a restart. That caller is told once the answer is in; requests in flight go
+ * on with the old directory. A failed re-fetch keeps the old one.
+ */
+void acme_client_directory_stale(acme_client_t *c);
 const char   *acme_client_account_url(acme_client_t *c);
 EVP_PKEY     *acme_client_account_key(acme_client_t *c);
 

@@ -8,6 +8,8 @@
 #include <time.h>
 #include <curl/curl.h>
 
+#include "acme_version.h"
+
 struct acme_http_req_s {
     acme_loop_t         *loop;
     CURL                *easy;
@@ -22,6 +24,34 @@ struct acme_http_req_s {
 };
 
 static unsigned long  request_count;
+static char           user_agent[192];
+
+/* RFC 8555 6.1: our name and version, the server we run in, the HTTP library's name and version. */
+void
+acme_http_set_server(const char *server)
+{
+    char                    srv[64];
+    size_t                  i, n = 0;
+    curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+
+    for (i = 0; server != NULL && server[i] != '\0' && n < sizeof(srv) - 1; i++) {
+        if (server[i] > ' ' && server[i] < 0x7f && server[i] != '(' && server[i] != ')') {
+            srv[n++] = server[i];
+        }
+    }
+    srv[n] = '\0';
+    snprintf(user_agent, sizeof(user_agent), "%s/%s%s%s%s libcurl/%s", ACME_PRODUCT, ACME_VERSION,
+             n ? " (" : "", srv, n ? ")" : "", cv && cv->version ? cv->version : "unknown");
+}
+
+const char *
+acme_http_user_agent(void)
+{
+    if (user_agent[0] == '\0') {
+        acme_http_set_server(NULL);
+    }
+    return user_agent;
+}
 
 unsigned long
 acme_http_request_count(void)
@@ -240,6 +270,8 @@ acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *meth
     req->max_body = conf->max_body ? conf->max_body : ACME_HTTP_MAX_BODY;
 
     req->headers = curl_slist_append(NULL, "Expect:");
+    /* RFC 8555 6.1: problem details in English; the messages we log quote them */
+    req->headers = curl_slist_append(req->headers, "Accept-Language: en");
     if (accept != NULL) {
         hdr = acme_sprintf("Accept: %s", accept);
         if (hdr != NULL) {
@@ -260,7 +292,7 @@ acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *meth
     } else {
         curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
     }
-    curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "libacme/1.0 (nginx/apache automatic HTTPS)");
+    curl_easy_setopt(req->easy, CURLOPT_USERAGENT, acme_http_user_agent());
     curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, conf->timeout_ms ? conf->timeout_ms : 30000L);
     curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS,
                      conf->connect_timeout_ms ? conf->connect_timeout_ms : 10000L);

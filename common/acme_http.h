@@ -48,6 +48,14 @@ acme_http_req_t *acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf,
 /* Abort; done is not called. */
 void acme_http_cancel(acme_http_req_t *req);
 
+/*
+ * The User-Agent of every request (process-wide; set once at start-up, before any request):
+ * "acme-httpd/VERSION (SERVER) libcurl/VERSION", SERVER e.g. "nginx/1.22.1", "Apache/2.4.62" or
+ * "acmectl", so that a CA can tell deployments apart. Without a call: no "(SERVER)".
+ */
+void acme_http_set_server(const char *server);
+const char *acme_http_user_agent(void);
+
 /* Counters (for tests and benchmarks): requests sent through any loop since start. */
 unsigned long acme_http_request_count(void);
 

@@ -94,6 +94,7 @@ struct acme_issue_s {
     size_t                  cand_i;
     int                     replaces_dropped;
     int                     replaces_5xx;   /* newOrders with "replaces" that met a server error */
+    int                     profile_dropped;    /* the CA refused the profile: its default instead */
 
     char                   *chain_pem;      /* the default chain, while alternates are checked */
     char                  **alternates;
@@ -548,12 +549,17 @@ require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
     return 0;
 }
 
-/* Polling: honour Retry-After (capped at 60 s), else back off from 1 s to 10 s; give up at the deadline. */
+#define ISSUE_POLL_RETRY_AFTER_MAX  600L     /* seconds; Boulder asks for a few */
+
+/*
+ * Polling: honour Retry-After up to ISSUE_POLL_RETRY_AFTER_MAX and up to the deadline (one last poll
+ * there), else back off from 0.1 s to 10 s; give up past the deadline.
+ */
 static void
 job_poll_later(acme_issue_t *job, long retry_after, const char *what)
 {
     acme_err_t  err;
-    long        ms;
+    long        ms, left;
 
     if (time(NULL) - job->wait_start > job->poll_timeout) {
         acme_err_set(&err, ACME_ERR_CA, "%s: still not done after %ld s, giving up (order %s)", what,
@@ -562,7 +568,11 @@ job_poll_later(acme_issue_t *job, long retry_after, const char *what)
         return;
     }
     if (retry_after > 0) {
-        ms = (retry_after > 60 ? 60 : retry_after) * 1000;
+        left = job->wait_start + job->poll_timeout + 1 - time(NULL);
+        if (retry_after > ISSUE_POLL_RETRY_AFTER_MAX) {
+            retry_after = ISSUE_POLL_RETRY_AFTER_MAX;
+        }
+        ms = (retry_after < left ? retry_after : left) * 1000;
     } else {
         ms = job->poll_delay_ms;
         job->poll_delay_ms = job->poll_delay_ms * 3 / 2;
@@ -776,6 +786,8 @@ order_dispatch(acme_issue_t *job)
     }
 }
 
+static int job_has_ip(acme_issue_t *job);
+
 static void
 new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
@@ -783,6 +795,23 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     acme_err_t     e;
 
     if (!job_back(job)) {
+        return;
+    }
+    if (err != NULL && strstr(err->msg, "invalidProfile") != NULL) {
+        /* the CA no longer takes the profile (the client fetches its directory again): a configuration
+         * matter, not a refusal of "replaces" */
+        if (job->profile != NULL && !job->profile_dropped && !job->profile_required) {
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": the CA refused the profile \"%s\" (%s); "
+                     "ordering with the CA's default profile", job->name, job->profile, err->msg);
+            job->profile_dropped = 1;
+            job_step(job);
+            return;
+        }
+        e = *err;
+        e.kind = ACME_ERR_CONFIG;
+        acme_err_prefix(&e, "newOrder");
+        order_forget(job);
+        job_fail(job, &e);
         return;
     }
     if (err != NULL) {
@@ -808,6 +837,12 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         }
         e = *err;
         acme_err_prefix(&e, "newOrder");
+        if (strstr(err->msg, "rejectedIdentifier") != NULL && job_has_ip(job)) {
+            size_t n = strlen(e.msg);
+
+            snprintf(e.msg + n, sizeof(e.msg) - n, " (a CA may issue IP address certificates only under a "
+                     "certain profile: Let's Encrypt's is \"shortlived\", see the \"profile\" setting)");
+        }
         if (err->kind == ACME_ERR_CA || err->kind == ACME_ERR_RATELIMIT) {
             order_forget(job);      /* refused: no order was made */
         }
@@ -1228,6 +1263,11 @@ finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     job->finalize_early = 0;
     if (err != NULL) {
         e = *err;
+        if (strstr(err->msg, "invalidProfile") != NULL) {
+            /* the profile went away while the order was open: the next order falls back (or, when
+             * required, says so) once the client has the CA's new directory */
+            e.kind = ACME_ERR_CONFIG;
+        }
         acme_err_prefix(&e, "finalize");
         if (err->kind == ACME_ERR_CA) {
             order_forget(job);
@@ -1579,6 +1619,21 @@ ready_done(void *arg, const acme_err_t *err)
     job_step(job);
 }
 
+#define ISSUE_IP_PROFILE  "shortlived"
+
+static int
+job_has_ip(acme_issue_t *job)
+{
+    size_t i;
+
+    for (i = 0; i < job->nids; i++) {
+        if (job->ids[i].type == ACME_IDENT_IP) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static char *
 new_order_payload(acme_issue_t *job, acme_err_t *err)
 {
@@ -1597,13 +1652,28 @@ new_order_payload(acme_issue_t *job, acme_err_t *err)
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return NULL;
     }
-    if (job->profile != NULL) {
+    if (job->profile == NULL && job_has_ip(job) && acme_directory_has_profile(dir, ISSUE_IP_PROFILE)) {
+        /* Let's Encrypt issues IP address certificates only under "shortlived" */
+        acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\" has an IP address and no profile is configured: "
+                 "ordering the CA's \"%s\" profile", job->name, ISSUE_IP_PROFILE);
+        job->profile = acme_strdup(ISSUE_IP_PROFILE);
+    }
+    if (job->profile != NULL && !job->profile_dropped) {
         if (dir->nprofiles > 0 && !acme_directory_has_profile(dir, job->profile)) {
-            acme_err_set(err, ACME_ERR_CONFIG, "the CA %s does not offer the profile \"%s\"",
-                         acme_client_directory_url(job->c), job->profile);
-            json_decref(o);
-            return NULL;
+            if (job->profile_required) {
+                acme_err_set(err, ACME_ERR_CONFIG, "the CA %s does not offer the profile \"%s\", which is "
+                             "required", acme_client_directory_url(job->c), job->profile);
+                json_decref(o);
+                return NULL;
+            }
+            /* dropped or renamed by the CA: renewals go on with its default */
+            acme_log(job->loop, ACME_LOG_WARN, "acme: the CA %s does not offer the profile \"%s\" (any "
+                     "more); ordering \"%s\" with the CA's default profile", acme_client_directory_url(job->c),
+                     job->profile, job->name);
+            job->profile_dropped = 1;
         }
+    }
+    if (job->profile != NULL && !job->profile_dropped) {
         if (dir->nprofiles == 0 && job->profile_required) {
             acme_err_set(err, ACME_ERR_CONFIG, "the CA %s offers no profiles, and \"%s\" is required",
                          acme_client_directory_url(job->c), job->profile);

@@ -12,6 +12,7 @@
 #define MAX_RUNNING      8
 #define BUSY_RETRY_MS    15000
 #define QUEUE_RETRY_MS   2000
+#define ARI_RETRY_SOON   600L       /* s: an ARI check that found the CA unreachable */
 
 typedef struct {
     char                *name;
@@ -49,6 +50,7 @@ struct mcert_s {
     int                  ari_busy;
     int                  forced;
     int                  queued;        /* due, waiting for a free issuance slot */
+    char                *profile;       /* per certificate, overrides the issuer's; NULL: the issuer's */
     acme_renew_reason_t  reason;
     time_t               next_at;
 };
@@ -142,6 +144,7 @@ cert_free(mcert_t *c)
     }
     free(c->ids);
     free(c->issuers);
+    free(c->profile);
     acme_certmeta_free(&c->meta);
     free(c);
 }
@@ -312,6 +315,35 @@ acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids, c
     return c->name;
 }
 
+int
+acme_manager_set_cert_profile(acme_manager_t *m, const char *name, const char *profile, acme_err_t *err)
+{
+    size_t i;
+
+    for (i = 0; i < m->ncerts; i++) {
+        mcert_t *c = m->certs[i];
+
+        if (strcmp(c->name, name) != 0) {
+            continue;
+        }
+        if (c->profile != NULL && (profile == NULL || strcmp(c->profile, profile) != 0)) {
+            acme_err_set(err, ACME_ERR_CONFIG, "certificate \"%s\" is configured twice with different "
+                         "profiles (\"%s\" and \"%s\")", name, c->profile, profile ? profile : "");
+            return -1;
+        }
+        if (profile != NULL && c->profile == NULL) {
+            c->profile = acme_strdup(profile);
+            if (c->profile == NULL) {
+                acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+                return -1;
+            }
+        }
+        return 0;
+    }
+    acme_err_set(err, ACME_ERR_CONFIG, "unknown certificate \"%s\"", name);
+    return -1;
+}
+
 /* ---- per certificate ---- */
 
 /* Read the store's view; a different issued_at than ours means a new certificate: tell the host. */
@@ -407,8 +439,8 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
     /* a forced renewal is one attempt: a failure waits for the back-off like any other */
     c->forced = 0;
     c->meta.failures++;
-    c->meta.next_try = now + acme_sched_backoff(err->kind, c->meta.failures, err->retry_after,
-                                                acme_random());
+    c->meta.next_try = acme_sched_next_try(err->kind, c->meta.failures, err->retry_after, acme_random(),
+                                           now, c->meta.not_after);
     c->meta.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, c->meta.next_try);
     free(c->meta.last_error);
     c->meta.last_error = acme_strdup(err->msg);
@@ -522,8 +554,8 @@ cert_issue(mcert_t *c)
     req.keyspec = c->ks;
     req.challenge_types = (const char *const *) is->types;
     req.nchallenge_types = is->ntypes;
-    req.profile = is->profile;
-    req.profile_required = is->profile_required;
+    req.profile = c->profile ? c->profile : is->profile;
+    req.profile_required = c->profile ? 0 : is->profile_required;
     req.preferred_chain = is->preferred_chain;
     req.poll_timeout = m->poll_timeout;
     if (c->meta.not_after != 0 && c->meta.ca != NULL && strcmp(c->meta.ca, is->directory_url) == 0) {
@@ -561,11 +593,20 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     c->m->version++;
     if (ri != NULL) {
         if (c->meta.ari_start != ri->start || c->meta.ari_end != ri->end) {
+            char  b1[32], b2[32];
+
             c->meta.ari_start = ri->start;
             c->meta.ari_end = ri->end;
             c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
-            acme_log(c->m->loop, ACME_LOG_INFO, "acme: \"%s\": ARI window updated", c->name);
+            /* a CA moving a window for an incident says why at explanationURL: the admin wants it */
+            acme_log(c->m->loop, ri->explanation_url ? ACME_LOG_NOTICE : ACME_LOG_INFO,
+                     "acme: \"%s\": ARI window updated: %s to %s%s%s", c->name,
+                     acme_time_format(ri->start, b1, sizeof(b1)), acme_time_format(ri->end, b2, sizeof(b2)),
+                     ri->explanation_url ? "; the CA explains: " : "",
+                     ri->explanation_url ? ri->explanation_url : "");
         }
+        free(c->meta.ari_explanation_url);
+        c->meta.ari_explanation_url = acme_strdup(ri->explanation_url);
     } else if (err != NULL) {
         acme_log(c->m->loop, ACME_LOG_WARN, "acme: \"%s\": renewalInfo: %s", c->name, err->msg);
     }
@@ -615,9 +656,13 @@ ari_ready(void *arg, const acme_err_t *err)
         || acme_pem_chain_parse(pem, len, &chain, &e) != 0
         || acme_client_renewal_info(is->client, sk_X509_value(chain, 0), ari_done, c, &e) != 0)
     {
-        /* no ARI at this CA (or it is unreachable now): look again in a day */
+        /* no ARI at this CA: look again in a day; the CA unreachable now: soon */
         c->ari_busy = 0;
-        c->meta.ari_next_check = time(NULL) + 86400;
+        c->meta.ari_next_check = time(NULL) + (dir == NULL ? ARI_RETRY_SOON : 86400);
+        if (dir == NULL) {
+            acme_log(c->m->loop, ACME_LOG_WARN, "acme: \"%s\": renewalInfo not asked: %s; again in %ld s",
+                     c->name, err ? err->msg : "no directory", ARI_RETRY_SOON);
+        }
         acme_store_meta_save(c->m->store, &c->meta, NULL);
         free(pem);
         acme_chain_free(chain);
@@ -654,7 +699,7 @@ cert_due(void *arg)
         c->ari_busy = 1;
         if (acme_client_ready(is->client, ari_ready, c, &err) != 0) {
             c->ari_busy = 0;
-            c->meta.ari_next_check = now + 3600;
+            c->meta.ari_next_check = now + ARI_RETRY_SOON;
             cert_schedule(c);
         }
         return;
@@ -795,6 +840,9 @@ acme_manager_status(acme_manager_t *m)
             json_object_set_new(w, "start", json_string(acme_time_format(c->meta.ari_start, b, sizeof(b))));
             json_object_set_new(w, "end", json_string(acme_time_format(c->meta.ari_end, b, sizeof(b))));
             json_object_set_new(o, "ari_window", w);
+            if (c->meta.ari_explanation_url != NULL) {
+                json_object_set_new(o, "ari_explanation_url", json_string(c->meta.ari_explanation_url));
+            }
         }
         json_object_set_new(o, "state", json_string(state));
         if (c->job != NULL) {

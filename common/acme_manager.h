@@ -43,6 +43,13 @@ int acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, a
 const char *acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids,
     const acme_keyspec_t *ks, const int *issuers, size_t nissuers, acme_err_t *err);
 
+/*
+ * A profile for this certificate (a name acme_manager_add_cert returned), instead of its issuers'
+ * profile: DNS and IP certificates at one CA can differ. Not required: a CA without it means its default.
+ * The same certificate configured twice with different profiles is refused.
+ */
+int acme_manager_set_cert_profile(acme_manager_t *m, const char *name, const char *profile, acme_err_t *err);
+
 /* Schedule everything (loads the store's state). */
 int acme_manager_start(acme_manager_t *m, acme_err_t *err);
 

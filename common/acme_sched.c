@@ -15,6 +15,7 @@
 #define SCHED_ARI_MIN          3600L
 #define SCHED_ARI_MAX          86400L
 #define SCHED_ARI_DEFAULT      21600L
+#define SCHED_LEFT_DIVISOR     10               /* a back-off step takes at most 1/10 of the time left */
 
 const char *
 acme_renew_reason_name(acme_renew_reason_t r)
@@ -52,18 +53,42 @@ sched_jitter(long d, double rnd)
     return (long) ((double) d * (0.8 + 0.4 * sched_unit(rnd)));
 }
 
+/* The latest sensible renewal instant: a tenth of the lifetime (an hour if unknown) before notAfter. */
+static time_t
+sched_latest(const acme_certmeta_t *m)
+{
+    time_t guard;
+
+    if (m->not_after == 0) {
+        return 0;
+    }
+    guard = m->not_before != 0 && m->not_after > m->not_before
+            ? (m->not_after - m->not_before) / SCHED_LEFT_DIVISOR : 3600;
+    return m->not_after - guard;
+}
+
 time_t
 acme_sched_renew_time(const acme_certmeta_t *m, double rnd, time_t now, acme_renew_reason_t *reason)
 {
     acme_renew_reason_t  r;
-    time_t               t, life;
+    time_t               t, life, start, end, latest;
 
     if (m != NULL && m->ari_start != 0 && m->ari_end > m->ari_start) {
         r = ACME_RENEW_ARI;
-        if (m->ari_end <= now) {
+        start = m->ari_start;
+        end = m->ari_end;
+        latest = sched_latest(m);
+        /* a window reaching past notAfter (a CA's mistake or a clock problem): renew before expiry */
+        if (latest != 0 && end > latest) {
+            end = latest;
+            if (start > end) {
+                start = end;
+            }
+        }
+        if (end <= now) {
             t = now;
         } else {
-            t = m->ari_start + (time_t) (sched_unit(rnd) * (double) (m->ari_end - m->ari_start));
+            t = start + (time_t) (sched_unit(rnd) * (double) (end - start));
             if (t < now) {
                 t = now;
             }
@@ -136,6 +161,30 @@ acme_sched_backoff(acme_err_kind_t kind, int failures, long retry_after, double 
 }
 
 time_t
+acme_sched_next_try(acme_err_kind_t kind, int failures, long retry_after, double rnd, time_t now,
+    time_t not_after)
+{
+    long  d, cap, floor;
+
+    d = acme_sched_backoff(kind, failures, retry_after, rnd);
+    if (not_after == 0) {
+        return now + d;
+    }
+    floor = (kind == ACME_ERR_NETWORK || kind == ACME_ERR_BUSY) ? SCHED_NET_FIRST : SCHED_CA_FIRST;
+    cap = not_after > now ? (long) ((not_after - now) / SCHED_LEFT_DIVISOR) : 0;
+    if (cap < floor) {
+        cap = floor;
+    }
+    if (retry_after > SCHED_RETRY_AFTER_MAX) {
+        retry_after = SCHED_RETRY_AFTER_MAX;
+    }
+    if (cap < retry_after) {
+        cap = retry_after;
+    }
+    return now + (d < cap ? d : cap);
+}
+
+time_t
 acme_sched_ca_wait(acme_err_kind_t kind, long retry_after, time_t now, time_t next_try)
 {
     if (retry_after > 0) {
@@ -173,8 +222,8 @@ acme_sched_next(const acme_certmeta_t *m, time_t now, acme_renew_reason_t *reaso
         } else {
             t = acme_sched_renew_time(m, 0.5, now, &r);
         }
-        if (t > m->not_after) {
-            t = m->not_after;
+        if (t > sched_latest(m)) {
+            t = sched_latest(m) > now ? sched_latest(m) : now;
         }
         if (m->ari_next_check != 0 && m->ari_next_check < t) {
             t = m->ari_next_check;

@@ -21,7 +21,8 @@ const char *acme_renew_reason_name(acme_renew_reason_t r);
 
 /*
  * The renewal time for a stored certificate: with an ARI window, start + rnd * (end - start) (rnd in
- * [0,1), chosen once and kept in meta->renew_at by the caller); an ARI window already past: now.
+ * [0,1), chosen once and kept in meta->renew_at by the caller); an ARI window already past: now; the
+ * part of a window later than a tenth of the lifetime before notAfter is cut off (renew before expiry).
  * Without: not_before + 2/3 lifetime, or 1/2 when the lifetime is 10 days or less.
  * *reason is ARI or LIFETIME.
  */
@@ -34,6 +35,15 @@ time_t acme_sched_renew_time(const acme_certmeta_t *m, double rnd, time_t now, a
  * other refusals 5 min doubling to at most 24 h; retry_after from the CA is a floor in every case.
  */
 long acme_sched_backoff(acme_err_kind_t kind, int failures, long retry_after, double rnd);
+
+/*
+ * When to try again after that failure at now, for a certificate expiring at not_after (0: none yet):
+ * the back-off capped at a tenth of the time left before not_after, so that one step cannot outlast a
+ * short-lived certificate; never below the first step of its kind (5 s network, 5 min otherwise) nor
+ * below the CA's Retry-After.
+ */
+time_t acme_sched_next_try(acme_err_kind_t kind, int failures, long retry_after, double rnd, time_t now,
+    time_t not_after);
 
 /*
  * Until when the CA asked not to be asked again, after a failure at now whose back-off ends at next_try:

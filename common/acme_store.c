@@ -228,6 +228,7 @@ acme_certmeta_free(acme_certmeta_t *m)
     free(m->ca);
     free(m->profile);
     free(m->ari_cert_id);
+    free(m->ari_explanation_url);
     free(m->last_error);
     acme_ident_errors_free(m->ident_errors, m->nident_errors);
     memset(m, 0, sizeof(*m));
@@ -323,6 +324,7 @@ acme_certmeta_to_json(const acme_certmeta_t *m)
     rc |= meta_set_time(o, "ari_start", m->ari_start);
     rc |= meta_set_time(o, "ari_end", m->ari_end);
     rc |= meta_set_time(o, "ari_next_check", m->ari_next_check);
+    rc |= meta_set_str(o, "ari_explanation_url", m->ari_explanation_url);
     rc |= meta_set_time(o, "renew_at", m->renew_at);
     rc |= json_object_set_new(o, "failures", json_integer(m->failures));
     rc |= meta_set_time(o, "next_try", m->next_try);
@@ -530,6 +532,7 @@ acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_
         || meta_get_str(o, "ca", &m->ca, err) != 0
         || meta_get_str(o, "profile", &m->profile, err) != 0
         || meta_get_str(o, "ari_cert_id", &m->ari_cert_id, err) != 0
+        || meta_get_str(o, "ari_explanation_url", &m->ari_explanation_url, err) != 0
         || meta_get_str(o, "last_error", &m->last_error, err) != 0
         || meta_get_time(o, "not_before", &m->not_before, err) != 0
         || meta_get_time(o, "not_after", &m->not_after, err) != 0

@@ -263,6 +263,7 @@ typedef struct {
     time_t          ari_start;     /* 0 when no ARI window known */
     time_t          ari_end;
     time_t          ari_next_check;
+    char           *ari_explanation_url;    /* the CA's explanationURL with the window, optional */
     time_t          renew_at;      /* chosen renewal time, 0: not chosen yet */
     int             failures;      /* consecutive failed attempts */
     time_t          next_try;      /* after a failure, 0: none */

@@ -10,7 +10,8 @@
  *                      ssl_verify on|off; state_path DIR;
  *                      accept_terms_of_service; }
  *   acme_shared_zone zone=NAME:SIZE;
- *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]];
+ *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]]
+ *                    [profile=NAME];
  *   acme_status [renew=on|off] [renew_interval=TIME];
  */
 
@@ -1142,7 +1143,10 @@ ngx_http_acme_storage_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]] */
+/*
+ * acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]]
+ *                  [profile=NAME]
+ */
 
 static char *
 ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -1204,6 +1208,41 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "profile=", 8) == 0) {
+            start = value[i].data + 8;
+            last = value[i].data + value[i].len;
+
+            if (start == last || last - start > 64) {
+                goto bad_profile;
+            }
+
+            for (p = start; p < last; p++) {
+                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+                      || (*p >= '0' && *p <= '9') || *p == '.' || *p == '_'
+                      || *p == '-'))
+                {
+                    goto bad_profile;
+                }
+            }
+
+            cert->profile = ngx_pnalloc(cf->pool, last - start + 1);
+            if (cert->profile == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            *ngx_cpymem(cert->profile, start, last - start) = '\0';
+
+            continue;
+
+        bad_profile:
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\": expected profile=NAME "
+                               "(letters, digits, \".\", \"_\", \"-\")",
+                               &value[i]);
+            return NGX_CONF_ERROR;
         }
 
         if (ngx_strncmp(value[i].data, "fallback=", 9) == 0) {

@@ -72,6 +72,7 @@ typedef struct {
     acme_ident_t               *ids;
     ngx_uint_t                  nids;
     acme_keyspec_t              keyspec;
+    char                       *profile;         /* profile=, NULL: the issuer's */
     char                       *name;            /* store name */
     ngx_uint_t                  store;
 

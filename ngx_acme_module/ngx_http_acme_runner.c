@@ -31,6 +31,8 @@
 
 #include "ngx_http_acme_runner.h"
 
+#include "acme_http.h"
+
 
 #define NGX_HTTP_ACME_TICK_LEADER    250
 #define NGX_HTTP_ACME_TICK_FOLLOWER  1000
@@ -312,6 +314,7 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     host.watch = ngx_http_acme_host_watch;
     host.log = ngx_http_acme_host_log;
 
+    acme_http_set_server("nginx/" NGINX_VERSION);
     rn->loop = acme_loop_new(&host, ACME_LOG_DEBUG, &err);
     if (rn->loop == NULL) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
@@ -444,7 +447,12 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             name = acme_manager_add_cert(rn->managers[g], cert->ids,
                                          cert->nids, &cert->keyspec, idx,
                                          cert->nissuers, &err);
-            if (name == NULL) {
+            if (name == NULL
+                || (cert->profile != NULL
+                    && acme_manager_set_cert_profile(rn->managers[g], name,
+                                                     cert->profile, &err)
+                       != 0))
+            {
                 ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                               "acme: certificate \"%s\": %s", cert->name,
                               err.msg);

@@ -25,7 +25,9 @@ On top of that:
                             from Pebble) and not forwarded
   every request             recorded in `requests` as Req(method, path, status,
                             problem type, JWS nonce of a POST); every Replay-Nonce
-                            handed to the client is in `nonces_given`
+                            handed to the client is in `nonces_given`; its request
+                            headers (names lowercased) in `headers_seen` as
+                            (method, path, dict)
 
 Pebble 2.4 ignores the unknown newOrder fields "profile" and "replaces"
 (encoding/json drops unknown keys), so they can stay in the signed payload.
@@ -203,6 +205,7 @@ class AriProxy:
     Attributes to configure per test (thread-safe enough: set before the client runs):
       window          {"start": rfc3339, "end": rfc3339} served by renewalInfo
       retry_after     Retry-After of renewalInfo answers (seconds; None: no header)
+      explanation_url explanationURL of renewalInfo answers (None: left out)
       profiles        dict name -> description for meta.profiles (None: not advertised)
       renewal_info    True: advertise "renewalInfo" in the directory
       reject_replaces None, or (status, problem type suffix) to refuse newOrder with "replaces"
@@ -219,6 +222,7 @@ class AriProxy:
         self.log_path = Path(log_path) if log_path else None
         self.window = window_from_now(-3600, -60)       # default: renew now
         self.retry_after = 21600
+        self.explanation_url = None     # explanationURL of renewalInfo answers (None: none)
         self.profiles = {"classic": "The profile you know and love",
                          "shortlived": "A short-lived certificate (6 days)"}
         self.renewal_info = True
@@ -228,6 +232,7 @@ class AriProxy:
         self.ari_requests = []
         self.new_orders = []
         self.nonces_given = []
+        self.headers_seen = []      # (method, path, {lowercased name: value})
         self.errors = []            # exceptions in the proxy itself
         self._lock = threading.Lock()
         self._server = None
@@ -255,6 +260,7 @@ class AriProxy:
             self.ari_requests.clear()
             self.new_orders.clear()
             self.nonces_given.clear()
+            self.headers_seen.clear()
 
     def count(self, method=None, path=None, prefix=False):
         """Requests seen with this method and path (prefix=True: path prefix)."""
@@ -373,6 +379,9 @@ class AriProxy:
             def _handle(self):
                 method = self.command
                 path = self.path
+                with outer._lock:
+                    outer.headers_seen.append((method, path,
+                                               {k.lower(): v for k, v in self.headers.items()}))
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
                 self.jws_nonce = None
@@ -443,7 +452,10 @@ class AriProxy:
                     self._problem(404, "urn:ietf:params:acme:error:malformed",
                                   f"no certificate with renewalInfo id {cert_id!r}")
                     return
-                body = json.dumps({"suggestedWindow": dict(outer.window)}).encode()
+                doc = {"suggestedWindow": dict(outer.window)}
+                if outer.explanation_url is not None:
+                    doc["explanationURL"] = outer.explanation_url
+                body = json.dumps(doc).encode()
                 hdrs = [("Content-Type", "application/json")]
                 if outer.retry_after is not None:
                     hdrs.append(("Retry-After", str(outer.retry_after)))

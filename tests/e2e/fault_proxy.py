@@ -28,6 +28,9 @@ A fault matches requests by method and path and acts on some of them:
               set_header(), forge_leaf().
   cut         True: send the headers with the full Content-Length, half the body, and
               close the connection (a transfer broken in the middle)
+  lose        True: forward the request, then send a status line and a Content-Length but no
+              body, and close the connection (the CA acted; its answer was lost; a bare close
+              would make curl resend the request on a fresh connection)
 
 The ARI window served defaults to 30..31 days ahead (AriProxy's default is "renew now"),
 so that a certificate is renewed only when a test forces it.
@@ -109,7 +112,7 @@ class FaultResponse:
 
 class Fault:
     def __init__(self, path, method=None, nth=1, times=1, delay=0.0, hold=False, hold_timeout=60.0,
-                 drop=False, respond=None, transform=None, cut=False, name=None):
+                 drop=False, respond=None, transform=None, cut=False, name=None, lose=False):
         self.path_rx = re.compile(PATHS.get(path, path))
         self.method = method
         self.nth = nth
@@ -123,6 +126,7 @@ class Fault:
             transform = [transform]
         self.transform = list(transform or [])
         self.cut = cut
+        self.lose = lose
         self.name = name or f"{method or '*'} {path}"
         self.seen = 0
         self.hits = 0
@@ -419,7 +423,8 @@ def _fault_handler_class(base, outer):
         def _send(self, status, headers, body, head=False):
             f = self._fault
             self._fault = None      # once per request (an error path may send again)
-            if f is not None and (f.transform or f.cut) and f.respond is None and _is_bad_nonce(status, body):
+            if f is not None and (f.transform or f.cut or f.lose) and f.respond is None \
+                    and _is_bad_nonce(status, body):
                 # Pebble rejected the nonce at random (PEBBLE_WFE_NONCEREJECT): the client must see
                 # that answer as it is and retry; the fault acts on the retry instead
                 f.give_back()
@@ -433,6 +438,13 @@ def _fault_handler_class(base, outer):
                         r = out
                 status, headers, body = r.status, r.headers, r.body
             try:
+                if f is not None and f.lose:
+                    outer._log(f"FAULT {f.name}: answer {status} lost")
+                    self.wfile.write(f"HTTP/1.1 {status} OK\r\nContent-Length: 1000\r\n\r\n".encode())
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return None
                 if f is not None and f.cut and not head:
                     return self._send_cut(status, headers, body)
                 return base._send(self, status, headers, body, head=head)

@@ -96,6 +96,8 @@ def test_server_without_names(nginx_factory, tmp_path):
     ("acme_certificate le key=dsa:1024;", "key=dsa", r"invalid key type \"key=dsa:1024\""),
     ("acme_certificate le bad_name!;", "bad_name", r"invalid identifier \"bad_name!\""),
     ("acme_certificate le *.example.org;", "*.example.org", r"wildcard"),
+    ("acme_certificate le profile=a/b;", "profile=a/b", r"invalid \"profile=a/b\": expected profile=NAME"),
+    ("acme_certificate le profile=;", "profile=;", r"invalid \"profile=\": expected profile=NAME"),
 ])
 def test_bad_certificate_arguments(nginx_factory, tmp_path, extra, needle, pattern):
     _check(nginx_factory, tmp_path, _conf(tmp_path, server_extra=extra), needle, pattern)

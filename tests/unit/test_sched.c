@@ -249,10 +249,85 @@ test_next(void **state)
     assert_int_equal(acme_sched_next(&m, NOW, &r), NOW);
     assert_int_equal(r, ACME_RENEW_EXPIRED);
 
-    /* a renewal time past the end is held to the end */
+    /* a renewal time past the end is held to a tenth of the lifetime before the end */
     meta_init(&m, NOW - 10 * DAY, 20 * DAY);
     m.renew_at = NOW + 30 * DAY;
-    assert_int_equal(acme_sched_next(&m, NOW, &r), NOW + 10 * DAY);
+    assert_int_equal(acme_sched_next(&m, NOW, &r), NOW + 8 * DAY);
+    /* and to now once that point has passed */
+    assert_int_equal(acme_sched_next(&m, NOW + 9 * DAY, &r), NOW + 9 * DAY);
+}
+
+/* An ARI window reaching past notAfter: the renewal falls before expiry, not at it. */
+static void
+test_ari_past_not_after(void **state)
+{
+    acme_certmeta_t      m;
+    acme_renew_reason_t  r = ACME_RENEW_NONE;
+    time_t               t;
+    double               rnd;
+
+    /* 90 days, 30 left; the window runs from 29 to 31 days ahead */
+    meta_init(&m, NOW - 60 * DAY, 90 * DAY);
+    m.ari_start = NOW + 29 * DAY;
+    m.ari_end = NOW + 31 * DAY;
+    for (rnd = 0.0; rnd < 1.0; rnd += 0.05) {
+        t = acme_sched_renew_time(&m, rnd, NOW, &r);
+        assert_int_equal(r, ACME_RENEW_ARI);
+        assert_true(t <= m.not_after - 9 * DAY);
+        assert_true(t >= NOW);
+    }
+    /* a window that opens after notAfter: 9 days before it */
+    m.ari_start = NOW + 40 * DAY;
+    m.ari_end = NOW + 41 * DAY;
+    assert_int_equal(acme_sched_renew_time(&m, 0.5, NOW, &r), NOW + 21 * DAY);
+    /* partly cut: [20, 21) days ahead of now */
+    m.ari_start = NOW + 20 * DAY;
+    m.ari_end = NOW + 25 * DAY;
+    assert_int_equal(acme_sched_renew_time(&m, 0.5, NOW, &r), NOW + 20 * DAY + DAY / 2);
+    /* a window entirely before the cut is untouched */
+    m.ari_start = NOW + 5 * DAY;
+    m.ari_end = NOW + 7 * DAY;
+    assert_int_equal(acme_sched_renew_time(&m, 0.5, NOW, &r), NOW + 6 * DAY);
+    /* 24-hour certificate, 3 hours left, window past expiry: now */
+    meta_init(&m, NOW - 21 * 3600L, DAY);
+    m.ari_start = NOW + 4 * 3600L;
+    m.ari_end = NOW + 5 * 3600L;
+    assert_int_equal(acme_sched_renew_time(&m, 0.5, NOW, &r), NOW + 3 * 3600L - DAY / 10);
+    m.ari_start = NOW + 3600L;
+    assert_int_equal(acme_sched_renew_time(&m, 0.5, NOW + 3 * 3600L, &r), NOW + 3 * 3600L);
+}
+
+/* The back-off step never outlasts the certificate: a tenth of the time left, the CA's word aside. */
+static void
+test_next_try_lifetime_cap(void **state)
+{
+    time_t  na;
+    double  rnd;
+
+    /* no certificate: the plain back-off */
+    assert_int_equal(acme_sched_next_try(ACME_ERR_CA, 10, 0, 0.5, NOW, 0), NOW + DAY);
+    assert_int_equal(acme_sched_next_try(ACME_ERR_RATELIMIT, 1, 0, 0.0, NOW, 0), NOW + 3600);
+    /* 90-day certificate with 30 days left: a day-long step is fine */
+    assert_int_equal(acme_sched_next_try(ACME_ERR_CA, 10, 0, 0.5, NOW, NOW + 30 * DAY), NOW + DAY);
+    /* 6-day certificate with 2 days left: at most 4.8 hours */
+    na = NOW + 2 * DAY;
+    for (rnd = 0.0; rnd < 1.0; rnd += 0.05) {
+        assert_true(acme_sched_next_try(ACME_ERR_CA, 10, 0, rnd, NOW, na) <= NOW + 2 * DAY / 10);
+        assert_true(acme_sched_next_try(ACME_ERR_RATELIMIT, 1, 0, rnd, NOW, na) <= NOW + 3600 * 6 / 5);
+    }
+    assert_int_equal(acme_sched_next_try(ACME_ERR_CA, 10, 0, 0.5, NOW, na), NOW + 2 * DAY / 10);
+    /* 3 hours left: a rate limit without Retry-After waits 18 minutes, not an hour */
+    na = NOW + 3 * 3600;
+    assert_int_equal(acme_sched_next_try(ACME_ERR_RATELIMIT, 1, 0, 0.5, NOW, na), NOW + 1080);
+    /* ... but never less than the CA's Retry-After */
+    assert_int_equal(acme_sched_next_try(ACME_ERR_RATELIMIT, 1, 2400, 0.0, NOW, na), NOW + 2400);
+    assert_int_equal(acme_sched_next_try(ACME_ERR_CA, 5, 5000, 0.5, NOW, na), NOW + 5000);
+    /* nor below the first step of its kind, even when expired */
+    assert_int_equal(acme_sched_next_try(ACME_ERR_CA, 9, 0, 0.5, NOW, NOW - DAY), NOW + 300);
+    assert_int_equal(acme_sched_next_try(ACME_ERR_NETWORK, 9, 0, 0.5, NOW, NOW + 10), NOW + 5);
+    assert_int_equal(acme_sched_next_try(ACME_ERR_NETWORK, 1, 0, 0.5, NOW, NOW + 10), NOW + 5);
+    /* short steps are not stretched */
+    assert_int_equal(acme_sched_next_try(ACME_ERR_CA, 1, 0, 0.5, NOW, NOW + DAY), NOW + 300);
 }
 
 static void
@@ -306,6 +381,8 @@ main(void)
         cmocka_unit_test(test_backoff_ratelimit),
         cmocka_unit_test(test_backoff_bounds),
         cmocka_unit_test(test_next),
+        cmocka_unit_test(test_ari_past_not_after),
+        cmocka_unit_test(test_next_try_lifetime_cap),
         cmocka_unit_test(test_ari_next_check),
         cmocka_unit_test(test_random),
     };
