@@ -407,6 +407,9 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
                                  strcmp(types[0], "tls-alpn-01") == 0 ? o->tls_listen : NULL, &err);
     if (o->srv == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
+        if (fail != NULL) {
+            *fail = err;    /* a local failure is recorded with its reason too */
+        }
         return 1;
     }
     memset(&req, 0, sizeof(req));
@@ -429,6 +432,9 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     if (job == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
         acmectl_chsrv_stop(o->srv);
+        if (fail != NULL) {
+            *fail = err;
+        }
         return 1;
     }
     rc = wait_run(ctl, &iw.w);
@@ -447,6 +453,89 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     }
     free(iw.name);
     return rc == 0 ? 0 : 1;
+}
+
+/* What a first issuance asked for: to describe it when it failed. */
+typedef struct {
+    const acme_ident_t    *ids;
+    size_t                 nids;
+    const acme_keyspec_t  *keyspec;
+    const char            *ca;
+    const char            *profile;
+} first_issue_t;
+
+static int
+certmeta_new(acme_certmeta_t *f, const char *name, const first_issue_t *fi)
+{
+    size_t  i;
+
+    f->name = acme_strdup(name);
+    f->ids = calloc(fi->nids, sizeof(*f->ids));
+    f->ca = fi->ca ? acme_strdup(fi->ca) : NULL;
+    f->profile = fi->profile ? acme_strdup(fi->profile) : NULL;
+    f->keyspec = *fi->keyspec;
+    if (f->name == NULL || f->ids == NULL) {
+        return -1;
+    }
+    for (i = 0; i < fi->nids; i++) {
+        f->ids[i].type = fi->ids[i].type;
+        f->ids[i].value = acme_strdup(fi->ids[i].value);
+        if (f->ids[i].value == NULL) {
+            return -1;
+        }
+        f->nids++;
+    }
+    return 0;
+}
+
+/*
+ * Remember a failed renewal (or, with first, a failed first issuance) for the scheduler, list and status;
+ * say when to try again.
+ */
+static void
+record_failure(ctl_t *ctl, const char *name, const acme_err_t *err, const first_issue_t *first)
+{
+    acme_certmeta_t  f;
+    time_t           now = time(NULL);
+    char             tb[32];
+    acme_err_t       serr;
+
+    memset(&f, 0, sizeof(f));
+    if (acme_store_meta_load(ctl->store, name, &f, &serr) != 0) {
+        if (first == NULL) {
+            fprintf(stderr, "acmectl: cannot record the failure of \"%s\": reading its metadata: %s\n", name,
+                    serr.msg);
+            return;
+        }
+        /* a first issuance that failed: its metadata makes list and status show it, pending, and why */
+        acme_certmeta_free(&f);
+        memset(&f, 0, sizeof(f));
+        if (certmeta_new(&f, name, first) != 0) {
+            fprintf(stderr, "acmectl: cannot record the failure of \"%s\": out of memory\n", name);
+            acme_certmeta_free(&f);
+            return;
+        }
+    }
+    f.failures++;
+    f.next_try = now + acme_sched_backoff(err->kind, f.failures, err->retry_after, acme_random());
+    f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
+    f.last_error_at = now;
+    free(f.last_error);
+    f.last_error = acme_strdup(err->msg[0] ? err->msg : "failed (no reason given)");
+    if (ctl->nident_errors > 0) {
+        acme_ident_errors_free(f.ident_errors, f.nident_errors);
+        f.ident_errors = ctl->ident_errors;
+        f.nident_errors = ctl->nident_errors;
+        ctl->ident_errors = NULL;
+        ctl->nident_errors = 0;
+    }
+    if (acme_store_meta_save(ctl->store, &f, &serr) == 0) {
+        fprintf(stderr, "acmectl: next attempt not before %s\n",
+                acme_time_format(f.next_try, tb, sizeof(tb)));
+    } else {
+        fprintf(stderr, "acmectl: cannot record the failure of \"%s\" in the store: %s\n", name, serr.msg);
+    }
+    acme_certmeta_free(&f);
 }
 
 /* The identifiers named on the command line; 0, or 1/2 as exit status (with a message). */
@@ -507,7 +596,17 @@ cmd_issue(ctl_t *ctl, int argc, char **argv)
         rc = 1;
         goto done;
     }
-    rc = do_issue_names(ctl, &o, ids, n, &ks, NULL, NULL);
+    acme_err_clear(&err);
+    rc = do_issue_names(ctl, &o, ids, n, &ks, NULL, &err);
+    if (rc == 1) {
+        first_issue_t  fi = { ids, n, &ks, ctl->ca_url, o.profile };
+        char          *name = acme_cert_name(ids, n, &ks);
+
+        if (name != NULL) {
+            record_failure(ctl, name, &err, &fi);
+        }
+        free(name);
+    }
 done:
     for (i = 0; (size_t) i < n; i++) {
         acme_ident_free(&ids[i]);
@@ -617,43 +716,6 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     wait_done(&aw->w, err);
 }
 
-/* Remember a failed renewal for the scheduler, list and status; say when to try again. */
-static void
-record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
-{
-    acme_certmeta_t  f;
-    time_t           now = time(NULL);
-    char             tb[32];
-    acme_err_t       serr;
-
-    memset(&f, 0, sizeof(f));
-    if (acme_store_meta_load(ctl->store, name, &f, &serr) != 0) {
-        fprintf(stderr, "acmectl: cannot record the failure of \"%s\": reading its metadata: %s\n", name,
-                serr.msg);
-        return;
-    }
-    f.failures++;
-    f.next_try = now + acme_sched_backoff(err->kind, f.failures, err->retry_after, acme_random());
-    f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
-    f.last_error_at = now;
-    free(f.last_error);
-    f.last_error = acme_strdup(err->msg);
-    if (ctl->nident_errors > 0) {
-        acme_ident_errors_free(f.ident_errors, f.nident_errors);
-        f.ident_errors = ctl->ident_errors;
-        f.nident_errors = ctl->nident_errors;
-        ctl->ident_errors = NULL;
-        ctl->nident_errors = 0;
-    }
-    if (acme_store_meta_save(ctl->store, &f, &serr) == 0) {
-        fprintf(stderr, "acmectl: next attempt not before %s\n",
-                acme_time_format(f.next_try, tb, sizeof(tb)));
-    } else {
-        fprintf(stderr, "acmectl: cannot record the failure of \"%s\" in the store: %s\n", name, serr.msg);
-    }
-    acme_certmeta_free(&f);
-}
-
 static int
 cmd_renew(ctl_t *ctl, int argc, char **argv)
 {
@@ -688,7 +750,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
         return 1;
     }
     if (ctl_ready_err(ctl, &err) != 0) {
-        record_failure(ctl, m.name, &err);
+        record_failure(ctl, m.name, &err, NULL);
         acme_certmeta_free(&m);
         return 1;
     }
@@ -730,7 +792,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     acme_err_clear(&err);
     rc = do_issue_names(ctl, &o, m.ids, m.nids, &m.keyspec, m.not_after ? m.ari_cert_id : NULL, &err);
     if (rc != 0) {
-        record_failure(ctl, m.name, &err);
+        record_failure(ctl, m.name, &err, NULL);
     }
     acme_certmeta_free(&m);
     return rc;
