@@ -97,7 +97,7 @@ usage(FILE *f)
 "commands:\n"
 "  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
 "        [--key ALG] [--profile NAME] [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
-"  renew [--force] [challenge options as for issue] NAME\n"
+"  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
 "  list\n"
@@ -297,6 +297,7 @@ typedef struct {
     const char       *profile;
     const char       *preferred_chain;
     int               force;
+    int               ignore_server;
     long              poll_timeout;
     acmectl_chsrv_t  *srv;
 } issue_opts_t;
@@ -355,6 +356,7 @@ parse_issue_opt(int c, issue_opts_t *o)
     case 'p': o->profile = optarg; return 0;
     case 'P': o->preferred_chain = optarg; return 0;
     case 'f': o->force = 1; return 0;
+    case 'G': o->ignore_server = 1; return 0;
     case 'W':
         o->poll_timeout = strtol(optarg, NULL, 10);
         if (o->poll_timeout <= 0) {
@@ -374,9 +376,39 @@ static const struct option issue_longopts[] = {
     { "profile", required_argument, NULL, 'p' },
     { "preferred-chain", required_argument, NULL, 'P' },
     { "force", no_argument, NULL, 'f' },
+    { "ignore-server", no_argument, NULL, 'G' },
     { "poll-timeout", required_argument, NULL, 'W' },
     { NULL, 0, NULL, 0 }
 };
+
+/*
+ * The server (nginx, Apache) that manages the state directory we opened, by the lock it holds there while
+ * it runs (ACME_SERVER_LOCK_*), or NULL. A Redis store has no such lock: its certificate lock is enough.
+ */
+static const char *
+ctl_running_server(ctl_t *ctl)
+{
+    static const char  *locks[][2] = {
+        { ACME_SERVER_LOCK_NGINX, "nginx" }, { ACME_SERVER_LOCK_APACHE, "Apache" }
+    };
+    acme_lock_t        *lk;
+    acme_err_t          err;
+    size_t              i;
+
+    if (acme_store_lock_lease_ms(ctl->store) != 0) {
+        return NULL;
+    }
+    for (i = 0; i < sizeof(locks) / sizeof(locks[0]); i++) {
+        lk = NULL;
+        if (ctl->store->ops->lock(ctl->store, locks[i][0], &lk, &err) == 0) {
+            return locks[i][1];
+        }
+        if (lk != NULL) {
+            ctl->store->ops->unlock(lk);
+        }
+    }
+    return NULL;
+}
 
 static int
 do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks,
@@ -728,6 +760,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     ari_wait_t           aw;
     int                  c, rc;
     char                 tbuf[32];
+    const char          *server;
 
     memset(&o, 0, sizeof(o));
     optind = 1;
@@ -742,6 +775,16 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
         return 2;
     }
     if (ctl_open_store(ctl, 0) != 0 || find_cert(ctl, argv[optind], &m) != 0) {
+        return 1;
+    }
+    server = ctl_running_server(ctl);
+    if (server != NULL && !o.ignore_server) {
+        /* it would answer the challenges, and acmectl would change the renewal time the server keeps */
+        fprintf(stderr, "acmectl: \"%s\" is managed by a running %s (it holds its lock in this state "
+                "directory): ask the server to renew it (its status endpoint, POST ?renew=%s, with "
+                "acme_status renew=on or ACMEStatusRenew on); --ignore-server renews here anyway\n",
+                m.name, server, m.name);
+        acme_certmeta_free(&m);
         return 1;
     }
     acme_err_clear(&err);

@@ -27,6 +27,13 @@
 typedef struct acme_store_s  acme_store_t;
 typedef struct acme_lock_s   acme_lock_t;
 
+/*
+ * Locks a running server holds in its state directory while it manages the certificates there:
+ * acmectl will not renew under them (docs/acmectl.md).
+ */
+#define ACME_SERVER_LOCK_NGINX   "nginx_runner"
+#define ACME_SERVER_LOCK_APACHE  "apache_driver"      /* mod_acme.h: MOD_ACME_DRIVER_LOCK */
+
 typedef struct {
     const char  *key;
     const void  *data;      /* NULL: delete this key as part of the commit */

@@ -3,6 +3,8 @@ import json
 import socket
 
 import harness
+from apache_harness import apache_factory  # noqa: F401  (fixture)
+from nginx_harness import issuer_block, nginx_factory  # noqa: F401
 from test_acmectl import Ctl
 
 
@@ -66,3 +68,60 @@ def test_account_find_keeps_the_recorded_contacts(acmectl_bin, tmp_path, pebble)
     bare("account", "rollover")
     bare("renew", "--force", "--http-listen", f"127.0.0.1:{pebble.http_port}", "contact.example.org")
     assert account_json(ctl.state)["contact"] == ["mailto:admin@example.org"]
+
+
+# ------------------------------------------------ item 2: not behind a running server's back
+
+def _refused(p, server):
+    return p.returncode == 1 and f"is managed by a running {server}" in p.stderr \
+        and "ACMEStatusRenew on" in p.stderr and "--ignore-server" in p.stderr
+
+
+def test_renew_refused_in_a_running_nginx_state_dir(acmectl_bin, pebble, nginx_factory, tmp_path):
+    name = "managed.nginx.example.org"
+    https = harness.free_port()
+    state = tmp_path / "state"
+    conf = issuer_block("pebble", pebble, state) + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name {name};
+        location / {{ return 200; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        acme_certificate pebble;
+        location / {{ return 200; }}
+    }}
+"""
+    n = nginx_factory(conf, wait_port=https)
+    harness.wait_for(lambda: (state / "certs" / name / "fullchain.pem").exists(), 40, what="the certificate")
+    ctl = Ctl(acmectl_bin, state, pebble)
+    def meta():
+        m = json.loads((state / "certs" / name / "meta.json").read_text())
+        return {k: m.get(k) for k in ("renew_at", "failures", "last_error", "next_try")}
+    harness.wait_for(lambda: (state / "certs" / name / "meta.json").exists() and meta()["renew_at"], 10,
+                     what="the renewal time the server chose")
+    before = meta()
+    p = ctl.run("renew", "--force", "--http-listen", f"127.0.0.1:{harness.free_port()}", name)
+    assert _refused(p, "nginx"), p.stderr
+    assert meta() == before
+    # the override gets past the check (and then fails here: nothing answers on that port)
+    p = ctl.run("renew", "--force", "--ignore-server", "--http-listen", f"127.0.0.1:{harness.free_port()}",
+                name)
+    assert "is managed by a running" not in p.stderr
+    # a stopped server holds nothing
+    n.stop()
+    p = ctl.run("renew", "--http-listen", f"127.0.0.1:{harness.free_port()}", name)
+    assert "is managed by a running" not in p.stderr and p.returncode == 0, p.stderr
+
+
+def test_renew_refused_in_a_running_apache_state_dir(acmectl_bin, apache_factory, pebble, procs):
+    name = "managed.apache.example.org"
+    a = apache_factory(pebble, name="apache-managed")
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs)
+    a.wait_valid(name)
+    ctl = Ctl(acmectl_bin, a.state, pebble)
+    p = ctl.run("renew", "--force", "--http-listen", f"127.0.0.1:{harness.free_port()}", name)
+    assert _refused(p, "Apache"), p.stderr
