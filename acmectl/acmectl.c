@@ -26,6 +26,7 @@ typedef struct {
     const char      *state;
     const char      *storage;       /* --storage: a directory or redis:// URL, instead of --state */
     const char      *storage_key;   /* --storage-key: seals secrets in Redis */
+    char            *storage_url;   /* --storage with --prefix NAME added, owned */
     const char      *ca;
     const char      *ca_cert;
     const char     **contact;
@@ -90,9 +91,10 @@ static void
 usage(FILE *f)
 {
     fprintf(f,
-"usage: acmectl [--state DIR | --storage DIR|redis://...] [--storage-key FILE] [--ca URL|NAME] [--ca-cert FILE] [--contact EMAIL]... [--agree-tos]\n"
+"usage: acmectl [--state DIR | --storage DIR|redis://... [--prefix NAME]] [--storage-key FILE] [--ca URL|NAME] [--ca-cert FILE]\n"
+"               [--insecure] [--contact EMAIL]... [--agree-tos]\n"
 "               [--eab-kid KID --eab-hmac-key data:B64URL|FILE] [--account-key FILE | --account-key-type ALG]\n"
-"               [-v] COMMAND [ARGS]\n"
+"               [-v|--verbose] [-h|--help] COMMAND [ARGS]\n"
 "\n"
 "commands:\n"
 "  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
@@ -879,6 +881,32 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
     return o;
 }
 
+/* An empty Redis store: say which other prefixes of the same server hold certificates (stderr). */
+static void
+list_other_prefixes(ctl_t *ctl)
+{
+    char        **pre = NULL, *shown;
+    size_t        np = 0, i, len;
+    acme_err_t    err;
+
+    if (acme_store_lock_lease_ms(ctl->store) == 0
+        || acme_store_redis_cert_prefixes(ctl->storage, &pre, &np, &err) != 0 || np == 0)
+    {
+        return;
+    }
+    shown = acme_store_url_redact(ctl->storage);
+    fprintf(stderr, "acmectl: no certificates under the prefix of %s; other prefixes of this Redis hold some:",
+            shown ? shown : "the store");
+    for (i = 0; i < np; i++) {
+        len = strlen(pre[i]);
+        fprintf(stderr, " %s (--prefix %.*s)", pre[i], (int) (len && pre[i][len - 1] == ':' ? len - 1 : len),
+                pre[i]);
+    }
+    fprintf(stderr, "\n");
+    free(shown);
+    acme_store_list_free(pre, np);
+}
+
 static int
 cmd_list(ctl_t *ctl, int json_out)
 {
@@ -923,6 +951,9 @@ cmd_list(ctl_t *ctl, int json_out)
         acme_certmeta_free(&m);
     }
     acme_store_list_free(names, n);
+    if (n == 0) {
+        list_other_prefixes(ctl);
+    }
     if (json_out) {
         o = json_pack("{s:o}", "certificates", arr);
         json_dumpf(o, stdout, JSON_INDENT(2));
@@ -1381,6 +1412,34 @@ cmd_migrate(ctl_t *ctl, int argc, char **argv)
     return rc == 0 ? 0 : 1;
 }
 
+/* --prefix NAME: the prefix=NAME of nginx's acme_storage and Apache's ACMEStorage, for the same store. */
+static int
+storage_prefix(ctl_t *ctl, const char *prefix)
+{
+    if (ctl->storage == NULL
+        || (strncmp(ctl->storage, "redis://", 8) != 0 && strncmp(ctl->storage, "rediss://", 9) != 0))
+    {
+        fprintf(stderr, "acmectl: --prefix %s: only with --storage redis://... or rediss://...\n", prefix);
+        return -1;
+    }
+    if (prefix[0] == '\0' || strpbrk(prefix, "&?# ") != NULL) {
+        fprintf(stderr, "acmectl: --prefix \"%s\": a key prefix, as in acme_storage URL prefix=NAME\n", prefix);
+        return -1;
+    }
+    if (strstr(ctl->storage, "prefix=") != NULL) {
+        fprintf(stderr, "acmectl: --prefix %s: the --storage URL has a prefix already\n", prefix);
+        return -1;
+    }
+    ctl->storage_url = acme_sprintf("%s%cprefix=%s", ctl->storage, strchr(ctl->storage, '?') ? '&' : '?',
+                                    prefix);
+    if (ctl->storage_url == NULL) {
+        fprintf(stderr, "acmectl: out of memory\n");
+        return -1;
+    }
+    ctl->storage = ctl->storage_url;
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1388,6 +1447,7 @@ main(int argc, char **argv)
         { "state", required_argument, NULL, 's' },
         { "storage", required_argument, NULL, 'S' },
         { "storage-key", required_argument, NULL, 'Y' },
+        { "prefix", required_argument, NULL, 'X' },
         { "ca", required_argument, NULL, 'a' },
         { "ca-cert", required_argument, NULL, 'C' },
         { "contact", required_argument, NULL, 'm' },
@@ -1404,7 +1464,7 @@ main(int argc, char **argv)
     ctl_t        ctl;
     acme_err_t   kerr;
     int          c, rc;
-    const char  *cmd;
+    const char  *cmd, *prefix = NULL;
 
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);   /* a full disk (or a file size limit) is a write error, not a crash */
@@ -1421,6 +1481,7 @@ main(int argc, char **argv)
         case 's': ctl.state = optarg; break;
         case 'S': ctl.storage = optarg; break;
         case 'Y': ctl.storage_key = optarg; break;
+        case 'X': prefix = optarg; break;
         case 'a': ctl.ca = optarg; break;
         case 'C': ctl.ca_cert = optarg; break;
         case 'm': ctl.contact[ctl.ncontact++] = optarg; break;
@@ -1450,6 +1511,10 @@ main(int argc, char **argv)
     }
     if (optind >= argc) {
         usage(stderr);
+        free(ctl.contact);
+        return 2;
+    }
+    if (prefix != NULL && storage_prefix(&ctl, prefix) != 0) {
         free(ctl.contact);
         return 2;
     }
@@ -1489,6 +1554,7 @@ main(int argc, char **argv)
     acme_loop_free(ctl.loop);
     acme_store_close(ctl.store);
     free(ctl.ca_url);
+    free(ctl.storage_url);
     free(ctl.contact);
     acme_free_secret(ctl.eab_hmac, ctl.eab_hmac ? strlen(ctl.eab_hmac) : 0);
     acme_ident_errors_free(ctl.ident_errors, ctl.nident_errors);

@@ -245,6 +245,11 @@ int  acme_store_put(acme_store_t *st, const char *key, const void *data, size_t 
                     acme_err_t *err);
 int  acme_store_del(acme_store_t *st, const char *key, acme_err_t *err);
 void acme_store_list_free(char **names, size_t n);
+/*
+ * The key prefixes ("acme:", "shop:"...) under which the Redis server of url holds certificates (at most 64),
+ * whatever url's own prefix; for a hint when a prefix holds none. 0, or -1 with err.
+ */
+int  acme_store_redis_cert_prefixes(const char *url, char ***prefixes, size_t *n, acme_err_t *err);
 
 /* ---- typed records ---- */
 

@@ -1,11 +1,14 @@
 """acmectl as the docs describe it (issue #15): failures recorded with a reason, contacts kept."""
 import json
+import re
 import socket
+from pathlib import Path
 
 import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from nginx_harness import issuer_block, nginx_factory  # noqa: F401
 from test_acmectl import Ctl
+from test_redis_store import redis  # noqa: F401  (fixture)
 
 
 def status(ctl):
@@ -125,3 +128,87 @@ def test_renew_refused_in_a_running_apache_state_dir(acmectl_bin, apache_factory
     ctl = Ctl(acmectl_bin, a.state, pebble)
     p = ctl.run("renew", "--force", "--http-listen", f"127.0.0.1:{harness.free_port()}", name)
     assert _refused(p, "Apache"), p.stderr
+
+
+# ------------------------------------------------ item 4: the README's cluster store, prefix=shop
+
+def test_prefix_as_in_acme_storage(acmectl_bin, tmp_path, pebble, redis):
+    url = redis.url()           # as in `acme_storage redis://127.0.0.1:6379 prefix=shop`
+    p = harness.run_cmd([str(acmectl_bin), "--storage", url, "--prefix", "shop", "--ca", pebble.directory_url,
+                         "--ca-cert", str(pebble.ca_cert), "--agree-tos", "issue", "--http-listen",
+                         f"127.0.0.1:{pebble.http_port}", "shop.example.org"], timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "shop:certs/shop.example.org/fullchain.pem" in redis.keys("shop:*")
+
+    def run(*a):
+        return harness.run_cmd([str(acmectl_bin), "--storage", url, *a], timeout=60)
+    p = run("--prefix", "shop", "list")
+    assert p.returncode == 0 and "shop.example.org" in p.stdout, p.stderr
+    # the same store as the URL form
+    p = harness.run_cmd([str(acmectl_bin), "--storage", redis.url("?prefix=shop"), "list"], timeout=60)
+    assert "shop.example.org" in p.stdout
+    # without it: an empty table, and why
+    p = run("list")
+    assert p.returncode == 0 and "shop.example.org" not in p.stdout
+    assert "other prefixes of this Redis hold some: shop: (--prefix shop)" in p.stderr, p.stderr
+    p = run("status", "--json")
+    assert json.loads(p.stdout)["certificates"] == [] and "--prefix shop" in p.stderr
+    # refused where it means nothing
+    p = harness.run_cmd([str(acmectl_bin), "--state", str(tmp_path / "s"), "--prefix", "shop", "list"])
+    assert p.returncode == 2 and "only with --storage redis://" in p.stderr
+    p = run("--prefix", "x", "--storage", redis.url("?prefix=y"), "list")
+    assert p.returncode == 2 and "has a prefix already" in p.stderr
+
+
+# ------------------------------------------------ item 8: --help, the man page and docs/acmectl.md agree
+
+ROOT = Path(__file__).resolve().parents[2]
+OPT_RX = r"(?<![\w-])--[a-z][a-z0-9-]*"
+
+
+def _man_text():
+    t = (ROOT / "debian" / "acmectl.1").read_text()
+    return re.sub(r"\\f[BIRP]", "", t).replace("\\-", "-")
+
+
+def _sources(acmectl_bin):
+    p = harness.run_cmd([str(acmectl_bin), "--help"])
+    assert p.returncode == 0
+    return {"acmectl --help": p.stdout, "debian/acmectl.1": _man_text(),
+            "docs/acmectl.md": (ROOT / "docs" / "acmectl.md").read_text()}
+
+
+def test_help_man_page_and_docs_name_the_same_options(acmectl_bin):
+    src = (ROOT / "acmectl" / "acmectl.c").read_text()
+    # the option tables the program parses are the reference
+    table = {"--" + o for o in re.findall(r'\{ "([a-z][a-z0-9-]*)", (?:required|no)_argument', src)}
+    table.add("--json")     # status --json, parsed by hand
+    assert {"--state", "--storage", "--prefix", "--insecure", "--ignore-server"} <= table
+    for where, text in _sources(acmectl_bin).items():
+        found = set(re.findall(OPT_RX, text))
+        assert found == table, f"{where}: missing {sorted(table - found)}, unknown {sorted(found - table)}"
+
+
+def test_help_man_page_and_docs_name_the_same_commands(acmectl_bin):
+    s = _sources(acmectl_bin)
+    cmds = {
+        "acmectl --help": re.findall(r"^  ([a-z][a-z-]*)", s["acmectl --help"].split("commands:")[1], re.M),
+        "debian/acmectl.1": re.findall(r"^\.B ([a-z][a-z-]*)",
+                                       s["debian/acmectl.1"].split(".SH COMMANDS")[1].split(".SH")[0], re.M),
+        "docs/acmectl.md": re.findall(r"^\| `([a-z][a-z-]*)", s["docs/acmectl.md"], re.M),
+    }
+    subs = {
+        "acmectl --help": re.findall(r"account (.*?)(?:\n|$)", s["acmectl --help"])[0],
+        "debian/acmectl.1": " ".join(re.findall(r"^\.B account ([a-z]+)", s["debian/acmectl.1"], re.M)),
+        "docs/acmectl.md": re.findall(r"`account ([^`]*)`", s["docs/acmectl.md"])[0],
+    }
+    ref = set(cmds["acmectl --help"])
+    assert {"issue", "renew", "list", "migrate", "upgrade-storage"} <= ref
+    ref_sub = set(re.findall(r"[a-z]+", subs["acmectl --help"])) - {"key"}
+    assert ref_sub == {"show", "find", "rollover", "update", "deactivate"}
+    for where in cmds:
+        assert set(cmds[where]) == ref, f"{where}: {sorted(set(cmds[where]) ^ ref)}"
+        assert set(re.findall(r"[a-z]+", subs[where])) - {"key"} == ref_sub, (where, subs[where])
+    # the man page no longer recommends renewing behind a running server's back
+    for where, text in s.items():
+        assert not re.search(r"runuser[^\n]*acmectl[^\n]* renew", text), where
