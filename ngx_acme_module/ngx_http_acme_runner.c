@@ -1296,9 +1296,9 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
         }
 
         if (rn->stores[g] == NULL) {
+            /* only acme_storage (and its key) gets here */
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                          "acme: cannot open state_path \"%s\": %s",
-                          paths[g], err.msg);
+                          "acme: acme_storage: %s", err.msg);
             goto failed;
         }
 

@@ -1,8 +1,12 @@
 """acmectl as the docs describe it (issue #15): failures recorded with a reason, contacts kept."""
 import json
+import os
+import pwd
 import re
 import socket
 from pathlib import Path
+
+import pytest
 
 import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
@@ -212,3 +216,30 @@ def test_help_man_page_and_docs_name_the_same_commands(acmectl_bin):
     # the man page no longer recommends renewing behind a running server's back
     for where, text in s.items():
         assert not re.search(r"runuser[^\n]*acmectl[^\n]* renew", text), where
+
+
+# ------------------------------------------------ item 3: nginx's acme_storage_key and the worker user
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a worker user other than the master's)")
+def test_nginx_t_refuses_a_storage_key_the_worker_cannot_read(nginx_factory, pebble, tmp_path):
+    key = tmp_path / "keys" / "storage.key"
+    key.parent.mkdir()
+    key.write_bytes(os.urandom(32))
+    os.chmod(key, 0o600)                    # root's, as `head -c 32 /dev/urandom > FILE; chmod 600 FILE` makes it
+    os.chmod(tmp_path, 0o755)
+    os.chmod(tmp_path.parent, 0o755)
+    base = issuer_block("pebble", pebble, tmp_path / "state")
+    ng = nginx_factory(f"acme_storage redis://127.0.0.1:{harness.free_port()} prefix=shop;\n"
+                       f"acme_storage_key {key};\n" + base, start=False, user="www-data",
+                       allowed=(r"\"acme_storage_key\" .* cannot read it",))
+    ok, out = ng.test_config()
+    assert not ok, out
+    assert re.search(r'"acme_storage_key" "' + re.escape(str(key)) + r'": the worker user "www-data", as which the '
+                     r"ACME client runs, cannot read it \(owner uid 0, group gid 0, mode 0600\).* in \S+nginx\.conf:\d+",
+                     out), out
+    assert "state_path" not in out
+    # what it says to do works
+    pw = pwd.getpwnam("www-data")
+    os.chown(key, pw.pw_uid, pw.pw_gid)
+    ok, out = ng.test_config()
+    assert "acme_storage_key" not in out, out
