@@ -56,6 +56,7 @@ typedef struct {
     acme_store_t               **cache;          /* acme_storage: state_path */
     acme_lock_t                **held;           /* for acmectl: we manage
                                                     each state_path */
+    ngx_uint_t                   held_logged;
     acme_manager_t             **managers;
 
     acme_store_watch_t          *watch;          /* certificate announcements */
@@ -1176,8 +1177,10 @@ ngx_http_acme_runner_hold(ngx_http_acme_runner_t *rn)
         }
 
         if (st->ops->lock(st, ACME_SERVER_LOCK_NGINX, &rn->held[g], &err)
-            < 0)
+            < 0 && !rn->held_logged)
         {
+            /* once: it is tried again every tick */
+            rn->held_logged = 1;
             ngx_log_error(NGX_LOG_WARN, rn->log, 0,
                           "acme: state_path lock for acmectl: %s", err.msg);
         }
