@@ -97,7 +97,7 @@ usage(FILE *f)
 "               [-v|--verbose] [-h|--help] COMMAND [ARGS]\n"
 "\n"
 "commands:\n"
-"  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
+"  issue [--ignore-server] [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
 "        [--key ALG] [--profile NAME] [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
@@ -572,6 +572,24 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err, const first_
     acme_certmeta_free(&f);
 }
 
+/* -1 (with a message) when a running server manages the state directory and --ignore-server is not given. */
+static int
+server_refuses(ctl_t *ctl, const issue_opts_t *o, const char *name)
+{
+    const char  *server;
+
+    server = o->ignore_server ? NULL : ctl_running_server(ctl);
+    if (server == NULL) {
+        return 0;
+    }
+    /* it would answer the challenges, and acmectl would change the renewal time the server keeps */
+    fprintf(stderr, "acmectl: \"%s\" is managed by a running %s (it holds its lock in this state "
+            "directory): ask the server to renew it (its status endpoint, POST ?renew=%s, with "
+            "acme_status renew=on or ACMEStatusRenew on); --ignore-server renews here anyway\n",
+            name, server, name);
+    return -1;
+}
+
 /* The identifiers named on the command line; 0, or 1/2 as exit status (with a message). */
 static int
 parse_idents(int argc, char **argv, int first, acme_ident_t **out, size_t *n)
@@ -626,7 +644,9 @@ cmd_issue(ctl_t *ctl, int argc, char **argv)
     if (rc != 0) {
         goto done;
     }
-    if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0) {
+    if (ctl_open_store(ctl, 1) != 0 || server_refuses(ctl, &o, ids[0].value) != 0
+        || ctl_client(ctl, NULL) != 0)
+    {
         rc = 1;
         goto done;
     }
@@ -762,7 +782,6 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     ari_wait_t           aw;
     int                  c, rc;
     char                 tbuf[32];
-    const char          *server;
 
     memset(&o, 0, sizeof(o));
     optind = 1;
@@ -779,13 +798,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     if (ctl_open_store(ctl, 0) != 0 || find_cert(ctl, argv[optind], &m) != 0) {
         return 1;
     }
-    server = ctl_running_server(ctl);
-    if (server != NULL && !o.ignore_server) {
-        /* it would answer the challenges, and acmectl would change the renewal time the server keeps */
-        fprintf(stderr, "acmectl: \"%s\" is managed by a running %s (it holds its lock in this state "
-                "directory): ask the server to renew it (its status endpoint, POST ?renew=%s, with "
-                "acme_status renew=on or ACMEStatusRenew on); --ignore-server renews here anyway\n",
-                m.name, server, m.name);
+    if (server_refuses(ctl, &o, m.name) != 0) {
         acme_certmeta_free(&m);
         return 1;
     }

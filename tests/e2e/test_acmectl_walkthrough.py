@@ -113,6 +113,9 @@ def test_renew_refused_in_a_running_nginx_state_dir(acmectl_bin, pebble, nginx_f
     p = ctl.run("renew", "--force", "--http-listen", f"127.0.0.1:{harness.free_port()}", name)
     assert _refused(p, "nginx"), p.stderr
     assert meta() == before
+    p = ctl.run("issue", "--http-listen", f"127.0.0.1:{harness.free_port()}", name)
+    assert _refused(p, "nginx"), p.stderr
+    assert meta() == before
     # the override gets past the check (and then fails here: nothing answers on that port)
     p = ctl.run("renew", "--force", "--ignore-server", "--http-listen", f"127.0.0.1:{harness.free_port()}",
                 name)
