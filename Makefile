@@ -140,7 +140,7 @@ test-packages:
 
 # Benchmarks (bench/, docs/performance.md): a table of side-by-side ratios, build/bench/results.json and
 # results.png. Fails only when a scenario could not run. Knobs: BENCH_* variables, see bench/bench.py.
-BENCH_PKGS := wrk gnuplot-nox
+BENCH_PKGS := wrk gnuplot-nox caddy
 $(BUILD)/bench/hsbench: bench/hsbench.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $< $(shell pkg-config --cflags --libs openssl) -lpthread

@@ -645,12 +645,12 @@ chsrv_http_read(acmectl_chsrv_t *s, chsrv_conn_t *c, int64_t now)
 
 /* ---- TLS-ALPN-01 ---- */
 
-/* The host_name of the client's server_name extension, lowercase, without a trailing dot. */
+/* The host_name of the client's server_name extension, as acme_sni_normalize writes it. */
 static int
 chsrv_sni(SSL *ssl, char *name, size_t size)
 {
     const unsigned char  *p;
-    size_t                len, n, i;
+    size_t                len, n;
 
     if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) != 1 || len < 2) {
         return -1;
@@ -666,21 +666,7 @@ chsrv_sni(SSL *ssl, char *name, size_t size)
             return -1;
         }
         if (p[0] == TLSEXT_NAMETYPE_host_name) {
-            if (n > 0 && p[3 + n - 1] == '.') {
-                n--;
-            }
-            if (n == 0 || n >= size) {
-                return -1;
-            }
-            for (i = 0; i < n; i++) {
-                if (p[3 + i] <= 0x20 || p[3 + i] >= 0x7f) {
-                    return -1;
-                }
-                name[i] = (char) p[3 + i];
-            }
-            name[n] = '\0';
-            chsrv_lower(name);
-            return 0;
+            return acme_sni_normalize((const char *) p + 3, n, name, size) > 0 ? 0 : -1;
         }
         p += 3 + n;
         len -= 3 + n;

@@ -104,6 +104,7 @@ mod_acme_srv_conf_t *mod_acme_srv_conf(server_rec *s);
 /* Effective values with defaults applied. */
 const char *mod_acme_state_dir(server_rec *base);
 int mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
+const char *mod_acme_vhost_id(apr_pool_t *p, const server_rec *s);
 
 /* ---- the managed certificates and process-wide state ---- */
 

@@ -23,15 +23,13 @@
 #include <http_protocol.h>
 #include <http_request.h>
 #include <http_ssl.h>
-#include <ctype.h>
 #include <pthread.h>
-
-#include <openssl/pem.h>
 
 #include "acme_err.h"
 #include "acme_http01.h"
 #include "acme_store.h"
 #include "acme_tlsalpn.h"
+#include "acme_x509.h"
 
 
 /* ---- names ---- */
@@ -234,24 +232,17 @@ offers_acme_tls(const apr_array_header_t *offers)
     return 0;
 }
 
-/* The store key for the SNI (lowercase, as acme_ident_sni writes it); NULL when not a usable name. */
+/* The store key for the SNI (as acme_ident_sni writes it); NULL when not a usable name. */
 static char *
 sni_key(apr_pool_t *p, const char *sni)
 {
-    char    *k;
-    size_t   i;
+    char  k[254];
 
-    if (sni == NULL || *sni == '\0' || strlen(sni) > 253) {
+    if (sni == NULL || acme_sni_normalize(sni, strlen(sni), k, sizeof(k)) == 0
+        || acme_store_name_check(k, "sni", NULL) != 0) {
         return NULL;
     }
-    k = apr_pstrdup(p, sni);
-    for (i = 0; k[i]; i++) {
-        k[i] = (char) tolower((unsigned char) k[i]);
-    }
-    if (acme_store_name_check(k, "sni", NULL) != 0) {
-        return NULL;
-    }
-    return k;
+    return apr_pstrdup(p, k);
 }
 
 
@@ -336,26 +327,21 @@ protocol_get(const conn_rec *c)
     return cc != NULL && cc->tls_alpn ? ACME_TLSALPN_PROTO : NULL;
 }
 
-static char *
-pem_of(apr_pool_t *p, X509 *x, EVP_PKEY *k)
+/* PEM text in the pool (the key's malloc'd copy is wiped) */
+static const char *
+pool_pem(apr_pool_t *p, char *pem, size_t len, int secret)
 {
-    BIO   *b = BIO_new(BIO_s_mem());
-    char  *data, *out = NULL;
-    long   len;
-    int    ok;
+    const char *out;
 
-    if (b == NULL) {
+    if (pem == NULL) {
         return NULL;
     }
-    ok = x ? PEM_write_bio_X509(b, x) : PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
-    if (ok) {
-        len = BIO_get_mem_data(b, &data);
-        out = apr_pstrmemdup(p, data, (apr_size_t) len);
-        if (k != NULL) {
-            OPENSSL_cleanse(data, (size_t) len);
-        }
+    out = apr_pstrmemdup(p, pem, len);
+    if (secret) {
+        acme_free_secret(pem, len);
+    } else {
+        free(pem);
     }
-    BIO_free(b);
     return out;
 }
 
@@ -368,7 +354,8 @@ answer_challenge(conn_rec *c, const char *server_name, const char **pcert_pem, c
     acme_err_t        err;
     X509             *x = NULL;
     EVP_PKEY         *k = NULL;
-    char             *round;
+    char             *round, *pem;
+    size_t            len = 0;
 
     if (cc == NULL || !cc->tls_alpn || server_name == NULL) {
         return DECLINED;
@@ -395,8 +382,10 @@ answer_challenge(conn_rec *c, const char *server_name, const char **pcert_pem, c
         return DECLINED;
     }
     acme_ident_free(&id);
-    *pcert_pem = pem_of(c->pool, x, NULL);
-    *pkey_pem = pem_of(c->pool, NULL, k);
+    pem = acme_x509_to_pem(x, &len, &err);
+    *pcert_pem = pool_pem(c->pool, pem, len, 0);
+    pem = acme_key_to_pem(k, &len, &err);
+    *pkey_pem = pool_pem(c->pool, pem, len, 1);
     X509_free(x);
     EVP_PKEY_free(k);
     if (*pcert_pem == NULL || *pkey_pem == NULL) {

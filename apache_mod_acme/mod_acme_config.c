@@ -720,6 +720,132 @@ config_test_ssl_warnings(apr_pool_t *ptemp, server_rec *base)
     }
 }
 
+/* "NAME:PORT (FILE:LINE)" of a virtual host, for messages (s->port is 0 unless ServerName has a port) */
+const char *
+mod_acme_vhost_id(apr_pool_t *p, const server_rec *s)
+{
+    unsigned port = s->port ? s->port : (s->addrs ? s->addrs->host_port : 0);
+
+    return apr_psprintf(p, "%s:%u (%s:%d)", s->server_hostname ? s->server_hostname : "(no ServerName)",
+                        port, s->defn_name ? s->defn_name : "?", s->defn_line_number);
+}
+
+/*
+ * Two virtual hosts that ask for the same store name (first name + key type) must ask for the same names.
+ * Checked here, and again where the certificates are built (ACME0034), so that apache2 -t refuses what
+ * would stop the server at start.
+ */
+typedef struct {
+    char                 *name;
+    apr_array_header_t   *ids;          /* const char * identifier values, in order */
+    server_rec           *s;
+} conf_cert_t;
+
+static apr_array_header_t *
+conf_cert_ids(apr_pool_t *p, server_rec *s, mod_acme_srv_conf_t *sc)
+{
+    apr_array_header_t  *in = apr_array_make(p, 4, sizeof(const char *));
+    apr_array_header_t  *ids = apr_array_make(p, 4, sizeof(acme_ident_t));
+    acme_ident_t         id;
+    acme_err_t           err;
+    int                  i, j, dup;
+
+    if (sc->cert_mode == ACME_CERT_ON) {
+        APR_ARRAY_PUSH(in, const char *) = s->server_hostname;
+        if (s->names) {
+            apr_array_cat(in, s->names);
+        }
+        if (s->wild_names) {
+            apr_array_cat(in, s->wild_names);
+        }
+    } else {
+        apr_array_cat(in, sc->cert_names);
+    }
+    for (i = 0; i < in->nelts; i++) {
+        const char *n = APR_ARRAY_IDX(in, i, const char *);
+        if (n == NULL || acme_ident_parse(n, &id, &err) != 0) {
+            return NULL;        /* reported by ACME0002-0004 or, at start, ACME0033 */
+        }
+        for (j = 0, dup = 0; j < ids->nelts && !dup; j++) {
+            acme_ident_t *o = &APR_ARRAY_IDX(ids, j, acme_ident_t);
+            dup = o->type == id.type && strcmp(o->value, id.value) == 0;
+        }
+        if (!dup) {
+            acme_ident_t *slot = apr_array_push(ids);
+            slot->type = id.type;
+            slot->value = apr_pstrdup(p, id.value);
+        }
+        acme_ident_free(&id);
+    }
+    return ids;
+}
+
+static int
+config_test_cert_names(apr_pool_t *p, server_rec *base)
+{
+    apr_array_header_t   *certs = apr_array_make(p, 8, sizeof(conf_cert_t));
+    server_rec           *s;
+    mod_acme_srv_conf_t  *sc;
+    acme_keyspec_t        defks = ACME_KEYSPEC_DEFAULT;
+    int                   i, j, k;
+
+    for (s = base; s != NULL; s = s->next) {
+        apr_array_header_t  *ids;
+
+        sc = mod_acme_srv_conf(s);
+        if (sc->cert_mode != ACME_CERT_ON && sc->cert_mode != ACME_CERT_NAMES) {
+            continue;
+        }
+        ids = conf_cert_ids(p, s, sc);
+        if (ids == NULL || ids->nelts == 0) {
+            continue;
+        }
+        for (k = 0; k < (sc->keytypes ? sc->keytypes->nelts : 1); k++) {
+            acme_keyspec_t  *ks = sc->keytypes ? &APR_ARRAY_IDX(sc->keytypes, k, acme_keyspec_t) : &defks;
+            conf_cert_t     *c = NULL;
+            char            *name;
+            int              same;
+
+            name = acme_cert_name((acme_ident_t *) ids->elts, (size_t) ids->nelts, ks);
+            if (name == NULL) {
+                continue;
+            }
+            for (i = 0; i < certs->nelts && c == NULL; i++) {
+                if (strcmp(APR_ARRAY_IDX(certs, i, conf_cert_t).name, name) == 0) {
+                    c = &APR_ARRAY_IDX(certs, i, conf_cert_t);
+                }
+            }
+            if (c == NULL) {
+                c = apr_array_push(certs);
+                c->name = apr_pstrdup(p, name);
+                c->ids = ids;
+                c->s = s;
+                free(name);
+                continue;
+            }
+            free(name);
+            same = c->ids->nelts == ids->nelts;
+            for (j = 0; same && j < ids->nelts; j++) {
+                same = strcmp(APR_ARRAY_IDX(c->ids, j, acme_ident_t).value,
+                              APR_ARRAY_IDX(ids, j, acme_ident_t).value) == 0;
+            }
+            if (!same) {
+                const char *had = "";
+                for (j = 0; j < c->ids->nelts; j++) {
+                    had = apr_pstrcat(p, had, j ? "," : "", APR_ARRAY_IDX(c->ids, j, acme_ident_t).value,
+                                      NULL);
+                }
+                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0034)
+                             "ACMECertificate (%s): certificate '%s' is already configured with other "
+                             "names (%s) by %s", sc->cert_directive ? sc->cert_directive : "?", c->name,
+                             had, mod_acme_vhost_id(p, c->s));
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 int
 mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *base)
 {
@@ -783,6 +909,9 @@ mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, se
         if (sc->eab_kid != NULL && *sc->eab_kid == '\0') {
             sc->eab_kid = NULL;
         }
+    }
+    if (config_test_cert_names(ptemp, base) != 0) {
+        return HTTP_INTERNAL_SERVER_ERROR;
     }
     sc = mod_acme_srv_conf(base);
     if (sc->storage_key != NULL && sc->storage == NULL) {

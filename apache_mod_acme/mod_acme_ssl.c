@@ -263,7 +263,6 @@ fallback_make(apr_pool_t *p, server_rec *s, mod_acme_cert_t *cert, mod_acme_serv
     const char         *kkey = apr_psprintf(p, "fallback/%s/privkey.pem", cert->name);
     X509               *x = NULL;
     EVP_PKEY           *k = NULL;
-    STACK_OF(X509)     *one;
     char               *cpem, *kpem;
     size_t              clen, klen;
     acme_err_t          err;
@@ -280,10 +279,7 @@ fallback_make(apr_pool_t *p, server_rec *s, mod_acme_cert_t *cert, mod_acme_serv
                      "%s: cannot make a fallback certificate: %s", cert->name, err.msg);
         return -1;
     }
-    one = sk_X509_new_null();
-    sk_X509_push(one, x);
-    cpem = acme_pem_chain_string(one, &clen, &err);
-    sk_X509_free(one);
+    cpem = acme_x509_to_pem(x, &clen, &err);
     kpem = cpem ? acme_key_to_pem(k, &klen, &err) : NULL;
     if (cpem == NULL || kpem == NULL) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0031)
@@ -428,8 +424,8 @@ build_certs(apr_pool_t *p, server_rec *base)
                 if (!same) {
                     ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0034)
                                  "ACMECertificate (%s): certificate '%s' is already configured with other "
-                                 "names (%s) by %s:%u", sc->cert_directive ? sc->cert_directive : "?",
-                                 name, ident_list(p, c), c->s->server_hostname, c->s->port);
+                                 "names (%s) by %s", sc->cert_directive ? sc->cert_directive : "?",
+                                 name, ident_list(p, c), mod_acme_vhost_id(p, c->s));
                     free(name);
                     return -1;
                 }

@@ -7,7 +7,7 @@ processes or the same Pebble. Results: build/bench/results.json, build/bench/res
 stdout. The exit status is non-zero only when a scenario could not run; no timing is asserted.
 
 Environment (defaults in brackets):
-  BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,scale,idle]; also
+  BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,blocking,scale,idle]; also
                         apache_reload (not in the default list)
   BENCH_HS_SECONDS      seconds per handshake measurement [3]
   BENCH_HS_ROUNDS       alternating rounds per variant [4]
@@ -22,6 +22,9 @@ Environment (defaults in brackets):
   BENCH_IDLE_SECONDS    idle measurement with 1,000 managed certificates [60]
   BENCH_RELOAD_CERTS    stored certificates in the apache_reload scenario [1000]
   BENCH_RELOAD_RENEWALS renewals measured there [5]
+  BENCH_BLOCK_SECONDS   length of each load phase of the blocking scenario [15]
+  BENCH_BLOCK_RATE      its request rate (open loop, one full handshake per request) [50]
+  BENCH_BLOCK_CERTS     certificates issued under load there [50]
   BENCH_OUT             output directory [build/bench]
 """
 
@@ -59,6 +62,7 @@ if not OUT.is_absolute():
 HSBENCH = BUILD / "bench" / "hsbench"
 GENCERTS = BUILD / "bench" / "gencerts"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+CADDY = shutil.which("caddy") or "/usr/bin/caddy"
 
 
 def env_int(name, default):
@@ -88,7 +92,10 @@ STORED = [int(x) for x in os.environ.get("BENCH_STORED", "1000,10000").split(","
 IDLE_SECONDS = env_float("BENCH_IDLE_SECONDS", 60)
 RELOAD_CERTS = env_int("BENCH_RELOAD_CERTS", 1000)
 RELOAD_RENEWALS = env_int("BENCH_RELOAD_RENEWALS", 5)
-ONLY = [x.strip() for x in os.environ.get("BENCH_ONLY", "handshake,ttc,swap,scale,idle").split(",")
+BLOCK_SECONDS = env_float("BENCH_BLOCK_SECONDS", 15)
+BLOCK_RATE = env_float("BENCH_BLOCK_RATE", 50)
+BLOCK_CERTS = env_int("BENCH_BLOCK_CERTS", 50)
+ONLY = [x.strip() for x in os.environ.get("BENCH_ONLY", "handshake,ttc,swap,blocking,scale,idle").split(",")
         if x.strip()]
 
 NCPU = os.cpu_count() or 1
@@ -455,6 +462,89 @@ def nginx_error_lines(ng):
 
 
 # --------------------------------------------------------------------------
+# Caddy (Debian's caddy 2.6) as a peer: its own ACME client against the same Pebble
+# --------------------------------------------------------------------------
+
+def caddy_available():
+    return Path(CADDY).is_file()
+
+
+def caddy_leaf_key(pem_path):
+    cp = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(pem_path)],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    m = re.search(r"Public Key Algorithm: (\S+)", cp.stdout)
+    return m.group(1) if m else None
+
+
+class Caddy:
+    """caddy run with a Caddyfile of its own: Pebble as the only CA (acme_ca) trusted through
+    acme_ca_root, Pebble's challenge ports as http_port/https_port (so both http-01 and tls-alpn-01
+    validate, whichever Caddy picks), storage, config and HOME in a fresh directory, no admin
+    endpoint. body: the site block's body; static: (fullchain, key) served instead of issuing;
+    fresh=False keeps the directory (and the certificate stored there by an earlier run)."""
+
+    def __init__(self, env, name, site_name, body, static=None, http_port=None, https_port=None,
+                 fresh=True):
+        self.env = env
+        self.dir = env.work / name
+        if fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        (self.dir / "config").mkdir(exist_ok=True)
+        pb = env.pebble
+        self.http_port = http_port or pb.http_port
+        self.https_port = https_port or pb.tls_port
+        tls = f"\ttls {static[0]} {static[1]}\n" if static else ""
+        (self.dir / "Caddyfile").write_text(f"""{{
+\tadmin off
+\tstorage file_system {{
+\t\troot {self.dir}/data
+\t}}
+\tacme_ca {pb.directory_url}
+\tacme_ca_root {pb.ca_cert}
+\temail admin@example.org
+\thttp_port {self.http_port}
+\thttps_port {self.https_port}
+\tskip_install_trust
+\tocsp_stapling off
+\tauto_https disable_redirects
+\tlog {{
+\t\tlevel WARN
+\t}}
+}}
+{site_name} {{
+{tls}{body}}}
+""")
+        self.proc = None
+
+    def start(self):
+        self.proc = self.env.procs.start(
+            [CADDY, "run", "--config", self.dir / "Caddyfile", "--adapter", "caddyfile"],
+            name="caddy", log_path=self.dir / "caddy.log",
+            env={"HOME": self.dir, "XDG_DATA_HOME": self.dir / "data",
+                 "XDG_CONFIG_HOME": self.dir / "config"})
+        return self.proc
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def cert_files(self, name):
+        """The certificate and key Caddy stored for name (certmagic's layout)."""
+        crt = list((self.dir / "data").glob(f"certificates/*/{name}/{name}.crt"))
+        if not crt:
+            return None
+        return crt[0], crt[0].with_suffix(".key")
+
+    def log_tail(self, n=3000):
+        try:
+            return self.proc.log_text()[-n:] if self.proc else ""
+        except Exception:  # noqa: BLE001
+            return ""
+
+
+# --------------------------------------------------------------------------
 # scenario 1: handshake cost
 # --------------------------------------------------------------------------
 
@@ -503,9 +593,23 @@ def scenario_handshake_nginx(env):
 """
         return c
 
+    roots = pb.roots(0)
+    cd = None
+    if caddy_available():
+        # Caddy gets its certificate from Pebble first (it needs Pebble's challenge ports), then is
+        # restarted on free ports, serving the certificate it stored
+        cname = "hsc.bench.example.org"
+        cd = Caddy(env, "caddy-hs", cname, '\trespond "ok" 200\n')
+        cd.start()
+        try:
+            _wait_served(cd.proc, cd.https_port, cname, roots, timeout=60)
+        except HarnessError as e:
+            raise HarnessError(f"caddy: {e}\n{cd.log_tail()}") from None
+        cd.stop()
+        cd = Caddy(env, "caddy-hs", cname, '\trespond "ok" 200\n', http_port=free_port(),
+                   https_port=free_port(), fresh=False)
     ng = new_nginx(env, "ngx-hs", conf(False))
     ng.start(wait_port=pa)
-    roots = pb.roots(0)
     wait_for(lambda: served_verified(pa, name, roots), 60, 0.1, "the managed certificate")
     ng.stop()
     for f in ("fullchain.pem", "privkey.pem"):
@@ -516,19 +620,37 @@ def scenario_handshake_nginx(env):
     want = pem_leaf_sha256(static_dir / "fullchain.pem")
     for port in (pa, pbp, pc):
         wait_for(lambda: leaf_sha256(port, name) == want, 15, 0.1, f"the issued certificate on {port}")
-    log(f"nginx handshakes: managed :{pa}, static :{pbp}, variable :{pc}")
-    res = measure_alternating([("managed", pa, name, ng.proc.pid), ("static", pbp, name, ng.proc.pid),
-                               ("variable", pc, name, ng.proc.pid)], HS_SECONDS, HS_ROUNDS)
+    variants = [("managed", pa, name, ng.proc.pid), ("static", pbp, name, ng.proc.pid),
+                ("variable", pc, name, ng.proc.pid)]
+    caddy_want = None
+    if cd:
+        cd.start()
+        cd.proc.wait_port(cd.https_port, timeout=15)
+        pin_group(cd.proc.pid, SERVER_CPUS)
+        crt, _ = cd.cert_files(cname)
+        caddy_want = pem_leaf_sha256(crt)
+        wait_for(lambda: leaf_sha256(cd.https_port, cname) == caddy_want, 15, 0.1, "caddy's certificate")
+        variants.append(("caddy", cd.https_port, cname, cd.proc.pid))
+    log("nginx handshakes: " + ", ".join(f"{v[0]} :{v[1]}" for v in variants))
+    res = measure_alternating(variants, HS_SECONDS, HS_ROUNDS)
     for k, v in res.items():
-        if v["leaf_sha256"] != want:
+        if v["leaf_sha256"] != (caddy_want if k == "caddy" else want):
             raise HarnessError(f"{k}: served another certificate than the issued one")
     st, mg, va = res["static"], res["managed"], res["variable"]
     out = {"variants": res,
+           "key_types": {"nginx": caddy_leaf_key(static_dir / "fullchain.pem")},
            "managed_static_rate_ratio": ratio(mg["rate"], st["rate"]),
            "variable_static_rate_ratio": ratio(va["rate"], st["rate"]),
            "managed_static_cpu_ratio": ratio(st["server_cpu_us_per_hs"], mg["server_cpu_us_per_hs"]),
            "variable_static_cpu_ratio": ratio(st["server_cpu_us_per_hs"], va["server_cpu_us_per_hs"]),
            "errors": nginx_error_lines(ng)}
+    if "caddy" in res:
+        cv = res["caddy"]
+        out["key_types"]["caddy"] = caddy_leaf_key(crt)
+        # CPU efficiency of nginx's managed certificate against Caddy's (> 1: nginx cheaper)
+        out["managed_caddy_cpu_ratio"] = ratio(cv["server_cpu_us_per_hs"], mg["server_cpu_us_per_hs"])
+        out["managed_caddy_rate_ratio"] = ratio(mg["rate"], cv["rate"])
+        cd.stop()
     ng.stop()
     return out
 
@@ -821,6 +943,27 @@ def ttc_mod_md(env, i):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def ttc_caddy(env, i):
+    pb = env.pebble
+    name = f"ttc-caddy-{i}.bench.example.org"
+    cd = Caddy(env, f"caddy-ttc-{i}", name, '\trespond "ok" 200\n')
+    roots = pb.roots(0)
+    mark = pb.mark()
+    t0 = time.monotonic()
+    cd.start()
+    try:
+        try:
+            t1 = _wait_served(cd.proc, cd.https_port, name, roots)
+        except HarnessError as e:
+            raise HarnessError(f"{e}\n{cd.log_tail()}") from None
+        time.sleep(0.5)
+        return {"seconds": round(t1 - t0, 3), "requests": pebble_requests(pb, mark),
+                "orders": pb.order_count(mark)}
+    finally:
+        cd.stop()
+        shutil.rmtree(cd.dir, ignore_errors=True)
+
+
 def summarize_ttc(runs):
     secs = [r["seconds"] for r in runs]
     req_totals = [sum(r["requests"].values()) for r in runs]
@@ -834,7 +977,8 @@ def summarize_ttc(runs):
 
 def scenario_ttc(env, servers):
     out = {}
-    fns = {"nginx": ttc_nginx, "apache_mod_acme": ttc_mod_acme, "apache_mod_md": ttc_mod_md}
+    fns = {"nginx": ttc_nginx, "apache_mod_acme": ttc_mod_acme, "apache_mod_md": ttc_mod_md,
+           "caddy": ttc_caddy}
     runs = {s: [] for s in servers}
     errors = {}
     for i in range(TTC_RUNS):
@@ -859,6 +1003,18 @@ def scenario_ttc(env, servers):
 # scenario 3: hot swap under load
 # --------------------------------------------------------------------------
 
+def force_renew(port, name):
+    """POST a forced renewal; a 429 (forced less than renew_interval=1s ago) is posted again."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = nginx_harness.https_get(port, name, f"/acme?renew={name}", method="POST")
+        if r.status == 202:
+            return
+        if r.status != 429 or time.monotonic() > deadline:
+            raise HarnessError(f"renew request: HTTP {r.status} {r.text}")
+        time.sleep(0.1)
+
+
 def scenario_swap(env):
     pb = env.pebble
     name = "swap.bench.example.org"
@@ -876,12 +1032,13 @@ def scenario_swap(env):
         access_log off;
         acme_certificate pebble;
         location / {{ return 200 "ok\\n"; }}
-        location = /acme {{ acme_status; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
     ng = new_nginx(env, "ngx-swap", conf, workers=2)
     ng.start(wait_port=https)
     roots = pb.roots(0)
+    w = None
     try:
         first = wait_for(lambda: served_verified(https, name, roots), 60, 0.1, "the first certificate")
         time.sleep(1.0)
@@ -906,9 +1063,7 @@ def scenario_swap(env):
         mark = pb.mark()
         serials = [first]
         for i in range(SWAPS):
-            r = nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST")
-            if r.status != 202:
-                raise HarnessError(f"renew request: HTTP {r.status} {r.text}")
+            force_renew(https, name)
             prev = serials[-1]
             serials.append(wait_for(lambda: (lambda s: s if s and s != prev else None)(
                 served_verified(https, name, roots)), 60, 0.05, f"renewal {i + 1}"))
@@ -926,7 +1081,7 @@ def scenario_swap(env):
         # memory: 20 more swaps without load, to see whether growth continues
         for i in range(SWAPS):
             prev = served_verified(https, name, roots)
-            nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST")
+            force_renew(https, name)
             wait_for(lambda: (lambda s: s if s and s != prev else None)(
                 served_verified(https, name, roots)), 60, 0.05, f"extra renewal {i + 1}")
         time.sleep(1.0)
@@ -948,7 +1103,175 @@ def scenario_swap(env):
             "errors": nginx_error_lines(ng),
         }
     finally:
+        if w is not None and w.poll() is None:      # a failure mid-run: no 600 s wrk left behind
+            w.kill()
+            w.wait()
         ng.stop()
+
+
+# --------------------------------------------------------------------------
+# scenario 7: does the module block the worker that serves traffic?
+# --------------------------------------------------------------------------
+
+def hsbench_start(port, sni, seconds, rate=BLOCK_RATE, threads=8):
+    """Open-loop load in the background (one full handshake + GET per connection); latencies count from
+    each request's scheduled start. hsbench_finish() ends it early (SIGINT) and reads its JSON."""
+    args = [HSBENCH, "-p", port, "-s", sni, "-c", threads, "-t", seconds, "-r", rate]
+    return subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_client_preexec, env=harness.child_env())
+
+
+def hsbench_finish(p, stop=False, timeout=120):
+    if stop:
+        p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=timeout)
+    if p.returncode != 0:
+        raise HarnessError(f"hsbench failed: {err.decode(errors='replace')}")
+    r = json.loads(out)
+    return {k: r[k] for k in ("handshakes", "errors", "seconds", "rate", "lat_p50_ms", "lat_p99_ms",
+                              "lat_p999_ms", "lat_max_ms", "n_over_50ms", "n_over_1s", "first_error")}
+
+
+def _block_compare(idle, busy):
+    return {"idle": idle, "busy": busy,
+            "worst_ms": busy["lat_max_ms"], "p99_ms": busy["lat_p99_ms"],
+            "p99_ratio": ratio(busy["lat_p99_ms"], idle["lat_p99_ms"], 2),
+            "worst_ratio": ratio(busy["lat_max_ms"], idle["lat_max_ms"], 2)}
+
+
+def scenario_blocking_redis(env):
+    """(a) worker_processes 1, acme_storage redis:// to a redis-server that is then paused (SIGSTOP: the
+    kernel still accepts connections, nothing answers): steady load while a forced renewal is posted every
+    second, against the same load with Redis answering and nothing due."""
+    import leakcheck
+    pb = env.pebble
+    name = "blk-redis.bench.example.org"
+    https = free_port()
+    rdir = env.work / "blk-redis"
+    redis = harness.RedisServer(rdir).start()
+    key = rdir / "storage.key"
+    key.write_bytes(leakcheck.STORAGE_KEY)
+    key.chmod(0o600)
+    conf = (f"acme_storage {redis.url()} prefix=bench;\nacme_storage_key {key};\n"
+            + issuer_block("pebble", pb, env.work / "blk-redis-state") + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        server_name {name};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
+    }}
+""")
+    ng = new_nginx(env, "ngx-blk-redis", conf, workers=1)
+    stopped = False
+    try:
+        ng.start(wait_port=https)
+        pin_group(ng.proc.pid, SERVER_CPUS)
+        roots = pb.roots(0)
+        wait_for(lambda: served_verified(https, name, roots), 60, 0.1, "the certificate (Redis store)")
+        time.sleep(1.0)
+        hsbench_finish(hsbench_start(https, name, 2))            # warm-up
+        log(f"blocking (a): idle load {BLOCK_SECONDS:.0f} s")
+        idle = hsbench_finish(hsbench_start(https, name, BLOCK_SECONDS))
+        log(f"blocking (a): Redis paused, a forced renewal every second, load {BLOCK_SECONDS:.0f} s")
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        stopped = True
+        load = hsbench_start(https, name, BLOCK_SECONDS)
+        t_end = time.monotonic() + BLOCK_SECONDS - 1
+        posts = []
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            try:
+                r = nginx_harness.https_get(https, name, f"/acme?renew={name}", method="POST", timeout=10)
+                posts.append({"status": r.status, "ms": round((time.monotonic() - t0) * 1000, 1)})
+            except Exception as e:  # noqa: BLE001
+                posts.append({"error": f"{type(e).__name__}: {e}"[:120],
+                              "ms": round((time.monotonic() - t0) * 1000, 1)})
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+        busy = hsbench_finish(load)
+        out = _block_compare(idle, busy)
+        out["renew_posts"] = posts
+        out["errors"] = nginx_error_lines(ng)
+        return out
+    finally:
+        if stopped:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        ng.stop()
+        redis.stop()
+
+
+def scenario_blocking_issue(env):
+    """(b) worker_processes 1, file store: steady load on one name already issued while BLOCK_CERTS other
+    server blocks are issued from Pebble, against the same load once they are all stored (nothing due)."""
+    pb = env.pebble
+    name = "blk-load.bench.example.org"
+    fmt = "blk%d.bench.example.org"
+    https = free_port()
+    state = env.work / "blk-issue-state"
+    head = issuer_block("pebble", pb, state) + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+    many = "".join(f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {fmt % i};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+""" for i in range(BLOCK_CERTS))
+    roots = pb.roots(0)
+    ng = new_nginx(env, "ngx-blk-issue", head, workers=1)
+    try:
+        ng.start(wait_port=https)
+        wait_for(lambda: served_verified(https, name, roots), 60, 0.1, "the load name's certificate")
+        ng.stop()
+        ng.write_conf(NGX_HTTP_EXTRA + head + many)
+
+        def stored():
+            return sum((state / "certs" / (fmt % i) / "fullchain.pem").is_file() for i in range(BLOCK_CERTS))
+        log(f"blocking (b): {BLOCK_CERTS} certificates issued under load")
+        ng.start(wait_port=https)
+        pin_group(ng.proc.pid, SERVER_CPUS)
+        t0 = time.monotonic()
+        load = hsbench_start(https, name, 300)
+        try:
+            wait_for(lambda: stored() == BLOCK_CERTS, 120, 0.05, f"{BLOCK_CERTS} certificates stored")
+        finally:
+            took = time.monotonic() - t0
+            busy = hsbench_finish(load, stop=True)
+        for i in (0, BLOCK_CERTS - 1):
+            wait_for(lambda: served_verified(https, fmt % i, roots), 30, 0.1, f"{fmt % i} served")
+        time.sleep(1.0)
+        log(f"blocking (b): idle load {max(took, 5):.0f} s")
+        idle = hsbench_finish(hsbench_start(https, name, max(took, 5)))
+        out = _block_compare(idle, busy)
+        out["certificates"] = BLOCK_CERTS
+        out["issuance_s"] = round(took, 2)
+        out["errors"] = nginx_error_lines(ng)
+        return out
+    finally:
+        ng.stop()
+
+
+def scenario_blocking(env):
+    return {"redis_paused": scenario_blocking_redis(env), "issuing": scenario_blocking_issue(env)}
 
 
 # --------------------------------------------------------------------------
@@ -1255,6 +1578,11 @@ def build_table(R):
             f"{h['managed_static_rate_ratio']} | {h['managed_static_cpu_ratio']}", ">= 0.98")
         add("1 handshake nginx", "variable/static (rate | CPU efficiency)",
             f"{h['variable_static_rate_ratio']} | {h['variable_static_cpu_ratio']}")
+        if "caddy" in v:
+            add("1 handshake nginx", "caddy (own Pebble cert): handshakes/s | server CPU us/handshake",
+                f"{v['caddy']['rate']:.0f} | {v['caddy']['server_cpu_us_per_hs']}")
+            add("1 handshake nginx", "nginx managed/caddy (rate | CPU efficiency)",
+                f"{h['managed_caddy_rate_ratio']} | {h['managed_caddy_cpu_ratio']}")
     elif h.get("status"):
         add("1 handshake nginx", "status", h.get("status") + ": " + h.get("error", "")[:80])
     h = S.get("handshake_apache", {})
@@ -1270,7 +1598,7 @@ def build_table(R):
         add("1 handshake apache", "status", h.get("status") + ": " + h.get("error", "")[:80])
     t = S.get("ttc", {})
     for s, label in (("nginx", "nginx + module"), ("apache_mod_acme", "apache + mod_acme"),
-                     ("apache_mod_md", "apache + mod_md (staged)")):
+                     ("apache_mod_md", "apache + mod_md (staged)"), ("caddy", "caddy 2.6")):
         x = t.get(s)
         if not x:
             continue
@@ -1287,6 +1615,9 @@ def build_table(R):
     if t.get("nginx", {}).get("median_s") and t.get("apache_mod_md", {}).get("median_s"):
         add("2 time to cert", "nginx/mod_md time ratio",
             ratio(t["nginx"]["median_s"], t["apache_mod_md"]["median_s"]), "<= 1")
+    if t.get("nginx", {}).get("median_s") and t.get("caddy", {}).get("median_s"):
+        add("2 time to cert", "nginx/caddy time ratio", ratio(t["nginx"]["median_s"], t["caddy"]["median_s"]),
+            "<= 0.6")
     if t.get("apache_mod_acme", {}).get("median_s") and t.get("apache_mod_md", {}).get("median_s"):
         add("2 time to cert", "mod_acme/mod_md time ratio",
             ratio(t["apache_mod_acme"]["median_s"], t["apache_mod_md"]["median_s"]), "<= 1")
@@ -1302,6 +1633,16 @@ def build_table(R):
         g2 = list(w["rss_growth_kib_per_worker_next_swaps"].values())
         add("3 hot swap", f"worker RSS growth KiB: {w['swaps']} swaps under load | {w['swaps']} more",
             f"{g} | {g2}", "no growth")
+    b = S.get("blocking", {})
+    for k, label in (("redis_paused", "Redis paused, renewals posted"),
+                     ("issuing", f"{b.get('issuing', {}).get('certificates', '')} certs issued")):
+        x = b.get(k)
+        if not x:
+            continue
+        add("7 blocking", f"{label}: p99 ms idle | busy | ratio",
+            f"{x['idle']['lat_p99_ms']} | {x['busy']['lat_p99_ms']} | {x['p99_ratio']}", "ratio <= 1.2")
+        add("7 blocking", f"{label}: worst ms idle | busy; requests > 1 s",
+            f"{x['idle']['lat_max_ms']} | {x['busy']['lat_max_ms']}; {x['busy']['n_over_1s']}", "busy < 50")
     sc = S.get("scale", {})
     if "issuance" in sc and "issued" in sc["issuance"]:
         i = sc["issuance"]
@@ -1376,6 +1717,8 @@ def chart(R, path):
         ratios.append(("nginx managed/static", h["managed_static_rate_ratio"], h["managed_static_cpu_ratio"]))
         ratios.append(("nginx variable/static", h["variable_static_rate_ratio"],
                        h["variable_static_cpu_ratio"]))
+        if "managed_caddy_cpu_ratio" in h:
+            ratios.append(("nginx managed/caddy", h["managed_caddy_rate_ratio"], h["managed_caddy_cpu_ratio"]))
     h = S.get("handshake_apache", {})
     if "variants" in h:
         ratios.append(("apache mod_acme/static", h["managed_static_rate_ratio"], h["managed_static_cpu_ratio"]))
@@ -1383,18 +1726,27 @@ def chart(R, path):
     if s:
         ratios.append(("SNI last/first", s["last_first_rate_ratio"], s["last_first_cpu_ratio"]))
     ttc = []
-    for k, label in (("nginx", "nginx"), ("apache_mod_acme", "mod_acme"), ("apache_mod_md", "mod_md staged")):
+    for k, label in (("nginx", "nginx"), ("apache_mod_acme", "mod_acme"), ("apache_mod_md", "mod_md staged"),
+                     ("caddy", "caddy")):
         x = S.get("ttc", {}).get(k, {})
         if "median_s" in x:
             ttc.append((label, x["median_s"]))
+    blk = []
+    for k, label in (("redis_paused", "Redis paused"), ("issuing", "issuing")):
+        x = S.get("blocking", {}).get(k)
+        if x:
+            blk.append((f"{label} idle", x["idle"]["lat_p99_ms"], x["idle"]["lat_max_ms"]))
+            blk.append((f"{label} busy", x["busy"]["lat_p99_ms"], x["busy"]["lat_max_ms"]))
+    d3 = path.parent / "chart_blocking.dat"
+    d3.write_text("".join(f"\"{a}\" {max(b, 0.01)} {max(c, 0.01)}\n" for a, b, c in blk) or "\"none\" 1 1\n")
     d1 = path.parent / "chart_ratios.dat"
     d2 = path.parent / "chart_ttc.dat"
     d1.write_text("".join(f"\"{a}\" {b} {c}\n" for a, b, c in ratios) or "\"none\" 0 0\n")
     d2.write_text("".join(f"\"{a}\" {b}\n" for a, b in ttc) or "\"none\" 0\n")
     gp = path.parent / "chart.gp"
-    gp.write_text(f"""set terminal pngcairo noenhanced size 1200,520 font "sans,10"
+    gp.write_text(f"""set terminal pngcairo noenhanced size 1600,520 font "sans,10"
 set output "{path}"
-set multiplot layout 1,2 title "ACME benchmarks, {R['date']} ({R['machine']['cpus']} CPUs)"
+set multiplot layout 1,3 title "ACME benchmarks, {R['date']} ({R['machine']['cpus']} CPUs)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -1410,6 +1762,11 @@ unset arrow 1
 set title "time to certificate, median (s)"
 set key off
 plot "{d2}" using 2:xtic(1) title "seconds" lc rgb "#4477aa"
+set title "blocking: request latency, worker_processes 1 (ms, log)"
+set key top left
+set logscale y
+set yrange [0.1:*]
+plot "{d3}" using 2:xtic(1) title "p99", "" using 3 title "worst"
 unset multiplot
 """)
     cp = subprocess.run(["gnuplot", str(gp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1482,7 +1839,8 @@ def main():
             else:
                 S["handshake_apache"] = {"status": "skipped", "error": "build/mod_acme.so not built"}
         if "ttc" in ONLY:
-            servers = ["nginx"] + (["apache_mod_acme"] if have_apache else []) + ["apache_mod_md"]
+            servers = (["nginx"] + (["apache_mod_acme"] if have_apache else []) + ["apache_mod_md"]
+                       + (["caddy"] if caddy_available() else []))
 
             def ttc():
                 res, errors = scenario_ttc(env, servers)
@@ -1495,6 +1853,8 @@ def main():
                 S["ttc"]["apache_mod_acme"] = {"error": "skipped: build/mod_acme.so not built"}
         if "swap" in ONLY:
             run("swap", scenario_swap, env)
+        if "blocking" in ONLY:
+            run("blocking", scenario_blocking, env)
         if "apache_reload" in ONLY:
             if have_apache:
                 run("apache_reload", scenario_apache_reload, env)

@@ -1,7 +1,7 @@
 /*
  * hsbench: full TLS handshakes per second against one address, each on a new TCP connection.
  *
- *   hsbench -p PORT [-a 127.0.0.1] [-s SNI] [-c THREADS] [-t SECONDS] [-n MAX] [-u PATH] [-q] [-2]
+ *   hsbench -p PORT [-a 127.0.0.1] [-s SNI] [-c THREADS] [-t SECONDS] [-n MAX] [-u PATH] [-r RATE] [-q] [-2]
  *
  * Every iteration: connect, TLS handshake with SNI (no session resumption: no tickets, no client cache),
  * then (unless -q) "GET PATH HTTP/1.1" (default /) with Connection: close, read the answer to EOF and check for a 200,
@@ -9,6 +9,11 @@
  * percentiles (ms) and the SHA-256 of the first leaf certificate seen (so the caller can check which
  * certificate was served). -2 caps the protocol at TLS 1.2. The certificate is not verified: the cost
  * measured is the server's handshake, not the client's chain building.
+ *
+ * -r RATE paces the iterations at RATE per second in all (open loop, a schedule per thread): a latency is
+ * then counted from the iteration's scheduled start, so a server that stalls is charged for every
+ * request that should have started during the stall, not only the one that met it. SIGINT or SIGTERM
+ * ends the run early (the results are printed as usual).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -16,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +45,9 @@ static int             tls12;
 static const char     *path = "/";
 static SSL_CTX        *ctx;
 static double          deadline;
+static double          rate;
+static double          start_t;
+static volatile sig_atomic_t stop_now;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static long            done_n, err_n, started_n;
@@ -48,6 +57,7 @@ static char            first_err[256];
 typedef struct {
     double  *lat;
     size_t   n, cap;
+    int      idx;
 } tstate_t;
 
 static double
@@ -166,6 +176,18 @@ out:
     return ok ? 0 : -1;
 }
 
+/* how many of the n sorted latencies exceed limit */
+static size_t
+over(const double *all, size_t n, double limit)
+{
+    size_t c = 0;
+
+    while (c < n && all[n - 1 - c] > limit) {
+        c++;
+    }
+    return c;
+}
+
 static int
 cmpd(const void *a, const void *b)
 {
@@ -174,15 +196,42 @@ cmpd(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static void
+on_signal(int sig)
+{
+    (void) sig;
+    stop_now = 1;
+}
+
 static void *
 worker(void *arg)
 {
     tstate_t *ts = arg;
-    double    t0;
+    double    t0, due = 0;
+    long      k = 0;
 
     for (;;) {
-        if (now_s() >= deadline) {
+        if (stop_now || now_s() >= deadline) {
             break;
+        }
+        if (rate > 0) {
+            /* this thread's k-th slot of the common schedule */
+            due = start_t + (k * threads + ts->idx) / rate;
+            k++;
+            while (!stop_now && now_s() < due) {
+                struct timespec d;
+                double          w = due - now_s();
+
+                if (w <= 0) {
+                    break;
+                }
+                d.tv_sec = (time_t) w;
+                d.tv_nsec = (long) ((w - d.tv_sec) * 1e9);
+                nanosleep(&d, NULL);
+            }
+            if (stop_now || due >= deadline) {
+                break;
+            }
         }
         if (max_n) {
             pthread_mutex_lock(&mu);
@@ -193,7 +242,7 @@ worker(void *arg)
             started_n++;
             pthread_mutex_unlock(&mu);
         }
-        t0 = now_s();
+        t0 = rate > 0 ? due : now_s();
         if (one() == 0) {
             if (ts->n == ts->cap) {
                 ts->cap = ts->cap ? ts->cap * 2 : 4096;
@@ -211,7 +260,7 @@ worker(void *arg)
 static void
 usage(void)
 {
-    fprintf(stderr, "usage: hsbench -p PORT [-a ADDR] [-s SNI] [-c THREADS] [-t SECONDS] [-n MAX] [-u PATH] [-q] [-2]\n");
+    fprintf(stderr, "usage: hsbench -p PORT [-a ADDR] [-s SNI] [-c THREADS] [-t SECONDS] [-n MAX] [-u PATH] [-r RATE] [-q] [-2]\n");
     exit(2);
 }
 
@@ -224,7 +273,7 @@ main(int argc, char **argv)
     double      t0, el, *all;
     size_t      n = 0, k;
 
-    while ((o = getopt(argc, argv, "a:p:s:c:t:n:u:q2")) != -1) {
+    while ((o = getopt(argc, argv, "a:p:s:c:t:n:u:r:q2")) != -1) {
         switch (o) {
         case 'a': addr = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -233,6 +282,7 @@ main(int argc, char **argv)
         case 't': seconds = atof(optarg); break;
         case 'n': max_n = atol(optarg); break;
         case 'u': path = optarg; break;
+        case 'r': rate = atof(optarg); break;
         case 'q': handshake_only = 1; break;
         case '2': tls12 = 1; break;
         default: usage();
@@ -248,11 +298,16 @@ main(int argc, char **argv)
     if (tls12) {
         SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
     }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGPIPE, SIG_IGN);
     tid = calloc(threads, sizeof(*tid));
     ts = calloc(threads, sizeof(*ts));
     t0 = now_s();
+    start_t = t0;
     deadline = t0 + seconds;
     for (i = 0; i < threads; i++) {
+        ts[i].idx = i;
         pthread_create(&tid[i], NULL, worker, &ts[i]);
     }
     for (i = 0; i < threads; i++) {
@@ -268,9 +323,11 @@ main(int argc, char **argv)
     qsort(all, n, sizeof(double), cmpd);
 #define PCT(p) (n ? all[(size_t) ((n - 1) * (p))] * 1000.0 : 0.0)
     printf("{\"handshakes\": %ld, \"errors\": %ld, \"seconds\": %.4f, \"rate\": %.2f, "
-           "\"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_max_ms\": %.3f, "
+           "\"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_p999_ms\": %.3f, "
+           "\"lat_max_ms\": %.3f, \"n_over_50ms\": %zu, \"n_over_1s\": %zu, "
            "\"leaf_sha256\": \"%s\", \"first_error\": \"",
-           done_n, err_n, el, el > 0 ? done_n / el : 0.0, PCT(0.5), PCT(0.99), PCT(1.0), first_fp);
+           done_n, err_n, el, el > 0 ? done_n / el : 0.0, PCT(0.5), PCT(0.99), PCT(0.999), PCT(1.0),
+           over(all, n, 0.05), over(all, n, 1.0), first_fp);
     for (const char *p = first_err; *p; p++) {
         if (*p == '"' || *p == '\\') {
             putchar('\\');

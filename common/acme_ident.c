@@ -319,6 +319,31 @@ bad:
     return -1;
 }
 
+size_t
+acme_sni_normalize(const char *sni, size_t len, char *buf, size_t size)
+{
+    size_t  i;
+    char    c;
+
+    if (sni == NULL || len == 0 || len >= size) {
+        return 0;
+    }
+    for (i = 0; i < len; i++) {
+        c = sni[i];
+        if (c >= 'A' && c <= 'Z') {
+            c |= 0x20;
+        } else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) {
+            return 0;
+        }
+        buf[i] = c;
+    }
+    if (buf[len - 1] == '.') {
+        len--;
+    }
+    buf[len] = '\0';
+    return len;
+}
+
 int
 acme_dns_match(const char *pattern, const char *name)
 {

@@ -32,6 +32,13 @@ char *acme_ident_sni(const acme_ident_t *id);
  * canonical form it makes). 0, or -1 with err. */
 int acme_ident_from_sni(const char *sni, acme_ident_t *id, acme_err_t *err);
 
+/*
+ * A server name as a TLS client sent it (len bytes, not NUL-terminated) in the form challenges are kept
+ * under: lowercase, no trailing dot, only letters, digits, '-' and '.'. Written NUL-terminated into buf;
+ * returns its length, or 0 when the name is empty, has another byte, or does not fit in size.
+ */
+size_t acme_sni_normalize(const char *sni, size_t len, char *buf, size_t size);
+
 /* 1 when the DNS name is matched by the pattern (exact, or "*.example.org" covering one label). */
 int acme_dns_match(const char *pattern, const char *name);
 

@@ -1386,9 +1386,15 @@ download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     if (require_pem(job, resp) != 0) {
         return;
     }
-    if (job->preferred_chain == NULL || resp->nalternate == 0
+    if (job->preferred_chain == NULL
         || pem_matches_preferred(resp->body.data, resp->body.len, job->preferred_chain))
     {
+        accept_chain(job, resp->body.data, resp->body.len);
+        return;
+    }
+    if (resp->nalternate == 0) {
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": no chain issued by \"%s\", using the default "
+                 "(the CA offers no alternate chains)", job->name, job->preferred_chain);
         accept_chain(job, resp->body.data, resp->body.len);
         return;
     }

@@ -588,6 +588,16 @@ cert_issuer(mcert_t *c)
     return c->m->issuers[c->issuers[0]];
 }
 
+/* 0 when the directory of the certificate's issuer is known and has no renewalInfo: the daily look at the
+ * directory for it is no ARI check worth showing */
+static int
+cert_issuer_has_ari(mcert_t *c)
+{
+    const acme_directory_t *dir = acme_client_directory(cert_issuer(c)->client);
+
+    return dir == NULL || dir->renewal_info != NULL;
+}
+
 static void
 ari_ready(void *arg, const acme_err_t *err)
 {
@@ -776,7 +786,7 @@ acme_manager_status(acme_manager_t *m)
         renew_at = cert_renewal(c, now, &reason);
         json_object_set_new(o, "next_renewal", json_string(acme_time_format(renew_at, b, sizeof(b))));
         json_object_set_new(o, "renewal_reason", json_string(acme_renew_reason_name(reason)));
-        if (c->meta.ari_next_check != 0) {
+        if (c->meta.ari_next_check != 0 && cert_issuer_has_ari(c)) {
             json_object_set_new(o, "next_ari_check",
                                 json_string(acme_time_format(c->meta.ari_next_check, b, sizeof(b))));
         }

@@ -245,6 +245,27 @@ acme_pem_chain_string(STACK_OF(X509) *chain, size_t *len, acme_err_t *err)
     return out;
 }
 
+char *
+acme_x509_to_pem(X509 *cert, size_t *len, acme_err_t *err)
+{
+    STACK_OF(X509)  *one;
+    char            *out;
+
+    if (cert == NULL) {
+        acme_err_set(err, ACME_ERR_INPUT, "no certificate");
+        return NULL;
+    }
+    one = sk_X509_new_null();
+    if (one == NULL || sk_X509_push(one, cert) <= 0) {
+        sk_X509_free(one);
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    out = acme_pem_chain_string(one, len, err);
+    sk_X509_free(one);
+    return out;
+}
+
 void
 acme_chain_free(STACK_OF(X509) *chain)
 {

@@ -15,6 +15,8 @@
 int acme_pem_chain_parse(const char *pem, size_t len, STACK_OF(X509) **chain, acme_err_t *err);
 /* Serialise a chain back to PEM, malloc'd. */
 char *acme_pem_chain_string(STACK_OF(X509) *chain, size_t *len, acme_err_t *err);
+/* One certificate as PEM, malloc'd (keys: acme_key_to_pem). */
+char *acme_x509_to_pem(X509 *cert, size_t *len, acme_err_t *err);
 void acme_chain_free(STACK_OF(X509) *chain);
 
 typedef struct {

@@ -18,8 +18,6 @@
 #include "acme_store.h"
 #include "acme_x509.h"
 
-#include <openssl/pem.h>
-
 
 static int ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
 
@@ -35,45 +33,22 @@ static ngx_msec_t                       ngx_http_acme_retry_at;
 static ngx_http_acme_zone_t            *ngx_http_acme_wzone;
 
 
-/* PEM of a certificate or key as "data:...", malloc'd */
+/* PEM text as the ssl module's "data:..." value, in the configuration's pool */
 
-static char *
-ngx_http_acme_pem(X509 *x, EVP_PKEY *k, size_t *len)
+static ngx_int_t
+ngx_http_acme_pem_data(ngx_conf_t *cf, ngx_str_t *value, char *pem,
+    size_t len)
 {
-    BIO     *bio;
-    char    *data, *p;
-    long     n;
-
-    bio = BIO_new(BIO_s_mem());
-    if (bio == NULL) {
-        return NULL;
+    value->data = ngx_pnalloc(cf->pool, sizeof("data:") - 1 + len + 1);
+    if (value->data == NULL) {
+        return NGX_ERROR;
     }
 
-    if (BIO_write(bio, "data:", 5) != 5
-        || (x && PEM_write_bio_X509(bio, x) != 1)
-        || (k && PEM_write_bio_PrivateKey(bio, k, NULL, NULL, 0, NULL, NULL)
-                 != 1))
-    {
-        BIO_free(bio);
-        return NULL;
-    }
+    ngx_memcpy(ngx_cpymem(value->data, "data:", sizeof("data:") - 1),
+               pem, len + 1);
+    value->len = sizeof("data:") - 1 + len;
 
-    n = BIO_get_mem_data(bio, &data);
-
-    p = malloc(n + 1);
-    if (p == NULL) {
-        BIO_free(bio);
-        return NULL;
-    }
-
-    ngx_memcpy(p, data, n);
-    p[n] = '\0';
-    *len = n;
-
-    OPENSSL_cleanse(data, n);
-    BIO_free(bio);
-
-    return p;
+    return NGX_OK;
 }
 
 
@@ -160,39 +135,42 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             return NGX_CONF_ERROR;
         }
 
-        pem = ngx_http_acme_pem(x, NULL, &len);
+        pem = acme_x509_to_pem(x, &len, &err);
         X509_free(x);
 
         if (pem == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cannot encode the fallback certificate: %s",
+                               err.msg);
             return NGX_CONF_ERROR;
         }
 
         /* k belongs to the cache: a failed configuration must not free it */
 
-        ascf->fallback_cert.data = ngx_pnalloc(cf->pool, len + 1);
-        if (ascf->fallback_cert.data == NULL) {
+        if (ngx_http_acme_pem_data(cf, &ascf->fallback_cert, pem, len)
+            != NGX_OK)
+        {
             free(pem);
             return NGX_CONF_ERROR;
         }
 
-        ngx_memcpy(ascf->fallback_cert.data, pem, len + 1);
-        ascf->fallback_cert.len = len;
         free(pem);
 
-        pem = ngx_http_acme_pem(NULL, k, &len);
+        pem = acme_key_to_pem(k, &len, &err);
 
         if (pem == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cannot encode the fallback key: %s", err.msg);
             return NGX_CONF_ERROR;
         }
 
-        ascf->fallback_key.data = ngx_pnalloc(cf->pool, len + 1);
-        if (ascf->fallback_key.data == NULL) {
+        if (ngx_http_acme_pem_data(cf, &ascf->fallback_key, pem, len)
+            != NGX_OK)
+        {
             acme_free_secret(pem, len);
             return NGX_CONF_ERROR;
         }
 
-        ngx_memcpy(ascf->fallback_key.data, pem, len + 1);
-        ascf->fallback_key.len = len;
         acme_free_secret(pem, len);
     }
 
@@ -971,9 +949,17 @@ ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * What a handshake gets while the certificate is not issued: our self-signed
+ * fallback, or the server's own ssl_certificate files when they come before
+ * acme_certificate (a migration), which then stay in its SSL_CTX.
+ */
+
 static void
-ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc)
+ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc, ngx_uint_t own_files)
 {
+    char             *what;
+    ngx_uint_t        level;
     acme_err_t        err;
     acme_certmeta_t   meta;
     acme_store_t     *st;
@@ -984,19 +970,22 @@ ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc)
 
     ngx_memzero(&meta, sizeof(acme_certmeta_t));
 
+    what = own_files ? "the server's ssl_certificate files"
+                     : "the self-signed fallback certificate";
+    level = own_files ? NGX_LOG_NOTICE : NGX_LOG_WARN;
+
     if (st && acme_store_meta_load(st, wc->conf->name, &meta, &err) == 0
         && meta.last_error)
     {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "acme: serving the self-signed fallback certificate "
-                      "for \"%s\": no certificate yet, last attempt failed: "
-                      "%s", wc->conf->name, meta.last_error);
+                      "acme: serving %s for \"%s\": no certificate yet, last "
+                      "attempt failed: %s", what, wc->conf->name,
+                      meta.last_error);
 
     } else {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "acme: serving the self-signed fallback certificate "
-                      "for \"%s\": no certificate issued yet",
-                      wc->conf->name);
+        ngx_log_error(level, ngx_cycle->log, 0,
+                      "acme: serving %s for \"%s\": no certificate issued "
+                      "yet", what, wc->conf->name);
     }
 
     acme_certmeta_free(&meta);
@@ -1065,7 +1054,7 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 
         if (wc->leaf == NULL) {
             if (!wc->fallback_logged) {
-                ngx_http_acme_log_fallback(wc);
+                ngx_http_acme_log_fallback(wc, !ascf->injected);
             }
 
             continue;

@@ -25,6 +25,7 @@
 
 #include "acme_directory.h"
 #include "acme_store.h"
+#include "acme_x509.h"
 
 
 /* a CA that does not answer within this does not hold up "nginx -t" */
@@ -303,6 +304,83 @@ ngx_http_acme_b64url_valid(u_char *p, size_t len)
 }
 
 
+/*
+ * The CA roots for the issuer's own TLS: read and parsed at configuration
+ * time (as Apache does), so that "nginx -t" refuses a file that is not PEM
+ * instead of every later request to the CA failing.
+ */
+
+static ngx_int_t
+ngx_http_acme_trusted_pem(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *path)
+{
+    u_char           *buf;
+    size_t            size, got;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_err_t         e;
+    acme_err_t        err;
+    ngx_file_info_t   fi;
+    STACK_OF(X509)   *chain;
+
+    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "invalid \"ssl_trusted_certificate\" \"%V\" "
+                           "in acme_issuer \"%V\": cannot open the file",
+                           path, &iss->name);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)
+        || ngx_file_size(&fi) > 4 * 1024 * 1024)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"ssl_trusted_certificate\" \"%V\" "
+                           "in acme_issuer \"%V\": not a regular file of "
+                           "at most 4 MiB", path, &iss->name);
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    size = (size_t) ngx_file_size(&fi);
+
+    buf = ngx_pnalloc(cf->temp_pool, size + 1);
+    if (buf == NULL) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    for (got = 0; got < size; got += n) {
+        n = read(fd, buf + got, size - got);
+        if (n <= 0) {
+            e = ngx_errno;
+            ngx_close_file(fd);
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, n < 0 ? e : 0,
+                               "invalid \"ssl_trusted_certificate\" \"%V\" "
+                               "in acme_issuer \"%V\": cannot read the file",
+                               path, &iss->name);
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_close_file(fd);
+
+    chain = NULL;
+    if (acme_pem_chain_parse((char *) buf, size, &chain, &err) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"ssl_trusted_certificate\" \"%V\" "
+                           "in acme_issuer \"%V\": no PEM certificates: %s",
+                           path, &iss->name, err.msg);
+        return NGX_ERROR;
+    }
+
+    acme_chain_free(chain);
+
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_acme_eab_key(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
     ngx_str_t *arg)
@@ -527,11 +605,10 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_acme_main_conf_t *amcf = conf;
 
-    char                    *rv, **sp;
-    ngx_str_t               *value, path;
-    ngx_uint_t               i, line;
+    char                    *rv;
+    ngx_str_t               *value;
+    ngx_uint_t               i;
     ngx_conf_t               save;
-    acme_err_t               aerr;
     acme_store_t            *st;
     ngx_http_acme_issuer_t  *iss;
 
@@ -606,41 +683,8 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    line = iss->state_path_line ? iss->state_path_line : iss->line;
-
-    if (iss->state_path == NULL) {
-        path.len = sizeof(NGX_HTTP_ACME_DEFAULT_STATE_PATH) - 1
-                   + iss->name.len;
-        path.data = ngx_pnalloc(cf->pool, path.len + 1);
-        if (path.data == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_sprintf(path.data, "%s%V%Z", NGX_HTTP_ACME_DEFAULT_STATE_PATH,
-                    &iss->name);
-        iss->state_path = (char *) path.data;
-    }
-
-    /*
-     * an unusable state_path is a configuration error; root only creates
-     * the directory here (given to the worker user in init_module) and
-     * reads: recovery, cleanup and every write are the workers'
-     */
-
-    if (acme_store_fs_prepare(iss->state_path, -1, -1, &aerr) != 0) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "acme_issuer \"%V\": cannot create state_path \"%s\": "
-                      "%s in %s:%ui", &iss->name, iss->state_path, aerr.msg,
-                      iss->file, line);
-        return NGX_CONF_ERROR;
-    }
-
-    st = acme_store_fs_open(iss->state_path, ACME_STORE_FS_RDONLY, &aerr);
+    st = ngx_http_acme_state_open(cf, iss);
     if (st == NULL) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "acme_issuer \"%V\": unusable state_path \"%s\": %s "
-                      "in %s:%ui", &iss->name, iss->state_path, aerr.msg,
-                      iss->file, line);
         return NGX_CONF_ERROR;
     }
 
@@ -652,23 +696,9 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return rv;
     }
 
-    sp = amcf->stores.elts;
-    for (i = 0; i < amcf->stores.nelts; i++) {
-        if (ngx_strcmp(sp[i], iss->state_path) == 0) {
-            break;
-        }
+    if (ngx_http_acme_state_add(amcf, iss) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
-
-    if (i == amcf->stores.nelts) {
-        sp = ngx_array_push(&amcf->stores);
-        if (sp == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        *sp = iss->state_path;
-    }
-
-    iss->store = i;
 
     return NGX_CONF_OK;
 }
@@ -873,13 +903,7 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_ERROR;
         }
 
-        if (ngx_file_info(key.data, &fi) == NGX_FILE_ERROR
-            || !ngx_is_file(&fi))
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                               "invalid \"ssl_trusted_certificate\" \"%V\" "
-                               "in acme_issuer \"%V\"", &value[1],
-                               &iss->name);
+        if (ngx_http_acme_trusted_pem(cf, iss, &key) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
 
@@ -1026,8 +1050,6 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     char          *url, *shown;
     size_t         len;
     ngx_str_t     *value;
-    acme_err_t     err;
-    acme_store_t  *st;
 
     if (amcf->storage) {
         return "is duplicate";
@@ -1076,17 +1098,9 @@ ngx_http_acme_storage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         ngx_sprintf((u_char *) url, "%V%Z", &value[1]);
     }
 
-    st = acme_store_open(url, NULL, ACME_STORE_LAZY, &err);
-    if (st == NULL) {
-        shown = acme_store_url_redact(url);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"acme_storage\" \"%s\": %s",
-                           shown ? shown : "(redacted)", err.msg);
-        free(shown);
+    if (ngx_http_acme_state_storage(cf, url) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
-
-    acme_store_close(st);
 
     amcf->storage = url;
     amcf->storage_file = cf->conf_file->file.name.data;
@@ -1544,38 +1558,9 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_http_acme_cert_t   **certs, *cert;
     ngx_http_acme_issuer_t  *iss;
     ngx_http_acme_zone_t    *zone;
-    acme_err_t               aerr;
-    acme_store_t            *st;
 
-    if (amcf->storage_key && amcf->storage == NULL) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"acme_storage_key\" \"%s\" needs \"acme_storage "
-                      "redis://...\" in %s:%ui", amcf->storage_key,
-                      amcf->storage_key_file, amcf->storage_key_line);
+    if (ngx_http_acme_state_storage_key(cf, amcf) != NGX_OK) {
         return NGX_CONF_ERROR;
-    }
-
-    if (amcf->storage_key) {
-        /* reads and checks the key file; still no connection */
-        st = acme_store_open(amcf->storage, amcf->storage_key,
-                             ACME_STORE_LAZY, &aerr);
-        if (st == NULL) {
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "\"acme_storage_key\" \"%s\": %s in %s:%ui",
-                          amcf->storage_key, aerr.msg,
-                          amcf->storage_key_file, amcf->storage_key_line);
-            return NGX_CONF_ERROR;
-        }
-
-        acme_store_close(st);
-
-    } else if (amcf->storage) {
-        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                      "\"acme_storage\" without \"acme_storage_key\" "
-                      "in %s:%ui: private keys are kept in Redis "
-                      "unencrypted and whoever can write to Redis controls "
-                      "the domains",
-                      amcf->storage_file, amcf->storage_line);
     }
 
     if (amcf->certs.nelts == 0 && amcf->issuers.nelts == 0) {
@@ -1767,12 +1752,6 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 
 
 /*
- * the master gives each state_path directory (only the directory itself,
- * on an O_NOFOLLOW descriptor) to the worker user; what is inside belongs
- * to the workers, and root never walks, repairs or writes it
- */
-
-/*
  * the key is read where the core runs, in the cache manager process, as the
  * worker user: nginx -t says so when that user cannot read it (by the file's
  * owner, group and mode; the content is never read or shown here)
@@ -1839,10 +1818,6 @@ ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
 static ngx_int_t
 ngx_http_acme_init_module(ngx_cycle_t *cycle)
 {
-    char                       **p;
-    long                         uid, gid;
-    ngx_uint_t                   i;
-    acme_err_t                   aerr;
     ngx_core_conf_t             *ccf;
     ngx_http_acme_main_conf_t   *amcf;
     ngx_http_conf_ctx_t         *ctx;
@@ -1861,28 +1836,15 @@ ngx_http_acme_init_module(ngx_cycle_t *cycle)
 
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
 
-    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT) {
-        uid = -1;
-        gid = -1;
-
-    } else {
-        uid = (long) ccf->user;
-        gid = (long) ccf->group;
-    }
-
-    if (amcf->storage_key && uid != -1
+    if (amcf->storage_key && geteuid() == 0
+        && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
         && ngx_http_acme_storage_key_check(cycle, amcf, ccf) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    p = amcf->stores.elts;
-    for (i = 0; i < amcf->stores.nelts; i++) {
-        if (acme_store_fs_prepare(p[i], uid, gid, &aerr) != 0) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                          "acme: state_path \"%s\": %s", p[i], aerr.msg);
-            return NGX_ERROR;
-        }
+    if (ngx_http_acme_state_own(cycle, amcf) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     /* the core runs in the cache manager process (ngx_http_acme_runner.c) */

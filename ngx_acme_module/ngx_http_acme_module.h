@@ -22,6 +22,7 @@
 #include "acme_err.h"
 #include "acme_ident.h"
 #include "acme_key.h"
+#include "acme_store.h"
 
 
 #define NGX_HTTP_ACME_DEFAULT_STATE_PATH  "/var/lib/nginx/acme/"
@@ -160,6 +161,17 @@ extern ngx_module_t  ngx_http_ssl_module;
 
 /* ngx_http_acme_module.c */
 ngx_http_acme_main_conf_t *ngx_http_acme_get_main_conf(void);
+
+/* ngx_http_acme_state.c */
+acme_store_t *ngx_http_acme_state_open(ngx_conf_t *cf,
+    ngx_http_acme_issuer_t *iss);
+ngx_int_t ngx_http_acme_state_add(ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_issuer_t *iss);
+ngx_int_t ngx_http_acme_state_storage(ngx_conf_t *cf, char *url);
+ngx_int_t ngx_http_acme_state_storage_key(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf);
+ngx_int_t ngx_http_acme_state_own(ngx_cycle_t *cycle,
+    ngx_http_acme_main_conf_t *amcf);
 
 /* ngx_http_acme_cert.c */
 ngx_int_t ngx_http_acme_ssl_init(ngx_conf_t *cf);

@@ -426,7 +426,7 @@ ngx_http_acme_offers_acme_tls(const u_char *p, size_t len)
 static ngx_int_t
 ngx_http_acme_client_sni(SSL *ssl, u_char *buf, size_t size, ngx_str_t *sni)
 {
-    size_t          n, l, i;
+    size_t          n, l;
     const u_char   *p;
 
     if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &n)) {
@@ -441,30 +441,11 @@ ngx_http_acme_client_sni(SSL *ssl, u_char *buf, size_t size, ngx_str_t *sni)
 
     l = (p[3] << 8) | p[4];
 
-    if (l == 0 || l + 5 > n || l >= size) {
+    if (l + 5 > n) {
         return NGX_DECLINED;
     }
 
-    p += 5;
-
-    for (i = 0; i < l; i++) {
-        u_char ch = p[i];
-
-        if (ch >= 'A' && ch <= 'Z') {
-            ch |= 0x20;
-
-        } else if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')
-                     || ch == '-' || ch == '.'))
-        {
-            return NGX_DECLINED;
-        }
-
-        buf[i] = ch;
-    }
-
-    if (buf[l - 1] == '.') {
-        l--;
-    }
+    l = acme_sni_normalize((const char *) p + 5, l, (char *) buf, size);
 
     sni->data = buf;
     sni->len = l;

@@ -7,7 +7,9 @@
                                             (status, body, peer certificate DER, negotiated ALPN)
   cert_serial(der) / cert_issuer(der)       facts of a DER certificate (openssl CLI)
   apache_factory (fixture)                  apache_factory(pebble, **options) -> Apache, stopped and
-                                            removed after the test
+                                            removed after the test; its error log is checked first like
+                                            nginx's (server_logs' levels; a.allow(regex) for a line the
+                                            test expects, before or after start())
   issued_and_served(a, name)                wait for this generation's driver to report the certificate
                                             valid, then check that the Pebble-issued stored one is served
 """
@@ -54,7 +56,7 @@ class Apache:
 
     def __init__(self, build, pebble=None, mpm="event", name="apache", http_port=None, https_port=None,
                  acme_global="", vhosts=None, extra_global="", log_level="info acme:debug",
-                 ca_url=None, http2=False, listen_http=True, address=LOOPBACK):
+                 ca_url=None, http2=False, listen_http=True, address=LOOPBACK, server_logs=None):
         if harness.sanitizer_logs() is not None and "APACHE_BIN" not in os.environ:
             pytest.skip("under the sanitizers without $APACHE_BIN (see tests/asan/build-apache.sh)")
         self.build = Path(build)
@@ -87,6 +89,11 @@ class Apache:
         self.extra_global = extra_global
         self.log_level = log_level
         self.proc = None
+        # watched from the start (like nginx's), so that allow() before start() counts
+        self.server_logs = server_logs
+        if server_logs is not None:
+            for log in self.logs():
+                server_logs.watch(log, allowed=list(ALLOWED_ERRORS))
         (self.dir / "htdocs").mkdir()
         (self.dir / "htdocs" / "index.html").write_text("hello from apache\n")
         (self.dir / "run").mkdir()
@@ -159,8 +166,9 @@ class Apache:
         self.proc = procs.start([APACHE_BIN, "-f", self.conf, "-DFOREGROUND"], name=self.name,
                                 log_path=self.dir / "stdout.log",
                                 env={"APACHE_RUN_DIR": self.dir / "run", **SANITIZER_ENV},
-                                watch_log=True, allowed=ALLOWED_ERRORS)
-        procs.server_logs.watch(self.error_log, allowed=list(ALLOWED_ERRORS))
+                                watch_log=self.server_logs is None, allowed=ALLOWED_ERRORS)
+        if self.server_logs is None:
+            procs.server_logs.watch(self.error_log, allowed=list(ALLOWED_ERRORS))
         procs.node._e2e_logs.append((f"{self.name} error.log", self.error_log, 0))
         if wait:
             # this Apache's own listeners: a killed one's may linger for a moment
@@ -181,6 +189,14 @@ class Apache:
         return run_cmd([APACHE_BIN, "-t", "-f", self.conf], timeout=30,
                        env=harness.child_env({"APACHE_RUN_DIR": self.dir / "run",
                                               **SANITIZER_ENV}))
+
+    def logs(self):
+        """The error log and the foreground process's output (startup errors, sanitizer reports)."""
+        return (self.error_log, self.dir / "stdout.log")
+
+    def allow(self, regex):
+        """Let the error log have lines matching `regex` at error level or above (see LogWatcher)."""
+        self.server_logs.allow(regex, self.error_log)
 
     def log(self):
         try:
@@ -355,21 +371,27 @@ def apache_factory(acme_build, procs):
     made = []
 
     def make(*args, **kw):
-        a = Apache(acme_build, *args, **kw)
+        a = Apache(acme_build, *args, server_logs=procs.server_logs, **kw)
         made.append(a)
         return a
 
     yield make
     procs.stop_all()
-    # Sanitizer reports (UBSan's go to the error log) are looked for here: server_logs' own check
-    # comes after the directories are gone. (So it never sees Apache's error lines: see the report.)
+    # server_logs' own check comes after the directories are gone: check Apache's logs here, with the
+    # same LogWatcher entries (levels, allowed regexes), then forget them. Sanitizer reports always count.
     bad = []
     for a in made:
-        for log in (a.error_log, a.dir / "stdout.log"):
-            bad += harness.find_error_lines(log, levels=())
+        for log in a.logs():
+            entry = next((e for e in procs.server_logs.entries if e[0] == log), None)
+            if entry is None:
+                bad += [f"{log}: {line}" for line in harness.find_error_lines(log, levels=())]
+            else:
+                _, allowed, off, levels = entry
+                bad += [f"{log}: {line}" for line in harness.find_error_lines(log, allowed, off, levels)]
+            procs.server_logs.unwatch(log)
         a.cleanup()
     if bad:
-        raise AssertionError("sanitizer reports in Apache's logs:\n  " + "\n  ".join(bad[:40]))
+        raise AssertionError("unexpected error lines in Apache's logs:\n  " + "\n  ".join(bad[:40]))
 
 
 def issued_and_served(a, name, store_name=None):

@@ -12,6 +12,7 @@ Fixtures (scope):
   pebble_factory (function)     pebble_factory(**opts) -> new started harness.Pebble
   server_logs (function)        harness.LogWatcher: .watch(path, allowed=[...]); checked
                                 after the test, fails it on unexpected error lines
+                                (Apache's: by apache_factory, before it removes the directory)
   check_error_log (function)    harness.check_error_log
   procs (function)              ProcessManager: .start(args, ...) -> harness.Process, all
                                 stopped after the test (before server_logs is checked)

@@ -369,3 +369,44 @@ def test_fixture_teardown_in_nested_run(tmp_path):
     assert "ACME directory available at" in out, out
     for pid in map(int, pids.read_text().split()):
         assert not _pid_alive(pid), f"pid {pid} survived the nested run"
+
+
+INNER_APACHE_TEST = '''
+import os
+from apache_harness import apache_factory  # noqa: F401
+
+def test_apache_error_lines(apache_factory, procs):
+    a = apache_factory(None, name="apache-logcheck")
+    a.allow("tolerated-apache-thing")       # before start(): still counts
+    a.start(procs)
+    open(os.environ["PIDS_FILE"], "a").write(f"{a.proc.pid}\\n")
+    with open(a.error_log, "a") as f:
+        for level, text in (("acme:error", "tolerated-apache-thing"), ("acme:crit", "unexpected-apache-xyz"),
+                            ("warn", "warned-apache-thing"), ("ssl:error", "unexpected-ssl-xyz")):
+            f.write(f"[Wed Dec 02 17:00:00.000000 2026] [{level}] [pid 1:tid 2] {text}\\n")
+'''
+
+
+def test_apache_error_log_checked_at_teardown(tmp_path, acme_build):
+    """Apache's error log is checked like nginx's (LogWatcher levels and allow()) before its directory is
+    removed: the test passes, its teardown reports the unexpected lines and only those."""
+    if harness.sanitizer_logs() is not None and "APACHE_BIN" not in os.environ:
+        pytest.skip("under the sanitizers without $APACHE_BIN")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "conftest.py").write_text(INNER_CONFTEST.format(
+        e2e=str(E2E_DIR), conftest=str(E2E_DIR / "conftest.py")))
+    (inner / "test_inner_apache.py").write_text(textwrap.dedent(INNER_APACHE_TEST))
+    pids = tmp_path / "pids"
+    env = harness.child_env({"PIDS_FILE": pids, "ACME_BUILD": acme_build})
+    cp = run_cmd([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
+                  "--rootdir", inner, "--basetemp", tmp_path / "basetemp", inner],
+                 env=env, cwd=inner, timeout=120)
+    out = cp.stdout + cp.stderr
+    assert re.search(r"1 passed, 1 error", out), out
+    reported = [ln for ln in out.splitlines() if re.search(r"/error\.log: \[", ln)]
+    assert any("unexpected-apache-xyz" in ln for ln in reported), out
+    assert any("unexpected-ssl-xyz" in ln for ln in reported), out
+    assert not any("tolerated-apache-thing" in ln or "warned-apache-thing" in ln for ln in reported), out
+    for pid in map(int, pids.read_text().split()):
+        assert not _pid_alive(pid), f"pid {pid} survived the nested run"

@@ -129,7 +129,7 @@ def test_thousand_certificates_default_zone(pebble, nginx_factory, tmp_path):
 
     r, st = wait_for(lambda: _all_valid(https, MANY + len(FRESH)), 30, interval=0.5,
                      what="every certificate valid in the status")
-    assert st["leader_pid"] in ng.worker_pids()
+    assert st["leader_pid"] in ng.helper_pids()
     # compact: no indentation, no blank after separators
     assert "\n" not in r.text and ", " not in r.text and '": ' not in r.text
     certs = {c["name"]: c for c in st["certificates"]}

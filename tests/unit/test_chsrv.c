@@ -686,6 +686,12 @@ test_tls_ok(void **state)
     check_cert(r.peer, ACME_IDENT_DNS, "b.example.org", KA2);
     X509_free(r.peer);
 
+    /* an absolute name (trailing dot) is the same name */
+    tls_try(port, "a.example.org.", alpn_acme, sizeof(alpn_acme) - 1, &r);
+    assert_true(r.ok);
+    check_cert(r.peer, ACME_IDENT_DNS, "a.example.org", KA);
+    X509_free(r.peer);
+
     /* replacing the challenge replaces the certificate */
     acme_ident_free(&a);
     add_ident(s, "a.example.org", KA2, &a);

@@ -215,6 +215,32 @@ test_sni(void **state)
 }
 
 static void
+test_sni_normalize(void **state)
+{
+    static const char  *bad[] = { "", ".", "a_b.example", "a b", "a\xc3\xa9.example", "a:1", NULL };
+    char                buf[16];
+    int                 i;
+
+    (void) state;
+    assert_int_equal(acme_sni_normalize("WWW.Example.ORG", 15, buf, sizeof(buf)), 15);
+    assert_string_equal(buf, "www.example.org");
+    /* the trailing dot of an absolute name goes */
+    assert_int_equal(acme_sni_normalize("Example.org.", 12, buf, sizeof(buf)), 11);
+    assert_string_equal(buf, "example.org");
+    /* len bounds the input, not a NUL */
+    assert_int_equal(acme_sni_normalize("a-1.example.org", 3, buf, sizeof(buf)), 3);
+    assert_string_equal(buf, "a-1");
+    assert_int_equal(acme_sni_normalize("4.3.2.1.IN-ADDR.ARPA", 20, buf, 20), 0);
+    assert_int_equal(acme_sni_normalize("x", 1, buf, 1), 0);
+    assert_int_equal(acme_sni_normalize(NULL, 3, buf, sizeof(buf)), 0);
+    for (i = 0; bad[i] != NULL; i++) {
+        if (acme_sni_normalize(bad[i], strlen(bad[i]), buf, sizeof(buf)) != 0) {
+            fail_msg("accepted \"%s\" as \"%s\"", bad[i], buf);
+        }
+    }
+}
+
+static void
 test_match(void **state)
 {
     assert_true(acme_dns_match("example.org", "example.org"));
@@ -247,6 +273,7 @@ main(void)
         cmocka_unit_test(test_type_names),
         cmocka_unit_test(test_sni),
         cmocka_unit_test(test_from_sni_refused),
+        cmocka_unit_test(test_sni_normalize),
         cmocka_unit_test(test_match),
     };
 

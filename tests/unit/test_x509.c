@@ -196,6 +196,14 @@ test_parse(void **state)
     assert_string_equal(out, pem);
     assert_int_equal(len, strlen(pem));
     free(out);
+
+    /* one certificate: its own block, nothing of the rest of the chain */
+    out = acme_x509_to_pem(sk_X509_value(sk, 1), &len, &err);
+    assert_non_null(out);
+    assert_string_equal(out, f->inter_pem);
+    assert_int_equal(len, strlen(f->inter_pem));
+    free(out);
+    assert_null(acme_x509_to_pem(NULL, &len, &err));
     acme_chain_free(sk);
 
     /* CRLF line ends and surrounding whitespace are fine; the length bounds the input */
