@@ -27,6 +27,7 @@ typedef struct {
     const char      *state;
     const char      *storage;       /* --storage: a directory or redis:// URL, instead of --state */
     const char      *storage_key;   /* --storage-key: seals secrets in Redis */
+    char            *storage_url;   /* --storage with --prefix NAME added, owned */
     const char      *ca;
     const char      *ca_cert;
     const char     **contact;
@@ -91,14 +92,15 @@ static void
 usage(FILE *f)
 {
     fprintf(f,
-"usage: acmectl [--state DIR | --storage DIR|redis://...] [--storage-key FILE] [--ca URL|NAME] [--ca-cert FILE] [--contact EMAIL]... [--agree-tos]\n"
+"usage: acmectl [--state DIR | --storage DIR|redis://... [--prefix NAME]] [--storage-key FILE] [--ca URL|NAME] [--ca-cert FILE]\n"
+"               [--insecure] [--contact EMAIL]... [--agree-tos]\n"
 "               [--eab-kid KID --eab-hmac-key data:B64URL|FILE] [--account-key FILE | --account-key-type ALG]\n"
-"               [-v] COMMAND [ARGS]\n"
+"               [-v|--verbose] [-h|--help] COMMAND [ARGS]\n"
 "\n"
 "commands:\n"
-"  issue [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
+"  issue [--ignore-server] [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
 "        [--key ALG] [--profile NAME] [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
-"  renew [--force] [challenge options as for issue] NAME\n"
+"  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
 "  list\n"
@@ -299,6 +301,7 @@ typedef struct {
     int               profile_stored;   /* profile from the stored certificate, not --profile */
     const char       *preferred_chain;
     int               force;
+    int               ignore_server;
     long              poll_timeout;
     acmectl_chsrv_t  *srv;
 } issue_opts_t;
@@ -357,6 +360,7 @@ parse_issue_opt(int c, issue_opts_t *o)
     case 'p': o->profile = optarg; return 0;
     case 'P': o->preferred_chain = optarg; return 0;
     case 'f': o->force = 1; return 0;
+    case 'G': o->ignore_server = 1; return 0;
     case 'W':
         o->poll_timeout = strtol(optarg, NULL, 10);
         if (o->poll_timeout <= 0) {
@@ -376,9 +380,39 @@ static const struct option issue_longopts[] = {
     { "profile", required_argument, NULL, 'p' },
     { "preferred-chain", required_argument, NULL, 'P' },
     { "force", no_argument, NULL, 'f' },
+    { "ignore-server", no_argument, NULL, 'G' },
     { "poll-timeout", required_argument, NULL, 'W' },
     { NULL, 0, NULL, 0 }
 };
+
+/*
+ * The server (nginx, Apache) that manages the state directory we opened, by the lock it holds there while
+ * it runs (ACME_SERVER_LOCK_*), or NULL. A Redis store has no such lock: its certificate lock is enough.
+ */
+static const char *
+ctl_running_server(ctl_t *ctl)
+{
+    static const char  *locks[][2] = {
+        { ACME_SERVER_LOCK_NGINX, "nginx" }, { ACME_SERVER_LOCK_APACHE, "Apache" }
+    };
+    acme_lock_t        *lk;
+    acme_err_t          err;
+    size_t              i;
+
+    if (acme_store_lock_lease_ms(ctl->store) != 0) {
+        return NULL;
+    }
+    for (i = 0; i < sizeof(locks) / sizeof(locks[0]); i++) {
+        lk = NULL;
+        if (ctl->store->ops->lock(ctl->store, locks[i][0], &lk, &err) == 0) {
+            return locks[i][1];
+        }
+        if (lk != NULL) {
+            ctl->store->ops->unlock(lk);
+        }
+    }
+    return NULL;
+}
 
 static int
 do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks,
@@ -428,6 +462,9 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
                                  strcmp(types[0], "tls-alpn-01") == 0 ? o->tls_listen : NULL, &err);
     if (o->srv == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
+        if (fail != NULL) {
+            *fail = err;    /* a local failure is recorded with its reason too */
+        }
         return 1;
     }
     memset(&req, 0, sizeof(req));
@@ -450,6 +487,9 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     if (job == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
         acmectl_chsrv_stop(o->srv);
+        if (fail != NULL) {
+            *fail = err;
+        }
         return 1;
     }
     rc = wait_run(ctl, &iw.w);
@@ -468,6 +508,108 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     }
     free(iw.name);
     return rc == 0 ? 0 : 1;
+}
+
+/* What a first issuance asked for: to describe it when it failed. */
+typedef struct {
+    const acme_ident_t    *ids;
+    size_t                 nids;
+    const acme_keyspec_t  *keyspec;
+    const char            *ca;
+    const char            *profile;
+} first_issue_t;
+
+static int
+certmeta_new(acme_certmeta_t *f, const char *name, const first_issue_t *fi)
+{
+    size_t  i;
+
+    f->name = acme_strdup(name);
+    f->ids = calloc(fi->nids, sizeof(*f->ids));
+    f->ca = fi->ca ? acme_strdup(fi->ca) : NULL;
+    f->profile = fi->profile ? acme_strdup(fi->profile) : NULL;
+    f->keyspec = *fi->keyspec;
+    if (f->name == NULL || f->ids == NULL) {
+        return -1;
+    }
+    for (i = 0; i < fi->nids; i++) {
+        f->ids[i].type = fi->ids[i].type;
+        f->ids[i].value = acme_strdup(fi->ids[i].value);
+        if (f->ids[i].value == NULL) {
+            return -1;
+        }
+        f->nids++;
+    }
+    return 0;
+}
+
+/*
+ * Remember a failed renewal (or, with first, a failed first issuance) for the scheduler, list and status;
+ * say when to try again.
+ */
+static void
+record_failure(ctl_t *ctl, const char *name, const acme_err_t *err, const first_issue_t *first)
+{
+    acme_certmeta_t  f;
+    time_t           now = time(NULL);
+    char             tb[32];
+    acme_err_t       serr;
+
+    memset(&f, 0, sizeof(f));
+    if (acme_store_meta_load(ctl->store, name, &f, &serr) != 0) {
+        if (first == NULL) {
+            fprintf(stderr, "acmectl: cannot record the failure of \"%s\": reading its metadata: %s\n", name,
+                    serr.msg);
+            return;
+        }
+        /* a first issuance that failed: its metadata makes list and status show it, pending, and why */
+        acme_certmeta_free(&f);
+        memset(&f, 0, sizeof(f));
+        if (certmeta_new(&f, name, first) != 0) {
+            fprintf(stderr, "acmectl: cannot record the failure of \"%s\": out of memory\n", name);
+            acme_certmeta_free(&f);
+            return;
+        }
+    }
+    f.failures++;
+    f.next_try = acme_sched_next_try(err->kind, f.failures, err->retry_after, acme_random(), now,
+                                     f.not_after);
+    f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
+    f.last_error_at = now;
+    free(f.last_error);
+    f.last_error = acme_strdup(err->msg[0] ? err->msg : "failed (no reason given)");
+    if (ctl->nident_errors > 0) {
+        acme_ident_errors_free(f.ident_errors, f.nident_errors);
+        f.ident_errors = ctl->ident_errors;
+        f.nident_errors = ctl->nident_errors;
+        ctl->ident_errors = NULL;
+        ctl->nident_errors = 0;
+    }
+    if (acme_store_meta_save(ctl->store, &f, &serr) == 0) {
+        fprintf(stderr, "acmectl: next attempt not before %s\n",
+                acme_time_format(f.next_try, tb, sizeof(tb)));
+    } else {
+        fprintf(stderr, "acmectl: cannot record the failure of \"%s\" in the store: %s\n", name, serr.msg);
+    }
+    acme_certmeta_free(&f);
+}
+
+/* -1 (with a message) when a running server manages the state directory and --ignore-server is not given. */
+static int
+server_refuses(ctl_t *ctl, const issue_opts_t *o, const char *name)
+{
+    const char  *server;
+
+    server = o->ignore_server ? NULL : ctl_running_server(ctl);
+    if (server == NULL) {
+        return 0;
+    }
+    /* it would answer the challenges, and acmectl would change the renewal time the server keeps */
+    fprintf(stderr, "acmectl: \"%s\" is managed by a running %s (it holds its lock in this state "
+            "directory): ask the server to renew it (its status endpoint, POST ?renew=%s, with "
+            "acme_status renew=on or ACMEStatusRenew on); --ignore-server renews here anyway\n",
+            name, server, name);
+    return -1;
 }
 
 /* The identifiers named on the command line; 0, or 1/2 as exit status (with a message). */
@@ -524,11 +666,23 @@ cmd_issue(ctl_t *ctl, int argc, char **argv)
     if (rc != 0) {
         goto done;
     }
-    if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0) {
+    if (ctl_open_store(ctl, 1) != 0 || server_refuses(ctl, &o, ids[0].value) != 0
+        || ctl_client(ctl, NULL) != 0)
+    {
         rc = 1;
         goto done;
     }
-    rc = do_issue_names(ctl, &o, ids, n, &ks, NULL, NULL);
+    acme_err_clear(&err);
+    rc = do_issue_names(ctl, &o, ids, n, &ks, NULL, &err);
+    if (rc == 1) {
+        first_issue_t  fi = { ids, n, &ks, ctl->ca_url, o.profile };
+        char          *name = acme_cert_name(ids, n, &ks);
+
+        if (name != NULL) {
+            record_failure(ctl, name, &err, &fi);
+        }
+        free(name);
+    }
 done:
     for (i = 0; (size_t) i < n; i++) {
         acme_ident_free(&ids[i]);
@@ -647,44 +801,6 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     wait_done(&aw->w, err);
 }
 
-/* Remember a failed renewal for the scheduler, list and status; say when to try again. */
-static void
-record_failure(ctl_t *ctl, const char *name, const acme_err_t *err)
-{
-    acme_certmeta_t  f;
-    time_t           now = time(NULL);
-    char             tb[32];
-    acme_err_t       serr;
-
-    memset(&f, 0, sizeof(f));
-    if (acme_store_meta_load(ctl->store, name, &f, &serr) != 0) {
-        fprintf(stderr, "acmectl: cannot record the failure of \"%s\": reading its metadata: %s\n", name,
-                serr.msg);
-        return;
-    }
-    f.failures++;
-    f.next_try = acme_sched_next_try(err->kind, f.failures, err->retry_after, acme_random(), now,
-                                     f.not_after);
-    f.ca_wait_until = acme_sched_ca_wait(err->kind, err->retry_after, now, f.next_try);
-    f.last_error_at = now;
-    free(f.last_error);
-    f.last_error = acme_strdup(err->msg);
-    if (ctl->nident_errors > 0) {
-        acme_ident_errors_free(f.ident_errors, f.nident_errors);
-        f.ident_errors = ctl->ident_errors;
-        f.nident_errors = ctl->nident_errors;
-        ctl->ident_errors = NULL;
-        ctl->nident_errors = 0;
-    }
-    if (acme_store_meta_save(ctl->store, &f, &serr) == 0) {
-        fprintf(stderr, "acmectl: next attempt not before %s\n",
-                acme_time_format(f.next_try, tb, sizeof(tb)));
-    } else {
-        fprintf(stderr, "acmectl: cannot record the failure of \"%s\" in the store: %s\n", name, serr.msg);
-    }
-    acme_certmeta_free(&f);
-}
-
 static int
 cmd_renew(ctl_t *ctl, int argc, char **argv)
 {
@@ -713,13 +829,17 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     if (ctl_open_store(ctl, 0) != 0 || find_cert(ctl, argv[optind], &m) != 0) {
         return 1;
     }
+    if (server_refuses(ctl, &o, m.name) != 0) {
+        acme_certmeta_free(&m);
+        return 1;
+    }
     acme_err_clear(&err);
     if (ctl_client(ctl, ctl->ca ? ctl->ca : m.ca) != 0) {
         acme_certmeta_free(&m);
         return 1;
     }
     if (ctl_ready_err(ctl, &err) != 0) {
-        record_failure(ctl, m.name, &err);
+        record_failure(ctl, m.name, &err, NULL);
         acme_certmeta_free(&m);
         return 1;
     }
@@ -762,7 +882,7 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     acme_err_clear(&err);
     rc = do_issue_names(ctl, &o, m.ids, m.nids, &m.keyspec, m.not_after ? m.ari_cert_id : NULL, &err);
     if (rc != 0) {
-        record_failure(ctl, m.name, &err);
+        record_failure(ctl, m.name, &err, NULL);
     }
     acme_certmeta_free(&m);
     return rc;
@@ -809,6 +929,32 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
     return o;
 }
 
+/* An empty Redis store: say which other prefixes of the same server hold certificates (stderr). */
+static void
+list_other_prefixes(ctl_t *ctl)
+{
+    char        **pre = NULL, *shown;
+    size_t        np = 0, i, len;
+    acme_err_t    err;
+
+    if (acme_store_lock_lease_ms(ctl->store) == 0
+        || acme_store_redis_cert_prefixes(ctl->storage, &pre, &np, &err) != 0 || np == 0)
+    {
+        return;
+    }
+    shown = acme_store_url_redact(ctl->storage);
+    fprintf(stderr, "acmectl: no certificates under the prefix of %s; other prefixes of this Redis hold some:",
+            shown ? shown : "the store");
+    for (i = 0; i < np; i++) {
+        len = strlen(pre[i]);
+        fprintf(stderr, " %s (--prefix %.*s)", pre[i], (int) (len && pre[i][len - 1] == ':' ? len - 1 : len),
+                pre[i]);
+    }
+    fprintf(stderr, "\n");
+    free(shown);
+    acme_store_list_free(pre, np);
+}
+
 static int
 cmd_list(ctl_t *ctl, int json_out)
 {
@@ -853,6 +999,9 @@ cmd_list(ctl_t *ctl, int json_out)
         acme_certmeta_free(&m);
     }
     acme_store_list_free(names, n);
+    if (n == 0) {
+        list_other_prefixes(ctl);
+    }
     if (json_out) {
         o = json_pack("{s:o}", "certificates", arr);
         json_dumpf(o, stdout, JSON_INDENT(2));
@@ -1311,6 +1460,34 @@ cmd_migrate(ctl_t *ctl, int argc, char **argv)
     return rc == 0 ? 0 : 1;
 }
 
+/* --prefix NAME: the prefix=NAME of nginx's acme_storage and Apache's ACMEStorage, for the same store. */
+static int
+storage_prefix(ctl_t *ctl, const char *prefix)
+{
+    if (ctl->storage == NULL
+        || (strncmp(ctl->storage, "redis://", 8) != 0 && strncmp(ctl->storage, "rediss://", 9) != 0))
+    {
+        fprintf(stderr, "acmectl: --prefix %s: only with --storage redis://... or rediss://...\n", prefix);
+        return -1;
+    }
+    if (prefix[0] == '\0' || strpbrk(prefix, "&?# ") != NULL) {
+        fprintf(stderr, "acmectl: --prefix \"%s\": a key prefix, as in acme_storage URL prefix=NAME\n", prefix);
+        return -1;
+    }
+    if (strstr(ctl->storage, "prefix=") != NULL) {
+        fprintf(stderr, "acmectl: --prefix %s: the --storage URL has a prefix already\n", prefix);
+        return -1;
+    }
+    ctl->storage_url = acme_sprintf("%s%cprefix=%s", ctl->storage, strchr(ctl->storage, '?') ? '&' : '?',
+                                    prefix);
+    if (ctl->storage_url == NULL) {
+        fprintf(stderr, "acmectl: out of memory\n");
+        return -1;
+    }
+    ctl->storage = ctl->storage_url;
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1318,6 +1495,7 @@ main(int argc, char **argv)
         { "state", required_argument, NULL, 's' },
         { "storage", required_argument, NULL, 'S' },
         { "storage-key", required_argument, NULL, 'Y' },
+        { "prefix", required_argument, NULL, 'X' },
         { "ca", required_argument, NULL, 'a' },
         { "ca-cert", required_argument, NULL, 'C' },
         { "contact", required_argument, NULL, 'm' },
@@ -1334,7 +1512,7 @@ main(int argc, char **argv)
     ctl_t        ctl;
     acme_err_t   kerr;
     int          c, rc;
-    const char  *cmd;
+    const char  *cmd, *prefix = NULL;
 
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);   /* a full disk (or a file size limit) is a write error, not a crash */
@@ -1352,6 +1530,7 @@ main(int argc, char **argv)
         case 's': ctl.state = optarg; break;
         case 'S': ctl.storage = optarg; break;
         case 'Y': ctl.storage_key = optarg; break;
+        case 'X': prefix = optarg; break;
         case 'a': ctl.ca = optarg; break;
         case 'C': ctl.ca_cert = optarg; break;
         case 'm': ctl.contact[ctl.ncontact++] = optarg; break;
@@ -1381,6 +1560,10 @@ main(int argc, char **argv)
     }
     if (optind >= argc) {
         usage(stderr);
+        free(ctl.contact);
+        return 2;
+    }
+    if (prefix != NULL && storage_prefix(&ctl, prefix) != 0) {
         free(ctl.contact);
         return 2;
     }
@@ -1420,6 +1603,7 @@ main(int argc, char **argv)
     acme_loop_free(ctl.loop);
     acme_store_close(ctl.store);
     free(ctl.ca_url);
+    free(ctl.storage_url);
     free(ctl.contact);
     acme_free_secret(ctl.eab_hmac, ctl.eab_hmac ? strlen(ctl.eab_hmac) : 0);
     acme_ident_errors_free(ctl.ident_errors, ctl.nident_errors);

@@ -162,6 +162,27 @@ contact_json(char *const *contact, size_t n)
     return a;
 }
 
+/* Take the contacts of a stored account.json (a JSON array of strings); on no memory, keep none. */
+static void
+contacts_adopt(acme_client_t *c, json_t *arr)
+{
+    size_t  i, n;
+
+    free(c->contact);
+    c->contact = NULL;
+    n = json_is_array(arr) ? json_array_size(arr) : 0;
+    if (n == 0 || (c->contact = calloc(n, sizeof(char *))) == NULL) {
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        const char *v = json_string_value(json_array_get(arr, i));
+
+        if (v != NULL && (c->contact[c->ncontact] = acme_strdup(v)) != NULL) {
+            c->ncontact++;
+        }
+    }
+}
+
 void
 acme_client_resp_error(const acme_http_resp_t *resp, const char *what, acme_err_t *err)
 {
@@ -771,6 +792,10 @@ client_account(acme_client_t *c)
         url = json_string_value(json_object_get(o, "url"));
         free(c->account_url);
         c->account_url = url ? acme_strdup(url) : NULL;
+        if (c->ncontact == 0) {
+            /* none configured (acmectl without --contact): keep the recorded ones, every save rewrites them */
+            contacts_adopt(c, json_object_get(o, "contact"));
+        }
         json_decref(o);
     }
 

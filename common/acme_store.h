@@ -27,6 +27,13 @@
 typedef struct acme_store_s  acme_store_t;
 typedef struct acme_lock_s   acme_lock_t;
 
+/*
+ * Locks a running server holds in its state directory while it manages the certificates there:
+ * acmectl will not renew under them (docs/acmectl.md).
+ */
+#define ACME_SERVER_LOCK_NGINX   "nginx_runner"
+#define ACME_SERVER_LOCK_APACHE  "apache_driver"      /* mod_acme.h: MOD_ACME_DRIVER_LOCK */
+
 typedef struct {
     const char  *key;
     const void  *data;      /* NULL: delete this key as part of the commit */
@@ -238,6 +245,11 @@ int  acme_store_put(acme_store_t *st, const char *key, const void *data, size_t 
                     acme_err_t *err);
 int  acme_store_del(acme_store_t *st, const char *key, acme_err_t *err);
 void acme_store_list_free(char **names, size_t n);
+/*
+ * The key prefixes ("acme:", "shop:"...) under which the Redis server of url holds certificates (at most 64),
+ * whatever url's own prefix; for a hint when a prefix holds none. 0, or -1 with err.
+ */
+int  acme_store_redis_cert_prefixes(const char *url, char ***prefixes, size_t *n, acme_err_t *err);
 
 /* ---- typed records ---- */
 

@@ -57,6 +57,8 @@ static char *ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
+static ngx_int_t ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
+    ngx_http_acme_main_conf_t *amcf, ngx_core_conf_t *ccf);
 static ngx_int_t ngx_http_acme_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_acme_init_process(ngx_cycle_t *cycle);
 static void ngx_http_acme_exit_process(ngx_cycle_t *cycle);
@@ -1788,9 +1790,74 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 }
 
 
+/*
+ * the key is read where the core runs, in the cache manager process, as the
+ * worker user: nginx -t says so when that user cannot read it (by the file's
+ * owner, group and mode; the content is never read or shown here)
+ */
+
+static ngx_int_t
+ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
+    ngx_http_acme_main_conf_t *amcf, ngx_core_conf_t *ccf)
+{
+    int          i, n;
+    char         mode[8];
+    gid_t        groups[256];
+    ngx_uint_t   readable;
+    struct stat  sb;
+
+    if (stat(amcf->storage_key, &sb) != 0) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "\"acme_storage_key\" \"%s\": cannot stat it in %s:%ui",
+                      amcf->storage_key, amcf->storage_key_file,
+                      amcf->storage_key_line);
+        return NGX_ERROR;
+    }
+
+    if (sb.st_uid == ccf->user) {
+        readable = (sb.st_mode & S_IRUSR) != 0;
+
+    } else {
+        readable = 0;
+
+        if (sb.st_mode & S_IRGRP) {
+            n = 256;
+            if (getgrouplist(ccf->username, ccf->group, groups, &n) < 0) {
+                n = 0;
+                readable = (sb.st_gid == ccf->group);
+            }
+
+            for (i = 0; i < n; i++) {
+                if (groups[i] == sb.st_gid) {
+                    readable = 1;
+                }
+            }
+        }
+    }
+
+    if (!readable) {
+        /* ngx_log_error() has no octal */
+        snprintf(mode, sizeof(mode), "%04o", (unsigned) (sb.st_mode & 07777));
+
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "\"acme_storage_key\" \"%s\": the worker user \"%s\", "
+                      "as which the ACME client runs, cannot read it "
+                      "(owner uid %d, group gid %d, mode %s): chown it "
+                      "to that user or make it readable by its group, "
+                      "in %s:%ui", amcf->storage_key, ccf->username,
+                      (int) sb.st_uid, (int) sb.st_gid, mode,
+                      amcf->storage_key_file, amcf->storage_key_line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_acme_init_module(ngx_cycle_t *cycle)
 {
+    ngx_core_conf_t             *ccf;
     ngx_http_acme_main_conf_t   *amcf;
     ngx_http_conf_ctx_t         *ctx;
 
@@ -1804,6 +1871,15 @@ ngx_http_acme_init_module(ngx_cycle_t *cycle)
 
     if (amcf == NULL || !amcf->enabled) {
         return NGX_OK;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    if (amcf->storage_key && geteuid() == 0
+        && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
+        && ngx_http_acme_storage_key_check(cycle, amcf, ccf) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     if (ngx_http_acme_state_own(cycle, amcf) != NGX_OK) {

@@ -44,6 +44,7 @@
 static void ngx_http_acme_tick(ngx_event_t *ev);
 static ngx_int_t ngx_http_acme_runner_start(ngx_cycle_t *cycle);
 static void ngx_http_acme_runner_stop(ngx_uint_t release);
+static void ngx_http_acme_runner_hold(ngx_http_acme_runner_t *rn);
 static ngx_msec_t ngx_http_acme_runner_manager(void *data);
 static void ngx_http_acme_runner_atexit(void);
 
@@ -192,6 +193,7 @@ ngx_http_acme_tick(ngx_event_t *ev)
         }
 
         if (ngx_http_acme_runner) {
+            ngx_http_acme_runner_hold(ngx_http_acme_runner);
             ngx_http_acme_store_check(ngx_http_acme_runner, now);
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
             ngx_http_acme_ca_wait_publish(ngx_http_acme_runner);
@@ -266,6 +268,38 @@ ngx_http_acme_runner_open(ngx_cycle_t *cycle, char *path)
 }
 
 
+/*
+ * hold ACME_SERVER_LOCK_NGINX in every state_path while the core runs there:
+ * acmectl refuses to renew under it; tried again each tick when another
+ * process held it for a moment
+ */
+
+static void
+ngx_http_acme_runner_hold(ngx_http_acme_runner_t *rn)
+{
+    ngx_uint_t     g;
+    acme_err_t     err;
+    acme_store_t  *st;
+
+    for (g = 0; rn->held && g < rn->nmanagers; g++) {
+        st = rn->cache ? rn->cache[g] : rn->stores[g];
+
+        if (rn->held[g] || st == NULL) {
+            continue;
+        }
+
+        if (st->ops->lock(st, ACME_SERVER_LOCK_NGINX, &rn->held[g], &err)
+            < 0 && !rn->held_logged)
+        {
+            /* once: it is tried again every tick */
+            rn->held_logged = 1;
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: state_path lock for acmectl: %s", err.msg);
+        }
+    }
+}
+
+
 /* start and stop the core in this worker */
 
 static ngx_int_t
@@ -327,6 +361,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                             cycle->log);
     rn->managers = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_manager_t *),
                               cycle->log);
+    rn->held = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_lock_t *),
+                          cycle->log);
     idx = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
     map = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
 
@@ -338,8 +374,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
         }
     }
 
-    if (rn->stores == NULL || rn->managers == NULL || idx == NULL
-        || map == NULL)
+    if (rn->stores == NULL || rn->managers == NULL || rn->held == NULL
+        || idx == NULL || map == NULL)
     {
         goto failed;
     }
@@ -376,9 +412,9 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
         }
 
         if (rn->stores[g] == NULL) {
+            /* only acme_storage (and its key) gets here */
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                          "acme: cannot open state_path \"%s\": %s",
-                          paths[g], err.msg);
+                          "acme: acme_storage: %s", err.msg);
             goto failed;
         }
 
@@ -474,6 +510,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     ngx_free(idx);
     ngx_free(map);
 
+    ngx_http_acme_runner_hold(rn);
+
     ngx_http_acme_snapshot_update(&rn->status, rn->managers, rn->nmanagers,
                                   rn->log);
 
@@ -496,6 +534,7 @@ static void
 ngx_http_acme_runner_stop(ngx_uint_t release)
 {
     ngx_uint_t               i;
+    acme_store_t            *st;
     ngx_http_acme_runner_t  *rn;
 
     rn = ngx_http_acme_runner;
@@ -531,6 +570,13 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     /* before the store it belongs to */
     ngx_http_acme_watch_close(rn);
 
+    for (i = 0; rn->held && i < rn->nmanagers; i++) {
+        if (rn->held[i]) {
+            st = rn->cache ? rn->cache[i] : rn->stores[i];
+            st->ops->unlock(rn->held[i]);
+        }
+    }
+
     for (i = 0; rn->stores && i < rn->nmanagers; i++) {
         if (rn->stores[i]) {
             acme_store_close(rn->stores[i]);
@@ -558,6 +604,7 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     ngx_http_acme_snapshot_free(&rn->status);
     ngx_free(rn->stores);
     ngx_free(rn->cache);
+    ngx_free(rn->held);
     ngx_free(rn->managers);
     ngx_free(rn);
 

@@ -33,6 +33,9 @@ typedef struct {
     acme_loop_t                 *loop;
     acme_store_t               **stores;
     acme_store_t               **cache;          /* acme_storage: state_path */
+    acme_lock_t                **held;           /* for acmectl: we manage
+                                                    each state_path */
+    ngx_uint_t                   held_logged;
     acme_manager_t             **managers;
 
     acme_store_watch_t          *watch;          /* certificate announcements */
