@@ -130,7 +130,7 @@ published_clear(acme_issue_t *job, int withdraw)
 }
 
 void
-withdraw_all(acme_issue_t *job)
+acme_issue_withdraw_all(acme_issue_t *job)
 {
     published_clear(job, 1);
 }
@@ -138,7 +138,7 @@ withdraw_all(acme_issue_t *job)
 /* Forget what we published without withdrawing it: the CA may be validating right now, and the
  * process that resumes the stored order answers with the same tokens (and withdraws them). */
 void
-forget_published(acme_issue_t *job)
+acme_issue_forget_published(acme_issue_t *job)
 {
     published_clear(job, 0);
 }
@@ -255,13 +255,13 @@ authz_problem(acme_issue_t *job, acme_authz_t *a, acme_challenge_t *c)
             snprintf(fb, sizeof(fb), "%s is %s", c ? c->type : "the authorization",
                      acme_status_name(c ? c->status : a->status));
         }
-        ident_error_add(job, acme_ident_type_name(a->identifier.type), a->identifier.value, msg ? msg : fb);
+        acme_issue_ident_error_add(job, acme_ident_type_name(a->identifier.type), a->identifier.value, msg ? msg : fb);
         free(msg);
         if (c != NULL) {
-            ident_errors_from_problem(job, c->error);
+            acme_issue_ident_errors_from_problem(job, c->error);
         }
     }
-    order_abandon(job, &err);
+    acme_issue_order_abandon(job, &err);
 }
 
 static long long
@@ -276,7 +276,7 @@ now_ms(void)
 /* The last published challenge: every node that got its announcement has acknowledged it, or the time
  * is up (a node that does not answer in time is one the CA may find unready; the others are). */
 void
-confirm_step(acme_issue_t *job)
+acme_issue_confirm_step(acme_issue_t *job)
 {
     published_t  *p = &job->published[job->npublished - 1];
     long          n = 0;
@@ -287,7 +287,7 @@ confirm_step(acme_issue_t *job)
     rc = acme_store_challenge_acks(job->store, p->type, p->key, &n, &e);
     waited = now_ms() - job->confirm_start;
     if (rc == 0 && n < job->confirm_n && waited < ISSUE_CONFIRM_MS) {
-        job_later(job, waited < 100 ? 5 : 25);
+        acme_issue_job_later(job, waited < 100 ? 5 : 25);
         return;
     }
     if (rc != 0) {
@@ -301,8 +301,8 @@ confirm_step(acme_issue_t *job)
         acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": %ld node(s) took the %s challenge for %s in %lld ms",
                  job->name, n, p->type, p->id.value, waited);
     }
-    job_set_state(job, J_CHALLENGE, "validating", NULL);
-    job_post(job, job->chall_url, "{}", NULL, challenge_resp);
+    acme_issue_job_set_state(job, J_CHALLENGE, "validating", NULL);
+    acme_issue_job_post(job, job->chall_url, "{}", NULL, challenge_resp);
 }
 
 static void
@@ -312,7 +312,7 @@ challenge_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     acme_err_t    e;
 
     (void) resp;
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err != NULL && err->http_status == 409) {
@@ -324,16 +324,16 @@ challenge_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     if (err != NULL) {
         e = *err;
         acme_err_prefix(&e, "challenge %s", job->chall_url);
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
-    job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
-    poll_reset(job);
-    job_later(job, 50);
+    acme_issue_job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
+    acme_issue_poll_reset(job);
+    acme_issue_job_later(job, 50);
 }
 
 void
-authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t      *job = arg;
     acme_authz_t       a;
@@ -343,22 +343,22 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     size_t             i;
     char              *payload = "{}";
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err != NULL) {
         e = *err;
         acme_err_prefix(&e, "authorization %s", job->order.authorizations[job->authz_i]);
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
-    if (require_json(job, resp, "authorization") != 0) {
+    if (acme_issue_require_json(job, resp, "authorization") != 0) {
         return;
     }
     memset(&a, 0, sizeof(a));
     if (acme_authz_parse(resp->body.data, resp->body.len, &a, &e) != 0) {
         acme_err_prefix(&e, "authorization %s", job->order.authorizations[job->authz_i]);
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
 
@@ -366,8 +366,8 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     case ACME_ST_VALID:
         acme_authz_free(&a);
         job->authz_i++;
-        job_set_state(job, J_AUTHZ, "authorizing", NULL);
-        job_step(job);
+        acme_issue_job_set_state(job, J_AUTHZ, "authorizing", NULL);
+        acme_issue_job_step(job);
         return;
 
     case ACME_ST_PENDING:
@@ -382,14 +382,14 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
                 }
             }
             acme_authz_free(&a);
-            job_poll_later(job, resp->retry_after, "authorization");
+            acme_issue_job_poll_later(job, resp->retry_after, "authorization");
             return;
         }
         if (a.wildcard) {
             acme_err_set(&e, ACME_ERR_CONFIG, "%s: wildcard names need dns-01, which is not supported",
                          a.identifier.value);
             acme_authz_free(&a);
-            order_abandon(job, &e);
+            acme_issue_order_abandon(job, &e);
             return;
         }
         type = choose_type(job, &a, &c);
@@ -397,7 +397,7 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
             acme_err_set(&e, ACME_ERR_CA, "%s %s: the CA offers none of the configured challenge types",
                          acme_ident_type_name(a.identifier.type), a.identifier.value);
             acme_authz_free(&a);
-            order_abandon(job, &e);
+            acme_issue_order_abandon(job, &e);
             return;
         }
         if (c->status == ACME_ST_PROCESSING || c->status == ACME_ST_VALID) {
@@ -406,7 +406,7 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         if (publish(job, type, &a.identifier, c->token, &e) != 0) {
             acme_err_prefix(&e, "publishing the %s challenge for %s", type, a.identifier.value);
             acme_authz_free(&a);
-            job_fail(job, &e);
+            acme_issue_job_fail(job, &e);
             return;
         }
         acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": answering %s for %s", job->name, type,
@@ -415,19 +415,19 @@ authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         job->chall_url = acme_strdup(c->url);
         acme_authz_free(&a);
         if (payload != NULL && job->confirm_n > 0) {
-            job_set_state(job, J_CONFIRM, "waiting for the cluster's nodes to take the challenge", NULL);
+            acme_issue_job_set_state(job, J_CONFIRM, "waiting for the cluster's nodes to take the challenge", NULL);
             job->confirm_start = now_ms();
-            job_step(job);
+            acme_issue_job_step(job);
             return;
         }
-        job_set_state(job, J_CHALLENGE, "validating", NULL);
+        acme_issue_job_set_state(job, J_CHALLENGE, "validating", NULL);
         if (payload == NULL) {
-            job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
-            poll_reset(job);
-            job_later(job, 200);
+            acme_issue_job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
+            acme_issue_poll_reset(job);
+            acme_issue_job_later(job, 200);
             return;
         }
-        job_post(job, job->chall_url, payload, NULL, challenge_resp);
+        acme_issue_job_post(job, job->chall_url, payload, NULL, challenge_resp);
         return;
 
     default:

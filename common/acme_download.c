@@ -49,7 +49,7 @@ store_certificate(acme_issue_t *job, const char *pem, size_t len, STACK_OF(X509)
 
 /* Check a downloaded chain; on success store it and finish. */
 void
-accept_chain(acme_issue_t *job, const char *pem, size_t len)
+acme_issue_accept_chain(acme_issue_t *job, const char *pem, size_t len)
 {
     STACK_OF(X509)  *chain = NULL;
     acme_err_t       e;
@@ -68,22 +68,22 @@ accept_chain(acme_issue_t *job, const char *pem, size_t len)
         if (other_key && !job->reordered) {
             job->reordered = 1;
             acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": %s; placing a new order", job->name, e.msg);
-            order_abandon(job, NULL);
+            acme_issue_order_abandon(job, NULL);
             return;
         }
-        order_abandon(job, &e);
+        acme_issue_order_abandon(job, &e);
         return;
     }
     if (store_certificate(job, pem, len, chain, &e) != 0) {
         acme_chain_free(chain);
         acme_err_prefix(&e, "storing the certificate");
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     acme_chain_free(chain);
     acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": certificate issued by %s and stored", job->name,
              acme_client_directory_url(job->c));
-    job_finish(job, NULL);
+    acme_issue_job_finish(job, NULL);
 }
 
 static int
@@ -108,18 +108,18 @@ require_pem(acme_issue_t *job, const acme_http_resp_t *resp)
         acme_err_set(&e, ACME_ERR_BADRESPONSE,
                      "certificate %s: expected application/pem-certificate-chain, got \"%.60s\"",
                      job->order.certificate, resp->content_type ? resp->content_type : "(none)");
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return -1;
     }
     return 0;
 }
 
 void
-alternate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_alternate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t *job = arg;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err == NULL && resp->content_type != NULL
@@ -128,27 +128,27 @@ alternate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     {
         acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": using the alternate chain by \"%s\"", job->name,
                  job->preferred_chain);
-        accept_chain(job, resp->body.data, resp->body.len);
+        acme_issue_accept_chain(job, resp->body.data, resp->body.len);
         return;
     }
     job->alt_i++;
-    job_step(job);
+    acme_issue_job_step(job);
 }
 
 void
-download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
     size_t         i;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err != NULL) {
         e = *err;
         acme_err_prefix(&e, "certificate download");
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     if (require_pem(job, resp) != 0) {
@@ -157,20 +157,20 @@ download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     if (job->preferred_chain == NULL
         || pem_matches_preferred(resp->body.data, resp->body.len, job->preferred_chain))
     {
-        accept_chain(job, resp->body.data, resp->body.len);
+        acme_issue_accept_chain(job, resp->body.data, resp->body.len);
         return;
     }
     if (resp->nalternate == 0) {
         acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": no chain issued by \"%s\", using the default "
                  "(the CA offers no alternate chains)", job->name, job->preferred_chain);
-        accept_chain(job, resp->body.data, resp->body.len);
+        acme_issue_accept_chain(job, resp->body.data, resp->body.len);
         return;
     }
     job->chain_pem = acme_strndup(resp->body.data, resp->body.len);
     job->alternates = calloc(resp->nalternate, sizeof(char *));
     if (job->chain_pem == NULL || job->alternates == NULL) {
         acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     for (i = 0; i < resp->nalternate; i++) {
@@ -178,6 +178,6 @@ download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     }
     job->nalternates = resp->nalternate;
     job->alt_i = 0;
-    job_set_state(job, J_ALTERNATE, "choosing the preferred chain", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_ALTERNATE, "choosing the preferred chain", NULL);
+    acme_issue_job_step(job);
 }

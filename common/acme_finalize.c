@@ -4,21 +4,21 @@
 #include <string.h>
 
 void
-finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err != NULL && job->finalize_early && err->kind == ACME_ERR_CA
         && strstr(err->msg, "orderNotReady") != NULL)
     {
         job->finalize_early = 0;
-        job_set_state(job, J_ORDER_READY_POLL, "waiting for the order to be ready", NULL);
-        poll_reset(job);
-        job_poll_later(job, err->retry_after, "order");
+        acme_issue_job_set_state(job, J_ORDER_READY_POLL, "waiting for the order to be ready", NULL);
+        acme_issue_poll_reset(job);
+        acme_issue_job_poll_later(job, err->retry_after, "order");
         return;
     }
     job->finalize_early = 0;
@@ -31,11 +31,11 @@ finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         }
         acme_err_prefix(&e, "finalize");
         if (err->kind == ACME_ERR_CA) {
-            order_forget(job);
+            acme_issue_order_forget(job);
         }
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
-    poll_reset(job);
-    order_resp(job, resp, NULL);
+    acme_issue_poll_reset(job);
+    acme_issue_order_resp(job, resp, NULL);
 }

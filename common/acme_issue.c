@@ -18,7 +18,7 @@ job_free(acme_issue_t *job)
 {
     size_t i;
 
-    withdraw_all(job);
+    acme_issue_withdraw_all(job);
     acme_timer_cancel(job->loop, job->timer);
     acme_timer_cancel(job->loop, job->lock_timer);
     acme_keygen_cancel(job->keygen);
@@ -76,7 +76,7 @@ acme_issue_take_ident_errors(acme_ident_error_t **errs)
 }
 
 void
-job_finish(acme_issue_t *job, const acme_err_t *err)
+acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err)
 {
     acme_issue_done_pt  done = job->done;
     void               *arg = job->arg;
@@ -105,7 +105,7 @@ job_finish(acme_issue_t *job, const acme_err_t *err)
 
 /* Remember why one identifier failed ("dns:example.org": the CA's problem, subproblems included). */
 void
-ident_error_add(acme_issue_t *job, const char *type, const char *value, const char *msg)
+acme_issue_ident_error_add(acme_issue_t *job, const char *type, const char *value, const char *msg)
 {
     acme_ident_error_t *e;
     size_t              i;
@@ -137,7 +137,7 @@ ident_error_add(acme_issue_t *job, const char *type, const char *value, const ch
 
 /* An order's or authorization's problem: its subproblems name identifiers (RFC 8555 6.7.1). */
 void
-ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p)
+acme_issue_ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p)
 {
     size_t  i;
     char   *msg;
@@ -149,25 +149,25 @@ ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p)
         }
         msg = acme_problem_message(sp);
         if (msg != NULL) {
-            ident_error_add(job, sp->ident_type, sp->ident_value, msg);
+            acme_issue_ident_error_add(job, sp->ident_type, sp->ident_value, msg);
             free(msg);
         }
     }
 }
 
 void
-job_fail(acme_issue_t *job, const acme_err_t *err)
+acme_issue_job_fail(acme_issue_t *job, const acme_err_t *err)
 {
     acme_err_t e = *err;
 
     /* the caller reports the failure (once); this is the trail for debugging */
     acme_log(job->loop, ACME_LOG_INFO, "acme: certificate \"%s\" from %s: %s", job->name,
              acme_client_directory_url(job->c), e.msg);
-    job_finish(job, &e);
+    acme_issue_job_finish(job, &e);
 }
 
 void
-job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *arg)
+acme_issue_job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *arg)
 {
     job->state = st;
     snprintf(job->state_text, sizeof(job->state_text), fmt, arg ? arg : "");
@@ -192,7 +192,7 @@ acme_issue_cancel(acme_issue_t *job)
     if (job == NULL) {
         return;
     }
-    forget_published(job);
+    acme_issue_forget_published(job);
     if (job->busy) {
         /*
          * Its request is dropped: waiting for the callback would keep the lock until the CA answers,
@@ -211,28 +211,28 @@ timer_cb(void *arg)
     acme_issue_t *job = arg;
 
     job->timer = NULL;
-    job_step(job);
+    acme_issue_job_step(job);
 }
 
 void
-job_later(acme_issue_t *job, long ms)
+acme_issue_job_later(acme_issue_t *job, long ms)
 {
     job->timer = acme_timer_add(job->loop, ms, timer_cb, job);
     if (job->timer == NULL) {
         acme_err_t e;
         acme_err_set(&e, ACME_ERR_INTERNAL, "out of memory");
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
     }
 }
 
 /* Callbacks from the client: returns 1 when the job may continue, 0 when it failed (freed). */
 int
-job_back(acme_issue_t *job)
+acme_issue_job_back(acme_issue_t *job)
 {
     job->busy = 0;
     if (job->lock_lost) {
         acme_err_t e = job->lock_err;
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return 0;
     }
     return 1;
@@ -265,7 +265,7 @@ lock_refresh(void *arg)
             return;
         }
         err = job->lock_err;
-        job_fail(job, &err);
+        acme_issue_job_fail(job, &err);
         return;
     }
     if (rc < 0) {
@@ -277,7 +277,7 @@ lock_refresh(void *arg)
 }
 
 int
-job_post(acme_issue_t *job, const char *url, const char *payload, const char *accept,
+acme_issue_job_post(acme_issue_t *job, const char *url, const char *payload, const char *accept,
     acme_client_resp_pt cb)
 {
     acme_err_t err;
@@ -285,21 +285,21 @@ job_post(acme_issue_t *job, const char *url, const char *payload, const char *ac
     job->busy = 1;
     if (acme_client_post(job->c, url, payload, accept, cb, job, &err) != 0) {
         job->busy = 0;
-        job_fail(job, &err);
+        acme_issue_job_fail(job, &err);
         return -1;
     }
     return 0;
 }
 
 int
-require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
+acme_issue_require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
 {
     acme_err_t err;
 
     if (resp->content_type == NULL || strcmp(resp->content_type, "application/json") != 0) {
         acme_err_set(&err, ACME_ERR_BADRESPONSE, "%s: expected application/json, got \"%.60s\"", what,
                      resp->content_type ? resp->content_type : "(none)");
-        job_fail(job, &err);
+        acme_issue_job_fail(job, &err);
         return -1;
     }
     return 0;
@@ -312,7 +312,7 @@ require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
  * there), else back off from 0.1 s to 10 s; give up past the deadline.
  */
 void
-job_poll_later(acme_issue_t *job, long retry_after, const char *what)
+acme_issue_job_poll_later(acme_issue_t *job, long retry_after, const char *what)
 {
     acme_err_t  err;
     long        ms, left;
@@ -320,7 +320,7 @@ job_poll_later(acme_issue_t *job, long retry_after, const char *what)
     if (time(NULL) - job->wait_start > job->poll_timeout) {
         acme_err_set(&err, ACME_ERR_CA, "%s: still not done after %ld s, giving up (order %s)", what,
                      job->poll_timeout, job->order_url ? job->order_url : "not placed");
-        job_fail(job, &err);
+        acme_issue_job_fail(job, &err);
         return;
     }
     if (retry_after > 0) {
@@ -336,11 +336,11 @@ job_poll_later(acme_issue_t *job, long retry_after, const char *what)
             job->poll_delay_ms = 10000;
         }
     }
-    job_later(job, ms);
+    acme_issue_job_later(job, ms);
 }
 
 void
-poll_reset(acme_issue_t *job)
+acme_issue_poll_reset(acme_issue_t *job)
 {
     job->wait_start = time(NULL);
     job->poll_delay_ms = 100;
@@ -354,24 +354,24 @@ ready_done(void *arg, const acme_err_t *err)
     acme_issue_t  *job = arg;
     int            rc;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err != NULL) {
-        job_fail(job, err);
+        acme_issue_job_fail(job, err);
         return;
     }
-    rc = order_load(job);
+    rc = acme_issue_order_load(job);
     if (rc == 2 && acme_client_account_url(job->c) != NULL) {
-        job_set_state(job, J_ORPHAN_ACCOUNT, "looking for an order lost in a crash", NULL);
+        acme_issue_job_set_state(job, J_ORPHAN_ACCOUNT, "looking for an order lost in a crash", NULL);
     } else if (rc == 1) {
-        job_set_state(job, J_RESUME, "resuming the order", NULL);
+        acme_issue_job_set_state(job, J_RESUME, "resuming the order", NULL);
     } else if (rc == 3) {
-        job_set_state(job, J_STALE, "giving up the order for the former identifiers", NULL);
+        acme_issue_job_set_state(job, J_STALE, "giving up the order for the former identifiers", NULL);
     } else {
-        job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+        acme_issue_job_set_state(job, J_NEW_ORDER, "ordering", NULL);
     }
-    job_step(job);
+    acme_issue_job_step(job);
 }
 
 static void
@@ -383,15 +383,15 @@ cert_key_done(void *arg, EVP_PKEY *key, const acme_err_t *err)
     if (err != NULL) {
         acme_err_t e = *err;
         acme_err_prefix(&e, "generating the key for \"%s\"", job->name);
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     job->cert_key = key;
-    job_step(job);
+    acme_issue_job_step(job);
 }
 
 void
-job_step(acme_issue_t *job)
+acme_issue_job_step(acme_issue_t *job)
 {
     acme_err_t   err;
     char        *s, *csr, *payload;
@@ -405,34 +405,34 @@ job_step(acme_issue_t *job)
         job->busy = 1;
         if (acme_client_ready(job->c, ready_done, job, &err) != 0) {
             job->busy = 0;
-            job_fail(job, &err);
+            acme_issue_job_fail(job, &err);
         }
         return;
 
     case J_RESUME:
-        job_post(job, job->order_url, NULL, NULL, order_resp);
+        acme_issue_job_post(job, job->order_url, NULL, NULL, acme_issue_order_resp);
         return;
 
     case J_STALE:
-        job_post(job, job->order_url, NULL, NULL, stale_order_resp);
+        acme_issue_job_post(job, job->order_url, NULL, NULL, acme_issue_stale_order_resp);
         return;
 
     case J_ORPHAN_ACCOUNT:
         /* POST-as-GET of the account (Pebble and Boulder answer it; Pebble refuses the empty update of
          * RFC 8555 7.3.3); a CA refusing both just leads to a new order */
-        job_post(job, acme_client_account_url(job->c), NULL, NULL, orphan_account_resp);
+        acme_issue_job_post(job, acme_client_account_url(job->c), NULL, NULL, acme_issue_orphan_account_resp);
         return;
 
     case J_ORPHAN_LIST:
-        job_post(job, job->order_url, NULL, NULL, orphan_list_resp);
+        acme_issue_job_post(job, job->order_url, NULL, NULL, acme_issue_orphan_list_resp);
         return;
 
     case J_ORPHAN_ORDER:
         if (job->cand_i >= job->ncands) {
-            orphan_none(job, "no pending order for these identifiers");
+            acme_issue_orphan_none(job, "no pending order for these identifiers");
             return;
         }
-        job_post(job, job->cands[job->cand_i], NULL, NULL, orphan_order_resp);
+        acme_issue_job_post(job, job->cands[job->cand_i], NULL, NULL, acme_issue_orphan_order_resp);
         return;
 
     case J_NEW_ORDER:
@@ -440,24 +440,24 @@ job_step(acme_issue_t *job)
             /* off the loop: an RSA key can take seconds */
             job->keygen = acme_keygen_start(job->loop, &job->keyspec, cert_key_done, job, &err);
             if (job->keygen == NULL) {
-                job_fail(job, &err);
+                acme_issue_job_fail(job, &err);
             }
             return;
         }
-        s = new_order_payload(job, &err);
+        s = acme_issue_new_order_payload(job, &err);
         if (s == NULL) {
-            job_fail(job, &err);
+            acme_issue_job_fail(job, &err);
             return;
         }
         free(job->order_url);
         job->order_url = NULL;
-        if (order_store(job, &err) != 0) {
+        if (acme_issue_order_store(job, &err) != 0) {
             free(s);
             acme_err_prefix(&err, "storing the order for \"%s\"", job->name);
-            job_fail(job, &err);
+            acme_issue_job_fail(job, &err);
             return;
         }
-        job_post(job, acme_client_directory(job->c)->new_order, s, NULL, new_order_resp);
+        acme_issue_job_post(job, acme_client_directory(job->c)->new_order, s, NULL, acme_issue_new_order_resp);
         free(s);
         return;
 
@@ -465,49 +465,50 @@ job_step(acme_issue_t *job)
         if (job->authz_i >= job->order.nauthorizations) {
             /* every authorization is valid: finalize at once (RFC 8555 7.4); a CA that has not moved
              * the order to "ready" yet answers orderNotReady and the order is polled then */
-            withdraw_all(job);
+            acme_issue_withdraw_all(job);
             job->finalize_early = 1;
-            job_set_state(job, J_FINALIZE, "finalizing", NULL);
-            job_step(job);
+            acme_issue_job_set_state(job, J_FINALIZE, "finalizing", NULL);
+            acme_issue_job_step(job);
             return;
         }
-        job_post(job, job->order.authorizations[job->authz_i], NULL, NULL, authz_resp);
+        acme_issue_job_post(job, job->order.authorizations[job->authz_i], NULL, NULL, acme_issue_authz_resp);
         return;
 
     case J_AUTHZ_POLL:
-        job_post(job, job->order.authorizations[job->authz_i], NULL, NULL, authz_resp);
+        acme_issue_job_post(job, job->order.authorizations[job->authz_i], NULL, NULL, acme_issue_authz_resp);
         return;
 
     case J_ORDER_READY_POLL:
     case J_ORDER_VALID_POLL:
-        job_post(job, job->order_url, NULL, NULL, order_resp);
+        acme_issue_job_post(job, job->order_url, NULL, NULL, acme_issue_order_resp);
         return;
 
     case J_FINALIZE:
         if (job->order.finalize == NULL) {
             acme_err_set(&err, ACME_ERR_BADRESPONSE, "order %s has no finalize URL", job->order_url);
-            job_fail(job, &err);
+            acme_issue_job_fail(job, &err);
             return;
         }
         csr = acme_csr_create(job->cert_key, job->ids, job->nids, &err);
         if (csr == NULL) {
-            job_fail(job, &err);
+            acme_issue_job_fail(job, &err);
             return;
         }
         payload = acme_sprintf("{\"csr\":\"%s\"}", csr);
         free(csr);
         if (payload == NULL) {
             acme_err_set(&err, ACME_ERR_INTERNAL, "out of memory");
-            job_fail(job, &err);
+            acme_issue_job_fail(job, &err);
             return;
         }
-        poll_reset(job);
-        job_post(job, job->order.finalize, payload, NULL, finalize_resp);
+        acme_issue_poll_reset(job);
+        acme_issue_job_post(job, job->order.finalize, payload, NULL, acme_issue_finalize_resp);
         free(payload);
         return;
 
     case J_DOWNLOAD:
-        job_post(job, job->order.certificate, NULL, "application/pem-certificate-chain", download_resp);
+        acme_issue_job_post(job, job->order.certificate, NULL, "application/pem-certificate-chain",
+                            acme_issue_download_resp);
         return;
 
     case J_ALTERNATE:
@@ -516,32 +517,32 @@ job_step(acme_issue_t *job)
                      job->name, job->preferred_chain);
             s = job->chain_pem;
             job->chain_pem = NULL;
-            accept_chain(job, s, strlen(s));
+            acme_issue_accept_chain(job, s, strlen(s));
             free(s);
             return;
         }
-        job_post(job, job->alternates[job->alt_i], NULL, "application/pem-certificate-chain",
-                 alternate_resp);
+        acme_issue_job_post(job, job->alternates[job->alt_i], NULL, "application/pem-certificate-chain",
+                 acme_issue_alternate_resp);
         return;
 
     case J_ABANDON:
         if (!job->have_order || job->abandon_i >= job->order.nauthorizations) {
-            abandon_done(job);
+            acme_issue_abandon_done(job);
             return;
         }
-        abandon_post(job, NULL, abandon_authz_resp);
+        acme_issue_abandon_post(job, NULL, acme_issue_abandon_authz_resp);
         return;
 
     case J_DEACTIVATE:
-        abandon_post(job, "{\"status\":\"deactivated\"}", deactivate_resp);
+        acme_issue_abandon_post(job, "{\"status\":\"deactivated\"}", acme_issue_deactivate_resp);
         return;
 
     case J_DONE:
-        job_finish(job, NULL);
+        acme_issue_job_finish(job, NULL);
         return;
 
     case J_CONFIRM:
-        confirm_step(job);
+        acme_issue_confirm_step(job);
         return;
 
     case J_CHALLENGE:
@@ -613,7 +614,7 @@ issue_queue(acme_issue_t *job)
     if (rc < 0) {
         job->issue_lock = NULL;
         acme_err_prefix(&err, "locking the issuance for the identifiers of \"%s\"", job->name);
-        job_fail(job, &err);
+        acme_issue_job_fail(job, &err);
         return;
     }
     if (rc == 0) {
@@ -623,12 +624,12 @@ issue_queue(acme_issue_t *job)
             acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": another certificate for the same identifiers "
                      "is being ordered, waiting for it", job->name);
         }
-        job_set_state(job, J_QUEUE, "waiting for another certificate for the same identifiers", NULL);
-        job_later(job, 500);
+        acme_issue_job_set_state(job, J_QUEUE, "waiting for another certificate for the same identifiers", NULL);
+        acme_issue_job_later(job, 500);
         return;
     }
-    job_set_state(job, J_READY, "starting", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_READY, "starting", NULL);
+    acme_issue_job_step(job);
 }
 
 /* Under the lock: did another process store a newer certificate since the caller looked? */
@@ -725,7 +726,7 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
     }
     if (req->check_seen && renewed_elsewhere(job, req->seen_issued_at)) {
         job->state = J_DONE;
-        job_later(job, 0);
+        acme_issue_job_later(job, 0);
         return job;
     }
     if (issue_lockname(job, err) != 0) {
@@ -733,7 +734,7 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
         return NULL;
     }
     job->state = J_QUEUE;
-    job_later(job, 0);
+    acme_issue_job_later(job, 0);
     return job;
 
 nomem:

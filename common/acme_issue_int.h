@@ -109,50 +109,50 @@ struct acme_issue_s {
 };
 
 /* acme_issue.c: the job, failure, back-off, requests */
-void job_finish(acme_issue_t *job, const acme_err_t *err);
-void ident_error_add(acme_issue_t *job, const char *type, const char *value, const char *msg);
-void ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p);
-void job_fail(acme_issue_t *job, const acme_err_t *err);
-void job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *arg);
-void job_later(acme_issue_t *job, long ms);
-int job_back(acme_issue_t *job);
-int job_post(acme_issue_t *job, const char *url, const char *payload, const char *accept,
+void acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err);
+void acme_issue_ident_error_add(acme_issue_t *job, const char *type, const char *value, const char *msg);
+void acme_issue_ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p);
+void acme_issue_job_fail(acme_issue_t *job, const acme_err_t *err);
+void acme_issue_job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *arg);
+void acme_issue_job_later(acme_issue_t *job, long ms);
+int acme_issue_job_back(acme_issue_t *job);
+int acme_issue_job_post(acme_issue_t *job, const char *url, const char *payload, const char *accept,
              acme_client_resp_pt cb);
-int require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what);
-void job_poll_later(acme_issue_t *job, long retry_after, const char *what);
-void poll_reset(acme_issue_t *job);
-void job_step(acme_issue_t *job);
+int acme_issue_require_json(acme_issue_t *job, const acme_http_resp_t *resp, const char *what);
+void acme_issue_job_poll_later(acme_issue_t *job, long retry_after, const char *what);
+void acme_issue_poll_reset(acme_issue_t *job);
+void acme_issue_job_step(acme_issue_t *job);
 
 /* acme_order.c: orders, lost orders, giving an order up */
-int order_store(acme_issue_t *job, acme_err_t *err);
-void order_forget(acme_issue_t *job);
-int order_load(acme_issue_t *job);
-void new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-void order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-void order_abandon(acme_issue_t *job, const acme_err_t *err);
-void abandon_done(acme_issue_t *job);
-void abandon_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-void deactivate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-void abandon_post(acme_issue_t *job, const char *payload, acme_client_resp_pt cb);
-void stale_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-char *new_order_payload(acme_issue_t *job, acme_err_t *err);
-void orphan_none(acme_issue_t *job, const char *why);
-void orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-void orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-void orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+int acme_issue_order_store(acme_issue_t *job, acme_err_t *err);
+void acme_issue_order_forget(acme_issue_t *job);
+int acme_issue_order_load(acme_issue_t *job);
+void acme_issue_new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_order_abandon(acme_issue_t *job, const acme_err_t *err);
+void acme_issue_abandon_done(acme_issue_t *job);
+void acme_issue_abandon_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_deactivate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_abandon_post(acme_issue_t *job, const char *payload, acme_client_resp_pt cb);
+void acme_issue_stale_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+char *acme_issue_new_order_payload(acme_issue_t *job, acme_err_t *err);
+void acme_issue_orphan_none(acme_issue_t *job, const char *why);
+void acme_issue_orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
 
 /* acme_authz.c: authorizations, challenges, published answers */
-void withdraw_all(acme_issue_t *job);
-void forget_published(acme_issue_t *job);
-void confirm_step(acme_issue_t *job);
-void authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_withdraw_all(acme_issue_t *job);
+void acme_issue_forget_published(acme_issue_t *job);
+void acme_issue_confirm_step(acme_issue_t *job);
+void acme_issue_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
 
 /* acme_finalize.c */
-void finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
 
 /* acme_download.c */
-void accept_chain(acme_issue_t *job, const char *pem, size_t len);
-void alternate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
-void download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_accept_chain(acme_issue_t *job, const char *pem, size_t len);
+void acme_issue_alternate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+void acme_issue_download_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
 
 #endif /* ACME_ISSUE_INT_H */

@@ -10,7 +10,7 @@
 static int job_has_ip(acme_issue_t *job);
 
 int
-order_store(acme_issue_t *job, acme_err_t *err)
+acme_issue_order_store(acme_issue_t *job, acme_err_t *err)
 {
     json_t             *o, *ids;
     char               *js, *pem = NULL;
@@ -54,7 +54,7 @@ order_store(acme_issue_t *job, acme_err_t *err)
 }
 
 void
-order_forget(acme_issue_t *job)
+acme_issue_order_forget(acme_issue_t *job)
 {
     acme_store_item_t   items[2];
     char                k1[512], k2[512];
@@ -70,7 +70,7 @@ order_forget(acme_issue_t *job)
  * (newOrder sent, answer not stored), 3 an order URL at this CA for other identifiers (the configuration
  * changed: it is given up), 0 nothing usable. */
 int
-order_load(acme_issue_t *job)
+acme_issue_order_load(acme_issue_t *job)
 {
     char        k[512], *js = NULL, *pem = NULL;
     size_t      len, pem_len = 0, i;
@@ -131,7 +131,7 @@ order_parse(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
 {
     acme_err_t err;
 
-    if (require_json(job, resp, what) != 0) {
+    if (acme_issue_require_json(job, resp, what) != 0) {
         return -1;
     }
     if (job->have_order) {
@@ -141,7 +141,7 @@ order_parse(acme_issue_t *job, const acme_http_resp_t *resp, const char *what)
     memset(&job->order, 0, sizeof(job->order));
     if (acme_order_parse(resp->body.data, resp->body.len, &job->order, &err) != 0) {
         acme_err_prefix(&err, "%s", what);
-        job_fail(job, &err);
+        acme_issue_job_fail(job, &err);
         return -1;
     }
     job->have_order = 1;
@@ -154,13 +154,13 @@ order_invalid(acme_issue_t *job, const char *what)
     acme_err_t  err;
 
     if (job->order.error != NULL) {
-        ident_errors_from_problem(job, job->order.error);
+        acme_issue_ident_errors_from_problem(job, job->order.error);
         acme_problem_to_err(job->order.error, what, &err);
     } else {
         acme_err_set(&err, ACME_ERR_CA, "%s: the order became %s", what,
                      acme_status_name(job->order.status));
     }
-    order_abandon(job, &err);
+    acme_issue_order_abandon(job, &err);
 }
 
 /* ---- responses ---- */
@@ -171,29 +171,29 @@ order_dispatch(acme_issue_t *job)
     switch (job->order.status) {
     case ACME_ST_PENDING:
         job->authz_i = 0;
-        job_set_state(job, J_AUTHZ, "authorizing", NULL);
-        job_step(job);
+        acme_issue_job_set_state(job, J_AUTHZ, "authorizing", NULL);
+        acme_issue_job_step(job);
         return;
     case ACME_ST_READY:
-        job_set_state(job, J_FINALIZE, "finalizing", NULL);
-        job_step(job);
+        acme_issue_job_set_state(job, J_FINALIZE, "finalizing", NULL);
+        acme_issue_job_step(job);
         return;
     case ACME_ST_PROCESSING:
         /* the wait starts now (a resumed order has had no wait yet) */
-        poll_reset(job);
-        job_set_state(job, J_ORDER_VALID_POLL, "waiting for the CA to issue", NULL);
-        job_poll_later(job, 0, "order processing");
+        acme_issue_poll_reset(job);
+        acme_issue_job_set_state(job, J_ORDER_VALID_POLL, "waiting for the CA to issue", NULL);
+        acme_issue_job_poll_later(job, 0, "order processing");
         return;
     case ACME_ST_VALID:
         if (job->order.certificate == NULL) {
             acme_err_t err;
             acme_err_set(&err, ACME_ERR_BADRESPONSE, "order %s is valid but has no certificate URL",
                          job->order_url);
-            job_fail(job, &err);
+            acme_issue_job_fail(job, &err);
             return;
         }
-        job_set_state(job, J_DOWNLOAD, "downloading the certificate", NULL);
-        job_step(job);
+        acme_issue_job_set_state(job, J_DOWNLOAD, "downloading the certificate", NULL);
+        acme_issue_job_step(job);
         return;
     default:
         order_invalid(job, "order");
@@ -202,12 +202,12 @@ order_dispatch(acme_issue_t *job)
 }
 
 void
-new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err != NULL && strstr(err->msg, "invalidProfile") != NULL) {
@@ -217,14 +217,14 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
             acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": the CA refused the profile \"%s\" (%s); "
                      "ordering with the CA's default profile", job->name, job->profile, err->msg);
             job->profile_dropped = 1;
-            job_step(job);
+            acme_issue_job_step(job);
             return;
         }
         e = *err;
         e.kind = ACME_ERR_CONFIG;
         acme_err_prefix(&e, "newOrder");
-        order_forget(job);
-        job_fail(job, &e);
+        acme_issue_order_forget(job);
+        acme_issue_job_fail(job, &e);
         return;
     }
     if (err != NULL) {
@@ -234,7 +234,7 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
             /* a CA failing on "replaces" fails the same way again: try it once more, then without */
             acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": newOrder failed (%s), trying again",
                      job->name, err->msg);
-            job_later(job, 1000);
+            acme_issue_job_later(job, 1000);
             return;
         }
         if (job->replaces != NULL && !job->replaces_dropped
@@ -245,7 +245,7 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
             acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": the CA refused \"replaces\" (%s), "
                      "ordering without it", job->name, err->msg);
             job->replaces_dropped = 1;
-            job_step(job);
+            acme_issue_job_step(job);
             return;
         }
         e = *err;
@@ -257,14 +257,14 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
                      "certain profile: Let's Encrypt's is \"shortlived\", see the \"profile\" setting)");
         }
         if (err->kind == ACME_ERR_CA || err->kind == ACME_ERR_RATELIMIT) {
-            order_forget(job);      /* refused: no order was made */
+            acme_issue_order_forget(job);      /* refused: no order was made */
         }
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     if (resp->location == NULL || strncmp(resp->location, "http", 4) != 0) {
         acme_err_set(&e, ACME_ERR_BADRESPONSE, "newOrder: no order URL (Location) in the answer");
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     if (order_parse(job, resp, "newOrder") != 0) {
@@ -272,13 +272,13 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     }
     if (job->order.nauthorizations == 0 && job->order.status == ACME_ST_PENDING) {
         acme_err_set(&e, ACME_ERR_BADRESPONSE, "newOrder: a pending order with no authorizations");
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     free(job->order_url);
     job->order_url = acme_strdup(resp->location);
-    if (order_store(job, &e) != 0) {
-        job_fail(job, &e);
+    if (acme_issue_order_store(job, &e) != 0) {
+        acme_issue_job_fail(job, &e);
         return;
     }
     acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": order %s is %s", job->name, job->order_url,
@@ -287,12 +287,12 @@ new_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 }
 
 void
-order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err != NULL) {
@@ -300,16 +300,16 @@ order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
             /* the CA lost or expired the order: start afresh */
             acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": stored order unusable (%s), ordering anew",
                      job->name, err->msg);
-            order_forget(job);
+            acme_issue_order_forget(job);
             EVP_PKEY_free(job->cert_key);
             job->cert_key = NULL;
-            job_set_state(job, J_NEW_ORDER, "ordering", NULL);
-            job_step(job);
+            acme_issue_job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+            acme_issue_job_step(job);
             return;
         }
         e = *err;
         acme_err_prefix(&e, "order %s", job->order_url);
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     if (order_parse(job, resp, "order") != 0) {
@@ -318,7 +318,7 @@ order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     switch (job->state) {
     case J_RESUME:
         if (job->order.status == ACME_ST_INVALID || job->order.status == ACME_ST_EXPIRED) {
-            order_abandon(job, NULL);
+            acme_issue_order_abandon(job, NULL);
             return;
         }
         acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": resuming order %s (%s)", job->name,
@@ -327,7 +327,7 @@ order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
         return;
     case J_ORDER_READY_POLL:
         if (job->order.status == ACME_ST_PENDING) {
-            job_poll_later(job, resp->retry_after, "order authorization");
+            acme_issue_job_poll_later(job, resp->retry_after, "order authorization");
             return;
         }
         order_dispatch(job);
@@ -335,14 +335,14 @@ order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     case J_FINALIZE:
     case J_ORDER_VALID_POLL:
         if (job->order.status == ACME_ST_PROCESSING || job->order.status == ACME_ST_READY) {
-            job_set_state(job, J_ORDER_VALID_POLL, "waiting for the CA to issue", NULL);
-            job_poll_later(job, resp->retry_after, "order processing");
+            acme_issue_job_set_state(job, J_ORDER_VALID_POLL, "waiting for the CA to issue", NULL);
+            acme_issue_job_poll_later(job, resp->retry_after, "order processing");
             return;
         }
         if (job->order.status == ACME_ST_PENDING) {
             acme_err_set(&e, ACME_ERR_BADRESPONSE, "order %s went back to pending after finalize",
                          job->order_url);
-            job_fail(job, &e);
+            acme_issue_job_fail(job, &e);
             return;
         }
         order_dispatch(job);
@@ -359,10 +359,10 @@ order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
  * (RFC 8555 7.5.2): nobody can complete them any more, and they stop counting against the account's
  * limit of pending authorizations. err: the job fails with it afterwards; NULL: it orders anew. */
 void
-order_abandon(acme_issue_t *job, const acme_err_t *err)
+acme_issue_order_abandon(acme_issue_t *job, const acme_err_t *err)
 {
-    order_forget(job);
-    withdraw_all(job);
+    acme_issue_order_forget(job);
+    acme_issue_withdraw_all(job);
     job->abandon_fail = err != NULL;
     if (err != NULL) {
         job->abandon_err = *err;
@@ -372,45 +372,45 @@ order_abandon(acme_issue_t *job, const acme_err_t *err)
     if (!job->have_order || (job->order.status != ACME_ST_PENDING && job->order.status != ACME_ST_INVALID)) {
         job->abandon_i = job->have_order ? job->order.nauthorizations : 0;
     }
-    job_set_state(job, J_ABANDON, "giving the order up", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_ABANDON, "giving the order up", NULL);
+    acme_issue_job_step(job);
 }
 
 void
-abandon_done(acme_issue_t *job)
+acme_issue_abandon_done(acme_issue_t *job)
 {
     acme_err_t  e;
 
     if (job->abandon_fail) {
         e = job->abandon_err;
-        job_fail(job, &e);
+        acme_issue_job_fail(job, &e);
         return;
     }
     EVP_PKEY_free(job->cert_key);
     job->cert_key = NULL;
     free(job->order_url);
     job->order_url = NULL;
-    job_set_state(job, J_NEW_ORDER, "ordering", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+    acme_issue_job_step(job);
 }
 
 static void
 abandon_next(acme_issue_t *job)
 {
     job->abandon_i++;
-    job_set_state(job, J_ABANDON, "giving the order up", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_ABANDON, "giving the order up", NULL);
+    acme_issue_job_step(job);
 }
 
 void
-abandon_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_abandon_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     acme_authz_t   a;
     acme_err_t     e;
     int            pending = 0;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err == NULL) {
@@ -421,21 +421,21 @@ abandon_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *er
         }
     }
     if (pending) {
-        job_set_state(job, J_DEACTIVATE, "giving the order up", NULL);
-        job_step(job);
+        acme_issue_job_set_state(job, J_DEACTIVATE, "giving the order up", NULL);
+        acme_issue_job_step(job);
         return;
     }
     abandon_next(job);
 }
 
 void
-deactivate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_deactivate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     const char    *url;
 
     (void) resp;
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     url = job->order.authorizations[job->abandon_i];
@@ -451,7 +451,7 @@ deactivate_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 
 /* Requests while giving up do not fail the job: the order is forgotten either way. */
 void
-abandon_post(acme_issue_t *job, const char *payload, acme_client_resp_pt cb)
+acme_issue_abandon_post(acme_issue_t *job, const char *payload, acme_client_resp_pt cb)
 {
     acme_err_t  err;
 
@@ -462,18 +462,18 @@ abandon_post(acme_issue_t *job, const char *payload, acme_client_resp_pt cb)
         job->busy = 0;
         acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": cannot deactivate the authorizations of the "
                  "abandoned order: %s", job->name, err.msg);
-        abandon_done(job);
+        acme_issue_abandon_done(job);
     }
 }
 
 /* The stored order was for identifiers no longer configured: give it up, then order anew. */
 void
-stale_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_stale_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (job->have_order) {
@@ -487,7 +487,7 @@ stale_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
                  "other identifiers or lost its key", job->name, job->order_url,
                  acme_status_name(job->order.status));
     }
-    order_abandon(job, NULL);
+    acme_issue_order_abandon(job, NULL);
 }
 
 #define ISSUE_IP_PROFILE  "shortlived"
@@ -506,7 +506,7 @@ job_has_ip(acme_issue_t *job)
 }
 
 char *
-new_order_payload(acme_issue_t *job, acme_err_t *err)
+acme_issue_new_order_payload(acme_issue_t *job, acme_err_t *err)
 {
     const acme_directory_t  *dir = acme_client_directory(job->c);
     json_t                  *o, *ids;
@@ -574,13 +574,13 @@ new_order_payload(acme_issue_t *job, acme_err_t *err)
 #define ORPHAN_CANDIDATES  5
 
 void
-orphan_none(acme_issue_t *job, const char *why)
+acme_issue_orphan_none(acme_issue_t *job, const char *why)
 {
     acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": no order to resume (%s), ordering anew", job->name, why);
     free(job->order_url);
     job->order_url = NULL;
-    job_set_state(job, J_NEW_ORDER, "ordering", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_NEW_ORDER, "ordering", NULL);
+    acme_issue_job_step(job);
 }
 
 /* The CA's answer while looking for the order, parsed; NULL when the search is over (the job failed or
@@ -590,22 +590,22 @@ orphan_answer(acme_issue_t *job, const acme_http_resp_t *resp, const acme_err_t 
 {
     json_t  *o;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return NULL;
     }
     if (err != NULL) {
-        orphan_none(job, err->msg);
+        acme_issue_orphan_none(job, err->msg);
         return NULL;
     }
     o = json_loadb(resp->body.data, resp->body.len, 0, NULL);
     if (o == NULL) {
-        orphan_none(job, "the CA's answer is not JSON");
+        acme_issue_orphan_none(job, "the CA's answer is not JSON");
     }
     return o;
 }
 
 void
-orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     json_t        *o;
@@ -618,18 +618,18 @@ orphan_account_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *e
     orders = json_string_value(json_object_get(o, "orders"));
     if (orders == NULL || strncmp(orders, "https://", 8) != 0) {
         json_decref(o);
-        orphan_none(job, "the CA does not list the account's orders");
+        acme_issue_orphan_none(job, "the CA does not list the account's orders");
         return;
     }
     free(job->order_url);
     job->order_url = acme_strdup(orders);     /* the list, until an order is chosen */
     json_decref(o);
-    job_set_state(job, J_ORPHAN_LIST, "looking for an order lost in a crash", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_ORPHAN_LIST, "looking for an order lost in a crash", NULL);
+    acme_issue_job_step(job);
 }
 
 void
-orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     json_t        *o, *a, *it;
@@ -654,8 +654,8 @@ orphan_list_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
     }
     json_decref(o);
     job->cand_i = 0;
-    job_set_state(job, J_ORPHAN_ORDER, "looking for an order lost in a crash", NULL);
-    job_step(job);
+    acme_issue_job_set_state(job, J_ORPHAN_ORDER, "looking for an order lost in a crash", NULL);
+    acme_issue_job_step(job);
 }
 
 /* 1 when the order body names exactly our identifiers (in any order). */
@@ -689,12 +689,12 @@ orphan_same_ids(acme_issue_t *job, const acme_http_resp_t *resp)
 }
 
 void
-orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
+acme_issue_orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
-    if (!job_back(job)) {
+    if (!acme_issue_job_back(job)) {
         return;
     }
     if (err == NULL && resp->content_type != NULL && strcmp(resp->content_type, "application/json") == 0
@@ -710,9 +710,9 @@ orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err
             if (job->order.status == ACME_ST_PENDING || job->order.status == ACME_ST_READY) {
                 free(job->order_url);
                 job->order_url = acme_strdup(job->cands[job->cand_i]);
-                if (job->order_url == NULL || order_store(job, &e) != 0) {
+                if (job->order_url == NULL || acme_issue_order_store(job, &e) != 0) {
                     acme_err_prefix(&e, "storing the order for \"%s\"", job->name);
-                    job_fail(job, &e);
+                    acme_issue_job_fail(job, &e);
                     return;
                 }
                 acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": resuming order %s (%s), found in the "
@@ -723,5 +723,5 @@ orphan_order_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err
         }
     }
     job->cand_i++;
-    job_step(job);
+    acme_issue_job_step(job);
 }
