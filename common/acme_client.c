@@ -44,6 +44,8 @@ struct op_s {
     acme_http_req_t     *req;
     acme_client_resp_pt  cb;
     void                *arg;
+    void                *owner;         /* the caller's arg, for acme_client_forget */
+    void               (*drop)(void *arg);  /* frees arg when the op ends without its callback */
 };
 
 struct acme_client_s {
@@ -363,6 +365,9 @@ acme_client_free(acme_client_t *c)
     for (op = c->ops; op != NULL; op = next) {
         next = op->next;
         acme_http_cancel(op->req);
+        if (op->drop != NULL) {
+            op->drop(op->arg);
+        }
         op_free(op);
     }
     for (w = c->waiters; w != NULL; w = wn) {
@@ -399,12 +404,15 @@ acme_client_forget(acme_client_t *c, void *arg)
     }
     for (pp = &c->ops; *pp != NULL; ) {
         op = *pp;
-        if (op->arg != arg) {
+        if (op->owner != arg) {
             pp = &op->next;
             continue;
         }
         *pp = op->next;
         acme_http_cancel(op->req);
+        if (op->drop != NULL) {
+            op->drop(op->arg);
+        }
         op_free(op);
     }
     for (wp = &c->waiters; *wp != NULL; ) {
@@ -582,6 +590,7 @@ op_new(acme_client_t *c, const char *url, const char *payload, const char *accep
     op->accept = acme_strdup(accept);
     op->cb = cb;
     op->arg = arg;
+    op->owner = arg;
     if (op->url == NULL || (payload != NULL && op->payload == NULL)) {
         op_free(op);
         return NULL;
@@ -1669,6 +1678,8 @@ acme_client_renewal_info(acme_client_t *c, X509 *leaf, acme_client_ari_pt cb, vo
     }
     a->cb = cb;
     a->arg = arg;
+    op->owner = arg;
+    op->drop = free;
     op->get = 1;
     op_start(op);
     return 0;
