@@ -12,7 +12,9 @@ out=$(mkdir -p "$1" && cd "$1" && pwd)
 san=${2:-}
 prefix="$out/httpd"
 stamp="$out/httpd.flags"
-if [ -x "$prefix/bin/httpd" ] && [ -x "$prefix/bin/apxs" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$san" ]; then
+# the modules the tests load (test_docs_examples: alias for Redirect)
+shared="authz_core authz_host alias socache_shmcb ssl http2"
+if [ -x "$prefix/bin/httpd" ] && [ -x "$prefix/bin/apxs" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$san $shared" ]; then
     exit 0
 fi
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -60,9 +62,9 @@ sed -i 's/= BUILD_DATETIME;/= __DATE__ " " __TIME__;/' "$src/server/buildmark.c"
     --with-pcre=/usr/bin/pcre2-config --enable-pie \
     --enable-mpms-shared="event worker prefork" \
     --enable-modules=none --enable-mods-static="watchdog log_config logio version unixd" \
-    --enable-mods-shared="authz_core authz_host socache_shmcb ssl http2" \
+    --enable-mods-shared="$shared" \
     CFLAGS="-g -O1 $san" LDFLAGS="$san" >"$out/apache-configure.log" 2>&1) \
     || { tail -30 "$out/apache-configure.log" >&2; exit 1; }
 (make -s -j"$(nproc)" -C "$src" && make -s -C "$src" install) >"$out/apache-make.log" 2>&1 \
     || { tail -40 "$out/apache-make.log" >&2; exit 1; }
-printf '%s' "$san" >"$stamp"
+printf '%s' "$san $shared" >"$stamp"

@@ -72,7 +72,11 @@ def pytest_configure(config):
         # after apr_thread_exit() (a false stack-buffer-overflow in every Apache worker thread).
         for var, extra in (("ASAN_OPTIONS", ["detect_odr_violation=0", "use_sigaltstack=0",
                                              f"log_path={d / 'asan'}"]),
-                           ("LSAN_OPTIONS", [f"suppressions={supp / 'lsan.supp'}", "print_suppressions=0"]),
+                           # exitcode=0: a leak is judged from its report file (the check after each
+                           # test, with harness.IGNORED_LEAKS), not from an exit status: `nginx -t`
+                           # returns before making its cycle reachable, and must still succeed
+                           ("LSAN_OPTIONS", [f"suppressions={supp / 'lsan.supp'}", "print_suppressions=0",
+                                             "exitcode=0"]),
                            ("UBSAN_OPTIONS", ["print_stacktrace=1", "halt_on_error=1",
                                               f"suppressions={supp / 'ubsan.supp'}",
                                               f"log_path={d / 'asan'}"])):

@@ -200,8 +200,9 @@ def test_nginx_challenge_failure_per_identifier(pebble, nginx_factory, tmp_path)
     ng = nginx_factory(conf, wait_port=https, allowed=[r"acme: "])
 
     def failed():
-        c = https_get(https, name, "/acme").json()["certificates"][0]
-        return c if c.get("identifier_errors") else None
+        # before the first snapshot the status lists no certificate yet
+        certs = https_get(https, name, "/acme").json()["certificates"]
+        return certs[0] if certs and certs[0].get("identifier_errors") else None
     c = harness.wait_for(failed, 40, interval=0.3, what="the identifier's error in acme_status")
     assert [e["identifier"] for e in c["identifier_errors"]] == [f"dns:{name}"], c
     assert re.search(r"connection|refused|connect", c["identifier_errors"][0]["error"]), c
