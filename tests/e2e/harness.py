@@ -66,11 +66,10 @@ def sanitizer_logs():
     return Path(v) if v else None
 
 
-# nginx's own leak when it exits on a configuration error: main() does not destroy its init
-# cycle's pool on that path. Ignored only as a leak whose first frames below the allocator are
-# these (an LSan suppression cannot say "called from main" without matching every allocation).
-# nginx's own: main()'s init pool; the PCRE2 context of a regex (server_name ~...) that nginx -t leaves
-# to a pool cleanup it never runs
+# nginx's own leaks at exit: main() does not destroy its init cycle's pool after a configuration
+# error, and nginx -t leaves a regex's PCRE2 context (server_name ~...) to a pool cleanup it never
+# runs. Ignored only as leaks whose first frames below the allocator are these (an LSan
+# suppression cannot say "called from main" without matching every allocation).
 IGNORED_LEAKS = [("ngx_memalign", "ngx_create_pool", "main"), ("ngx_alloc", "ngx_regex_malloc")]
 TEST_CYCLE_POOL = ("ngx_memalign", "ngx_create_pool", "ngx_init_cycle")
 _FRAME_RE = re.compile(r"^\s+#(\d+) 0x[0-9a-f]+ in (\S+)", re.M)
