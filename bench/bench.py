@@ -1015,12 +1015,10 @@ def force_renew(port, name):
         time.sleep(0.1)
 
 
-def scenario_swap(env):
-    pb = env.pebble
-    name = "swap.bench.example.org"
-    https = free_port()
-    state = env.work / "swap-state"
-    conf = issuer_block("pebble", pb, state) + f"""
+def renewing_server(pb, https, name):
+    """An HTTP-01 server on Pebble's port and an HTTPS one with one certificate whose renewals can be
+    forced (acme_status renew=on, once a second)."""
+    return f"""
     server {{
         listen 127.0.0.1:{pb.http_port};
         server_name {name};
@@ -1035,6 +1033,14 @@ def scenario_swap(env):
         location = /acme {{ acme_status renew=on renew_interval=1s; }}
     }}
 """
+
+
+def scenario_swap(env):
+    pb = env.pebble
+    name = "swap.bench.example.org"
+    https = free_port()
+    state = env.work / "swap-state"
+    conf = issuer_block("pebble", pb, state) + renewing_server(pb, https, name)
     ng = new_nginx(env, "ngx-swap", conf, workers=2)
     ng.start(wait_port=https)
     roots = pb.roots(0)
@@ -1153,21 +1159,7 @@ def scenario_blocking_redis(env):
     key.write_bytes(leakcheck.STORAGE_KEY)
     key.chmod(0o600)
     conf = (f"acme_storage {redis.url()} prefix=bench;\nacme_storage_key {key};\n"
-            + issuer_block("pebble", pb, env.work / "blk-redis-state") + f"""
-    server {{
-        listen 127.0.0.1:{pb.http_port};
-        server_name {name};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {name};
-        access_log off;
-        acme_certificate pebble;
-        location / {{ return 200 "ok\\n"; }}
-        location = /acme {{ acme_status renew=on renew_interval=1s; }}
-    }}
-""")
+            + issuer_block("pebble", pb, env.work / "blk-redis-state") + renewing_server(pb, https, name))
     ng = new_nginx(env, "ngx-blk-redis", conf, workers=1)
     stopped = False
     try:
