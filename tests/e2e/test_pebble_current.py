@@ -23,6 +23,8 @@ renewalInfo or profiles (test_ari_profiles.py, test_boulder.py, test_ari_recheck
 
 import datetime
 import json
+import re
+import shutil
 import subprocess
 import time
 
@@ -31,22 +33,23 @@ import pytest
 import harness
 import leakcheck
 from apache_harness import apache_factory, cert_serial as apache_serial, stored_serial, tls_get  # noqa: F401
+from ari_proxy import ari_cert_id, ari_cert_id_openssl, rfc3339, window_from_now
 from harness import free_port, wait_for
-from nginx_harness import cert_serial, https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
+from nginx_harness import https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
 
+RENEWAL_INFO = "/draft-ietf-acme-ari-03/renewalInfo/"     # this Pebble's path (its directory says so)
 DAY = 86400
 # validity in seconds: distinct, so that a certificate's lifetime names its profile
 PROFILES = {"classic": 90 * DAY, "tlsserver": 45 * DAY, "shortlived": 6 * DAY, "decoy": 30 * DAY}
 
 
-def rfc3339(t):
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def ts(s):
+    return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
 
 
 def past_window():
     """A window that closed ten minutes ago: renew now."""
-    now = time.time()
-    return {"start": rfc3339(now - 7200), "end": rfc3339(now - 600)}
+    return window_from_now(-7200, -600)
 
 
 def lifetime(pem_or_der):
@@ -108,26 +111,79 @@ class Ctl:
     def fullchain(self, name):
         return self.state / "certs" / name / "fullchain.pem"
 
+    def meta(self, name):
+        return json.loads((self.state / "certs" / name / "meta.json").read_text())
 
-def test_acmectl_ari_window_renews_and_replaces(acmectl_bin, tmp_path, pebble_ari):
+    def status(self, name):
+        p = harness.run_cmd([str(self.binary), "--state", str(self.state), "status", "--json"], timeout=30)
+        assert p.returncode == 0, p.stderr
+        return next(c for c in json.loads(p.stdout)["certificates"] if c["name"] == name)
+
+
+def test_acmectl_ari_window_future_then_past(acmectl_bin, tmp_path, pebble_ari):
     pb = pebble_ari
     ctl = Ctl(acmectl_bin, tmp_path / "state", pb)
     name = "ari.ctl.example.org"
     ctl.ok("issue", name)
-    old = ctl.fullchain(name).read_text()
-    # Pebble's own window (2/3 of the lifetime): not due
-    p = ctl.ok("renew", name)
-    assert "not due" in p.stdout and "(ari)" in p.stdout, p.stdout
-    assert pb.issued_count() == 1
+    fullchain = ctl.fullchain(name)
+    old = fullchain.read_text()
+    # RFC 9773 id, computed twice (DER walk in Python, the openssl CLI), is the one stored
+    old_id = ari_cert_id(fullchain)
+    assert old_id == ari_cert_id_openssl(fullchain) == ctl.meta(name)["ari_cert_id"]
 
+    # A window that opens in 10 minutes and closes in 40. Pebble's Retry-After (6 h, +-20% jitter) puts the
+    # next ARI check after the window's end, so the renewal point inside the window is the next event.
+    window = window_from_now(600, 2400)
+    pb.set_renewal_info(old, window)
+    mark = pb.mark()
+    p = ctl.ok("renew", name)
+    assert pb.request_count(RENEWAL_INFO, method="GET", since=mark) == 1
+    m = re.search(r"not due until (\S+) \((\w+)\)", p.stdout)
+    assert m and m.group(2) == "ari", p.stdout
+    assert ts(window["start"]) <= ts(m.group(1)) <= ts(window["end"])
+    assert pb.request_count("/order-plz", since=mark) == 0 and fullchain.read_text() == old
+    st = ctl.status(name)
+    assert st["renewal_reason"] == "ari" and st["next_renewal"] == m.group(1), st
+    assert st["ari_window"] == window, st
+    meta = ctl.meta(name)
+    assert (meta["ari_start"], meta["ari_end"]) == (window["start"], window["end"])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert now + datetime.timedelta(seconds=0.8 * 21600 - 120) <= ts(meta["ari_next_check"]) \
+        <= now + datetime.timedelta(seconds=1.2 * 21600 + 5), meta
+
+    # the CA now says: renew now
     pb.set_renewal_info(old, past_window())
+    mark = pb.mark()
     p = ctl.ok("renew", name)
     assert "issued" in p.stdout, p.stdout
-    assert pb.issued_count() == 2 and ctl.fullchain(name).read_text() != old
+    assert pb.issued_count(since=mark) == 1 and fullchain.read_text() != old
     # the real CA accepted "replaces" (same account, the old certificate) at the first try
-    assert len(pb.replacements()) == 1, pb.log_text()[-3000:]
+    assert len(pb.replacements(since=mark)) == 1, pb.log_text(mark)[-3000:]
     assert 'refused "replaces"' not in p.stderr, p.stderr
-    assert pb.request_count("/order-plz") == 2
+    assert pb.request_count("/order-plz", since=mark) == 1
+    new_id = ari_cert_id(fullchain)
+    assert new_id != old_id and ctl.meta(name)["ari_cert_id"] == new_id
+    # the old certificate's window is not carried over: the new one has Pebble's own (2/3 of its lifetime)
+    assert ctl.status(name).get("ari_window") != window
+
+
+def test_acmectl_replaces_of_a_replaced_certificate(acmectl_bin, tmp_path, pebble_ari):
+    """The same certificate replaced twice (a state directory restored from a backup): the real CA refuses
+    the second "replaces" (alreadyReplaced, 409) and acmectl orders again without it."""
+    pb = pebble_ari
+    ctl = Ctl(acmectl_bin, tmp_path / "state", pb)
+    name = "replaced.ctl.example.org"
+    ctl.ok("issue", name)
+    shutil.copytree(ctl.state, tmp_path / "backup")
+    ctl.ok("renew", "--force", name)
+    assert len(pb.replacements()) == 1
+    shutil.rmtree(ctl.state)
+    shutil.copytree(tmp_path / "backup", ctl.state)
+    mark = pb.mark()
+    p = ctl.ok("renew", "--force", name)
+    assert re.search(r'refused "replaces".*alreadyReplaced', p.stderr), p.stderr
+    assert pb.request_count("/order-plz", since=mark) == 2 and pb.issued_count(since=mark) == 1
+    assert pb.replacements(since=mark) == []
 
 
 def test_acmectl_profile_in_certificate(acmectl_bin, tmp_path, pebble_ari):
@@ -136,10 +192,21 @@ def test_acmectl_profile_in_certificate(acmectl_bin, tmp_path, pebble_ari):
         name = f"{prof}.ctl.example.org"
         ctl.ok("issue", "--profile", prof, name)
         assert profile_of(ctl.fullchain(name)) == prof
+        assert ctl.meta(name)["profile"] == prof
     # a renewal orders the stored profile again
     ctl.ok("renew", "--force", "shortlived.ctl.example.org")
     assert pebble_ari.issued_count() == 4
     assert profile_of(ctl.fullchain("shortlived.ctl.example.org")) == "shortlived"
+
+
+def test_acmectl_profile_unknown_refused_before_ordering(acmectl_bin, tmp_path, pebble_ari):
+    ctl = Ctl(acmectl_bin, tmp_path / "state", pebble_ari)
+    name = "nosuch.ctl.example.org"
+    p = ctl.run("issue", "--profile", "nosuch", name)
+    assert p.returncode != 0
+    assert '"nosuch"' in p.stderr and "profile" in p.stderr, p.stderr
+    assert pebble_ari.request_count("/order-plz") == 0
+    assert not ctl.fullchain(name).exists()
 
 
 def test_acmectl_eab_required(acmectl_bin, tmp_path, pebble_next_factory):
