@@ -39,6 +39,10 @@ from nginx_harness import https_get, issuer_block, nginx_factory, tls_cert, tls_
 
 RENEWAL_INFO = "/draft-ietf-acme-ari-03/renewalInfo/"     # this Pebble's path (its directory says so)
 DAY = 86400
+# the error lines of a certificate ({} its name) refused without a key (by the client: the directory says
+# externalAccountRequired) and with a wrong MAC (by the CA)
+EAB_MISSING = r'"{}": the CA \S+ requires External Account Binding: configure a key id and HMAC key'
+EAB_WRONG = r'"{}": account registration at \S+: POST \S+: unauthorized: external account binding JWS verification'
 # validity in seconds: distinct, so that a certificate's lifetime names its profile
 PROFILES = {"classic": 90 * DAY, "tlsserver": 45 * DAY, "shortlived": 6 * DAY, "decoy": 30 * DAY}
 
@@ -216,7 +220,7 @@ def test_acmectl_eab_required(acmectl_bin, tmp_path, pebble_next_factory):
     # without a key: refused before asking (the directory says externalAccountRequired); a wrong MAC: by the CA
     for i, (extra, msg) in enumerate((([], "requires External Account Binding"),
                                       (["--eab-kid", "kid-1", "--eab-hmac-key", f"data:{wrong}"],
-                                       "account registration"))):
+                                       "unauthorized: external account binding"))):
         ctl = Ctl(acmectl_bin, tmp_path / f"refused{i}", pb, extra)
         p = ctl.run("issue", "eab.ctl.example.org")
         assert p.returncode != 0 and msg in p.stderr, p.stderr
@@ -311,13 +315,13 @@ def test_nginx_eab_required(pebble_next_factory, nginx_factory, tmp_path):
     ng = nginx_factory(nginx_conf(pb, tmp_path, https, certs, {
         "nokey": "", "wrong": f"external_account_key kid-1 data:{wrong};",
         "good": f"external_account_key kid-1 data:{key};"}), wait_port=https,
-        allowed=[r"account registration", r"externalAccountRequired|External Account Binding|"
-                 r"unauthorized|malformed"])
+        allowed=[EAB_MISSING.format(r"nokey\.nginx\.example\.org"),
+                 EAB_WRONG.format(r"wrong\.nginx\.example\.org")])
     roots = pb.roots(0)
     wait_for(lambda: served(https, "good.nginx.example.org", roots), 40, what="the good issuer's certificate")
     # without a key: refused before asking (the directory says externalAccountRequired); a wrong MAC: by the CA
     for name, msg in (("nokey.nginx.example.org", "requires External Account Binding"),
-                      ("wrong.nginx.example.org", "account registration")):
+                      ("wrong.nginx.example.org", "unauthorized: external account binding")):
         st = wait_for(lambda: (lambda c: c if c["failures"] else None)(nginx_status(https, name)), 30,
                       what=f"{name} failing")
         assert st["state"] == "failing" and msg in st["last_error"], st
@@ -374,12 +378,12 @@ def test_apache_eab_required(pebble_next_factory, apache_factory, procs):
     name = "eab.apache.example.org"
     for i, directive in enumerate(("", f"ACMEExternalAccountBinding kid-1 data:{wrong}")):
         a = apache_factory(pb, name=f"apache-eab{i}", acme_global=directive)
-        a.allow(r"account registration|externalAccountRequired|External Account Binding|unauthorized|malformed")
+        a.allow((EAB_WRONG if directive else EAB_MISSING).format(r"eab\.apache\.example\.org"))
         a.vhosts = a.managed_vhosts([name])
         a.start(procs)
         st = wait_for(lambda: (lambda c: c if c and c["failures"] else None)(a.cert_status(name)), 30,
                       what="the certificate failing")
-        assert ("account registration" if directive else "requires External Account Binding") \
+        assert ("unauthorized: external account binding" if directive else "requires External Account Binding") \
             in st["last_error"], st
         assert wrong not in a.log() and key not in a.log()
         a.proc.stop()
