@@ -10,8 +10,9 @@ Fixtures (scope):
   pebble_session (session)      plain shared harness.Pebble (default options)
   pebble (function)             pebble_session, (re)started if needed, counters reset
   pebble_factory (function)     pebble_factory(**opts) -> new started harness.Pebble
-  pebble_next_dir (session)     folder of a current Pebble (ARI, profiles; ../shared/pebble/build.sh,
-                                built once); skips the test when that script is absent
+  pebble_next_dir (session)     folder of a current Pebble (ARI, profiles; ../shared/pebble/build.sh
+                                or $ACME_PEBBLE_NEXT_BUILD, run once); skips the test when that
+                                script is absent, fails it when the build fails
   challtestsrv_next (session)   that Pebble's pebble-challtestsrv (mock DNS, as challtestsrv)
   pebble_next_factory (function)
                                 as pebble_factory, with the current Pebble (+ profiles={name: s});

@@ -48,8 +48,10 @@ PEBBLE_BIN = os.environ.get("PEBBLE_BIN", "/usr/bin/pebble")
 CHALLTESTSRV_BIN = os.environ.get("PEBBLE_CHALLTESTSRV_BIN", "/usr/bin/pebble-challtestsrv")
 OPENSSL_BIN = os.environ.get("OPENSSL_BIN", "openssl")
 
-# A current Pebble (ARI, profiles): built by ../shared/pebble/build.sh beside the repository, when there.
-PEBBLE_NEXT_BUILD = REPO_ROOT.parent / "shared" / "pebble" / "build.sh"
+# A current Pebble (ARI, profiles): built by ../shared/pebble/build.sh beside the repository, when there
+# ($ACME_PEBBLE_NEXT_BUILD: another script that prints the folder with pebble and pebble-challtestsrv).
+PEBBLE_NEXT_BUILD = Path(os.environ.get("ACME_PEBBLE_NEXT_BUILD")
+                         or REPO_ROOT.parent / "shared" / "pebble" / "build.sh")
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
 
@@ -73,7 +75,8 @@ def pebble_next_dir():
     if _pebble_next is None:
         if not PEBBLE_NEXT_BUILD.is_file():
             _pebble_next = (None, PebbleNextMissing(
-                f"needs a current Pebble (ARI, profiles): {PEBBLE_NEXT_BUILD} is not on this machine"))
+                f"needs a current Pebble (ARI, profiles; Debian's Pebble 2.4 has neither): {PEBBLE_NEXT_BUILD} "
+                "is not on this machine"))
         else:
             cp = subprocess.run([str(PEBBLE_NEXT_BUILD)], capture_output=True, text=True, timeout=1800,
                                 stdin=subprocess.DEVNULL)
