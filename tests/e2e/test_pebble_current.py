@@ -89,7 +89,13 @@ def age_ari_check(state, name):
 
 @pytest.fixture
 def pebble_ari(pebble_next_factory):
-    # no random badNonce: request counts stay exact
+    """One 90-day profile (Pebble's default): certificates' lifetimes and ARI windows do not vary.
+    No random badNonce: request counts stay exact."""
+    return pebble_next_factory(env={"PEBBLE_WFE_NONCEREJECT": "0"})
+
+
+@pytest.fixture
+def pebble_profiles(pebble_next_factory):
     return pebble_next_factory(profiles=PROFILES, env={"PEBBLE_WFE_NONCEREJECT": "0"})
 
 
@@ -190,8 +196,8 @@ def test_acmectl_replaces_of_a_replaced_certificate(acmectl_bin, tmp_path, pebbl
     assert pb.replacements(since=mark) == []
 
 
-def test_acmectl_profile_in_certificate(acmectl_bin, tmp_path, pebble_ari):
-    ctl = Ctl(acmectl_bin, tmp_path / "state", pebble_ari)
+def test_acmectl_profile_in_certificate(acmectl_bin, tmp_path, pebble_profiles):
+    ctl = Ctl(acmectl_bin, tmp_path / "state", pebble_profiles)
     for prof in ("shortlived", "tlsserver", "classic"):
         name = f"{prof}.ctl.example.org"
         ctl.ok("issue", "--profile", prof, name)
@@ -199,17 +205,17 @@ def test_acmectl_profile_in_certificate(acmectl_bin, tmp_path, pebble_ari):
         assert ctl.meta(name)["profile"] == prof
     # a renewal orders the stored profile again
     ctl.ok("renew", "--force", "shortlived.ctl.example.org")
-    assert pebble_ari.issued_count() == 4
+    assert pebble_profiles.issued_count() == 4
     assert profile_of(ctl.fullchain("shortlived.ctl.example.org")) == "shortlived"
 
 
-def test_acmectl_profile_unknown_refused_before_ordering(acmectl_bin, tmp_path, pebble_ari):
-    ctl = Ctl(acmectl_bin, tmp_path / "state", pebble_ari)
+def test_acmectl_profile_unknown_refused_before_ordering(acmectl_bin, tmp_path, pebble_profiles):
+    ctl = Ctl(acmectl_bin, tmp_path / "state", pebble_profiles)
     name = "nosuch.ctl.example.org"
     p = ctl.run("issue", "--profile", "nosuch", name)
     assert p.returncode != 0
     assert '"nosuch"' in p.stderr and "profile" in p.stderr, p.stderr
-    assert pebble_ari.request_count("/order-plz") == 0
+    assert pebble_profiles.request_count("/order-plz") == 0
     assert not ctl.fullchain(name).exists()
 
 
@@ -294,8 +300,8 @@ def test_nginx_ari_window_renews_and_replaces(pebble_ari, nginx_factory, tmp_pat
     ng.wait_log(rf'"{name}": ari from "pebble"')
 
 
-def test_nginx_profiles_in_certificates(pebble_ari, nginx_factory, tmp_path):
-    pb, https = pebble_ari, free_port()
+def test_nginx_profiles_in_certificates(pebble_profiles, nginx_factory, tmp_path):
+    pb, https = pebble_profiles, free_port()
     certs = [("issuer.nginx.example.org", "pebble"),                       # the issuer's profile
              ("tls.nginx.example.org", "pebble profile=tlsserver"),       # the certificate's own
              ("classic.nginx.example.org", "pebble profile=classic")]
@@ -356,8 +362,8 @@ def test_apache_ari_window_renews_and_replaces(pebble_ari, apache_factory, procs
     assert f'"{name}": ari from' in a.log()
 
 
-def test_apache_profiles_in_certificates(pebble_ari, apache_factory, procs):
-    pb = pebble_ari
+def test_apache_profiles_in_certificates(pebble_profiles, apache_factory, procs):
+    pb = pebble_profiles
     a = apache_factory(pb, name="apache-profiles", acme_global="ACMEProfile shortlived")
     certs = [("global.apache.example.org", "", "shortlived"),
              ("tls.apache.example.org", "    ACMEProfile tlsserver\n", "tlsserver"),
