@@ -132,6 +132,11 @@ examine(acme_loop_t *loop, acme_store_t *src, const char *shown, const char *fil
                  shown, file, e.msg);
         goto done;
     }
+    if (EVP_PKEY_eq(X509_get0_pubkey(sk_X509_value(chain, 0)), key) != 1) {
+        acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's certificate %s/%s not taken over: %s does not match "
+                 "it", shown, file, keyfile);
+        goto done;
+    }
     for (i = 0; i < ncerts; i++) {
         if (certs[i].keyspec.alg == ks.alg && certs[i].keyspec.bits == ks.bits && names_match(&info, &certs[i])) {
             break;
@@ -241,9 +246,14 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
     size_t       len = 0, ulen = 0, olen = 0, i;
     int          rc, ret = -1;
 
-    rc = acme_store_get(src, "account.key", &pem, &len, err);
+    rc = acme_store_get(src, "account.key", &pem, &len, &e);
     if (rc != 0) {
-        return rc == 1 ? 0 : -1;
+        if (rc < 0) {
+            /* a link or another unreadable file there is skipped, never followed */
+            acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's account %s/account.key not taken over: %s",
+                     shown, e.msg);
+        }
+        return 0;
     }
     if (a == NULL || a->ca == NULL) {
         acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's account %s/account.key not taken over: no single "
@@ -274,9 +284,12 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
         ret = 0;
         goto done;
     }
-    rc = acme_store_get(src, "account.url", &url, &ulen, err);
-    if (rc < 0) {
-        goto done;
+    if (acme_store_get(src, "account.url", &url, &ulen, &e) < 0) {
+        acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's %s/account.url not read (%s): the account is looked "
+                 "up by its key", shown, e.msg);
+        free(url);
+        url = NULL;
+        ulen = 0;
     }
     while (url != NULL && ulen > 0 && (url[ulen - 1] == '\n' || url[ulen - 1] == '\r' || url[ulen - 1] == ' ')) {
         url[--ulen] = '\0';
