@@ -71,15 +71,44 @@ plant_cert(const char *base, const char *const *names, size_t n, EVP_PKEY *key, 
     EVP_PKEY_free(k);
 }
 
+/* "<base>.crt" and "<base>.key" for names, expired a minute ago. */
+static void
+plant_expired(const char *base, const char *const *names, size_t n)
+{
+    X509           *x = NULL;
+    EVP_PKEY       *k = NULL;
+    acme_err_t      err;
+    acme_keyspec_t  ks = ACME_KEYSPEC_DEFAULT;
+    char           *pem, file[128];
+    size_t          len;
+
+    assert_int_equal(acme_selfsigned(names, n, &ks, &x, &k, &err), 0);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -7200));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), -60));
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    pem = acme_x509_to_pem(x, &len, &err);
+    assert_non_null(pem);
+    snprintf(file, sizeof(file), "%s.crt", base);
+    write_file(file, pem, len);
+    free(pem);
+    pem = acme_key_to_pem(k, &len, &err);
+    snprintf(file, sizeof(file), "%s.key", base);
+    write_file(file, pem, len);
+    acme_free_secret(pem, len);
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
 static void
 test_takes_over_once(void **state)
 {
     static const char *const  a_names[] = { "a.example.org", "www.a.example.org" };
     static const char *const  b_names[] = { "b.example.org" };
     static const char *const  c_names[] = { "c.example.org" };
+    static const char *const  d_names[] = { "d.example.org" };
     acme_keyspec_t            ks = ACME_KEYSPEC_DEFAULT;
-    acme_ident_t              a_ids[2], b_ids[1];
-    acme_import_cert_t        certs[2];
+    acme_ident_t              a_ids[2], b_ids[1], d_ids[1];
+    acme_import_cert_t        certs[3];
     acme_import_account_t     account;
     const char               *contact[] = { "mailto:admin@example.org" };
     acme_err_t                err;
@@ -107,22 +136,29 @@ test_takes_over_once(void **state)
     plant_cert("a.example.org-0011223344556677", a_names, 2, NULL, NULL);     /* taken over */
     plant_cert("b.example.org-8899aabbccddeeff", b_names, 1, other, NULL);    /* key mismatch */
     plant_cert("c.example.org-0123456789abcdef", c_names, 1, NULL, NULL);     /* not configured */
+    plant_expired("d.example.org-fedcba9876543210", d_names, 1);
+    write_file("e.example.org-0000000000000000.crt", "garbage\n", 8);         /* unparsable */
+    write_file("e.example.org-0000000000000000.key", "garbage\n", 8);
+    write_file("f.example.org-0000000000000000.crt", "garbage\n", 8);         /* no .key */
     read_file("a.example.org-0011223344556677.crt", before, sizeof(before));
 
     assert_int_equal(acme_ident_parse("a.example.org", &a_ids[0], &err), 0);
     assert_int_equal(acme_ident_parse("www.a.example.org", &a_ids[1], &err), 0);
     assert_int_equal(acme_ident_parse("b.example.org", &b_ids[0], &err), 0);
+    assert_int_equal(acme_ident_parse("d.example.org", &d_ids[0], &err), 0);
     memset(certs, 0, sizeof(certs));
     /* configured in another order than the certificate lists them */
     certs[0] = (acme_import_cert_t) { "a.example.org", a_ids, 2, ACME_KEYSPEC_DEFAULT, CA, 0 };
     certs[1] = (acme_import_cert_t) { "b.example.org", b_ids, 1, ACME_KEYSPEC_DEFAULT, CA, 0 };
+    certs[2] = (acme_import_cert_t) { "d.example.org", d_ids, 1, ACME_KEYSPEC_DEFAULT, CA, 0 };
     account = (acme_import_account_t) { CA, contact, 1 };
 
     st = acme_store_fs_open(dir, 1, &err);
     assert_non_null(st);
-    assert_int_equal(acme_import_nginx_acme(loop, st, dir, st, &account, certs, 2, &err), 2);
+    assert_int_equal(acme_import_nginx_acme(loop, st, dir, st, &account, certs, 3, &err), 2);
     assert_int_equal(certs[0].imported, 1);
     assert_int_equal(certs[1].imported, 0);
+    assert_int_equal(certs[2].imported, 0);
 
     memset(&meta, 0, sizeof(meta));
     assert_int_equal(acme_store_cert_load(st, "a.example.org", NULL, NULL, NULL, NULL, &meta, &err), 0);
@@ -131,6 +167,7 @@ test_takes_over_once(void **state)
     assert_true(meta.not_after > time(NULL));
     acme_certmeta_free(&meta);
     assert_int_equal(acme_store_cert_load(st, "b.example.org", NULL, NULL, NULL, NULL, NULL, &err), 1);
+    assert_int_equal(acme_store_cert_load(st, "d.example.org", NULL, NULL, NULL, NULL, NULL, &err), 1);
 
     assert_int_equal(acme_store_account_load(st, "ca.example_dir", &pem, &len, &js, &err), 0);
     assert_non_null(strstr(js, "\"https://ca.example/acct/7\""));
@@ -147,23 +184,25 @@ test_takes_over_once(void **state)
     assert_int_equal(access(after, F_OK), 0);
     certs[0].imported = 0;
     assert_int_equal(acme_store_del(st, "certs/a.example.org/fullchain.pem", &err), 0);
-    assert_int_equal(acme_import_nginx_acme(loop, st, dir, st, &account, certs, 2, &err), 0);
+    assert_int_equal(acme_import_nginx_acme(loop, st, dir, st, &account, certs, 3, &err), 0);
     assert_int_equal(certs[0].imported, 0);
 
     /* with the marker gone, a certificate already in the store is kept, not replaced */
     assert_int_equal(acme_store_del(st, ACME_IMPORT_MARKER, &err), 0);
     write_file("certs/a.example.org/fullchain.pem", before, strlen(before));
-    assert_int_equal(acme_import_nginx_acme(loop, st, dir, st, &account, certs, 2, &err), 0);
+    assert_int_equal(acme_import_nginx_acme(loop, st, dir, st, &account, certs, 3, &err), 0);
     assert_int_equal(certs[0].imported, 0);
 
     acme_store_close(st);
     acme_ident_free(&a_ids[0]);
     acme_ident_free(&a_ids[1]);
     acme_ident_free(&b_ids[0]);
+    acme_ident_free(&d_ids[0]);
     EVP_PKEY_free(acct);
     EVP_PKEY_free(other);
     acme_loop_free(loop);
-    (void) system("rm -rf /tmp/acme-import-test-*");
+    snprintf(after, sizeof(after), "rm -rf %s", dir);
+    (void) system(after);
 }
 
 /* A link planted in the state_path is never followed: that file is skipped, the rest goes on. */
