@@ -5,15 +5,19 @@ top, as nginx-acme's src/conf/issuer.rs and src/lib.rs write them) holds an acco
 and a certificate Pebble issued to it. nginx with this module and the same state_path serves that
 certificate (same serial) without placing an order or registering an account, leaves nginx-acme's files
 as they were, logs what it took over and what it skipped, and a forced renewal orders with the account
-taken over (the order shows up in that account's order list)."""
+taken over (the order shows up in that account's order list). A restart does not take over again.
+With acme_storage (Redis) the same files are taken over into Redis."""
 
 import json
 import os
 import re
 
+import pytest
+
 from harness import free_port, normalize_serial, openssl, wait_for
 from nginx_harness import (cert_serial, force_renewal, https_get, issuer_block,  # noqa: F401
                            nginx_factory, tls_cert)
+from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
 
 NAME = "takeover.example.org"
 ALT = "www.takeover.example.org"
@@ -45,9 +49,9 @@ def _nginx_acme_state(client, pebble, state):
     return files, _leaf_serial(chain)
 
 
-def _conf(pebble, state, https):
+def _conf(pebble, state, https, storage=""):
     # an nginx-acme configuration: the variable form, the same state_path
-    return issuer_block("pebble", pebble, state) + f"""
+    return storage + issuer_block("pebble", pebble, state) + f"""
     acme_shared_zone zone=ngx_acme_shared:1M;
     server {{
         listen 127.0.0.1:{pebble.http_port};
@@ -78,7 +82,14 @@ def _status(https):
     return next(c for c in st["certificates"] if NAME in c["identifiers"])
 
 
-def test_nginx_takes_over_nginx_acme_state(pebble, acme_test_client, nginx_factory, tmp_path):
+@pytest.mark.parametrize("storage", ["files", "redis"])
+def test_nginx_takes_over_nginx_acme_state(storage, pebble, acme_test_client, nginx_factory, procs, tmp_path):
+    redis, conf = None, ""
+    if storage == "redis":
+        if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
+            pytest.skip("redis-server / redis-cli not installed")
+        redis = Redis(procs, tmp_path / "redis")
+        conf = f"acme_storage {redis.url()} prefix=ngx;\nacme_storage_key {key_file(tmp_path / 'storage.key')};\n"
     state = tmp_path / "acme_pebble"
     client = acme_test_client()
     files, serial = _nginx_acme_state(client, pebble, state)
@@ -86,7 +97,7 @@ def test_nginx_takes_over_nginx_acme_state(pebble, acme_test_client, nginx_facto
     mark = pebble.mark()
 
     https = free_port()
-    ng = nginx_factory(_conf(pebble, state, https), wait_port=https,
+    ng = nginx_factory(_conf(pebble, state, https, conf), wait_port=https,
                        allowed=[rf"nginx-acme's certificate \S+/{re.escape(BROKEN)} not taken over"])
 
     # served at once: the certificate nginx-acme had, no order
@@ -106,10 +117,27 @@ def test_nginx_takes_over_nginx_acme_state(pebble, acme_test_client, nginx_facto
     # nginx-acme's files are left as they were; ours hold the account URL
     for name, data in files.items():
         assert (state / name).read_bytes() == data, name
-    ca_ids = os.listdir(state / "accounts")
-    assert len(ca_ids) == 1, ca_ids
-    assert json.loads((state / "accounts" / ca_ids[0] / "account.json").read_text())["url"] == client.kid
-    assert (state / "nginx-acme.imported").exists()
+    if redis:
+        keys = redis.keys("ngx:*")
+        assert "ngx:nginx-acme.imported" in keys, keys
+        acct = [k for k in keys if k.startswith("ngx:accounts/") and k.endswith("/account.json")]
+        assert len(acct) == 1, keys
+        assert json.loads(redis.value(acct[0]))["url"] == client.kid
+    else:
+        ca_ids = os.listdir(state / "accounts")
+        assert len(ca_ids) == 1, ca_ids
+        assert json.loads((state / "accounts" / ca_ids[0] / "account.json").read_text())["url"] == client.kid
+        assert (state / "nginx-acme.imported").exists()
+
+    # once: a restart takes nothing over again
+    ng.stop()
+    since = ng.log_size()
+    ng.start(wait_port=https)
+    wait_for(lambda: _served_serial(https) == serial, 15, interval=0.2, what="the certificate after a restart")
+    # the runner has started (its status is there) before the log is read
+    wait_for(lambda: (lambda c: c if c.get("next_renewal") else None)(_status(https)), 10,
+             interval=0.2, what="the status after a restart")
+    assert "took over" not in ng.log_text(since) and "not taken over" not in ng.log_text(since)
 
     # a forced renewal orders with the account taken over
     r = force_renewal(https, NAME, NAME)
@@ -119,3 +147,4 @@ def test_nginx_takes_over_nginx_acme_state(pebble, acme_test_client, nginx_facto
     assert pebble.request_count("/sign-me-up", since=mark) == 0
     orders = client.get(client.get(client.kid)["orders"])["orders"]
     assert len(orders) == 2, f"the renewal was not ordered by nginx-acme's account: {orders}"
+    assert "took over" not in ng.log_text(since)
