@@ -243,6 +243,7 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
     acme_err_t   e;
     json_t      *o = NULL, *contact;
     char        *pem = NULL, *url = NULL, *ca_id = NULL, *k = NULL, *js = NULL, *out = NULL;
+    char         o1[512], o2[512];
     size_t       len = 0, ulen = 0, olen = 0, i;
     int          rc, ret = -1;
 
@@ -297,6 +298,15 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
     if (url != NULL && (ulen == 0 || ulen > IMPORT_URL_MAX || strlen(url) != ulen || !acme_url_valid(url))) {
         acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's %s/account.url is not a URL: the account is looked "
                  "up by its key", shown);
+        free(url);
+        url = NULL;
+    }
+    if (url != NULL && (acme_url_origin(url, o1, sizeof(o1)) != 0 || acme_url_origin(a->ca, o2, sizeof(o2)) != 0
+                        || strcmp(o1, o2) != 0))
+    {
+        /* an account of another CA (the issuer's uri changed): its URL would only be refused */
+        acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's %s/account.url (%s) is not at %s: the account is "
+                 "looked up by its key", shown, url, a->ca);
         free(url);
         url = NULL;
     }

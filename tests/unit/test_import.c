@@ -231,12 +231,61 @@ test_link_skipped(void **state)
     (void) system(path);
 }
 
+/* An account URL at another CA (the issuer's uri changed) is not taken: the key is, to be looked up. */
+static void
+test_account_of_another_ca(void **state)
+{
+    static char             d[] = "/tmp/acme-import-ca-XXXXXX";
+    char                    path[256], *pem, *js;
+    size_t                  len;
+    acme_err_t              err;
+    acme_loop_t            *loop;
+    acme_store_t           *st;
+    EVP_PKEY               *acct;
+    acme_keyspec_t          ks = ACME_KEYSPEC_DEFAULT;
+    acme_import_account_t   account = { CA, NULL, 0 };
+    FILE                   *f;
+
+    (void) state;
+    assert_non_null(mkdtemp(d));
+    acct = acme_key_generate(&ks, &err);
+    assert_non_null(acct);
+    pem = acme_key_to_pem(acct, &len, &err);
+    snprintf(path, sizeof(path), "%s/account.key", d);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(pem, 1, len, f), len);
+    fclose(f);
+    acme_free_secret(pem, len);
+    snprintf(path, sizeof(path), "%s/account.url", d);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("https://staging.ca.example/acct/9\n", f);
+    fclose(f);
+
+    loop = acme_loop_new(NULL, ACME_LOG_ERR, &err);
+    st = acme_store_fs_open(d, 1, &err);
+    assert_non_null(st);
+    assert_int_equal(acme_import_nginx_acme(loop, st, d, st, &account, NULL, 0, &err), 1);
+    assert_int_equal(acme_store_account_load(st, "ca.example_dir", &pem, &len, &js, &err), 0);
+    assert_null(strstr(js, "\"url\""));
+    assert_non_null(strstr(js, CA));
+    acme_free_secret(pem, len);
+    free(js);
+    acme_store_close(st);
+    acme_loop_free(loop);
+    EVP_PKEY_free(acct);
+    snprintf(path, sizeof(path), "rm -rf %s", d);
+    (void) system(path);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_takes_over_once),
         cmocka_unit_test(test_link_skipped),
+        cmocka_unit_test(test_account_of_another_ca),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
