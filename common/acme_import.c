@@ -281,7 +281,7 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
     key = acme_key_from_pem(pem, len, &e);
     if (key == NULL || acme_jws_alg(key) == NULL) {
         acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's account %s/account.key not taken over: %s", shown,
-                 key == NULL ? e.msg : "unsupported key type (ES256, ES384 and RS256 are)");
+                 key == NULL ? e.msg : "a key type the client cannot sign with");
         ret = 0;
         goto done;
     }
@@ -365,7 +365,8 @@ acme_import_nginx_acme(acme_loop_t *loop, acme_store_t *src, const char *shown, 
     size_t          n = 0, i, found = 0;
     int             rc, idx, taken = 0, ret = -1;
 
-    rc = has_key(dst, ACME_IMPORT_MARKER, err);
+    /* in the state_path itself: with a shared store, later starts need not reach it to know */
+    rc = has_key(src, ACME_IMPORT_MARKER, err);
     if (rc <= 0) {
         return rc;      /* done before, or an error */
     }
@@ -446,7 +447,7 @@ acme_import_nginx_acme(acme_loop_t *loop, acme_store_t *src, const char *shown, 
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         goto done;
     }
-    if (acme_store_put(dst, ACME_IMPORT_MARKER, js, strlen(js), 0, err) != 0) {
+    if (acme_store_put(src, ACME_IMPORT_MARKER, js, strlen(js), 0, err) != 0) {
         goto done;
     }
     ret = taken;

@@ -20,7 +20,8 @@
 #include "acme_loop.h"
 #include "acme_store.h"
 
-/* The store key that records a takeover: its presence means it was done (delete it to run it again). */
+/* The key in the state_path that records a takeover: its presence means it was done (delete it to run it
+ * again). */
 #define ACME_IMPORT_MARKER  "nginx-acme.imported"
 
 /* A certificate the server is configured with. */
@@ -46,7 +47,7 @@ typedef struct {
  * commit): the account (unless dst has one for that CA) and, for each configured certificate whose names
  * and key type a valid certificate there matches (the newest of several), its chain and key (unless dst
  * has one). Logs one line per item taken over and per file skipped, and why. Then writes
- * ACME_IMPORT_MARKER into dst, so it runs once. Nothing found, or the marker present: 0 and nothing done.
+ * ACME_IMPORT_MARKER into src (ours, beside nginx-acme's files), so it runs once. Nothing found, or the marker present: 0 and nothing done.
  * Returns the number of items taken over, -1 with err when the store failed (nothing marked: the next
  * start tries again).
  */
