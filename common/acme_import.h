@@ -42,13 +42,14 @@ typedef struct {
 } acme_import_account_t;
 
 /*
- * Reads nginx-acme's files from src (a filesystem store on the state_path; nothing there is changed or
+ * Reads nginx-acme's files from src (a filesystem store on the state_path; none of them is changed or
  * deleted; shown names it in messages) and commits what it takes over into dst (each item in one atomic
  * commit): the account (unless dst has one for that CA) and, for each configured certificate whose names
  * and key type a valid certificate there matches (the newest of several), its chain and key (unless dst
  * has one). Logs one line per item taken over and per file skipped, and why. Then writes
- * ACME_IMPORT_MARKER into src (ours, beside nginx-acme's files), so it runs once. Nothing found, or the marker present: 0 and nothing done.
- * Returns the number of items taken over, -1 with err when the store failed (nothing marked: the next
+ * ACME_IMPORT_MARKER into src (ours, beside nginx-acme's files), so it runs once. Nothing found, or the
+ * marker present: 0 and nothing done. A file of src that cannot be read (a link) is skipped and logged.
+ * Returns the number of items taken over, -1 with err when a store failed (nothing marked: the next
  * start tries again).
  */
 int acme_import_nginx_acme(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store_t *dst,
