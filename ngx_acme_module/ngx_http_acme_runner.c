@@ -502,6 +502,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             ngx_http_acme_watch_open(rn);
         }
 
+        /* before the first order: what nginx-acme left needs none */
+        if (ngx_http_acme_import(rn, g) != NGX_OK) {
+            goto failed;
+        }
+
         if (acme_manager_start(rn->managers[g], &err) != 0) {
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "acme: %s", err.msg);
             goto failed;
