@@ -199,3 +199,71 @@ def test_nginx_ari_check_request(pebble, proxy, nginx_factory, tmp_path):
     wait_for(lambda: (lambda c: c if c and c != first else None)(_served(https, name, roots)), 40,
              interval=0.3, what="the renewal the new window asks for")
     assert orders(proxy) == n_orders + 1
+
+
+# -------------------------------------------------------------------- Apache
+
+def _apache(apache_factory, pebble, proxy, procs, name, tag):
+    a = apache_factory(pebble, name=f"apache-{tag}", ca_url=proxy.directory_url)
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs)
+    st = a.wait_valid(name)
+    wait_ari(proxy, 0, "the ARI check after the issuance")
+    wait_for(lambda: (a.cert_status(name) or {}).get("ari_window"), 20, interval=0.3,
+             what="the window in the status")
+    return a, st["name"]
+
+
+def _ari_post(a, name, what):
+    return harness.http_request(f"http://{a.address}:{a.http_port}/acme-status?ari-check={what}",
+                                method="POST", data=b"", timeout=5, headers={"Host": name})
+
+
+def test_apache_start_asks_ari_again_graceful_does_not(apache_factory, pebble, proxy, procs):
+    name = "restart.apache-ari-recheck.example.org"
+    a, store_name = _apache(apache_factory, pebble, proxy, procs, name, "ari-restart")
+    first = stored_serial(a.state, store_name)
+    n_ari, n_orders = ari_count(proxy), orders(proxy)
+
+    # a graceful restart keeps the parent: no start, the CA's Retry-After holds
+    old_driver = a.status(name)["driver_pid"]
+    a.graceful()
+    wait_for(lambda: (lambda p: p and p != old_driver)(a.status(name).get("driver_pid")), 30, interval=0.3,
+             what="the new generation's driver")
+    time.sleep(4)
+    assert ari_count(proxy) == n_ari, proxy.summary()
+
+    # stopped; the CA opens the window; the start asks at once and renews
+    open_window(proxy, a.state / "certs" / store_name / "fullchain.pem")
+    a.proc.stop()
+    a.start(procs)
+    wait_ari(proxy, n_ari, "the ARI check at start", timeout=20)
+    assert re.search(r"ACME0120: Apache started: asking the CA's renewal information of 1 certificate again",
+                     a.log())
+    wait_for(lambda: stored_serial(a.state, store_name) != first, 40, interval=0.3,
+             what="the renewal the new window asks for")
+    assert orders(proxy) == n_orders + 1
+    assert proxy.new_orders[-1]["replaces"], proxy.new_orders[-1]
+
+
+def test_apache_ari_check_request(apache_factory, pebble, proxy, procs):
+    name = "admin.apache-ari-recheck.example.org"
+    a, store_name = _apache(apache_factory, pebble, proxy, procs, name, "ari-admin")
+    first = stored_serial(a.state, store_name)
+    n_ari, n_orders = ari_count(proxy), orders(proxy)
+
+    assert _ari_post(a, name, "nosuch.example.org").status == 404
+    r = _ari_post(a, name, name)
+    assert r.status == 202, r
+    assert r.json() == {"ari_check": name, "status": "queued", "certificates": 1}
+    wait_ari(proxy, n_ari, "the requested ARI check", timeout=10)
+    stays(lambda: orders(proxy) == n_orders and stored_serial(a.state, store_name) == first, 3)
+
+    open_window(proxy, a.state / "certs" / store_name / "fullchain.pem")
+    n_ari = ari_count(proxy)
+    r = _ari_post(a, name, "*")
+    assert r.status == 202, r
+    wait_ari(proxy, n_ari, "the ARI check of every certificate", timeout=10)
+    wait_for(lambda: stored_serial(a.state, store_name) != first, 40, interval=0.3,
+             what="the renewal the new window asks for")
+    assert orders(proxy) == n_orders + 1
