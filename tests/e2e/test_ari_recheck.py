@@ -10,6 +10,7 @@ status endpoints (where renewals are allowed, limited like them), `acmectl ari-c
 The CA is Debian's Pebble behind ari_proxy.AriProxy (renewalInfo with the window and Retry-After a test sets;
 it counts the requests)."""
 
+import json
 import re
 import time
 
@@ -17,7 +18,7 @@ import pytest
 
 import harness
 from apache_harness import apache_factory, cert_serial, stored_serial, tls_get  # noqa: F401
-from ari_proxy import AriProxy, ari_cert_id, window_from_now
+from ari_proxy import AriProxy, ari_cert_id, cert_der, window_from_now
 from harness import free_port, wait_for
 from nginx_harness import https_get, issuer_block, nginx_factory, tls_verified  # noqa: F401
 
@@ -267,3 +268,89 @@ def test_apache_ari_check_request(apache_factory, pebble, proxy, procs):
     wait_for(lambda: stored_serial(a.state, store_name) != first, 40, interval=0.3,
              what="the renewal the new window asks for")
     assert orders(proxy) == n_orders + 1
+
+
+# -------------------------------------------------------------------- acmectl
+
+class Ctl:
+    """acmectl with a state directory, talking to the proxy."""
+
+    def __init__(self, binary, state, proxy):
+        self.binary, self.state, self.proxy = binary, state, proxy
+
+    def args(self, *cmd):
+        return [str(self.binary), "--state", str(self.state), "--ca", self.proxy.directory_url,
+                "--ca-cert", str(self.proxy.pebble.ca_cert), "--contact", "admin@example.org", "--agree-tos",
+                *cmd]
+
+    def run(self, *cmd):
+        return harness.run_cmd(self.args(*cmd), timeout=60)
+
+    def ok(self, *cmd):
+        p = self.run(*cmd)
+        assert p.returncode == 0, f"acmectl {' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+        return p
+
+    @property
+    def http(self):
+        return ["--http-listen", f"127.0.0.1:{self.proxy.pebble.http_port}"]
+
+    def fullchain(self, name):
+        return self.state / "certs" / name / "fullchain.pem"
+
+    def serial(self, name):
+        return cert_serial(cert_der(self.fullchain(name)))
+
+
+@pytest.fixture
+def ctl(acmectl_bin, tmp_path, proxy):
+    return Ctl(acmectl_bin, tmp_path / "state", proxy)
+
+
+def _issued_with_future_window(ctl, proxy, name):
+    ctl.ok("issue", *ctl.http, name)
+    p = ctl.ok("renew", *ctl.http, name)         # asks ARI: the window is a month away, the next check 6 h
+    assert "not due until" in p.stdout and "(ari)" in p.stdout, p.stdout
+    return ctl.serial(name)
+
+
+def test_acmectl_ari_check(ctl, proxy):
+    one, two = "one.acmectl-ari-recheck.example.org", "two.acmectl-ari-recheck.example.org"
+    s1, s2 = _issued_with_future_window(ctl, proxy, one), _issued_with_future_window(ctl, proxy, two)
+    n_ari, n_orders = ari_count(proxy), orders(proxy)
+
+    # one certificate, by name: asked, stored, nothing renewed
+    p = ctl.ok("ari-check", one)
+    assert ari_count(proxy) == n_ari + 1, proxy.summary()
+    assert re.search(rf"^{re.escape(one)}: renewal window \S+ to \S+; next renewal \S+ \(ari\)$", p.stdout,
+                     re.M), p.stdout
+    assert two not in p.stdout
+
+    # the CA opens the window of the first: every certificate is asked, none renewed, the first is due
+    open_window(proxy, ctl.fullchain(one))
+    p = ctl.ok("ari-check")
+    assert ari_count(proxy) == n_ari + 3, proxy.summary()
+    assert re.search(rf"^{re.escape(one)}: renewal window \S+ to \S+; due now, since \S+ \(ari\)$", p.stdout,
+                     re.M), p.stdout
+    assert re.search(rf"^{re.escape(two)}: .*next renewal \S+ \(ari\)$", p.stdout, re.M), p.stdout
+    assert orders(proxy) == n_orders and (ctl.serial(one), ctl.serial(two)) == (s1, s2)
+
+    # the stored window is what the scheduler goes by
+    st = {c["name"]: c for c in json.loads(ctl.ok("status", "--json").stdout)["certificates"]}
+    due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
+    assert st[one]["next_renewal"] <= due and st[one]["renewal_reason"] == "ari", st[one]
+    assert st[two]["next_renewal"] > due, st[two]
+
+    assert ctl.run("ari-check", "nosuch.example.org").returncode == 1
+
+
+def test_acmectl_run_asks_ari_at_start(ctl, proxy, procs):
+    name = "run.acmectl-ari-recheck.example.org"
+    first = _issued_with_future_window(ctl, proxy, name)
+    n_ari = ari_count(proxy)
+    open_window(proxy, ctl.fullchain(name))
+    p = procs.start(ctl.args("run", *ctl.http, name), name="acmectl-run-ari")
+    wait_ari(proxy, n_ari, "the ARI check at start", timeout=15)
+    wait_for(lambda: ctl.serial(name) != first, 40, interval=0.3, what="the renewal the new window asks for")
+    assert proxy.new_orders[-1]["replaces"], proxy.new_orders[-1]
+    p.stop()
