@@ -19,10 +19,10 @@
  * This file: the path and its manager callback, the lock and the takeover,
  * starting and stopping the core, the tick (the status snapshot is rebuilt
  * by ngx_http_acme_status_snapshot.c), renew requests and ARI checks (every
- * certificate's when nginx starts, not on reloads; an admin's request). The acme_host_t
- * adapter is in ngx_http_acme_host.c, challenges go into the zone in
- * ngx_http_acme_publish.c, the shared store (acme_storage) is followed in
- * ngx_http_acme_follow.c.
+ * certificate's when nginx starts, not on reloads; an admin's request). The
+ * acme_host_t adapter is in ngx_http_acme_host.c, challenges go into the
+ * zone in ngx_http_acme_publish.c, the shared store (acme_storage) is
+ * followed in ngx_http_acme_follow.c.
  */
 
 
