@@ -17,7 +17,7 @@ import time
 import pytest
 
 import harness
-from apache_harness import apache_factory, cert_serial, stored_serial, tls_get  # noqa: F401
+from apache_harness import apache_factory, cert_serial, stored_serial  # noqa: F401  (fixture)
 from ari_proxy import AriProxy, ari_cert_id, cert_der, window_from_now
 from harness import free_port, wait_for
 from nginx_harness import https_get, issuer_block, nginx_factory, tls_verified  # noqa: F401
@@ -182,7 +182,8 @@ def test_nginx_ari_check_request(pebble, proxy, nginx_factory, tmp_path):
     r = https_get(https, name, f"/rw?ari-check={name}", method="POST")
     assert r.status == 202 and r.json() == {"ari_check": "accepted"}, r.text
     wait_ari(proxy, n_ari, "the requested ARI check", timeout=10)
-    ng.wait_log(rf"ARI check of {re.escape(name)} requested|ARI check of \S+ requested", 5)
+    ng.wait_log(rf'acme: ARI check of "{re.escape(name)}" requested', 5)                 # the worker
+    ng.wait_log(rf"acme: ARI check of {re.escape(_status(https, name)['name'])} requested", 5)  # the core
     stays(lambda: orders(proxy) == n_orders and _served(https, name, roots) == first, 3)
 
     # once per renew_interval (10 min by default), per name
