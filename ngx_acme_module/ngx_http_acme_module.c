@@ -998,8 +998,9 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (ngx_strncmp(value[1].data, "zone=", 5) != 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\", expected "
-                           "zone=NAME:SIZE", &value[1]);
+                           "invalid parameter \"%V\": \"acme_shared_zone\" "
+                           "must have \"zone\" parameter (zone=NAME:SIZE)",
+                           &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -1019,9 +1020,16 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     size = ngx_parse_size(&s);
 
-    if (name.len == 0 || size == NGX_ERROR) {
+    if (name.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid zone \"%V\"", &value[1]);
+                           "invalid zone name in \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\" in \"%V\"",
+                           &s, &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -1634,7 +1642,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
             if (k == amcf->issuers.nelts) {
                 ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "acme_certificate: unknown issuer \"%V\" "
+                              "acme_certificate: issuer \"%V\" is missing "
                               "(no acme_issuer block with this name) "
                               "in %s:%ui", &in[j], cert->file, cert->line);
                 return NGX_CONF_ERROR;
