@@ -89,7 +89,8 @@ def test_missing_uri(nginx_factory, tmp_path):
 
 def test_server_without_names(nginx_factory, tmp_path):
     _check(nginx_factory, tmp_path, _conf(tmp_path, server_name="_ *.example.org"),
-           "acme_certificate le", r"acme_certificate: the server has no names")
+           "acme_certificate le",
+           r"acme_certificate: no identifiers: the server has no names")
 
 
 @pytest.mark.parametrize("extra,needle,pattern", [
@@ -104,7 +105,10 @@ def test_bad_certificate_arguments(nginx_factory, tmp_path, extra, needle, patte
 
 
 @pytest.mark.parametrize("line,pattern", [
-    ("challenge dns-01;", r"invalid \"challenge\" \"dns-01\""),
+    ("challenge dns-01;", r"invalid \"challenge\" \"dns-01\" in acme_issuer \"le\": unsupported challenge"),
+    ("account_key /nonexistent/account.pem;",
+     r"invalid \"account_key\" \"/nonexistent/account.pem\" .*: not a key type, and cannot load it as a key file "
+     r"\(2: No such file or directory\)"),
     ("account_key ecdsa:999;", r"invalid \"account_key\" \"ecdsa:999\""),
     ("ssl_verify maybe;", r"invalid \"ssl_verify\" \"maybe\""),
     ("frobnicate 1;", r"unknown directive \"frobnicate\" in acme_issuer \"le\""),
