@@ -109,7 +109,8 @@ def test_bad_certificate_arguments(nginx_factory, tmp_path, extra, needle, patte
     ("account_key /nonexistent/account.pem;",
      r"invalid \"account_key\" \"/nonexistent/account.pem\" .*: not a key type, and cannot load it as a key file "
      r"\(2: No such file or directory\)"),
-    ("account_key ecdsa:999;", r"invalid \"account_key\" \"ecdsa:999\""),
+    ("account_key ecdsa:999;", r"invalid \"account_key\" \"ecdsa:999\" .*: unsupported curve \"999\" for ECDSA"),
+    ("account_key rsa:1024;", r"invalid \"account_key\" \"rsa:1024\" .*: unsupported key size \"1024\" for RSA"),
     ("ssl_verify maybe;", r"invalid \"ssl_verify\" \"maybe\""),
     ("frobnicate 1;", r"unknown directive \"frobnicate\" in acme_issuer \"le\""),
     ("profile x whatever;", r"invalid \"profile\" parameter \"whatever\""),
