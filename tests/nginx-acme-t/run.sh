@@ -30,7 +30,8 @@ while [[ $# -gt 0 && $1 == -* ]]; do
         -v) verbose=-v ;;
         --no-adapter) adapter=0 ;;
         --hosts) hosts=1 ;;
-        --pebble) which=${2:?--pebble needs debian, current or auto}; shift ;;
+        --pebble) which=${2:-}; shift
+            [[ $which =~ ^(debian|current|auto)$ ]] || { echo "run.sh: --pebble debian|current|auto" >&2; exit 2; } ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -59,6 +60,7 @@ build=${ACME_BUILD:-$repo/build}
 module=$build/ngx_http_acme_module.so
 nginx=${NGINX:-/usr/sbin/nginx}
 [[ -f $module ]] || { echo "run.sh: $module not found: run make first" >&2; exit 2; }
+module=$(cd "$build" && pwd)/ngx_http_acme_module.so
 for m in IO::Socket::SSL Net::SSLeay JSON::PP; do
     perl -M"$m" -e1 2>/dev/null || { echo "run.sh: perl module $m missing (Debian: libio-socket-ssl-perl," \
         "libnet-ssleay-perl; IO::Socket::INET6 for the IPv6 test: libio-socket-inet6-perl)" >&2; exit 2; }
@@ -94,7 +96,7 @@ pebble_debian=${PEBBLE_DEBIAN:-/usr/bin/pebble}
 debian_version=$(dpkg-query -W -f '${Version}' pebble 2>/dev/null | sed 's/[+~-].*//')
 pebble_wrapper pebble-debian "$pebble_debian" "${debian_version:-2.4.0}"
 current=${PEBBLE_CURRENT:-}
-if [[ -z $current && -x $repo/../shared/pebble/build.sh ]]; then
+if [[ -z $current && $which != debian && -x $repo/../shared/pebble/build.sh ]]; then
     current=$("$repo/../shared/pebble/build.sh")/pebble
 fi
 if [[ -n $current ]]; then
