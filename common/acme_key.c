@@ -85,12 +85,12 @@ acme_keyspec_parse(const char *s, acme_keyspec_t *ks, acme_err_t *err)
 
         if (alg == ACME_KEY_EC && bits != 256 && bits != 384) {
             acme_err_set(err, ACME_ERR_CONFIG,
-                         "unsupported ECDSA key size \"%.64s\" (expected 256 or 384)", p);
+                         "unsupported curve \"%.64s\" for ECDSA (expected 256 or 384)", p);
             return -1;
         }
         if (alg == ACME_KEY_RSA && bits != 2048 && bits != 3072 && bits != 4096) {
             acme_err_set(err, ACME_ERR_CONFIG,
-                         "unsupported RSA key size \"%.64s\" (expected 2048, 3072 or 4096)", p);
+                         "unsupported key size \"%.64s\" for RSA (expected 2048, 3072 or 4096)", p);
             return -1;
         }
     }

@@ -817,8 +817,9 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
                                "invalid \"account_key\" \"%V\" in "
-                               "acme_issuer \"%V\": not a key type and not "
-                               "a readable file", &value[1], &iss->name);
+                               "acme_issuer \"%V\": not a key type, and "
+                               "cannot load it as a key file",
+                               &value[1], &iss->name);
             return NGX_CONF_ERROR;
         }
 
@@ -850,7 +851,8 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid \"challenge\" \"%V\" in acme_issuer "
-                           "\"%V\": use http-01 or tls-alpn-01",
+                           "\"%V\": unsupported challenge, use http-01 or "
+                           "tls-alpn-01",
                            &value[1], &iss->name);
         return NGX_CONF_ERROR;
     }
@@ -998,8 +1000,9 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (ngx_strncmp(value[1].data, "zone=", 5) != 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\", expected "
-                           "zone=NAME:SIZE", &value[1]);
+                           "invalid parameter \"%V\": \"acme_shared_zone\" "
+                           "must have \"zone\" parameter (zone=NAME:SIZE)",
+                           &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -1019,9 +1022,16 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     size = ngx_parse_size(&s);
 
-    if (name.len == 0 || size == NGX_ERROR) {
+    if (name.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid zone \"%V\"", &value[1]);
+                           "invalid zone name in \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\" in \"%V\"",
+                           &s, &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -1557,9 +1567,10 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
 
     if (cert->nids == 0) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "acme_certificate: the server has no names to "
-                      "certify (server_name has no DNS names or addresses "
-                      "other than wildcards, regular expressions or \"_\"); "
+                      "acme_certificate: no identifiers: the server has no "
+                      "names to certify (server_name has no DNS names or "
+                      "addresses other than wildcards, regular expressions "
+                      "or \"_\"); "
                       "list the identifiers in the directive in %s:%ui",
                       cert->file, cert->line);
         return NGX_ERROR;
@@ -1634,7 +1645,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
             if (k == amcf->issuers.nelts) {
                 ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "acme_certificate: unknown issuer \"%V\" "
+                              "acme_certificate: issuer \"%V\" is missing "
                               "(no acme_issuer block with this name) "
                               "in %s:%ui", &in[j], cert->file, cert->line);
                 return NGX_CONF_ERROR;
