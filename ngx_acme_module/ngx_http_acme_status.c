@@ -9,7 +9,9 @@
  * 405 for other methods. POST ?ari-check=NAME (or "*": all) asks the CA's
  * renewal information again without forcing a renewal, under the same
  * permission and interval. Private keys and EAB secrets are never part of
- * the snapshot.
+ * the snapshot. A GET whose Accept prefers text/html gets the snapshot as a
+ * page (acme_status_html.c); a POST carrying a browser's cross-site signals
+ * (Sec-Fetch-Site, Origin) is refused with 403.
  */
 
 
@@ -21,20 +23,34 @@
 #include "ngx_http_acme_zone.h"
 #include "ngx_http_acme_status_snapshot.h"
 
+#include "acme_status_html.h"
+
+
+static ngx_int_t ngx_http_acme_status_send_body(ngx_http_request_t *r,
+    u_char *data, size_t len);
+
 
 static ngx_int_t
 ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
     u_char *data, size_t len)
 {
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
-
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
+
+    return ngx_http_acme_status_send_body(r, data, len);
+}
+
+
+static ngx_int_t
+ngx_http_acme_status_send_body(ngx_http_request_t *r, u_char *data,
+    size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
 
     if (len == 0) {
         r->header_only = 1;
@@ -61,6 +77,100 @@ ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/* a request header's value, NUL-terminated as nginx keeps them; NULL: none */
+
+static u_char *
+ngx_http_acme_status_header(ngx_http_request_t *r, char *name, size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return h[i].value.data;
+        }
+    }
+}
+
+
+/* the status document as the page for people, with its security headers */
+
+static ngx_int_t
+ngx_http_acme_status_page(ngx_http_request_t *r, u_char *json, size_t len)
+{
+    char                      *html;
+    size_t                     hlen;
+    u_char                    *p;
+    ngx_uint_t                 i;
+    ngx_table_elt_t           *h;
+    ngx_http_acme_loc_conf_t  *alcf;
+
+    static char  *headers[][2] = {
+        { "Content-Security-Policy", NULL },
+        { "X-Content-Type-Options", "nosniff" },
+        { "Referrer-Policy", "no-referrer" },
+        { "Cache-Control", "no-store" },
+    };
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
+
+    html = acme_status_html((char *) json, len, alcf->renew, ngx_time(),
+                            &hlen);
+    if (html == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, hlen);
+    if (p == NULL) {
+        free(html);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, html, hlen);
+    free(html);
+
+    headers[0][1] = (char *) acme_status_html_csp();
+
+    for (i = 0; i < sizeof(headers) / sizeof(headers[0]); i++) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        h->key.data = (u_char *) headers[i][0];
+        h->key.len = ngx_strlen(headers[i][0]);
+        h->value.data = (u_char *) headers[i][1];
+        h->value.len = ngx_strlen(headers[i][1]);
+    }
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = hlen;
+    ngx_str_set(&r->headers_out.content_type, "text/html; charset=utf-8");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    return ngx_http_acme_status_send_body(r, p, hlen);
 }
 
 
@@ -206,9 +316,10 @@ ngx_http_acme_status_ari(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_acme_status_handler(ngx_http_request_t *r)
 {
-    u_char                     *p, *dst;
+    u_char                     *p, *dst, *accept;
     size_t                      i;
     ngx_int_t                   rc;
+    ngx_uint_t                  html;
     time_t                      until;
     ngx_str_t                   json, arg, what, name;
     ngx_uint_t                  ari;
@@ -221,6 +332,9 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
     static u_char  forbidden[] = "{\"error\": \"renewal and ARI check "
                                  "requests are not allowed here "
                                  "(acme_status renew=on)\"}\n";
+    static u_char  cross_site[] = "{\"error\": \"renewal and ARI check "
+                                  "requests from other sites' pages are "
+                                  "not allowed\"}\n";
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -233,7 +347,17 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_acme_module);
 
+    accept = ngx_http_acme_status_header(r, "Accept", 6);
+    html = (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))
+           && accept != NULL
+           && acme_status_accepts_html((char *) accept,
+                                       ngx_strlen(accept));
+
     if (!amcf->enabled || amcf->shm_zone == NULL) {
+        if (html) {
+            return ngx_http_acme_status_page(r, empty, sizeof(empty) - 1);
+        }
+
         return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
                                          sizeof(empty) - 1);
     }
@@ -250,8 +374,12 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
         }
 
         if (rc == NGX_DECLINED) {
-            return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
-                                             sizeof(empty) - 1);
+            json.data = empty;
+            json.len = sizeof(empty) - 1;
+        }
+
+        if (html) {
+            return ngx_http_acme_status_page(r, json.data, json.len);
         }
 
         return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
@@ -267,6 +395,21 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
                       "\"acme_status\" has no renew=on in this location");
         return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
                                  (u_char *) forbidden, sizeof(forbidden) - 1);
+    }
+
+    if (!acme_status_post_allowed(
+            (char *) ngx_http_acme_status_header(r, "Sec-Fetch-Site", 14),
+            (char *) ngx_http_acme_status_header(r, "Origin", 6),
+            r->headers_in.host ? (char *) r->headers_in.host->value.data
+                               : NULL))
+    {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "acme: renewal or ARI check request refused: "
+                      "it came from another site's page (Origin, "
+                      "Sec-Fetch-Site)");
+        return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
+                                 (u_char *) cross_site,
+                                 sizeof(cross_site) - 1);
     }
 
     ari = 0;
