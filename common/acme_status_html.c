@@ -120,6 +120,29 @@ state_words(const char *state)
     return state != NULL ? state : "Unknown";
 }
 
+/* the scheduler's reason (acme_renew_reason_name()) in words */
+static const char *
+reason_words(const char *reason)
+{
+    static const struct { const char *reason, *words; } words[] = {
+        { "missing",  "to issue the first certificate" },
+        { "names",    "the names changed" },
+        { "ari",      "in the CA's renewal window (ARI)" },
+        { "lifetime", "by the certificate's lifetime" },
+        { "expired",  "the certificate has expired" },
+        { "forced",   "renewal was requested" },
+        { "retry",    "retry after a failure" },
+    };
+    size_t  i;
+
+    for (i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+        if (strcmp(reason, words[i].reason) == 0) {
+            return words[i].words;
+        }
+    }
+    return reason;
+}
+
 static int
 cell_names(acme_buf_t *b, json_t *c)
 {
@@ -192,9 +215,9 @@ cell_renewal(acme_buf_t *b, json_t *c)
 
     rc |= acme_buf_printf(b, "<td class=\"renewal\">");
     rc |= html_text(b, next != NULL ? next : "not scheduled");
-    if (why != NULL) {
+    if (why != NULL && strcmp(why, "none") != 0) {
         rc |= acme_buf_printf(b, "<br><span class=\"why\">");
-        rc |= html_text(b, why);
+        rc |= html_text(b, reason_words(why));
         rc |= acme_buf_printf(b, "</span>");
     }
     if (wait != NULL) {
@@ -276,7 +299,8 @@ acme_status_html(const char *json, size_t json_len, int renew, time_t now, size_
     certs = json_object_get(doc, "certificates");
     for (i = 0; i < json_array_size(certs); i++) {
         state = str(json_array_get(certs, i), "state");
-        n[state == NULL ? 2 : strcmp(state, "valid") == 0 ? 0 : strcmp(state, "pending") == 0 ? 1 : 2]++;
+        n[state == NULL ? 2 : strcmp(state, "valid") == 0 ? 0
+          : strcmp(state, "pending") == 0 || strcmp(state, "renewing") == 0 ? 1 : 2]++;
     }
 
     rc |= acme_buf_printf(&b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -284,7 +308,7 @@ acme_status_html(const char *json, size_t json_len, int renew, time_t now, size_
                           "<meta name=\"referrer\" content=\"no-referrer\">"
                           "<title>ACME certificates</title><style>%s</style></head>\n<body>"
                           "<h1>ACME certificates</h1>\n<p class=\"summary\">%zu certificate%s: %zu valid, "
-                          "%zu not yet issued, %zu needing attention. As of %s.</p>\n",
+                          "%zu being issued or waiting, %zu failing or expired. As of %s.</p>\n",
                           style, json_array_size(certs), json_array_size(certs) == 1 ? "" : "s",
                           n[0], n[1], n[2], acme_time_format(now, tb, sizeof(tb)));
     if (doc == NULL) {
