@@ -28,6 +28,7 @@ static const char style[] =
     ".ids{margin:0;padding-left:1.2em;color:#555}"
     ".url,.why{color:#666;font-size:.9em}"
     "meter{width:8em;height:1em}"
+    ".when{white-space:nowrap}"
     ".state{font-weight:bold}"
     "tr.failing .state,tr.expired .state{color:#b00}"
     "tr.pending .state,tr.renewing .state{color:#a60}"
@@ -213,8 +214,9 @@ cell_renewal(acme_buf_t *b, json_t *c)
     const char  *wait = str(c, "ca_retry_after");
     int          rc = 0;
 
-    rc |= acme_buf_printf(b, "<td class=\"renewal\">");
+    rc |= acme_buf_printf(b, "<td class=\"renewal\"><span class=\"when\">");
     rc |= html_text(b, next != NULL ? next : "not scheduled");
+    rc |= acme_buf_printf(b, "</span>");
     if (why != NULL && strcmp(why, "none") != 0) {
         rc |= acme_buf_printf(b, "<br><span class=\"why\">");
         rc |= html_text(b, reason_words(why));

@@ -2,8 +2,8 @@
 (Accept prefers text/html) with an HTML page drawn from the status document; JSON stays the default.
 
 A real headless Chromium (Debian's `chromium`) loads nginx's page with a valid certificate, a failing one
-(its CA answers every new order with a problem whose detail carries markup: `<script>` and `"><img`) and
-one not issued yet (its CA holds the new order); the test checks the rendered DOM, that the markup is
+(its CA answers every new order with a problem whose detail carries markup: `<script>` and `"><img`), one
+whose CA is unreachable and one not issued yet (its CA holds the new order); the test checks the rendered DOM, that the markup is
 text and built nothing, and saves build/status-page.png. The renew button's POST is checked with the
 headers a browser sends: same-origin passes, another site's page is refused. Apache serves the same page.
 """
@@ -27,6 +27,7 @@ MARKUP = '<script>document.title="pwned"</script>"><img id="injected" src="x">'
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 
 VALID, FAILING, SLOW = "valid.page.example.org", "failing.page.example.org", "slow.page.example.org"
+DOWN = "down.page.example.org"
 
 
 @pytest.fixture
@@ -119,11 +120,12 @@ def _nginx_conf(pebble, proxies, tmp_path, status_port):
     trust = f"ssl_trusted_certificate {pebble.ca_cert};"
     conf = (issuer_block("pebble", pebble, tmp_path / "state")
             + issuer_block("failing", failing.directory_url, tmp_path / "state", extra=trust)
-            + issuer_block("slow", slow.directory_url, tmp_path / "state", extra=trust))
+            + issuer_block("slow", slow.directory_url, tmp_path / "state", extra=trust)
+            + issuer_block("down", f"https://127.0.0.1:{free_port()}/dir", tmp_path / "state", extra=trust))
     conf += f"""
     server {{
         listen 127.0.0.1:{pebble.http_port};
-        server_name {VALID} {FAILING} {SLOW};
+        server_name {VALID} {FAILING} {SLOW} {DOWN};
         location / {{ return 200 "plain\\n"; }}
     }}
     server {{
@@ -133,7 +135,7 @@ def _nginx_conf(pebble, proxies, tmp_path, status_port):
         location = /ro {{ acme_status; }}
     }}
 """
-    for name, issuer in ((VALID, "pebble"), (FAILING, "failing"), (SLOW, "slow")):
+    for name, issuer in ((VALID, "pebble"), (FAILING, "failing"), (SLOW, "slow"), (DOWN, "down")):
         conf += f"""
     server {{
         listen 127.0.0.1:{free_port()} ssl;
@@ -158,7 +160,7 @@ def test_nginx_status_page_in_chromium(pebble, proxies, nginx_factory, tmp_path)
         st = _request(port, "/status").json()
         by = {c["identifiers"][0]: c for c in st["certificates"]}
         ok = (by.get(VALID, {}).get("state") == "valid" and by.get(FAILING, {}).get("last_error")
-              and held.hits >= 1)
+              and by.get(DOWN, {}).get("last_error") and held.hits >= 1)
         return by if ok else None
     by = wait_for(ready, 60, interval=0.3, what="a valid, a failing and a held certificate")
 
@@ -184,12 +186,12 @@ def test_nginx_status_page_in_chromium(pebble, proxies, nginx_factory, tmp_path)
     shot.unlink(missing_ok=True)
     text = _chromium(f"http://127.0.0.1:{port}/status", tmp_path, screenshot=shot)
     dom = _dom(text)
-    assert "3 certificates: 1 valid, 1 being issued or waiting, 1 failing or expired." in text, text[:2000]
+    assert "4 certificates: 1 valid, 1 being issued or waiting, 2 failing or expired." in text, text[:2000]
     assert shot.is_file() and shot.stat().st_size > 10000, "the screenshot for people to look at"
     assert dom.title == "ACME certificates", dom.title       # the injected script did not run
     assert dom.tags.get("#injected") is None and dom.tags.get("img") is None, dom.tags
     assert dom.tags.get("script") is None, dom.tags
-    assert len(dom.rows) == 3, dom.rows
+    assert len(dom.rows) == 4, dom.rows
 
     cls, cells = dom.row(by[VALID]["name"])
     names, issuer, key, days, renewal, state, button = cells
@@ -205,6 +207,12 @@ def test_nginx_status_page_in_chromium(pebble, proxies, nginx_factory, tmp_path)
     # the CA's text, markup and all, as text
     assert "Last error:" in state and MARKUP in state, state
 
+    # an unreachable CA: the error in words
+    cls, cells = dom.row(by[DOWN]["name"])
+    names, issuer, key, days, renewal, state, button = cells
+    assert "failing" in cls.split() and DOWN in names and "down" in issuer, cells
+    assert state.startswith("Failing") and f"Last error: {by[DOWN]['last_error']}" in state, state
+
     cls, cells = dom.row(by[SLOW]["name"])
     names, issuer, key, days, renewal, state, button = cells
     assert SLOW in names and days == "no certificate yet" and "slow" in issuer, cells
@@ -213,12 +221,12 @@ def test_nginx_status_page_in_chromium(pebble, proxies, nginx_factory, tmp_path)
 
     # one renew button per certificate, a POST of the existing ?renew= request
     assert sorted(f["action"] for f in dom.forms) == sorted(f"?renew={by[n]['name']}"
-                                                            for n in (VALID, FAILING, SLOW)), dom.forms
+                                                            for n in (VALID, FAILING, SLOW, DOWN)), dom.forms
     assert all(f["method"] == "post" for f in dom.forms)
 
     # without renew=on: the page has no button
     ro = _dom(_chromium(f"http://127.0.0.1:{port}/ro", tmp_path))
-    assert len(ro.rows) == 3 and not ro.forms and "Renew" not in str(ro.rows)
+    assert len(ro.rows) == 4 and not ro.forms and "Renew" not in str(ro.rows)
 
     # the button's POST: what a browser sends from this page passes; from another site's page it is refused
     action = f"/status?renew={by[VALID]['name']}"
