@@ -59,6 +59,11 @@ static char *ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd,
 
 static ngx_int_t ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
     ngx_http_acme_main_conf_t *amcf, ngx_core_conf_t *ccf);
+static void ngx_http_acme_strip_dot(ngx_str_t *name);
+static ngx_int_t ngx_http_acme_cert_ids(ngx_conf_t *cf,
+    ngx_http_acme_cert_t *cert);
+static ngx_int_t ngx_http_acme_cert_add_name(ngx_conf_t *cf,
+    ngx_http_acme_cert_t *cert, ngx_str_t *name, acme_err_t *err);
 static ngx_int_t ngx_http_acme_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_acme_init_process(ngx_cycle_t *cycle);
 static void ngx_http_acme_exit_process(ngx_cycle_t *cycle);
@@ -1286,15 +1291,28 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 
-        s = ngx_http_acme_cstr(cf->pool, &value[i]);
+        /* ".example.org": checked as "www.example.org", see cert_ids */
+
+        s = ngx_pnalloc(cf->temp_pool, value[i].len + sizeof("www"));
         if (s == NULL) {
             return NGX_CONF_ERROR;
         }
+
+        ngx_sprintf((u_char *) s, "%s%V%Z",
+                    value[i].data[0] == '.' ? "www" : "", &value[i]);
 
         if (acme_ident_parse(s, &id, &err) != 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid identifier \"%V\": %s",
                                &value[i], err.msg);
+            return NGX_CONF_ERROR;
+        }
+
+        if (value[i].data[0] == '.' && id.type != ACME_IDENT_DNS) {
+            acme_ident_free(&id);
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid identifier \"%V\": a leading dot "
+                               "needs a DNS name after it", &value[i]);
             return NGX_CONF_ERROR;
         }
 
@@ -1366,7 +1384,8 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (cert->names) {
         n = cert->names->elts;
         for (i = 0; i < cert->names->nelts && nfb < 8; i++) {
-            fb[nfb++] = n[i];
+            fb[nfb] = n[i];
+            ngx_http_acme_strip_dot(&fb[nfb++]);
         }
 
     } else {
@@ -1377,14 +1396,14 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 continue;
             }
 #endif
-            if (sn[i].name.len == 0 || sn[i].name.data[0] == '*'
-                || sn[i].name.data[0] == '.' || sn[i].name.data[0] == '~'
-                || (sn[i].name.len == 1 && sn[i].name.data[0] == '_'))
+            if (sn[i].name.len < 2 || sn[i].name.data[0] == '*'
+                || sn[i].name.data[0] == '~')
             {
                 continue;
             }
 
-            fb[nfb++] = sn[i].name;
+            fb[nfb] = sn[i].name;
+            ngx_http_acme_strip_dot(&fb[nfb++]);
         }
     }
 
@@ -1461,16 +1480,26 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* ".example.org" as the fallback certificate shows it */
+
+static void
+ngx_http_acme_strip_dot(ngx_str_t *name)
+{
+    if (name->len > 1 && name->data[0] == '.') {
+        name->data++;
+        name->len--;
+    }
+}
+
+
 /* identifiers: explicit, or the server's real names */
 
 static ngx_int_t
 ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
 {
-    char                    *s;
     ngx_str_t               *names, one;
-    ngx_uint_t               i, j, n, explicit;
+    ngx_uint_t               i, n, explicit;
     acme_err_t               err;
-    acme_ident_t            *ids;
     ngx_http_server_name_t  *sn;
 
     explicit = (cert->names != NULL);
@@ -1484,12 +1513,13 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
         names = NULL;
     }
 
-    ids = ngx_pcalloc(cf->pool, (n ? n : 1) * sizeof(acme_ident_t));
-    if (ids == NULL) {
+    /* a leading dot stands for two names */
+
+    cert->ids = ngx_pcalloc(cf->pool, (n ? 2 * n : 1) * sizeof(acme_ident_t));
+    if (cert->ids == NULL) {
         return NGX_ERROR;
     }
 
-    cert->ids = ids;
     cert->nids = 0;
 
     sn = cert->cscf->server_names.elts;
@@ -1500,59 +1530,60 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
             one = names[i];
 
         } else {
+            one = sn[i].name;
+
+            /* not names: the empty name and the conventional "_" */
+
+            if (one.len == 0 || (one.len == 1 && one.data[0] == '_')) {
+                continue;
+            }
+
 #if (NGX_PCRE)
+            /* nginx keeps a regex's name without its "~" */
+
             if (sn[i].regex) {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "acme_certificate: server_name \"~%V\" is a "
+                              "regular expression and is not certified "
+                              "in %s:%ui", &one, cert->file, cert->line);
                 continue;
             }
 #endif
-            one = sn[i].name;
 
-            if (one.len == 0 || one.data[0] == '*' || one.data[0] == '.'
-                || one.data[0] == '~'
-                || (one.len == 1 && one.data[0] == '_')
-                || ngx_strlchr(one.data, one.data + one.len, '*') != NULL)
-            {
+            if (one.len > 2 && one.data[0] == '*' && one.data[1] == '.') {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "acme_certificate: server_name \"%V\" is a "
+                              "wildcard, which needs the dns-01 challenge, "
+                              "and is not certified in %s:%ui", &one,
+                              cert->file, cert->line);
+                continue;
+            }
+
+            if (ngx_strlchr(one.data, one.data + one.len, '*') != NULL) {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "acme_certificate: server_name \"%V\" is a "
+                              "wildcard no certificate can name and is not "
+                              "certified in %s:%ui", &one, cert->file,
+                              cert->line);
                 continue;
             }
         }
 
-        s = ngx_http_acme_cstr(cf->temp_pool, &one);
-        if (s == NULL) {
+        switch (ngx_http_acme_cert_add_name(cf, cert, &one, &err)) {
+
+        case NGX_OK:
+            break;
+
+        case NGX_DECLINED:
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "acme_certificate: invalid %s \"%V\": %s "
+                          "in %s:%ui", explicit ? "identifier" : "server_name",
+                          &one, err.msg, cert->file, cert->line);
+            return NGX_ERROR;
+
+        default:
             return NGX_ERROR;
         }
-
-        if (acme_ident_parse(s, &ids[cert->nids], &err) != 0) {
-            if (explicit) {
-                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "acme_certificate: invalid identifier \"%V\": "
-                              "%s in %s:%ui", &one, err.msg, cert->file,
-                              cert->line);
-                return NGX_ERROR;
-            }
-
-            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                          "acme_certificate: server name \"%V\" skipped: "
-                          "%s in %s:%ui", &one, err.msg, cert->file,
-                          cert->line);
-            continue;
-        }
-
-        /* the core copies what it keeps; these stay for the process */
-
-        for (j = 0; j < cert->nids; j++) {
-            if (ids[j].type == ids[cert->nids].type
-                && ngx_strcmp(ids[j].value, ids[cert->nids].value) == 0)
-            {
-                break;
-            }
-        }
-
-        if (j < cert->nids) {
-            acme_ident_free(&ids[cert->nids]);
-            continue;
-        }
-
-        cert->nids++;
     }
 
     if (cert->nids == 0) {
@@ -1563,6 +1594,68 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
                       "list the identifiers in the directive in %s:%ui",
                       cert->file, cert->line);
         return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * one name as nginx-acme reads it: ".example.org" (nginx's "example.org and
+ * all its subdomains") is certified as "www.example.org" and "example.org",
+ * in this order; a name already in the list is not added again.
+ * NGX_DECLINED with err: not a name a certificate can hold.
+ */
+
+static ngx_int_t
+ngx_http_acme_cert_add_name(ngx_conf_t *cf, ngx_http_acme_cert_t *cert,
+    ngx_str_t *name, acme_err_t *err)
+{
+    char          *s;
+    ngx_uint_t     dot, k, j;
+    acme_ident_t  *id;
+
+    dot = (name->len > 0 && name->data[0] == '.');
+
+    s = ngx_pnalloc(cf->temp_pool, name->len + sizeof("www"));
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf((u_char *) s, "%s%V%Z", dot ? "www" : "", name);
+
+    for (k = 0; k < (dot ? 2 : 1); k++) {
+        id = &cert->ids[cert->nids];
+
+        /* "www.example.org", then "example.org" */
+
+        if (acme_ident_parse(s + k * 4, id, err) != 0) {
+            return NGX_DECLINED;
+        }
+
+        if (dot && (id->type != ACME_IDENT_DNS || id->value[0] == '*')) {
+            acme_ident_free(id);
+            acme_err_set(err, ACME_ERR_INPUT, "a leading dot needs a "
+                         "DNS name after it");
+            return NGX_DECLINED;
+        }
+
+        /* the core copies what it keeps; these stay for the process */
+
+        for (j = 0; j < cert->nids; j++) {
+            if (cert->ids[j].type == id->type
+                && ngx_strcmp(cert->ids[j].value, id->value) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j < cert->nids) {
+            acme_ident_free(id);
+            continue;
+        }
+
+        cert->nids++;
     }
 
     return NGX_OK;

@@ -1,0 +1,124 @@
+"""nginx-acme's (nginx's official acme module's) configurations run unchanged: what its README documents
+behaves the same here, checked with nginx against Pebble.
+
+  leading-dot names   `server_name .example.org` and `acme_certificate ISSUER .example.org` certify
+                      www.example.org and example.org (nginx-acme's expansion, in its order); names no
+                      certificate can hold warn at `nginx -t` naming the entry, malformed ones are errors
+"""
+
+import re
+
+import pytest
+
+from harness import free_port, wait_for
+from nginx_harness import cert_text, https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
+
+
+def _conf(pebble, tmp_path, https, server_name, cert_args="", issuer_extra=""):
+    return issuer_block("pebble", pebble, tmp_path / "state", extra=issuer_extra) + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name {server_name};
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {server_name};
+        acme_certificate pebble{' ' + cert_args if cert_args else ''};
+        location = /acme {{ acme_status; }}
+    }}
+"""
+
+
+def _served(https, sni, pebble, timeout=40):
+    roots = pebble.roots(0)
+
+    def one():
+        try:
+            return tls_verified(https, sni, roots)
+        except Exception:  # noqa: BLE001  (the fallback certificate, until issued)
+            return None
+    return wait_for(one, timeout, interval=0.2, what=f"a Pebble certificate for {sni}")
+
+
+def _status_cert(https, sni):
+    r = https_get(https, sni, "/acme")
+    assert r.status == 200, r.text
+    certs = r.json()["certificates"]
+    assert len(certs) == 1, certs
+    return certs[0]
+
+
+def _sans(https, sni):
+    return re.findall(r"DNS:([^,\s]+)", cert_text(tls_cert(https, sni)))
+
+
+@pytest.mark.parametrize("form", ["server_name", "identifier"])
+def test_leading_dot_certifies_www_and_bare_name(pebble, nginx_factory, tmp_path, form):
+    """nginx-acme's expansion: ".dot.example.org" is "www.dot.example.org" then "dot.example.org"."""
+    https = free_port()
+    if form == "server_name":
+        conf = _conf(pebble, tmp_path, https, ".Dot.example.org")
+    else:
+        conf = _conf(pebble, tmp_path, https, "other.example.org", cert_args=".dot.example.org")
+    nginx_factory(conf, wait_port=https)
+    _served(https, "dot.example.org", pebble)
+    _served(https, "www.dot.example.org", pebble)
+    assert sorted(_sans(https, "dot.example.org")) == ["dot.example.org", "www.dot.example.org"]
+    c = _status_cert(https, "dot.example.org")
+    assert c["identifiers"] == ["www.dot.example.org", "dot.example.org"], c
+
+
+def test_leading_dot_beside_the_same_names_is_one_list(pebble, nginx_factory, tmp_path):
+    """".dot.example.org" beside "dot.example.org": no name twice, no name dropped."""
+    https = free_port()
+    ng = nginx_factory(_conf(pebble, tmp_path, https, "dot.example.org .dot.example.org x.example.org"),
+                       start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    ng.start(wait_port=https)
+    _served(https, "www.dot.example.org", pebble)
+    c = _status_cert(https, "x.example.org")
+    assert c["identifiers"] == ["dot.example.org", "www.dot.example.org", "x.example.org"], c
+
+
+def _line_of(path, needle):
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if needle in line:
+            return i
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def test_names_no_certificate_can_hold_are_named_in_warnings(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    names = r"a.example.org www.example.* ~^re\d+\.example\.org$ *.w.example.org"
+    ng = nginx_factory(_conf(pebble, tmp_path, https, names), start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    where = f"{ng.conf_path}:{_line_of(ng.conf_path, 'acme_certificate pebble')}"
+    for entry in (r"www.example.*", r"~^re\d+\.example\.org$", r"*.w.example.org"):
+        assert re.search(r"\[warn\].*acme_certificate: server_name \"%s\" .*not certified in %s"
+                         % (re.escape(entry), re.escape(where)), out), (entry, out)
+
+
+@pytest.mark.parametrize("entry", [".example..org", "..example.org", "a..example.org", ".-x.example.org",
+                                   ".192.0.2.1"])
+def test_malformed_server_name_is_an_error(pebble, nginx_factory, tmp_path, entry):
+    https = free_port()
+    ng = nginx_factory(_conf(pebble, tmp_path, https, f"a.example.org {entry}"), start=False)
+    ok, out = ng.test_config()
+    assert not ok, out
+    where = f"{ng.conf_path}:{_line_of(ng.conf_path, 'acme_certificate pebble')}"
+    assert re.search(r"\[emerg\].*acme_certificate: invalid server_name \"%s\": .* in %s"
+                     % (re.escape(entry), re.escape(where)), out), out
+
+
+@pytest.mark.parametrize("entry", [".example..org", "..example.org", ".192.0.2.1", ".*.example.org", "."])
+def test_malformed_leading_dot_identifier_is_an_error(pebble, nginx_factory, tmp_path, entry):
+    https = free_port()
+    ng = nginx_factory(_conf(pebble, tmp_path, https, "a.example.org", cert_args=entry), start=False)
+    ok, out = ng.test_config()
+    assert not ok, out
+    where = f"{ng.conf_path}:{_line_of(ng.conf_path, 'acme_certificate pebble')}"
+    assert re.search(r"\[emerg\].*invalid identifier \"%s\": .* in %s"
+                     % (re.escape(entry), re.escape(where)), out), out
