@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from fault_proxy import FaultProxy
 from harness import free_port, wait_for
 from nginx_harness import cert_text, https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
 
@@ -122,3 +123,43 @@ def test_malformed_leading_dot_identifier_is_an_error(pebble, nginx_factory, tmp
     where = f"{ng.conf_path}:{_line_of(ng.conf_path, 'acme_certificate pebble')}"
     assert re.search(r"\[emerg\].*invalid identifier \"%s\": .* in %s"
                      % (re.escape(entry), re.escape(where)), out), out
+
+
+# ---------------------------------------------------------------- a directory URL that redirects
+
+@pytest.fixture
+def proxy(pebble, tmp_path, test_ca):
+    cert, key = test_ca.issue("compat-proxy", ["localhost"], ["127.0.0.1"], basename="compat-proxy")
+    px = FaultProxy(pebble, cert, key, free_port(), log_path=tmp_path / "proxy.log")
+    px.start()
+    try:
+        yield px
+    finally:
+        px.stop()
+    assert not px.errors, f"the proxy itself failed: {px.errors}"
+
+
+@pytest.mark.parametrize("status", [301, 302])
+def test_directory_redirect_is_followed(pebble, proxy, nginx_factory, tmp_path, status):
+    """`uri` answering 301/302 (a CA that moved its directory, a balancer adding a slash): nginx follows
+    it to the directory and gets its certificate."""
+    moved = f"{proxy.base_url}/dir?moved=1"
+    proxy.add_fault("directory", method="GET", times=None, respond=(status, [("Location", moved)], b""))
+    https = free_port()
+    conf = issuer_block("pebble", proxy.directory_url, tmp_path / "state",
+                        extra=f"ssl_trusted_certificate {pebble.ca_cert};") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name moved.example.org;
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name moved.example.org;
+        acme_certificate pebble;
+    }}
+"""
+    nginx_factory(conf, wait_port=https)
+    serial = _served(https, "moved.example.org", pebble)
+    assert serial in pebble.issued_serials()
+    assert proxy.count("GET", "/dir") >= 1 and proxy.count("GET", "/dir?moved=1") >= 1, proxy.summary()
