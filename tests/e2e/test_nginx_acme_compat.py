@@ -7,6 +7,7 @@ behaves the same here, checked with nginx against Pebble.
 """
 
 import re
+import subprocess
 
 import pytest
 
@@ -163,3 +164,20 @@ def test_directory_redirect_is_followed(pebble, proxy, nginx_factory, tmp_path, 
     serial = _served(https, "moved.example.org", pebble)
     assert serial in pebble.issued_serials()
     assert proxy.count("GET", "/dir") >= 1 and proxy.count("GET", "/dir?moved=1") >= 1, proxy.summary()
+
+
+# ---------------------------------------------------------------- key types
+
+def test_p521_account_and_certificate_keys(pebble, nginx_factory, tmp_path):
+    """`account_key ecdsa:521` (JWS ES512) and `key=ecdsa:521`, as nginx-acme's README lists them."""
+    https = free_port()
+    nginx_factory(_conf(pebble, tmp_path, https, "p521.example.org", cert_args="key=ecdsa:521",
+                        issuer_extra="account_key ecdsa:521;"), wait_port=https)
+    _served(https, "p521.example.org", pebble)
+    assert "secp521r1" in cert_text(tls_cert(https, "p521.example.org"))
+    assert _status_cert(https, "p521.example.org")["key_type"] == "ecdsa:521"
+    keys = list((tmp_path / "state" / "accounts").rglob("account.key"))
+    assert len(keys) == 1, sorted((tmp_path / "state").rglob("*"))
+    out = subprocess.run(["openssl", "pkey", "-in", str(keys[0]), "-noout", "-text_pub"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "P-521" in out, out[:200]
