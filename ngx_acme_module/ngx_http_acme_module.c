@@ -8,6 +8,7 @@
  *                      preferred_chain ...;
  *                      profile NAME [require]; ssl_trusted_certificate ...;
  *                      ssl_verify on|off; state_path DIR;
+ *                      common_name_in_csr on|off;
  *                      accept_terms_of_service; }
  *   acme_shared_zone zone=NAME:SIZE;
  *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]]
@@ -938,6 +939,28 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid \"ssl_verify\" \"%V\" in acme_issuer "
                            "\"%V\": use on or off", &value[1], &iss->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_acme_is("common_name_in_csr")) {
+        ngx_acme_nargs(1, 1);
+
+        /* off (nginx-acme's default): the names only in subjectAltName */
+
+        if (value[1].len == 2 && ngx_strncmp(value[1].data, "on", 2) == 0) {
+            iss->common_name_in_csr = 1;
+            return NGX_CONF_OK;
+        }
+
+        if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+            iss->common_name_in_csr = 0;
+            return NGX_CONF_OK;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"common_name_in_csr\" \"%V\" in "
+                           "acme_issuer \"%V\": use on or off", &value[1],
+                           &iss->name);
         return NGX_CONF_ERROR;
     }
 

@@ -181,3 +181,52 @@ def test_p521_account_and_certificate_keys(pebble, nginx_factory, tmp_path):
     out = subprocess.run(["openssl", "pkey", "-in", str(keys[0]), "-noout", "-text_pub"], capture_output=True,
                          text=True, check=True).stdout
     assert "P-521" in out, out[:200]
+
+
+# ---------------------------------------------------------------- the CSR
+
+def _proxied_conf(proxy, pebble, tmp_path, https, name, issuer_extra=""):
+    return issuer_block("pebble", proxy.directory_url, tmp_path / "state",
+                        extra=f"ssl_trusted_certificate {pebble.ca_cert};\n    {issuer_extra}") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name {name};
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name} www.{name};
+        acme_certificate pebble;
+    }}
+"""
+
+
+@pytest.mark.parametrize("line,subject", [
+    ("", None),                                     # nginx-acme 0.4's default: off
+    ("common_name_in_csr off;", None),
+    ("common_name_in_csr on;", "cn.example.org"),
+])
+def test_common_name_in_csr(pebble, proxy, nginx_factory, tmp_path, line, subject):
+    """The CSR Pebble receives: no subject CN unless `common_name_in_csr on`; the names in subjectAltName."""
+    https = free_port()
+    nginx_factory(_proxied_conf(proxy, pebble, tmp_path, https, "cn.example.org", line), wait_port=https)
+    _served(https, "cn.example.org", pebble)
+    assert len(proxy.csrs) == 1, proxy.summary()
+    text = subprocess.run(["openssl", "req", "-inform", "DER", "-noout", "-subject", "-text"],
+                          input=proxy.csrs[0], capture_output=True, check=True).stdout.decode()
+    if subject is None:
+        assert re.search(r"(?m)^subject=\s*$", text), text
+        assert "CN" not in text.split("Subject Public Key Info")[0], text
+    else:
+        assert re.search(r"(?m)^subject=\s*CN\s*=\s*%s\s*$" % re.escape(subject), text), text
+    assert re.search(r"DNS:cn\.example\.org, DNS:www\.cn\.example\.org", text), text
+
+
+def test_common_name_in_csr_bad_value(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    ng = nginx_factory(_conf(pebble, tmp_path, https, "a.example.org", issuer_extra="common_name_in_csr yes;"),
+                       start=False)
+    ok, out = ng.test_config()
+    assert not ok, out
+    assert re.search(r"invalid \"common_name_in_csr\" \"yes\" in acme_issuer \"pebble\": use on or off in %s:%d"
+                     % (re.escape(str(ng.conf_path)), _line_of(ng.conf_path, "common_name_in_csr yes")), out), out
