@@ -967,15 +967,21 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
     if (ngx_acme_is("state_path")) {
         ngx_acme_nargs(1, 1);
 
-        if (value[1].len == 0
-            || (value[1].len == 3
-                && ngx_strncmp(value[1].data, "off", 3) == 0))
-        {
+        if (value[1].len == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid \"state_path\" \"%V\" in acme_issuer "
                                "\"%V\": a directory is required", &value[1],
                                &iss->name);
             return NGX_CONF_ERROR;
+        }
+
+        /* nginx-acme's "off": the default directory, said in state_open */
+
+        if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+            iss->state_path = NULL;
+            iss->state_path_off = 1;
+            iss->state_path_line = cf->conf_file->line;
+            return NGX_CONF_OK;
         }
 
         key = value[1];

@@ -230,3 +230,35 @@ def test_common_name_in_csr_bad_value(pebble, nginx_factory, tmp_path):
     assert not ok, out
     assert re.search(r"invalid \"common_name_in_csr\" \"yes\" in acme_issuer \"pebble\": use on or off in %s:%d"
                      % (re.escape(str(ng.conf_path)), _line_of(ng.conf_path, "common_name_in_csr yes")), out), out
+
+
+# ---------------------------------------------------------------- state_path: off, and its default
+
+def _issuer_without_state(pebble, line=""):
+    return (f"acme_issuer pebble {{\n    uri {pebble.directory_url};\n"
+            f"    ssl_trusted_certificate {pebble.ca_cert};\n    accept_terms_of_service;\n"
+            f"    contact admin@example.org;\n    {line}\n}}\n")
+
+
+@pytest.mark.parametrize("line", ["", "state_path off;"])
+def test_state_in_nginx_acmes_default_directory(pebble, nginx_factory, tmp_path, line):
+    """No state_path (or nginx-acme's `state_path off`) with nginx-acme's default directory, acme_NAME under
+    nginx's prefix, present: the state is kept there (off: with a warning saying where)."""
+    https = free_port()
+    conf = _issuer_without_state(pebble, line) + _conf(pebble, tmp_path, https, "st.example.org").split("}\n", 1)[1]
+    ng = nginx_factory(conf, start=False)
+    theirs = ng.dir / "acme_pebble"
+    theirs.mkdir(mode=0o700)
+    ok, out = ng.test_config()
+    assert ok, out
+    if line:
+        assert re.search(r"\[warn\].*acme_issuer \"pebble\": \"state_path off\": the state is kept in \"%s\" "
+                         r"all the same.* in %s:%d" % (re.escape(str(theirs)), re.escape(str(ng.conf_path)),
+                                                       _line_of(ng.conf_path, "state_path off")), out), out
+    else:
+        assert re.search(r"\[notice\].*acme_issuer \"pebble\": no \"state_path\": using nginx-acme's state "
+                         r"directory \"%s\"" % re.escape(str(theirs)), out), out
+    ng.start(wait_port=https)
+    _served(https, "st.example.org", pebble)
+    assert list(theirs.glob("accounts/*/account.key")), sorted(theirs.rglob("*"))
+    assert (theirs / "certs" / "st.example.org" / "fullchain.pem").is_file(), sorted(theirs.rglob("*"))
