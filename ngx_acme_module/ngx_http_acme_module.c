@@ -61,6 +61,7 @@ static char *ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd,
 static ngx_int_t ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
     ngx_http_acme_main_conf_t *amcf, ngx_core_conf_t *ccf);
 static void ngx_http_acme_strip_dot(ngx_str_t *name);
+static ngx_uint_t ngx_http_acme_has_scheme(ngx_str_t *v);
 static ngx_int_t ngx_http_acme_cert_ids(ngx_conf_t *cf,
     ngx_http_acme_cert_t *cert);
 static ngx_int_t ngx_http_acme_cert_add_name(ngx_conf_t *cf,
@@ -767,9 +768,13 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
         ngx_acme_nargs(1, 16);
 
         for (i = 1; i <= nargs; i++) {
+
+            /* an e-mail address (the core adds "mailto:") or any URL */
+
             if (value[i].len == 0 || value[i].len > 256
-                || ngx_strlchr(value[i].data, value[i].data + value[i].len,
-                               '@') == NULL)
+                || (ngx_strlchr(value[i].data, value[i].data + value[i].len,
+                                '@') == NULL
+                    && !ngx_http_acme_has_scheme(&value[i])))
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid \"contact\" \"%V\" in "
@@ -1506,6 +1511,33 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf->handler = ngx_http_acme_status_handler;
 
     return NGX_CONF_OK;
+}
+
+
+/* RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":" and more */
+
+static ngx_uint_t
+ngx_http_acme_has_scheme(ngx_str_t *v)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    for (i = 0; i < v->len; i++) {
+        c = v->data[i];
+
+        if (c == ':') {
+            return i > 0 && i + 1 < v->len;
+        }
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (i > 0 && ((c >= '0' && c <= '9') || c == '+' || c == '-'
+                            || c == '.'))))
+        {
+            return 0;
+        }
+    }
+
+    return 0;
 }
 
 

@@ -262,3 +262,66 @@ def test_state_in_nginx_acmes_default_directory(pebble, nginx_factory, tmp_path,
     _served(https, "st.example.org", pebble)
     assert list(theirs.glob("accounts/*/account.key")), sorted(theirs.rglob("*"))
     assert (theirs / "certs" / "st.example.org" / "fullchain.pem").is_file(), sorted(theirs.rglob("*"))
+
+
+# ---------------------------------------------------------------- nginx-acme's README example
+
+def test_nginx_acme_readme_example(pebble, proxy, nginx_factory, tmp_path):
+    """nginx-acme's README example as it is (less `ssl_certificate_cache`, which nginx 1.22 lacks, and
+    `resolver`): `contact` without "mailto:", a leading-dot server_name, `acme_shared_zone`, the
+    $acme_certificate variables; plus `ssl_verify off` with no trusted CA file (the proxy's certificate is
+    from the test CA, which the system does not trust)."""
+    https = free_port()
+    conf = f"""
+    acme_issuer example {{
+        uri         {proxy.directory_url};
+        contact     admin@example.test;
+        state_path  {tmp_path}/acme-example;
+        accept_terms_of_service;
+        ssl_verify  off;
+    }}
+
+    acme_shared_zone zone=ngx_acme_shared:1M;
+
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name  .example.test;
+
+        acme_certificate example;
+
+        ssl_certificate       $acme_certificate;
+        ssl_certificate_key   $acme_certificate_key;
+    }}
+
+    server {{
+        # listener on port 80 is required to process ACME HTTP-01 challenges
+        listen 127.0.0.1:{pebble.http_port};
+
+        location / {{
+            return 404;
+        }}
+    }}
+"""
+    ng = nginx_factory(conf, start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    assert re.search(r"\[warn\].*\"ssl_verify off\"", out), out
+    ng.start(wait_port=https)
+    _served(https, "example.test", pebble)
+    _served(https, "www.example.test", pebble)
+    assert sorted(_sans(https, "example.test")) == ["example.test", "www.example.test"]
+    accounts = [p for path, p in proxy.payloads if path.startswith("/sign-me-up")]
+    assert accounts and accounts[0]["contact"] == ["mailto:admin@example.test"], proxy.payloads[:2]
+
+
+def test_contact_with_a_scheme_is_kept(pebble, nginx_factory, tmp_path):
+    """nginx-acme takes any URL as `contact` (mailto: added only without a scheme); so does this module."""
+    https = free_port()
+    ng = nginx_factory(_conf(pebble, tmp_path, https, "a.example.org",
+                             issuer_extra="contact https://example.org/contact;"), start=False)
+    ok, out = ng.test_config()
+    assert ok, out
+    for bad in ("nobody", ":x", "1http://example.org"):
+        ng.write_conf(_conf(pebble, tmp_path, https, "a.example.org", issuer_extra=f"contact {bad};"))
+        ok, out = ng.test_config()
+        assert not ok and f'invalid "contact" "{bad}" in acme_issuer "pebble"' in out, out
