@@ -325,3 +325,35 @@ def test_contact_with_a_scheme_is_kept(pebble, nginx_factory, tmp_path):
         ng.write_conf(_conf(pebble, tmp_path, https, "a.example.org", issuer_extra=f"contact {bad};"))
         ok, out = ng.test_config()
         assert not ok and f'invalid "contact" "{bad}" in acme_issuer "pebble"' in out, out
+
+
+# ---------------------------------------------------------------- unversioned challenge names
+
+@pytest.mark.parametrize("challenge", ["http", "tls-alpn"])
+def test_unversioned_challenge_names(pebble, nginx_factory, tmp_path, challenge):
+    """`challenge http` is http-01 and `challenge tls-alpn` is tls-alpn-01, as in nginx-acme: each the only
+    way the certificate can be validated here (only that challenge's port is served)."""
+    name = f"{challenge}.chal.example.org"
+    conf = issuer_block("pebble", pebble, tmp_path / "state", challenge=challenge)
+    if challenge == "http":
+        https = free_port()
+        conf += f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        location / {{ return 404; }}
+    }}"""
+    else:
+        https = pebble.tls_port
+    conf += f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        acme_certificate pebble;
+    }}
+"""
+    ng = nginx_factory(conf, wait_port=https)
+    _served(https, name, pebble)
+    if challenge == "http":
+        assert "/.well-known/acme-challenge/" in (ng.dir / "access.log").read_text()
+    else:
+        assert f'tls-alpn-01 challenge handshake for "{name}"' in ng.log_text()
