@@ -357,3 +357,35 @@ def test_unversioned_challenge_names(pebble, nginx_factory, tmp_path, challenge)
         assert "/.well-known/acme-challenge/" in (ng.dir / "access.log").read_text()
     else:
         assert f'tls-alpn-01 challenge handshake for "{name}"' in ng.log_text()
+
+
+# ---------------------------------------------------------------- preferred_chain
+
+def test_preferred_chain_is_served(pebble_factory, nginx_factory, tmp_path):
+    """`preferred_chain NAME`: the chain whose topmost certificate NAME issued is the one served."""
+    pb = pebble_factory(env={"PEBBLE_ALTERNATE_ROOTS": "2"})
+    alt = subprocess.run(["openssl", "x509", "-noout", "-subject"], input=pb.roots(1).encode(),
+                         capture_output=True, check=True).stdout.decode()
+    alt_cn = re.search(r"CN\s*=\s*(.+)", alt).group(1).strip()
+    https = free_port()
+    nginx_factory(_conf(pb, tmp_path, https, "chain.example.org", issuer_extra=f'preferred_chain "{alt_cn}";'),
+                  wait_port=https)
+
+    def verifies(roots):
+        try:
+            return tls_verified(https, "chain.example.org", roots)
+        except Exception:  # noqa: BLE001
+            return None
+    wait_for(lambda: verifies(pb.roots(1)), 40, interval=0.2, what="the chain below the alternate root")
+    assert verifies(pb.roots(0)) is None
+
+
+# ---------------------------------------------------------------- profile
+
+@pytest.mark.parametrize("line", ["profile shortlived;", "profile shortlived require;"])
+def test_profile_is_requested(pebble, proxy, nginx_factory, tmp_path, line):
+    """`profile NAME [require]`: newOrder asks for the profile (the proxy advertises it in the directory)."""
+    https = free_port()
+    nginx_factory(_proxied_conf(proxy, pebble, tmp_path, https, "profile.example.org", line), wait_port=https)
+    _served(https, "profile.example.org", pebble)
+    assert [o["profile"] for o in proxy.new_orders] == ["shortlived"], proxy.new_orders
