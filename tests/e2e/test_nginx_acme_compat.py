@@ -6,12 +6,14 @@ behaves the same here, checked with nginx against Pebble.
                       certificate can hold warn at `nginx -t` naming the entry, malformed ones are errors
 """
 
+import datetime
 import re
+import time
 import subprocess
 
 import pytest
 
-from fault_proxy import FaultProxy
+from fault_proxy import CertForge, FaultProxy, forge_leaf
 from harness import free_port, wait_for
 from nginx_harness import cert_text, https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
 
@@ -389,3 +391,40 @@ def test_profile_is_requested(pebble, proxy, nginx_factory, tmp_path, line):
     nginx_factory(_proxied_conf(proxy, pebble, tmp_path, https, "profile.example.org", line), wait_port=https)
     _served(https, "profile.example.org", pebble)
     assert [o["profile"] for o in proxy.new_orders] == ["shortlived"], proxy.new_orders
+
+
+# ---------------------------------------------------------------- renewal of short-lived certificates
+
+def _epoch(v):
+    if isinstance(v, (int, float)):
+        return int(v)
+    return int(datetime.datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp())
+
+
+@pytest.mark.parametrize("days,share", [(6, 1 / 2), (30, 2 / 3)])
+def test_short_lived_certificate_renews_at_half_its_lifetime(pebble, proxy, nginx_factory, tmp_path, days, share):
+    """nginx-acme 0.4: a certificate valid for less than 10 days is renewed at half its lifetime (a longer one
+    here at two thirds). The CA (the proxy, with no ARI) hands out a leaf signed by Pebble's intermediate
+    with the lifetime under test."""
+    proxy.renewal_info = False
+    name = f"life{days}.example.org"
+    now = int(time.time())
+    not_before, not_after = now - 60, now - 60 + days * 86400
+    proxy.add_fault("certificate", method="POST", times=None,
+                    transform=forge_leaf(CertForge(pebble, tmp_path / "forge"), dns=[name, f"www.{name}"],
+                                         not_before=not_before, not_after=not_after))
+    https = free_port()
+    conf = _proxied_conf(proxy, pebble, tmp_path, https, name).replace(
+        "acme_certificate pebble;", "acme_certificate pebble;\n        location = /acme { acme_status; }")
+    nginx_factory(conf, wait_port=https)
+    _served(https, name, pebble)
+
+    def renewal():
+        c = _status_cert(https, name)
+        return c if c.get("next_renewal") and c.get("state") == "valid" else None
+    c = wait_for(renewal, 20, interval=0.2, what="the status with the next renewal")
+    assert c["renewal_reason"] == "lifetime", c
+    assert abs(_epoch(c["not_after"]) - not_after) <= 1, c
+    want = not_before + int(days * 86400 * share)
+    assert abs(_epoch(c["next_renewal"]) - want) <= 60, (c, want)
