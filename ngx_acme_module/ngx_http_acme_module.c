@@ -810,7 +810,12 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_OK;
         }
 
-        if (ngx_strchr(s, '/') == NULL && ngx_strchr(s, '.') == NULL) {
+        /* as in nginx-acme, what is no key type is a file name */
+
+        if (ngx_strchr(s, ':') != NULL
+            || ngx_strncasecmp((u_char *) s, (u_char *) "ec", 2) == 0
+            || ngx_strncasecmp((u_char *) s, (u_char *) "rsa", 3) == 0)
+        {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid \"account_key\" \"%V\" in "
                                "acme_issuer \"%V\": %s", &value[1],

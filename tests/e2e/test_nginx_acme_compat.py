@@ -428,3 +428,24 @@ def test_short_lived_certificate_renews_at_half_its_lifetime(pebble, proxy, ngin
     assert abs(_epoch(c["not_after"]) - not_after) <= 1, c
     want = not_before + int(days * 86400 * share)
     assert abs(_epoch(c["next_renewal"]) - want) <= 60, (c, want)
+
+
+# ---------------------------------------------------------------- account_key FILE
+
+def test_account_key_file_name_without_dot_or_slash(pebble, nginx_factory, tmp_path):
+    """nginx-acme reads any account_key value that is no key type as a file (relative to the configuration's
+    directory): `account_key acctkey` too."""
+    https = free_port()
+    ng = nginx_factory(_conf(pebble, tmp_path, https, "acctfile.example.org",
+                             issuer_extra="account_key acctkey;"), start=False)
+    ok, out = ng.test_config()
+    assert not ok and re.search(r"invalid \"account_key\" \"acctkey\" in acme_issuer \"pebble\": not a key "
+                                r"type and not a readable file", out), out
+    key = ng.conf_path.parent / "acctkey"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384",
+                    "-out", str(key)], check=True, capture_output=True)
+    key.chmod(0o644)
+    ok, out = ng.test_config()
+    assert ok, out
+    ng.start(wait_port=https)
+    _served(https, "acctfile.example.org", pebble)
