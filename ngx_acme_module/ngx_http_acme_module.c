@@ -1435,8 +1435,10 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 continue;
             }
 #endif
-            if (sn[i].name.len < 2 || sn[i].name.data[0] == '*'
-                || sn[i].name.data[0] == '~')
+            if (sn[i].name.len < 2 || sn[i].name.data[0] == '~'
+                || ngx_strlchr(sn[i].name.data,
+                               sn[i].name.data + sn[i].name.len, '*')
+                   != NULL)
             {
                 continue;
             }
