@@ -15,7 +15,8 @@ import pytest
 
 from fault_proxy import CertForge, FaultProxy, forge_leaf
 from harness import free_port, wait_for
-from nginx_harness import cert_text, https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
+from nginx_harness import (cert_serial, cert_text, https_get, issuer_block, nginx_factory,  # noqa: F401
+                           tls_cert, tls_verified)
 
 
 def _conf(pebble, tmp_path, https, server_name, cert_args="", issuer_extra=""):
@@ -449,3 +450,40 @@ def test_account_key_file_name_without_dot_or_slash(pebble, nginx_factory, tmp_p
     assert ok, out
     ng.start(wait_port=https)
     _served(https, "acctfile.example.org", pebble)
+
+
+def test_nginx_acme_default_directory_taken_over_without_state_path(pebble, acme_test_client, nginx_factory,
+                                                                    tmp_path):
+    """A configuration that relied on nginx-acme's default state directory (no state_path): the state nginx-acme
+    left in acme_NAME under nginx's prefix is found and taken over, no order placed."""
+    from test_nginx_acme_state import ALT, NAME, _nginx_acme_state
+
+    https = free_port()
+    conf = _issuer_without_state(pebble) + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {NAME} {ALT};
+        acme_certificate pebble;
+        ssl_certificate     $acme_certificate;
+        ssl_certificate_key $acme_certificate_key;
+    }}
+"""
+    ng = nginx_factory(conf, start=False,
+                       allowed=[r"nginx-acme's certificate \S+ not taken over"])
+    state = ng.dir / "acme_pebble"
+    _, serial = _nginx_acme_state(acme_test_client(), pebble, state)
+    mark = pebble.mark()
+    ng.start(wait_port=https)
+
+    def served():
+        try:
+            return cert_serial(tls_cert(https, NAME))
+        except Exception:  # noqa: BLE001
+            return None
+    wait_for(lambda: served() == serial, 15, interval=0.2, what="nginx-acme's certificate, taken over")
+    ng.wait_log(r"took over nginx-acme's account %s/account\.key" % re.escape(str(state)))
+    assert pebble.order_count(since=mark) == 0
