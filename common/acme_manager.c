@@ -28,6 +28,7 @@ typedef struct {
     char                *profile;
     int                  profile_required;
     char                *preferred_chain;
+    int                  csr_no_cn;
     acme_client_conf_t   conf;
     acme_client_t       *client;
 } issuer_t;
@@ -205,6 +206,7 @@ acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_
     is->profile = acme_strdup(conf->profile);
     is->profile_required = conf->profile_required;
     is->preferred_chain = acme_strdup(conf->preferred_chain);
+    is->csr_no_cn = conf->csr_no_cn;
 
     is->conf = conf->client;
     is->conf.directory_url = is->directory_url;
@@ -557,6 +559,7 @@ cert_issue(mcert_t *c)
     req.profile = c->profile ? c->profile : is->profile;
     req.profile_required = c->profile ? 0 : is->profile_required;
     req.preferred_chain = is->preferred_chain;
+    req.csr_no_cn = is->csr_no_cn;
     req.poll_timeout = m->poll_timeout;
     if (c->meta.not_after != 0 && c->meta.ca != NULL && strcmp(c->meta.ca, is->directory_url) == 0) {
         req.replaces = c->meta.ari_cert_id;

@@ -20,6 +20,7 @@ typedef struct {
     const char          *profile;
     int                  profile_required;
     const char          *preferred_chain;
+    int                  csr_no_cn;         /* no subject CN in the CSRs */
 } acme_issuer_conf_t;
 
 typedef struct {

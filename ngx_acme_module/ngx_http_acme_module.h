@@ -50,8 +50,10 @@ typedef struct {
     ngx_flag_t                  profile_required;
     char                       *ca_file;
     ngx_flag_t                  verify;
+    ngx_flag_t                  common_name_in_csr;
     char                       *state_path;
     ngx_uint_t                  state_path_line;
+    ngx_flag_t                  state_path_off;
     ngx_flag_t                  accept_tos;
 
     ngx_uint_t                  store;           /* in amcf->stores */

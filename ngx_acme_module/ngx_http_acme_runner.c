@@ -539,6 +539,7 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                     ic.profile = is->profile;
                     ic.profile_required = is->profile_required ? 1 : 0;
                     ic.preferred_chain = is->preferred_chain;
+                    ic.csr_no_cn = is->common_name_in_csr ? 0 : 1;
 
                     map[cert->issuers[j]] =
                         acme_manager_add_issuer(rn->managers[g], &ic, &err);

@@ -158,7 +158,7 @@ test_ec_and_blocking_in_process(void **state)
 static void
 test_bad_spec_reports_error(void **state)
 {
-    acme_keyspec_t   bad = { ACME_KEY_EC, 521 };
+    acme_keyspec_t   bad = { ACME_KEY_EC, 512 };
     acme_loop_t     *loop;
     acme_err_t       err;
     result_t         r;
