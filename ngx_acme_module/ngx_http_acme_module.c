@@ -1637,13 +1637,14 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
                 continue;
             }
 
+            /* as nginx-acme: a config with one cannot be meant for it */
+
             if (ngx_strlchr(one.data, one.data + one.len, '*') != NULL) {
-                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                              "acme_certificate: server_name \"%V\" is a "
-                              "wildcard no certificate can name and is not "
-                              "certified in %s:%ui", &one, cert->file,
-                              cert->line);
-                continue;
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "acme_certificate: invalid server name \"%V\": "
+                              "a wildcard no certificate can name in %s:%ui",
+                              &one, cert->file, cert->line);
+                return NGX_ERROR;
             }
         }
 
@@ -1655,7 +1656,7 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
         case NGX_DECLINED:
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "acme_certificate: invalid %s \"%V\": %s "
-                          "in %s:%ui", explicit ? "identifier" : "server_name",
+                          "in %s:%ui", explicit ? "identifier" : "server name",
                           &one, err.msg, cert->file, cert->line);
             return NGX_ERROR;
 

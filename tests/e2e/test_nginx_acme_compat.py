@@ -96,25 +96,25 @@ def _line_of(path, needle):
 
 def test_names_no_certificate_can_hold_are_named_in_warnings(pebble, nginx_factory, tmp_path):
     https = free_port()
-    names = r"a.example.org www.example.* ~^re\d+\.example\.org$ *.w.example.org"
+    names = r"a.example.org ~^re\d+\.example\.org$ *.w.example.org"
     ng = nginx_factory(_conf(pebble, tmp_path, https, names), start=False)
     ok, out = ng.test_config()
     assert ok, out
     where = f"{ng.conf_path}:{_line_of(ng.conf_path, 'acme_certificate pebble')}"
-    for entry in (r"www.example.*", r"~^re\d+\.example\.org$", r"*.w.example.org"):
+    for entry in (r"~^re\d+\.example\.org$", r"*.w.example.org"):
         assert re.search(r"\[warn\].*acme_certificate: server_name \"%s\" .*not certified in %s"
                          % (re.escape(entry), re.escape(where)), out), (entry, out)
 
 
 @pytest.mark.parametrize("entry", [".example..org", "..example.org", "a..example.org", ".-x.example.org",
-                                   ".192.0.2.1"])
+                                   ".192.0.2.1", "www.example.*"])
 def test_malformed_server_name_is_an_error(pebble, nginx_factory, tmp_path, entry):
     https = free_port()
     ng = nginx_factory(_conf(pebble, tmp_path, https, f"a.example.org {entry}"), start=False)
     ok, out = ng.test_config()
     assert not ok, out
     where = f"{ng.conf_path}:{_line_of(ng.conf_path, 'acme_certificate pebble')}"
-    assert re.search(r"\[emerg\].*acme_certificate: invalid server_name \"%s\": .* in %s"
+    assert re.search(r"\[emerg\].*acme_certificate: invalid server name \"%s\": .* in %s"
                      % (re.escape(entry), re.escape(where)), out), out
 
 
