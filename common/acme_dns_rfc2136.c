@@ -95,12 +95,16 @@ acme_dns_rfc2136_update(const acme_dns_config_t *cfg, ldns_resolver *lookup, con
                      t->fqdn, cfg->tsig.name, cfg->tsig.algorithm, ldns_get_errorstr_by_id(st));
         goto done;
     }
-    st = ldns_resolver_send_pkt(&answer, srv, pkt);
+    /* ldns_send keeps an answer whose TSIG fails (a refusal from a server that does not know the key) */
+    st = ldns_send(&answer, srv, pkt);
     ldns_pkt_free(pkt);
-    if (st == LDNS_STATUS_CRYPTO_TSIG_BOGUS || st == LDNS_STATUS_CRYPTO_TSIG_ERR) {
-        acme_err_set(err, ACME_ERR_CONFIG, "DNS update (%s %s) at %s: the answer failed the TSIG check "
-                     "with key \"%s\" (%s): is the key known to the server?", add ? "add" : "delete", t->fqdn,
-                     where, cfg->tsig.name, ldns_get_errorstr_by_id(st));
+    if ((st == LDNS_STATUS_CRYPTO_TSIG_BOGUS || st == LDNS_STATUS_CRYPTO_TSIG_ERR) && answer != NULL) {
+        /* a refusal comes unsigned when the server does not know the key or the signature is wrong */
+        ldns_pkt_rcode rcode = ldns_pkt_get_rcode(answer);
+        acme_err_set(err, ACME_ERR_CONFIG, "DNS update (%s %s) in zone %s at %s with TSIG key \"%s\": %s "
+                     "without a valid TSIG signature (the server does not accept this key for the zone: unknown "
+                     "to it, another secret or algorithm, or not allowed to update)", add ? "add" : "delete", t->fqdn, t->zone, where, cfg->tsig.name,
+                     rcode == LDNS_RCODE_NOERROR ? "an answer" : rcode_name(rcode));
         goto done;
     }
     if (st != LDNS_STATUS_OK || answer == NULL) {

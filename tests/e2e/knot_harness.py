@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -143,6 +144,19 @@ class Knot:
     def stop(self):
         if self.proc:
             self.proc.stop()
+
+    def knotc(self, *args):
+        p = subprocess.run([KNOTC_BIN, "-c", str(self.workdir / "knot.conf")] + list(args),
+                           capture_output=True, text=True, timeout=20)
+        if p.returncode != 0:
+            raise HarnessError(f"knotc {' '.join(args)}: {p.stdout}{p.stderr}")
+        return p.stdout
+
+    def add_txt(self, zone, owner, value):
+        """Add a TXT record behind the client's back (a record a dead process left)."""
+        self.knotc("zone-begin", zone)
+        self.knotc("zone-set", zone, owner, "60", "TXT", f'"{value}"')
+        self.knotc("zone-commit", zone)
 
     def txt(self, name):
         """The TXT values at name, straight from Knot."""
