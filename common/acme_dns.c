@@ -50,6 +50,24 @@ acme_dns_config_free(acme_dns_config_t *cfg)
     memset(cfg, 0, sizeof(*cfg));
 }
 
+int
+acme_dns_config_copy(acme_dns_config_t *dst, const acme_dns_config_t *src)
+{
+    memset(dst, 0, sizeof(*dst));
+    dst->method = src->method;
+    dst->propagation_timeout = src->propagation_timeout;
+    if ((src->resolver != NULL && (dst->resolver = acme_strdup(src->resolver)) == NULL)
+        || (src->server != NULL && (dst->server = acme_strdup(src->server)) == NULL)
+        || (src->tsig.name != NULL && (dst->tsig.name = acme_strdup(src->tsig.name)) == NULL)
+        || (src->tsig.algorithm != NULL && (dst->tsig.algorithm = acme_strdup(src->tsig.algorithm)) == NULL)
+        || (src->tsig.secret != NULL && (dst->tsig.secret = acme_strdup(src->tsig.secret)) == NULL))
+    {
+        acme_dns_config_free(dst);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- TSIG key files ---- */
 
 typedef struct {

@@ -54,6 +54,8 @@ int acme_tsig_key_parse(const char *text, const char *what, acme_tsig_key_t *key
 /* Wipes the secret. */
 void acme_tsig_key_free(acme_tsig_key_t *key);
 void acme_dns_config_free(acme_dns_config_t *cfg);
+/* A deep copy (the secret too). 0, or -1 out of memory. */
+int acme_dns_config_copy(acme_dns_config_t *dst, const acme_dns_config_t *src);
 /* Checks a config before use: method, TSIG for RFC 2136, server and resolver addresses. */
 int acme_dns_config_check(const acme_dns_config_t *cfg, acme_err_t *err);
 
@@ -83,11 +85,11 @@ typedef void (*acme_dns_done_pt)(void *arg, const acme_err_t *err);
 
 /*
  * publish: adds name=value and waits for propagation; otherwise removes every record of recs (all
- * attempted; err is the first failure). recs are copied.
+ * attempted; err is the first failure). cfg and recs are copied.
  */
 acme_dns_task_t *acme_dns_task_start(acme_loop_t *loop, const acme_dns_config_t *cfg, int publish,
     const acme_dns_record_t *recs, size_t nrecs, acme_dns_done_pt done, void *arg, acme_err_t *err);
-/* done is not called; the thread is told to stop and joined (within one DNS query's timeout). */
+/* done is not called; the thread is told to stop and left to end (after its current query) on its own. */
 void acme_dns_task_cancel(acme_dns_task_t *t);
 
 #endif

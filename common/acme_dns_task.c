@@ -1,5 +1,9 @@
-/* DNS work off the event loop: one thread per task (signals blocked), whose end a loop timer polls, as
- * key generation does (acme_keygen.c); in every loop mode, as a propagation wait lasts minutes. */
+/*
+ * DNS work off the event loop: one thread per task (signals blocked), whose end a loop timer polls, as
+ * key generation does (acme_keygen.c); in every loop mode, as a propagation wait lasts minutes. The task
+ * has its own copy of the configuration: a cancelled task's thread is left to finish its current query
+ * (seconds) and free the task itself, so cancelling never waits for the network.
+ */
 #include "acme_dns_int.h"
 
 #include <pthread.h>
@@ -9,9 +13,13 @@
 
 #define DNS_TASK_POLL_MS  50
 
+#define TASK_RUNNING    0
+#define TASK_FINISHED   1
+#define TASK_ABANDONED  2
+
 struct acme_dns_task_s {
     acme_loop_t               *loop;
-    const acme_dns_config_t   *cfg;
+    acme_dns_config_t          cfg;     /* a copy: the thread may outlive the caller's */
     int                        publish;
     acme_dns_record_t         *recs;
     size_t                     nrecs;
@@ -20,7 +28,7 @@ struct acme_dns_task_s {
     acme_timer_t              *timer;
     pthread_t                  thread;
     int                        threaded;
-    atomic_int                 finished;
+    atomic_int                 finished;   /* TASK_RUNNING, TASK_FINISHED or TASK_ABANDONED */
     atomic_int                 stop;
     int                        failed;
     acme_err_t                 err;
@@ -35,6 +43,7 @@ task_free(acme_dns_task_t *t)
     if (t->threaded) {
         pthread_join(t->thread, NULL);
     }
+    acme_dns_config_free(&t->cfg);
     for (i = 0; i < t->nrecs; i++) {
         free(t->recs[i].name);
         free(t->recs[i].value);
@@ -49,16 +58,20 @@ task_thread(void *p)
     acme_dns_task_t  *t = p;
     acme_err_t        e;
     size_t            i;
+    int               rc;
 
-    for (i = 0; i < t->nrecs; i++) {
-        int rc = t->publish ? acme_dns_publish(t->cfg, t->recs[i].name, t->recs[i].value, &t->stop, &e)
-                            : acme_dns_unpublish(t->cfg, t->recs[i].name, t->recs[i].value, &e);
+    for (i = 0; i < t->nrecs && !atomic_load(&t->stop); i++) {
+        rc = t->publish ? acme_dns_publish(&t->cfg, t->recs[i].name, t->recs[i].value, &t->stop, &e)
+                            : acme_dns_unpublish(&t->cfg, t->recs[i].name, t->recs[i].value, &e);
         if (rc != 0 && !t->failed) {
             t->err = e;
             t->failed = 1;
         }
     }
-    atomic_store(&t->finished, 1);
+    if (atomic_exchange(&t->finished, TASK_FINISHED) == TASK_ABANDONED) {
+        t->threaded = 0;        /* detached */
+        task_free(t);
+    }
     return NULL;
 }
 
@@ -72,7 +85,7 @@ task_poll(void *p)
     int                failed;
 
     t->timer = NULL;
-    if (!atomic_load(&t->finished)) {
+    if (atomic_load(&t->finished) == TASK_RUNNING) {
         t->timer = acme_timer_add(t->loop, DNS_TASK_POLL_MS, task_poll, t);
         if (t->timer != NULL) {
             return;
@@ -101,11 +114,16 @@ acme_dns_task_start(acme_loop_t *loop, const acme_dns_config_t *cfg, int publish
         return NULL;
     }
     t->loop = loop;
-    t->cfg = cfg;
+    if (acme_dns_config_copy(&t->cfg, cfg) != 0) {
+        free(t->recs);
+        free(t);
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
     t->publish = publish;
     t->done = done;
     t->arg = arg;
-    atomic_init(&t->finished, 0);
+    atomic_init(&t->finished, TASK_RUNNING);
     atomic_init(&t->stop, 0);
     for (i = 0; i < nrecs; i++, t->nrecs++) {
         t->recs[i].name = acme_strdup(recs[i].name);
@@ -148,5 +166,11 @@ acme_dns_task_cancel(acme_dns_task_t *t)
     if (t->timer != NULL) {
         acme_timer_cancel(t->loop, t->timer);
     }
-    task_free(t);
+    atomic_store(&t->stop, 1);
+    if (!t->threaded || atomic_exchange(&t->finished, TASK_ABANDONED) == TASK_FINISHED) {
+        task_free(t);
+        return;
+    }
+    /* the thread frees the task when its current query is over */
+    pthread_detach(t->thread);
 }
