@@ -2,10 +2,11 @@
 
 It listens on port 53 of a loopback address of its own (127.53.X.Y, free at start): the zones' NS
 and SOA MNAME name it, and the client checks propagation on every NS at port 53 as in production,
-so binding port 53 needs root (tests skip otherwise). Zones accept RFC 2136 updates signed with
+so binding port 53 needs root (tests skip otherwise). Names have A records 127.0.0.1 through `*`,
+except a name that also has a name below it (`_acme-challenge.NAME`, RFC 4592): a test answering
+HTTP-01 for such a name gives it an A record of its own. Zones accept RFC 2136 updates signed with
 the TSIG keys `acme-key-sha256`, `-sha384` and `-sha512` (leakcheck's constants); `ro-key` is
-known to Knot but may not update. Every test name has an A record 127.0.0.1, so Pebble (`-dnsserver`) still reaches
-HTTP-01 answers.
+known to Knot but may not update. Pebble (`-dnsserver`) resolves the HTTP-01 names through it.
 """
 
 import base64

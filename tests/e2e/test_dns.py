@@ -10,8 +10,10 @@ import knot_harness
 
 # Pebble asks Knot without recursion, and Knot follows no CNAME into another zone: the delegation's
 # target stays inside example.test (the client would follow it anywhere: it asks SOA for the target).
+# mix: an A record of its own, as `*` stops matching it once _acme-challenge.mix exists (RFC 4592).
 ZONES = {
-    "example.test": "_acme-challenge.delegated CNAME delegated.acme-challenges.example.test.\n",
+    "example.test": "_acme-challenge.delegated CNAME delegated.acme-challenges.example.test.\n"
+                    "mix A 127.0.0.1\n",
     "challenges.test": "",
 }
 
@@ -122,8 +124,8 @@ def test_dns01_refused_key(acmectl_bin, tmp_path, dns_pebble, knot, key):
     p = acmectl(acmectl_bin, tmp_path, dns_pebble, knot, "issue", "refused.example.test")
     assert p.returncode == 1
     name = "ro-key" if key == "ro-key" else "acme-key-sha256"
-    assert (f'acmectl: dns:refused.example.test: dns-01 (rfc2136) for refused.example.test: DNS update '
-            f'(add _acme-challenge.refused.example.test.)') in p.stderr, p.stderr
+    assert ('acmectl: dns:refused.example.test: dns-01 (rfc2136) for refused.example.test: DNS update '
+            '(add _acme-challenge.refused.example.test.)') in p.stderr, p.stderr
     assert f'TSIG key "{name}": NOTAUTH without a valid TSIG signature' in p.stderr
     assert knot.txt("_acme-challenge.refused.example.test") == []
 
