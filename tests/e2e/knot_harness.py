@@ -117,6 +117,7 @@ class Knot:
             "  - id: acme_update\n"
             f"    key: [{update_keys}]\n"
             "    action: update\n"
+            "    update-type: TXT\n"      # as docs/acmectl.md advises
             "template:\n"
             "  - id: default\n"
             f"    storage: {self.workdir / 'zones'}\n"
