@@ -1345,6 +1345,10 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "fallback-ca", required_argument, NULL, 'F' },
         { "status-file", required_argument, NULL, 'S' },
         { "poll-timeout", required_argument, NULL, 'W' },
+        { "tsig-key", required_argument, NULL, 'K' },
+        { "dns-server", required_argument, NULL, 'D' },
+        { "dns-resolver", required_argument, NULL, 'R' },
+        { "dns-propagation-timeout", required_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 }
     };
     issue_opts_t         o;
@@ -1358,9 +1362,11 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     acme_manager_host_t  mh;
     acme_issuer_conf_t   ic;
     run_t                r;
-    const char          *types[1];
+    const char          *types[ISSUE_TYPES_MAX];
+    char                 typebuf[100];
+    size_t               ntypes;
     char                *url;
-    int                  c, rc = 1;
+    int                  c, rc = 1, http, tls;
 
     memset(&o, 0, sizeof(o));
     memset(&r, 0, sizeof(r));
@@ -1384,11 +1390,11 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl: --key: %s\n", err.msg);
         return 2;
     }
-    types[0] = o.challenge ? o.challenge : "http-01";
-    if (strcmp(types[0], "http-01") != 0 && strcmp(types[0], "tls-alpn-01") != 0) {
-        fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", types[0]);
+    if (issue_types(&o, typebuf, sizeof(typebuf), types, &ntypes) != 0) {
         return 2;
     }
+    http = has_type(types, ntypes, "http-01");
+    tls = has_type(types, ntypes, "tls-alpn-01");
     rc = parse_idents(argc, argv, optind, &ids, &nids);
     if (rc != 0) {
         goto done;
@@ -1397,10 +1403,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     if (ctl_open_store(ctl, 1) != 0) {
         goto done;
     }
-    o.srv = acmectl_chsrv_start(strcmp(types[0], "http-01") == 0 ? (o.http_listen ? o.http_listen : ":80")
-                                                                 : NULL,
-                                strcmp(types[0], "tls-alpn-01") == 0 ? (o.tls_listen ? o.tls_listen : ":443")
-                                                                     : NULL, &err);
+    o.srv = acmectl_chsrv_start(http ? (o.http_listen ? o.http_listen : ":80") : NULL,
+                                tls ? (o.tls_listen ? o.tls_listen : ":443") : NULL, &err);
     if (o.srv == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
         goto done;
@@ -1441,7 +1445,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         ic.client.account_key_file = ctl->account_key;
         ic.client.account_keyspec = ctl->account_keyspec;
         ic.challenge_types = types;
-        ic.nchallenge_types = 1;
+        ic.nchallenge_types = ntypes;
+        ic.dns = o.dns.method != ACME_DNS_NONE ? &o.dns : NULL;
         ic.profile = o.profile;
         ic.preferred_chain = o.preferred_chain;
         idx[i] = acme_manager_add_issuer(r.m, &ic, &err);
@@ -1482,6 +1487,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
 done:
     acme_manager_free(r.m);
     acmectl_chsrv_stop(o.srv);
+    acme_dns_config_free(&o.dns);
     for (i = 0; i < nids; i++) {
         acme_ident_free(&ids[i]);
     }

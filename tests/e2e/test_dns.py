@@ -171,3 +171,26 @@ def test_tsig_sha384_refused_at_start(acmectl_bin, tmp_path, dns_pebble, knot):
     assert p.returncode == 2, p.stdout + p.stderr
     assert 'TSIG key "acme-key-sha384": libldns' in p.stderr and "cannot sign with hmac-sha384" in p.stderr
     assert dns_pebble.order_count() == 0
+
+
+def test_run_keeps_a_wildcard(acmectl_bin, tmp_path, dns_pebble, knot, procs):
+    # the manager's path (what nginx runs): dns-01 for a wildcard, the record removed afterwards
+    knot.key_file("acme-key-sha256", tmp_path / "tsig.key")
+    status = tmp_path / "status.json"
+    args = [str(acmectl_bin), "--state", str(tmp_path / "state"), "--ca", dns_pebble.directory_url,
+            "--ca-cert", str(dns_pebble.ca_cert), "--contact", "admin@example.org", "--agree-tos",
+            "run", "--challenge", "dns-01", "--tsig-key", str(tmp_path / "tsig.key"),
+            "--dns-resolver", knot.address, "--status-file", str(status), "*.run.example.test"]
+    p = procs.start(args, name="acmectl-run")
+
+    def valid():
+        try:
+            c = json.loads(status.read_text())["certificates"][0]
+        except (OSError, ValueError, IndexError, KeyError):
+            return False
+        return c["state"] == "valid"
+    harness.wait_for(valid, timeout=60, what="a valid wildcard certificate")
+    assert "DNS:*.run.example.test" in sans(tmp_path / "state/certs/_wildcard.run.example.test/fullchain.pem")
+    harness.wait_for(lambda: knot.txt("_acme-challenge.run.example.test") == [], timeout=10,
+                     what="the record removed")
+    p.stop()
