@@ -2,6 +2,7 @@
 validating through it: names, wildcards, CNAME delegation, refused keys, cleanup."""
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -194,3 +195,61 @@ def test_run_keeps_a_wildcard(acmectl_bin, tmp_path, dns_pebble, knot, procs):
     harness.wait_for(lambda: knot.txt("_acme-challenge.run.example.test") == [], timeout=10,
                      what="the record removed")
     p.stop()
+
+
+@pytest.fixture
+def knot_pair(tmp_path):
+    """Two authoritative servers of the zones (ns1: the primary, Pebble's; ns2), not in sync: ns2 gets
+    nothing by updates or transfers, only what a test adds to it, as a secondary that lags."""
+    why = knot_harness.available()
+    if why:
+        pytest.skip(why)
+    a1 = knot_harness.free_address()
+    a2 = knot_harness.free_address(taken=(a1,))
+    k1 = knot_harness.Knot(tmp_path / "knot1", ZONES, address=a1, ns_addresses=[a1, a2]).start()
+    k2 = knot_harness.Knot(tmp_path / "knot2", ZONES, address=a2, ns_addresses=[a1, a2]).start()
+    yield k1, k2
+    k1.stop()
+    k2.stop()
+
+
+def _run_lagging(acmectl_bin, tmp_path, pebble, k1, procs, name, timeout):
+    keyfile = tmp_path / "tsig.key"
+    k1.key_file("acme-key-sha256", keyfile)
+    args = [str(acmectl_bin), "--state", str(tmp_path / "state"), "--ca", pebble.directory_url,
+            "--ca-cert", str(pebble.ca_cert), "--contact", "admin@example.org", "--agree-tos", "-v",
+            "issue", "--challenge", "dns-01", "--tsig-key", str(keyfile), "--dns-resolver", k1.address,
+            "--dns-propagation-timeout", str(timeout), name]
+    return procs.start(args, name="acmectl-lag")
+
+
+def test_dns01_waits_for_every_authoritative_server(acmectl_bin, tmp_path, pebble_factory, knot_pair, procs):
+    k1, k2 = knot_pair
+    pebble = pebble_factory(dns_server=k1.dns_address)
+    p = _run_lagging(acmectl_bin, tmp_path, pebble, k1, procs, "lag.example.test", 30)
+    owner = "_acme-challenge.lag.example.test"
+    harness.wait_for(lambda: k1.txt(owner), timeout=20, what="the record on ns1")
+    value = k1.txt(owner)[0]
+    time.sleep(2)
+    # ns2 does not answer it yet: the CA has not been asked
+    assert k2.txt(owner) == []
+    assert "is on every authoritative server" not in p.log_text()
+    assert pebble.log_text().count("POST /chalZ/") == 0, pebble.log_text()
+    k2.add_txt("example.test", "_acme-challenge.lag", value)
+    assert p.wait_exit(timeout=30) == 0, p.log_text()
+    assert "the dns-01 record for lag.example.test is on every authoritative server" in p.log_text()
+    assert pebble.log_text().count("POST /chalZ/") >= 1     # what the CA logs when asked
+    assert k1.txt(owner) == []
+
+
+def test_dns01_propagation_timeout(acmectl_bin, tmp_path, pebble_factory, knot_pair, procs):
+    k1, k2 = knot_pair
+    pebble = pebble_factory(dns_server=k1.dns_address)
+    p = _run_lagging(acmectl_bin, tmp_path, pebble, k1, procs, "lag2.example.test", 3)
+    assert p.wait_exit(timeout=30) == 1, p.log_text()
+    out = p.log_text()
+    assert (f"acmectl: dns:lag2.example.test: dns-01 (rfc2136) for lag2.example.test: "
+            f"_acme-challenge.lag2.example.test. TXT: not answered by ns2.example.test. ({k2.address}) "
+            f"after 3 s (DNS propagation timeout)") in out, out
+    assert "POST /chalZ/" not in pebble.log_text()
+    assert k1.txt("_acme-challenge.lag2.example.test") == []
