@@ -56,7 +56,8 @@ def free_address(taken=()):
 
 class Knot:
     """knotd with zones ZONES (name -> extra zone lines). ns_addresses: the zones' NS (ns1, ns2, ...:
-    this server's address alone by default; two servers of one zone list the same ones)."""
+    this server's address alone by default; two servers of one zone list the same ones), each an
+    address or a list of addresses."""
 
     def __init__(self, workdir, zones, address=None, ns_addresses=None):
         self.workdir = Path(workdir)
@@ -105,7 +106,9 @@ class Knot:
             (self.workdir / "zones" / f"{z}.zone").write_text(
                 f"$ORIGIN {z}.\n$TTL 60\n"
                 f"@ SOA ns1.{z}. hostmaster.{z}. 1 3600 600 86400 60\n"
-                + "".join(f"@ NS ns{i + 1}.{z}.\nns{i + 1} A {a}\n" for i, a in enumerate(ns)) +
+                + "".join(f"@ NS ns{i + 1}.{z}.\n" + "".join(f"ns{i + 1} A {x}\n" for x in
+                                                            (a if isinstance(a, (list, tuple)) else [a]))
+                          for i, a in enumerate(ns)) +
                 "@ A 127.0.0.1\n"
                 "* A 127.0.0.1\n" + extra)
         (self.workdir / "knot.conf").write_text(

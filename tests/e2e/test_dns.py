@@ -253,3 +253,31 @@ def test_dns01_propagation_timeout(acmectl_bin, tmp_path, pebble_factory, knot_p
             f"after 3 s (DNS propagation timeout)") in out, out
     assert "POST /chalZ/" not in pebble.log_text()
     assert k1.txt("_acme-challenge.lag2.example.test") == []
+
+
+def test_dns01_unreachable_address_of_a_server(acmectl_bin, tmp_path, pebble_factory, procs):
+    # ns1 has a second address nobody answers on (as an IPv6 address from a host without IPv6): it
+    # counts for nothing once another address of ns1 answers the value; a server none of whose
+    # addresses answers holds the issuance back until the timeout, named
+    why = knot_harness.available()
+    if why:
+        pytest.skip(why)
+    a1 = knot_harness.free_address()
+    dead = knot_harness.free_address(taken=(a1,))
+    k = knot_harness.Knot(tmp_path / "knot", ZONES, address=a1, ns_addresses=[[a1, dead]]).start()
+    try:
+        pebble = pebble_factory(dns_server=k.dns_address)
+        p = _run_lagging(acmectl_bin, tmp_path, pebble, k, procs, "twoaddr.example.test", 20)
+        assert p.wait_exit(timeout=60) == 0, p.log_text()
+    finally:
+        k.stop()
+
+    a1 = knot_harness.free_address()
+    k = knot_harness.Knot(tmp_path / "knot2", ZONES, address=a1, ns_addresses=[a1, dead]).start()
+    try:
+        (tmp_path / "b").mkdir()
+        p = _run_lagging(acmectl_bin, tmp_path / "b", pebble, k, procs, "deadns.example.test", 3)
+        assert p.wait_exit(timeout=60) == 1, p.log_text()
+        assert f"not answered by ns2.example.test. ({dead}: no answer) after 3 s" in p.log_text(), p.log_text()
+    finally:
+        k.stop()
