@@ -99,9 +99,9 @@ usage(FILE *f)
 "\n"
 "commands:\n"
 "  issue [--ignore-server] [--challenge TYPE[,TYPE]...] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
-"        [--tsig-key FILE] [--dns-server HOST[:PORT]] [--dns-resolver HOST[:PORT]]\n"
-"        [--dns-propagation-timeout SECONDS] [--key ALG] [--profile NAME] [--preferred-chain CN]\n"
-"        [--poll-timeout SECONDS] NAME...\n"
+"        [--dns-update rfc2136] [--tsig-key|--dns-tsig-key FILE] [--dns-server HOST[:PORT]]\n"
+"        [--dns-resolver ADDR[:PORT]] [--dns-propagation-timeout SECONDS] [--key ALG] [--profile NAME]\n"
+"        [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
 "        TYPE: http-01, tls-alpn-01, dns-01 (RFC 2136 update with --tsig-key); a wildcard takes dns-01\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
@@ -307,6 +307,7 @@ typedef struct {
     int               ignore_server;
     long              poll_timeout;
     const char       *tsig_key;
+    const char       *dns_update;
     const char       *dns_server;
     const char       *dns_resolver;
     long              dns_timeout;
@@ -377,6 +378,14 @@ parse_issue_opt(int c, issue_opts_t *o)
         }
         return 0;
     case 'K': o->tsig_key = optarg; return 0;
+    case 'U':
+        /* the method, named as nginx's dns_update (the only one for now) */
+        if (strcmp(optarg, "rfc2136") != 0) {
+            fprintf(stderr, "acmectl: --dns-update \"%s\": use rfc2136\n", optarg);
+            return -1;
+        }
+        o->dns_update = optarg;
+        return 0;
     case 'D': o->dns_server = optarg; return 0;
     case 'R': o->dns_resolver = optarg; return 0;
     case 'X':
@@ -424,9 +433,9 @@ issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *
         return 2;
     }
     if (!dns) {
-        if (o->tsig_key || o->dns_server || o->dns_resolver || o->dns_timeout) {
-            fprintf(stderr, "acmectl: --tsig-key, --dns-server, --dns-resolver and --dns-propagation-timeout "
-                    "need --challenge dns-01\n");
+        if (o->tsig_key || o->dns_update || o->dns_server || o->dns_resolver || o->dns_timeout) {
+            fprintf(stderr, "acmectl: --dns-update, --tsig-key, --dns-server, --dns-resolver and "
+                    "--dns-propagation-timeout need --challenge dns-01\n");
             return 2;
         }
         return 0;
@@ -479,6 +488,8 @@ static const struct option issue_longopts[] = {
     { "ignore-server", no_argument, NULL, 'G' },
     { "poll-timeout", required_argument, NULL, 'W' },
     { "tsig-key", required_argument, NULL, 'K' },
+    { "dns-tsig-key", required_argument, NULL, 'K' },
+    { "dns-update", required_argument, NULL, 'U' },
     { "dns-server", required_argument, NULL, 'D' },
     { "dns-resolver", required_argument, NULL, 'R' },
     { "dns-propagation-timeout", required_argument, NULL, 'X' },
@@ -1346,6 +1357,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "status-file", required_argument, NULL, 'S' },
         { "poll-timeout", required_argument, NULL, 'W' },
         { "tsig-key", required_argument, NULL, 'K' },
+        { "dns-tsig-key", required_argument, NULL, 'K' },
+        { "dns-update", required_argument, NULL, 'U' },
         { "dns-server", required_argument, NULL, 'D' },
         { "dns-resolver", required_argument, NULL, 'R' },
         { "dns-propagation-timeout", required_argument, NULL, 'X' },

@@ -180,7 +180,8 @@ def test_run_keeps_a_wildcard(acmectl_bin, tmp_path, dns_pebble, knot, procs):
     status = tmp_path / "status.json"
     args = [str(acmectl_bin), "--state", str(tmp_path / "state"), "--ca", dns_pebble.directory_url,
             "--ca-cert", str(dns_pebble.ca_cert), "--contact", "admin@example.org", "--agree-tos",
-            "run", "--challenge", "dns-01", "--tsig-key", str(tmp_path / "tsig.key"),
+            "run", "--challenge", "dns-01", "--dns-update", "rfc2136",
+            "--dns-tsig-key", str(tmp_path / "tsig.key"),
             "--dns-resolver", knot.address, "--status-file", str(status), "*.run.example.test"]
     p = procs.start(args, name="acmectl-run")
 

@@ -104,7 +104,8 @@ def test_bad_certificate_arguments(nginx_factory, tmp_path, extra, needle, patte
 
 
 @pytest.mark.parametrize("line,pattern", [
-    ("challenge dns-02;", r"invalid \"challenge\" \"dns-02\" in acme_issuer \"le\": use http-01, tls-alpn-01 or dns-01"),
+    ("challenge dns-02;",
+     r"invalid \"challenge\" \"dns-02\" in acme_issuer \"le\": use http-01, tls-alpn-01 or dns-01"),
     ("account_key ecdsa:999;", r"invalid \"account_key\" \"ecdsa:999\""),
     ("ssl_verify maybe;", r"invalid \"ssl_verify\" \"maybe\""),
     ("frobnicate 1;", r"unknown directive \"frobnicate\" in acme_issuer \"le\""),
