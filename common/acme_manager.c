@@ -25,6 +25,7 @@ typedef struct {
     char                *account_key_file;
     char               **types;
     size_t               ntypes;
+    const acme_dns_config_t *dns;
     char                *profile;
     int                  profile_required;
     char                *preferred_chain;
@@ -199,6 +200,7 @@ acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_
     is->eab_kid = acme_strdup(conf->client.eab_kid);
     is->eab_hmac_key = acme_strdup(conf->client.eab_hmac_key);
     is->account_key_file = acme_strdup(conf->client.account_key_file);
+    is->dns = conf->dns;
     if (conf->challenge_types != NULL) {
         is->types = strv_dup(conf->challenge_types, conf->nchallenge_types);
         is->ntypes = conf->nchallenge_types;
@@ -556,6 +558,7 @@ cert_issue(mcert_t *c)
     req.keyspec = c->ks;
     req.challenge_types = (const char *const *) is->types;
     req.nchallenge_types = is->ntypes;
+    req.dns = is->dns;
     req.profile = c->profile ? c->profile : is->profile;
     req.profile_required = c->profile ? 0 : is->profile_required;
     req.preferred_chain = is->preferred_chain;

@@ -17,6 +17,8 @@ typedef struct {
     acme_client_conf_t   client;
     const char *const   *challenge_types;   /* preference order, NULL: http-01, tls-alpn-01 */
     size_t               nchallenge_types;
+    const acme_dns_config_t *dns;           /* DNS challenges' records (the caller's, alive as long as the
+                                               manager); NULL: none */
     const char          *profile;
     int                  profile_required;
     const char          *preferred_chain;

@@ -3,7 +3,11 @@
  * ngx_http_acme_module: directives, configuration create/merge and
  * validation, module hooks.
  *
- *   acme_issuer NAME { uri ...; contact ...; account_key ...; challenge ...;
+ *   acme_issuer NAME { uri ...; contact ...; account_key ...;
+ *                      challenge TYPE [TYPE...];
+ *                      dns_update rfc2136; dns_tsig_key FILE;
+ *                      dns_server HOST[:PORT]; dns_resolver HOST[:PORT];
+ *                      dns_propagation_timeout TIME;
  *                      external_account_key KID data:KEY|FILE;
  *                      preferred_chain ...;
  *                      profile NAME [require]; ssl_trusted_certificate ...;
@@ -691,6 +695,10 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_acme_dns_check(cf, iss) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     st = ngx_http_acme_state_open(cf, iss);
     if (st == NULL) {
         return NGX_CONF_ERROR;
@@ -845,32 +853,55 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
     }
 
     if (ngx_acme_is("challenge")) {
-        ngx_acme_nargs(1, 1);
+        ngx_acme_nargs(1, 3);
 
-        if ((value[1].len == 7 && ngx_strncmp(value[1].data, "http-01", 7)
-             == 0)
-            || (value[1].len == 4 && ngx_strncmp(value[1].data, "http", 4)
-                == 0))
-        {
-            iss->challenge = "http-01";
-            return NGX_CONF_OK;
+        /* several: in order of preference, per identifier (a wildcard
+         * takes dns-01) */
+
+        iss->nchallenges = 0;
+
+        for (i = 1; i <= nargs; i++) {
+            if ((value[i].len == 7
+                 && ngx_strncmp(value[i].data, "http-01", 7) == 0)
+                || (value[i].len == 4
+                    && ngx_strncmp(value[i].data, "http", 4) == 0))
+            {
+                s = "http-01";
+
+            } else if ((value[i].len == 11
+                        && ngx_strncmp(value[i].data, "tls-alpn-01", 11)
+                           == 0)
+                       || (value[i].len == 8
+                           && ngx_strncmp(value[i].data, "tls-alpn", 8)
+                              == 0))
+            {
+                s = "tls-alpn-01";
+
+            } else if ((value[i].len == 6
+                        && ngx_strncmp(value[i].data, "dns-01", 6) == 0)
+                       || (value[i].len == 3
+                           && ngx_strncmp(value[i].data, "dns", 3) == 0))
+            {
+                s = "dns-01";
+
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"challenge\" \"%V\" in "
+                                   "acme_issuer \"%V\": unsupported "
+                                   "challenge, use http-01, tls-alpn-01 "
+                                   "or dns-01",
+                                   &value[i], &iss->name);
+                return NGX_CONF_ERROR;
+            }
+
+            iss->challenges[iss->nchallenges++] = s;
         }
 
-        if ((value[1].len == 11
-             && ngx_strncmp(value[1].data, "tls-alpn-01", 11) == 0)
-            || (value[1].len == 8
-                && ngx_strncmp(value[1].data, "tls-alpn", 8) == 0))
-        {
-            iss->challenge = "tls-alpn-01";
-            return NGX_CONF_OK;
-        }
+        return NGX_CONF_OK;
+    }
 
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid \"challenge\" \"%V\" in acme_issuer "
-                           "\"%V\": unsupported challenge, use http-01 or "
-                           "tls-alpn-01",
-                           &value[1], &iss->name);
-        return NGX_CONF_ERROR;
+    if (name->len > 4 && ngx_strncmp(name->data, "dns_", 4) == 0) {
+        return ngx_http_acme_dns_directive(cf, iss, name, value, nargs);
     }
 
     if (ngx_acme_is("external_account_key")) {
@@ -1365,14 +1396,8 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 
-        if (ngx_strncmp(id.value, "*.", 2) == 0) {
-            acme_ident_free(&id);
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid identifier \"%V\": wildcard names "
-                               "need the dns-01 challenge, which is not "
-                               "supported", &value[i]);
-            return NGX_CONF_ERROR;
-        }
+        /* a wildcard needs dns-01 in every issuer: checked once they are
+         * known (init_main_conf) */
 
         acme_ident_free(&id);
 
@@ -1742,6 +1767,54 @@ ngx_http_acme_cert_add_name(ngx_conf_t *cf, ngx_http_acme_cert_t *cert,
 }
 
 
+/* A wildcard identifier is validated through DNS only: every issuer of the
+ * certificate must allow dns-01. */
+
+static ngx_int_t
+ngx_http_acme_cert_wildcards(ngx_conf_t *cf, ngx_http_acme_cert_t *cert,
+    ngx_http_acme_issuer_t *iss)
+{
+    ngx_str_t   *n;
+    ngx_uint_t   i, j, k, dns01;
+
+    if (cert->names == NULL) {
+        return NGX_OK;
+    }
+
+    n = cert->names->elts;
+
+    for (i = 0; i < cert->names->nelts; i++) {
+        if (n[i].len < 2 || n[i].data[0] != '*') {
+            continue;
+        }
+
+        for (j = 0; j < cert->nissuers; j++) {
+            dns01 = 0;
+
+            for (k = 0; k < iss[cert->issuers[j]].nchallenges; k++) {
+                if (ngx_strcmp(iss[cert->issuers[j]].challenges[k], "dns-01")
+                    == 0)
+                {
+                    dns01 = 1;
+                }
+            }
+
+            if (!dns01) {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "acme_certificate: invalid identifier \"%V\": "
+                              "a wildcard needs \"challenge dns-01\" in "
+                              "acme_issuer \"%V\" in %s:%ui", &n[i],
+                              &iss[cert->issuers[j]].name, cert->file,
+                              cert->line);
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_http_acme_cert_cleanup(void *data)
 {
@@ -1817,6 +1890,10 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
         }
 
         cert->store = iss[cert->issuers[0]].store;
+
+        if (ngx_http_acme_cert_wildcards(cf, cert, iss) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
 
         cln = ngx_pool_cleanup_add(cf->pool, 0);
         if (cln == NULL) {

@@ -379,7 +379,7 @@ static ngx_int_t
 ngx_http_acme_runner_start(ngx_cycle_t *cycle)
 {
     int                          *idx, *map;
-    char                        **paths, **contacts, *types[1];
+    char                        **paths, **contacts;
     ngx_uint_t                    i, j, g;
     acme_err_t                    err;
     acme_host_t                   host;
@@ -530,10 +530,14 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                     ic.client.account_keyspec = is->account_keyspec;
                     ic.client.account_key_file = is->account_key_file;
 
-                    if (is->challenge) {
-                        types[0] = is->challenge;
-                        ic.challenge_types = (const char *const *) types;
-                        ic.nchallenge_types = 1;
+                    if (is->nchallenges) {
+                        ic.challenge_types =
+                                      (const char *const *) is->challenges;
+                        ic.nchallenge_types = is->nchallenges;
+                    }
+
+                    if (is->dns.method != ACME_DNS_NONE) {
+                        ic.dns = &is->dns;
                     }
 
                     ic.profile = is->profile;

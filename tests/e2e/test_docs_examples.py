@@ -14,6 +14,7 @@ Adapted mechanically, nothing else:
     <VirtualHost> with SSLEngine on), and issuers it names are declared.
 """
 
+import base64
 import os
 import re
 import secrets
@@ -125,6 +126,10 @@ class Root:
         if d in ("acme_storage_key", "acmestoragekey"):
             p.write_bytes(secrets.token_bytes(32))
             os.chmod(p, 0o600)
+        elif d == "dns_tsig_key":
+            p.write_text('key "docs-key" { algorithm hmac-sha256; secret "%s"; };\n'
+                         % base64.b64encode(secrets.token_bytes(32)).decode())
+            os.chmod(p, 0o600)
         elif d in ("external_account_key", "acmeexternalaccountbinding"):
             p.write_text(secrets.token_urlsafe(32) + "\n")
             os.chmod(p, 0o600)
@@ -172,7 +177,8 @@ NGX_MAIN = {"load_module", "user", "worker_processes", "events", "http", "error_
 NGX_HTTP = {"acme_issuer", "acme_shared_zone", "acme_storage", "acme_storage_key", "server", "map",
             "upstream", "include"}
 NGX_ISSUER = {"uri", "contact", "account_key", "challenge", "external_account_key", "preferred_chain",
-              "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service"}
+              "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service",
+              "dns_update", "dns_tsig_key", "dns_server", "dns_resolver", "dns_propagation_timeout"}
 NGX_LOCATION = {"acme_status", "limit_except", "allow", "deny"}
 
 
