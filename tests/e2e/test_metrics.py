@@ -104,6 +104,14 @@ def proxy(pebble, tmp_path, test_ca):
     assert not px.errors, f"the proxy itself failed: {px.errors}"
 
 
+def answers(proxy, kind):
+    """How many answers the proxy relayed or made with this ACME problem type (429s count as rateLimited)."""
+    with proxy._lock:
+        reqs = list(proxy.requests)
+    return sum(1 for r in reqs if (r.problem or "").endswith(":" + kind)
+               or (kind == "rateLimited" and r.status == 429 and not (r.problem or "").endswith(":" + kind)))
+
+
 def dead_ca_url():
     """A directory URL on a loopback port nobody listens on."""
     return f"https://127.0.0.1:{free_port()}/dir"
@@ -152,14 +160,14 @@ def _nginx_metrics(https, path="/metrics"):
 
 
 def _cert(st, ident):
-    return next(c for c in st["certificates"] if ident in c["identifiers"])
+    return next((c for c in st["certificates"] if ident in c["identifiers"]), None)
 
 
 def _quiet(get_json, proxy, issuer):
     """The JSON status once the issuer's request counter equals what the proxy saw and stays so."""
     def same():
         st = get_json()
-        n = next(i for i in st["issuers"] if i["name"] == issuer)["requests"]
+        n = next((i["requests"] for i in st.get("issuers", []) if i["name"] == issuer), None)
         return st if n == proxy.count() and not any(c["state"] == "renewing" for c in st["certificates"]) \
             else None
     wait_for(same, 20, interval=0.3, what="the request counter to match the proxy")
@@ -171,11 +179,11 @@ def test_nginx_metrics_issued_and_failing(pebble, proxy, nginx_factory, tmp_path
     https = free_port()
     nginx_factory(_nginx_conf(proxy, pebble, tmp_path, https, dead_ca_url()), wait_port=https,
                   allowed=[r"acme: "])
-    wait_for(lambda: (lambda c: c if c["state"] == "valid" else None)(_cert(_nginx_json(https), GOOD)),
+    wait_for(lambda: (lambda c: c if c and c["state"] == "valid" else None)(_cert(_nginx_json(https), GOOD)),
              40, interval=0.3, what="the good certificate")
-    wait_for(lambda: _cert(_nginx_json(https), BAD)["failures"] > 0, 30, interval=0.3,
+    wait_for(lambda: (_cert(_nginx_json(https), BAD) or {}).get("failures", 0) > 0, 30, interval=0.3,
              what="the failing certificate's first failure")
-    wait_for(lambda: _cert(_nginx_json(https), GOOD).get("ari_window"), 30, interval=0.3,
+    wait_for(lambda: (_cert(_nginx_json(https), GOOD) or {}).get("ari_window"), 30, interval=0.3,
              what="the ARI window")
 
     st = _quiet(lambda: _nginx_json(https), proxy, "pebble")
@@ -184,7 +192,8 @@ def test_nginx_metrics_issued_and_failing(pebble, proxy, nginx_factory, tmp_path
     check_certificate(m, good)
     check_certificate(m, bad)
     # the world agrees: the certificate served, the failing one, what the CA saw
-    assert value(m, "acme_certificate_not_after_seconds", name=good["name"]) == not_after(tls_cert(https, GOOD))
+    served = value(m, "acme_certificate_not_after_seconds", name=good["name"])
+    wait_for(lambda: not_after(tls_cert(https, GOOD)) == served, 10, what="the served certificate's not_after")
     assert value(m, "acme_certificate_state", name=good["name"], state="valid") == 1
     assert value(m, "acme_certificate_state", name=bad["name"], state="failing") == 1
     assert time.time() - 120 < value(m, "acme_certificate_last_success_seconds", name=good["name"]) <= time.time()
@@ -198,6 +207,7 @@ def test_nginx_metrics_issued_and_failing(pebble, proxy, nginx_factory, tmp_path
     assert value(m, "acme_order_errors_total", issuer="dead", type="network") >= 1
     assert value(m, "acme_orders_total", issuer="dead") >= 1
     assert value(m, "acme_requests_total", issuer="pebble") == proxy.count()
+    assert value(m, "acme_bad_nonce_retries_total", issuer="pebble") == answers(proxy, "badNonce")
     assert value(m, "acme_orders_total", issuer="pebble") == 1
     before = check_issuer(m, st, "pebble")
     check_issuer(m, st, "dead")
@@ -212,7 +222,8 @@ def test_nginx_metrics_issued_and_failing(pebble, proxy, nginx_factory, tmp_path
     check_certificate(m, _cert(st, GOOD))
     assert value(m, "acme_orders_total", issuer="pebble") == before["orders"] + 1
     assert value(m, "acme_requests_total", issuer="pebble") == proxy.count() > before["requests"]
-    assert value(m, "acme_certificate_not_after_seconds", name=good["name"]) == not_after(tls_cert(https, GOOD))
+    served = value(m, "acme_certificate_not_after_seconds", name=good["name"])
+    wait_for(lambda: not_after(tls_cert(https, GOOD)) == served, 10, what="the renewed certificate served")
 
     # the same document either way: ?format= overrides the location's format
     r = https_get(https, GOOD, "/metrics?format=json")
@@ -228,22 +239,23 @@ def test_nginx_metrics_bad_nonce_and_rate_limits(pebble, proxy, nginx_factory, t
     https = free_port()
     nginx_factory(_nginx_conf(proxy, pebble, tmp_path, https, dead_ca_url()), wait_port=https,
                   allowed=[r"acme: "])
-    wait_for(lambda: (lambda c: c if c["state"] == "valid" else None)(_cert(_nginx_json(https), GOOD)),
+    wait_for(lambda: (lambda c: c if c and c["state"] == "valid" else None)(_cert(_nginx_json(https), GOOD)),
              40, interval=0.3, what="the good certificate")
     _quiet(lambda: _nginx_json(https), proxy, "pebble")
     m0 = _nginx_metrics(https)
 
-    # two badNonce answers to the next new order: two retries, then the order goes through
+    # two badNonce answers to the next new order: two retries, then the order goes through (Pebble itself
+    # rejects some nonces too: the proxy's record of the answers is the reference)
     nonce = proxy.add_fault("newOrder", times=2, respond=problem(400, "badNonce", "stale nonce"))
     assert force_renewal(https, GOOD, GOOD).status == 202
     wait_for(lambda: nonce.hits == 2 and _cert(_nginx_json(https), GOOD)["state"] == "valid",
              40, interval=0.3, what="the renewal through two badNonce answers")
     st = _quiet(lambda: _nginx_json(https), proxy, "pebble")
     m1 = _nginx_metrics(https)
-    assert value(m1, "acme_bad_nonce_retries_total", issuer="pebble") == \
+    assert value(m1, "acme_bad_nonce_retries_total", issuer="pebble") == answers(proxy, "badNonce")
+    assert value(m1, "acme_bad_nonce_retries_total", issuer="pebble") >= \
         value(m0, "acme_bad_nonce_retries_total", issuer="pebble") + 2
-    assert value(m1, "acme_rate_limited_total", issuer="pebble") == \
-        value(m0, "acme_rate_limited_total", issuer="pebble")
+    assert value(m1, "acme_rate_limited_total", issuer="pebble") == answers(proxy, "rateLimited") == 0
     check_issuer(m1, st, "pebble")
 
     # rateLimited: counted by the client and as an order error of that kind
@@ -254,10 +266,10 @@ def test_nginx_metrics_bad_nonce_and_rate_limits(pebble, proxy, nginx_factory, t
              interval=0.3, what="the rate-limited renewal")
     st = _quiet(lambda: _nginx_json(https), proxy, "pebble")
     m2 = _nginx_metrics(https)
-    assert value(m2, "acme_rate_limited_total", issuer="pebble") == \
-        value(m1, "acme_rate_limited_total", issuer="pebble") + 1
+    assert value(m2, "acme_rate_limited_total", issuer="pebble") == answers(proxy, "rateLimited") == 1
     assert value(m2, "acme_order_errors_total", issuer="pebble", type="ratelimit") == \
         value(m1, "acme_order_errors_total", issuer="pebble", type="ratelimit") + 1
+    assert value(m2, "acme_bad_nonce_retries_total", issuer="pebble") == answers(proxy, "badNonce")
     good = _cert(st, GOOD)
     assert value(m2, "acme_certificate_failures", name=good["name"]) == 1
     assert value(m2, "acme_certificate_state", name=good["name"], state="failing") == 1
@@ -308,7 +320,7 @@ def test_apache_metrics_issued_and_failing(apache_factory, pebble, proxy, procs,
         assert r.headers["Content-Type"] == CONTENT_TYPE, r.headers
         return scrape(r.text)
 
-    wait_for(lambda: _cert(main_json(), bad)["failures"] > 0, 30, interval=0.3,
+    wait_for(lambda: (_cert(main_json(), bad) or {}).get("failures", 0) > 0, 30, interval=0.3,
              what="the failing certificate's first failure")
     st = _quiet(main_json, proxy, issuer)
     m = metrics()
