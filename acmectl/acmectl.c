@@ -103,6 +103,9 @@ usage(FILE *f)
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
+"  ari-check [NAME...]\n"
+"        ask the CA's renewal information (RFC 9773) of every certificate, or of those named, again and\n"
+"        store it; renews nothing (renew, run or the server act on a window that says renew now)\n"
 "  list\n"
 "  status --json\n"
 "  revoke [--reason N] [--with-cert-key] NAME\n"
@@ -888,6 +891,143 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     return rc;
 }
 
+/* ---- ari-check: the CA's renewal information asked again, no renewal ---- */
+
+/* the client for the CA that issued m (a --ca overrides it); a new one when the previous was another CA */
+static int
+ctl_client_for(ctl_t *ctl, const acme_certmeta_t *m)
+{
+    const char  *ca = ctl->ca ? ctl->ca : m->ca;
+    char        *url;
+    acme_err_t   err;
+    int          same;
+
+    if (ctl->client != NULL) {
+        url = acme_ca_resolve(ca ? ca : "letsencrypt", &err);
+        same = url != NULL && strcmp(url, ctl->ca_url) == 0;
+        free(url);
+        if (same) {
+            return 0;
+        }
+        acme_client_free(ctl->client);
+        acme_loop_free(ctl->loop);
+        free(ctl->ca_url);
+        ctl->client = NULL;
+        ctl->loop = NULL;
+        ctl->ca_url = NULL;
+    }
+    return ctl_client(ctl, ca);
+}
+
+/* One certificate: 0 asked and stored (printed), 1 failed (said why). */
+static int
+ari_check_one(ctl_t *ctl, acme_certmeta_t *m)
+{
+    X509                *leaf;
+    ari_wait_t           aw;
+    acme_err_t           err;
+    acme_renew_reason_t  reason;
+    time_t               now = time(NULL), when;
+    char                 b1[32], b2[32], b3[32];
+
+    if (m->not_after == 0) {
+        printf("%s: no certificate yet\n", m->name);
+        return 0;
+    }
+    if (ctl_client_for(ctl, m) != 0 || ctl_ready(ctl) != 0) {
+        return 1;
+    }
+    if (acme_client_directory(ctl->client)->renewal_info == NULL) {
+        printf("%s: the CA (%s) has no renewal information\n", m->name, ctl->ca_url);
+        return 0;
+    }
+    leaf = load_leaf(ctl, m->name, NULL);
+    if (leaf == NULL) {
+        return 1;
+    }
+    memset(&aw, 0, sizeof(aw));
+    aw.meta = m;
+    if (acme_client_renewal_info(ctl->client, leaf, ari_done, &aw, &err) != 0) {
+        fprintf(stderr, "acmectl: %s: renewalInfo: %s\n", m->name, err.msg);
+        X509_free(leaf);
+        return 1;
+    }
+    X509_free(leaf);
+    if (wait_run(ctl, &aw.w) != 0) {
+        return 1;
+    }
+    if (m->renew_at == 0) {
+        m->renew_at = acme_sched_renew_time(m, acme_random(), now, &reason);
+    }
+    if (acme_store_meta_save(ctl->store, m, &err) != 0) {
+        fprintf(stderr, "acmectl: %s: cannot store the renewal window: %s\n", m->name, err.msg);
+        return 1;
+    }
+    when = acme_sched_renewal(m, now, &reason);
+    printf("%s: renewal window %s to %s; %s%s (%s)\n", m->name,
+           acme_time_format(m->ari_start, b1, sizeof(b1)), acme_time_format(m->ari_end, b2, sizeof(b2)),
+           when <= now ? "due now, since " : "next renewal ", acme_time_format(when, b3, sizeof(b3)),
+           acme_renew_reason_name(reason));
+    return 0;
+}
+
+/*
+ * ari-check [NAME...]: every certificate of the store, or those named (store name or identifier). Nothing
+ * is renewed: the window is stored, and whoever keeps the certificate acts on it (acmectl renew, run; a
+ * running server at its next look at the store: its status endpoint's ?ari-check makes it look now).
+ */
+static int
+cmd_ari_check(ctl_t *ctl, int argc, char **argv)
+{
+    char            **names = NULL;
+    size_t            n = 0, i;
+    acme_err_t        err;
+    acme_certmeta_t   m;
+    const char       *server;
+    int               failed = 0;
+
+    if (argc > 1 && argv[1][0] == '-') {
+        fprintf(stderr, "acmectl ari-check: unknown option \"%s\"\n", argv[1]);
+        return 2;
+    }
+    if (ctl_open_store(ctl, 0) != 0) {
+        return 1;
+    }
+    if (argc > 1) {
+        for (i = 1; i < (size_t) argc; i++) {
+            if (find_cert(ctl, argv[i], &m) != 0) {
+                failed = 1;
+                continue;
+            }
+            failed |= ari_check_one(ctl, &m);
+            acme_certmeta_free(&m);
+        }
+    } else {
+        if (ctl->store->ops->list(ctl->store, "certs", &names, &n, &err) != 0) {
+            fprintf(stderr, "acmectl: %s\n", err.msg);
+            return 1;
+        }
+        for (i = 0; i < n; i++) {
+            memset(&m, 0, sizeof(m));
+            if (acme_store_meta_load(ctl->store, names[i], &m, &err) != 0) {
+                fprintf(stderr, "acmectl: %s: %s\n", names[i], err.msg);
+                failed = 1;
+                continue;
+            }
+            failed |= ari_check_one(ctl, &m);
+            acme_certmeta_free(&m);
+        }
+        acme_store_list_free(names, n);
+    }
+    server = ctl_running_server(ctl);
+    if (server != NULL) {
+        fprintf(stderr, "acmectl: a running %s manages this state directory: it sees the stored windows at its "
+                "next look at the store; POST ?ari-check=NAME (or *) to its status endpoint makes it ask now\n",
+                server);
+    }
+    return failed;
+}
+
 /* ---- list / status ---- */
 
 static json_t *
@@ -1349,6 +1489,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl: %s\n", err.msg);
         goto done;
     }
+    /* a start: a window the CA opened while its Retry-After kept us from asking is seen now */
+    acme_manager_ari_check(r.m, NULL);
     signal(SIGTERM, run_signal);
     signal(SIGINT, run_signal);
     signal(SIGUSR1, run_signal);
@@ -1577,6 +1719,8 @@ main(int argc, char **argv)
         rc = cmd_renew(&ctl, argc, argv);
     } else if (strcmp(cmd, "run") == 0) {
         rc = cmd_run(&ctl, argc, argv);
+    } else if (strcmp(cmd, "ari-check") == 0) {
+        rc = cmd_ari_check(&ctl, argc, argv);
     } else if (strcmp(cmd, "list") == 0) {
         rc = cmd_list(&ctl, 0);
     } else if (strcmp(cmd, "status") == 0) {

@@ -168,6 +168,10 @@ typedef struct {
 
 mod_acme_conn_t *mod_acme_conn(conn_rec *c, int create);
 
+/* ---- the module (mod_acme.c) ---- */
+
+int mod_acme_parent_started(server_rec *s);
+
 /* ---- shared memory (mod_acme_shm.c) ---- */
 
 #define MOD_ACME_RENEW_SLOTS     16
@@ -201,6 +205,16 @@ int          mod_acme_shm_renew_claim(mod_acme_shm_t *shm, int i, apr_uint32_t n
 void         mod_acme_shm_renew_unclaim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t prev);
 /* The driver: until when the CA asked to wait for certificate i (0: no more). */
 void         mod_acme_shm_set_ca_wait(mod_acme_shm_t *shm, int i, apr_uint32_t until);
+/* The parent started (not a graceful restart): the first driver asks ARI again (taken once). */
+void         mod_acme_shm_set_ari_start(mod_acme_shm_t *shm);
+int          mod_acme_shm_take_ari_start(mod_acme_shm_t *shm);
+/*
+ * An ARI check of certificate i requested at now: 0 queued for the driver, 2 one was accepted less than
+ * interval ago (*until: when the next may be), -1 no such certificate. The driver takes it once.
+ */
+int          mod_acme_shm_ari_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t interval,
+                                    apr_uint32_t *until);
+int          mod_acme_shm_ari_take(mod_acme_shm_t *shm, int i);
 void         mod_acme_shm_set_driver(mod_acme_shm_t *shm, pid_t pid);
 pid_t        mod_acme_shm_driver(mod_acme_shm_t *shm);
 

@@ -10,7 +10,8 @@
  * Between the driver and the other processes (shared memory, mod_acme_shm.c): the driver bumps a
  * certificate's generation once its local files changed (the core stored it in the fs store; or, with a
  * shared store, the driver copied it from Redis into the local cache: handshakes read only local files),
- * publishes its status JSON, and takes renew requests queued by the acme-status handler of any child.
+ * publishes its status JSON, and takes renew and ARI check requests queued by the acme-status handler of
+ * any child. The first driver since the parent started asks every certificate's renewal information again.
  */
 #include "mod_acme.h"
 
@@ -236,6 +237,41 @@ manager_build(apr_pool_t *p, acme_loop_t *loop, acme_store_t *st, server_rec *ba
         return NULL;
     }
     return m;
+}
+
+/* ---- ARI checks: every certificate's when the parent started, one's an admin asked for ---- */
+
+static void
+ari_at_start(acme_manager_t *m, server_rec *s)
+{
+    int n;
+
+    /* the first driver since the parent started (a graceful restart's drivers do not) */
+    if (!mod_acme_shm_take_ari_start(mod_acme_g.shm)) {
+        return;
+    }
+    n = acme_manager_ari_check(m, NULL);
+    if (n > 0) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0120)
+                     "Apache started: asking the CA's renewal information of %d certificate%s again", n,
+                     n == 1 ? "" : "s");
+    }
+}
+
+static void
+ari_requests(acme_manager_t *m, server_rec *s)
+{
+    int i;
+
+    for (i = 0; i < mod_acme_g.certs->nelts; i++) {
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+
+        if (mod_acme_shm_ari_take(mod_acme_g.shm, i)) {
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0121)
+                         "%s: ARI check requested through acme-status%s", c->name,
+                         acme_manager_ari_check(m, c->name) > 0 ? "" : "; nothing stored to ask about yet");
+        }
+    }
 }
 
 /* ---- following a shared store (Redis): other nodes' certificates, outages ---- */
@@ -490,6 +526,7 @@ driver_main(apr_thread_t *t, void *arg)
     /* a certificate another generation stored meanwhile: every process looks again, at local files, each
      * certificate at its next handshake */
     mod_acme_shm_bump(mod_acme_g.shm, -1);
+    ari_at_start(m, s);
     while (!d->stop) {
         int busy;
 
@@ -521,6 +558,9 @@ driver_main(apr_thread_t *t, void *arg)
                              "%s: renewal through acme-status not forced: the CA asked to wait until %s",
                              name, acme_time_format(until, tb, sizeof(tb)));
             }
+        }
+        if (!d->draining) {
+            ari_requests(m, s);
         }
         busy = publish_status(m);
         if (d->draining) {

@@ -636,6 +636,10 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
     if (rv != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }
+    if (mod_acme_parent_started(base)) {
+        /* a window the CA opened while its Retry-After kept us from asking is seen at start */
+        mod_acme_shm_set_ari_start(mod_acme_g.shm);
+    }
     rv = apr_thread_rwlock_create(&mod_acme_g.lock, pconf);
     if (rv == APR_SUCCESS) {
         rv = apr_thread_mutex_create(&mod_acme_g.reload_lock, APR_THREAD_MUTEX_DEFAULT, pconf);

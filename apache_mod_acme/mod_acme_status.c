@@ -8,6 +8,9 @@
  *                      "ACMEStatusRenew on" applies to the location; 429 with Retry-After while the CA asked
  *                      to wait (rateLimited) or when the certificate was forced less than the interval ago;
  *                      404 for names this virtual host does not have.
+ *   POST ?ari-check=NAME|*  ask the CA's renewal information of that certificate (*: every one this request
+ *                      may see) again, without forcing a renewal: 202; same permission and interval per
+ *                      certificate as renewals (429 when none of them may be checked yet).
  *   anything else      405.
  * "ACMEStatusFormat prometheus" (or ?format=prometheus, which overrides ACMEStatusFormat either way) renders the
  * same document as Prometheus text with the core's renderer, the one nginx's acme_status uses.
@@ -291,6 +294,53 @@ too_soon(request_rec *r, apr_uint32_t until, const char *why)
     return rc;
 }
 
+/* POST ?ari-check=NAME|*: flags for the driver, each certificate at most once per interval */
+static int
+ari_request(request_rec *r, const char *what, int interval)
+{
+    apr_uint32_t  now = (apr_uint32_t) time(NULL), until, soonest = 0;
+    json_t       *o;
+    char         *text;
+    const char   *json;
+    int           i, n = 0, seen = 0, all = strcmp(what, "*") == 0;
+
+    for (i = 0; mod_acme_g.active && i < mod_acme_g.certs->nelts; i++) {
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+
+        if (all ? !cert_visible(r, c) : i != find_cert(r, what)) {
+            continue;
+        }
+        seen++;
+        until = 0;
+        if (mod_acme_shm_ari_claim(mod_acme_g.shm, i, now, (apr_uint32_t) interval, &until) == 0) {
+            n++;
+        } else if (until != 0 && (soonest == 0 || until < soonest)) {
+            soonest = until;
+        }
+    }
+    if (seen == 0) {
+        return HTTP_NOT_FOUND;
+    }
+    if (n == 0) {
+        if (soonest == 0) {
+            apr_table_setn(r->err_headers_out, "Retry-After", "5");
+            return HTTP_SERVICE_UNAVAILABLE;
+        }
+        ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0122)
+                      "acme-status: ARI check of %s refused: one was requested less than %d s ago", what,
+                      interval);
+        return too_soon(r, soonest, "an ARI check was requested recently");
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0123)
+                  "acme-status: ARI check of %s requested (%d certificate%s)", what, n, n == 1 ? "" : "s");
+    o = json_pack("{s:s, s:s, s:i}", "ari_check", what, "status", "queued", "certificates", n);
+    text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    json = apr_pstrdup(r->pool, text ? text : "{}");
+    free(text);
+    return send_json(r, HTTP_ACCEPTED, json);
+}
+
 static int
 status_handler(request_rec *r)
 {
@@ -300,7 +350,7 @@ status_handler(request_rec *r)
     json_t               *o;
     char                 *text;
     apr_uint32_t          now, until = 0, prev = 0;
-    int                   i, rc, interval, format;
+    int                   i, rc, interval, ari, format;
 
     if (r->handler == NULL || strcmp(r->handler, MOD_ACME_HANDLER) != 0) {
         return DECLINED;
@@ -320,21 +370,26 @@ status_handler(request_rec *r)
     }
     dc = ap_get_module_config(r->per_dir_config, &acme_module);
     name = arg_value(r, "renew");
+    ari = name == NULL && (name = arg_value(r, "ari-check")) != NULL;
     if (name == NULL || *name == '\0' || strlen(name) >= MOD_ACME_NAME_MAX) {
         return HTTP_BAD_REQUEST;
     }
     if (dc == NULL || dc->renew_allowed != 1) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, ACMELOGNO(0100)
-                      "acme-status: renew refused: ACMEStatusRenew is not on for this location");
-        return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal requests are not allowed here "
-                                            "(ACMEStatusRenew on)\"}");
+                      "acme-status: %s refused: ACMEStatusRenew is not on for this location",
+                      ari ? "ARI check" : "renew");
+        return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal and ARI check requests are not allowed "
+                                            "here (ACMEStatusRenew on)\"}");
+    }
+    interval = dc->renew_interval != ACME_UNSET ? dc->renew_interval : MOD_ACME_RENEW_INTERVAL;
+    if (ari) {
+        return ari_request(r, name, interval);
     }
     i = find_cert(r, name);
     if (i < 0) {
         return HTTP_NOT_FOUND;
     }
     c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-    interval = dc->renew_interval != ACME_UNSET ? dc->renew_interval : MOD_ACME_RENEW_INTERVAL;
     now = (apr_uint32_t) time(NULL);
     rc = mod_acme_shm_renew_claim(mod_acme_g.shm, i, now, (apr_uint32_t) interval, &until, &prev);
     if (rc == 1) {

@@ -785,6 +785,50 @@ acme_manager_renew(acme_manager_t *m, const char *what, time_t *until)
     return 0;
 }
 
+int
+acme_manager_ari_check(acme_manager_t *m, const char *what)
+{
+    mcert_t     *c, *one = NULL;
+    size_t       i, n = 0;
+    long         spread;
+    time_t       now = time(NULL), at;
+    acme_err_t   serr;
+
+    if (what != NULL && (one = find_cert(m, what)) == NULL) {
+        return -1;
+    }
+    for (i = 0; i < m->ncerts; i++) {
+        c = m->certs[i];
+        if (one == NULL || c == one) {
+            cert_reload(c, 1);
+            n += c->meta.not_after != 0;
+        }
+    }
+    spread = acme_sched_ari_spread(n);
+    n = 0;
+    for (i = 0; i < m->ncerts; i++) {
+        c = m->certs[i];
+        /* nothing stored to ask about; a check in flight; an issuance ends with a check anyway */
+        if ((one != NULL && c != one) || c->meta.not_after == 0 || c->ari_busy || c->job != NULL) {
+            continue;
+        }
+        at = now + (time_t) (acme_random() * (double) spread);
+        if (c->meta.ari_next_check == 0 || at < c->meta.ari_next_check) {
+            /* stored: a timer that fires reloads the store's view first */
+            c->meta.ari_next_check = at;
+            if (acme_store_meta_save(m->store, &c->meta, &serr) != 0) {
+                acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot store the ARI re-check: %s", c->name,
+                         serr.msg);
+            }
+        }
+        n++;
+        if (m->started) {
+            cert_schedule(c);
+        }
+    }
+    return (int) n;
+}
+
 time_t
 acme_manager_ca_wait(acme_manager_t *m, const char *what)
 {

@@ -60,6 +60,14 @@ int acme_manager_start(acme_manager_t *m, acme_err_t *err);
  * for the back-off.
  */
 int acme_manager_renew(acme_manager_t *m, const char *what, time_t *until);
+/*
+ * Ask the CA's renewal information again, without forcing a renewal: what is a certificate's store name or
+ * identifier, NULL every certificate that has one stored. The checks of several are spread at random over
+ * acme_sched_ari_spread(n) seconds; a window that says "renew now" then starts the renewal as usual. Hosts
+ * call it with NULL once when the server starts (not on reloads): a window the CA opened while the CA's
+ * Retry-After kept us from asking is seen at once. Returns how many were scheduled, -1: unknown.
+ */
+int acme_manager_ari_check(acme_manager_t *m, const char *what);
 /* Until when the CA asked to wait (0: it did not, -1: unknown certificate): adapters publish it so their
  * status handlers can refuse a forced renewal at once. */
 time_t acme_manager_ca_wait(acme_manager_t *m, const char *what);

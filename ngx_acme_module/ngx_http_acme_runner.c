@@ -18,10 +18,11 @@
  *
  * This file: the path and its manager callback, the lock and the takeover,
  * starting and stopping the core, the tick (the status snapshot is rebuilt
- * by ngx_http_acme_status_snapshot.c) and renew requests. The acme_host_t
- * adapter is in ngx_http_acme_host.c, challenges go into the zone in
- * ngx_http_acme_publish.c, the shared store (acme_storage) is followed in
- * ngx_http_acme_follow.c.
+ * by ngx_http_acme_status_snapshot.c), renew requests and ARI checks (every
+ * certificate's when nginx starts, not on reloads; an admin's request). The
+ * acme_host_t adapter is in ngx_http_acme_host.c, challenges go into the
+ * zone in ngx_http_acme_publish.c, the shared store (acme_storage) is
+ * followed in ngx_http_acme_follow.c.
  */
 
 
@@ -147,6 +148,76 @@ ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
 }
 
 
+static void
+ngx_http_acme_ari_requests(ngx_http_acme_runner_t *rn)
+{
+    int         rc;
+    u_char      req[NGX_HTTP_ACME_RENEW_MAX][NGX_HTTP_ACME_RENEW_LEN];
+    ngx_uint_t  n, i, m, all;
+
+    n = ngx_http_acme_zone_ari_take(rn->zone, req);
+
+    for (i = 0; i < n; i++) {
+        all = (ngx_strcmp(req[i], "*") == 0);
+        rc = -1;
+
+        for (m = 0; m < rn->nmanagers; m++) {
+            rc = acme_manager_ari_check(rn->managers[m],
+                                        all ? NULL : (char *) req[i]);
+            if (rc >= 0 && !all) {
+                break;
+            }
+        }
+
+        if (rc == -1) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: ARI check request for unknown certificate "
+                          "\"%s\"", req[i]);
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                      "acme: ARI check of %s requested",
+                      all ? "every certificate" : (char *) req[i]);
+
+        ngx_http_acme_snapshot_touch(&rn->status);
+    }
+}
+
+
+/*
+ * The zone outlives reloads, not a restart: the first runner since nginx
+ * started asks the CA's renewal information of every certificate again, so
+ * that a window the CA opened while its Retry-After kept us from asking
+ * (6 hours at Let's Encrypt) is seen when the admin restarts nginx.
+ */
+
+static void
+ngx_http_acme_ari_at_start(ngx_http_acme_runner_t *rn)
+{
+    int         n, total;
+    ngx_uint_t  m;
+
+    if (!ngx_atomic_cmp_set(&rn->zone->sh->started, 0, 1)) {
+        return;
+    }
+
+    total = 0;
+
+    for (m = 0; m < rn->nmanagers; m++) {
+        n = acme_manager_ari_check(rn->managers[m], NULL);
+        total += n > 0 ? n : 0;
+    }
+
+    if (total > 0) {
+        ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                      "acme: nginx started: asking the CA's renewal "
+                      "information of %d certificate%s again", total,
+                      total == 1 ? "" : "s");
+    }
+}
+
+
 /* the leader lock */
 
 static ngx_uint_t
@@ -197,6 +268,7 @@ ngx_http_acme_tick(ngx_event_t *ev)
             ngx_http_acme_runner_hold(ngx_http_acme_runner);
             ngx_http_acme_store_check(ngx_http_acme_runner, now);
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
+            ngx_http_acme_ari_requests(ngx_http_acme_runner);
             ngx_http_acme_ca_wait_publish(ngx_http_acme_runner);
 
             ngx_http_acme_snapshot_update(&ngx_http_acme_runner->status,
@@ -502,6 +574,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             ngx_http_acme_watch_open(rn);
         }
 
+        /* before the first order: what nginx-acme left needs none */
+        if (ngx_http_acme_import(rn, g) != NGX_OK) {
+            goto failed;
+        }
+
         if (acme_manager_start(rn->managers[g], &err) != 0) {
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "acme: %s", err.msg);
             goto failed;
@@ -512,6 +589,8 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     ngx_free(map);
 
     ngx_http_acme_runner_hold(rn);
+
+    ngx_http_acme_ari_at_start(rn);
 
     ngx_http_acme_snapshot_update(&rn->status, rn->managers, rn->nmanagers,
                                   rn->log);

@@ -6,7 +6,9 @@
  * the leader; 403 where renew=on is not set; 429 with Retry-After while the
  * CA asked to wait (rateLimited) or when the certificate was forced less
  * than renew_interval ago; 404 for names we do not manage, 400 without one,
- * 405 for other methods. Private keys and EAB secrets are never part of
+ * 405 for other methods. POST ?ari-check=NAME (or "*": all) asks the CA's
+ * renewal information again without forcing a renewal, under the same
+ * permission and interval. Private keys and EAB secrets are never part of
  * the snapshot. "format=prometheus" (or ?format=prometheus, which
  * overrides the directive's format= either way) renders the same snapshot
  * as Prometheus text with the core's renderer, the one Apache uses too.
@@ -217,6 +219,70 @@ ngx_http_acme_status_too_soon(ngx_http_request_t *r, time_t until,
 }
 
 
+/*
+ * POST ?ari-check=NAME|*: the leader asks the CA's renewal information of
+ * that certificate (every one) again; no renewal is forced, a window that
+ * says "renew now" is acted on as usual. Same permission (renew=on) and
+ * limit (renew_interval per name, "*" counting as one) as renewals; the
+ * CA's wait after rateLimited concerns orders, not this.
+ */
+
+static ngx_int_t
+ngx_http_acme_status_ari(ngx_http_request_t *r,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_zone_t *zone,
+    ngx_http_acme_loc_conf_t *alcf, ngx_str_t *what)
+{
+    time_t                 until;
+    ngx_int_t              rc;
+    ngx_str_t              name;
+    ngx_http_acme_cert_t  *cert;
+
+    static u_char  accepted[] = "{\"ari_check\": \"accepted\"}\n";
+    static u_char  unknown[] = "{\"error\": \"unknown certificate\"}\n";
+
+    if (what->len == 1 && what->data[0] == '*') {
+        name = *what;
+
+    } else {
+        cert = ngx_http_acme_status_find(amcf, what);
+
+        if (cert == NULL) {
+            return ngx_http_acme_status_send(r, NGX_HTTP_NOT_FOUND, unknown,
+                                             sizeof(unknown) - 1);
+        }
+
+        name.data = (u_char *) cert->name;
+        name.len = ngx_strlen(cert->name);
+    }
+
+    rc = ngx_http_acme_zone_ari_request(zone, &name, alcf->renew_interval,
+                                        &until);
+
+    if (rc == NGX_AGAIN) {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "acme: ARI check of \"%V\" refused: one was requested "
+                      "less than %T s ago", what, alcf->renew_interval);
+        return ngx_http_acme_status_too_soon(r, until,
+                                             "an ARI check was requested "
+                                             "recently");
+    }
+
+    if (rc == NGX_BUSY) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "acme: ARI check of \"%V\" requested", what);
+
+    return ngx_http_acme_status_send(r, NGX_HTTP_ACCEPTED, accepted,
+                                     sizeof(accepted) - 1);
+}
+
+
 ngx_int_t
 ngx_http_acme_status_handler(ngx_http_request_t *r)
 {
@@ -225,14 +291,16 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
     ngx_int_t                   rc, format;
     time_t                      until;
     ngx_str_t                   json, arg, what, name;
+    ngx_uint_t                  ari;
     ngx_http_acme_cert_t       *cert;
     ngx_http_acme_zone_t       *zone;
     ngx_http_acme_loc_conf_t   *alcf;
     ngx_http_acme_main_conf_t  *amcf;
 
     static u_char  empty[] = "{\"certificates\":[]}";
-    static u_char  forbidden[] = "{\"error\": \"renewal requests are not "
-                                 "allowed here (acme_status renew=on)\"}\n";
+    static u_char  forbidden[] = "{\"error\": \"renewal and ARI check "
+                                 "requests are not allowed here "
+                                 "(acme_status renew=on)\"}\n";
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -282,19 +350,27 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
         goto send;
     }
 
-    /* POST ?renew=NAME */
+    /* POST ?renew=NAME, POST ?ari-check=NAME|* */
 
     if (!alcf->renew) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "acme: renewal request refused: \"acme_status\" "
-                      "has no renew=on in this location");
+                      "acme: renewal or ARI check request refused: "
+                      "\"acme_status\" has no renew=on in this location");
         return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
                                  (u_char *) forbidden, sizeof(forbidden) - 1);
     }
 
-    if (ngx_http_arg(r, (u_char *) "renew", 5, &arg) != NGX_OK
-        || arg.len == 0 || arg.len >= NGX_HTTP_ACME_RENEW_LEN)
-    {
+    ari = 0;
+
+    if (ngx_http_arg(r, (u_char *) "renew", 5, &arg) != NGX_OK) {
+        if (ngx_http_arg(r, (u_char *) "ari-check", 9, &arg) != NGX_OK) {
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        ari = 1;
+    }
+
+    if (arg.len == 0 || arg.len >= NGX_HTTP_ACME_RENEW_LEN) {
         return NGX_HTTP_BAD_REQUEST;
     }
 
@@ -322,6 +398,10 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
 
     if (what.len == 0) {
         return NGX_HTTP_BAD_REQUEST;
+    }
+
+    if (ari) {
+        return ngx_http_acme_status_ari(r, amcf, zone, alcf, &what);
     }
 
     cert = ngx_http_acme_status_find(amcf, &what);

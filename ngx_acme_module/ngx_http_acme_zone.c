@@ -1,8 +1,8 @@
 
 /*
  * The shared zone: a slab pool with a red-black tree of small key/value
- * entries (certificate generations, challenges), the leader lock and the
- * renew requests.
+ * entries (certificate generations, challenges), the leader lock, the
+ * renew requests and the ARI check requests.
  */
 
 
@@ -582,6 +582,91 @@ ngx_http_acme_zone_renew_take(ngx_http_acme_zone_t *z,
     n = z->sh->nrenew;
     ngx_memcpy(out, z->sh->renew, n * NGX_HTTP_ACME_RENEW_LEN);
     z->sh->nrenew = 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_ari_request(ngx_http_acme_zone_t *z, ngx_str_t *name,
+    time_t interval, time_t *until)
+{
+    time_t               now;
+    ngx_uint_t           i;
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *last;
+
+    if (name->len == 0 || name->len >= NGX_HTTP_ACME_RENEW_LEN) {
+        return NGX_ERROR;
+    }
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    last = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_ARI, name->data,
+                                     name->len, &node);
+
+    if (last && now - (time_t) last->num < interval) {
+        *until = (time_t) last->num + interval;
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_AGAIN;
+    }
+
+    for (i = 0; i < z->sh->nari; i++) {
+        if (ngx_strlen(z->sh->ari[i]) == name->len
+            && ngx_strncmp(z->sh->ari[i], name->data, name->len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (i == NGX_HTTP_ACME_RENEW_MAX) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_BUSY;
+    }
+
+    if (last == NULL) {
+        last = ngx_http_acme_zone_insert(z, NGX_HTTP_ACME_KV_ARI,
+                                         name->data, name->len, NULL, 0);
+        if (last == NULL) {
+            /* no room to remember it: refuse rather than allow a flood */
+            ngx_shmtx_unlock(&z->shpool->mutex);
+            return NGX_BUSY;
+        }
+    }
+
+    if (i == z->sh->nari) {
+        ngx_memcpy(z->sh->ari[i], name->data, name->len);
+        z->sh->ari[i][name->len] = '\0';
+        z->sh->nari++;
+    }
+
+    last->num = (ngx_uint_t) now;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_http_acme_zone_ari_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_RENEW_LEN])
+{
+    ngx_uint_t  n;
+
+    if (z->sh->nari == 0) {
+        return 0;
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    n = z->sh->nari;
+    ngx_memcpy(out, z->sh->ari, n * NGX_HTTP_ACME_RENEW_LEN);
+    z->sh->nari = 0;
 
     ngx_shmtx_unlock(&z->shpool->mutex);
 

@@ -9,11 +9,15 @@
  *     "<identifier> <key authorization>") and "t" entries (TLS-ALPN-01,
  *     keyed by the SNI name, value "<dns|ip> <identifier> <key authz>");
  *   - the leader lock (pid and heartbeat) of the worker running the core;
- *   - renew requests for the leader (the status snapshot has a zone of its
- *     own: ngx_http_acme_status_snapshot.c);
+ *   - renew requests and ARI check requests for the leader (the status
+ *     snapshot has a zone of its own: ngx_http_acme_status_snapshot.c);
+ *   - whether the core has run since nginx started: the zone survives
+ *     reloads, not a restart, so the first runner of a start (and only it)
+ *     asks the CA's renewal information of every certificate again;
  *   - per certificate: when a renewal was last forced ("f" entries) and
  *     until when the CA asked to wait ("w", written by the leader), so a
- *     status handler refuses a forced renewal at once.
+ *     status handler refuses a forced renewal at once; when an ARI check
+ *     was last requested ("a", "*" for all certificates).
  */
 
 
@@ -36,6 +40,7 @@
 #define NGX_HTTP_ACME_KV_TLSALPN   't'
 #define NGX_HTTP_ACME_KV_FORCED    'f'   /* per certificate: last forced */
 #define NGX_HTTP_ACME_KV_CA_WAIT   'w'   /* per certificate: CA's wait */
+#define NGX_HTTP_ACME_KV_ARI       'a'   /* per certificate: last ARI check */
 
 
 typedef struct {
@@ -49,6 +54,13 @@ typedef struct {
     ngx_uint_t                  nrenew;
     u_char                      renew[NGX_HTTP_ACME_RENEW_MAX]
                                      [NGX_HTTP_ACME_RENEW_LEN];
+
+    ngx_uint_t                  nari;            /* "*": every certificate */
+    u_char                      ari[NGX_HTTP_ACME_RENEW_MAX]
+                                   [NGX_HTTP_ACME_RENEW_LEN];
+
+    ngx_atomic_t                started;         /* the core ran since
+                                                    nginx started */
 } ngx_http_acme_sh_t;
 
 
@@ -104,6 +116,17 @@ ngx_int_t ngx_http_acme_zone_set_ca_wait(ngx_http_acme_zone_t *z,
     u_char *name, size_t len, time_t until);
 /* moves up to NGX_HTTP_ACME_RENEW_MAX requests into out; returns how many */
 ngx_uint_t ngx_http_acme_zone_renew_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_RENEW_LEN]);
+
+/*
+ * Queues an ARI check of the certificate with store name `name` ("*": of
+ * every certificate): NGX_OK; NGX_BUSY when the queue is full; NGX_AGAIN
+ * with *until when the last one for that name is less than `interval`
+ * seconds ago.
+ */
+ngx_int_t ngx_http_acme_zone_ari_request(ngx_http_acme_zone_t *z,
+    ngx_str_t *name, time_t interval, time_t *until);
+ngx_uint_t ngx_http_acme_zone_ari_take(ngx_http_acme_zone_t *z,
     u_char out[][NGX_HTTP_ACME_RENEW_LEN]);
 
 
