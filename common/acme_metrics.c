@@ -108,36 +108,48 @@ iso_time(const json_t *j)
     return (long long) timegm(&tm);
 }
 
-/* The array's element i has a "name" that an earlier element already had. */
-static int
-seen_before(const json_t *arr, size_t i)
+/*
+ * keep[i] is 1 when element i has a "name" that no earlier element had (malloc'd; NULL when out of memory):
+ * one pass with a hash set, as a scrape of thousands of certificates runs in a traffic-serving worker.
+ */
+static unsigned char *
+first_of_name(const json_t *arr)
 {
-    const char  *name = json_string_value(json_object_get(json_array_get(arr, i), "name"));
-    const char  *other;
-    size_t       k;
+    size_t          i, n = json_array_size(arr);
+    unsigned char  *keep;
+    json_t         *seen;
+    const char     *name;
 
-    for (k = 0; name != NULL && k < i; k++) {
-        other = json_string_value(json_object_get(json_array_get(arr, k), "name"));
-        if (other != NULL && strcmp(other, name) == 0) {
-            return 1;
+    keep = calloc(n ? n : 1, 1);
+    seen = json_object();
+    for (i = 0; keep != NULL && seen != NULL && i < n; i++) {
+        name = json_string_value(json_object_get(json_array_get(arr, i), "name"));
+        if (name != NULL && json_object_get(seen, name) == NULL) {
+            keep[i] = 1;
+            json_object_set_new(seen, name, json_true());
         }
     }
-    return name == NULL;
+    if (seen == NULL) {
+        free(keep);
+        keep = NULL;
+    }
+    json_decref(seen);
+    return keep;
 }
 
 static int
-put_certificates(acme_buf_t *b, const json_t *certs)
+put_certificates(acme_buf_t *b, const json_t *certs, const unsigned char *keep)
 {
-    size_t       i, t, s;
-    const json_t *c, *v;
-    const char  *name, *state, *str;
-    long long    at;
-    int          rc = 0;
+    size_t         i, t, s;
+    const json_t  *c, *v;
+    const char    *name, *state, *str;
+    long long      at;
+    int            rc = 0;
 
     rc |= put_family(b, "acme_certificate_info", "gauge",
                      "A managed certificate: its issuer (by configured name) and key type, always 1.");
     for (i = 0; i < json_array_size(certs); i++) {
-        if (seen_before(certs, i)) {
+        if (!keep[i]) {
             continue;
         }
         c = json_array_get(certs, i);
@@ -157,7 +169,7 @@ put_certificates(acme_buf_t *b, const json_t *certs)
                      "1 for the certificate's current state (pending, valid, renewing, failing, expired), "
                      "0 for the others.");
     for (i = 0; i < json_array_size(certs); i++) {
-        if (seen_before(certs, i)) {
+        if (!keep[i]) {
             continue;
         }
         c = json_array_get(certs, i);
@@ -172,7 +184,7 @@ put_certificates(acme_buf_t *b, const json_t *certs)
     for (t = 0; t < sizeof(cert_times) / sizeof(cert_times[0]); t++) {
         rc |= put_family(b, cert_times[t].metric, "gauge", cert_times[t].help);
         for (i = 0; i < json_array_size(certs); i++) {
-            if (seen_before(certs, i)) {
+            if (!keep[i]) {
                 continue;
             }
             c = json_array_get(certs, i);
@@ -191,7 +203,7 @@ put_certificates(acme_buf_t *b, const json_t *certs)
     rc |= put_family(b, "acme_certificate_failures", "gauge",
                      "Consecutive failed issuance attempts (0 after a success).");
     for (i = 0; i < json_array_size(certs); i++) {
-        if (seen_before(certs, i)) {
+        if (!keep[i]) {
             continue;
         }
         c = json_array_get(certs, i);
@@ -205,10 +217,10 @@ put_certificates(acme_buf_t *b, const json_t *certs)
 static long long
 issuer_sum(const json_t *issuers, const char *name, const char *member, const char *sub)
 {
-    size_t        i;
-    long long     n = 0;
-    const json_t *is, *v;
-    const char   *other;
+    size_t         i;
+    long long      n = 0;
+    const json_t  *is, *v;
+    const char    *other;
 
     for (i = 0; i < json_array_size(issuers); i++) {
         is = json_array_get(issuers, i);
@@ -226,18 +238,18 @@ issuer_sum(const json_t *issuers, const char *name, const char *member, const ch
 }
 
 static int
-put_issuers(acme_buf_t *b, const json_t *issuers)
+put_issuers(acme_buf_t *b, const json_t *issuers, const unsigned char *keep)
 {
-    size_t        i, t;
-    const json_t *errs;
-    const char   *name, *type;
-    json_t       *v;
-    int           rc = 0;
+    size_t         i, t;
+    const json_t  *errs;
+    const char    *name, *type;
+    json_t        *v;
+    int            rc = 0;
 
     for (t = 0; t < sizeof(issuer_counters) / sizeof(issuer_counters[0]); t++) {
         rc |= put_family(b, issuer_counters[t].metric, "counter", issuer_counters[t].help);
         for (i = 0; i < json_array_size(issuers); i++) {
-            if (seen_before(issuers, i)) {
+            if (!keep[i]) {
                 continue;
             }
             name = json_string_value(json_object_get(json_array_get(issuers, i), "name"));
@@ -250,7 +262,7 @@ put_issuers(acme_buf_t *b, const json_t *issuers)
                      "Failed issuance attempts with this issuer by kind of error (network, ca, ratelimit, "
                      "badresponse, config, store, input, internal).");
     for (i = 0; i < json_array_size(issuers); i++) {
-        if (seen_before(issuers, i)) {
+        if (!keep[i]) {
             continue;
         }
         name = json_string_value(json_object_get(json_array_get(issuers, i), "name"));
@@ -266,13 +278,23 @@ put_issuers(acme_buf_t *b, const json_t *issuers)
 char *
 acme_metrics_prometheus(const json_t *status)
 {
-    acme_buf_t  b;
+    acme_buf_t      b;
+    const json_t   *certs, *issuers;
+    unsigned char  *ck, *ik;
+    int             rc;
 
+    certs = json_object_get(status, "certificates");
+    issuers = json_object_get(status, "issuers");
+    ck = first_of_name(certs);
+    ik = first_of_name(issuers);
     memset(&b, 0, sizeof(b));
-    if (put_certificates(&b, json_object_get(status, "certificates")) != 0
-        || put_issuers(&b, json_object_get(status, "issuers")) != 0
-        || acme_buf_append(&b, "", 0) != 0)
-    {
+    rc = ck == NULL || ik == NULL
+         || put_certificates(&b, certs, ck) != 0
+         || put_issuers(&b, issuers, ik) != 0
+         || acme_buf_append(&b, "", 0) != 0;
+    free(ck);
+    free(ik);
+    if (rc) {
         acme_buf_free(&b);
         return NULL;
     }
