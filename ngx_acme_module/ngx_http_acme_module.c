@@ -17,7 +17,8 @@
  *   acme_shared_zone zone=NAME:SIZE;
  *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]]
  *                    [profile=NAME];
- *   acme_status [renew=on|off] [renew_interval=TIME];
+ *   acme_status [renew=on|off] [renew_interval=TIME]
+ *               [format=json|prometheus];
  */
 
 
@@ -113,7 +114,7 @@ static ngx_command_t  ngx_http_acme_commands[] = {
       NULL },
 
     { ngx_string("acme_status"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE12,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE123,
       ngx_http_acme_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -238,6 +239,7 @@ ngx_http_acme_create_loc_conf(ngx_conf_t *cf)
     alcf->status = NGX_CONF_UNSET;
     alcf->renew = NGX_CONF_UNSET;
     alcf->renew_interval = NGX_CONF_UNSET;
+    alcf->format = NGX_CONF_UNSET_UINT;
 
     return alcf;
 }
@@ -253,6 +255,8 @@ ngx_http_acme_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->renew, prev->renew, 0);
     ngx_conf_merge_sec_value(conf->renew_interval, prev->renew_interval,
                              NGX_HTTP_ACME_RENEW_INTERVAL);
+    ngx_conf_merge_uint_value(conf->format, prev->format,
+                              NGX_HTTP_ACME_STATUS_JSON);
 
     return NGX_CONF_OK;
 }
@@ -1536,9 +1540,20 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strcmp(value[i].data, "format=json") == 0) {
+            alcf->format = NGX_HTTP_ACME_STATUS_JSON;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "format=prometheus") == 0) {
+            alcf->format = NGX_HTTP_ACME_STATUS_PROMETHEUS;
+            continue;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"acme_status\": invalid parameter \"%V\": "
-                           "renew=on|off or renew_interval=TIME expected",
+                           "renew=on|off, renew_interval=TIME or "
+                           "format=json|prometheus expected",
                            &value[i]);
         return NGX_CONF_ERROR;
     }

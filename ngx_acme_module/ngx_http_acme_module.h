@@ -134,10 +134,15 @@ typedef struct {
 #define NGX_HTTP_ACME_RENEW_INTERVAL  600
 
 
+#define NGX_HTTP_ACME_STATUS_JSON        0
+#define NGX_HTTP_ACME_STATUS_PROMETHEUS  1
+
+
 typedef struct {
     ngx_flag_t                  status;
     ngx_flag_t                  renew;           /* renew=on: POST ?renew */
     time_t                      renew_interval;  /* seconds */
+    ngx_uint_t                  format;          /* NGX_HTTP_ACME_STATUS_* */
 } ngx_http_acme_loc_conf_t;
 
 

@@ -1,9 +1,9 @@
 """Every nginx and Apache configuration block in the docs passes `nginx -t` / `apache2 -t` with the module.
 
-Blocks are the fenced blocks of README.md, docs/nginx.md, docs/apache.md and docs/migrating.md, plus the
-packaged debian/conf/acme.conf and mod-http-acme.conf. A fence tagged `nginx` or `apache` is a
-configuration and is tested; a fence tagged with another language (sh, text, json, console) is not; an
-untagged or unknown fence fails the test, so that no configuration is skipped silently.
+Blocks are the fenced blocks of README.md, docs/nginx.md, docs/apache.md, docs/migrating.md and
+docs/monitoring.md, plus the packaged debian/conf/acme.conf and mod-http-acme.conf. A fence tagged `nginx` or
+`apache` is a configuration and is tested; a fence tagged with another language (sh, text, json, console,
+yaml) is not; an untagged or unknown fence fails the test, so that no configuration is skipped silently.
 
 Adapted mechanically, nothing else:
   - CA URLs (`uri`, `ACMECertificateAuthority`) become a local dummy URL (nothing contacts it at -t);
@@ -31,10 +31,10 @@ NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 APACHE_BIN = os.environ.get("APACHE_BIN", "/usr/sbin/apache2")
 APACHE_MODULES = Path(os.environ.get("APACHE_MODULES", "/usr/lib/apache2/modules"))
 
-DOCS = ["README.md", "docs/nginx.md", "docs/apache.md", "docs/migrating.md"]
+DOCS = ["README.md", "docs/nginx.md", "docs/apache.md", "docs/migrating.md", "docs/monitoring.md"]
 PACKAGED = {"debian/conf/acme.conf": "apache", "debian/conf/mod-http-acme.conf": "nginx"}
 CONFIG_TAGS = {"nginx", "apache"}
-OTHER_TAGS = {"sh", "text", "json", "console"}
+OTHER_TAGS = {"sh", "text", "json", "console", "yaml"}
 DUMMY_CA = "https://127.0.0.1:9/dir"
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
