@@ -8,6 +8,7 @@
 #include <time.h>
 #include <curl/curl.h>
 
+#include "acme_resolve.h"
 #include "acme_version.h"
 
 struct acme_http_req_s {
@@ -20,6 +21,10 @@ struct acme_http_req_s {
     acme_http_resp_t     resp;
     acme_http_done_pt    done;
     void                *arg;
+    acme_resolve_wait_t *wait;          /* the host resolves the URL's host name */
+    char                *resolve_key;   /* "host:port:" of CURLOPT_RESOLVE */
+    struct curl_slist   *resolve;
+    int                  added;         /* to the multi handle */
     char                 errbuf[CURL_ERROR_SIZE];
 };
 
@@ -80,6 +85,8 @@ req_free(acme_http_req_t *req)
 {
     curl_easy_cleanup(req->easy);
     curl_slist_free_all(req->headers);
+    curl_slist_free_all(req->resolve);
+    free(req->resolve_key);
     free(req->body);
     resp_free(&req->resp);
     free(req);
@@ -246,11 +253,93 @@ header_cb(char *buf, size_t size, size_t nitems, void *userdata)
     return n;
 }
 
+/* The host's answer for the URL's host name, handed to curl: TLS still checks the name itself. */
+static int
+http_set_resolve(acme_http_req_t *req, const char *addrs)
+{
+    char *entry;
+
+    entry = acme_sprintf("%s%s", req->resolve_key, addrs);
+    if (entry == NULL) {
+        return -1;
+    }
+    curl_slist_free_all(req->resolve);
+    req->resolve = curl_slist_append(NULL, entry);
+    free(entry);
+    if (req->resolve == NULL) {
+        return -1;
+    }
+    curl_easy_setopt(req->easy, CURLOPT_RESOLVE, req->resolve);
+    return 0;
+}
+
+static void
+http_resolved(void *arg, const char *addrs, const char *error)
+{
+    acme_http_req_t *req = arg;
+
+    req->wait = NULL;
+    if (addrs == NULL) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "%s", error);
+        acme_http_complete(req->easy, CURLE_COULDNT_RESOLVE_HOST);
+        return;
+    }
+    if (http_set_resolve(req, addrs) != 0 || acme_loop_add_easy(req->loop, req->easy) != 0) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "cannot start the request");
+        acme_http_complete(req->easy, CURLE_OUT_OF_MEMORY);
+        return;
+    }
+    req->added = 1;
+}
+
+/* 1: the request may start; 0: it waits for the host's resolver (http_resolved); -1: err. */
+static int
+http_resolve(acme_http_req_t *req, const char *url, acme_err_t *err)
+{
+    int      rc;
+    char    *host = NULL, *port = NULL, *addrs = NULL;
+    CURLU   *u;
+
+    if (!acme_resolve_enabled(req->loop)) {
+        return 1;
+    }
+    u = curl_url();
+    if (u == NULL || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK
+        || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK
+        || curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
+    {
+        curl_free(host);
+        curl_url_cleanup(u);
+        acme_err_set(err, ACME_ERR_BADRESPONSE, "refusing to fetch \"%.200s\": not a valid URL", url);
+        return -1;
+    }
+    curl_url_cleanup(u);
+    rc = 1;
+    if (acme_resolve_wanted(req->loop, host)) {
+        req->resolve_key = acme_sprintf("%s:%s:", host, port);
+        if (req->resolve_key == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            rc = -1;
+        } else {
+            rc = acme_resolve_name(req->loop, host, http_resolved, req, &addrs, &req->wait, err);
+            if (rc == 1 && http_set_resolve(req, addrs) != 0) {
+                acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+                rc = -1;
+            }
+        }
+    }
+    free(addrs);
+    curl_free(host);
+    curl_free(port);
+    return rc;
+}
+
 acme_http_req_t *
 acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *method,
     const char *url, const char *body, const char *accept, acme_http_done_pt done, void *arg,
     acme_err_t *err)
 {
+    int              rc;
     acme_http_req_t *req;
     char            *hdr;
 
@@ -321,10 +410,18 @@ acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *meth
     }
     curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
 
-    if (acme_loop_add_easy(loop, req->easy) != 0) {
+    rc = http_resolve(req, url, err);
+    if (rc < 0) {
         req_free(req);
-        acme_err_set(err, ACME_ERR_INTERNAL, "cannot start a request to %.200s", url);
         return NULL;
+    }
+    if (rc == 1) {
+        if (acme_loop_add_easy(loop, req->easy) != 0) {
+            req_free(req);
+            acme_err_set(err, ACME_ERR_INTERNAL, "cannot start a request to %.200s", url);
+            return NULL;
+        }
+        req->added = 1;
     }
     request_count++;
     acme_log(loop, ACME_LOG_DEBUG, "acme: %s %s", method, url);
@@ -337,7 +434,12 @@ acme_http_cancel(acme_http_req_t *req)
     if (req == NULL) {
         return;
     }
-    acme_loop_remove_easy(req->loop, req->easy);
+    if (req->wait != NULL) {
+        acme_resolve_cancel(req->loop, req->wait);
+    }
+    if (req->added) {
+        acme_loop_remove_easy(req->loop, req->easy);
+    }
     req_free(req);
 }
 

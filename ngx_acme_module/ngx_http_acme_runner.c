@@ -348,6 +348,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     host.watch = ngx_http_acme_host_watch;
     host.log = ngx_http_acme_host_log;
 
+    if (amcf->resolver) {
+        host.resolve = ngx_http_acme_host_resolve;
+        host.resolve_cancel = ngx_http_acme_host_resolve_cancel;
+    }
+
     acme_http_set_server("nginx/" NGINX_VERSION);
     rn->loop = acme_loop_new(&host, ACME_LOG_DEBUG, &err);
     if (rn->loop == NULL) {
