@@ -31,6 +31,7 @@
 
 /* a CA that does not answer within this does not hold up "nginx -t" */
 #define NGX_HTTP_ACME_TOS_CHECK_TIMEOUT  5000
+#define NGX_HTTP_ACME_RESOLVER_TIMEOUT   30000   /* nginx's, nginx-acme's */
 
 
 static ngx_int_t ngx_http_acme_preconfiguration(ngx_conf_t *cf);
@@ -1786,7 +1787,12 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 
     if (clcf->resolver && clcf->resolver->connections.nelts) {
         amcf->resolver = clcf->resolver;
-        amcf->resolver_timeout = clcf->resolver_timeout;
+
+        /* the http block's own value is never merged: unset there */
+        amcf->resolver_timeout = clcf->resolver_timeout
+                                 != NGX_CONF_UNSET_MSEC
+                                 ? clcf->resolver_timeout
+                                 : NGX_HTTP_ACME_RESOLVER_TIMEOUT;
     }
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
