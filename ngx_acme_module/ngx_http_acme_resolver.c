@@ -187,3 +187,131 @@ ngx_http_acme_resolver_name(ngx_resolver_t *r, u_char *p, u_char *last)
 
     return p;
 }
+
+
+/*
+ * acme_storage's Redis host name, through the same resolver: the core
+ * connects to these addresses (acme_store_redis_host_addresses) instead
+ * of calling getaddrinfo(); asked again when the answer's TTL ends. The
+ * runner starts once the first answer (or failure) is in.
+ */
+
+typedef struct {
+    char                *host;           /* NULL: nothing to resolve */
+    ngx_resolver_ctx_t  *ctx;            /* in flight */
+    time_t               expires;
+    ngx_uint_t           checked;
+    ngx_uint_t           answered;
+    ngx_uint_t           have_addrs;
+} ngx_http_acme_storage_dns_t;
+
+
+static ngx_http_acme_storage_dns_t  ngx_http_acme_storage_dns;
+
+
+static void
+ngx_http_acme_storage_resolve_handler(ngx_resolver_ctx_t *ctx)
+{
+    ngx_http_acme_storage_dns_t  *sd = ctx->data;
+
+    u_char      msg[NGX_MAX_ERROR_STR], *p, *last;
+    time_t      ttl;
+    ngx_uint_t  i;
+
+    sd->ctx = NULL;
+    sd->answered = 1;
+
+    last = msg + sizeof(msg) - 1;
+
+    if (ctx->state) {
+        p = ngx_slprintf(msg, last, "acme_storage: %V could not be "
+                         "resolved (%i: %s) by resolver ", &ctx->name,
+                         ctx->state, ngx_resolver_strerror(ctx->state));
+        p = ngx_http_acme_resolver_name(ctx->resolver, p, last);
+        *p = '\0';
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "acme: %s%s", msg,
+                      sd->have_addrs ? " (the last addresses are kept)" : "");
+
+        ngx_resolve_name_done(ctx);
+
+        if (!sd->have_addrs) {
+            (void) acme_store_redis_host_addresses(sd->host, NULL,
+                                                   (char *) msg);
+        }
+
+        sd->expires = ngx_time() + 5;
+        return;
+    }
+
+    p = msg;
+
+    for (i = 0; i < ctx->naddrs && p < last - NGX_SOCKADDR_STRLEN - 4; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        p += ngx_sock_ntop(ctx->addrs[i].sockaddr, ctx->addrs[i].socklen,
+                           p, last - p, 0);
+    }
+
+    *p = '\0';
+
+    ttl = ctx->valid > ngx_time() ? ctx->valid - ngx_time() : 30;
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "acme: acme_storage: %V is %s (resolver)", &ctx->name, msg);
+
+    ngx_resolve_name_done(ctx);
+
+    if (acme_store_redis_host_addresses(sd->host, (char *) msg, NULL) == 0) {
+        sd->have_addrs = 1;
+    }
+
+    sd->expires = ngx_time() + ttl;
+}
+
+
+ngx_int_t
+ngx_http_acme_storage_resolve(ngx_http_acme_main_conf_t *amcf)
+{
+    ngx_http_acme_storage_dns_t  *sd = &ngx_http_acme_storage_dns;
+
+    ngx_resolver_ctx_t  *ctx;
+
+    if (!sd->checked) {
+        sd->checked = 1;
+
+        if (amcf->resolver && amcf->storage) {
+            sd->host = acme_store_redis_host(amcf->storage);
+        }
+    }
+
+    if (sd->host == NULL) {
+        return NGX_OK;
+    }
+
+    if (sd->ctx || ngx_time() < sd->expires) {
+        return sd->answered ? NGX_OK : NGX_AGAIN;
+    }
+
+    ctx = ngx_resolve_start(amcf->resolver, NULL);
+    if (ctx == NULL || ctx == NGX_NO_RESOLVER) {
+        return sd->answered ? NGX_OK : NGX_AGAIN;
+    }
+
+    ctx->name.data = (u_char *) sd->host;
+    ctx->name.len = ngx_strlen(sd->host);
+    ctx->handler = ngx_http_acme_storage_resolve_handler;
+    ctx->data = sd;
+    ctx->timeout = amcf->resolver_timeout;
+
+    sd->ctx = ctx;
+
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        sd->ctx = NULL;
+        sd->expires = ngx_time() + 5;
+    }
+
+    return sd->answered ? NGX_OK : NGX_AGAIN;
+}

@@ -182,7 +182,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
     if (pid == ngx_pid) {
         sh->heartbeat = now;
 
-        if (ngx_http_acme_runner == NULL
+        /* acme_storage's host: its first answer before the core starts */
+
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner == NULL
             && now >= ngx_http_acme_start_retry)
         {
             if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
@@ -228,7 +232,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
 
         ngx_http_acme_start_retry = 0;
 
-        if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle) != NGX_OK) {
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
+               != NGX_OK)
+        {
             ngx_http_acme_start_retry = now + NGX_HTTP_ACME_RETRY_START;
         }
 

@@ -2,6 +2,7 @@
 not by the system resolver; a resolver that does not answer fails the attempt after resolver_timeout,
 names the host and the resolver, and nginx keeps serving."""
 
+import os
 import re
 import socket
 import threading
@@ -11,6 +12,7 @@ import pytest
 
 from harness import Pebble, TestCA, free_port, wait_for
 from nginx_harness import http_get, https_get, nginx_factory, tls_verified  # noqa: F401
+from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
 
 NAME = "a.example.org"
 CA_HOST = "acme.internal"   # known to the test DNS server only, never to the system resolver
@@ -118,3 +120,28 @@ def test_resolver_without_answer(internal_pebble, nginx_factory, tmp_path):
         stop.set()
         t.join(2)
         silent.close()
+
+
+@pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
+                    reason="redis-server / redis-cli not installed")
+def test_redis_host_resolved_by_nginx_resolver(internal_pebble, dns, nginx_factory, procs, tmp_path):
+    """acme_storage redis://redis.internal:PORT: the Redis host name, known to the test DNS server only,
+    is resolved through `resolver` too; the certificate is issued and stored in that Redis."""
+    redis = Redis(procs, tmp_path / "redis")
+    key = key_file(tmp_path / "storage.key")
+    https = free_port()
+    dns.clear_dns_request_history("redis.internal")
+    storage = f"acme_storage redis://redis.internal:{redis.port} prefix=ngx;\nacme_storage_key {key};"
+    nginx_factory(conf(internal_pebble, tmp_path, https, f"resolver {dns.dns_address} ipv6=off;", storage),
+                  wait_port=https)
+    roots = internal_pebble.roots(0)
+
+    def served():
+        try:
+            return tls_verified(https, NAME, roots)
+        except Exception:
+            return None
+    serial = wait_for(served, 40, interval=0.2, what="a certificate with the store in redis.internal")
+    assert serial in internal_pebble.issued_serials()
+    assert any(k.startswith("ngxcerts/" + NAME) or NAME in k for k in redis.keys()), redis.keys()
+    assert any(q["Question"]["Name"] == "redis.internal." for q in dns.dns_request_history("redis.internal"))
