@@ -25,8 +25,12 @@ struct acme_http_req_s {
     char                *resolve_key;   /* "host:port:" of CURLOPT_RESOLVE */
     struct curl_slist   *resolve;
     int                  added;         /* to the multi handle */
+    int                  follow;        /* redirects followed here (the host resolves names) */
+    int                  redirects;
     char                 errbuf[CURL_ERROR_SIZE];
 };
+
+#define ACME_HTTP_MAX_REDIRECTS  10L
 
 static unsigned long  request_count;
 static char           user_agent[192];
@@ -375,9 +379,13 @@ acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *meth
     /* plain http only for an http directory (on loopback: acme_urlpolicy_init); redirects lead to https */
     curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, conf->https_only ? "https" : "http,https");
     curl_easy_setopt(req->easy, CURLOPT_REDIR_PROTOCOLS_STR, "https");
-    if (conf->follow_redirects && strcmp(method, "GET") == 0) {
+    if (conf->follow_redirects && strcmp(method, "GET") == 0 && acme_resolve_enabled(loop)) {
+        /* libcurl would resolve the new host itself: each hop goes through the host's resolver */
+        req->follow = 1;
+        curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
+    } else if (conf->follow_redirects && strcmp(method, "GET") == 0) {
         curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 1L);
-        curl_easy_setopt(req->easy, CURLOPT_MAXREDIRS, 10L);
+        curl_easy_setopt(req->easy, CURLOPT_MAXREDIRS, ACME_HTTP_MAX_REDIRECTS);
     } else {
         curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
     }
@@ -443,6 +451,63 @@ acme_http_cancel(acme_http_req_t *req)
     req_free(req);
 }
 
+/*
+ * A redirect of a GET that follows them, when the host resolves names: the same easy handle goes on to the
+ * next URL (https only, at most ACME_HTTP_MAX_REDIRECTS), its host resolved first. 1: it goes on; 0: the
+ * request completes now (*curl_result may turn into an error).
+ */
+static int
+http_redirect(acme_http_req_t *req, int *curl_result)
+{
+    int          rc;
+    long         status = 0;
+    char        *next = NULL, *url;
+    acme_err_t   err;
+
+    curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 301 && status != 302 && status != 303 && status != 307 && status != 308) {
+        return 0;
+    }
+    if (curl_easy_getinfo(req->easy, CURLINFO_REDIRECT_URL, &next) != CURLE_OK || next == NULL) {
+        return 0;
+    }
+    if (++req->redirects > ACME_HTTP_MAX_REDIRECTS) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "more than %ld redirects", ACME_HTTP_MAX_REDIRECTS);
+        *curl_result = CURLE_TOO_MANY_REDIRECTS;
+        return 0;
+    }
+    if (strncmp(next, "https://", 8) != 0) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "redirected to \"%.200s\", not https: refused", next);
+        *curl_result = CURLE_UNSUPPORTED_PROTOCOL;
+        return 0;
+    }
+    url = acme_strdup(next);
+    if (url == NULL) {
+        *curl_result = CURLE_OUT_OF_MEMORY;
+        return 0;
+    }
+    acme_log(req->loop, ACME_LOG_DEBUG, "acme: redirected to %s", url);
+    resp_free(&req->resp);
+    curl_easy_setopt(req->easy, CURLOPT_URL, url);
+    free(req->resolve_key);
+    req->resolve_key = NULL;
+    rc = http_resolve(req, url, &err);
+    free(url);
+    if (rc == 1) {
+        if (acme_loop_add_easy(req->loop, req->easy) != 0) {
+            snprintf(req->errbuf, sizeof(req->errbuf), "cannot start the request");
+            *curl_result = CURLE_OUT_OF_MEMORY;
+            return 0;
+        }
+        req->added = 1;
+    } else if (rc < 0) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "%.200s", err.msg);
+        *curl_result = CURLE_URL_MALFORMAT;
+        return 0;
+    }
+    return 1;
+}
+
 void
 acme_http_complete(void *easy, int curl_result)
 {
@@ -451,6 +516,10 @@ acme_http_complete(void *easy, int curl_result)
 
     curl_easy_getinfo((CURL *) easy, CURLINFO_PRIVATE, (char **) &req);
     if (req == NULL) {
+        return;
+    }
+    req->added = 0;
+    if (curl_result == CURLE_OK && req->follow && http_redirect(req, &curl_result)) {
         return;
     }
     if (curl_result == CURLE_OK) {

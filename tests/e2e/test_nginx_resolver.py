@@ -2,9 +2,11 @@
 not by the system resolver; a resolver that does not answer fails the attempt after resolver_timeout,
 names the host and the resolver, and nginx keeps serving."""
 
+import http.server
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 
@@ -29,12 +31,12 @@ def internal_pebble(tmp_path, dns):
     pb.stop()
 
 
-def conf(pebble, tmp_path, https, resolver, extra_http=""):
+def conf(pebble, tmp_path, https, resolver, extra_http="", uri=None):
     return f"""
     {resolver}
     {extra_http}
     acme_issuer internal {{
-        uri https://{CA_HOST}:{pebble.port}/dir;
+        uri {uri or f"https://{CA_HOST}:{pebble.port}/dir"};
         contact admin@example.org;
         accept_terms_of_service;
         state_path {tmp_path / "state"};
@@ -145,3 +147,47 @@ def test_redis_host_resolved_by_nginx_resolver(internal_pebble, dns, nginx_facto
     assert serial in internal_pebble.issued_serials()
     assert any(k.startswith("ngxcerts/" + NAME) or NAME in k for k in redis.keys()), redis.keys()
     assert any(q["Question"]["Name"] == "redis.internal." for q in dns.dns_request_history("redis.internal"))
+
+
+def test_directory_redirect_to_another_name(internal_pebble, dns, nginx_factory, tmp_path):
+    """The directory URL answers 301 to another host name: that name is resolved by `resolver` as well
+    (libcurl following the redirect itself would ask the system resolver, which knows neither)."""
+    old = "old-ca.internal"
+    cert, key = internal_pebble.ca.issue(old, [old], basename="old-ca")
+    target = f"https://{CA_HOST}:{internal_pebble.port}/dir"
+
+    class Moved(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(301)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        https = free_port()
+        for h in (old, CA_HOST):
+            dns.clear_dns_request_history(h)
+        nginx_factory(conf(internal_pebble, tmp_path, https, f"resolver {dns.dns_address} ipv6=off;",
+                           uri=f"https://{old}:{srv.server_address[1]}/directory"), wait_port=https)
+        roots = internal_pebble.roots(0)
+
+        def served():
+            try:
+                return tls_verified(https, NAME, roots)
+            except Exception:
+                return None
+        serial = wait_for(served, 40, interval=0.2, what="a certificate through the redirected directory")
+        assert serial in internal_pebble.issued_serials()
+        for h in (old, CA_HOST):
+            assert any(q["Question"]["Name"] == h + "." for q in dns.dns_request_history(h)), h
+    finally:
+        srv.shutdown()
+        srv.server_close()
