@@ -75,7 +75,8 @@ got_cb(void *arg, const char *addrs, const char *error)
 static acme_loop_t *
 fake_loop(void)
 {
-    acme_host_t   host = { NULL, fake_set_timer, fake_watch, NULL, fake_resolve, fake_resolve_cancel };
+    acme_host_t   host = { .set_timer = fake_set_timer, .watch = fake_watch, .resolve = fake_resolve,
+                           .resolve_cancel = fake_resolve_cancel };
     acme_err_t    err;
 
     memset(&fake, 0, sizeof(fake));
@@ -87,7 +88,7 @@ fake_loop(void)
 static void
 test_wanted(void **state)
 {
-    acme_host_t   plain = { NULL, fake_set_timer, fake_watch, NULL, NULL, NULL };
+    acme_host_t   plain = { .set_timer = fake_set_timer, .watch = fake_watch };
     acme_loop_t  *loop = fake_loop(), *sys;
     acme_err_t    err;
 
