@@ -62,7 +62,7 @@ def test_ca_name_resolved_by_nginx_resolver(internal_pebble, dns, nginx_factory,
     verified against the name), and the test DNS server saw the queries."""
     https = free_port()
     dns.clear_dns_request_history(CA_HOST)
-    ng = nginx_factory(conf(internal_pebble, tmp_path, https, f"resolver {dns.dns_address} ipv6=off;"),
+    ng = nginx_factory(conf(internal_pebble, tmp_path, https, f"resolver {dns.dns_address};"),
                        wait_port=https)
     roots = internal_pebble.roots(0)
 
