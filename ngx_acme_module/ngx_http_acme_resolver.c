@@ -197,12 +197,12 @@ ngx_http_acme_resolver_name(ngx_resolver_t *r, u_char *p, u_char *last)
  */
 
 typedef struct {
-    char                *host;           /* NULL: nothing to resolve */
-    ngx_resolver_ctx_t  *ctx;            /* in flight */
-    time_t               expires;
-    ngx_uint_t           checked;
-    ngx_uint_t           answered;
-    ngx_uint_t           have_addrs;
+    ngx_http_acme_main_conf_t  *amcf;         /* the configuration */
+    char                       *host;         /* NULL: nothing to ask */
+    ngx_resolver_ctx_t         *ctx;          /* in flight */
+    time_t                      expires;
+    ngx_uint_t                  answered;
+    ngx_uint_t                  have_addrs;
 } ngx_http_acme_storage_dns_t;
 
 
@@ -214,9 +214,18 @@ ngx_http_acme_storage_resolve_handler(ngx_resolver_ctx_t *ctx)
 {
     ngx_http_acme_storage_dns_t  *sd = ctx->data;
 
-    u_char      msg[NGX_MAX_ERROR_STR], *p, *last;
+    u_char      msg[NGX_MAX_ERROR_STR], *p, *last, *name;
     time_t      ttl;
     ngx_uint_t  i;
+
+    name = ctx->name.data;
+
+    if (ctx != sd->ctx) {
+        /* asked for an earlier configuration (master_process off) */
+        ngx_resolve_name_done(ctx);
+        ngx_free(name);
+        return;
+    }
 
     sd->ctx = NULL;
     sd->answered = 1;
@@ -234,6 +243,7 @@ ngx_http_acme_storage_resolve_handler(ngx_resolver_ctx_t *ctx)
                       sd->have_addrs ? " (the last addresses are kept)" : "");
 
         ngx_resolve_name_done(ctx);
+        ngx_free(name);
 
         if (!sd->have_addrs) {
             (void) acme_store_redis_host_addresses(sd->host, NULL,
@@ -263,6 +273,7 @@ ngx_http_acme_storage_resolve_handler(ngx_resolver_ctx_t *ctx)
                   "acme: acme_storage: %V is %s (resolver)", &ctx->name, msg);
 
     ngx_resolve_name_done(ctx);
+    ngx_free(name);
 
     if (acme_store_redis_host_addresses(sd->host, (char *) msg, NULL) == 0) {
         sd->have_addrs = 1;
@@ -277,14 +288,24 @@ ngx_http_acme_storage_resolve(ngx_http_acme_main_conf_t *amcf)
 {
     ngx_http_acme_storage_dns_t  *sd = &ngx_http_acme_storage_dns;
 
+    u_char              *name;
+    size_t               len;
     ngx_resolver_ctx_t  *ctx;
 
-    if (!sd->checked) {
-        sd->checked = 1;
+    if (sd->amcf != amcf) {
+        /*
+         * a query in flight for another configuration is left to its
+         * resolver: the handler ignores its answer
+         */
+        free(sd->host);
+        ngx_memzero(sd, sizeof(ngx_http_acme_storage_dns_t));
+        sd->amcf = amcf;
 
         if (amcf->resolver && amcf->storage) {
             sd->host = acme_store_redis_host(amcf->storage);
         }
+
+        (void) acme_store_redis_host_addresses(NULL, NULL, NULL);
     }
 
     if (sd->host == NULL) {
@@ -295,13 +316,23 @@ ngx_http_acme_storage_resolve(ngx_http_acme_main_conf_t *amcf)
         return sd->answered ? NGX_OK : NGX_AGAIN;
     }
 
-    ctx = ngx_resolve_start(amcf->resolver, NULL);
-    if (ctx == NULL || ctx == NGX_NO_RESOLVER) {
+    len = ngx_strlen(sd->host);
+
+    name = ngx_alloc(len, ngx_cycle->log);
+    if (name == NULL) {
         return sd->answered ? NGX_OK : NGX_AGAIN;
     }
 
-    ctx->name.data = (u_char *) sd->host;
-    ctx->name.len = ngx_strlen(sd->host);
+    ngx_memcpy(name, sd->host, len);
+
+    ctx = ngx_resolve_start(amcf->resolver, NULL);
+    if (ctx == NULL || ctx == NGX_NO_RESOLVER) {
+        ngx_free(name);
+        return sd->answered ? NGX_OK : NGX_AGAIN;
+    }
+
+    ctx->name.data = name;
+    ctx->name.len = len;
     ctx->handler = ngx_http_acme_storage_resolve_handler;
     ctx->data = sd;
     ctx->timeout = amcf->resolver_timeout;
@@ -309,6 +340,8 @@ ngx_http_acme_storage_resolve(ngx_http_acme_main_conf_t *amcf)
     sd->ctx = ctx;
 
     if (ngx_resolve_name(ctx) != NGX_OK) {
+        /* nginx freed ctx */
+        ngx_free(name);
         sd->ctx = NULL;
         sd->expires = ngx_time() + 5;
     }
