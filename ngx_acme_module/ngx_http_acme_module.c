@@ -37,6 +37,7 @@
 
 /* a CA that does not answer within this does not hold up "nginx -t" */
 #define NGX_HTTP_ACME_TOS_CHECK_TIMEOUT  5000
+#define NGX_HTTP_ACME_RESOLVER_TIMEOUT   30000   /* nginx's, nginx-acme's */
 
 
 static ngx_int_t ngx_http_acme_preconfiguration(ngx_conf_t *cf);
@@ -2029,6 +2030,7 @@ static ngx_int_t
 ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 {
     ngx_http_handler_pt        *h;
+    ngx_http_core_loc_conf_t   *clcf;
     ngx_http_core_main_conf_t  *cmcf;
     ngx_http_acme_main_conf_t  *amcf;
 
@@ -2039,6 +2041,24 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
     }
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    /*
+     * the http block's "resolver" resolves the CA's host names, as in
+     * nginx-acme; without one (nginx's placeholder has no servers),
+     * libcurl resolves them in its resolver thread
+     */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->resolver && clcf->resolver->connections.nelts) {
+        amcf->resolver = clcf->resolver;
+
+        /* the http block's own value is never merged: unset there */
+        amcf->resolver_timeout = clcf->resolver_timeout
+                                 != NGX_CONF_UNSET_MSEC
+                                 ? clcf->resolver_timeout
+                                 : NGX_HTTP_ACME_RESOLVER_TIMEOUT;
+    }
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
     if (h == NULL) {

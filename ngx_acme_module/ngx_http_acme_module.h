@@ -104,6 +104,9 @@ typedef struct {
     u_char                     *storage_key_file;
     ngx_uint_t                  storage_key_line;
 
+    ngx_resolver_t             *resolver;        /* http's, NULL: libcurl's */
+    ngx_msec_t                  resolver_timeout;
+
     ngx_uint_t                  enabled;
 } ngx_http_acme_main_conf_t;
 

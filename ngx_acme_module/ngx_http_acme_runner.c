@@ -254,7 +254,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
     if (pid == ngx_pid) {
         sh->heartbeat = now;
 
-        if (ngx_http_acme_runner == NULL
+        /* acme_storage's host: its first answer before the core starts */
+
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner == NULL
             && now >= ngx_http_acme_start_retry)
         {
             if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
@@ -301,7 +305,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
 
         ngx_http_acme_start_retry = 0;
 
-        if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle) != NGX_OK) {
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
+               != NGX_OK)
+        {
             ngx_http_acme_start_retry = now + NGX_HTTP_ACME_RETRY_START;
         }
 
@@ -420,6 +428,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     host.set_timer = ngx_http_acme_host_set_timer;
     host.watch = ngx_http_acme_host_watch;
     host.log = ngx_http_acme_host_log;
+
+    if (amcf->resolver) {
+        host.resolve = ngx_http_acme_host_resolve;
+        host.resolve_cancel = ngx_http_acme_host_resolve_cancel;
+    }
 
     acme_http_set_server("nginx/" NGINX_VERSION);
     rn->loop = acme_loop_new(&host, ACME_LOG_DEBUG, &err);
