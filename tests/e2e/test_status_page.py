@@ -133,6 +133,7 @@ def _nginx_conf(pebble, proxies, tmp_path, status_port):
         server_name localhost;
         location = /status {{ acme_status renew=on; }}
         location = /ro {{ acme_status; }}
+        location = /metrics {{ acme_status format=prometheus; }}
     }}
 """
     for name, issuer in ((VALID, "pebble"), (FAILING, "failing"), (SLOW, "slow"), (DOWN, "down")):
@@ -169,6 +170,12 @@ def test_nginx_status_page_in_chromium(pebble, proxies, nginx_factory, tmp_path)
         r = _request(port, "/status", headers={"Accept": accept} if accept else {})
         assert r.status == 200 and r.headers["Content-Type"].startswith("application/json"), (accept, r)
         assert r.json()["certificates"]
+
+    # an explicit format wins over a browser's Accept
+    for path, ctype in (("/status?format=json", "application/json"), ("/metrics", "text/plain"),
+                        ("/status?format=prometheus", "text/plain")):
+        r = _request(port, path, headers={"Accept": BROWSER_ACCEPT})
+        assert r.status == 200 and r.headers["Content-Type"].startswith(ctype), (path, r.headers)
 
     # a browser's Accept: the page, with a strict policy
     r = _request(port, "/status", headers={"Accept": BROWSER_ACCEPT})
