@@ -241,17 +241,17 @@ src_resolve(import_src_t *src, const char *rel, int *parent, char **leaf, acme_e
             rc = fd == ACME_BENEATH_MISSING ? 1 : -1;
             goto out;
         }
-        if (q.n == 0) {
+        if (fstatat(fd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+            rc = errno == ENOENT ? 1 : -1;
+            acme_err_set(err, ACME_ERR_STORE, "%s/%s: %s", shown, name, strerror(errno));
+            free(name);
+            goto out;
+        }
+        if (!S_ISLNK(sb.st_mode) && q.n == 0) {
             *leaf = name;       /* the last name: the caller opens it, never following a link */
             *parent = fd;
             fd = -1;
             rc = 0;
-            goto out;
-        }
-        if (fstatat(fd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
-            acme_err_set(err, ACME_ERR_STORE, "%s/%s: %s", shown, name, strerror(errno));
-            rc = errno == ENOENT ? 1 : -1;
-            free(name);
             goto out;
         }
         if (!S_ISLNK(sb.st_mode)) {
@@ -366,7 +366,7 @@ import_src_list(import_src_t *src, const char *rel, char ***names, size_t *n, ac
     src_ids_t       ids;
     DIR            *d = NULL;
     struct dirent  *de;
-    char           *path = NULL, *leaf = NULL, **v = NULL, **nv;
+    char           *leaf = NULL, **v = NULL, **nv, shown[1400];
     size_t          cap = 0;
     int             dfd = -1, fd = -1, rc;
 
@@ -377,17 +377,16 @@ import_src_list(import_src_t *src, const char *rel, char ***names, size_t *n, ac
         fd = dup(src->dfd);
         rc = fd < 0 ? -1 : 0;
     } else {
-        /* rel with a name after it: rel is then resolved (and checked) as a directory on the way */
-        path = acme_sprintf("%s/x", rel);
-        if (path == NULL) {
-            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-            rc = -1;
-        } else {
-            rc = src_resolve(src, path, &dfd, &leaf, err);
-        }
+        rc = src_resolve(src, rel, &dfd, &leaf, err);
         if (rc == 0) {
-            fd = dup(dfd);
-            rc = fd < 0 ? -1 : 0;
+            fd = openat(dfd, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (fd < 0) {
+                rc = errno == ENOENT ? 1 : -1;
+                acme_err_set(err, ACME_ERR_STORE, "%s/%s: %s", src->root, rel, strerror(errno));
+            } else {
+                snprintf(shown, sizeof(shown), "%s/%s", src->root, rel);
+                rc = src_dir_check(src, fd, shown, err);
+            }
         }
     }
     if (rc != 0) {
@@ -442,7 +441,6 @@ done:
     if (dfd >= 0) {
         close(dfd);
     }
-    free(path);
     free(leaf);
     return rc;
 }
