@@ -28,6 +28,7 @@ CERTBOT = "/usr/bin/certbot"
 NAME = "cb.import.example.org"
 ALT = "www.cb.import.example.org"
 BROKEN = "broken.import.example.org"
+MISMATCH = "mismatch.import.example.org"
 
 
 def _tree(root):
@@ -92,6 +93,18 @@ def test_certbot_import_served_and_renewed_by_nginx(pebble, acmectl_bin, nginx_f
     archive_key = le / "archive" / BROKEN / "privkey1.pem"
     archive_key.unlink()
 
+    # and one whose key is not its certificate's (certbot's layout, another key in archive/)
+    (le / "archive" / MISMATCH).mkdir(mode=0o700)
+    (le / "live" / MISMATCH).mkdir(mode=0o700)
+    for f in ("cert", "chain", "fullchain"):
+        shutil.copy(le / "archive" / NAME / f"{f}1.pem", le / "archive" / MISMATCH / f"{f}1.pem")
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out",
+            le / "archive" / MISMATCH / "privkey1.pem")
+    for f in ("cert", "chain", "fullchain", "privkey"):
+        os.symlink(f"../../archive/{MISMATCH}/{f}1.pem", le / "live" / MISMATCH / f"{f}.pem")
+    (le / "renewal" / f"{MISMATCH}.conf").write_text(
+        (le / "renewal" / f"{NAME}.conf").read_text().replace(NAME, MISMATCH))
+
     regr = next((le / "accounts").rglob("regr.json"))
     account_url = json.loads(regr.read_text())["uri"]
     chain = (le / "live" / NAME / "fullchain.pem").read_bytes()
@@ -107,7 +120,18 @@ def test_certbot_import_served_and_renewed_by_nginx(pebble, acmectl_bin, nginx_f
     assert not state.exists()
     assert _tree(le) == before
 
+    # root reads nothing from a directory that others may write in (they could plant what it reads)
+    if os.geteuid() == 0:
+        os.chmod(le / "archive", 0o777)
+        r = _ctl(acmectl_bin, state, "import", "--dry-run", "certbot", le)
+        os.chmod(le / "archive", 0o700)
+        assert re.search(rf"lineage {re.escape(str(le))}/live/{re.escape(NAME)} skipped: .*archive belongs to uid 0 "
+                         r"with mode 0777: others than its owner may write in it", r.stderr), r.stdout + r.stderr
+        assert "would import certbot's lineage" not in r.stdout, r.stdout
+
     r = _ctl(acmectl_bin, state, "import", "certbot", le)
+    assert f"certbot's lineage {le}/live/{MISMATCH} skipped: the key does not match the certificate" in r.stderr, \
+        r.stderr
     assert r.returncode == 1, r.stdout + r.stderr          # one lineage skipped
     assert re.search(rf"certbot's lineage {re.escape(str(le))}/live/{re.escape(BROKEN)} skipped: .*privkey",
                      r.stderr), r.stderr
@@ -116,6 +140,7 @@ def test_certbot_import_served_and_renewed_by_nginx(pebble, acmectl_bin, nginx_f
     assert f"({account_url})" in r.stdout, r.stdout
     assert _tree(le) == before, "acmectl import changed certbot's directory"
     assert not (state / "certs" / BROKEN).exists(), "the broken lineage was half-written"
+    assert not (state / "certs" / MISMATCH).exists(), "the mismatched lineage was half-written"
     assert (state / "certs" / NAME / "fullchain.pem").is_file()
 
     # a second run changes nothing and says so
