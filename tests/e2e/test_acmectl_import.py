@@ -29,6 +29,7 @@ NAME = "cb.import.example.org"
 ALT = "www.cb.import.example.org"
 BROKEN = "broken.import.example.org"
 MISMATCH = "mismatch.import.example.org"
+ESCAPE = "escape.import.example.org"
 
 
 def _tree(root):
@@ -105,6 +106,18 @@ def test_certbot_import_served_and_renewed_by_nginx(pebble, acmectl_bin, nginx_f
     (le / "renewal" / f"{MISMATCH}.conf").write_text(
         (le / "renewal" / f"{NAME}.conf").read_text().replace(NAME, MISMATCH))
 
+    # and one whose key is a link out of certbot's directory (to a copy of a good key): not followed
+    (le / "archive" / ESCAPE).mkdir(mode=0o700)
+    (le / "live" / ESCAPE).mkdir(mode=0o700)
+    for f in ("cert", "chain", "fullchain"):
+        shutil.copy(le / "archive" / NAME / f"{f}1.pem", le / "archive" / ESCAPE / f"{f}1.pem")
+        os.symlink(f"../../archive/{ESCAPE}/{f}1.pem", le / "live" / ESCAPE / f"{f}.pem")
+    outside = tmp_path / "outside-key.pem"
+    shutil.copy(le / "archive" / NAME / "privkey1.pem", outside)
+    os.symlink(outside, le / "live" / ESCAPE / "privkey.pem")
+    (le / "renewal" / f"{ESCAPE}.conf").write_text(
+        (le / "renewal" / f"{NAME}.conf").read_text().replace(NAME, ESCAPE))
+
     regr = next((le / "accounts").rglob("regr.json"))
     account_url = json.loads(regr.read_text())["uri"]
     chain = (le / "live" / NAME / "fullchain.pem").read_bytes()
@@ -132,7 +145,9 @@ def test_certbot_import_served_and_renewed_by_nginx(pebble, acmectl_bin, nginx_f
     r = _ctl(acmectl_bin, state, "import", "certbot", le)
     assert f"certbot's lineage {le}/live/{MISMATCH} skipped: the key does not match the certificate" in r.stderr, \
         r.stderr
-    assert r.returncode == 1, r.stdout + r.stderr          # one lineage skipped
+    assert r.returncode == 1, r.stdout + r.stderr          # lineages skipped
+    assert f"certbot's lineage {le}/live/{ESCAPE} skipped: {le}/live/{ESCAPE}/privkey.pem is a link out of {le}" \
+        in r.stderr, r.stderr
     assert re.search(rf"certbot's lineage {re.escape(str(le))}/live/{re.escape(BROKEN)} skipped: .*privkey",
                      r.stderr), r.stderr
     assert f'imported certbot\'s lineage {le}/live/{NAME} as "{NAME}"' in r.stdout, r.stdout
