@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <signal.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <openssl/pem.h>
 
@@ -1634,6 +1635,13 @@ cmd_import(ctl_t *ctl, int argc, char **argv)
     tool = argv[optind];
     dir = optind + 1 < argc ? argv[optind + 1]
           : strcmp(tool, "certbot") == 0 ? "/etc/letsencrypt" : "/etc/apache2/md";
+    if (!dry_run && ctl->storage == NULL && geteuid() == 0 && access(ctl->state, F_OK) != 0) {
+        /* made by root, it would be root's: the server's workers could not write in it */
+        fprintf(stderr, "acmectl import: the state directory %s does not exist: start the server once (it "
+                "makes it for its user), or create it for that user (install -d -o www-data -g www-data -m 0700 "
+                "%s)\n", ctl->state, ctl->state);
+        return 1;
+    }
     if (!dry_run && ctl_open_store(ctl, 1) != 0) {
         return 1;
     }

@@ -271,7 +271,7 @@ import_mod_md(import_run_t *r, import_src_t *src)
     if (rc != 0) {
         fprintf(stderr, "acmectl: %s%s\n", err.msg, rc == 1 ? " (not mod_md's MDStoreDir?)" : "");
         r->skipped++;
-        return rc < 0 ? 0 : 0;
+        return 0;
     }
     store_key(src, &m);
     for (i = 0; i < n && ret == 0; i++) {

@@ -133,6 +133,13 @@ def test_certbot_import_served_and_renewed_by_nginx(pebble, acmectl_bin, nginx_f
     assert not state.exists()
     assert _tree(le) == before
 
+    # root does not make the state directory (it would be root's, not the server's user's)
+    if os.geteuid() == 0:
+        r = _ctl(acmectl_bin, state, "import", "certbot", le)
+        assert r.returncode == 1 and f"the state directory {state} does not exist" in r.stderr, r.stderr
+        assert not state.exists()
+    state.mkdir(mode=0o700)     # as the server makes it (its workers run as root in these tests)
+
     # root reads nothing from a directory that others may write in (they could plant what it reads)
     if os.geteuid() == 0:
         os.chmod(le / "archive", 0o777)
