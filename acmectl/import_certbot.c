@@ -128,7 +128,8 @@ jwk_private_key(const char *text, size_t len)
     json_t          *jwk;
     const char      *kty, *crv, *group, *xs, *ys;
     unsigned char   *x = NULL, *y = NULL, pub[1 + 2 * 66];
-    size_t           xl = 0, yl = 0, i, n = 0;
+    EVP_PKEY_CTX    *check = NULL;
+    size_t           xl = 0, yl = 0, i;
 
     jwk = json_loadb(text, len, 0, NULL);
     kty = json_string_value(json_object_get(jwk, "kty"));
@@ -144,7 +145,6 @@ jwk_private_key(const char *text, size_t len)
                 goto done;
             }
         }
-        n = 8;
     } else if (strcmp(kty, "EC") == 0) {
         crv = json_string_value(json_object_get(jwk, "crv"));
         group = crv == NULL ? NULL : strcmp(crv, "P-256") == 0 ? "P-256" : strcmp(crv, "P-384") == 0 ? "P-384"
@@ -169,7 +169,6 @@ jwk_private_key(const char *text, size_t len)
         {
             goto done;
         }
-        n = 1;
     } else {
         goto done;
     }
@@ -180,12 +179,18 @@ jwk_private_key(const char *text, size_t len)
         EVP_PKEY_free(key);
         key = NULL;
     }
+    /* the private half must be the public one's: a damaged file would only sign what the CA refuses */
+    check = key ? EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL) : NULL;
+    if (key != NULL && (check == NULL || EVP_PKEY_pairwise_check(check) != 1)) {
+        EVP_PKEY_free(key);
+        key = NULL;
+    }
 
 done:
     for (i = 0; i < 8; i++) {
         BN_clear_free(bn[i]);
     }
-    (void) n;
+    EVP_PKEY_CTX_free(check);
     free(x);
     free(y);
     OSSL_PARAM_free(params);
