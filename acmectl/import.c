@@ -6,6 +6,7 @@
 #include "import.h"
 #include "acme_import.h"
 #include "acme_directory.h"
+#include "acme_x509.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -33,6 +34,30 @@ time_str(time_t t, char *buf, size_t size)
 
     gmtime_r(&t, &tm);
     strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* 1 when the store's certificate name has this serial (imported before). */
+static int
+same_serial(acme_store_t *dst, const char *name, const char *serial)
+{
+    STACK_OF(X509)    *sk = NULL;
+    acme_cert_info_t   info;
+    acme_err_t         err;
+    char              *chain = NULL;
+    size_t             len = 0;
+    int                same = 0;
+
+    memset(&info, 0, sizeof(info));
+    if (acme_store_cert_load(dst, name, &chain, &len, NULL, NULL, NULL, &err) == 0
+        && acme_pem_chain_parse(chain, len, &sk, &err) == 0
+        && acme_cert_info(sk_X509_value(sk, 0), &info, &err) == 0)
+    {
+        same = info.serial_hex != NULL && strcmp(info.serial_hex, serial) == 0;
+    }
+    acme_cert_info_free(&info);
+    acme_chain_free(sk);
+    free(chain);
+    return same;
 }
 
 int
@@ -80,8 +105,11 @@ import_take_cert(import_run_t *r, const char *what, const char *first, const cha
             goto done;
         }
         if (rc == 0) {
-            import_skip(r, what, "the store already has a certificate \"%s\" (kept)", name);
-            rc = 0;
+            if (same_serial(r->dst, name, it.serial)) {
+                printf("%s as \"%s\": already in the store\n", what, name);
+            } else {
+                import_skip(r, what, "the store already has another certificate \"%s\" (kept)", name);
+            }
             goto done;
         }
         printf("imported %s as \"%s\": %s, %s, serial %s, valid until %s, from %s\n", what, name,

@@ -166,9 +166,12 @@ def test_certbot_import_served_and_renewed_by_nginx(pebble, acmectl_bin, nginx_f
     assert (state / "certs" / NAME / "fullchain.pem").is_file()
 
     # a second run changes nothing and says so
+    stored = (state / "certs" / NAME / "fullchain.pem").read_bytes()
     r2 = _ctl(acmectl_bin, state, "import", "certbot", le)
-    assert f'the store already has a certificate "{NAME}"' in r2.stderr, r2.stderr
-    assert "already in the store" in r2.stdout, r2.stdout
+    assert f'certbot\'s lineage {le}/live/{NAME} as "{NAME}": already in the store' in r2.stdout, r2.stdout
+    assert "account" in r2.stdout and "already in the store" in r2.stdout, r2.stdout
+    # nothing was replaced
+    assert (state / "certs" / NAME / "fullchain.pem").read_bytes() == stored
 
     accounts = pebble.account_count()
     mark = pebble.mark()
@@ -323,6 +326,8 @@ def test_mod_md_import_served_and_renewed_by_apache(pebble, acmectl_bin, apache_
         assert f"imported mod_md's account {md}/accounts/{acct_id} for {pebble.directory_url} ({account_url})" \
             in r.stdout, r.stdout
         assert _tree(md) == before, "acmectl import changed mod_md's store"
+        r = _ctl(acmectl_bin, a.state, "import", "mod_md", md)     # again: nothing to do, nothing skipped
+        assert r.returncode == 0 and "already in the store" in r.stdout, r.stdout + r.stderr
         if os.geteuid() == 0:
             assert (a.state / "certs" / MD_NAME / "privkey.pem").stat().st_uid == www.pw_uid
 
