@@ -255,6 +255,11 @@ src_resolve(import_src_t *src, const char *rel, int *parent, char **leaf, acme_e
             goto out;
         }
         if (!S_ISLNK(sb.st_mode)) {
+            if (done.n == SRC_DEPTH_MAX) {
+                acme_err_set(err, ACME_ERR_INPUT, "%s/%s: too deep", src->root, rel);
+                free(name);
+                goto out;
+            }
             done.c[done.n++] = name;
             continue;
         }
