@@ -15,13 +15,14 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from apache_harness import MODULES, APACHE_BIN, apache_factory, cert_serial as a_serial, tls_get  # noqa: F401
-from harness import AcmeTestClient, child_env, free_port, normalize_serial, openssl, run_cmd, wait_for
+from harness import AcmeTestClient, HarnessError, child_env, free_port, normalize_serial, openssl, run_cmd, wait_for
 from nginx_harness import cert_serial, force_renewal, https_get, issuer_block, nginx_factory, tls_cert  # noqa: F401
 
 CERTBOT = "/usr/bin/certbot"
@@ -290,9 +291,17 @@ def _mod_md_store(pebble, procs):
         staged = d / "md" / "staging" / MD_NAME
         wait_for(lambda: (staged / "pubcert.secp256r1.pem").is_file(), 120, 0.2,
                  what=f"mod_md's staged certificate ({(d / 'error.log')})")
-        proc.send_signal(__import__("signal").SIGUSR1)      # mod_md activates it at a graceful restart
-        wait_for(lambda: (d / "md" / "domains" / MD_NAME / "pubcert.secp256r1.pem").is_file(), 60, 0.2,
-                 what="mod_md's activated certificate")
+        # mod_md activates it at a graceful restart, once its staging is complete (the certificate file may
+        # come before the rest): restarted again until it has
+        active = d / "md" / "domains" / MD_NAME / "pubcert.secp256r1.pem"
+        for _ in range(6):
+            proc.send_signal(signal.SIGUSR1)
+            try:
+                wait_for(active.is_file, 10, 0.2, what="mod_md's activated certificate")
+                break
+            except HarnessError:
+                continue
+        assert active.is_file(), (d / "error.log").read_text(errors="replace")[-3000:]
     finally:
         proc.stop()
     return d
