@@ -100,8 +100,11 @@ usage(FILE *f)
 "               [-v|--verbose] [-h|--help] COMMAND [ARGS]\n"
 "\n"
 "commands:\n"
-"  issue [--ignore-server] [--challenge http-01|tls-alpn-01] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
-"        [--key ALG] [--profile NAME] [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
+"  issue [--ignore-server] [--challenge TYPE[,TYPE]...] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
+"        [--dns-update rfc2136] [--tsig-key|--dns-tsig-key FILE] [--dns-server HOST[:PORT]]\n"
+"        [--dns-resolver ADDR[:PORT]] [--dns-propagation-timeout SECONDS] [--key ALG] [--profile NAME]\n"
+"        [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
+"        TYPE: http-01, tls-alpn-01, dns-01 (RFC 2136 update with --tsig-key); a wildcard takes dns-01\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
@@ -311,6 +314,12 @@ typedef struct {
     int               force;
     int               ignore_server;
     long              poll_timeout;
+    const char       *tsig_key;
+    const char       *dns_update;
+    const char       *dns_server;
+    const char       *dns_resolver;
+    long              dns_timeout;
+    acme_dns_config_t dns;
     acmectl_chsrv_t  *srv;
 } issue_opts_t;
 
@@ -376,8 +385,104 @@ parse_issue_opt(int c, issue_opts_t *o)
             return -1;
         }
         return 0;
+    case 'K': o->tsig_key = optarg; return 0;
+    case 'U':
+        /* the method, named as nginx's dns_update (the only one for now) */
+        if (strcmp(optarg, "rfc2136") != 0) {
+            fprintf(stderr, "acmectl: --dns-update \"%s\": use rfc2136\n", optarg);
+            return -1;
+        }
+        o->dns_update = optarg;
+        return 0;
+    case 'D': o->dns_server = optarg; return 0;
+    case 'R': o->dns_resolver = optarg; return 0;
+    case 'X':
+        o->dns_timeout = strtol(optarg, NULL, 10);
+        if (o->dns_timeout <= 0) {
+            fprintf(stderr, "acmectl: --dns-propagation-timeout \"%s\": a number of seconds\n", optarg);
+            return -1;
+        }
+        return 0;
     }
     return -1;
+}
+
+#define ISSUE_TYPES_MAX  3
+
+/*
+ * --challenge: types in preference order ("http-01,dns-01": http-01 where it can, dns-01 for wildcards).
+ * dns-01 reads the TSIG key file now. 0, or 2 (usage) with a message.
+ */
+static int
+issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *ntypes)
+{
+    static const char  *known[] = { "http-01", "tls-alpn-01", "dns-01" };
+    acme_err_t          err;
+    char               *t, *save = NULL;
+    size_t              i;
+    int                 dns = 0;
+
+    *ntypes = 0;
+    snprintf(buf, len, "%s", o->challenge ? o->challenge : "http-01");
+    for (t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        for (i = 0; i < 3 && strcmp(t, known[i]) != 0; i++) {
+            /* void */
+        }
+        if (i == 3 || *ntypes == ISSUE_TYPES_MAX) {
+            fprintf(stderr, "acmectl: --challenge \"%s\": use http-01, tls-alpn-01 or dns-01 (a list: "
+                    "in order of preference)\n", o->challenge);
+            return 2;
+        }
+        types[(*ntypes)++] = t;
+        dns |= i == 2;
+    }
+    if (*ntypes == 0) {
+        fprintf(stderr, "acmectl: --challenge: no type\n");
+        return 2;
+    }
+    if (!dns) {
+        if (o->tsig_key || o->dns_update || o->dns_server || o->dns_resolver || o->dns_timeout) {
+            fprintf(stderr, "acmectl: --dns-update, --tsig-key, --dns-server, --dns-resolver and "
+                    "--dns-propagation-timeout need --challenge dns-01\n");
+            return 2;
+        }
+        return 0;
+    }
+    if (o->tsig_key == NULL) {
+        fprintf(stderr, "acmectl: --challenge dns-01 needs --tsig-key FILE (the TSIG key of the RFC 2136 "
+                "updates)\n");
+        return 2;
+    }
+    if (o->dns.method == ACME_DNS_NONE) {
+        memset(&o->dns, 0, sizeof(o->dns));
+        if (acme_tsig_key_load(o->tsig_key, &o->dns.tsig, &err) != 0) {
+            fprintf(stderr, "acmectl: --tsig-key: %s\n", err.msg);
+            return 2;
+        }
+        o->dns.method = ACME_DNS_RFC2136;
+        o->dns.server = o->dns_server ? acme_strdup(o->dns_server) : NULL;
+        o->dns.resolver = o->dns_resolver ? acme_strdup(o->dns_resolver) : NULL;
+        o->dns.propagation_timeout = o->dns_timeout;
+        if (acme_dns_config_check(&o->dns, &err) != 0) {
+            fprintf(stderr, "acmectl: --tsig-key %s: %s\n", o->tsig_key, err.msg);
+            acme_dns_config_free(&o->dns);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+static int
+has_type(const char **types, size_t n, const char *type)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (strcmp(types[i], type) == 0) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static const struct option issue_longopts[] = {
@@ -390,6 +495,12 @@ static const struct option issue_longopts[] = {
     { "force", no_argument, NULL, 'f' },
     { "ignore-server", no_argument, NULL, 'G' },
     { "poll-timeout", required_argument, NULL, 'W' },
+    { "tsig-key", required_argument, NULL, 'K' },
+    { "dns-tsig-key", required_argument, NULL, 'K' },
+    { "dns-update", required_argument, NULL, 'U' },
+    { "dns-server", required_argument, NULL, 'D' },
+    { "dns-resolver", required_argument, NULL, 'R' },
+    { "dns-propagation-timeout", required_argument, NULL, 'X' },
     { NULL, 0, NULL, 0 }
 };
 
@@ -423,21 +534,20 @@ ctl_running_server(ctl_t *ctl)
 }
 
 static int
-do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks,
+issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks,
     const char *replaces, acme_err_t *fail)
 {
     acme_issue_req_t       req;
     acme_challenge_host_t  ch;
     issue_wait_t           iw;
     acme_err_t             err;
-    const char            *types[1];
+    const char            *types[ISSUE_TYPES_MAX];
+    char                   typebuf[100];
+    size_t                 ntypes;
     acme_issue_t          *job;
-    int                    rc;
+    int                    rc, http, tls;
 
-    if (o->challenge != NULL && strcmp(o->challenge, "http-01") != 0
-        && strcmp(o->challenge, "tls-alpn-01") != 0)
-    {
-        fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", o->challenge);
+    if (issue_types(o, typebuf, sizeof(typebuf), types, &ntypes) != 0) {
         return 2;
     }
     if (o->profile != NULL && !o->profile_stored) {
@@ -459,15 +569,15 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
             return 1;
         }
     }
-    types[0] = o->challenge ? o->challenge : "http-01";
-    if (strcmp(types[0], "http-01") == 0 && o->http_listen == NULL) {
+    http = has_type(types, ntypes, "http-01");
+    tls = has_type(types, ntypes, "tls-alpn-01");
+    if (http && o->http_listen == NULL) {
         o->http_listen = ":80";
     }
-    if (strcmp(types[0], "tls-alpn-01") == 0 && o->tls_listen == NULL) {
+    if (tls && o->tls_listen == NULL) {
         o->tls_listen = ":443";
     }
-    o->srv = acmectl_chsrv_start(strcmp(types[0], "http-01") == 0 ? o->http_listen : NULL,
-                                 strcmp(types[0], "tls-alpn-01") == 0 ? o->tls_listen : NULL, &err);
+    o->srv = acmectl_chsrv_start(http ? o->http_listen : NULL, tls ? o->tls_listen : NULL, &err);
     if (o->srv == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
         if (fail != NULL) {
@@ -480,7 +590,8 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     req.nids = nids;
     req.keyspec = *ks;
     req.challenge_types = types;
-    req.nchallenge_types = 1;
+    req.nchallenge_types = ntypes;
+    req.dns = o->dns.method != ACME_DNS_NONE ? &o->dns : NULL;
     req.profile = o->profile;
     req.preferred_chain = o->preferred_chain;
     req.replaces = replaces;
@@ -516,6 +627,17 @@ do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, cons
     }
     free(iw.name);
     return rc == 0 ? 0 : 1;
+}
+
+/* The DNS settings (the TSIG secret) are read for one issuance and wiped after it. */
+static int
+do_issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const acme_keyspec_t *ks,
+    const char *replaces, acme_err_t *fail)
+{
+    int rc = issue_names(ctl, o, ids, nids, ks, replaces, fail);
+
+    acme_dns_config_free(&o->dns);
+    return rc;
 }
 
 /* What a first issuance asked for: to describe it when it failed. */
@@ -1379,6 +1501,12 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "fallback-ca", required_argument, NULL, 'F' },
         { "status-file", required_argument, NULL, 'S' },
         { "poll-timeout", required_argument, NULL, 'W' },
+        { "tsig-key", required_argument, NULL, 'K' },
+        { "dns-tsig-key", required_argument, NULL, 'K' },
+        { "dns-update", required_argument, NULL, 'U' },
+        { "dns-server", required_argument, NULL, 'D' },
+        { "dns-resolver", required_argument, NULL, 'R' },
+        { "dns-propagation-timeout", required_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 }
     };
     issue_opts_t         o;
@@ -1392,9 +1520,11 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     acme_manager_host_t  mh;
     acme_issuer_conf_t   ic;
     run_t                r;
-    const char          *types[1];
+    const char          *types[ISSUE_TYPES_MAX];
+    char                 typebuf[100];
+    size_t               ntypes;
     char                *url;
-    int                  c, rc = 1;
+    int                  c, rc = 1, http, tls;
 
     memset(&o, 0, sizeof(o));
     memset(&r, 0, sizeof(r));
@@ -1418,11 +1548,11 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl: --key: %s\n", err.msg);
         return 2;
     }
-    types[0] = o.challenge ? o.challenge : "http-01";
-    if (strcmp(types[0], "http-01") != 0 && strcmp(types[0], "tls-alpn-01") != 0) {
-        fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", types[0]);
+    if (issue_types(&o, typebuf, sizeof(typebuf), types, &ntypes) != 0) {
         return 2;
     }
+    http = has_type(types, ntypes, "http-01");
+    tls = has_type(types, ntypes, "tls-alpn-01");
     rc = parse_idents(argc, argv, optind, &ids, &nids);
     if (rc != 0) {
         goto done;
@@ -1431,10 +1561,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     if (ctl_open_store(ctl, 1) != 0) {
         goto done;
     }
-    o.srv = acmectl_chsrv_start(strcmp(types[0], "http-01") == 0 ? (o.http_listen ? o.http_listen : ":80")
-                                                                 : NULL,
-                                strcmp(types[0], "tls-alpn-01") == 0 ? (o.tls_listen ? o.tls_listen : ":443")
-                                                                     : NULL, &err);
+    o.srv = acmectl_chsrv_start(http ? (o.http_listen ? o.http_listen : ":80") : NULL,
+                                tls ? (o.tls_listen ? o.tls_listen : ":443") : NULL, &err);
     if (o.srv == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
         goto done;
@@ -1475,7 +1603,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         ic.client.account_key_file = ctl->account_key;
         ic.client.account_keyspec = ctl->account_keyspec;
         ic.challenge_types = types;
-        ic.nchallenge_types = 1;
+        ic.nchallenge_types = ntypes;
+        ic.dns = o.dns.method != ACME_DNS_NONE ? &o.dns : NULL;
         ic.profile = o.profile;
         ic.preferred_chain = o.preferred_chain;
         idx[i] = acme_manager_add_issuer(r.m, &ic, &err);
@@ -1518,6 +1647,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
 done:
     acme_manager_free(r.m);
     acmectl_chsrv_stop(o.srv);
+    acme_dns_config_free(&o.dns);
     for (i = 0; i < nids; i++) {
         acme_ident_free(&ids[i]);
     }

@@ -92,7 +92,11 @@ typedef struct {
 typedef struct {
     int  renew_allowed;                     /* ACMEStatusRenew, ACME_UNSET, 0, 1 */
     int  renew_interval;                    /* seconds, ACME_UNSET: MOD_ACME_RENEW_INTERVAL */
+    int  format;                            /* ACMEStatusFormat: ACME_UNSET, MOD_ACME_FORMAT_* */
 } mod_acme_dir_conf_t;
+
+#define MOD_ACME_FORMAT_JSON        0
+#define MOD_ACME_FORMAT_PROMETHEUS  1
 
 extern const command_rec mod_acme_cmds[];
 void *mod_acme_create_srv_conf(apr_pool_t *p, server_rec *s);

@@ -78,6 +78,7 @@ mod_acme_create_dir_conf(apr_pool_t *p, char *dir)
     (void) dir;
     dc->renew_allowed = ACME_UNSET;
     dc->renew_interval = ACME_UNSET;
+    dc->format = ACME_UNSET;
     return dc;
 }
 
@@ -89,6 +90,7 @@ mod_acme_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
 
     dc->renew_allowed = add->renew_allowed != ACME_UNSET ? add->renew_allowed : base->renew_allowed;
     dc->renew_interval = add->renew_interval != ACME_UNSET ? add->renew_interval : base->renew_interval;
+    dc->format = add->format != ACME_UNSET ? add->format : base->format;
     return dc;
 }
 
@@ -591,6 +593,21 @@ set_status_renew(cmd_parms *cmd, void *dcv, const char *flag, const char *interv
     return NULL;
 }
 
+static const char *
+set_status_format(cmd_parms *cmd, void *dcv, const char *arg)
+{
+    mod_acme_dir_conf_t *dc = dcv;
+
+    if (strcasecmp(arg, "json") == 0) {
+        dc->format = MOD_ACME_FORMAT_JSON;
+    } else if (strcasecmp(arg, "prometheus") == 0) {
+        dc->format = MOD_ACME_FORMAT_PROMETHEUS;
+    } else {
+        return bad_value(cmd, arg, "json or prometheus expected");
+    }
+    return NULL;
+}
+
 const command_rec mod_acme_cmds[] = {
     AP_INIT_ITERATE("ACMECertificateAuthority", set_ca, NULL, RSRC_CONF,
                     "CA names (letsencrypt, zerossl, ...) or ACME v2 directory URLs; several = fallback in order"),
@@ -624,6 +641,9 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE12("ACMEStatusRenew", set_status_renew, NULL, RSRC_CONF | ACCESS_CONF,
                    "on|off [interval=DURATION]: the acme-status handler accepts POST ?renew=NAME, each "
                    "certificate at most once per DURATION (default 10m)"),
+    AP_INIT_TAKE1("ACMEStatusFormat", set_status_format, NULL, RSRC_CONF | ACCESS_CONF,
+                  "json|prometheus: what the acme-status handler answers a GET with (default json; "
+                  "?format= in the request overrides it)"),
     { NULL }
 };
 

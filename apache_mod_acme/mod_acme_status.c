@@ -12,6 +12,8 @@
  *                      may see) again, without forcing a renewal: 202; same permission and interval per
  *                      certificate as renewals (429 when none of them may be checked yet).
  *   anything else      405.
+ * "ACMEStatusFormat prometheus" (or ?format=prometheus, which overrides ACMEStatusFormat either way) renders the
+ * same document as Prometheus text with the core's renderer, the one nginx's acme_status uses.
  */
 #include "mod_acme.h"
 
@@ -22,6 +24,7 @@
 
 #include <jansson.h>
 
+#include "acme_metrics.h"
 #include "acme_store.h"
 
 static const char *
@@ -136,6 +139,27 @@ find_cert(request_rec *r, const char *what)
     return -1;
 }
 
+/* The issuers of the certificates kept (their counters are shared with other virtual hosts' certificates). */
+static json_t *
+issuers_filter(json_t *issuers, json_t *certs)
+{
+    json_t      *keep = json_array();
+    size_t       k, j;
+    const char  *name, *used;
+
+    for (k = 0; k < json_array_size(issuers); k++) {
+        name = json_string_value(json_object_get(json_array_get(issuers, k), "name"));
+        for (j = 0; name != NULL && j < json_array_size(certs); j++) {
+            used = json_string_value(json_object_get(json_array_get(certs, j), "issuer_name"));
+            if (used != NULL && strcmp(used, name) == 0) {
+                json_array_append(keep, json_array_get(issuers, k));
+                break;
+            }
+        }
+    }
+    return keep;
+}
+
 /* The driver's document with only the certificates this request may see. */
 static const char *
 status_filter(request_rec *r, const char *json)
@@ -165,6 +189,7 @@ status_filter(request_rec *r, const char *json)
         }
     }
     json_object_set_new(root, "certificates", keep);
+    json_object_set_new(root, "issuers", issuers_filter(json_object_get(root, "issuers"), keep));
     text = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     out = apr_pstrdup(r->pool, text ? text : "{}");
@@ -192,6 +217,49 @@ arg_value(request_rec *r, const char *name)
         }
     }
     return NULL;
+}
+
+/* The document as Prometheus text (see docs/monitoring.md). */
+static int
+send_metrics(request_rec *r, const char *json)
+{
+    json_t  *doc = json_loads(json, 0, NULL);
+    char    *text;
+
+    text = doc ? acme_metrics_prometheus(doc) : NULL;
+    json_decref(doc);
+    if (text == NULL) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, ACMELOGNO(0160)
+                      "acme-status: cannot render the status as Prometheus text");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->status = HTTP_OK;
+    ap_set_content_type(r, ACME_METRICS_CONTENT_TYPE);
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    if (!r->header_only) {
+        ap_rputs(text, r);
+    }
+    free(text);
+    return OK;
+}
+
+/* The location's ACMEStatusFormat, or ?format= in the request; -1: neither json nor prometheus. */
+static int
+status_format(request_rec *r)
+{
+    mod_acme_dir_conf_t  *dc = ap_get_module_config(r->per_dir_config, &acme_module);
+    const char           *v = arg_value(r, "format");
+
+    if (v == NULL) {
+        return dc != NULL && dc->format != ACME_UNSET ? dc->format : MOD_ACME_FORMAT_JSON;
+    }
+    if (strcmp(v, "json") == 0) {
+        return MOD_ACME_FORMAT_JSON;
+    }
+    if (strcmp(v, "prometheus") == 0) {
+        return MOD_ACME_FORMAT_PROMETHEUS;
+    }
+    return -1;
 }
 
 static int
@@ -282,15 +350,19 @@ status_handler(request_rec *r)
     json_t               *o;
     char                 *text;
     apr_uint32_t          now, until = 0, prev = 0;
-    int                   i, rc, interval, ari;
+    int                   i, rc, interval, ari, format;
 
     if (r->handler == NULL || strcmp(r->handler, MOD_ACME_HANDLER) != 0) {
         return DECLINED;
     }
     if (r->method_number == M_GET) {
+        format = status_format(r);
+        if (format < 0) {
+            return HTTP_BAD_REQUEST;
+        }
         json = mod_acme_shm_status_get(mod_acme_g.active ? mod_acme_g.shm : NULL, r->pool);
         json = json != NULL ? status_filter(r, json) : status_from_store(r);
-        return send_json(r, HTTP_OK, json);
+        return format == MOD_ACME_FORMAT_PROMETHEUS ? send_metrics(r, json) : send_json(r, HTTP_OK, json);
     }
     if (r->method_number != M_POST) {
         r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST);

@@ -143,6 +143,13 @@ acme_issue_forget_published(acme_issue_t *job)
     published_clear(job, 0);
 }
 
+static int
+dns_type(const char *type)
+{
+    return strncmp(type, "dns-", 4) == 0;
+}
+
+/* The first configured type the CA offers for this identifier; a wildcard only validates through DNS. */
 static const char *
 choose_type(acme_issue_t *job, acme_authz_t *a, acme_challenge_t **out)
 {
@@ -150,6 +157,9 @@ choose_type(acme_issue_t *job, acme_authz_t *a, acme_challenge_t **out)
     acme_challenge_t  *c;
 
     for (i = 0; i < job->ntypes; i++) {
+        if (a->wildcard && !dns_type(job->types[i])) {
+            continue;
+        }
         c = acme_authz_challenge(a, job->types[i]);
         if (c != NULL && c->token != NULL && c->url != NULL) {
             *out = c;
@@ -232,6 +242,35 @@ done:
     p->id.type = id->type;
     p->id.value = acme_strdup(id->value);
     return 0;
+}
+
+static int
+dns_publish(acme_issue_t *job, acme_authz_t *a, const char *token, acme_err_t *err)
+{
+    char  *thumb, *ka;
+    int    rc;
+
+    thumb = acme_jwk_thumbprint(acme_client_account_key(job->c), err);
+    if (thumb == NULL) {
+        return -1;
+    }
+    ka = acme_sprintf("%s.%s", token, thumb);
+    free(thumb);
+    if (ka == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    rc = acme_issue_dns_publish(job, a->identifier.value, a->wildcard, ka, err);
+    free(ka);
+    return rc;
+}
+
+/* The answer is in place: tell the CA to validate. */
+void
+acme_issue_challenge_post(acme_issue_t *job)
+{
+    acme_issue_job_set_state(job, J_CHALLENGE, "validating", NULL);
+    acme_issue_job_post(job, job->chall_url, "{}", NULL, challenge_resp);
 }
 
 static void
@@ -385,14 +424,18 @@ acme_issue_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t 
             acme_issue_job_poll_later(job, resp->retry_after, "authorization");
             return;
         }
-        if (a.wildcard) {
-            acme_err_set(&e, ACME_ERR_CONFIG, "%s: wildcard names need dns-01, which is not supported",
-                         a.identifier.value);
+        type = choose_type(job, &a, &c);
+        if (type == NULL && a.wildcard) {
+            for (i = 0; i < job->ntypes && !dns_type(job->types[i]); i++) {
+                /* void */
+            }
+            acme_err_set(&e, ACME_ERR_CONFIG, "*.%s: a wildcard needs a DNS challenge (dns-01), %s",
+                         a.identifier.value, i < job->ntypes ? "which the CA does not offer"
+                         : "and none is configured");
             acme_authz_free(&a);
             acme_issue_order_abandon(job, &e);
             return;
         }
-        type = choose_type(job, &a, &c);
         if (type == NULL) {
             acme_err_set(&e, ACME_ERR_CA, "%s %s: the CA offers none of the configured challenge types",
                          acme_ident_type_name(a.identifier.type), a.identifier.value);
@@ -402,6 +445,31 @@ acme_issue_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t 
         }
         if (c->status == ACME_ST_PROCESSING || c->status == ACME_ST_VALID) {
             payload = NULL;     /* already triggered (a resumed order): just wait */
+        }
+        if (dns_type(type) && payload != NULL) {
+            free(job->chall_url);
+            job->chall_url = acme_strdup(c->url);
+            if (dns_publish(job, &a, c->token, &e) != 0) {
+                acme_err_prefix(&e, "publishing the %s challenge for %s%s", type, a.wildcard ? "*." : "",
+                                a.identifier.value);
+                acme_authz_free(&a);
+                acme_issue_job_fail(job, &e);
+                return;
+            }
+            acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": answering %s for %s%s (%s)", job->name, type,
+                     a.wildcard ? "*." : "", a.identifier.value, acme_dns_method_name(job->dns->method));
+            acme_authz_free(&a);
+            return;
+        }
+        if (dns_type(type)) {
+            /* a resumed order: the record is still there (the next removal takes it) */
+            free(job->chall_url);
+            job->chall_url = acme_strdup(c->url);
+            acme_authz_free(&a);
+            acme_issue_job_set_state(job, J_AUTHZ_POLL, "waiting for validation", NULL);
+            acme_issue_poll_reset(job);
+            acme_issue_job_later(job, 200);
+            return;
         }
         if (publish(job, type, &a.identifier, c->token, &e) != 0) {
             acme_err_prefix(&e, "publishing the %s challenge for %s", type, a.identifier.value);

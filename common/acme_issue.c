@@ -22,6 +22,7 @@ job_free(acme_issue_t *job)
     acme_timer_cancel(job->loop, job->timer);
     acme_timer_cancel(job->loop, job->lock_timer);
     acme_keygen_cancel(job->keygen);
+    acme_issue_dns_free(job);
     if (job->issue_lock != NULL) {
         job->store->ops->unlock(job->issue_lock);
     }
@@ -84,6 +85,10 @@ acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err)
     acme_ident_error_t *errs = NULL, *outer_errs = finishing_errors;
     size_t              nerrs = 0, outer_n = finishing_nerrors;
 
+    /* DNS records are removed first, off the loop; this is called again afterwards */
+    if (acme_issue_dns_cleanup(job, err)) {
+        return;
+    }
     job->name = NULL;
     job->state = J_DONE;
     if (err != NULL) {
@@ -489,7 +494,8 @@ acme_issue_job_step(acme_issue_t *job)
             acme_issue_job_fail(job, &err);
             return;
         }
-        csr = acme_csr_create(job->cert_key, job->ids, job->nids, &err);
+        csr = acme_csr_create(job->cert_key, job->ids, job->nids,
+                              job->csr_no_cn ? ACME_CSR_NO_CN : 0, &err);
         if (csr == NULL) {
             acme_issue_job_fail(job, &err);
             return;
@@ -546,6 +552,7 @@ acme_issue_job_step(acme_issue_t *job)
         return;
 
     case J_CHALLENGE:
+    case J_DNS:
         return;
     }
 }
@@ -706,8 +713,20 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
     job->profile = acme_strdup(req->profile);
     job->profile_required = req->profile_required;
     job->preferred_chain = acme_strdup(req->preferred_chain);
+    job->csr_no_cn = req->csr_no_cn;
     job->replaces = acme_strdup(req->replaces);
     job->poll_timeout = req->poll_timeout > 0 ? req->poll_timeout : 300;
+    job->dns = req->dns;
+    for (i = 0; i < job->ntypes; i++) {
+        if (job->types[i] == NULL) {
+            goto nomem;
+        }
+        if (strcmp(job->types[i], "dns-01") == 0 && job->dns == NULL) {
+            acme_err_set(err, ACME_ERR_CONFIG, "\"%s\": dns-01 needs a DNS update method", job->name);
+            job_free(job);
+            return NULL;
+        }
+    }
     snprintf(job->state_text, sizeof(job->state_text), "starting");
 
     snprintf(lockname, sizeof(lockname), "cert-%s", job->name);
@@ -723,6 +742,10 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
     }
     if (acme_store_lock_lease_ms(job->store) > 0) {
         job->lock_timer = acme_timer_add(job->loop, acme_store_lock_lease_ms(job->store) / 3, lock_refresh, job);
+    }
+    if (job->dns != NULL && acme_issue_dns_load(job, err) != 0) {
+        job_free(job);
+        return NULL;
     }
     if (req->check_seen && renewed_elsewhere(job, req->seen_issued_at)) {
         job->state = J_DONE;

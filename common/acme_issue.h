@@ -8,6 +8,7 @@
 
 #include <time.h>
 #include "acme_client.h"
+#include "acme_dns.h"
 #include "acme_ident.h"
 #include "acme_key.h"
 #include "acme_store.h"
@@ -17,11 +18,15 @@ typedef struct {
     const acme_ident_t  *ids;
     size_t               nids;
     acme_keyspec_t       keyspec;
-    const char *const   *challenge_types;   /* preference order; NULL: {"http-01", "tls-alpn-01"} */
+    const char *const   *challenge_types;   /* preference order; NULL: {"http-01", "tls-alpn-01"};
+                                               a wildcard takes the first DNS type ("dns-01") of them */
     size_t               nchallenge_types;
+    const acme_dns_config_t *dns;           /* how dns-01 records are published (needed by "dns-01");
+                                               the caller's, alive as long as the job */
     const char          *profile;           /* optional */
     int                  profile_required;  /* fail when the CA does not offer it */
     const char          *preferred_chain;   /* issuer CN, optional */
+    int                  csr_no_cn;         /* no subject CN in the CSR (nginx-acme's default) */
     const char          *replaces;          /* ARI id of the certificate this one replaces, optional */
     long                 poll_timeout;      /* seconds for each wait on the CA, 0: 300 */
     int                  check_seen;        /* with seen_issued_at: skip when another process renewed */

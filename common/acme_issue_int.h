@@ -6,6 +6,7 @@
 #define ACME_ISSUE_INT_H
 
 #include "acme_issue.h"
+#include "acme_dns.h"
 #include "acme_keygen.h"
 #include "acme_store.h"
 
@@ -21,6 +22,7 @@ typedef enum {
     J_NEW_ORDER,
     J_AUTHZ,            /* fetching authorization authz_i */
     J_CONFIRM,          /* waiting for the nodes that got the challenge announcement */
+    J_DNS,              /* a DNS record is being published (and propagated) or removed, off the loop */
     J_CHALLENGE,        /* told the CA to validate */
     J_AUTHZ_POLL,
     J_ORDER_READY_POLL,
@@ -54,6 +56,7 @@ struct acme_issue_s {
     char                   *profile;
     int                     profile_required;
     char                   *preferred_chain;
+    int                     csr_no_cn;
     char                   *replaces;
     long                    poll_timeout;
     acme_challenge_host_t   ch;
@@ -104,6 +107,15 @@ struct acme_issue_s {
 
     published_t            *published;
     size_t                  npublished;
+
+    const acme_dns_config_t *dns;           /* the caller's; NULL: no DNS challenges */
+    acme_dns_task_t        *dns_task;
+    acme_dns_record_t      *dns_recs;       /* published (or left by a dead process): removed at the end */
+    size_t                  ndns_recs;
+    char                    dns_ident[256]; /* the identifier being published, for messages */
+    int                     dns_finishing;  /* the records are being removed before done */
+    int                     dns_finish_failed;
+    acme_err_t              dns_finish_err;
     int                     confirm_n;      /* nodes that got the last challenge announcement */
     long long               confirm_start;  /* ms */
 };
@@ -146,6 +158,15 @@ void acme_issue_withdraw_all(acme_issue_t *job);
 void acme_issue_forget_published(acme_issue_t *job);
 void acme_issue_confirm_step(acme_issue_t *job);
 void acme_issue_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);
+
+void acme_issue_challenge_post(acme_issue_t *job);
+
+/* acme_issue_dns.c: DNS challenges' records, their publication and removal */
+int acme_issue_dns_load(acme_issue_t *job, acme_err_t *err);
+int acme_issue_dns_publish(acme_issue_t *job, const char *domain, int wildcard, const char *key_authz,
+    acme_err_t *err);
+int acme_issue_dns_cleanup(acme_issue_t *job, const acme_err_t *err);
+void acme_issue_dns_free(acme_issue_t *job);
 
 /* acme_finalize.c */
 void acme_issue_finalize_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t *err);

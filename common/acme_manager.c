@@ -25,11 +25,15 @@ typedef struct {
     char                *account_key_file;
     char               **types;
     size_t               ntypes;
+    const acme_dns_config_t *dns;
     char                *profile;
     int                  profile_required;
     char                *preferred_chain;
+    int                  csr_no_cn;
     acme_client_conf_t   conf;
     acme_client_t       *client;
+    unsigned long        orders;        /* issuance attempts started here */
+    unsigned long        errors[ACME_ERR_BUSY + 1];     /* failed attempts by kind (metrics) */
 } issuer_t;
 
 typedef struct mcert_s mcert_t;
@@ -67,6 +71,7 @@ struct acme_manager_s {
     unsigned long         version;      /* bumped by every change the status shows */
     long                  poll_timeout;
     int                   started;
+    unsigned long         requests_seen;    /* the clients' counters the version counted */
 };
 
 static void cert_schedule(mcert_t *c);
@@ -198,6 +203,7 @@ acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_
     is->eab_kid = acme_strdup(conf->client.eab_kid);
     is->eab_hmac_key = acme_strdup(conf->client.eab_hmac_key);
     is->account_key_file = acme_strdup(conf->client.account_key_file);
+    is->dns = conf->dns;
     if (conf->challenge_types != NULL) {
         is->types = strv_dup(conf->challenge_types, conf->nchallenge_types);
         is->ntypes = conf->nchallenge_types;
@@ -205,6 +211,7 @@ acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_
     is->profile = acme_strdup(conf->profile);
     is->profile_required = conf->profile_required;
     is->preferred_chain = acme_strdup(conf->preferred_chain);
+    is->csr_no_cn = conf->csr_no_cn;
 
     is->conf = conf->client;
     is->conf.directory_url = is->directory_url;
@@ -458,6 +465,14 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
 
 static void cert_issue(mcert_t *c);
 
+static void
+issuer_count_error(issuer_t *is, const acme_err_t *err)
+{
+    if ((size_t) err->kind < sizeof(is->errors) / sizeof(is->errors[0])) {
+        is->errors[err->kind]++;
+    }
+}
+
 /* A slot is free: the first certificate waiting for one goes next (in configuration order). */
 static void
 queue_wake(acme_manager_t *m)
@@ -516,6 +531,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         cert_later(c, BUSY_RETRY_MS);
         return;
     }
+    issuer_count_error(m->issuers[c->issuers[c->issuer_i]], err);
     {
         acme_ident_error_t *ie;
         size_t              n = acme_issue_take_ident_errors(&ie);
@@ -554,9 +570,11 @@ cert_issue(mcert_t *c)
     req.keyspec = c->ks;
     req.challenge_types = (const char *const *) is->types;
     req.nchallenge_types = is->ntypes;
+    req.dns = is->dns;
     req.profile = c->profile ? c->profile : is->profile;
     req.profile_required = c->profile ? 0 : is->profile_required;
     req.preferred_chain = is->preferred_chain;
+    req.csr_no_cn = is->csr_no_cn;
     req.poll_timeout = m->poll_timeout;
     if (c->meta.not_after != 0 && c->meta.ca != NULL && strcmp(c->meta.ca, is->directory_url) == 0) {
         req.replaces = c->meta.ari_cert_id;
@@ -573,10 +591,13 @@ cert_issue(mcert_t *c)
             cert_later(c, BUSY_RETRY_MS);
             return;
         }
+        is->orders++;
+        issuer_count_error(is, &err);
         cert_record_failure(c, &err);
         cert_schedule(c);
         return;
     }
+    is->orders++;
     c->job_seen = acme_issue_state_changes(c->job);
     m->running++;
     m->version++;
@@ -837,6 +858,33 @@ cert_renewal(mcert_t *c, time_t now, acme_renew_reason_t *reason)
     return when;
 }
 
+/* Per issuer, what the metrics count: orders, failed attempts by kind, the client's own counters. */
+static json_t *
+issuers_status(acme_manager_t *m)
+{
+    json_t                     *arr, *o, *errs;
+    size_t                      i;
+    int                         k;
+    issuer_t                   *is;
+    const acme_client_stats_t  *st;
+
+    arr = json_array();
+    for (i = 0; arr != NULL && i < m->nissuers; i++) {
+        is = m->issuers[i];
+        st = acme_client_stats(is->client);
+        errs = json_object();
+        for (k = ACME_ERR_INTERNAL; k < ACME_ERR_BUSY; k++) {
+            json_object_set_new(errs, acme_err_kind_name((acme_err_kind_t) k), json_integer(is->errors[k]));
+        }
+        o = json_pack("{s:s, s:I, s:o, s:I, s:I, s:I}", "name", is->name, "orders", (json_int_t) is->orders,
+                      "errors", errs, "requests", (json_int_t) st->requests,
+                      "bad_nonce_retries", (json_int_t) st->bad_nonce_retries,
+                      "rate_limited", (json_int_t) st->rate_limited);
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
 json_t *
 acme_manager_status(acme_manager_t *m)
 {
@@ -893,6 +941,10 @@ acme_manager_status(acme_manager_t *m)
             json_object_set_new(o, "progress", json_string(acme_issue_state(c->job)));
         }
         json_object_set_new(o, "failures", json_integer(c->meta.failures));
+        json_object_set_new(o, "last_success", c->meta.issued_at
+                            ? json_string(acme_time_format(c->meta.issued_at, b, sizeof(b))) : json_null());
+        json_object_set_new(o, "last_failure", c->meta.last_error_at
+                            ? json_string(acme_time_format(c->meta.last_error_at, b, sizeof(b))) : json_null());
         json_object_set_new(o, "last_error", c->meta.last_error ? json_string(c->meta.last_error)
                                                                 : json_null());
         json_object_set_new(o, "identifier_errors", acme_certmeta_ident_errors_json(&c->meta));
@@ -902,7 +954,7 @@ acme_manager_status(acme_manager_t *m)
         }
         json_array_append_new(arr, o);
     }
-    return json_pack("{s:o}", "certificates", arr);
+    return json_pack("{s:o, s:o}", "certificates", arr, "issuers", issuers_status(m));
 }
 
 unsigned long
@@ -911,6 +963,17 @@ acme_manager_version(acme_manager_t *m)
     size_t         i;
     unsigned long  n;
 
+    /* the clients' counters (metrics) too: a renewal's requests show without waiting for its end */
+    n = 0;
+    for (i = 0; i < m->nissuers; i++) {
+        const acme_client_stats_t *st = acme_client_stats(m->issuers[i]->client);
+
+        n += st->requests + st->bad_nonce_retries + st->rate_limited;
+    }
+    if (n != m->requests_seen) {
+        m->requests_seen = n;
+        m->version++;
+    }
     /* a running issuance's progress text counts as a change, so hosts need not poll while busy */
     for (i = 0; m->running > 0 && i < m->ncerts; i++) {
         if (m->certs[i]->job != NULL) {

@@ -17,9 +17,12 @@ typedef struct {
     acme_client_conf_t   client;
     const char *const   *challenge_types;   /* preference order, NULL: http-01, tls-alpn-01 */
     size_t               nchallenge_types;
+    const acme_dns_config_t *dns;           /* DNS challenges' records (the caller's, alive as long as the
+                                               manager); NULL: none */
     const char          *profile;
     int                  profile_required;
     const char          *preferred_chain;
+    int                  csr_no_cn;         /* no subject CN in the CSRs */
 } acme_issuer_conf_t;
 
 typedef struct {
@@ -79,7 +82,9 @@ unsigned long acme_manager_version(acme_manager_t *m);
 int acme_manager_busy(acme_manager_t *m);
 
 /* {"certificates": [{name, identifiers, issuer, key_type, not_before, not_after, next_renewal,
- * renewal_reason, state, last_error, ...}]} */
+ * renewal_reason, state, failures, last_success, last_failure, last_error, ...}],
+ *  "issuers": [{name, orders, errors: {kind: n}, requests, bad_nonce_retries, rate_limited}]}: the counters
+ * count since the manager was made (acme_metrics.h renders the document for Prometheus). */
 json_t *acme_manager_status(acme_manager_t *m);
 
 /* Tests and benchmarks: seconds for the first retry after a network error (default from the scheduler). */

@@ -270,6 +270,9 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
 
 /* selection by SNI among several certificates of one key type in a server */
 
+static ngx_uint_t ngx_http_acme_sni_lookup(ngx_http_acme_srv_conf_t *ascf,
+    u_char *lower, ngx_http_acme_cert_t **out, ngx_uint_t max);
+
 typedef struct ngx_http_acme_sni_s {
     const char                 *name;            /* identifier, lowercase */
     ngx_http_acme_cert_t       *cert;
@@ -349,9 +352,7 @@ ngx_http_acme_sni_select(ngx_http_acme_srv_conf_t *ascf, ngx_ssl_conn_t *ssl,
 {
     u_char                lower[256];
     size_t                len, i;
-    ngx_uint_t            n, lo, hi, mid;
     const char           *sni;
-    ngx_http_acme_sni_t   key, *e;
 
     sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     if (sni == NULL) {
@@ -368,6 +369,19 @@ ngx_http_acme_sni_select(ngx_http_acme_srv_conf_t *ascf, ngx_ssl_conn_t *ssl,
     }
 
     lower[len] = '\0';
+
+    return ngx_http_acme_sni_lookup(ascf, lower, out, max);
+}
+
+
+static ngx_uint_t
+ngx_http_acme_sni_lookup(ngx_http_acme_srv_conf_t *ascf, u_char *lower,
+    ngx_http_acme_cert_t **out, ngx_uint_t max)
+{
+    u_char               *p;
+    ngx_uint_t            n, lo, hi, mid;
+    ngx_http_acme_sni_t   key, *e;
+
     key.name = (const char *) lower;
 
     lo = 0;
@@ -392,6 +406,17 @@ ngx_http_acme_sni_select(ngx_http_acme_srv_conf_t *ascf, ngx_ssl_conn_t *ssl,
          e++)
     {
         out[n++] = e->cert;
+    }
+
+    /* no certificate for the exact name: the wildcard of its parent */
+
+    if (n == 0 && lower[0] != '*') {
+        p = (u_char *) ngx_strchr(lower, '.');
+
+        if (p != NULL && p > lower && p[1] != '\0') {
+            *--p = '*';
+            return ngx_http_acme_sni_lookup(ascf, p, out, max);
+        }
     }
 
     return n;

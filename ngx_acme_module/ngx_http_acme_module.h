@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 #include <openssl/evp.h>
 
+#include "acme_dns.h"
 #include "acme_err.h"
 #include "acme_ident.h"
 #include "acme_key.h"
@@ -42,7 +43,10 @@ typedef struct {
     ngx_array_t                 contacts;        /* char * */
     acme_keyspec_t              account_keyspec;
     char                       *account_key_file;
-    char                       *challenge;       /* NULL: the core's order */
+    char                       *challenges[3];   /* preference order */
+    ngx_uint_t                  nchallenges;     /* 0: the core's order */
+    acme_dns_config_t           dns;             /* with dns-01 */
+    ngx_uint_t                  dns_cleanup;     /* its pool cleanup added */
     char                       *eab_kid;
     char                       *eab_key;         /* base64url HMAC key */
     char                       *preferred_chain;
@@ -50,8 +54,10 @@ typedef struct {
     ngx_flag_t                  profile_required;
     char                       *ca_file;
     ngx_flag_t                  verify;
+    ngx_flag_t                  common_name_in_csr;
     char                       *state_path;
     ngx_uint_t                  state_path_line;
+    ngx_flag_t                  state_path_off;
     ngx_flag_t                  accept_tos;
 
     ngx_uint_t                  store;           /* in amcf->stores */
@@ -98,6 +104,9 @@ typedef struct {
     u_char                     *storage_key_file;
     ngx_uint_t                  storage_key_line;
 
+    ngx_resolver_t             *resolver;        /* http's, NULL: libcurl's */
+    ngx_msec_t                  resolver_timeout;
+
     ngx_uint_t                  enabled;
 } ngx_http_acme_main_conf_t;
 
@@ -128,10 +137,15 @@ typedef struct {
 #define NGX_HTTP_ACME_RENEW_INTERVAL  600
 
 
+#define NGX_HTTP_ACME_STATUS_JSON        0
+#define NGX_HTTP_ACME_STATUS_PROMETHEUS  1
+
+
 typedef struct {
     ngx_flag_t                  status;
     ngx_flag_t                  renew;           /* renew=on: POST ?renew */
     time_t                      renew_interval;  /* seconds */
+    ngx_uint_t                  format;          /* NGX_HTTP_ACME_STATUS_* */
 } ngx_http_acme_loc_conf_t;
 
 
@@ -162,6 +176,11 @@ extern ngx_module_t  ngx_http_ssl_module;
 
 /* ngx_http_acme_module.c */
 ngx_http_acme_main_conf_t *ngx_http_acme_get_main_conf(void);
+
+/* ngx_http_acme_dns.c */
+char *ngx_http_acme_dns_directive(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *name, ngx_str_t *value, ngx_uint_t nargs);
+char *ngx_http_acme_dns_check(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss);
 
 /* ngx_http_acme_state.c */
 acme_store_t *ngx_http_acme_state_open(ngx_conf_t *cf,

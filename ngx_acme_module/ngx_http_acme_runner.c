@@ -254,7 +254,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
     if (pid == ngx_pid) {
         sh->heartbeat = now;
 
-        if (ngx_http_acme_runner == NULL
+        /* acme_storage's host: its first answer before the core starts */
+
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner == NULL
             && now >= ngx_http_acme_start_retry)
         {
             if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
@@ -301,7 +305,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
 
         ngx_http_acme_start_retry = 0;
 
-        if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle) != NGX_OK) {
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
+               != NGX_OK)
+        {
             ngx_http_acme_start_retry = now + NGX_HTTP_ACME_RETRY_START;
         }
 
@@ -379,7 +387,7 @@ static ngx_int_t
 ngx_http_acme_runner_start(ngx_cycle_t *cycle)
 {
     int                          *idx, *map;
-    char                        **paths, **contacts, *types[1];
+    char                        **paths, **contacts;
     ngx_uint_t                    i, j, g;
     acme_err_t                    err;
     acme_host_t                   host;
@@ -420,6 +428,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     host.set_timer = ngx_http_acme_host_set_timer;
     host.watch = ngx_http_acme_host_watch;
     host.log = ngx_http_acme_host_log;
+
+    if (amcf->resolver) {
+        host.resolve = ngx_http_acme_host_resolve;
+        host.resolve_cancel = ngx_http_acme_host_resolve_cancel;
+    }
 
     acme_http_set_server("nginx/" NGINX_VERSION);
     rn->loop = acme_loop_new(&host, ACME_LOG_DEBUG, &err);
@@ -530,15 +543,20 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                     ic.client.account_keyspec = is->account_keyspec;
                     ic.client.account_key_file = is->account_key_file;
 
-                    if (is->challenge) {
-                        types[0] = is->challenge;
-                        ic.challenge_types = (const char *const *) types;
-                        ic.nchallenge_types = 1;
+                    if (is->nchallenges) {
+                        ic.challenge_types =
+                                      (const char *const *) is->challenges;
+                        ic.nchallenge_types = is->nchallenges;
+                    }
+
+                    if (is->dns.method != ACME_DNS_NONE) {
+                        ic.dns = &is->dns;
                     }
 
                     ic.profile = is->profile;
                     ic.profile_required = is->profile_required ? 1 : 0;
                     ic.preferred_chain = is->preferred_chain;
+                    ic.csr_no_cn = is->common_name_in_csr ? 0 : 1;
 
                     map[cert->issuers[j]] =
                         acme_manager_add_issuer(rn->managers[g], &ic, &err);

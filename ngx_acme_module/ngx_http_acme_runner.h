@@ -69,6 +69,11 @@ void ngx_http_acme_host_set_timer(void *data, long ms);
 int ngx_http_acme_host_watch(void *data, int fd, int events);
 void ngx_http_acme_conn_forget(ngx_http_acme_runner_t *rn, ngx_uint_t i);
 
+/* ngx_http_acme_resolver.c: acme_host_t.resolve (http's "resolver") */
+void *ngx_http_acme_host_resolve(void *data, const char *name, void *token);
+void ngx_http_acme_host_resolve_cancel(void *data, void *handle);
+ngx_int_t ngx_http_acme_storage_resolve(ngx_http_acme_main_conf_t *amcf);
+
 /* ngx_http_acme_publish.c: acme_challenge_host_t */
 int ngx_http_acme_publish(void *data, const char *type,
     const acme_ident_t *id, const char *token, const char *key_authz,

@@ -9,7 +9,9 @@
  * 405 for other methods. POST ?ari-check=NAME (or "*": all) asks the CA's
  * renewal information again without forcing a renewal, under the same
  * permission and interval. Private keys and EAB secrets are never part of
- * the snapshot.
+ * the snapshot. "format=prometheus" (or ?format=prometheus, which
+ * overrides the directive's format= either way) renders the same snapshot
+ * as Prometheus text with the core's renderer, the one Apache uses too.
  */
 
 
@@ -21,10 +23,14 @@
 #include "ngx_http_acme_zone.h"
 #include "ngx_http_acme_status_snapshot.h"
 
+#include <jansson.h>
+
+#include "acme_metrics.h"
+
 
 static ngx_int_t
-ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
-    u_char *data, size_t len)
+ngx_http_acme_status_send_type(ngx_http_request_t *r, ngx_uint_t status,
+    char *type, u_char *data, size_t len)
 {
     ngx_int_t     rc;
     ngx_buf_t    *b;
@@ -32,7 +38,8 @@ ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type.data = (u_char *) type;
+    r->headers_out.content_type.len = ngx_strlen(type);
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
@@ -61,6 +68,79 @@ ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *data, size_t len)
+{
+    return ngx_http_acme_status_send_type(r, status, "application/json",
+                                          data, len);
+}
+
+
+/* the location's format=, or ?format= in the request; NGX_ERROR: bad */
+
+static ngx_int_t
+ngx_http_acme_status_format(ngx_http_request_t *r,
+    ngx_http_acme_loc_conf_t *alcf)
+{
+    ngx_str_t  arg;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &arg) != NGX_OK) {
+        return alcf->format;
+    }
+
+    if (arg.len == 4 && ngx_strncmp(arg.data, "json", 4) == 0) {
+        return NGX_HTTP_ACME_STATUS_JSON;
+    }
+
+    if (arg.len == 10 && ngx_strncmp(arg.data, "prometheus", 10) == 0) {
+        return NGX_HTTP_ACME_STATUS_PROMETHEUS;
+    }
+
+    return NGX_ERROR;
+}
+
+
+/* the snapshot as Prometheus text: CPU only, the document is in memory */
+
+static ngx_int_t
+ngx_http_acme_status_metrics(ngx_http_request_t *r, u_char *data, size_t len)
+{
+    char     *text;
+    size_t    n;
+    u_char   *p;
+    json_t   *doc;
+
+    doc = json_loadb((char *) data, len, 0, NULL);
+    if (doc == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "acme: the status snapshot is not JSON");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    text = acme_metrics_prometheus(doc);
+    json_decref(doc);
+
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    n = ngx_strlen(text);
+
+    p = ngx_pnalloc(r->pool, n);
+    if (p == NULL) {
+        free(text);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, text, n);
+    free(text);
+
+    return ngx_http_acme_status_send_type(r, NGX_HTTP_OK,
+                                          ACME_METRICS_CONTENT_TYPE, p, n);
 }
 
 
@@ -208,7 +288,7 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
 {
     u_char                     *p, *dst;
     size_t                      i;
-    ngx_int_t                   rc;
+    ngx_int_t                   rc, format;
     time_t                      until;
     ngx_str_t                   json, arg, what, name;
     ngx_uint_t                  ari;
@@ -232,10 +312,23 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
     }
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_acme_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
+
+    format = NGX_HTTP_ACME_STATUS_JSON;
+
+    if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
+        format = ngx_http_acme_status_format(r, alcf);
+
+        if (format == NGX_ERROR) {
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    json.data = empty;
+    json.len = sizeof(empty) - 1;
 
     if (!amcf->enabled || amcf->shm_zone == NULL) {
-        return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
-                                         sizeof(empty) - 1);
+        goto send;
     }
 
     zone = amcf->shm_zone->data;
@@ -250,16 +343,14 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
         }
 
         if (rc == NGX_DECLINED) {
-            return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
-                                             sizeof(empty) - 1);
+            json.data = empty;
+            json.len = sizeof(empty) - 1;
         }
 
-        return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
+        goto send;
     }
 
     /* POST ?renew=NAME, POST ?ari-check=NAME|* */
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
 
     if (!alcf->renew) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -362,4 +453,17 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
                                      (u_char *) "{\"renew\": \"accepted\"}\n",
                                      sizeof("{\"renew\": \"accepted\"}\n")
                                      - 1);
+
+send:
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        /* renewal requests without a configured zone: nothing to renew */
+        return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
+    }
+
+    if (format == NGX_HTTP_ACME_STATUS_PROMETHEUS) {
+        return ngx_http_acme_status_metrics(r, json.data, json.len);
+    }
+
+    return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
 }

@@ -48,6 +48,19 @@ class WindowProxy(AriProxy):
         self._default = value
 
 
+@pytest.fixture(scope="module")
+def pebble(tmp_path_factory, test_ca, challtestsrv):
+    """Pebble without random nonce rejections: the tests count order requests, and a badNonce retry
+    would be a second one."""
+    pb = harness.Pebble(tmp_path_factory.mktemp("pebble-ari-recheck"), test_ca,
+                        dns_server=challtestsrv.dns_address, env={"PEBBLE_WFE_NONCEREJECT": "0"})
+    try:
+        pb.start()
+        yield pb
+    finally:
+        pb.stop()
+
+
 @pytest.fixture
 def proxy(pebble, tmp_path, test_ca):
     cert, key = test_ca.issue("ari-recheck-proxy", ["localhost"], ["127.0.0.1"], basename="ari-recheck-proxy")

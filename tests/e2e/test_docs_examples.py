@@ -1,9 +1,9 @@
 """Every nginx and Apache configuration block in the docs passes `nginx -t` / `apache2 -t` with the module.
 
-Blocks are the fenced blocks of README.md, docs/nginx.md, docs/apache.md and docs/migrating.md, plus the
-packaged debian/conf/acme.conf and mod-http-acme.conf. A fence tagged `nginx` or `apache` is a
-configuration and is tested; a fence tagged with another language (sh, text, json, console) is not; an
-untagged or unknown fence fails the test, so that no configuration is skipped silently.
+Blocks are the fenced blocks of README.md, docs/nginx.md, docs/apache.md, docs/migrating.md and
+docs/monitoring.md, plus the packaged debian/conf/acme.conf and mod-http-acme.conf. A fence tagged `nginx` or
+`apache` is a configuration and is tested; a fence tagged with another language (sh, text, json, console,
+yaml) is not; an untagged or unknown fence fails the test, so that no configuration is skipped silently.
 
 Adapted mechanically, nothing else:
   - CA URLs (`uri`, `ACMECertificateAuthority`) become a local dummy URL (nothing contacts it at -t);
@@ -14,6 +14,7 @@ Adapted mechanically, nothing else:
     <VirtualHost> with SSLEngine on), and issuers it names are declared.
 """
 
+import base64
 import os
 import re
 import secrets
@@ -30,10 +31,10 @@ NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 APACHE_BIN = os.environ.get("APACHE_BIN", "/usr/sbin/apache2")
 APACHE_MODULES = Path(os.environ.get("APACHE_MODULES", "/usr/lib/apache2/modules"))
 
-DOCS = ["README.md", "docs/nginx.md", "docs/apache.md", "docs/migrating.md"]
+DOCS = ["README.md", "docs/nginx.md", "docs/apache.md", "docs/migrating.md", "docs/monitoring.md"]
 PACKAGED = {"debian/conf/acme.conf": "apache", "debian/conf/mod-http-acme.conf": "nginx"}
 CONFIG_TAGS = {"nginx", "apache"}
-OTHER_TAGS = {"sh", "text", "json", "console"}
+OTHER_TAGS = {"sh", "text", "json", "console", "yaml"}
 DUMMY_CA = "https://127.0.0.1:9/dir"
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -125,6 +126,10 @@ class Root:
         if d in ("acme_storage_key", "acmestoragekey"):
             p.write_bytes(secrets.token_bytes(32))
             os.chmod(p, 0o600)
+        elif d == "dns_tsig_key":
+            p.write_text('key "docs-key" { algorithm hmac-sha256; secret "%s"; };\n'
+                         % base64.b64encode(secrets.token_bytes(32)).decode())
+            os.chmod(p, 0o600)
         elif d in ("external_account_key", "acmeexternalaccountbinding"):
             p.write_text(secrets.token_urlsafe(32) + "\n")
             os.chmod(p, 0o600)
@@ -170,9 +175,10 @@ def adapt_common(text, root):
 
 NGX_MAIN = {"load_module", "user", "worker_processes", "events", "http", "error_log", "pid"}
 NGX_HTTP = {"acme_issuer", "acme_shared_zone", "acme_storage", "acme_storage_key", "server", "map",
-            "upstream", "include"}
+            "upstream", "include", "resolver", "resolver_timeout"}
 NGX_ISSUER = {"uri", "contact", "account_key", "challenge", "external_account_key", "preferred_chain",
-              "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service"}
+              "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service",
+              "dns_update", "dns_tsig_key", "dns_server", "dns_resolver", "dns_propagation_timeout"}
 NGX_LOCATION = {"acme_status", "limit_except", "allow", "deny"}
 
 

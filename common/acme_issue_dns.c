@@ -1,0 +1,235 @@
+/*
+ * A job's DNS challenges: the TXT records it published, kept in the store (certs/<name>/dns-pending.json)
+ * from before the update until they are removed, so a process that dies leaves them to the next job for
+ * the certificate; publishing off the loop (acme_dns_task); removal when the job ends, failed or not.
+ */
+#include "acme_issue_int.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *
+pending_key(acme_issue_t *job)
+{
+    return acme_sprintf("certs/%s/dns-pending.json", job->name);
+}
+
+static int
+pending_save(acme_issue_t *job, acme_err_t *err)
+{
+    json_t  *a = json_array(), *o;
+    char    *key = pending_key(job), *text = NULL;
+    size_t   i;
+    int      rc = -1;
+
+    for (i = 0; a != NULL && i < job->ndns_recs; i++) {
+        o = json_pack("{s:s, s:s}", "name", job->dns_recs[i].name, "value", job->dns_recs[i].value);
+        if (o == NULL || json_array_append_new(a, o) != 0) {
+            json_decref(a);
+            a = NULL;
+        }
+    }
+    if (a != NULL && key != NULL) {
+        text = json_dumps(a, JSON_COMPACT);
+    }
+    if (text == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+    } else if (job->ndns_recs == 0) {
+        rc = acme_store_del(job->store, key, err);
+    } else {
+        rc = acme_store_put(job->store, key, text, strlen(text), 0, err);
+    }
+    if (rc != 0) {
+        acme_err_prefix(err, "recording the DNS records of \"%s\" for their removal", job->name);
+    }
+    free(text);
+    free(key);
+    json_decref(a);
+    return rc;
+}
+
+static int
+rec_add(acme_issue_t *job, const char *name, const char *value)
+{
+    acme_dns_record_t  *r;
+    size_t              i;
+
+    for (i = 0; i < job->ndns_recs; i++) {
+        if (strcmp(job->dns_recs[i].name, name) == 0 && strcmp(job->dns_recs[i].value, value) == 0) {
+            return 0;
+        }
+    }
+    r = realloc(job->dns_recs, (job->ndns_recs + 1) * sizeof(*r));
+    if (r == NULL) {
+        return -1;
+    }
+    job->dns_recs = r;
+    r = &r[job->ndns_recs];
+    r->name = acme_strdup(name);
+    r->value = acme_strdup(value);
+    if (r->name == NULL || r->value == NULL) {
+        free(r->name);
+        free(r->value);
+        return -1;
+    }
+    job->ndns_recs++;
+    return 0;
+}
+
+void
+acme_issue_dns_free(acme_issue_t *job)
+{
+    size_t i;
+
+    acme_dns_task_cancel(job->dns_task);
+    job->dns_task = NULL;
+    for (i = 0; i < job->ndns_recs; i++) {
+        free(job->dns_recs[i].name);
+        free(job->dns_recs[i].value);
+    }
+    free(job->dns_recs);
+    job->dns_recs = NULL;
+    job->ndns_recs = 0;
+}
+
+/* Records a process that died left: this job removes them when it ends (or republishes the same). */
+int
+acme_issue_dns_load(acme_issue_t *job, acme_err_t *err)
+{
+    char          *key = pending_key(job), *data = NULL;
+    size_t         len, i;
+    json_t        *a, *o;
+    json_error_t   je;
+    int            rc;
+
+    if (key == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    rc = acme_store_get(job->store, key, &data, &len, err);
+    free(key);
+    if (rc != 0) {
+        return rc > 0 ? 0 : -1;
+    }
+    a = json_loadb(data, len, 0, &je);
+    free(data);
+    if (!json_is_array(a)) {
+        json_decref(a);
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": ignoring an unreadable dns-pending.json", job->name);
+        return 0;
+    }
+    json_array_foreach(a, i, o) {
+        const char *n = json_string_value(json_object_get(o, "name"));
+        const char *v = json_string_value(json_object_get(o, "value"));
+        if (n != NULL && v != NULL && rec_add(job, n, v) != 0) {
+            json_decref(a);
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            return -1;
+        }
+    }
+    json_decref(a);
+    if (job->ndns_recs > 0) {
+        acme_log(job->loop, ACME_LOG_NOTICE, "acme: \"%s\": %zu DNS record(s) left by an earlier run will be "
+                 "removed when this issuance ends", job->name, job->ndns_recs);
+    }
+    return 0;
+}
+
+static void
+publish_done(void *arg, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    job->dns_task = NULL;
+    if (err != NULL) {
+        e = *err;
+        acme_err_prefix(&e, "dns-01 (%s) for %s", acme_dns_method_name(job->dns->method), job->dns_ident);
+        acme_issue_ident_error_add(job, "dns", job->dns_ident, e.msg);
+        acme_issue_job_fail(job, &e);
+        return;
+    }
+    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": the dns-01 record for %s is on every authoritative "
+             "server", job->name, job->dns_ident);
+    acme_issue_challenge_post(job);
+}
+
+int
+acme_issue_dns_publish(acme_issue_t *job, const char *domain, int wildcard, const char *key_authz,
+    acme_err_t *err)
+{
+    acme_dns_record_t  rec;
+
+    rec.name = acme_dns01_name(domain);
+    rec.value = acme_dns01_value(key_authz);
+    snprintf(job->dns_ident, sizeof(job->dns_ident), "%s%s", wildcard ? "*." : "", domain);
+    if (rec.name == NULL || rec.value == NULL || rec_add(job, rec.name, rec.value) != 0) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        goto fail;
+    }
+    /* recorded before the update: a crash after it leaves the record to the next run's cleanup */
+    if (pending_save(job, err) != 0) {
+        goto fail;
+    }
+    job->dns_task = acme_dns_task_start(job->loop, job->dns, 1, &rec, 1, publish_done, job, err);
+    if (job->dns_task == NULL) {
+        goto fail;
+    }
+    acme_issue_job_set_state(job, J_DNS, "publishing the DNS record for %s", job->dns_ident);
+    free(rec.name);
+    free(rec.value);
+    return 0;
+fail:
+    free(rec.name);
+    free(rec.value);
+    return -1;
+}
+
+static void
+cleanup_done(void *arg, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    job->dns_task = NULL;
+    if (err != NULL) {
+        /* kept in the store: the next run tries again */
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": removing its DNS records (%s): %s", job->name,
+                 acme_dns_method_name(job->dns->method), err->msg);
+    } else {
+        acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": removed %zu DNS record(s)", job->name,
+                 job->ndns_recs);
+        acme_issue_dns_free(job);
+        if (pending_save(job, &e) != 0) {
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": %s", job->name, e.msg);
+        }
+    }
+    e = job->dns_finish_err;
+    acme_issue_job_finish(job, job->dns_finish_failed ? &e : NULL);
+}
+
+/* 1: the records are being removed, and acme_issue_job_finish is called again afterwards. */
+int
+acme_issue_dns_cleanup(acme_issue_t *job, const acme_err_t *err)
+{
+    acme_err_t  e;
+
+    if (job->dns == NULL || job->ndns_recs == 0 || job->dns_finishing) {
+        return 0;
+    }
+    job->dns_finishing = 1;
+    job->dns_finish_failed = err != NULL;
+    if (err != NULL) {
+        job->dns_finish_err = *err;
+    }
+    acme_dns_task_cancel(job->dns_task);
+    job->dns_task = acme_dns_task_start(job->loop, job->dns, 0, job->dns_recs, job->ndns_recs, cleanup_done,
+                                        job, &e);
+    if (job->dns_task == NULL) {
+        acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": removing its DNS records: %s", job->name, e.msg);
+        return 0;
+    }
+    acme_issue_job_set_state(job, J_DNS, "removing its DNS records", NULL);
+    return 1;
+}
