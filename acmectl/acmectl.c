@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <signal.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <openssl/pem.h>
 
@@ -20,6 +21,7 @@
 #include "acme_http.h"
 #include "acme_manager.h"
 #include "chsrv.h"
+#include "import.h"
 
 #define DEFAULT_STATE "/var/lib/acme"
 
@@ -116,6 +118,9 @@ usage(FILE *f)
 "  migrate [--from DIR|URL] --to DIR|URL [--from-key FILE] [--to-key FILE]\n"
 "        copy every account, certificate, key and pending order from one store to another\n"
 "        (--from defaults to the current storage, the keys to --storage-key)\n"
+"  import [--dry-run] certbot [DIR] | mod_md [DIR]\n"
+"        take certbot's lineages (DIR default /etc/letsencrypt) or mod_md's domains (DIR: its MDStoreDir,\n"
+"        default /etc/apache2/md) with their accounts into the store: served at once, renewed on schedule\n"
 "  upgrade-storage\n"
 "        seal and sign in place what the --storage redis://... holds unsealed or unsigned (written before\n"
 "        --storage-key was set, or by an older version); run once, when Redis' content is trusted\n"
@@ -1732,6 +1737,47 @@ cmd_migrate(ctl_t *ctl, int argc, char **argv)
     return rc == 0 ? 0 : 1;
 }
 
+/* ---- import: certbot's and mod_md's certificates and accounts (import.c) ---- */
+
+static int
+cmd_import(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "dry-run", no_argument, NULL, 'n' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char  *tool, *dir;
+    int          c, dry_run = 0;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n': dry_run = 1; break;
+        default:  usage(stderr); return 2;
+        }
+    }
+    if (optind >= argc || argc - optind > 2
+        || (strcmp(argv[optind], "certbot") != 0 && strcmp(argv[optind], "mod_md") != 0))
+    {
+        fprintf(stderr, "acmectl import: certbot [DIR] or mod_md [DIR]\n");
+        return 2;
+    }
+    tool = argv[optind];
+    dir = optind + 1 < argc ? argv[optind + 1]
+          : strcmp(tool, "certbot") == 0 ? "/etc/letsencrypt" : "/etc/apache2/md";
+    if (!dry_run && ctl->storage == NULL && geteuid() == 0 && access(ctl->state, F_OK) != 0) {
+        /* made by root, it would be root's: the server's workers could not write in it */
+        fprintf(stderr, "acmectl import: the state directory %s does not exist: start the server once (it "
+                "makes it for its user), or create it for that user (install -d -o www-data -g www-data -m 0700 "
+                "%s)\n", ctl->state, ctl->state);
+        return 1;
+    }
+    if (!dry_run && ctl_open_store(ctl, 1) != 0) {
+        return 1;
+    }
+    return import_command(ctl->store, dry_run, tool, dir);
+}
+
 /* --prefix NAME: the prefix=NAME of nginx's acme_storage and Apache's ACMEStorage, for the same store. */
 static int
 storage_prefix(ctl_t *ctl, const char *prefix)
@@ -1866,6 +1912,8 @@ main(int argc, char **argv)
         rc = cmd_account(&ctl, argc, argv);
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&ctl, argc, argv);
+    } else if (strcmp(cmd, "import") == 0) {
+        rc = cmd_import(&ctl, argc, argv);
     } else if (strcmp(cmd, "upgrade-storage") == 0) {
         rc = cmd_upgrade_storage(&ctl, argc);
     } else {
