@@ -14,6 +14,9 @@
 #include <string.h>
 #include <time.h>
 
+static int import_account_store(import_run_t *r, const char *what, const char *ca, EVP_PKEY *key,
+    const char *url, const char *const *contact, size_t ncontact);
+
 void
 import_skip(import_run_t *r, const char *what, const char *fmt, ...)
 {
@@ -136,6 +139,27 @@ done:
 
 int
 import_take_account(import_run_t *r, const char *what, const char *ca, EVP_PKEY *key, const char *url,
+    const json_t *contact)
+{
+    int           rc;
+    const char  **contacts = NULL;
+    size_t        i, n = 0;
+
+    if (json_is_array(contact) && json_array_size(contact) > 0) {
+        contacts = calloc(json_array_size(contact), sizeof(char *));
+        for (i = 0; contacts != NULL && i < json_array_size(contact); i++) {
+            if (json_is_string(json_array_get(contact, i))) {
+                contacts[n++] = json_string_value(json_array_get(contact, i));
+            }
+        }
+    }
+    rc = import_account_store(r, what, ca, key, url, contacts, n);
+    free(contacts);
+    return rc;
+}
+
+static int
+import_account_store(import_run_t *r, const char *what, const char *ca, EVP_PKEY *key, const char *url,
     const char *const *contact, size_t ncontact)
 {
     acme_err_t  err;

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <jansson.h>
 #include <openssl/evp.h>
 #include "acme_err.h"
 #include "acme_store.h"
@@ -48,9 +49,10 @@ typedef struct {
  * tool's name for it), ca: the directory URL of the CA that issued it. 0 or -1 when the store failed. */
 int  import_take_cert(import_run_t *r, const char *what, const char *first, const char *ca, const char *chain,
     size_t chain_len, const char *key, size_t key_len, const char *preferred_chain);
-/* An account of the CA ca: its key, its URL (NULL: looked up by the key), contacts. 0 or -1 (store). */
+/* An account of the CA ca: its key, its URL (NULL: looked up by the key), contacts (a JSON array of URIs as
+ * both tools keep it, or NULL; other elements are ignored). 0 or -1 (store). */
 int  import_take_account(import_run_t *r, const char *what, const char *ca, EVP_PKEY *key, const char *url,
-    const char *const *contact, size_t ncontact);
+    const json_t *contact);
 void import_skip(import_run_t *r, const char *what, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* The tools' layouts (import_certbot.c, import_mod_md.c). 0 or -1 when the store failed. */

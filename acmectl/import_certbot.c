@@ -249,10 +249,10 @@ take_account(import_run_t *r, import_src_t *src, const char *server, const char 
 {
     acme_err_t    err;
     EVP_PKEY     *key = NULL;
-    json_t       *regr = NULL, *contact;
-    const char   *url, **contacts = NULL;
+    json_t       *regr = NULL;
+    const char   *url;
     char         *dir, *kpath = NULL, *rpath = NULL, *jwk = NULL, *rtext = NULL, what[1200];
-    size_t        klen = 0, rlen = 0, i, nc = 0;
+    size_t        klen = 0, rlen = 0;
     int           rc = 0;
 
     dir = accounts_dir(server);
@@ -283,19 +283,9 @@ take_account(import_run_t *r, import_src_t *src, const char *server, const char 
         import_skip(r, what, "regr.json has no account URL (\"uri\")");
         goto done;
     }
-    contact = json_object_get(json_object_get(regr, "body"), "contact");
-    if (json_is_array(contact) && json_array_size(contact) > 0) {
-        contacts = calloc(json_array_size(contact), sizeof(char *));
-        for (i = 0; contacts != NULL && i < json_array_size(contact); i++) {
-            if (json_is_string(json_array_get(contact, i))) {
-                contacts[nc++] = json_string_value(json_array_get(contact, i));
-            }
-        }
-    }
-    rc = import_take_account(r, what, server, key, url, contacts, nc);
+    rc = import_take_account(r, what, server, key, url, json_object_get(json_object_get(regr, "body"), "contact"));
 
 done:
-    free(contacts);
     EVP_PKEY_free(key);
     json_decref(regr);
     acme_free_secret(jwk, klen);

@@ -48,10 +48,10 @@ take_account(import_run_t *r, import_src_t *src, md_run_t *m, const char *id, co
     acme_err_t    err;
     EVP_PKEY     *key = NULL;
     BIO          *bio = NULL;
-    json_t       *acct = NULL, *contact;
-    const char   *url, *status, *acct_ca, **contacts = NULL;
+    json_t       *acct = NULL;
+    const char   *url, *status, *acct_ca;
     char         *jpath = NULL, *kpath = NULL, *jtext = NULL, *pem = NULL, what[1200], **v;
-    size_t        jlen = 0, klen = 0, i, nc = 0;
+    size_t        jlen = 0, klen = 0, i;
     int           rc = 0;
 
     for (i = 0; i < m->ntaken; i++) {
@@ -107,19 +107,9 @@ take_account(import_run_t *r, import_src_t *src, md_run_t *m, const char *id, co
         import_skip(r, what, "account.pem cannot be read%s", m->pass ? "" : " (md_store.json's key is missing)");
         goto done;
     }
-    contact = json_object_get(acct, "contact");
-    if (json_is_array(contact) && json_array_size(contact) > 0) {
-        contacts = calloc(json_array_size(contact), sizeof(char *));
-        for (i = 0; contacts != NULL && i < json_array_size(contact); i++) {
-            if (json_is_string(json_array_get(contact, i))) {
-                contacts[nc++] = json_string_value(json_array_get(contact, i));
-            }
-        }
-    }
-    rc = import_take_account(r, what, ca, key, url, contacts, nc);
+    rc = import_take_account(r, what, ca, key, url, json_object_get(acct, "contact"));
 
 done:
-    free(contacts);
     EVP_PKEY_free(key);
     BIO_free(bio);
     json_decref(acct);
