@@ -28,7 +28,12 @@ APX_SRCS   := $(wildcard apache_mod_acme/*.c apache_mod_acme/*.h)
 MODULES    := $(if $(wildcard config),$(BUILD)/ngx_http_acme_module.so) \
               $(if $(wildcard apache_mod_acme/mod_acme.c),$(BUILD)/mod_acme.so)
 
-.PHONY: all deps test unit e2e test-asan clean check-deps
+# A current Pebble (ARI, profiles) for the tests that need it (tests/e2e/test_pebble_current.py): built
+# by ../shared/pebble/build.sh when that is beside the repository (cached after the first build);
+# without it those tests are skipped and Debian's Pebble serves all others.
+PEBBLE_NEXT := $(wildcard ../shared/pebble/build.sh)
+
+.PHONY: all deps test unit e2e test-asan clean check-deps pebble-next
 
 all: check-deps $(BUILD)/libacme.a $(BUILD)/acmectl $(MODULES)
 
@@ -54,6 +59,12 @@ deps:
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@$(MAKE) --no-print-directory pebble-next
+
+pebble-next:
+ifneq ($(PEBBLE_NEXT),)
+	@dir=$$($(PEBBLE_NEXT)) && echo "current Pebble: $$dir"
+endif
 
 check-deps:
 	@pkg-config --exists $(PKGS) && [ -f /usr/include/cmocka.h ] && command -v pebble >/dev/null \
@@ -82,10 +93,10 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libacme.a
 unit: check-deps $(UNIT_BIN)
 	@$(PYTHON) tests/run_unit.py $(UNIT_BIN)
 
-e2e: all
+e2e: all pebble-next
 	ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e
 
-test: check-deps all $(UNIT_BIN)
+test: check-deps all pebble-next $(UNIT_BIN)
 	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/run_all.py $(UNIT_BIN)
 
 # The core, acmectl, both modules and their tests under ASan/UBSan. nginx and Apache httpd are built

@@ -39,6 +39,7 @@
 #define NGX_HTTP_ACME_STALE          20
 #define NGX_HTTP_ACME_RETRY_START    30
 #define NGX_HTTP_ACME_MANAGER_IDLE   (60 * 60 * 1000)
+#define NGX_HTTP_ACME_NICE           10
 
 
 static void ngx_http_acme_tick(ngx_event_t *ev);
@@ -501,6 +502,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             ngx_http_acme_watch_open(rn);
         }
 
+        /* before the first order: what nginx-acme left needs none */
+        if (ngx_http_acme_import(rn, g) != NGX_OK) {
+            goto failed;
+        }
+
         if (acme_manager_start(rn->managers[g], &err) != 0) {
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "acme: %s", err.msg);
             goto failed;
@@ -699,6 +705,7 @@ ngx_http_acme_runner_atexit(void)
 ngx_int_t
 ngx_http_acme_runner_init_process(ngx_cycle_t *cycle)
 {
+    int                         prio;
     ngx_http_acme_main_conf_t  *amcf;
 
     amcf = ngx_http_acme_get_main_conf();
@@ -730,6 +737,24 @@ ngx_http_acme_runner_init_process(ngx_cycle_t *cycle)
             ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                           "acme: atexit() failed");
             return NGX_ERROR;
+        }
+
+        /*
+         * ACME work is background work: on a CPU it shares with workers
+         * (key generation, signing, TLS to the CA, 50 issuances at once)
+         * the traffic-serving workers go first
+         */
+
+        errno = 0;
+        prio = getpriority(PRIO_PROCESS, 0);
+
+        if (errno == 0
+            && setpriority(PRIO_PROCESS, 0,
+                           ngx_min(prio + NGX_HTTP_ACME_NICE, 19)) == -1)
+        {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno,
+                          "acme: setpriority() failed, the cache manager "
+                          "keeps the workers' priority");
         }
 
         /* the manager callback arms the tick */

@@ -4,7 +4,8 @@
  * its files share. ngx_http_acme_runner.c starts and stops the core and
  * holds the lock, ngx_http_acme_host.c runs acme_loop on nginx events,
  * ngx_http_acme_publish.c puts challenges into the shared zone and
- * ngx_http_acme_follow.c follows the shared store (acme_storage).
+ * ngx_http_acme_follow.c follows the shared store (acme_storage),
+ * ngx_http_acme_import.c takes over nginx-acme's state.
  */
 
 
@@ -83,6 +84,9 @@ void ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn);
 void ngx_http_acme_watch_close(ngx_http_acme_runner_t *rn);
 void ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now);
 void ngx_http_acme_cert_updated(void *data, const char *name);
+
+/* ngx_http_acme_import.c: nginx-acme's state taken over */
+ngx_int_t ngx_http_acme_import(ngx_http_acme_runner_t *rn, ngx_uint_t g);
 
 
 #endif /* _NGX_HTTP_ACME_RUNNER_H_INCLUDED_ */

@@ -1,6 +1,11 @@
 """A test double in front of Pebble 2.4 adding what it lacks: ACME Renewal
 Information (RFC 9773) and certificate profiles (draft-aaron-acme-profiles).
 
+A current Pebble has both (test_pebble_current.py runs against it); this proxy
+stays for what no Pebble does: any Retry-After, a directory without
+renewalInfo or profiles, a chosen refusal of "replaces", counting requests,
+and faults (fault_proxy.py, boulder_proxy.py build on it).
+
 Standard library only.  AriProxy is a threaded HTTPS reverse proxy listening on
 127.0.0.1:<port> with a certificate (127.0.0.1 / localhost) from the harness's
 test CA, i.e. the same root that Pebble's own HTTPS chains to, so a client that
@@ -10,7 +15,8 @@ Every request is forwarded to Pebble with its method, path, body and headers,
 including the proxy's own Host header.  Pebble builds the URLs it hands out
 (directory, Location, links) from the Host it receives and checks the JWS
 "url" against it, so the client only ever sees and signs proxy URLs and Pebble
-agrees with them (test_proxy_passthrough in test_ari_profiles.py checks this).
+agrees with them (test_proxy_directory_and_renewal_info in test_ari_profiles.py checks
+this).
 
 On top of that:
 

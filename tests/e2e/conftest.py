@@ -10,6 +10,13 @@ Fixtures (scope):
   pebble_session (session)      plain shared harness.Pebble (default options)
   pebble (function)             pebble_session, (re)started if needed, counters reset
   pebble_factory (function)     pebble_factory(**opts) -> new started harness.Pebble
+  pebble_next_dir (session)     folder of a current Pebble (ARI, profiles; ../shared/pebble/build.sh
+                                or $ACME_PEBBLE_NEXT_BUILD, run once); skips the test when that
+                                script is absent, fails it when the build fails
+  challtestsrv_next (session)   that Pebble's pebble-challtestsrv (mock DNS, as challtestsrv)
+  pebble_next_factory (function)
+                                as pebble_factory, with the current Pebble (+ profiles={name: s});
+                                records set through dns_next are cleared after the test
   server_logs (function)        harness.LogWatcher: .watch(path, allowed=[...]); checked
                                 after the test, fails it on unexpected error lines
                                 (Apache's: by apache_factory, before it removes the directory)
@@ -35,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import leakcheck  # noqa: E402
 from harness import (  # noqa: E402
-    AcmeTestClient, ChallTestSrv, LogWatcher, Pebble, Process, TestCA,
+    AcmeTestClient, ChallTestSrv, LogWatcher, Pebble, PebbleNextMissing, Process, TestCA,
     check_error_log as _check_error_log, child_env)
 
 
@@ -234,6 +241,62 @@ def pebble_factory(tmp_path, test_ca, dns, request):
         pb = Pebble(tmp_path / f"pebble{next(counter)}", test_ca, **opts)
         made.append(pb)
         _debug_logs(request.node).append((f"pebble #{len(made)}", pb.log_path, 0))
+        if start:
+            pb.start()
+        return pb
+
+    yield make
+    for pb in reversed(made):
+        try:
+            pb.stop()
+        except Exception:  # keep stopping the others
+            pass
+
+
+@pytest.fixture(scope="session")
+def pebble_next_dir():
+    """A current Pebble's folder. Debian's Pebble 2.4 (the default of every other test) has no ARI and
+    no profiles; without ../shared/pebble/build.sh the test is skipped, a failed build fails it."""
+    try:
+        return harness.pebble_next_dir()
+    except PebbleNextMissing as e:
+        pytest.skip(str(e))
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def challtestsrv_next(tmp_path_factory, pebble_next_dir):
+    srv = ChallTestSrv(tmp_path_factory.mktemp("challtestsrv-next"), next_dir=pebble_next_dir)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def dns_next(challtestsrv_next, request):
+    if not challtestsrv_next.alive():
+        challtestsrv_next.start()
+    _debug_logs(request.node).append(
+        ("pebble-challtestsrv (current)", challtestsrv_next.log_path, challtestsrv_next.proc.log_size()))
+    yield challtestsrv_next
+    challtestsrv_next.reset()
+
+
+@pytest.fixture
+def pebble_next_factory(tmp_path, test_ca, dns_next, pebble_next_dir, request):
+    """pebble_next_factory(**opts) -> a started current Pebble (harness.Pebble with next_dir); opts as
+    pebble_factory's, plus profiles={name: validity in seconds}. All are stopped after the test."""
+    made = []
+    counter = itertools.count(1)
+
+    def make(start=True, **opts):
+        opts.setdefault("dns_server", dns_next.dns_address)
+        pb = Pebble(tmp_path / f"pebble-next{next(counter)}", test_ca, next_dir=pebble_next_dir, **opts)
+        made.append(pb)
+        _debug_logs(request.node).append((f"pebble (current) #{len(made)}", pb.log_path, 0))
         if start:
             pb.start()
         return pb

@@ -48,11 +48,47 @@ PEBBLE_BIN = os.environ.get("PEBBLE_BIN", "/usr/bin/pebble")
 CHALLTESTSRV_BIN = os.environ.get("PEBBLE_CHALLTESTSRV_BIN", "/usr/bin/pebble-challtestsrv")
 OPENSSL_BIN = os.environ.get("OPENSSL_BIN", "openssl")
 
+# A current Pebble (ARI, profiles): built by ../shared/pebble/build.sh beside the repository, when there
+# ($ACME_PEBBLE_NEXT_BUILD: another script that prints the folder with pebble and pebble-challtestsrv).
+PEBBLE_NEXT_BUILD = Path(os.environ.get("ACME_PEBBLE_NEXT_BUILD")
+                         or REPO_ROOT.parent / "shared" / "pebble" / "build.sh")
+
 _PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
 
 
 class HarnessError(Exception):
     """A harness-level failure (process did not start, timeout, ...)."""
+
+
+class PebbleNextMissing(HarnessError):
+    """No current Pebble on this machine: ../shared/pebble/build.sh is not beside the repository."""
+
+
+_pebble_next = None     # (dir or None, error) of the one build.sh run of this session
+
+
+def pebble_next_dir():
+    """Folder with a current Pebble's `pebble` and `pebble-challtestsrv` (Debian's Pebble 2.4 lacks ARI
+    and profiles). Runs ../shared/pebble/build.sh once per session (it caches its build; the first one
+    takes minutes). Raises PebbleNextMissing without that script, HarnessError when the build fails."""
+    global _pebble_next
+    if _pebble_next is None:
+        if not PEBBLE_NEXT_BUILD.is_file():
+            _pebble_next = (None, PebbleNextMissing(
+                f"needs a current Pebble (ARI, profiles; Debian's Pebble 2.4 has neither): {PEBBLE_NEXT_BUILD} "
+                "is not on this machine"))
+        else:
+            cp = subprocess.run([str(PEBBLE_NEXT_BUILD)], capture_output=True, text=True, timeout=1800,
+                                stdin=subprocess.DEVNULL)
+            d = Path(cp.stdout.strip().splitlines()[-1]) if cp.returncode == 0 and cp.stdout.strip() else None
+            if d is None or not (d / "pebble").is_file() or not (d / "pebble-challtestsrv").is_file():
+                _pebble_next = (None, HarnessError(f"{PEBBLE_NEXT_BUILD} failed ({cp.returncode}):\n"
+                                                   f"{cp.stdout[-2000:]}{cp.stderr[-4000:]}"))
+            else:
+                _pebble_next = (d, None)
+    if _pebble_next[1] is not None:
+        raise _pebble_next[1]
+    return _pebble_next[0]
 
 
 # --------------------------------------------------------------------------
@@ -709,7 +745,10 @@ class ChallTestSrv:
     on free loopback ports.  By default every name resolves (A) to 127.0.0.1
     and AAAA queries get no answer (so validation uses IPv4)."""
 
-    def __init__(self, workdir, default_ipv4=LOOPBACK, default_ipv6=""):
+    def __init__(self, workdir, default_ipv4=LOOPBACK, default_ipv6="", next_dir=None):
+        """next_dir: a current Pebble's folder (pebble_next_dir()): its pebble-challtestsrv."""
+        self.next_dir = next_dir
+        self.binary = str(Path(next_dir) / "pebble-challtestsrv") if next_dir else CHALLTESTSRV_BIN
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.default_ipv4 = default_ipv4
@@ -734,9 +773,11 @@ class ChallTestSrv:
         for _ in range(3):
             self.dns_port = free_port(udp=True)
             self.management_port = free_port()
+            # Pebble 2.4's flag is -dns01; current ones call it -dnsserver and add DoH (off here)
+            dns = (["-dnsserver", self.dns_address, "-doh", ""] if self.next_dir
+                   else ["-dns01", self.dns_address])
             self.proc = Process(
-                [CHALLTESTSRV_BIN,
-                 "-dns01", self.dns_address,
+                [self.binary, *dns,
                  "-http01", "", "-https01", "", "-tlsalpn01", "",
                  "-management", f"{LOOPBACK}:{self.management_port}",
                  "-defaultIPv4", self.default_ipv4,
@@ -885,7 +926,15 @@ class Pebble:
 
     def __init__(self, workdir, ca, dns_server=None, http_port=None, tls_port=None,
                  eab_keys=None, eab_required=None, env=None, strict=False,
-                 ocsp_responder_url="", extra_config=None, port=None, management_port=None):
+                 ocsp_responder_url="", extra_config=None, port=None, management_port=None,
+                 next_dir=None, profiles=None):
+        """next_dir: a current Pebble's folder (pebble_next_dir()) instead of Debian's 2.4; only that one
+        has ARI (set_renewal_info()) and profiles ({name: validity in seconds}: its "profiles" config)."""
+        self.binary = str(Path(next_dir) / "pebble") if next_dir else PEBBLE_BIN
+        self.next_dir = next_dir
+        self.profiles = dict(profiles or {})
+        if self.profiles and not next_dir:
+            raise HarnessError("Pebble 2.4 has no profiles: pass next_dir=pebble_next_dir()")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ca = ca
@@ -946,11 +995,14 @@ class Pebble:
         }
         if self.eab_keys:
             cfg["externalAccountMACKeys"] = self.eab_keys
+        if self.profiles:
+            cfg["profiles"] = {n: {"description": f"{n}: {v} s", "validityPeriod": v}
+                               for n, v in self.profiles.items()}
         cfg.update(self.extra_config)
         self.config_path.write_text(json.dumps({"pebble": cfg}, indent=2) + "\n")
 
     def _cmd(self):
-        cmd = [PEBBLE_BIN, "-config", str(self.config_path)]
+        cmd = [self.binary, "-config", str(self.config_path)]
         if self.dns_server:
             cmd += ["-dnsserver", self.dns_server]
         if self.strict:
@@ -1059,6 +1111,26 @@ class Pebble:
         p = Path(path)
         p.write_text(pem)
         return p
+
+    def set_renewal_info(self, cert_pem, window=None, raw=None):
+        """A current Pebble only: from now on, renewalInfo for this certificate (PEM; the first one is the
+        leaf) answers {"suggestedWindow": window} (window: {"start": RFC 3339, "end": ...}), or `raw` as is.
+        Pebble still sends Retry-After: 21600 (6 h) with it."""
+        if not self.next_dir:
+            raise HarnessError("Pebble 2.4 has no renewalInfo: pass next_dir=pebble_next_dir()")
+        if isinstance(cert_pem, Path):
+            cert_pem = cert_pem.read_text()
+        leaf = cert_pem[:cert_pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+        body = raw if raw is not None else json.dumps({"suggestedWindow": window})
+        r = self.get(self.management_url + "/set-renewal-info/", method="POST",
+                     json_body={"Certificate": leaf + "\n", "ARIResponse": body})
+        if r.status != 200:
+            raise HarnessError(f"set-renewal-info: HTTP {r.status} {r.text}")
+
+    def replacements(self, since=None):
+        """(new order, replaced order) ids: newOrders whose "replaces" this (current) Pebble accepted."""
+        return re.findall(r'^Pebble .*ARI: order "([^"]*)" is a replacement of "([^"]*)"',
+                          self.log_text(self._since(since)), re.M)
 
     def cert_status(self, serial):
         """Management /cert-status-by-serial/<hex serial>: dict with Status

@@ -161,3 +161,22 @@ def test_with_a_proxy_cache_of_its_own(pebble, nginx_factory, tmp_path):
     assert ng.helper_pids() == [leader] and leader == runner_pid(ng)
     assert len(__import__("re").findall(r"acme: the ACME client runs in this", ng.log_text())) == 1
     assert loaders[0] not in (leader, *ng.worker_pids())
+
+
+def _nice(pid):
+    # /proc/PID/stat: the 19th field is the nice value (the command name in parentheses may hold spaces)
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_cache_manager_yields_the_cpu_to_workers(pebble, nginx_factory, tmp_path):
+    """The cache manager that runs the client runs at a priority 10 below the workers', so issuance
+    that shares a CPU with a worker lets the worker's handshakes go first."""
+    from test_nginx import basic_conf, wait_issued
+    https = free_port()
+    ng = nginx_factory(basic_conf(pebble, tmp_path, https), wait_port=https)
+    manager = runner_pid(ng)
+    workers = ng.worker_pids()
+    assert workers
+    assert {_nice(manager) - _nice(w) for w in workers} == {10}
+    wait_issued(https, "a.example.org", pebble)
