@@ -1,5 +1,6 @@
 /* acmectl: the admin's command line for the ACME core and the state directory the modules share. */
 #include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,9 +101,11 @@ usage(FILE *f)
 "commands:\n"
 "  issue [--ignore-server] [--challenge TYPE[,TYPE]...] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
 "        [--tsig-key FILE] [--dns-server HOST[:PORT]] [--dns-resolver HOST[:PORT]]\n"
+"        [--dns-hook PROGRAM [--dns-hook-timeout SECONDS]] [--acme-dns ACCOUNTFILE --acme-dns-url URL]\n"
 "        [--dns-propagation-timeout SECONDS] [--key ALG] [--profile NAME] [--preferred-chain CN]\n"
 "        [--poll-timeout SECONDS] NAME...\n"
-"        TYPE: http-01, tls-alpn-01, dns-01 (RFC 2136 update with --tsig-key); a wildcard takes dns-01\n"
+"        TYPE: http-01, tls-alpn-01, dns-01 (records published by one of --tsig-key, --dns-hook,\n"
+"        --acme-dns); a wildcard takes dns-01\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
@@ -310,6 +313,10 @@ typedef struct {
     const char       *dns_server;
     const char       *dns_resolver;
     long              dns_timeout;
+    const char       *dns_hook;
+    long              dns_hook_timeout;
+    const char       *acme_dns;
+    const char       *acme_dns_url;
     acme_dns_config_t dns;
     acmectl_chsrv_t  *srv;
 } issue_opts_t;
@@ -386,6 +393,16 @@ parse_issue_opt(int c, issue_opts_t *o)
             return -1;
         }
         return 0;
+    case 'j': o->dns_hook = optarg; return 0;
+    case 'J':
+        o->dns_hook_timeout = strtol(optarg, NULL, 10);
+        if (o->dns_hook_timeout <= 0) {
+            fprintf(stderr, "acmectl: --dns-hook-timeout \"%s\": a number of seconds\n", optarg);
+            return -1;
+        }
+        return 0;
+    case 'a': o->acme_dns = optarg; return 0;
+    case 'U': o->acme_dns_url = optarg; return 0;
     }
     return -1;
 }
@@ -424,30 +441,62 @@ issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *
         return 2;
     }
     if (!dns) {
-        if (o->tsig_key || o->dns_server || o->dns_resolver || o->dns_timeout) {
-            fprintf(stderr, "acmectl: --tsig-key, --dns-server, --dns-resolver and --dns-propagation-timeout "
+        if (o->tsig_key || o->dns_server || o->dns_resolver || o->dns_timeout || o->dns_hook
+            || o->dns_hook_timeout || o->acme_dns || o->acme_dns_url)
+        {
+            fprintf(stderr, "acmectl: --tsig-key, --dns-hook, --acme-dns and the other --dns-... options "
                     "need --challenge dns-01\n");
             return 2;
         }
         return 0;
     }
-    if (o->tsig_key == NULL) {
-        fprintf(stderr, "acmectl: --challenge dns-01 needs --tsig-key FILE (the TSIG key of the RFC 2136 "
-                "updates)\n");
+    if ((o->tsig_key != NULL) + (o->dns_hook != NULL) + (o->acme_dns != NULL) != 1) {
+        fprintf(stderr, "acmectl: --challenge dns-01 needs one way to publish its records: --tsig-key FILE "
+                "(RFC 2136 updates), --dns-hook PROGRAM or --acme-dns ACCOUNTFILE\n");
+        return 2;
+    }
+    if ((o->dns_server != NULL && o->tsig_key == NULL) || (o->dns_hook_timeout && o->dns_hook == NULL)
+        || ((o->acme_dns_url != NULL) != (o->acme_dns != NULL)))
+    {
+        fprintf(stderr, "acmectl: %s\n", o->dns_server != NULL && o->tsig_key == NULL
+                ? "--dns-server is for --tsig-key (RFC 2136 updates)"
+                : o->dns_hook_timeout && o->dns_hook == NULL ? "--dns-hook-timeout is for --dns-hook"
+                : "--acme-dns ACCOUNTFILE and --acme-dns-url URL go together");
         return 2;
     }
     if (o->dns.method == ACME_DNS_NONE) {
+        const char *opt = o->tsig_key ? "--tsig-key" : o->dns_hook ? "--dns-hook" : "--acme-dns";
+        const char *val = o->tsig_key ? o->tsig_key : o->dns_hook ? o->dns_hook : o->acme_dns;
+
         memset(&o->dns, 0, sizeof(o->dns));
-        if (acme_tsig_key_load(o->tsig_key, &o->dns.tsig, &err) != 0) {
-            fprintf(stderr, "acmectl: --tsig-key: %s\n", err.msg);
-            return 2;
+        if (o->tsig_key != NULL) {
+            if (acme_tsig_key_load(o->tsig_key, &o->dns.tsig, &err) != 0) {
+                fprintf(stderr, "acmectl: --tsig-key: %s\n", err.msg);
+                return 2;
+            }
+            o->dns.method = ACME_DNS_RFC2136;
+        } else if (o->dns_hook != NULL) {
+            /* the hook is run by its absolute path, as a server would */
+            o->dns.hook = realpath(o->dns_hook, NULL);
+            if (o->dns.hook == NULL) {
+                fprintf(stderr, "acmectl: --dns-hook %s: %s\n", o->dns_hook, strerror(errno));
+                return 2;
+            }
+            o->dns.method = ACME_DNS_HOOK;
+            o->dns.hook_timeout = o->dns_hook_timeout;
+        } else {
+            if (acme_acmedns_load(o->acme_dns, &o->dns, &err) != 0) {
+                fprintf(stderr, "acmectl: --acme-dns: %s\n", err.msg);
+                return 2;
+            }
+            o->dns.method = ACME_DNS_ACMEDNS;
+            o->dns.acmedns_url = acme_strdup(o->acme_dns_url);
         }
-        o->dns.method = ACME_DNS_RFC2136;
         o->dns.server = o->dns_server ? acme_strdup(o->dns_server) : NULL;
         o->dns.resolver = o->dns_resolver ? acme_strdup(o->dns_resolver) : NULL;
         o->dns.propagation_timeout = o->dns_timeout;
         if (acme_dns_config_check(&o->dns, &err) != 0) {
-            fprintf(stderr, "acmectl: --tsig-key %s: %s\n", o->tsig_key, err.msg);
+            fprintf(stderr, "acmectl: %s %s: %s\n", opt, val, err.msg);
             acme_dns_config_free(&o->dns);
             return 2;
         }
@@ -482,6 +531,10 @@ static const struct option issue_longopts[] = {
     { "dns-server", required_argument, NULL, 'D' },
     { "dns-resolver", required_argument, NULL, 'R' },
     { "dns-propagation-timeout", required_argument, NULL, 'X' },
+    { "dns-hook", required_argument, NULL, 'j' },
+    { "dns-hook-timeout", required_argument, NULL, 'J' },
+    { "acme-dns", required_argument, NULL, 'a' },
+    { "acme-dns-url", required_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 }
 };
 

@@ -25,6 +25,9 @@ pending_save(acme_issue_t *job, acme_err_t *err)
 
     for (i = 0; a != NULL && i < job->ndns_recs; i++) {
         o = json_pack("{s:s, s:s}", "name", job->dns_recs[i].name, "value", job->dns_recs[i].value);
+        if (o != NULL && job->dns_recs[i].ident != NULL) {
+            json_object_set_new(o, "identifier", json_string(job->dns_recs[i].ident));
+        }
         if (o == NULL || json_array_append_new(a, o) != 0) {
             json_decref(a);
             a = NULL;
@@ -50,7 +53,7 @@ pending_save(acme_issue_t *job, acme_err_t *err)
 }
 
 static int
-rec_add(acme_issue_t *job, const char *name, const char *value)
+rec_add(acme_issue_t *job, const char *name, const char *value, const char *ident)
 {
     acme_dns_record_t  *r;
     size_t              i;
@@ -66,11 +69,13 @@ rec_add(acme_issue_t *job, const char *name, const char *value)
     }
     job->dns_recs = r;
     r = &r[job->ndns_recs];
+    memset(r, 0, sizeof(*r));
     r->name = acme_strdup(name);
     r->value = acme_strdup(value);
-    if (r->name == NULL || r->value == NULL) {
-        free(r->name);
-        free(r->value);
+    r->ident = ident != NULL ? acme_strdup(ident) : NULL;
+    r->cert = acme_strdup(job->name);
+    if (r->name == NULL || r->value == NULL || r->cert == NULL || (ident != NULL && r->ident == NULL)) {
+        acme_dns_record_clear(r);
         return -1;
     }
     job->ndns_recs++;
@@ -85,8 +90,7 @@ acme_issue_dns_free(acme_issue_t *job)
     acme_dns_task_cancel(job->dns_task);
     job->dns_task = NULL;
     for (i = 0; i < job->ndns_recs; i++) {
-        free(job->dns_recs[i].name);
-        free(job->dns_recs[i].value);
+        acme_dns_record_clear(&job->dns_recs[i]);
     }
     free(job->dns_recs);
     job->dns_recs = NULL;
@@ -122,7 +126,8 @@ acme_issue_dns_load(acme_issue_t *job, acme_err_t *err)
     json_array_foreach(a, i, o) {
         const char *n = json_string_value(json_object_get(o, "name"));
         const char *v = json_string_value(json_object_get(o, "value"));
-        if (n != NULL && v != NULL && rec_add(job, n, v) != 0) {
+        const char *id = json_string_value(json_object_get(o, "identifier"));
+        if (n != NULL && v != NULL && rec_add(job, n, v, id) != 0) {
             json_decref(a);
             acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
             return -1;
@@ -161,10 +166,13 @@ acme_issue_dns_publish(acme_issue_t *job, const char *domain, int wildcard, cons
 {
     acme_dns_record_t  rec;
 
+    memset(&rec, 0, sizeof(rec));
     rec.name = acme_dns01_name(domain);
     rec.value = acme_dns01_value(key_authz);
     snprintf(job->dns_ident, sizeof(job->dns_ident), "%s%s", wildcard ? "*." : "", domain);
-    if (rec.name == NULL || rec.value == NULL || rec_add(job, rec.name, rec.value) != 0) {
+    rec.ident = job->dns_ident;
+    rec.cert = job->name;
+    if (rec.name == NULL || rec.value == NULL || rec_add(job, rec.name, rec.value, rec.ident) != 0) {
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         goto fail;
     }
