@@ -407,7 +407,7 @@ parse_issue_opt(int c, issue_opts_t *o)
     return -1;
 }
 
-#define ISSUE_TYPES_MAX  3
+#define ISSUE_TYPES_MAX  4
 
 /*
  * --challenge: types in preference order ("http-01,dns-01": http-01 where it can, dns-01 for wildcards).
@@ -416,7 +416,7 @@ parse_issue_opt(int c, issue_opts_t *o)
 static int
 issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *ntypes)
 {
-    static const char  *known[] = { "http-01", "tls-alpn-01", "dns-01" };
+    static const char  *known[] = { "http-01", "tls-alpn-01", "dns-01", "dns-account-01" };
     acme_err_t          err;
     char               *t, *save = NULL;
     size_t              i;
@@ -425,16 +425,16 @@ issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *
     *ntypes = 0;
     snprintf(buf, len, "%s", o->challenge ? o->challenge : "http-01");
     for (t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-        for (i = 0; i < 3 && strcmp(t, known[i]) != 0; i++) {
+        for (i = 0; i < 4 && strcmp(t, known[i]) != 0; i++) {
             /* void */
         }
-        if (i == 3 || *ntypes == ISSUE_TYPES_MAX) {
-            fprintf(stderr, "acmectl: --challenge \"%s\": use http-01, tls-alpn-01 or dns-01 (a list: "
-                    "in order of preference)\n", o->challenge);
+        if (i == 4 || *ntypes == ISSUE_TYPES_MAX) {
+            fprintf(stderr, "acmectl: --challenge \"%s\": use http-01, tls-alpn-01, dns-01 or dns-account-01 "
+                    "(a list: in order of preference)\n", o->challenge);
             return 2;
         }
         types[(*ntypes)++] = t;
-        dns |= i == 2;
+        dns |= i >= 2;
     }
     if (*ntypes == 0) {
         fprintf(stderr, "acmectl: --challenge: no type\n");
@@ -445,13 +445,13 @@ issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *
             || o->dns_hook_timeout || o->acme_dns || o->acme_dns_url)
         {
             fprintf(stderr, "acmectl: --tsig-key, --dns-hook, --acme-dns and the other --dns-... options "
-                    "need --challenge dns-01\n");
+                    "need --challenge dns-01 or dns-account-01\n");
             return 2;
         }
         return 0;
     }
     if ((o->tsig_key != NULL) + (o->dns_hook != NULL) + (o->acme_dns != NULL) != 1) {
-        fprintf(stderr, "acmectl: --challenge dns-01 needs one way to publish its records: --tsig-key FILE "
+        fprintf(stderr, "acmectl: --challenge dns-01 (or dns-account-01) needs one way to publish its records: --tsig-key FILE "
                 "(RFC 2136 updates), --dns-hook PROGRAM or --acme-dns ACCOUNTFILE\n");
         return 2;
     }

@@ -245,7 +245,7 @@ done:
 }
 
 static int
-dns_publish(acme_issue_t *job, acme_authz_t *a, const char *token, acme_err_t *err)
+dns_publish(acme_issue_t *job, const char *type, acme_authz_t *a, const char *token, acme_err_t *err)
 {
     char  *thumb, *ka;
     int    rc;
@@ -260,7 +260,7 @@ dns_publish(acme_issue_t *job, acme_authz_t *a, const char *token, acme_err_t *e
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return -1;
     }
-    rc = acme_issue_dns_publish(job, a->identifier.value, a->wildcard, ka, err);
+    rc = acme_issue_dns_publish(job, type, a->identifier.value, a->wildcard, ka, err);
     free(ka);
     return rc;
 }
@@ -449,7 +449,7 @@ acme_issue_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t 
         if (dns_type(type) && payload != NULL) {
             free(job->chall_url);
             job->chall_url = acme_strdup(c->url);
-            if (dns_publish(job, &a, c->token, &e) != 0) {
+            if (dns_publish(job, type, &a, c->token, &e) != 0) {
                 acme_err_prefix(&e, "publishing the %s challenge for %s%s", type, a.wildcard ? "*." : "",
                                 a.identifier.value);
                 acme_authz_free(&a);

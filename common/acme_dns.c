@@ -632,3 +632,31 @@ acme_dns01_name(const char *domain)
     }
     return acme_sprintf("_acme-challenge.%s", domain);
 }
+
+char *
+acme_dns_account01_name(const char *domain, const char *account_url)
+{
+    static const char  b32[] = "abcdefghijklmnopqrstuvwxyz234567";
+    unsigned char      md[EVP_MAX_MD_SIZE];
+    unsigned int       mdlen = 0, i, bits = 0, acc = 0;
+    char               label[17];
+    size_t             n = 0;
+
+    if (EVP_Digest(account_url, strlen(account_url), md, &mdlen, EVP_sha256(), NULL) != 1) {
+        return NULL;
+    }
+    /* 10 bytes are 80 bits: 16 characters of 5 bits, no padding */
+    for (i = 0; i < 10; i++) {
+        acc = (acc << 8) | md[i];
+        bits += 8;
+        while (bits >= 5) {
+            label[n++] = b32[(acc >> (bits - 5)) & 31];
+            bits -= 5;
+        }
+    }
+    label[n] = '\0';
+    if (strncmp(domain, "*.", 2) == 0) {
+        domain += 2;
+    }
+    return acme_sprintf("_%s._acme-challenge.%s", label, domain);
+}

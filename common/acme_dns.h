@@ -90,6 +90,12 @@ int acme_dns_config_check(const acme_dns_config_t *cfg, acme_err_t *err);
 char *acme_dns01_value(const char *key_authz);
 /* "_acme-challenge.<domain>" for a DNS identifier (a wildcard's "*." dropped), malloc'd. */
 char *acme_dns01_name(const char *domain);
+/*
+ * dns-account-01 (draft-ietf-acme-dns-account-label): "_<label>._acme-challenge.<domain>", label the
+ * lower-case base32 (RFC 4648, 16 characters) of the first 10 bytes of SHA-256(account URL); malloc'd.
+ * The value is dns-01's.
+ */
+char *acme_dns_account01_name(const char *domain, const char *account_url);
 
 /* A TXT record to publish or remove. */
 typedef struct {

@@ -28,6 +28,9 @@ pending_save(acme_issue_t *job, acme_err_t *err)
         if (o != NULL && job->dns_recs[i].ident != NULL) {
             json_object_set_new(o, "identifier", json_string(job->dns_recs[i].ident));
         }
+        if (o != NULL && job->dns_recs[i].type != NULL) {
+            json_object_set_new(o, "type", json_string(job->dns_recs[i].type));
+        }
         if (o == NULL || json_array_append_new(a, o) != 0) {
             json_decref(a);
             a = NULL;
@@ -53,7 +56,7 @@ pending_save(acme_issue_t *job, acme_err_t *err)
 }
 
 static int
-rec_add(acme_issue_t *job, const char *name, const char *value, const char *ident)
+rec_add(acme_issue_t *job, const char *name, const char *value, const char *ident, const char *type)
 {
     acme_dns_record_t  *r;
     size_t              i;
@@ -74,7 +77,10 @@ rec_add(acme_issue_t *job, const char *name, const char *value, const char *iden
     r->value = acme_strdup(value);
     r->ident = ident != NULL ? acme_strdup(ident) : NULL;
     r->cert = acme_strdup(job->name);
-    if (r->name == NULL || r->value == NULL || r->cert == NULL || (ident != NULL && r->ident == NULL)) {
+    r->type = type != NULL ? acme_strdup(type) : NULL;
+    if (r->name == NULL || r->value == NULL || r->cert == NULL || (ident != NULL && r->ident == NULL)
+        || (type != NULL && r->type == NULL))
+    {
         acme_dns_record_clear(r);
         return -1;
     }
@@ -127,7 +133,8 @@ acme_issue_dns_load(acme_issue_t *job, acme_err_t *err)
         const char *n = json_string_value(json_object_get(o, "name"));
         const char *v = json_string_value(json_object_get(o, "value"));
         const char *id = json_string_value(json_object_get(o, "identifier"));
-        if (n != NULL && v != NULL && rec_add(job, n, v, id) != 0) {
+        const char *ty = json_string_value(json_object_get(o, "type"));
+        if (n != NULL && v != NULL && rec_add(job, n, v, id, ty) != 0) {
             json_decref(a);
             acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
             return -1;
@@ -150,29 +157,41 @@ publish_done(void *arg, const acme_err_t *err)
     job->dns_task = NULL;
     if (err != NULL) {
         e = *err;
-        acme_err_prefix(&e, "dns-01 (%s) for %s", acme_dns_method_name(job->dns->method), job->dns_ident);
+        acme_err_prefix(&e, "%s (%s) for %s", job->dns_type, acme_dns_method_name(job->dns->method),
+                        job->dns_ident);
         acme_issue_ident_error_add(job, "dns", job->dns_ident, e.msg);
         acme_issue_job_fail(job, &e);
         return;
     }
-    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": the dns-01 record for %s is on every authoritative "
-             "server", job->name, job->dns_ident);
+    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": the %s record for %s is on every authoritative "
+             "server", job->name, job->dns_type, job->dns_ident);
     acme_issue_challenge_post(job);
 }
 
 int
-acme_issue_dns_publish(acme_issue_t *job, const char *domain, int wildcard, const char *key_authz,
-    acme_err_t *err)
+acme_issue_dns_publish(acme_issue_t *job, const char *type, const char *domain, int wildcard,
+    const char *key_authz, acme_err_t *err)
 {
     acme_dns_record_t  rec;
+    const char        *acct = acme_client_account_url(job->c);
 
     memset(&rec, 0, sizeof(rec));
-    rec.name = acme_dns01_name(domain);
+    snprintf(job->dns_type, sizeof(job->dns_type), "%s", type);
+    if (strcmp(type, "dns-account-01") == 0) {
+        if (acct == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "dns-account-01 needs the account's URL");
+            return -1;
+        }
+        rec.name = acme_dns_account01_name(domain, acct);
+    } else {
+        rec.name = acme_dns01_name(domain);
+    }
+    rec.type = job->dns_type;
     rec.value = acme_dns01_value(key_authz);
     snprintf(job->dns_ident, sizeof(job->dns_ident), "%s%s", wildcard ? "*." : "", domain);
     rec.ident = job->dns_ident;
     rec.cert = job->name;
-    if (rec.name == NULL || rec.value == NULL || rec_add(job, rec.name, rec.value, rec.ident) != 0) {
+    if (rec.name == NULL || rec.value == NULL || rec_add(job, rec.name, rec.value, rec.ident, rec.type) != 0) {
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         goto fail;
     }
