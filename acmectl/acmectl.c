@@ -104,11 +104,13 @@ usage(FILE *f)
 "        [--dns-hook PROGRAM [--dns-hook-timeout SECONDS]] [--acme-dns ACCOUNTFILE --acme-dns-url URL]\n"
 "        [--dns-propagation-timeout SECONDS] [--key ALG] [--profile NAME] [--preferred-chain CN]\n"
 "        [--poll-timeout SECONDS] NAME...\n"
-"        TYPE: http-01, tls-alpn-01, dns-01 (records published by one of --tsig-key, --dns-hook,\n"
-"        --acme-dns); a wildcard takes dns-01\n"
+"        TYPE: http-01, tls-alpn-01, dns-01 or dns-account-01 (records published by one of --tsig-key,\n"
+"        --dns-hook, --acme-dns), dns-persist-01 (its record checked); a wildcard takes a DNS type\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
+"  dns-persist-record [--wildcard] [--until UNIXTIME] [--issuer-domain-name NAME] NAME...\n"
+"        print the dns-persist-01 TXT record(s) to create once for this account and CA\n"
 "  list\n"
 "  status --json\n"
 "  revoke [--reason N] [--with-cert-key] NAME\n"
@@ -317,6 +319,7 @@ typedef struct {
     long              dns_hook_timeout;
     const char       *acme_dns;
     const char       *acme_dns_url;
+    int               dns_lookup;       /* dns-persist-01 alone: o->dns for its lookups only */
     acme_dns_config_t dns;
     acmectl_chsrv_t  *srv;
 } issue_opts_t;
@@ -407,7 +410,7 @@ parse_issue_opt(int c, issue_opts_t *o)
     return -1;
 }
 
-#define ISSUE_TYPES_MAX  4
+#define ISSUE_TYPES_MAX  5
 
 /*
  * --challenge: types in preference order ("http-01,dns-01": http-01 where it can, dns-01 for wildcards).
@@ -416,29 +419,45 @@ parse_issue_opt(int c, issue_opts_t *o)
 static int
 issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *ntypes)
 {
-    static const char  *known[] = { "http-01", "tls-alpn-01", "dns-01", "dns-account-01" };
+    static const char  *known[] = { "http-01", "tls-alpn-01", "dns-01", "dns-account-01", "dns-persist-01" };
     acme_err_t          err;
     char               *t, *save = NULL;
     size_t              i;
-    int                 dns = 0;
+    int                 dns = 0, persist = 0;
 
     *ntypes = 0;
     snprintf(buf, len, "%s", o->challenge ? o->challenge : "http-01");
     for (t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-        for (i = 0; i < 4 && strcmp(t, known[i]) != 0; i++) {
+        for (i = 0; i < 5 && strcmp(t, known[i]) != 0; i++) {
             /* void */
         }
-        if (i == 4 || *ntypes == ISSUE_TYPES_MAX) {
-            fprintf(stderr, "acmectl: --challenge \"%s\": use http-01, tls-alpn-01, dns-01 or dns-account-01 "
-                    "(a list: in order of preference)\n", o->challenge);
+        if (i == 5 || *ntypes == ISSUE_TYPES_MAX) {
+            fprintf(stderr, "acmectl: --challenge \"%s\": use http-01, tls-alpn-01, dns-01, dns-account-01 or "
+                    "dns-persist-01 (a list: in order of preference)\n", o->challenge);
             return 2;
         }
         types[(*ntypes)++] = t;
-        dns |= i >= 2;
+        dns |= i == 2 || i == 3;
+        persist |= i == 4;
     }
     if (*ntypes == 0) {
         fprintf(stderr, "acmectl: --challenge: no type\n");
         return 2;
+    }
+    if (!dns && persist) {
+        /* dns-persist-01 publishes nothing: its record is only looked up */
+        if (o->tsig_key || o->dns_server || o->dns_timeout || o->dns_hook || o->dns_hook_timeout || o->acme_dns
+            || o->acme_dns_url)
+        {
+            fprintf(stderr, "acmectl: dns-persist-01 publishes nothing (create its record once: acmectl "
+                    "dns-persist-record); --tsig-key, --dns-hook and --acme-dns are for dns-01 and "
+                    "dns-account-01\n");
+            return 2;
+        }
+        acme_dns_config_free(&o->dns);
+        o->dns.resolver = o->dns_resolver ? acme_strdup(o->dns_resolver) : NULL;
+        o->dns_lookup = 1;
+        return 0;
     }
     if (!dns) {
         if (o->tsig_key || o->dns_server || o->dns_resolver || o->dns_timeout || o->dns_hook
@@ -625,7 +644,7 @@ issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const a
     req.keyspec = *ks;
     req.challenge_types = types;
     req.nchallenge_types = ntypes;
-    req.dns = o->dns.method != ACME_DNS_NONE ? &o->dns : NULL;
+    req.dns = o->dns.method != ACME_DNS_NONE || o->dns_lookup ? &o->dns : NULL;
     req.profile = o->profile;
     req.preferred_chain = o->preferred_chain;
     req.replaces = replaces;
@@ -1385,6 +1404,75 @@ run_cert_updated(void *data, const char *name)
     run_write_status(r);
 }
 
+/*
+ * dns-persist-01: the record an admin creates once per name, for this account and CA (its issuer-domain-name:
+ * the directory's caaIdentities, or --issuer-domain-name), in zone-file form.
+ */
+static int
+cmd_dns_persist_record(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "wildcard", no_argument, NULL, 'w' },
+        { "until", required_argument, NULL, 'u' },
+        { "issuer-domain-name", required_argument, NULL, 'i' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char  *issuer = NULL, *acct;
+    long long    until = 0;
+    int          c, wildcard = 0, i;
+    char        *end, *name, *value;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'w') {
+            wildcard = 1;
+        } else if (c == 'u') {
+            until = strtoll(optarg, &end, 10);
+            if (*end != '\0' || until <= (long long) time(NULL)) {
+                fprintf(stderr, "acmectl: --until \"%s\": a Unix time in the future\n", optarg);
+                return 2;
+            }
+        } else if (c == 'i') {
+            issuer = optarg;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "acmectl dns-persist-record: name at least one domain\n");
+        return 2;
+    }
+    if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0 || ctl_ready(ctl) != 0) {
+        return 1;
+    }
+    if (issuer == NULL) {
+        issuer = acme_client_directory(ctl->client)->caa_identity;
+    }
+    if (issuer == NULL) {
+        fprintf(stderr, "acmectl: the CA %s names no caaIdentities in its directory: give its "
+                "issuer-domain-name with --issuer-domain-name\n", acme_client_directory_url(ctl->client));
+        return 1;
+    }
+    acct = acme_client_account_url(ctl->client);
+    for (i = optind; i < argc; i++) {
+        /* "*.example.org" means example.org with policy=wildcard */
+        int w = wildcard || strncmp(argv[i], "*.", 2) == 0;
+        name = acme_dns_persist_name(argv[i]);
+        value = acme_dns_persist_value(issuer, acct, w, until);
+        if (name == NULL || value == NULL) {
+            free(name);
+            free(value);
+            fprintf(stderr, "acmectl: out of memory\n");
+            return 1;
+        }
+        printf("%s. IN TXT \"%s\"\n", name, value);
+        free(name);
+        free(value);
+    }
+    return 0;
+}
+
 static int
 cmd_run(ctl_t *ctl, int argc, char **argv)
 {
@@ -1756,6 +1844,8 @@ main(int argc, char **argv)
         rc = cmd_account(&ctl, argc, argv);
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&ctl, argc, argv);
+    } else if (strcmp(cmd, "dns-persist-record") == 0) {
+        rc = cmd_dns_persist_record(&ctl, argc, argv);
     } else if (strcmp(cmd, "upgrade-storage") == 0) {
         rc = cmd_upgrade_storage(&ctl, argc);
     } else {

@@ -89,6 +89,7 @@ acme_dns_record_clear(acme_dns_record_t *rec)
     free(rec->ident);
     free(rec->cert);
     free(rec->type);
+    free(rec->issuers);
     memset(rec, 0, sizeof(*rec));
 }
 
@@ -98,7 +99,7 @@ acme_dns_record_copy(acme_dns_record_t *dst, const acme_dns_record_t *src)
     memset(dst, 0, sizeof(*dst));
     if (dup_opt(&dst->name, src->name) != 0 || dup_opt(&dst->value, src->value) != 0
         || dup_opt(&dst->ident, src->ident) != 0 || dup_opt(&dst->cert, src->cert) != 0
-        || dup_opt(&dst->type, src->type) != 0)
+        || dup_opt(&dst->type, src->type) != 0 || dup_opt(&dst->issuers, src->issuers) != 0)
     {
         acme_dns_record_clear(dst);
         return -1;

@@ -13,6 +13,7 @@
 #define ACME_DNS_H
 
 #include <stdatomic.h>
+#include <time.h>
 #include "acme_err.h"
 #include "acme_loop.h"
 
@@ -97,6 +98,17 @@ char *acme_dns01_name(const char *domain);
  */
 char *acme_dns_account01_name(const char *domain, const char *account_url);
 
+/* dns-persist-01 (draft-ietf-acme-dns-persist): "_validation-persist.<domain>" ("*." dropped), malloc'd. */
+char *acme_dns_persist_name(const char *domain);
+/* The record's value: "<issuer>; accounturi=<url>[; policy=wildcard][; persistUntil=<until>]" (until 0:
+ * none), malloc'd. */
+char *acme_dns_persist_value(const char *issuer, const char *accounturi, int wildcard, long long until);
+/* 1 when TXT value txt authorizes accounturi for one of issuers (RFC 8659 syntax; a wildcard needs
+ * policy=wildcard; persistUntil not passed at now; *until: its persistUntil or 0); 0 otherwise, why says
+ * what is wrong with a record of one of issuers ("" for another CA's). */
+int acme_dns_persist_match(const char *txt, char *const *issuers, size_t nissuers, const char *accounturi,
+    int wildcard, time_t now, long long *until, char *why, size_t whylen);
+
 /* A TXT record to publish or remove. */
 typedef struct {
     char  *name;        /* where the value was asked for: "_acme-challenge.<domain>" */
@@ -104,6 +116,8 @@ typedef struct {
     char  *ident;       /* the identifier ("*.example.org"), for hooks, accounts, messages; NULL: from name */
     char  *cert;        /* the certificate's name, for hooks; may be NULL */
     char  *type;        /* the challenge type, for hooks; NULL: "dns-01" */
+    char  *issuers;     /* dns-persist-01: the challenge's issuer-domain-names, space-separated (value:
+                           the account URL; name: "_validation-persist.<domain>"; checked, not published) */
 } acme_dns_record_t;
 
 /* Frees the strings of rec (not rec itself). */

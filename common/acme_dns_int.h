@@ -46,6 +46,11 @@ int acme_dns_acmedns_check(const acme_dns_config_t *cfg, acme_err_t *err);
 int acme_dns_acmedns_update(const acme_dns_config_t *cfg, const acme_dns_record_t *rec,
     const acme_dns_target_t *t, acme_err_t *err);
 
+/* dns-persist-01: a read-only query finds a TXT record at rec->name that authorizes the account
+ * (rec->value) for one of rec->issuers; a persistUntil within 30 days adds a warning line ("!...") to out. */
+int acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, char **out,
+    acme_err_t *err);
+
 /* Appends to a malloc'd text (*out may be NULL); nothing when out is NULL. */
 void acme_dns_out_append(char **out, const char *text, size_t len);
 

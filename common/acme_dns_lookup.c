@@ -455,6 +455,10 @@ acme_dns_publish_record(const acme_dns_config_t *cfg, const acme_dns_record_t *r
     acme_dns_target_t   t;
     int                 rc;
 
+    if (rec->type != NULL && strcmp(rec->type, "dns-persist-01") == 0) {
+        /* checked, never published nor removed */
+        return add ? acme_dns_persist_check(cfg, rec, out, err) : 0;
+    }
     lookup = acme_dns_resolver(cfg->resolver, 53, 1, NULL, err);
     if (lookup == NULL) {
         return -1;
@@ -489,7 +493,7 @@ int
 acme_dns_publish(const acme_dns_config_t *cfg, const char *name, const char *value, atomic_int *stop,
     acme_err_t *err)
 {
-    acme_dns_record_t rec = { (char *) name, (char *) value, NULL, NULL, NULL };
+    acme_dns_record_t rec = { .name = (char *) name, .value = (char *) value };
 
     return acme_dns_publish_record(cfg, &rec, 1, stop, NULL, err);
 }
@@ -497,7 +501,7 @@ acme_dns_publish(const acme_dns_config_t *cfg, const char *name, const char *val
 int
 acme_dns_unpublish(const acme_dns_config_t *cfg, const char *name, const char *value, acme_err_t *err)
 {
-    acme_dns_record_t rec = { (char *) name, (char *) value, NULL, NULL, NULL };
+    acme_dns_record_t rec = { .name = (char *) name, .value = (char *) value };
 
     return acme_dns_publish_record(cfg, &rec, 0, NULL, NULL, err);
 }

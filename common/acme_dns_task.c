@@ -97,7 +97,11 @@ task_poll(void *p)
     if (t->out != NULL) {
         char *line, *save = NULL;
         for (line = strtok_r(t->out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-            acme_log(t->loop, ACME_LOG_NOTICE, "acme: DNS %s", line);
+            if (line[0] == '!') {
+                acme_log(t->loop, ACME_LOG_WARN, "acme: %s", line + 1);
+            } else {
+                acme_log(t->loop, ACME_LOG_NOTICE, "acme: DNS %s", line);
+            }
         }
     }
     task_free(t);

@@ -260,3 +260,75 @@ acme_issue_dns_cleanup(acme_issue_t *job, const acme_err_t *err)
     acme_issue_job_set_state(job, J_DNS, "removing its DNS records", NULL);
     return 1;
 }
+
+/* ---- dns-persist-01 ---- */
+
+static void
+persist_done(void *arg, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    job->dns_task = NULL;
+    if (err != NULL) {
+        /* the challenge is not posted: no failed validation at the CA; the job is retried later */
+        e = *err;
+        acme_err_prefix(&e, "dns-persist-01 for %s", job->dns_ident);
+        acme_issue_ident_error_add(job, "dns", job->dns_ident, e.msg);
+        acme_log(job->loop, ACME_LOG_ERR, "acme: \"%s\": %s", job->name, e.msg);
+        acme_issue_job_fail(job, &e);
+        return;
+    }
+    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": the dns-persist-01 record for %s authorizes this "
+             "account", job->name, job->dns_ident);
+    acme_issue_challenge_post(job);
+}
+
+int
+acme_issue_dns_persist(acme_issue_t *job, const acme_authz_t *a, const acme_challenge_t *c, acme_err_t *err)
+{
+    static const acme_dns_config_t  system_resolver;    /* no publisher: /etc/resolv.conf */
+    acme_dns_record_t               rec;
+    const char                     *acct;
+    size_t                          i, len = 1;
+    int                             rc = -1;
+
+    memset(&rec, 0, sizeof(rec));
+    /* the account URL as the CA will compare it: the challenge's accounturi, else ours */
+    acct = c->accounturi != NULL ? c->accounturi : acme_client_account_url(job->c);
+    snprintf(job->dns_ident, sizeof(job->dns_ident), "%s%s", a->wildcard ? "*." : "", a->identifier.value);
+    snprintf(job->dns_type, sizeof(job->dns_type), "dns-persist-01");
+    if (acct == NULL || c->nissuer_domain_names == 0) {
+        acme_err_set(err, ACME_ERR_BADRESPONSE, "the dns-persist-01 challenge for %s has no %s", job->dns_ident,
+                     acct == NULL ? "accounturi" : "issuer-domain-names");
+        return -1;
+    }
+    for (i = 0; i < c->nissuer_domain_names; i++) {
+        len += strlen(c->issuer_domain_names[i]) + 1;
+    }
+    rec.issuers = calloc(1, len);
+    rec.name = acme_dns_persist_name(a->identifier.value);
+    if (rec.issuers == NULL || rec.name == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
+    for (i = 0; i < c->nissuer_domain_names; i++) {
+        strcat(rec.issuers, i ? " " : "");
+        strcat(rec.issuers, c->issuer_domain_names[i]);
+    }
+    rec.value = (char *) acct;
+    rec.ident = job->dns_ident;
+    rec.cert = job->name;
+    rec.type = job->dns_type;
+    job->dns_task = acme_dns_task_start(job->loop, job->dns != NULL ? job->dns : &system_resolver, 1, &rec, 1,
+                                        persist_done, job, err);
+    if (job->dns_task == NULL) {
+        goto done;
+    }
+    acme_issue_job_set_state(job, J_DNS, "checking the dns-persist-01 record of %s", job->dns_ident);
+    rc = 0;
+done:
+    free(rec.issuers);
+    free(rec.name);
+    return rc;
+}

@@ -166,6 +166,8 @@ int acme_issue_dns_load(acme_issue_t *job, acme_err_t *err);
 int acme_issue_dns_publish(acme_issue_t *job, const char *type, const char *domain, int wildcard,
     const char *key_authz, acme_err_t *err);
 int acme_issue_dns_cleanup(acme_issue_t *job, const acme_err_t *err);
+/* dns-persist-01: checks (off the loop) that the admin's record authorizes the account, then posts c. */
+int acme_issue_dns_persist(acme_issue_t *job, const acme_authz_t *a, const acme_challenge_t *c, acme_err_t *err);
 void acme_issue_dns_free(acme_issue_t *job);
 
 /* acme_finalize.c */
