@@ -109,8 +109,10 @@ usage(FILE *f)
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
-"  dns-persist-record [--wildcard] [--until UNIXTIME] [--issuer-domain-name NAME] NAME...\n"
-"        print the dns-persist-01 TXT record(s) to create once for this account and CA\n"
+"  dns-persist-record [--wildcard] [--until UNIXTIME] [--issuer-domain-name NAME]\n"
+"        [--publish --tsig-key FILE|--dns-hook PROGRAM [--dns-...]] NAME...\n"
+"        print the dns-persist-01 TXT record(s) to create once for this account and CA (--publish: and\n"
+"        publish them once)\n"
 "  list\n"
 "  status --json\n"
 "  revoke [--reason N] [--with-cert-key] NAME\n"
@@ -1415,13 +1417,25 @@ cmd_dns_persist_record(ctl_t *ctl, int argc, char **argv)
         { "wildcard", no_argument, NULL, 'w' },
         { "until", required_argument, NULL, 'u' },
         { "issuer-domain-name", required_argument, NULL, 'i' },
+        { "publish", no_argument, NULL, 'P' },
+        { "tsig-key", required_argument, NULL, 'K' },
+        { "dns-server", required_argument, NULL, 'D' },
+        { "dns-resolver", required_argument, NULL, 'R' },
+        { "dns-propagation-timeout", required_argument, NULL, 'X' },
+        { "dns-hook", required_argument, NULL, 'j' },
+        { "dns-hook-timeout", required_argument, NULL, 'J' },
         { NULL, 0, NULL, 0 }
     };
-    const char  *issuer = NULL, *acct;
-    long long    until = 0;
-    int          c, wildcard = 0, i;
-    char        *end, *name, *value;
+    const char   *issuer = NULL, *acct;
+    long long     until = 0;
+    int           c, wildcard = 0, i, publish = 0, rc = 0;
+    char         *end, *name, *value, typebuf[40];
+    issue_opts_t  o;
+    const char   *types[ISSUE_TYPES_MAX];
+    size_t        ntypes;
+    acme_err_t    err;
 
+    memset(&o, 0, sizeof(o));
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c == 'w') {
@@ -1434,7 +1448,9 @@ cmd_dns_persist_record(ctl_t *ctl, int argc, char **argv)
             }
         } else if (c == 'i') {
             issuer = optarg;
-        } else {
+        } else if (c == 'P') {
+            publish = 1;
+        } else if (parse_issue_opt(c, &o) != 0) {
             usage(stderr);
             return 2;
         }
@@ -1443,7 +1459,24 @@ cmd_dns_persist_record(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl dns-persist-record: name at least one domain\n");
         return 2;
     }
+    if (publish) {
+        /* published once through an update method, as dns-01's records are (and left in place) */
+        o.challenge = "dns-01";
+        if (issue_types(&o, typebuf, sizeof(typebuf), types, &ntypes) != 0) {
+            return 2;
+        }
+        if (o.dns.method == ACME_DNS_ACMEDNS) {
+            fprintf(stderr, "acmectl: --publish: acme-dns can only publish at its own subdomain\n");
+            acme_dns_config_free(&o.dns);
+            return 2;
+        }
+    } else if (o.tsig_key || o.dns_hook || o.dns_server || o.dns_timeout || o.dns_hook_timeout) {
+        fprintf(stderr, "acmectl dns-persist-record: --tsig-key, --dns-hook and the --dns-... options go with "
+                "--publish\n");
+        return 2;
+    }
     if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0 || ctl_ready(ctl) != 0) {
+        acme_dns_config_free(&o.dns);
         return 1;
     }
     if (issuer == NULL) {
@@ -1452,6 +1485,7 @@ cmd_dns_persist_record(ctl_t *ctl, int argc, char **argv)
     if (issuer == NULL) {
         fprintf(stderr, "acmectl: the CA %s names no caaIdentities in its directory: give its "
                 "issuer-domain-name with --issuer-domain-name\n", acme_client_directory_url(ctl->client));
+        acme_dns_config_free(&o.dns);
         return 1;
     }
     acct = acme_client_account_url(ctl->client);
@@ -1467,10 +1501,30 @@ cmd_dns_persist_record(ctl_t *ctl, int argc, char **argv)
             return 1;
         }
         printf("%s. IN TXT \"%s\"\n", name, value);
+        fflush(stdout);
+        if (publish) {
+            acme_dns_record_t rec = { .name = name, .value = value, .ident = argv[i], .type = "dns-persist-01" };
+            char             *out = NULL, *line, *save = NULL;
+
+            /* blocking is fine here: acmectl has nothing else to do */
+            if (acme_dns_publish_record(&o.dns, &rec, 1, NULL, &out, &err) != 0) {
+                fprintf(stderr, "acmectl: publishing %s (%s): %s\n", name, acme_dns_method_name(o.dns.method),
+                        err.msg);
+                rc = 1;
+            } else {
+                fprintf(stderr, "acmectl: published %s (%s); it stays until you remove it\n", name,
+                        acme_dns_method_name(o.dns.method));
+            }
+            for (line = out ? strtok_r(out, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+                fprintf(stderr, "acmectl: DNS %s\n", line);
+            }
+            free(out);
+        }
         free(name);
         free(value);
     }
-    return 0;
+    acme_dns_config_free(&o.dns);
+    return rc;
 }
 
 static int

@@ -99,3 +99,23 @@ def test_dns_persist_until_warns(acmectl_bin, tmp_path, pebble_next_factory, kno
     assert re.search(f"acme: dns-persist-01 record _validation-persist.until.example.test for until.example.test: "
                      f"its persistUntil={soon} passes in [45] day\\(s\\); renew the record before then", p.stderr), \
         p.stderr
+
+
+def test_dns_persist_record_published_once(acmectl_bin, tmp_path, pebble_next_factory, knot):
+    # --publish: the record goes in through an RFC 2136 update (and stays), then issuance finds it
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    keyfile = knot.key_file("acme-key-sha256", tmp_path / "tsig.key")
+    r = ctl(acmectl_bin, tmp_path, pb, "dns-persist-record", "--publish", "--tsig-key", str(keyfile),
+            "--dns-resolver", knot.address, "--dns-propagation-timeout", "20", "*.pub.example.test")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "acmectl: published _validation-persist.pub.example.test (rfc2136); it stays until you remove it" \
+        in r.stderr, r.stderr
+    value = r.stdout.strip().split(" ", 3)[3].strip('"')
+    assert value.endswith("; policy=wildcard")
+    assert knot.txt("_validation-persist.pub.example.test") == [value]
+    p = issue(acmectl_bin, tmp_path, pb, knot, "*.pub.example.test", "pub.example.test")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert knot.txt("_validation-persist.pub.example.test") == [value]
+    # the update options go with --publish only
+    r = ctl(acmectl_bin, tmp_path, pb, "dns-persist-record", "--tsig-key", str(keyfile), "x.example.test")
+    assert r.returncode == 2 and "go with --publish" in r.stderr, r.stderr
