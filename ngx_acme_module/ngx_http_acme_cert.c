@@ -244,8 +244,9 @@ ngx_http_acme_array_shift(ngx_array_t *a)
 ngx_int_t
 ngx_http_acme_ssl_init(ngx_conf_t *cf)
 {
-    ngx_uint_t                   s;
+    ngx_uint_t                   s, i;
     ngx_http_ssl_srv_conf_t     *sscf;
+    ngx_http_server_name_t      *sn, *osn;
     ngx_http_acme_srv_conf_t    *ascf;
     ngx_http_core_srv_conf_t   **cscfp;
     ngx_http_core_main_conf_t   *cmcf;
@@ -257,6 +258,31 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
 
         sscf = cscfp[s]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
         ascf = cscfp[s]->ctx->srv_conf[ngx_http_acme_module.ctx_index];
+
+        if (ascf->od) {
+            ascf->od_names = ngx_array_create(cf->pool,
+                                       cscfp[s]->server_names.nelts + 1,
+                                       sizeof(ngx_http_server_name_t));
+            if (ascf->od_names == NULL) {
+                return NGX_ERROR;
+            }
+
+            sn = cscfp[s]->server_names.elts;
+
+            for (i = 0; i < cscfp[s]->server_names.nelts; i++) {
+                osn = ngx_array_push(ascf->od_names);
+                if (osn == NULL) {
+                    return NGX_ERROR;
+                }
+
+                *osn = sn[i];
+
+                osn->name.data = ngx_pstrdup(cf->pool, &sn[i].name);
+                if (osn->name.data == NULL) {
+                    return NGX_ERROR;
+                }
+            }
+        }
 
         if (sscf->ssl.ctx == NULL) {
             continue;

@@ -134,6 +134,8 @@ typedef struct {
 typedef struct {
     ngx_array_t                *certs;           /* ngx_http_acme_cert_t * */
     ngx_http_acme_cert_t       *od;              /* on_demand template */
+    ngx_array_t                *od_names;        /* ngx_http_server_name_t,
+                                                    kept past configuration */
 
     ngx_str_t                   fallback_cert;   /* "data:" PEM */
     ngx_str_t                   fallback_key;

@@ -65,7 +65,6 @@ static void ngx_http_acme_od_poll(ngx_event_t *ev);
 
 static ngx_event_handler_pt   ngx_http_acme_od_ssl_handler;
 static ngx_http_acme_zone_t  *ngx_http_acme_od_zone;
-static time_t                 ngx_http_acme_od_logged[NGX_HTTP_ACME_OD_W_N];
 static u_char                 ngx_http_acme_od_buf[ACME_CLIENTHELLO_MAX];
 
 
@@ -101,22 +100,30 @@ static void
 ngx_http_acme_od_count(ngx_uint_t what, ngx_log_t *log, const char *name,
     const char *why)
 {
-    time_t  now;
+    time_t               now;
+    ngx_atomic_uint_t    last;
+    ngx_http_acme_sh_t  *sh;
 
-    (void) ngx_atomic_fetch_add(&ngx_http_acme_od_zone->sh->od_count[what],
-                                1);
+    sh = ngx_http_acme_od_zone->sh;
+
+    (void) ngx_atomic_fetch_add(&sh->od_count[what], 1);
 
     if (why == NULL) {
         return;
     }
 
-    now = ngx_time();
+    /* one line per cause and minute among all workers */
 
-    if (now - ngx_http_acme_od_logged[what] < NGX_HTTP_ACME_OD_LOG_EVERY) {
+    now = ngx_time();
+    last = sh->od_logged[what];
+
+    if (last && now - (time_t) last < NGX_HTTP_ACME_OD_LOG_EVERY) {
         return;
     }
 
-    ngx_http_acme_od_logged[what] = now;
+    if (!ngx_atomic_cmp_set(&sh->od_logged[what], last, now)) {
+        return;
+    }
 
     ngx_log_error(NGX_LOG_WARN, log, 0,
                   "acme: on-demand certificate for \"%s\" refused: %s "
@@ -222,6 +229,78 @@ ngx_http_acme_od_cleanup(void *data)
 }
 
 
+/*
+ * one of the server's names: exact, "*.suffix", ".suffix", "prefix.*",
+ * regex; from the copy made at configuration (server_names itself lives in
+ * the configuration's temporary pool)
+ */
+
+static ngx_uint_t
+ngx_http_acme_od_listed(ngx_http_core_srv_conf_t *cscf, u_char *name,
+    size_t len)
+{
+    ngx_http_acme_srv_conf_t  *ascf;
+
+    size_t                   n;
+    u_char                  *p;
+    ngx_uint_t               k;
+    ngx_http_server_name_t  *sn;
+#if (NGX_PCRE)
+    ngx_str_t                host;
+
+    host.data = name;
+    host.len = len;
+#endif
+
+    ascf = cscf->ctx->srv_conf[ngx_http_acme_module.ctx_index];
+
+    if (ascf->od_names == NULL) {
+        return 0;
+    }
+
+    sn = ascf->od_names->elts;
+
+    for (k = 0; k < ascf->od_names->nelts; k++) {
+#if (NGX_PCRE)
+        if (sn[k].regex) {
+            if (ngx_regex_exec(sn[k].regex->regex, &host, NULL, 0) >= 0) {
+                return 1;
+            }
+
+            continue;
+        }
+#endif
+        p = sn[k].name.data;
+        n = sn[k].name.len;
+
+        if (n == len && ngx_strncasecmp(p, name, len) == 0) {
+            return 1;
+        }
+
+        if (n > 2 && p[0] == '*' && p[1] == '.' && len > n - 1
+            && ngx_strncasecmp(p + 1, name + len - (n - 1), n - 1) == 0)
+        {
+            return 1;
+        }
+
+        if (n > 1 && p[0] == '.'
+            && ((len == n - 1 && ngx_strncasecmp(p + 1, name, len) == 0)
+                || (len > n && ngx_strncasecmp(p, name + len - n, n) == 0)))
+        {
+            return 1;
+        }
+
+        if (n > 2 && p[n - 1] == '*' && p[n - 2] == '.' && len > n - 1
+            && ngx_strncasecmp(p, name, n - 1) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 /* the server the name selects, as nginx's SNI callback finds it */
 
 static ngx_http_core_srv_conf_t *
@@ -268,30 +347,13 @@ ngx_http_acme_od_server(ngx_http_connection_t *hc, u_char *name, size_t len,
 #endif
     }
 
-    /* the default server: listed when one of its names is exactly this */
+    /*
+     * the default server; alone on its address it has no virtual names
+     * (nginx never compares names then), so its own are matched here
+     */
 
     cscf = hc->addr_conf->default_server;
-
-    {
-        ngx_uint_t               k;
-        ngx_http_server_name_t  *sn;
-
-        sn = cscf->server_names.elts;
-
-        for (k = 0; k < cscf->server_names.nelts; k++) {
-#if (NGX_PCRE)
-            if (sn[k].regex) {
-                continue;
-            }
-#endif
-            if (sn[k].name.len == len
-                && ngx_strncasecmp(sn[k].name.data, name, len) == 0)
-            {
-                *listed = 1;
-                break;
-            }
-        }
-    }
+    *listed = ngx_http_acme_od_listed(cscf, name, len);
 
     return cscf;
 }

@@ -82,6 +82,7 @@ typedef struct {
 
     ngx_atomic_t                od_waiting;      /* connections held now */
     ngx_atomic_t                od_count[NGX_HTTP_ACME_OD_W_N];
+    ngx_atomic_t                od_logged[NGX_HTTP_ACME_OD_W_N];
     ngx_uint_t                  nod;
     u_char                      od[NGX_HTTP_ACME_OD_QUEUE]
                                   [NGX_HTTP_ACME_OD_NAME_LEN];

@@ -1,0 +1,305 @@
+"""On-demand TLS in nginx against Pebble: the first handshake for a new allowed name waits (before TLS, in
+the worker, without blocking it) for a certificate ordered by the cache manager, and completes with it; names
+refused by server_name, the ask endpoint or a limit get the fallback at once, with no order."""
+
+import http.server
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+
+from harness import free_port, wait_for
+from nginx_harness import cert_text, http_get, issuer_block, nginx_factory, tls_cert  # noqa: F401
+
+MANAGED = "a.example.org"
+OD_SUFFIX = ".od.example.org"
+
+
+class AskServer:
+    """Caddy's ask contract: GET /check?domain=NAME, 2xx allows. Names starting with "ok" are allowed,
+    "slow" ones answer after `slow` seconds (allowed), the rest get 403. Records every name asked."""
+
+    def __init__(self, slow=3.0):
+        self.asked = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                m = re.match(r"^/check\?domain=([a-z0-9.-]+)$", self.path)
+                name = m.group(1) if m else ""
+                outer.asked.append(name)
+                if name.startswith("slow"):
+                    time.sleep(slow)
+                code = 200 if name.startswith(("ok", "slow")) else 403
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/check"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def od_conf(pebble, tmp_path, https, od="", managed=True):
+    conf = issuer_block("pebble", pebble, tmp_path / "state") + f"""
+    acme_on_demand {od};
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        location / {{ return 200 "plain\\n"; }}
+        location = /acme {{ acme_status; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name ~^[a-z0-9-]+\\.od\\.example\\.org$ exact.example.net;
+        acme_certificate pebble on_demand;
+        location / {{ return 200 "on-demand\\n"; }}
+    }}
+"""
+    if managed:
+        conf += f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {MANAGED};
+        acme_certificate pebble;
+        location / {{ return 200 "managed\\n"; }}
+    }}
+"""
+    return conf
+
+
+def leaf_names(der):
+    return sorted(re.findall(r"DNS:([^,\s]+)", cert_text(der)))
+
+
+def pebble_leaf(port, name, roots, timeout=40):
+    """A verified handshake: (leaf DER, seconds taken)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=roots)
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            return t.getpeercert(binary_form=True), time.monotonic() - t0
+
+
+def fallback_quick(port, name, bound=3.0):
+    """A handshake that must end quickly with a certificate Pebble did not issue (the fallback)."""
+    t0 = time.monotonic()
+    der = tls_cert(port, name, timeout=10)
+    took = time.monotonic() - t0
+    assert took < bound, f"{name}: the fallback took {took:.1f} s"
+    text = cert_text(der)
+    assert "Pebble" not in text, f"{name}: got a Pebble certificate"
+    return der
+
+
+def full_status(pebble):
+    code, body = http_get(pebble.http_port, "status.local", "/acme")
+    assert code == 200, body
+    return json.loads(body)
+
+
+def status(pebble):
+    return full_status(pebble)["on_demand"]
+
+
+def wait_status(pebble, pred, what, full=False):
+    """The status document once pred(document) holds (the cache manager rebuilds it within a tick)."""
+    return wait_for(lambda: (lambda st: st if pred(st) else None)(
+        full_status(pebble) if full else status(pebble)), 5, interval=0.1, what=what)
+
+
+def test_concurrent_first_handshakes_one_order_per_name(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    ng = nginx_factory(od_conf(pebble, tmp_path, https), wait_port=https, workers=1)
+    roots = pebble.roots(0)
+    wait_for(lambda: _try(lambda: pebble_leaf(https, MANAGED, roots, timeout=5)), 40, interval=0.2,
+             what="the managed certificate")
+    base = pebble.order_count()
+
+    names = [f"site{i}{OD_SUFFIX}" for i in range(10)]
+    results, errors = {}, []
+
+    def one(k):
+        name = names[k % 10]
+        try:
+            der, took = pebble_leaf(https, name, roots, timeout=60)
+            results[k] = (name, leaf_names(der), took)
+        except Exception as e:      # noqa: BLE001 (reported below)
+            errors.append(f"{name}: {e!r}")
+
+    # the managed name keeps being served by the same (only) worker meanwhile
+    lat, stop = [], threading.Event()
+
+    def managed():
+        while not stop.is_set():
+            _, took = pebble_leaf(https, MANAGED, roots, timeout=10)
+            lat.append(took)
+            time.sleep(0.05)
+
+    mt = threading.Thread(target=managed)
+    mt.start()
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    stop.set()
+    mt.join(20)
+
+    assert not errors, errors
+    assert len(results) == 50
+    for name, sans, _ in results.values():
+        assert sans == [name], (name, sans)
+    assert pebble.order_count() - base == 10
+    assert lat and max(lat) < 2.0, f"managed handshakes took up to {max(lat):.2f} s"
+
+    st = wait_status(pebble, lambda st: st["certificates"] == 10, "10 on-demand certificates")
+    assert st["allowed"] == 10
+    assert st["waiting"] == 0 and st["waited"] >= 10
+
+    # later handshakes are served at once, with no order
+    for name in names:
+        der, took = pebble_leaf(https, name, roots)
+        assert leaf_names(der) == [name] and took < 2.0
+    assert pebble.order_count() - base == 10
+    assert ng.proc.alive()
+
+
+def _try(f):
+    try:
+        return f()
+    except Exception:               # noqa: BLE001
+        return None
+
+
+def test_refusals_cost_no_order(pebble, nginx_factory, tmp_path):
+    ask = AskServer(slow=4.0)
+    try:
+        https = free_port()
+        ng = nginx_factory(od_conf(pebble, tmp_path, https,
+                                   od=f"ask={ask.url} ask_timeout=1s max=2 rate=100 "
+                                      "refuse_time=1h waiting=2",
+                                   managed=False), wait_port=https)
+        roots = pebble.roots(0)
+        base = pebble.order_count()
+
+        # not one of the server's names: no ask, no order
+        fallback_quick(https, "stranger.example.com")
+        fallback_quick(https, "another.example.com")
+
+        # refused by the ask endpoint: asked once per name, the refusal cached
+        for _ in range(3):
+            fallback_quick(https, "no1" + OD_SUFFIX)
+        fallback_quick(https, "no2" + OD_SUFFIX)
+        assert ask.asked.count("no1" + OD_SUFFIX) == 1
+        assert ask.asked.count("no2" + OD_SUFFIX) == 1
+
+        # the ask endpoint too slow (ask_timeout=1s): refused, said so
+        fallback_quick(https, "slow1" + OD_SUFFIX, bound=4.0)
+
+        # over the waiting cap (waiting=2): two slow names wait, the others fall back at once
+        # (the ask for "slow" names takes 4 s, longer than ask_timeout: these wait ~1 s)
+        held = []
+        for i in range(2):
+            th = threading.Thread(target=lambda i=i: held.append(
+                _try(lambda: tls_cert(https, f"slow{i + 2}{OD_SUFFIX}", timeout=10))))
+            th.start()
+            held.append(th)
+        time.sleep(0.5)
+        fallback_quick(https, "slow9" + OD_SUFFIX, bound=1.0)
+        for th in [h for h in held if isinstance(h, threading.Thread)]:
+            th.join(15)
+
+        # allowed, up to max=2; the third is refused for the count
+        for n in ("ok1", "ok2"):
+            der, _ = pebble_leaf(https, n + OD_SUFFIX, roots)
+            assert leaf_names(der) == [n + OD_SUFFIX]
+        fallback_quick(https, "ok3" + OD_SUFFIX)
+        assert pebble.order_count() - base == 2
+
+        st = wait_status(pebble, lambda st: st["refused"]["max_count"] == 1, "max_count counted")
+        ref = st["refused"]
+        assert ref["not_server_name"] == 2
+        assert ref["ask_refused"] == 2
+        assert ref["ask_failed"] >= 1
+        assert ref["waiting_cap"] >= 1
+        assert ref["max_count"] == 1
+        assert st["refused_from_cache"] >= 2
+        assert st["limits"]["max"] == 2 and st["limits"]["waiting"] == 2 and st["limits"]["ask"] is True
+        assert ask.url not in str(st)
+
+        # one log line per cause, however many names and connections
+        log = ng.log_text()
+        assert len(re.findall(r"refused: not one of the server's server_name", log)) == 1
+        assert len(re.findall(r"refused \(ask_refused\)", log)) == 1
+        assert len(re.findall(r"refused \(max_count\)", log)) == 1
+        assert len(re.findall(r"refused \(ask_failed\)", log)) == 1
+    finally:
+        ask.close()
+
+
+def test_rate_limit_and_ask_down(pebble, nginx_factory, tmp_path):
+    dead = free_port()       # nothing listens: the ask endpoint is down
+    https = free_port()
+    ng = nginx_factory(od_conf(pebble, tmp_path, https, od=f"ask=http://127.0.0.1:{dead}/check",
+                               managed=False), wait_port=https)
+    base = pebble.order_count()
+    fallback_quick(https, "down" + OD_SUFFIX)
+    wait_status(pebble, lambda st: st["refused"]["ask_failed"] == 1, "ask_failed counted")
+    assert "refused (ask_failed)" in ng.log_text()
+    assert pebble.order_count() == base
+    ng.stop()       # Pebble's HTTP-01 port is the next one's
+
+    https2 = free_port()
+    ng2 = nginx_factory(od_conf(pebble, tmp_path / "r", https2, od="rate=1", managed=False),
+                        name="nginx-rate", wait_port=https2)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, _ = pebble_leaf(https2, "first" + OD_SUFFIX, roots)
+    assert leaf_names(der) == ["first" + OD_SUFFIX]
+    fallback_quick(https2, "second" + OD_SUFFIX)
+    assert pebble.order_count() - base == 1
+    wait_status(pebble, lambda st: st["refused"]["rate_limited"] == 1, "rate_limited counted")
+    assert len(re.findall(r"refused \(rate_limited\)", ng2.log_text())) == 1
+
+
+def test_restart_serves_stored_and_unseen_not_renewed(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    conf = od_conf(pebble, tmp_path, https, od="unseen=6s", managed=False)
+    ng = nginx_factory(conf, wait_port=https)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, _ = pebble_leaf(https, "kept" + OD_SUFFIX, roots)
+    serial = cert_text(der)
+    assert pebble.order_count() - base == 1
+
+    # restart: served at once from the store, no order
+    ng.stop()
+    ng.start(wait_port=https)
+    der, took = pebble_leaf(https, "kept" + OD_SUFFIX, roots)
+    assert cert_text(der) == serial and took < 3.0
+    assert pebble.order_count() - base == 1
+
+    # unseen for longer than unseen=: no longer managed (never renewed), said so
+    ng.wait_log(r"on-demand certificate for \"kept\.od\.example\.org\": not seen for", timeout=20)
+    wait_status(pebble, lambda st: st["on_demand"]["certificates"] == 0
+                and not [c for c in st["certificates"] if "kept" + OD_SUFFIX in c["identifiers"]],
+                "the unseen name no longer managed", full=True)
+
+    # and a restart does not take it up again
+    ng.stop()
+    ng.start(wait_port=https)
+    time.sleep(1.5)
+    st = full_status(pebble)
+    assert not st["certificates"]
+    assert pebble.order_count() - base == 1
