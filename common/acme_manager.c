@@ -72,6 +72,7 @@ struct acme_manager_s {
 static void cert_schedule(mcert_t *c);
 static void cert_due(void *arg);
 static void cert_reload(mcert_t *c, int notify);
+static time_t cert_renewal(mcert_t *c, time_t now, acme_renew_reason_t *reason);
 
 static char **
 strv_dup(const char *const *v, size_t n)
@@ -788,6 +789,11 @@ acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_in
     info->failures = c->meta.failures;
     info->issuing = c->job != NULL;
     info->last_error = c->meta.last_error;
+    {
+        acme_renew_reason_t reason;
+
+        info->renew_at = cert_renewal(c, time(NULL), &reason);
+    }
     return 0;
 }
 

@@ -71,6 +71,7 @@ typedef struct {
     time_t       not_after;             /* 0: none issued */
     unsigned     failures;              /* since the last success */
     int          issuing;
+    time_t       renew_at;              /* the next renewal (ARI re-checks aside) */
     const char  *last_error;
 } acme_manager_cert_info_t;
 int acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_info_t *info);

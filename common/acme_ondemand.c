@@ -15,6 +15,7 @@ struct ask_s {
     char                  *name;
     acme_ondemand_done_pt  done;
     void                  *arg;
+    int                    order;       /* decide: the rate applies; 0: a re-check */
     ask_t                 *next;
 };
 
@@ -211,48 +212,30 @@ ask_done(const acme_http_resp_t *resp, void *arg)
     } else if (resp->status < 200 || resp->status > 299) {
         v = ACME_OD_ASK_REFUSED;
         snprintf(detail, sizeof(detail), "the ask endpoint answered %ld", resp->status);
-    } else if (!rate_ok(od, time(NULL))) {
+    } else if (a->order && !rate_ok(od, time(NULL))) {
         /* others were allowed while this one was asked */
         v = ACME_OD_RATE_LIMITED;
         snprintf(detail, sizeof(detail), "more than %u new on-demand orders in a minute",
                  od->conf.rate_per_min);
     } else {
         v = ACME_OD_ALLOWED;
-        rate_take(od, time(NULL));
+        if (a->order) {
+            rate_take(od, time(NULL));
+        }
         snprintf(detail, sizeof(detail), "the ask endpoint answered %ld", resp->status);
     }
     a->done(a->arg, a->name, v, detail);
     ask_free(a);
 }
 
-int
-acme_ondemand_decide(acme_ondemand_t *od, const char *name, size_t ncerts, acme_ondemand_done_pt done,
-    void *arg, acme_od_verdict_t *v)
+static int
+ask_start(acme_ondemand_t *od, const char *name, int order, acme_ondemand_done_pt done, void *arg)
 {
-    char              buf[256], *url;
-    size_t            len;
-    time_t            now = time(NULL);
-    ask_t            *a;
-    acme_err_t        err;
-    acme_http_conf_t  hc;
-
-    if (acme_ondemand_name(name, strlen(name), buf, sizeof(buf)) == 0 || strcmp(buf, name) != 0) {
-        *v = ACME_OD_INVALID_NAME;
-        return 0;
-    }
-    if (ncerts >= od->conf.max_certs) {
-        *v = ACME_OD_MAX_COUNT;
-        return 0;
-    }
-    if (!rate_ok(od, now)) {
-        *v = ACME_OD_RATE_LIMITED;
-        return 0;
-    }
-    if (od->ask_url == NULL) {
-        rate_take(od, now);
-        *v = ACME_OD_ALLOWED;
-        return 0;
-    }
+    char              *url;
+    size_t             len;
+    ask_t             *a;
+    acme_err_t         err;
+    acme_http_conf_t   hc;
 
     a = calloc(1, sizeof(*a));
     len = strlen(od->ask_url) + sizeof("?domain=") + strlen(name);
@@ -260,8 +243,7 @@ acme_ondemand_decide(acme_ondemand_t *od, const char *name, size_t ncerts, acme_
     if (a == NULL || url == NULL) {
         free(a);
         free(url);
-        *v = ACME_OD_ASK_FAILED;
-        return 0;
+        return -1;
     }
     /* the name is LDH and dots: nothing to escape */
     snprintf(url, len, "%s%sdomain=%s", od->ask_url, strchr(od->ask_url, '?') ? "&" : "?", name);
@@ -281,19 +263,58 @@ acme_ondemand_decide(acme_ondemand_t *od, const char *name, size_t ncerts, acme_
     if (a->name == NULL) {
         free(url);
         ask_free(a);
-        *v = ACME_OD_ASK_FAILED;
-        return 0;
+        return -1;
     }
     a->req = acme_http_send(od->loop, &hc, "GET", url, NULL, NULL, ask_done, a, &err);
     free(url);
     if (a->req == NULL) {
         acme_log(od->loop, ACME_LOG_WARN, "acme: on-demand \"%s\": cannot ask: %s", name, err.msg);
         ask_free(a);
-        *v = ACME_OD_ASK_FAILED;
-        return 0;
+        return -1;
     }
+    a->order = order;
     a->next = od->asks;
     od->asks = a;
     od->nasks++;
+    return 0;
+}
+
+int
+acme_ondemand_decide(acme_ondemand_t *od, const char *name, size_t ncerts, acme_ondemand_done_pt done,
+    void *arg, acme_od_verdict_t *v)
+{
+    char              buf[256];
+    time_t            now = time(NULL);
+
+    if (acme_ondemand_name(name, strlen(name), buf, sizeof(buf)) == 0 || strcmp(buf, name) != 0) {
+        *v = ACME_OD_INVALID_NAME;
+        return 0;
+    }
+    if (ncerts >= od->conf.max_certs) {
+        *v = ACME_OD_MAX_COUNT;
+        return 0;
+    }
+    if (!rate_ok(od, now)) {
+        *v = ACME_OD_RATE_LIMITED;
+        return 0;
+    }
+    if (od->ask_url == NULL) {
+        rate_take(od, now);
+        *v = ACME_OD_ALLOWED;
+        return 0;
+    }
+    if (ask_start(od, name, 1, done, arg) != 0) {
+        *v = ACME_OD_ASK_FAILED;
+        return 0;
+    }
     return 1;
+}
+
+int
+acme_ondemand_ask(acme_ondemand_t *od, const char *name, acme_ondemand_done_pt done, void *arg)
+{
+    if (od->ask_url == NULL) {
+        return -1;
+    }
+    return ask_start(od, name, 0, done, arg);
 }

@@ -66,6 +66,12 @@ void acme_ondemand_free(acme_ondemand_t *od);    /* cancels asks under way: thei
 int acme_ondemand_decide(acme_ondemand_t *od, const char *name, size_t ncerts, acme_ondemand_done_pt done,
     void *arg, acme_od_verdict_t *v);
 
+/*
+ * Asks the ask endpoint again about a name that has a certificate (before a renewal, after a restart):
+ * 0 asked (done follows: allowed, ask_refused or ask_failed; no limit applies), -1 no ask URL or error.
+ */
+int acme_ondemand_ask(acme_ondemand_t *od, const char *name, acme_ondemand_done_pt done, void *arg);
+
 /* Asks under way (the host limits them with its waiting cap). */
 size_t acme_ondemand_asking(acme_ondemand_t *od);
 

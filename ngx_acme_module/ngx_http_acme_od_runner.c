@@ -27,6 +27,7 @@
 #define NGX_HTTP_ACME_OD_LOG_EVERY   60      /* s: one line per cause */
 #define NGX_HTTP_ACME_OD_RATE_WAIT   60      /* s: a rate-limited name */
 #define NGX_HTTP_ACME_OD_SEEN_SAVE   3600    /* s: seen kept this coarsely */
+#define NGX_HTTP_ACME_OD_RECHECK     86400   /* s: asked again before renewal */
 
 
 typedef struct {
@@ -35,8 +36,11 @@ typedef struct {
     ngx_uint_t                   tmpl;            /* in amcf->od_certs */
     time_t                       seen;
     time_t                       saved_seen;
+    time_t                       checked_for;     /* not_after re-checked */
     unsigned                     asking:1;
     unsigned                     ready:1;
+    unsigned                     rechecking:1;
+    unsigned                     recheck:1;       /* after a restart */
 } ngx_http_acme_od_name_t;
 
 
@@ -267,7 +271,26 @@ ngx_http_acme_od_asked(void *arg, const char *name, acme_od_verdict_t v,
     ngx_http_acme_od_name_t  *n;
 
     n = ngx_http_acme_od_find(rn->od, name);
-    if (n == NULL || !n->asking) {
+    if (n == NULL) {
+        return;
+    }
+
+    if (n->rechecking) {
+        /* a name with a certificate: only a refusal stops its renewal */
+        n->rechecking = 0;
+
+        if (v == ACME_OD_ASK_REFUSED) {
+            ngx_http_acme_od_refuse(rn, name, v, detail);
+            ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                          "acme: on-demand certificate for \"%s\": no "
+                          "longer allowed, not renewed", name);
+            ngx_http_acme_od_forget(rn, n);
+        }
+
+        return;
+    }
+
+    if (!n->asking) {
         return;
     }
 
@@ -465,6 +488,7 @@ ngx_http_acme_od_load(ngx_http_acme_runner_t *rn)
 
             n->seen = seen;
             n->saved_seen = seen;
+            n->recheck = 1;
 
             if (ngx_http_acme_od_manage(rn, n) != NGX_OK) {
                 ngx_http_acme_od_forget(rn, n);
@@ -509,6 +533,22 @@ ngx_http_acme_od_follow(ngx_http_acme_runner_t *rn, time_t now)
                                      0, n->store, n->seen);
             i++;
             continue;
+        }
+
+        if (n->ready && rn->amcf->od.ask && !n->rechecking
+            && (n->recheck
+                || (info.renew_at - now < NGX_HTTP_ACME_OD_RECHECK
+                    && n->checked_for != info.not_after)))
+        {
+            /* permission is asked again after a restart and before renewal */
+            n->recheck = 0;
+            n->checked_for = info.not_after;
+
+            if (acme_ondemand_ask(od->od, n->name, ngx_http_acme_od_asked, rn)
+                == 0)
+            {
+                n->rechecking = 1;
+            }
         }
 
         if (!n->ready && info.failures && !info.issuing) {

@@ -23,6 +23,7 @@ class AskServer:
 
     def __init__(self, slow=3.0):
         self.asked = []
+        self.deny = set()       # names refused from now on
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -32,7 +33,7 @@ class AskServer:
                 outer.asked.append(name)
                 if name.startswith("slow"):
                     time.sleep(slow)
-                code = 200 if name.startswith(("ok", "slow")) else 403
+                code = 200 if name.startswith(("ok", "slow")) and name not in outer.deny else 403
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -303,3 +304,31 @@ def test_restart_serves_stored_and_unseen_not_renewed(pebble, nginx_factory, tmp
     st = full_status(pebble)
     assert not st["certificates"]
     assert pebble.order_count() - base == 1
+
+
+def test_withdrawn_permission_stops_renewal(pebble, nginx_factory, tmp_path):
+    """The ask endpoint is asked again after a restart (and before each renewal): a refusal now drops the
+    name, which then gets the fallback, with no order."""
+    ask = AskServer()
+    try:
+        https = free_port()
+        ng = nginx_factory(od_conf(pebble, tmp_path, https, od=f"ask={ask.url}", managed=False),
+                           wait_port=https)
+        roots = pebble.roots(0)
+        base = pebble.order_count()
+        name = "ok1" + OD_SUFFIX
+        der, _ = pebble_leaf(https, name, roots)
+        assert leaf_names(der) == [name]
+        assert pebble.order_count() - base == 1
+
+        ask.deny.add(name)
+        ng.stop()
+        ng.start(wait_port=https)
+        ng.wait_log(r"on-demand certificate for \"ok1\.od\.example\.org\": no longer allowed, not renewed",
+                    timeout=15)
+        wait_status(pebble, lambda st: not st["certificates"], "the name no longer managed", full=True)
+        fallback_quick(https, name)
+        assert ask.asked.count(name) == 2
+        assert pebble.order_count() - base == 1
+    finally:
+        ask.close()
