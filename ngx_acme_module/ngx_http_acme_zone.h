@@ -13,7 +13,10 @@
  *     own: ngx_http_acme_status_snapshot.c);
  *   - per certificate: when a renewal was last forced ("f" entries) and
  *     until when the CA asked to wait ("w", written by the leader), so a
- *     status handler refuses a forced renewal at once.
+ *     status handler refuses a forced renewal at once;
+ *   - on-demand names ("o" entries: queued, busy, ready with the store name,
+ *     or refused until a time: the negative cache), the queue of names for
+ *     the cache manager, the connections held and the workers' counters.
  */
 
 
