@@ -589,6 +589,9 @@ ngx_http_acme_od_follow(ngx_http_acme_runner_t *rn, time_t now)
     }
 
     if (now >= od->check_at) {
+        /* the negative cache: expired refusals leave the zone */
+        (void) ngx_http_acme_zone_od_sweep(rn->zone, now, 1000);
+
         od->check_at = now + ngx_min(NGX_HTTP_ACME_OD_CHECK,
                                      ngx_max(rn->amcf->od.unseen / 4, 1));
     }

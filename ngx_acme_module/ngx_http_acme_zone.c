@@ -649,7 +649,17 @@ ngx_http_acme_zone_od_request(ngx_http_acme_zone_t *z, u_char *name,
     if (kv) {
         ngx_http_acme_zone_od_read(kv, e);
 
-        if (e->state != NGX_HTTP_ACME_OD_REFUSED || e->until > now) {
+        /*
+         * a refusal until it expires; a request the cache manager has not
+         * touched for a while (it died, or restarted with a fresh queue) is
+         * queued again: it republishes the names it knows
+         */
+
+        if ((e->state == NGX_HTTP_ACME_OD_REFUSED && e->until > now)
+            || e->state == NGX_HTTP_ACME_OD_READY
+            || (e->state != NGX_HTTP_ACME_OD_REFUSED
+                && now - (time_t) kv->num < NGX_HTTP_ACME_OD_STALE))
+        {
             ngx_shmtx_unlock(&z->shpool->mutex);
             return NGX_OK;
         }
@@ -753,6 +763,54 @@ ngx_http_acme_zone_od_take(ngx_http_acme_zone_t *z,
     n = z->sh->nod;
     ngx_memcpy(out, z->sh->od, n * NGX_HTTP_ACME_OD_NAME_LEN);
     z->sh->nod = 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
+ngx_uint_t
+ngx_http_acme_zone_od_sweep(ngx_http_acme_zone_t *z, time_t now,
+    ngx_uint_t max)
+{
+    ngx_uint_t                 n;
+    ngx_rbtree_node_t         *node, *next, *root, *sentinel;
+    ngx_http_acme_kv_t        *kv;
+    ngx_http_acme_od_entry_t   e;
+
+    n = 0;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    sentinel = z->sh->rbtree.sentinel;
+    root = z->sh->rbtree.root;
+
+    if (root != sentinel) {
+
+        for (node = ngx_rbtree_min(root, sentinel); node && n < max;
+             node = next)
+        {
+            /* the successor stays the successor across a deletion */
+            next = ngx_rbtree_next(&z->sh->rbtree, node);
+
+            kv = (ngx_http_acme_kv_t *) &node->color;
+
+            if (kv->kind != NGX_HTTP_ACME_KV_ONDEMAND) {
+                continue;
+            }
+
+            ngx_http_acme_zone_od_read(kv, &e);
+
+            if (e.state != NGX_HTTP_ACME_OD_REFUSED || e.until > now) {
+                continue;
+            }
+
+            ngx_rbtree_delete(&z->sh->rbtree, node);
+            ngx_slab_free_locked(z->shpool, node);
+            n++;
+        }
+    }
 
     ngx_shmtx_unlock(&z->shpool->mutex);
 

@@ -44,6 +44,7 @@
 /* on-demand requests from the workers to the runner */
 #define NGX_HTTP_ACME_OD_QUEUE     64
 #define NGX_HTTP_ACME_OD_NAME_LEN  256
+#define NGX_HTTP_ACME_OD_STALE     60    /* s: a request not taken up */
 
 /* an on-demand name's state, the value of its "o" entry */
 #define NGX_HTTP_ACME_OD_QUEUED    'q'   /* a worker asked */
@@ -162,6 +163,9 @@ ngx_int_t ngx_http_acme_zone_od_set(ngx_http_acme_zone_t *z, u_char *name,
 /* a worker saw a handshake for a ready name: seen = now, once a minute */
 void ngx_http_acme_zone_od_seen(ngx_http_acme_zone_t *z, u_char *name,
     size_t len, time_t now);
+/* the runner: deletes up to max expired refusals; returns how many */
+ngx_uint_t ngx_http_acme_zone_od_sweep(ngx_http_acme_zone_t *z, time_t now,
+    ngx_uint_t max);
 /* the runner: moves queued names into out; returns how many */
 ngx_uint_t ngx_http_acme_zone_od_take(ngx_http_acme_zone_t *z,
     u_char out[][NGX_HTTP_ACME_OD_NAME_LEN]);
