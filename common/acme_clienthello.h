@@ -19,4 +19,7 @@ typedef enum {
 
 acme_ch_result_t acme_clienthello_sni(const unsigned char *buf, size_t len, const char **sni, size_t *sni_len);
 
+/* 1 when a whole ClientHello in buf offers ALPN "acme-tls/1" (a TLS-ALPN-01 validation, RFC 8737). */
+int acme_clienthello_acme_alpn(const unsigned char *buf, size_t len);
+
 #endif

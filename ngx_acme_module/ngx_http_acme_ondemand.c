@@ -12,8 +12,9 @@
  * acme_clienthello_sni), finds the server the name selects as nginx will
  * (exact, wildcard and regex server_name), and:
  *
- *   - not an on-demand server, a known certificate, no name, not TLS: hands
- *     the connection to nginx at once;
+ *   - not an on-demand server, a known certificate, no name, not TLS, a
+ *     TLS-ALPN-01 validation (ALPN acme-tls/1): hands the connection to
+ *     nginx at once;
  *   - a name the server does not list, an IP address, an invalid name, a
  *     name refused a moment ago (the zone's negative cache): hands it over
  *     at once (the fallback certificate), or closes it (fail=close);
@@ -426,6 +427,12 @@ ngx_http_acme_od_read(ngx_event_t *rev)
 
     default: /* ACME_CH_SNI */
         break;
+    }
+
+    if (acme_clienthello_acme_alpn(ngx_http_acme_od_buf, n)) {
+        /* a TLS-ALPN-01 validation: answered in nginx's handshake */
+        ngx_http_acme_od_resume(c, NULL, 0);
+        return;
     }
 
     hc = c->data;

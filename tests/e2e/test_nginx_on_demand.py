@@ -332,3 +332,50 @@ def test_withdrawn_permission_stops_renewal(pebble, nginx_factory, tmp_path):
         assert pebble.order_count() - base == 1
     finally:
         ask.close()
+
+
+def test_tls_alpn01_first_handshake(pebble, nginx_factory, tmp_path):
+    """The CA's TLS-ALPN-01 handshake for a name being ordered is not held (it is what the order waits for)."""
+    conf = issuer_block("pebble", pebble, tmp_path / "state", challenge="tls-alpn-01") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.tls_port} ssl;
+        server_name .alpn.example.org;
+        acme_certificate pebble on_demand;
+    }}
+"""
+    nginx_factory(conf, wait_port=pebble.tls_port)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, took = pebble_leaf(pebble.tls_port, "new.alpn.example.org", roots)
+    assert leaf_names(der) == ["new.alpn.example.org"]
+    assert took < 20, f"the first handshake took {took:.1f} s"
+    assert pebble.order_count() - base == 1
+
+
+def test_config_errors_and_fail_close(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    for od, msg in (("rate=0", r'invalid parameter "rate=0" of "acme_on_demand"'),
+                    ("ask=ftp://x/", r'invalid "ask=ftp://x/": the ask endpoint must be an http:// or https:// URL'),
+                    ("fail=maybe", r'invalid parameter "fail=maybe" of "acme_on_demand"')):
+        ng = nginx_factory(od_conf(pebble, tmp_path, https, od=od, managed=False), name="bad", start=False)
+        ok, out = ng.test_config()
+        assert not ok and re.search(msg, out), out
+    conf = od_conf(pebble, tmp_path, https, managed=False).replace(
+        "acme_certificate pebble on_demand;", "acme_certificate pebble on_demand a.od.example.org;")
+    ng = nginx_factory(conf, name="bad2", start=False)
+    ok, out = ng.test_config()
+    assert not ok and "takes its names from handshakes" in out, out
+
+    # fail=close: a refused first handshake is closed, not given the fallback
+    ng = nginx_factory(od_conf(pebble, tmp_path, https, od="fail=close", managed=False), name="close",
+                       wait_port=https)
+    t0 = time.monotonic()
+    try:
+        tls_cert(https, "stranger.example.com", timeout=10)
+        raise AssertionError("the handshake completed")
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        assert not isinstance(e, socket.timeout), e
+    assert time.monotonic() - t0 < 3
+    # a listed name still gets its certificate
+    der, _ = pebble_leaf(https, "fine" + OD_SUFFIX, pebble.roots(0))
+    assert leaf_names(der) == ["fine" + OD_SUFFIX]

@@ -4,9 +4,9 @@
 #include "acme_clienthello.h"
 #include "acme_ondemand.h"
 
-/* A real ClientHello from OpenSSL, with sni (NULL: none). */
+/* A real ClientHello from OpenSSL, with sni (NULL: none) and ALPN protocols (wire format, NULL: none). */
 static size_t
-client_hello(const char *sni, unsigned char *out, size_t size)
+client_hello_alpn(const char *sni, const char *alpn, size_t alpn_len, unsigned char *out, size_t size)
 {
     SSL_CTX  *ctx;
     SSL      *ssl;
@@ -22,6 +22,9 @@ client_hello(const char *sni, unsigned char *out, size_t size)
     if (sni != NULL) {
         SSL_set_tlsext_host_name(ssl, sni);
     }
+    if (alpn != NULL) {
+        assert_int_equal(SSL_set_alpn_protos(ssl, (const unsigned char *) alpn, (unsigned) alpn_len), 0);
+    }
     SSL_set_connect_state(ssl);
     assert_int_equal(SSL_do_handshake(ssl), -1);
     n = BIO_read(wb, out, (int) size);
@@ -29,6 +32,28 @@ client_hello(const char *sni, unsigned char *out, size_t size)
     SSL_free(ssl);
     SSL_CTX_free(ctx);
     return (size_t) n;
+}
+
+static size_t
+client_hello(const char *sni, unsigned char *out, size_t size)
+{
+    return client_hello_alpn(sni, NULL, 0, out, size);
+}
+
+static void
+test_acme_alpn(void **state)
+{
+    unsigned char  buf[ACME_CLIENTHELLO_MAX];
+    size_t         n;
+
+    (void) state;
+    n = client_hello_alpn("a.example.com", "\x0a" "acme-tls/1", 11, buf, sizeof(buf));
+    assert_int_equal(acme_clienthello_acme_alpn(buf, n), 1);
+    n = client_hello_alpn("a.example.com", "\x02" "h2" "\x08" "http/1.1", 12, buf, sizeof(buf));
+    assert_int_equal(acme_clienthello_acme_alpn(buf, n), 0);
+    n = client_hello("a.example.com", buf, sizeof(buf));
+    assert_int_equal(acme_clienthello_acme_alpn(buf, n), 0);
+    assert_int_equal(acme_clienthello_acme_alpn(buf, n - 1), 0);
 }
 
 static void
@@ -89,6 +114,7 @@ test_not_tls(void **state)
         memcpy(copy, buf, n);
         copy[i] ^= 0xff;
         (void) acme_clienthello_sni(copy, n, &s, &sl);
+        (void) acme_clienthello_acme_alpn(copy, n);
         if (s != NULL) {
             assert_true((const unsigned char *) s >= copy && (const unsigned char *) s + sl <= copy + n);
         }
@@ -152,6 +178,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sni_found),
         cmocka_unit_test(test_sni_none),
+        cmocka_unit_test(test_acme_alpn),
         cmocka_unit_test(test_not_tls),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_limits),
