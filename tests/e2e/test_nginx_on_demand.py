@@ -379,3 +379,23 @@ def test_config_errors_and_fail_close(pebble, nginx_factory, tmp_path):
     # a listed name still gets its certificate
     der, _ = pebble_leaf(https, "fine" + OD_SUFFIX, pebble.roots(0))
     assert leaf_names(der) == ["fine" + OD_SUFFIX]
+
+
+def test_wait_time_out_gives_fallback(pebble, nginx_factory, tmp_path):
+    """A CA that never answers: the first handshake gets the fallback after wait=, logged and counted."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)       # accepts (the kernel does), never answers
+    try:
+        https = free_port()
+        conf = od_conf(pebble, tmp_path, https, od="wait=2s", managed=False).replace(
+            pebble.directory_url, f"http://127.0.0.1:{silent.getsockname()[1]}/dir")
+        # the silent CA is closed at the end: a failure then, by design
+        ng = nginx_factory(conf, wait_port=https, allowed=(r"cannot reach the CA",))
+        t0 = time.monotonic()
+        fallback_quick(https, "late" + OD_SUFFIX, bound=6.0)
+        assert time.monotonic() - t0 >= 1.5
+        wait_status(pebble, lambda st: st["refused"]["timeout"] == 1 and st["waiting"] == 0, "timeout counted")
+        assert "refused: no certificate within wait=" in ng.log_text()
+    finally:
+        silent.close()
