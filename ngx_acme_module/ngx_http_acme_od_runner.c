@@ -589,6 +589,8 @@ ngx_http_acme_od_follow(ngx_http_acme_runner_t *rn, time_t now)
     }
 
     if (now >= od->check_at) {
+        ngx_http_acme_zone_od_reclaim(rn->zone);
+
         /* the negative cache: expired refusals leave the zone */
         (void) ngx_http_acme_zone_od_sweep(rn->zone, now, 1000);
 

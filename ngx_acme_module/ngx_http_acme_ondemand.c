@@ -66,6 +66,7 @@ static void ngx_http_acme_od_poll(ngx_event_t *ev);
 
 static ngx_event_handler_pt   ngx_http_acme_od_ssl_handler;
 static ngx_http_acme_zone_t  *ngx_http_acme_od_zone;
+static ngx_atomic_t          *ngx_http_acme_od_mine;   /* our slot's held */
 static u_char                 ngx_http_acme_od_buf[ACME_CLIENTHELLO_MAX];
 
 
@@ -84,6 +85,8 @@ ngx_http_acme_od_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_acme_od_zone = amcf->shm_zone->data;
+    ngx_http_acme_od_mine = &ngx_http_acme_zone_od_slot(ngx_http_acme_od_zone,
+                                                        ngx_pid)->held;
 
     ls = cycle->listening.elts;
 
@@ -175,6 +178,14 @@ ngx_http_acme_od_init_connection(ngx_connection_t *c)
 }
 
 
+static void
+ngx_http_acme_od_unhold(void)
+{
+    (void) ngx_atomic_fetch_add(ngx_http_acme_od_mine, -1);
+    (void) ngx_atomic_fetch_add(&ngx_http_acme_od_zone->sh->od_waiting, -1);
+}
+
+
 /* nginx's handshake from here on */
 
 static void
@@ -187,8 +198,7 @@ ngx_http_acme_od_resume(ngx_connection_t *c, ngx_http_acme_od_ctx_t *ctx,
         }
 
         if (ctx->waiting) {
-            (void) ngx_atomic_fetch_add(
-                              &ngx_http_acme_od_zone->sh->od_waiting, -1);
+            ngx_http_acme_od_unhold();
             ctx->waiting = 0;
         }
 
@@ -221,8 +231,7 @@ ngx_http_acme_od_cleanup(void *data)
     }
 
     if (ctx->waiting) {
-        (void) ngx_atomic_fetch_add(&ngx_http_acme_od_zone->sh->od_waiting,
-                                    -1);
+        ngx_http_acme_od_unhold();
         ctx->waiting = 0;
     }
 
@@ -522,9 +531,10 @@ ngx_http_acme_od_read(ngx_event_t *rev)
     ctx = ngx_pcalloc(c->pool, sizeof(ngx_http_acme_od_ctx_t));
     cln = ngx_pool_cleanup_add(c->pool, 0);
 
+    (void) ngx_atomic_fetch_add(ngx_http_acme_od_mine, 1);
+
     if (ctx == NULL || cln == NULL) {
-        (void) ngx_atomic_fetch_add(&ngx_http_acme_od_zone->sh->od_waiting,
-                                    -1);
+        ngx_http_acme_od_unhold();
         ngx_http_close_connection(c);
         return;
     }
@@ -548,9 +558,7 @@ ngx_http_acme_od_read(ngx_event_t *rev)
     c->data = ctx;
     rev->handler = ngx_http_acme_od_held;
 
-    (void) ngx_atomic_fetch_add(
-                  &ngx_http_acme_od_zone->sh->od_count[NGX_HTTP_ACME_OD_W_WAITED],
-                  1);
+    ngx_http_acme_od_count(NGX_HTTP_ACME_OD_W_WAITED, c->log, name, NULL);
 
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
                   "acme: on-demand: handshake for \"%s\" waits for its "

@@ -816,3 +816,58 @@ ngx_http_acme_zone_od_sweep(ngx_http_acme_zone_t *z, time_t now,
 
     return n;
 }
+
+
+ngx_http_acme_od_slot_t *
+ngx_http_acme_zone_od_slot(ngx_http_acme_zone_t *z, ngx_pid_t pid)
+{
+    ngx_uint_t                i;
+    ngx_http_acme_od_slot_t  *sl;
+
+    sl = z->sh->od_slots;
+
+    for (i = 0; i < NGX_HTTP_ACME_OD_SLOTS - 1; i++) {
+        if ((ngx_pid_t) sl[i].pid == pid) {
+            return &sl[i];
+        }
+    }
+
+    for (i = 0; i < NGX_HTTP_ACME_OD_SLOTS - 1; i++) {
+        if (sl[i].pid == 0 && ngx_atomic_cmp_set(&sl[i].pid, 0, pid)) {
+            return &sl[i];
+        }
+    }
+
+    /* shared, never reclaimed */
+    return &sl[NGX_HTTP_ACME_OD_SLOTS - 1];
+}
+
+
+void
+ngx_http_acme_zone_od_reclaim(ngx_http_acme_zone_t *z)
+{
+    ngx_pid_t                 pid;
+    ngx_uint_t                i;
+    ngx_atomic_uint_t         held;
+    ngx_http_acme_od_slot_t  *sl;
+
+    sl = z->sh->od_slots;
+
+    for (i = 0; i < NGX_HTTP_ACME_OD_SLOTS - 1; i++) {
+        pid = (ngx_pid_t) sl[i].pid;
+
+        if (pid == 0 || kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH) {
+            continue;
+        }
+
+        held = sl[i].held;
+        sl[i].held = 0;
+
+        if (held) {
+            (void) ngx_atomic_fetch_add(&z->sh->od_waiting,
+                                        -(ngx_atomic_int_t) held);
+        }
+
+        sl[i].pid = 0;
+    }
+}

@@ -62,6 +62,15 @@
 #define NGX_HTTP_ACME_OD_W_N                6
 
 
+/* a worker's share of od_waiting: given back by the runner if it dies */
+#define NGX_HTTP_ACME_OD_SLOTS     128
+
+typedef struct {
+    ngx_atomic_t                pid;             /* 0: free */
+    ngx_atomic_t                held;
+} ngx_http_acme_od_slot_t;
+
+
 typedef struct {
     u_char                      state;
     u_char                      cause;           /* acme_od_verdict_t */
@@ -85,6 +94,7 @@ typedef struct {
                                      [NGX_HTTP_ACME_RENEW_LEN];
 
     ngx_atomic_t                od_waiting;      /* connections held now */
+    ngx_http_acme_od_slot_t     od_slots[NGX_HTTP_ACME_OD_SLOTS];
     ngx_atomic_t                od_count[NGX_HTTP_ACME_OD_W_N];
     ngx_atomic_t                od_logged[NGX_HTTP_ACME_OD_W_N];
     ngx_uint_t                  nod;
@@ -163,6 +173,11 @@ ngx_int_t ngx_http_acme_zone_od_set(ngx_http_acme_zone_t *z, u_char *name,
 /* a worker saw a handshake for a ready name: seen = now, once a minute */
 void ngx_http_acme_zone_od_seen(ngx_http_acme_zone_t *z, u_char *name,
     size_t len, time_t now);
+/* a worker's slot (the last one is shared when all are taken) */
+ngx_http_acme_od_slot_t *ngx_http_acme_zone_od_slot(ngx_http_acme_zone_t *z,
+    ngx_pid_t pid);
+/* the runner: the connections a dead worker held are no longer waiting */
+void ngx_http_acme_zone_od_reclaim(ngx_http_acme_zone_t *z);
 /* the runner: deletes up to max expired refusals; returns how many */
 ngx_uint_t ngx_http_acme_zone_od_sweep(ngx_http_acme_zone_t *z, time_t now,
     ngx_uint_t max);

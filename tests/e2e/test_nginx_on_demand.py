@@ -3,6 +3,8 @@ the worker, without blocking it) for a certificate ordered by the cache manager,
 refused by server_name, the ask endpoint or a limit get the fallback at once, with no order."""
 
 import http.server
+import os
+import signal
 import json
 import re
 import socket
@@ -397,5 +399,41 @@ def test_wait_time_out_gives_fallback(pebble, nginx_factory, tmp_path):
         assert time.monotonic() - t0 >= 1.5
         wait_status(pebble, lambda st: st["refused"]["timeout"] == 1 and st["waiting"] == 0, "timeout counted")
         assert "refused: no certificate within wait=" in ng.log_text()
+    finally:
+        silent.close()
+
+
+def test_waiting_count_survives_a_worker_crash(pebble, nginx_factory, tmp_path):
+    """Connections held by a worker that dies stop counting against waiting= (the cache manager gives its
+    share back), so the cap does not stay reached."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        https = free_port()
+        conf = od_conf(pebble, tmp_path, https, od="wait=30s waiting=2 unseen=8s", managed=False).replace(
+            pebble.directory_url, f"http://127.0.0.1:{silent.getsockname()[1]}/dir")
+        ng = nginx_factory(conf, wait_port=https, workers=1,
+                           allowed=(r"cannot reach the CA", r"exited on signal 9"))
+        held = []
+        for i in range(2):
+            s = socket.create_connection(("127.0.0.1", https))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            t = ctx.wrap_socket(s, server_hostname=f"held{i}{OD_SUFFIX}", do_handshake_on_connect=False)
+            t.setblocking(False)
+            try:
+                t.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            held.append(t)
+        wait_status(pebble, lambda st: st["waiting"] == 2, "two connections held")
+        (pid,) = ng.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: ng.worker_pids() and ng.worker_pids() != [pid], 10, what="a new worker")
+        wait_status(pebble, lambda st: st["waiting"] == 0, "the dead worker's connections given back")
+        for t in held:
+            t.close()
     finally:
         silent.close()
