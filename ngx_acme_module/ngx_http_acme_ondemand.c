@@ -449,6 +449,18 @@ ngx_http_acme_od_read(ngx_event_t *rev)
 
     len = acme_sni_normalize(sni, sl, name, sizeof(name));
     if (len == 0) {
+        /* bytes no host name has: nginx falls back to the default server */
+        ascf = hc->addr_conf->default_server->ctx
+                                  ->srv_conf[ngx_http_acme_module.ctx_index];
+
+        if (ascf && ascf->od) {
+            ngx_http_acme_od_count(NGX_HTTP_ACME_OD_W_INVALID_NAME, c->log,
+                                   "(not a host name)",
+                                   "an IP address or not a DNS name");
+            ngx_http_acme_od_resume(c, NULL, amcf->od.fail_close);
+            return;
+        }
+
         ngx_http_acme_od_resume(c, NULL, 0);
         return;
     }

@@ -5,6 +5,7 @@ refused by server_name, the ask endpoint or a limit get the fallback at once, wi
 import http.server
 import os
 import signal
+import subprocess
 import json
 import re
 import socket
@@ -12,7 +13,7 @@ import ssl
 import threading
 import time
 
-from harness import free_port, wait_for
+from harness import OPENSSL_BIN, free_port, wait_for
 from nginx_harness import cert_text, http_get, issuer_block, nginx_factory, tls_cert  # noqa: F401
 
 MANAGED = "a.example.org"
@@ -437,3 +438,26 @@ def test_waiting_count_survives_a_worker_crash(pebble, nginx_factory, tmp_path):
             t.close()
     finally:
         silent.close()
+
+
+def test_ip_and_invalid_names_never_asked(pebble, nginx_factory, tmp_path):
+    """Even when server_name matches anything: an IP address or an invalid DNS name is refused by the worker,
+    never asked about, never ordered."""
+    ask = AskServer()
+    try:
+        https = free_port()
+        conf = od_conf(pebble, tmp_path, https, od=f"ask={ask.url}", managed=False).replace(
+            "server_name ~^[a-z0-9-]+\\.od\\.example\\.org$ exact.example.net;", "server_name ~.;")
+        nginx_factory(conf, wait_port=https)
+        base = pebble.order_count()
+        for sni in ("192.0.2.7", "bad_name.example.org", "nodot"):
+            t0 = time.monotonic()
+            p = subprocess.run([OPENSSL_BIN, "s_client", "-connect", f"127.0.0.1:{https}", "-servername", sni],
+                               input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
+            assert time.monotonic() - t0 < 3, sni
+            assert b"BEGIN CERTIFICATE" not in p.stdout or b"Pebble" not in p.stdout
+        wait_status(pebble, lambda st: st["refused"]["invalid_name"] == 3, "three invalid names counted")
+        assert ask.asked == []
+        assert pebble.order_count() == base
+    finally:
+        ask.close()
