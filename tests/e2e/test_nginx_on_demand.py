@@ -113,12 +113,13 @@ def full_status(pebble):
 
 
 def status(pebble):
-    return full_status(pebble)["on_demand"]
+    """The on_demand member; None until the cache manager has published it."""
+    return full_status(pebble).get("on_demand")
 
 
 def wait_status(pebble, pred, what, full=False):
     """The status document once pred(document) holds (the cache manager rebuilds it within a tick)."""
-    return wait_for(lambda: (lambda st: st if pred(st) else None)(
+    return wait_for(lambda: (lambda st: st if st is not None and pred(st) else None)(
         full_status(pebble) if full else status(pebble)), 5, interval=0.1, what=what)
 
 
@@ -296,7 +297,7 @@ def test_restart_serves_stored_and_unseen_not_renewed(pebble, nginx_factory, tmp
 
     # unseen for longer than unseen=: no longer managed (never renewed), said so
     ng.wait_log(r"on-demand certificate for \"kept\.od\.example\.org\": not seen for", timeout=20)
-    wait_status(pebble, lambda st: st["on_demand"]["certificates"] == 0
+    wait_status(pebble, lambda st: st.get("on_demand", {}).get("certificates") == 0
                 and not [c for c in st["certificates"] if "kept" + OD_SUFFIX in c["identifiers"]],
                 "the unseen name no longer managed", full=True)
 
