@@ -178,6 +178,8 @@ ngx_int_t ngx_http_acme_zone_ari_request(ngx_http_acme_zone_t *z,
     ngx_str_t *name, time_t interval, time_t *until);
 ngx_uint_t ngx_http_acme_zone_ari_take(ngx_http_acme_zone_t *z,
     u_char out[][NGX_HTTP_ACME_RENEW_LEN]);
+
+/*
  * On-demand names. A worker's request: NGX_OK with *e the name's state
  * (queued now when it had none, or its refusal had expired); NGX_BUSY when
  * the queue is full or the zone is; NGX_ERROR.
