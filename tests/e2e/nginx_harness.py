@@ -53,7 +53,14 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
 {http}
 }}
-"""
+{after_http}"""
+
+# Debian's dynamic stream module (libnginx-mod-stream) and ours beside the http module's
+STREAM_MODULE = "/usr/share/nginx/modules/ngx_stream_module.so"
+
+
+def stream_module_path():
+    return harness.build_dir() / "ngx_stream_acme_module.so"
 
 
 def issuer_block(name, pebble, state_path, challenge=None, extra=""):
@@ -76,7 +83,7 @@ def issuer_block(name, pebble, state_path, challenge=None, extra=""):
 
 class Nginx:
     def __init__(self, workdir, procs, server_logs, http_conf, workers=2, level="info",
-                 allowed=(), user=None):
+                 allowed=(), user=None, stream=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
@@ -89,6 +96,7 @@ class Nginx:
         self.level = level
         self.allowed = list(allowed)
         self.user = user        # the workers' user (default: root when the tests run as root)
+        self.stream = stream    # a stream{} body: loads stream and ngx_stream_acme_module
         self.proc = None
         self.write_conf(http_conf)
         self.server_logs.watch(self.error_log, allowed=self.allowed)
@@ -101,9 +109,14 @@ class Nginx:
             user = f"user {self.user};"
         else:
             user = "user root;" if os.geteuid() == 0 else ""
+        module, after = module_path(), ""
+        if self.stream is not None:
+            module = (f"{STREAM_MODULE};\nload_module {module};\n"
+                      f"load_module {stream_module_path()}")
+            after = f"stream {{\n{self.stream}\n}}\n"
         self.conf_path.write_text(MAIN_CONF.format(
-            module=module_path(), user=user, workers=self.workers, dir=self.dir,
-            level=self.level, http=http_conf))
+            module=module, user=user, workers=self.workers, dir=self.dir,
+            level=self.level, http=http_conf, after_http=after))
 
     def allow(self, regex):
         self.server_logs.allow(regex, self.error_log)

@@ -1,0 +1,211 @@
+"""acme_certificate in nginx stream servers (issue #19).
+
+ngx_stream_acme_module (loaded after Debian's ngx_stream_module.so and ngx_http_acme_module.so) takes
+acme_certificate in stream servers; the http block's issuers, zone, store and core do the rest. A stream TLS
+proxy in front of a local echo server gets a Pebble certificate through HTTP-01 answered by the http block's
+port-80 server, serves the fallback until then, and serves a forced renewal on the next handshake with no
+reload; a certificate named by an http and a stream server is one order; `nginx -t` refuses a stream server
+without TLS, a missing issuer and an http block without acme_issuer."""
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from harness import free_port, wait_for
+from nginx_harness import STREAM_MODULE, issuer_block, nginx_factory, raw_http, tls_cert  # noqa: F401
+from nginx_harness import cert_serial, tls_verified
+
+pytestmark = pytest.mark.skipif(not __import__("os").path.exists(STREAM_MODULE),
+                                reason="Debian's libnginx-mod-stream is not installed")
+
+
+class EchoServer:
+    """A TCP echo server on 127.0.0.1 (the stream proxy's backend)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c):
+        with c:
+            c.settimeout(5)
+            try:
+                while True:
+                    d = c.recv(4096)
+                    if not d:
+                        return
+                    c.sendall(d)
+            except OSError:
+                return
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+
+
+@pytest.fixture
+def echo():
+    e = EchoServer()
+    yield e
+    e.close()
+
+
+def _http(pebble, tmp_path, status_port, extra=""):
+    """The http block: the issuer, the port-80 server answering HTTP-01 for any name, a status server."""
+    return issuer_block("pebble", pebble, tmp_path / "state") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        server_name _;
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        server_name status;
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
+    }}
+{extra}"""
+
+
+def _stream(port, name, backend, extra=""):
+    return f"""
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        acme_certificate pebble {name};
+        proxy_pass 127.0.0.1:{backend};
+        {extra}
+    }}
+"""
+
+
+def _verified(port, name, roots):
+    try:
+        return tls_verified(port, name, roots)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _echo_through(port, name, roots):
+    ctx = ssl.create_default_context(cadata=roots)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            t.sendall(b"ping\n")
+            return t.recv(100)
+
+
+def _renew(status_port, name):
+    deadline = time.time() + 10
+    while True:
+        st, body = raw_http(status_port, f"POST /acme?renew={name} HTTP/1.1\r\nHost: status\r\n"
+                                         f"Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        if st != 429 or time.time() > deadline:
+            return st, body
+        time.sleep(0.3)
+
+
+def test_stream_http01_fallback_issue_and_hot_swap(pebble, nginx_factory, tmp_path, echo):
+    name = "stream.example.org"
+    sport, status = free_port(), free_port()
+    ng = nginx_factory(_http(pebble, tmp_path, status), start=False,
+                       stream=_stream(sport, name, echo.port))
+    ok, out = ng.test_config()
+    assert ok, out
+    ng.allow(r'acme: serving the self-signed fallback certificate for ')
+    ng.start(wait_port=sport)
+
+    roots = pebble.roots(0)
+    serial = wait_for(lambda: _verified(sport, name, roots), 40, interval=0.2, what="the issued certificate")
+    assert _echo_through(sport, name, roots) == b"ping\n"
+    workers = sorted(ng.worker_pids())
+
+    st, body = _renew(status, name)
+    assert st == 202, (st, body)
+    renewed = wait_for(lambda: (s := _verified(sport, name, roots)) and s != serial and s, 40,
+                       interval=0.3, what="the renewed certificate on the stream listener")
+    assert renewed != serial
+    assert sorted(ng.worker_pids()) == workers, "the renewal must be served with no reload"
+    assert _echo_through(sport, name, roots) == b"ping\n"
+
+
+def test_stream_fallback_before_issuance(nginx_factory, tmp_path, echo):
+    """With a CA that cannot be reached, the stream listener serves the self-signed fallback naming it."""
+    name = "fallback.example.org"
+    sport, status, dead = free_port(), free_port(), free_port()
+
+    class Dead:
+        http_port = free_port()
+    http = issuer_block("pebble", f"https://127.0.0.1:{dead}/dir", tmp_path / "state") + f"""
+    server {{ listen 127.0.0.1:{status}; location / {{ return 404; }} }}
+"""
+    ng = nginx_factory(http, start=False, stream=_stream(sport, name, echo.port))
+    ng.allow(r".*")
+    ng.start(wait_port=sport)
+    der = tls_cert(sport, name)
+    from nginx_harness import cert_text
+    text = cert_text(der)
+    assert f"DNS:{name}" in text and "Pebble" not in text, text
+
+
+def test_http_and_stream_share_one_certificate(pebble, nginx_factory, tmp_path, echo):
+    name = "shared.example.org"
+    sport, https, status = free_port(), free_port(), free_port()
+    extra = f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {name};
+        acme_certificate pebble;
+        location / {{ return 200 "tls\\n"; }}
+    }}
+"""
+    ng = nginx_factory(_http(pebble, tmp_path, status, extra), start=False,
+                       stream=_stream(sport, name, echo.port))
+    ng.allow(r'acme: serving the self-signed fallback certificate for ')
+    ng.start(wait_port=sport)
+    roots = pebble.roots(0)
+    s1 = wait_for(lambda: _verified(sport, name, roots), 40, interval=0.2, what="the stream certificate")
+    s2 = wait_for(lambda: _verified(https, name, roots), 10, interval=0.2, what="the http certificate")
+    assert s1 == s2
+    time.sleep(1)
+    assert pebble.order_count() == 1
+    assert pebble.issued_count() == 1
+
+
+@pytest.mark.parametrize("case", ["no_tls", "missing_issuer", "no_http_issuer", "no_identifiers"])
+def test_stream_config_errors(pebble, nginx_factory, tmp_path, case):
+    port, status = free_port(), free_port()
+    http = _http(pebble, tmp_path, status)
+    stream = _stream(port, "s.example.org", 9)
+    want = {
+        "no_tls": '"acme_certificate" needs "listen ... ssl" in the stream server in ',
+        "missing_issuer": 'acme_certificate: issuer "nope" is missing (no acme_issuer block with this name)',
+        "no_http_issuer": '"acme_certificate" in stream needs an http block with "acme_issuer" before the '
+                          'stream block',
+        "no_identifiers": '"acme_certificate" in stream needs the identifiers: stream servers have no '
+                          'server_name',
+    }[case]
+    if case == "no_tls":
+        stream = stream.replace(" ssl;", ";")
+    elif case == "missing_issuer":
+        stream = stream.replace("acme_certificate pebble", "acme_certificate nope")
+    elif case == "no_http_issuer":
+        http = f"server {{ listen 127.0.0.1:{status}; }}\n"
+    else:
+        stream = stream.replace("acme_certificate pebble s.example.org", "acme_certificate pebble")
+    ng = nginx_factory(http, start=False, stream=stream)
+    ok, out = ng.test_config()
+    assert not ok and want in out, out
