@@ -7,6 +7,7 @@ port-80 server, serves the fallback until then, and serves a forced renewal on t
 reload; a certificate named by an http and a stream server is one order; `nginx -t` refuses a stream server
 without TLS, a missing issuer and an http block without acme_issuer."""
 
+import os
 import socket
 import ssl
 import threading
@@ -16,9 +17,9 @@ import pytest
 
 from harness import free_port, wait_for
 from nginx_harness import STREAM_MODULE, issuer_block, nginx_factory, raw_http, tls_cert  # noqa: F401
-from nginx_harness import cert_serial, tls_verified
+from nginx_harness import cert_text, tls_verified
 
-pytestmark = pytest.mark.skipif(not __import__("os").path.exists(STREAM_MODULE),
+pytestmark = pytest.mark.skipif(not os.path.exists(STREAM_MODULE),
                                 reason="Debian's libnginx-mod-stream is not installed")
 
 
@@ -146,9 +147,6 @@ def test_stream_fallback_before_issuance(nginx_factory, tmp_path, echo):
     """With a CA that cannot be reached, the stream listener serves the self-signed fallback naming it."""
     name = "fallback.example.org"
     sport, status, dead = free_port(), free_port(), free_port()
-
-    class Dead:
-        http_port = free_port()
     http = issuer_block("pebble", f"https://127.0.0.1:{dead}/dir", tmp_path / "state") + f"""
     server {{ listen 127.0.0.1:{status}; location / {{ return 404; }} }}
 """
@@ -156,7 +154,6 @@ def test_stream_fallback_before_issuance(nginx_factory, tmp_path, echo):
     ng.allow(r".*")
     ng.start(wait_port=sport)
     der = tls_cert(sport, name)
-    from nginx_harness import cert_text
     text = cert_text(der)
     assert f"DNS:{name}" in text and "Pebble" not in text, text
 
