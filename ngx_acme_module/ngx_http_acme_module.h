@@ -107,6 +107,8 @@ typedef struct {
     ngx_resolver_t             *resolver;        /* http's, NULL: libcurl's */
     ngx_msec_t                  resolver_timeout;
 
+    SSL_CTX                    *tls_alpn_ctx;    /* tls-alpn-01, private */
+
     ngx_uint_t                  enabled;
 } ngx_http_acme_main_conf_t;
 
@@ -213,6 +215,8 @@ ngx_http_acme_wcert_t *ngx_http_acme_wcert_peek(ngx_http_acme_cert_t *cert);
 
 /* ngx_http_acme_tls_alpn.c */
 ngx_int_t ngx_http_acme_tls_alpn_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_acme_tls_alpn_hook(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, SSL_CTX *server_ctx);
 void ngx_http_acme_tls_alpn_init_process(ngx_cycle_t *cycle);
 void ngx_http_acme_tls_alpn_exit_process(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_acme_is_challenge_connection(ngx_connection_t *c);

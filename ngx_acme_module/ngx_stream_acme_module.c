@@ -34,6 +34,7 @@ static void *ngx_stream_acme_create_srv_conf(ngx_conf_t *cf);
 static char *ngx_stream_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_stream_acme_postconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_stream_acme_preread_handler(ngx_stream_session_t *s);
 
 
 static ngx_command_t  ngx_stream_acme_commands[] = {
@@ -205,16 +206,24 @@ ngx_stream_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_stream_acme_postconfiguration(ngx_conf_t *cf)
 {
-    ngx_uint_t                    s, l;
+    ngx_uint_t                    s, l, hook;
     ngx_stream_listen_t          *ls;
+    ngx_stream_handler_pt        *h;
+    ngx_http_acme_main_conf_t    *amcf;
     ngx_stream_ssl_conf_t        *sscf;
     ngx_http_acme_srv_conf_t     *ascf;
     ngx_stream_core_srv_conf_t  **cscfp;
     ngx_stream_core_main_conf_t  *cmcf;
 
+    amcf = ngx_http_acme_conf_main_conf(cf);
+    if (amcf == NULL) {
+        return NGX_OK;
+    }
+
     cmcf = ngx_stream_conf_get_module_main_conf(cf, ngx_stream_core_module);
     cscfp = cmcf->servers.elts;
     ls = cmcf->listen.elts;
+    hook = 0;
 
     for (s = 0; s < cmcf->servers.nelts; s++) {
 
@@ -249,7 +258,41 @@ ngx_stream_acme_postconfiguration(ngx_conf_t *cf)
         }
 
         SSL_CTX_set_cert_cb(sscf->ssl.ctx, ngx_http_acme_cert_cb, ascf);
+
+        /* tls-alpn-01 on the stream listener */
+
+        if (ngx_http_acme_tls_alpn_hook(cf, amcf, sscf->ssl.ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        hook = 1;
     }
 
+    if (!hook) {
+        return NGX_OK;
+    }
+
+    /* a validation's connection is closed after its handshake */
+
+    h = ngx_array_push(&cmcf->phases[NGX_STREAM_PREREAD_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_stream_acme_preread_handler;
+
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_acme_preread_handler(ngx_stream_session_t *s)
+{
+    if (ngx_http_acme_is_challenge_connection(s->connection)) {
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
+                       "acme: tls-alpn-01 validation done, closing");
+        return NGX_STREAM_OK;
+    }
+
+    return NGX_DECLINED;
 }

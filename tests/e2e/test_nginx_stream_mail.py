@@ -206,3 +206,28 @@ def test_stream_config_errors(pebble, nginx_factory, tmp_path, case):
     ng = nginx_factory(http, start=False, stream=stream)
     ok, out = ng.test_config()
     assert not ok and want in out, out
+
+
+def test_stream_tls_alpn01_on_the_stream_listener(pebble, nginx_factory, tmp_path, echo):
+    """No port-80 server: the CA validates on the stream TLS listener (acme-tls/1), whose validation
+    connection is closed, not proxied; other handshakes reach the backend."""
+    name = "alpn-stream.example.org"
+    status = free_port()
+    http = issuer_block("pebble", pebble, tmp_path / "state", challenge="tls-alpn-01") + f"""
+    server {{
+        listen 127.0.0.1:{status};
+        server_name status;
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
+    }}
+"""
+    ng = nginx_factory(http, start=False, stream=_stream(pebble.tls_port, name, echo.port))
+    ng.allow(r'acme: serving the self-signed fallback certificate for ')
+    ng.start(wait_port=pebble.tls_port)
+    roots = pebble.roots(0)
+    serial = wait_for(lambda: _verified(pebble.tls_port, name, roots), 40, interval=0.2,
+                      what="the certificate validated by tls-alpn-01")
+    assert _echo_through(pebble.tls_port, name, roots) == b"ping\n"
+    st, body = _renew(status, name)
+    assert st == 202, (st, body)
+    wait_for(lambda: (s := _verified(pebble.tls_port, name, roots)) and s != serial, 40, interval=0.3,
+             what="the renewal validated by tls-alpn-01")
