@@ -231,3 +231,125 @@ def test_stream_tls_alpn01_on_the_stream_listener(pebble, nginx_factory, tmp_pat
     assert st == 202, (st, body)
     wait_for(lambda: (s := _verified(pebble.tls_port, name, roots)) and s != serial, 40, interval=0.3,
              what="the renewal validated by tls-alpn-01")
+
+
+# -------------------------------------------------------------------- mail
+
+
+class AuthHttp:
+    """A trivial auth_http backend: every login is refused (the tests need the TLS, not a mailbox)."""
+
+    def __init__(self):
+        import http.server
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("Auth-Status", "Invalid login or password")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture
+def auth_http():
+    a = AuthHttp()
+    yield a
+    a.close()
+
+
+def _mail(name, tls_port, starttls_port, auth_port, acme=None):
+    acme = acme or "acme_certificate pebble;"
+    return f"""
+    auth_http 127.0.0.1:{auth_port}/auth;
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        protocol imap;
+        server_name {name};
+        {acme}
+    }}
+    server {{
+        listen 127.0.0.1:{starttls_port};
+        protocol imap;
+        starttls on;
+        server_name {name};
+        {acme}
+    }}
+"""
+
+
+def _starttls_serial(port, name, roots):
+    """`openssl s_client -starttls imap`, verified against roots: the leaf's serial (hex) or None."""
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:
+        f.write(roots)
+        f.flush()
+        cp = subprocess.run(["openssl", "s_client", "-starttls", "imap", "-connect", f"127.0.0.1:{port}",
+                             "-servername", name, "-verify_hostname", name, "-CAfile", f.name,
+                             "-verify_return_error"],
+                            input=b"", capture_output=True, timeout=10)
+    if cp.returncode != 0:
+        return None
+    pem = cp.stdout.decode(errors="replace")
+    i = pem.find("-----BEGIN CERTIFICATE-----")
+    if i < 0:
+        return None
+    end = pem.index("-----END CERTIFICATE-----", i) + len("-----END CERTIFICATE-----")
+    der = ssl.PEM_cert_to_DER_cert(pem[i:end])
+    from nginx_harness import cert_serial
+    return cert_serial(der)
+
+
+def test_mail_imap_tls_and_starttls_issue_and_hot_swap(pebble, nginx_factory, tmp_path, auth_http):
+    name = "imap.example.org"
+    tls, starttls, status = free_port(), free_port(), free_port()
+    ng = nginx_factory(_http(pebble, tmp_path, status), start=False,
+                       mail=_mail(name, tls, starttls, auth_http.port))
+    ok, out = ng.test_config()
+    assert ok, out
+    ng.allow(r'acme: serving the self-signed fallback certificate for ')
+    ng.start(wait_port=tls)
+    roots = pebble.roots(0)
+    serial = wait_for(lambda: _verified(tls, name, roots), 40, interval=0.2, what="the IMAPS certificate")
+    assert wait_for(lambda: _starttls_serial(starttls, name, roots), 10, interval=0.3) == serial
+    workers = sorted(ng.worker_pids())
+
+    st, body = _renew(status, name)
+    assert st == 202, (st, body)
+    renewed = wait_for(lambda: (s := _verified(tls, name, roots)) and s != serial and s, 40, interval=0.3,
+                       what="the renewed certificate on IMAPS")
+    assert wait_for(lambda: (s := _starttls_serial(starttls, name, roots)) == renewed and s, 10,
+                    interval=0.3) == renewed
+    assert sorted(ng.worker_pids()) == workers, "the renewal must be served with no reload"
+
+
+@pytest.mark.parametrize("case", ["no_tls", "missing_issuer", "no_http_issuer"])
+def test_mail_config_errors(pebble, nginx_factory, tmp_path, case):
+    tls, starttls, status = free_port(), free_port(), free_port()
+    http = _http(pebble, tmp_path, status)
+    mail = _mail("m.example.org", tls, starttls, 9)
+    want = {
+        "no_tls": '"acme_certificate" needs "listen ... ssl" or "starttls" in the mail server in ',
+        "missing_issuer": 'acme_certificate: issuer "nope" is missing (no acme_issuer block with this name)',
+        "no_http_issuer": '"acme_certificate" in mail needs an http block with "acme_issuer" before the '
+                          'mail block',
+    }[case]
+    if case == "no_tls":
+        mail = mail.replace(" ssl;", ";").replace("starttls on;", "")
+    elif case == "missing_issuer":
+        mail = mail.replace("acme_certificate pebble", "acme_certificate nope")
+    else:
+        http = f"server {{ listen 127.0.0.1:{status}; }}\n"
+    ng = nginx_factory(http, start=False, mail=mail)
+    ok, out = ng.test_config()
+    assert not ok and want in out, out
