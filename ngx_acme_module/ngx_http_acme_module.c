@@ -1715,6 +1715,55 @@ ngx_http_acme_cert_resolve(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 }
 
 
+/*
+ * The same store name must mean the same identifiers: a certificate against
+ * those before it in amcf->certs (http's at the block's end, stream's and
+ * mail's as they are read, after http's).
+ */
+
+ngx_int_t
+ngx_http_acme_cert_conflict(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert)
+{
+    ngx_uint_t              i, k;
+    ngx_http_acme_cert_t  **certs;
+
+    certs = amcf->certs.elts;
+
+    for (i = 0; i < amcf->certs.nelts && certs[i] != cert; i++) {
+        if (certs[i]->name == NULL
+            || certs[i]->store != cert->store
+            || ngx_strcmp(certs[i]->name, cert->name) != 0)
+        {
+            continue;
+        }
+
+        if (certs[i]->nids != cert->nids) {
+            goto conflict;
+        }
+
+        for (k = 0; k < cert->nids; k++) {
+            if (ngx_strcmp(certs[i]->ids[k].value, cert->ids[k].value) != 0) {
+                goto conflict;
+            }
+        }
+
+        continue;
+
+    conflict:
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_certificate: certificate \"%s\" is also "
+                      "configured in %s:%ui with different names "
+                      "in %s:%ui", cert->name, certs[i]->file,
+                      certs[i]->line, cert->file, cert->line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 /* the http block's configuration while the configuration is read */
 
 ngx_http_acme_main_conf_t *
@@ -1979,7 +2028,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
     size_t                   need;
     ngx_str_t                zname;
-    ngx_uint_t               i, j, k;
+    ngx_uint_t               i;
     ngx_http_acme_cert_t   **certs;
     ngx_http_acme_zone_t    *zone;
 
@@ -2004,34 +2053,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     /* the same store name must mean the same identifiers */
 
     for (i = 0; i < amcf->certs.nelts; i++) {
-        for (j = i + 1; j < amcf->certs.nelts; j++) {
-            if (certs[i]->store != certs[j]->store
-                || ngx_strcmp(certs[i]->name, certs[j]->name) != 0)
-            {
-                continue;
-            }
-
-            if (certs[i]->nids != certs[j]->nids) {
-                goto conflict;
-            }
-
-            for (k = 0; k < certs[i]->nids; k++) {
-                if (ngx_strcmp(certs[i]->ids[k].value,
-                               certs[j]->ids[k].value) != 0)
-                {
-                    goto conflict;
-                }
-            }
-
-            continue;
-
-        conflict:
-
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "acme_certificate: certificate \"%s\" is also "
-                          "configured in %s:%ui with different names "
-                          "in %s:%ui", certs[j]->name, certs[i]->file,
-                          certs[i]->line, certs[j]->file, certs[j]->line);
+        if (ngx_http_acme_cert_conflict(cf, amcf, certs[i]) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }

@@ -182,6 +182,8 @@ ngx_http_acme_main_conf_t *ngx_http_acme_conf_main_conf(ngx_conf_t *cf);
 ngx_http_acme_cert_t *ngx_http_acme_cert_parse(ngx_conf_t *cf);
 ngx_int_t ngx_http_acme_cert_resolve(ngx_conf_t *cf,
     ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
+ngx_int_t ngx_http_acme_cert_conflict(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
 void ngx_http_acme_strip_dot(ngx_str_t *name);
 
 /* ngx_http_acme_dns.c */

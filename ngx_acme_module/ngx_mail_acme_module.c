@@ -252,7 +252,9 @@ ngx_mail_acme_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
             *n = conf->cscf->server_name;
         }
 
-        if (ngx_http_acme_cert_resolve(cf, amcf, certs[i]) != NGX_OK) {
+        if (ngx_http_acme_cert_resolve(cf, amcf, certs[i]) != NGX_OK
+            || ngx_http_acme_cert_conflict(cf, amcf, certs[i]) != NGX_OK)
+        {
             return NGX_CONF_ERROR;
         }
     }

@@ -121,7 +121,9 @@ ngx_stream_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_http_acme_cert_resolve(cf, amcf, cert) != NGX_OK) {
+    if (ngx_http_acme_cert_resolve(cf, amcf, cert) != NGX_OK
+        || ngx_http_acme_cert_conflict(cf, amcf, cert) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

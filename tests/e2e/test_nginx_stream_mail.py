@@ -182,7 +182,7 @@ def test_http_and_stream_share_one_certificate(pebble, nginx_factory, tmp_path, 
     assert pebble.issued_count() == 1
 
 
-@pytest.mark.parametrize("case", ["no_tls", "missing_issuer", "no_http_issuer", "no_identifiers"])
+@pytest.mark.parametrize("case", ["no_tls", "missing_issuer", "no_http_issuer", "no_identifiers", "conflict"])
 def test_stream_config_errors(pebble, nginx_factory, tmp_path, case):
     port, status = free_port(), free_port()
     http = _http(pebble, tmp_path, status)
@@ -194,6 +194,8 @@ def test_stream_config_errors(pebble, nginx_factory, tmp_path, case):
                           'stream block',
         "no_identifiers": '"acme_certificate" in stream needs the identifiers: stream servers have no '
                           'server_name',
+        # one store name (the first identifier), other identifiers: refused as between http servers
+        "conflict": 'acme_certificate: certificate "s.example.org" is also configured in ',
     }[case]
     if case == "no_tls":
         stream = stream.replace(" ssl;", ";")
@@ -201,8 +203,17 @@ def test_stream_config_errors(pebble, nginx_factory, tmp_path, case):
         stream = stream.replace("acme_certificate pebble", "acme_certificate nope")
     elif case == "no_http_issuer":
         http = f"server {{ listen 127.0.0.1:{status}; }}\n"
-    else:
+    elif case == "no_identifiers":
         stream = stream.replace("acme_certificate pebble s.example.org", "acme_certificate pebble")
+    else:
+        http = _http(pebble, tmp_path, status, f"""
+    server {{
+        listen 127.0.0.1:{free_port()} ssl;
+        server_name s.example.org;
+        acme_certificate pebble;
+    }}
+""")
+        stream = stream.replace("s.example.org;", "s.example.org t.example.org;")
     ng = nginx_factory(http, start=False, stream=stream)
     ok, out = ng.test_config()
     assert not ok and want in out, out
