@@ -142,6 +142,10 @@ def test_stream_http01_fallback_issue_and_hot_swap(pebble, nginx_factory, tmp_pa
     assert sorted(ng.worker_pids()) == workers, "the renewal must be served with no reload"
     assert _echo_through(sport, name, roots) == b"ping\n"
 
+    # a reload keeps serving it (the new cycle's stream server finds it in the store)
+    ng.reload()
+    assert wait_for(lambda: _verified(sport, name, roots), 10, interval=0.2) == renewed
+
 
 def test_stream_fallback_before_issuance(nginx_factory, tmp_path, echo):
     """With a CA that cannot be reached, the stream listener serves the self-signed fallback naming it."""
