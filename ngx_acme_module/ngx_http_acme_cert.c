@@ -19,7 +19,6 @@
 #include "acme_x509.h"
 
 
-static int ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
 
 
 static ngx_http_acme_wcert_t           *ngx_http_acme_wcerts;
@@ -98,19 +97,17 @@ ngx_http_acme_fallback_key(acme_keyspec_t *ks, acme_err_t *err)
 
 /* configuration: the fallback certificate */
 
-char *
-ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+ngx_int_t
+ngx_http_acme_fallback_make(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
     ngx_str_t *names, ngx_uint_t nnames)
 {
     char                     *pem, *cn[8];
     size_t                    len;
     X509                     *x;
     EVP_PKEY                 *k;
-    ngx_str_t                *s;
     ngx_uint_t                i, n;
     acme_err_t                err;
     acme_keyspec_t            ks;
-    ngx_http_ssl_srv_conf_t  *sscf;
 
     if (ascf->fallback_cert.len == 0) {
 
@@ -118,7 +115,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
         for (i = 0; i < nnames && n < 8; i++) {
             cn[n] = ngx_pnalloc(cf->temp_pool, names[i].len + 1);
             if (cn[n] == NULL) {
-                return NGX_CONF_ERROR;
+                return NGX_ERROR;
             }
 
             ngx_cpystrn((u_char *) cn[n], names[i].data, names[i].len + 1);
@@ -147,7 +144,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "cannot create the fallback certificate: %s",
                                err.msg);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         pem = acme_x509_to_pem(x, &len, &err);
@@ -157,7 +154,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "cannot encode the fallback certificate: %s",
                                err.msg);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         /* k belongs to the cache: a failed configuration must not free it */
@@ -166,7 +163,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             != NGX_OK)
         {
             free(pem);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         free(pem);
@@ -176,17 +173,32 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
         if (pem == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "cannot encode the fallback key: %s", err.msg);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         if (ngx_http_acme_pem_data(cf, &ascf->fallback_key, pem, len)
             != NGX_OK)
         {
             acme_free_secret(pem, len);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         acme_free_secret(pem, len);
+    }
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+    ngx_str_t *names, ngx_uint_t nnames)
+{
+    ngx_str_t                *s;
+    ngx_http_ssl_srv_conf_t  *sscf;
+
+    if (ngx_http_acme_fallback_make(cf, ascf, names, nnames) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     sscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_ssl_module);
@@ -1191,7 +1203,7 @@ ngx_http_acme_od_cert(ngx_ssl_conn_t *ssl_conn,
 }
 
 
-static int
+int
 ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 {
     ngx_http_acme_srv_conf_t  *ascf = arg;

@@ -73,10 +73,14 @@ static char *ngx_http_acme_on_demand(ngx_conf_t *cf, ngx_command_t *cmd,
 
 static ngx_int_t ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
     ngx_http_acme_main_conf_t *amcf, ngx_core_conf_t *ccf);
-static void ngx_http_acme_strip_dot(ngx_str_t *name);
 static ngx_uint_t ngx_http_acme_has_scheme(ngx_str_t *v);
 static ngx_int_t ngx_http_acme_cert_ids(ngx_conf_t *cf,
     ngx_http_acme_cert_t *cert);
+static ngx_int_t ngx_http_acme_cert_wildcards(ngx_conf_t *cf,
+    ngx_http_acme_cert_t *cert, ngx_http_acme_issuer_t *iss);
+static ngx_int_t ngx_http_acme_cert_issuers(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
+static void ngx_http_acme_cert_cleanup(void *data);
 static ngx_int_t ngx_http_acme_cert_add_name(ngx_conf_t *cf,
     ngx_http_acme_cert_t *cert, ngx_str_t *name, acme_err_t *err);
 static ngx_int_t ngx_http_acme_init_module(ngx_cycle_t *cycle);
@@ -1270,12 +1274,8 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_acme_srv_conf_t *ascf = conf;
 
-    char                        *s;
-    u_char                      *p, *last, *start;
-    ngx_str_t                   *value, *n, fb[8];
+    ngx_str_t                   *n, fb[8];
     ngx_uint_t                   i, nfb;
-    acme_err_t                   err;
-    acme_ident_t                 id;
     ngx_http_acme_cert_t        *cert, **cp;
     ngx_http_core_srv_conf_t    *cscf;
     ngx_http_server_name_t      *sn;
@@ -1284,172 +1284,12 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
     cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
 
-    value = cf->args->elts;
-
-    cert = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_cert_t));
+    cert = ngx_http_acme_cert_parse(cf);
     if (cert == NULL) {
         return NGX_CONF_ERROR;
     }
 
     cert->cscf = cscf;
-    cert->keyspec = ACME_KEYSPEC_DEFAULT;
-    cert->file = cf->conf_file->file.name.data;
-    cert->line = cf->conf_file->line;
-
-    if (ngx_array_init(&cert->issuer_names, cf->pool, 2, sizeof(ngx_str_t))
-        != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_array_push(&cert->issuer_names);
-    if (n == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    *n = value[1];
-
-    for (i = 2; i < cf->args->nelts; i++) {
-
-        if (ngx_strcmp(value[i].data, "on_demand") == 0) {
-            cert->on_demand = 1;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "key=", 4) == 0) {
-            s = ngx_http_acme_cstr(cf->pool, &value[i]);
-            if (s == NULL) {
-                return NGX_CONF_ERROR;
-            }
-
-            if (acme_keyspec_parse(s + 4, &cert->keyspec, &err) != 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid key type \"%V\": %s",
-                                   &value[i], err.msg);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "profile=", 8) == 0) {
-            start = value[i].data + 8;
-            last = value[i].data + value[i].len;
-
-            if (start == last || last - start > 64) {
-                goto bad_profile;
-            }
-
-            for (p = start; p < last; p++) {
-                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
-                      || (*p >= '0' && *p <= '9') || *p == '.' || *p == '_'
-                      || *p == '-'))
-                {
-                    goto bad_profile;
-                }
-            }
-
-            cert->profile = ngx_pnalloc(cf->pool, last - start + 1);
-            if (cert->profile == NULL) {
-                return NGX_CONF_ERROR;
-            }
-
-            *ngx_cpymem(cert->profile, start, last - start) = '\0';
-
-            continue;
-
-        bad_profile:
-
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid \"%V\": expected profile=NAME "
-                               "(letters, digits, \".\", \"_\", \"-\")",
-                               &value[i]);
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_strncmp(value[i].data, "fallback=", 9) == 0) {
-            start = value[i].data + 9;
-            last = value[i].data + value[i].len;
-
-            if (start == last) {
-                goto bad_fallback;
-            }
-
-            while (start < last) {
-                p = ngx_strlchr(start, last, ',');
-                if (p == NULL) {
-                    p = last;
-                }
-
-                if (p == start) {
-                    goto bad_fallback;
-                }
-
-                n = ngx_array_push(&cert->issuer_names);
-                if (n == NULL) {
-                    return NGX_CONF_ERROR;
-                }
-
-                n->data = start;
-                n->len = p - start;
-
-                start = p + 1;
-            }
-
-            continue;
-
-        bad_fallback:
-
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid \"%V\": expected "
-                               "fallback=ISSUER[,ISSUER...]", &value[i]);
-            return NGX_CONF_ERROR;
-        }
-
-        /* ".example.org": checked as "www.example.org", see cert_ids */
-
-        s = ngx_pnalloc(cf->temp_pool, value[i].len + sizeof("www"));
-        if (s == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_sprintf((u_char *) s, "%s%V%Z",
-                    value[i].data[0] == '.' ? "www" : "", &value[i]);
-
-        if (acme_ident_parse(s, &id, &err) != 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid identifier \"%V\": %s",
-                               &value[i], err.msg);
-            return NGX_CONF_ERROR;
-        }
-
-        if (value[i].data[0] == '.' && id.type != ACME_IDENT_DNS) {
-            acme_ident_free(&id);
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid identifier \"%V\": a leading dot "
-                               "needs a DNS name after it", &value[i]);
-            return NGX_CONF_ERROR;
-        }
-
-        /* a wildcard needs dns-01 in every issuer: checked once they are
-         * known (init_main_conf) */
-
-        acme_ident_free(&id);
-
-        if (cert->names == NULL) {
-            cert->names = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
-            if (cert->names == NULL) {
-                return NGX_CONF_ERROR;
-            }
-        }
-
-        n = ngx_array_push(cert->names);
-        if (n == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        *n = value[i];
-    }
 
     if (cert->on_demand) {
         if (cert->names) {
@@ -1562,6 +1402,199 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return ngx_http_acme_fallback_inject(cf, ascf, fb, nfb);
+}
+
+
+/*
+ * The directive's arguments, in any context (http, stream, mail): the
+ * caller sets the server it belongs to and adds it to amcf->certs.
+ */
+
+ngx_http_acme_cert_t *
+ngx_http_acme_cert_parse(ngx_conf_t *cf)
+{
+    char                        *s;
+    u_char                      *p, *last, *start;
+    ngx_str_t                   *value, *n;
+    ngx_uint_t                   i;
+    acme_err_t                   err;
+    acme_ident_t                 id;
+    ngx_http_acme_cert_t        *cert;
+
+    value = cf->args->elts;
+
+    cert = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_cert_t));
+    if (cert == NULL) {
+        return NULL;
+    }
+
+    cert->keyspec = ACME_KEYSPEC_DEFAULT;
+    cert->file = cf->conf_file->file.name.data;
+    cert->line = cf->conf_file->line;
+
+    if (ngx_array_init(&cert->issuer_names, cf->pool, 2, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    n = ngx_array_push(&cert->issuer_names);
+    if (n == NULL) {
+        return NULL;
+    }
+
+    *n = value[1];
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "on_demand") == 0) {
+            if (cf->module_type != NGX_HTTP_MODULE) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"on_demand\" is for http servers "
+                                   "only");
+                return NULL;
+            }
+
+            cert->on_demand = 1;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "key=", 4) == 0) {
+            s = ngx_http_acme_cstr(cf->pool, &value[i]);
+            if (s == NULL) {
+                return NULL;
+            }
+
+            if (acme_keyspec_parse(s + 4, &cert->keyspec, &err) != 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid key type \"%V\": %s",
+                                   &value[i], err.msg);
+                return NULL;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "profile=", 8) == 0) {
+            start = value[i].data + 8;
+            last = value[i].data + value[i].len;
+
+            if (start == last || last - start > 64) {
+                goto bad_profile;
+            }
+
+            for (p = start; p < last; p++) {
+                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+                      || (*p >= '0' && *p <= '9') || *p == '.' || *p == '_'
+                      || *p == '-'))
+                {
+                    goto bad_profile;
+                }
+            }
+
+            cert->profile = ngx_pnalloc(cf->pool, last - start + 1);
+            if (cert->profile == NULL) {
+                return NULL;
+            }
+
+            *ngx_cpymem(cert->profile, start, last - start) = '\0';
+
+            continue;
+
+        bad_profile:
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\": expected profile=NAME "
+                               "(letters, digits, \".\", \"_\", \"-\")",
+                               &value[i]);
+            return NULL;
+        }
+
+        if (ngx_strncmp(value[i].data, "fallback=", 9) == 0) {
+            start = value[i].data + 9;
+            last = value[i].data + value[i].len;
+
+            if (start == last) {
+                goto bad_fallback;
+            }
+
+            while (start < last) {
+                p = ngx_strlchr(start, last, ',');
+                if (p == NULL) {
+                    p = last;
+                }
+
+                if (p == start) {
+                    goto bad_fallback;
+                }
+
+                n = ngx_array_push(&cert->issuer_names);
+                if (n == NULL) {
+                    return NULL;
+                }
+
+                n->data = start;
+                n->len = p - start;
+
+                start = p + 1;
+            }
+
+            continue;
+
+        bad_fallback:
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\": expected "
+                               "fallback=ISSUER[,ISSUER...]", &value[i]);
+            return NULL;
+        }
+
+        /* ".example.org": checked as "www.example.org", see cert_ids */
+
+        s = ngx_pnalloc(cf->temp_pool, value[i].len + sizeof("www"));
+        if (s == NULL) {
+            return NULL;
+        }
+
+        ngx_sprintf((u_char *) s, "%s%V%Z",
+                    value[i].data[0] == '.' ? "www" : "", &value[i]);
+
+        if (acme_ident_parse(s, &id, &err) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid identifier \"%V\": %s",
+                               &value[i], err.msg);
+            return NULL;
+        }
+
+        if (value[i].data[0] == '.' && id.type != ACME_IDENT_DNS) {
+            acme_ident_free(&id);
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid identifier \"%V\": a leading dot "
+                               "needs a DNS name after it", &value[i]);
+            return NULL;
+        }
+
+        /* a wildcard needs dns-01 in every issuer: checked once they are
+         * known (init_main_conf) */
+
+        acme_ident_free(&id);
+
+        if (cert->names == NULL) {
+            cert->names = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+            if (cert->names == NULL) {
+                return NULL;
+            }
+        }
+
+        n = ngx_array_push(cert->names);
+        if (n == NULL) {
+            return NULL;
+        }
+
+        *n = value[i];
+    }
+
+    return cert;
 }
 
 
@@ -1818,13 +1851,129 @@ ngx_http_acme_has_scheme(ngx_str_t *v)
 
 /* ".example.org" as the fallback certificate shows it */
 
-static void
+void
 ngx_http_acme_strip_dot(ngx_str_t *name)
 {
     if (name->len > 1 && name->data[0] == '.') {
         name->data++;
         name->len--;
     }
+}
+
+
+/*
+ * A certificate's issuers, identifiers and store name, once the issuers are
+ * known: at the end of the http block, or at once for stream and mail.
+ */
+
+ngx_int_t
+ngx_http_acme_cert_resolve(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert)
+{
+    char                *name;
+    ngx_pool_cleanup_t  *cln;
+
+    if (ngx_http_acme_cert_issuers(cf, amcf, cert) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_acme_cert_wildcards(cf, cert, amcf->issuers.elts)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_acme_cert_cleanup;
+    cln->data = cert;
+
+    if (ngx_http_acme_cert_ids(cf, cert) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    name = acme_cert_name(cert->ids, cert->nids, &cert->keyspec);
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    cert->name = ngx_http_acme_cstr_dup(cf->pool, name);
+    free(name);
+
+    if (cert->name == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The same store name must mean the same identifiers: a certificate against
+ * those before it in amcf->certs (http's at the block's end, stream's and
+ * mail's as they are read, after http's).
+ */
+
+ngx_int_t
+ngx_http_acme_cert_conflict(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert)
+{
+    ngx_uint_t              i, k;
+    ngx_http_acme_cert_t  **certs;
+
+    certs = amcf->certs.elts;
+
+    for (i = 0; i < amcf->certs.nelts && certs[i] != cert; i++) {
+        if (certs[i]->name == NULL
+            || certs[i]->store != cert->store
+            || ngx_strcmp(certs[i]->name, cert->name) != 0)
+        {
+            continue;
+        }
+
+        if (certs[i]->nids != cert->nids) {
+            goto conflict;
+        }
+
+        for (k = 0; k < cert->nids; k++) {
+            if (ngx_strcmp(certs[i]->ids[k].value, cert->ids[k].value) != 0) {
+                goto conflict;
+            }
+        }
+
+        continue;
+
+    conflict:
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_certificate: certificate \"%s\" is also "
+                      "configured in %s:%ui with different names "
+                      "in %s:%ui", cert->name, certs[i]->file,
+                      certs[i]->line, cert->file, cert->line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the http block's configuration while the configuration is read */
+
+ngx_http_acme_main_conf_t *
+ngx_http_acme_conf_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_conf_ctx_t  *ctx;
+
+    ctx = (ngx_http_conf_ctx_t *) ngx_get_conf(cf->cycle->conf_ctx,
+                                               ngx_http_module);
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    return ctx->main_conf[ngx_http_acme_module.ctx_index];
 }
 
 
@@ -1844,8 +1993,13 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
         n = cert->names->nelts;
         names = cert->names->elts;
 
-    } else {
+    } else if (cert->cscf) {
         n = cert->cscf->server_names.nelts;
+        names = NULL;
+
+    } else {
+        /* stream and mail: their caller lists the names */
+        n = 0;
         names = NULL;
     }
 
@@ -1858,7 +2012,7 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
 
     cert->nids = 0;
 
-    sn = cert->cscf->server_names.elts;
+    sn = cert->cscf ? cert->cscf->server_names.elts : NULL;
 
     for (i = 0; i < n; i++) {
 
@@ -2111,12 +2265,10 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_acme_main_conf_t *amcf = conf;
 
-    char                    *name;
     size_t                   need;
     ngx_str_t                zname;
-    ngx_uint_t               i, j, k;
-    ngx_pool_cleanup_t      *cln;
-    ngx_http_acme_cert_t   **certs, *cert;
+    ngx_uint_t               i;
+    ngx_http_acme_cert_t   **certs;
     ngx_http_acme_zone_t    *zone;
 
     if (ngx_http_acme_state_storage_key(cf, amcf) != NGX_OK) {
@@ -2132,39 +2284,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     certs = amcf->certs.elts;
 
     for (i = 0; i < amcf->certs.nelts; i++) {
-        cert = certs[i];
-
-        if (ngx_http_acme_cert_issuers(cf, amcf, cert) != NGX_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_http_acme_cert_wildcards(cf, cert, amcf->issuers.elts)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-        cln = ngx_pool_cleanup_add(cf->pool, 0);
-        if (cln == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        cln->handler = ngx_http_acme_cert_cleanup;
-        cln->data = cert;
-
-        if (ngx_http_acme_cert_ids(cf, cert) != NGX_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        name = acme_cert_name(cert->ids, cert->nids, &cert->keyspec);
-        if (name == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        cert->name = ngx_http_acme_cstr_dup(cf->pool, name);
-        free(name);
-
-        if (cert->name == NULL) {
+        if (ngx_http_acme_cert_resolve(cf, amcf, certs[i]) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }
@@ -2182,34 +2302,7 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
     /* the same store name must mean the same identifiers */
 
     for (i = 0; i < amcf->certs.nelts; i++) {
-        for (j = i + 1; j < amcf->certs.nelts; j++) {
-            if (certs[i]->store != certs[j]->store
-                || ngx_strcmp(certs[i]->name, certs[j]->name) != 0)
-            {
-                continue;
-            }
-
-            if (certs[i]->nids != certs[j]->nids) {
-                goto conflict;
-            }
-
-            for (k = 0; k < certs[i]->nids; k++) {
-                if (ngx_strcmp(certs[i]->ids[k].value,
-                               certs[j]->ids[k].value) != 0)
-                {
-                    goto conflict;
-                }
-            }
-
-            continue;
-
-        conflict:
-
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "acme_certificate: certificate \"%s\" is also "
-                          "configured in %s:%ui with different names "
-                          "in %s:%ui", certs[j]->name, certs[i]->file,
-                          certs[i]->line, certs[j]->file, certs[j]->line);
+        if (ngx_http_acme_cert_conflict(cf, amcf, certs[i]) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }

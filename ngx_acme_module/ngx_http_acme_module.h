@@ -70,7 +70,7 @@ typedef struct {
 typedef struct {
     ngx_uint_t                  index;           /* in amcf->certs */
 
-    ngx_http_core_srv_conf_t   *cscf;
+    ngx_http_core_srv_conf_t   *cscf;            /* NULL: stream, mail */
     ngx_array_t                 issuer_names;    /* ngx_str_t */
     ngx_uint_t                 *issuers;         /* in amcf->issuers */
     ngx_uint_t                  nissuers;
@@ -135,6 +135,8 @@ typedef struct {
 
     ngx_resolver_t             *resolver;        /* http's, NULL: libcurl's */
     ngx_msec_t                  resolver_timeout;
+
+    SSL_CTX                    *tls_alpn_ctx;    /* tls-alpn-01, private */
 
     ngx_uint_t                  enabled;
 } ngx_http_acme_main_conf_t;
@@ -208,6 +210,13 @@ extern ngx_module_t  ngx_http_ssl_module;
 
 /* ngx_http_acme_module.c */
 ngx_http_acme_main_conf_t *ngx_http_acme_get_main_conf(void);
+ngx_http_acme_main_conf_t *ngx_http_acme_conf_main_conf(ngx_conf_t *cf);
+ngx_http_acme_cert_t *ngx_http_acme_cert_parse(ngx_conf_t *cf);
+ngx_int_t ngx_http_acme_cert_resolve(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
+ngx_int_t ngx_http_acme_cert_conflict(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
+void ngx_http_acme_strip_dot(ngx_str_t *name);
 
 /* ngx_http_acme_dns.c */
 char *ngx_http_acme_dns_directive(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
@@ -229,6 +238,9 @@ ngx_int_t ngx_http_acme_state_own(ngx_cycle_t *cycle,
 ngx_int_t ngx_http_acme_ssl_init(ngx_conf_t *cf);
 char *ngx_http_acme_fallback_inject(ngx_conf_t *cf,
     ngx_http_acme_srv_conf_t *ascf, ngx_str_t *names, ngx_uint_t nnames);
+ngx_int_t ngx_http_acme_fallback_make(ngx_conf_t *cf,
+    ngx_http_acme_srv_conf_t *ascf, ngx_str_t *names, ngx_uint_t nnames);
+int ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
 ngx_int_t ngx_http_acme_certs_init_process(ngx_cycle_t *cycle);
 void ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle);
 ngx_http_acme_wcert_t *ngx_http_acme_wcert(ngx_http_acme_cert_t *cert,
@@ -243,6 +255,8 @@ ngx_int_t ngx_http_acme_od_init_process(ngx_cycle_t *cycle);
 
 /* ngx_http_acme_tls_alpn.c */
 ngx_int_t ngx_http_acme_tls_alpn_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_acme_tls_alpn_hook(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, SSL_CTX *server_ctx);
 void ngx_http_acme_tls_alpn_init_process(ngx_cycle_t *cycle);
 void ngx_http_acme_tls_alpn_exit_process(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_acme_is_challenge_connection(ngx_connection_t *c);

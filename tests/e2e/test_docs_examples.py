@@ -180,6 +180,9 @@ NGX_ISSUER = {"uri", "contact", "account_key", "challenge", "external_account_ke
               "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service",
               "dns_update", "dns_tsig_key", "dns_server", "dns_resolver", "dns_propagation_timeout"}
 NGX_LOCATION = {"acme_status", "limit_except", "allow", "deny"}
+# stream{} and mail{} blocks: beside the http block, with Debian's modules and ours (issue #19)
+NGX_OUTSIDE = {"stream": ("/usr/share/nginx/modules/ngx_stream_module.so", "ngx_stream_acme_module.so"),
+               "mail": ("/usr/share/nginx/modules/ngx_mail_module.so", "ngx_mail_acme_module.so")}
 
 
 def ngx_top_level(text):
@@ -205,12 +208,19 @@ def ngx_conf(block, root):
     text = adapt_common(block.text, root)
     text = re.sub(r"(?m)^(\s*)uri\s+[^;]+;", rf"\1uri {DUMMY_CA};", text)
     top = set(ngx_top_level(text))
-    unknown = top - NGX_MAIN - NGX_HTTP - NGX_ISSUER - NGX_LOCATION - {
+    unknown = top - NGX_MAIN - NGX_HTTP - NGX_ISSUER - NGX_LOCATION - set(NGX_OUTSIDE) - {
         "listen", "server_name", "acme_certificate", "ssl_certificate", "ssl_certificate_key", "location",
         "root", "return"}
     assert not unknown, f"{block.id}: cannot tell the context of {sorted(unknown)}"
-    main = ""
-    if top & NGX_MAIN:
+    main, after = "", ""
+    if top & set(NGX_OUTSIDE):
+        assert top <= set(NGX_OUTSIDE), f"{block.id}: stream/mail and other directives mixed: {sorted(top)}"
+        after, text = text, ""
+        mods = [NGX_OUTSIDE[t] for t in sorted(top)]
+        main = "".join(f"load_module {debian};\n" for debian, _ in mods)
+        main += f"load_module {harness.build_dir() / 'ngx_http_acme_module.so'};\n"
+        main += "".join(f"load_module {harness.build_dir() / ours};\n" for _, ours in mods)
+    elif top & NGX_MAIN:
         assert top <= NGX_MAIN, f"{block.id}: main-level and other directives mixed: {sorted(top)}"
         main, text = text, ""
     elif top & NGX_ISSUER:
@@ -227,9 +237,9 @@ def ngx_conf(block, root):
                   lambda m: f"{m.group(0)}\n state_path {root.state}/{m.group(1)};\n accept_terms_of_service;",
                   text)
     defined = set(re.findall(r"acme_issuer\s+(\S+)\s*\{", text))
-    named = set(re.findall(r"(?m)^\s*acme_certificate\s+([^\s;]+)", text))
-    named |= set(re.findall(r"fallback=([^\s;]+)", text))
-    if "acme_certificate" in text and not named:
+    named = set(re.findall(r"(?m)^\s*acme_certificate\s+([^\s;]+)", text + after))
+    named |= set(re.findall(r"fallback=([^\s;]+)", text + after))
+    if "acme_certificate" in text + after and not named:
         named.add("docs")
     issuers = "".join(f"acme_issuer {n} {{\n uri {DUMMY_CA};\n accept_terms_of_service;\n"
                       f" state_path {root.state}/{n};\n}}\n" for n in sorted(named - defined))
@@ -240,7 +250,7 @@ def ngx_conf(block, root):
             f"events {{ worker_connections 64; }}\n"
             f"http {{\n access_log off;\n client_body_temp_path {root.dir}/tmp;\n"
             f" proxy_temp_path {root.dir}/tmp;\n fastcgi_temp_path {root.dir}/tmp;\n"
-            f" uwsgi_temp_path {root.dir}/tmp;\n scgi_temp_path {root.dir}/tmp;\n{issuers}{text}}}\n")
+            f" uwsgi_temp_path {root.dir}/tmp;\n scgi_temp_path {root.dir}/tmp;\n{issuers}{text}}}\n{after}")
 
 
 def nginx_t(conf, root):
