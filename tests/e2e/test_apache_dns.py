@@ -100,7 +100,8 @@ def _force_renewal(a, host, name):
 
 
 def test_forced_renewal_served_without_reload(apache_factory, pebble_factory, knot, procs):
-    pebble = pebble_factory(dns_server=knot.dns_address)
+    # new authorizations for the renewal (Pebble still reuses one in a hundred)
+    pebble = pebble_factory(dns_server=knot.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
     a = apache_factory(pebble)
     a.acme_global = dns_global(a, knot, challenge="dns-01")
     a.vhosts = vhost_pair(a, "example.test", "*.example.test", cert="*.example.test example.test")
@@ -112,18 +113,20 @@ def test_forced_renewal_served_without_reload(apache_factory, pebble_factory, kn
     harness.wait_for(lambda: stored_serial(a.state, "_wildcard.example.test") != cert_serial(first), 90,
                      interval=0.3, what="the renewed certificate")
     new = stored_serial(a.state, "_wildcard.example.test")
-    harness.wait_for(lambda: cert_serial(served(a, "b.example.test")) == new, 15, interval=0.3,
-                     what="the renewed certificate served")
-    assert cert_serial(served(a, "example.test")) == new
+    # (a handshake while another thread of its process reloads may still get the old one)
+    for sni in ("b.example.test", "example.test"):
+        harness.wait_for(lambda: cert_serial(served(a, sni)) == new, 15, interval=0.3,
+                         what=f"the renewed certificate served for {sni}")
     log = a.log()
-    # both identifiers through dns-01 (no http-01 in ACMEChallenge), twice
+    # both identifiers through dns-01 (no http-01 in ACMEChallenge), for both orders
     assert log.count("answering dns-01 for *.example.test (rfc2136)") == 2, log
     assert log.count("answering dns-01 for example.test (rfc2136)") == 2, log
+    assert "answering http-01" not in log
     assert log.count("resuming normal operations") == 1
 
 
 def test_refused_key_keeps_certificate(apache_factory, pebble_factory, knot, procs):
-    pebble = pebble_factory(dns_server=knot.dns_address)
+    pebble = pebble_factory(dns_server=knot.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
     a = apache_factory(pebble)
     a.acme_global = dns_global(a, knot)
     a.vhosts = vhost_pair(a, "example.test", "*.example.test")
