@@ -130,7 +130,7 @@ void mod_acme_dns_merge(mod_acme_srv_conf_t *sc, const mod_acme_srv_conf_t *base
 /* 1 when the server's ACMEChallenge lists dns-01. */
 int  mod_acme_dns01(const mod_acme_srv_conf_t *sc);
 /* check_config: complete DNS settings where dns-01 is used, wildcards only with it. 0, or -1 (logged). */
-int  mod_acme_dns_check(server_rec *base);
+int  mod_acme_dns_check(apr_pool_t *ptemp, server_rec *base);
 
 /* ---- the managed certificates and process-wide state ---- */
 

@@ -942,7 +942,7 @@ mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, se
             sc->eab_kid = NULL;
         }
     }
-    if (mod_acme_dns_check(base) != 0) {
+    if (mod_acme_dns_check(ptemp, base) != 0) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     if (config_test_cert_names(ptemp, base) != 0) {

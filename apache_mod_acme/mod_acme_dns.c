@@ -204,7 +204,7 @@ is_wildcard(const char *n)
  * 0, or -1 (logged).
  */
 static int
-check_server(server_rec *s, int any_dns01)
+check_server(apr_pool_t *p, server_rec *s, int any_dns01)
 {
     mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(s);
     const char           *where = sc->cert_directive ? sc->cert_directive : "?";
@@ -237,7 +237,7 @@ check_server(server_rec *s, int any_dns01)
         if (sc->dns_directive != NULL && (s->is_virtual ? managed || !any_dns01 : !any_dns01)) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0141)
                          "%s: the ACMEDNS* directives need ACMEChallenge dns-01 in %s", sc->dns_directive,
-                         mod_acme_vhost_id(s->process->pconf, s));
+                         mod_acme_vhost_id(p, s));
             return -1;
         }
         return 0;
@@ -248,13 +248,13 @@ check_server(server_rec *s, int any_dns01)
     if (sc->dns.method == ACME_DNS_NONE) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0142)
                      "ACMEChallenge dns-01 needs ACMEDNSUpdate (for ACMECertificate %s in %s)", where,
-                     mod_acme_vhost_id(s->process->pconf, s));
+                     mod_acme_vhost_id(p, s));
         return -1;
     }
     if (sc->dns.tsig.name == NULL) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0143)
                      "ACMEDNSUpdate rfc2136 needs ACMEDNSTSIGKey (for ACMECertificate %s in %s)", where,
-                     mod_acme_vhost_id(s->process->pconf, s));
+                     mod_acme_vhost_id(p, s));
         return -1;
     }
     if (acme_dns_config_check(&sc->dns, &err) != 0) {
@@ -266,7 +266,7 @@ check_server(server_rec *s, int any_dns01)
 }
 
 int
-mod_acme_dns_check(server_rec *base)
+mod_acme_dns_check(apr_pool_t *ptemp, server_rec *base)
 {
     server_rec  *s;
     int          any_dns01 = 0;
@@ -275,7 +275,7 @@ mod_acme_dns_check(server_rec *base)
         any_dns01 |= mod_acme_dns01(mod_acme_srv_conf(s));
     }
     for (s = base; s != NULL; s = s->next) {
-        if (check_server(s, any_dns01) != 0) {
+        if (check_server(ptemp, s, any_dns01) != 0) {
             return -1;
         }
     }
