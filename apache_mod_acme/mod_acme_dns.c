@@ -233,12 +233,17 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
                          "ACMEChallenge dns-01 (with ACMEDNSUpdate and ACMEDNSTSIGKey)", where, wild);
             return -1;
         }
-        /* a vhost's own ACMEDNS*, or the main server's when no server at all uses dns-01 */
-        if (sc->dns_directive != NULL && (s->is_virtual ? managed || !any_dns01 : !any_dns01)) {
+        /* a managed vhost's own ACMEDNS* unused: an error; server-wide defaults no vhost uses: a warning */
+        if (sc->dns_directive != NULL && s->is_virtual && (managed || !any_dns01)) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0141)
                          "%s: the ACMEDNS* directives need ACMEChallenge dns-01 in %s", sc->dns_directive,
                          mod_acme_vhost_id(p, s));
             return -1;
+        }
+        if (sc->dns_directive != NULL && !s->is_virtual && !any_dns01) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, ACMELOGNO(0145)
+                         "%s: no ACMEChallenge lists dns-01, the ACMEDNS* settings are not used",
+                         sc->dns_directive);
         }
         return 0;
     }

@@ -180,9 +180,14 @@ def test_config_test_refuses_incomplete_dns(apache_factory, pebble, knot):
     _refused(a, "ACMEChallenge dns-01 needs ACMEDNSUpdate")
     a.acme_global = "ACMEChallenge dns-01\nACMEDNSUpdate rfc2136\n"
     _refused(a, "ACMEDNSUpdate rfc2136 needs ACMEDNSTSIGKey")
-    # ACMEDNS* where nothing uses dns-01
-    a.acme_global, a.vhosts = f"ACMEDNSUpdate rfc2136\nACMEDNSTSIGKey {keyfile}\n", vhost_pair(a, "example.test")
+    # a managed virtual host's own ACMEDNS* where it does not use dns-01 (server-wide: a warning)
+    a.acme_global = ""
+    a.vhosts = vhost_pair(a, "example.test").replace("    ACMECertificate on\n",
+                                                     "    ACMECertificate on\n    ACMEDNSUpdate rfc2136\n")
     _refused(a, "ACMEDNSUpdate (", "the ACMEDNS* directives need ACMEChallenge dns-01")
+    a.acme_global, a.vhosts = f"ACMEDNSUpdate rfc2136\nACMEDNSTSIGKey {keyfile}\n", vhost_pair(a, "example.test")
+    p = a.config_test()
+    assert p.returncode == 0 and "ACME0145: ACMEDNSUpdate (" in p.stdout + p.stderr, p.stdout + p.stderr
     # bad values name the directive and the value, never the secret
     bad = a.dir / "md5.key"
     bad.write_text('key "k" { algorithm hmac-md5; secret "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; };\n')
