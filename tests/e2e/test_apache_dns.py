@@ -1,13 +1,15 @@
 """mod_acme: dns-01 through RFC 2136 updates to Knot (Pebble validating through it), wildcard
 certificates served without a reload, a forced renewal, a refused TSIG key, apache2 -t refusals."""
 
+import time
+
 import pytest
 
 import harness
 import knot_harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
-from apache_harness import cert_serial, cert_subject, stored_serial, tls_get, _x509
-from test_dns import ZONES
+from apache_harness import _x509, cert_serial, cert_subject, http_get, stored_serial, tls_get
+from test_dns import ZONES, knot_pair  # noqa: F401  (fixture)
 
 WRONG_SECRET_KEY = ('key "acme-key-sha256" { algorithm hmac-sha256; '
                     'secret "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; };\n')
@@ -208,3 +210,35 @@ def test_config_test_refuses_incomplete_dns(apache_factory, pebble, knot):
                      f"ACMEDNSServer {knot.address}:53\nACMEDNSResolver {knot.address}\n")
     p = a.config_test()
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_propagation_wait_blocks_no_child(apache_factory, pebble_factory, knot_pair, procs):
+    # prefork: the driver's child serves requests in its main thread; the DNS work (here a wait for
+    # ns2, which lags) runs in a thread of its own, so every child keeps answering meanwhile
+    k1, k2 = knot_pair
+    pebble = pebble_factory(dns_server=k1.dns_address)
+    a = apache_factory(pebble, mpm="prefork")
+    keyfile = k1.key_file("acme-key-sha256", a.dir / "tsig.key")
+    a.acme_global = (f"ACMEChallenge dns-01\nACMEDNSUpdate rfc2136\nACMEDNSTSIGKey {keyfile}\n"
+                     f"ACMEDNSResolver {k1.address}\nACMEDNSPropagationTimeout 60\n")
+    a.vhosts = vhost_pair(a, "lag.example.test")
+    a.start(procs)
+    owner = "_acme-challenge.lag.example.test"
+    harness.wait_for(lambda: k1.txt(owner), timeout=30, what="the record on ns1")
+    value = k1.txt(owner)[0]
+    # a few seconds of requests (new connections, so every child gets some) while the driver waits
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < 4:
+        start = time.monotonic()
+        r = http_get(a.http_port, "lag.example.test", "/index.html")
+        assert r.status == 200 and time.monotonic() - start < 1.0, r
+        assert a.status("lag.example.test")["driver_pid"]
+        n += 1
+    assert n > 20
+    c = cert_of(a, "lag.example.test", lambda c: c["name"] == "lag.example.test")
+    assert c["state"] != "valid" and "is on every authoritative server" not in a.log(), c
+    k2.add_txt("example.test", "_acme-challenge.lag", value)
+    wait_valid_name(a, "lag.example.test", "lag.example.test", timeout=60)
+    assert cert_serial(served(a, "lag.example.test")) == stored_serial(a.state, "lag.example.test")
+    assert "the dns-01 record for lag.example.test is on every authoritative server" in a.log()
