@@ -1,11 +1,13 @@
 /* acmectl: the admin's command line for the ACME core and the state directory the modules share. */
 #include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <signal.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <openssl/pem.h>
 
@@ -20,6 +22,7 @@
 #include "acme_http.h"
 #include "acme_manager.h"
 #include "chsrv.h"
+#include "import.h"
 
 #define DEFAULT_STATE "/var/lib/acme"
 
@@ -99,16 +102,22 @@ usage(FILE *f)
 "\n"
 "commands:\n"
 "  issue [--ignore-server] [--challenge TYPE[,TYPE]...] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
-"        [--dns-update rfc2136] [--tsig-key|--dns-tsig-key FILE] [--dns-server HOST[:PORT]]\n"
-"        [--dns-resolver ADDR[:PORT]] [--dns-propagation-timeout SECONDS] [--key ALG] [--profile NAME]\n"
-"        [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
-"        TYPE: http-01, tls-alpn-01, dns-01 (RFC 2136 update with --tsig-key); a wildcard takes dns-01\n"
+"        [--dns-update rfc2136|hook|acme-dns] [--tsig-key|--dns-tsig-key FILE] [--dns-server HOST[:PORT]]\n"
+"        [--dns-resolver ADDR[:PORT]] [--dns-hook PROGRAM [--dns-hook-timeout SECONDS]]\n"
+"        [--acme-dns ACCOUNTFILE --acme-dns-url URL] [--dns-propagation-timeout SECONDS] [--key ALG]\n"
+"        [--profile NAME] [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
+"        TYPE: http-01, tls-alpn-01, dns-01 or dns-account-01 (records published by one of --tsig-key,\n"
+"        --dns-hook, --acme-dns), dns-persist-01 (its record checked); a wildcard takes a DNS type\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
 "  ari-check [NAME...]\n"
 "        ask the CA's renewal information (RFC 9773) of every certificate, or of those named, again and\n"
 "        store it; renews nothing (renew, run or the server act on a window that says renew now)\n"
+"  dns-persist-record [--wildcard] [--until UNIXTIME] [--issuer-domain-name NAME]\n"
+"        [--publish --tsig-key FILE|--dns-hook PROGRAM [--dns-...]] NAME...\n"
+"        print the dns-persist-01 TXT record(s) to create once for this account and CA (--publish: and\n"
+"        publish them once)\n"
 "  list\n"
 "  status --json\n"
 "  revoke [--reason N] [--with-cert-key] NAME\n"
@@ -116,6 +125,9 @@ usage(FILE *f)
 "  migrate [--from DIR|URL] --to DIR|URL [--from-key FILE] [--to-key FILE]\n"
 "        copy every account, certificate, key and pending order from one store to another\n"
 "        (--from defaults to the current storage, the keys to --storage-key)\n"
+"  import [--dry-run] certbot [DIR] | mod_md [DIR]\n"
+"        take certbot's lineages (DIR default /etc/letsencrypt) or mod_md's domains (DIR: its MDStoreDir,\n"
+"        default /etc/apache2/md) with their accounts into the store: served at once, renewed on schedule\n"
 "  upgrade-storage\n"
 "        seal and sign in place what the --storage redis://... holds unsealed or unsigned (written before\n"
 "        --storage-key was set, or by an older version); run once, when Redis' content is trusted\n"
@@ -314,6 +326,11 @@ typedef struct {
     const char       *dns_server;
     const char       *dns_resolver;
     long              dns_timeout;
+    const char       *dns_hook;
+    long              dns_hook_timeout;
+    const char       *acme_dns;
+    const char       *acme_dns_url;
+    int               dns_lookup;       /* dns-persist-01 alone: o->dns for its lookups only */
     acme_dns_config_t dns;
     acmectl_chsrv_t  *srv;
 } issue_opts_t;
@@ -382,9 +399,9 @@ parse_issue_opt(int c, issue_opts_t *o)
         return 0;
     case 'K': o->tsig_key = optarg; return 0;
     case 'U':
-        /* the method, named as nginx's dns_update (the only one for now) */
-        if (strcmp(optarg, "rfc2136") != 0) {
-            fprintf(stderr, "acmectl: --dns-update \"%s\": use rfc2136\n", optarg);
+        /* the method, named as nginx's dns_update; its own options must match it */
+        if (strcmp(optarg, "rfc2136") != 0 && strcmp(optarg, "hook") != 0 && strcmp(optarg, "acme-dns") != 0) {
+            fprintf(stderr, "acmectl: --dns-update \"%s\": use rfc2136, hook or acme-dns\n", optarg);
             return -1;
         }
         o->dns_update = optarg;
@@ -398,11 +415,21 @@ parse_issue_opt(int c, issue_opts_t *o)
             return -1;
         }
         return 0;
+    case 'j': o->dns_hook = optarg; return 0;
+    case 'J':
+        o->dns_hook_timeout = strtol(optarg, NULL, 10);
+        if (o->dns_hook_timeout <= 0) {
+            fprintf(stderr, "acmectl: --dns-hook-timeout \"%s\": a number of seconds\n", optarg);
+            return -1;
+        }
+        return 0;
+    case 'a': o->acme_dns = optarg; return 0;
+    case 'u': o->acme_dns_url = optarg; return 0;
     }
     return -1;
 }
 
-#define ISSUE_TYPES_MAX  3
+#define ISSUE_TYPES_MAX  5
 
 /*
  * --challenge: types in preference order ("http-01,dns-01": http-01 where it can, dns-01 for wildcards).
@@ -411,55 +438,111 @@ parse_issue_opt(int c, issue_opts_t *o)
 static int
 issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *ntypes)
 {
-    static const char  *known[] = { "http-01", "tls-alpn-01", "dns-01" };
+    static const char  *known[] = { "http-01", "tls-alpn-01", "dns-01", "dns-account-01", "dns-persist-01" };
     acme_err_t          err;
     char               *t, *save = NULL;
     size_t              i;
-    int                 dns = 0;
+    int                 dns = 0, persist = 0;
 
     *ntypes = 0;
     snprintf(buf, len, "%s", o->challenge ? o->challenge : "http-01");
     for (t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-        for (i = 0; i < 3 && strcmp(t, known[i]) != 0; i++) {
+        for (i = 0; i < 5 && strcmp(t, known[i]) != 0; i++) {
             /* void */
         }
-        if (i == 3 || *ntypes == ISSUE_TYPES_MAX) {
-            fprintf(stderr, "acmectl: --challenge \"%s\": use http-01, tls-alpn-01 or dns-01 (a list: "
-                    "in order of preference)\n", o->challenge);
+        if (i == 5 || *ntypes == ISSUE_TYPES_MAX) {
+            fprintf(stderr, "acmectl: --challenge \"%s\": use http-01, tls-alpn-01, dns-01, dns-account-01 or "
+                    "dns-persist-01 (a list: in order of preference)\n", o->challenge);
             return 2;
         }
         types[(*ntypes)++] = t;
-        dns |= i == 2;
+        dns |= i == 2 || i == 3;
+        persist |= i == 4;
     }
     if (*ntypes == 0) {
         fprintf(stderr, "acmectl: --challenge: no type\n");
         return 2;
     }
+    if (!dns && persist) {
+        /* dns-persist-01 publishes nothing: its record is only looked up */
+        if (o->tsig_key || o->dns_server || o->dns_timeout || o->dns_hook || o->dns_hook_timeout || o->acme_dns
+            || o->acme_dns_url)
+        {
+            fprintf(stderr, "acmectl: dns-persist-01 publishes nothing (create its record once: acmectl "
+                    "dns-persist-record); --tsig-key, --dns-hook and --acme-dns are for dns-01 and "
+                    "dns-account-01\n");
+            return 2;
+        }
+        acme_dns_config_free(&o->dns);
+        o->dns.resolver = o->dns_resolver ? acme_strdup(o->dns_resolver) : NULL;
+        o->dns_lookup = 1;
+        return 0;
+    }
     if (!dns) {
-        if (o->tsig_key || o->dns_update || o->dns_server || o->dns_resolver || o->dns_timeout) {
-            fprintf(stderr, "acmectl: --dns-update, --tsig-key, --dns-server, --dns-resolver and "
-                    "--dns-propagation-timeout need --challenge dns-01\n");
+        if (o->tsig_key || o->dns_update || o->dns_server || o->dns_resolver || o->dns_timeout || o->dns_hook
+            || o->dns_hook_timeout || o->acme_dns || o->acme_dns_url)
+        {
+            fprintf(stderr, "acmectl: --dns-update, --tsig-key, --dns-hook, --acme-dns and the other --dns-... options "
+                    "need --challenge dns-01 or dns-account-01\n");
             return 2;
         }
         return 0;
     }
-    if (o->tsig_key == NULL) {
-        fprintf(stderr, "acmectl: --challenge dns-01 needs --tsig-key FILE (the TSIG key of the RFC 2136 "
-                "updates)\n");
+    if ((o->tsig_key != NULL) + (o->dns_hook != NULL) + (o->acme_dns != NULL) != 1) {
+        fprintf(stderr, "acmectl: --challenge dns-01 (or dns-account-01) needs one way to publish its records: --tsig-key FILE "
+                "(RFC 2136 updates), --dns-hook PROGRAM or --acme-dns ACCOUNTFILE\n");
+        return 2;
+    }
+    if (o->dns_update != NULL
+        && strcmp(o->dns_update, o->tsig_key ? "rfc2136" : o->dns_hook ? "hook" : "acme-dns") != 0)
+    {
+        fprintf(stderr, "acmectl: --dns-update %s: its option is %s\n", o->dns_update,
+                strcmp(o->dns_update, "rfc2136") == 0 ? "--tsig-key FILE"
+                : strcmp(o->dns_update, "hook") == 0 ? "--dns-hook PROGRAM" : "--acme-dns ACCOUNTFILE");
+        return 2;
+    }
+    if ((o->dns_server != NULL && o->tsig_key == NULL) || (o->dns_hook_timeout && o->dns_hook == NULL)
+        || ((o->acme_dns_url != NULL) != (o->acme_dns != NULL)))
+    {
+        fprintf(stderr, "acmectl: %s\n", o->dns_server != NULL && o->tsig_key == NULL
+                ? "--dns-server is for --tsig-key (RFC 2136 updates)"
+                : o->dns_hook_timeout && o->dns_hook == NULL ? "--dns-hook-timeout is for --dns-hook"
+                : "--acme-dns ACCOUNTFILE and --acme-dns-url URL go together");
         return 2;
     }
     if (o->dns.method == ACME_DNS_NONE) {
+        const char *opt = o->tsig_key ? "--tsig-key" : o->dns_hook ? "--dns-hook" : "--acme-dns";
+        const char *val = o->tsig_key ? o->tsig_key : o->dns_hook ? o->dns_hook : o->acme_dns;
+
         memset(&o->dns, 0, sizeof(o->dns));
-        if (acme_tsig_key_load(o->tsig_key, &o->dns.tsig, &err) != 0) {
-            fprintf(stderr, "acmectl: --tsig-key: %s\n", err.msg);
-            return 2;
+        if (o->tsig_key != NULL) {
+            if (acme_tsig_key_load(o->tsig_key, &o->dns.tsig, &err) != 0) {
+                fprintf(stderr, "acmectl: --tsig-key: %s\n", err.msg);
+                return 2;
+            }
+            o->dns.method = ACME_DNS_RFC2136;
+        } else if (o->dns_hook != NULL) {
+            /* the hook is run by its absolute path, as a server would */
+            o->dns.hook = realpath(o->dns_hook, NULL);
+            if (o->dns.hook == NULL) {
+                fprintf(stderr, "acmectl: --dns-hook %s: %s\n", o->dns_hook, strerror(errno));
+                return 2;
+            }
+            o->dns.method = ACME_DNS_HOOK;
+            o->dns.hook_timeout = o->dns_hook_timeout;
+        } else {
+            if (acme_acmedns_load(o->acme_dns, &o->dns, &err) != 0) {
+                fprintf(stderr, "acmectl: --acme-dns: %s\n", err.msg);
+                return 2;
+            }
+            o->dns.method = ACME_DNS_ACMEDNS;
+            o->dns.acmedns_url = acme_strdup(o->acme_dns_url);
         }
-        o->dns.method = ACME_DNS_RFC2136;
         o->dns.server = o->dns_server ? acme_strdup(o->dns_server) : NULL;
         o->dns.resolver = o->dns_resolver ? acme_strdup(o->dns_resolver) : NULL;
         o->dns.propagation_timeout = o->dns_timeout;
         if (acme_dns_config_check(&o->dns, &err) != 0) {
-            fprintf(stderr, "acmectl: --tsig-key %s: %s\n", o->tsig_key, err.msg);
+            fprintf(stderr, "acmectl: %s %s: %s\n", opt, val, err.msg);
             acme_dns_config_free(&o->dns);
             return 2;
         }
@@ -496,6 +579,10 @@ static const struct option issue_longopts[] = {
     { "dns-server", required_argument, NULL, 'D' },
     { "dns-resolver", required_argument, NULL, 'R' },
     { "dns-propagation-timeout", required_argument, NULL, 'X' },
+    { "dns-hook", required_argument, NULL, 'j' },
+    { "dns-hook-timeout", required_argument, NULL, 'J' },
+    { "acme-dns", required_argument, NULL, 'a' },
+    { "acme-dns-url", required_argument, NULL, 'u' },
     { NULL, 0, NULL, 0 }
 };
 
@@ -586,7 +673,7 @@ issue_names(ctl_t *ctl, issue_opts_t *o, acme_ident_t *ids, size_t nids, const a
     req.keyspec = *ks;
     req.challenge_types = types;
     req.nchallenge_types = ntypes;
-    req.dns = o->dns.method != ACME_DNS_NONE ? &o->dns : NULL;
+    req.dns = o->dns.method != ACME_DNS_NONE || o->dns_lookup ? &o->dns : NULL;
     req.profile = o->profile;
     req.preferred_chain = o->preferred_chain;
     req.replaces = replaces;
@@ -1483,6 +1570,127 @@ run_cert_updated(void *data, const char *name)
     run_write_status(r);
 }
 
+/*
+ * dns-persist-01: the record an admin creates once per name, for this account and CA (its issuer-domain-name:
+ * the directory's caaIdentities, or --issuer-domain-name), in zone-file form.
+ */
+static int
+cmd_dns_persist_record(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "wildcard", no_argument, NULL, 'w' },
+        { "until", required_argument, NULL, 'u' },
+        { "issuer-domain-name", required_argument, NULL, 'i' },
+        { "publish", no_argument, NULL, 'P' },
+        { "tsig-key", required_argument, NULL, 'K' },
+        { "dns-server", required_argument, NULL, 'D' },
+        { "dns-resolver", required_argument, NULL, 'R' },
+        { "dns-propagation-timeout", required_argument, NULL, 'X' },
+        { "dns-hook", required_argument, NULL, 'j' },
+        { "dns-hook-timeout", required_argument, NULL, 'J' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char   *issuer = NULL, *acct;
+    long long     until = 0;
+    int           c, wildcard = 0, i, publish = 0, rc = 0;
+    char         *end, *name, *value, typebuf[40];
+    issue_opts_t  o;
+    const char   *types[ISSUE_TYPES_MAX];
+    size_t        ntypes;
+    acme_err_t    err;
+
+    memset(&o, 0, sizeof(o));
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'w') {
+            wildcard = 1;
+        } else if (c == 'u') {
+            until = strtoll(optarg, &end, 10);
+            if (*end != '\0' || until <= (long long) time(NULL)) {
+                fprintf(stderr, "acmectl: --until \"%s\": a Unix time in the future\n", optarg);
+                return 2;
+            }
+        } else if (c == 'i') {
+            issuer = optarg;
+        } else if (c == 'P') {
+            publish = 1;
+        } else if (parse_issue_opt(c, &o) != 0) {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "acmectl dns-persist-record: name at least one domain\n");
+        return 2;
+    }
+    if (publish) {
+        /* published once through an update method, as dns-01's records are (and left in place) */
+        o.challenge = "dns-01";
+        if (issue_types(&o, typebuf, sizeof(typebuf), types, &ntypes) != 0) {
+            return 2;
+        }
+        if (o.dns.method == ACME_DNS_ACMEDNS) {
+            fprintf(stderr, "acmectl: --publish: acme-dns can only publish at its own subdomain\n");
+            acme_dns_config_free(&o.dns);
+            return 2;
+        }
+    } else if (o.tsig_key || o.dns_hook || o.dns_server || o.dns_timeout || o.dns_hook_timeout) {
+        fprintf(stderr, "acmectl dns-persist-record: --tsig-key, --dns-hook and the --dns-... options go with "
+                "--publish\n");
+        return 2;
+    }
+    if (ctl_open_store(ctl, 1) != 0 || ctl_client(ctl, NULL) != 0 || ctl_ready(ctl) != 0) {
+        acme_dns_config_free(&o.dns);
+        return 1;
+    }
+    if (issuer == NULL) {
+        issuer = acme_client_directory(ctl->client)->caa_identity;
+    }
+    if (issuer == NULL) {
+        fprintf(stderr, "acmectl: the CA %s names no caaIdentities in its directory: give its "
+                "issuer-domain-name with --issuer-domain-name\n", acme_client_directory_url(ctl->client));
+        acme_dns_config_free(&o.dns);
+        return 1;
+    }
+    acct = acme_client_account_url(ctl->client);
+    for (i = optind; i < argc; i++) {
+        /* "*.example.org" means example.org with policy=wildcard */
+        int w = wildcard || strncmp(argv[i], "*.", 2) == 0;
+        name = acme_dns_persist_name(argv[i]);
+        value = acme_dns_persist_value(issuer, acct, w, until);
+        if (name == NULL || value == NULL) {
+            free(name);
+            free(value);
+            fprintf(stderr, "acmectl: out of memory\n");
+            return 1;
+        }
+        printf("%s. IN TXT \"%s\"\n", name, value);
+        fflush(stdout);
+        if (publish) {
+            acme_dns_record_t rec = { .name = name, .value = value, .ident = argv[i], .type = "dns-persist-01" };
+            char             *out = NULL, *line, *save = NULL;
+
+            /* blocking is fine here: acmectl has nothing else to do */
+            if (acme_dns_publish_record(&o.dns, &rec, 1, NULL, &out, &err) != 0) {
+                fprintf(stderr, "acmectl: publishing %s (%s): %s\n", name, acme_dns_method_name(o.dns.method),
+                        err.msg);
+                rc = 1;
+            } else {
+                fprintf(stderr, "acmectl: published %s (%s); it stays until you remove it\n", name,
+                        acme_dns_method_name(o.dns.method));
+            }
+            for (line = out ? strtok_r(out, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+                fprintf(stderr, "acmectl: DNS %s\n", line);
+            }
+            free(out);
+        }
+        free(name);
+        free(value);
+    }
+    acme_dns_config_free(&o.dns);
+    return rc;
+}
+
 static int
 cmd_run(ctl_t *ctl, int argc, char **argv)
 {
@@ -1502,6 +1710,10 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "dns-server", required_argument, NULL, 'D' },
         { "dns-resolver", required_argument, NULL, 'R' },
         { "dns-propagation-timeout", required_argument, NULL, 'X' },
+        { "dns-hook", required_argument, NULL, 'j' },
+        { "dns-hook-timeout", required_argument, NULL, 'J' },
+        { "acme-dns", required_argument, NULL, 'a' },
+        { "acme-dns-url", required_argument, NULL, 'u' },
         { NULL, 0, NULL, 0 }
     };
     issue_opts_t         o;
@@ -1732,6 +1944,47 @@ cmd_migrate(ctl_t *ctl, int argc, char **argv)
     return rc == 0 ? 0 : 1;
 }
 
+/* ---- import: certbot's and mod_md's certificates and accounts (import.c) ---- */
+
+static int
+cmd_import(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "dry-run", no_argument, NULL, 'n' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char  *tool, *dir;
+    int          c, dry_run = 0;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n': dry_run = 1; break;
+        default:  usage(stderr); return 2;
+        }
+    }
+    if (optind >= argc || argc - optind > 2
+        || (strcmp(argv[optind], "certbot") != 0 && strcmp(argv[optind], "mod_md") != 0))
+    {
+        fprintf(stderr, "acmectl import: certbot [DIR] or mod_md [DIR]\n");
+        return 2;
+    }
+    tool = argv[optind];
+    dir = optind + 1 < argc ? argv[optind + 1]
+          : strcmp(tool, "certbot") == 0 ? "/etc/letsencrypt" : "/etc/apache2/md";
+    if (!dry_run && ctl->storage == NULL && geteuid() == 0 && access(ctl->state, F_OK) != 0) {
+        /* made by root, it would be root's: the server's workers could not write in it */
+        fprintf(stderr, "acmectl import: the state directory %s does not exist: start the server once (it "
+                "makes it for its user), or create it for that user (install -d -o www-data -g www-data -m 0700 "
+                "%s)\n", ctl->state, ctl->state);
+        return 1;
+    }
+    if (!dry_run && ctl_open_store(ctl, 1) != 0) {
+        return 1;
+    }
+    return import_command(ctl->store, dry_run, tool, dir);
+}
+
 /* --prefix NAME: the prefix=NAME of nginx's acme_storage and Apache's ACMEStorage, for the same store. */
 static int
 storage_prefix(ctl_t *ctl, const char *prefix)
@@ -1866,6 +2119,10 @@ main(int argc, char **argv)
         rc = cmd_account(&ctl, argc, argv);
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&ctl, argc, argv);
+    } else if (strcmp(cmd, "import") == 0) {
+        rc = cmd_import(&ctl, argc, argv);
+    } else if (strcmp(cmd, "dns-persist-record") == 0) {
+        rc = cmd_dns_persist_record(&ctl, argc, argv);
     } else if (strcmp(cmd, "upgrade-storage") == 0) {
         rc = cmd_upgrade_storage(&ctl, argc);
     } else {

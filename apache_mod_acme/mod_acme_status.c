@@ -14,6 +14,9 @@
  *   anything else      405.
  * "ACMEStatusFormat prometheus" (or ?format=prometheus, which overrides ACMEStatusFormat either way) renders the
  * same document as Prometheus text with the core's renderer, the one nginx's acme_status uses.
+ * A JSON GET whose Accept prefers text/html (and no ?format=) gets the same document as a page for people
+ * (acme_status_html.c), with renew buttons where ACMEStatusRenew is on. A POST carrying a browser's cross-site signals
+ * (Sec-Fetch-Site, Origin) is refused with 403.
  */
 #include "mod_acme.h"
 
@@ -25,6 +28,7 @@
 #include <jansson.h>
 
 #include "acme_metrics.h"
+#include "acme_status_html.h"
 #include "acme_store.h"
 
 static const char *
@@ -275,6 +279,32 @@ send_json(request_rec *r, int status, const char *json)
     return OK;
 }
 
+/* The document as the page for people, with its security headers. */
+static int
+send_page(request_rec *r, const char *json)
+{
+    mod_acme_dir_conf_t  *dc = ap_get_module_config(r->per_dir_config, &acme_module);
+    char                 *html;
+    size_t                len;
+
+    html = acme_status_html(json, strlen(json), dc != NULL && dc->renew_allowed == 1, time(NULL), &len);
+    if (html == NULL) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->status = HTTP_OK;
+    ap_set_content_type(r, "text/html; charset=utf-8");
+    apr_table_setn(r->headers_out, "Content-Security-Policy", acme_status_html_csp());
+    apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");
+    apr_table_setn(r->headers_out, "Referrer-Policy", "no-referrer");
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_length(r, (apr_off_t) len);
+    if (!r->header_only) {
+        ap_rwrite(html, (int) len, r);
+    }
+    free(html);
+    return OK;
+}
+
 /* 429: Retry-After, and the time and the reason in the body. */
 static int
 too_soon(request_rec *r, apr_uint32_t until, const char *why)
@@ -346,7 +376,7 @@ status_handler(request_rec *r)
 {
     mod_acme_dir_conf_t  *dc;
     mod_acme_cert_t      *c;
-    const char           *json, *name;
+    const char           *json, *name, *accept;
     json_t               *o;
     char                 *text;
     apr_uint32_t          now, until = 0, prev = 0;
@@ -362,7 +392,14 @@ status_handler(request_rec *r)
         }
         json = mod_acme_shm_status_get(mod_acme_g.active ? mod_acme_g.shm : NULL, r->pool);
         json = json != NULL ? status_filter(r, json) : status_from_store(r);
-        return format == MOD_ACME_FORMAT_PROMETHEUS ? send_metrics(r, json) : send_json(r, HTTP_OK, json);
+        accept = apr_table_get(r->headers_in, "Accept");
+        if (format == MOD_ACME_FORMAT_PROMETHEUS) {
+            return send_metrics(r, json);
+        }
+        if (arg_value(r, "format") == NULL && accept != NULL && acme_status_accepts_html(accept, strlen(accept))) {
+            return send_page(r, json);
+        }
+        return send_json(r, HTTP_OK, json);
     }
     if (r->method_number != M_POST) {
         r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST);
@@ -380,6 +417,14 @@ status_handler(request_rec *r)
                       ari ? "ARI check" : "renew");
         return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal and ARI check requests are not allowed "
                                             "here (ACMEStatusRenew on)\"}");
+    }
+    if (!acme_status_post_allowed(apr_table_get(r->headers_in, "Sec-Fetch-Site"),
+                                  apr_table_get(r->headers_in, "Origin"), apr_table_get(r->headers_in, "Host"))) {
+        ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0124)
+                      "acme-status: %s refused: it came from another site's page (Origin, Sec-Fetch-Site)",
+                      ari ? "ARI check" : "renew");
+        return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal and ARI check requests from other sites' "
+                                            "pages are not allowed\"}");
     }
     interval = dc->renew_interval != ACME_UNSET ? dc->renew_interval : MOD_ACME_RENEW_INTERVAL;
     if (ari) {

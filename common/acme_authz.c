@@ -161,7 +161,8 @@ choose_type(acme_issue_t *job, acme_authz_t *a, acme_challenge_t **out)
             continue;
         }
         c = acme_authz_challenge(a, job->types[i]);
-        if (c != NULL && c->token != NULL && c->url != NULL) {
+        /* dns-persist-01 has no token */
+        if (c != NULL && (c->token != NULL || strcmp(job->types[i], "dns-persist-01") == 0) && c->url != NULL) {
             *out = c;
             return job->types[i];
         }
@@ -245,7 +246,7 @@ done:
 }
 
 static int
-dns_publish(acme_issue_t *job, acme_authz_t *a, const char *token, acme_err_t *err)
+dns_publish(acme_issue_t *job, const char *type, acme_authz_t *a, const char *token, acme_err_t *err)
 {
     char  *thumb, *ka;
     int    rc;
@@ -260,7 +261,7 @@ dns_publish(acme_issue_t *job, acme_authz_t *a, const char *token, acme_err_t *e
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         return -1;
     }
-    rc = acme_issue_dns_publish(job, a->identifier.value, a->wildcard, ka, err);
+    rc = acme_issue_dns_publish(job, type, a->identifier.value, a->wildcard, ka, err);
     free(ka);
     return rc;
 }
@@ -446,10 +447,25 @@ acme_issue_authz_resp(void *arg, const acme_http_resp_t *resp, const acme_err_t 
         if (c->status == ACME_ST_PROCESSING || c->status == ACME_ST_VALID) {
             payload = NULL;     /* already triggered (a resumed order): just wait */
         }
+        if (strcmp(type, "dns-persist-01") == 0 && payload != NULL) {
+            free(job->chall_url);
+            job->chall_url = acme_strdup(c->url);
+            if (acme_issue_dns_persist(job, &a, c, &e) != 0) {
+                acme_err_prefix(&e, "checking the dns-persist-01 record for %s%s", a.wildcard ? "*." : "",
+                                a.identifier.value);
+                acme_authz_free(&a);
+                acme_issue_job_fail(job, &e);
+                return;
+            }
+            acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": answering dns-persist-01 for %s%s (its record "
+                     "checked first)", job->name, a.wildcard ? "*." : "", a.identifier.value);
+            acme_authz_free(&a);
+            return;
+        }
         if (dns_type(type) && payload != NULL) {
             free(job->chall_url);
             job->chall_url = acme_strdup(c->url);
-            if (dns_publish(job, &a, c->token, &e) != 0) {
+            if (dns_publish(job, type, &a, c->token, &e) != 0) {
                 acme_err_prefix(&e, "publishing the %s challenge for %s%s", type, a.wildcard ? "*." : "",
                                 a.identifier.value);
                 acme_authz_free(&a);

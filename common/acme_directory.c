@@ -302,6 +302,13 @@ dir_meta(json_t *meta, acme_directory_t *dir, acme_err_t *err)
     if (json_is_string(v) && acme_url_valid(json_string_value(v))) {
         dir->website = dir_text(v);
     }
+    v = json_array_get(json_object_get(meta, "caaIdentities"), 0);
+    if (json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= 253
+        && strspn(json_string_value(v), "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+           == json_string_length(v))
+    {
+        dir->caa_identity = dir_text(v);
+    }
     v = json_object_get(meta, "externalAccountRequired");
     if (v != NULL && !json_is_null(v)) {
         if (!json_is_boolean(v)) {
@@ -421,6 +428,7 @@ acme_directory_free(acme_directory_t *dir)
     free(dir->renewal_info);
     free(dir->terms_of_service);
     free(dir->website);
+    free(dir->caa_identity);
     for (i = 0; i < dir->nprofiles; i++) {
         free(dir->profiles[i]);
         free(dir->profile_descs[i]);

@@ -15,6 +15,7 @@ typedef struct {
     char   *renewal_info;       /* RFC 9773, optional */
     char   *terms_of_service;   /* meta.termsOfService, optional */
     char   *website;            /* meta.website, optional */
+    char   *caa_identity;       /* meta.caaIdentities[0] (dns-persist-01's issuer-domain-name), optional */
     int     eab_required;       /* meta.externalAccountRequired */
     char  **profiles;           /* names from meta.profiles (object keys), optional */
     char  **profile_descs;      /* their descriptions */

@@ -33,4 +33,25 @@ int acme_dns_rfc2136_check(const acme_dns_config_t *cfg, acme_err_t *err);
 int acme_dns_rfc2136_update(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme_dns_target_t *t,
     int add, const char *value, acme_err_t *err);
 
+/* Hook: the program exists and is executable (configuration time). */
+int acme_dns_hook_check(const acme_dns_config_t *cfg, acme_err_t *err);
+/* Hook: runs `PROGRAM add|del FQDN VALUE` with rec's context in its environment, within the time limit;
+ * what it prints is appended to *out. */
+int acme_dns_hook_run(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, const acme_dns_target_t *t,
+    int add, atomic_int *stop, char **out, acme_err_t *err);
+
+/* acme-dns: a URL and at least one account (configuration time). */
+int acme_dns_acmedns_check(const acme_dns_config_t *cfg, acme_err_t *err);
+/* acme-dns: t->fqdn must be the account's fulldomain (the CNAME in place); POST /update. */
+int acme_dns_acmedns_update(const acme_dns_config_t *cfg, const acme_dns_record_t *rec,
+    const acme_dns_target_t *t, acme_err_t *err);
+
+/* dns-persist-01: a read-only query finds a TXT record at rec->name that authorizes the account
+ * (rec->value) for one of rec->issuers; a persistUntil within 30 days adds a warning line ("!...") to out. */
+int acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, char **out,
+    acme_err_t *err);
+
+/* Appends to a malloc'd text (*out may be NULL); nothing when out is NULL. */
+void acme_dns_out_append(char **out, const char *text, size_t len);
+
 #endif

@@ -484,30 +484,61 @@ wait_propagation(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme
     return rc;
 }
 
-static int
-publish_one(const acme_dns_config_t *cfg, const char *name, const char *value, int add, atomic_int *stop,
-    acme_err_t *err)
+void
+acme_dns_out_append(char **out, const char *text, size_t len)
+{
+    size_t  have;
+    char   *n;
+
+    if (out == NULL || len == 0) {
+        return;
+    }
+    have = *out != NULL ? strlen(*out) : 0;
+    n = realloc(*out, have + len + 1);
+    if (n == NULL) {
+        return;
+    }
+    memcpy(n + have, text, len);
+    n[have + len] = '\0';
+    *out = n;
+}
+
+int
+acme_dns_publish_record(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, int add, atomic_int *stop,
+    char **out, acme_err_t *err)
 {
     ldns_resolver      *lookup;
     acme_dns_target_t   t;
     int                 rc;
 
+    if (rec->type != NULL && strcmp(rec->type, "dns-persist-01") == 0 && rec->issuers != NULL) {
+        /* a challenge's record: checked, never published nor removed (the admin's, published once
+         * with acmectl dns-persist-record --publish, has no issuers) */
+        return add ? acme_dns_persist_check(cfg, rec, out, err) : 0;
+    }
     lookup = acme_dns_resolver(cfg->resolver, 53, 1, NULL, err);
     if (lookup == NULL) {
         return -1;
     }
-    rc = acme_dns_find_target(lookup, name, &t, err);
+    rc = acme_dns_find_target(lookup, rec->name, &t, err);
     if (rc == 0) {
         switch (cfg->method) {
         case ACME_DNS_RFC2136:
-            rc = acme_dns_rfc2136_update(cfg, lookup, &t, add, value, err);
+            rc = acme_dns_rfc2136_update(cfg, lookup, &t, add, rec->value, err);
+            break;
+        case ACME_DNS_HOOK:
+            rc = acme_dns_hook_run(cfg, rec, &t, add, stop, out, err);
+            break;
+        case ACME_DNS_ACMEDNS:
+            /* acme-dns keeps the last two values of a subdomain and has no removal: nothing to undo */
+            rc = add ? acme_dns_acmedns_update(cfg, rec, &t, err) : 0;
             break;
         default:
             acme_err_set(err, ACME_ERR_CONFIG, "no DNS update method configured");
             rc = -1;
         }
         if (rc == 0 && add) {
-            rc = wait_propagation(cfg, lookup, &t, value, stop, err);
+            rc = wait_propagation(cfg, lookup, &t, rec->value, stop, err);
         }
         acme_dns_target_free(&t);
     }
@@ -519,11 +550,15 @@ int
 acme_dns_publish(const acme_dns_config_t *cfg, const char *name, const char *value, atomic_int *stop,
     acme_err_t *err)
 {
-    return publish_one(cfg, name, value, 1, stop, err);
+    acme_dns_record_t rec = { .name = (char *) name, .value = (char *) value };
+
+    return acme_dns_publish_record(cfg, &rec, 1, stop, NULL, err);
 }
 
 int
 acme_dns_unpublish(const acme_dns_config_t *cfg, const char *name, const char *value, acme_err_t *err)
 {
-    return publish_one(cfg, name, value, 0, NULL, err);
+    acme_dns_record_t rec = { .name = (char *) name, .value = (char *) value };
+
+    return acme_dns_publish_record(cfg, &rec, 0, NULL, NULL, err);
 }

@@ -32,6 +32,7 @@ struct acme_dns_task_s {
     atomic_int                 stop;
     int                        failed;
     acme_err_t                 err;
+    char                      *out;     /* what hooks printed: logged from the loop */
 };
 
 static void
@@ -45,10 +46,10 @@ task_free(acme_dns_task_t *t)
     }
     acme_dns_config_free(&t->cfg);
     for (i = 0; i < t->nrecs; i++) {
-        free(t->recs[i].name);
-        free(t->recs[i].value);
+        acme_dns_record_clear(&t->recs[i]);
     }
     free(t->recs);
+    free(t->out);
     free(t);
 }
 
@@ -61,8 +62,7 @@ task_thread(void *p)
     int               rc;
 
     for (i = 0; i < t->nrecs && !atomic_load(&t->stop); i++) {
-        rc = t->publish ? acme_dns_publish(&t->cfg, t->recs[i].name, t->recs[i].value, &t->stop, &e)
-                            : acme_dns_unpublish(&t->cfg, t->recs[i].name, t->recs[i].value, &e);
+        rc = acme_dns_publish_record(&t->cfg, &t->recs[i], t->publish, &t->stop, &t->out, &e);
         if (rc != 0 && !t->failed) {
             t->err = e;
             t->failed = 1;
@@ -94,6 +94,16 @@ task_poll(void *p)
     }
     failed = t->failed;
     e = t->err;
+    if (t->out != NULL) {
+        char *line, *save = NULL;
+        for (line = strtok_r(t->out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+            if (line[0] == '!') {
+                acme_log(t->loop, ACME_LOG_WARN, "acme: %s", line + 1);
+            } else {
+                acme_log(t->loop, ACME_LOG_NOTICE, "acme: DNS %s", line);
+            }
+        }
+    }
     task_free(t);
     done(arg, failed ? &e : NULL);
 }
@@ -126,11 +136,7 @@ acme_dns_task_start(acme_loop_t *loop, const acme_dns_config_t *cfg, int publish
     atomic_init(&t->finished, TASK_RUNNING);
     atomic_init(&t->stop, 0);
     for (i = 0; i < nrecs; i++, t->nrecs++) {
-        t->recs[i].name = acme_strdup(recs[i].name);
-        t->recs[i].value = acme_strdup(recs[i].value);
-        if (t->recs[i].name == NULL || t->recs[i].value == NULL) {
-            free(t->recs[i].name);
-            free(t->recs[i].value);
+        if (acme_dns_record_copy(&t->recs[i], &recs[i]) != 0) {
             task_free(t);
             acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
             return NULL;

@@ -721,8 +721,11 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
         if (job->types[i] == NULL) {
             goto nomem;
         }
-        if (strcmp(job->types[i], "dns-01") == 0 && job->dns == NULL) {
-            acme_err_set(err, ACME_ERR_CONFIG, "\"%s\": dns-01 needs a DNS update method", job->name);
+        if ((strcmp(job->types[i], "dns-01") == 0 || strcmp(job->types[i], "dns-account-01") == 0)
+            && (job->dns == NULL || job->dns->method == ACME_DNS_NONE))
+        {
+            acme_err_set(err, ACME_ERR_CONFIG, "\"%s\": %s needs a DNS update method", job->name,
+                         job->types[i]);
             job_free(job);
             return NULL;
         }
@@ -743,7 +746,7 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
     if (acme_store_lock_lease_ms(job->store) > 0) {
         job->lock_timer = acme_timer_add(job->loop, acme_store_lock_lease_ms(job->store) / 3, lock_refresh, job);
     }
-    if (job->dns != NULL && acme_issue_dns_load(job, err) != 0) {
+    if (job->dns != NULL && job->dns->method != ACME_DNS_NONE && acme_issue_dns_load(job, err) != 0) {
         job_free(job);
         return NULL;
     }

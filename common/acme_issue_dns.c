@@ -25,6 +25,12 @@ pending_save(acme_issue_t *job, acme_err_t *err)
 
     for (i = 0; a != NULL && i < job->ndns_recs; i++) {
         o = json_pack("{s:s, s:s}", "name", job->dns_recs[i].name, "value", job->dns_recs[i].value);
+        if (o != NULL && job->dns_recs[i].ident != NULL) {
+            json_object_set_new(o, "identifier", json_string(job->dns_recs[i].ident));
+        }
+        if (o != NULL && job->dns_recs[i].type != NULL) {
+            json_object_set_new(o, "type", json_string(job->dns_recs[i].type));
+        }
         if (o == NULL || json_array_append_new(a, o) != 0) {
             json_decref(a);
             a = NULL;
@@ -50,7 +56,7 @@ pending_save(acme_issue_t *job, acme_err_t *err)
 }
 
 static int
-rec_add(acme_issue_t *job, const char *name, const char *value)
+rec_add(acme_issue_t *job, const char *name, const char *value, const char *ident, const char *type)
 {
     acme_dns_record_t  *r;
     size_t              i;
@@ -66,11 +72,16 @@ rec_add(acme_issue_t *job, const char *name, const char *value)
     }
     job->dns_recs = r;
     r = &r[job->ndns_recs];
+    memset(r, 0, sizeof(*r));
     r->name = acme_strdup(name);
     r->value = acme_strdup(value);
-    if (r->name == NULL || r->value == NULL) {
-        free(r->name);
-        free(r->value);
+    r->ident = ident != NULL ? acme_strdup(ident) : NULL;
+    r->cert = acme_strdup(job->name);
+    r->type = type != NULL ? acme_strdup(type) : NULL;
+    if (r->name == NULL || r->value == NULL || r->cert == NULL || (ident != NULL && r->ident == NULL)
+        || (type != NULL && r->type == NULL))
+    {
+        acme_dns_record_clear(r);
         return -1;
     }
     job->ndns_recs++;
@@ -85,8 +96,7 @@ acme_issue_dns_free(acme_issue_t *job)
     acme_dns_task_cancel(job->dns_task);
     job->dns_task = NULL;
     for (i = 0; i < job->ndns_recs; i++) {
-        free(job->dns_recs[i].name);
-        free(job->dns_recs[i].value);
+        acme_dns_record_clear(&job->dns_recs[i]);
     }
     free(job->dns_recs);
     job->dns_recs = NULL;
@@ -122,7 +132,9 @@ acme_issue_dns_load(acme_issue_t *job, acme_err_t *err)
     json_array_foreach(a, i, o) {
         const char *n = json_string_value(json_object_get(o, "name"));
         const char *v = json_string_value(json_object_get(o, "value"));
-        if (n != NULL && v != NULL && rec_add(job, n, v) != 0) {
+        const char *id = json_string_value(json_object_get(o, "identifier"));
+        const char *ty = json_string_value(json_object_get(o, "type"));
+        if (n != NULL && v != NULL && rec_add(job, n, v, id, ty) != 0) {
             json_decref(a);
             acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
             return -1;
@@ -145,26 +157,41 @@ publish_done(void *arg, const acme_err_t *err)
     job->dns_task = NULL;
     if (err != NULL) {
         e = *err;
-        acme_err_prefix(&e, "dns-01 (%s) for %s", acme_dns_method_name(job->dns->method), job->dns_ident);
+        acme_err_prefix(&e, "%s (%s) for %s", job->dns_type, acme_dns_method_name(job->dns->method),
+                        job->dns_ident);
         acme_issue_ident_error_add(job, "dns", job->dns_ident, e.msg);
         acme_issue_job_fail(job, &e);
         return;
     }
-    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": the dns-01 record for %s is on every authoritative "
-             "server", job->name, job->dns_ident);
+    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": the %s record for %s is on every authoritative "
+             "server", job->name, job->dns_type, job->dns_ident);
     acme_issue_challenge_post(job);
 }
 
 int
-acme_issue_dns_publish(acme_issue_t *job, const char *domain, int wildcard, const char *key_authz,
-    acme_err_t *err)
+acme_issue_dns_publish(acme_issue_t *job, const char *type, const char *domain, int wildcard,
+    const char *key_authz, acme_err_t *err)
 {
     acme_dns_record_t  rec;
+    const char        *acct = acme_client_account_url(job->c);
 
-    rec.name = acme_dns01_name(domain);
+    memset(&rec, 0, sizeof(rec));
+    snprintf(job->dns_type, sizeof(job->dns_type), "%s", type);
+    if (strcmp(type, "dns-account-01") == 0) {
+        if (acct == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "dns-account-01 needs the account's URL");
+            return -1;
+        }
+        rec.name = acme_dns_account01_name(domain, acct);
+    } else {
+        rec.name = acme_dns01_name(domain);
+    }
+    rec.type = job->dns_type;
     rec.value = acme_dns01_value(key_authz);
     snprintf(job->dns_ident, sizeof(job->dns_ident), "%s%s", wildcard ? "*." : "", domain);
-    if (rec.name == NULL || rec.value == NULL || rec_add(job, rec.name, rec.value) != 0) {
+    rec.ident = job->dns_ident;
+    rec.cert = job->name;
+    if (rec.name == NULL || rec.value == NULL || rec_add(job, rec.name, rec.value, rec.ident, rec.type) != 0) {
         acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
         goto fail;
     }
@@ -232,4 +259,76 @@ acme_issue_dns_cleanup(acme_issue_t *job, const acme_err_t *err)
     }
     acme_issue_job_set_state(job, J_DNS, "removing its DNS records", NULL);
     return 1;
+}
+
+/* ---- dns-persist-01 ---- */
+
+static void
+persist_done(void *arg, const acme_err_t *err)
+{
+    acme_issue_t  *job = arg;
+    acme_err_t     e;
+
+    job->dns_task = NULL;
+    if (err != NULL) {
+        /* the challenge is not posted: no failed validation at the CA; the job is retried later */
+        e = *err;
+        acme_err_prefix(&e, "dns-persist-01 for %s", job->dns_ident);
+        acme_issue_ident_error_add(job, "dns", job->dns_ident, e.msg);
+        acme_log(job->loop, ACME_LOG_ERR, "acme: \"%s\": %s", job->name, e.msg);
+        acme_issue_job_fail(job, &e);
+        return;
+    }
+    acme_log(job->loop, ACME_LOG_INFO, "acme: \"%s\": the dns-persist-01 record for %s authorizes this "
+             "account", job->name, job->dns_ident);
+    acme_issue_challenge_post(job);
+}
+
+int
+acme_issue_dns_persist(acme_issue_t *job, const acme_authz_t *a, const acme_challenge_t *c, acme_err_t *err)
+{
+    static const acme_dns_config_t  system_resolver;    /* no publisher: /etc/resolv.conf */
+    acme_dns_record_t               rec;
+    const char                     *acct;
+    size_t                          i, len = 1;
+    int                             rc = -1;
+
+    memset(&rec, 0, sizeof(rec));
+    /* the account URL as the CA will compare it: the challenge's accounturi, else ours */
+    acct = c->accounturi != NULL ? c->accounturi : acme_client_account_url(job->c);
+    snprintf(job->dns_ident, sizeof(job->dns_ident), "%s%s", a->wildcard ? "*." : "", a->identifier.value);
+    snprintf(job->dns_type, sizeof(job->dns_type), "dns-persist-01");
+    if (acct == NULL || c->nissuer_domain_names == 0) {
+        acme_err_set(err, ACME_ERR_BADRESPONSE, "the dns-persist-01 challenge for %s has no %s", job->dns_ident,
+                     acct == NULL ? "accounturi" : "issuer-domain-names");
+        return -1;
+    }
+    for (i = 0; i < c->nissuer_domain_names; i++) {
+        len += strlen(c->issuer_domain_names[i]) + 1;
+    }
+    rec.issuers = calloc(1, len);
+    rec.name = acme_dns_persist_name(a->identifier.value);
+    if (rec.issuers == NULL || rec.name == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
+    for (i = 0; i < c->nissuer_domain_names; i++) {
+        strcat(rec.issuers, i ? " " : "");
+        strcat(rec.issuers, c->issuer_domain_names[i]);
+    }
+    rec.value = (char *) acct;
+    rec.ident = job->dns_ident;
+    rec.cert = job->name;
+    rec.type = job->dns_type;
+    job->dns_task = acme_dns_task_start(job->loop, job->dns != NULL ? job->dns : &system_resolver, 1, &rec, 1,
+                                        persist_done, job, err);
+    if (job->dns_task == NULL) {
+        goto done;
+    }
+    acme_issue_job_set_state(job, J_DNS, "checking the dns-persist-01 record of %s", job->dns_ident);
+    rc = 0;
+done:
+    free(rec.issuers);
+    free(rec.name);
+    return rc;
 }

@@ -113,6 +113,7 @@ struct acme_issue_s {
     acme_dns_record_t      *dns_recs;       /* published (or left by a dead process): removed at the end */
     size_t                  ndns_recs;
     char                    dns_ident[256]; /* the identifier being published, for messages */
+    char                    dns_type[20];   /* its challenge type ("dns-01", "dns-account-01") */
     int                     dns_finishing;  /* the records are being removed before done */
     int                     dns_finish_failed;
     acme_err_t              dns_finish_err;
@@ -163,9 +164,11 @@ void acme_issue_challenge_post(acme_issue_t *job);
 
 /* acme_issue_dns.c: DNS challenges' records, their publication and removal */
 int acme_issue_dns_load(acme_issue_t *job, acme_err_t *err);
-int acme_issue_dns_publish(acme_issue_t *job, const char *domain, int wildcard, const char *key_authz,
-    acme_err_t *err);
+int acme_issue_dns_publish(acme_issue_t *job, const char *type, const char *domain, int wildcard,
+    const char *key_authz, acme_err_t *err);
 int acme_issue_dns_cleanup(acme_issue_t *job, const acme_err_t *err);
+/* dns-persist-01: checks (off the loop) that the admin's record authorizes the account, then posts c. */
+int acme_issue_dns_persist(acme_issue_t *job, const acme_authz_t *a, const acme_challenge_t *c, acme_err_t *err);
 void acme_issue_dns_free(acme_issue_t *job);
 
 /* acme_finalize.c */

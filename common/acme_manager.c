@@ -76,6 +76,8 @@ struct acme_manager_s {
 
 static void cert_schedule(mcert_t *c);
 static void cert_due(void *arg);
+static void cert_reload(mcert_t *c, int notify);
+static time_t cert_renewal(mcert_t *c, time_t now, acme_renew_reason_t *reason);
 
 static char **
 strv_dup(const char *const *v, size_t n)
@@ -319,6 +321,11 @@ acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids, c
     memcpy(c->issuers, issuers, nissuers * sizeof(int));
     c->nissuers = nissuers;
     m->certs[m->ncerts++] = c;
+    if (m->started) {
+        /* added while running (on-demand): scheduled now, from what the store has */
+        cert_reload(c, 0);
+        cert_schedule(c);
+    }
     return c->name;
 }
 
@@ -833,6 +840,46 @@ acme_manager_ari_check(acme_manager_t *m, const char *what)
         }
     }
     return (int) n;
+}
+
+int
+acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_info_t *info)
+{
+    mcert_t              *c = find_cert(m, name);
+    acme_renew_reason_t   reason;
+
+    if (c == NULL) {
+        return -1;
+    }
+    info->not_after = c->meta.not_after;
+    info->failures = c->meta.failures;
+    info->issuing = c->job != NULL;
+    info->last_error = c->meta.last_error;
+    info->renew_at = cert_renewal(c, time(NULL), &reason);
+    return 0;
+}
+
+int
+acme_manager_remove_cert(acme_manager_t *m, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < m->ncerts; i++) {
+        if (strcmp(m->certs[i]->name, name) == 0) {
+            mcert_t *c = m->certs[i];
+
+            if (c->job != NULL) {
+                m->running--;
+            }
+            memmove(&m->certs[i], &m->certs[i + 1], (m->ncerts - i - 1) * sizeof(mcert_t *));
+            m->ncerts--;
+            m->version++;
+            cert_free(c);
+            queue_wake(m);
+            return 0;
+        }
+    }
+    return -1;
 }
 
 time_t

@@ -42,7 +42,8 @@ void acme_manager_free(acme_manager_t *m);
 int acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_err_t *err);
 
 /* A certificate for ids with key type ks, from issuers[0], falling back to issuers[1..]. Returns its store
- * name (owned by the manager), NULL with err. The same ids and key type twice share one entry. */
+ * name (owned by the manager), NULL with err. The same ids and key type twice share one entry. Added after
+ * acme_manager_start (on-demand), it is scheduled at once. */
 const char *acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids,
     const acme_keyspec_t *ks, const int *issuers, size_t nissuers, acme_err_t *err);
 
@@ -74,6 +75,21 @@ int acme_manager_ari_check(acme_manager_t *m, const char *what);
 /* Until when the CA asked to wait (0: it did not, -1: unknown certificate): adapters publish it so their
  * status handlers can refuse a forced renewal at once. */
 time_t acme_manager_ca_wait(acme_manager_t *m, const char *what);
+
+/* What the host needs of one certificate (on-demand waits): the pointers stay valid until the next call
+ * into the manager. 0, -1 unknown. */
+typedef struct {
+    time_t       not_after;             /* 0: none issued */
+    unsigned     failures;              /* since the last success */
+    int          issuing;
+    time_t       renew_at;              /* the next renewal (ARI re-checks aside) */
+    const char  *last_error;
+} acme_manager_cert_info_t;
+int acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_info_t *info);
+
+/* Stops managing a certificate (its store records stay): an on-demand name no longer used or allowed. A
+ * running issuance is cancelled. 0, -1 unknown. */
+int acme_manager_remove_cert(acme_manager_t *m, const char *name);
 
 /* Changes whenever something acme_manager_status() reports changes, the progress text of a running issuance
  * included (checked when called): hosts rebuild their status snapshot only then. */

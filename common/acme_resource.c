@@ -390,6 +390,36 @@ challenge_fill(json_t *j, const char *what, acme_challenge_t *c, acme_err_t *err
             goto fail;
         }
     }
+    /* dns-persist-01 (draft-ietf-acme-dns-persist): what the TXT record must name */
+    v = json_object_get(j, "issuer-domain-names");
+    if (json_is_array(v) && json_array_size(v) > 0) {
+        json_t *e;
+        c->issuer_domain_names = calloc(json_array_size(v), sizeof(char *));
+        if (c->issuer_domain_names == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            goto fail;
+        }
+        json_array_foreach(v, i, e) {
+            const char *n = json_string_value(e);
+            if (n == NULL || n[0] == '\0' || strlen(n) > 253
+                || strspn(n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != strlen(n))
+            {
+                acme_err_set(err, ACME_ERR_BADRESPONSE, "%s (%s): \"issuer-domain-names\" holds something "
+                             "other than a domain name", what, t);
+                goto fail;
+            }
+            if ((c->issuer_domain_names[c->nissuer_domain_names] = acme_strdup(n)) == NULL) {
+                acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+                goto fail;
+            }
+            c->nissuer_domain_names++;
+        }
+    }
+    v = json_object_get(j, "accounturi");
+    if (json_is_string(v) && (c->accounturi = acme_strdup(json_string_value(v))) == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        goto fail;
+    }
     return 0;
 
 fail:
@@ -427,6 +457,11 @@ acme_challenge_free(acme_challenge_t *c)
     free(c->url);
     free(c->token);
     res_problem_free(c->error);
+    for (size_t i = 0; i < c->nissuer_domain_names; i++) {
+        free(c->issuer_domain_names[i]);
+    }
+    free(c->issuer_domain_names);
+    free(c->accounturi);
     memset(c, 0, sizeof(*c));
 }
 

@@ -40,6 +40,9 @@ typedef struct {
     char            *token;            /* validated: base64url, >= 22 chars (128 bits), <= 256 */
     acme_status_t    status;
     acme_problem_t  *error;
+    char           **issuer_domain_names;   /* dns-persist-01: "issuer-domain-names", optional */
+    size_t           nissuer_domain_names;
+    char            *accounturi;            /* dns-persist-01: "accounturi", optional */
 } acme_challenge_t;
 
 typedef struct {

@@ -33,6 +33,19 @@ static ngx_msec_t                       ngx_http_acme_retry_at;
 static ngx_http_acme_zone_t            *ngx_http_acme_wzone;
 
 
+/* per worker: on-demand certificates (ngx_http_acme_od_cert) */
+
+typedef struct {
+    ngx_http_acme_cert_t        conf;            /* name: the store name */
+    ngx_http_acme_wcert_t       wc;
+} ngx_http_acme_od_wcert_t;
+
+
+static ngx_http_acme_od_wcert_t  **ngx_http_acme_od_wcerts;
+static ngx_uint_t                  ngx_http_acme_od_nwcerts;
+static ngx_uint_t                  ngx_http_acme_od_awcerts;
+
+
 /* PEM text as the ssl module's "data:..." value, in the configuration's pool */
 
 static ngx_int_t
@@ -121,7 +134,9 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
          * certificate takes the fallback's place in the SSL_CTX
          */
 
-        ks = ((ngx_http_acme_cert_t **) ascf->certs->elts)[0]->keyspec;
+        ks = ascf->od ? ascf->od->keyspec
+                      : ((ngx_http_acme_cert_t **) ascf->certs->elts)[0]
+                        ->keyspec;
 
         k = ngx_http_acme_fallback_key(&ks, &err);
 
@@ -229,8 +244,9 @@ ngx_http_acme_array_shift(ngx_array_t *a)
 ngx_int_t
 ngx_http_acme_ssl_init(ngx_conf_t *cf)
 {
-    ngx_uint_t                   s;
+    ngx_uint_t                   s, i;
     ngx_http_ssl_srv_conf_t     *sscf;
+    ngx_http_server_name_t      *sn, *osn;
     ngx_http_acme_srv_conf_t    *ascf;
     ngx_http_core_srv_conf_t   **cscfp;
     ngx_http_core_main_conf_t   *cmcf;
@@ -242,6 +258,31 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
 
         sscf = cscfp[s]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
         ascf = cscfp[s]->ctx->srv_conf[ngx_http_acme_module.ctx_index];
+
+        if (ascf->od) {
+            ascf->od_names = ngx_array_create(cf->pool,
+                                       cscfp[s]->server_names.nelts + 1,
+                                       sizeof(ngx_http_server_name_t));
+            if (ascf->od_names == NULL) {
+                return NGX_ERROR;
+            }
+
+            sn = cscfp[s]->server_names.elts;
+
+            for (i = 0; i < cscfp[s]->server_names.nelts; i++) {
+                osn = ngx_array_push(ascf->od_names);
+                if (osn == NULL) {
+                    return NGX_ERROR;
+                }
+
+                *osn = sn[i];
+
+                osn->name.data = ngx_pstrdup(cf->pool, &sn[i].name);
+                if (osn->name.data == NULL) {
+                    return NGX_ERROR;
+                }
+            }
+        }
 
         if (sscf->ssl.ctx == NULL) {
             continue;
@@ -954,6 +995,17 @@ ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t  i;
 
+    for (i = 0; i < ngx_http_acme_od_nwcerts; i++) {
+        ngx_http_acme_wcert_clear(&ngx_http_acme_od_wcerts[i]->wc);
+        free(ngx_http_acme_od_wcerts[i]->conf.name);
+        free(ngx_http_acme_od_wcerts[i]);
+    }
+
+    free(ngx_http_acme_od_wcerts);
+    ngx_http_acme_od_wcerts = NULL;
+    ngx_http_acme_od_nwcerts = 0;
+    ngx_http_acme_od_awcerts = 0;
+
     for (i = 0; i < ngx_http_acme_nwcerts; i++) {
         ngx_http_acme_wcert_clear(&ngx_http_acme_wcerts[i]);
     }
@@ -1017,6 +1069,128 @@ ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc, ngx_uint_t own_files)
 }
 
 
+/*
+ * On-demand certificates, per worker: found by the handshake's name in the
+ * zone (ngx_http_acme_od_runner.c publishes the store name once issued),
+ * loaded on first use and again when their generation moves.
+ */
+
+
+
+static ngx_http_acme_od_wcert_t *
+ngx_http_acme_od_wcert(ngx_http_acme_cert_t *tmpl, u_char *store)
+{
+    ngx_uint_t                  i;
+    ngx_http_acme_od_wcert_t   *ow, **grown;
+
+    for (i = 0; i < ngx_http_acme_od_nwcerts; i++) {
+        ow = ngx_http_acme_od_wcerts[i];
+
+        if (ow->conf.store == tmpl->store
+            && ngx_strcmp(ow->conf.name, store) == 0)
+        {
+            return ow;
+        }
+    }
+
+    if (ngx_http_acme_od_nwcerts == ngx_http_acme_od_awcerts) {
+        grown = realloc(ngx_http_acme_od_wcerts,
+                        (ngx_http_acme_od_awcerts * 2 + 8) * sizeof(*grown));
+        if (grown == NULL) {
+            return NULL;
+        }
+
+        ngx_http_acme_od_wcerts = grown;
+        ngx_http_acme_od_awcerts = ngx_http_acme_od_awcerts * 2 + 8;
+    }
+
+    ow = calloc(1, sizeof(ngx_http_acme_od_wcert_t));
+    if (ow == NULL) {
+        return NULL;
+    }
+
+    ow->conf.name = strdup((char *) store);
+    if (ow->conf.name == NULL) {
+        free(ow);
+        return NULL;
+    }
+
+    ow->conf.store = tmpl->store;
+    ow->conf.keyspec = tmpl->keyspec;
+    ow->wc.conf = &ow->conf;
+
+    ngx_http_acme_od_wcerts[ngx_http_acme_od_nwcerts++] = ow;
+
+    return ow;
+}
+
+
+ngx_int_t
+ngx_http_acme_od_cert(ngx_ssl_conn_t *ssl_conn,
+    ngx_http_acme_srv_conf_t *ascf)
+{
+    char                       name[NGX_HTTP_ACME_OD_NAME_LEN];
+    size_t                     len;
+    ngx_uint_t                 gen;
+    const char                *sni;
+    ngx_connection_t          *c;
+    ngx_http_acme_wcert_t     *wc;
+    ngx_http_acme_od_wcert_t  *ow;
+    ngx_http_acme_od_entry_t   e;
+
+    c = ngx_ssl_get_connection(ssl_conn);
+
+    sni = SSL_get_servername(ssl_conn, TLSEXT_NAMETYPE_host_name);
+
+    if (sni == NULL || ngx_http_acme_wzone == NULL) {
+        return 1;
+    }
+
+    len = acme_sni_normalize(sni, ngx_strlen(sni), name, sizeof(name));
+
+    if (len == 0
+        || ngx_http_acme_zone_od_get(ngx_http_acme_wzone, (u_char *) name,
+                                     len, &e)
+           != NGX_OK
+        || e.state != NGX_HTTP_ACME_OD_READY)
+    {
+        /* the fallback certificate */
+        return 1;
+    }
+
+    ow = ngx_http_acme_od_wcert(ascf->od, e.store);
+    if (ow == NULL) {
+        return 1;
+    }
+
+    wc = &ow->wc;
+    gen = ngx_http_acme_wcert_gen(wc);
+
+    if (!wc->loaded
+        || (gen != wc->gen && gen != wc->tried_gen)
+        || (wc->retry_at
+            && (ngx_msec_int_t) (ngx_current_msec - wc->retry_at) >= 0))
+    {
+        wc->loaded = 1;
+        (void) ngx_http_acme_wcert_reload(wc, gen, c->log);
+    }
+
+    if (wc->leaf == NULL) {
+        return 1;
+    }
+
+    if (SSL_use_cert_and_key(ssl_conn, wc->leaf, wc->key, wc->chain, 1) != 1)
+    {
+        ngx_ssl_error(NGX_LOG_ERR, c->log, 0,
+                      "acme: SSL_use_cert_and_key(\"%s\") failed",
+                      wc->conf->name);
+        return 0;
+    }
+
+    return 1;
+}
+
+
 static int
 ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 {
@@ -1031,6 +1205,10 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 
     if (c->ssl->handshaked) {
         return 0;
+    }
+
+    if (ascf && ascf->od) {
+        return ngx_http_acme_od_cert(ssl_conn, ascf);
     }
 
     if (ascf == NULL || ascf->certs == NULL) {

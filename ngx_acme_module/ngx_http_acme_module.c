@@ -19,6 +19,10 @@
  *                    [profile=NAME];
  *   acme_status [renew=on|off] [renew_interval=TIME]
  *               [format=json|prometheus];
+ *   acme_certificate ISSUER on_demand [key=ALG] [fallback=I2[,I3]];
+ *   acme_on_demand [ask=URL] [ask_timeout=TIME] [max=N] [rate=N]
+ *                  [refuse_time=TIME] [wait=TIME] [waiting=N]
+ *                  [unseen=TIME] [fail=fallback|close];
  */
 
 
@@ -31,6 +35,7 @@
 #include "ngx_http_acme_status_snapshot.h"
 
 #include "acme_directory.h"
+#include "acme_ondemand.h"
 #include "acme_store.h"
 #include "acme_x509.h"
 
@@ -62,6 +67,8 @@ static char *ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_acme_on_demand(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 static ngx_int_t ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
@@ -111,6 +118,13 @@ static ngx_command_t  ngx_http_acme_commands[] = {
       NGX_HTTP_SRV_CONF|NGX_CONF_1MORE,
       ngx_http_acme_certificate,
       NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("acme_on_demand"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_ANY,
+      ngx_http_acme_on_demand,
+      NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -195,10 +209,21 @@ ngx_http_acme_create_main_conf(ngx_conf_t *cf)
                           sizeof(ngx_http_acme_cert_t *))
            != NGX_OK
         || ngx_array_init(&amcf->stores, cf->pool, 2, sizeof(char *))
+           != NGX_OK
+        || ngx_array_init(&amcf->od_certs, cf->pool, 1,
+                          sizeof(ngx_http_acme_cert_t *))
            != NGX_OK)
     {
         return NULL;
     }
+
+    amcf->od.ask_timeout = NGX_HTTP_ACME_OD_ASK_TIMEOUT;
+    amcf->od.max = NGX_HTTP_ACME_OD_MAX;
+    amcf->od.rate = NGX_HTTP_ACME_OD_RATE;
+    amcf->od.refuse_time = NGX_HTTP_ACME_OD_REFUSE_TIME;
+    amcf->od.wait = NGX_HTTP_ACME_OD_WAIT;
+    amcf->od.waiting = NGX_HTTP_ACME_OD_WAITING;
+    amcf->od.unseen = NGX_HTTP_ACME_OD_UNSEEN;
 
     return amcf;
 }
@@ -1286,6 +1311,11 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 2; i < cf->args->nelts; i++) {
 
+        if (ngx_strcmp(value[i].data, "on_demand") == 0) {
+            cert->on_demand = 1;
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "key=", 4) == 0) {
             s = ngx_http_acme_cstr(cf->pool, &value[i]);
             if (s == NULL) {
@@ -1421,6 +1451,49 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         *n = value[i];
     }
 
+    if (cert->on_demand) {
+        if (cert->names) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"acme_certificate ... on_demand\" takes "
+                               "its names from handshakes: remove the "
+                               "identifiers, server_name says which names "
+                               "are allowed");
+            return NGX_CONF_ERROR;
+        }
+
+        if (ascf->od || ascf->certs) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"acme_certificate ... on_demand\" must be "
+                               "the server's only \"acme_certificate\"");
+            return NGX_CONF_ERROR;
+        }
+
+        if (amcf->od_certs.nelts == 255) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "too many on-demand servers (255 at most)");
+            return NGX_CONF_ERROR;
+        }
+
+        ascf->od = cert;
+
+        cp = ngx_array_push(&amcf->od_certs);
+        if (cp == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        cert->index = amcf->od_certs.nelts - 1;
+        *cp = cert;
+
+        return ngx_http_acme_fallback_inject(cf, ascf, NULL, 0);
+    }
+
+    if (ascf->od) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"acme_certificate ... on_demand\" must be "
+                           "the server's only \"acme_certificate\"");
+        return NGX_CONF_ERROR;
+    }
+
     if (ascf->certs == NULL) {
         ascf->certs = ngx_array_create(cf->pool, 2,
                                        sizeof(ngx_http_acme_cert_t *));
@@ -1489,6 +1562,150 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return ngx_http_acme_fallback_inject(cf, ascf, fb, nfb);
+}
+
+
+/*
+ * acme_on_demand [ask=URL] [ask_timeout=TIME] [max=N] [rate=N]
+ *                [refuse_time=TIME] [wait=TIME] [waiting=N] [unseen=TIME]
+ *                [fail=fallback|close];
+ */
+
+static char *
+ngx_http_acme_on_demand(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    char        *s;
+    time_t       t;
+    ngx_int_t    n;
+    ngx_str_t   *value, v;
+    ngx_uint_t   i;
+    ngx_msec_t   ms;
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "ask=", 4) == 0) {
+            s = ngx_http_acme_cstr(cf->pool, &value[i]);
+            if (s == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            s += 4;
+
+            if (ngx_strncmp(s, "http://", 7) != 0
+                && ngx_strncmp(s, "https://", 8) != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\": the ask endpoint must "
+                                   "be an http:// or https:// URL",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            amcf->od.ask = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "fail=", 5) == 0) {
+            if (ngx_strcmp(value[i].data + 5, "close") == 0) {
+                amcf->od.fail_close = 1;
+
+            } else if (ngx_strcmp(value[i].data + 5, "fallback") == 0) {
+                amcf->od.fail_close = 0;
+
+            } else {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max=", 4) == 0
+            || ngx_strncmp(value[i].data, "rate=", 5) == 0
+            || ngx_strncmp(value[i].data, "waiting=", 8) == 0)
+        {
+            v.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            v.len = value[i].data + value[i].len - v.data;
+
+            n = ngx_atoi(v.data, v.len);
+            if (n <= 0) {
+                goto invalid;
+            }
+
+            if (value[i].data[0] == 'm') {
+                amcf->od.max = n;
+
+            } else if (value[i].data[0] == 'r') {
+                if (n > ACME_OD_RATE_MAX) {
+                    goto invalid;
+                }
+
+                amcf->od.rate = n;
+
+            } else {
+                amcf->od.waiting = n;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "refuse_time=", 12) == 0
+            || ngx_strncmp(value[i].data, "unseen=", 7) == 0)
+        {
+            v.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            v.len = value[i].data + value[i].len - v.data;
+
+            t = ngx_parse_time(&v, 1);
+            if (t == (time_t) NGX_ERROR || t <= 0) {
+                goto invalid;
+            }
+
+            if (value[i].data[0] == 'r') {
+                amcf->od.refuse_time = t;
+
+            } else {
+                amcf->od.unseen = t;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "wait=", 5) == 0
+            || ngx_strncmp(value[i].data, "ask_timeout=", 12) == 0)
+        {
+            v.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            v.len = value[i].data + value[i].len - v.data;
+
+            ms = ngx_parse_time(&v, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                goto invalid;
+            }
+
+            if (value[i].data[0] == 'w') {
+                amcf->od.wait = ms;
+
+            } else {
+                amcf->od.ask_timeout = ms;
+            }
+
+            continue;
+        }
+
+    invalid:
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" of \"acme_on_demand\" "
+                           "(ask=URL, ask_timeout=TIME, max=N, rate=N "
+                           "(at most %d), refuse_time=TIME, wait=TIME, "
+                           "waiting=N, unseen=TIME, fail=fallback|close)",
+                           &value[i], ACME_OD_RATE_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -1846,6 +2063,49 @@ ngx_http_acme_cert_cleanup(void *data)
 }
 
 
+static ngx_int_t
+ngx_http_acme_cert_issuers(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert)
+{
+    ngx_str_t               *in;
+    ngx_uint_t               j, k;
+    ngx_http_acme_issuer_t  *iss;
+
+    iss = amcf->issuers.elts;
+    in = cert->issuer_names.elts;
+    cert->nissuers = cert->issuer_names.nelts;
+    cert->issuers = ngx_pcalloc(cf->pool,
+                                cert->nissuers * sizeof(ngx_uint_t));
+    if (cert->issuers == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (j = 0; j < cert->nissuers; j++) {
+        for (k = 0; k < amcf->issuers.nelts; k++) {
+            if (iss[k].name.len == in[j].len
+                && ngx_strncmp(iss[k].name.data, in[j].data, in[j].len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k == amcf->issuers.nelts) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "acme_certificate: issuer \"%V\" is missing "
+                          "(no acme_issuer block with this name) "
+                          "in %s:%ui", &in[j], cert->file, cert->line);
+            return NGX_ERROR;
+        }
+
+        cert->issuers[j] = k;
+    }
+
+    cert->store = iss[cert->issuers[0]].store;
+
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 {
@@ -1853,11 +2113,10 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
     char                    *name;
     size_t                   need;
-    ngx_str_t               *in, zname;
+    ngx_str_t                zname;
     ngx_uint_t               i, j, k;
     ngx_pool_cleanup_t      *cln;
     ngx_http_acme_cert_t   **certs, *cert;
-    ngx_http_acme_issuer_t  *iss;
     ngx_http_acme_zone_t    *zone;
 
     if (ngx_http_acme_state_storage_key(cf, amcf) != NGX_OK) {
@@ -1870,44 +2129,18 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
     amcf->enabled = 1;
 
-    iss = amcf->issuers.elts;
     certs = amcf->certs.elts;
 
     for (i = 0; i < amcf->certs.nelts; i++) {
         cert = certs[i];
 
-        in = cert->issuer_names.elts;
-        cert->nissuers = cert->issuer_names.nelts;
-        cert->issuers = ngx_pcalloc(cf->pool,
-                                    cert->nissuers * sizeof(ngx_uint_t));
-        if (cert->issuers == NULL) {
+        if (ngx_http_acme_cert_issuers(cf, amcf, cert) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
 
-        for (j = 0; j < cert->nissuers; j++) {
-            for (k = 0; k < amcf->issuers.nelts; k++) {
-                if (iss[k].name.len == in[j].len
-                    && ngx_strncmp(iss[k].name.data, in[j].data, in[j].len)
-                       == 0)
-                {
-                    break;
-                }
-            }
-
-            if (k == amcf->issuers.nelts) {
-                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "acme_certificate: issuer \"%V\" is missing "
-                              "(no acme_issuer block with this name) "
-                              "in %s:%ui", &in[j], cert->file, cert->line);
-                return NGX_CONF_ERROR;
-            }
-
-            cert->issuers[j] = k;
-        }
-
-        cert->store = iss[cert->issuers[0]].store;
-
-        if (ngx_http_acme_cert_wildcards(cf, cert, iss) != NGX_OK) {
+        if (ngx_http_acme_cert_wildcards(cf, cert, amcf->issuers.elts)
+            != NGX_OK)
+        {
             return NGX_CONF_ERROR;
         }
 
@@ -1935,6 +2168,16 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
             return NGX_CONF_ERROR;
         }
     }
+
+    certs = amcf->od_certs.elts;
+
+    for (i = 0; i < amcf->od_certs.nelts; i++) {
+        if (ngx_http_acme_cert_issuers(cf, amcf, certs[i]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    certs = amcf->certs.elts;
 
     /* the same store name must mean the same identifiers */
 
@@ -2204,6 +2447,10 @@ ngx_http_acme_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_acme_tls_alpn_init_process(cycle);
+
+    if (ngx_http_acme_od_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_acme_runner_init_process(cycle);
 }

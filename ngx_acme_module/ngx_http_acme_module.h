@@ -81,16 +81,45 @@ typedef struct {
     char                       *profile;         /* profile=, NULL: the issuer's */
     char                       *name;            /* store name */
     ngx_uint_t                  store;
+    unsigned                    on_demand:1;     /* a template: names come
+                                                    from handshakes */
 
     u_char                     *file;
     ngx_uint_t                  line;
 } ngx_http_acme_cert_t;
 
 
+/* acme_on_demand: limits of on-demand certificates, for all servers */
+
+typedef struct {
+    char                       *ask;             /* URL, NULL: no ask */
+    ngx_msec_t                  ask_timeout;
+    ngx_uint_t                  max;             /* certificates */
+    ngx_uint_t                  rate;            /* new orders a minute */
+    time_t                      refuse_time;     /* negative cache */
+    ngx_msec_t                  wait;            /* a first handshake */
+    ngx_uint_t                  waiting;         /* connections held */
+    time_t                      unseen;          /* not renewed after */
+    ngx_flag_t                  fail_close;
+} ngx_http_acme_od_conf_t;
+
+
+#define NGX_HTTP_ACME_OD_ASK_TIMEOUT  5000
+#define NGX_HTTP_ACME_OD_MAX          100
+#define NGX_HTTP_ACME_OD_RATE         10
+#define NGX_HTTP_ACME_OD_REFUSE_TIME  600
+#define NGX_HTTP_ACME_OD_WAIT         30000
+#define NGX_HTTP_ACME_OD_WAITING      64
+#define NGX_HTTP_ACME_OD_UNSEEN       (30 * 86400)
+
+
 typedef struct {
     ngx_array_t                 issuers;         /* ngx_http_acme_issuer_t */
     ngx_array_t                 certs;           /* ngx_http_acme_cert_t * */
     ngx_array_t                 stores;          /* char *, state paths */
+    ngx_array_t                 od_certs;        /* ngx_http_acme_cert_t *,
+                                                    on-demand templates */
+    ngx_http_acme_od_conf_t     od;
 
     ngx_shm_zone_t             *shm_zone;
     ngx_shm_zone_t             *status_zone;     /* the status snapshot */
@@ -113,6 +142,9 @@ typedef struct {
 
 typedef struct {
     ngx_array_t                *certs;           /* ngx_http_acme_cert_t * */
+    ngx_http_acme_cert_t       *od;              /* on_demand template */
+    ngx_array_t                *od_names;        /* ngx_http_server_name_t,
+                                                    kept past configuration */
 
     ngx_str_t                   fallback_cert;   /* "data:" PEM */
     ngx_str_t                   fallback_key;
@@ -202,6 +234,12 @@ void ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle);
 ngx_http_acme_wcert_t *ngx_http_acme_wcert(ngx_http_acme_cert_t *cert,
     ngx_log_t *log);
 ngx_http_acme_wcert_t *ngx_http_acme_wcert_peek(ngx_http_acme_cert_t *cert);
+
+ngx_int_t ngx_http_acme_od_cert(ngx_ssl_conn_t *ssl_conn,
+    ngx_http_acme_srv_conf_t *ascf);
+
+/* ngx_http_acme_ondemand.c: first handshakes held before TLS */
+ngx_int_t ngx_http_acme_od_init_process(ngx_cycle_t *cycle);
 
 /* ngx_http_acme_tls_alpn.c */
 ngx_int_t ngx_http_acme_tls_alpn_init(ngx_conf_t *cf);

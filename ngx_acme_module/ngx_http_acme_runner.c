@@ -273,6 +273,7 @@ ngx_http_acme_tick(ngx_event_t *ev)
             ngx_http_acme_store_check(ngx_http_acme_runner, now);
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
             ngx_http_acme_ari_requests(ngx_http_acme_runner);
+            ngx_http_acme_od_tick(ngx_http_acme_runner);
             ngx_http_acme_ca_wait_publish(ngx_http_acme_runner);
 
             ngx_http_acme_snapshot_update(&ngx_http_acme_runner->status,
@@ -383,19 +384,80 @@ ngx_http_acme_runner_hold(ngx_http_acme_runner_t *rn)
 
 /* start and stop the core in this worker */
 
+/* the manager's index of each issuer of cert, added on first use */
+
+static ngx_int_t
+ngx_http_acme_runner_issuers(ngx_http_acme_runner_t *rn, ngx_uint_t g,
+    ngx_http_acme_cert_t *cert, int *map, int *idx)
+{
+    char                    **contacts;
+    ngx_uint_t                j;
+    acme_err_t                err;
+    acme_issuer_conf_t        ic;
+    ngx_http_acme_issuer_t   *is;
+
+    for (j = 0; j < cert->nissuers; j++) {
+
+        if (map[cert->issuers[j]] == -1) {
+            is = &((ngx_http_acme_issuer_t *) rn->amcf->issuers.elts)
+                                                         [cert->issuers[j]];
+
+            ngx_memzero(&ic, sizeof(acme_issuer_conf_t));
+
+            ic.name = (char *) is->name.data;
+            ic.client.directory_url = is->directory_url;
+            ic.client.ca_file = is->ca_file;
+            ic.client.verify = is->verify ? 1 : 0;
+            contacts = is->contacts.elts;
+            ic.client.contact = (const char *const *) contacts;
+            ic.client.ncontact = is->contacts.nelts;
+            ic.client.agree_tos = is->accept_tos ? 1 : 0;
+            ic.client.eab_kid = is->eab_kid;
+            ic.client.eab_hmac_key = is->eab_key;
+            ic.client.account_keyspec = is->account_keyspec;
+            ic.client.account_key_file = is->account_key_file;
+
+            if (is->nchallenges) {
+                ic.challenge_types = (const char *const *) is->challenges;
+                ic.nchallenge_types = is->nchallenges;
+            }
+
+            if (is->dns.method != ACME_DNS_NONE) {
+                ic.dns = &is->dns;
+            }
+
+            ic.profile = is->profile;
+            ic.profile_required = is->profile_required ? 1 : 0;
+            ic.preferred_chain = is->preferred_chain;
+            ic.csr_no_cn = is->common_name_in_csr ? 0 : 1;
+
+            map[cert->issuers[j]] = acme_manager_add_issuer(rn->managers[g],
+                                                            &ic, &err);
+
+            if (map[cert->issuers[j]] < 0) {
+                ngx_log_error(NGX_LOG_ERR, rn->log, 0, "acme: %s", err.msg);
+                return NGX_ERROR;
+            }
+        }
+
+        idx[j] = map[cert->issuers[j]];
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_acme_runner_start(ngx_cycle_t *cycle)
 {
     int                          *idx, *map;
-    char                        **paths, **contacts;
-    ngx_uint_t                    i, j, g;
+    char                        **paths;
+    ngx_uint_t                    i, g;
     acme_err_t                    err;
     acme_host_t                   host;
     const char                   *name;
-    acme_issuer_conf_t            ic;
     acme_manager_host_t           mhost;
     ngx_http_acme_cert_t        **certs, *cert;
-    ngx_http_acme_issuer_t       *iss;
     ngx_http_acme_runner_t       *rn;
     ngx_http_acme_main_conf_t    *amcf;
 
@@ -452,6 +514,20 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     idx = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
     map = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
 
+    rn->od_idx = ngx_calloc((amcf->od_certs.nelts + 1) * sizeof(int *),
+                            cycle->log);
+    if (rn->od_idx == NULL) {
+        goto failed;
+    }
+
+    for (i = 0; i < amcf->od_certs.nelts; i++) {
+        rn->od_idx[i] = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int),
+                                   cycle->log);
+        if (rn->od_idx[i] == NULL) {
+            goto failed;
+        }
+    }
+
     if (amcf->storage) {
         rn->cache = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_store_t *),
                                cycle->log);
@@ -474,7 +550,6 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     mhost.cert_updated = ngx_http_acme_cert_updated;
 
     paths = amcf->stores.elts;
-    iss = amcf->issuers.elts;
     certs = amcf->certs.elts;
 
     for (g = 0; g < rn->nmanagers; g++) {
@@ -523,52 +598,10 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                 continue;
             }
 
-            for (j = 0; j < cert->nissuers; j++) {
-
-                if (map[cert->issuers[j]] == -1) {
-                    ngx_http_acme_issuer_t  *is = &iss[cert->issuers[j]];
-
-                    ngx_memzero(&ic, sizeof(acme_issuer_conf_t));
-
-                    ic.name = (char *) is->name.data;
-                    ic.client.directory_url = is->directory_url;
-                    ic.client.ca_file = is->ca_file;
-                    ic.client.verify = is->verify ? 1 : 0;
-                    contacts = is->contacts.elts;
-                    ic.client.contact = (const char *const *) contacts;
-                    ic.client.ncontact = is->contacts.nelts;
-                    ic.client.agree_tos = is->accept_tos ? 1 : 0;
-                    ic.client.eab_kid = is->eab_kid;
-                    ic.client.eab_hmac_key = is->eab_key;
-                    ic.client.account_keyspec = is->account_keyspec;
-                    ic.client.account_key_file = is->account_key_file;
-
-                    if (is->nchallenges) {
-                        ic.challenge_types =
-                                      (const char *const *) is->challenges;
-                        ic.nchallenge_types = is->nchallenges;
-                    }
-
-                    if (is->dns.method != ACME_DNS_NONE) {
-                        ic.dns = &is->dns;
-                    }
-
-                    ic.profile = is->profile;
-                    ic.profile_required = is->profile_required ? 1 : 0;
-                    ic.preferred_chain = is->preferred_chain;
-                    ic.csr_no_cn = is->common_name_in_csr ? 0 : 1;
-
-                    map[cert->issuers[j]] =
-                        acme_manager_add_issuer(rn->managers[g], &ic, &err);
-
-                    if (map[cert->issuers[j]] < 0) {
-                        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                                      "acme: %s", err.msg);
-                        goto failed;
-                    }
-                }
-
-                idx[j] = map[cert->issuers[j]];
+            if (ngx_http_acme_runner_issuers(rn, g, cert, map, idx)
+                != NGX_OK)
+            {
+                goto failed;
             }
 
             name = acme_manager_add_cert(rn->managers[g], cert->ids,
@@ -586,6 +619,25 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                 goto failed;
             }
         }
+
+        certs = amcf->od_certs.elts;
+
+        for (i = 0; i < amcf->od_certs.nelts; i++) {
+            cert = certs[i];
+
+            if (cert->store != g) {
+                continue;
+            }
+
+            if (ngx_http_acme_runner_issuers(rn, g, cert, map,
+                                             rn->od_idx[i])
+                != NGX_OK)
+            {
+                goto failed;
+            }
+        }
+
+        certs = amcf->certs.elts;
 
         if (g == 0 && rn->cache) {
             /* before the first order: our own announcements echo back */
@@ -605,6 +657,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
 
     ngx_free(idx);
     ngx_free(map);
+
+    if (amcf->od_certs.nelts && ngx_http_acme_od_start(rn) != NGX_OK) {
+        ngx_http_acme_runner_stop(0);
+        return NGX_ERROR;
+    }
 
     ngx_http_acme_runner_hold(rn);
 
@@ -653,6 +710,9 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     }
 
     rn->stopping = 1;
+
+    /* its asks run on the loop, its names are the managers' */
+    ngx_http_acme_od_stop(rn);
 
     for (i = 0; rn->managers && i < rn->nmanagers; i++) {
         if (rn->managers[i]) {
@@ -704,6 +764,12 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     ngx_free(rn->cache);
     ngx_free(rn->held);
     ngx_free(rn->managers);
+
+    for (i = 0; rn->od_idx && i < rn->amcf->od_certs.nelts; i++) {
+        ngx_free(rn->od_idx[i]);
+    }
+
+    ngx_free(rn->od_idx);
     ngx_free(rn);
 
     ngx_http_acme_runner = NULL;
@@ -730,7 +796,9 @@ ngx_http_acme_runner_add_path(ngx_cycle_t *cycle,
 {
     ngx_path_t  *path, **p;
 
-    if (amcf->shm_zone == NULL || amcf->certs.nelts == 0) {
+    if (amcf->shm_zone == NULL
+        || (amcf->certs.nelts == 0 && amcf->od_certs.nelts == 0))
+    {
         return NGX_OK;
     }
 
@@ -802,7 +870,9 @@ ngx_http_acme_runner_init_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_acme_get_main_conf();
 
-    if (amcf->shm_zone == NULL || amcf->certs.nelts == 0) {
+    if (amcf->shm_zone == NULL
+        || (amcf->certs.nelts == 0 && amcf->od_certs.nelts == 0))
+    {
         return NGX_OK;
     }
 

@@ -59,6 +59,10 @@ typedef struct {
     unsigned long                ca_wait_version;
     ngx_uint_t                   ca_wait_known;
     ngx_uint_t                   stopping;
+
+    int                        **od_idx;         /* per on-demand template:
+                                                    the manager's issuers */
+    void                        *od;             /* on-demand names */
 } ngx_http_acme_runner_t;
 
 
@@ -92,6 +96,10 @@ void ngx_http_acme_cert_updated(void *data, const char *name);
 
 /* ngx_http_acme_import.c: nginx-acme's state taken over */
 ngx_int_t ngx_http_acme_import(ngx_http_acme_runner_t *rn, ngx_uint_t g);
+/* ngx_http_acme_od_runner.c: on-demand names in the cache manager */
+ngx_int_t ngx_http_acme_od_start(ngx_http_acme_runner_t *rn);
+void ngx_http_acme_od_tick(ngx_http_acme_runner_t *rn);
+void ngx_http_acme_od_stop(ngx_http_acme_runner_t *rn);
 
 
 #endif /* _NGX_HTTP_ACME_RUNNER_H_INCLUDED_ */

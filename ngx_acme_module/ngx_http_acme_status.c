@@ -12,6 +12,9 @@
  * the snapshot. "format=prometheus" (or ?format=prometheus, which
  * overrides the directive's format= either way) renders the same snapshot
  * as Prometheus text with the core's renderer, the one Apache uses too.
+ * A JSON GET whose Accept prefers text/html (a browser's, no ?format=)
+ * gets the snapshot as a page (acme_status_html.c); a POST carrying a
+ * browser's cross-site signals (Sec-Fetch-Site, Origin) is refused, 403.
  */
 
 
@@ -26,6 +29,7 @@
 #include <jansson.h>
 
 #include "acme_metrics.h"
+#include "acme_status_html.h"
 
 
 static ngx_int_t
@@ -77,6 +81,114 @@ ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
 {
     return ngx_http_acme_status_send_type(r, status, "application/json",
                                           data, len);
+}
+
+
+/* a request header's value, NUL-terminated as nginx keeps them; NULL: none */
+
+static u_char *
+ngx_http_acme_status_header(ngx_http_request_t *r, char *name, size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return h[i].value.data;
+        }
+    }
+}
+
+
+/* 1: a browser asks for the page (HTML preferred, no ?format=) */
+
+static ngx_uint_t
+ngx_http_acme_status_wants_html(ngx_http_request_t *r)
+{
+    u_char     *accept;
+    ngx_str_t   arg;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &arg) == NGX_OK) {
+        return 0;
+    }
+
+    accept = ngx_http_acme_status_header(r, "Accept", 6);
+
+    return accept != NULL
+           && acme_status_accepts_html((char *) accept, ngx_strlen(accept));
+}
+
+
+/* the status document as the page for people, with its security headers */
+
+static ngx_int_t
+ngx_http_acme_status_page(ngx_http_request_t *r, u_char *json, size_t len)
+{
+    char                      *html;
+    size_t                     hlen;
+    u_char                    *p;
+    ngx_uint_t                 i;
+    ngx_table_elt_t           *h;
+    ngx_http_acme_loc_conf_t  *alcf;
+
+    static char  *headers[][2] = {
+        { "Content-Security-Policy", NULL },
+        { "X-Content-Type-Options", "nosniff" },
+        { "Referrer-Policy", "no-referrer" },
+        { "Cache-Control", "no-store" },
+    };
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
+
+    html = acme_status_html((char *) json, len, alcf->renew, ngx_time(),
+                            &hlen);
+    if (html == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, hlen);
+    if (p == NULL) {
+        free(html);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, html, hlen);
+    free(html);
+
+    headers[0][1] = (char *) acme_status_html_csp();
+
+    for (i = 0; i < sizeof(headers) / sizeof(headers[0]); i++) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        h->key.data = (u_char *) headers[i][0];
+        h->key.len = ngx_strlen(headers[i][0]);
+        h->value.data = (u_char *) headers[i][1];
+        h->value.len = ngx_strlen(headers[i][1]);
+    }
+
+    return ngx_http_acme_status_send_type(r, NGX_HTTP_OK,
+                                          "text/html; charset=utf-8", p, hlen);
 }
 
 
@@ -301,6 +413,9 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
     static u_char  forbidden[] = "{\"error\": \"renewal and ARI check "
                                  "requests are not allowed here "
                                  "(acme_status renew=on)\"}\n";
+    static u_char  cross_site[] = "{\"error\": \"renewal and ARI check "
+                                  "requests from other sites' pages are "
+                                  "not allowed\"}\n";
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -358,6 +473,21 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
                       "\"acme_status\" has no renew=on in this location");
         return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
                                  (u_char *) forbidden, sizeof(forbidden) - 1);
+    }
+
+    if (!acme_status_post_allowed(
+            (char *) ngx_http_acme_status_header(r, "Sec-Fetch-Site", 14),
+            (char *) ngx_http_acme_status_header(r, "Origin", 6),
+            r->headers_in.host ? (char *) r->headers_in.host->value.data
+                               : NULL))
+    {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "acme: renewal or ARI check request refused: "
+                      "it came from another site's page (Origin, "
+                      "Sec-Fetch-Site)");
+        return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
+                                 (u_char *) cross_site,
+                                 sizeof(cross_site) - 1);
     }
 
     ari = 0;
@@ -463,6 +593,10 @@ send:
 
     if (format == NGX_HTTP_ACME_STATUS_PROMETHEUS) {
         return ngx_http_acme_status_metrics(r, json.data, json.len);
+    }
+
+    if (ngx_http_acme_status_wants_html(r)) {
+        return ngx_http_acme_status_page(r, json.data, json.len);
     }
 
     return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);

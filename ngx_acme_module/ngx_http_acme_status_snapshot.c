@@ -104,6 +104,15 @@ ngx_http_acme_status_size(ngx_http_acme_main_conf_t *amcf)
         }
     }
 
+    if (amcf->od_certs.nelts) {
+        /* on-demand certificates: one name each, and their counters */
+        size += 2048 + amcf->od.max * (NGX_HTTP_ACME_STATUS_CERT + 2 * 256
+                                       + url + iname
+                                       + NGX_HTTP_ACME_STATUS_PROGRESS
+                                       + NGX_HTTP_ACME_STATUS_IDENT + 512
+                                       + 2 * ACME_ERR_MSG_MAX);
+    }
+
     return size;
 }
 
@@ -348,13 +357,19 @@ ngx_http_acme_snapshot_free(ngx_http_acme_snapshot_t *ss)
 {
     free(ss->last);
     ss->last = NULL;
+
+    if (ss->on_demand) {
+        json_decref(ss->on_demand);
+        ss->on_demand = NULL;
+    }
 }
 
 
 /* every manager's certificates in one compact document */
 
 static char *
-ngx_http_acme_snapshot_build(acme_manager_t **managers, ngx_uint_t n)
+ngx_http_acme_snapshot_build(acme_manager_t **managers, ngx_uint_t n,
+    json_t *on_demand)
 {
     char        *s;
     size_t       i;
@@ -399,6 +414,10 @@ ngx_http_acme_snapshot_build(acme_manager_t **managers, ngx_uint_t n)
     json_object_set_new(doc, "issuers", iarr);
     json_object_set_new(doc, "leader_pid", json_integer(ngx_pid));
 
+    if (on_demand) {
+        json_object_set(doc, "on_demand", on_demand);
+    }
+
     s = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(doc);
 
@@ -434,7 +453,7 @@ ngx_http_acme_snapshot_update(ngx_http_acme_snapshot_t *ss,
     ss->stale = 0;
     ss->version = version;
 
-    s = ngx_http_acme_snapshot_build(managers, n);
+    s = ngx_http_acme_snapshot_build(managers, n, ss->on_demand);
     if (s == NULL) {
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "acme: cannot build the status document");

@@ -74,6 +74,26 @@ def issuer_block(name, pebble, state_path, challenge=None, extra=""):
     return "\n".join(lines) + "\n"
 
 
+def managed_servers(http_port, https_port, names, cert="pebble", locations=()):
+    """The two server blocks most tests need: NAMES answered over plain HTTP on http_port (where the CA's
+    HTTP-01 requests arrive) and served over TLS on https_port with `acme_certificate CERT`; locations:
+    more location blocks (strings) for the TLS server."""
+    extra = "".join(f"\n        {loc}" for loc in locations)
+    return f"""
+    server {{
+        listen 127.0.0.1:{http_port};
+        server_name {names};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https_port} ssl;
+        server_name {names};
+        acme_certificate {cert};
+        location / {{ return 200 "tls\\n"; }}{extra}
+    }}
+"""
+
+
 class Nginx:
     def __init__(self, workdir, procs, server_logs, http_conf, workers=2, level="info",
                  allowed=(), user=None):

@@ -20,7 +20,7 @@ import harness
 from apache_harness import apache_factory, cert_serial, stored_serial  # noqa: F401  (fixture)
 from ari_proxy import AriProxy, ari_cert_id, cert_der, window_from_now
 from harness import free_port, wait_for
-from nginx_harness import https_get, issuer_block, nginx_factory, tls_verified  # noqa: F401
+from nginx_harness import https_get, issuer_block, managed_servers, nginx_factory, tls_verified  # noqa: F401
 
 FUTURE = (30 * 86400, 31 * 86400)
 PAST = (-3600, -60)
@@ -100,22 +100,10 @@ def stays(fn, seconds):
 
 def _nginx_conf(px, pebble, tmp_path, https, name):
     return issuer_block("pebble", px.directory_url, tmp_path / "state",
-                        extra=f"ssl_trusted_certificate {pebble.ca_cert};") + f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {name};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {name};
-        acme_certificate pebble;
-        location / {{ return 200 "tls\\n"; }}
-        location = /ro {{ acme_status; }}
-        location = /rw {{ acme_status renew=on; }}
-        location = /fast {{ acme_status renew=on renew_interval=1s; }}
-    }}
-"""
+                        extra=f"ssl_trusted_certificate {pebble.ca_cert};") + managed_servers(
+        pebble.http_port, https, name, locations=['location = /ro { acme_status; }',
+                                                  'location = /rw { acme_status renew=on; }',
+                                                  'location = /fast { acme_status renew=on renew_interval=1s; }'])
 
 
 def open_window(px, fullchain):

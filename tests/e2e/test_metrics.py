@@ -19,7 +19,8 @@ import harness
 from apache_harness import apache_factory, stored_der  # noqa: F401  (fixture)
 from fault_proxy import FaultProxy, problem
 from harness import free_port, wait_for
-from nginx_harness import force_renewal, https_get, issuer_block, nginx_factory, tls_cert  # noqa: F401
+from nginx_harness import (force_renewal, https_get, issuer_block, managed_servers,  # noqa: F401
+                          nginx_factory, tls_cert)
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser",
                                         reason="python3-prometheus-client is not installed (make deps)")
@@ -126,21 +127,9 @@ def _nginx_conf(proxy, pebble, tmp_path, https, dead):
     state = tmp_path / "state"
     servers = ""
     for name, issuer in ((GOOD, "pebble"), (BAD, "dead")):
-        servers += f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {name};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {name};
-        acme_certificate {issuer};
-        location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status renew=on renew_interval=1s; }}
-        location = /metrics {{ acme_status format=prometheus; }}
-    }}
-"""
+        servers += managed_servers(pebble.http_port, https, name, cert=issuer, locations=[
+            'location = /acme { acme_status renew=on renew_interval=1s; }',
+            'location = /metrics { acme_status format=prometheus; }'])
     return (issuer_block("pebble", proxy.directory_url, state,
                          extra=f"ssl_trusted_certificate {pebble.ca_cert};")
             + issuer_block("dead", dead, state) + servers)

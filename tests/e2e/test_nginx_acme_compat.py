@@ -391,7 +391,8 @@ def test_profile_is_requested(pebble, proxy, nginx_factory, tmp_path, line):
     https = free_port()
     nginx_factory(_proxied_conf(proxy, pebble, tmp_path, https, "profile.example.org", line), wait_port=https)
     _served(https, "profile.example.org", pebble)
-    assert [o["profile"] for o in proxy.new_orders] == ["shortlived"], proxy.new_orders
+    # every newOrder request asks for it (Pebble may reject a nonce: the retry is a second request)
+    assert proxy.new_orders and {o["profile"] for o in proxy.new_orders} == {"shortlived"}, proxy.new_orders
 
 
 # ---------------------------------------------------------------- renewal of short-lived certificates
@@ -441,7 +442,7 @@ def test_account_key_file_name_without_dot_or_slash(pebble, nginx_factory, tmp_p
                              issuer_extra="account_key acctkey;"), start=False)
     ok, out = ng.test_config()
     assert not ok and re.search(r"invalid \"account_key\" \"acctkey\" in acme_issuer \"pebble\": not a key "
-                                r"type and not a readable file", out), out
+                                r"type, and cannot load it as a key file", out), out
     key = ng.conf_path.parent / "acctkey"
     subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384",
                     "-out", str(key)], check=True, capture_output=True)

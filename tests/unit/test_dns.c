@@ -165,7 +165,7 @@ test_task_does_not_block_the_loop(void **state)
 {
     acme_host_t        host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_dns_config_t  cfg;
-    acme_dns_record_t  rec = { "_acme-challenge.example.test", "value" };
+    acme_dns_record_t  rec = { .name = "_acme-challenge.example.test", .value = "value" };
     acme_dns_task_t   *t;
     acme_loop_t       *loop;
     acme_err_t         err;
@@ -206,7 +206,7 @@ test_task_cancel_does_not_wait(void **state)
 {
     acme_host_t        host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_dns_config_t  cfg;
-    acme_dns_record_t  rec = { "_acme-challenge.example.test", "value" };
+    acme_dns_record_t  rec = { .name = "_acme-challenge.example.test", .value = "value" };
     acme_dns_task_t   *t;
     acme_loop_t       *loop;
     acme_err_t         err;
