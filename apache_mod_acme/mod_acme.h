@@ -4,6 +4,7 @@
  * Shared declarations of the module's parts:
  *   mod_acme.c            module record, hook registration, post_config / child_init orchestration
  *   mod_acme_config.c     directives, per-server configuration and merging, validation
+ *   mod_acme_dns.c        DNS validation settings (ACMEDNS*), their merging and check
  *   mod_acme_shm.c        shared memory between the processes (certificate generations, status, renew queue)
  *   mod_acme_drive.c      the background thread running the ACME manager in one process at a time
  *   mod_acme_ssl.c        mod_ssl integration: certificate files, fallback, certificate callback, hot swap
@@ -25,6 +26,7 @@
 #include <openssl/x509.h>
 #include <openssl/evp.h>
 
+#include "acme_dns.h"
 #include "acme_ident.h"
 #include "acme_key.h"
 
@@ -76,6 +78,12 @@ typedef struct {
     const char            *storage;         /* ACMEStorage: redis:// URL (prefix folded in); NULL: state_dir */
     const char            *storage_shown;   /* the URL without its password, for messages */
     const char            *storage_key;     /* ACMEStorageKey file */
+    acme_dns_config_t      dns;             /* ACMEDNS*: each field inherited on its own; the TSIG key is
+                                             * the core's (malloc'd), freed with the pool of the server
+                                             * that read it */
+    const char            *dns_tsig_file;   /* ACMEDNSTSIGKey, for messages */
+    const char            *dns_directive;   /* "ACMEDNSx (file:line)" of this server's own first ACMEDNS*
+                                             * directive; not inherited */
     mod_acme_cert_mode_t   cert_mode;       /* per vhost, not inherited */
     apr_array_header_t    *cert_names;      /* const char *, for ACME_CERT_NAMES */
     const char            *cert_directive;  /* "file:line" of ACMECertificate, for messages */
@@ -109,6 +117,20 @@ mod_acme_srv_conf_t *mod_acme_srv_conf(server_rec *s);
 const char *mod_acme_state_dir(server_rec *base);
 int mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
 const char *mod_acme_vhost_id(apr_pool_t *p, const server_rec *s);
+
+/* ---- DNS validation settings (mod_acme_dns.c) ---- */
+
+const char *mod_acme_set_dns_update(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_tsig_key(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_server(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_resolver(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_propagation(cmd_parms *cmd, void *dc, const char *arg);
+void mod_acme_dns_merge(mod_acme_srv_conf_t *sc, const mod_acme_srv_conf_t *base,
+                        const mod_acme_srv_conf_t *add);
+/* 1 when the server's ACMEChallenge lists dns-01. */
+int  mod_acme_dns01(const mod_acme_srv_conf_t *sc);
+/* check_config: complete DNS settings where dns-01 is used, wildcards only with it. 0, or -1 (logged). */
+int  mod_acme_dns_check(apr_pool_t *ptemp, server_rec *base);
 
 /* ---- the managed certificates and process-wide state ---- */
 

@@ -128,11 +128,19 @@ issuer_key(apr_pool_t *p, mod_acme_srv_conf_t *sc, const mod_acme_ca_t *ca)
 {
     const char *contacts = sc->contacts ? apr_array_pstrcat(p, sc->contacts, ',') : "";
     const char *chal = sc->challenges ? apr_array_pstrcat(p, sc->challenges, ',') : "";
+    const char *dns = "";
 
+    if (mod_acme_dns01(sc)) {
+        /* the key's file and name, never its secret */
+        dns = apr_psprintf(p, "%d,%s,%s,%s,%s,%ld", (int) sc->dns.method,
+                           sc->dns_tsig_file ? sc->dns_tsig_file : "",
+                           sc->dns.tsig.name ? sc->dns.tsig.name : "", sc->dns.server ? sc->dns.server : "",
+                           sc->dns.resolver ? sc->dns.resolver : "", sc->dns.propagation_timeout);
+    }
     return apr_pstrcat(p, ca->url, "|", contacts, "|", sc->accept_tos == 1 ? "1" : "0", "|",
                        sc->trusted_cert ? sc->trusted_cert : "", "|", chal, "|",
                        sc->profile ? sc->profile : "", "|", sc->eab_kid ? sc->eab_kid : "", "|",
-                       sc->preferred_chain ? sc->preferred_chain : "", NULL);
+                       sc->preferred_chain ? sc->preferred_chain : "", "|", dns, NULL);
 }
 
 static int
@@ -161,6 +169,10 @@ add_issuer(apr_pool_t *p, acme_manager_t *m, mod_acme_srv_conf_t *sc, const mod_
     if (sc->challenges) {
         ic.challenge_types = (const char *const *) sc->challenges->elts;
         ic.nchallenge_types = (size_t) sc->challenges->nelts;
+    }
+    if (mod_acme_dns01(sc)) {
+        /* sc lives in pconf, as long as this generation's manager; DNS tasks copy it */
+        ic.dns = &sc->dns;
     }
     ic.profile = sc->profile;
     ic.preferred_chain = sc->preferred_chain;

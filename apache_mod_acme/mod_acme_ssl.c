@@ -460,14 +460,21 @@ build_certs(apr_pool_t *p, server_rec *base)
         if (s->server_hostname == NULL) {
             continue;
         }
-        for (i = 0; i < mod_acme_g.certs->nelts && sc->served->nelts == 0; i++) {
-            mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-            size_t j;
-            for (j = 0; j < c->nids; j++) {
-                if (c->ids[j].type == ACME_IDENT_DNS ? acme_dns_match(c->ids[j].value, s->server_hostname)
-                                                     : strcmp(c->ids[j].value, s->server_hostname) == 0) {
-                    apr_array_cat(sc->served, c->sc->managed);
-                    break;
+        /* a certificate naming it exactly before one whose wildcard covers it (pass 1) */
+        for (k = 0; k < 2 && sc->served->nelts == 0; k++) {
+            for (i = 0; i < mod_acme_g.certs->nelts && sc->served->nelts == 0; i++) {
+                mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+                size_t j;
+                for (j = 0; j < c->nids; j++) {
+                    int wild = c->ids[j].value[0] == '*';
+                    if (wild != k) {
+                        continue;
+                    }
+                    if (c->ids[j].type == ACME_IDENT_DNS ? acme_dns_match(c->ids[j].value, s->server_hostname)
+                                                         : strcmp(c->ids[j].value, s->server_hostname) == 0) {
+                        apr_array_cat(sc->served, c->sc->managed);
+                        break;
+                    }
                 }
             }
         }

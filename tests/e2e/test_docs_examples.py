@@ -126,7 +126,7 @@ class Root:
         if d in ("acme_storage_key", "acmestoragekey"):
             p.write_bytes(secrets.token_bytes(32))
             os.chmod(p, 0o600)
-        elif d == "dns_tsig_key":
+        elif d in ("dns_tsig_key", "acmednstsigkey"):
             p.write_text('key "docs-key" { algorithm hmac-sha256; secret "%s"; };\n'
                          % base64.b64encode(secrets.token_bytes(32)).decode())
             os.chmod(p, 0o600)
