@@ -84,6 +84,7 @@ typedef struct {
     const char            *od_ask;          /* ACMEOnDemandAsk URL (server-wide) */
     int                    od_ask_timeout;  /* seconds, 0: the core's default */
     int                    od_max, od_rate, od_refuse, od_wait, od_waiting, od_close;   /* 0: default */
+    long                   od_unseen;       /* seconds, 0: MOD_ACME_OD_UNSEEN */
 
     /* filled in post_config (per generation) */
     apr_array_header_t    *managed;         /* mod_acme_cert_t *: the certificates this vhost manages */
@@ -250,6 +251,7 @@ int  mod_acme_is_managed_name(const char *host);
 #define MOD_ACME_OD_REFUSE       600    /* seconds a refused name stays refused, by default */
 #define MOD_ACME_OD_WAIT         30     /* seconds a first handshake waits, by default */
 #define MOD_ACME_OD_WAITING      16     /* handshake threads waiting at once, by default */
+#define MOD_ACME_OD_UNSEEN       (30L * 86400)  /* a name unseen this long is not renewed */
 
 /* post_config: the table of on-demand names (when a vhost has ACMEOnDemand on). */
 apr_status_t mod_acme_od_shm_create(apr_pool_t *p, server_rec *s);

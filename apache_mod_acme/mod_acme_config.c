@@ -78,6 +78,7 @@ mod_acme_merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
     sc->od_wait = base->od_wait;
     sc->od_waiting = base->od_waiting;
     sc->od_close = base->od_close;
+    sc->od_unseen = base->od_unseen;
     return sc;
 }
 
@@ -674,7 +675,7 @@ set_od_limits(cmd_parms *cmd, void *dc, const char *arg)
     }
     v = strchr(arg, '=');
     if (v == NULL || v[1] == '\0') {
-        return bad_value(cmd, arg, "KEY=VALUE expected (max, rate, refuse_time, wait, waiting, fail)");
+        return bad_value(cmd, arg, "KEY=VALUE expected (max, rate, refuse_time, wait, waiting, unseen, fail)");
     }
     v++;
     if (strncmp(arg, "fail=", 5) == 0) {
@@ -682,6 +683,13 @@ set_od_limits(cmd_parms *cmd, void *dc, const char *arg)
             return bad_value(cmd, arg, "fail=fallback or fail=close expected");
         }
         sc->od_close = strcmp(v, "close") == 0;
+        return NULL;
+    }
+    if (strncmp(arg, "unseen=", 7) == 0) {
+        if ((n = parse_duration(v)) < 0) {
+            return bad_value(cmd, arg, "a duration expected (seconds, or with s, m, h, d; at most 365d)");
+        }
+        sc->od_unseen = n;
         return NULL;
     }
     if (strncmp(arg, "refuse_time=", 12) == 0 || strncmp(arg, "wait=", 5) == 0) {
@@ -749,7 +757,7 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE12("ACMEOnDemandAsk", set_od_ask, NULL, RSRC_CONF,
                    "URL [timeout=DURATION]: GET URL?domain=NAME must answer 2xx before a new name is ordered"),
     AP_INIT_ITERATE("ACMEOnDemandLimits", set_od_limits, NULL, RSRC_CONF,
-                    "max=N rate=N refuse_time=DURATION wait=DURATION waiting=N fail=fallback|close"),
+                    "max=N rate=N refuse_time=DURATION wait=DURATION waiting=N unseen=DURATION fail=fallback|close"),
     /* not OR_*: never from .htaccess, where a vhost's users could turn it on */
     AP_INIT_TAKE12("ACMEStatusRenew", set_status_renew, NULL, RSRC_CONF | ACCESS_CONF,
                    "on|off [interval=DURATION]: the acme-status handler accepts POST ?renew=NAME, each "

@@ -439,6 +439,11 @@ typedef struct {
     const char  *store;         /* NULL until added to the manager */
     int          vhost;
     int          ready;
+    int          asking;        /* a re-ask is under way */
+    int          recheck;       /* asked again at the next step (restored after a restart) */
+    int          dropped;       /* no longer managed (a late ask answer finds this) */
+    time_t       seen;          /* last handshake, as kept in the store */
+    time_t       asked_at;      /* last re-ask answered */
 } od_name_t;
 
 struct od_drv_s {
@@ -451,6 +456,9 @@ struct od_drv_s {
     apr_hash_t          *names;     /* name -> od_name_t, added to the manager */
     int                  nadded;
     int                  refuse;
+    long                 unseen;
+    int                  dirty;     /* names.json to write */
+    time_t               saved_at;
 };
 
 static od_drv_t *od_drv;
@@ -458,19 +466,23 @@ static od_drv_t *od_drv;
 static void
 od_save(od_drv_t *d)
 {
-    json_t             *arr = json_array();
+    json_t             *doc = json_object(), *arr = json_array();
     apr_hash_index_t   *hi;
     acme_err_t          err;
     char               *text;
 
-    for (hi = apr_hash_first(d->p, d->names); hi != NULL; hi = apr_hash_next(hi)) {
+    /* the format nginx's module keeps: {"names": [{"name", "seen"}]} */
+    for (hi = apr_hash_first(NULL, d->names); hi != NULL; hi = apr_hash_next(hi)) {
         od_name_t *n = apr_hash_this_val(hi);
         if (n->store != NULL) {
-            json_array_append_new(arr, json_string(n->name));
+            json_array_append_new(arr, json_pack("{s:s, s:I}", "name", n->name, "seen", (json_int_t) n->seen));
         }
     }
-    text = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
+    json_object_set_new(doc, "names", arr);
+    text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    d->dirty = 0;
+    d->saved_at = time(NULL);
     if (text == NULL || acme_store_put(d->st, OD_INDEX, text, strlen(text), 0, &err) != 0) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, d->s, ACMELOGNO(0123)
                      "cannot store the list of on-demand names (%s): %s", OD_INDEX,
@@ -537,6 +549,53 @@ od_add(od_drv_t *d, od_name_t *n)
     od_slot_set(n->name, OD_BUSY, 0, 0);
 }
 
+/* No longer managed: no renewal; its files stay. state: what handshakes get from now on. */
+static void
+od_drop(od_drv_t *d, od_name_t *n, apr_uint32_t state, apr_uint32_t until)
+{
+    acme_manager_remove_cert(d->m, n->store);
+    apr_hash_set(d->names, n->name, APR_HASH_KEY_STRING, NULL);
+    n->dropped = 1;
+    d->nadded--;
+    d->dirty = 1;
+    if (state == OD_FREE) {
+        od_lock();
+        if (slot_find(n->name) != NULL) {
+            slot_find(n->name)->state = OD_FREE;
+        }
+        od_unlock();
+    } else {
+        od_slot_set(n->name, state, until, 0);
+    }
+    od_save(d);
+}
+
+static void
+od_reasked(void *arg, const char *name, acme_od_verdict_t v, const char *detail)
+{
+    od_name_t  *n = arg;
+    od_drv_t   *d = n->d;
+
+    (void) name;
+    n->asking = 0;
+    if (n->dropped || od_drv != d) {
+        return;
+    }
+    if (v == ACME_OD_ASK_REFUSED) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, d->s, ACMELOGNO(0129)
+                     "on-demand certificate for \"%s\": the ask endpoint now refuses it (%s); no longer "
+                     "renewed or served", n->name, detail ? detail : "refused");
+        apr_atomic_inc32(&od_shm->refused[ACME_OD_ASK_REFUSED]);
+        od_drop(d, n, OD_REFUSED, (apr_uint32_t) (time(NULL) + d->refuse));
+        return;
+    }
+    /* allowed; or not answered: asked again in an hour, the certificate kept meanwhile */
+    n->asked_at = v == ACME_OD_ALLOWED ? time(NULL) : time(NULL) - 86400 + 3600;
+    if (v != ACME_OD_ALLOWED) {
+        od_refused(d->s, v, n->name, detail ? detail : "the ask endpoint did not answer", 0);
+    }
+}
+
 static void
 od_decided(void *arg, const char *name, acme_od_verdict_t v, const char *detail)
 {
@@ -561,6 +620,8 @@ od_name_new(od_drv_t *d, const char *name, int vhost)
     n->d = d;
     n->name = apr_pstrdup(d->p, name);
     n->vhost = vhost;
+    n->seen = time(NULL);
+    n->asked_at = n->seen;
     return n;
 }
 
@@ -571,24 +632,36 @@ od_restore(od_drv_t *d)
     char        *data = NULL;
     size_t       len = 0;
     acme_err_t   err;
-    json_t      *arr, *v;
+    json_t      *doc, *arr, *v;
     size_t       i;
     int          j;
 
     if (acme_store_get(d->st, OD_INDEX, &data, &len, &err) != 0) {
         return;
     }
-    arr = json_loadb(data, len, 0, NULL);
+    doc = json_loadb(data, len, 0, NULL);
     free(data);
+    arr = json_object_get(doc, "names");
     json_array_foreach(arr, i, v) {
-        const char *name = json_string_value(v);
+        const char  *name = json_string_value(json_object_get(v, "name"));
+        time_t       seen = (time_t) json_integer_value(json_object_get(v, "seen"));
+
         if (name == NULL || apr_hash_get(d->names, name, APR_HASH_KEY_STRING) != NULL) {
+            continue;
+        }
+        if (time(NULL) - seen > d->unseen) {
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, d->s, ACMELOGNO(0128)
+                         "on-demand certificate for \"%s\": not seen for %ld s, no longer renewed", name,
+                         (long) (time(NULL) - seen));
+            d->dirty = 1;
             continue;
         }
         /* only while a vhost still allows it */
         for (j = 0; j < mod_acme_g.od_servers->nelts; j++) {
             if (server_matches(APR_ARRAY_IDX(mod_acme_g.od_servers, j, server_rec *), name)) {
                 od_name_t *n = od_name_new(d, name, j);
+                n->seen = seen;
+                n->recheck = 1;     /* the ask endpoint may have changed its mind meanwhile */
                 od_lock();
                 if (slot_find(name) == NULL) {
                     slot_new(name, (apr_uint32_t) j, (apr_uint32_t) time(NULL));
@@ -599,7 +672,7 @@ od_restore(od_drv_t *d)
             }
         }
     }
-    json_decref(arr);
+    json_decref(doc);
 }
 
 void *
@@ -623,6 +696,7 @@ mod_acme_od_driver_new(apr_pool_t *p, acme_loop_t *loop, acme_manager_t *m, acme
     d->issuers = issuers;
     d->names = apr_hash_make(p);
     mod_acme_od_limits(sc, &d->refuse, &wait, &waiting);
+    d->unseen = sc->od_unseen > 0 ? sc->od_unseen : MOD_ACME_OD_UNSEEN;
     memset(&conf, 0, sizeof(conf));
     conf.ask_url = sc->od_ask;
     conf.ask_timeout_ms = sc->od_ask_timeout * 1000L;
@@ -679,12 +753,36 @@ mod_acme_od_driver_step(void *arg)
         }
     }
     for (hi = apr_hash_first(NULL, d->names); hi != NULL; hi = apr_hash_next(hi)) {
-        od_name_t *n = apr_hash_this_val(hi);
+        od_name_t   *n = apr_hash_this_val(hi);
+        od_slot_t   *sl;
+        time_t       now = time(NULL);
 
+        od_lock();
+        sl = slot_find(n->name);
+        if (sl != NULL && (time_t) sl->seen > n->seen) {
+            n->seen = (time_t) sl->seen;
+            d->dirty = 1;
+        }
+        od_unlock();
+        if (now - n->seen > d->unseen) {
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, d->s, ACMELOGNO(0128)
+                         "on-demand certificate for \"%s\": not seen for %ld s, no longer renewed", n->name,
+                         (long) (now - n->seen));
+            od_drop(d, n, OD_FREE, 0);
+            break;      /* the hash changed under the iteration */
+        }
         if (acme_manager_cert_info(d->m, n->store, &info) != 0) {
             continue;
         }
-        if (info.not_after > time(NULL)) {
+        /* the ask endpoint again after a restart and a day before each renewal: permission may be gone */
+        if (!n->asking && (n->recheck || (info.renew_at > 0 && info.renew_at - now < 86400
+                                          && now - n->asked_at > 86400))
+            && acme_ondemand_ask(d->od, n->name, od_reasked, n) == 0)
+        {
+            n->asking = 1;
+        }
+        n->recheck = 0;
+        if (info.not_after > now) {
             certs++;
             if (!n->ready) {
                 n->ready = 1;
@@ -693,14 +791,14 @@ mod_acme_od_driver_step(void *arg)
         } else if (info.failures > 0 && !info.issuing) {
             /* given up: not ordered again until a handshake asks after refuse_time */
             od_refuse(d, n, ACME_OD_ORDER_FAILED, info.last_error ? info.last_error : "the order failed");
-            acme_manager_remove_cert(d->m, n->store);
-            apr_hash_set(d->names, n->name, APR_HASH_KEY_STRING, NULL);
-            d->nadded--;
-            od_save(d);
+            od_drop(d, n, OD_REFUSED, (apr_uint32_t) now + OD_SHORT_REFUSE);
             break;      /* the hash changed under the iteration */
         } else {
             ordering++;
         }
+    }
+    if (d->dirty && time(NULL) - d->saved_at >= 60) {
+        od_save(d);
     }
     apr_atomic_set32(&od_shm->certs, certs);
     apr_atomic_set32(&od_shm->ordering, ordering);
@@ -775,6 +873,7 @@ mod_acme_od_status(void)
     json_object_set_new(lim, "refuse_time", json_integer(refuse));
     json_object_set_new(lim, "wait_ms", json_integer(wait * 1000L));
     json_object_set_new(lim, "waiting", json_integer(waiting));
+    json_object_set_new(lim, "unseen", json_integer(sc->od_unseen > 0 ? sc->od_unseen : MOD_ACME_OD_UNSEEN));
     json_object_set_new(lim, "fail", json_string(sc->od_close ? "close" : "fallback"));
     json_object_set_new(o, "limits", lim);
     json_object_set_new(o, "certificates", json_integer(apr_atomic_read32(&od_shm->certs)));

@@ -26,6 +26,7 @@ class AskServer:
 
     def __init__(self, slow=3.0):
         self.asked = []
+        self.deny = set()       # names refused from now on
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -35,7 +36,7 @@ class AskServer:
                 outer.asked.append(name)
                 if name.startswith("slow"):
                     time.sleep(slow)
-                self.send_response(200 if name.startswith("ok") else 403)
+                self.send_response(200 if name.startswith("ok") and name not in outer.deny else 403)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -237,3 +238,46 @@ def test_restart_serves_stored_names_without_order(apache_factory, pebble, procs
     assert pebble.order_count() == orders
     st = wait_od(a, lambda st: st["certificates"] == 1, "the stored name counted")
     assert st["allowed"] == 0
+
+
+def test_ask_revoked_after_restart_stops_serving(apache_factory, pebble, procs):
+    ask = AskServer()
+    try:
+        a = od_apache(apache_factory, pebble, ask=ask.url)
+        a.start(procs)
+        roots = pebble.roots(0)
+        name = "okgone" + SUFFIX
+        der, status, _ = pebble_leaf(a.https_port, name, roots)
+        assert status == 200 and leaf_names(der) == [name]
+        orders = pebble.order_count()
+
+        # the platform drops the customer: after a restart the name is asked again, refused, dropped
+        ask.deny = {name}
+        a.proc.stop()
+        a.start(procs)
+        harness.wait_for(lambda: "the ask endpoint now refuses it" in a.log(), timeout=15,
+                         what="the re-ask's refusal")
+        assert ask.asked.count(name) == 2
+        fallback_quick(a, name)
+        assert pebble.order_count() == orders
+        names = json.loads((a.state / "ondemand" / "names.json").read_text())["names"]
+        assert name not in [n["name"] for n in names]
+    finally:
+        ask.close()
+
+
+def test_unseen_name_is_dropped(apache_factory, pebble, procs):
+    a = od_apache(apache_factory, pebble, limits="unseen=3s")
+    a.start(procs)
+    roots = pebble.roots(0)
+    name = "idle" + SUFFIX
+    der, status, _ = pebble_leaf(a.https_port, name, roots)
+    assert status == 200
+    orders = pebble.order_count()
+    harness.wait_for(lambda: re.search(r'"idle\.od\.example\.org": not seen for \d+ s, no longer renewed',
+                                       a.log()), timeout=15, what="the unseen name dropped")
+    st = wait_od(a, lambda st: st["certificates"] == 0, "no on-demand certificate left")
+    assert st["ordering"] == 0
+    names = json.loads((a.state / "ondemand" / "names.json").read_text())["names"]
+    assert names == []
+    assert pebble.order_count() == orders
