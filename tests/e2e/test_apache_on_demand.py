@@ -281,3 +281,18 @@ def test_unseen_name_is_dropped(apache_factory, pebble, procs):
     names = json.loads((a.state / "ondemand" / "names.json").read_text())["names"]
     assert names == []
     assert pebble.order_count() == orders
+
+
+def test_tls_alpn01_on_the_on_demand_vhost(apache_factory, pebble, procs):
+    """No HTTP listener: the CA's acme-tls/1 handshake for the name being ordered is answered, not held."""
+    a = apache_factory(pebble, name="apache-od-alpn", listen_http=False,
+                       acme_global="ACMEChallenge tls-alpn-01\n")
+    a.vhosts = (f"<VirtualHost {a.address}:{a.https_port}>\n    ServerName od.example.org\n"
+                f"    ServerAlias *{SUFFIX}\n    SSLEngine on\n    ACMEOnDemand on\n</VirtualHost>\n")
+    a.start(procs)
+    base = pebble.order_count()
+    name = "alpn" + SUFFIX
+    der, status, _ = pebble_leaf(a.https_port, name, pebble.roots(0))
+    assert status == 200 and leaf_names(der) == [name]
+    assert pebble.order_count() - base == 1
+    assert "tls-alpn-01" in a.log()
