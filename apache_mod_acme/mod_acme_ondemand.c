@@ -56,8 +56,18 @@ typedef struct {
     char                   name[MOD_ACME_NAME_MAX];
 } od_slot_t;
 
+/* Each process's share of the waiting count: the driver gives a dead process's share back, so a child
+ * that crashed while holding handshakes cannot leave the cap reached. */
+#define OD_WAITERS   256
+
+typedef struct {
+    volatile apr_uint32_t  pid;
+    volatile apr_uint32_t  n;
+} od_waiter_t;
+
 typedef struct {
     volatile apr_uint32_t  lock;        /* pid of the holder */
+    od_waiter_t            waiter[OD_WAITERS];
     volatile apr_uint32_t  waiting, waited, allowed, refused_cache, certs, ordering;
     volatile apr_uint32_t  refused[ACME_OD_NVERDICTS];
     volatile apr_uint32_t  logged_at[ACME_OD_NVERDICTS];
@@ -322,6 +332,46 @@ od_serve(SSL *ssl, server_rec *s, const char *name, apr_uint32_t gen)
     return ok;
 }
 
+/* This process's waiter entry (claimed on first use), NULL when all are taken (counted globally only). */
+static od_waiter_t *
+od_waiter(void)
+{
+    apr_uint32_t  me = (apr_uint32_t) getpid();
+    int           i;
+
+    for (i = 0; i < OD_WAITERS; i++) {
+        if (apr_atomic_read32(&od_shm->waiter[i].pid) == me) {
+            return &od_shm->waiter[i];
+        }
+    }
+    for (i = 0; i < OD_WAITERS; i++) {
+        if (apr_atomic_cas32(&od_shm->waiter[i].pid, me, 0) == 0) {
+            return &od_shm->waiter[i];
+        }
+    }
+    return NULL;
+}
+
+/* The driver: the waiting share of processes that died. */
+static void
+od_waiters_reclaim(void)
+{
+    apr_uint32_t  pid, n;
+    int           i;
+
+    for (i = 0; i < OD_WAITERS; i++) {
+        pid = apr_atomic_read32(&od_shm->waiter[i].pid);
+        if (pid == 0 || kill((pid_t) pid, 0) == 0 || errno != ESRCH) {
+            continue;
+        }
+        n = apr_atomic_xchg32(&od_shm->waiter[i].n, 0);
+        while (n-- > 0) {
+            apr_atomic_dec32(&od_shm->waiting);
+        }
+        apr_atomic_set32(&od_shm->waiter[i].pid, 0);
+    }
+}
+
 int
 mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc)
 {
@@ -331,6 +381,7 @@ mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc)
     apr_uint32_t   now, gen, st, until;
     apr_time_t     deadline;
     od_slot_t     *sl;
+    od_waiter_t   *w = NULL;
     int            fail = sc->od_close ? -1 : 0;
 
     if (od_shm == NULL || sni == NULL) {
@@ -396,6 +447,10 @@ mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc)
                 break;
             }
             held = 1;
+            w = od_waiter();
+            if (w != NULL) {
+                apr_atomic_inc32(&w->n);
+            }
             apr_atomic_inc32(&od_shm->waited);
         }
         if (apr_time_now() >= deadline) {
@@ -406,6 +461,9 @@ mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc)
         apr_sleep(apr_time_from_msec(OD_NAP_MS));
     }
     if (held) {
+        if (w != NULL) {
+            apr_atomic_dec32(&w->n);
+        }
         apr_atomic_dec32(&od_shm->waiting);
     }
     return rc;
@@ -726,6 +784,7 @@ mod_acme_od_driver_step(void *arg)
     if (d == NULL) {
         return;
     }
+    od_waiters_reclaim();
     for (i = 0; i < MOD_ACME_OD_SLOTS; i++) {
         od_slot_t  *sl = &od_shm->slot[i];
         od_name_t  *n;

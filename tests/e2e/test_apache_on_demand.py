@@ -5,7 +5,9 @@ order. Stored on-demand certificates are served after a restart with no order.""
 
 import http.server
 import json
+import os
 import re
+import signal
 import socket
 import ssl
 import threading
@@ -296,3 +298,36 @@ def test_tls_alpn01_on_the_on_demand_vhost(apache_factory, pebble, procs):
     assert status == 200 and leaf_names(der) == [name]
     assert pebble.order_count() - base == 1
     assert "tls-alpn-01" in a.log()
+
+
+def _server_pid_of(client_port, server_port):
+    """The Apache process holding the server side of our connection (ss -tnp)."""
+    out = harness.run_cmd(["ss", "-Htnp", "state", "established", f"( sport = :{server_port} )"]).stdout
+    for line in out.splitlines():
+        if f":{client_port} " in line + " ":
+            m = re.search(r"pid=(\d+)", line)
+            if m:
+                return int(m.group(1))
+    return None
+
+
+def test_killed_child_gives_its_waiting_share_back(apache_factory, pebble, procs):
+    ask = AskServer(slow=6.0)
+    try:
+        a = od_apache(apache_factory, pebble, ask=ask.url, limits="waiting=1 wait=20s")
+        a.start(procs)
+        sock = socket.create_connection(("127.0.0.1", a.https_port), timeout=20)
+        cport = sock.getsockname()[1]
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        th = threading.Thread(target=lambda: _try(lambda: ctx.wrap_socket(sock, server_hostname="slow0" + SUFFIX)))
+        th.start()
+        wait_od(a, lambda st: st["waiting"] == 1, "one handshake held")
+        pid = harness.wait_for(lambda: _server_pid_of(cport, a.https_port), timeout=5,
+                               what="the process holding the handshake")
+        os.kill(pid, signal.SIGKILL)
+        # the cap is free again: the driver (this or the next one) gave the dead process's share back
+        wait_od(a, lambda st: st["waiting"] == 0, "the waiting share given back", timeout=15)
+        th.join(20)
+    finally:
+        ask.close()
