@@ -704,6 +704,9 @@ set_od_limits(cmd_parms *cmd, void *dc, const char *arg)
         }
         return NULL;
     }
+    if (strncmp(arg, "max=", 4) != 0 && strncmp(arg, "rate=", 5) != 0 && strncmp(arg, "waiting=", 8) != 0) {
+        return bad_value(cmd, arg, "unknown key (max, rate, refuse_time, wait, waiting, unseen, fail)");
+    }
     n = apr_isdigit(*v) ? strtol(v, &end, 10) : -1;
     if (n < 1 || *end != '\0') {
         return bad_value(cmd, arg, "a positive number expected");
@@ -715,9 +718,8 @@ set_od_limits(cmd_parms *cmd, void *dc, const char *arg)
     } else if (strncmp(arg, "waiting=", 8) == 0 && n <= 4096) {
         sc->od_waiting = (int) n;
     } else {
-        return bad_value(cmd, arg, apr_psprintf(cmd->pool, "unknown key or out of range (max=1..%d, "
-                                                "rate=1..%d, waiting=1..4096)", MOD_ACME_OD_SLOTS / 2,
-                                                ACME_OD_RATE_MAX));
+        return bad_value(cmd, arg, apr_psprintf(cmd->pool, "out of range (max=1..%d, rate=1..%d, "
+                                                "waiting=1..4096)", MOD_ACME_OD_SLOTS / 2, ACME_OD_RATE_MAX));
     }
     return NULL;
 }

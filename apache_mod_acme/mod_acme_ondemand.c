@@ -19,7 +19,7 @@
 #include <apr_shm.h>
 #include <apr_atomic.h>
 #include <apr_hash.h>
-#include <apr_fnmatch.h>
+#include <apr_lib.h>
 
 #include <openssl/err.h>
 
@@ -389,7 +389,13 @@ mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc)
     }
     mod_acme_od_limits(sc, &refuse, &wait, &waiting);
     if (acme_ondemand_name(sni, strlen(sni), name, sizeof(name)) == 0) {
-        od_refused(s, ACME_OD_INVALID_NAME, sni, "not a DNS name the CA could validate", 0);
+        /* the client's bytes: only LDH characters reach the log, at most 64 */
+        size_t i;
+        for (i = 0; sni[i] != '\0' && i < 64; i++) {
+            name[i] = apr_isalnum(sni[i]) || sni[i] == '.' || sni[i] == '-' ? sni[i] : '?';
+        }
+        name[i] = '\0';
+        od_refused(s, ACME_OD_INVALID_NAME, name, "not a DNS name the CA could validate", 0);
         return fail;
     }
     if (!server_matches(s, name)) {

@@ -331,3 +331,50 @@ def test_killed_child_gives_its_waiting_share_back(apache_factory, pebble, procs
         th.join(20)
     finally:
         ask.close()
+
+
+def test_max_count_ask_down_and_invalid_names(apache_factory, pebble, procs):
+    dead = harness.free_port()     # nothing listens: the ask endpoint is down
+    a = od_apache(apache_factory, pebble, ask=f"http://127.0.0.1:{dead}/check", limits="max=1")
+    a.start(procs)
+    base = pebble.order_count()
+    fallback_quick(a, "down" + SUFFIX)
+    fallback_quick(a, "down" + SUFFIX)         # from the negative cache
+    fallback_quick(a, "under_score" + SUFFIX)  # not a DNS name the CA could validate: never asked
+    st = wait_od(a, lambda st: st["refused"]["ask_failed"] == 1, "ask_failed counted")
+    assert st["refused"]["invalid_name"] == 1
+    assert st["refused_from_cache"] >= 1
+    assert pebble.order_count() == base
+    assert len(re.findall(r"refused \(ask_failed\): the ask endpoint did not answer", a.log())) == 1
+
+
+def test_max_count(apache_factory, pebble, procs):
+    a = od_apache(apache_factory, pebble, limits="max=1")
+    a.start(procs)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, status, _ = pebble_leaf(a.https_port, "first" + SUFFIX, roots)
+    assert status == 200 and leaf_names(der) == ["first" + SUFFIX]
+    fallback_quick(a, "second" + SUFFIX)
+    st = wait_od(a, lambda st: st["refused"]["max_count"] == 1, "max_count counted")
+    assert st["limits"]["max"] == 1
+    assert pebble.order_count() - base == 1
+    assert len(re.findall(r"refused \(max_count\)", a.log())) == 1
+
+
+@pytest.mark.parametrize("line, why", [
+    ("ACMEOnDemandLimits max=0", "a positive number expected"),
+    ("ACMEOnDemandLimits fail=maybe", "fail=fallback or fail=close expected"),
+    ("ACMEOnDemandLimits wait=301s", "wait at most 300s"),
+    ("ACMEOnDemandLimits colour=blue", "unknown key"),
+    ("ACMEOnDemandAsk ftp://example.org/", "an http:// or https:// URL expected"),
+    ("ACMEOnDemandAsk http://127.0.0.1/ timeout=2m", "timeout=DURATION expected"),
+    ("ACMEOnDemand on", "must be used inside a <VirtualHost>"),
+])
+def test_bad_on_demand_directives_fail_config_test(apache_factory, pebble, line, why):
+    a = od_apache(apache_factory, pebble)
+    a.acme_global = line + "\n"
+    cp = a.config_test()
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0, out
+    assert why in out, out
