@@ -676,6 +676,28 @@ od_decided(void *arg, const char *name, acme_od_verdict_t v, const char *detail)
     }
 }
 
+/* With ACMEStorage the children read the local cache, not Redis: it first (also for a certificate another
+ * node issued). */
+static void
+od_cache_refresh(od_drv_t *d, od_name_t *n)
+{
+    mod_acme_cert_t   c;
+    apr_pool_t       *tp;
+    const char       *msg = NULL;
+
+    if (mod_acme_g.storage == NULL) {
+        return;
+    }
+    memset(&c, 0, sizeof(c));
+    c.name = n->store;
+    apr_pool_create(&tp, NULL);
+    if (mod_acme_cache_update(tp, mod_acme_g.store, &c, NULL, &msg) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, d->s, ACMELOGNO(0085)
+                     "%s: cannot refresh the local cache: %s", n->store, msg ? msg : "nothing stored");
+    }
+    apr_pool_destroy(tp);
+}
+
 static od_name_t *
 od_name_new(od_drv_t *d, const char *name, int vhost)
 {
@@ -850,6 +872,7 @@ mod_acme_od_driver_step(void *arg)
         if (info.not_after > now) {
             certs++;
             if (!n->ready) {
+                od_cache_refresh(d, n);
                 n->ready = 1;
                 od_slot_set(n->name, OD_READY, 0, 1);
             }
@@ -894,20 +917,7 @@ mod_acme_od_cert_updated(const char *store)
         od_name_t *n = apr_hash_this_val(hi);
 
         if (n->store != NULL && strcmp(n->store, store) == 0) {
-            if (mod_acme_g.storage != NULL) {
-                mod_acme_cert_t   c;
-                apr_pool_t       *tp;
-                const char       *msg = NULL;
-
-                memset(&c, 0, sizeof(c));
-                c.name = n->store;
-                apr_pool_create(&tp, NULL);
-                if (mod_acme_cache_update(tp, mod_acme_g.store, &c, NULL, &msg) != 0) {
-                    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, od_drv->s, ACMELOGNO(0085)
-                                 "%s: cannot refresh the local cache: %s", store, msg ? msg : "nothing stored");
-                }
-                apr_pool_destroy(tp);
-            }
+            od_cache_refresh(od_drv, n);
             n->ready = 1;
             od_slot_set(n->name, OD_READY, 0, 1);
             ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, od_drv->s, ACMELOGNO(0125)

@@ -378,3 +378,36 @@ def test_bad_on_demand_directives_fail_config_test(apache_factory, pebble, line,
     out = cp.stdout + cp.stderr
     assert cp.returncode != 0, out
     assert why in out, out
+
+
+def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs, tmp_path):
+    """ACMEStorage: a name issued by node A is served by node B with no second order (B's manager finds
+    the certificate in Redis; its driver copies it into B's local cache)."""
+    from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
+    if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
+        pytest.skip("redis-server / redis-cli not installed")
+    redis = Redis(procs, tmp_path / "redis")
+    kf = key_file(tmp_path / "storage.key")
+    if os.geteuid() == 0:
+        os.chmod(kf, 0o600)
+    storage = f'ACMEStorage "{redis.url("/0")}" prefix=od\nACMEStorageKey "{kf}"\n'
+    nodes = []
+    for node, kw in (("a", {}), ("b", {"address": "127.0.0.2", "http_port": harness.free_port(),
+                                       "https_port": harness.free_port()})):
+        a = apache_factory(pebble, name=f"apache-od-{node}", acme_global=storage, **kw)
+        a.vhosts = (f"<VirtualHost {a.address}:{a.https_port}>\n    ServerName od.example.org\n"
+                    f"    ServerAlias *{SUFFIX}\n    SSLEngine on\n    ACMEOnDemand on\n</VirtualHost>\n")
+        a.start(procs)
+        nodes.append(a)
+    roots = pebble.roots(0)
+    name = "shared" + SUFFIX
+    base = pebble.order_count()
+    der_a, status, _ = pebble_leaf(nodes[0].https_port, name, roots)
+    assert status == 200 and leaf_names(der_a) == [name]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=roots)
+    with socket.create_connection(("127.0.0.2", nodes[1].https_port), timeout=30) as s:
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            der_b = t.getpeercert(binary_form=True)
+    assert der_b == der_a
+    assert pebble.order_count() - base == 1
