@@ -411,3 +411,17 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
             der_b = t.getpeercert(binary_form=True)
     assert der_b == der_a
     assert pebble.order_count() - base == 1
+
+
+def test_rate_limited(apache_factory, pebble, procs):
+    a = od_apache(apache_factory, pebble, limits="rate=1")
+    a.start(procs)
+    base = pebble.order_count()
+    der, status, _ = pebble_leaf(a.https_port, "r1" + SUFFIX, pebble.roots(0))
+    assert status == 200
+    fallback_quick(a, "r2" + SUFFIX)
+    fallback_quick(a, "r3" + SUFFIX)
+    st = wait_od(a, lambda st: st["refused"]["rate_limited"] == 2, "rate_limited counted")
+    assert st["allowed"] == 1
+    assert pebble.order_count() - base == 1
+    assert len(re.findall(r"refused \(rate_limited\)", a.log())) == 1
