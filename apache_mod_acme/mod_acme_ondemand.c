@@ -80,6 +80,8 @@ static od_shm_t *od_shm;
 typedef struct {
     mod_acme_served_t  sv;
     apr_uint32_t       gen;
+    apr_uint32_t       failed_gen;      /* a load of this generation failed: logged once, */
+    apr_time_t         retry_at;        /* tried again from then (a second later) */
 } od_loaded_t;
 
 static apr_pool_t  *od_pool;           /* under mod_acme_g.reload_lock */
@@ -276,7 +278,7 @@ od_serve(SSL *ssl, server_rec *s, const char *name, apr_uint32_t gen)
 
     apr_thread_rwlock_rdlock(mod_acme_g.lock);
     l = od_loaded ? apr_hash_get(od_loaded, name, APR_HASH_KEY_STRING) : NULL;
-    if (l == NULL || l->gen != gen) {
+    if ((l == NULL || l->gen != gen) && !(l != NULL && l->failed_gen == gen && apr_time_now() < l->retry_at)) {
         apr_thread_rwlock_unlock(mod_acme_g.lock);
         apr_thread_mutex_lock(mod_acme_g.reload_lock);
         if (od_pool == NULL) {
@@ -293,25 +295,31 @@ od_serve(SSL *ssl, server_rec *s, const char *name, apr_uint32_t gen)
             sn = store_name(s, name);
             c.name = sn;
             apr_pool_create(&tp, NULL);
+            apr_thread_rwlock_wrlock(mod_acme_g.lock);
+            if (od_loaded == NULL) {
+                od_loaded = apr_hash_make(od_pool);
+            }
+            if (l == NULL) {
+                l = apr_pcalloc(od_pool, sizeof(*l));
+                apr_hash_set(od_loaded, apr_pstrdup(od_pool, name), APR_HASH_KEY_STRING, l);
+            }
+            apr_thread_rwlock_unlock(mod_acme_g.lock);
             if (sn != NULL && mod_acme_cert_load(tp, mod_acme_g.state_dir, &c, &fresh, &msg) == 0) {
                 memset(&old, 0, sizeof(old));
                 apr_thread_rwlock_wrlock(mod_acme_g.lock);
-                if (od_loaded == NULL) {
-                    od_loaded = apr_hash_make(od_pool);
-                }
-                if (l == NULL) {
-                    l = apr_pcalloc(od_pool, sizeof(*l));
-                    apr_hash_set(od_loaded, apr_pstrdup(od_pool, name), APR_HASH_KEY_STRING, l);
-                }
                 old = l->sv;
                 l->sv = fresh;
                 l->gen = gen;
                 apr_thread_rwlock_unlock(mod_acme_g.lock);
                 mod_acme_served_free(&old);
             } else {
-                ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0122)
-                             "on-demand certificate %s: cannot load it: %s", sn ? sn : name,
-                             msg ? msg : "nothing stored");
+                if (l->failed_gen != gen) {
+                    ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, ACMELOGNO(0122)
+                                 "on-demand certificate %s: cannot load it: %s", sn ? sn : name,
+                                 msg ? msg : "nothing stored");
+                }
+                l->failed_gen = gen;
+                l->retry_at = apr_time_now() + apr_time_from_sec(1);
             }
             apr_pool_destroy(tp);
             free(sn);
