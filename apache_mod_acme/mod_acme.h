@@ -260,6 +260,9 @@ void mod_acme_od_limits(mod_acme_srv_conf_t *sc, int *refuse, int *wait, int *wa
 /* In a handshake on an on-demand vhost (cert_cb): 1 served an on-demand certificate, 0 the caller serves
  * the fallback, -1 close (fail=close). May wait for the driver, bounded by the waiting cap. */
 int  mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc);
+/* acme-status POST ?renew=NAME for an issued on-demand name: 0 claimed, 2 forced less than interval seconds
+ * ago (*until: when it may be again), -1 no such name. */
+int  mod_acme_od_renew_claim(const char *name, apr_uint32_t now, apr_uint32_t interval, apr_uint32_t *until);
 /* 1 when host is an on-demand name being ordered or issued (HTTP-01 / TLS-ALPN-01 answers). */
 int  mod_acme_od_known(const char *host);
 /* The driver: on its loop, once per turn. */

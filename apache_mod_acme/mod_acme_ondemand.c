@@ -53,6 +53,7 @@ typedef struct {
     apr_uint32_t           until;       /* OD_REFUSED: until when */
     volatile apr_uint32_t  gen;         /* moves when the certificate's local files changed */
     volatile apr_uint32_t  seen;        /* last handshake served (seconds) */
+    volatile apr_uint32_t  forced_at;   /* last renewal forced through acme-status */
     char                   name[MOD_ACME_NAME_MAX];
 } od_slot_t;
 
@@ -480,6 +481,31 @@ mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc)
         }
         apr_atomic_dec32(&od_shm->waiting);
     }
+    return rc;
+}
+
+int
+mod_acme_od_renew_claim(const char *what, apr_uint32_t now, apr_uint32_t interval, apr_uint32_t *until)
+{
+    char        name[MOD_ACME_NAME_MAX];
+    od_slot_t  *sl;
+    int         rc = -1;
+
+    if (od_shm == NULL || acme_ondemand_name(what, strlen(what), name, sizeof(name)) == 0) {
+        return -1;
+    }
+    od_lock();
+    sl = slot_find(name);
+    if (sl != NULL && sl->state == OD_READY) {
+        if (sl->forced_at != 0 && now - sl->forced_at < interval) {
+            *until = sl->forced_at + interval;
+            rc = 2;
+        } else {
+            sl->forced_at = now;
+            rc = 0;
+        }
+    }
+    od_unlock();
     return rc;
 }
 

@@ -425,3 +425,25 @@ def test_rate_limited(apache_factory, pebble, procs):
     assert st["allowed"] == 1
     assert pebble.order_count() - base == 1
     assert len(re.findall(r"refused \(rate_limited\)", a.log())) == 1
+
+
+def test_renewed_on_demand_certificate_is_hot_swapped(apache_factory, pebble, procs):
+    a = od_apache(apache_factory, pebble)
+    a.start(procs)
+    roots = pebble.roots(0)
+    name = "renew" + SUFFIX
+    der1, status, _ = pebble_leaf(a.https_port, name, roots)
+    assert status == 200
+    assert a.renew("unknown" + SUFFIX).status == 404      # never issued: not renewable
+    r = a.renew(name)
+    assert r.status == 202, r.text
+    der2 = harness.wait_for(lambda: (lambda d: d if d != der1 else None)(
+        pebble_leaf(a.https_port, name, roots)[0]), timeout=30, what="the renewed certificate served")
+    assert leaf_names(der2) == [name]
+    # every child serves it from its next handshake, without a restart
+    for _ in range(10):
+        assert pebble_leaf(a.https_port, name, roots)[0] == der2
+    # forced again at once: 429 (ACMEStatusRenew interval=1s in the harness: wait it out first)
+    time.sleep(1.1)
+    assert a.renew(name, timeout=0).status == 202
+    assert a.renew(name, timeout=0).status == 429
