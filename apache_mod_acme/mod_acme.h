@@ -8,6 +8,7 @@
  *   mod_acme_shm.c        shared memory between the processes (certificate generations, status, renew queue)
  *   mod_acme_drive.c      the background thread running the ACME manager in one process at a time
  *   mod_acme_ssl.c        mod_ssl integration: certificate files, fallback, certificate callback, hot swap
+ *   mod_acme_ondemand.c   on-demand TLS: first handshakes wait for a certificate the driver orders
  *   mod_acme_challenge.c  HTTP-01 and TLS-ALPN-01 answers, acme-tls/1 protocol selection
  *   mod_acme_status.c     the acme-status handler
  */
@@ -87,6 +88,11 @@ typedef struct {
     mod_acme_cert_mode_t   cert_mode;       /* per vhost, not inherited */
     apr_array_header_t    *cert_names;      /* const char *, for ACME_CERT_NAMES */
     const char            *cert_directive;  /* "file:line" of ACMECertificate, for messages */
+    int                    ondemand;        /* ACMEOnDemand on: per vhost, not inherited */
+    const char            *od_ask;          /* ACMEOnDemandAsk URL (server-wide) */
+    int                    od_ask_timeout;  /* seconds, 0: the core's default */
+    int                    od_max, od_rate, od_refuse, od_wait, od_waiting, od_close;   /* 0: default */
+    long                   od_unseen;       /* seconds, 0: MOD_ACME_OD_UNSEEN */
 
     /* filled in post_config (per generation) */
     apr_array_header_t    *managed;         /* mod_acme_cert_t *: the certificates this vhost manages */
@@ -178,6 +184,7 @@ typedef struct {
     apr_thread_rwlock_t   *lock;        /* guards the served certificates (per process) */
     apr_thread_mutex_t    *reload_lock; /* one reload at a time (per process) */
     int                    active;      /* post_config completed with managed certificates */
+    apr_array_header_t    *od_servers;  /* server_rec *: the vhosts with ACMEOnDemand on */
 } mod_acme_globals_t;
 
 extern mod_acme_globals_t mod_acme_g;
@@ -277,6 +284,38 @@ void mod_acme_challenge_register_hooks(apr_pool_t *p);
 void mod_acme_challenge_add_protocol(apr_pool_t *pconf, server_rec *s);
 /* 1 when host is one of the managed identifiers. */
 int  mod_acme_is_managed_name(const char *host);
+
+/* ---- on-demand TLS (mod_acme_ondemand.c) ---- */
+
+#define MOD_ACME_OD_SLOTS        512    /* names known at once (refused ones included) */
+#define MOD_ACME_OD_REFUSE       600    /* seconds a refused name stays refused, by default */
+#define MOD_ACME_OD_WAIT         30     /* seconds a first handshake waits, by default */
+#define MOD_ACME_OD_WAITING      16     /* handshake threads waiting at once, by default */
+#define MOD_ACME_OD_UNSEEN       (30L * 86400)  /* a name unseen this long is not renewed */
+
+/* post_config: the table of on-demand names (when a vhost has ACMEOnDemand on). */
+apr_status_t mod_acme_od_shm_create(apr_pool_t *p, server_rec *s);
+/* The effective limits (defaults applied) from the main server's configuration. */
+void mod_acme_od_limits(mod_acme_srv_conf_t *sc, int *refuse, int *wait, int *waiting);
+/* In a handshake on an on-demand vhost (cert_cb): 1 served an on-demand certificate, 0 the caller serves
+ * the fallback, -1 close (fail=close). May wait for the driver, bounded by the waiting cap. */
+int  mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc);
+/* acme-status POST ?renew=NAME for an issued on-demand name: 0 claimed, 2 forced less than interval seconds
+ * ago (*until: when it may be again), -1 no such name. */
+int  mod_acme_od_renew_claim(const char *name, apr_uint32_t now, apr_uint32_t interval, apr_uint32_t *until);
+/* 1 when host is an on-demand name being ordered or issued (HTTP-01 / TLS-ALPN-01 answers). */
+int  mod_acme_od_known(const char *host);
+/* The driver: on its loop, once per turn. */
+struct acme_manager_s;
+struct acme_loop_s;
+void *mod_acme_od_driver_new(apr_pool_t *p, struct acme_loop_s *loop, struct acme_manager_s *m,
+                             struct acme_store_s *st, server_rec *s, apr_array_header_t *issuers);
+void  mod_acme_od_driver_step(void *od);
+void  mod_acme_od_driver_free(void *od);
+/* The status document's "on_demand" member (a jansson object). */
+void *mod_acme_od_status(void);
+/* cert_updated for a store name that is no configured certificate. */
+void  mod_acme_od_cert_updated(const char *name);
 
 /* ---- status (mod_acme_status.c) ---- */
 

@@ -51,7 +51,7 @@ mod_acme_is_managed_name(const char *host)
         }
     }
     acme_ident_free(&id);
-    return found;
+    return found || mod_acme_od_known(host);
 }
 
 /* ---- HTTP-01 ---- */

@@ -15,6 +15,7 @@
 #include "acme_aead.h"
 #include "acme_directory.h"
 #include "acme_err.h"
+#include "acme_ondemand.h"
 #include "acme_store.h"
 #include "acme_x509.h"
 
@@ -68,6 +69,17 @@ mod_acme_merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
     sc->cert_mode = add->cert_mode;
     sc->cert_names = add->cert_names;
     sc->cert_directive = add->cert_directive;
+    sc->ondemand = add->ondemand;
+    /* on-demand limits are server-wide: the main server's */
+    sc->od_ask = base->od_ask;
+    sc->od_ask_timeout = base->od_ask_timeout;
+    sc->od_max = base->od_max;
+    sc->od_rate = base->od_rate;
+    sc->od_refuse = base->od_refuse;
+    sc->od_wait = base->od_wait;
+    sc->od_waiting = base->od_waiting;
+    sc->od_close = base->od_close;
+    sc->od_unseen = base->od_unseen;
     return sc;
 }
 
@@ -609,6 +621,127 @@ set_status_format(cmd_parms *cmd, void *dcv, const char *arg)
     return NULL;
 }
 
+static const char *
+set_ondemand(cmd_parms *cmd, void *dc, int on)
+{
+    (void) dc;
+    if (!cmd->server->is_virtual) {
+        return apr_psprintf(cmd->pool, "%s must be used inside a <VirtualHost>", cmd_name(cmd));
+    }
+    cmd_conf(cmd)->ondemand = on;
+    return NULL;
+}
+
+/* "30", "30s", "10m", "1h", "2d": seconds (1 to 365 days); -1 otherwise. */
+static long
+parse_duration(const char *v)
+{
+    char  *end;
+    long   n;
+
+    if (!apr_isdigit(*v)) {
+        return -1;
+    }
+    n = strtol(v, &end, 10);
+    if (*end == 'm' && end[1] == '\0') {
+        n *= 60;
+    } else if (*end == 'h' && end[1] == '\0') {
+        n *= 3600;
+    } else if (*end == 'd' && end[1] == '\0') {
+        n *= 86400;
+    } else if (!(*end == '\0' || (*end == 's' && end[1] == '\0'))) {
+        return -1;
+    }
+    return n >= 1 && n <= 365L * 86400 ? n : -1;
+}
+
+static const char *
+set_od_ask(cmd_parms *cmd, void *dc, const char *url, const char *timeout)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    const char           *e = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    long                  t;
+
+    (void) dc;
+    if (e != NULL) {
+        return e;
+    }
+    if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0) {
+        return bad_value(cmd, "(the URL)", "an http:// or https:// URL expected");
+    }
+    sc->od_ask = url;
+    if (timeout != NULL) {
+        if (strncmp(timeout, "timeout=", 8) != 0 || (t = parse_duration(timeout + 8)) < 0 || t > 60) {
+            return bad_value(cmd, timeout, "timeout=DURATION expected (1s to 60s)");
+        }
+        sc->od_ask_timeout = (int) t;
+    }
+    return NULL;
+}
+
+static const char *
+set_od_limits(cmd_parms *cmd, void *dc, const char *arg)
+{
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    const char           *e = ap_check_cmd_context(cmd, GLOBAL_ONLY), *v;
+    long                  n;
+    char                 *end;
+
+    (void) dc;
+    if (e != NULL) {
+        return e;
+    }
+    v = strchr(arg, '=');
+    if (v == NULL || v[1] == '\0') {
+        return bad_value(cmd, arg, "KEY=VALUE expected (max, rate, refuse_time, wait, waiting, unseen, fail)");
+    }
+    v++;
+    if (strncmp(arg, "fail=", 5) == 0) {
+        if (strcmp(v, "fallback") != 0 && strcmp(v, "close") != 0) {
+            return bad_value(cmd, arg, "fail=fallback or fail=close expected");
+        }
+        sc->od_close = strcmp(v, "close") == 0;
+        return NULL;
+    }
+    if (strncmp(arg, "unseen=", 7) == 0) {
+        if ((n = parse_duration(v)) < 0) {
+            return bad_value(cmd, arg, "a duration expected (seconds, or with s, m, h, d; at most 365d)");
+        }
+        sc->od_unseen = n;
+        return NULL;
+    }
+    if (strncmp(arg, "refuse_time=", 12) == 0 || strncmp(arg, "wait=", 5) == 0) {
+        n = parse_duration(v);
+        if (n < 0 || (arg[0] == 'w' && n > 300)) {
+            return bad_value(cmd, arg, "a duration expected (seconds, or with s, m, h, d; wait at most 300s)");
+        }
+        if (arg[0] == 'w') {
+            sc->od_wait = (int) n;
+        } else {
+            sc->od_refuse = (int) n;
+        }
+        return NULL;
+    }
+    if (strncmp(arg, "max=", 4) != 0 && strncmp(arg, "rate=", 5) != 0 && strncmp(arg, "waiting=", 8) != 0) {
+        return bad_value(cmd, arg, "unknown key (max, rate, refuse_time, wait, waiting, unseen, fail)");
+    }
+    n = apr_isdigit(*v) ? strtol(v, &end, 10) : -1;
+    if (n < 1 || *end != '\0') {
+        return bad_value(cmd, arg, "a positive number expected");
+    }
+    if (strncmp(arg, "max=", 4) == 0 && n <= MOD_ACME_OD_SLOTS / 2) {
+        sc->od_max = (int) n;
+    } else if (strncmp(arg, "rate=", 5) == 0 && n <= ACME_OD_RATE_MAX) {
+        sc->od_rate = (int) n;
+    } else if (strncmp(arg, "waiting=", 8) == 0 && n <= 4096) {
+        sc->od_waiting = (int) n;
+    } else {
+        return bad_value(cmd, arg, apr_psprintf(cmd->pool, "out of range (max=1..%d, rate=1..%d, "
+                                                "waiting=1..4096)", MOD_ACME_OD_SLOTS / 2, ACME_OD_RATE_MAX));
+    }
+    return NULL;
+}
+
 const command_rec mod_acme_cmds[] = {
     AP_INIT_ITERATE("ACMECertificateAuthority", set_ca, NULL, RSRC_CONF,
                     "CA names (letsencrypt, zerossl, ...) or ACME v2 directory URLs; several = fallback in order"),
@@ -649,6 +782,13 @@ const command_rec mod_acme_cmds[] = {
                   "issuer common name of the preferred alternate chain"),
     AP_INIT_ITERATE("ACMECertificate", set_certificate, NULL, RSRC_CONF,
                     "on (ServerName + ServerAlias), off, or the names to manage a certificate for"),
+    AP_INIT_FLAG("ACMEOnDemand", set_ondemand, NULL, RSRC_CONF,
+                 "on: a certificate for each new name of this vhost (ServerName, ServerAlias) at its first "
+                 "TLS handshake"),
+    AP_INIT_TAKE12("ACMEOnDemandAsk", set_od_ask, NULL, RSRC_CONF,
+                   "URL [timeout=DURATION]: GET URL?domain=NAME must answer 2xx before a new name is ordered"),
+    AP_INIT_ITERATE("ACMEOnDemandLimits", set_od_limits, NULL, RSRC_CONF,
+                    "max=N rate=N refuse_time=DURATION wait=DURATION waiting=N unseen=DURATION fail=fallback|close"),
     /* not OR_*: never from .htaccess, where a vhost's users could turn it on */
     AP_INIT_TAKE12("ACMEStatusRenew", set_status_renew, NULL, RSRC_CONF | ACCESS_CONF,
                    "on|off [interval=DURATION]: the acme-status handler accepts POST ?renew=NAME, each "

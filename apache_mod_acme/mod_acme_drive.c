@@ -103,6 +103,7 @@ cert_updated(void *data, const char *name)
     int          idx;
 
     if (!mod_acme_cert_index(name, &idx)) {
+        mod_acme_od_cert_updated(name);
         return;
     }
     if (mod_acme_g.storage != NULL) {
@@ -186,7 +187,8 @@ add_issuer(apr_pool_t *p, acme_manager_t *m, mod_acme_srv_conf_t *sc, const mod_
 }
 
 static acme_manager_t *
-manager_build(apr_pool_t *p, acme_loop_t *loop, acme_store_t *st, server_rec *base)
+manager_build(apr_pool_t *p, acme_loop_t *loop, acme_store_t *st, server_rec *base,
+              apr_array_header_t **od_issuers)
 {
     acme_manager_host_t  host;
     acme_manager_t      *m;
@@ -242,6 +244,30 @@ manager_build(apr_pool_t *p, acme_loop_t *loop, acme_store_t *st, server_rec *ba
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, c->s, ACMELOGNO(0074)
                          "%s: the core names this certificate %s", c->name, name);
         }
+    }
+    /* on-demand vhosts: their issuers, for the names allowed at run time */
+    *od_issuers = apr_array_make(p, 2, sizeof(apr_array_header_t *));
+    for (i = 0; mod_acme_g.od_servers != NULL && i < mod_acme_g.od_servers->nelts; i++) {
+        server_rec           *os = APR_ARRAY_IDX(mod_acme_g.od_servers, i, server_rec *);
+        mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(os);
+        apr_array_header_t   *idx = apr_array_make(p, 2, sizeof(int));
+        int                   ncas = sc->cas ? sc->cas->nelts : 1;
+
+        for (j = 0; j < ncas; j++) {
+            const mod_acme_ca_t  *ca = sc->cas ? &APR_ARRAY_IDX(sc->cas, j, mod_acme_ca_t) : &defca;
+            const char           *key = issuer_key(p, sc, ca);
+            int                  *known = apr_hash_get(issuers, key, APR_HASH_KEY_STRING);
+
+            if (known == NULL) {
+                known = apr_palloc(p, sizeof(int));
+                *known = add_issuer(p, m, sc, ca, os);
+                apr_hash_set(issuers, key, APR_HASH_KEY_STRING, known);
+            }
+            if (*known >= 0) {
+                APR_ARRAY_PUSH(idx, int) = *known;
+            }
+        }
+        APR_ARRAY_PUSH(*od_issuers, apr_array_header_t *) = idx;
     }
     if (acme_manager_start(m, &err) != 0) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, base, ACMELOGNO(0075) "cannot start the manager: %s", err.msg);
@@ -431,6 +457,12 @@ publish_status(acme_manager_t *m)
         time_t until = acme_manager_ca_wait(m, APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *)->name);
         mod_acme_shm_set_ca_wait(mod_acme_g.shm, i, until > 0 ? (apr_uint32_t) until : 0);
     }
+    {
+        json_t *od = mod_acme_od_status();
+        if (od != NULL) {
+            json_object_set_new(st, "on_demand", od);
+        }
+    }
     json_object_set_new(st, "driver_pid", json_integer((json_int_t) getpid()));
     json_object_set_new(st, "generation", json_integer((json_int_t) mod_acme_shm_generation(mod_acme_g.shm)));
     text = json_dumps(st, JSON_COMPACT);
@@ -473,6 +505,8 @@ driver_main(apr_thread_t *t, void *arg)
     apr_pool_t      *p = NULL;
     int              rc, logged = 0, resync = 0;
     char             name[MOD_ACME_NAME_MAX];
+    apr_array_header_t *od_issuers = NULL;
+    void            *od = NULL;
 
     memset(&host, 0, sizeof(host));
     host.data = s;
@@ -531,10 +565,11 @@ driver_main(apr_thread_t *t, void *arg)
         follow_step(&fl);   /* the cache and every process catch up first; an outage is logged */
     }
     apr_pool_create(&p, NULL);      /* not a child of pchild: this thread is not the pool's owner */
-    m = manager_build(p, loop, st, s);
+    m = manager_build(p, loop, st, s, &od_issuers);
     if (m == NULL) {
         goto done;
     }
+    od = mod_acme_od_driver_new(p, loop, m, st, s, od_issuers);
     /* a certificate another generation stored meanwhile: every process looks again, at local files, each
      * certificate at its next handshake */
     mod_acme_shm_bump(mod_acme_g.shm, -1);
@@ -549,13 +584,16 @@ driver_main(apr_thread_t *t, void *arg)
             /* back from an outage: the manager re-reads the store (what it read meanwhile failed) */
             acme_manager_t *fresh;
             resync = 0;
+            mod_acme_od_driver_free(od);
+            od = NULL;
             acme_manager_free(m);
-            fresh = manager_build(p, loop, st, s);
+            fresh = manager_build(p, loop, st, s, &od_issuers);
             if (fresh == NULL) {
                 m = NULL;
                 goto done;
             }
             m = fresh;
+            od = mod_acme_od_driver_new(p, loop, m, st, s, od_issuers);
         }
         while (!d->draining && mod_acme_shm_renew_pop(mod_acme_g.shm, name, sizeof(name))) {
             time_t until = 0;
@@ -573,6 +611,7 @@ driver_main(apr_thread_t *t, void *arg)
         }
         if (!d->draining) {
             ari_requests(m, s);
+            mod_acme_od_driver_step(od);
         }
         busy = publish_status(m);
         if (d->draining) {
@@ -594,6 +633,7 @@ driver_main(apr_thread_t *t, void *arg)
                  "the ACME driver stops (pid %ld)", (long) getpid());
 
 done:
+    mod_acme_od_driver_free(od);
     if (m != NULL) {
         acme_manager_free(m);
     }

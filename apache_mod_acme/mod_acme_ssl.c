@@ -450,6 +450,27 @@ build_certs(apr_pool_t *p, server_rec *base)
         }
     }
 
+    /* on-demand vhosts: their certificates come at run time */
+    mod_acme_g.od_servers = apr_array_make(p, 2, sizeof(server_rec *));
+    for (s = base; s != NULL; s = s->next) {
+        sc = mod_acme_srv_conf(s);
+        if (!sc->ondemand) {
+            continue;
+        }
+        if (sc->managed->nelts > 0) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0176)
+                         "ACMEOnDemand on and ACMECertificate (%s) in one virtual host: choose one",
+                         sc->cert_directive ? sc->cert_directive : "?");
+            return -1;
+        }
+        if (s->server_hostname == NULL) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0177)
+                         "ACMEOnDemand on: the virtual host has no ServerName");
+            return -1;
+        }
+        APR_ARRAY_PUSH(mod_acme_g.od_servers, server_rec *) = s;
+    }
+
     /* what each server serves: its own certificates, or those of the vhost whose names cover its name */
     for (s = base; s != NULL; s = s->next) {
         sc = mod_acme_srv_conf(s);
@@ -457,7 +478,7 @@ build_certs(apr_pool_t *p, server_rec *base)
             apr_array_cat(sc->served, sc->managed);
             continue;
         }
-        if (s->server_hostname == NULL) {
+        if (s->server_hostname == NULL || sc->ondemand) {
             continue;
         }
         /* a certificate naming it exactly before one whose wildcard covers it (pass 1) */
@@ -559,7 +580,7 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
     if (build_certs(pconf, base) != 0) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    if (mod_acme_g.certs->nelts == 0) {
+    if (mod_acme_g.certs->nelts == 0 && mod_acme_g.od_servers->nelts == 0) {
         return OK;
     }
     mod_acme_g.local = state_dir_open(base, mod_acme_g.state_dir);
@@ -626,6 +647,36 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
                          "certificate (requests get 503) until it arrives", c->name, ident_list(ptemp, c));
         }
         apr_pool_cleanup_register(pconf, &c->cur, served_cleanup, apr_pool_cleanup_null);
+    }
+    for (i = 0; i < mod_acme_g.od_servers->nelts; i++) {
+        /* an on-demand vhost starts with a self-signed stand-in of its own (mod_ssl needs one); not a managed
+         * certificate: never ordered, not in mod_acme_g.certs */
+        server_rec           *s = APR_ARRAY_IDX(mod_acme_g.od_servers, i, server_rec *);
+        mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(s);
+        mod_acme_cert_t      *c = apr_pcalloc(pconf, sizeof(*c));
+
+        c->name = apr_psprintf(pconf, "ondemand_%s_%u", s->server_hostname, (unsigned) s->port);
+        c->ids = apr_pcalloc(pconf, sizeof(acme_ident_t));
+        c->ids[0].type = ACME_IDENT_DNS;
+        c->ids[0].value = apr_pstrdup(pconf, s->server_hostname);
+        c->nids = 1;
+        c->names = apr_pcalloc(pconf, 2 * sizeof(char *));
+        c->names[0] = c->ids[0].value;
+        c->ks = (acme_keyspec_t) ACME_KEYSPEC_DEFAULT;
+        c->s = s;
+        c->sc = sc;
+        c->idx = -1;
+        if (fallback_make(pconf, s, c, &c->cur) != 0) {
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        c->fallback = 1;
+        c->cur.fallback = 1;
+        apr_pool_cleanup_register(pconf, &c->cur, served_cleanup, apr_pool_cleanup_null);
+        apr_array_clear(sc->served);
+        APR_ARRAY_PUSH(sc->served, mod_acme_cert_t *) = c;
+    }
+    if (mod_acme_g.od_servers->nelts > 0 && mod_acme_od_shm_create(pconf, base) != APR_SUCCESS) {
+        return HTTP_INTERNAL_SERVER_ERROR;
     }
     if (mod_acme_g.storage != NULL) {
         /* the children must not inherit this process's Redis connection: a fresh handle, unconnected, which
@@ -726,15 +777,15 @@ add_cert_files(server_rec *s, apr_pool_t *p, apr_array_header_t *cert_files, apr
 static void
 maybe_reload(server_rec *s, mod_acme_cert_t *c, int wait)
 {
-    apr_uint32_t        gen = mod_acme_shm_cert_generation(mod_acme_g.shm, c->idx);
+    apr_uint32_t        gen = c->idx < 0 ? 0 : mod_acme_shm_cert_generation(mod_acme_g.shm, c->idx);
     apr_pool_t         *tp;
     apr_time_t          now;
     mod_acme_served_t   fresh, old;
     const char         *msg = NULL;
     int                 rc;
 
-    if (gen == apr_atomic_read32(&c->loaded_gen)) {
-        return;
+    if (c->idx < 0 || gen == apr_atomic_read32(&c->loaded_gen)) {
+        return;     /* an on-demand vhost's stand-in: never reloaded */
     }
     if (wait) {
         apr_thread_mutex_lock(mod_acme_g.reload_lock);
@@ -809,6 +860,13 @@ cert_cb(SSL *ssl, void *arg)
     }
     if (sc->served == NULL || sc->served->nelts == 0) {
         return 1;
+    }
+    if (sc->ondemand) {
+        int rc = mod_acme_od_handshake(ssl, s, sc);
+
+        if (rc != 0) {
+            return rc > 0;      /* served, or -1: fail=close aborts the handshake */
+        }
     }
     for (i = 0; i < sc->served->nelts; i++) {
         mod_acme_cert_t *mc = APR_ARRAY_IDX(sc->served, i, mod_acme_cert_t *);

@@ -431,11 +431,34 @@ status_handler(request_rec *r)
         return ari_request(r, name, interval);
     }
     i = find_cert(r, name);
+    now = (apr_uint32_t) time(NULL);
+    if (i < 0 && r->server == mod_acme_g.base) {
+        /* an issued on-demand name (the main server sees them all) */
+        rc = mod_acme_od_renew_claim(name, now, (apr_uint32_t) interval, &until);
+        if (rc == 2) {
+            ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0112)
+                          "acme-status: renewal of %s refused: it was forced less than %d s ago", name, interval);
+            return too_soon(r, until, "this certificate was forced recently");
+        }
+        if (rc == 0) {
+            if (mod_acme_shm_renew_push(mod_acme_g.shm, name) != 0) {
+                apr_table_setn(r->err_headers_out, "Retry-After", "5");
+                return HTTP_SERVICE_UNAVAILABLE;
+            }
+            ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0101)
+                          "acme-status: renewal of %s requested", name);
+            o = json_pack("{s:s, s:s}", "renew", name, "status", "queued");
+            text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+            json_decref(o);
+            json = apr_pstrdup(r->pool, text ? text : "{}");
+            free(text);
+            return send_json(r, HTTP_ACCEPTED, json);
+        }
+    }
     if (i < 0) {
         return HTTP_NOT_FOUND;
     }
     c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-    now = (apr_uint32_t) time(NULL);
     rc = mod_acme_shm_renew_claim(mod_acme_g.shm, i, now, (apr_uint32_t) interval, &until, &prev);
     if (rc == 1) {
         ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0111)

@@ -344,7 +344,7 @@ def test_packaged_acme_conf_has_every_directive(root):
     assert not missing, f"debian/conf/acme.conf (\"every setting\") lacks {missing}"
     # what the README asks: uncomment the settings (and the status block) and edit; it must load
     text = re.sub(r"(?m)^(\s*)#(?=\s*(ACME\w+|</?Location|SetHandler|Require)\b)", r"\1", conf)
-    text = re.sub(r"(?m)^\s*ACMECertificate on\s*$", "", text)       # the vhost example of the header
+    text = re.sub(r"(?m)^\s*(ACMECertificate|ACMEOnDemand) on\s*$", "", text)   # the header's vhost examples
     block = Block("debian/conf/acme.conf (uncommented)", 1, "apache", text)
     conf = apache_conf(block, root)
     ok, out = apache_t(conf, root)
