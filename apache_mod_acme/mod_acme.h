@@ -76,6 +76,9 @@ typedef struct {
     const char            *storage;         /* ACMEStorage: redis:// URL (prefix folded in); NULL: state_dir */
     const char            *storage_shown;   /* the URL without its password, for messages */
     const char            *storage_key;     /* ACMEStorageKey file */
+    const char            *notify_cmd;      /* ACMENotifyCmd PROGRAM, server-wide only */
+    long                   notify_timeout;  /* s; 0: the core's default */
+    long                   notify_expiring; /* s; 0: the core's default */
     mod_acme_cert_mode_t   cert_mode;       /* per vhost, not inherited */
     apr_array_header_t    *cert_names;      /* const char *, for ACME_CERT_NAMES */
     const char            *cert_directive;  /* "file:line" of ACMECertificate, for messages */
