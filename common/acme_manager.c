@@ -55,7 +55,6 @@ struct mcert_s {
     char                *profile;       /* per certificate, overrides the issuer's; NULL: the issuer's */
     acme_renew_reason_t  reason;
     time_t               next_at;
-    time_t               expiring_sent; /* the not_after an "expiring" notification was sent for */
 };
 
 struct acme_manager_s {
@@ -233,16 +232,20 @@ cert_notify(mcert_t *c, const char *event, const char *error, time_t ari_start, 
     cert_notify_by(c, c->issuer_i, event, error, ari_start, ari_end);
 }
 
-/* "expiring": once per certificate (its not_after), when it is within the threshold of its end. */
+/*
+ * "expiring": once per certificate, when it is within the threshold of its end; recorded in its meta
+ * (restarts and reloads do not repeat it; a new certificate's meta starts without it).
+ */
 static void
 cert_check_expiring(mcert_t *c, time_t now)
 {
-    if (c->m->notify == NULL || c->meta.not_after == 0 || c->expiring_sent == c->meta.not_after
+    if (c->m->notify == NULL || c->meta.not_after == 0 || c->meta.expiring_notified != 0
         || now < c->meta.not_after - acme_notify_expiring(c->m->notify))
     {
         return;
     }
-    c->expiring_sent = c->meta.not_after;
+    c->meta.expiring_notified = now;
+    acme_store_meta_save(c->m->store, &c->meta, NULL);
     cert_notify(c, "expiring", NULL, 0, 0);
 }
 
@@ -586,6 +589,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         c->meta.nident_errors = 0;
         c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
         c->meta.ari_next_check = now;
+        c->meta.expiring_notified = 0;      /* a new certificate */
         if (acme_store_meta_save(m->store, &c->meta, &serr) != 0) {
             acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot store the renewal schedule: %s", c->name,
                      serr.msg);
