@@ -107,8 +107,9 @@ usage(FILE *f)
 "        TYPE: http-01, tls-alpn-01, dns-01 or dns-account-01 (records published by one of --tsig-key,\n"
 "        --dns-hook, --acme-dns), dns-persist-01 (its record checked); a wildcard takes a DNS type\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
-"  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
-"        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
+"  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] [--notify PROGRAM] NAME...\n"
+"        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now); PROGRAM is\n"
+"        run as PROGRAM EVENT NAME on issued, renewed, failed, expiring, ari-moved\n"
 "  dns-persist-record [--wildcard] [--until UNIXTIME] [--issuer-domain-name NAME]\n"
 "        [--publish --tsig-key FILE|--dns-hook PROGRAM [--dns-...]] NAME...\n"
 "        print the dns-persist-01 TXT record(s) to create once for this account and CA (--publish: and\n"
@@ -1540,6 +1541,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "fallback-ca", required_argument, NULL, 'F' },
         { "status-file", required_argument, NULL, 'S' },
         { "poll-timeout", required_argument, NULL, 'W' },
+        { "notify", required_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 }
     };
     issue_opts_t         o;
@@ -1553,12 +1555,14 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     acme_manager_host_t  mh;
     acme_issuer_conf_t   ic;
     run_t                r;
+    acme_notify_conf_t   nc;
     const char          *types[1];
     char                *url;
     int                  c, rc = 1;
 
     memset(&o, 0, sizeof(o));
     memset(&r, 0, sizeof(r));
+    memset(&nc, 0, sizeof(nc));
     cas[nissuers++] = ctl->ca ? ctl->ca : "letsencrypt";
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1566,6 +1570,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
             cas[nissuers++] = optarg;
         } else if (c == 'S') {
             r.status_file = optarg;
+        } else if (c == 'N') {
+            nc.program = optarg;
         } else if (parse_issue_opt(c, &o) != 0) {
             usage(stderr);
             return 2;
@@ -1648,6 +1654,14 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     }
     if (o.poll_timeout > 0) {
         acme_manager_set_poll_timeout(r.m, o.poll_timeout);
+    }
+    if (nc.program != NULL) {
+        nc.store_dir = ctl->storage ? NULL : ctl->state;
+        if (acme_manager_set_notify(r.m, &nc, &err) != 0) {
+            fprintf(stderr, "acmectl: --notify: %s\n", err.msg);
+            rc = 2;
+            goto done;
+        }
     }
     if (acme_manager_add_cert(r.m, ids, nids, &ks, idx, nissuers, &err) == NULL
         || acme_manager_start(r.m, &err) != 0)

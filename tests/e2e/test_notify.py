@@ -243,3 +243,24 @@ def test_apache_notify_config_errors(apache_factory, pebble):
         a.extra_global = bad + "\n"
         cp = a.config_test()
         assert cp.returncode != 0 and msg in cp.stdout + cp.stderr, cp.stdout + cp.stderr
+
+
+# -------------------------------------------------------------------- acmectl run
+
+def test_acmectl_run_notify(acmectl_bin, pebble, procs, tmp_path):
+    import signal as sig
+    from test_acmectl import Ctl
+    ctl = Ctl(acmectl_bin, tmp_path / "state", pebble)
+    script, out = make_script(tmp_path / "n")
+    name = "run.notify.example.org"
+    p = procs.start(ctl.args("run", "--http-listen", f"127.0.0.1:{pebble.http_port}", "--notify", str(script),
+                             name), name="acmectl-run-notify")
+    got = wait_events(out, 1)
+    assert [(e, n) for e, n, _, _ in got] == [("issued", name)], got
+    check_env(got[0][2], "issued", name, name, ctl.state)
+    p.send_signal(sig.SIGUSR1)
+    got = wait_events(out, 2)
+    assert [e for e, _, _, _ in got] == ["issued", "renewed"], got
+    wait_for(lambda: f'notify renewed "{name}": notified renewed {name}' in p.log_text(), 10,
+             what="the program's output")
+    p.stop()
