@@ -191,6 +191,53 @@ def test_nginx_notify_config_errors(pebble, nginx_factory, tmp_path):
         assert not ok and msg in text, text
 
 
+@pytest.fixture
+def ari_proxy(pebble, tmp_path, test_ca):
+    from ari_proxy import AriProxy, window_from_now
+    cert, key = test_ca.issue("notify-ari-proxy", ["localhost"], ["127.0.0.1"], basename="notify-ari-proxy")
+    px = AriProxy(pebble, cert, key, free_port(), log_path=tmp_path / "ari-proxy.log")
+    px.window = window_from_now(20 * 86400, 21 * 86400)     # no renewal
+    px.start()
+    try:
+        yield px
+    finally:
+        px.stop()
+
+
+def test_nginx_ari_moved(pebble, ari_proxy, nginx_factory, tmp_path):
+    """The first window learned is no event; a moved one is, once, with the new window."""
+    import json
+    from ari_proxy import window_from_now
+    name = "ari.notify.example.org"
+    https = free_port()
+    script, out = make_script(tmp_path / "n")
+    conf = _nginx_conf(ari_proxy.directory_url, pebble, tmp_path, https, name, f"acme_notify {script};")
+    ng = nginx_factory(conf, wait_port=https)
+    roots = pebble.roots(0)
+    wait_for(lambda: _served(https, name, roots), 40, interval=0.2, what="the certificate")
+    store = _store_name(https, name)
+    ng.wait_log(rf'acme: "{re.escape(store)}": ARI window updated')
+    time.sleep(1)
+    assert [e for e, _, _, _ in events(out)] == ["issued"], events(out)
+
+    # the CA moves the window; the next check (made due now, instead of in hours) sees it
+    ng.stop()
+    ari_proxy.window = window_from_now(10 * 86400, 11 * 86400)
+    meta = tmp_path / "state" / "certs" / store / "meta.json"
+    m = json.loads(meta.read_text())
+    m["ari_next_check"] = "2000-01-01T00:00:00Z"
+    meta.write_text(json.dumps(m))
+    ng.start(wait_port=https)
+    got = wait_events(out, 2)
+    time.sleep(2)
+    got = events(out)
+    assert [e for e, _, _, _ in got] == ["issued", "ari-moved"], got
+    env = got[1][2]
+    check_env(env, "ari-moved", store, name, tmp_path / "state")
+    assert env["ACME_ARI_START"] == ari_proxy.window["start"], env
+    assert env["ACME_ARI_END"] == ari_proxy.window["end"], env
+
+
 # -------------------------------------------------------------------- Apache
 
 def test_apache_issued_renewed_failed(apache_factory, pebble, procs):
