@@ -20,6 +20,8 @@
 #include "acme_directory.h"
 #include "acme_http.h"
 #include "acme_manager.h"
+#include "acme_exec.h"
+#include "acme_notify.h"
 #include "chsrv.h"
 
 #define DEFAULT_STATE "/var/lib/acme"
@@ -116,7 +118,7 @@ usage(FILE *f)
 "        publish them once)\n"
 "  list\n"
 "  status --json\n"
-"  revoke [--reason N] [--with-cert-key] NAME\n"
+"  revoke [--reason N] [--with-cert-key] [--notify PROGRAM] NAME\n"
 "  account show|find|rollover [--key ALG]|update|deactivate\n"
 "  migrate [--from DIR|URL] --to DIR|URL [--from-key FILE] [--to-key FILE]\n"
 "        copy every account, certificate, key and pending order from one store to another\n"
@@ -1201,12 +1203,53 @@ cmd_list(ctl_t *ctl, int json_out)
 
 /* ---- revoke ---- */
 
+/* --notify of revoke: the program run once with "revoked", waited for (its time limit applies). */
+static void
+revoke_notify(ctl_t *ctl, const char *program, const acme_certmeta_t *m)
+{
+    acme_notify_conf_t   nc;
+    acme_notify_event_t  ev;
+    acme_notify_t       *n;
+    acme_err_t           err;
+    char                 domains[2048];
+    size_t               i, len = 0;
+
+    memset(&nc, 0, sizeof(nc));
+    nc.program = program;
+    nc.store_dir = ctl->storage ? NULL : ctl->state;
+    n = acme_notify_new(ctl->loop, &nc, &err);
+    if (n == NULL) {
+        fprintf(stderr, "acmectl: --notify: %s\n", err.msg);
+        return;
+    }
+    domains[0] = '\0';
+    for (i = 0; i < m->nids; i++) {
+        int k = snprintf(domains + len, sizeof(domains) - len, "%s%s", i ? " " : "", m->ids[i].value);
+        if (k < 0 || (size_t) k >= sizeof(domains) - len) {
+            break;
+        }
+        len += (size_t) k;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.event = "revoked";
+    ev.name = m->name;
+    ev.domains = domains;
+    ev.issuer = m->ca;
+    ev.not_after = m->not_after;
+    acme_notify_event(n, &ev);
+    while (acme_notify_busy(n)) {
+        acme_loop_run(ctl->loop, NULL, 200);
+    }
+    acme_notify_free(n);
+}
+
 static int
 cmd_revoke(ctl_t *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
         { "reason", required_argument, NULL, 'r' },
         { "with-cert-key", no_argument, NULL, 'K' },
+        { "notify", required_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 }
     };
     acme_certmeta_t  m;
@@ -1216,6 +1259,7 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
     wait_t           w;
     acme_err_t       err;
     char            *end;
+    const char      *notify = NULL;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1227,6 +1271,8 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
             }
         } else if (c == 'K') {
             with_key = 1;
+        } else if (c == 'N') {
+            notify = optarg;
         } else {
             usage(stderr);
             return 2;
@@ -1234,6 +1280,10 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
     }
     if (optind != argc - 1) {
         fprintf(stderr, "acmectl revoke: name one certificate\n");
+        return 2;
+    }
+    if (notify != NULL && acme_exec_check("--notify: the notification program", notify, &err) != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
         return 2;
     }
     if (ctl_open_store(ctl, 0) != 0 || find_cert(ctl, argv[optind], &m) != 0) {
@@ -1271,6 +1321,9 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
         m.last_error_at = time(NULL);
         m.renew_at = time(NULL);
         acme_store_meta_save(ctl->store, &m, NULL);
+        if (notify != NULL) {
+            revoke_notify(ctl, notify, &m);
+        }
     }
     X509_free(leaf);
     EVP_PKEY_free(key);

@@ -311,3 +311,21 @@ def test_acmectl_run_notify(acmectl_bin, pebble, procs, tmp_path):
     wait_for(lambda: f'notify renewed "{name}": notified renewed {name}' in p.log_text(), 10,
              what="the program's output")
     p.stop()
+
+
+def test_acmectl_revoke_notify(acmectl_bin, pebble, tmp_path):
+    from test_acmectl import Ctl
+    ctl = Ctl(acmectl_bin, tmp_path / "state", pebble)
+    script, out = make_script(tmp_path / "n")
+    name = "revoke.notify.example.org"
+    ctl.ok("issue", "--http-listen", f"127.0.0.1:{pebble.http_port}", name)
+    assert events(out) == []
+    p = ctl.ok("revoke", "--notify", str(script), name)
+    assert f"revoked {name}" in p.stdout
+    got = events(out)       # run and waited for before acmectl exits
+    assert [(e, n) for e, n, _, _ in got] == [("revoked", name)], got
+    check_env(got[0][2], "revoked", name, name, ctl.state)
+    assert got[0][2]["ACME_ISSUER"] == pebble.directory_url
+    assert f'notify revoked "{name}": notified revoked {name}' in p.stderr
+    bad = ctl.run("revoke", "--notify", "notify.sh", name)
+    assert bad.returncode == 2 and 'the notification program "notify.sh" is not an absolute path' in bad.stderr
