@@ -4,6 +4,7 @@
 #include "acme_resource.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,12 +189,19 @@ notify_poll(void *arg)
 static void
 notify_next(acme_notify_t *n)
 {
-    job_t *j = n->head;
+    job_t     *j = n->head;
+    sigset_t   all, old;
+    int        rc;
 
     if (n->running || j == NULL) {
         return;
     }
-    if (pthread_create(&n->thread, NULL, notify_thread, j) != 0) {
+    /* the host's signals stay with its own thread (nginx's handlers must interrupt its event loop) */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&n->thread, NULL, notify_thread, j);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
         acme_log(n->loop, ACME_LOG_WARN, "acme: %s (%s): cannot start a thread", j->what, n->program);
         n->head = j->next;
         if (n->head == NULL) {
