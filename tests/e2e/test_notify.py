@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from harness import free_port, wait_for
 from nginx_harness import https_get, issuer_block, nginx_factory, tls_verified  # noqa: F401
@@ -155,27 +154,34 @@ def test_nginx_failed(pebble, nginx_factory, tmp_path):
     assert len(got) == 1, got
     ev, n, env, _ = got[0]
     assert ev == "failed" and env["ACME_EVENT"] == "failed" and env["ACME_DOMAINS"] == name, got
-    assert str(dead.split("/dir")[0].split("//")[1]) in env["ACME_ERROR"] or env["ACME_ERROR"], env
+    assert "cannot reach the CA" in env["ACME_ERROR"], env
     assert "ACME_NOT_AFTER" not in env
 
 
 def test_nginx_hanging_program_is_killed(pebble, nginx_factory, tmp_path):
     name = "hang.notify.example.org"
     https = free_port()
-    script, out = make_script(tmp_path / "n", extra=f"echo $$ > {tmp_path / 'n' / 'pid'}\nexec sleep 300")
+    pidfile = tmp_path / "n" / "pid"
+    script, out = make_script(tmp_path / "n", extra=f"echo $$ >> {pidfile}\nexec sleep 300")
     ng = nginx_factory(_nginx_conf(pebble, pebble, tmp_path, https, name,
-                                   f"acme_notify {script} timeout=2s;"), wait_port=https,
+                                   f"acme_notify {script} timeout=12s;"), wait_port=https,
                        allowed=[r"acme: "])
     roots = pebble.roots(0)
-    # issuance is not held up by the program: served while it still sleeps
-    wait_for(lambda: _served(https, name, roots), 40, interval=0.2, what="the certificate")
+    old = wait_for(lambda: _served(https, name, roots), 40, interval=0.2, what="the certificate")
     wait_events(out, 1)
-    pid = int(wait_for(lambda: (tmp_path / "n" / "pid").read_text().strip() or None, 10,
+    pid = int(wait_for(lambda: pidfile.read_text().split()[0] if pidfile.exists() else None, 10,
                        what="the pid file"))
-    ng.wait_log(r'notify issued "[^"]+" \(.*\): did not finish within 2 s: killed', timeout=15)
+    t0 = time.monotonic()
+    # the cache manager's loop is not held up by it: a forced renewal completes while it sleeps
+    assert https_get(https, name, f"/rw?renew={name}", method="POST").status == 202
+    wait_for(lambda: (lambda s: s if s and s != old else None)(_served(https, name, roots)), 10,
+             interval=0.2, what="the forced renewal while the program hangs")
+    assert os.path.exists(f"/proc/{pid}") and time.monotonic() - t0 < 10
+    # killed at its limit, with its process group; the next one ("renewed") runs then
+    ng.wait_log(r'notify issued "[^"]+" \(.*\): did not finish within 12 s: killed', timeout=20)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, what="the program gone")
-    # the loop still answers
-    assert https_get(https, name, "/rw").status == 200
+    wait_events(out, 2, timeout=10)
+    assert [e for e, _, _, _ in events(out)] == ["issued", "renewed"]
 
 
 def test_nginx_notify_config_errors(pebble, nginx_factory, tmp_path):
@@ -328,4 +334,5 @@ def test_acmectl_revoke_notify(acmectl_bin, pebble, tmp_path):
     assert got[0][2]["ACME_ISSUER"] == pebble.directory_url
     assert f'notify revoked "{name}": notified revoked {name}' in p.stderr
     bad = ctl.run("revoke", "--notify", "notify.sh", name)
-    assert bad.returncode == 2 and 'the notification program "notify.sh" is not an absolute path' in bad.stderr
+    assert bad.returncode == 2, bad.stderr
+    assert 'the notification program "notify.sh" is not an absolute path' in bad.stderr
