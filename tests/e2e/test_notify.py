@@ -336,3 +336,32 @@ def test_acmectl_revoke_notify(acmectl_bin, pebble, tmp_path):
     bad = ctl.run("revoke", "--notify", "notify.sh", name)
     assert bad.returncode == 2, bad.stderr
     assert 'the notification program "notify.sh" is not an absolute path' in bad.stderr
+
+
+def test_apache_ari_moved(apache_factory, pebble, ari_proxy, procs):
+    import json
+    from ari_proxy import window_from_now
+    name = "ari.apache-notify.example.org"
+    a = apache_factory(pebble, name="apache-notify-ari", ca_url=ari_proxy.directory_url)
+    script, out = make_script(a.dir / "n")
+    a.extra_global = f"ACMENotifyCmd {script}\n"
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs)
+    store = a.wait_valid(name)["name"]
+    wait_for(lambda: "ARI window updated" in a.log(), 20, what="the first ARI window")
+    time.sleep(1)
+    assert [e for e, _, _, _ in events(out)] == ["issued"], events(out)
+
+    # the CA moves the window; the next check (made due now) sees it, in the next generation's driver
+    ari_proxy.window = window_from_now(10 * 86400, 11 * 86400)
+    meta = a.state / "certs" / store / "meta.json"
+    m = json.loads(meta.read_text())
+    m["ari_next_check"] = "2000-01-01T00:00:00Z"
+    meta.write_text(json.dumps(m))
+    a.graceful()
+    got = wait_events(out, 2)
+    time.sleep(2)
+    got = events(out)
+    assert [e for e, _, _, _ in got] == ["issued", "ari-moved"], got
+    assert got[1][2]["ACME_ARI_START"] == ari_proxy.window["start"], got[1][2]
+    check_env(got[1][2], "ari-moved", store, name, a.state)
