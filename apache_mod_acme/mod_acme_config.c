@@ -227,11 +227,20 @@ parse_seconds(const char *v)
         return -1;
     }
     switch (*end) {
-    case '\0': case 's': break;
-    case 'm': n *= 60; break;
-    case 'h': n *= 3600; break;
-    case 'd': n *= 86400; break;
-    default: return -1;
+    case '\0':
+    case 's':
+        break;
+    case 'm':
+        n *= 60;
+        break;
+    case 'h':
+        n *= 3600;
+        break;
+    case 'd':
+        n *= 86400;
+        break;
+    default:
+        return -1;
     }
     return *end != '\0' && end[1] != '\0' ? -1 : n;
 }
