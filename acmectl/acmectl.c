@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 #include <signal.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <openssl/pem.h>
 
@@ -23,6 +24,7 @@
 #include "acme_exec.h"
 #include "acme_notify.h"
 #include "chsrv.h"
+#include "import.h"
 
 #define DEFAULT_STATE "/var/lib/acme"
 
@@ -102,16 +104,19 @@ usage(FILE *f)
 "\n"
 "commands:\n"
 "  issue [--ignore-server] [--challenge TYPE[,TYPE]...] [--http-listen ADDR:PORT] [--tls-listen ADDR:PORT]\n"
-"        [--tsig-key FILE] [--dns-server HOST[:PORT]] [--dns-resolver HOST[:PORT]]\n"
-"        [--dns-hook PROGRAM [--dns-hook-timeout SECONDS]] [--acme-dns ACCOUNTFILE --acme-dns-url URL]\n"
-"        [--dns-propagation-timeout SECONDS] [--key ALG] [--profile NAME] [--preferred-chain CN]\n"
-"        [--poll-timeout SECONDS] NAME...\n"
+"        [--dns-update rfc2136|hook|acme-dns] [--tsig-key|--dns-tsig-key FILE] [--dns-server HOST[:PORT]]\n"
+"        [--dns-resolver ADDR[:PORT]] [--dns-hook PROGRAM [--dns-hook-timeout SECONDS]]\n"
+"        [--acme-dns ACCOUNTFILE --acme-dns-url URL] [--dns-propagation-timeout SECONDS] [--key ALG]\n"
+"        [--profile NAME] [--preferred-chain CN] [--poll-timeout SECONDS] NAME...\n"
 "        TYPE: http-01, tls-alpn-01, dns-01 or dns-account-01 (records published by one of --tsig-key,\n"
 "        --dns-hook, --acme-dns), dns-persist-01 (its record checked); a wildcard takes a DNS type\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
 "  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] [--notify PROGRAM] NAME...\n"
 "        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now); PROGRAM is\n"
 "        run as PROGRAM EVENT NAME on issued, renewed, failed, expiring, ari-moved\n"
+"  ari-check [NAME...]\n"
+"        ask the CA's renewal information (RFC 9773) of every certificate, or of those named, again and\n"
+"        store it; renews nothing (renew, run or the server act on a window that says renew now)\n"
 "  dns-persist-record [--wildcard] [--until UNIXTIME] [--issuer-domain-name NAME]\n"
 "        [--publish --tsig-key FILE|--dns-hook PROGRAM [--dns-...]] NAME...\n"
 "        print the dns-persist-01 TXT record(s) to create once for this account and CA (--publish: and\n"
@@ -123,6 +128,9 @@ usage(FILE *f)
 "  migrate [--from DIR|URL] --to DIR|URL [--from-key FILE] [--to-key FILE]\n"
 "        copy every account, certificate, key and pending order from one store to another\n"
 "        (--from defaults to the current storage, the keys to --storage-key)\n"
+"  import [--dry-run] certbot [DIR] | mod_md [DIR]\n"
+"        take certbot's lineages (DIR default /etc/letsencrypt) or mod_md's domains (DIR: its MDStoreDir,\n"
+"        default /etc/apache2/md) with their accounts into the store: served at once, renewed on schedule\n"
 "  upgrade-storage\n"
 "        seal and sign in place what the --storage redis://... holds unsealed or unsigned (written before\n"
 "        --storage-key was set, or by an older version); run once, when Redis' content is trusted\n"
@@ -317,6 +325,7 @@ typedef struct {
     int               ignore_server;
     long              poll_timeout;
     const char       *tsig_key;
+    const char       *dns_update;
     const char       *dns_server;
     const char       *dns_resolver;
     long              dns_timeout;
@@ -392,6 +401,14 @@ parse_issue_opt(int c, issue_opts_t *o)
         }
         return 0;
     case 'K': o->tsig_key = optarg; return 0;
+    case 'U':
+        /* the method, named as nginx's dns_update; its own options must match it */
+        if (strcmp(optarg, "rfc2136") != 0 && strcmp(optarg, "hook") != 0 && strcmp(optarg, "acme-dns") != 0) {
+            fprintf(stderr, "acmectl: --dns-update \"%s\": use rfc2136, hook or acme-dns\n", optarg);
+            return -1;
+        }
+        o->dns_update = optarg;
+        return 0;
     case 'D': o->dns_server = optarg; return 0;
     case 'R': o->dns_resolver = optarg; return 0;
     case 'X':
@@ -410,7 +427,7 @@ parse_issue_opt(int c, issue_opts_t *o)
         }
         return 0;
     case 'a': o->acme_dns = optarg; return 0;
-    case 'U': o->acme_dns_url = optarg; return 0;
+    case 'u': o->acme_dns_url = optarg; return 0;
     }
     return -1;
 }
@@ -465,10 +482,10 @@ issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *
         return 0;
     }
     if (!dns) {
-        if (o->tsig_key || o->dns_server || o->dns_resolver || o->dns_timeout || o->dns_hook
+        if (o->tsig_key || o->dns_update || o->dns_server || o->dns_resolver || o->dns_timeout || o->dns_hook
             || o->dns_hook_timeout || o->acme_dns || o->acme_dns_url)
         {
-            fprintf(stderr, "acmectl: --tsig-key, --dns-hook, --acme-dns and the other --dns-... options "
+            fprintf(stderr, "acmectl: --dns-update, --tsig-key, --dns-hook, --acme-dns and the other --dns-... options "
                     "need --challenge dns-01 or dns-account-01\n");
             return 2;
         }
@@ -477,6 +494,14 @@ issue_types(issue_opts_t *o, char *buf, size_t len, const char **types, size_t *
     if ((o->tsig_key != NULL) + (o->dns_hook != NULL) + (o->acme_dns != NULL) != 1) {
         fprintf(stderr, "acmectl: --challenge dns-01 (or dns-account-01) needs one way to publish its records: --tsig-key FILE "
                 "(RFC 2136 updates), --dns-hook PROGRAM or --acme-dns ACCOUNTFILE\n");
+        return 2;
+    }
+    if (o->dns_update != NULL
+        && strcmp(o->dns_update, o->tsig_key ? "rfc2136" : o->dns_hook ? "hook" : "acme-dns") != 0)
+    {
+        fprintf(stderr, "acmectl: --dns-update %s: its option is %s\n", o->dns_update,
+                strcmp(o->dns_update, "rfc2136") == 0 ? "--tsig-key FILE"
+                : strcmp(o->dns_update, "hook") == 0 ? "--dns-hook PROGRAM" : "--acme-dns ACCOUNTFILE");
         return 2;
     }
     if ((o->dns_server != NULL && o->tsig_key == NULL) || (o->dns_hook_timeout && o->dns_hook == NULL)
@@ -552,13 +577,15 @@ static const struct option issue_longopts[] = {
     { "ignore-server", no_argument, NULL, 'G' },
     { "poll-timeout", required_argument, NULL, 'W' },
     { "tsig-key", required_argument, NULL, 'K' },
+    { "dns-tsig-key", required_argument, NULL, 'K' },
+    { "dns-update", required_argument, NULL, 'U' },
     { "dns-server", required_argument, NULL, 'D' },
     { "dns-resolver", required_argument, NULL, 'R' },
     { "dns-propagation-timeout", required_argument, NULL, 'X' },
     { "dns-hook", required_argument, NULL, 'j' },
     { "dns-hook-timeout", required_argument, NULL, 'J' },
     { "acme-dns", required_argument, NULL, 'a' },
-    { "acme-dns-url", required_argument, NULL, 'U' },
+    { "acme-dns-url", required_argument, NULL, 'u' },
     { NULL, 0, NULL, 0 }
 };
 
@@ -1074,6 +1101,143 @@ cmd_renew(ctl_t *ctl, int argc, char **argv)
     }
     acme_certmeta_free(&m);
     return rc;
+}
+
+/* ---- ari-check: the CA's renewal information asked again, no renewal ---- */
+
+/* the client for the CA that issued m (a --ca overrides it); a new one when the previous was another CA */
+static int
+ctl_client_for(ctl_t *ctl, const acme_certmeta_t *m)
+{
+    const char  *ca = ctl->ca ? ctl->ca : m->ca;
+    char        *url;
+    acme_err_t   err;
+    int          same;
+
+    if (ctl->client != NULL) {
+        url = acme_ca_resolve(ca ? ca : "letsencrypt", &err);
+        same = url != NULL && strcmp(url, ctl->ca_url) == 0;
+        free(url);
+        if (same) {
+            return 0;
+        }
+        acme_client_free(ctl->client);
+        acme_loop_free(ctl->loop);
+        free(ctl->ca_url);
+        ctl->client = NULL;
+        ctl->loop = NULL;
+        ctl->ca_url = NULL;
+    }
+    return ctl_client(ctl, ca);
+}
+
+/* One certificate: 0 asked and stored (printed), 1 failed (said why). */
+static int
+ari_check_one(ctl_t *ctl, acme_certmeta_t *m)
+{
+    X509                *leaf;
+    ari_wait_t           aw;
+    acme_err_t           err;
+    acme_renew_reason_t  reason;
+    time_t               now = time(NULL), when;
+    char                 b1[32], b2[32], b3[32];
+
+    if (m->not_after == 0) {
+        printf("%s: no certificate yet\n", m->name);
+        return 0;
+    }
+    if (ctl_client_for(ctl, m) != 0 || ctl_ready(ctl) != 0) {
+        return 1;
+    }
+    if (acme_client_directory(ctl->client)->renewal_info == NULL) {
+        printf("%s: the CA (%s) has no renewal information\n", m->name, ctl->ca_url);
+        return 0;
+    }
+    leaf = load_leaf(ctl, m->name, NULL);
+    if (leaf == NULL) {
+        return 1;
+    }
+    memset(&aw, 0, sizeof(aw));
+    aw.meta = m;
+    if (acme_client_renewal_info(ctl->client, leaf, ari_done, &aw, &err) != 0) {
+        fprintf(stderr, "acmectl: %s: renewalInfo: %s\n", m->name, err.msg);
+        X509_free(leaf);
+        return 1;
+    }
+    X509_free(leaf);
+    if (wait_run(ctl, &aw.w) != 0) {
+        return 1;
+    }
+    if (m->renew_at == 0) {
+        m->renew_at = acme_sched_renew_time(m, acme_random(), now, &reason);
+    }
+    if (acme_store_meta_save(ctl->store, m, &err) != 0) {
+        fprintf(stderr, "acmectl: %s: cannot store the renewal window: %s\n", m->name, err.msg);
+        return 1;
+    }
+    when = acme_sched_renewal(m, now, &reason);
+    printf("%s: renewal window %s to %s; %s%s (%s)\n", m->name,
+           acme_time_format(m->ari_start, b1, sizeof(b1)), acme_time_format(m->ari_end, b2, sizeof(b2)),
+           when <= now ? "due now, since " : "next renewal ", acme_time_format(when, b3, sizeof(b3)),
+           acme_renew_reason_name(reason));
+    return 0;
+}
+
+/*
+ * ari-check [NAME...]: every certificate of the store, or those named (store name or identifier). Nothing
+ * is renewed: the window is stored, and whoever keeps the certificate acts on it (acmectl renew, run; a
+ * running server at its next look at the store: its status endpoint's ?ari-check makes it look now).
+ */
+static int
+cmd_ari_check(ctl_t *ctl, int argc, char **argv)
+{
+    char            **names = NULL;
+    size_t            n = 0, i;
+    acme_err_t        err;
+    acme_certmeta_t   m;
+    const char       *server;
+    int               failed = 0;
+
+    if (argc > 1 && argv[1][0] == '-') {
+        fprintf(stderr, "acmectl ari-check: unknown option \"%s\"\n", argv[1]);
+        return 2;
+    }
+    if (ctl_open_store(ctl, 0) != 0) {
+        return 1;
+    }
+    if (argc > 1) {
+        for (i = 1; i < (size_t) argc; i++) {
+            if (find_cert(ctl, argv[i], &m) != 0) {
+                failed = 1;
+                continue;
+            }
+            failed |= ari_check_one(ctl, &m);
+            acme_certmeta_free(&m);
+        }
+    } else {
+        if (ctl->store->ops->list(ctl->store, "certs", &names, &n, &err) != 0) {
+            fprintf(stderr, "acmectl: %s\n", err.msg);
+            return 1;
+        }
+        for (i = 0; i < n; i++) {
+            memset(&m, 0, sizeof(m));
+            if (acme_store_meta_load(ctl->store, names[i], &m, &err) != 0) {
+                fprintf(stderr, "acmectl: %s: %s\n", names[i], err.msg);
+                failed = 1;
+                continue;
+            }
+            failed |= ari_check_one(ctl, &m);
+            acme_certmeta_free(&m);
+        }
+        acme_store_list_free(names, n);
+    }
+    server = ctl_running_server(ctl);
+    if (server != NULL) {
+        fprintf(stderr, "acmectl: a running %s manages this state directory: it sees the stored windows at its "
+                "next look at the store; POST ?ari-check=NAME (or *) to its status endpoint makes it ask now\n",
+                server);
+    }
+    return failed;
 }
 
 /* ---- list / status ---- */
@@ -1594,6 +1758,16 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "fallback-ca", required_argument, NULL, 'F' },
         { "status-file", required_argument, NULL, 'S' },
         { "poll-timeout", required_argument, NULL, 'W' },
+        { "tsig-key", required_argument, NULL, 'K' },
+        { "dns-tsig-key", required_argument, NULL, 'K' },
+        { "dns-update", required_argument, NULL, 'U' },
+        { "dns-server", required_argument, NULL, 'D' },
+        { "dns-resolver", required_argument, NULL, 'R' },
+        { "dns-propagation-timeout", required_argument, NULL, 'X' },
+        { "dns-hook", required_argument, NULL, 'j' },
+        { "dns-hook-timeout", required_argument, NULL, 'J' },
+        { "acme-dns", required_argument, NULL, 'a' },
+        { "acme-dns-url", required_argument, NULL, 'u' },
         { "notify", required_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 }
     };
@@ -1609,9 +1783,11 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     acme_issuer_conf_t   ic;
     run_t                r;
     acme_notify_conf_t   nc;
-    const char          *types[1];
+    const char          *types[ISSUE_TYPES_MAX];
+    char                 typebuf[100];
+    size_t               ntypes;
     char                *url;
-    int                  c, rc = 1;
+    int                  c, rc = 1, http, tls;
 
     memset(&o, 0, sizeof(o));
     memset(&r, 0, sizeof(r));
@@ -1638,11 +1814,11 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl: --key: %s\n", err.msg);
         return 2;
     }
-    types[0] = o.challenge ? o.challenge : "http-01";
-    if (strcmp(types[0], "http-01") != 0 && strcmp(types[0], "tls-alpn-01") != 0) {
-        fprintf(stderr, "acmectl: --challenge \"%s\": use http-01 or tls-alpn-01\n", types[0]);
+    if (issue_types(&o, typebuf, sizeof(typebuf), types, &ntypes) != 0) {
         return 2;
     }
+    http = has_type(types, ntypes, "http-01");
+    tls = has_type(types, ntypes, "tls-alpn-01");
     rc = parse_idents(argc, argv, optind, &ids, &nids);
     if (rc != 0) {
         goto done;
@@ -1651,10 +1827,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     if (ctl_open_store(ctl, 1) != 0) {
         goto done;
     }
-    o.srv = acmectl_chsrv_start(strcmp(types[0], "http-01") == 0 ? (o.http_listen ? o.http_listen : ":80")
-                                                                 : NULL,
-                                strcmp(types[0], "tls-alpn-01") == 0 ? (o.tls_listen ? o.tls_listen : ":443")
-                                                                     : NULL, &err);
+    o.srv = acmectl_chsrv_start(http ? (o.http_listen ? o.http_listen : ":80") : NULL,
+                                tls ? (o.tls_listen ? o.tls_listen : ":443") : NULL, &err);
     if (o.srv == NULL) {
         fprintf(stderr, "acmectl: %s\n", err.msg);
         goto done;
@@ -1695,7 +1869,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         ic.client.account_key_file = ctl->account_key;
         ic.client.account_keyspec = ctl->account_keyspec;
         ic.challenge_types = types;
-        ic.nchallenge_types = 1;
+        ic.nchallenge_types = ntypes;
+        ic.dns = o.dns.method != ACME_DNS_NONE ? &o.dns : NULL;
         ic.profile = o.profile;
         ic.preferred_chain = o.preferred_chain;
         idx[i] = acme_manager_add_issuer(r.m, &ic, &err);
@@ -1722,6 +1897,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         fprintf(stderr, "acmectl: %s\n", err.msg);
         goto done;
     }
+    /* a start: a window the CA opened while its Retry-After kept us from asking is seen now */
+    acme_manager_ari_check(r.m, NULL);
     signal(SIGTERM, run_signal);
     signal(SIGINT, run_signal);
     signal(SIGUSR1, run_signal);
@@ -1744,6 +1921,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
 done:
     acme_manager_free(r.m);
     acmectl_chsrv_stop(o.srv);
+    acme_dns_config_free(&o.dns);
     for (i = 0; i < nids; i++) {
         acme_ident_free(&ids[i]);
     }
@@ -1831,6 +2009,47 @@ cmd_migrate(ctl_t *ctl, int argc, char **argv)
     free(sf);
     free(stt);
     return rc == 0 ? 0 : 1;
+}
+
+/* ---- import: certbot's and mod_md's certificates and accounts (import.c) ---- */
+
+static int
+cmd_import(ctl_t *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "dry-run", no_argument, NULL, 'n' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char  *tool, *dir;
+    int          c, dry_run = 0;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n': dry_run = 1; break;
+        default:  usage(stderr); return 2;
+        }
+    }
+    if (optind >= argc || argc - optind > 2
+        || (strcmp(argv[optind], "certbot") != 0 && strcmp(argv[optind], "mod_md") != 0))
+    {
+        fprintf(stderr, "acmectl import: certbot [DIR] or mod_md [DIR]\n");
+        return 2;
+    }
+    tool = argv[optind];
+    dir = optind + 1 < argc ? argv[optind + 1]
+          : strcmp(tool, "certbot") == 0 ? "/etc/letsencrypt" : "/etc/apache2/md";
+    if (!dry_run && ctl->storage == NULL && geteuid() == 0 && access(ctl->state, F_OK) != 0) {
+        /* made by root, it would be root's: the server's workers could not write in it */
+        fprintf(stderr, "acmectl import: the state directory %s does not exist: start the server once (it "
+                "makes it for its user), or create it for that user (install -d -o www-data -g www-data -m 0700 "
+                "%s)\n", ctl->state, ctl->state);
+        return 1;
+    }
+    if (!dry_run && ctl_open_store(ctl, 1) != 0) {
+        return 1;
+    }
+    return import_command(ctl->store, dry_run, tool, dir);
 }
 
 /* --prefix NAME: the prefix=NAME of nginx's acme_storage and Apache's ACMEStorage, for the same store. */
@@ -1950,6 +2169,8 @@ main(int argc, char **argv)
         rc = cmd_renew(&ctl, argc, argv);
     } else if (strcmp(cmd, "run") == 0) {
         rc = cmd_run(&ctl, argc, argv);
+    } else if (strcmp(cmd, "ari-check") == 0) {
+        rc = cmd_ari_check(&ctl, argc, argv);
     } else if (strcmp(cmd, "list") == 0) {
         rc = cmd_list(&ctl, 0);
     } else if (strcmp(cmd, "status") == 0) {
@@ -1965,6 +2186,8 @@ main(int argc, char **argv)
         rc = cmd_account(&ctl, argc, argv);
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&ctl, argc, argv);
+    } else if (strcmp(cmd, "import") == 0) {
+        rc = cmd_import(&ctl, argc, argv);
     } else if (strcmp(cmd, "dns-persist-record") == 0) {
         rc = cmd_dns_persist_record(&ctl, argc, argv);
     } else if (strcmp(cmd, "upgrade-storage") == 0) {

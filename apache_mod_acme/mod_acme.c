@@ -7,6 +7,7 @@
 
 #include <http_protocol.h>
 #include <mpm_common.h>
+#include <http_core.h>
 
 mod_acme_globals_t mod_acme_g;
 
@@ -20,6 +21,28 @@ mod_acme_conn(conn_rec *c, int create)
         ap_set_module_config(c->conn_config, &acme_module, cc);
     }
     return cc;
+}
+
+/*
+ * 1 the first time the parent configures itself for real: a start, not a graceful restart or a restart
+ * (SIGHUP), which keep the parent and its process pool (the module may be unloaded in between, so the mark
+ * is the pool's, not a static). The pre-configuration pass at startup does not count.
+ */
+int
+mod_acme_parent_started(server_rec *s)
+{
+    static const char  key[] = "mod_acme_parent_started";
+    void              *seen = NULL;
+
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) {
+        return 0;
+    }
+    apr_pool_userdata_get(&seen, key, s->process->pool);
+    if (seen != NULL) {
+        return 0;
+    }
+    apr_pool_userdata_set((const void *) 1, key, apr_pool_cleanup_null, s->process->pool);
+    return 1;
 }
 
 static int

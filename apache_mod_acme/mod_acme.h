@@ -4,6 +4,7 @@
  * Shared declarations of the module's parts:
  *   mod_acme.c            module record, hook registration, post_config / child_init orchestration
  *   mod_acme_config.c     directives, per-server configuration and merging, validation
+ *   mod_acme_dns.c        DNS validation settings (ACMEDNS*), their merging and check
  *   mod_acme_shm.c        shared memory between the processes (certificate generations, status, renew queue)
  *   mod_acme_drive.c      the background thread running the ACME manager in one process at a time
  *   mod_acme_ssl.c        mod_ssl integration: certificate files, fallback, certificate callback, hot swap
@@ -25,6 +26,7 @@
 #include <openssl/x509.h>
 #include <openssl/evp.h>
 
+#include "acme_dns.h"
 #include "acme_ident.h"
 #include "acme_key.h"
 
@@ -79,6 +81,12 @@ typedef struct {
     const char            *notify_cmd;      /* ACMENotifyCmd PROGRAM, server-wide only */
     long                   notify_timeout;  /* s; 0: the core's default */
     long                   notify_expiring; /* s; 0: the core's default */
+    acme_dns_config_t      dns;             /* ACMEDNS*: each field inherited on its own; the TSIG key is
+                                             * the core's (malloc'd), freed with the pool of the server
+                                             * that read it */
+    const char            *dns_tsig_file;   /* ACMEDNSTSIGKey, for messages */
+    const char            *dns_directive;   /* "ACMEDNSx (file:line)" of this server's own first ACMEDNS*
+                                             * directive; not inherited */
     mod_acme_cert_mode_t   cert_mode;       /* per vhost, not inherited */
     apr_array_header_t    *cert_names;      /* const char *, for ACME_CERT_NAMES */
     const char            *cert_directive;  /* "file:line" of ACMECertificate, for messages */
@@ -95,7 +103,11 @@ typedef struct {
 typedef struct {
     int  renew_allowed;                     /* ACMEStatusRenew, ACME_UNSET, 0, 1 */
     int  renew_interval;                    /* seconds, ACME_UNSET: MOD_ACME_RENEW_INTERVAL */
+    int  format;                            /* ACMEStatusFormat: ACME_UNSET, MOD_ACME_FORMAT_* */
 } mod_acme_dir_conf_t;
+
+#define MOD_ACME_FORMAT_JSON        0
+#define MOD_ACME_FORMAT_PROMETHEUS  1
 
 extern const command_rec mod_acme_cmds[];
 void *mod_acme_create_srv_conf(apr_pool_t *p, server_rec *s);
@@ -108,6 +120,20 @@ mod_acme_srv_conf_t *mod_acme_srv_conf(server_rec *s);
 const char *mod_acme_state_dir(server_rec *base);
 int mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
 const char *mod_acme_vhost_id(apr_pool_t *p, const server_rec *s);
+
+/* ---- DNS validation settings (mod_acme_dns.c) ---- */
+
+const char *mod_acme_set_dns_update(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_tsig_key(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_server(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_resolver(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_propagation(cmd_parms *cmd, void *dc, const char *arg);
+void mod_acme_dns_merge(mod_acme_srv_conf_t *sc, const mod_acme_srv_conf_t *base,
+                        const mod_acme_srv_conf_t *add);
+/* 1 when the server's ACMEChallenge lists dns-01. */
+int  mod_acme_dns01(const mod_acme_srv_conf_t *sc);
+/* check_config: complete DNS settings where dns-01 is used, wildcards only with it. 0, or -1 (logged). */
+int  mod_acme_dns_check(apr_pool_t *ptemp, server_rec *base);
 
 /* ---- the managed certificates and process-wide state ---- */
 
@@ -167,6 +193,10 @@ typedef struct {
 
 mod_acme_conn_t *mod_acme_conn(conn_rec *c, int create);
 
+/* ---- the module (mod_acme.c) ---- */
+
+int mod_acme_parent_started(server_rec *s);
+
 /* ---- shared memory (mod_acme_shm.c) ---- */
 
 #define MOD_ACME_RENEW_SLOTS     16
@@ -200,6 +230,16 @@ int          mod_acme_shm_renew_claim(mod_acme_shm_t *shm, int i, apr_uint32_t n
 void         mod_acme_shm_renew_unclaim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t prev);
 /* The driver: until when the CA asked to wait for certificate i (0: no more). */
 void         mod_acme_shm_set_ca_wait(mod_acme_shm_t *shm, int i, apr_uint32_t until);
+/* The parent started (not a graceful restart): the first driver asks ARI again (taken once). */
+void         mod_acme_shm_set_ari_start(mod_acme_shm_t *shm);
+int          mod_acme_shm_take_ari_start(mod_acme_shm_t *shm);
+/*
+ * An ARI check of certificate i requested at now: 0 queued for the driver, 2 one was accepted less than
+ * interval ago (*until: when the next may be), -1 no such certificate. The driver takes it once.
+ */
+int          mod_acme_shm_ari_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t interval,
+                                    apr_uint32_t *until);
+int          mod_acme_shm_ari_take(mod_acme_shm_t *shm, int i);
 void         mod_acme_shm_set_driver(mod_acme_shm_t *shm, pid_t pid);
 pid_t        mod_acme_shm_driver(mod_acme_shm_t *shm);
 

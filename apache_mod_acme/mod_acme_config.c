@@ -60,6 +60,7 @@ mod_acme_merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
         sc->eab_hmac = base->eab_hmac;
     }
     sc->preferred_chain = add->preferred_chain ? add->preferred_chain : base->preferred_chain;
+    mod_acme_dns_merge(sc, base, add);
     sc->state_dir = add->state_dir ? add->state_dir : base->state_dir;
     sc->notify_cmd = add->notify_cmd ? add->notify_cmd : base->notify_cmd;
     sc->notify_timeout = add->notify_cmd ? add->notify_timeout : base->notify_timeout;
@@ -82,6 +83,7 @@ mod_acme_create_dir_conf(apr_pool_t *p, char *dir)
     (void) dir;
     dc->renew_allowed = ACME_UNSET;
     dc->renew_interval = ACME_UNSET;
+    dc->format = ACME_UNSET;
     return dc;
 }
 
@@ -93,6 +95,7 @@ mod_acme_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
 
     dc->renew_allowed = add->renew_allowed != ACME_UNSET ? add->renew_allowed : base->renew_allowed;
     dc->renew_interval = add->renew_interval != ACME_UNSET ? add->renew_interval : base->renew_interval;
+    dc->format = add->format != ACME_UNSET ? add->format : base->format;
     return dc;
 }
 
@@ -423,9 +426,9 @@ set_challenge(cmd_parms *cmd, void *dc, const char *arg)
     } else if (strcasecmp(arg, "tls-alpn-01") == 0) {
         t = "tls-alpn-01";
     } else if (strcasecmp(arg, "dns-01") == 0) {
-        return bad_value(cmd, arg, "dns-01 is not supported by mod_acme (use http-01 or tls-alpn-01)");
+        t = "dns-01";
     } else {
-        return bad_value(cmd, arg, "expected http-01 or tls-alpn-01");
+        return bad_value(cmd, arg, "expected http-01, tls-alpn-01 or dns-01");
     }
     if (sc->challenges == NULL) {
         sc->challenges = apr_array_make(cmd->pool, 2, sizeof(const char *));
@@ -662,6 +665,21 @@ set_status_renew(cmd_parms *cmd, void *dcv, const char *flag, const char *interv
     return NULL;
 }
 
+static const char *
+set_status_format(cmd_parms *cmd, void *dcv, const char *arg)
+{
+    mod_acme_dir_conf_t *dc = dcv;
+
+    if (strcasecmp(arg, "json") == 0) {
+        dc->format = MOD_ACME_FORMAT_JSON;
+    } else if (strcasecmp(arg, "prometheus") == 0) {
+        dc->format = MOD_ACME_FORMAT_PROMETHEUS;
+    } else {
+        return bad_value(cmd, arg, "json or prometheus expected");
+    }
+    return NULL;
+}
+
 const command_rec mod_acme_cmds[] = {
     AP_INIT_ITERATE("ACMECertificateAuthority", set_ca, NULL, RSRC_CONF,
                     "CA names (letsencrypt, zerossl, ...) or ACME v2 directory URLs; several = fallback in order"),
@@ -682,7 +700,18 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE1("ACMETrustedCertificate", set_trusted, NULL, RSRC_CONF,
                   "PEM file with the roots to trust for the ACME server's own TLS"),
     AP_INIT_ITERATE("ACMEChallenge", set_challenge, NULL, RSRC_CONF,
-                    "allowed challenge types in order of preference: http-01 tls-alpn-01"),
+                    "allowed challenge types in order of preference: http-01 tls-alpn-01 dns-01 (a wildcard "
+                    "takes dns-01)"),
+    AP_INIT_TAKE1("ACMEDNSUpdate", mod_acme_set_dns_update, NULL, RSRC_CONF,
+                  "rfc2136: how dns-01 records are published (dynamic update with TSIG)"),
+    AP_INIT_TAKE1("ACMEDNSTSIGKey", mod_acme_set_dns_tsig_key, NULL, RSRC_CONF,
+                  "file with the TSIG key of the updates (BIND's key statement, or ALG:NAME:SECRET)"),
+    AP_INIT_TAKE1("ACMEDNSServer", mod_acme_set_dns_server, NULL, RSRC_CONF,
+                  "HOST[:PORT] the updates go to (default: the zone's primary, its SOA MNAME)"),
+    AP_INIT_TAKE1("ACMEDNSResolver", mod_acme_set_dns_resolver, NULL, RSRC_CONF,
+                  "HOST[:PORT] of the resolver for the zone lookups (default: /etc/resolv.conf)"),
+    AP_INIT_TAKE1("ACMEDNSPropagationTimeout", mod_acme_set_dns_propagation, NULL, RSRC_CONF,
+                  "how long every authoritative server may take to answer a new record (default 5m)"),
     AP_INIT_ITERATE("ACMEKeyType", set_keytype, NULL, RSRC_CONF,
                     "certificate key types (ecdsa:256, rsa:2048, ...); several = one certificate each"),
     AP_INIT_TAKE1("ACMEProfile", set_profile, NULL, RSRC_CONF,
@@ -698,6 +727,9 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE12("ACMEStatusRenew", set_status_renew, NULL, RSRC_CONF | ACCESS_CONF,
                    "on|off [interval=DURATION]: the acme-status handler accepts POST ?renew=NAME, each "
                    "certificate at most once per DURATION (default 10m)"),
+    AP_INIT_TAKE1("ACMEStatusFormat", set_status_format, NULL, RSRC_CONF | ACCESS_CONF,
+                  "json|prometheus: what the acme-status handler answers a GET with (default json; "
+                  "?format= in the request overrides it)"),
     { NULL }
 };
 
@@ -983,6 +1015,9 @@ mod_acme_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, se
         if (sc->eab_kid != NULL && *sc->eab_kid == '\0') {
             sc->eab_kid = NULL;
         }
+    }
+    if (mod_acme_dns_check(ptemp, base) != 0) {
+        return HTTP_INTERNAL_SERVER_ERROR;
     }
     if (config_test_cert_names(ptemp, base) != 0) {
         return HTTP_INTERNAL_SERVER_ERROR;

@@ -10,7 +10,8 @@
  * Between the driver and the other processes (shared memory, mod_acme_shm.c): the driver bumps a
  * certificate's generation once its local files changed (the core stored it in the fs store; or, with a
  * shared store, the driver copied it from Redis into the local cache: handshakes read only local files),
- * publishes its status JSON, and takes renew requests queued by the acme-status handler of any child.
+ * publishes its status JSON, and takes renew and ARI check requests queued by the acme-status handler of
+ * any child. The first driver since the parent started asks every certificate's renewal information again.
  */
 #include "mod_acme.h"
 
@@ -127,11 +128,19 @@ issuer_key(apr_pool_t *p, mod_acme_srv_conf_t *sc, const mod_acme_ca_t *ca)
 {
     const char *contacts = sc->contacts ? apr_array_pstrcat(p, sc->contacts, ',') : "";
     const char *chal = sc->challenges ? apr_array_pstrcat(p, sc->challenges, ',') : "";
+    const char *dns = "";
 
+    if (mod_acme_dns01(sc)) {
+        /* the key's file and name, never its secret */
+        dns = apr_psprintf(p, "%d,%s,%s,%s,%s,%ld", (int) sc->dns.method,
+                           sc->dns_tsig_file ? sc->dns_tsig_file : "",
+                           sc->dns.tsig.name ? sc->dns.tsig.name : "", sc->dns.server ? sc->dns.server : "",
+                           sc->dns.resolver ? sc->dns.resolver : "", sc->dns.propagation_timeout);
+    }
     return apr_pstrcat(p, ca->url, "|", contacts, "|", sc->accept_tos == 1 ? "1" : "0", "|",
                        sc->trusted_cert ? sc->trusted_cert : "", "|", chal, "|",
                        sc->profile ? sc->profile : "", "|", sc->eab_kid ? sc->eab_kid : "", "|",
-                       sc->preferred_chain ? sc->preferred_chain : "", NULL);
+                       sc->preferred_chain ? sc->preferred_chain : "", "|", dns, NULL);
 }
 
 static int
@@ -160,6 +169,10 @@ add_issuer(apr_pool_t *p, acme_manager_t *m, mod_acme_srv_conf_t *sc, const mod_
     if (sc->challenges) {
         ic.challenge_types = (const char *const *) sc->challenges->elts;
         ic.nchallenge_types = (size_t) sc->challenges->nelts;
+    }
+    if (mod_acme_dns01(sc)) {
+        /* sc lives in pconf, as long as this generation's manager; DNS tasks copy it */
+        ic.dns = &sc->dns;
     }
     ic.profile = sc->profile;
     ic.preferred_chain = sc->preferred_chain;
@@ -252,6 +265,41 @@ manager_build(apr_pool_t *p, acme_loop_t *loop, acme_store_t *st, server_rec *ba
         return NULL;
     }
     return m;
+}
+
+/* ---- ARI checks: every certificate's when the parent started, one's an admin asked for ---- */
+
+static void
+ari_at_start(acme_manager_t *m, server_rec *s)
+{
+    int n;
+
+    /* the first driver since the parent started (a graceful restart's drivers do not) */
+    if (!mod_acme_shm_take_ari_start(mod_acme_g.shm)) {
+        return;
+    }
+    n = acme_manager_ari_check(m, NULL);
+    if (n > 0) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0120)
+                     "Apache started: asking the CA's renewal information of %d certificate%s again", n,
+                     n == 1 ? "" : "s");
+    }
+}
+
+static void
+ari_requests(acme_manager_t *m, server_rec *s)
+{
+    int i;
+
+    for (i = 0; i < mod_acme_g.certs->nelts; i++) {
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+
+        if (mod_acme_shm_ari_take(mod_acme_g.shm, i)) {
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, ACMELOGNO(0121)
+                         "%s: ARI check requested through acme-status%s", c->name,
+                         acme_manager_ari_check(m, c->name) > 0 ? "" : "; nothing stored to ask about yet");
+        }
+    }
 }
 
 /* ---- following a shared store (Redis): other nodes' certificates, outages ---- */
@@ -506,6 +554,7 @@ driver_main(apr_thread_t *t, void *arg)
     /* a certificate another generation stored meanwhile: every process looks again, at local files, each
      * certificate at its next handshake */
     mod_acme_shm_bump(mod_acme_g.shm, -1);
+    ari_at_start(m, s);
     while (!d->stop) {
         int busy;
 
@@ -537,6 +586,9 @@ driver_main(apr_thread_t *t, void *arg)
                              "%s: renewal through acme-status not forced: the CA asked to wait until %s",
                              name, acme_time_format(until, tb, sizeof(tb)));
             }
+        }
+        if (!d->draining) {
+            ari_requests(m, s);
         }
         busy = publish_status(m);
         if (d->draining) {

@@ -9,7 +9,10 @@
  *   - the driver's latest status JSON, under a sequence lock, so any child can answer acme-status;
  *   - a small queue of renew requests from any child to the driver (see renew_recover for dead holders);
  *   - per certificate: when a renewal was last forced and until when the CA asked to wait, so any child
- *     refuses a forced renewal at once (429);
+ *     refuses a forced renewal at once (429); when an ARI check was last requested, and whether one waits
+ *     for the driver;
+ *   - whether the first driver of this generation asks every certificate's renewal information again
+ *     (set when the parent starts, not on a graceful restart);
  *   - the pid of the process running the driver.
  */
 #include "mod_acme.h"
@@ -46,6 +49,8 @@ typedef struct {
     volatile apr_uint32_t  forced_at;   /* last forced renewal accepted */
     volatile apr_uint32_t  ca_wait;     /* the CA asked to wait until (the driver writes it) */
     volatile apr_uint32_t  gen;         /* moves when its local files changed */
+    volatile apr_uint32_t  ari_at;      /* last ARI check accepted */
+    volatile apr_uint32_t  ari_want;    /* 1: an ARI check waits for the driver */
 } per_cert_t;
 
 /* test_driver_killed_mid_write_is_repaired (tests/e2e) finds the segment by driver_pid and writes
@@ -58,6 +63,7 @@ struct mod_acme_shm_s {
     volatile apr_uint32_t  status_writer;   /* pid of the last writer */
     renew_slot_t           renew[MOD_ACME_RENEW_SLOTS];
     char                   status[MOD_ACME_STATUS_MAX];
+    volatile apr_uint32_t  ari_start;   /* 1: the parent started (no graceful restart): ask ARI again */
     apr_uint32_t           ncerts;      /* entries in cert, fixed at creation */
     per_cert_t             cert[];
 };
@@ -316,4 +322,51 @@ mod_acme_shm_set_ca_wait(mod_acme_shm_t *shm, int i, apr_uint32_t until)
     if (shm != NULL && i >= 0 && (apr_uint32_t) i < shm->ncerts) {
         apr_atomic_set32(&shm->cert[i].ca_wait, until);
     }
+}
+
+void
+mod_acme_shm_set_ari_start(mod_acme_shm_t *shm)
+{
+    if (shm != NULL) {
+        apr_atomic_set32(&shm->ari_start, 1);
+    }
+}
+
+int
+mod_acme_shm_take_ari_start(mod_acme_shm_t *shm)
+{
+    return shm != NULL && apr_atomic_cas32(&shm->ari_start, 0, 1) == 1;
+}
+
+int
+mod_acme_shm_ari_claim(mod_acme_shm_t *shm, int i, apr_uint32_t now, apr_uint32_t interval,
+                       apr_uint32_t *until)
+{
+    per_cert_t    *l;
+    apr_uint32_t   old;
+
+    if (shm == NULL || i < 0 || (apr_uint32_t) i >= shm->ncerts) {
+        return -1;
+    }
+    l = &shm->cert[i];
+    for ( ;; ) {
+        old = apr_atomic_read32(&l->ari_at);
+        if (old != 0 && now - old < interval) {
+            *until = old + interval;
+            return 2;
+        }
+        if (apr_atomic_cas32(&l->ari_at, now, old) == old) {
+            apr_atomic_set32(&l->ari_want, 1);
+            return 0;
+        }
+    }
+}
+
+int
+mod_acme_shm_ari_take(mod_acme_shm_t *shm, int i)
+{
+    if (shm == NULL || i < 0 || (apr_uint32_t) i >= shm->ncerts) {
+        return 0;
+    }
+    return apr_atomic_cas32(&shm->cert[i].ari_want, 0, 1) == 1;
 }

@@ -460,14 +460,21 @@ build_certs(apr_pool_t *p, server_rec *base)
         if (s->server_hostname == NULL) {
             continue;
         }
-        for (i = 0; i < mod_acme_g.certs->nelts && sc->served->nelts == 0; i++) {
-            mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-            size_t j;
-            for (j = 0; j < c->nids; j++) {
-                if (c->ids[j].type == ACME_IDENT_DNS ? acme_dns_match(c->ids[j].value, s->server_hostname)
-                                                     : strcmp(c->ids[j].value, s->server_hostname) == 0) {
-                    apr_array_cat(sc->served, c->sc->managed);
-                    break;
+        /* a certificate naming it exactly before one whose wildcard covers it (pass 1) */
+        for (k = 0; k < 2 && sc->served->nelts == 0; k++) {
+            for (i = 0; i < mod_acme_g.certs->nelts && sc->served->nelts == 0; i++) {
+                mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+                size_t j;
+                for (j = 0; j < c->nids; j++) {
+                    int wild = c->ids[j].value[0] == '*';
+                    if (wild != k) {
+                        continue;
+                    }
+                    if (c->ids[j].type == ACME_IDENT_DNS ? acme_dns_match(c->ids[j].value, s->server_hostname)
+                                                         : strcmp(c->ids[j].value, s->server_hostname) == 0) {
+                        apr_array_cat(sc->served, c->sc->managed);
+                        break;
+                    }
                 }
             }
         }
@@ -635,6 +642,10 @@ mod_acme_ssl_prepare(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *base)
     rv = mod_acme_shm_create(pconf, base, &mod_acme_g.shm);
     if (rv != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (mod_acme_parent_started(base)) {
+        /* a window the CA opened while its Retry-After kept us from asking is seen at start */
+        mod_acme_shm_set_ari_start(mod_acme_g.shm);
     }
     rv = apr_thread_rwlock_create(&mod_acme_g.lock, pconf);
     if (rv == APR_SUCCESS) {

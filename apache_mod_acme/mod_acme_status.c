@@ -8,7 +8,15 @@
  *                      "ACMEStatusRenew on" applies to the location; 429 with Retry-After while the CA asked
  *                      to wait (rateLimited) or when the certificate was forced less than the interval ago;
  *                      404 for names this virtual host does not have.
+ *   POST ?ari-check=NAME|*  ask the CA's renewal information of that certificate (*: every one this request
+ *                      may see) again, without forcing a renewal: 202; same permission and interval per
+ *                      certificate as renewals (429 when none of them may be checked yet).
  *   anything else      405.
+ * "ACMEStatusFormat prometheus" (or ?format=prometheus, which overrides ACMEStatusFormat either way) renders the
+ * same document as Prometheus text with the core's renderer, the one nginx's acme_status uses.
+ * A JSON GET whose Accept prefers text/html (and no ?format=) gets the same document as a page for people
+ * (acme_status_html.c), with renew buttons where ACMEStatusRenew is on. A POST carrying a browser's cross-site signals
+ * (Sec-Fetch-Site, Origin) is refused with 403.
  */
 #include "mod_acme.h"
 
@@ -19,6 +27,8 @@
 
 #include <jansson.h>
 
+#include "acme_metrics.h"
+#include "acme_status_html.h"
 #include "acme_store.h"
 
 static const char *
@@ -133,6 +143,27 @@ find_cert(request_rec *r, const char *what)
     return -1;
 }
 
+/* The issuers of the certificates kept (their counters are shared with other virtual hosts' certificates). */
+static json_t *
+issuers_filter(json_t *issuers, json_t *certs)
+{
+    json_t      *keep = json_array();
+    size_t       k, j;
+    const char  *name, *used;
+
+    for (k = 0; k < json_array_size(issuers); k++) {
+        name = json_string_value(json_object_get(json_array_get(issuers, k), "name"));
+        for (j = 0; name != NULL && j < json_array_size(certs); j++) {
+            used = json_string_value(json_object_get(json_array_get(certs, j), "issuer_name"));
+            if (used != NULL && strcmp(used, name) == 0) {
+                json_array_append(keep, json_array_get(issuers, k));
+                break;
+            }
+        }
+    }
+    return keep;
+}
+
 /* The driver's document with only the certificates this request may see. */
 static const char *
 status_filter(request_rec *r, const char *json)
@@ -162,6 +193,7 @@ status_filter(request_rec *r, const char *json)
         }
     }
     json_object_set_new(root, "certificates", keep);
+    json_object_set_new(root, "issuers", issuers_filter(json_object_get(root, "issuers"), keep));
     text = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     out = apr_pstrdup(r->pool, text ? text : "{}");
@@ -191,6 +223,49 @@ arg_value(request_rec *r, const char *name)
     return NULL;
 }
 
+/* The document as Prometheus text (see docs/monitoring.md). */
+static int
+send_metrics(request_rec *r, const char *json)
+{
+    json_t  *doc = json_loads(json, 0, NULL);
+    char    *text;
+
+    text = doc ? acme_metrics_prometheus(doc) : NULL;
+    json_decref(doc);
+    if (text == NULL) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, ACMELOGNO(0160)
+                      "acme-status: cannot render the status as Prometheus text");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->status = HTTP_OK;
+    ap_set_content_type(r, ACME_METRICS_CONTENT_TYPE);
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    if (!r->header_only) {
+        ap_rputs(text, r);
+    }
+    free(text);
+    return OK;
+}
+
+/* The location's ACMEStatusFormat, or ?format= in the request; -1: neither json nor prometheus. */
+static int
+status_format(request_rec *r)
+{
+    mod_acme_dir_conf_t  *dc = ap_get_module_config(r->per_dir_config, &acme_module);
+    const char           *v = arg_value(r, "format");
+
+    if (v == NULL) {
+        return dc != NULL && dc->format != ACME_UNSET ? dc->format : MOD_ACME_FORMAT_JSON;
+    }
+    if (strcmp(v, "json") == 0) {
+        return MOD_ACME_FORMAT_JSON;
+    }
+    if (strcmp(v, "prometheus") == 0) {
+        return MOD_ACME_FORMAT_PROMETHEUS;
+    }
+    return -1;
+}
+
 static int
 send_json(request_rec *r, int status, const char *json)
 {
@@ -201,6 +276,32 @@ send_json(request_rec *r, int status, const char *json)
         ap_rputs(json, r);
         ap_rputs("\n", r);
     }
+    return OK;
+}
+
+/* The document as the page for people, with its security headers. */
+static int
+send_page(request_rec *r, const char *json)
+{
+    mod_acme_dir_conf_t  *dc = ap_get_module_config(r->per_dir_config, &acme_module);
+    char                 *html;
+    size_t                len;
+
+    html = acme_status_html(json, strlen(json), dc != NULL && dc->renew_allowed == 1, time(NULL), &len);
+    if (html == NULL) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->status = HTTP_OK;
+    ap_set_content_type(r, "text/html; charset=utf-8");
+    apr_table_setn(r->headers_out, "Content-Security-Policy", acme_status_html_csp());
+    apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");
+    apr_table_setn(r->headers_out, "Referrer-Policy", "no-referrer");
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    ap_set_content_length(r, (apr_off_t) len);
+    if (!r->header_only) {
+        ap_rwrite(html, (int) len, r);
+    }
+    free(html);
     return OK;
 }
 
@@ -223,23 +324,81 @@ too_soon(request_rec *r, apr_uint32_t until, const char *why)
     return rc;
 }
 
+/* POST ?ari-check=NAME|*: flags for the driver, each certificate at most once per interval */
+static int
+ari_request(request_rec *r, const char *what, int interval)
+{
+    apr_uint32_t  now = (apr_uint32_t) time(NULL), until, soonest = 0;
+    json_t       *o;
+    char         *text;
+    const char   *json;
+    int           i, n = 0, seen = 0, all = strcmp(what, "*") == 0;
+
+    for (i = 0; mod_acme_g.active && i < mod_acme_g.certs->nelts; i++) {
+        mod_acme_cert_t *c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
+
+        if (all ? !cert_visible(r, c) : i != find_cert(r, what)) {
+            continue;
+        }
+        seen++;
+        until = 0;
+        if (mod_acme_shm_ari_claim(mod_acme_g.shm, i, now, (apr_uint32_t) interval, &until) == 0) {
+            n++;
+        } else if (until != 0 && (soonest == 0 || until < soonest)) {
+            soonest = until;
+        }
+    }
+    if (seen == 0) {
+        return HTTP_NOT_FOUND;
+    }
+    if (n == 0) {
+        if (soonest == 0) {
+            apr_table_setn(r->err_headers_out, "Retry-After", "5");
+            return HTTP_SERVICE_UNAVAILABLE;
+        }
+        ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0122)
+                      "acme-status: ARI check of %s refused: one was requested less than %d s ago", what,
+                      interval);
+        return too_soon(r, soonest, "an ARI check was requested recently");
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0123)
+                  "acme-status: ARI check of %s requested (%d certificate%s)", what, n, n == 1 ? "" : "s");
+    o = json_pack("{s:s, s:s, s:i}", "ari_check", what, "status", "queued", "certificates", n);
+    text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    json = apr_pstrdup(r->pool, text ? text : "{}");
+    free(text);
+    return send_json(r, HTTP_ACCEPTED, json);
+}
+
 static int
 status_handler(request_rec *r)
 {
     mod_acme_dir_conf_t  *dc;
     mod_acme_cert_t      *c;
-    const char           *json, *name;
+    const char           *json, *name, *accept;
     json_t               *o;
     char                 *text;
     apr_uint32_t          now, until = 0, prev = 0;
-    int                   i, rc, interval;
+    int                   i, rc, interval, ari, format;
 
     if (r->handler == NULL || strcmp(r->handler, MOD_ACME_HANDLER) != 0) {
         return DECLINED;
     }
     if (r->method_number == M_GET) {
+        format = status_format(r);
+        if (format < 0) {
+            return HTTP_BAD_REQUEST;
+        }
         json = mod_acme_shm_status_get(mod_acme_g.active ? mod_acme_g.shm : NULL, r->pool);
         json = json != NULL ? status_filter(r, json) : status_from_store(r);
+        accept = apr_table_get(r->headers_in, "Accept");
+        if (format == MOD_ACME_FORMAT_PROMETHEUS) {
+            return send_metrics(r, json);
+        }
+        if (arg_value(r, "format") == NULL && accept != NULL && acme_status_accepts_html(accept, strlen(accept))) {
+            return send_page(r, json);
+        }
         return send_json(r, HTTP_OK, json);
     }
     if (r->method_number != M_POST) {
@@ -248,21 +407,34 @@ status_handler(request_rec *r)
     }
     dc = ap_get_module_config(r->per_dir_config, &acme_module);
     name = arg_value(r, "renew");
+    ari = name == NULL && (name = arg_value(r, "ari-check")) != NULL;
     if (name == NULL || *name == '\0' || strlen(name) >= MOD_ACME_NAME_MAX) {
         return HTTP_BAD_REQUEST;
     }
     if (dc == NULL || dc->renew_allowed != 1) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, ACMELOGNO(0100)
-                      "acme-status: renew refused: ACMEStatusRenew is not on for this location");
-        return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal requests are not allowed here "
-                                            "(ACMEStatusRenew on)\"}");
+                      "acme-status: %s refused: ACMEStatusRenew is not on for this location",
+                      ari ? "ARI check" : "renew");
+        return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal and ARI check requests are not allowed "
+                                            "here (ACMEStatusRenew on)\"}");
+    }
+    if (!acme_status_post_allowed(apr_table_get(r->headers_in, "Sec-Fetch-Site"),
+                                  apr_table_get(r->headers_in, "Origin"), apr_table_get(r->headers_in, "Host"))) {
+        ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r, ACMELOGNO(0124)
+                      "acme-status: %s refused: it came from another site's page (Origin, Sec-Fetch-Site)",
+                      ari ? "ARI check" : "renew");
+        return send_json(r, HTTP_FORBIDDEN, "{\"error\":\"renewal and ARI check requests from other sites' "
+                                            "pages are not allowed\"}");
+    }
+    interval = dc->renew_interval != ACME_UNSET ? dc->renew_interval : MOD_ACME_RENEW_INTERVAL;
+    if (ari) {
+        return ari_request(r, name, interval);
     }
     i = find_cert(r, name);
     if (i < 0) {
         return HTTP_NOT_FOUND;
     }
     c = APR_ARRAY_IDX(mod_acme_g.certs, i, mod_acme_cert_t *);
-    interval = dc->renew_interval != ACME_UNSET ? dc->renew_interval : MOD_ACME_RENEW_INTERVAL;
     now = (apr_uint32_t) time(NULL);
     rc = mod_acme_shm_renew_claim(mod_acme_g.shm, i, now, (apr_uint32_t) interval, &until, &prev);
     if (rc == 1) {

@@ -82,6 +82,7 @@ struct acme_client_s {
     int                  notify_failed;
     int                  reregister;    /* the CA forgot the account: register the key again */
     op_t                *ops;
+    acme_client_stats_t  stats;
 };
 
 static void op_start(op_t *op);
@@ -242,6 +243,29 @@ resp_is_problem(const acme_http_resp_t *resp, const char *short_type)
     r = acme_problem_is(&p, short_type);
     acme_problem_free(&p);
     return r;
+}
+
+/* Every request to the CA goes through here, so the metrics count them all. */
+static acme_http_req_t *
+client_send(acme_client_t *c, const acme_http_conf_t *conf, const char *method, const char *url,
+    const char *body, const char *accept, acme_http_done_pt done, void *arg, acme_err_t *err)
+{
+    acme_http_req_t *req;
+
+    req = acme_http_send(c->loop, conf, method, url, body, accept, done, arg, err);
+    if (req != NULL) {
+        c->stats.requests++;
+    }
+    return req;
+}
+
+/* An answer that asks us to slow down: 429, or a rateLimited problem with any status. */
+static void
+client_count_answer(acme_client_t *c, const acme_http_resp_t *resp)
+{
+    if (resp->ok && (resp->status == 429 || (resp->status >= 400 && resp_is_problem(resp, "rateLimited")))) {
+        c->stats.rate_limited++;
+    }
 }
 
 /* The problem's "instance" URL (RFC 8555 7.3.3: where the user acts, e.g. new terms), malloc'd or NULL. */
@@ -432,6 +456,7 @@ const char *acme_client_directory_url(acme_client_t *c) { return c->directory_ur
 const char *acme_client_ca_id(acme_client_t *c) { return c->ca_id; }
 const char *acme_client_account_url(acme_client_t *c) { return c->account_url; }
 EVP_PKEY *acme_client_account_key(acme_client_t *c) { return c->key; }
+const acme_client_stats_t *acme_client_stats(acme_client_t *c) { return &c->stats; }
 
 const acme_directory_t *
 acme_client_directory(acme_client_t *c)
@@ -880,6 +905,7 @@ directory_refresh_done(const acme_http_resp_t *resp, void *arg)
     acme_err_t         err;
 
     c->dir_req = NULL;
+    client_count_answer(c, resp);
     c->dir_at = time(NULL);
     c->dir_stale = 0;
     memset(&nd, 0, sizeof(nd));
@@ -912,6 +938,7 @@ directory_done(const acme_http_resp_t *resp, void *arg)
     acme_err_t      err;
 
     c->dir_req = NULL;
+    client_count_answer(c, resp);
     if (!resp->ok || resp->status != 200) {
         if (resp->ok || resp->status == -1) {
             /* the CA answered, with an error or with garbage */
@@ -968,8 +995,8 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
         /* requests in flight keep the current one; this caller (and any until the answer) waits for it */
         dconf = c->http;
         dconf.follow_redirects = 1;
-        c->dir_req = acme_http_send(c->loop, &dconf, "GET", c->directory_url, NULL, "application/json",
-                                    directory_refresh_done, c, NULL);
+        c->dir_req = client_send(c, &dconf, "GET", c->directory_url, NULL, "application/json",
+                                 directory_refresh_done, c, NULL);
     }
     switch (c->state) {
     case CL_READY:
@@ -994,8 +1021,8 @@ acme_client_ready(acme_client_t *c, acme_client_done_pt done, void *arg, acme_er
     c->state = CL_DIRECTORY;
     dconf = c->http;
     dconf.follow_redirects = 1;         /* directory GETs only */
-    c->dir_req = acme_http_send(c->loop, &dconf, "GET", c->directory_url, NULL, "application/json",
-                                directory_done, c, err);
+    c->dir_req = client_send(c, &dconf, "GET", c->directory_url, NULL, "application/json",
+                             directory_done, c, err);
     if (c->dir_req == NULL) {
         c->waiters = w->next;
         free(w);
@@ -1033,6 +1060,7 @@ op_resp(const acme_http_resp_t *resp, void *arg)
     char                 what[300];
 
     op->req = NULL;
+    client_count_answer(c, resp);
     if (resp->ok && resp->replay_nonce != NULL && resp->replay_nonce[0] != '\0'
         && strlen(resp->replay_nonce) < 256)
     {
@@ -1073,6 +1101,7 @@ op_resp(const acme_http_resp_t *resp, void *arg)
         && op->nonce_retries < NONCE_RETRIES)
     {
         op->nonce_retries++;
+        c->stats.bad_nonce_retries++;
         acme_log(c->loop, ACME_LOG_DEBUG, "acme: badNonce from %s, retrying", op->url);
         op_start(op);
         return;
@@ -1208,7 +1237,7 @@ op_send(op_t *op)
     }
 
     if (op->get) {
-        op->req = acme_http_send(c->loop, &c->http, "GET", op->url, NULL, op->accept, op_resp, op, &err);
+        op->req = client_send(c, &c->http, "GET", op->url, NULL, op->accept, op_resp, op, &err);
         if (op->req == NULL) {
             op_fail(op, &err);
         }
@@ -1229,7 +1258,7 @@ op_send(op_t *op)
         op_fail(op, &err);
         return;
     }
-    op->req = acme_http_send(c->loop, &c->http, "POST", op->url, jws, op->accept, op_resp, op, &err);
+    op->req = client_send(c, &c->http, "POST", op->url, jws, op->accept, op_resp, op, &err);
     free(jws);
     if (op->req == NULL) {
         op_fail(op, &err);
@@ -1252,7 +1281,7 @@ op_start(op_t *op)
         return;
     }
     op->fetching_nonce = 1;
-    op->req = acme_http_send(c->loop, &c->http, "HEAD", c->dir.new_nonce, NULL, NULL, op_resp, op, &err);
+    op->req = client_send(c, &c->http, "HEAD", c->dir.new_nonce, NULL, NULL, op_resp, op, &err);
     if (op->req == NULL) {
         op_fail(op, &err);
     }

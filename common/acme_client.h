@@ -32,6 +32,13 @@ typedef struct {
 
 typedef struct acme_client_s acme_client_t;
 
+/* What the client did since it was made (metrics): plain counts, never reset. */
+typedef struct {
+    unsigned long        requests;          /* HTTP requests sent to the CA (directory, nonce, GET, POST) */
+    unsigned long        bad_nonce_retries; /* signed requests sent again after badNonce */
+    unsigned long        rate_limited;      /* answers that were rateLimited or HTTP 429 */
+} acme_client_stats_t;
+
 /* Called with err == NULL on success. */
 typedef void (*acme_client_done_pt)(void *arg, const acme_err_t *err);
 /* resp is the 2xx response (valid during the call), or NULL with err. */
@@ -45,6 +52,7 @@ void acme_client_free(acme_client_t *c);
 void acme_client_forget(acme_client_t *c, void *arg);
 
 acme_loop_t  *acme_client_loop(acme_client_t *c);
+const acme_client_stats_t *acme_client_stats(acme_client_t *c);
 acme_store_t *acme_client_store(acme_client_t *c);
 const char   *acme_client_directory_url(acme_client_t *c);
 const char   *acme_client_ca_id(acme_client_t *c);

@@ -1,4 +1,4 @@
-/* CSRs for finalize: SHA-256, every identifier in subjectAltName, CN = first DNS identifier. */
+/* CSRs for finalize: SHA-256, every identifier in subjectAltName, CN = first DNS identifier unless asked not to. */
 #include "acme_csr.h"
 #include "acme_b64.h"
 #include "acme_x509.h"
@@ -13,7 +13,7 @@
 #define ACME_CSR_CN_MAX  64
 
 char *
-acme_csr_create(EVP_PKEY *key, const acme_ident_t *ids, size_t n, acme_err_t *err)
+acme_csr_create(EVP_PKEY *key, const acme_ident_t *ids, size_t n, unsigned flags, acme_err_t *err)
 {
     X509_REQ                    *req = NULL;
     X509_NAME                   *subj;
@@ -52,7 +52,7 @@ acme_csr_create(EVP_PKEY *key, const acme_ident_t *ids, size_t n, acme_err_t *er
             acme_err_prefix(err, "CSR");
             goto failed;
         }
-        if (cn == NULL && ids[i].type == ACME_IDENT_DNS) {
+        if (cn == NULL && ids[i].type == ACME_IDENT_DNS && !(flags & ACME_CSR_NO_CN)) {
             cn = ids[i].value;
         }
     }

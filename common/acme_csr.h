@@ -6,10 +6,13 @@
 #include "acme_err.h"
 #include "acme_ident.h"
 
+#define ACME_CSR_NO_CN  0x1     /* an empty subject: the names are in subjectAltName only */
+
 /*
  * A CSR signed by key (SHA-256) with a subjectAltName extension holding every identifier (dNSName or
- * iPAddress), and CN = the first DNS identifier when it fits in 64 bytes. Returns base64url(DER), malloc'd.
+ * iPAddress), and CN = the first DNS identifier when it fits in 64 bytes (unless ACME_CSR_NO_CN in flags).
+ * Returns base64url(DER), malloc'd.
  */
-char *acme_csr_create(EVP_PKEY *key, const acme_ident_t *ids, size_t n, acme_err_t *err);
+char *acme_csr_create(EVP_PKEY *key, const acme_ident_t *ids, size_t n, unsigned flags, acme_err_t *err);
 
 #endif

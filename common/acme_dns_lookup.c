@@ -3,6 +3,8 @@
 #include "acme_dns_int.h"
 
 #include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -329,6 +331,44 @@ mono_ms(void)
     return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+#define ADDR_SILENT   -1    /* no answer (yet): an address this host cannot reach (IPv6) counts for nothing */
+#define ADDR_WITHOUT   0    /* answered, without the value */
+#define ADDR_WITH      1
+
+/* Appends to a message, truncating it at the end of buf. */
+static void
+append(char *buf, size_t size, size_t *off, const char *fmt, ...)
+{
+    va_list  ap;
+    int      n;
+
+    if (*off + 1 >= size) {
+        return;
+    }
+    va_start(ap, fmt);
+    n = vsnprintf(buf + *off, size - *off, fmt, ap);
+    va_end(ap);
+    if (n > 0) {
+        *off = *off + (size_t) n >= size ? size - 1 : *off + (size_t) n;
+    }
+}
+
+/* An NS is up to date when one of its addresses answers the value and none answers without it. */
+static int
+ns_done(const int *st, size_t from, size_t to)
+{
+    size_t  i;
+    int     with = 0;
+
+    for (i = from; i < to; i++) {
+        if (st[i] == ADDR_WITHOUT) {
+            return 0;
+        }
+        with |= st[i] == ADDR_WITH;
+    }
+    return with;
+}
+
 /* Every authoritative server of the zone (NS, port 53) answers value at t->fqdn. */
 static int
 wait_propagation(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme_dns_target_t *t,
@@ -338,8 +378,8 @@ wait_propagation(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme
     ldns_rr_list   *nsl;
     ldns_rdf       *addrs[DNS_SERVERS_MAX];
     char           *names[DNS_SERVERS_MAX], lag[600];
-    int             ok[DNS_SERVERS_MAX];
-    size_t          naddrs = 0, i, k, n, nok;
+    int             st[DNS_SERVERS_MAX];
+    size_t          naddrs = 0, i, j, k, n, done, nns;
     long long       deadline;
     long            timeout = cfg->propagation_timeout > 0 ? cfg->propagation_timeout
                                                            : ACME_DNS_PROPAGATION_DEFAULT;
@@ -360,7 +400,7 @@ wait_propagation(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme
         if (host_addrs(ns, lookup, addrs + naddrs, DNS_SERVERS_MAX - naddrs, &n, &e) == 0) {
             for (k = 0; k < n; k++) {
                 names[naddrs + k] = ns;
-                ok[naddrs + k] = 0;
+                st[naddrs + k] = ADDR_SILENT;
             }
             naddrs += n;
             if (n == 0) {
@@ -379,20 +419,26 @@ wait_propagation(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme
 
     deadline = mono_ms() + timeout * 1000;
     for (;;) {
-        nok = 0;
         for (i = 0; i < naddrs; i++) {
             ldns_resolver *r;
-            if (!ok[i] && (r = resolver_for(&addrs[i], 1, 53, 0)) != NULL) {
+            if (st[i] != ADDR_WITH && (r = resolver_for(&addrs[i], 1, 53, 0)) != NULL) {
                 acme_err_t e;
                 ldns_resolver_set_retry(r, 1);
                 pkt = query(r, t->fqdn, LDNS_RR_TYPE_TXT, 0, &e);
-                ok[i] = pkt != NULL && has_txt(pkt, value);
+                st[i] = pkt == NULL ? (st[i] == ADDR_WITHOUT ? ADDR_WITHOUT : ADDR_SILENT)
+                                    : has_txt(pkt, value) ? ADDR_WITH : ADDR_WITHOUT;
                 ldns_pkt_free(pkt);
                 ldns_resolver_deep_free(r);
             }
-            nok += ok[i];
         }
-        if (nok == naddrs) {
+        /* the addresses of one NS are together */
+        for (i = 0, done = 0, nns = 0; i < naddrs; i = j, nns++) {
+            for (j = i; j < naddrs && names[j] == names[i]; j++) {
+                /* void */
+            }
+            done += ns_done(st, i, j);
+        }
+        if (done == nns) {
             rc = 0;
             break;
         }
@@ -403,13 +449,23 @@ wait_propagation(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme
         if (mono_ms() >= deadline) {
             size_t off = 0;
             lag[0] = '\0';
-            for (i = 0; i < naddrs && off < sizeof(lag) - 80; i++) {
-                if (!ok[i]) {
-                    char *a = rdf_str(addrs[i]);
-                    off += snprintf(lag + off, sizeof(lag) - off, "%s%s (%s)", off ? ", " : "", names[i],
-                                    a ? a : "?");
-                    free(a);
+            for (i = 0; i < naddrs; i = j) {
+                for (j = i; j < naddrs && names[j] == names[i]; j++) {
+                    /* void */
                 }
+                if (ns_done(st, i, j)) {
+                    continue;
+                }
+                append(lag, sizeof(lag), &off, "%s%s (", off ? ", " : "", names[i]);
+                for (k = i, n = 0; k < j; k++) {
+                    if (st[k] == ADDR_WITHOUT || (st[k] == ADDR_SILENT && j - i == 1)) {
+                        char *a = rdf_str(addrs[k]);
+                        append(lag, sizeof(lag), &off, "%s%s%s", n++ ? ", " : "", a ? a : "?",
+                               st[k] == ADDR_SILENT ? ": no answer" : "");
+                        free(a);
+                    }
+                }
+                append(lag, sizeof(lag), &off, "%s)", n == 0 ? "no answer" : "");
             }
             acme_err_set(err, ACME_ERR_NETWORK, "%s TXT: not answered by %s after %ld s (DNS propagation "
                          "timeout)", t->fqdn, lag, timeout);

@@ -14,8 +14,11 @@ rcode_name(ldns_pkt_rcode rc)
     return lt != NULL ? lt->name : "an unknown rcode";
 }
 
-/* The key signs: its algorithm is one this libldns knows (1.8.3 misnames hmac-sha384) and its secret
- * decodes. Checked at configuration time, on a query that is never sent. */
+/*
+ * The key signs: checked at configuration time, on a query that is never sent. libldns names hmac-sha384
+ * "hmac-shac384." in its table (1.8.3 and since), so it cannot sign with it, and trying leaks what it had
+ * made: refused without trying.
+ */
 int
 acme_dns_rfc2136_check(const acme_dns_config_t *cfg, acme_err_t *err)
 {
@@ -23,6 +26,11 @@ acme_dns_rfc2136_check(const acme_dns_config_t *cfg, acme_err_t *err)
     ldns_status   st;
     char          alg[32];
 
+    if (strcmp(cfg->tsig.algorithm, "hmac-sha384") == 0) {
+        acme_err_set(err, ACME_ERR_CONFIG, "TSIG key \"%s\": libldns %s cannot sign with hmac-sha384 (it "
+                     "misnames the algorithm): use hmac-sha256 or hmac-sha512", cfg->tsig.name, ldns_version());
+        return -1;
+    }
     snprintf(alg, sizeof(alg), "%s.", cfg->tsig.algorithm);
     st = ldns_pkt_query_new_frm_str(&pkt, "example.", LDNS_RR_TYPE_SOA, LDNS_RR_CLASS_IN, 0);
     if (st == LDNS_STATUS_OK) {

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <curl/curl.h>
 
+#include "acme_resolve.h"
 #include "acme_version.h"
 
 struct acme_http_req_s {
@@ -20,8 +21,16 @@ struct acme_http_req_s {
     acme_http_resp_t     resp;
     acme_http_done_pt    done;
     void                *arg;
+    acme_resolve_wait_t *wait;          /* the host resolves the URL's host name */
+    char                *resolve_key;   /* "host:port:" of CURLOPT_RESOLVE */
+    struct curl_slist   *resolve;
+    int                  added;         /* to the multi handle */
+    int                  follow;        /* redirects followed here (the host resolves names) */
+    int                  redirects;
     char                 errbuf[CURL_ERROR_SIZE];
 };
+
+#define ACME_HTTP_MAX_REDIRECTS  10L
 
 static unsigned long  request_count;
 static char           user_agent[192];
@@ -80,6 +89,8 @@ req_free(acme_http_req_t *req)
 {
     curl_easy_cleanup(req->easy);
     curl_slist_free_all(req->headers);
+    curl_slist_free_all(req->resolve);
+    free(req->resolve_key);
     free(req->body);
     resp_free(&req->resp);
     free(req);
@@ -246,11 +257,93 @@ header_cb(char *buf, size_t size, size_t nitems, void *userdata)
     return n;
 }
 
+/* The host's answer for the URL's host name, handed to curl: TLS still checks the name itself. */
+static int
+http_set_resolve(acme_http_req_t *req, const char *addrs)
+{
+    char *entry;
+
+    entry = acme_sprintf("%s%s", req->resolve_key, addrs);
+    if (entry == NULL) {
+        return -1;
+    }
+    curl_slist_free_all(req->resolve);
+    req->resolve = curl_slist_append(NULL, entry);
+    free(entry);
+    if (req->resolve == NULL) {
+        return -1;
+    }
+    curl_easy_setopt(req->easy, CURLOPT_RESOLVE, req->resolve);
+    return 0;
+}
+
+static void
+http_resolved(void *arg, const char *addrs, const char *error)
+{
+    acme_http_req_t *req = arg;
+
+    req->wait = NULL;
+    if (addrs == NULL) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "%s", error);
+        acme_http_complete(req->easy, CURLE_COULDNT_RESOLVE_HOST);
+        return;
+    }
+    if (http_set_resolve(req, addrs) != 0 || acme_loop_add_easy(req->loop, req->easy) != 0) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "cannot start the request");
+        acme_http_complete(req->easy, CURLE_OUT_OF_MEMORY);
+        return;
+    }
+    req->added = 1;
+}
+
+/* 1: the request may start; 0: it waits for the host's resolver (http_resolved); -1: err. */
+static int
+http_resolve(acme_http_req_t *req, const char *url, acme_err_t *err)
+{
+    int      rc;
+    char    *host = NULL, *port = NULL, *addrs = NULL;
+    CURLU   *u;
+
+    if (!acme_resolve_enabled(req->loop)) {
+        return 1;
+    }
+    u = curl_url();
+    if (u == NULL || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK
+        || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK
+        || curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
+    {
+        curl_free(host);
+        curl_url_cleanup(u);
+        acme_err_set(err, ACME_ERR_BADRESPONSE, "refusing to fetch \"%.200s\": not a valid URL", url);
+        return -1;
+    }
+    curl_url_cleanup(u);
+    rc = 1;
+    if (acme_resolve_wanted(req->loop, host)) {
+        req->resolve_key = acme_sprintf("%s:%s:", host, port);
+        if (req->resolve_key == NULL) {
+            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+            rc = -1;
+        } else {
+            rc = acme_resolve_name(req->loop, host, http_resolved, req, &addrs, &req->wait, err);
+            if (rc == 1 && http_set_resolve(req, addrs) != 0) {
+                acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+                rc = -1;
+            }
+        }
+    }
+    free(addrs);
+    curl_free(host);
+    curl_free(port);
+    return rc;
+}
+
 acme_http_req_t *
 acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *method,
     const char *url, const char *body, const char *accept, acme_http_done_pt done, void *arg,
     acme_err_t *err)
 {
+    int              rc;
     acme_http_req_t *req;
     char            *hdr;
 
@@ -286,9 +379,13 @@ acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *meth
     /* plain http only for an http directory (on loopback: acme_urlpolicy_init); redirects lead to https */
     curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, conf->https_only ? "https" : "http,https");
     curl_easy_setopt(req->easy, CURLOPT_REDIR_PROTOCOLS_STR, "https");
-    if (conf->follow_redirects && strcmp(method, "GET") == 0) {
+    if (conf->follow_redirects && strcmp(method, "GET") == 0 && acme_resolve_enabled(loop)) {
+        /* libcurl would resolve the new host itself: each hop goes through the host's resolver */
+        req->follow = 1;
+        curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
+    } else if (conf->follow_redirects && strcmp(method, "GET") == 0) {
         curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 1L);
-        curl_easy_setopt(req->easy, CURLOPT_MAXREDIRS, 10L);
+        curl_easy_setopt(req->easy, CURLOPT_MAXREDIRS, ACME_HTTP_MAX_REDIRECTS);
     } else {
         curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
     }
@@ -321,10 +418,18 @@ acme_http_send(acme_loop_t *loop, const acme_http_conf_t *conf, const char *meth
     }
     curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
 
-    if (acme_loop_add_easy(loop, req->easy) != 0) {
+    rc = http_resolve(req, url, err);
+    if (rc < 0) {
         req_free(req);
-        acme_err_set(err, ACME_ERR_INTERNAL, "cannot start a request to %.200s", url);
         return NULL;
+    }
+    if (rc == 1) {
+        if (acme_loop_add_easy(loop, req->easy) != 0) {
+            req_free(req);
+            acme_err_set(err, ACME_ERR_INTERNAL, "cannot start a request to %.200s", url);
+            return NULL;
+        }
+        req->added = 1;
     }
     request_count++;
     acme_log(loop, ACME_LOG_DEBUG, "acme: %s %s", method, url);
@@ -337,8 +442,70 @@ acme_http_cancel(acme_http_req_t *req)
     if (req == NULL) {
         return;
     }
-    acme_loop_remove_easy(req->loop, req->easy);
+    if (req->wait != NULL) {
+        acme_resolve_cancel(req->loop, req->wait);
+    }
+    if (req->added) {
+        acme_loop_remove_easy(req->loop, req->easy);
+    }
     req_free(req);
+}
+
+/*
+ * A redirect of a GET that follows them, when the host resolves names: the same easy handle goes on to the
+ * next URL (https only, at most ACME_HTTP_MAX_REDIRECTS), its host resolved first. 1: it goes on; 0: the
+ * request completes now (*curl_result may turn into an error).
+ */
+static int
+http_redirect(acme_http_req_t *req, int *curl_result)
+{
+    int          rc;
+    long         status = 0;
+    char        *next = NULL, *url;
+    acme_err_t   err;
+
+    curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 301 && status != 302 && status != 303 && status != 307 && status != 308) {
+        return 0;
+    }
+    if (curl_easy_getinfo(req->easy, CURLINFO_REDIRECT_URL, &next) != CURLE_OK || next == NULL) {
+        return 0;
+    }
+    if (++req->redirects > ACME_HTTP_MAX_REDIRECTS) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "more than %ld redirects", ACME_HTTP_MAX_REDIRECTS);
+        *curl_result = CURLE_TOO_MANY_REDIRECTS;
+        return 0;
+    }
+    if (strncmp(next, "https://", 8) != 0) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "redirected to \"%.200s\", not https: refused", next);
+        *curl_result = CURLE_UNSUPPORTED_PROTOCOL;
+        return 0;
+    }
+    url = acme_strdup(next);
+    if (url == NULL) {
+        *curl_result = CURLE_OUT_OF_MEMORY;
+        return 0;
+    }
+    acme_log(req->loop, ACME_LOG_DEBUG, "acme: redirected to %s", url);
+    resp_free(&req->resp);
+    curl_easy_setopt(req->easy, CURLOPT_URL, url);
+    free(req->resolve_key);
+    req->resolve_key = NULL;
+    rc = http_resolve(req, url, &err);
+    free(url);
+    if (rc == 1) {
+        if (acme_loop_add_easy(req->loop, req->easy) != 0) {
+            snprintf(req->errbuf, sizeof(req->errbuf), "cannot start the request");
+            *curl_result = CURLE_OUT_OF_MEMORY;
+            return 0;
+        }
+        req->added = 1;
+    } else if (rc < 0) {
+        snprintf(req->errbuf, sizeof(req->errbuf), "%.200s", err.msg);
+        *curl_result = CURLE_URL_MALFORMAT;
+        return 0;
+    }
+    return 1;
 }
 
 void
@@ -349,6 +516,10 @@ acme_http_complete(void *easy, int curl_result)
 
     curl_easy_getinfo((CURL *) easy, CURLINFO_PRIVATE, (char **) &req);
     if (req == NULL) {
+        return;
+    }
+    req->added = 0;
+    if (curl_result == CURLE_OK && req->follow && http_redirect(req, &curl_result)) {
         return;
     }
     if (curl_result == CURLE_OK) {

@@ -192,39 +192,26 @@ static int
 take_cert(acme_loop_t *loop, const char *shown, acme_store_t *dst, acme_import_cert_t *c, import_pick_t *p,
     acme_err_t *err)
 {
-    acme_certmeta_t  m;
-    char            *k;
-    int              rc;
-    char             until[32];
-    struct tm        tm;
+    acme_import_item_t  it;
+    int                 rc;
+    char                until[32];
+    struct tm           tm;
 
-    k = acme_sprintf("certs/%s/fullchain.pem", c->name);
-    if (k == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        return -1;
-    }
-    rc = has_key(dst, k, err);
-    free(k);
-    if (rc < 0) {
-        return -1;
-    }
-    if (rc == 0) {
-        acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's certificate %s/%s not taken over: \"%s\" already has "
-                 "one in the store", shown, p->file, c->name);
-        return 0;
-    }
-    memset(&m, 0, sizeof(m));
-    m.name = (char *) c->name;
-    m.ids = (acme_ident_t *) c->ids;
-    m.nids = c->nids;
-    m.keyspec = c->keyspec;
-    m.ca = (char *) c->ca;
-    m.not_before = p->not_before;
-    m.not_after = p->not_after;
-    m.ari_cert_id = p->ari_id;
-    m.issued_at = time(NULL);
-    if (acme_store_cert_save(dst, c->name, p->chain, p->chain_len, p->key, p->key_len, &m, err) != 0) {
-        return -1;
+    memset(&it, 0, sizeof(it));
+    it.chain = p->chain;
+    it.chain_len = p->chain_len;
+    it.key = p->key;
+    it.key_len = p->key_len;
+    it.not_before = p->not_before;
+    it.not_after = p->not_after;
+    it.ari_id = p->ari_id;
+    rc = acme_import_store_cert(dst, c->name, c->ids, c->nids, &c->keyspec, c->ca, &it, err);
+    if (rc <= 0) {
+        if (rc == 0) {
+            acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's certificate %s/%s not taken over: \"%s\" already "
+                     "has one in the store", shown, p->file, c->name);
+        }
+        return rc;
     }
     c->imported = 1;
     gmtime_r(&p->not_after, &tm);
@@ -241,10 +228,9 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
 {
     EVP_PKEY    *key = NULL;
     acme_err_t   e;
-    json_t      *o = NULL, *contact;
-    char        *pem = NULL, *url = NULL, *ca_id = NULL, *k = NULL, *js = NULL, *out = NULL;
+    char        *pem = NULL, *url = NULL;
     char         o1[512], o2[512];
-    size_t       len = 0, ulen = 0, olen = 0, i;
+    size_t       len = 0, ulen = 0;
     int          rc, ret = -1;
 
     rc = acme_store_get(src, "account.key", &pem, &len, &e);
@@ -259,22 +245,6 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
     if (a == NULL || a->ca == NULL) {
         acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's account %s/account.key not taken over: no single "
                  "issuer of this state_path to take it (several CAs, or account_key FILE)", shown);
-        ret = 0;
-        goto done;
-    }
-    ca_id = acme_ca_id(a->ca);
-    k = ca_id ? acme_sprintf("accounts/%s/account.key", ca_id) : NULL;
-    if (k == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        goto done;
-    }
-    rc = has_key(dst, k, err);
-    if (rc < 0) {
-        goto done;
-    }
-    if (rc == 0) {
-        acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's account %s/account.key not taken over: the store "
-                 "already has an account for %s", shown, a->ca);
         ret = 0;
         goto done;
     }
@@ -310,31 +280,15 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
         free(url);
         url = NULL;
     }
-    out = acme_key_to_pem(key, &olen, err);
-    contact = json_array();
-    o = json_object();
-    if (out == NULL || contact == NULL || o == NULL) {
-        json_decref(contact);
-        if (out != NULL) {
-            acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        }
+    /* without a URL (nginx-acme found an existing account), the client looks the account up by its key */
+    rc = acme_import_store_account(dst, a->ca, key, url, a->contact, a->ncontact, NULL, err);
+    if (rc < 0) {
         goto done;
     }
-    for (i = 0; i < a->ncontact; i++) {
-        json_array_append_new(contact, json_string(a->contact[i]));
-    }
-    json_object_set_new(o, "contact", contact);
-    json_object_set_new(o, "directory", json_string(a->ca));
-    if (url != NULL) {
-        /* without it (nginx-acme found an existing account), the client looks the account up by its key */
-        json_object_set_new(o, "url", json_string(url));
-    }
-    js = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
-    if (js == NULL) {
-        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
-        goto done;
-    }
-    if (acme_store_account_save(dst, ca_id, out, olen, js, err) != 0) {
+    if (rc == 0) {
+        acme_log(loop, ACME_LOG_WARN, "acme: nginx-acme's account %s/account.key not taken over: the store "
+                 "already has an account for %s", shown, a->ca);
+        ret = 0;
         goto done;
     }
     acme_log(loop, ACME_LOG_NOTICE, "acme: took over nginx-acme's account %s/account.key for %s (%s)", shown,
@@ -346,12 +300,7 @@ take_account(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store
 done:
     EVP_PKEY_free(key);
     acme_free_secret(pem, len);
-    acme_free_secret(out, olen);
-    json_decref(o);
-    free(js);
     free(url);
-    free(k);
-    free(ca_id);
     return ret;
 }
 

@@ -55,4 +55,50 @@ typedef struct {
 int acme_import_nginx_acme(acme_loop_t *loop, acme_store_t *src, const char *shown, acme_store_t *dst,
     const acme_import_account_t *account, acme_import_cert_t *certs, size_t ncerts, acme_err_t *err);
 
+/*
+ * The pieces every import shares (nginx-acme's above, certbot's and mod_md's in acmectl).
+ *
+ * A certificate another tool issued, checked for the store: acme_import_check parses chain (PEM, leaf
+ * first) and key (PEM), demands that the key is the leaf's, that the leaf is valid at now and that the
+ * chain chains (acme_chain_check, for the leaf's own names), and fills it: the chain and key re-serialised
+ * (nothing but the certificates and the key comes along), the leaf's names as identifiers (first: that
+ * name first, when the leaf has it), its key type, validity, serial and ARI id. 0 ok, 1 not acceptable
+ * (why in err), -1 out of memory. Free with acme_import_item_free.
+ */
+typedef struct {
+    char            *chain;
+    size_t           chain_len;
+    char            *key;           /* secret */
+    size_t           key_len;
+    acme_ident_t    *ids;
+    size_t           nids;
+    acme_keyspec_t   keyspec;
+    time_t           not_before;
+    time_t           not_after;
+    char            *serial;        /* lowercase hex */
+    char            *ari_id;        /* may be NULL */
+    char            *issuer_cn;     /* of the leaf, may be NULL */
+} acme_import_item_t;
+
+int  acme_import_check(const char *chain, size_t chain_len, const char *key, size_t key_len, const char *first,
+    time_t now, acme_import_item_t *it, acme_err_t *err);
+void acme_import_item_free(acme_import_item_t *it);
+
+/*
+ * Stores a checked certificate as certs/<name> (chain, key and meta.json in one commit) for the identifiers
+ * ids and key type ks, issued by the CA with directory URL ca, unless the store has a certificate of that
+ * name. 1 stored, 0 the store has one (nothing written), -1 with err.
+ */
+int acme_import_store_cert(acme_store_t *dst, const char *name, const acme_ident_t *ids, size_t nids,
+    const acme_keyspec_t *ks, const char *ca, const acme_import_item_t *it, acme_err_t *err);
+
+/*
+ * Stores an account of the CA with directory URL ca: its key (any type the client signs with), its URL
+ * (NULL: the client looks the account up by its key) and contacts, as accounts/<ca-id>/ in one commit,
+ * unless the store has an account for that CA (then *same, when not NULL, says whether it has this key).
+ * 1 stored, 0 the store has one (nothing written), -1 with err (a key the client cannot sign with is one).
+ */
+int acme_import_store_account(acme_store_t *dst, const char *ca, EVP_PKEY *key, const char *url,
+    const char *const *contact, size_t ncontact, int *same, acme_err_t *err);
+
 #endif

@@ -494,7 +494,8 @@ acme_issue_job_step(acme_issue_t *job)
             acme_issue_job_fail(job, &err);
             return;
         }
-        csr = acme_csr_create(job->cert_key, job->ids, job->nids, &err);
+        csr = acme_csr_create(job->cert_key, job->ids, job->nids,
+                              job->csr_no_cn ? ACME_CSR_NO_CN : 0, &err);
         if (csr == NULL) {
             acme_issue_job_fail(job, &err);
             return;
@@ -712,6 +713,7 @@ acme_issue_start(acme_client_t *c, const acme_issue_req_t *req, const acme_chall
     job->profile = acme_strdup(req->profile);
     job->profile_required = req->profile_required;
     job->preferred_chain = acme_strdup(req->preferred_chain);
+    job->csr_no_cn = req->csr_no_cn;
     job->replaces = acme_strdup(req->replaces);
     job->poll_timeout = req->poll_timeout > 0 ? req->poll_timeout : 300;
     job->dns = req->dns;

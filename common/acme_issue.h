@@ -26,6 +26,7 @@ typedef struct {
     const char          *profile;           /* optional */
     int                  profile_required;  /* fail when the CA does not offer it */
     const char          *preferred_chain;   /* issuer CN, optional */
+    int                  csr_no_cn;         /* no subject CN in the CSR (nginx-acme's default) */
     const char          *replaces;          /* ARI id of the certificate this one replaces, optional */
     long                 poll_timeout;      /* seconds for each wait on the CA, 0: 300 */
     int                  check_seen;        /* with seen_issued_at: skip when another process renewed */

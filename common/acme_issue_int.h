@@ -56,6 +56,7 @@ struct acme_issue_s {
     char                   *profile;
     int                     profile_required;
     char                   *preferred_chain;
+    int                     csr_no_cn;
     char                   *replaces;
     long                    poll_timeout;
     acme_challenge_host_t   ch;

@@ -26,6 +26,10 @@ jws_alg_md(const char *alg, size_t *ec_half)
         *ec_half = 48;
         return EVP_sha384();
     }
+    if (strcmp(alg, "ES512") == 0) {
+        *ec_half = 66;
+        return EVP_sha512();
+    }
     if (strcmp(alg, "RS256") == 0) {
         *ec_half = 0;
         return EVP_sha256();
@@ -244,7 +248,7 @@ acme_jws_sign_json(EVP_PKEY *key, const char *kid, const char *nonce, const char
     }
     alg = acme_jws_alg(key);
     if (alg == NULL) {
-        acme_err_set(err, ACME_ERR_INPUT, "JWS: unsupported key type (ECDSA P-256/P-384 or RSA required)");
+        acme_err_set(err, ACME_ERR_INPUT, "JWS: unsupported key type (ECDSA P-256/P-384/P-521 or RSA required)");
         return NULL;
     }
 

@@ -44,6 +44,11 @@ acme_keyspec_parse(const char *s, acme_keyspec_t *ks, acme_err_t *err)
         ks->bits = 384;
         return 0;
     }
+    if (strcasecmp(s, "p521") == 0 || strcasecmp(s, "p-521") == 0) {
+        ks->alg = ACME_KEY_EC;
+        ks->bits = 521;
+        return 0;
+    }
 
     p = strchr(s, ':');
 
@@ -62,7 +67,7 @@ acme_keyspec_parse(const char *s, acme_keyspec_t *ks, acme_err_t *err)
 
     } else {
         acme_err_set(err, ACME_ERR_CONFIG,
-                     "unknown key type \"%.64s\" (expected ecdsa:256, ecdsa:384, rsa:2048, rsa:3072 "
+                     "unknown key type \"%.64s\" (expected ecdsa:256, ecdsa:384, ecdsa:521, rsa:2048, rsa:3072 "
                      "or rsa:4096)", s);
         return -1;
     }
@@ -73,6 +78,8 @@ acme_keyspec_parse(const char *s, acme_keyspec_t *ks, acme_err_t *err)
             bits = 256;
         } else if (strcmp(p, "384") == 0) {
             bits = 384;
+        } else if (strcmp(p, "521") == 0) {
+            bits = 521;
         } else if (strcmp(p, "2048") == 0) {
             bits = 2048;
         } else if (strcmp(p, "3072") == 0) {
@@ -83,14 +90,14 @@ acme_keyspec_parse(const char *s, acme_keyspec_t *ks, acme_err_t *err)
             bits = 0;
         }
 
-        if (alg == ACME_KEY_EC && bits != 256 && bits != 384) {
+        if (alg == ACME_KEY_EC && bits != 256 && bits != 384 && bits != 521) {
             acme_err_set(err, ACME_ERR_CONFIG,
-                         "unsupported ECDSA key size \"%.64s\" (expected 256 or 384)", p);
+                         "unsupported curve \"%.64s\" for ECDSA (expected 256, 384 or 521)", p);
             return -1;
         }
         if (alg == ACME_KEY_RSA && bits != 2048 && bits != 3072 && bits != 4096) {
             acme_err_set(err, ACME_ERR_CONFIG,
-                         "unsupported RSA key size \"%.64s\" (expected 2048, 3072 or 4096)", p);
+                         "unsupported key size \"%.64s\" for RSA (expected 2048, 3072 or 4096)", p);
             return -1;
         }
     }
@@ -157,8 +164,11 @@ acme_keyspec_of(EVP_PKEY *key, acme_keyspec_t *ks, acme_err_t *err)
             bits = 256;
         } else if (nid == NID_secp384r1) {
             bits = 384;
+        } else if (nid == NID_secp521r1) {
+            bits = 521;
         } else {
-            acme_err_set(err, ACME_ERR_INPUT, "unsupported EC curve (only P-256 and P-384 are supported)");
+            acme_err_set(err, ACME_ERR_INPUT,
+                         "unsupported EC curve (only P-256, P-384 and P-521 are supported)");
             return -1;
         }
         ks->alg = ACME_KEY_EC;
@@ -199,6 +209,9 @@ acme_key_generate(const acme_keyspec_t *ks, acme_err_t *err)
 
     } else if (ks->alg == ACME_KEY_EC && ks->bits == 384) {
         key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+
+    } else if (ks->alg == ACME_KEY_EC && ks->bits == 521) {
+        key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-521");
 
     } else if (ks->alg == ACME_KEY_RSA && (ks->bits == 2048 || ks->bits == 3072 || ks->bits == 4096)) {
         /* OpenSSL's default public exponent is 65537 */
@@ -391,15 +404,17 @@ acme_jwk(EVP_PKEY *key, acme_err_t *err)
     }
 
     if (ks.alg == ACME_KEY_EC) {
-        a = key_bn_param_b64(key, OSSL_PKEY_PARAM_EC_PUB_X, (size_t) ks.bits / 8, err);
+        /* coordinates are whole bytes: 66 for P-521 (RFC 7518 section 6.2.1.2) */
+        a = key_bn_param_b64(key, OSSL_PKEY_PARAM_EC_PUB_X, ((size_t) ks.bits + 7) / 8, err);
         if (a == NULL) {
             goto done;
         }
-        b = key_bn_param_b64(key, OSSL_PKEY_PARAM_EC_PUB_Y, (size_t) ks.bits / 8, err);
+        b = key_bn_param_b64(key, OSSL_PKEY_PARAM_EC_PUB_Y, ((size_t) ks.bits + 7) / 8, err);
         if (b == NULL) {
             goto done;
         }
-        jwk = json_pack("{s:s, s:s, s:s, s:s}", "crv", ks.bits == 256 ? "P-256" : "P-384",
+        jwk = json_pack("{s:s, s:s, s:s, s:s}", "crv",
+                        ks.bits == 256 ? "P-256" : ks.bits == 384 ? "P-384" : "P-521",
                         "kty", "EC", "x", a, "y", b);
 
     } else {
@@ -471,7 +486,7 @@ acme_jws_alg(EVP_PKEY *key)
         return NULL;
     }
     if (ks.alg == ACME_KEY_EC) {
-        return ks.bits == 256 ? "ES256" : "ES384";
+        return ks.bits == 256 ? "ES256" : ks.bits == 384 ? "ES384" : "ES512";
     }
     return "RS256";
 }

@@ -10,12 +10,13 @@ typedef enum { ACME_KEY_EC = 1, ACME_KEY_RSA = 2 } acme_key_alg_t;
 
 typedef struct {
     acme_key_alg_t alg;
-    int            bits;     /* EC: 256 or 384; RSA: 2048, 3072 or 4096 */
+    int            bits;     /* EC: 256, 384 or 521; RSA: 2048, 3072 or 4096 */
 } acme_keyspec_t;
 
 #define ACME_KEYSPEC_DEFAULT  ((acme_keyspec_t) { ACME_KEY_EC, 256 })
 
-/* "ecdsa:256", "ecdsa:384", "ec:256", "p256", "p384", "rsa", "rsa:2048", "rsa:3072", "rsa:4096". */
+/* "ecdsa:256", "ecdsa:384", "ecdsa:521", "ec:256", "p256", "p384", "p521", "rsa", "rsa:2048", "rsa:3072",
+ * "rsa:4096". */
 int  acme_keyspec_parse(const char *s, acme_keyspec_t *ks, acme_err_t *err);
 /* Canonical name ("ecdsa:256", "rsa:2048") into buf (>= 16 bytes). */
 const char *acme_keyspec_str(const acme_keyspec_t *ks, char *buf, size_t size);
@@ -32,7 +33,7 @@ EVP_PKEY *acme_key_from_pem(const char *pem, size_t len, acme_err_t *err);
 json_t *acme_jwk(EVP_PKEY *key, acme_err_t *err);
 /* base64url(SHA-256(canonical JWK)), malloc'd. */
 char *acme_jwk_thumbprint(EVP_PKEY *key, acme_err_t *err);
-/* JWS "alg" for this key: "ES256", "ES384" or "RS256"; NULL when unsupported. */
+/* JWS "alg" for this key: "ES256", "ES384", "ES512" or "RS256"; NULL when unsupported. */
 const char *acme_jws_alg(EVP_PKEY *key);
 
 /* 1 when the public halves are equal. */

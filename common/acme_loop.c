@@ -7,6 +7,8 @@
 #include <time.h>
 #include <curl/curl.h>
 
+#include "acme_resolve.h"
+
 struct acme_timer_s {
     acme_timer_t   *next;
     long long       when;       /* ms, monotonic */
@@ -23,6 +25,7 @@ struct acme_loop_s {
     long long       curl_deadline;  /* -1: none */
     size_t          transfers;
     int             in_dispatch;
+    void           *resolve_cache;  /* acme_resolve.c */
 };
 
 static long long
@@ -104,6 +107,15 @@ acme_loop_new(const acme_host_t *host, int log_level, acme_err_t *err)
         curl_multi_setopt(loop->multi, CURLMOPT_TIMERDATA, loop);
     }
     curl_multi_setopt(loop->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 4L);
+    if (loop->hosted && host->resolve == NULL) {
+        curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+
+        /* a libcurl without its resolver thread (or c-ares) would block the host's loop in getaddrinfo() */
+        if (cv == NULL || !(cv->features & CURL_VERSION_ASYNCHDNS)) {
+            acme_log(loop, ACME_LOG_WARN, "acme: libcurl %s resolves host names synchronously: the event "
+                     "loop waits for each answer (configure a resolver)", cv ? cv->version : "");
+        }
+    }
     return loop;
 }
 
@@ -115,6 +127,7 @@ acme_loop_free(acme_loop_t *loop)
     if (loop == NULL) {
         return;
     }
+    acme_resolve_free_all(loop);
     for (t = loop->timers; t != NULL; t = next) {
         next = t->next;
         free(t);
@@ -153,7 +166,7 @@ acme_loop_remove_easy(acme_loop_t *loop, void *easy)
 size_t
 acme_loop_pending(acme_loop_t *loop)
 {
-    size_t         n = loop->transfers;
+    size_t         n = loop->transfers + acme_resolve_pending(loop);
     acme_timer_t  *t;
 
     for (t = loop->timers; t != NULL; t = t->next) {
@@ -371,6 +384,18 @@ acme_log(acme_loop_t *loop, int level, const char *fmt, ...)
         return;
     }
     fprintf(stderr, "%s\n", msg);
+}
+
+const acme_host_t *
+acme_loop_host(const acme_loop_t *loop)
+{
+    return &loop->host;
+}
+
+void **
+acme_loop_resolve_cache(acme_loop_t *loop)
+{
+    return &loop->resolve_cache;
 }
 
 int

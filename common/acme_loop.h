@@ -33,6 +33,14 @@ typedef struct {
     int  (*watch)(void *data, int fd, int events);
     /* May be NULL: messages go to stderr. */
     void (*log)(void *data, int level, const char *msg);
+    /*
+     * May be NULL (and is ignored in blocking mode): libcurl resolves host names, with the system resolver
+     * in its resolver thread. Otherwise the CA's host names are resolved here (acme_resolve.h): start
+     * resolving name without blocking and report exactly once with acme_loop_resolved(loop, token, ...),
+     * possibly from within this call. Returns a handle for resolve_cancel, unused once reported.
+     */
+    void *(*resolve)(void *data, const char *name, void *token);
+    void  (*resolve_cancel)(void *data, void *handle);
 } acme_host_t;
 
 typedef struct acme_loop_s   acme_loop_t;
@@ -45,6 +53,13 @@ void acme_loop_free(acme_loop_t *loop);
 
 void acme_loop_on_timer(acme_loop_t *loop);
 void acme_loop_on_socket(acme_loop_t *loop, int fd, int events);
+
+/*
+ * The answer to acme_host_t.resolve: addrs "127.0.0.1,[::1]" valid for ttl seconds, or NULL and error, a
+ * sentence naming the name and the resolver ("acme.internal could not be resolved (3: Host not found) by
+ * resolver 127.0.0.1:5353"). Defined in acme_resolve.c.
+ */
+void acme_loop_resolved(acme_loop_t *loop, void *token, const char *addrs, long ttl, const char *error);
 
 /* Blocking driver: returns when *stop is set, when nothing is pending, or after timeout_ms (-1: none). */
 void acme_loop_run(acme_loop_t *loop, volatile int *stop, long timeout_ms);
@@ -66,5 +81,8 @@ void *acme_loop_curl_multi(acme_loop_t *loop);
 int   acme_loop_add_easy(acme_loop_t *loop, void *easy);
 void  acme_loop_remove_easy(acme_loop_t *loop, void *easy);
 void  acme_http_complete(void *easy, int curl_result);
+/* Between acme_loop.c and acme_resolve.c: the host, and the loop's cache of resolved names. */
+const acme_host_t *acme_loop_host(const acme_loop_t *loop);
+void **acme_loop_resolve_cache(acme_loop_t *loop);
 
 #endif

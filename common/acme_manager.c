@@ -30,8 +30,11 @@ typedef struct {
     char                *profile;
     int                  profile_required;
     char                *preferred_chain;
+    int                  csr_no_cn;
     acme_client_conf_t   conf;
     acme_client_t       *client;
+    unsigned long        orders;        /* issuance attempts started here */
+    unsigned long        errors[ACME_ERR_BUSY + 1];     /* failed attempts by kind (metrics) */
 } issuer_t;
 
 typedef struct mcert_s mcert_t;
@@ -70,10 +73,13 @@ struct acme_manager_s {
     long                  poll_timeout;
     int                   started;
     acme_notify_t        *notify;       /* NULL: no notifications */
+    unsigned long         requests_seen;    /* the clients' counters the version counted */
 };
 
 static void cert_schedule(mcert_t *c);
 static void cert_due(void *arg);
+static void cert_reload(mcert_t *c, int notify);
+static time_t cert_renewal(mcert_t *c, time_t now, acme_renew_reason_t *reason);
 
 static char **
 strv_dup(const char *const *v, size_t n)
@@ -287,6 +293,7 @@ acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_
     is->profile = acme_strdup(conf->profile);
     is->profile_required = conf->profile_required;
     is->preferred_chain = acme_strdup(conf->preferred_chain);
+    is->csr_no_cn = conf->csr_no_cn;
 
     is->conf = conf->client;
     is->conf.directory_url = is->directory_url;
@@ -394,6 +401,11 @@ acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids, c
     memcpy(c->issuers, issuers, nissuers * sizeof(int));
     c->nissuers = nissuers;
     m->certs[m->ncerts++] = c;
+    if (m->started) {
+        /* added while running (on-demand): scheduled now, from what the store has */
+        cert_reload(c, 0);
+        cert_schedule(c);
+    }
     return c->name;
 }
 
@@ -542,6 +554,14 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
 
 static void cert_issue(mcert_t *c);
 
+static void
+issuer_count_error(issuer_t *is, const acme_err_t *err)
+{
+    if ((size_t) err->kind < sizeof(is->errors) / sizeof(is->errors[0])) {
+        is->errors[err->kind]++;
+    }
+}
+
 /* A slot is free: the first certificate waiting for one goes next (in configuration order). */
 static void
 queue_wake(acme_manager_t *m)
@@ -605,6 +625,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         cert_later(c, BUSY_RETRY_MS);
         return;
     }
+    issuer_count_error(m->issuers[c->issuers[c->issuer_i]], err);
     {
         acme_ident_error_t *ie;
         size_t              n = acme_issue_take_ident_errors(&ie);
@@ -647,6 +668,7 @@ cert_issue(mcert_t *c)
     req.profile = c->profile ? c->profile : is->profile;
     req.profile_required = c->profile ? 0 : is->profile_required;
     req.preferred_chain = is->preferred_chain;
+    req.csr_no_cn = is->csr_no_cn;
     req.poll_timeout = m->poll_timeout;
     if (c->meta.not_after != 0 && c->meta.ca != NULL && strcmp(c->meta.ca, is->directory_url) == 0) {
         req.replaces = c->meta.ari_cert_id;
@@ -663,10 +685,13 @@ cert_issue(mcert_t *c)
             cert_later(c, BUSY_RETRY_MS);
             return;
         }
+        is->orders++;
+        issuer_count_error(is, &err);
         cert_record_failure(c, &err);
         cert_schedule(c);
         return;
     }
+    is->orders++;
     c->job_seen = acme_issue_state_changes(c->job);
     m->running++;
     m->version++;
@@ -865,6 +890,90 @@ acme_manager_renew(acme_manager_t *m, const char *what, time_t *until)
     return 0;
 }
 
+int
+acme_manager_ari_check(acme_manager_t *m, const char *what)
+{
+    mcert_t     *c, *one = NULL;
+    size_t       i, n = 0;
+    long         spread;
+    time_t       now = time(NULL), at;
+    acme_err_t   serr;
+
+    if (what != NULL && (one = find_cert(m, what)) == NULL) {
+        return -1;
+    }
+    for (i = 0; i < m->ncerts; i++) {
+        c = m->certs[i];
+        if (one == NULL || c == one) {
+            cert_reload(c, 1);
+            n += c->meta.not_after != 0;
+        }
+    }
+    spread = acme_sched_ari_spread(n);
+    n = 0;
+    for (i = 0; i < m->ncerts; i++) {
+        c = m->certs[i];
+        /* nothing stored to ask about; a check in flight; an issuance ends with a check anyway */
+        if ((one != NULL && c != one) || c->meta.not_after == 0 || c->ari_busy || c->job != NULL) {
+            continue;
+        }
+        at = now + (time_t) (acme_random() * (double) spread);
+        if (c->meta.ari_next_check == 0 || at < c->meta.ari_next_check) {
+            /* stored: a timer that fires reloads the store's view first */
+            c->meta.ari_next_check = at;
+            if (acme_store_meta_save(m->store, &c->meta, &serr) != 0) {
+                acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot store the ARI re-check: %s", c->name,
+                         serr.msg);
+            }
+        }
+        n++;
+        if (m->started) {
+            cert_schedule(c);
+        }
+    }
+    return (int) n;
+}
+
+int
+acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_info_t *info)
+{
+    mcert_t              *c = find_cert(m, name);
+    acme_renew_reason_t   reason;
+
+    if (c == NULL) {
+        return -1;
+    }
+    info->not_after = c->meta.not_after;
+    info->failures = c->meta.failures;
+    info->issuing = c->job != NULL;
+    info->last_error = c->meta.last_error;
+    info->renew_at = cert_renewal(c, time(NULL), &reason);
+    return 0;
+}
+
+int
+acme_manager_remove_cert(acme_manager_t *m, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < m->ncerts; i++) {
+        if (strcmp(m->certs[i]->name, name) == 0) {
+            mcert_t *c = m->certs[i];
+
+            if (c->job != NULL) {
+                m->running--;
+            }
+            memmove(&m->certs[i], &m->certs[i + 1], (m->ncerts - i - 1) * sizeof(mcert_t *));
+            m->ncerts--;
+            m->version++;
+            cert_free(c);
+            queue_wake(m);
+            return 0;
+        }
+    }
+    return -1;
+}
+
 time_t
 acme_manager_ca_wait(acme_manager_t *m, const char *what)
 {
@@ -886,6 +995,33 @@ cert_renewal(mcert_t *c, time_t now, acme_renew_reason_t *reason)
         when = acme_sched_renewal(&c->meta, now, reason);
     }
     return when;
+}
+
+/* Per issuer, what the metrics count: orders, failed attempts by kind, the client's own counters. */
+static json_t *
+issuers_status(acme_manager_t *m)
+{
+    json_t                     *arr, *o, *errs;
+    size_t                      i;
+    int                         k;
+    issuer_t                   *is;
+    const acme_client_stats_t  *st;
+
+    arr = json_array();
+    for (i = 0; arr != NULL && i < m->nissuers; i++) {
+        is = m->issuers[i];
+        st = acme_client_stats(is->client);
+        errs = json_object();
+        for (k = ACME_ERR_INTERNAL; k < ACME_ERR_BUSY; k++) {
+            json_object_set_new(errs, acme_err_kind_name((acme_err_kind_t) k), json_integer(is->errors[k]));
+        }
+        o = json_pack("{s:s, s:I, s:o, s:I, s:I, s:I}", "name", is->name, "orders", (json_int_t) is->orders,
+                      "errors", errs, "requests", (json_int_t) st->requests,
+                      "bad_nonce_retries", (json_int_t) st->bad_nonce_retries,
+                      "rate_limited", (json_int_t) st->rate_limited);
+        json_array_append_new(arr, o);
+    }
+    return arr;
 }
 
 json_t *
@@ -944,6 +1080,10 @@ acme_manager_status(acme_manager_t *m)
             json_object_set_new(o, "progress", json_string(acme_issue_state(c->job)));
         }
         json_object_set_new(o, "failures", json_integer(c->meta.failures));
+        json_object_set_new(o, "last_success", c->meta.issued_at
+                            ? json_string(acme_time_format(c->meta.issued_at, b, sizeof(b))) : json_null());
+        json_object_set_new(o, "last_failure", c->meta.last_error_at
+                            ? json_string(acme_time_format(c->meta.last_error_at, b, sizeof(b))) : json_null());
         json_object_set_new(o, "last_error", c->meta.last_error ? json_string(c->meta.last_error)
                                                                 : json_null());
         json_object_set_new(o, "identifier_errors", acme_certmeta_ident_errors_json(&c->meta));
@@ -953,7 +1093,7 @@ acme_manager_status(acme_manager_t *m)
         }
         json_array_append_new(arr, o);
     }
-    return json_pack("{s:o}", "certificates", arr);
+    return json_pack("{s:o, s:o}", "certificates", arr, "issuers", issuers_status(m));
 }
 
 unsigned long
@@ -962,6 +1102,17 @@ acme_manager_version(acme_manager_t *m)
     size_t         i;
     unsigned long  n;
 
+    /* the clients' counters (metrics) too: a renewal's requests show without waiting for its end */
+    n = 0;
+    for (i = 0; i < m->nissuers; i++) {
+        const acme_client_stats_t *st = acme_client_stats(m->issuers[i]->client);
+
+        n += st->requests + st->bad_nonce_retries + st->rate_limited;
+    }
+    if (n != m->requests_seen) {
+        m->requests_seen = n;
+        m->version++;
+    }
     /* a running issuance's progress text counts as a change, so hosts need not poll while busy */
     for (i = 0; m->running > 0 && i < m->ncerts; i++) {
         if (m->certs[i]->job != NULL) {

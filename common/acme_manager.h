@@ -23,6 +23,7 @@ typedef struct {
     const char          *profile;
     int                  profile_required;
     const char          *preferred_chain;
+    int                  csr_no_cn;         /* no subject CN in the CSRs */
 } acme_issuer_conf_t;
 
 typedef struct {
@@ -42,7 +43,8 @@ void acme_manager_free(acme_manager_t *m);
 int acme_manager_add_issuer(acme_manager_t *m, const acme_issuer_conf_t *conf, acme_err_t *err);
 
 /* A certificate for ids with key type ks, from issuers[0], falling back to issuers[1..]. Returns its store
- * name (owned by the manager), NULL with err. The same ids and key type twice share one entry. */
+ * name (owned by the manager), NULL with err. The same ids and key type twice share one entry. Added after
+ * acme_manager_start (on-demand), it is scheduled at once. */
 const char *acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, size_t nids,
     const acme_keyspec_t *ks, const int *issuers, size_t nissuers, acme_err_t *err);
 
@@ -70,9 +72,32 @@ int acme_manager_start(acme_manager_t *m, acme_err_t *err);
  * for the back-off.
  */
 int acme_manager_renew(acme_manager_t *m, const char *what, time_t *until);
+/*
+ * Ask the CA's renewal information again, without forcing a renewal: what is a certificate's store name or
+ * identifier, NULL every certificate that has one stored. The checks of several are spread at random over
+ * acme_sched_ari_spread(n) seconds; a window that says "renew now" then starts the renewal as usual. Hosts
+ * call it with NULL once when the server starts (not on reloads): a window the CA opened while the CA's
+ * Retry-After kept us from asking is seen at once. Returns how many were scheduled, -1: unknown.
+ */
+int acme_manager_ari_check(acme_manager_t *m, const char *what);
 /* Until when the CA asked to wait (0: it did not, -1: unknown certificate): adapters publish it so their
  * status handlers can refuse a forced renewal at once. */
 time_t acme_manager_ca_wait(acme_manager_t *m, const char *what);
+
+/* What the host needs of one certificate (on-demand waits): the pointers stay valid until the next call
+ * into the manager. 0, -1 unknown. */
+typedef struct {
+    time_t       not_after;             /* 0: none issued */
+    unsigned     failures;              /* since the last success */
+    int          issuing;
+    time_t       renew_at;              /* the next renewal (ARI re-checks aside) */
+    const char  *last_error;
+} acme_manager_cert_info_t;
+int acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_info_t *info);
+
+/* Stops managing a certificate (its store records stay): an on-demand name no longer used or allowed. A
+ * running issuance is cancelled. 0, -1 unknown. */
+int acme_manager_remove_cert(acme_manager_t *m, const char *name);
 
 /* Changes whenever something acme_manager_status() reports changes, the progress text of a running issuance
  * included (checked when called): hosts rebuild their status snapshot only then. */
@@ -81,7 +106,9 @@ unsigned long acme_manager_version(acme_manager_t *m);
 int acme_manager_busy(acme_manager_t *m);
 
 /* {"certificates": [{name, identifiers, issuer, key_type, not_before, not_after, next_renewal,
- * renewal_reason, state, last_error, ...}]} */
+ * renewal_reason, state, failures, last_success, last_failure, last_error, ...}],
+ *  "issuers": [{name, orders, errors: {kind: n}, requests, bad_nonce_retries, rate_limited}]}: the counters
+ * count since the manager was made (acme_metrics.h renders the document for Prometheus). */
 json_t *acme_manager_status(acme_manager_t *m);
 
 /* Tests and benchmarks: seconds for the first retry after a network error (default from the scheduler). */

@@ -6,6 +6,7 @@
  * The password never appears in messages.
  */
 #include "acme_redis.h"
+#include "acme_store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -947,12 +948,137 @@ acme_redis_cmd_free(acme_buf_t *b)
     acme_buf_free(b);
 }
 
+/*
+ * The Redis host's addresses as the server's resolver gave them (nginx's "resolver"), used instead of
+ * getaddrinfo() on the name. One host: one acme_storage per server. Set and read by the thread that runs
+ * the core.
+ */
+static char  *rd_host_name;
+static char  *rd_host_addrs;
+static char  *rd_host_error;
+
+int
+acme_store_redis_host_addresses(const char *host, const char *addrs, const char *error)
+{
+    free(rd_host_name);
+    free(rd_host_addrs);
+    free(rd_host_error);
+    rd_host_name = NULL;
+    rd_host_addrs = NULL;
+    rd_host_error = NULL;
+    if (host == NULL) {
+        return 0;
+    }
+    rd_host_name = acme_strdup(host);
+    rd_host_addrs = addrs ? acme_strdup(addrs) : NULL;
+    rd_host_error = acme_strdup(error ? error : "no address");
+    if (rd_host_name == NULL || (addrs != NULL && rd_host_addrs == NULL) || rd_host_error == NULL) {
+        return -1;
+    }
+    return 0;
+}
+
+char *
+acme_store_redis_host(const char *url)
+{
+    acme_redis_t     rd;
+    acme_err_t       err;
+    char            *host = NULL;
+    unsigned char    ip[sizeof(struct in6_addr)];
+
+    if (url == NULL || !acme_redis_url_is(url)) {
+        return NULL;
+    }
+    acme_redis_init(&rd);
+    if (acme_redis_parse_url(&rd, url, &err) == 0 && rd.host != NULL && rd.host[0] != '\0'
+        && inet_pton(AF_INET, rd.host, ip) != 1 && inet_pton(AF_INET6, rd.host, ip) != 1)
+    {
+        host = acme_strdup(rd.host);
+    }
+    acme_redis_free(&rd);
+    return host;
+}
+
+/* getaddrinfo() of the host, or of the addresses given for it (numeric: no DNS); *nres heads in res[]. */
+static int
+rc_addrinfo(acme_redis_t *rd, struct addrinfo **res, size_t max, size_t *nres, acme_err_t *err)
+{
+    struct addrinfo   hints, *tail;
+    char             *list, *a, *save = NULL;
+    int               gai;
+
+    *nres = 0;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+
+    if (rd_host_name == NULL || strcasecmp(rd_host_name, rd->host) != 0) {
+        gai = getaddrinfo(rd->host, rd->port, &hints, &res[0]);
+        if (gai != 0) {
+            acme_err_set(err, ACME_ERR_STORE, "cannot resolve %s: %s", rd->host, gai_strerror(gai));
+            return -1;
+        }
+        *nres = 1;
+        return 0;
+    }
+    if (rd_host_addrs == NULL) {
+        acme_err_set(err, ACME_ERR_STORE, "%s", rd_host_error);
+        return -1;
+    }
+    list = acme_strdup(rd_host_addrs);
+    if (list == NULL) {
+        acme_redis_oom(err);
+        return -1;
+    }
+    hints.ai_flags = AI_NUMERICHOST;
+    for (a = strtok_r(list, ",", &save); a != NULL && *nres < max; a = strtok_r(NULL, ",", &save)) {
+        if (a[0] == '[' && a[strlen(a) - 1] == ']') {
+            a[strlen(a) - 1] = '\0';
+            a++;
+        }
+        if (getaddrinfo(a, rd->port, &hints, &res[*nres]) != 0) {
+            continue;
+        }
+        if (*nres > 0) {
+            /* one chain for the connect loop; cut again before freeaddrinfo() */
+            for (tail = res[*nres - 1]; tail->ai_next != NULL; tail = tail->ai_next) {
+            }
+            tail->ai_next = res[*nres];
+        }
+        (*nres)++;
+    }
+    free(list);
+    if (*nres == 0) {
+        acme_err_set(err, ACME_ERR_STORE, "cannot resolve %s: no usable address in \"%s\"", rd->host,
+                     rd_host_addrs);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+rc_freeaddrinfo(struct addrinfo **res, size_t nres)
+{
+    size_t            i;
+    struct addrinfo  *ai;
+
+    for (i = 0; i + 1 < nres; i++) {
+        for (ai = res[i]; ai->ai_next != res[i + 1]; ai = ai->ai_next) {
+        }
+        ai->ai_next = NULL;
+    }
+    for (i = 0; i < nres; i++) {
+        freeaddrinfo(res[i]);
+    }
+}
+
 static int
 rc_open(acme_redis_t *rd, acme_redis_conn_t *c, acme_err_t *err)
 {
-    struct addrinfo   hints, *res = NULL, *ai;
+    struct addrinfo  *res[16], *ai;
+    size_t            nres;
     long long         deadline = acme_redis_now() + rd->connect_ms;
-    int               fd = -1, gai, r, se, one = 1, soerr;
+    int               fd = -1, r, se, one = 1, soerr;
     socklen_t         sl;
     char              why[300] = "no address";
     const char       *sni;
@@ -963,15 +1089,10 @@ rc_open(acme_redis_t *rd, acme_redis_conn_t *c, acme_err_t *err)
     rd_nosig_t        s;
 
     acme_redis_conn_close(c);
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    gai = getaddrinfo(rd->host, rd->port, &hints, &res);
-    if (gai != 0) {
-        acme_err_set(err, ACME_ERR_STORE, "cannot resolve %s: %s", rd->host, gai_strerror(gai));
+    if (rc_addrinfo(rd, res, sizeof(res) / sizeof(res[0]), &nres, err) != 0) {
         return -1;
     }
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
+    for (ai = res[0]; ai != NULL; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) {
             snprintf(why, sizeof(why), "socket: %s", strerror(errno));
@@ -1003,7 +1124,7 @@ rc_open(acme_redis_t *rd, acme_redis_conn_t *c, acme_err_t *err)
             break;
         }
     }
-    freeaddrinfo(res);
+    rc_freeaddrinfo(res, nres);
     if (fd < 0) {
         acme_err_set(err, ACME_ERR_STORE, "cannot connect: %s", why);
         return -1;

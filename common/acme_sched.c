@@ -15,6 +15,7 @@
 #define SCHED_ARI_MIN          3600L
 #define SCHED_ARI_MAX          86400L
 #define SCHED_ARI_DEFAULT      21600L
+#define SCHED_ARI_SPREAD_MAX   300L     /* re-checks asked at once: spread over at most 5 min */
 #define SCHED_LEFT_DIVISOR     10               /* a back-off step takes at most 1/10 of the time left */
 
 const char *
@@ -258,6 +259,15 @@ acme_sched_ari_next_check(time_t now, long retry_after, double rnd)
         d = SCHED_ARI_MAX;
     }
     return now + d;
+}
+
+long
+acme_sched_ari_spread(size_t n)
+{
+    if (n <= 1) {
+        return 0;
+    }
+    return n > SCHED_ARI_SPREAD_MAX ? SCHED_ARI_SPREAD_MAX : (long) n;
 }
 
 double

@@ -64,6 +64,12 @@ time_t acme_sched_renewal(const acme_certmeta_t *m, time_t now, acme_renew_reaso
 /* Next ARI poll: the CA's Retry-After clamped to [1 h, 24 h] (default 6 h), with jitter. */
 time_t acme_sched_ari_next_check(time_t now, long retry_after, double rnd);
 
+/*
+ * The ARI re-checks of n certificates asked at once (a server's start, an admin's request) are spread over
+ * this many seconds: one a second on average, at most 5 minutes; 0 for a single certificate.
+ */
+long acme_sched_ari_spread(size_t n);
+
 /* Uniform double in [0,1) from the OpenSSL RNG. */
 double acme_random(void);
 

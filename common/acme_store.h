@@ -129,6 +129,15 @@ int acme_store_key_check(const char *key, acme_err_t *err);
  * store connects (and authenticates) before returning. Errors name the URL without its password.
  */
 acme_store_t *acme_store_open(const char *url_or_dir, const char *key_file, int flags, acme_err_t *err);
+
+/*
+ * The host name of a Redis URL (malloc'd), NULL when url is no Redis URL or names an address. Addresses
+ * for it from the server's resolver (nginx's "resolver"): every store connects to them instead of asking
+ * getaddrinfo(); addrs "192.0.2.1,[2001:db8::1]" or NULL with error (connects fail with it); host NULL
+ * forgets them. Process-wide, for the thread that runs the core.
+ */
+char *acme_store_redis_host(const char *url);
+int   acme_store_redis_host_addresses(const char *host, const char *addrs, const char *error);
 /* "redis" or "filesystem". */
 const char   *acme_store_backend(const acme_store_t *st);
 /* The URL with any password replaced by "***" (malloc'd); other strings copied. */

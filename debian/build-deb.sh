@@ -41,6 +41,7 @@ tar -C "$repo" -cf - \
     --exclude=./debian/build --exclude=./debian/.debhelper --exclude=./debian/files \
     --exclude='./debian/*.substvars' --exclude='./debian/*.debhelper' --exclude='./debian/*.debhelper.log' \
     --exclude=./debian/debhelper-build-stamp --exclude=./debian/libnginx-mod-http-acme \
+    --exclude=./debian/libnginx-mod-stream-acme --exclude=./debian/libnginx-mod-mail-acme \
     --exclude=./debian/libapache2-mod-acme --exclude=./debian/acmectl --exclude=./debian/tmp \
     . | tar -C "$src" -xf -
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build ngx_http_acme_module.so against Debian's nginx-dev sources, with the flags Debian's nginx was built with.
-# usage: build.sh BUILD_DIR   (writes BUILD_DIR/ngx_http_acme_module.so)
+# usage: build.sh BUILD_DIR   (writes BUILD_DIR/ngx_http_acme_module.so, ngx_stream_acme_module.so, ngx_mail_acme_module.so)
 set -euo pipefail
 # nginx's configure takes CFLAGS from the environment instead of its own warning set
 unset CFLAGS
@@ -18,12 +18,21 @@ if [ ! -f "$tree/objs/Makefile" ] || [ "$repo/config" -nt "$tree/objs/Makefile" 
     cp -r "$src" "$tree"
     # shellcheck disable=SC1091
     . "$tree/conf_flags"
-    (cd "$tree" && ./configure "${NGX_CONF_FLAGS[@]}" --add-dynamic-module="$repo" \
+    # nginx-dev's flags leave out stream and mail, which Debian builds as dynamic modules
+    # (libnginx-mod-stream, -mail): with them ours are configured; only our modules
+    # are built below, stream's and mail's own sources are not in nginx-dev
+    (cd "$tree" && ./configure "${NGX_CONF_FLAGS[@]}" --with-stream=dynamic --with-stream_ssl_module \
+        --with-mail=dynamic --with-mail_ssl_module \
+        --add-dynamic-module="$repo" \
         --with-cc-opt="${NGX_CC_OPT:-}" --with-ld-opt="${NGX_LD_OPT:-}" >"$out/nginx-configure.log" 2>&1) || {
         tail -30 "$out/nginx-configure.log" >&2
         exit 1
     }
     printf '%s' "$srcs" >"$tree/.acme-srcs"
 fi
-make -s -C "$tree" -f objs/Makefile modules >"$out/nginx-make.log" 2>&1 || { tail -40 "$out/nginx-make.log" >&2; exit 1; }
+make -s -C "$tree" -f objs/Makefile objs/ngx_http_acme_module.so objs/ngx_stream_acme_module.so \
+    objs/ngx_mail_acme_module.so \
+    >"$out/nginx-make.log" 2>&1 || { tail -40 "$out/nginx-make.log" >&2; exit 1; }
 cp "$tree/objs/ngx_http_acme_module.so" "$out/ngx_http_acme_module.so"
+cp "$tree/objs/ngx_stream_acme_module.so" "$out/ngx_stream_acme_module.so"
+cp "$tree/objs/ngx_mail_acme_module.so" "$out/ngx_mail_acme_module.so"

@@ -19,7 +19,6 @@
 #include "acme_x509.h"
 
 
-static int ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
 
 
 static ngx_http_acme_wcert_t           *ngx_http_acme_wcerts;
@@ -31,6 +30,19 @@ static ngx_uint_t                       ngx_http_acme_nstores;
 static ngx_atomic_uint_t                ngx_http_acme_seen_gen;
 static ngx_msec_t                       ngx_http_acme_retry_at;
 static ngx_http_acme_zone_t            *ngx_http_acme_wzone;
+
+
+/* per worker: on-demand certificates (ngx_http_acme_od_cert) */
+
+typedef struct {
+    ngx_http_acme_cert_t        conf;            /* name: the store name */
+    ngx_http_acme_wcert_t       wc;
+} ngx_http_acme_od_wcert_t;
+
+
+static ngx_http_acme_od_wcert_t  **ngx_http_acme_od_wcerts;
+static ngx_uint_t                  ngx_http_acme_od_nwcerts;
+static ngx_uint_t                  ngx_http_acme_od_awcerts;
 
 
 /* PEM text as the ssl module's "data:..." value, in the configuration's pool */
@@ -85,19 +97,17 @@ ngx_http_acme_fallback_key(acme_keyspec_t *ks, acme_err_t *err)
 
 /* configuration: the fallback certificate */
 
-char *
-ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+ngx_int_t
+ngx_http_acme_fallback_make(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
     ngx_str_t *names, ngx_uint_t nnames)
 {
     char                     *pem, *cn[8];
     size_t                    len;
     X509                     *x;
     EVP_PKEY                 *k;
-    ngx_str_t                *s;
     ngx_uint_t                i, n;
     acme_err_t                err;
     acme_keyspec_t            ks;
-    ngx_http_ssl_srv_conf_t  *sscf;
 
     if (ascf->fallback_cert.len == 0) {
 
@@ -105,7 +115,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
         for (i = 0; i < nnames && n < 8; i++) {
             cn[n] = ngx_pnalloc(cf->temp_pool, names[i].len + 1);
             if (cn[n] == NULL) {
-                return NGX_CONF_ERROR;
+                return NGX_ERROR;
             }
 
             ngx_cpystrn((u_char *) cn[n], names[i].data, names[i].len + 1);
@@ -121,7 +131,9 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
          * certificate takes the fallback's place in the SSL_CTX
          */
 
-        ks = ((ngx_http_acme_cert_t **) ascf->certs->elts)[0]->keyspec;
+        ks = ascf->od ? ascf->od->keyspec
+                      : ((ngx_http_acme_cert_t **) ascf->certs->elts)[0]
+                        ->keyspec;
 
         k = ngx_http_acme_fallback_key(&ks, &err);
 
@@ -132,7 +144,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "cannot create the fallback certificate: %s",
                                err.msg);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         pem = acme_x509_to_pem(x, &len, &err);
@@ -142,7 +154,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "cannot encode the fallback certificate: %s",
                                err.msg);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         /* k belongs to the cache: a failed configuration must not free it */
@@ -151,7 +163,7 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
             != NGX_OK)
         {
             free(pem);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         free(pem);
@@ -161,17 +173,32 @@ ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
         if (pem == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "cannot encode the fallback key: %s", err.msg);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         if (ngx_http_acme_pem_data(cf, &ascf->fallback_key, pem, len)
             != NGX_OK)
         {
             acme_free_secret(pem, len);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         acme_free_secret(pem, len);
+    }
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_http_acme_fallback_inject(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+    ngx_str_t *names, ngx_uint_t nnames)
+{
+    ngx_str_t                *s;
+    ngx_http_ssl_srv_conf_t  *sscf;
+
+    if (ngx_http_acme_fallback_make(cf, ascf, names, nnames) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     sscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_ssl_module);
@@ -229,8 +256,9 @@ ngx_http_acme_array_shift(ngx_array_t *a)
 ngx_int_t
 ngx_http_acme_ssl_init(ngx_conf_t *cf)
 {
-    ngx_uint_t                   s;
+    ngx_uint_t                   s, i;
     ngx_http_ssl_srv_conf_t     *sscf;
+    ngx_http_server_name_t      *sn, *osn;
     ngx_http_acme_srv_conf_t    *ascf;
     ngx_http_core_srv_conf_t   **cscfp;
     ngx_http_core_main_conf_t   *cmcf;
@@ -242,6 +270,31 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
 
         sscf = cscfp[s]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
         ascf = cscfp[s]->ctx->srv_conf[ngx_http_acme_module.ctx_index];
+
+        if (ascf->od) {
+            ascf->od_names = ngx_array_create(cf->pool,
+                                       cscfp[s]->server_names.nelts + 1,
+                                       sizeof(ngx_http_server_name_t));
+            if (ascf->od_names == NULL) {
+                return NGX_ERROR;
+            }
+
+            sn = cscfp[s]->server_names.elts;
+
+            for (i = 0; i < cscfp[s]->server_names.nelts; i++) {
+                osn = ngx_array_push(ascf->od_names);
+                if (osn == NULL) {
+                    return NGX_ERROR;
+                }
+
+                *osn = sn[i];
+
+                osn->name.data = ngx_pstrdup(cf->pool, &sn[i].name);
+                if (osn->name.data == NULL) {
+                    return NGX_ERROR;
+                }
+            }
+        }
 
         if (sscf->ssl.ctx == NULL) {
             continue;
@@ -269,6 +322,9 @@ ngx_http_acme_ssl_init(ngx_conf_t *cf)
 
 
 /* selection by SNI among several certificates of one key type in a server */
+
+static ngx_uint_t ngx_http_acme_sni_lookup(ngx_http_acme_srv_conf_t *ascf,
+    u_char *lower, ngx_http_acme_cert_t **out, ngx_uint_t max);
 
 typedef struct ngx_http_acme_sni_s {
     const char                 *name;            /* identifier, lowercase */
@@ -349,9 +405,7 @@ ngx_http_acme_sni_select(ngx_http_acme_srv_conf_t *ascf, ngx_ssl_conn_t *ssl,
 {
     u_char                lower[256];
     size_t                len, i;
-    ngx_uint_t            n, lo, hi, mid;
     const char           *sni;
-    ngx_http_acme_sni_t   key, *e;
 
     sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     if (sni == NULL) {
@@ -368,6 +422,19 @@ ngx_http_acme_sni_select(ngx_http_acme_srv_conf_t *ascf, ngx_ssl_conn_t *ssl,
     }
 
     lower[len] = '\0';
+
+    return ngx_http_acme_sni_lookup(ascf, lower, out, max);
+}
+
+
+static ngx_uint_t
+ngx_http_acme_sni_lookup(ngx_http_acme_srv_conf_t *ascf, u_char *lower,
+    ngx_http_acme_cert_t **out, ngx_uint_t max)
+{
+    u_char               *p;
+    ngx_uint_t            n, lo, hi, mid;
+    ngx_http_acme_sni_t   key, *e;
+
     key.name = (const char *) lower;
 
     lo = 0;
@@ -392,6 +459,17 @@ ngx_http_acme_sni_select(ngx_http_acme_srv_conf_t *ascf, ngx_ssl_conn_t *ssl,
          e++)
     {
         out[n++] = e->cert;
+    }
+
+    /* no certificate for the exact name: the wildcard of its parent */
+
+    if (n == 0 && lower[0] != '*') {
+        p = (u_char *) ngx_strchr(lower, '.');
+
+        if (p != NULL && p > lower && p[1] != '\0') {
+            *--p = '*';
+            return ngx_http_acme_sni_lookup(ascf, p, out, max);
+        }
     }
 
     return n;
@@ -929,6 +1007,17 @@ ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t  i;
 
+    for (i = 0; i < ngx_http_acme_od_nwcerts; i++) {
+        ngx_http_acme_wcert_clear(&ngx_http_acme_od_wcerts[i]->wc);
+        free(ngx_http_acme_od_wcerts[i]->conf.name);
+        free(ngx_http_acme_od_wcerts[i]);
+    }
+
+    free(ngx_http_acme_od_wcerts);
+    ngx_http_acme_od_wcerts = NULL;
+    ngx_http_acme_od_nwcerts = 0;
+    ngx_http_acme_od_awcerts = 0;
+
     for (i = 0; i < ngx_http_acme_nwcerts; i++) {
         ngx_http_acme_wcert_clear(&ngx_http_acme_wcerts[i]);
     }
@@ -992,7 +1081,129 @@ ngx_http_acme_log_fallback(ngx_http_acme_wcert_t *wc, ngx_uint_t own_files)
 }
 
 
-static int
+/*
+ * On-demand certificates, per worker: found by the handshake's name in the
+ * zone (ngx_http_acme_od_runner.c publishes the store name once issued),
+ * loaded on first use and again when their generation moves.
+ */
+
+
+
+static ngx_http_acme_od_wcert_t *
+ngx_http_acme_od_wcert(ngx_http_acme_cert_t *tmpl, u_char *store)
+{
+    ngx_uint_t                  i;
+    ngx_http_acme_od_wcert_t   *ow, **grown;
+
+    for (i = 0; i < ngx_http_acme_od_nwcerts; i++) {
+        ow = ngx_http_acme_od_wcerts[i];
+
+        if (ow->conf.store == tmpl->store
+            && ngx_strcmp(ow->conf.name, store) == 0)
+        {
+            return ow;
+        }
+    }
+
+    if (ngx_http_acme_od_nwcerts == ngx_http_acme_od_awcerts) {
+        grown = realloc(ngx_http_acme_od_wcerts,
+                        (ngx_http_acme_od_awcerts * 2 + 8) * sizeof(*grown));
+        if (grown == NULL) {
+            return NULL;
+        }
+
+        ngx_http_acme_od_wcerts = grown;
+        ngx_http_acme_od_awcerts = ngx_http_acme_od_awcerts * 2 + 8;
+    }
+
+    ow = calloc(1, sizeof(ngx_http_acme_od_wcert_t));
+    if (ow == NULL) {
+        return NULL;
+    }
+
+    ow->conf.name = strdup((char *) store);
+    if (ow->conf.name == NULL) {
+        free(ow);
+        return NULL;
+    }
+
+    ow->conf.store = tmpl->store;
+    ow->conf.keyspec = tmpl->keyspec;
+    ow->wc.conf = &ow->conf;
+
+    ngx_http_acme_od_wcerts[ngx_http_acme_od_nwcerts++] = ow;
+
+    return ow;
+}
+
+
+ngx_int_t
+ngx_http_acme_od_cert(ngx_ssl_conn_t *ssl_conn,
+    ngx_http_acme_srv_conf_t *ascf)
+{
+    char                       name[NGX_HTTP_ACME_OD_NAME_LEN];
+    size_t                     len;
+    ngx_uint_t                 gen;
+    const char                *sni;
+    ngx_connection_t          *c;
+    ngx_http_acme_wcert_t     *wc;
+    ngx_http_acme_od_wcert_t  *ow;
+    ngx_http_acme_od_entry_t   e;
+
+    c = ngx_ssl_get_connection(ssl_conn);
+
+    sni = SSL_get_servername(ssl_conn, TLSEXT_NAMETYPE_host_name);
+
+    if (sni == NULL || ngx_http_acme_wzone == NULL) {
+        return 1;
+    }
+
+    len = acme_sni_normalize(sni, ngx_strlen(sni), name, sizeof(name));
+
+    if (len == 0
+        || ngx_http_acme_zone_od_get(ngx_http_acme_wzone, (u_char *) name,
+                                     len, &e)
+           != NGX_OK
+        || e.state != NGX_HTTP_ACME_OD_READY)
+    {
+        /* the fallback certificate */
+        return 1;
+    }
+
+    ow = ngx_http_acme_od_wcert(ascf->od, e.store);
+    if (ow == NULL) {
+        return 1;
+    }
+
+    wc = &ow->wc;
+    gen = ngx_http_acme_wcert_gen(wc);
+
+    if (!wc->loaded
+        || (gen != wc->gen && gen != wc->tried_gen)
+        || (wc->retry_at
+            && (ngx_msec_int_t) (ngx_current_msec - wc->retry_at) >= 0))
+    {
+        wc->loaded = 1;
+        (void) ngx_http_acme_wcert_reload(wc, gen, c->log);
+    }
+
+    if (wc->leaf == NULL) {
+        return 1;
+    }
+
+    if (SSL_use_cert_and_key(ssl_conn, wc->leaf, wc->key, wc->chain, 1) != 1)
+    {
+        ngx_ssl_error(NGX_LOG_ERR, c->log, 0,
+                      "acme: SSL_use_cert_and_key(\"%s\") failed",
+                      wc->conf->name);
+        return 0;
+    }
+
+    return 1;
+}
+
+
+int
 ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 {
     ngx_http_acme_srv_conf_t  *ascf = arg;
@@ -1006,6 +1217,10 @@ ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 
     if (c->ssl->handshaked) {
         return 0;
+    }
+
+    if (ascf && ascf->od) {
+        return ngx_http_acme_od_cert(ssl_conn, ascf);
     }
 
     if (ascf == NULL || ascf->certs == NULL) {

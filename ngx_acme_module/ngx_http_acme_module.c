@@ -3,16 +3,26 @@
  * ngx_http_acme_module: directives, configuration create/merge and
  * validation, module hooks.
  *
- *   acme_issuer NAME { uri ...; contact ...; account_key ...; challenge ...;
+ *   acme_issuer NAME { uri ...; contact ...; account_key ...;
+ *                      challenge TYPE [TYPE...];
+ *                      dns_update rfc2136; dns_tsig_key FILE;
+ *                      dns_server HOST[:PORT]; dns_resolver HOST[:PORT];
+ *                      dns_propagation_timeout TIME;
  *                      external_account_key KID data:KEY|FILE;
  *                      preferred_chain ...;
  *                      profile NAME [require]; ssl_trusted_certificate ...;
  *                      ssl_verify on|off; state_path DIR;
+ *                      common_name_in_csr on|off;
  *                      accept_terms_of_service; }
  *   acme_shared_zone zone=NAME:SIZE;
  *   acme_certificate ISSUER [IDENTIFIERS...] [key=ALG] [fallback=I2[,I3]]
  *                    [profile=NAME];
- *   acme_status [renew=on|off] [renew_interval=TIME];
+ *   acme_status [renew=on|off] [renew_interval=TIME]
+ *               [format=json|prometheus];
+ *   acme_certificate ISSUER on_demand [key=ALG] [fallback=I2[,I3]];
+ *   acme_on_demand [ask=URL] [ask_timeout=TIME] [max=N] [rate=N]
+ *                  [refuse_time=TIME] [wait=TIME] [waiting=N]
+ *                  [unseen=TIME] [fail=fallback|close];
  */
 
 
@@ -26,12 +36,14 @@
 
 #include "acme_directory.h"
 #include "acme_exec.h"
+#include "acme_ondemand.h"
 #include "acme_store.h"
 #include "acme_x509.h"
 
 
 /* a CA that does not answer within this does not hold up "nginx -t" */
 #define NGX_HTTP_ACME_TOS_CHECK_TIMEOUT  5000
+#define NGX_HTTP_ACME_RESOLVER_TIMEOUT   30000   /* nginx's, nginx-acme's */
 
 
 static ngx_int_t ngx_http_acme_preconfiguration(ngx_conf_t *cf);
@@ -57,9 +69,21 @@ static char *ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_acme_on_demand(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 static ngx_int_t ngx_http_acme_storage_key_check(ngx_cycle_t *cycle,
     ngx_http_acme_main_conf_t *amcf, ngx_core_conf_t *ccf);
+static ngx_uint_t ngx_http_acme_has_scheme(ngx_str_t *v);
+static ngx_int_t ngx_http_acme_cert_ids(ngx_conf_t *cf,
+    ngx_http_acme_cert_t *cert);
+static ngx_int_t ngx_http_acme_cert_wildcards(ngx_conf_t *cf,
+    ngx_http_acme_cert_t *cert, ngx_http_acme_issuer_t *iss);
+static ngx_int_t ngx_http_acme_cert_issuers(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
+static void ngx_http_acme_cert_cleanup(void *data);
+static ngx_int_t ngx_http_acme_cert_add_name(ngx_conf_t *cf,
+    ngx_http_acme_cert_t *cert, ngx_str_t *name, acme_err_t *err);
 static char *ngx_http_acme_notify(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_acme_init_module(ngx_cycle_t *cycle);
@@ -111,8 +135,15 @@ static ngx_command_t  ngx_http_acme_commands[] = {
       0,
       NULL },
 
+    { ngx_string("acme_on_demand"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_ANY,
+      ngx_http_acme_on_demand,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("acme_status"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE12,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE123,
       ngx_http_acme_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -192,10 +223,21 @@ ngx_http_acme_create_main_conf(ngx_conf_t *cf)
                           sizeof(ngx_http_acme_cert_t *))
            != NGX_OK
         || ngx_array_init(&amcf->stores, cf->pool, 2, sizeof(char *))
+           != NGX_OK
+        || ngx_array_init(&amcf->od_certs, cf->pool, 1,
+                          sizeof(ngx_http_acme_cert_t *))
            != NGX_OK)
     {
         return NULL;
     }
+
+    amcf->od.ask_timeout = NGX_HTTP_ACME_OD_ASK_TIMEOUT;
+    amcf->od.max = NGX_HTTP_ACME_OD_MAX;
+    amcf->od.rate = NGX_HTTP_ACME_OD_RATE;
+    amcf->od.refuse_time = NGX_HTTP_ACME_OD_REFUSE_TIME;
+    amcf->od.wait = NGX_HTTP_ACME_OD_WAIT;
+    amcf->od.waiting = NGX_HTTP_ACME_OD_WAITING;
+    amcf->od.unseen = NGX_HTTP_ACME_OD_UNSEEN;
 
     return amcf;
 }
@@ -237,6 +279,7 @@ ngx_http_acme_create_loc_conf(ngx_conf_t *cf)
     alcf->status = NGX_CONF_UNSET;
     alcf->renew = NGX_CONF_UNSET;
     alcf->renew_interval = NGX_CONF_UNSET;
+    alcf->format = NGX_CONF_UNSET_UINT;
 
     return alcf;
 }
@@ -252,6 +295,8 @@ ngx_http_acme_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->renew, prev->renew, 0);
     ngx_conf_merge_sec_value(conf->renew_interval, prev->renew_interval,
                              NGX_HTTP_ACME_RENEW_INTERVAL);
+    ngx_conf_merge_uint_value(conf->format, prev->format,
+                              NGX_HTTP_ACME_STATUS_JSON);
 
     return NGX_CONF_OK;
 }
@@ -694,6 +739,10 @@ ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_acme_dns_check(cf, iss) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     st = ngx_http_acme_state_open(cf, iss);
     if (st == NULL) {
         return NGX_CONF_ERROR;
@@ -771,9 +820,13 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
         ngx_acme_nargs(1, 16);
 
         for (i = 1; i <= nargs; i++) {
+
+            /* an e-mail address (the core adds "mailto:") or any URL */
+
             if (value[i].len == 0 || value[i].len > 256
-                || ngx_strlchr(value[i].data, value[i].data + value[i].len,
-                               '@') == NULL)
+                || (ngx_strlchr(value[i].data, value[i].data + value[i].len,
+                                '@') == NULL
+                    && !ngx_http_acme_has_scheme(&value[i])))
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid \"contact\" \"%V\" in "
@@ -809,7 +862,12 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_OK;
         }
 
-        if (ngx_strchr(s, '/') == NULL && ngx_strchr(s, '.') == NULL) {
+        /* as in nginx-acme, what is no key type is a file name */
+
+        if (ngx_strchr(s, ':') != NULL
+            || ngx_strncasecmp((u_char *) s, (u_char *) "ec", 2) == 0
+            || ngx_strncasecmp((u_char *) s, (u_char *) "rsa", 3) == 0)
+        {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid \"account_key\" \"%V\" in "
                                "acme_issuer \"%V\": %s", &value[1],
@@ -827,8 +885,9 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
                                "invalid \"account_key\" \"%V\" in "
-                               "acme_issuer \"%V\": not a key type and not "
-                               "a readable file", &value[1], &iss->name);
+                               "acme_issuer \"%V\": not a key type, and "
+                               "cannot load it as a key file",
+                               &value[1], &iss->name);
             return NGX_CONF_ERROR;
         }
 
@@ -838,31 +897,55 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
     }
 
     if (ngx_acme_is("challenge")) {
-        ngx_acme_nargs(1, 1);
+        ngx_acme_nargs(1, 3);
 
-        if ((value[1].len == 7 && ngx_strncmp(value[1].data, "http-01", 7)
-             == 0)
-            || (value[1].len == 4 && ngx_strncmp(value[1].data, "http", 4)
-                == 0))
-        {
-            iss->challenge = "http-01";
-            return NGX_CONF_OK;
+        /* several: in order of preference, per identifier (a wildcard
+         * takes dns-01) */
+
+        iss->nchallenges = 0;
+
+        for (i = 1; i <= nargs; i++) {
+            if ((value[i].len == 7
+                 && ngx_strncmp(value[i].data, "http-01", 7) == 0)
+                || (value[i].len == 4
+                    && ngx_strncmp(value[i].data, "http", 4) == 0))
+            {
+                s = "http-01";
+
+            } else if ((value[i].len == 11
+                        && ngx_strncmp(value[i].data, "tls-alpn-01", 11)
+                           == 0)
+                       || (value[i].len == 8
+                           && ngx_strncmp(value[i].data, "tls-alpn", 8)
+                              == 0))
+            {
+                s = "tls-alpn-01";
+
+            } else if ((value[i].len == 6
+                        && ngx_strncmp(value[i].data, "dns-01", 6) == 0)
+                       || (value[i].len == 3
+                           && ngx_strncmp(value[i].data, "dns", 3) == 0))
+            {
+                s = "dns-01";
+
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"challenge\" \"%V\" in "
+                                   "acme_issuer \"%V\": unsupported "
+                                   "challenge, use http-01, tls-alpn-01 "
+                                   "or dns-01",
+                                   &value[i], &iss->name);
+                return NGX_CONF_ERROR;
+            }
+
+            iss->challenges[iss->nchallenges++] = s;
         }
 
-        if ((value[1].len == 11
-             && ngx_strncmp(value[1].data, "tls-alpn-01", 11) == 0)
-            || (value[1].len == 8
-                && ngx_strncmp(value[1].data, "tls-alpn", 8) == 0))
-        {
-            iss->challenge = "tls-alpn-01";
-            return NGX_CONF_OK;
-        }
+        return NGX_CONF_OK;
+    }
 
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid \"challenge\" \"%V\" in acme_issuer "
-                           "\"%V\": use http-01 or tls-alpn-01",
-                           &value[1], &iss->name);
-        return NGX_CONF_ERROR;
+    if (name->len > 4 && ngx_strncmp(name->data, "dns_", 4) == 0) {
+        return ngx_http_acme_dns_directive(cf, iss, name, value, nargs);
     }
 
     if (ngx_acme_is("external_account_key")) {
@@ -946,18 +1029,46 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_acme_is("common_name_in_csr")) {
+        ngx_acme_nargs(1, 1);
+
+        /* off (nginx-acme's default): the names only in subjectAltName */
+
+        if (value[1].len == 2 && ngx_strncmp(value[1].data, "on", 2) == 0) {
+            iss->common_name_in_csr = 1;
+            return NGX_CONF_OK;
+        }
+
+        if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+            iss->common_name_in_csr = 0;
+            return NGX_CONF_OK;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"common_name_in_csr\" \"%V\" in "
+                           "acme_issuer \"%V\": use on or off", &value[1],
+                           &iss->name);
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_acme_is("state_path")) {
         ngx_acme_nargs(1, 1);
 
-        if (value[1].len == 0
-            || (value[1].len == 3
-                && ngx_strncmp(value[1].data, "off", 3) == 0))
-        {
+        if (value[1].len == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid \"state_path\" \"%V\" in acme_issuer "
                                "\"%V\": a directory is required", &value[1],
                                &iss->name);
             return NGX_CONF_ERROR;
+        }
+
+        /* nginx-acme's "off": the default directory, said in state_open */
+
+        if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+            iss->state_path = NULL;
+            iss->state_path_off = 1;
+            iss->state_path_line = cf->conf_file->line;
+            return NGX_CONF_OK;
         }
 
         key = value[1];
@@ -1008,8 +1119,9 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (ngx_strncmp(value[1].data, "zone=", 5) != 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\", expected "
-                           "zone=NAME:SIZE", &value[1]);
+                           "invalid parameter \"%V\": \"acme_shared_zone\" "
+                           "must have \"zone\" parameter (zone=NAME:SIZE)",
+                           &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -1029,9 +1141,16 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     size = ngx_parse_size(&s);
 
-    if (name.len == 0 || size == NGX_ERROR) {
+    if (name.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid zone \"%V\"", &value[1]);
+                           "invalid zone name in \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\" in \"%V\"",
+                           &s, &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -1244,12 +1363,8 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_acme_srv_conf_t *ascf = conf;
 
-    char                        *s;
-    u_char                      *p, *last, *start;
-    ngx_str_t                   *value, *n, fb[8];
+    ngx_str_t                   *n, fb[8];
     ngx_uint_t                   i, nfb;
-    acme_err_t                   err;
-    acme_ident_t                 id;
     ngx_http_acme_cert_t        *cert, **cp;
     ngx_http_core_srv_conf_t    *cscf;
     ngx_http_server_name_t      *sn;
@@ -1258,159 +1373,54 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
     cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
 
-    value = cf->args->elts;
-
-    cert = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_cert_t));
+    cert = ngx_http_acme_cert_parse(cf);
     if (cert == NULL) {
         return NGX_CONF_ERROR;
     }
 
     cert->cscf = cscf;
-    cert->keyspec = ACME_KEYSPEC_DEFAULT;
-    cert->file = cf->conf_file->file.name.data;
-    cert->line = cf->conf_file->line;
 
-    if (ngx_array_init(&cert->issuer_names, cf->pool, 2, sizeof(ngx_str_t))
-        != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
+    if (cert->on_demand) {
+        if (cert->names) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"acme_certificate ... on_demand\" takes "
+                               "its names from handshakes: remove the "
+                               "identifiers, server_name says which names "
+                               "are allowed");
+            return NGX_CONF_ERROR;
+        }
+
+        if (ascf->od || ascf->certs) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"acme_certificate ... on_demand\" must be "
+                               "the server's only \"acme_certificate\"");
+            return NGX_CONF_ERROR;
+        }
+
+        if (amcf->od_certs.nelts == 255) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "too many on-demand servers (255 at most)");
+            return NGX_CONF_ERROR;
+        }
+
+        ascf->od = cert;
+
+        cp = ngx_array_push(&amcf->od_certs);
+        if (cp == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        cert->index = amcf->od_certs.nelts - 1;
+        *cp = cert;
+
+        return ngx_http_acme_fallback_inject(cf, ascf, NULL, 0);
     }
 
-    n = ngx_array_push(&cert->issuer_names);
-    if (n == NULL) {
+    if (ascf->od) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"acme_certificate ... on_demand\" must be "
+                           "the server's only \"acme_certificate\"");
         return NGX_CONF_ERROR;
-    }
-
-    *n = value[1];
-
-    for (i = 2; i < cf->args->nelts; i++) {
-
-        if (ngx_strncmp(value[i].data, "key=", 4) == 0) {
-            s = ngx_http_acme_cstr(cf->pool, &value[i]);
-            if (s == NULL) {
-                return NGX_CONF_ERROR;
-            }
-
-            if (acme_keyspec_parse(s + 4, &cert->keyspec, &err) != 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid key type \"%V\": %s",
-                                   &value[i], err.msg);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "profile=", 8) == 0) {
-            start = value[i].data + 8;
-            last = value[i].data + value[i].len;
-
-            if (start == last || last - start > 64) {
-                goto bad_profile;
-            }
-
-            for (p = start; p < last; p++) {
-                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
-                      || (*p >= '0' && *p <= '9') || *p == '.' || *p == '_'
-                      || *p == '-'))
-                {
-                    goto bad_profile;
-                }
-            }
-
-            cert->profile = ngx_pnalloc(cf->pool, last - start + 1);
-            if (cert->profile == NULL) {
-                return NGX_CONF_ERROR;
-            }
-
-            *ngx_cpymem(cert->profile, start, last - start) = '\0';
-
-            continue;
-
-        bad_profile:
-
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid \"%V\": expected profile=NAME "
-                               "(letters, digits, \".\", \"_\", \"-\")",
-                               &value[i]);
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_strncmp(value[i].data, "fallback=", 9) == 0) {
-            start = value[i].data + 9;
-            last = value[i].data + value[i].len;
-
-            if (start == last) {
-                goto bad_fallback;
-            }
-
-            while (start < last) {
-                p = ngx_strlchr(start, last, ',');
-                if (p == NULL) {
-                    p = last;
-                }
-
-                if (p == start) {
-                    goto bad_fallback;
-                }
-
-                n = ngx_array_push(&cert->issuer_names);
-                if (n == NULL) {
-                    return NGX_CONF_ERROR;
-                }
-
-                n->data = start;
-                n->len = p - start;
-
-                start = p + 1;
-            }
-
-            continue;
-
-        bad_fallback:
-
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid \"%V\": expected "
-                               "fallback=ISSUER[,ISSUER...]", &value[i]);
-            return NGX_CONF_ERROR;
-        }
-
-        s = ngx_http_acme_cstr(cf->pool, &value[i]);
-        if (s == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        if (acme_ident_parse(s, &id, &err) != 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid identifier \"%V\": %s",
-                               &value[i], err.msg);
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_strncmp(id.value, "*.", 2) == 0) {
-            acme_ident_free(&id);
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid identifier \"%V\": wildcard names "
-                               "need the dns-01 challenge, which is not "
-                               "supported", &value[i]);
-            return NGX_CONF_ERROR;
-        }
-
-        acme_ident_free(&id);
-
-        if (cert->names == NULL) {
-            cert->names = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
-            if (cert->names == NULL) {
-                return NGX_CONF_ERROR;
-            }
-        }
-
-        n = ngx_array_push(cert->names);
-        if (n == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        *n = value[i];
     }
 
     if (ascf->certs == NULL) {
@@ -1455,7 +1465,8 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (cert->names) {
         n = cert->names->elts;
         for (i = 0; i < cert->names->nelts && nfb < 8; i++) {
-            fb[nfb++] = n[i];
+            fb[nfb] = n[i];
+            ngx_http_acme_strip_dot(&fb[nfb++]);
         }
 
     } else {
@@ -1466,18 +1477,357 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 continue;
             }
 #endif
-            if (sn[i].name.len == 0 || sn[i].name.data[0] == '*'
-                || sn[i].name.data[0] == '.' || sn[i].name.data[0] == '~'
-                || (sn[i].name.len == 1 && sn[i].name.data[0] == '_'))
+            if (sn[i].name.len < 2 || sn[i].name.data[0] == '~'
+                || ngx_strlchr(sn[i].name.data,
+                               sn[i].name.data + sn[i].name.len, '*')
+                   != NULL)
             {
                 continue;
             }
 
-            fb[nfb++] = sn[i].name;
+            fb[nfb] = sn[i].name;
+            ngx_http_acme_strip_dot(&fb[nfb++]);
         }
     }
 
     return ngx_http_acme_fallback_inject(cf, ascf, fb, nfb);
+}
+
+
+/*
+ * The directive's arguments, in any context (http, stream, mail): the
+ * caller sets the server it belongs to and adds it to amcf->certs.
+ */
+
+ngx_http_acme_cert_t *
+ngx_http_acme_cert_parse(ngx_conf_t *cf)
+{
+    char                        *s;
+    u_char                      *p, *last, *start;
+    ngx_str_t                   *value, *n;
+    ngx_uint_t                   i;
+    acme_err_t                   err;
+    acme_ident_t                 id;
+    ngx_http_acme_cert_t        *cert;
+
+    value = cf->args->elts;
+
+    cert = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_cert_t));
+    if (cert == NULL) {
+        return NULL;
+    }
+
+    cert->keyspec = ACME_KEYSPEC_DEFAULT;
+    cert->file = cf->conf_file->file.name.data;
+    cert->line = cf->conf_file->line;
+
+    if (ngx_array_init(&cert->issuer_names, cf->pool, 2, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    n = ngx_array_push(&cert->issuer_names);
+    if (n == NULL) {
+        return NULL;
+    }
+
+    *n = value[1];
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "on_demand") == 0) {
+            if (cf->module_type != NGX_HTTP_MODULE) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"on_demand\" is for http servers "
+                                   "only");
+                return NULL;
+            }
+
+            cert->on_demand = 1;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "key=", 4) == 0) {
+            s = ngx_http_acme_cstr(cf->pool, &value[i]);
+            if (s == NULL) {
+                return NULL;
+            }
+
+            if (acme_keyspec_parse(s + 4, &cert->keyspec, &err) != 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid key type \"%V\": %s",
+                                   &value[i], err.msg);
+                return NULL;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "profile=", 8) == 0) {
+            start = value[i].data + 8;
+            last = value[i].data + value[i].len;
+
+            if (start == last || last - start > 64) {
+                goto bad_profile;
+            }
+
+            for (p = start; p < last; p++) {
+                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+                      || (*p >= '0' && *p <= '9') || *p == '.' || *p == '_'
+                      || *p == '-'))
+                {
+                    goto bad_profile;
+                }
+            }
+
+            cert->profile = ngx_pnalloc(cf->pool, last - start + 1);
+            if (cert->profile == NULL) {
+                return NULL;
+            }
+
+            *ngx_cpymem(cert->profile, start, last - start) = '\0';
+
+            continue;
+
+        bad_profile:
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\": expected profile=NAME "
+                               "(letters, digits, \".\", \"_\", \"-\")",
+                               &value[i]);
+            return NULL;
+        }
+
+        if (ngx_strncmp(value[i].data, "fallback=", 9) == 0) {
+            start = value[i].data + 9;
+            last = value[i].data + value[i].len;
+
+            if (start == last) {
+                goto bad_fallback;
+            }
+
+            while (start < last) {
+                p = ngx_strlchr(start, last, ',');
+                if (p == NULL) {
+                    p = last;
+                }
+
+                if (p == start) {
+                    goto bad_fallback;
+                }
+
+                n = ngx_array_push(&cert->issuer_names);
+                if (n == NULL) {
+                    return NULL;
+                }
+
+                n->data = start;
+                n->len = p - start;
+
+                start = p + 1;
+            }
+
+            continue;
+
+        bad_fallback:
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\": expected "
+                               "fallback=ISSUER[,ISSUER...]", &value[i]);
+            return NULL;
+        }
+
+        /* ".example.org": checked as "www.example.org", see cert_ids */
+
+        s = ngx_pnalloc(cf->temp_pool, value[i].len + sizeof("www"));
+        if (s == NULL) {
+            return NULL;
+        }
+
+        ngx_sprintf((u_char *) s, "%s%V%Z",
+                    value[i].data[0] == '.' ? "www" : "", &value[i]);
+
+        if (acme_ident_parse(s, &id, &err) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid identifier \"%V\": %s",
+                               &value[i], err.msg);
+            return NULL;
+        }
+
+        if (value[i].data[0] == '.' && id.type != ACME_IDENT_DNS) {
+            acme_ident_free(&id);
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid identifier \"%V\": a leading dot "
+                               "needs a DNS name after it", &value[i]);
+            return NULL;
+        }
+
+        /* a wildcard needs dns-01 in every issuer: checked once they are
+         * known (init_main_conf) */
+
+        acme_ident_free(&id);
+
+        if (cert->names == NULL) {
+            cert->names = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+            if (cert->names == NULL) {
+                return NULL;
+            }
+        }
+
+        n = ngx_array_push(cert->names);
+        if (n == NULL) {
+            return NULL;
+        }
+
+        *n = value[i];
+    }
+
+    return cert;
+}
+
+
+/*
+ * acme_on_demand [ask=URL] [ask_timeout=TIME] [max=N] [rate=N]
+ *                [refuse_time=TIME] [wait=TIME] [waiting=N] [unseen=TIME]
+ *                [fail=fallback|close];
+ */
+
+static char *
+ngx_http_acme_on_demand(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    char        *s;
+    time_t       t;
+    ngx_int_t    n;
+    ngx_str_t   *value, v;
+    ngx_uint_t   i;
+    ngx_msec_t   ms;
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "ask=", 4) == 0) {
+            s = ngx_http_acme_cstr(cf->pool, &value[i]);
+            if (s == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            s += 4;
+
+            if (ngx_strncmp(s, "http://", 7) != 0
+                && ngx_strncmp(s, "https://", 8) != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\": the ask endpoint must "
+                                   "be an http:// or https:// URL",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            amcf->od.ask = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "fail=", 5) == 0) {
+            if (ngx_strcmp(value[i].data + 5, "close") == 0) {
+                amcf->od.fail_close = 1;
+
+            } else if (ngx_strcmp(value[i].data + 5, "fallback") == 0) {
+                amcf->od.fail_close = 0;
+
+            } else {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max=", 4) == 0
+            || ngx_strncmp(value[i].data, "rate=", 5) == 0
+            || ngx_strncmp(value[i].data, "waiting=", 8) == 0)
+        {
+            v.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            v.len = value[i].data + value[i].len - v.data;
+
+            n = ngx_atoi(v.data, v.len);
+            if (n <= 0) {
+                goto invalid;
+            }
+
+            if (value[i].data[0] == 'm') {
+                amcf->od.max = n;
+
+            } else if (value[i].data[0] == 'r') {
+                if (n > ACME_OD_RATE_MAX) {
+                    goto invalid;
+                }
+
+                amcf->od.rate = n;
+
+            } else {
+                amcf->od.waiting = n;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "refuse_time=", 12) == 0
+            || ngx_strncmp(value[i].data, "unseen=", 7) == 0)
+        {
+            v.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            v.len = value[i].data + value[i].len - v.data;
+
+            t = ngx_parse_time(&v, 1);
+            if (t == (time_t) NGX_ERROR || t <= 0) {
+                goto invalid;
+            }
+
+            if (value[i].data[0] == 'r') {
+                amcf->od.refuse_time = t;
+
+            } else {
+                amcf->od.unseen = t;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "wait=", 5) == 0
+            || ngx_strncmp(value[i].data, "ask_timeout=", 12) == 0)
+        {
+            v.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            v.len = value[i].data + value[i].len - v.data;
+
+            ms = ngx_parse_time(&v, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                goto invalid;
+            }
+
+            if (value[i].data[0] == 'w') {
+                amcf->od.wait = ms;
+
+            } else {
+                amcf->od.ask_timeout = ms;
+            }
+
+            continue;
+        }
+
+    invalid:
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" of \"acme_on_demand\" "
+                           "(ask=URL, ask_timeout=TIME, max=N, rate=N "
+                           "(at most %d), refuse_time=TIME, wait=TIME, "
+                           "waiting=N, unseen=TIME, fail=fallback|close)",
+                           &value[i], ACME_OD_RATE_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -1530,9 +1880,20 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strcmp(value[i].data, "format=json") == 0) {
+            alcf->format = NGX_HTTP_ACME_STATUS_JSON;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "format=prometheus") == 0) {
+            alcf->format = NGX_HTTP_ACME_STATUS_PROMETHEUS;
+            continue;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"acme_status\": invalid parameter \"%V\": "
-                           "renew=on|off or renew_interval=TIME expected",
+                           "renew=on|off, renew_interval=TIME or "
+                           "format=json|prometheus expected",
                            &value[i]);
         return NGX_CONF_ERROR;
     }
@@ -1550,16 +1911,169 @@ ngx_http_acme_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":" and more */
+
+static ngx_uint_t
+ngx_http_acme_has_scheme(ngx_str_t *v)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    for (i = 0; i < v->len; i++) {
+        c = v->data[i];
+
+        if (c == ':') {
+            return i > 0 && i + 1 < v->len;
+        }
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (i > 0 && ((c >= '0' && c <= '9') || c == '+' || c == '-'
+                            || c == '.'))))
+        {
+            return 0;
+        }
+    }
+
+    return 0;
+}
+
+
+/* ".example.org" as the fallback certificate shows it */
+
+void
+ngx_http_acme_strip_dot(ngx_str_t *name)
+{
+    if (name->len > 1 && name->data[0] == '.') {
+        name->data++;
+        name->len--;
+    }
+}
+
+
+/*
+ * A certificate's issuers, identifiers and store name, once the issuers are
+ * known: at the end of the http block, or at once for stream and mail.
+ */
+
+ngx_int_t
+ngx_http_acme_cert_resolve(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert)
+{
+    char                *name;
+    ngx_pool_cleanup_t  *cln;
+
+    if (ngx_http_acme_cert_issuers(cf, amcf, cert) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_acme_cert_wildcards(cf, cert, amcf->issuers.elts)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_acme_cert_cleanup;
+    cln->data = cert;
+
+    if (ngx_http_acme_cert_ids(cf, cert) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    name = acme_cert_name(cert->ids, cert->nids, &cert->keyspec);
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    cert->name = ngx_http_acme_cstr_dup(cf->pool, name);
+    free(name);
+
+    if (cert->name == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The same store name must mean the same identifiers: a certificate against
+ * those before it in amcf->certs (http's at the block's end, stream's and
+ * mail's as they are read, after http's).
+ */
+
+ngx_int_t
+ngx_http_acme_cert_conflict(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert)
+{
+    ngx_uint_t              i, k;
+    ngx_http_acme_cert_t  **certs;
+
+    certs = amcf->certs.elts;
+
+    for (i = 0; i < amcf->certs.nelts && certs[i] != cert; i++) {
+        if (certs[i]->name == NULL
+            || certs[i]->store != cert->store
+            || ngx_strcmp(certs[i]->name, cert->name) != 0)
+        {
+            continue;
+        }
+
+        if (certs[i]->nids != cert->nids) {
+            goto conflict;
+        }
+
+        for (k = 0; k < cert->nids; k++) {
+            if (ngx_strcmp(certs[i]->ids[k].value, cert->ids[k].value) != 0) {
+                goto conflict;
+            }
+        }
+
+        continue;
+
+    conflict:
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_certificate: certificate \"%s\" is also "
+                      "configured in %s:%ui with different names "
+                      "in %s:%ui", cert->name, certs[i]->file,
+                      certs[i]->line, cert->file, cert->line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the http block's configuration while the configuration is read */
+
+ngx_http_acme_main_conf_t *
+ngx_http_acme_conf_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_conf_ctx_t  *ctx;
+
+    ctx = (ngx_http_conf_ctx_t *) ngx_get_conf(cf->cycle->conf_ctx,
+                                               ngx_http_module);
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    return ctx->main_conf[ngx_http_acme_module.ctx_index];
+}
+
+
 /* identifiers: explicit, or the server's real names */
 
 static ngx_int_t
 ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
 {
-    char                    *s;
     ngx_str_t               *names, one;
-    ngx_uint_t               i, j, n, explicit;
+    ngx_uint_t               i, n, explicit;
     acme_err_t               err;
-    acme_ident_t            *ids;
     ngx_http_server_name_t  *sn;
 
     explicit = (cert->names != NULL);
@@ -1568,20 +2082,26 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
         n = cert->names->nelts;
         names = cert->names->elts;
 
-    } else {
+    } else if (cert->cscf) {
         n = cert->cscf->server_names.nelts;
+        names = NULL;
+
+    } else {
+        /* stream and mail: their caller lists the names */
+        n = 0;
         names = NULL;
     }
 
-    ids = ngx_pcalloc(cf->pool, (n ? n : 1) * sizeof(acme_ident_t));
-    if (ids == NULL) {
+    /* a leading dot stands for two names */
+
+    cert->ids = ngx_pcalloc(cf->pool, (n ? 2 * n : 1) * sizeof(acme_ident_t));
+    if (cert->ids == NULL) {
         return NGX_ERROR;
     }
 
-    cert->ids = ids;
     cert->nids = 0;
 
-    sn = cert->cscf->server_names.elts;
+    sn = cert->cscf ? cert->cscf->server_names.elts : NULL;
 
     for (i = 0; i < n; i++) {
 
@@ -1589,69 +2109,182 @@ ngx_http_acme_cert_ids(ngx_conf_t *cf, ngx_http_acme_cert_t *cert)
             one = names[i];
 
         } else {
+            one = sn[i].name;
+
+            /* not names: the empty name and the conventional "_" */
+
+            if (one.len == 0 || (one.len == 1 && one.data[0] == '_')) {
+                continue;
+            }
+
 #if (NGX_PCRE)
+            /* nginx keeps a regex's name without its "~" */
+
             if (sn[i].regex) {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "acme_certificate: server_name \"~%V\" is a "
+                              "regular expression and is not certified "
+                              "in %s:%ui", &one, cert->file, cert->line);
                 continue;
             }
 #endif
-            one = sn[i].name;
 
-            if (one.len == 0 || one.data[0] == '*' || one.data[0] == '.'
-                || one.data[0] == '~'
-                || (one.len == 1 && one.data[0] == '_')
-                || ngx_strlchr(one.data, one.data + one.len, '*') != NULL)
-            {
+            if (one.len > 2 && one.data[0] == '*' && one.data[1] == '.') {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "acme_certificate: server_name \"%V\" is a "
+                              "wildcard, which needs the dns-01 challenge, "
+                              "and is not certified in %s:%ui", &one,
+                              cert->file, cert->line);
                 continue;
             }
-        }
 
-        s = ngx_http_acme_cstr(cf->temp_pool, &one);
-        if (s == NULL) {
-            return NGX_ERROR;
-        }
+            /* as nginx-acme: a config with one cannot be meant for it */
 
-        if (acme_ident_parse(s, &ids[cert->nids], &err) != 0) {
-            if (explicit) {
+            if (ngx_strlchr(one.data, one.data + one.len, '*') != NULL) {
                 ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "acme_certificate: invalid identifier \"%V\": "
-                              "%s in %s:%ui", &one, err.msg, cert->file,
-                              cert->line);
+                              "acme_certificate: invalid server name \"%V\": "
+                              "a wildcard no certificate can name in %s:%ui",
+                              &one, cert->file, cert->line);
                 return NGX_ERROR;
             }
+        }
 
-            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                          "acme_certificate: server name \"%V\" skipped: "
-                          "%s in %s:%ui", &one, err.msg, cert->file,
-                          cert->line);
-            continue;
+        switch (ngx_http_acme_cert_add_name(cf, cert, &one, &err)) {
+
+        case NGX_OK:
+            break;
+
+        case NGX_DECLINED:
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "acme_certificate: invalid %s \"%V\": %s "
+                          "in %s:%ui", explicit ? "identifier" : "server name",
+                          &one, err.msg, cert->file, cert->line);
+            return NGX_ERROR;
+
+        default:
+            return NGX_ERROR;
+        }
+    }
+
+    if (cert->nids == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "acme_certificate: no identifiers: the server has no "
+                      "names to certify (server_name has no DNS names or "
+                      "addresses other than wildcards, regular expressions "
+                      "or \"_\"); "
+                      "list the identifiers in the directive in %s:%ui",
+                      cert->file, cert->line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * one name as nginx-acme reads it: ".example.org" (nginx's "example.org and
+ * all its subdomains") is certified as "www.example.org" and "example.org",
+ * in this order; a name already in the list is not added again.
+ * NGX_DECLINED with err: not a name a certificate can hold.
+ */
+
+static ngx_int_t
+ngx_http_acme_cert_add_name(ngx_conf_t *cf, ngx_http_acme_cert_t *cert,
+    ngx_str_t *name, acme_err_t *err)
+{
+    char          *s;
+    ngx_uint_t     dot, k, j;
+    acme_ident_t  *id;
+
+    dot = (name->len > 0 && name->data[0] == '.');
+
+    s = ngx_pnalloc(cf->temp_pool, name->len + sizeof("www"));
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf((u_char *) s, "%s%V%Z", dot ? "www" : "", name);
+
+    for (k = 0; k < (dot ? 2 : 1); k++) {
+        id = &cert->ids[cert->nids];
+
+        /* "www.example.org", then "example.org" */
+
+        if (acme_ident_parse(s + k * 4, id, err) != 0) {
+            return NGX_DECLINED;
+        }
+
+        if (dot && (id->type != ACME_IDENT_DNS || id->value[0] == '*')) {
+            acme_ident_free(id);
+            acme_err_set(err, ACME_ERR_INPUT, "a leading dot needs a "
+                         "DNS name after it");
+            return NGX_DECLINED;
         }
 
         /* the core copies what it keeps; these stay for the process */
 
         for (j = 0; j < cert->nids; j++) {
-            if (ids[j].type == ids[cert->nids].type
-                && ngx_strcmp(ids[j].value, ids[cert->nids].value) == 0)
+            if (cert->ids[j].type == id->type
+                && ngx_strcmp(cert->ids[j].value, id->value) == 0)
             {
                 break;
             }
         }
 
         if (j < cert->nids) {
-            acme_ident_free(&ids[cert->nids]);
+            acme_ident_free(id);
             continue;
         }
 
         cert->nids++;
     }
 
-    if (cert->nids == 0) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "acme_certificate: the server has no names to "
-                      "certify (server_name has no DNS names or addresses "
-                      "other than wildcards, regular expressions or \"_\"); "
-                      "list the identifiers in the directive in %s:%ui",
-                      cert->file, cert->line);
-        return NGX_ERROR;
+    return NGX_OK;
+}
+
+
+/* A wildcard identifier is validated through DNS only: every issuer of the
+ * certificate must allow dns-01. */
+
+static ngx_int_t
+ngx_http_acme_cert_wildcards(ngx_conf_t *cf, ngx_http_acme_cert_t *cert,
+    ngx_http_acme_issuer_t *iss)
+{
+    ngx_str_t   *n;
+    ngx_uint_t   i, j, k, dns01;
+
+    if (cert->names == NULL) {
+        return NGX_OK;
+    }
+
+    n = cert->names->elts;
+
+    for (i = 0; i < cert->names->nelts; i++) {
+        if (n[i].len < 2 || n[i].data[0] != '*') {
+            continue;
+        }
+
+        for (j = 0; j < cert->nissuers; j++) {
+            dns01 = 0;
+
+            for (k = 0; k < iss[cert->issuers[j]].nchallenges; k++) {
+                if (ngx_strcmp(iss[cert->issuers[j]].challenges[k], "dns-01")
+                    == 0)
+                {
+                    dns01 = 1;
+                }
+            }
+
+            if (!dns01) {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "acme_certificate: invalid identifier \"%V\": "
+                              "a wildcard needs \"challenge dns-01\" in "
+                              "acme_issuer \"%V\" in %s:%ui", &n[i],
+                              &iss[cert->issuers[j]].name, cert->file,
+                              cert->line);
+                return NGX_ERROR;
+            }
+        }
     }
 
     return NGX_OK;
@@ -1673,18 +2306,58 @@ ngx_http_acme_cert_cleanup(void *data)
 }
 
 
+static ngx_int_t
+ngx_http_acme_cert_issuers(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert)
+{
+    ngx_str_t               *in;
+    ngx_uint_t               j, k;
+    ngx_http_acme_issuer_t  *iss;
+
+    iss = amcf->issuers.elts;
+    in = cert->issuer_names.elts;
+    cert->nissuers = cert->issuer_names.nelts;
+    cert->issuers = ngx_pcalloc(cf->pool,
+                                cert->nissuers * sizeof(ngx_uint_t));
+    if (cert->issuers == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (j = 0; j < cert->nissuers; j++) {
+        for (k = 0; k < amcf->issuers.nelts; k++) {
+            if (iss[k].name.len == in[j].len
+                && ngx_strncmp(iss[k].name.data, in[j].data, in[j].len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k == amcf->issuers.nelts) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "acme_certificate: issuer \"%V\" is missing "
+                          "(no acme_issuer block with this name) "
+                          "in %s:%ui", &in[j], cert->file, cert->line);
+            return NGX_ERROR;
+        }
+
+        cert->issuers[j] = k;
+    }
+
+    cert->store = iss[cert->issuers[0]].store;
+
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_acme_main_conf_t *amcf = conf;
 
-    char                    *name;
     size_t                   need;
-    ngx_str_t               *in, zname;
-    ngx_uint_t               i, j, k;
-    ngx_pool_cleanup_t      *cln;
-    ngx_http_acme_cert_t   **certs, *cert;
-    ngx_http_acme_issuer_t  *iss;
+    ngx_str_t                zname;
+    ngx_uint_t               i;
+    ngx_http_acme_cert_t   **certs;
     ngx_http_acme_zone_t    *zone;
 
     if (ngx_http_acme_state_storage_key(cf, amcf) != NGX_OK) {
@@ -1697,99 +2370,28 @@ ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
 
     amcf->enabled = 1;
 
-    iss = amcf->issuers.elts;
     certs = amcf->certs.elts;
 
     for (i = 0; i < amcf->certs.nelts; i++) {
-        cert = certs[i];
-
-        in = cert->issuer_names.elts;
-        cert->nissuers = cert->issuer_names.nelts;
-        cert->issuers = ngx_pcalloc(cf->pool,
-                                    cert->nissuers * sizeof(ngx_uint_t));
-        if (cert->issuers == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        for (j = 0; j < cert->nissuers; j++) {
-            for (k = 0; k < amcf->issuers.nelts; k++) {
-                if (iss[k].name.len == in[j].len
-                    && ngx_strncmp(iss[k].name.data, in[j].data, in[j].len)
-                       == 0)
-                {
-                    break;
-                }
-            }
-
-            if (k == amcf->issuers.nelts) {
-                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "acme_certificate: unknown issuer \"%V\" "
-                              "(no acme_issuer block with this name) "
-                              "in %s:%ui", &in[j], cert->file, cert->line);
-                return NGX_CONF_ERROR;
-            }
-
-            cert->issuers[j] = k;
-        }
-
-        cert->store = iss[cert->issuers[0]].store;
-
-        cln = ngx_pool_cleanup_add(cf->pool, 0);
-        if (cln == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        cln->handler = ngx_http_acme_cert_cleanup;
-        cln->data = cert;
-
-        if (ngx_http_acme_cert_ids(cf, cert) != NGX_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        name = acme_cert_name(cert->ids, cert->nids, &cert->keyspec);
-        if (name == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        cert->name = ngx_http_acme_cstr_dup(cf->pool, name);
-        free(name);
-
-        if (cert->name == NULL) {
+        if (ngx_http_acme_cert_resolve(cf, amcf, certs[i]) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }
 
+    certs = amcf->od_certs.elts;
+
+    for (i = 0; i < amcf->od_certs.nelts; i++) {
+        if (ngx_http_acme_cert_issuers(cf, amcf, certs[i]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    certs = amcf->certs.elts;
+
     /* the same store name must mean the same identifiers */
 
     for (i = 0; i < amcf->certs.nelts; i++) {
-        for (j = i + 1; j < amcf->certs.nelts; j++) {
-            if (certs[i]->store != certs[j]->store
-                || ngx_strcmp(certs[i]->name, certs[j]->name) != 0)
-            {
-                continue;
-            }
-
-            if (certs[i]->nids != certs[j]->nids) {
-                goto conflict;
-            }
-
-            for (k = 0; k < certs[i]->nids; k++) {
-                if (ngx_strcmp(certs[i]->ids[k].value,
-                               certs[j]->ids[k].value) != 0)
-                {
-                    goto conflict;
-                }
-            }
-
-            continue;
-
-        conflict:
-
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "acme_certificate: certificate \"%s\" is also "
-                          "configured in %s:%ui with different names "
-                          "in %s:%ui", certs[j]->name, certs[i]->file,
-                          certs[i]->line, certs[j]->file, certs[j]->line);
+        if (ngx_http_acme_cert_conflict(cf, amcf, certs[i]) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }
@@ -1853,6 +2455,7 @@ static ngx_int_t
 ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 {
     ngx_http_handler_pt        *h;
+    ngx_http_core_loc_conf_t   *clcf;
     ngx_http_core_main_conf_t  *cmcf;
     ngx_http_acme_main_conf_t  *amcf;
 
@@ -1863,6 +2466,24 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
     }
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    /*
+     * the http block's "resolver" resolves the CA's host names, as in
+     * nginx-acme; without one (nginx's placeholder has no servers),
+     * libcurl resolves them in its resolver thread
+     */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->resolver && clcf->resolver->connections.nelts) {
+        amcf->resolver = clcf->resolver;
+
+        /* the http block's own value is never merged: unset there */
+        amcf->resolver_timeout = clcf->resolver_timeout
+                                 != NGX_CONF_UNSET_MSEC
+                                 ? clcf->resolver_timeout
+                                 : NGX_HTTP_ACME_RESOLVER_TIMEOUT;
+    }
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
     if (h == NULL) {
@@ -2008,6 +2629,10 @@ ngx_http_acme_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_acme_tls_alpn_init_process(cycle);
+
+    if (ngx_http_acme_od_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_acme_runner_init_process(cycle);
 }

@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 #include <openssl/evp.h>
 
+#include "acme_dns.h"
 #include "acme_err.h"
 #include "acme_ident.h"
 #include "acme_key.h"
@@ -42,7 +43,10 @@ typedef struct {
     ngx_array_t                 contacts;        /* char * */
     acme_keyspec_t              account_keyspec;
     char                       *account_key_file;
-    char                       *challenge;       /* NULL: the core's order */
+    char                       *challenges[3];   /* preference order */
+    ngx_uint_t                  nchallenges;     /* 0: the core's order */
+    acme_dns_config_t           dns;             /* with dns-01 */
+    ngx_uint_t                  dns_cleanup;     /* its pool cleanup added */
     char                       *eab_kid;
     char                       *eab_key;         /* base64url HMAC key */
     char                       *preferred_chain;
@@ -50,8 +54,10 @@ typedef struct {
     ngx_flag_t                  profile_required;
     char                       *ca_file;
     ngx_flag_t                  verify;
+    ngx_flag_t                  common_name_in_csr;
     char                       *state_path;
     ngx_uint_t                  state_path_line;
+    ngx_flag_t                  state_path_off;
     ngx_flag_t                  accept_tos;
 
     ngx_uint_t                  store;           /* in amcf->stores */
@@ -64,7 +70,7 @@ typedef struct {
 typedef struct {
     ngx_uint_t                  index;           /* in amcf->certs */
 
-    ngx_http_core_srv_conf_t   *cscf;
+    ngx_http_core_srv_conf_t   *cscf;            /* NULL: stream, mail */
     ngx_array_t                 issuer_names;    /* ngx_str_t */
     ngx_uint_t                 *issuers;         /* in amcf->issuers */
     ngx_uint_t                  nissuers;
@@ -75,16 +81,45 @@ typedef struct {
     char                       *profile;         /* profile=, NULL: the issuer's */
     char                       *name;            /* store name */
     ngx_uint_t                  store;
+    unsigned                    on_demand:1;     /* a template: names come
+                                                    from handshakes */
 
     u_char                     *file;
     ngx_uint_t                  line;
 } ngx_http_acme_cert_t;
 
 
+/* acme_on_demand: limits of on-demand certificates, for all servers */
+
+typedef struct {
+    char                       *ask;             /* URL, NULL: no ask */
+    ngx_msec_t                  ask_timeout;
+    ngx_uint_t                  max;             /* certificates */
+    ngx_uint_t                  rate;            /* new orders a minute */
+    time_t                      refuse_time;     /* negative cache */
+    ngx_msec_t                  wait;            /* a first handshake */
+    ngx_uint_t                  waiting;         /* connections held */
+    time_t                      unseen;          /* not renewed after */
+    ngx_flag_t                  fail_close;
+} ngx_http_acme_od_conf_t;
+
+
+#define NGX_HTTP_ACME_OD_ASK_TIMEOUT  5000
+#define NGX_HTTP_ACME_OD_MAX          100
+#define NGX_HTTP_ACME_OD_RATE         10
+#define NGX_HTTP_ACME_OD_REFUSE_TIME  600
+#define NGX_HTTP_ACME_OD_WAIT         30000
+#define NGX_HTTP_ACME_OD_WAITING      64
+#define NGX_HTTP_ACME_OD_UNSEEN       (30 * 86400)
+
+
 typedef struct {
     ngx_array_t                 issuers;         /* ngx_http_acme_issuer_t */
     ngx_array_t                 certs;           /* ngx_http_acme_cert_t * */
     ngx_array_t                 stores;          /* char *, state paths */
+    ngx_array_t                 od_certs;        /* ngx_http_acme_cert_t *,
+                                                    on-demand templates */
+    ngx_http_acme_od_conf_t     od;
 
     ngx_shm_zone_t             *shm_zone;
     ngx_shm_zone_t             *status_zone;     /* the status snapshot */
@@ -102,12 +137,20 @@ typedef struct {
     time_t                      notify_timeout;  /* 0: the core's default */
     time_t                      notify_expiring; /* 0: the core's default */
 
+    ngx_resolver_t             *resolver;        /* http's, NULL: libcurl's */
+    ngx_msec_t                  resolver_timeout;
+
+    SSL_CTX                    *tls_alpn_ctx;    /* tls-alpn-01, private */
+
     ngx_uint_t                  enabled;
 } ngx_http_acme_main_conf_t;
 
 
 typedef struct {
     ngx_array_t                *certs;           /* ngx_http_acme_cert_t * */
+    ngx_http_acme_cert_t       *od;              /* on_demand template */
+    ngx_array_t                *od_names;        /* ngx_http_server_name_t,
+                                                    kept past configuration */
 
     ngx_str_t                   fallback_cert;   /* "data:" PEM */
     ngx_str_t                   fallback_key;
@@ -132,10 +175,15 @@ typedef struct {
 #define NGX_HTTP_ACME_RENEW_INTERVAL  600
 
 
+#define NGX_HTTP_ACME_STATUS_JSON        0
+#define NGX_HTTP_ACME_STATUS_PROMETHEUS  1
+
+
 typedef struct {
     ngx_flag_t                  status;
     ngx_flag_t                  renew;           /* renew=on: POST ?renew */
     time_t                      renew_interval;  /* seconds */
+    ngx_uint_t                  format;          /* NGX_HTTP_ACME_STATUS_* */
 } ngx_http_acme_loc_conf_t;
 
 
@@ -166,6 +214,18 @@ extern ngx_module_t  ngx_http_ssl_module;
 
 /* ngx_http_acme_module.c */
 ngx_http_acme_main_conf_t *ngx_http_acme_get_main_conf(void);
+ngx_http_acme_main_conf_t *ngx_http_acme_conf_main_conf(ngx_conf_t *cf);
+ngx_http_acme_cert_t *ngx_http_acme_cert_parse(ngx_conf_t *cf);
+ngx_int_t ngx_http_acme_cert_resolve(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
+ngx_int_t ngx_http_acme_cert_conflict(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_cert_t *cert);
+void ngx_http_acme_strip_dot(ngx_str_t *name);
+
+/* ngx_http_acme_dns.c */
+char *ngx_http_acme_dns_directive(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *name, ngx_str_t *value, ngx_uint_t nargs);
+char *ngx_http_acme_dns_check(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss);
 
 /* ngx_http_acme_state.c */
 acme_store_t *ngx_http_acme_state_open(ngx_conf_t *cf,
@@ -182,14 +242,25 @@ ngx_int_t ngx_http_acme_state_own(ngx_cycle_t *cycle,
 ngx_int_t ngx_http_acme_ssl_init(ngx_conf_t *cf);
 char *ngx_http_acme_fallback_inject(ngx_conf_t *cf,
     ngx_http_acme_srv_conf_t *ascf, ngx_str_t *names, ngx_uint_t nnames);
+ngx_int_t ngx_http_acme_fallback_make(ngx_conf_t *cf,
+    ngx_http_acme_srv_conf_t *ascf, ngx_str_t *names, ngx_uint_t nnames);
+int ngx_http_acme_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
 ngx_int_t ngx_http_acme_certs_init_process(ngx_cycle_t *cycle);
 void ngx_http_acme_certs_exit_process(ngx_cycle_t *cycle);
 ngx_http_acme_wcert_t *ngx_http_acme_wcert(ngx_http_acme_cert_t *cert,
     ngx_log_t *log);
 ngx_http_acme_wcert_t *ngx_http_acme_wcert_peek(ngx_http_acme_cert_t *cert);
 
+ngx_int_t ngx_http_acme_od_cert(ngx_ssl_conn_t *ssl_conn,
+    ngx_http_acme_srv_conf_t *ascf);
+
+/* ngx_http_acme_ondemand.c: first handshakes held before TLS */
+ngx_int_t ngx_http_acme_od_init_process(ngx_cycle_t *cycle);
+
 /* ngx_http_acme_tls_alpn.c */
 ngx_int_t ngx_http_acme_tls_alpn_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_acme_tls_alpn_hook(ngx_conf_t *cf,
+    ngx_http_acme_main_conf_t *amcf, SSL_CTX *server_ctx);
 void ngx_http_acme_tls_alpn_init_process(ngx_cycle_t *cycle);
 void ngx_http_acme_tls_alpn_exit_process(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_acme_is_challenge_connection(ngx_connection_t *c);

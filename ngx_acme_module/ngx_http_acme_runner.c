@@ -18,10 +18,11 @@
  *
  * This file: the path and its manager callback, the lock and the takeover,
  * starting and stopping the core, the tick (the status snapshot is rebuilt
- * by ngx_http_acme_status_snapshot.c) and renew requests. The acme_host_t
- * adapter is in ngx_http_acme_host.c, challenges go into the zone in
- * ngx_http_acme_publish.c, the shared store (acme_storage) is followed in
- * ngx_http_acme_follow.c.
+ * by ngx_http_acme_status_snapshot.c), renew requests and ARI checks (every
+ * certificate's when nginx starts, not on reloads; an admin's request). The
+ * acme_host_t adapter is in ngx_http_acme_host.c, challenges go into the
+ * zone in ngx_http_acme_publish.c, the shared store (acme_storage) is
+ * followed in ngx_http_acme_follow.c.
  */
 
 
@@ -147,6 +148,76 @@ ngx_http_acme_renew_requests(ngx_http_acme_runner_t *rn)
 }
 
 
+static void
+ngx_http_acme_ari_requests(ngx_http_acme_runner_t *rn)
+{
+    int         rc;
+    u_char      req[NGX_HTTP_ACME_RENEW_MAX][NGX_HTTP_ACME_RENEW_LEN];
+    ngx_uint_t  n, i, m, all;
+
+    n = ngx_http_acme_zone_ari_take(rn->zone, req);
+
+    for (i = 0; i < n; i++) {
+        all = (ngx_strcmp(req[i], "*") == 0);
+        rc = -1;
+
+        for (m = 0; m < rn->nmanagers; m++) {
+            rc = acme_manager_ari_check(rn->managers[m],
+                                        all ? NULL : (char *) req[i]);
+            if (rc >= 0 && !all) {
+                break;
+            }
+        }
+
+        if (rc == -1) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: ARI check request for unknown certificate "
+                          "\"%s\"", req[i]);
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                      "acme: ARI check of %s requested",
+                      all ? "every certificate" : (char *) req[i]);
+
+        ngx_http_acme_snapshot_touch(&rn->status);
+    }
+}
+
+
+/*
+ * The zone outlives reloads, not a restart: the first runner since nginx
+ * started asks the CA's renewal information of every certificate again, so
+ * that a window the CA opened while its Retry-After kept us from asking
+ * (6 hours at Let's Encrypt) is seen when the admin restarts nginx.
+ */
+
+static void
+ngx_http_acme_ari_at_start(ngx_http_acme_runner_t *rn)
+{
+    int         n, total;
+    ngx_uint_t  m;
+
+    if (!ngx_atomic_cmp_set(&rn->zone->sh->started, 0, 1)) {
+        return;
+    }
+
+    total = 0;
+
+    for (m = 0; m < rn->nmanagers; m++) {
+        n = acme_manager_ari_check(rn->managers[m], NULL);
+        total += n > 0 ? n : 0;
+    }
+
+    if (total > 0) {
+        ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
+                      "acme: nginx started: asking the CA's renewal "
+                      "information of %d certificate%s again", total,
+                      total == 1 ? "" : "s");
+    }
+}
+
+
 /* the leader lock */
 
 static ngx_uint_t
@@ -183,7 +254,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
     if (pid == ngx_pid) {
         sh->heartbeat = now;
 
-        if (ngx_http_acme_runner == NULL
+        /* acme_storage's host: its first answer before the core starts */
+
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner == NULL
             && now >= ngx_http_acme_start_retry)
         {
             if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
@@ -197,6 +272,8 @@ ngx_http_acme_tick(ngx_event_t *ev)
             ngx_http_acme_runner_hold(ngx_http_acme_runner);
             ngx_http_acme_store_check(ngx_http_acme_runner, now);
             ngx_http_acme_renew_requests(ngx_http_acme_runner);
+            ngx_http_acme_ari_requests(ngx_http_acme_runner);
+            ngx_http_acme_od_tick(ngx_http_acme_runner);
             ngx_http_acme_ca_wait_publish(ngx_http_acme_runner);
 
             ngx_http_acme_snapshot_update(&ngx_http_acme_runner->status,
@@ -229,7 +306,11 @@ ngx_http_acme_tick(ngx_event_t *ev)
 
         ngx_http_acme_start_retry = 0;
 
-        if (ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle) != NGX_OK) {
+        if (ngx_http_acme_storage_resolve(ngx_http_acme_get_main_conf())
+               == NGX_OK
+            && ngx_http_acme_runner_start((ngx_cycle_t *) ngx_cycle)
+               != NGX_OK)
+        {
             ngx_http_acme_start_retry = now + NGX_HTTP_ACME_RETRY_START;
         }
 
@@ -303,20 +384,81 @@ ngx_http_acme_runner_hold(ngx_http_acme_runner_t *rn)
 
 /* start and stop the core in this worker */
 
+/* the manager's index of each issuer of cert, added on first use */
+
+static ngx_int_t
+ngx_http_acme_runner_issuers(ngx_http_acme_runner_t *rn, ngx_uint_t g,
+    ngx_http_acme_cert_t *cert, int *map, int *idx)
+{
+    char                    **contacts;
+    ngx_uint_t                j;
+    acme_err_t                err;
+    acme_issuer_conf_t        ic;
+    ngx_http_acme_issuer_t   *is;
+
+    for (j = 0; j < cert->nissuers; j++) {
+
+        if (map[cert->issuers[j]] == -1) {
+            is = &((ngx_http_acme_issuer_t *) rn->amcf->issuers.elts)
+                                                         [cert->issuers[j]];
+
+            ngx_memzero(&ic, sizeof(acme_issuer_conf_t));
+
+            ic.name = (char *) is->name.data;
+            ic.client.directory_url = is->directory_url;
+            ic.client.ca_file = is->ca_file;
+            ic.client.verify = is->verify ? 1 : 0;
+            contacts = is->contacts.elts;
+            ic.client.contact = (const char *const *) contacts;
+            ic.client.ncontact = is->contacts.nelts;
+            ic.client.agree_tos = is->accept_tos ? 1 : 0;
+            ic.client.eab_kid = is->eab_kid;
+            ic.client.eab_hmac_key = is->eab_key;
+            ic.client.account_keyspec = is->account_keyspec;
+            ic.client.account_key_file = is->account_key_file;
+
+            if (is->nchallenges) {
+                ic.challenge_types = (const char *const *) is->challenges;
+                ic.nchallenge_types = is->nchallenges;
+            }
+
+            if (is->dns.method != ACME_DNS_NONE) {
+                ic.dns = &is->dns;
+            }
+
+            ic.profile = is->profile;
+            ic.profile_required = is->profile_required ? 1 : 0;
+            ic.preferred_chain = is->preferred_chain;
+            ic.csr_no_cn = is->common_name_in_csr ? 0 : 1;
+
+            map[cert->issuers[j]] = acme_manager_add_issuer(rn->managers[g],
+                                                            &ic, &err);
+
+            if (map[cert->issuers[j]] < 0) {
+                ngx_log_error(NGX_LOG_ERR, rn->log, 0, "acme: %s", err.msg);
+                return NGX_ERROR;
+            }
+        }
+
+        idx[j] = map[cert->issuers[j]];
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_acme_runner_start(ngx_cycle_t *cycle)
 {
     int                          *idx, *map;
-    char                        **paths, **contacts, *types[1];
-    ngx_uint_t                    i, j, g;
+    char                        **paths;
+    ngx_uint_t                    i, g;
     acme_err_t                    err;
     acme_host_t                   host;
     const char                   *name;
-    acme_issuer_conf_t            ic;
     acme_manager_host_t           mhost;
     acme_notify_conf_t            nc;
     ngx_http_acme_cert_t        **certs, *cert;
-    ngx_http_acme_issuer_t       *iss;
     ngx_http_acme_runner_t       *rn;
     ngx_http_acme_main_conf_t    *amcf;
 
@@ -350,6 +492,11 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     host.watch = ngx_http_acme_host_watch;
     host.log = ngx_http_acme_host_log;
 
+    if (amcf->resolver) {
+        host.resolve = ngx_http_acme_host_resolve;
+        host.resolve_cancel = ngx_http_acme_host_resolve_cancel;
+    }
+
     acme_http_set_server("nginx/" NGINX_VERSION);
     rn->loop = acme_loop_new(&host, ACME_LOG_DEBUG, &err);
     if (rn->loop == NULL) {
@@ -367,6 +514,20 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                           cycle->log);
     idx = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
     map = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int), cycle->log);
+
+    rn->od_idx = ngx_calloc((amcf->od_certs.nelts + 1) * sizeof(int *),
+                            cycle->log);
+    if (rn->od_idx == NULL) {
+        goto failed;
+    }
+
+    for (i = 0; i < amcf->od_certs.nelts; i++) {
+        rn->od_idx[i] = ngx_calloc((amcf->issuers.nelts + 1) * sizeof(int),
+                                   cycle->log);
+        if (rn->od_idx[i] == NULL) {
+            goto failed;
+        }
+    }
 
     if (amcf->storage) {
         rn->cache = ngx_calloc((rn->nmanagers + 1) * sizeof(acme_store_t *),
@@ -390,7 +551,6 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     mhost.cert_updated = ngx_http_acme_cert_updated;
 
     paths = amcf->stores.elts;
-    iss = amcf->issuers.elts;
     certs = amcf->certs.elts;
 
     for (g = 0; g < rn->nmanagers; g++) {
@@ -453,47 +613,10 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                 continue;
             }
 
-            for (j = 0; j < cert->nissuers; j++) {
-
-                if (map[cert->issuers[j]] == -1) {
-                    ngx_http_acme_issuer_t  *is = &iss[cert->issuers[j]];
-
-                    ngx_memzero(&ic, sizeof(acme_issuer_conf_t));
-
-                    ic.name = (char *) is->name.data;
-                    ic.client.directory_url = is->directory_url;
-                    ic.client.ca_file = is->ca_file;
-                    ic.client.verify = is->verify ? 1 : 0;
-                    contacts = is->contacts.elts;
-                    ic.client.contact = (const char *const *) contacts;
-                    ic.client.ncontact = is->contacts.nelts;
-                    ic.client.agree_tos = is->accept_tos ? 1 : 0;
-                    ic.client.eab_kid = is->eab_kid;
-                    ic.client.eab_hmac_key = is->eab_key;
-                    ic.client.account_keyspec = is->account_keyspec;
-                    ic.client.account_key_file = is->account_key_file;
-
-                    if (is->challenge) {
-                        types[0] = is->challenge;
-                        ic.challenge_types = (const char *const *) types;
-                        ic.nchallenge_types = 1;
-                    }
-
-                    ic.profile = is->profile;
-                    ic.profile_required = is->profile_required ? 1 : 0;
-                    ic.preferred_chain = is->preferred_chain;
-
-                    map[cert->issuers[j]] =
-                        acme_manager_add_issuer(rn->managers[g], &ic, &err);
-
-                    if (map[cert->issuers[j]] < 0) {
-                        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                                      "acme: %s", err.msg);
-                        goto failed;
-                    }
-                }
-
-                idx[j] = map[cert->issuers[j]];
+            if (ngx_http_acme_runner_issuers(rn, g, cert, map, idx)
+                != NGX_OK)
+            {
+                goto failed;
             }
 
             name = acme_manager_add_cert(rn->managers[g], cert->ids,
@@ -511,6 +634,25 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
                 goto failed;
             }
         }
+
+        certs = amcf->od_certs.elts;
+
+        for (i = 0; i < amcf->od_certs.nelts; i++) {
+            cert = certs[i];
+
+            if (cert->store != g) {
+                continue;
+            }
+
+            if (ngx_http_acme_runner_issuers(rn, g, cert, map,
+                                             rn->od_idx[i])
+                != NGX_OK)
+            {
+                goto failed;
+            }
+        }
+
+        certs = amcf->certs.elts;
 
         if (g == 0 && rn->cache) {
             /* before the first order: our own announcements echo back */
@@ -531,7 +673,14 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     ngx_free(idx);
     ngx_free(map);
 
+    if (amcf->od_certs.nelts && ngx_http_acme_od_start(rn) != NGX_OK) {
+        ngx_http_acme_runner_stop(0);
+        return NGX_ERROR;
+    }
+
     ngx_http_acme_runner_hold(rn);
+
+    ngx_http_acme_ari_at_start(rn);
 
     ngx_http_acme_snapshot_update(&rn->status, rn->managers, rn->nmanagers,
                                   rn->log);
@@ -576,6 +725,9 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     }
 
     rn->stopping = 1;
+
+    /* its asks run on the loop, its names are the managers' */
+    ngx_http_acme_od_stop(rn);
 
     for (i = 0; rn->managers && i < rn->nmanagers; i++) {
         if (rn->managers[i]) {
@@ -627,6 +779,12 @@ ngx_http_acme_runner_stop(ngx_uint_t release)
     ngx_free(rn->cache);
     ngx_free(rn->held);
     ngx_free(rn->managers);
+
+    for (i = 0; rn->od_idx && i < rn->amcf->od_certs.nelts; i++) {
+        ngx_free(rn->od_idx[i]);
+    }
+
+    ngx_free(rn->od_idx);
     ngx_free(rn);
 
     ngx_http_acme_runner = NULL;
@@ -653,7 +811,9 @@ ngx_http_acme_runner_add_path(ngx_cycle_t *cycle,
 {
     ngx_path_t  *path, **p;
 
-    if (amcf->shm_zone == NULL || amcf->certs.nelts == 0) {
+    if (amcf->shm_zone == NULL
+        || (amcf->certs.nelts == 0 && amcf->od_certs.nelts == 0))
+    {
         return NGX_OK;
     }
 
@@ -725,7 +885,9 @@ ngx_http_acme_runner_init_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_acme_get_main_conf();
 
-    if (amcf->shm_zone == NULL || amcf->certs.nelts == 0) {
+    if (amcf->shm_zone == NULL
+        || (amcf->certs.nelts == 0 && amcf->od_certs.nelts == 0))
+    {
         return NGX_OK;
     }
 

@@ -59,6 +59,10 @@ typedef struct {
     unsigned long                ca_wait_version;
     ngx_uint_t                   ca_wait_known;
     ngx_uint_t                   stopping;
+
+    int                        **od_idx;         /* per on-demand template:
+                                                    the manager's issuers */
+    void                        *od;             /* on-demand names */
 } ngx_http_acme_runner_t;
 
 
@@ -68,6 +72,11 @@ void ngx_http_acme_host_timer_handler(ngx_event_t *ev);
 void ngx_http_acme_host_set_timer(void *data, long ms);
 int ngx_http_acme_host_watch(void *data, int fd, int events);
 void ngx_http_acme_conn_forget(ngx_http_acme_runner_t *rn, ngx_uint_t i);
+
+/* ngx_http_acme_resolver.c: acme_host_t.resolve (http's "resolver") */
+void *ngx_http_acme_host_resolve(void *data, const char *name, void *token);
+void ngx_http_acme_host_resolve_cancel(void *data, void *handle);
+ngx_int_t ngx_http_acme_storage_resolve(ngx_http_acme_main_conf_t *amcf);
 
 /* ngx_http_acme_publish.c: acme_challenge_host_t */
 int ngx_http_acme_publish(void *data, const char *type,
@@ -87,6 +96,10 @@ void ngx_http_acme_cert_updated(void *data, const char *name);
 
 /* ngx_http_acme_import.c: nginx-acme's state taken over */
 ngx_int_t ngx_http_acme_import(ngx_http_acme_runner_t *rn, ngx_uint_t g);
+/* ngx_http_acme_od_runner.c: on-demand names in the cache manager */
+ngx_int_t ngx_http_acme_od_start(ngx_http_acme_runner_t *rn);
+void ngx_http_acme_od_tick(ngx_http_acme_runner_t *rn);
+void ngx_http_acme_od_stop(ngx_http_acme_runner_t *rn);
 
 
 #endif /* _NGX_HTTP_ACME_RUNNER_H_INCLUDED_ */

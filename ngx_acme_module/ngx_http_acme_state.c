@@ -16,29 +16,78 @@
 #include "acme_store.h"
 
 
+/*
+ * no state_path (or nginx-acme's "state_path off"): nginx-acme's default
+ * directory, "acme_NAME" under nginx's prefix, when it is there (a
+ * configuration moved from nginx-acme keeps its state), else ours
+ */
+
+static ngx_int_t
+ngx_http_acme_state_default(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss)
+{
+    ngx_str_t        path;
+    ngx_uint_t       theirs;
+    ngx_file_info_t  fi;
+
+    path.len = cf->cycle->prefix.len + sizeof("acme_") - 1 + iss->name.len;
+    path.data = ngx_pnalloc(cf->pool, path.len + 1);
+    if (path.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(path.data, "%Vacme_%V%Z", &cf->cycle->prefix, &iss->name);
+
+    theirs = (ngx_link_info(path.data, &fi) != NGX_FILE_ERROR
+              && ngx_is_dir(&fi));
+
+    if (!theirs) {
+        path.len = sizeof(NGX_HTTP_ACME_DEFAULT_STATE_PATH) - 1
+                   + iss->name.len;
+        path.data = ngx_pnalloc(cf->pool, path.len + 1);
+        if (path.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_sprintf(path.data, "%s%V%Z", NGX_HTTP_ACME_DEFAULT_STATE_PATH,
+                    &iss->name);
+    }
+
+    iss->state_path = (char *) path.data;
+
+    if (iss->state_path_off) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "acme_issuer \"%V\": \"state_path off\": the state "
+                      "is kept in \"%s\" all the same, so that the account "
+                      "and certificates survive a restart in %s:%ui",
+                      &iss->name, iss->state_path, iss->file,
+                      iss->state_path_line);
+
+    } else if (theirs) {
+        ngx_log_error(NGX_LOG_NOTICE, cf->log, 0,
+                      "acme_issuer \"%V\": no \"state_path\": using "
+                      "nginx-acme's state directory \"%s\" in %s:%ui",
+                      &iss->name, iss->state_path, iss->file, iss->line);
+    }
+
+    return NGX_OK;
+}
+
+
 /* the issuer's state_path, read-only: for the checks of the configuration */
 
 acme_store_t *
 ngx_http_acme_state_open(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss)
 {
-    ngx_str_t      path;
     ngx_uint_t     line;
     acme_err_t     aerr;
     acme_store_t  *st;
 
     line = iss->state_path_line ? iss->state_path_line : iss->line;
 
-    if (iss->state_path == NULL) {
-        path.len = sizeof(NGX_HTTP_ACME_DEFAULT_STATE_PATH) - 1
-                   + iss->name.len;
-        path.data = ngx_pnalloc(cf->pool, path.len + 1);
-        if (path.data == NULL) {
-            return NULL;
-        }
-
-        ngx_sprintf(path.data, "%s%V%Z", NGX_HTTP_ACME_DEFAULT_STATE_PATH,
-                    &iss->name);
-        iss->state_path = (char *) path.data;
+    if (iss->state_path == NULL
+        && ngx_http_acme_state_default(cf, iss) != NGX_OK)
+    {
+        return NULL;
     }
 
     /*

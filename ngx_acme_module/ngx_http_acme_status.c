@@ -6,8 +6,15 @@
  * the leader; 403 where renew=on is not set; 429 with Retry-After while the
  * CA asked to wait (rateLimited) or when the certificate was forced less
  * than renew_interval ago; 404 for names we do not manage, 400 without one,
- * 405 for other methods. Private keys and EAB secrets are never part of
- * the snapshot.
+ * 405 for other methods. POST ?ari-check=NAME (or "*": all) asks the CA's
+ * renewal information again without forcing a renewal, under the same
+ * permission and interval. Private keys and EAB secrets are never part of
+ * the snapshot. "format=prometheus" (or ?format=prometheus, which
+ * overrides the directive's format= either way) renders the same snapshot
+ * as Prometheus text with the core's renderer, the one Apache uses too.
+ * A JSON GET whose Accept prefers text/html (a browser's, no ?format=)
+ * gets the snapshot as a page (acme_status_html.c); a POST carrying a
+ * browser's cross-site signals (Sec-Fetch-Site, Origin) is refused, 403.
  */
 
 
@@ -19,10 +26,15 @@
 #include "ngx_http_acme_zone.h"
 #include "ngx_http_acme_status_snapshot.h"
 
+#include <jansson.h>
+
+#include "acme_metrics.h"
+#include "acme_status_html.h"
+
 
 static ngx_int_t
-ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
-    u_char *data, size_t len)
+ngx_http_acme_status_send_type(ngx_http_request_t *r, ngx_uint_t status,
+    char *type, u_char *data, size_t len)
 {
     ngx_int_t     rc;
     ngx_buf_t    *b;
@@ -30,7 +42,8 @@ ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type.data = (u_char *) type;
+    r->headers_out.content_type.len = ngx_strlen(type);
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
@@ -59,6 +72,187 @@ ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_acme_status_send(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *data, size_t len)
+{
+    return ngx_http_acme_status_send_type(r, status, "application/json",
+                                          data, len);
+}
+
+
+/* a request header's value, NUL-terminated as nginx keeps them; NULL: none */
+
+static u_char *
+ngx_http_acme_status_header(ngx_http_request_t *r, char *name, size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return h[i].value.data;
+        }
+    }
+}
+
+
+/* 1: a browser asks for the page (HTML preferred, no ?format=) */
+
+static ngx_uint_t
+ngx_http_acme_status_wants_html(ngx_http_request_t *r)
+{
+    u_char     *accept;
+    ngx_str_t   arg;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &arg) == NGX_OK) {
+        return 0;
+    }
+
+    accept = ngx_http_acme_status_header(r, "Accept", 6);
+
+    return accept != NULL
+           && acme_status_accepts_html((char *) accept, ngx_strlen(accept));
+}
+
+
+/* the status document as the page for people, with its security headers */
+
+static ngx_int_t
+ngx_http_acme_status_page(ngx_http_request_t *r, u_char *json, size_t len)
+{
+    char                      *html;
+    size_t                     hlen;
+    u_char                    *p;
+    ngx_uint_t                 i;
+    ngx_table_elt_t           *h;
+    ngx_http_acme_loc_conf_t  *alcf;
+
+    static char  *headers[][2] = {
+        { "Content-Security-Policy", NULL },
+        { "X-Content-Type-Options", "nosniff" },
+        { "Referrer-Policy", "no-referrer" },
+        { "Cache-Control", "no-store" },
+    };
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
+
+    html = acme_status_html((char *) json, len, alcf->renew, ngx_time(),
+                            &hlen);
+    if (html == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, hlen);
+    if (p == NULL) {
+        free(html);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, html, hlen);
+    free(html);
+
+    headers[0][1] = (char *) acme_status_html_csp();
+
+    for (i = 0; i < sizeof(headers) / sizeof(headers[0]); i++) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        h->key.data = (u_char *) headers[i][0];
+        h->key.len = ngx_strlen(headers[i][0]);
+        h->value.data = (u_char *) headers[i][1];
+        h->value.len = ngx_strlen(headers[i][1]);
+    }
+
+    return ngx_http_acme_status_send_type(r, NGX_HTTP_OK,
+                                          "text/html; charset=utf-8", p, hlen);
+}
+
+
+/* the location's format=, or ?format= in the request; NGX_ERROR: bad */
+
+static ngx_int_t
+ngx_http_acme_status_format(ngx_http_request_t *r,
+    ngx_http_acme_loc_conf_t *alcf)
+{
+    ngx_str_t  arg;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &arg) != NGX_OK) {
+        return alcf->format;
+    }
+
+    if (arg.len == 4 && ngx_strncmp(arg.data, "json", 4) == 0) {
+        return NGX_HTTP_ACME_STATUS_JSON;
+    }
+
+    if (arg.len == 10 && ngx_strncmp(arg.data, "prometheus", 10) == 0) {
+        return NGX_HTTP_ACME_STATUS_PROMETHEUS;
+    }
+
+    return NGX_ERROR;
+}
+
+
+/* the snapshot as Prometheus text: CPU only, the document is in memory */
+
+static ngx_int_t
+ngx_http_acme_status_metrics(ngx_http_request_t *r, u_char *data, size_t len)
+{
+    char     *text;
+    size_t    n;
+    u_char   *p;
+    json_t   *doc;
+
+    doc = json_loadb((char *) data, len, 0, NULL);
+    if (doc == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "acme: the status snapshot is not JSON");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    text = acme_metrics_prometheus(doc);
+    json_decref(doc);
+
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    n = ngx_strlen(text);
+
+    p = ngx_pnalloc(r->pool, n);
+    if (p == NULL) {
+        free(text);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, text, n);
+    free(text);
+
+    return ngx_http_acme_status_send_type(r, NGX_HTTP_OK,
+                                          ACME_METRICS_CONTENT_TYPE, p, n);
 }
 
 
@@ -137,22 +331,91 @@ ngx_http_acme_status_too_soon(ngx_http_request_t *r, time_t until,
 }
 
 
+/*
+ * POST ?ari-check=NAME|*: the leader asks the CA's renewal information of
+ * that certificate (every one) again; no renewal is forced, a window that
+ * says "renew now" is acted on as usual. Same permission (renew=on) and
+ * limit (renew_interval per name, "*" counting as one) as renewals; the
+ * CA's wait after rateLimited concerns orders, not this.
+ */
+
+static ngx_int_t
+ngx_http_acme_status_ari(ngx_http_request_t *r,
+    ngx_http_acme_main_conf_t *amcf, ngx_http_acme_zone_t *zone,
+    ngx_http_acme_loc_conf_t *alcf, ngx_str_t *what)
+{
+    time_t                 until;
+    ngx_int_t              rc;
+    ngx_str_t              name;
+    ngx_http_acme_cert_t  *cert;
+
+    static u_char  accepted[] = "{\"ari_check\": \"accepted\"}\n";
+    static u_char  unknown[] = "{\"error\": \"unknown certificate\"}\n";
+
+    if (what->len == 1 && what->data[0] == '*') {
+        name = *what;
+
+    } else {
+        cert = ngx_http_acme_status_find(amcf, what);
+
+        if (cert == NULL) {
+            return ngx_http_acme_status_send(r, NGX_HTTP_NOT_FOUND, unknown,
+                                             sizeof(unknown) - 1);
+        }
+
+        name.data = (u_char *) cert->name;
+        name.len = ngx_strlen(cert->name);
+    }
+
+    rc = ngx_http_acme_zone_ari_request(zone, &name, alcf->renew_interval,
+                                        &until);
+
+    if (rc == NGX_AGAIN) {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "acme: ARI check of \"%V\" refused: one was requested "
+                      "less than %T s ago", what, alcf->renew_interval);
+        return ngx_http_acme_status_too_soon(r, until,
+                                             "an ARI check was requested "
+                                             "recently");
+    }
+
+    if (rc == NGX_BUSY) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "acme: ARI check of \"%V\" requested", what);
+
+    return ngx_http_acme_status_send(r, NGX_HTTP_ACCEPTED, accepted,
+                                     sizeof(accepted) - 1);
+}
+
+
 ngx_int_t
 ngx_http_acme_status_handler(ngx_http_request_t *r)
 {
     u_char                     *p, *dst;
     size_t                      i;
-    ngx_int_t                   rc;
+    ngx_int_t                   rc, format;
     time_t                      until;
     ngx_str_t                   json, arg, what, name;
+    ngx_uint_t                  ari;
     ngx_http_acme_cert_t       *cert;
     ngx_http_acme_zone_t       *zone;
     ngx_http_acme_loc_conf_t   *alcf;
     ngx_http_acme_main_conf_t  *amcf;
 
     static u_char  empty[] = "{\"certificates\":[]}";
-    static u_char  forbidden[] = "{\"error\": \"renewal requests are not "
-                                 "allowed here (acme_status renew=on)\"}\n";
+    static u_char  forbidden[] = "{\"error\": \"renewal and ARI check "
+                                 "requests are not allowed here "
+                                 "(acme_status renew=on)\"}\n";
+    static u_char  cross_site[] = "{\"error\": \"renewal and ARI check "
+                                  "requests from other sites' pages are "
+                                  "not allowed\"}\n";
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -164,10 +427,23 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
     }
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_acme_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
+
+    format = NGX_HTTP_ACME_STATUS_JSON;
+
+    if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
+        format = ngx_http_acme_status_format(r, alcf);
+
+        if (format == NGX_ERROR) {
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    json.data = empty;
+    json.len = sizeof(empty) - 1;
 
     if (!amcf->enabled || amcf->shm_zone == NULL) {
-        return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
-                                         sizeof(empty) - 1);
+        goto send;
     }
 
     zone = amcf->shm_zone->data;
@@ -182,28 +458,49 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
         }
 
         if (rc == NGX_DECLINED) {
-            return ngx_http_acme_status_send(r, NGX_HTTP_OK, empty,
-                                             sizeof(empty) - 1);
+            json.data = empty;
+            json.len = sizeof(empty) - 1;
         }
 
-        return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
+        goto send;
     }
 
-    /* POST ?renew=NAME */
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_acme_module);
+    /* POST ?renew=NAME, POST ?ari-check=NAME|* */
 
     if (!alcf->renew) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "acme: renewal request refused: \"acme_status\" "
-                      "has no renew=on in this location");
+                      "acme: renewal or ARI check request refused: "
+                      "\"acme_status\" has no renew=on in this location");
         return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
                                  (u_char *) forbidden, sizeof(forbidden) - 1);
     }
 
-    if (ngx_http_arg(r, (u_char *) "renew", 5, &arg) != NGX_OK
-        || arg.len == 0 || arg.len >= NGX_HTTP_ACME_RENEW_LEN)
+    if (!acme_status_post_allowed(
+            (char *) ngx_http_acme_status_header(r, "Sec-Fetch-Site", 14),
+            (char *) ngx_http_acme_status_header(r, "Origin", 6),
+            r->headers_in.host ? (char *) r->headers_in.host->value.data
+                               : NULL))
     {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "acme: renewal or ARI check request refused: "
+                      "it came from another site's page (Origin, "
+                      "Sec-Fetch-Site)");
+        return ngx_http_acme_status_send(r, NGX_HTTP_FORBIDDEN,
+                                 (u_char *) cross_site,
+                                 sizeof(cross_site) - 1);
+    }
+
+    ari = 0;
+
+    if (ngx_http_arg(r, (u_char *) "renew", 5, &arg) != NGX_OK) {
+        if (ngx_http_arg(r, (u_char *) "ari-check", 9, &arg) != NGX_OK) {
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        ari = 1;
+    }
+
+    if (arg.len == 0 || arg.len >= NGX_HTTP_ACME_RENEW_LEN) {
         return NGX_HTTP_BAD_REQUEST;
     }
 
@@ -231,6 +528,10 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
 
     if (what.len == 0) {
         return NGX_HTTP_BAD_REQUEST;
+    }
+
+    if (ari) {
+        return ngx_http_acme_status_ari(r, amcf, zone, alcf, &what);
     }
 
     cert = ngx_http_acme_status_find(amcf, &what);
@@ -282,4 +583,21 @@ ngx_http_acme_status_handler(ngx_http_request_t *r)
                                      (u_char *) "{\"renew\": \"accepted\"}\n",
                                      sizeof("{\"renew\": \"accepted\"}\n")
                                      - 1);
+
+send:
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        /* renewal requests without a configured zone: nothing to renew */
+        return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
+    }
+
+    if (format == NGX_HTTP_ACME_STATUS_PROMETHEUS) {
+        return ngx_http_acme_status_metrics(r, json.data, json.len);
+    }
+
+    if (ngx_http_acme_status_wants_html(r)) {
+        return ngx_http_acme_status_page(r, json.data, json.len);
+    }
+
+    return ngx_http_acme_status_send(r, NGX_HTTP_OK, json.data, json.len);
 }

@@ -24,9 +24,11 @@
 
 /*
  * Compact JSON bytes per certificate beyond its strings: keys,
- * punctuation, six timestamps, state, reason, counters.
+ * punctuation, eight timestamps, state, reason, counters.
  */
-#define NGX_HTTP_ACME_STATUS_CERT     1024
+#define NGX_HTTP_ACME_STATUS_CERT     1152
+/* per issuer beyond its name (escaped): the counters, by kind of error */
+#define NGX_HTTP_ACME_STATUS_ISSUER   512
 /* per identifier beyond its name: quotes, "dns:", an error's keys and time */
 #define NGX_HTTP_ACME_STATUS_IDENT    96
 /* the progress text of a running order (the core's state_text) */
@@ -90,11 +92,25 @@ ngx_http_acme_status_size(ngx_http_acme_main_conf_t *amcf)
                 + url + iname + NGX_HTTP_ACME_STATUS_PROGRESS
                 + ACME_ERR_MSG_MAX;
 
+        /* a manager lists each of its certificates' issuers once */
+
+        size += certs[i]->nissuers
+                * (NGX_HTTP_ACME_STATUS_ISSUER + 2 * iname);
+
         for (j = 0; j < certs[i]->nids; j++) {
             size += NGX_HTTP_ACME_STATUS_IDENT
                     + 2 * ngx_strlen(certs[i]->ids[j].value)
                     + ACME_ERR_MSG_MAX;
         }
+    }
+
+    if (amcf->od_certs.nelts) {
+        /* on-demand certificates: one name each, and their counters */
+        size += 2048 + amcf->od.max * (NGX_HTTP_ACME_STATUS_CERT + 2 * 256
+                                       + url + iname
+                                       + NGX_HTTP_ACME_STATUS_PROGRESS
+                                       + NGX_HTTP_ACME_STATUS_IDENT + 512
+                                       + 2 * ACME_ERR_MSG_MAX);
     }
 
     return size;
@@ -341,25 +357,33 @@ ngx_http_acme_snapshot_free(ngx_http_acme_snapshot_t *ss)
 {
     free(ss->last);
     ss->last = NULL;
+
+    if (ss->on_demand) {
+        json_decref(ss->on_demand);
+        ss->on_demand = NULL;
+    }
 }
 
 
 /* every manager's certificates in one compact document */
 
 static char *
-ngx_http_acme_snapshot_build(acme_manager_t **managers, ngx_uint_t n)
+ngx_http_acme_snapshot_build(acme_manager_t **managers, ngx_uint_t n,
+    json_t *on_demand)
 {
     char        *s;
     size_t       i;
-    json_t      *doc, *arr, *one, *certs;
+    json_t      *doc, *arr, *iarr, *one, *certs, *issuers;
     ngx_uint_t   m;
 
     doc = json_object();
     arr = json_array();
+    iarr = json_array();
 
-    if (doc == NULL || arr == NULL) {
+    if (doc == NULL || arr == NULL || iarr == NULL) {
         json_decref(doc);
         json_decref(arr);
+        json_decref(iarr);
         return NULL;
     }
 
@@ -375,11 +399,24 @@ ngx_http_acme_snapshot_build(acme_manager_t **managers, ngx_uint_t n)
             json_array_append(arr, json_array_get(certs, i));
         }
 
+        /* the metrics' counters; an issuer in several managers is summed */
+
+        issuers = json_object_get(one, "issuers");
+
+        for (i = 0; issuers && i < json_array_size(issuers); i++) {
+            json_array_append(iarr, json_array_get(issuers, i));
+        }
+
         json_decref(one);
     }
 
     json_object_set_new(doc, "certificates", arr);
+    json_object_set_new(doc, "issuers", iarr);
     json_object_set_new(doc, "leader_pid", json_integer(ngx_pid));
+
+    if (on_demand) {
+        json_object_set(doc, "on_demand", on_demand);
+    }
 
     s = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(doc);
@@ -416,7 +453,7 @@ ngx_http_acme_snapshot_update(ngx_http_acme_snapshot_t *ss,
     ss->stale = 0;
     ss->version = version;
 
-    s = ngx_http_acme_snapshot_build(managers, n);
+    s = ngx_http_acme_snapshot_build(managers, n, ss->on_demand);
     if (s == NULL) {
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "acme: cannot build the status document");

@@ -26,6 +26,7 @@ typedef struct {
     char                       *last;            /* written last, malloc'd */
     unsigned long               version;         /* managers' versions */
     size_t                      refused;         /* too large, logged */
+    void                       *on_demand;       /* json_t *, owned */
     unsigned                    stale:1;         /* rebuild at the next tick */
 } ngx_http_acme_snapshot_t;
 

@@ -154,24 +154,13 @@ ngx_http_acme_tls_alpn_ctx(ngx_conf_t *cf)
 ngx_int_t
 ngx_http_acme_tls_alpn_init(ngx_conf_t *cf)
 {
-    SSL_CTX                          *ctx;
     ngx_uint_t                        s;
     ngx_http_ssl_srv_conf_t          *sscf;
     ngx_http_core_srv_conf_t        **cscfp;
     ngx_http_core_main_conf_t        *cmcf;
-    ngx_http_acme_tls_alpn_hello_t   *hello;
+    ngx_http_acme_main_conf_t        *amcf;
 
-    if (ngx_http_acme_ssl_index == -1) {
-        ngx_http_acme_ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
-                                                       NULL);
-        if (ngx_http_acme_ssl_index == -1) {
-            ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
-                          "SSL_get_ex_new_index() failed");
-            return NGX_ERROR;
-        }
-    }
-
-    ctx = NULL;
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
     cscfp = cmcf->servers.elts;
@@ -184,39 +173,68 @@ ngx_http_acme_tls_alpn_init(ngx_conf_t *cf)
             continue;
         }
 
-        if (ctx == NULL) {
-            ctx = ngx_http_acme_tls_alpn_ctx(cf);
-            if (ctx == NULL) {
-                return NGX_ERROR;
-            }
-        }
-
-        hello = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_tls_alpn_hello_t));
-        if (hello == NULL) {
+        if (ngx_http_acme_tls_alpn_hook(cf, amcf, sscf->ssl.ctx) != NGX_OK) {
             return NGX_ERROR;
         }
+    }
 
-        hello->ctx = ctx;
+    return NGX_OK;
+}
+
+
+/*
+ * Our client hello callback on a server's SSL_CTX: http's, and stream's
+ * (ngx_stream_acme_module); the private SSL_CTX is the cycle's, shared.
+ */
+
+ngx_int_t
+ngx_http_acme_tls_alpn_hook(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    SSL_CTX *server_ctx)
+{
+    ngx_http_acme_tls_alpn_hello_t   *hello;
+
+    if (ngx_http_acme_ssl_index == -1) {
+        ngx_http_acme_ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
+                                                       NULL);
+        if (ngx_http_acme_ssl_index == -1) {
+            ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                          "SSL_get_ex_new_index() failed");
+            return NGX_ERROR;
+        }
+    }
+
+    if (amcf->tls_alpn_ctx == NULL) {
+        amcf->tls_alpn_ctx = ngx_http_acme_tls_alpn_ctx(cf);
+        if (amcf->tls_alpn_ctx == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    hello = ngx_pcalloc(cf->pool, sizeof(ngx_http_acme_tls_alpn_hello_t));
+    if (hello == NULL) {
+        return NGX_ERROR;
+    }
+
+    hello->ctx = amcf->tls_alpn_ctx;
 
 #if (NGX_HTTP_ACME_CHAIN_CLIENT_HELLO)
 
-        /*
-         * OpenSSL cannot tell the callback in place; nginx puts its
-         * argument next to its callback, so that tells it is there
-         */
+    /*
+     * OpenSSL cannot tell the callback in place; nginx puts its
+     * argument next to its callback, so that tells it is there
+     */
 
-        if (SSL_CTX_get_ex_data(sscf->ssl.ctx, ngx_ssl_client_hello_arg_index)
-            != NULL)
-        {
-            hello->prev = ngx_ssl_client_hello_callback;
-            hello->prev_arg = NULL;
-        }
+    if (SSL_CTX_get_ex_data(server_ctx, ngx_ssl_client_hello_arg_index)
+        != NULL)
+    {
+        hello->prev = ngx_ssl_client_hello_callback;
+        hello->prev_arg = NULL;
+    }
 
 #endif
 
-        SSL_CTX_set_client_hello_cb(sscf->ssl.ctx, ngx_http_acme_client_hello,
-                                    hello);
-    }
+    SSL_CTX_set_client_hello_cb(server_ctx, ngx_http_acme_client_hello,
+                                hello);
 
     return NGX_OK;
 }

@@ -1,8 +1,8 @@
 
 /*
  * The shared zone: a slab pool with a red-black tree of small key/value
- * entries (certificate generations, challenges), the leader lock and the
- * renew requests.
+ * entries (certificate generations, challenges), the leader lock, the
+ * renew requests and the ARI check requests.
  */
 
 
@@ -586,4 +586,373 @@ ngx_http_acme_zone_renew_take(ngx_http_acme_zone_t *z,
     ngx_shmtx_unlock(&z->shpool->mutex);
 
     return n;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_ari_request(ngx_http_acme_zone_t *z, ngx_str_t *name,
+    time_t interval, time_t *until)
+{
+    time_t               now;
+    ngx_uint_t           i;
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *last;
+
+    if (name->len == 0 || name->len >= NGX_HTTP_ACME_RENEW_LEN) {
+        return NGX_ERROR;
+    }
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    last = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_ARI, name->data,
+                                     name->len, &node);
+
+    if (last && now - (time_t) last->num < interval) {
+        *until = (time_t) last->num + interval;
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_AGAIN;
+    }
+
+    for (i = 0; i < z->sh->nari; i++) {
+        if (ngx_strlen(z->sh->ari[i]) == name->len
+            && ngx_strncmp(z->sh->ari[i], name->data, name->len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (i == NGX_HTTP_ACME_RENEW_MAX) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_BUSY;
+    }
+
+    if (last == NULL) {
+        last = ngx_http_acme_zone_insert(z, NGX_HTTP_ACME_KV_ARI,
+                                         name->data, name->len, NULL, 0);
+        if (last == NULL) {
+            /* no room to remember it: refuse rather than allow a flood */
+            ngx_shmtx_unlock(&z->shpool->mutex);
+            return NGX_BUSY;
+        }
+    }
+
+    if (i == z->sh->nari) {
+        ngx_memcpy(z->sh->ari[i], name->data, name->len);
+        z->sh->ari[i][name->len] = '\0';
+        z->sh->nari++;
+    }
+
+    last->num = (ngx_uint_t) now;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_http_acme_zone_ari_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_RENEW_LEN])
+{
+    ngx_uint_t  n;
+
+    if (z->sh->nari == 0) {
+        return 0;
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    n = z->sh->nari;
+    ngx_memcpy(out, z->sh->ari, n * NGX_HTTP_ACME_RENEW_LEN);
+    z->sh->nari = 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
+/* on-demand names */
+
+static void
+ngx_http_acme_zone_od_read(ngx_http_acme_kv_t *kv, ngx_http_acme_od_entry_t *e)
+{
+    ngx_memzero(e, sizeof(ngx_http_acme_od_entry_t));
+    ngx_memcpy(e, kv->data + kv->klen,
+               ngx_min(kv->vlen, sizeof(ngx_http_acme_od_entry_t)));
+    e->store[NGX_HTTP_ACME_OD_NAME_LEN - 1] = '\0';
+}
+
+
+static ngx_int_t
+ngx_http_acme_zone_od_write(ngx_http_acme_zone_t *z, u_char *name,
+    size_t len, ngx_http_acme_od_entry_t *e)
+{
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_ONDEMAND, name, len,
+                                   &node);
+    if (kv) {
+        ngx_memcpy(kv->data + kv->klen, e,
+                   ngx_min(kv->vlen, sizeof(ngx_http_acme_od_entry_t)));
+        kv->num = ngx_time();
+        return NGX_OK;
+    }
+
+    kv = ngx_http_acme_zone_insert(z, NGX_HTTP_ACME_KV_ONDEMAND, name, len,
+                                   (u_char *) e,
+                                   sizeof(ngx_http_acme_od_entry_t));
+    if (kv == NULL) {
+        return NGX_ERROR;
+    }
+
+    kv->num = ngx_time();
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_od_request(ngx_http_acme_zone_t *z, u_char *name,
+    size_t len, ngx_uint_t tmpl, time_t now, ngx_http_acme_od_entry_t *e)
+{
+    ngx_int_t            rc;
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    if (len >= NGX_HTTP_ACME_OD_NAME_LEN) {
+        return NGX_ERROR;
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_ONDEMAND, name, len,
+                                   &node);
+    if (kv) {
+        ngx_http_acme_zone_od_read(kv, e);
+
+        /*
+         * a refusal until it expires; a request the cache manager has not
+         * touched for a while (it died, or restarted with a fresh queue) is
+         * queued again: it republishes the names it knows
+         */
+
+        if ((e->state == NGX_HTTP_ACME_OD_REFUSED && e->until > now)
+            || e->state == NGX_HTTP_ACME_OD_READY
+            || (e->state != NGX_HTTP_ACME_OD_REFUSED
+                && now - (time_t) kv->num < NGX_HTTP_ACME_OD_STALE))
+        {
+            ngx_shmtx_unlock(&z->shpool->mutex);
+            return NGX_OK;
+        }
+    }
+
+    if (z->sh->nod == NGX_HTTP_ACME_OD_QUEUE) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_BUSY;
+    }
+
+    ngx_memzero(e, sizeof(ngx_http_acme_od_entry_t));
+    e->state = NGX_HTTP_ACME_OD_QUEUED;
+    e->tmpl = (u_char) tmpl;
+
+    rc = ngx_http_acme_zone_od_write(z, name, len, e);
+
+    if (rc == NGX_OK) {
+        ngx_memcpy(z->sh->od[z->sh->nod], name, len);
+        z->sh->od[z->sh->nod][len] = '\0';
+        z->sh->nod++;
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return rc == NGX_OK ? NGX_OK : NGX_BUSY;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_od_get(ngx_http_acme_zone_t *z, u_char *name, size_t len,
+    ngx_http_acme_od_entry_t *e)
+{
+    ngx_rbtree_node_t   *node;
+    ngx_http_acme_kv_t  *kv;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_ONDEMAND, name, len,
+                                   &node);
+    if (kv) {
+        ngx_http_acme_zone_od_read(kv, e);
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return kv ? NGX_OK : NGX_DECLINED;
+}
+
+
+ngx_int_t
+ngx_http_acme_zone_od_set(ngx_http_acme_zone_t *z, u_char *name, size_t len,
+    ngx_http_acme_od_entry_t *e)
+{
+    ngx_int_t  rc;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+    rc = ngx_http_acme_zone_od_write(z, name, len, e);
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return rc;
+}
+
+
+void
+ngx_http_acme_zone_od_seen(ngx_http_acme_zone_t *z, u_char *name, size_t len,
+    time_t now)
+{
+    ngx_rbtree_node_t         *node;
+    ngx_http_acme_kv_t        *kv;
+    ngx_http_acme_od_entry_t   e;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    kv = ngx_http_acme_zone_lookup(z, NGX_HTTP_ACME_KV_ONDEMAND, name, len,
+                                   &node);
+    if (kv) {
+        ngx_http_acme_zone_od_read(kv, &e);
+
+        if (now - e.seen >= 60) {
+            e.seen = now;
+            (void) ngx_http_acme_zone_od_write(z, name, len, &e);
+        }
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+}
+
+
+ngx_uint_t
+ngx_http_acme_zone_od_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_OD_NAME_LEN])
+{
+    ngx_uint_t  n;
+
+    if (z->sh->nod == 0) {
+        return 0;
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    n = z->sh->nod;
+    ngx_memcpy(out, z->sh->od, n * NGX_HTTP_ACME_OD_NAME_LEN);
+    z->sh->nod = 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
+ngx_uint_t
+ngx_http_acme_zone_od_sweep(ngx_http_acme_zone_t *z, time_t now,
+    ngx_uint_t max)
+{
+    ngx_uint_t                 n;
+    ngx_rbtree_node_t         *node, *next, *root, *sentinel;
+    ngx_http_acme_kv_t        *kv;
+    ngx_http_acme_od_entry_t   e;
+
+    n = 0;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    sentinel = z->sh->rbtree.sentinel;
+    root = z->sh->rbtree.root;
+
+    if (root != sentinel) {
+
+        for (node = ngx_rbtree_min(root, sentinel); node && n < max;
+             node = next)
+        {
+            /* the successor stays the successor across a deletion */
+            next = ngx_rbtree_next(&z->sh->rbtree, node);
+
+            kv = (ngx_http_acme_kv_t *) &node->color;
+
+            if (kv->kind != NGX_HTTP_ACME_KV_ONDEMAND) {
+                continue;
+            }
+
+            ngx_http_acme_zone_od_read(kv, &e);
+
+            if (e.state != NGX_HTTP_ACME_OD_REFUSED || e.until > now) {
+                continue;
+            }
+
+            ngx_rbtree_delete(&z->sh->rbtree, node);
+            ngx_slab_free_locked(z->shpool, node);
+            n++;
+        }
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
+ngx_http_acme_od_slot_t *
+ngx_http_acme_zone_od_slot(ngx_http_acme_zone_t *z, ngx_pid_t pid)
+{
+    ngx_uint_t                i;
+    ngx_http_acme_od_slot_t  *sl;
+
+    sl = z->sh->od_slots;
+
+    for (i = 0; i < NGX_HTTP_ACME_OD_SLOTS - 1; i++) {
+        if ((ngx_pid_t) sl[i].pid == pid) {
+            return &sl[i];
+        }
+    }
+
+    for (i = 0; i < NGX_HTTP_ACME_OD_SLOTS - 1; i++) {
+        if (sl[i].pid == 0 && ngx_atomic_cmp_set(&sl[i].pid, 0, pid)) {
+            return &sl[i];
+        }
+    }
+
+    /* shared, never reclaimed */
+    return &sl[NGX_HTTP_ACME_OD_SLOTS - 1];
+}
+
+
+void
+ngx_http_acme_zone_od_reclaim(ngx_http_acme_zone_t *z)
+{
+    ngx_pid_t                 pid;
+    ngx_uint_t                i;
+    ngx_atomic_uint_t         held;
+    ngx_http_acme_od_slot_t  *sl;
+
+    sl = z->sh->od_slots;
+
+    for (i = 0; i < NGX_HTTP_ACME_OD_SLOTS - 1; i++) {
+        pid = (ngx_pid_t) sl[i].pid;
+
+        if (pid == 0 || kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH) {
+            continue;
+        }
+
+        held = sl[i].held;
+        sl[i].held = 0;
+
+        if (held) {
+            (void) ngx_atomic_fetch_add(&z->sh->od_waiting,
+                                        -(ngx_atomic_int_t) held);
+        }
+
+        sl[i].pid = 0;
+    }
 }

@@ -9,11 +9,18 @@
  *     "<identifier> <key authorization>") and "t" entries (TLS-ALPN-01,
  *     keyed by the SNI name, value "<dns|ip> <identifier> <key authz>");
  *   - the leader lock (pid and heartbeat) of the worker running the core;
- *   - renew requests for the leader (the status snapshot has a zone of its
- *     own: ngx_http_acme_status_snapshot.c);
+ *   - renew requests and ARI check requests for the leader (the status
+ *     snapshot has a zone of its own: ngx_http_acme_status_snapshot.c);
+ *   - whether the core has run since nginx started: the zone survives
+ *     reloads, not a restart, so the first runner of a start (and only it)
+ *     asks the CA's renewal information of every certificate again;
  *   - per certificate: when a renewal was last forced ("f" entries) and
  *     until when the CA asked to wait ("w", written by the leader), so a
- *     status handler refuses a forced renewal at once.
+ *     status handler refuses a forced renewal at once; when an ARI check
+ *     was last requested ("a", "*" for all certificates);
+ *   - on-demand names ("o" entries: queued, busy, ready with the store name,
+ *     or refused until a time: the negative cache), the queue of names for
+ *     the cache manager, the connections held and the workers' counters.
  */
 
 
@@ -36,6 +43,47 @@
 #define NGX_HTTP_ACME_KV_TLSALPN   't'
 #define NGX_HTTP_ACME_KV_FORCED    'f'   /* per certificate: last forced */
 #define NGX_HTTP_ACME_KV_CA_WAIT   'w'   /* per certificate: CA's wait */
+#define NGX_HTTP_ACME_KV_ARI       'a'   /* per certificate: last ARI check */
+#define NGX_HTTP_ACME_KV_ONDEMAND  'o'   /* per on-demand name: its state */
+
+/* on-demand requests from the workers to the runner */
+#define NGX_HTTP_ACME_OD_QUEUE     64
+#define NGX_HTTP_ACME_OD_NAME_LEN  256
+#define NGX_HTTP_ACME_OD_STALE     60    /* s: a request not taken up */
+
+/* an on-demand name's state, the value of its "o" entry */
+#define NGX_HTTP_ACME_OD_QUEUED    'q'   /* a worker asked */
+#define NGX_HTTP_ACME_OD_BUSY      'b'   /* the runner asks or orders */
+#define NGX_HTTP_ACME_OD_READY     'r'   /* a certificate is stored */
+#define NGX_HTTP_ACME_OD_REFUSED   'x'   /* until `until`, for `cause` */
+
+/* what workers count, shown in the status document */
+#define NGX_HTTP_ACME_OD_W_NOT_SERVER_NAME  0
+#define NGX_HTTP_ACME_OD_W_INVALID_NAME     1
+#define NGX_HTTP_ACME_OD_W_WAITING_CAP      2
+#define NGX_HTTP_ACME_OD_W_TIMEOUT          3
+#define NGX_HTTP_ACME_OD_W_WAITED           4   /* connections that waited */
+#define NGX_HTTP_ACME_OD_W_CACHED_REFUSAL   5   /* refused from the cache */
+#define NGX_HTTP_ACME_OD_W_N                6
+
+
+/* a worker's share of od_waiting: given back by the runner if it dies */
+#define NGX_HTTP_ACME_OD_SLOTS     128
+
+typedef struct {
+    ngx_atomic_t                pid;             /* 0: free */
+    ngx_atomic_t                held;
+} ngx_http_acme_od_slot_t;
+
+
+typedef struct {
+    u_char                      state;
+    u_char                      cause;           /* acme_od_verdict_t */
+    u_char                      tmpl;            /* in amcf->od_certs */
+    time_t                      until;           /* refused until */
+    time_t                      seen;            /* last handshake seen */
+    u_char                      store[NGX_HTTP_ACME_OD_NAME_LEN];
+} ngx_http_acme_od_entry_t;
 
 
 typedef struct {
@@ -49,6 +97,20 @@ typedef struct {
     ngx_uint_t                  nrenew;
     u_char                      renew[NGX_HTTP_ACME_RENEW_MAX]
                                      [NGX_HTTP_ACME_RENEW_LEN];
+
+    ngx_uint_t                  nari;            /* "*": every certificate */
+    u_char                      ari[NGX_HTTP_ACME_RENEW_MAX]
+                                   [NGX_HTTP_ACME_RENEW_LEN];
+
+    ngx_atomic_t                started;         /* the core ran since
+                                                    nginx started */
+    ngx_atomic_t                od_waiting;      /* connections held now */
+    ngx_http_acme_od_slot_t     od_slots[NGX_HTTP_ACME_OD_SLOTS];
+    ngx_atomic_t                od_count[NGX_HTTP_ACME_OD_W_N];
+    ngx_atomic_t                od_logged[NGX_HTTP_ACME_OD_W_N];
+    ngx_uint_t                  nod;
+    u_char                      od[NGX_HTTP_ACME_OD_QUEUE]
+                                  [NGX_HTTP_ACME_OD_NAME_LEN];
 } ngx_http_acme_sh_t;
 
 
@@ -105,6 +167,45 @@ ngx_int_t ngx_http_acme_zone_set_ca_wait(ngx_http_acme_zone_t *z,
 /* moves up to NGX_HTTP_ACME_RENEW_MAX requests into out; returns how many */
 ngx_uint_t ngx_http_acme_zone_renew_take(ngx_http_acme_zone_t *z,
     u_char out[][NGX_HTTP_ACME_RENEW_LEN]);
+
+/*
+ * Queues an ARI check of the certificate with store name `name` ("*": of
+ * every certificate): NGX_OK; NGX_BUSY when the queue is full; NGX_AGAIN
+ * with *until when the last one for that name is less than `interval`
+ * seconds ago.
+ */
+ngx_int_t ngx_http_acme_zone_ari_request(ngx_http_acme_zone_t *z,
+    ngx_str_t *name, time_t interval, time_t *until);
+ngx_uint_t ngx_http_acme_zone_ari_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_RENEW_LEN]);
+
+/*
+ * On-demand names. A worker's request: NGX_OK with *e the name's state
+ * (queued now when it had none, or its refusal had expired); NGX_BUSY when
+ * the queue is full or the zone is; NGX_ERROR.
+ */
+ngx_int_t ngx_http_acme_zone_od_request(ngx_http_acme_zone_t *z,
+    u_char *name, size_t len, ngx_uint_t tmpl, time_t now,
+    ngx_http_acme_od_entry_t *e);
+/* NGX_OK with *e, NGX_DECLINED when the name has no entry */
+ngx_int_t ngx_http_acme_zone_od_get(ngx_http_acme_zone_t *z, u_char *name,
+    size_t len, ngx_http_acme_od_entry_t *e);
+ngx_int_t ngx_http_acme_zone_od_set(ngx_http_acme_zone_t *z, u_char *name,
+    size_t len, ngx_http_acme_od_entry_t *e);
+/* a worker saw a handshake for a ready name: seen = now, once a minute */
+void ngx_http_acme_zone_od_seen(ngx_http_acme_zone_t *z, u_char *name,
+    size_t len, time_t now);
+/* a worker's slot (the last one is shared when all are taken) */
+ngx_http_acme_od_slot_t *ngx_http_acme_zone_od_slot(ngx_http_acme_zone_t *z,
+    ngx_pid_t pid);
+/* the runner: the connections a dead worker held are no longer waiting */
+void ngx_http_acme_zone_od_reclaim(ngx_http_acme_zone_t *z);
+/* the runner: deletes up to max expired refusals; returns how many */
+ngx_uint_t ngx_http_acme_zone_od_sweep(ngx_http_acme_zone_t *z, time_t now,
+    ngx_uint_t max);
+/* the runner: moves queued names into out; returns how many */
+ngx_uint_t ngx_http_acme_zone_od_take(ngx_http_acme_zone_t *z,
+    u_char out[][NGX_HTTP_ACME_OD_NAME_LEN]);
 
 
 #endif /* _NGX_HTTP_ACME_ZONE_H_INCLUDED_ */

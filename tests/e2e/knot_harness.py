@@ -34,9 +34,12 @@ def available():
     return None
 
 
-def _free_address():
+def free_address(taken=()):
+    """A loopback address whose port 53 is free (UDP and TCP)."""
     for _ in range(50):
         addr = f"127.53.{random.randint(1, 254)}.{random.randint(1, 254)}"
+        if addr in taken:
+            continue
         ok = True
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             s = socket.socket(socket.AF_INET, kind)
@@ -52,13 +55,16 @@ def _free_address():
 
 
 class Knot:
-    """knotd with zones ZONES (name -> extra zone lines)."""
+    """knotd with zones ZONES (name -> extra zone lines). ns_addresses: the zones' NS (ns1, ns2, ...:
+    this server's address alone by default; two servers of one zone list the same ones), each an
+    address or a list of addresses."""
 
-    def __init__(self, workdir, zones):
+    def __init__(self, workdir, zones, address=None, ns_addresses=None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.zones = zones
-        self.address = None
+        self.address = address
+        self.ns_addresses = ns_addresses
         self.proc = None
         self.log_path = self.workdir / "knotd.log"
         # name -> (algorithm, base64 secret); the suite's constants, which no message may show
@@ -94,15 +100,17 @@ class Knot:
                        for n, (a, s) in self.keys.items())
         update_keys = ", ".join(n for n in self.keys if n != "ro-key")
         zones = ""
+        ns = self.ns_addresses or [self.address]
         for z, extra in self.zones.items():
             zones += f"  - domain: {z}\n    acl: [acme_update]\n"
             (self.workdir / "zones" / f"{z}.zone").write_text(
                 f"$ORIGIN {z}.\n$TTL 60\n"
                 f"@ SOA ns1.{z}. hostmaster.{z}. 1 3600 600 86400 60\n"
-                f"@ NS ns1.{z}.\n"
-                f"ns1 A {self.address}\n"
-                f"@ A 127.0.0.1\n"
-                f"* A 127.0.0.1\n" + extra)
+                + "".join(f"@ NS ns{i + 1}.{z}.\n" + "".join(f"ns{i + 1} A {x}\n" for x in
+                                                            (a if isinstance(a, (list, tuple)) else [a]))
+                          for i, a in enumerate(ns)) +
+                "@ A 127.0.0.1\n"
+                "* A 127.0.0.1\n" + extra)
         (self.workdir / "knot.conf").write_text(
             "server:\n"
             f"  rundir: {self.workdir}\n"
@@ -128,7 +136,7 @@ class Knot:
             "zone:\n" + zones)
 
     def start(self, timeout=10.0):
-        self.address = _free_address()
+        self.address = self.address or free_address()
         self._write()
         self.proc = Process([KNOTD_BIN, "-c", str(self.workdir / "knot.conf")], name="knotd",
                             log_path=self.log_path, cwd=self.workdir)

@@ -32,6 +32,8 @@ TSIG_KEY_SHA256 = bytes.fromhex("5e5d26887d4a7cd66559bbd56d759581512cb307cdb7baa
 TSIG_KEY_SHA384 = bytes.fromhex("15ff50e331ed4207b19d042291ef69e0f5dd74078fc15de4aa89fd874a9f8907")
 TSIG_KEY_SHA512 = bytes.fromhex("30a5e6567ba9a630fc141df6529827e2bb6226ec58e12ce7df93238d4d8c6787")
 TSIG_KEY_READONLY = bytes.fromhex("6e2fc176f77b3c26eb7cc74123ff082c7b408fdb04842f65420ad0a8c3ab08ca")
+# the acme-dns account key of test_dns_publishers.py's stand-in
+ACMEDNS_KEY = "htB9mR9DYgcu9bX_afHF62erXaH2TS7bg9KW3F7Z"
 
 _MIN_NEEDLE = 16        # shorter strings would match by chance
 _PEM_LINE = 64
@@ -77,6 +79,7 @@ CONSTANT_SECRETS = {
     "TSIG_KEY_SHA384": TSIG_KEY_SHA384,
     "TSIG_KEY_SHA512": TSIG_KEY_SHA512,
     "TSIG_KEY_READONLY": TSIG_KEY_READONLY,
+    "ACMEDNS_KEY": ACMEDNS_KEY,
 }
 
 

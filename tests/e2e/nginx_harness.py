@@ -53,7 +53,19 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
 {http}
 }}
-"""
+{after_http}"""
+
+# Debian's dynamic stream module (libnginx-mod-stream) and ours beside the http module's
+STREAM_MODULE = "/usr/share/nginx/modules/ngx_stream_module.so"
+MAIL_MODULE = "/usr/share/nginx/modules/ngx_mail_module.so"
+
+
+def stream_module_path():
+    return harness.build_dir() / "ngx_stream_acme_module.so"
+
+
+def mail_module_path():
+    return harness.build_dir() / "ngx_mail_acme_module.so"
 
 
 def issuer_block(name, pebble, state_path, challenge=None, extra=""):
@@ -74,9 +86,29 @@ def issuer_block(name, pebble, state_path, challenge=None, extra=""):
     return "\n".join(lines) + "\n"
 
 
+def managed_servers(http_port, https_port, names, cert="pebble", locations=()):
+    """The two server blocks most tests need: NAMES answered over plain HTTP on http_port (where the CA's
+    HTTP-01 requests arrive) and served over TLS on https_port with `acme_certificate CERT`; locations:
+    more location blocks (strings) for the TLS server."""
+    extra = "".join(f"\n        {loc}" for loc in locations)
+    return f"""
+    server {{
+        listen 127.0.0.1:{http_port};
+        server_name {names};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https_port} ssl;
+        server_name {names};
+        acme_certificate {cert};
+        location / {{ return 200 "tls\\n"; }}{extra}
+    }}
+"""
+
+
 class Nginx:
     def __init__(self, workdir, procs, server_logs, http_conf, workers=2, level="info",
-                 allowed=(), user=None):
+                 allowed=(), user=None, stream=None, mail=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
@@ -89,6 +121,8 @@ class Nginx:
         self.level = level
         self.allowed = list(allowed)
         self.user = user        # the workers' user (default: root when the tests run as root)
+        self.stream = stream    # a stream{} body: loads stream and ngx_stream_acme_module
+        self.mail = mail        # a mail{} body: loads mail and ngx_mail_acme_module
         self.proc = None
         self.write_conf(http_conf)
         self.server_logs.watch(self.error_log, allowed=self.allowed)
@@ -101,9 +135,19 @@ class Nginx:
             user = f"user {self.user};"
         else:
             user = "user root;" if os.geteuid() == 0 else ""
+        pre, post, after = [], [], ""
+        if self.stream is not None:
+            pre.append(STREAM_MODULE)
+            post.append(stream_module_path())
+            after += f"stream {{\n{self.stream}\n}}\n"
+        if self.mail is not None:
+            pre.append(MAIL_MODULE)
+            post.append(mail_module_path())
+            after += f"mail {{\n{self.mail}\n}}\n"
+        module = ";\nload_module ".join(str(m) for m in pre + [module_path()] + post)
         self.conf_path.write_text(MAIN_CONF.format(
-            module=module_path(), user=user, workers=self.workers, dir=self.dir,
-            level=self.level, http=http_conf))
+            module=module, user=user, workers=self.workers, dir=self.dir,
+            level=self.level, http=http_conf, after_http=after))
 
     def allow(self, regex):
         self.server_logs.allow(regex, self.error_log)

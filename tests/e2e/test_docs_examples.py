@@ -1,9 +1,9 @@
 """Every nginx and Apache configuration block in the docs passes `nginx -t` / `apache2 -t` with the module.
 
-Blocks are the fenced blocks of README.md, docs/nginx.md, docs/apache.md and docs/migrating.md, plus the
-packaged debian/conf/acme.conf and mod-http-acme.conf. A fence tagged `nginx` or `apache` is a
-configuration and is tested; a fence tagged with another language (sh, text, json, console) is not; an
-untagged or unknown fence fails the test, so that no configuration is skipped silently.
+Blocks are the fenced blocks of README.md, docs/nginx.md, docs/apache.md, docs/migrating.md and
+docs/monitoring.md, plus the packaged debian/conf/acme.conf and mod-http-acme.conf. A fence tagged `nginx` or
+`apache` is a configuration and is tested; a fence tagged with another language (sh, text, json, console,
+yaml) is not; an untagged or unknown fence fails the test, so that no configuration is skipped silently.
 
 Adapted mechanically, nothing else:
   - CA URLs (`uri`, `ACMECertificateAuthority`) become a local dummy URL (nothing contacts it at -t);
@@ -14,6 +14,7 @@ Adapted mechanically, nothing else:
     <VirtualHost> with SSLEngine on), and issuers it names are declared.
 """
 
+import base64
 import os
 import re
 import secrets
@@ -30,10 +31,10 @@ NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 APACHE_BIN = os.environ.get("APACHE_BIN", "/usr/sbin/apache2")
 APACHE_MODULES = Path(os.environ.get("APACHE_MODULES", "/usr/lib/apache2/modules"))
 
-DOCS = ["README.md", "docs/nginx.md", "docs/apache.md", "docs/migrating.md"]
+DOCS = ["README.md", "docs/nginx.md", "docs/apache.md", "docs/migrating.md", "docs/monitoring.md"]
 PACKAGED = {"debian/conf/acme.conf": "apache", "debian/conf/mod-http-acme.conf": "nginx"}
 CONFIG_TAGS = {"nginx", "apache"}
-OTHER_TAGS = {"sh", "text", "json", "console"}
+OTHER_TAGS = {"sh", "text", "json", "console", "yaml"}
 DUMMY_CA = "https://127.0.0.1:9/dir"
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -125,6 +126,10 @@ class Root:
         if d in ("acme_storage_key", "acmestoragekey"):
             p.write_bytes(secrets.token_bytes(32))
             os.chmod(p, 0o600)
+        elif d in ("dns_tsig_key", "acmednstsigkey"):
+            p.write_text('key "docs-key" { algorithm hmac-sha256; secret "%s"; };\n'
+                         % base64.b64encode(secrets.token_bytes(32)).decode())
+            os.chmod(p, 0o600)
         elif d in ("external_account_key", "acmeexternalaccountbinding"):
             p.write_text(secrets.token_urlsafe(32) + "\n")
             os.chmod(p, 0o600)
@@ -172,11 +177,15 @@ def adapt_common(text, root):
 # ---- nginx ------------------------------------------------------------------------------------------
 
 NGX_MAIN = {"load_module", "user", "worker_processes", "events", "http", "error_log", "pid"}
-NGX_HTTP = {"acme_issuer", "acme_shared_zone", "acme_storage", "acme_storage_key", "acme_notify", "server",
-            "map", "upstream", "include"}
+NGX_HTTP = {"acme_issuer", "acme_shared_zone", "acme_storage", "acme_storage_key", "acme_on_demand", "acme_notify",
+            "server", "map", "upstream", "include", "resolver", "resolver_timeout"}
 NGX_ISSUER = {"uri", "contact", "account_key", "challenge", "external_account_key", "preferred_chain",
-              "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service"}
+              "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service",
+              "dns_update", "dns_tsig_key", "dns_server", "dns_resolver", "dns_propagation_timeout"}
 NGX_LOCATION = {"acme_status", "limit_except", "allow", "deny"}
+# stream{} and mail{} blocks: beside the http block, with Debian's modules and ours (issue #19)
+NGX_OUTSIDE = {"stream": ("/usr/share/nginx/modules/ngx_stream_module.so", "ngx_stream_acme_module.so"),
+               "mail": ("/usr/share/nginx/modules/ngx_mail_module.so", "ngx_mail_acme_module.so")}
 
 
 def ngx_top_level(text):
@@ -202,12 +211,19 @@ def ngx_conf(block, root):
     text = adapt_common(block.text, root)
     text = re.sub(r"(?m)^(\s*)uri\s+[^;]+;", rf"\1uri {DUMMY_CA};", text)
     top = set(ngx_top_level(text))
-    unknown = top - NGX_MAIN - NGX_HTTP - NGX_ISSUER - NGX_LOCATION - {
+    unknown = top - NGX_MAIN - NGX_HTTP - NGX_ISSUER - NGX_LOCATION - set(NGX_OUTSIDE) - {
         "listen", "server_name", "acme_certificate", "ssl_certificate", "ssl_certificate_key", "location",
         "root", "return"}
     assert not unknown, f"{block.id}: cannot tell the context of {sorted(unknown)}"
-    main = ""
-    if top & NGX_MAIN:
+    main, after = "", ""
+    if top & set(NGX_OUTSIDE):
+        assert top <= set(NGX_OUTSIDE), f"{block.id}: stream/mail and other directives mixed: {sorted(top)}"
+        after, text = text, ""
+        mods = [NGX_OUTSIDE[t] for t in sorted(top)]
+        main = "".join(f"load_module {debian};\n" for debian, _ in mods)
+        main += f"load_module {harness.build_dir() / 'ngx_http_acme_module.so'};\n"
+        main += "".join(f"load_module {harness.build_dir() / ours};\n" for _, ours in mods)
+    elif top & NGX_MAIN:
         assert top <= NGX_MAIN, f"{block.id}: main-level and other directives mixed: {sorted(top)}"
         main, text = text, ""
     elif top & NGX_ISSUER:
@@ -224,9 +240,9 @@ def ngx_conf(block, root):
                   lambda m: f"{m.group(0)}\n state_path {root.state}/{m.group(1)};\n accept_terms_of_service;",
                   text)
     defined = set(re.findall(r"acme_issuer\s+(\S+)\s*\{", text))
-    named = set(re.findall(r"(?m)^\s*acme_certificate\s+([^\s;]+)", text))
-    named |= set(re.findall(r"fallback=([^\s;]+)", text))
-    if "acme_certificate" in text and not named:
+    named = set(re.findall(r"(?m)^\s*acme_certificate\s+([^\s;]+)", text + after))
+    named |= set(re.findall(r"fallback=([^\s;]+)", text + after))
+    if "acme_certificate" in text + after and not named:
         named.add("docs")
     issuers = "".join(f"acme_issuer {n} {{\n uri {DUMMY_CA};\n accept_terms_of_service;\n"
                       f" state_path {root.state}/{n};\n}}\n" for n in sorted(named - defined))
@@ -237,7 +253,7 @@ def ngx_conf(block, root):
             f"events {{ worker_connections 64; }}\n"
             f"http {{\n access_log off;\n client_body_temp_path {root.dir}/tmp;\n"
             f" proxy_temp_path {root.dir}/tmp;\n fastcgi_temp_path {root.dir}/tmp;\n"
-            f" uwsgi_temp_path {root.dir}/tmp;\n scgi_temp_path {root.dir}/tmp;\n{issuers}{text}}}\n")
+            f" uwsgi_temp_path {root.dir}/tmp;\n scgi_temp_path {root.dir}/tmp;\n{issuers}{text}}}\n{after}")
 
 
 def nginx_t(conf, root):

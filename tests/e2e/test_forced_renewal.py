@@ -17,7 +17,7 @@ import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from fault_proxy import FaultProxy, problem
 from harness import free_port, wait_for
-from nginx_harness import https_get, issuer_block, nginx_factory, tls_verified  # noqa: F401
+from nginx_harness import https_get, issuer_block, managed_servers, nginx_factory, tls_verified  # noqa: F401
 
 ISO_RX = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 
@@ -31,22 +31,10 @@ def _retry_after(r):
 def _nginx_conf(uri_or_pebble, pebble, tmp_path, https, names, extra=""):
     servers = ""
     for n in names:
-        servers += f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {n};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {n};
-        acme_certificate pebble;
-        location / {{ return 200 "tls\\n"; }}
-        location = /ro {{ acme_status; }}
-        location = /rw {{ acme_status renew=on; }}
-        location = /fast {{ acme_status renew=on renew_interval=1s; }}
-    }}
-"""
+        servers += managed_servers(pebble.http_port, https, n, locations=[
+            'location = /ro { acme_status; }',
+            'location = /rw { acme_status renew=on; }',
+            'location = /fast { acme_status renew=on renew_interval=1s; }'])
     return issuer_block("pebble", uri_or_pebble, tmp_path / "state", extra=extra) + servers
 
 

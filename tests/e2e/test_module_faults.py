@@ -18,6 +18,7 @@ from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_serial as a_cert_serial, tls_get
 from fault_proxy import CertForge, FaultProxy, content_type, forge_leaf, pad, problem, truncate
 from nginx_harness import (cert_issuer, cert_serial, force_renewal, https_get, issuer_block,  # noqa: F401
+                          managed_servers,
                            nginx_factory, tls_cert)
 
 MiB = 1024 * 1024
@@ -79,20 +80,9 @@ def _wait_refused(get_status, rx, what):
 
 def _nginx_conf(proxy, pebble, tmp_path, https, names):
     return issuer_block("garbage", proxy.directory_url, tmp_path / "state",
-                        extra=f"ssl_trusted_certificate {pebble.ca_cert};") + f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {' '.join(names)};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {' '.join(names)};
-        acme_certificate garbage;
-        location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status renew=on renew_interval=1s; }}
-    }}
-"""
+                        extra=f"ssl_trusted_certificate {pebble.ca_cert};") + managed_servers(
+        pebble.http_port, https, ' '.join(names), cert='garbage',
+        locations=['location = /acme { acme_status renew=on renew_interval=1s; }'])
 
 
 def _pebble_serial(https, name, roots):

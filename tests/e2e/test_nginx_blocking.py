@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness import free_port, wait_for
-from nginx_harness import force_renewal, http_get, https_get, issuer_block, nginx_factory  # noqa: F401
+from nginx_harness import force_renewal, http_get, https_get, issuer_block, managed_servers, nginx_factory  # noqa: F401
 from test_nginx_redis import REDIS_DOWN, alpn_conf, served, storage_conf, wait_served
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
 
@@ -100,19 +100,7 @@ def test_blackholed_redis(pebble, nginx_factory, tmp_path):
         key = key_file(tmp_path / "storage.key")
         port = free_port()
         conf = storage_conf(type("R", (), {"url": lambda self: f"redis://127.0.0.1:{hole.port}"})(), key) \
-            + issuer_block("pebble", pebble, tmp_path / "state") + f"""
-    server {{
-        listen 127.0.0.1:{port};
-        server_name {NAME};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{pebble.tls_port} ssl;
-        server_name {NAME};
-        acme_certificate pebble;
-        location / {{ return 200 "tls\\n"; }}
-    }}
-"""
+            + issuer_block("pebble", pebble, tmp_path / "state") + managed_servers(port, pebble.tls_port, NAME)
         # nginx's fast shutdown (the harness's SIGTERM) kills a cache manager that waits on Redis
         ng = nginx_factory(conf, wait_port=port, workers=1,
                            allowed=ALLOWED + [r"cache manager process \d+ exited on signal 9"])

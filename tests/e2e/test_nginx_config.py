@@ -52,13 +52,13 @@ def test_good_config_passes(nginx_factory, tmp_path):
 
 def test_unknown_issuer(nginx_factory, tmp_path):
     _check(nginx_factory, tmp_path, _conf(tmp_path, server_extra="acme_certificate nope;"),
-           "acme_certificate nope", r"acme_certificate.*unknown issuer \"nope\"")
+           "acme_certificate nope", r"acme_certificate: issuer \"nope\" is missing")
 
 
 def test_unknown_fallback_issuer(nginx_factory, tmp_path):
     _check(nginx_factory, tmp_path,
            _conf(tmp_path, server_extra="acme_certificate le fallback=zz;"),
-           "fallback=zz", r"unknown issuer \"zz\"")
+           "fallback=zz", r"issuer \"zz\" is missing")
 
 
 @pytest.mark.parametrize("uri,pattern", [
@@ -89,7 +89,8 @@ def test_missing_uri(nginx_factory, tmp_path):
 
 def test_server_without_names(nginx_factory, tmp_path):
     _check(nginx_factory, tmp_path, _conf(tmp_path, server_name="_ *.example.org"),
-           "acme_certificate le", r"acme_certificate: the server has no names")
+           "acme_certificate le",
+           r"acme_certificate: no identifiers: the server has no names")
 
 
 @pytest.mark.parametrize("extra,needle,pattern", [
@@ -104,8 +105,14 @@ def test_bad_certificate_arguments(nginx_factory, tmp_path, extra, needle, patte
 
 
 @pytest.mark.parametrize("line,pattern", [
-    ("challenge dns-01;", r"invalid \"challenge\" \"dns-01\""),
-    ("account_key ecdsa:999;", r"invalid \"account_key\" \"ecdsa:999\""),
+    ("challenge dns-02;",
+     r"invalid \"challenge\" \"dns-02\" in acme_issuer \"le\": unsupported challenge, use http-01, tls-alpn-01 "
+     r"or dns-01"),
+    ("account_key /nonexistent/account.pem;",
+     r"invalid \"account_key\" \"/nonexistent/account.pem\" .*: not a key type, and cannot load it as a key file "
+     r"\(2: No such file or directory\)"),
+    ("account_key ecdsa:999;", r"invalid \"account_key\" \"ecdsa:999\" .*: unsupported curve \"999\" for ECDSA"),
+    ("account_key rsa:1024;", r"invalid \"account_key\" \"rsa:1024\" .*: unsupported key size \"1024\" for RSA"),
     ("ssl_verify maybe;", r"invalid \"ssl_verify\" \"maybe\""),
     ("frobnicate 1;", r"unknown directive \"frobnicate\" in acme_issuer \"le\""),
     ("profile x whatever;", r"invalid \"profile\" parameter \"whatever\""),
@@ -117,9 +124,16 @@ def test_bad_issuer_directives(nginx_factory, tmp_path, line, pattern):
     _check(nginx_factory, tmp_path, _conf(tmp_path, issuer=iss), line, pattern)
 
 
-def test_bad_shared_zone(nginx_factory, tmp_path):
-    _check(nginx_factory, tmp_path, _conf(tmp_path, http_extra="acme_shared_zone acme:1m;\n"),
-           "acme_shared_zone", r"invalid parameter \"acme:1m\"")
+# The wording also matches what nginx-acme's own t/acme_conf_issuer.t expects ("must have "zone"",
+# "invalid zone size"), see tests/nginx-acme-t.
+@pytest.mark.parametrize("arg,pattern", [
+    ("acme:1m", r"invalid parameter \"acme:1m\": \"acme_shared_zone\" must have \"zone\" parameter"),
+    ("zone=acme:big", r"invalid zone size \"big\" in \"zone=acme:big\""),
+    ("zone=:1m", r"invalid zone name in \"zone=:1m\""),
+])
+def test_bad_shared_zone(nginx_factory, tmp_path, arg, pattern):
+    _check(nginx_factory, tmp_path, _conf(tmp_path, http_extra=f"acme_shared_zone {arg};\n"),
+           "acme_shared_zone", pattern)
 
 
 def test_eab_key_file_and_ssl_verify_off_warns(nginx_factory, tmp_path):

@@ -11,7 +11,8 @@ import pytest
 import harness
 import leakcheck
 from harness import free_port, wait_for
-from nginx_harness import cert_serial, http_get, https_get, issuer_block, nginx_factory, tls_handshake, tls_verified  # noqa: F401
+from nginx_harness import (cert_serial, http_get, https_get, issuer_block, managed_servers,  # noqa: F401
+                          nginx_factory, tls_handshake, tls_verified)
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file, signed, signed_announcement
 
 pytestmark = pytest.mark.skipif(not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)),
@@ -114,19 +115,8 @@ def test_http01_keys_sealed_local_cache(pebble, nginx_factory, tmp_path, redis, 
     name = "rd-http.example.org"
     https = free_port()
     key = key_file(tmp_path / "storage.key")
-    conf = storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state") + f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {name};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {name};
-        acme_certificate pebble;
-        location / {{ return 200 "tls\\n"; }}
-    }}
-"""
+    conf = (storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state")
+            + managed_servers(pebble.http_port, https, name))
     n = nginx_factory(conf, wait_port=https)
     serial = wait_served(https, name, pebble)
     assert serial in pebble.issued_serials() and pebble.order_count() == 1
@@ -350,19 +340,8 @@ def test_forged_records_refused(pebble, nginx_factory, tmp_path, redis):
     name = "rd-forged.example.org"
     https = free_port()
     key = key_file(tmp_path / "storage.key")
-    conf = storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state") + f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {name};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {name};
-        acme_certificate pebble;
-        location / {{ return 200 "tls\\n"; }}
-    }}
-"""
+    conf = (storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state")
+            + managed_servers(pebble.http_port, https, name))
     n = nginx_factory(conf, wait_port=https,
                       allowed=[r"acme: redis store \S+: refused ", r"cannot read certificate .* from the storage"])
     serial = wait_served(https, name, pebble)

@@ -7,7 +7,7 @@ an earlier one must never be kept."""
 import re
 
 from harness import free_port, wait_for
-from nginx_harness import issuer_block, nginx_factory, tls_verified  # noqa: F401
+from nginx_harness import issuer_block, managed_servers, nginx_factory, tls_verified  # noqa: F401
 
 NAME = "timers.example.org"
 KEPT = re.compile(r"event timer: -?\d+, old: (\d+), new: (\d+)")
@@ -15,19 +15,7 @@ KEPT = re.compile(r"event timer: -?\d+, old: (\d+), new: (\d+)")
 
 def test_earlier_deadline_is_not_postponed(pebble, nginx_factory, tmp_path):
     https = free_port()
-    conf = issuer_block("pebble", pebble, tmp_path / "state") + f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {NAME};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {NAME};
-        acme_certificate pebble;
-        location / {{ return 200 "tls\\n"; }}
-    }}
-"""
+    conf = issuer_block("pebble", pebble, tmp_path / "state") + managed_servers(pebble.http_port, https, NAME)
     ng = nginx_factory(conf, wait_port=https, workers=1, level="debug")
     roots = pebble.roots(0)
 

@@ -14,7 +14,8 @@ import subprocess
 import pytest
 
 import harness
-from nginx_harness import NGINX_BIN, Nginx, cert_issuer, cert_serial, force_renewal, issuer_block, tls_cert
+from nginx_harness import (NGINX_BIN, Nginx, cert_issuer, cert_serial, force_renewal, issuer_block,
+                          managed_servers, tls_cert)
 
 RENEWALS = int(os.environ.get("ACME_VALGRIND_RENEWALS", "50"))
 NAME = "valgrind.example.org"
@@ -59,20 +60,8 @@ def _ours(record):
 
 def test_fifty_renewals_under_valgrind(pebble, procs, server_logs, tmp_path):
     https = harness.free_port()
-    conf = issuer_block("pebble", pebble, tmp_path / "state") + f"""
-    server {{
-        listen 127.0.0.1:{pebble.http_port};
-        server_name {NAME};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {NAME};
-        acme_certificate pebble;
-        location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status renew=on renew_interval=1s; }}
-    }}
-"""
+    conf = issuer_block("pebble", pebble, tmp_path / "state") + managed_servers(
+        pebble.http_port, https, NAME, locations=['location = /acme { acme_status renew=on renew_interval=1s; }'])
     ng = Nginx(tmp_path / "nginx", procs, server_logs, conf, workers=1, level="notice")
     ng.conf_path.write_text(ng.conf_path.read_text().replace("master_process on;", "master_process off;"))
     vlog = tmp_path / "valgrind.log"

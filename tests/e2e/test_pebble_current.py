@@ -35,7 +35,7 @@ import leakcheck
 from apache_harness import apache_factory, cert_serial as apache_serial, stored_serial, tls_get  # noqa: F401
 from ari_proxy import ari_cert_id, ari_cert_id_openssl, rfc3339, window_from_now
 from harness import free_port, wait_for
-from nginx_harness import https_get, issuer_block, nginx_factory, tls_cert, tls_verified  # noqa: F401
+from nginx_harness import https_get, issuer_block, managed_servers, nginx_factory, tls_cert, tls_verified  # noqa: F401
 
 RENEWAL_INFO = "/draft-ietf-acme-ari-03/renewalInfo/"     # this Pebble's path (its directory says so)
 DAY = 86400
@@ -246,20 +246,8 @@ def nginx_conf(pb, tmp_path, https, certs, issuers=None):
     issuers = issuers or {"pebble": ""}
     conf = "".join(issuer_block(i, pb, tmp_path / f"state-{i}", extra=extra) for i, extra in issuers.items())
     for name, args in certs:
-        conf += f"""
-    server {{
-        listen 127.0.0.1:{pb.http_port};
-        server_name {name};
-        location / {{ return 200 "plain\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name {name};
-        acme_certificate {args};
-        location / {{ return 200 "tls\\n"; }}
-        location = /acme {{ acme_status; }}
-    }}
-"""
+        conf += managed_servers(pb.http_port, https, name, cert=args, locations=[
+            'location = /acme { acme_status; }'])
     return conf
 
 

@@ -40,6 +40,9 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import harness  # noqa: E402
 
 PKGS = ["libnginx-mod-http-acme", "libapache2-mod-acme", "acmectl"]
+# built and their contents checked; not installed here (issue #19: the stream and mail modules)
+CONTEXT_PKGS = {"libnginx-mod-stream-acme": ("stream", "libnginx-mod-stream"),
+                "libnginx-mod-mail-acme": ("mail", "libnginx-mod-mail")}
 NGINX_STATE = Path("/var/lib/nginx/acme")
 APACHE_STATE = Path("/var/lib/apache2/acme")
 NGINX_SO = Path("/usr/lib/nginx/modules/ngx_http_acme_module.so")
@@ -287,7 +290,7 @@ class PackageTest:
                      timeout=3600)
             out(cp.out[-1500:] if cp.returncode else f"make deb: {time.monotonic() - t0:.0f} s")
             R.require("make deb", cp.returncode == 0, "see above")
-        for p in PKGS:
+        for p in PKGS + list(CONTEXT_PKGS):
             found = sorted(self.deb_dir.glob(f"{p}_*.deb"))
             R.require(f"{p} .deb built", len(found) == 1, f"{[str(f) for f in found]} in {self.deb_dir}")
             self.debs[p] = found[0]
@@ -309,6 +312,32 @@ class PackageTest:
             R.check(f"{p} ships {', '.join(x.name for x in paths)}", not missing, f"missing {missing}")
         listing = run(["dpkg-deb", "-c", self.debs["libnginx-mod-http-acme"]]).out
         R.check("the state directory is made by postinst, not shipped", "var/lib" not in listing)
+        self.check_context_debs()
+
+    def check_context_debs(self):
+        """libnginx-mod-stream-acme, libnginx-mod-mail-acme: their module, load file, dependencies and a
+        load order after Debian's stream/mail module and ngx_http_acme_module (whose symbols they use)."""
+        version = run(["dpkg-deb", "-f", self.debs["libnginx-mod-http-acme"], "Version"]).out.strip()
+        for p, (ctx, debian_pkg) in CONTEXT_PKGS.items():
+            so = f"/usr/lib/nginx/modules/ngx_{ctx}_acme_module.so"
+            load = f"/usr/share/nginx/modules-available/mod-{ctx}-acme.conf"
+            listing = run(["dpkg-deb", "-c", self.debs[p]]).out
+            R.check(f"{p} ships {so} and {load}", f".{so}\n" in listing and f".{load}\n" in listing, listing)
+            dep = run(["dpkg-deb", "-f", self.debs[p], "Depends"]).out
+            R.check(f"{p} depends on libnginx-mod-http-acme (= {version}) and {debian_pkg}",
+                    f"libnginx-mod-http-acme (= {version})" in dep and re.search(rf"\b{debian_pkg}\b", dep)
+                    is not None, dep.strip())
+            with tempfile.TemporaryDirectory() as d:
+                run(["dpkg-deb", "-x", self.debs[p], d], check=True)
+                text = Path(d, load.lstrip("/")).read_text()
+                R.check(f"{load} loads the module", text.strip() == f"load_module modules/ngx_{ctx}_acme_module.so;",
+                        text)
+                run(["dpkg-deb", "-e", self.debs[p], f"{d}/DEBIAN"], check=True)
+                postinst = Path(d, "DEBIAN", "postinst").read_text()
+            m = re.search(rf"mod-{ctx}-acme\.conf:(\S+)", postinst)
+            link = m.group(1) if m else ""
+            R.check(f"{p} enables {link or '?'} after 50-mod-{ctx}.conf and 50-mod-http-acme.conf",
+                    link > f"50-mod-{ctx}.conf" and link > "50-mod-http-acme.conf", postinst[-800:])
 
     # -- backup / restore ----------------------------------------------------------------------
     def backup_of(self, d):

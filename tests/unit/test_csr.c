@@ -110,7 +110,7 @@ run_mixed(acme_key_alg_t alg, int bits, int sig_nid)
 
     key = acme_key_generate(&ks, &err);
     assert_non_null(key);
-    csr = acme_csr_create(key, ids, 4, &err);
+    csr = acme_csr_create(key, ids, 4, 0, &err);
     assert_non_null(csr);
     assert_int_equal(acme_b64url_is_token(csr, strlen(csr), 100000), 1);
 
@@ -175,7 +175,7 @@ test_cn_choice(void **state)
     key = acme_key_generate(&ks, &err);
 
     /* CN is the first DNS identifier even when an IP comes first */
-    csr = acme_csr_create(key, ip_first, 2, &err);
+    csr = acme_csr_create(key, ip_first, 2, 0, &err);
     req = decode_csr(csr);
     assert_string_equal(subject_cn(req), "second.example.org");
     gens = csr_sans(req);
@@ -187,7 +187,7 @@ test_cn_choice(void **state)
     free(csr);
 
     /* IP only: no CN */
-    csr = acme_csr_create(key, ip_only, 1, &err);
+    csr = acme_csr_create(key, ip_only, 1, 0, &err);
     req = decode_csr(csr);
     check_signature(req, key, NID_ecdsa_with_SHA256);
     assert_null(subject_cn(req));
@@ -198,13 +198,28 @@ test_cn_choice(void **state)
     free(csr);
 
     /* the first DNS name does not fit in a CN: no CN, but every name in the SAN */
-    csr = acme_csr_create(key, long_first, 2, &err);
+    csr = acme_csr_create(key, long_first, 2, 0, &err);
     req = decode_csr(csr);
     assert_null(subject_cn(req));
     gens = csr_sans(req);
     assert_int_equal(sk_GENERAL_NAME_num(gens), 2);
     check_dns(gens, 0, long_name);
     check_dns(gens, 1, "short.example.org");
+    GENERAL_NAMES_free(gens);
+    X509_REQ_free(req);
+    free(csr);
+
+    /* ACME_CSR_NO_CN: an empty subject, the names all in the SAN, still signed */
+    csr = acme_csr_create(key, ip_first, 2, ACME_CSR_NO_CN, &err);
+    assert_non_null(csr);
+    req = decode_csr(csr);
+    check_signature(req, key, NID_ecdsa_with_SHA256);
+    assert_null(subject_cn(req));
+    assert_int_equal(X509_NAME_entry_count(X509_REQ_get_subject_name(req)), 0);
+    gens = csr_sans(req);
+    assert_int_equal(sk_GENERAL_NAME_num(gens), 2);
+    check_ip(gens, 0, v6, 16);
+    check_dns(gens, 1, "second.example.org");
     GENERAL_NAMES_free(gens);
     X509_REQ_free(req);
     free(csr);
@@ -229,20 +244,20 @@ test_errors(void **state)
     key = acme_key_generate(&ks, &err);
 
     acme_err_clear(&err);
-    assert_null(acme_csr_create(key, good, 0, &err));
+    assert_null(acme_csr_create(key, good, 0, 0, &err));
     assert_true(strlen(err.msg) > 0);
-    assert_null(acme_csr_create(key, NULL, 1, &err));
-    assert_null(acme_csr_create(NULL, good, 1, &err));
+    assert_null(acme_csr_create(key, NULL, 1, 0, &err));
+    assert_null(acme_csr_create(NULL, good, 1, 0, &err));
 
     acme_err_clear(&err);
-    assert_null(acme_csr_create(key, bad_ip, 2, &err));
+    assert_null(acme_csr_create(key, bad_ip, 2, 0, &err));
     assert_non_null(strstr(err.msg, "300.1.2.3"));
     assert_int_equal(err.kind, ACME_ERR_INPUT);
-    assert_null(acme_csr_create(key, bad_ip6, 1, &err));
-    assert_null(acme_csr_create(key, bad_dns, 1, &err));
-    assert_null(acme_csr_create(key, null_value, 1, &err));
-    assert_null(acme_csr_create(key, bad_type, 1, &err));
-    assert_null(acme_csr_create(key, empty, 1, &err));
+    assert_null(acme_csr_create(key, bad_ip6, 1, 0, &err));
+    assert_null(acme_csr_create(key, bad_dns, 1, 0, &err));
+    assert_null(acme_csr_create(key, null_value, 1, 0, &err));
+    assert_null(acme_csr_create(key, bad_type, 1, 0, &err));
+    assert_null(acme_csr_create(key, empty, 1, 0, &err));
     assert_int_equal(ERR_peek_error(), 0);
 
     EVP_PKEY_free(key);

@@ -163,7 +163,7 @@ silent_server(char *hostport, size_t len)
 static void
 test_task_does_not_block_the_loop(void **state)
 {
-    acme_host_t        host = { NULL, host_set_timer, host_watch, NULL };
+    acme_host_t        host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_dns_config_t  cfg;
     acme_dns_record_t  rec = { .name = "_acme-challenge.example.test", .value = "value" };
     acme_dns_task_t   *t;
@@ -204,7 +204,7 @@ test_task_does_not_block_the_loop(void **state)
 static void
 test_task_cancel_does_not_wait(void **state)
 {
-    acme_host_t        host = { NULL, host_set_timer, host_watch, NULL };
+    acme_host_t        host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_dns_config_t  cfg;
     acme_dns_record_t  rec = { .name = "_acme-challenge.example.test", .value = "value" };
     acme_dns_task_t   *t;

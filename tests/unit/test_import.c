@@ -279,6 +279,78 @@ test_account_of_another_ca(void **state)
     (void) system(path);
 }
 
+/* The pieces acmectl import shares: check, certificate and account stored once, nothing overwritten. */
+static void
+test_import_pieces(void **state)
+{
+    static const char *const  names[] = { "www.x.example.org", "x.example.org" };
+    char                      sdir[] = "/tmp/acme-import-pieces-XXXXXX", cmd[128];
+    acme_keyspec_t            ks = ACME_KEYSPEC_DEFAULT;
+    acme_import_item_t        it;
+    acme_err_t                err;
+    acme_store_t             *st;
+    X509                     *x = NULL;
+    EVP_PKEY                 *k = NULL, *other, *acct;
+    char                     *crt, *key, *okey, *js = NULL, *apem = NULL;
+    size_t                    clen, klen, oklen, alen = 0;
+    int                       same = -1;
+
+    (void) state;
+    assert_non_null(mkdtemp(sdir));
+    st = acme_store_fs_open(sdir, 1, &err);
+    assert_non_null(st);
+    assert_int_equal(acme_selfsigned(names, 2, &ks, &x, &k, &err), 0);
+    other = acme_key_generate(&ks, &err);
+    acct = acme_key_generate(&ks, &err);
+    assert_non_null(other);
+    assert_non_null(acct);
+    crt = acme_x509_to_pem(x, &clen, &err);
+    key = acme_key_to_pem(k, &klen, &err);
+    okey = acme_key_to_pem(other, &oklen, &err);
+    assert_non_null(crt);
+    assert_non_null(key);
+    assert_non_null(okey);
+
+    /* another key than the certificate's: refused, and why */
+    assert_int_equal(acme_import_check(crt, clen, okey, oklen, NULL, time(NULL), &it, &err), 1);
+    assert_non_null(strstr(err.msg, "does not match"));
+    /* not valid yet / no longer valid: refused */
+    assert_int_equal(acme_import_check(crt, clen, key, klen, NULL, time(NULL) + 400L * 86400, &it, &err), 1);
+    /* the tool's name for it comes first, whatever the certificate's order */
+    assert_int_equal(acme_import_check(crt, clen, key, klen, "x.example.org", time(NULL), &it, &err), 0);
+    assert_int_equal(it.nids, 2);
+    assert_string_equal(it.ids[0].value, "x.example.org");
+    assert_string_equal(it.ids[1].value, "www.x.example.org");
+    assert_true(it.keyspec.alg == ACME_KEY_EC && it.keyspec.bits == 256);
+
+    assert_int_equal(acme_import_store_cert(st, "x.example.org", it.ids, it.nids, &it.keyspec, CA, &it, &err), 1);
+    assert_int_equal(acme_store_cert_load(st, "x.example.org", NULL, NULL, NULL, NULL, NULL, &err), 0);
+    /* never over what the store has */
+    assert_int_equal(acme_import_store_cert(st, "x.example.org", it.ids, it.nids, &it.keyspec, CA, &it, &err), 0);
+
+    assert_int_equal(acme_import_store_account(st, CA, acct, "https://ca.example/acct/9", NULL, 0, &same, &err), 1);
+    assert_int_equal(acme_store_account_load(st, "ca.example_dir", &apem, &alen, &js, &err), 0);
+    assert_non_null(strstr(js, "https://ca.example/acct/9"));
+    assert_int_equal(acme_import_store_account(st, CA, acct, "https://ca.example/acct/9", NULL, 0, &same, &err), 0);
+    assert_int_equal(same, 1);
+    assert_int_equal(acme_import_store_account(st, CA, other, NULL, NULL, 0, &same, &err), 0);
+    assert_int_equal(same, 0);
+
+    acme_import_item_free(&it);
+    acme_free_secret(apem, alen);
+    free(js);
+    free(crt);
+    acme_free_secret(key, klen);
+    acme_free_secret(okey, oklen);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(other);
+    EVP_PKEY_free(acct);
+    acme_store_close(st);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", sdir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -286,6 +358,7 @@ main(void)
         cmocka_unit_test(test_takes_over_once),
         cmocka_unit_test(test_link_skipped),
         cmocka_unit_test(test_account_of_another_ca),
+        cmocka_unit_test(test_import_pieces),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

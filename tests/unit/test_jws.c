@@ -88,6 +88,9 @@ independent_verify(parsed_jws_t *p, EVP_PKEY *key, const char *alg)
     } else if (strcmp(alg, "ES384") == 0) {
         half = 48;
         md = EVP_sha384();
+    } else if (strcmp(alg, "ES512") == 0) {
+        half = 66;
+        md = EVP_sha512();
     }
 
     if (half) {
@@ -189,6 +192,12 @@ static void
 test_es384(void **state)
 {
     check_alg(ACME_KEY_EC, 384, "ES384");
+}
+
+static void
+test_es512(void **state)
+{
+    check_alg(ACME_KEY_EC, 521, "ES512");
 }
 
 static void
@@ -449,6 +458,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_es256),
         cmocka_unit_test(test_es384),
+        cmocka_unit_test(test_es512),
         cmocka_unit_test(test_rs256),
         cmocka_unit_test(test_ecdsa_short_r_s),
         cmocka_unit_test(test_verify_rejects),

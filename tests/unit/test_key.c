@@ -98,6 +98,9 @@ test_keyspec_parse(void **state)
     check_spec("p384", ACME_KEY_EC, 384);
     check_spec("P-384", ACME_KEY_EC, 384);
     check_spec("ECDSA:384", ACME_KEY_EC, 384);
+    check_spec("ecdsa:521", ACME_KEY_EC, 521);
+    check_spec("p521", ACME_KEY_EC, 521);
+    check_spec("P-521", ACME_KEY_EC, 521);
     check_spec("ecdsa", ACME_KEY_EC, 256);
     check_spec("rsa", ACME_KEY_RSA, 2048);
     check_spec("rsa:2048", ACME_KEY_RSA, 2048);
@@ -107,7 +110,7 @@ test_keyspec_parse(void **state)
     check_bad_spec("");
     check_bad_spec("dsa");
     check_bad_spec("ed25519");
-    check_bad_spec("ecdsa:521");
+    check_bad_spec("ecdsa:512");
     check_bad_spec("ecdsa:2048");
     check_bad_spec("ecdsa:");
     check_bad_spec("ecdsa:256x");
@@ -116,11 +119,13 @@ test_keyspec_parse(void **state)
     check_bad_spec("rsa:04096");
     check_bad_spec("rsa:2048:1");
     check_bad_spec("rsaa:2048");
-    check_bad_spec("p521");
+    check_bad_spec("p512");
     check_bad_spec(NULL);
 
     ks = (acme_keyspec_t) { ACME_KEY_EC, 384 };
     assert_string_equal(acme_keyspec_str(&ks, buf, sizeof(buf)), "ecdsa:384");
+    ks = (acme_keyspec_t) { ACME_KEY_EC, 521 };
+    assert_string_equal(acme_keyspec_str(&ks, buf, sizeof(buf)), "ecdsa:521");
     ks = (acme_keyspec_t) { ACME_KEY_RSA, 3072 };
     assert_string_equal(acme_keyspec_str(&ks, buf, sizeof(buf)), "rsa:3072");
     ks = ACME_KEYSPEC_DEFAULT;
@@ -157,12 +162,13 @@ test_generate(void **state)
 
     check_generate(ACME_KEY_EC, 256, "ES256");
     check_generate(ACME_KEY_EC, 384, "ES384");
+    check_generate(ACME_KEY_EC, 521, "ES512");
     check_generate(ACME_KEY_RSA, 2048, "RS256");
 
     acme_err_clear(&err);
     assert_null(acme_key_generate(&bad, &err));
     assert_true(strlen(err.msg) > 0);
-    bad = (acme_keyspec_t) { ACME_KEY_EC, 521 };
+    bad = (acme_keyspec_t) { ACME_KEY_EC, 512 };
     assert_null(acme_key_generate(&bad, &err));
     assert_null(acme_key_generate(NULL, &err));
 }
@@ -366,6 +372,7 @@ static void
 test_ec_jwk(void **state)
 {
     acme_keyspec_t  p256 = { ACME_KEY_EC, 256 }, p384 = { ACME_KEY_EC, 384 };
+    acme_keyspec_t  p521 = { ACME_KEY_EC, 521 };
     acme_err_t      err;
     EVP_PKEY       *key;
     unsigned char   pt[1 + 2 * 48];
@@ -373,6 +380,12 @@ test_ec_jwk(void **state)
 
     key = acme_key_generate(&p384, &err);
     check_ec_jwk(key, 48, "P-384");
+    EVP_PKEY_free(key);
+
+    /* P-521: 66-byte coordinates (521 bits rounded up), never 65 */
+    key = acme_key_generate(&p521, &err);
+    assert_non_null(key);
+    check_ec_jwk(key, 66, "P-521");
     EVP_PKEY_free(key);
 
     /* keep generating until both a leading-zero x and a leading-zero y were seen: left-padding matters */

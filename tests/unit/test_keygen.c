@@ -53,7 +53,7 @@ now_ms(void)
 static void
 test_rsa_hosted_does_not_block(void **state)
 {
-    acme_host_t      host = { NULL, host_set_timer, host_watch, NULL };
+    acme_host_t      host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_keyspec_t   ks = { ACME_KEY_RSA, 4096 };
     acme_loop_t     *loop;
     acme_keygen_t   *kg;
@@ -95,7 +95,7 @@ test_rsa_hosted_does_not_block(void **state)
 static void
 test_cancel_stops_thread(void **state)
 {
-    acme_host_t      host = { NULL, host_set_timer, host_watch, NULL };
+    acme_host_t      host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_keyspec_t   ks = { ACME_KEY_RSA, 4096 };
     acme_loop_t     *loop;
     acme_keygen_t   *kg;
@@ -125,7 +125,7 @@ static void
 test_ec_and_blocking_in_process(void **state)
 {
     acme_keyspec_t   ec = ACME_KEYSPEC_DEFAULT, rsa = { ACME_KEY_RSA, 2048 };
-    acme_host_t      host = { NULL, host_set_timer, host_watch, NULL };
+    acme_host_t      host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_loop_t     *loop;
     acme_err_t       err;
     result_t         r;
@@ -158,7 +158,7 @@ test_ec_and_blocking_in_process(void **state)
 static void
 test_bad_spec_reports_error(void **state)
 {
-    acme_keyspec_t   bad = { ACME_KEY_EC, 521 };
+    acme_keyspec_t   bad = { ACME_KEY_EC, 512 };
     acme_loop_t     *loop;
     acme_err_t       err;
     result_t         r;

@@ -114,7 +114,7 @@ host_watch(void *data, int fd, int events)
 static void
 test_hosted_timer(void **state)
 {
-    acme_host_t   host = { NULL, host_set_timer, host_watch, NULL };
+    acme_host_t   host = { .set_timer = host_set_timer, .watch = host_watch };
     acme_loop_t  *loop;
     acme_err_t    err;
 

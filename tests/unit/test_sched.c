@@ -352,6 +352,19 @@ test_ari_next_check(void **state)
 }
 
 static void
+test_ari_spread(void **state)
+{
+    (void) state;
+    /* a few promptly, many at about one a second, never more than 5 minutes */
+    assert_int_equal(acme_sched_ari_spread(0), 0);
+    assert_int_equal(acme_sched_ari_spread(1), 0);
+    assert_int_equal(acme_sched_ari_spread(3), 3);
+    assert_int_equal(acme_sched_ari_spread(120), 120);
+    assert_int_equal(acme_sched_ari_spread(300), 300);
+    assert_int_equal(acme_sched_ari_spread(100000), 300);
+}
+
+static void
 test_random(void **state)
 {
     int     i;
@@ -384,6 +397,7 @@ main(void)
         cmocka_unit_test(test_ari_past_not_after),
         cmocka_unit_test(test_next_try_lifetime_cap),
         cmocka_unit_test(test_ari_next_check),
+        cmocka_unit_test(test_ari_spread),
         cmocka_unit_test(test_random),
     };
 

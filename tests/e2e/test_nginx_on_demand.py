@@ -1,0 +1,464 @@
+"""On-demand TLS in nginx against Pebble: the first handshake for a new allowed name waits (before TLS, in
+the worker, without blocking it) for a certificate ordered by the cache manager, and completes with it; names
+refused by server_name, the ask endpoint or a limit get the fallback at once, with no order."""
+
+import http.server
+import os
+import signal
+import subprocess
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+
+from harness import OPENSSL_BIN, free_port, wait_for
+from nginx_harness import cert_text, http_get, issuer_block, nginx_factory, tls_cert  # noqa: F401
+
+MANAGED = "a.example.org"
+OD_SUFFIX = ".od.example.org"
+
+
+class AskServer:
+    """Caddy's ask contract: GET /check?domain=NAME, 2xx allows. Names starting with "ok" are allowed,
+    "slow" ones answer after `slow` seconds (allowed), the rest get 403. Records every name asked."""
+
+    def __init__(self, slow=3.0):
+        self.asked = []
+        self.deny = set()       # names refused from now on
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                m = re.match(r"^/check\?domain=([a-z0-9.-]+)$", self.path)
+                name = m.group(1) if m else ""
+                outer.asked.append(name)
+                if name.startswith("slow"):
+                    time.sleep(slow)
+                code = 200 if name.startswith(("ok", "slow")) and name not in outer.deny else 403
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/check"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def od_conf(pebble, tmp_path, https, od="", managed=True):
+    conf = issuer_block("pebble", pebble, tmp_path / "state") + f"""
+    acme_on_demand {od};
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        location / {{ return 200 "plain\\n"; }}
+        location = /acme {{ acme_status; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name ~^[a-z0-9-]+\\.od\\.example\\.org$ exact.example.net;
+        acme_certificate pebble on_demand;
+        location / {{ return 200 "on-demand\\n"; }}
+    }}
+"""
+    if managed:
+        conf += f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {MANAGED};
+        acme_certificate pebble;
+        location / {{ return 200 "managed\\n"; }}
+    }}
+"""
+    return conf
+
+
+def leaf_names(der):
+    return sorted(re.findall(r"DNS:([^,\s]+)", cert_text(der)))
+
+
+def pebble_leaf(port, name, roots, timeout=40):
+    """A verified handshake: (leaf DER, seconds taken)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=roots)
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            return t.getpeercert(binary_form=True), time.monotonic() - t0
+
+
+def fallback_quick(port, name, bound=3.0):
+    """A handshake that must end quickly with a certificate Pebble did not issue (the fallback)."""
+    t0 = time.monotonic()
+    der = tls_cert(port, name, timeout=10)
+    took = time.monotonic() - t0
+    assert took < bound, f"{name}: the fallback took {took:.1f} s"
+    text = cert_text(der)
+    assert "Pebble" not in text, f"{name}: got a Pebble certificate"
+    return der
+
+
+def full_status(pebble):
+    code, body = http_get(pebble.http_port, "status.local", "/acme")
+    assert code == 200, body
+    return json.loads(body)
+
+
+def status(pebble):
+    """The on_demand member; None until the cache manager has published it."""
+    return full_status(pebble).get("on_demand")
+
+
+def wait_status(pebble, pred, what, full=False):
+    """The status document once pred(document) holds (the cache manager rebuilds it within a tick)."""
+    return wait_for(lambda: (lambda st: st if st is not None and pred(st) else None)(
+        full_status(pebble) if full else status(pebble)), 5, interval=0.1, what=what)
+
+
+def test_concurrent_first_handshakes_one_order_per_name(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    ng = nginx_factory(od_conf(pebble, tmp_path, https), wait_port=https, workers=1)
+    roots = pebble.roots(0)
+    wait_for(lambda: _try(lambda: pebble_leaf(https, MANAGED, roots, timeout=5)), 40, interval=0.2,
+             what="the managed certificate")
+    base = pebble.order_count()
+
+    names = [f"site{i}{OD_SUFFIX}" for i in range(10)]
+    results, errors = {}, []
+
+    def one(k):
+        name = names[k % 10]
+        try:
+            der, took = pebble_leaf(https, name, roots, timeout=60)
+            results[k] = (name, leaf_names(der), took)
+        except Exception as e:      # noqa: BLE001 (reported below)
+            errors.append(f"{name}: {e!r}")
+
+    # the managed name keeps being served by the same (only) worker meanwhile
+    lat, stop = [], threading.Event()
+
+    def managed():
+        while not stop.is_set():
+            _, took = pebble_leaf(https, MANAGED, roots, timeout=10)
+            lat.append(took)
+            time.sleep(0.05)
+
+    mt = threading.Thread(target=managed)
+    mt.start()
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    stop.set()
+    mt.join(20)
+
+    assert not errors, errors
+    assert len(results) == 50
+    for name, sans, _ in results.values():
+        assert sans == [name], (name, sans)
+    assert pebble.order_count() - base == 10
+    assert lat and max(lat) < 2.0, f"managed handshakes took up to {max(lat):.2f} s"
+
+    st = wait_status(pebble, lambda st: st["certificates"] == 10, "10 on-demand certificates")
+    assert st["allowed"] == 10
+    assert st["waiting"] == 0 and st["waited"] >= 10
+
+    # later handshakes are served at once, with no order
+    for name in names:
+        der, took = pebble_leaf(https, name, roots)
+        assert leaf_names(der) == [name] and took < 2.0
+    assert pebble.order_count() - base == 10
+    assert ng.proc.alive()
+
+
+def _try(f):
+    try:
+        return f()
+    except Exception:               # noqa: BLE001
+        return None
+
+
+def test_refusals_cost_no_order(pebble, nginx_factory, tmp_path):
+    ask = AskServer(slow=4.0)
+    try:
+        https = free_port()
+        ng = nginx_factory(od_conf(pebble, tmp_path, https,
+                                   od=f"ask={ask.url} ask_timeout=1s max=2 rate=100 "
+                                      "refuse_time=1h waiting=2",
+                                   managed=False), wait_port=https)
+        roots = pebble.roots(0)
+        base = pebble.order_count()
+
+        # not one of the server's names: no ask, no order
+        fallback_quick(https, "stranger.example.com")
+        fallback_quick(https, "another.example.com")
+
+        # refused by the ask endpoint: asked once per name, the refusal cached
+        for _ in range(3):
+            fallback_quick(https, "no1" + OD_SUFFIX)
+        fallback_quick(https, "no2" + OD_SUFFIX)
+        assert ask.asked.count("no1" + OD_SUFFIX) == 1
+        assert ask.asked.count("no2" + OD_SUFFIX) == 1
+
+        # the ask endpoint too slow (ask_timeout=1s): refused, said so
+        fallback_quick(https, "slow1" + OD_SUFFIX, bound=4.0)
+
+        # over the waiting cap (waiting=2): two slow names wait, the others fall back at once
+        # (the ask for "slow" names takes 4 s, longer than ask_timeout: these wait ~1 s)
+        held = []
+        for i in range(2):
+            th = threading.Thread(target=lambda i=i: held.append(
+                _try(lambda: tls_cert(https, f"slow{i + 2}{OD_SUFFIX}", timeout=10))))
+            th.start()
+            held.append(th)
+        time.sleep(0.5)
+        fallback_quick(https, "slow9" + OD_SUFFIX, bound=1.0)
+        for th in [h for h in held if isinstance(h, threading.Thread)]:
+            th.join(15)
+
+        # allowed, up to max=2; the third is refused for the count
+        for n in ("ok1", "ok2"):
+            der, _ = pebble_leaf(https, n + OD_SUFFIX, roots)
+            assert leaf_names(der) == [n + OD_SUFFIX]
+        fallback_quick(https, "ok3" + OD_SUFFIX)
+        assert pebble.order_count() - base == 2
+
+        st = wait_status(pebble, lambda st: st["refused"]["max_count"] == 1, "max_count counted")
+        ref = st["refused"]
+        assert ref["not_server_name"] == 2
+        assert ref["ask_refused"] == 2
+        assert ref["ask_failed"] >= 1
+        assert ref["waiting_cap"] >= 1
+        assert ref["max_count"] == 1
+        assert st["refused_from_cache"] >= 2
+        assert st["limits"]["max"] == 2 and st["limits"]["waiting"] == 2 and st["limits"]["ask"] is True
+        assert ask.url not in str(st)
+
+        # one log line per cause, however many names and connections
+        log = ng.log_text()
+        assert len(re.findall(r"refused: not one of the server's server_name", log)) == 1
+        assert len(re.findall(r"refused \(ask_refused\)", log)) == 1
+        assert len(re.findall(r"refused \(max_count\)", log)) == 1
+        assert len(re.findall(r"refused \(ask_failed\)", log)) == 1
+    finally:
+        ask.close()
+
+
+def test_rate_limit_and_ask_down(pebble, nginx_factory, tmp_path):
+    dead = free_port()       # nothing listens: the ask endpoint is down
+    https = free_port()
+    ng = nginx_factory(od_conf(pebble, tmp_path, https, od=f"ask=http://127.0.0.1:{dead}/check",
+                               managed=False), wait_port=https)
+    base = pebble.order_count()
+    fallback_quick(https, "down" + OD_SUFFIX)
+    wait_status(pebble, lambda st: st["refused"]["ask_failed"] == 1, "ask_failed counted")
+    assert "refused (ask_failed)" in ng.log_text()
+    assert pebble.order_count() == base
+    ng.stop()       # Pebble's HTTP-01 port is the next one's
+
+    https2 = free_port()
+    ng2 = nginx_factory(od_conf(pebble, tmp_path / "r", https2, od="rate=1", managed=False),
+                        name="nginx-rate", wait_port=https2)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, _ = pebble_leaf(https2, "first" + OD_SUFFIX, roots)
+    assert leaf_names(der) == ["first" + OD_SUFFIX]
+    fallback_quick(https2, "second" + OD_SUFFIX)
+    assert pebble.order_count() - base == 1
+    wait_status(pebble, lambda st: st["refused"]["rate_limited"] == 1, "rate_limited counted")
+    assert len(re.findall(r"refused \(rate_limited\)", ng2.log_text())) == 1
+
+
+def test_restart_serves_stored_and_unseen_not_renewed(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    conf = od_conf(pebble, tmp_path, https, od="unseen=6s", managed=False)
+    ng = nginx_factory(conf, wait_port=https)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, _ = pebble_leaf(https, "kept" + OD_SUFFIX, roots)
+    serial = cert_text(der)
+    assert pebble.order_count() - base == 1
+
+    # restart: served at once from the store, no order
+    ng.stop()
+    ng.start(wait_port=https)
+    der, took = pebble_leaf(https, "kept" + OD_SUFFIX, roots)
+    assert cert_text(der) == serial and took < 3.0
+    assert pebble.order_count() - base == 1
+
+    # unseen for longer than unseen=: no longer managed (never renewed), said so
+    ng.wait_log(r"on-demand certificate for \"kept\.od\.example\.org\": not seen for", timeout=20)
+    wait_status(pebble, lambda st: st.get("on_demand", {}).get("certificates") == 0
+                and not [c for c in st["certificates"] if "kept" + OD_SUFFIX in c["identifiers"]],
+                "the unseen name no longer managed", full=True)
+
+    # and a restart does not take it up again
+    ng.stop()
+    ng.start(wait_port=https)
+    time.sleep(1.5)
+    st = full_status(pebble)
+    assert not st["certificates"]
+    assert pebble.order_count() - base == 1
+
+
+def test_withdrawn_permission_stops_renewal(pebble, nginx_factory, tmp_path):
+    """The ask endpoint is asked again after a restart (and before each renewal): a refusal now drops the
+    name, which then gets the fallback, with no order."""
+    ask = AskServer()
+    try:
+        https = free_port()
+        ng = nginx_factory(od_conf(pebble, tmp_path, https, od=f"ask={ask.url}", managed=False),
+                           wait_port=https)
+        roots = pebble.roots(0)
+        base = pebble.order_count()
+        name = "ok1" + OD_SUFFIX
+        der, _ = pebble_leaf(https, name, roots)
+        assert leaf_names(der) == [name]
+        assert pebble.order_count() - base == 1
+
+        ask.deny.add(name)
+        ng.stop()
+        ng.start(wait_port=https)
+        ng.wait_log(r"on-demand certificate for \"ok1\.od\.example\.org\": no longer allowed, not renewed",
+                    timeout=15)
+        wait_status(pebble, lambda st: not st["certificates"], "the name no longer managed", full=True)
+        fallback_quick(https, name)
+        assert ask.asked.count(name) == 2
+        assert pebble.order_count() - base == 1
+    finally:
+        ask.close()
+
+
+def test_tls_alpn01_first_handshake(pebble, nginx_factory, tmp_path):
+    """The CA's TLS-ALPN-01 handshake for a name being ordered is not held (it is what the order waits for)."""
+    conf = issuer_block("pebble", pebble, tmp_path / "state", challenge="tls-alpn-01") + f"""
+    server {{
+        listen 127.0.0.1:{pebble.tls_port} ssl;
+        server_name .alpn.example.org;
+        acme_certificate pebble on_demand;
+    }}
+"""
+    nginx_factory(conf, wait_port=pebble.tls_port)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, took = pebble_leaf(pebble.tls_port, "new.alpn.example.org", roots)
+    assert leaf_names(der) == ["new.alpn.example.org"]
+    assert took < 20, f"the first handshake took {took:.1f} s"
+    assert pebble.order_count() - base == 1
+
+
+def test_config_errors_and_fail_close(pebble, nginx_factory, tmp_path):
+    https = free_port()
+    for od, msg in (("rate=0", r'invalid parameter "rate=0" of "acme_on_demand"'),
+                    ("ask=ftp://x/", r'invalid "ask=ftp://x/": the ask endpoint must be an http:// or https:// URL'),
+                    ("fail=maybe", r'invalid parameter "fail=maybe" of "acme_on_demand"')):
+        ng = nginx_factory(od_conf(pebble, tmp_path, https, od=od, managed=False), name="bad", start=False)
+        ok, out = ng.test_config()
+        assert not ok and re.search(msg, out), out
+    conf = od_conf(pebble, tmp_path, https, managed=False).replace(
+        "acme_certificate pebble on_demand;", "acme_certificate pebble on_demand a.od.example.org;")
+    ng = nginx_factory(conf, name="bad2", start=False)
+    ok, out = ng.test_config()
+    assert not ok and "takes its names from handshakes" in out, out
+
+    # fail=close: a refused first handshake is closed, not given the fallback
+    ng = nginx_factory(od_conf(pebble, tmp_path, https, od="fail=close", managed=False), name="close",
+                       wait_port=https)
+    t0 = time.monotonic()
+    try:
+        tls_cert(https, "stranger.example.com", timeout=10)
+        raise AssertionError("the handshake completed")
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        assert not isinstance(e, socket.timeout), e
+    assert time.monotonic() - t0 < 3
+    # a listed name still gets its certificate
+    der, _ = pebble_leaf(https, "fine" + OD_SUFFIX, pebble.roots(0))
+    assert leaf_names(der) == ["fine" + OD_SUFFIX]
+
+
+def test_wait_time_out_gives_fallback(pebble, nginx_factory, tmp_path):
+    """A CA that never answers: the first handshake gets the fallback after wait=, logged and counted."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)       # accepts (the kernel does), never answers
+    try:
+        https = free_port()
+        conf = od_conf(pebble, tmp_path, https, od="wait=2s", managed=False).replace(
+            pebble.directory_url, f"http://127.0.0.1:{silent.getsockname()[1]}/dir")
+        # the silent CA is closed at the end: a failure then, by design
+        ng = nginx_factory(conf, wait_port=https, allowed=(r"cannot reach the CA",))
+        t0 = time.monotonic()
+        fallback_quick(https, "late" + OD_SUFFIX, bound=6.0)
+        assert time.monotonic() - t0 >= 1.5
+        wait_status(pebble, lambda st: st["refused"]["timeout"] == 1 and st["waiting"] == 0, "timeout counted")
+        assert "refused: no certificate within wait=" in ng.log_text()
+    finally:
+        silent.close()
+
+
+def test_waiting_count_survives_a_worker_crash(pebble, nginx_factory, tmp_path):
+    """Connections held by a worker that dies stop counting against waiting= (the cache manager gives its
+    share back), so the cap does not stay reached."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        https = free_port()
+        conf = od_conf(pebble, tmp_path, https, od="wait=30s waiting=2 unseen=8s", managed=False).replace(
+            pebble.directory_url, f"http://127.0.0.1:{silent.getsockname()[1]}/dir")
+        ng = nginx_factory(conf, wait_port=https, workers=1,
+                           allowed=(r"cannot reach the CA", r"exited on signal 9"))
+        held = []
+        for i in range(2):
+            s = socket.create_connection(("127.0.0.1", https))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            t = ctx.wrap_socket(s, server_hostname=f"held{i}{OD_SUFFIX}", do_handshake_on_connect=False)
+            t.setblocking(False)
+            try:
+                t.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            held.append(t)
+        wait_status(pebble, lambda st: st["waiting"] == 2, "two connections held")
+        (pid,) = ng.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: ng.worker_pids() and ng.worker_pids() != [pid], 10, what="a new worker")
+        wait_status(pebble, lambda st: st["waiting"] == 0, "the dead worker's connections given back")
+        for t in held:
+            t.close()
+    finally:
+        silent.close()
+
+
+def test_ip_and_invalid_names_never_asked(pebble, nginx_factory, tmp_path):
+    """Even when server_name matches anything: an IP address or an invalid DNS name is refused by the worker,
+    never asked about, never ordered."""
+    ask = AskServer()
+    try:
+        https = free_port()
+        conf = od_conf(pebble, tmp_path, https, od=f"ask={ask.url}", managed=False).replace(
+            "server_name ~^[a-z0-9-]+\\.od\\.example\\.org$ exact.example.net;", "server_name ~.;")
+        nginx_factory(conf, wait_port=https)
+        base = pebble.order_count()
+        for sni in ("192.0.2.7", "bad_name.example.org", "nodot"):
+            t0 = time.monotonic()
+            p = subprocess.run([OPENSSL_BIN, "s_client", "-connect", f"127.0.0.1:{https}", "-servername", sni],
+                               input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
+            assert time.monotonic() - t0 < 3, sni
+            assert b"BEGIN CERTIFICATE" not in p.stdout or b"Pebble" not in p.stdout
+        wait_status(pebble, lambda st: st["refused"]["invalid_name"] == 3, "three invalid names counted")
+        assert ask.asked == []
+        assert pebble.order_count() == base
+    finally:
+        ask.close()
