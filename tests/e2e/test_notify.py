@@ -146,16 +146,20 @@ def test_nginx_failed(pebble, nginx_factory, tmp_path):
     https = free_port()
     script, out = make_script(tmp_path / "n")
     dead = f"https://127.0.0.1:{free_port()}/dir"
-    nginx_factory(_nginx_conf(dead, pebble, tmp_path, https, name, f"acme_notify {script};"),
-                  wait_port=https, allowed=[r"acme: "])
+    ng = nginx_factory(_nginx_conf(dead, pebble, tmp_path, https, name, f"acme_notify {script};"),
+                       wait_port=https, allowed=[r"acme: "])
     got = wait_events(out, 1)
-    time.sleep(2)
-    got = events(out)
-    assert len(got) == 1, got
     ev, n, env, _ = got[0]
     assert ev == "failed" and env["ACME_EVENT"] == "failed" and env["ACME_DOMAINS"] == name, got
     assert "cannot reach the CA" in env["ACME_ERROR"], env
     assert "ACME_NOT_AFTER" not in env
+    # one run per failed attempt (each is logged with its next try), none more
+    time.sleep(2)
+
+    def attempts():
+        return len(re.findall(rf'acme: "{re.escape(n)}": .*next try at', ng.log_text()))
+    wait_for(lambda: len(events(out)) == attempts(), 5, what="one notification per attempt")
+    assert all(e == "failed" for e, _, _, _ in events(out)), events(out)
 
 
 def test_nginx_hanging_program_is_killed(pebble, nginx_factory, tmp_path):
