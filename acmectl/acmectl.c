@@ -21,6 +21,8 @@
 #include "acme_directory.h"
 #include "acme_http.h"
 #include "acme_manager.h"
+#include "acme_exec.h"
+#include "acme_notify.h"
 #include "chsrv.h"
 #include "import.h"
 
@@ -109,8 +111,9 @@ usage(FILE *f)
 "        TYPE: http-01, tls-alpn-01, dns-01 or dns-account-01 (records published by one of --tsig-key,\n"
 "        --dns-hook, --acme-dns), dns-persist-01 (its record checked); a wildcard takes a DNS type\n"
 "  renew [--force] [--ignore-server] [challenge options as for issue] NAME\n"
-"  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] NAME...\n"
-"        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now)\n"
+"  run [issue options] [--fallback-ca URL|NAME]... [--status-file FILE] [--notify PROGRAM] NAME...\n"
+"        keep one certificate issued and renewed in the foreground (SIGUSR1: renew now); PROGRAM is\n"
+"        run as PROGRAM EVENT NAME on issued, renewed, failed, expiring, ari-moved\n"
 "  ari-check [NAME...]\n"
 "        ask the CA's renewal information (RFC 9773) of every certificate, or of those named, again and\n"
 "        store it; renews nothing (renew, run or the server act on a window that says renew now)\n"
@@ -120,7 +123,7 @@ usage(FILE *f)
 "        publish them once)\n"
 "  list\n"
 "  status --json\n"
-"  revoke [--reason N] [--with-cert-key] NAME\n"
+"  revoke [--reason N] [--with-cert-key] [--notify PROGRAM] NAME\n"
 "  account show|find|rollover [--key ALG]|update|deactivate\n"
 "  migrate [--from DIR|URL] --to DIR|URL [--from-key FILE] [--to-key FILE]\n"
 "        copy every account, certificate, key and pending order from one store to another\n"
@@ -1364,12 +1367,53 @@ cmd_list(ctl_t *ctl, int json_out)
 
 /* ---- revoke ---- */
 
+/* --notify of revoke: the program run once with "revoked", waited for (its time limit applies). */
+static void
+revoke_notify(ctl_t *ctl, const char *program, const acme_certmeta_t *m)
+{
+    acme_notify_conf_t   nc;
+    acme_notify_event_t  ev;
+    acme_notify_t       *n;
+    acme_err_t           err;
+    char                 domains[2048];
+    size_t               i, len = 0;
+
+    memset(&nc, 0, sizeof(nc));
+    nc.program = program;
+    nc.store_dir = ctl->storage ? NULL : ctl->state;
+    n = acme_notify_new(ctl->loop, &nc, &err);
+    if (n == NULL) {
+        fprintf(stderr, "acmectl: --notify: %s\n", err.msg);
+        return;
+    }
+    domains[0] = '\0';
+    for (i = 0; i < m->nids; i++) {
+        int k = snprintf(domains + len, sizeof(domains) - len, "%s%s", i ? " " : "", m->ids[i].value);
+        if (k < 0 || (size_t) k >= sizeof(domains) - len) {
+            break;
+        }
+        len += (size_t) k;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.event = "revoked";
+    ev.name = m->name;
+    ev.domains = domains;
+    ev.issuer = m->ca;
+    ev.not_after = m->not_after;
+    acme_notify_event(n, &ev);
+    while (acme_notify_busy(n)) {
+        acme_loop_run(ctl->loop, NULL, 200);
+    }
+    acme_notify_free(n);
+}
+
 static int
 cmd_revoke(ctl_t *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
         { "reason", required_argument, NULL, 'r' },
         { "with-cert-key", no_argument, NULL, 'K' },
+        { "notify", required_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 }
     };
     acme_certmeta_t  m;
@@ -1379,6 +1423,7 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
     wait_t           w;
     acme_err_t       err;
     char            *end;
+    const char      *notify = NULL;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1390,6 +1435,8 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
             }
         } else if (c == 'K') {
             with_key = 1;
+        } else if (c == 'N') {
+            notify = optarg;
         } else {
             usage(stderr);
             return 2;
@@ -1397,6 +1444,10 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
     }
     if (optind != argc - 1) {
         fprintf(stderr, "acmectl revoke: name one certificate\n");
+        return 2;
+    }
+    if (notify != NULL && acme_exec_check("--notify: the notification program", notify, &err) != 0) {
+        fprintf(stderr, "acmectl: %s\n", err.msg);
         return 2;
     }
     if (ctl_open_store(ctl, 0) != 0 || find_cert(ctl, argv[optind], &m) != 0) {
@@ -1434,6 +1485,9 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
         m.last_error_at = time(NULL);
         m.renew_at = time(NULL);
         acme_store_meta_save(ctl->store, &m, NULL);
+        if (notify != NULL) {
+            revoke_notify(ctl, notify, &m);
+        }
     }
     X509_free(leaf);
     EVP_PKEY_free(key);
@@ -1714,6 +1768,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
         { "dns-hook-timeout", required_argument, NULL, 'J' },
         { "acme-dns", required_argument, NULL, 'a' },
         { "acme-dns-url", required_argument, NULL, 'u' },
+        { "notify", required_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 }
     };
     issue_opts_t         o;
@@ -1727,6 +1782,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     acme_manager_host_t  mh;
     acme_issuer_conf_t   ic;
     run_t                r;
+    acme_notify_conf_t   nc;
     const char          *types[ISSUE_TYPES_MAX];
     char                 typebuf[100];
     size_t               ntypes;
@@ -1735,6 +1791,7 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
 
     memset(&o, 0, sizeof(o));
     memset(&r, 0, sizeof(r));
+    memset(&nc, 0, sizeof(nc));
     cas[nissuers++] = ctl->ca ? ctl->ca : "letsencrypt";
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1742,6 +1799,8 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
             cas[nissuers++] = optarg;
         } else if (c == 'S') {
             r.status_file = optarg;
+        } else if (c == 'N') {
+            nc.program = optarg;
         } else if (parse_issue_opt(c, &o) != 0) {
             usage(stderr);
             return 2;
@@ -1823,6 +1882,14 @@ cmd_run(ctl_t *ctl, int argc, char **argv)
     }
     if (o.poll_timeout > 0) {
         acme_manager_set_poll_timeout(r.m, o.poll_timeout);
+    }
+    if (nc.program != NULL) {
+        nc.store_dir = ctl->storage ? NULL : ctl->state;
+        if (acme_manager_set_notify(r.m, &nc, &err) != 0) {
+            fprintf(stderr, "acmectl: --notify: %s\n", err.msg);
+            rc = 2;
+            goto done;
+        }
     }
     if (acme_manager_add_cert(r.m, ids, nids, &ks, idx, nissuers, &err) == NULL
         || acme_manager_start(r.m, &err) != 0)

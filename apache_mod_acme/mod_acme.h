@@ -79,6 +79,9 @@ typedef struct {
     const char            *storage;         /* ACMEStorage: redis:// URL (prefix folded in); NULL: state_dir */
     const char            *storage_shown;   /* the URL without its password, for messages */
     const char            *storage_key;     /* ACMEStorageKey file */
+    const char            *notify_cmd;      /* ACMENotifyCmd PROGRAM, server-wide only */
+    long                   notify_timeout;  /* s; 0: the core's default */
+    long                   notify_expiring; /* s; 0: the core's default */
     acme_dns_config_t      dns;             /* ACMEDNS*: each field inherited on its own; the TSIG key is
                                              * the core's (malloc'd), freed with the pool of the server
                                              * that read it */

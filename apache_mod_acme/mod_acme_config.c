@@ -14,6 +14,7 @@
 
 #include "acme_aead.h"
 #include "acme_directory.h"
+#include "acme_exec.h"
 #include "acme_err.h"
 #include "acme_ondemand.h"
 #include "acme_store.h"
@@ -62,6 +63,9 @@ mod_acme_merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
     sc->preferred_chain = add->preferred_chain ? add->preferred_chain : base->preferred_chain;
     mod_acme_dns_merge(sc, base, add);
     sc->state_dir = add->state_dir ? add->state_dir : base->state_dir;
+    sc->notify_cmd = add->notify_cmd ? add->notify_cmd : base->notify_cmd;
+    sc->notify_timeout = add->notify_cmd ? add->notify_timeout : base->notify_timeout;
+    sc->notify_expiring = add->notify_cmd ? add->notify_expiring : base->notify_expiring;
     sc->storage = add->storage ? add->storage : base->storage;
     sc->storage_shown = add->storage ? add->storage_shown : base->storage_shown;
     sc->storage_key = add->storage_key ? add->storage_key : base->storage_key;
@@ -220,6 +224,73 @@ set_state_dir(cmd_parms *cmd, void *dc, const char *arg)
         return bad_value(cmd, arg, "not a valid path");
     }
     cmd_conf(cmd)->state_dir = path;
+    return NULL;
+}
+
+/* "30", "30s", "5m", "2h", "14d": seconds, or -1 */
+static long
+parse_seconds(const char *v)
+{
+    char  *end;
+    long   n;
+
+    if (*v < '0' || *v > '9') {
+        return -1;
+    }
+    n = strtol(v, &end, 10);
+    if (n < 1 || n > 100L * 365 * 86400) {
+        return -1;
+    }
+    switch (*end) {
+    case '\0':
+    case 's':
+        break;
+    case 'm':
+        n *= 60;
+        break;
+    case 'h':
+        n *= 3600;
+        break;
+    case 'd':
+        n *= 86400;
+        break;
+    default:
+        return -1;
+    }
+    return *end != '\0' && end[1] != '\0' ? -1 : n;
+}
+
+/* ACMENotifyCmd PROGRAM [timeout=TIME] [expiring=TIME]: checked here so apache2 -t refuses a bad one */
+static const char *
+set_notify_cmd(cmd_parms *cmd, void *dc, const char *prog, const char *o1, const char *o2)
+{
+    const char           *err = ap_check_cmd_context(cmd, NOT_IN_VIRTUALHOST | NOT_IN_DIR_CONTEXT);
+    const char           *opts[2] = { o1, o2 };
+    mod_acme_srv_conf_t  *sc = cmd_conf(cmd);
+    acme_err_t            e;
+    long                  v;
+    int                   i;
+
+    (void) dc;
+    if (err != NULL) {
+        return err;
+    }
+    if (acme_exec_check("the notification program", prog, &e) != 0) {
+        return bad_value(cmd, prog, e.msg);
+    }
+    sc->notify_cmd = prog;
+    for (i = 0; i < 2; i++) {
+        if (opts[i] == NULL) {
+            continue;
+        }
+        if (strncmp(opts[i], "timeout=", 8) == 0 && (v = parse_seconds(opts[i] + 8)) > 0) {
+            sc->notify_timeout = v;
+        } else if (strncmp(opts[i], "expiring=", 9) == 0 && (v = parse_seconds(opts[i] + 9)) > 0) {
+            sc->notify_expiring = v;
+        } else {
+            return bad_value(cmd, opts[i], "timeout=TIME or expiring=TIME expected (TIME: 30s, 5m, 2h, 14d)");
+        }
+    }
     return NULL;
 }
 
@@ -754,6 +825,9 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE12("ACMEStorage", set_storage, NULL, RSRC_CONF,
                    "redis://[user:password@]host:port[/db][?prefix=...] [prefix=NAME]: keep everything in Redis "
                    "(cluster mode); default: ACMEStateDir"),
+    AP_INIT_TAKE123("ACMENotifyCmd", set_notify_cmd, NULL, RSRC_CONF,
+                    "PROGRAM [timeout=TIME] [expiring=TIME]: run on certificate events (issued, renewed, "
+                    "failed, expiring, ari-moved)"),
     AP_INIT_TAKE1("ACMEStorageKey", set_storage_key, NULL, RSRC_CONF,
                   "file with the AES-256-GCM key sealing private keys in Redis"),
     AP_INIT_TAKE1("ACMETrustedCertificate", set_trusted, NULL, RSRC_CONF,

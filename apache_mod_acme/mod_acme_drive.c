@@ -207,6 +207,22 @@ manager_build(apr_pool_t *p, acme_loop_t *loop, acme_store_t *st, server_rec *ba
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, base, ACMELOGNO(0072) "cannot start the manager: %s", err.msg);
         return NULL;
     }
+    {
+        mod_acme_srv_conf_t  *bc = ap_get_module_config(base->module_config, &acme_module);
+        acme_notify_conf_t    nc;
+
+        if (bc->notify_cmd != NULL) {
+            memset(&nc, 0, sizeof(nc));
+            nc.program = bc->notify_cmd;
+            nc.timeout = bc->notify_timeout;
+            nc.expiring = bc->notify_expiring;
+            nc.store_dir = mod_acme_g.storage ? NULL : mod_acme_g.state_dir;
+            if (acme_manager_set_notify(m, &nc, &err) != 0) {
+                /* the rest still works: certificates matter more than their notifications */
+                ap_log_error(APLOG_MARK, APLOG_ERR, 0, base, ACMELOGNO(0114) "ACMENotifyCmd: %s", err.msg);
+            }
+        }
+    }
     defurl = acme_ca_resolve(MOD_ACME_DEFAULT_CA, &err);
     defca.name = MOD_ACME_DEFAULT_CA;
     defca.url = defurl ? apr_pstrdup(p, defurl) : "";

@@ -6,6 +6,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "acme_notify.h"
 #include "acme_sched.h"
 #include "acme_x509.h"
 
@@ -71,6 +72,7 @@ struct acme_manager_s {
     unsigned long         version;      /* bumped by every change the status shows */
     long                  poll_timeout;
     int                   started;
+    acme_notify_t        *notify;       /* NULL: no notifications */
     unsigned long         requests_seen;    /* the clients' counters the version counted */
 };
 
@@ -172,7 +174,85 @@ acme_manager_free(acme_manager_t *m)
         issuer_free(m->issuers[i]);
     }
     free(m->issuers);
+    acme_notify_free(m->notify);
     free(m);
+}
+
+int
+acme_manager_set_notify(acme_manager_t *m, const acme_notify_conf_t *conf, acme_err_t *err)
+{
+    acme_notify_t *n = acme_notify_new(m->loop, conf, err);
+
+    if (n == NULL) {
+        return -1;
+    }
+    acme_notify_free(m->notify);
+    m->notify = n;
+    return 0;
+}
+
+int
+acme_manager_notify_busy(acme_manager_t *m)
+{
+    return acme_notify_busy(m->notify);
+}
+
+/* One event of c for the notification program, if there is one. */
+static void
+cert_notify_by(mcert_t *c, size_t issuer_i, const char *event, const char *error, time_t ari_start,
+    time_t ari_end)
+{
+    acme_notify_event_t  ev;
+    char                *domains;
+    size_t               i, len = 1;
+
+    if (c->m->notify == NULL) {
+        return;
+    }
+    for (i = 0; i < c->nids; i++) {
+        len += strlen(c->ids[i].value) + 1;
+    }
+    domains = calloc(1, len);
+    for (i = 0; domains != NULL && i < c->nids; i++) {
+        if (i > 0) {
+            strcat(domains, " ");
+        }
+        strcat(domains, c->ids[i].value);
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.event = event;
+    ev.name = c->name;
+    ev.domains = domains;
+    ev.issuer = c->m->issuers[c->issuers[issuer_i]]->name;
+    ev.not_after = c->meta.not_after;
+    ev.error = error;
+    ev.ari_start = ari_start;
+    ev.ari_end = ari_end;
+    acme_notify_event(c->m->notify, &ev);
+    free(domains);
+}
+
+static void
+cert_notify(mcert_t *c, const char *event, const char *error, time_t ari_start, time_t ari_end)
+{
+    cert_notify_by(c, c->issuer_i, event, error, ari_start, ari_end);
+}
+
+/*
+ * "expiring": once per certificate, when it is within the threshold of its end; recorded in its meta
+ * (restarts and reloads do not repeat it; a new certificate's meta starts without it).
+ */
+static void
+cert_check_expiring(mcert_t *c, time_t now)
+{
+    if (c->m->notify == NULL || c->meta.not_after == 0 || c->meta.expiring_notified != 0
+        || now < c->meta.not_after - acme_notify_expiring(c->m->notify))
+    {
+        return;
+    }
+    c->meta.expiring_notified = now;
+    acme_store_meta_save(c->m->store, &c->meta, NULL);
+    cert_notify(c, "expiring", NULL, 0, 0);
 }
 
 void
@@ -416,6 +496,7 @@ cert_schedule(mcert_t *c)
     if (c->job != NULL || c->ari_busy) {
         return;
     }
+    cert_check_expiring(c, now);
     when = cert_next(c, now, &c->reason);
     c->next_at = when;
     ms = when <= now ? 0 : (when - now > 86400 ? 86400L * 1000 : (long) (when - now) * 1000);
@@ -468,6 +549,7 @@ cert_record_failure(mcert_t *c, const acme_err_t *err)
         acme_log(c->m->loop, ACME_LOG_ERR, "acme: \"%s\": %s; next try at %s", c->name, err->msg,
                  acme_time_format(c->meta.next_try, tb, sizeof(tb)));
     }
+    cert_notify(c, "failed", err->msg, 0, 0);
 }
 
 static void cert_issue(mcert_t *c);
@@ -511,6 +593,9 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
     m->version++;
     queue_wake(m);
     if (err == NULL) {
+        time_t  before = c->meta.not_after;
+        size_t  issued_by = c->issuer_i;
+
         c->forced = 0;
         c->issuer_i = 0;
         cert_reload(c, 0);
@@ -524,6 +609,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         c->meta.nident_errors = 0;
         c->meta.renew_at = acme_sched_renew_time(&c->meta, acme_random(), now, &r);
         c->meta.ari_next_check = now;
+        c->meta.expiring_notified = 0;      /* a new certificate */
         if (acme_store_meta_save(m->store, &c->meta, &serr) != 0) {
             acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot store the renewal schedule: %s", c->name,
                      serr.msg);
@@ -531,6 +617,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         if (m->host.cert_updated != NULL) {
             m->host.cert_updated(m->host.data, c->name);
         }
+        cert_notify_by(c, issued_by, before != 0 ? "renewed" : "issued", NULL, 0, 0);
         cert_schedule(c);
         return;
     }
@@ -621,7 +708,8 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
     c->m->version++;
     if (ri != NULL) {
         if (c->meta.ari_start != ri->start || c->meta.ari_end != ri->end) {
-            char  b1[32], b2[32];
+            char    b1[32], b2[32];
+            time_t  known = c->meta.ari_start;
 
             c->meta.ari_start = ri->start;
             c->meta.ari_end = ri->end;
@@ -632,6 +720,10 @@ ari_done(void *arg, const acme_renewal_info_t *ri, long retry_after, const acme_
                      acme_time_format(ri->start, b1, sizeof(b1)), acme_time_format(ri->end, b2, sizeof(b2)),
                      ri->explanation_url ? "; the CA explains: " : "",
                      ri->explanation_url ? ri->explanation_url : "");
+            if (known != 0) {
+                /* the first window learned is no news; a window moved is */
+                cert_notify(c, "ari-moved", NULL, ri->start, ri->end);
+            }
         }
         free(c->meta.ari_explanation_url);
         c->meta.ari_explanation_url = acme_strdup(ri->explanation_url);

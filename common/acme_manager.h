@@ -11,6 +11,7 @@
 #include "acme_client.h"
 #include "acme_issue.h"
 #include "acme_store.h"
+#include "acme_notify.h"
 
 typedef struct {
     const char          *name;              /* the admin's name for it ("letsencrypt") */
@@ -54,6 +55,13 @@ const char *acme_manager_add_cert(acme_manager_t *m, const acme_ident_t *ids, si
  */
 int acme_manager_set_cert_profile(acme_manager_t *m, const char *name, const char *profile, acme_err_t *err);
 
+/*
+ * Notifications (acme_notify.h): the program run on each certificate's events (issued, renewed, failed,
+ * expiring, ari-moved). Before acme_manager_start. -1 with err: the program is not an executable file.
+ */
+int acme_manager_set_notify(acme_manager_t *m, const acme_notify_conf_t *conf, acme_err_t *err);
+/* 1 while a notification is queued or running. */
+int acme_manager_notify_busy(acme_manager_t *m);
 /* Schedule everything (loads the store's state). */
 int acme_manager_start(acme_manager_t *m, acme_err_t *err);
 

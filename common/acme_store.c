@@ -331,6 +331,7 @@ acme_certmeta_to_json(const acme_certmeta_t *m)
     rc |= meta_set_str(o, "last_error", m->last_error);
     rc |= meta_set_time(o, "last_error_at", m->last_error_at);
     rc |= meta_set_time(o, "ca_wait_until", m->ca_wait_until);
+    rc |= meta_set_time(o, "expiring_notified", m->expiring_notified);
     if (m->nident_errors > 0) {
         json_t *arr = acme_certmeta_ident_errors_json(m);
         rc |= arr ? json_object_set_new(o, "identifier_errors", arr) : -1;
@@ -544,6 +545,7 @@ acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_
         || meta_get_time(o, "next_try", &m->next_try, err) != 0
         || meta_get_time(o, "last_error_at", &m->last_error_at, err) != 0
         || meta_get_time(o, "ca_wait_until", &m->ca_wait_until, err) != 0
+        || meta_get_time(o, "expiring_notified", &m->expiring_notified, err) != 0
         || meta_get_ident_errors(o, m, err) != 0)
     {
         goto done;

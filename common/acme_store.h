@@ -296,6 +296,8 @@ typedef struct {
                                          * success */
     size_t          nident_errors;
     time_t          issued_at;     /* when we stored it */
+    time_t          expiring_notified;  /* when the "expiring" notification ran for this certificate
+                                         * (once per certificate: a new one starts at 0) */
 } acme_certmeta_t;
 
 void  acme_certmeta_free(acme_certmeta_t *m);

@@ -35,6 +35,7 @@
 #include "ngx_http_acme_status_snapshot.h"
 
 #include "acme_directory.h"
+#include "acme_exec.h"
 #include "acme_ondemand.h"
 #include "acme_store.h"
 #include "acme_x509.h"
@@ -83,6 +84,8 @@ static ngx_int_t ngx_http_acme_cert_issuers(ngx_conf_t *cf,
 static void ngx_http_acme_cert_cleanup(void *data);
 static ngx_int_t ngx_http_acme_cert_add_name(ngx_conf_t *cf,
     ngx_http_acme_cert_t *cert, ngx_str_t *name, acme_err_t *err);
+static char *ngx_http_acme_notify(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_acme_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_acme_init_process(ngx_cycle_t *cycle);
 static void ngx_http_acme_exit_process(ngx_cycle_t *cycle);
@@ -114,6 +117,13 @@ static ngx_command_t  ngx_http_acme_commands[] = {
     { ngx_string("acme_storage_key"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_acme_storage_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("acme_notify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
+      ngx_http_acme_notify,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -1261,6 +1271,85 @@ ngx_http_acme_storage_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     amcf->storage_key_line = cf->conf_file->line;
 
     return NGX_CONF_OK;
+}
+
+
+/* acme_notify PROGRAM [timeout=TIME] [expiring=TIME] */
+
+static char *
+ngx_http_acme_notify(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_acme_main_conf_t *amcf = conf;
+
+    time_t       t;
+    ngx_str_t   *value, v;
+    ngx_uint_t   i;
+    acme_err_t   err;
+
+    if (amcf->notify) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    amcf->notify = ngx_pnalloc(cf->pool, value[1].len + 1);
+    if (amcf->notify == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_sprintf((u_char *) amcf->notify, "%V%Z", &value[1]);
+
+    if (acme_exec_check("the notification program", amcf->notify, &err)
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"acme_notify\": %s",
+                           err.msg);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            v.data = value[i].data + 8;
+            v.len = value[i].len - 8;
+
+            t = ngx_parse_time(&v, 1);
+            if (t == (time_t) NGX_ERROR || t < 1) {
+                goto invalid;
+            }
+
+            amcf->notify_timeout = t;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "expiring=", 9) == 0) {
+            v.data = value[i].data + 9;
+            v.len = value[i].len - 9;
+
+            t = ngx_parse_time(&v, 1);
+            if (t == (time_t) NGX_ERROR || t < 1) {
+                goto invalid;
+            }
+
+            amcf->notify_expiring = t;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"acme_notify\": invalid parameter \"%V\": "
+                           "timeout=TIME or expiring=TIME expected",
+                           &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"acme_notify\": invalid value \"%V\": "
+                       "a time of at least 1s expected", &value[i]);
+    return NGX_CONF_ERROR;
 }
 
 

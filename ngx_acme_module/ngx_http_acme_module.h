@@ -133,6 +133,10 @@ typedef struct {
     u_char                     *storage_key_file;
     ngx_uint_t                  storage_key_line;
 
+    char                       *notify;          /* acme_notify PROGRAM */
+    time_t                      notify_timeout;  /* 0: the core's default */
+    time_t                      notify_expiring; /* 0: the core's default */
+
     ngx_resolver_t             *resolver;        /* http's, NULL: libcurl's */
     ngx_msec_t                  resolver_timeout;
 

@@ -457,6 +457,7 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
     acme_host_t                   host;
     const char                   *name;
     acme_manager_host_t           mhost;
+    acme_notify_conf_t            nc;
     ngx_http_acme_cert_t        **certs, *cert;
     ngx_http_acme_runner_t       *rn;
     ngx_http_acme_main_conf_t    *amcf;
@@ -585,6 +586,20 @@ ngx_http_acme_runner_start(ngx_cycle_t *cycle)
             ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                           "acme: %s", err.msg);
             goto failed;
+        }
+
+        if (amcf->notify) {
+            ngx_memzero(&nc, sizeof(acme_notify_conf_t));
+            nc.program = amcf->notify;
+            nc.timeout = (long) amcf->notify_timeout;
+            nc.expiring = (long) amcf->notify_expiring;
+            nc.store_dir = amcf->storage ? NULL : paths[g];
+
+            if (acme_manager_set_notify(rn->managers[g], &nc, &err) != 0) {
+                ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                              "acme: acme_notify: %s", err.msg);
+                goto failed;
+            }
         }
 
         for (i = 0; i < amcf->issuers.nelts; i++) {

@@ -133,6 +133,9 @@ class Root:
         elif d in ("external_account_key", "acmeexternalaccountbinding"):
             p.write_text(secrets.token_urlsafe(32) + "\n")
             os.chmod(p, 0o600)
+        elif d in ("acme_notify", "acmenotifycmd"):
+            p.write_text("#!/bin/sh\n")
+            os.chmod(p, 0o755)
         elif d in ("account_key", "ssl_certificate_key", "sslcertificatekeyfile"):
             p.write_text(self.pem_key)
             os.chmod(p, 0o600)
@@ -174,8 +177,8 @@ def adapt_common(text, root):
 # ---- nginx ------------------------------------------------------------------------------------------
 
 NGX_MAIN = {"load_module", "user", "worker_processes", "events", "http", "error_log", "pid"}
-NGX_HTTP = {"acme_issuer", "acme_shared_zone", "acme_storage", "acme_storage_key", "acme_on_demand", "server",
-            "map", "upstream", "include", "resolver", "resolver_timeout"}
+NGX_HTTP = {"acme_issuer", "acme_shared_zone", "acme_storage", "acme_storage_key", "acme_on_demand", "acme_notify",
+            "server", "map", "upstream", "include", "resolver", "resolver_timeout"}
 NGX_ISSUER = {"uri", "contact", "account_key", "challenge", "external_account_key", "preferred_chain",
               "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service",
               "dns_update", "dns_tsig_key", "dns_server", "dns_resolver", "dns_propagation_timeout"}

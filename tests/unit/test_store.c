@@ -978,6 +978,7 @@ fill_meta(acme_certmeta_t *m)
     m->last_error = strdup("order: rateLimited: \"too many\"\nsecond line");
     m->last_error_at = 1735787045 + 1;
     m->ca_wait_until = 1735787045 + 3600;
+    m->expiring_notified = 1735787045 + 7200;
     m->issued_at = 1735787045 + 2;
 }
 
@@ -1008,6 +1009,7 @@ assert_meta_equal(const acme_certmeta_t *a, const acme_certmeta_t *b)
     assert_string_equal(a->last_error, b->last_error);
     assert_int_equal(a->last_error_at, b->last_error_at);
     assert_int_equal(a->ca_wait_until, b->ca_wait_until);
+    assert_int_equal(a->expiring_notified, b->expiring_notified);
     assert_int_equal(a->issued_at, b->issued_at);
 }
 
