@@ -8,7 +8,7 @@ stdout. The exit status is non-zero only when a scenario could not run; no timin
 
 Environment (defaults in brackets):
   BENCH_ONLY            comma list of scenarios to run [handshake,ttc,swap,blocking,scale,idle]; also
-                        apache_reload (not in the default list)
+                        apache_reload, dns, ondemand (not in the default list)
   BENCH_HS_SECONDS      seconds per handshake measurement [3]
   BENCH_HS_ROUNDS       alternating rounds per variant [4]
   BENCH_HS_THREADS      client threads (the client runs on CPU 1, servers on CPU 0) [2]
@@ -25,6 +25,8 @@ Environment (defaults in brackets):
   BENCH_BLOCK_SECONDS   length of each load phase of the blocking scenario [15]
   BENCH_BLOCK_RATE      its request rate (open loop, one full handshake per request) [50]
   BENCH_BLOCK_CERTS     certificates issued under load there [50]
+  BENCH_DNS_RUNS        dns: alternating runs of dns-01 wildcard and http-01 issuance [3]
+  BENCH_OD_RUNS         ondemand: new names whose first handshake is timed, per server [5]
   BENCH_OUT             output directory [build/bench]
 """
 
@@ -481,10 +483,11 @@ class Caddy:
     acme_ca_root, Pebble's challenge ports as http_port/https_port (so both http-01 and tls-alpn-01
     validate, whichever Caddy picks), storage, config and HOME in a fresh directory, no admin
     endpoint. body: the site block's body; static: (fullchain, key) served instead of issuing;
+    global_extra: more global options (on_demand_tls);
     fresh=False keeps the directory (and the certificate stored there by an earlier run)."""
 
     def __init__(self, env, name, site_name, body, static=None, http_port=None, https_port=None,
-                 fresh=True):
+                 fresh=True, global_extra=""):
         self.env = env
         self.dir = env.work / name
         if fresh and self.dir.exists():
@@ -511,7 +514,7 @@ class Caddy:
 \tlog {{
 \t\tlevel WARN
 \t}}
-}}
+{global_extra}}}
 {site_name} {{
 {tls}{body}}}
 """)
@@ -1542,6 +1545,315 @@ def scenario_scale_and_idle(env, do_scale, do_idle):
 # table, chart
 # --------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------
+# scenario 8: dns-01 (RFC 2136 to Knot) beside http-01, time to certificate
+# --------------------------------------------------------------------------
+
+DNS_ZONE = "example.test"
+DNS_RUNS = env_int("BENCH_DNS_RUNS", 3)
+
+
+class TxtWatch:
+    """Polls Knot for the TXT records at _acme-challenge.ZONE every 5 ms: when they appear (the RFC 2136
+    update applied) and when they are gone again (the module removes them when the issuance ends)."""
+
+    def __init__(self, knot, name):
+        import threading
+        self.knot, self.name = knot, name
+        self.first = {}          # number of values -> first monotonic time seen
+        self.gone = None
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        seen = False
+        while not self._stop:
+            try:
+                n = len(harness.dns_query(self.name, "TXT", server=self.knot.address, port=53,
+                                          timeout=0.5).values("TXT"))
+            except OSError:
+                n = None
+            now = time.monotonic()
+            if n:
+                seen = True
+                self.first.setdefault(n, now)
+            elif n == 0 and seen and self.gone is None:
+                self.gone = now
+            time.sleep(0.005)
+
+    def stop(self):
+        self._stop = True
+        self._t.join(2)
+
+
+def ttc_dns_nginx(env, pb, knot, i, wildcard):
+    """One issuance from a fresh state directory: the wildcard (*.ZONE + ZONE, dns-01 through RFC 2136)
+    or a plain name (http-01), same Pebble (its -dnsserver is Knot), same nginx build."""
+    https = free_port()
+    state = env.work / f"dns-state-{i}-{int(wildcard)}"
+    if wildcard:
+        key = knot.key_file("acme-key-sha256", env.work / "tsig.key")
+        issuer = issuer_block("pebble", pb, state, challenge="dns-01",
+                              extra=f"dns_update rfc2136; dns_tsig_key {key}; dns_resolver {knot.address}; "
+                                    "dns_propagation_timeout 20s;")
+        names, sni = f"*.{DNS_ZONE} {DNS_ZONE}", f"w{i}.{DNS_ZONE}"
+    else:
+        issuer = issuer_block("pebble", pb, state)
+        sni = f"h{i}.{DNS_ZONE}"
+        names = sni
+    conf = issuer + f"""
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name {names};
+        acme_certificate pebble {names};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+    ng = new_nginx(env, f"ngx-dns-{i}-{int(wildcard)}", conf, workers=2)
+    roots = pb.roots(0)
+    mark = pb.mark()
+    watch = TxtWatch(knot, f"_acme-challenge.{DNS_ZONE}") if wildcard else None
+    t0 = time.monotonic()
+    ng.start()
+    try:
+        t1 = _wait_served(ng.proc, https, sni, roots, timeout=60)
+        out = {"seconds": round(t1 - t0, 3)}
+        if watch:
+            wait_for(lambda: watch.gone, 10, 0.01, "the TXT records removed")
+            watch.stop()
+            first = min(watch.first.values()) if watch.first else None
+            both = watch.first.get(2)
+            out["phases_s"] = {
+                # account, order, authorizations, SOA/NS lookups, the RFC 2136 updates
+                "start_to_txt_in_knot": round(first - t0, 3) if first else None,
+                "txt_first_to_both": round(both - first, 3) if both and first else None,
+                # propagation check on every NS, challenge answered, Pebble's lookups, finalize,
+                # certificate; the records are removed when the issuance ends
+                "txt_in_knot_to_removed": round(watch.gone - first, 3) if first else None,
+                "removed_to_served": round(t1 - watch.gone, 3),
+            }
+            text = ng.log_text()
+            out["dns01_answered"] = text.count("answering dns-01 for")
+        time.sleep(0.3)
+        out["requests"] = pebble_requests(pb, mark)
+        out["orders"] = pb.order_count(mark)
+        out["errors"] = nginx_error_lines(ng)
+        return out
+    finally:
+        if watch:
+            watch.stop()
+        ng.stop()
+
+
+def scenario_dns(env):
+    import knot_harness
+    why = knot_harness.available()
+    if why:
+        raise HarnessError(f"dns scenario: {why}")
+    knot = knot_harness.Knot(env.work / "knot", {DNS_ZONE: ""}).start()
+    pb = harness.Pebble(env.work / "pebble-dns", env.ca, dns_server=knot.dns_address,
+                        env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
+    pb.start()
+    try:
+        runs = {"dns01_wildcard": [], "http01": []}
+        for i in range(DNS_RUNS):
+            order = [True, False] if i % 2 == 0 else [False, True]   # alternate which goes first
+            for wildcard in order:
+                r = ttc_dns_nginx(env, pb, knot, i, wildcard)
+                k = "dns01_wildcard" if wildcard else "http01"
+                runs[k].append(r)
+                log(f"time to certificate {k} #{i}: {r['seconds']} s {r.get('phases_s', '')}")
+        out = {k: summarize_ttc(v) for k, v in runs.items()}
+        ph = [r["phases_s"] for r in runs["dns01_wildcard"]]
+        out["dns01_wildcard"]["phases_median_s"] = {
+            k: round(statistics.median([p[k] for p in ph if p[k] is not None]), 3)
+            for k in ph[0] if any(p[k] is not None for p in ph)}
+        out["dns_http_ratio"] = ratio(out["dns01_wildcard"]["median_s"], out["http01"]["median_s"], 2)
+        out["knot"] = subprocess.run([knot_harness.KNOTD_BIN, "--version"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True).stdout.strip()
+        return out
+    finally:
+        pb.stop()
+        knot.stop()
+
+
+# --------------------------------------------------------------------------
+# scenario 9: on-demand TLS: first handshake for a new name, and handshakes for issued ones
+# --------------------------------------------------------------------------
+
+OD_RUNS = env_int("BENCH_OD_RUNS", 5)
+OD_SUFFIX = ".od.bench.example.org"
+
+
+class AskServer:
+    """The ask endpoint of both nginx (acme_on_demand ask=) and Caddy (on_demand_tls ask): GET
+    URL?domain=NAME, 200 for names under OD_SUFFIX, 403 for the rest."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                ok = re.search(r"[?&]domain=[a-z0-9-]+" + re.escape(OD_SUFFIX) + r"$", self.path)
+                self.send_response(200 if ok else 403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/check"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def first_handshake(port, name, roots, timeout=60):
+    """Seconds from sending the ClientHello (connected first) to a completed handshake verified against
+    Pebble's root, and the leaf's DER."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=roots)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        t0 = time.monotonic()
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            t1 = time.monotonic()
+            return t1 - t0, t.getpeercert(binary_form=True)
+
+
+def od_nginx(env, ask):
+    """nginx: the first handshakes for OD_RUNS new names (sequential), then handshakes/s and server CPU
+    per handshake for an issued on-demand name against a configured name, in one nginx."""
+    pb = env.pebble
+    pod, pcfg = free_port(), free_port()
+    cfg = "cfg" + OD_SUFFIX.replace(".od.", ".")
+    state = env.work / "od-state"
+    conf = issuer_block("pebble", pb, state) + f"""
+    acme_on_demand ask={ask.url} rate=1000 max=1000;
+    server {{
+        listen 127.0.0.1:{pb.http_port};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{pod} ssl;
+        server_name ~^[a-z0-9-]+{re.escape(OD_SUFFIX)}$;
+        access_log off;
+        acme_certificate pebble on_demand;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{pcfg} ssl;
+        server_name {cfg};
+        access_log off;
+        acme_certificate pebble;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+    ng = new_nginx(env, "ngx-od", conf, workers=1)
+    roots = pb.roots(0)
+    ng.start(wait_port=pod)
+    try:
+        wait_for(lambda: served_verified(pcfg, cfg, roots), 60, 0.1, "the configured certificate")
+        runs = []
+        for i in range(-1, OD_RUNS):
+            name = f"n{i}{OD_SUFFIX}" if i >= 0 else f"warm-n{OD_SUFFIX}"
+            mark = pb.mark()
+            secs, _ = first_handshake(pod, name, roots)
+            time.sleep(0.3)
+            runs.append({"name": name, "seconds": round(secs, 3), "requests": pebble_requests(pb, mark),
+                         "orders": pb.order_count(mark)})
+            log(f"on-demand first handshake nginx {name}: {runs[-1]['seconds']} s")
+        warm, runs = runs[0], runs[1:]
+        # pinned for the handshake measurement only: Caddy's first handshakes are not pinned either
+        pin_group(ng.proc.pid, SERVER_CPUS)
+        od_name = runs[0]["name"]
+        res = measure_alternating([("on_demand", pod, od_name, ng.proc.pid),
+                                   ("configured", pcfg, cfg, ng.proc.pid)], HS_SECONDS, HS_ROUNDS)
+        for k, want in (("on_demand", od_name), ("configured", cfg)):
+            names = re.findall(r"DNS:([^,\s]+)", subprocess.run(
+                ["openssl", "x509", "-noout", "-text", "-inform", "DER"],
+                input=nginx_harness.tls_cert(pod if k == "on_demand" else pcfg, want),
+                stdout=subprocess.PIPE).stdout.decode())
+            if want not in names:
+                raise HarnessError(f"{k}: {want} served a certificate for {names}")
+        od, cf = res["on_demand"], res["configured"]
+        return {"first_handshake": summarize_ttc(runs), "warmup": warm, "handshake": {
+            "variants": res,
+            "od_configured_rate_ratio": ratio(od["rate"], cf["rate"]),
+            "od_configured_cpu_ratio": ratio(cf["server_cpu_us_per_hs"], od["server_cpu_us_per_hs"])},
+            "errors": nginx_error_lines(ng)}
+    finally:
+        ng.stop()
+
+
+def od_caddy(env, ask):
+    """Caddy 2.6: on_demand_tls { ask URL } and a catch-all https:// site with tls { on_demand }; it
+    serves on Pebble's tls-alpn-01 port and answers http-01 on Pebble's http-01 port (as in ttc)."""
+    pb = env.pebble
+    cd = Caddy(env, "caddy-od", "https://", '\ttls {\n\t\ton_demand\n\t}\n\trespond "ok" 200\n',
+               global_extra=f"\ton_demand_tls {{\n\t\task {ask.url}\n\t}}\n")
+    roots = pb.roots(0)
+    cd.start()
+    try:
+        cd.proc.wait_port(cd.https_port, timeout=15)
+        runs = []
+        for i in range(-1, OD_RUNS):
+            name = f"c{i}{OD_SUFFIX}" if i >= 0 else f"warm-c{OD_SUFFIX}"
+            mark = pb.mark()
+            try:
+                secs, _ = first_handshake(cd.https_port, name, roots)
+            except (OSError, ssl.SSLError) as e:
+                raise HarnessError(f"caddy on-demand {name}: {e}\n{cd.log_tail()}") from None
+            time.sleep(0.3)
+            runs.append({"name": name, "seconds": round(secs, 3), "requests": pebble_requests(pb, mark),
+                         "orders": pb.order_count(mark)})
+            log(f"on-demand first handshake caddy {name}: {runs[-1]['seconds']} s")
+        return {"first_handshake": summarize_ttc(runs[1:]), "warmup": runs[0]}
+    finally:
+        cd.stop()
+
+
+# Apache on-demand (ACMEOnDemand, being built): add od_apache(env, ask) returning
+# {"first_handshake": summarize_ttc(runs)} like od_caddy, and list it here; the table, the chart and
+# the ratios pick it up by its key.
+OD_SERVERS = {"nginx": od_nginx, "caddy": od_caddy}
+
+
+def scenario_ondemand(env):
+    ask = AskServer()
+    out, errors = {}, {}
+    try:
+        for s, fn in OD_SERVERS.items():
+            if s == "caddy" and not caddy_available():
+                continue
+            try:
+                out[s] = fn(env, ask)
+            except Exception as e:  # noqa: BLE001
+                errors[s] = f"{type(e).__name__}: {e}"[:2000]
+                log(f"on-demand {s}: FAILED {errors[s][:300]}")
+            env.procs.stop_all()
+    finally:
+        ask.close()
+    n = out.get("nginx", {}).get("first_handshake", {}).get("median_s")
+    for s in list(out):
+        if s != "nginx" and n and out[s].get("first_handshake", {}).get("median_s"):
+            out[f"nginx_{s}_ratio"] = ratio(n, out[s]["first_handshake"]["median_s"], 2)
+    if errors:
+        out["failed_servers"] = errors
+        if "nginx" in errors:
+            raise HarnessError(f"on-demand: {errors}")
+    return out
+
+
 def fmt_num(v, unit=""):
     if v is None:
         return "n/a"
@@ -1669,6 +1981,38 @@ def build_table(R):
             f"{s['variants']['first']['rate']:.0f} | {s['variants']['last']['rate']:.0f}")
         add("4 scale", "last/first (rate | CPU efficiency)",
             f"{s['last_first_rate_ratio']} | {s['last_first_cpu_ratio']}", "~1")
+    d = S.get("dns", {})
+    for k, label in (("dns01_wildcard", "dns-01 RFC 2136, *.zone + zone"), ("http01", "http-01, one name")):
+        x = d.get(k)
+        if x and "median_s" in x:
+            add("8 dns", f"{label}: time to cert, median s [min-max]",
+                f"{x['median_s']} [{x['min_s']}-{x['max_s']}]")
+            add("8 dns", f"{label}: ACME requests per issuance (median)",
+                fmt_num(x["requests_per_issuance_median"]))
+    if d.get("dns_http_ratio"):
+        add("8 dns", "dns-01 wildcard / http-01 time ratio", d["dns_http_ratio"])
+        for k, v in d["dns01_wildcard"].get("phases_median_s", {}).items():
+            add("8 dns", f"dns-01 phase (median s): {k}", v)
+    o = S.get("ondemand", {})
+    for k in ("nginx", "apache", "caddy"):
+        x = o.get(k, {}).get("first_handshake")
+        if x:
+            add("9 ondemand", f"{k}: first ClientHello -> handshake, new name, median s [min-max]",
+                f"{x['median_s']} [{x['min_s']}-{x['max_s']}]")
+            add("9 ondemand", f"{k}: ACME requests per new name (median)",
+                fmt_num(x["requests_per_issuance_median"]))
+        if o.get(f"nginx_{k}_ratio"):
+            add("9 ondemand", f"nginx/{k} first-handshake time ratio", o[f"nginx_{k}_ratio"])
+    h = o.get("nginx", {}).get("handshake")
+    if h:
+        v = h["variants"]
+        for k in ("on_demand", "configured"):
+            add("9 ondemand", f"nginx {k} (issued): handshakes/s | server CPU us/handshake",
+                f"{v[k]['rate']:.0f} | {v[k]['server_cpu_us_per_hs']}")
+        add("9 ondemand", "on_demand/configured (rate | CPU efficiency)",
+            f"{h['od_configured_rate_ratio']} | {h['od_configured_cpu_ratio']}", "~1")
+    for k, e in o.get("failed_servers", {}).items():
+        add("9 ondemand", f"{k}: error", e[:100])
     rl = S.get("apache_reload", {})
     if "after_renewal_ms_median" in rl:
         add("6 apache reload", f"handshake ms with {rl['certificates']} certs: no change | first after a "
@@ -1714,6 +2058,9 @@ def chart(R, path):
     h = S.get("handshake_apache", {})
     if "variants" in h:
         ratios.append(("apache mod_acme/static", h["managed_static_rate_ratio"], h["managed_static_cpu_ratio"]))
+    h = S.get("ondemand", {}).get("nginx", {}).get("handshake")
+    if h:
+        ratios.append(("nginx on-demand/configured", h["od_configured_rate_ratio"], h["od_configured_cpu_ratio"]))
     s = S.get("scale", {}).get("sni")
     if s:
         ratios.append(("SNI last/first", s["last_first_rate_ratio"], s["last_first_cpu_ratio"]))
@@ -1723,6 +2070,14 @@ def chart(R, path):
         x = S.get("ttc", {}).get(k, {})
         if "median_s" in x:
             ttc.append((label, x["median_s"]))
+    for k, label in (("dns01_wildcard", "nginx dns-01 wildcard"), ("http01", "nginx http-01 (dns run)")):
+        x = S.get("dns", {}).get(k, {})
+        if "median_s" in x:
+            ttc.append((label, x["median_s"]))
+    for k in ("nginx", "apache", "caddy"):
+        x = S.get("ondemand", {}).get(k, {}).get("first_handshake", {})
+        if "median_s" in x:
+            ttc.append((f"{k} on-demand 1st hs", x["median_s"]))
     blk = []
     for k, label in (("redis_paused", "Redis paused"), ("issuing", "issuing")):
         x = S.get("blocking", {}).get(k)
@@ -1852,6 +2207,10 @@ def main():
                 run("apache_reload", scenario_apache_reload, env)
             else:
                 S["apache_reload"] = {"status": "skipped", "error": "build/mod_acme.so not built"}
+        if "dns" in ONLY:
+            run("dns", scenario_dns, env)
+        if "ondemand" in ONLY:
+            run("ondemand", scenario_ondemand, env)
         if "scale" in ONLY or "idle" in ONLY:
             holder = {}
 
