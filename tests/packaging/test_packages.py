@@ -276,6 +276,7 @@ class PackageTest:
         self.log_offset = 0
         self.debian_modules = {}      # libnginx-mod-stream/-mail: (installed version or None, auto)
         self.debian_modules_restored = False
+        self.debian_modules_rc = {}   # ... not installed but its configuration kept ("rc")
         self.own_policy_rc_d = False
 
     # -- preflight -----------------------------------------------------------------------------
@@ -464,6 +465,7 @@ class PackageTest:
     def record_debian_modules(self):
         for deb in DEBIAN_MODULES:
             self.debian_modules[deb] = (installed_version(deb), apt_mark_auto(deb))
+            self.debian_modules_rc[deb] = "config-files" in pkg_status(deb)
         out("  (Debian's modules before: " + ", ".join(
             f"{d} {v or 'absent'}{' auto' if a else ''}" for d, (v, a) in self.debian_modules.items()) + ")")
 
@@ -472,7 +474,8 @@ class PackageTest:
         for deb, (version, auto) in self.debian_modules.items():
             now = installed_version(deb)
             if version is None and now is not None:
-                apt_get("purge", deb)
+                # removed but its configuration kept (a .removed link) or never there
+                apt_get("remove" if self.debian_modules_rc[deb] else "purge", deb)
             elif version is not None and now != version:
                 apt_get("install", f"{deb}={version}")
             if version is not None:
@@ -541,10 +544,12 @@ mail {{
 
     def check_nginx_t_refuses(self, ctx, when):
         """Proof that the configurations above need the module: without it, acme_certificate in ctx
-        is an unknown directive."""
+        is refused (not allowed there, or unknown when the http module is gone too)."""
         cp = nginx_t(self.context_conf([ctx]))
         R.check(f"nginx -t refuses acme_certificate in {ctx} {when}",
-                cp.returncode != 0 and 'unknown directive "acme_certificate"' in cp.out, cp.out[-1000:])
+                cp.returncode != 0 and re.search(r'unknown directive "acme_certificate"|'
+                                                 r'"acme_certificate" directive is not allowed here',
+                                                 cp.out) is not None, cp.out[-1000:])
 
     def check_context_enabled(self, ctx, enabled):
         link = ENABLED / f"60-mod-{ctx}-acme.conf"
@@ -568,7 +573,8 @@ mail {{
         for deb in DEBIAN_MODULES:
             if installed_version(deb) is None:
                 cp = apt_get("install", deb)
-                R.require(f"apt-get install {deb} (Debian's, absent here)", cp.returncode == 0, cp.out[-2000:])
+                R.require(f"apt-get install {deb} (Debian's, absent here)", cp.returncode == 0,
+                          cp.out[-2000:])
         cp = apt_get("install", *[self.debs[p].resolve() for p in CONTEXT_PKGS])
         R.require("apt-get install the stream and mail acme packages", cp.returncode == 0, cp.out[-3000:])
         R.check("apt pulled nothing else in",
@@ -623,6 +629,8 @@ mail {{
             R.require(f"apt-get remove {deb}", cp.returncode == 0, cp.out[-3000:])
             R.check(f"removing {deb} removes {p}", installed_version(deb) is None
                     and installed_version(p) is None and f"Removing {p} " in cp.out, cp.out[-1500:])
+            if deb == "libnginx-mod-stream":
+                self.check_nginx_t(["mail"], f"{deb} removed")
         R.check("libnginx-mod-http-acme stays", installed_version("libnginx-mod-http-acme") is not None)
         for ctx in ("stream", "mail"):
             self.check_context_enabled(ctx, False)
