@@ -615,11 +615,11 @@ mail {{
         R.require("apt-get install the stream and mail acme packages again", cp.returncode == 0,
                   cp.out[-3000:])
         cp = run(["apt-get", "remove", "-s", *DEBIAN_MODULES])
-        gone = sorted(re.findall(r"^Remv (\S+)", cp.out, re.M))
-        want = sorted(DEBIAN_MODULES + list(CONTEXT_PKGS))
-        if gone != want:
+        extra = sorted(set(re.findall(r"^Remv (\S+)", cp.out, re.M)) - set(DEBIAN_MODULES)
+                       - set(CONTEXT_PKGS))
+        if extra:
             # a metapackage (nginx-full, nginx-extras) or another module needs them on this machine
-            out(f"SKIP Debian's stream/mail modules absent: removing them would also remove {gone}")
+            out(f"SKIP Debian's stream/mail modules absent: removing them would also remove {extra}")
             apt_get("purge", *CONTEXT_PKGS)
             self.restore_debian_modules()
             return
