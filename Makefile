@@ -145,7 +145,8 @@ demo:
 	@$(MAKE) --no-print-directory all
 	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/demo/demo.py
 
-# builds the packages, installs them on this machine, checks them, issues from Pebble through
+# builds the packages, installs them on this machine (stream/mail ones with Debian's modules present
+# and absent), checks them, issues from Pebble through
 # /etc/nginx, removes and purges them; restores /etc/nginx and /etc/apache2. Needs root.
 test-packages:
 	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/packaging/test_packages.py

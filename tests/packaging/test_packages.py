@@ -5,7 +5,11 @@ Builds the packages (make deb), installs them with apt-get, checks files, modes,
 modules, runs `nginx -t` and `apache2ctl -t` on /etc's configuration, issues a certificate from Pebble
 with the packaged nginx module through a site in /etc/nginx/sites-enabled (default state_path under
 /var/lib/nginx/acme, workers as www-data), upgrades (the state stays, an admin's disabling stays),
-removes (the state stays) and purges (the state goes, and the purge says so).
+removes (the state stays) and purges (the state goes, and the purge says so). The stream and mail
+packages are installed beside it with Debian's libnginx-mod-stream/-mail present, then with them
+removed (apt removes the acme module with them, nginx -t still passes); Debian's packages are put back
+as found (installed or not, manual or auto) and /etc/nginx is compared file by file with its state
+before.
 
 /etc/nginx, /etc/apache2 and /var/lib/apache2 are copied first and put back at the end, every process
 started here is stopped, and the packages are purged even when a step fails. Needs root. Refuses to run
@@ -40,9 +44,13 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import harness  # noqa: E402
 
 PKGS = ["libnginx-mod-http-acme", "libapache2-mod-acme", "acmectl"]
-# built and their contents checked; not installed here (issue #19: the stream and mail modules)
+# the stream and mail modules (issue #19): contents checked, then installed and removed with Debian's
+# libnginx-mod-stream / libnginx-mod-mail present and absent (contexts_present, contexts_absent)
 CONTEXT_PKGS = {"libnginx-mod-stream-acme": ("stream", "libnginx-mod-stream"),
                 "libnginx-mod-mail-acme": ("mail", "libnginx-mod-mail")}
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+DEBIAN_MODULES = ["libnginx-mod-stream", "libnginx-mod-mail"]
+ENABLED = Path("/etc/nginx/modules-enabled")
 NGINX_STATE = Path("/var/lib/nginx/acme")
 APACHE_STATE = Path("/var/lib/apache2/acme")
 NGINX_SO = Path("/usr/lib/nginx/modules/ngx_http_acme_module.so")
@@ -182,8 +190,12 @@ def snapshot_diff(a, b):
     return out
 
 
-def nginx_t():
-    return run(["/usr/sbin/nginx", "-t", "-q"], timeout=60)
+def nginx_t(conf=None):
+    return run(["/usr/sbin/nginx", "-t", "-q"] + (["-c", conf] if conf else []), timeout=60)
+
+
+def apt_mark_auto(pkg):
+    return pkg in run(["apt-mark", "showauto", pkg]).out.split()
 
 
 def apache2ctl_t():
@@ -262,11 +274,15 @@ class PackageTest:
         self.pebble = None
         self.chall = None
         self.log_offset = 0
+        self.debian_modules = {}      # libnginx-mod-stream/-mail: (installed version or None, auto)
+        self.debian_modules_restored = False
+        self.debian_modules_rc = {}   # ... not installed but its configuration kept ("rc")
+        self.own_policy_rc_d = False
 
     # -- preflight -----------------------------------------------------------------------------
     def preflight(self):
         R.require("running as root", os.geteuid() == 0, "installing packages needs root")
-        for p in PKGS:
+        for p in PKGS + list(CONTEXT_PKGS):
             st = pkg_status(p)
             R.require(f"{p} not installed before the test", not st or "not-installed" in st,
                       f"dpkg says \"{st}\"; purge it first (apt-get purge {p}); a test run that was "
@@ -279,6 +295,17 @@ class PackageTest:
                   "stop it first (the test runs nginx with /etc/nginx and would restart it)")
         R.require("the system's Apache is not running", not pid_alive("/run/apache2/apache2.pid"),
                   "stop it first (installing a module restarts it)")
+        # installing and removing nginx modules triggers nginx-common's "reload": never (re)start a
+        # system nginx here (other tests may use this machine); a policy-rc.d answering 101 forbids it
+        if POLICY_RC_D.exists():
+            cp = run([POLICY_RC_D, "nginx", "start"])
+            R.require(f"{POLICY_RC_D} forbids starting nginx (exit 101)", cp.returncode == 101,
+                      f"exit {cp.returncode}")
+        else:
+            POLICY_RC_D.write_text("#!/bin/sh\n# tests/packaging/test_packages.py (removed when it ends)\n"
+                                   "exit 101\n")
+            os.chmod(POLICY_RC_D, 0o755)
+            self.own_policy_rc_d = True
         for t in ("/usr/sbin/nginx", "/usr/sbin/apache2ctl", "/usr/sbin/a2enmod", harness.PEBBLE_BIN,
                   harness.CHALLTESTSRV_BIN):
             R.require(f"{t} present", Path(t).exists(), "make deps installs it")
@@ -433,6 +460,206 @@ class PackageTest:
             R.check(f"{APACHE_STATE} still {WORKER} 0700 after apache2ctl -t",
                     mode(APACHE_STATE) == 0o700 and owner(APACHE_STATE) == f"{WORKER}:{WORKER}",
                     f"{mode(APACHE_STATE):04o} {owner(APACHE_STATE)}")
+
+    # -- the stream and mail packages (issue #19) ---------------------------------------------------
+    def record_debian_modules(self):
+        for deb in DEBIAN_MODULES:
+            self.debian_modules[deb] = (installed_version(deb), apt_mark_auto(deb))
+            self.debian_modules_rc[deb] = "config-files" in pkg_status(deb)
+        out("  (Debian's modules before: " + ", ".join(
+            f"{d} {v or 'absent'}{' auto' if a else ''}" for d, (v, a) in self.debian_modules.items()) + ")")
+
+    def restore_debian_modules(self):
+        """libnginx-mod-stream/-mail as found: installed (same version, same auto mark) or not."""
+        for deb, (version, auto) in self.debian_modules.items():
+            now = installed_version(deb)
+            if version is None and now is not None:
+                # removed but its configuration kept (a .removed link) or never there
+                apt_get("remove" if self.debian_modules_rc[deb] else "purge", deb)
+            elif version is not None and now != version:
+                apt_get("install", f"{deb}={version}")
+            if version is not None:
+                run(["apt-mark", "auto" if auto else "manual", deb])
+        self.debian_modules_restored = True
+        for deb, (version, auto) in self.debian_modules.items():
+            R.check(f"{deb} as found ({version or 'absent'}{', auto' if auto else ''})",
+                    installed_version(deb) == version and (version is None or apt_mark_auto(deb) == auto),
+                    f"{pkg_status(deb)}, auto {apt_mark_auto(deb)}")
+
+    def context_conf(self, contexts):
+        """A configuration in the test's directory with acme_certificate in http and in each of
+        `contexts`, loading /etc/nginx/modules-enabled/*.conf as Debian's nginx.conf does (so that
+        the packages' links and their order are what is tested; /etc/nginx itself is not edited)."""
+        ports = [harness.free_port() for _ in range(3)]
+        text = f"""\
+# written by tests/packaging/test_packages.py
+include /etc/nginx/modules-enabled/*.conf;
+pid {self.tmp}/ctx-nginx.pid;
+error_log {self.tmp}/ctx-error.log;
+events {{ }}
+http {{
+    acme_issuer pebble {{
+        uri https://127.0.0.1:14000/dir;
+        contact admin@example.org;
+        accept_terms_of_service;
+        state_path {self.tmp}/ctx-state;
+    }}
+    server {{
+        listen 127.0.0.1:{ports[0]} ssl;
+        server_name {NAME};
+        acme_certificate pebble;
+    }}
+}}
+"""
+        if "stream" in contexts:
+            text += f"""
+stream {{
+    server {{
+        listen 127.0.0.1:{ports[1]} ssl;
+        acme_certificate pebble stream.{NAME};
+        proxy_pass 127.0.0.1:9;
+    }}
+}}
+"""
+        if "mail" in contexts:
+            text += f"""
+mail {{
+    auth_http 127.0.0.1:9/auth;
+    server {{
+        listen 127.0.0.1:{ports[2]} ssl;
+        protocol imap;
+        server_name mail.{NAME};
+        acme_certificate pebble;
+    }}
+}}
+"""
+        conf = self.tmp / ("ctx-" + "-".join(["http", *contexts]) + ".conf")
+        conf.write_text(text)
+        return conf
+
+    def check_nginx_t(self, contexts, when):
+        label = "+".join(["http", *contexts])
+        cp = nginx_t(self.context_conf(contexts))
+        R.check(f"nginx -t, acme_certificate in {label}, {when}", cp.returncode == 0, cp.out[-2000:])
+
+    def check_nginx_t_refuses(self, ctx, when):
+        """Proof that the configurations above need the module: without it, acme_certificate in ctx
+        is refused (not allowed there, or unknown when the http module is gone too)."""
+        cp = nginx_t(self.context_conf([ctx]))
+        R.check(f"nginx -t refuses acme_certificate in {ctx} {when}",
+                cp.returncode != 0 and re.search(r'unknown directive "acme_certificate"|'
+                                                 r'"acme_certificate" directive is not allowed here',
+                                                 cp.out) is not None, cp.out[-1000:])
+
+    def check_context_enabled(self, ctx, enabled):
+        link = ENABLED / f"60-mod-{ctx}-acme.conf"
+        target = f"/usr/share/nginx/modules-available/mod-{ctx}-acme.conf"
+        if not enabled:
+            R.check(f"{link.name} no longer enabled", not link.exists() and not link.is_symlink(),
+                    os.readlink(link) if link.is_symlink() else "")
+            return
+        R.check(f"{link} -> {target}", link.is_symlink() and os.readlink(link) == target,
+                os.readlink(link) if link.is_symlink() else "no link")
+        order = sorted(n for n in os.listdir(ENABLED) if n.endswith(".conf"))
+        need = [f"50-mod-{ctx}.conf", "50-mod-http-acme.conf"]
+        R.check(f"{link.name} loads after {' and '.join(need)}",
+                all(n in order and order.index(n) < order.index(link.name) for n in need), str(order))
+
+    def contexts_present(self):
+        """Debian's libnginx-mod-stream/-mail installed: add the stream and mail acme packages, then
+        remove them one at a time; nginx -t passes at every step with what is still loaded."""
+        self.record_debian_modules()
+        self.etc_nginx_before_contexts = tree_snapshot("/etc/nginx")
+        for deb in DEBIAN_MODULES:
+            if installed_version(deb) is None:
+                cp = apt_get("install", deb)
+                R.require(f"apt-get install {deb} (Debian's, absent here)", cp.returncode == 0,
+                          cp.out[-2000:])
+        cp = apt_get("install", *[self.debs[p].resolve() for p in CONTEXT_PKGS])
+        R.require("apt-get install the stream and mail acme packages", cp.returncode == 0, cp.out[-3000:])
+        R.check("apt pulled nothing else in",
+                not re.search(r"^Setting up (?!libnginx-mod-(stream|mail)-acme\b)", cp.out, re.M),
+                cp.out[-2000:])
+        for p, (ctx, _) in CONTEXT_PKGS.items():
+            R.check(f"{p} installed", installed_version(p) is not None, pkg_status(p))
+            ok, detail = file_facts(f"/usr/lib/nginx/modules/ngx_{ctx}_acme_module.so", 0o644)
+            R.check(f"ngx_{ctx}_acme_module.so 0644 root:root", ok, detail)
+            self.check_context_enabled(ctx, True)
+        self.check_nginx_t(["stream", "mail"], "all three packages installed")
+
+        cp = apt_get("remove", "libnginx-mod-stream-acme")
+        R.require("apt-get remove libnginx-mod-stream-acme", cp.returncode == 0, cp.out[-3000:])
+        R.check("only libnginx-mod-stream-acme removed",
+                installed_version("libnginx-mod-stream-acme") is None
+                and all(installed_version(p) for p in ("libnginx-mod-stream", "libnginx-mod-mail",
+                                                       "libnginx-mod-mail-acme", "libnginx-mod-http-acme")),
+                cp.out[-1500:])
+        self.check_context_enabled("stream", False)
+        self.check_nginx_t(["mail"], "stream-acme removed (stream block without acme_certificate gone)")
+        self.check_nginx_t_refuses("stream", "with libnginx-mod-stream-acme removed")
+
+        cp = apt_get("remove", "libnginx-mod-mail-acme")
+        R.require("apt-get remove libnginx-mod-mail-acme", cp.returncode == 0, cp.out[-3000:])
+        self.check_context_enabled("mail", False)
+        self.check_nginx_t([], "stream-acme and mail-acme removed")
+        self.check_nginx_t_refuses("mail", "with libnginx-mod-mail-acme removed")
+        cp = apt_get("purge", *CONTEXT_PKGS)
+        R.require("apt-get purge the stream and mail acme packages", cp.returncode == 0, cp.out[-3000:])
+        left = [n for n in os.listdir(ENABLED) if "-acme.conf" in n and "http" not in n]
+        R.check("purge removes their modules-enabled links (and .removed)", not left, str(left))
+
+    def contexts_absent(self):
+        """Debian's libnginx-mod-stream/-mail absent: removing them takes the acme modules along, apt
+        will not install the acme modules without them, and nginx -t passes without them."""
+        cp = apt_get("install", *[self.debs[p].resolve() for p in CONTEXT_PKGS])
+        R.require("apt-get install the stream and mail acme packages again", cp.returncode == 0,
+                  cp.out[-3000:])
+        cp = run(["apt-get", "remove", "-s", *DEBIAN_MODULES])
+        extra = sorted(set(re.findall(r"^Remv (\S+)", cp.out, re.M)) - set(DEBIAN_MODULES)
+                       - set(CONTEXT_PKGS))
+        if extra:
+            # a metapackage (nginx-full, nginx-extras) or another module needs them on this machine
+            out(f"SKIP Debian's stream/mail modules absent: removing them would also remove {extra}")
+            apt_get("purge", *CONTEXT_PKGS)
+            self.restore_debian_modules()
+            return
+        for deb, p in (("libnginx-mod-stream", "libnginx-mod-stream-acme"),
+                       ("libnginx-mod-mail", "libnginx-mod-mail-acme")):
+            cp = apt_get("remove", deb)
+            R.require(f"apt-get remove {deb}", cp.returncode == 0, cp.out[-3000:])
+            R.check(f"removing {deb} removes {p}", installed_version(deb) is None
+                    and installed_version(p) is None and f"Removing {p} " in cp.out, cp.out[-1500:])
+            if deb == "libnginx-mod-stream":
+                self.check_nginx_t(["mail"], f"{deb} removed")
+        R.check("libnginx-mod-http-acme stays", installed_version("libnginx-mod-http-acme") is not None)
+        for ctx in ("stream", "mail"):
+            self.check_context_enabled(ctx, False)
+        self.check_nginx_t([], "Debian's stream and mail modules removed")
+
+        for p, (ctx, deb) in CONTEXT_PKGS.items():
+            cp = run(["apt-get", "install", "-s", self.debs[p].resolve(), f"{deb}-"])
+            R.check(f"apt refuses {p} while {deb} is to stay absent",
+                    cp.returncode != 0 and "unmet dependencies" in cp.out.lower(), cp.out[-1500:])
+            cp = run(["apt-get", "install", "-s", self.debs[p].resolve()])
+            R.check(f"apt-get install -s {p}: pulls {deb}",
+                    cp.returncode == 0 and re.search(rf"^Inst {deb} ", cp.out, re.M) is not None,
+                    cp.out[-1500:])
+        # a real install pulls Debian's packages (from the apt cache or the Debian mirror)
+        cp = apt_get("install", *[self.debs[p].resolve() for p in CONTEXT_PKGS])
+        R.require("apt-get install the stream and mail acme packages, Debian's modules absent",
+                  cp.returncode == 0, cp.out[-3000:])
+        R.check("apt installed Debian's stream and mail modules with them",
+                all(installed_version(d) for d in DEBIAN_MODULES),
+                ", ".join(f"{d} {pkg_status(d)}" for d in DEBIAN_MODULES))
+        for ctx in ("stream", "mail"):
+            self.check_context_enabled(ctx, True)
+        self.check_nginx_t(["stream", "mail"], "installed with Debian's modules pulled in")
+        cp = apt_get("purge", *CONTEXT_PKGS)
+        R.require("apt-get purge the stream and mail acme packages", cp.returncode == 0, cp.out[-3000:])
+        self.restore_debian_modules()
+        diff = snapshot_diff(self.etc_nginx_before_contexts, tree_snapshot("/etc/nginx"))
+        R.check("/etc/nginx after the stream/mail steps as before them (sha256 of each file, links, modes)",
+                not diff, "\n  ".join(diff[:20]))
 
     # -- issuance through /etc/nginx -------------------------------------------------------------
     def start_pebble(self):
@@ -608,7 +835,8 @@ server {{
         restored = True
         if self.touched:
             try:
-                left = [p for p in PKGS if pkg_status(p) and "not-installed" not in pkg_status(p)]
+                left = [p for p in list(CONTEXT_PKGS) + PKGS
+                        if pkg_status(p) and "not-installed" not in pkg_status(p)]
                 if left:
                     out(f"cleanup: purging {' '.join(left)}")
                     cp = apt_get("purge", *left)
@@ -616,6 +844,11 @@ server {{
                         run(["dpkg", "--purge", *left])
             except Exception:
                 R.check("cleanup: purge the packages", False, traceback.format_exc())
+            try:
+                if self.debian_modules and not self.debian_modules_restored:
+                    self.restore_debian_modules()
+            except Exception:
+                R.check("cleanup: Debian's stream/mail packages as found", False, traceback.format_exc())
             for d in (NGINX_STATE, APACHE_STATE):
                 if d.exists():
                     shutil.rmtree(d, ignore_errors=True)
@@ -624,6 +857,8 @@ server {{
             except Exception:
                 restored = False
                 R.check("cleanup: restore", False, f"{traceback.format_exc()}\nthe copies are in {self.backup}")
+        if self.own_policy_rc_d:
+            POLICY_RC_D.unlink(missing_ok=True)
         alive = [p.name for p in self.procs if p.alive()]
         R.check("every process started here stopped", not alive, str(alive))
         R.check("no system nginx or Apache left running",
@@ -653,6 +888,8 @@ def main():
         t.install()
         t.check_installed()
         t.config_tests()
+        t.contexts_present()
+        t.contexts_absent()
         t.issue_with_nginx()
         t.upgrade()
         t.remove()
@@ -670,6 +907,8 @@ def main():
         if t.snapshots:
             t.cleanup()
         else:
+            if t.own_policy_rc_d:
+                POLICY_RC_D.unlink(missing_ok=True)
             shutil.rmtree(t.tmp, ignore_errors=True)
             harness._kill_all_live()
     out(f"(test-packages took {time.monotonic() - t0:.0f} s)")
