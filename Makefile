@@ -9,7 +9,7 @@ PKGS        := libcurl jansson openssl hiredis ldns
 DEB_PKGS    := build-essential pkg-config libssl-dev libcurl4-openssl-dev libjansson-dev \
                libcmocka-dev pebble python3-pytest curl openssl nginx nginx-dev apache2 apache2-dev \
                libhiredis-dev libldns-dev knot redis-server clang libclang-rt-14-dev valgrind \
-               python3-prometheus-client certbot chromium
+               python3-prometheus-client certbot chromium libnginx-mod-stream libnginx-mod-mail
 PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
