@@ -3,7 +3,7 @@ dns-persist-01) in acme_issuer, with the names acmectl uses; nginx -t refuses in
 import json
 
 from harness import free_port, wait_for
-from nginx_harness import cert_text, issuer_block, nginx_factory, tls_cert  # noqa: F401
+from nginx_harness import cert_text, force_renewal, https_get, issuer_block, nginx_factory, tls_cert  # noqa: F401,E501
 from test_dns_publishers import knotc_hook
 from test_nginx_dns import _check, _verified, knot  # noqa: F401 (fixtures)
 
@@ -87,3 +87,42 @@ def test_config_refuses_incomplete_methods(pebble, nginx_factory, tmp_path):
         ng = nginx_factory(iss(c, e), start=False)
         ok, out = ng.test_config()
         assert ok, out
+
+
+def test_dns_persist_record_in_status(pebble_next_factory, knot, nginx_factory, tmp_path):
+    """dns-persist-01: a missing record fails before the CA validates anything, the record to create in
+    the status JSON (name and value apart) and the log; once created in Knot, the certificate follows."""
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    https = free_port()
+    conf = issuer_block("pebble", pb, tmp_path / "state", challenge="dns-persist-01",
+                        extra=f"dns_resolver {knot.address};") + f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name persist.example.test;
+        acme_certificate pebble *.persist.example.test;
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
+    }}
+"""
+    ng = nginx_factory(conf, wait_port=https, allowed=[r"acme: "])
+
+    def failed():
+        certs = https_get(https, "persist.example.test", "/acme").json()["certificates"]
+        return certs[0] if certs and certs[0].get("identifier_errors") else None
+    c = wait_for(failed, 60, interval=0.3, what="the dns-persist-01 record in acme_status")
+    e = c["identifier_errors"][0]
+    assert e["identifier"] == "dns:*.persist.example.test", c
+    url = json.loads(next((tmp_path / "state").rglob("account.json")).read_text())["url"]
+    want = f"pebble.letsencrypt.org; accounturi={url}; policy=wildcard"
+    assert e["dns_persist_record"] == {"name": "_validation-persist.persist.example.test", "value": want}, e
+    assert f'create `_validation-persist.persist.example.test. IN TXT "{want}"`' in ng.log_text()
+    assert pb.proc.log_text().count("Pulled a task from the Tasks queue") == 0, "no validation at the CA"
+
+    knot.knotc("zone-begin", "example.test")
+    knot.knotc("zone-set", "example.test", "_validation-persist.persist.example.test.", "60", "TXT", f'"{want}"')
+    knot.knotc("zone-commit", "example.test")
+    assert force_renewal(https, "persist.example.test", "_wildcard.persist.example.test").status in (200, 202)
+    roots = pb.roots(0)
+    wait_for(lambda: _verified(https, "a.persist.example.test", roots), 60, interval=0.3,
+             what="the wildcard certificate through dns-persist-01")
+    assert "DNS:*.persist.example.test" in cert_text(tls_cert(https, "a.persist.example.test"))
+    assert "the dns-persist-01 record for *.persist.example.test authorizes this account" in ng.log_text()
