@@ -7,6 +7,7 @@ import time
 import harness
 
 from apache_harness import apache_factory  # noqa: F401  (fixture)
+from apache_harness import tls_get
 from test_apache_dns import _refused, knot, sans, served, vhost_pair, wait_valid_name  # noqa: F401
 
 
@@ -107,3 +108,39 @@ def test_config_test_refuses_incomplete_methods(apache_factory, pebble, tmp_path
         a.acme_global = g
         p = a.config_test()
         assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_dns_persist_record_in_status(apache_factory, pebble_next_factory, knot, procs, server_logs):
+    """dns-persist-01 in Apache: the missing record in /acme-status (name and value), no validation at the
+    CA; once created in Knot, the certificate follows."""
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    a = apache_factory(pb)
+    a.acme_global = f"ACMEChallenge dns-persist-01\nACMEDNSResolver {knot.address}\n"
+    a.vhosts = vhost_pair(a, "persist.example.test", "", cert="*.persist.example.test")
+    server_logs.allow(r"ACME0090: acme: .*dns-persist-01 for \*\.persist\.example\.test: no TXT record")
+    a.start(procs)
+
+    def failed():
+        status, body, _, _ = tls_get(a.https_port, "persist.example.test", "/acme-status")
+        assert status == 200
+        return next((c for c in json.loads(body)["certificates"] if c.get("identifier_errors")), None)
+    c = harness.wait_for(failed, 60, interval=0.3, what="the dns-persist-01 record in /acme-status")
+    e = c["identifier_errors"][0]
+    assert e["identifier"] == "dns:*.persist.example.test", c
+    assert e["dns_persist_record"]["name"] == "_validation-persist.persist.example.test", e
+    want = e["dns_persist_record"]["value"]
+    assert want.startswith("pebble.letsencrypt.org; accounturi=") and want.endswith("; policy=wildcard"), e
+    assert f'create `_validation-persist.persist.example.test. IN TXT "{want}"`' in a.log()
+    assert pb.proc.log_text().count("Pulled a task from the Tasks queue") == 0, "no validation at the CA"
+    knot.knotc("zone-begin", "example.test")
+    knot.knotc("zone-set", "example.test", "_validation-persist.persist.example.test.", "60", "TXT", f'"{want}"')
+    knot.knotc("zone-commit", "example.test")
+    def renew():
+        status, body, _, _ = tls_get(a.https_port, "persist.example.test",
+                                     "/acme-status?renew=_wildcard.persist.example.test", method="POST")
+        return status if status in (200, 202) else None
+    harness.wait_for(renew, 10, interval=0.3, what="the renewal accepted")
+    def issued():
+        _, _, der, _ = tls_get(a.https_port, "a.persist.example.test")
+        return "DNS:*.persist.example.test" in sans(der)
+    harness.wait_for(issued, 60, interval=0.3, what="the wildcard certificate through dns-persist-01")
