@@ -86,6 +86,7 @@ typedef struct {
                                              * the core's (malloc'd), freed with the pool of the server
                                              * that read it */
     const char            *dns_tsig_file;   /* ACMEDNSTSIGKey, for messages */
+    const char            *dns_acmedns_file; /* ACMEDNSAcmeDNS's account file, for messages */
     const char            *dns_directive;   /* "ACMEDNSx (file:line)" of this server's own first ACMEDNS*
                                              * directive; not inherited */
     mod_acme_cert_mode_t   cert_mode;       /* per vhost, not inherited */
@@ -131,6 +132,8 @@ const char *mod_acme_vhost_id(apr_pool_t *p, const server_rec *s);
 
 const char *mod_acme_set_dns_update(cmd_parms *cmd, void *dc, const char *arg);
 const char *mod_acme_set_dns_tsig_key(cmd_parms *cmd, void *dc, const char *arg);
+const char *mod_acme_set_dns_hook(cmd_parms *cmd, void *dc, const char *prog, const char *timeout);
+const char *mod_acme_set_dns_acmedns(cmd_parms *cmd, void *dc, const char *file, const char *url);
 const char *mod_acme_set_dns_server(cmd_parms *cmd, void *dc, const char *arg);
 const char *mod_acme_set_dns_resolver(cmd_parms *cmd, void *dc, const char *arg);
 const char *mod_acme_set_dns_propagation(cmd_parms *cmd, void *dc, const char *arg);

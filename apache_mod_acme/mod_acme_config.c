@@ -439,8 +439,12 @@ set_challenge(cmd_parms *cmd, void *dc, const char *arg)
         t = "tls-alpn-01";
     } else if (strcasecmp(arg, "dns-01") == 0) {
         t = "dns-01";
+    } else if (strcasecmp(arg, "dns-account-01") == 0) {
+        t = "dns-account-01";
+    } else if (strcasecmp(arg, "dns-persist-01") == 0) {
+        t = "dns-persist-01";
     } else {
-        return bad_value(cmd, arg, "expected http-01, tls-alpn-01 or dns-01");
+        return bad_value(cmd, arg, "expected http-01, tls-alpn-01, dns-01, dns-account-01 or dns-persist-01");
     }
     if (sc->challenges == NULL) {
         sc->challenges = apr_array_make(cmd->pool, 2, sizeof(const char *));
@@ -833,10 +837,14 @@ const command_rec mod_acme_cmds[] = {
     AP_INIT_TAKE1("ACMETrustedCertificate", set_trusted, NULL, RSRC_CONF,
                   "PEM file with the roots to trust for the ACME server's own TLS"),
     AP_INIT_ITERATE("ACMEChallenge", set_challenge, NULL, RSRC_CONF,
-                    "allowed challenge types in order of preference: http-01 tls-alpn-01 dns-01 (a wildcard "
-                    "takes dns-01)"),
+                    "allowed challenge types in order of preference: http-01 tls-alpn-01 dns-01 dns-account-01 "
+                    "dns-persist-01 (a wildcard takes a DNS type)"),
     AP_INIT_TAKE1("ACMEDNSUpdate", mod_acme_set_dns_update, NULL, RSRC_CONF,
-                  "rfc2136: how dns-01 records are published (dynamic update with TSIG)"),
+                  "rfc2136, hook or acme-dns: how dns-01 and dns-account-01 records are published"),
+    AP_INIT_TAKE12("ACMEDNSHook", mod_acme_set_dns_hook, NULL, RSRC_CONF,
+                   "PROGRAM [TIMEOUT]: ACMEDNSUpdate hook runs `PROGRAM add|del FQDN VALUE` (default 60s)"),
+    AP_INIT_TAKE2("ACMEDNSAcmeDNS", mod_acme_set_dns_acmedns, NULL, RSRC_CONF,
+                  "ACCOUNTFILE URL: ACMEDNSUpdate acme-dns's account file (read at start) and server"),
     AP_INIT_TAKE1("ACMEDNSTSIGKey", mod_acme_set_dns_tsig_key, NULL, RSRC_CONF,
                   "file with the TSIG key of the updates (BIND's key statement, or ALG:NAME:SECRET)"),
     AP_INIT_TAKE1("ACMEDNSServer", mod_acme_set_dns_server, NULL, RSRC_CONF,

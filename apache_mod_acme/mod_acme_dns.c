@@ -1,9 +1,11 @@
 /*
- * mod_acme: DNS validation settings (ACMEDNSUpdate, ACMEDNSTSIGKey, ACMEDNSServer, ACMEDNSResolver,
- * ACMEDNSPropagationTimeout), their merging, and their check at apache2 -t and start: complete where a
- * certificate's ACMEChallenge lists dns-01, absent where none does, and a wildcard name only with dns-01.
- * The TSIG key file is read here, at configuration time like SSLCertificateKeyFile; no message shows its
- * secret, which is wiped with the configuration's pool.
+ * mod_acme: DNS validation settings (ACMEDNSUpdate, ACMEDNSTSIGKey, ACMEDNSHook, ACMEDNSAcmeDNS,
+ * ACMEDNSServer, ACMEDNSResolver, ACMEDNSPropagationTimeout), their merging, and their check at apache2 -t
+ * and start: complete where a certificate's ACMEChallenge lists dns-01 or dns-account-01, no publisher
+ * where only dns-persist-01 (its record is created once by the admin), absent where no DNS type is listed,
+ * and a wildcard name only with a DNS type. The TSIG key and acme-dns account files are read here, at
+ * configuration time like SSLCertificateKeyFile; no message shows their secrets, which are wiped with the
+ * configuration's pool.
  */
 #include "mod_acme.h"
 
@@ -83,10 +85,101 @@ mod_acme_set_dns_update(cmd_parms *cmd, void *dc, const char *arg)
     mod_acme_srv_conf_t *sc = dns_conf(cmd);
 
     (void) dc;
-    if (strcasecmp(arg, "rfc2136") != 0) {
-        return apr_psprintf(cmd->pool, "%s: invalid value '%s': expected rfc2136", dns_cmd_name(cmd), arg);
+    if (strcasecmp(arg, "rfc2136") == 0) {
+        sc->dns.method = ACME_DNS_RFC2136;
+    } else if (strcasecmp(arg, "hook") == 0) {
+        sc->dns.method = ACME_DNS_HOOK;
+    } else if (strcasecmp(arg, "acme-dns") == 0) {
+        sc->dns.method = ACME_DNS_ACMEDNS;
+    } else {
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': expected rfc2136, hook or acme-dns",
+                            dns_cmd_name(cmd), arg);
     }
-    sc->dns.method = ACME_DNS_RFC2136;
+    return NULL;
+}
+
+/* "90", "90s", "5m", "1h": 1 second to a day; -1 otherwise */
+static long
+dns_duration(const char *arg)
+{
+    char  *end = NULL;
+    long   n;
+
+    n = apr_isdigit(*arg) ? strtol(arg, &end, 10) : -1;
+    if (n >= 0 && *end == 'm' && end[1] == '\0') {
+        n *= 60;
+    } else if (n >= 0 && *end == 'h' && end[1] == '\0') {
+        n *= 3600;
+    } else if (n >= 0 && !(*end == '\0' || (*end == 's' && end[1] == '\0'))) {
+        n = -1;
+    }
+    return n < 1 || n > 86400 ? -1 : n;
+}
+
+/* ACMEDNSHook PROGRAM [TIMEOUT]: checked (absolute, executable) with the rest at the end */
+const char *
+mod_acme_set_dns_hook(cmd_parms *cmd, void *dc, const char *prog, const char *timeout)
+{
+    mod_acme_srv_conf_t  *sc = dns_conf(cmd);
+    const char           *path;
+
+    (void) dc;
+    if (sc->dns.hook != NULL) {
+        return apr_psprintf(cmd->pool, "%s: given twice", dns_cmd_name(cmd));
+    }
+    path = ap_server_root_relative(cmd->pool, prog);
+    if (path == NULL || *prog == '\0') {
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': not a valid path", dns_cmd_name(cmd), prog);
+    }
+    if (timeout != NULL) {
+        sc->dns.hook_timeout = dns_duration(timeout);
+        if (sc->dns.hook_timeout < 0) {
+            return apr_psprintf(cmd->pool, "%s: invalid timeout '%s': expected a duration (seconds, or with "
+                                "s, m, h; 1s to 1 day)", dns_cmd_name(cmd), timeout);
+        }
+    }
+    sc->dns.hook = (char *) path;
+    return NULL;
+}
+
+static apr_status_t
+acmedns_cleanup(void *data)
+{
+    acme_dns_config_free(data);
+    return APR_SUCCESS;
+}
+
+/* ACMEDNSAcmeDNS ACCOUNTFILE URL: the file read now; its passwords never in a message */
+const char *
+mod_acme_set_dns_acmedns(cmd_parms *cmd, void *dc, const char *file, const char *url)
+{
+    mod_acme_srv_conf_t  *sc = dns_conf(cmd);
+    acme_dns_config_t    *accounts;
+    const char           *path;
+    acme_err_t            err;
+
+    (void) dc;
+    if (sc->dns.acmedns_url != NULL) {
+        return apr_psprintf(cmd->pool, "%s: given twice", dns_cmd_name(cmd));
+    }
+    if (strncasecmp(url, "https://", 8) != 0 && strncasecmp(url, "http://", 7) != 0) {
+        return apr_psprintf(cmd->pool, "%s: invalid URL '%s': expected http:// or https://",
+                            dns_cmd_name(cmd), url);
+    }
+    path = ap_server_root_relative(cmd->pool, file);
+    if (path == NULL || *file == '\0') {
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': not a valid path", dns_cmd_name(cmd), file);
+    }
+    /* the accounts are the core's (malloc'd), freed with this pool */
+    accounts = apr_pcalloc(cmd->pool, sizeof(*accounts));
+    if (acme_acmedns_load(path, accounts, &err) != 0) {
+        return apr_psprintf(cmd->pool, "%s: invalid value '%s': %s", dns_cmd_name(cmd), file, err.msg);
+    }
+    apr_pool_cleanup_register(cmd->pool, accounts, acmedns_cleanup, apr_pool_cleanup_null);
+    sc->dns.acmedns = accounts->acmedns;
+    sc->dns.nacmedns = accounts->nacmedns;
+    sc->dns.acmedns_url = apr_pstrdup(cmd->pool, url);
+    sc->dns_acmedns_file = path;
     return NULL;
 }
 
@@ -140,19 +233,11 @@ const char *
 mod_acme_set_dns_propagation(cmd_parms *cmd, void *dc, const char *arg)
 {
     mod_acme_srv_conf_t  *sc = dns_conf(cmd);
-    char                 *end = NULL;
     long                  n;
 
     (void) dc;
-    n = apr_isdigit(*arg) ? strtol(arg, &end, 10) : -1;
-    if (n >= 0 && *end == 'm' && end[1] == '\0') {
-        n *= 60;
-    } else if (n >= 0 && *end == 'h' && end[1] == '\0') {
-        n *= 3600;
-    } else if (n >= 0 && !(*end == '\0' || (*end == 's' && end[1] == '\0'))) {
-        n = -1;
-    }
-    if (n < 1 || n > 86400) {
+    n = dns_duration(arg);
+    if (n < 0) {
         return apr_psprintf(cmd->pool, "%s: invalid value '%s': expected a duration (seconds, or with s, m, "
                             "h; 1s to 1 day)", dns_cmd_name(cmd), arg);
     }
@@ -176,20 +261,55 @@ mod_acme_dns_merge(mod_acme_srv_conf_t *sc, const mod_acme_srv_conf_t *base, con
         sc->dns.tsig = base->dns.tsig;
         sc->dns_tsig_file = base->dns_tsig_file;
     }
+    if (add->dns.hook != NULL) {
+        sc->dns.hook = add->dns.hook;
+        sc->dns.hook_timeout = add->dns.hook_timeout;
+    } else {
+        sc->dns.hook = base->dns.hook;
+        sc->dns.hook_timeout = base->dns.hook_timeout;
+    }
+    if (add->dns.acmedns_url != NULL) {
+        sc->dns.acmedns_url = add->dns.acmedns_url;
+        sc->dns.acmedns = add->dns.acmedns;
+        sc->dns.nacmedns = add->dns.nacmedns;
+        sc->dns_acmedns_file = add->dns_acmedns_file;
+    } else {
+        sc->dns.acmedns_url = base->dns.acmedns_url;
+        sc->dns.acmedns = base->dns.acmedns;
+        sc->dns.nacmedns = base->dns.nacmedns;
+        sc->dns_acmedns_file = base->dns_acmedns_file;
+    }
     sc->dns_directive = add->dns_directive;
 }
 
+/* A DNS type listed (dns-01, dns-account-01, dns-persist-01): its settings are used. */
 int
 mod_acme_dns01(const mod_acme_srv_conf_t *sc)
 {
     int i;
 
     for (i = 0; sc->challenges != NULL && i < sc->challenges->nelts; i++) {
-        if (strcmp(APR_ARRAY_IDX(sc->challenges, i, const char *), "dns-01") == 0) {
+        if (strncmp(APR_ARRAY_IDX(sc->challenges, i, const char *), "dns-", 4) == 0) {
             return 1;
         }
     }
     return 0;
+}
+
+/* The first listed type that publishes a record (dns-01, dns-account-01), or NULL. */
+static const char *
+dns_publishing_type(const mod_acme_srv_conf_t *sc)
+{
+    const char  *t;
+    int          i;
+
+    for (i = 0; sc->challenges != NULL && i < sc->challenges->nelts; i++) {
+        t = APR_ARRAY_IDX(sc->challenges, i, const char *);
+        if (strcmp(t, "dns-01") == 0 || strcmp(t, "dns-account-01") == 0) {
+            return t;
+        }
+    }
+    return NULL;
 }
 
 static int
@@ -209,8 +329,9 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
     mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(s);
     const char           *where = sc->cert_directive ? sc->cert_directive : "?";
     const char           *wild = NULL;
+    const char           *type, *unused, *needs;
     acme_err_t            err;
-    int                   i, managed;
+    int                   i, managed, missing;
 
     managed = sc->cert_mode == ACME_CERT_ON || sc->cert_mode == ACME_CERT_NAMES;
     if (!mod_acme_dns01(sc)) {
@@ -250,21 +371,46 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
     if (!managed) {
         return 0;
     }
+    type = dns_publishing_type(sc);
+    if (type == NULL) {
+        /* dns-persist-01 only: its record is looked up (ACMEDNSResolver), never published */
+        unused = sc->dns.method != ACME_DNS_NONE ? "ACMEDNSUpdate"
+                 : sc->dns.tsig.name != NULL ? "ACMEDNSTSIGKey"
+                 : sc->dns.hook != NULL ? "ACMEDNSHook"
+                 : sc->dns.acmedns_url != NULL ? "ACMEDNSAcmeDNS"
+                 : sc->dns.server != NULL ? "ACMEDNSServer"
+                 : sc->dns.propagation_timeout ? "ACMEDNSPropagationTimeout" : NULL;
+        if (unused != NULL) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0146)
+                         "%s is for dns-01 and dns-account-01: ACMEChallenge dns-persist-01 publishes "
+                         "nothing, its record is created once (for ACMECertificate %s in %s)", unused, where,
+                         mod_acme_vhost_id(p, s));
+            return -1;
+        }
+        return 0;
+    }
     if (sc->dns.method == ACME_DNS_NONE) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0142)
-                     "ACMEChallenge dns-01 needs ACMEDNSUpdate (for ACMECertificate %s in %s)", where,
+                     "ACMEChallenge %s needs ACMEDNSUpdate (for ACMECertificate %s in %s)", type, where,
                      mod_acme_vhost_id(p, s));
         return -1;
     }
-    if (sc->dns.tsig.name == NULL) {
+    needs = sc->dns.method == ACME_DNS_RFC2136 ? "ACMEDNSTSIGKey"
+            : sc->dns.method == ACME_DNS_HOOK ? "ACMEDNSHook" : "ACMEDNSAcmeDNS";
+    missing = sc->dns.method == ACME_DNS_RFC2136 ? sc->dns.tsig.name == NULL
+              : sc->dns.method == ACME_DNS_HOOK ? sc->dns.hook == NULL : sc->dns.acmedns_url == NULL;
+    if (missing) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0143)
-                     "ACMEDNSUpdate rfc2136 needs ACMEDNSTSIGKey (for ACMECertificate %s in %s)", where,
-                     mod_acme_vhost_id(p, s));
+                     "ACMEDNSUpdate %s needs %s (for ACMECertificate %s in %s)",
+                     acme_dns_method_name(sc->dns.method), needs, where, mod_acme_vhost_id(p, s));
         return -1;
     }
     if (acme_dns_config_check(&sc->dns, &err) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0144)
-                     "ACMEDNSTSIGKey %s: %s (for ACMECertificate %s)", sc->dns_tsig_file, err.msg, where);
+                     "%s %s: %s (for ACMECertificate %s)", needs,
+                     sc->dns.method == ACME_DNS_RFC2136 ? sc->dns_tsig_file
+                     : sc->dns.method == ACME_DNS_HOOK ? sc->dns.hook : sc->dns_acmedns_file,
+                     err.msg, where);
         return -1;
     }
     return 0;

@@ -133,10 +133,13 @@ issuer_key(apr_pool_t *p, mod_acme_srv_conf_t *sc, const mod_acme_ca_t *ca)
 
     if (mod_acme_dns01(sc)) {
         /* the key's file and name, never its secret */
-        dns = apr_psprintf(p, "%d,%s,%s,%s,%s,%ld", (int) sc->dns.method,
+        dns = apr_psprintf(p, "%d,%s,%s,%s,%s,%ld,%s,%ld,%s,%s", (int) sc->dns.method,
                            sc->dns_tsig_file ? sc->dns_tsig_file : "",
                            sc->dns.tsig.name ? sc->dns.tsig.name : "", sc->dns.server ? sc->dns.server : "",
-                           sc->dns.resolver ? sc->dns.resolver : "", sc->dns.propagation_timeout);
+                           sc->dns.resolver ? sc->dns.resolver : "", sc->dns.propagation_timeout,
+                           sc->dns.hook ? sc->dns.hook : "", sc->dns.hook_timeout,
+                           sc->dns_acmedns_file ? sc->dns_acmedns_file : "",
+                           sc->dns.acmedns_url ? sc->dns.acmedns_url : "");
     }
     return apr_pstrcat(p, ca->url, "|", contacts, "|", sc->accept_tos == 1 ? "1" : "0", "|",
                        sc->trusted_cert ? sc->trusted_cert : "", "|", chal, "|",

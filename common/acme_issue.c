@@ -108,6 +108,34 @@ acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err)
     free(name);
 }
 
+/* The dns-persist-01 record an identifier's error asks for. */
+void
+acme_issue_ident_error_record(acme_issue_t *job, const char *type, const char *value, const char *name,
+    const char *txt)
+{
+    acme_ident_error_t *e;
+    size_t              i;
+
+    if (name == NULL || txt == NULL) {
+        return;
+    }
+    for (i = 0; i < job->nident_errors; i++) {
+        e = &job->ident_errors[i];
+        if (strncmp(e->ident, type, strlen(type)) == 0 && e->ident[strlen(type)] == ':'
+            && strcmp(e->ident + strlen(type) + 1, value) == 0 && e->record_name == NULL)
+        {
+            e->record_name = acme_strdup(name);
+            e->record_value = acme_strdup(txt);
+            if (e->record_name == NULL || e->record_value == NULL) {
+                free(e->record_name);
+                free(e->record_value);
+                e->record_name = e->record_value = NULL;
+            }
+            return;
+        }
+    }
+}
+
 /* Remember why one identifier failed ("dns:example.org": the CA's problem, subproblems included). */
 void
 acme_issue_ident_error_add(acme_issue_t *job, const char *type, const char *value, const char *msg)
@@ -131,6 +159,8 @@ acme_issue_ident_error_add(acme_issue_t *job, const char *type, const char *valu
     e = &e[job->nident_errors];
     e->ident = acme_sprintf("%s:%s", type, value);
     e->error = acme_strdup(msg);
+    e->record_name = NULL;
+    e->record_value = NULL;
     e->at = time(NULL);
     if (e->ident == NULL || e->error == NULL) {
         free(e->ident);

@@ -101,6 +101,10 @@ acme_issue_dns_free(acme_issue_t *job)
     free(job->dns_recs);
     job->dns_recs = NULL;
     job->ndns_recs = 0;
+    free(job->persist_name);
+    free(job->persist_value);
+    job->persist_name = NULL;
+    job->persist_value = NULL;
 }
 
 /* Records a process that died left: this job removes them when it ends (or republishes the same). */
@@ -275,6 +279,8 @@ persist_done(void *arg, const acme_err_t *err)
         e = *err;
         acme_err_prefix(&e, "dns-persist-01 for %s", job->dns_ident);
         acme_issue_ident_error_add(job, "dns", job->dns_ident, e.msg);
+        /* the record to create, apart from the message, for the status */
+        acme_issue_ident_error_record(job, "dns", job->dns_ident, job->persist_name, job->persist_value);
         acme_log(job->loop, ACME_LOG_ERR, "acme: \"%s\": %s", job->name, e.msg);
         acme_issue_job_fail(job, &e);
         return;
@@ -320,6 +326,10 @@ acme_issue_dns_persist(acme_issue_t *job, const acme_authz_t *a, const acme_chal
     rec.ident = job->dns_ident;
     rec.cert = job->name;
     rec.type = job->dns_type;
+    free(job->persist_name);
+    free(job->persist_value);
+    job->persist_name = acme_strdup(rec.name);
+    job->persist_value = acme_dns_persist_value(c->issuer_domain_names[0], acct, a->wildcard, 0);
     job->dns_task = acme_dns_task_start(job->loop, job->dns != NULL ? job->dns : &system_resolver, 1, &rec, 1,
                                         persist_done, job, err);
     if (job->dns_task == NULL) {

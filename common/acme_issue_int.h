@@ -114,6 +114,8 @@ struct acme_issue_s {
     size_t                  ndns_recs;
     char                    dns_ident[256]; /* the identifier being published, for messages */
     char                    dns_type[20];   /* its challenge type ("dns-01", "dns-account-01") */
+    char                   *persist_name;   /* dns-persist-01: the record being checked, for the status */
+    char                   *persist_value;  /* the value the admin should give it */
     int                     dns_finishing;  /* the records are being removed before done */
     int                     dns_finish_failed;
     acme_err_t              dns_finish_err;
@@ -124,6 +126,9 @@ struct acme_issue_s {
 /* acme_issue.c: the job, failure, back-off, requests */
 void acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err);
 void acme_issue_ident_error_add(acme_issue_t *job, const char *type, const char *value, const char *msg);
+/* Attaches the dns-persist-01 record (name, value) to that identifier's error, for the status. */
+void acme_issue_ident_error_record(acme_issue_t *job, const char *type, const char *value, const char *name,
+    const char *txt);
 void acme_issue_ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p);
 void acme_issue_job_fail(acme_issue_t *job, const acme_err_t *err);
 void acme_issue_job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *arg);

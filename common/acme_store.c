@@ -242,6 +242,8 @@ acme_ident_errors_free(acme_ident_error_t *e, size_t n)
     for (i = 0; e != NULL && i < n; i++) {
         free(e[i].ident);
         free(e[i].error);
+        free(e[i].record_name);
+        free(e[i].record_value);
     }
     free(e);
 }
@@ -277,6 +279,14 @@ acme_certmeta_ident_errors_json(const acme_certmeta_t *m)
         e = json_pack("{s:s, s:s, s:s}", "identifier", m->ident_errors[i].ident,
                       "error", m->ident_errors[i].error,
                       "at", acme_time_format(m->ident_errors[i].at, tb, sizeof(tb)));
+        if (e != NULL && m->ident_errors[i].record_name != NULL && m->ident_errors[i].record_value != NULL
+            && json_object_set_new(e, "dns_persist_record",
+                                   json_pack("{s:s, s:s}", "name", m->ident_errors[i].record_name,
+                                             "value", m->ident_errors[i].record_value)) != 0)
+        {
+            json_decref(e);
+            e = NULL;
+        }
         if (e == NULL || json_array_append_new(arr, e) != 0) {
             json_decref(arr);
             return NULL;
@@ -389,6 +399,26 @@ meta_get_time(json_t *o, const char *name, time_t *out, acme_err_t *err)
 
 #define META_IDENT_ERRORS_MAX  100
 
+/* "dns_persist_record": {"name", "value"}, optional */
+static int
+meta_get_record(json_t *it, acme_ident_error_t *e, acme_err_t *err)
+{
+    json_t  *r = json_object_get(it, "dns_persist_record");
+
+    if (r == NULL || json_is_null(r)) {
+        return 0;
+    }
+    if (!json_is_object(r) || meta_get_str(r, "name", &e->record_name, err) != 0
+        || meta_get_str(r, "value", &e->record_value, err) != 0)
+    {
+        if (!json_is_object(r)) {
+            acme_err_set(err, ACME_ERR_STORE, "\"dns_persist_record\" is not an object");
+        }
+        return -1;
+    }
+    return 0;
+}
+
 static int
 meta_get_ident_errors(json_t *o, acme_certmeta_t *m, acme_err_t *err)
 {
@@ -421,7 +451,8 @@ meta_get_ident_errors(json_t *o, acme_certmeta_t *m, acme_err_t *err)
         if (!json_is_object(it)
             || meta_get_str(it, "identifier", &e->ident, err) != 0
             || meta_get_str(it, "error", &e->error, err) != 0
-            || meta_get_time(it, "at", &e->at, err) != 0)
+            || meta_get_time(it, "at", &e->at, err) != 0
+            || meta_get_record(it, e, err) != 0)
         {
             if (json_is_object(it)) {
                 acme_err_prefix(err, "\"identifier_errors\"[%zu]", i);

@@ -267,6 +267,8 @@ typedef struct {
     char           *ident;         /* "dns:example.org" */
     char           *error;
     time_t          at;
+    char           *record_name;   /* dns-persist-01: the TXT record the admin must create; else NULL */
+    char           *record_value;
 } acme_ident_error_t;
 
 void  acme_ident_errors_free(acme_ident_error_t *e, size_t n);

@@ -5,7 +5,9 @@
  *
  *   acme_issuer NAME { uri ...; contact ...; account_key ...;
  *                      challenge TYPE [TYPE...];
- *                      dns_update rfc2136; dns_tsig_key FILE;
+ *                      dns_update rfc2136|hook|acme-dns;
+ *                      dns_tsig_key FILE; dns_hook PROGRAM [timeout=TIME];
+ *                      dns_acme_dns ACCOUNTFILE URL;
  *                      dns_server HOST[:PORT]; dns_resolver HOST[:PORT];
  *                      dns_propagation_timeout TIME;
  *                      external_account_key KID data:KEY|FILE;
@@ -897,10 +899,10 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
     }
 
     if (ngx_acme_is("challenge")) {
-        ngx_acme_nargs(1, 3);
+        ngx_acme_nargs(1, 5);
 
         /* several: in order of preference, per identifier (a wildcard
-         * takes dns-01) */
+         * takes the first DNS type) */
 
         iss->nchallenges = 0;
 
@@ -928,12 +930,25 @@ ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
             {
                 s = "dns-01";
 
+            } else if (value[i].len == 14
+                       && ngx_strncmp(value[i].data, "dns-account-01", 14)
+                          == 0)
+            {
+                s = "dns-account-01";
+
+            } else if (value[i].len == 14
+                       && ngx_strncmp(value[i].data, "dns-persist-01", 14)
+                          == 0)
+            {
+                s = "dns-persist-01";
+
             } else {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid \"challenge\" \"%V\" in "
                                    "acme_issuer \"%V\": unsupported "
-                                   "challenge, use http-01, tls-alpn-01 "
-                                   "or dns-01",
+                                   "challenge, use http-01, tls-alpn-01, "
+                                   "dns-01, dns-account-01 or "
+                                   "dns-persist-01",
                                    &value[i], &iss->name);
                 return NGX_CONF_ERROR;
             }
@@ -2268,7 +2283,8 @@ ngx_http_acme_cert_wildcards(ngx_conf_t *cf, ngx_http_acme_cert_t *cert,
             dns01 = 0;
 
             for (k = 0; k < iss[cert->issuers[j]].nchallenges; k++) {
-                if (ngx_strcmp(iss[cert->issuers[j]].challenges[k], "dns-01")
+                if (ngx_strncmp(iss[cert->issuers[j]].challenges[k], "dns-",
+                                4)
                     == 0)
                 {
                     dns01 = 1;

@@ -43,9 +43,9 @@ typedef struct {
     ngx_array_t                 contacts;        /* char * */
     acme_keyspec_t              account_keyspec;
     char                       *account_key_file;
-    char                       *challenges[3];   /* preference order */
+    char                       *challenges[5];   /* preference order */
     ngx_uint_t                  nchallenges;     /* 0: the core's order */
-    acme_dns_config_t           dns;             /* with dns-01 */
+    acme_dns_config_t           dns;             /* with a DNS type */
     ngx_uint_t                  dns_cleanup;     /* its pool cleanup added */
     char                       *eab_kid;
     char                       *eab_key;         /* base64url HMAC key */

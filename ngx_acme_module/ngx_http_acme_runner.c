@@ -422,7 +422,7 @@ ngx_http_acme_runner_issuers(ngx_http_acme_runner_t *rn, ngx_uint_t g,
                 ic.nchallenge_types = is->nchallenges;
             }
 
-            if (is->dns.method != ACME_DNS_NONE) {
+            if (is->dns.method != ACME_DNS_NONE || is->dns.resolver != NULL) {
                 ic.dns = &is->dns;
             }
 
