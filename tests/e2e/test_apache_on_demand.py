@@ -16,6 +16,7 @@ import time
 import pytest
 
 import harness
+from fault_proxy import FaultProxy
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_issuer, tls_get
 
@@ -298,6 +299,73 @@ def test_tls_alpn01_on_the_on_demand_vhost(apache_factory, pebble, procs):
     assert status == 200 and leaf_names(der) == [name]
     assert pebble.order_count() - base == 1
     assert "tls-alpn-01" in a.log()
+
+
+HOLDERS = 4     # first handshakes held at once; the event MPM config has 15 worker threads
+
+
+def test_waiting_first_handshakes_leave_other_requests_served(apache_factory, pebble, procs, test_ca,
+                                                               tmp_path):
+    """Event MPM: while HOLDERS first handshakes wait (the CA holds every new order), new connections
+    and requests for an issued name keep being answered promptly. The bound is the waiting cap: with it
+    (and HOLDERS) at or above the 15 worker threads, the waits take every thread and this test fails."""
+    cert, key = test_ca.issue("od-proxy", ["localhost"], ["127.0.0.1"], basename="od-proxy")
+    px = FaultProxy(pebble, cert, key, harness.free_port(), log_path=tmp_path / "proxy.log").start()
+    holders = []
+    try:
+        a = od_apache(apache_factory, pebble, limits=f"waiting={HOLDERS} wait=60s rate=100",
+                      name="apache-od-busy")
+        a.ca_url = px.directory_url
+        a.start(procs)
+        roots = pebble.roots(0)
+        managed = "managed" + SUFFIX
+        der, status, _ = pebble_leaf(a.https_port, managed, roots)
+        assert leaf_names(der) == [managed] and status == 200
+        wait_od(a, lambda st: st["certificates"] == 1 and st["waiting"] == 0, "the first name settled")
+
+        held = px.add_fault("newOrder", method="POST", times=None, hold=True, hold_timeout=120)
+        results, errors = {}, []
+
+        def hold(k):
+            name = f"held{k}{SUFFIX}"
+            try:
+                d, st, took = pebble_leaf(a.https_port, name, roots, timeout=90)
+                results[name] = (leaf_names(d), st, took)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(f"{name}: {e!r}")
+
+        holders = [threading.Thread(target=hold, args=(k,)) for k in range(HOLDERS)]
+        for t in holders:
+            t.start()
+        held.wait_hit(20)
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end and _try(lambda: od_status(a)["waiting"]) != HOLDERS:
+            time.sleep(0.2)
+
+        lat = []
+        for _ in range(20):
+            t0 = time.monotonic()
+            d, st, _ = pebble_leaf(a.https_port, managed, roots, timeout=10)
+            lat.append(time.monotonic() - t0)
+            assert leaf_names(d) == [managed] and st == 200
+        assert max(lat) < 2.0, f"requests for {managed} took up to {max(lat):.2f} s"
+        # the first handshakes were still waiting all along
+        st = od_status(a)
+        assert st["waiting"] == HOLDERS and not results, (st, results)
+
+        held.release()
+        for t in holders:
+            t.join(90)
+        assert not errors, errors
+        assert sorted(results) == [f"held{k}{SUFFIX}" for k in range(HOLDERS)]
+        for name, (sans, code, _) in results.items():
+            assert sans == [name] and code == 200, (name, sans, code)
+    finally:
+        for f in px.faults:
+            f.release()
+        for t in holders:
+            t.join(90)
+        px.stop()
 
 
 def _server_pid_of(client_port, server_port):
