@@ -133,7 +133,11 @@ class Root:
         elif d in ("external_account_key", "acmeexternalaccountbinding"):
             p.write_text(secrets.token_urlsafe(32) + "\n")
             os.chmod(p, 0o600)
-        elif d in ("acme_notify", "acmenotifycmd"):
+        elif d in ("dns_acme_dns", "acmednsacmedns"):
+            p.write_text('{"username": "docs", "password": "%s", "subdomain": "docs", '
+                         '"fulldomain": "docs.auth.example.org"}\n' % secrets.token_urlsafe(24))
+            os.chmod(p, 0o600)
+        elif d in ("acme_notify", "acmenotifycmd", "dns_hook", "acmednshook"):
             p.write_text("#!/bin/sh\n")
             os.chmod(p, 0o755)
         elif d in ("account_key", "ssl_certificate_key", "sslcertificatekeyfile"):
@@ -181,7 +185,8 @@ NGX_HTTP = {"acme_issuer", "acme_shared_zone", "acme_storage", "acme_storage_key
             "server", "map", "upstream", "include", "resolver", "resolver_timeout"}
 NGX_ISSUER = {"uri", "contact", "account_key", "challenge", "external_account_key", "preferred_chain",
               "profile", "ssl_trusted_certificate", "ssl_verify", "state_path", "accept_terms_of_service",
-              "dns_update", "dns_tsig_key", "dns_server", "dns_resolver", "dns_propagation_timeout"}
+              "dns_update", "dns_tsig_key", "dns_server", "dns_resolver", "dns_propagation_timeout",
+              "dns_hook", "dns_acme_dns"}
 NGX_LOCATION = {"acme_status", "limit_except", "allow", "deny"}
 # stream{} and mail{} blocks: beside the http block, with Debian's modules and ours (issue #19)
 NGX_OUTSIDE = {"stream": ("/usr/share/nginx/modules/ngx_stream_module.so", "ngx_stream_acme_module.so"),
