@@ -12,6 +12,10 @@
 
 #define MAX_RUNNING      8
 #define BUSY_RETRY_MS    15000
+/* the store could not be read or locked: nothing was ordered, so retry soon (doubling), not on the CA's
+ * back-off, and keep a forced renewal pending */
+#define STORE_RETRY_MIN_MS  5000L
+#define STORE_RETRY_MAX_MS  300000L
 #define QUEUE_RETRY_MS   2000
 #define ARI_RETRY_SOON   600L       /* s: an ARI check that found the CA unreachable */
 
@@ -58,6 +62,8 @@ struct mcert_s {
     char                *profile;       /* per certificate, overrides the issuer's; NULL: the issuer's */
     acme_renew_reason_t  reason;
     time_t               next_at;
+    int                  store_unread;  /* the last reload failed on the store, not "not found" */
+    long                 store_retry_ms;
 };
 
 struct acme_manager_s {
@@ -445,10 +451,15 @@ static void
 cert_reload(mcert_t *c, int notify)
 {
     acme_certmeta_t  fresh;
+    acme_err_t       err;
     time_t           old = c->meta.issued_at;
+    int              rc;
 
     memset(&fresh, 0, sizeof(fresh));
-    if (acme_store_meta_load(c->m->store, c->name, &fresh, NULL) != 0) {
+    err.kind = ACME_ERR_NONE;
+    rc = acme_store_meta_load(c->m->store, c->name, &fresh, &err);
+    c->store_unread = rc < 0 && err.kind == ACME_ERR_STORE;
+    if (rc != 0) {
         return;
     }
     acme_certmeta_free(&c->meta);
@@ -510,6 +521,22 @@ cert_later(mcert_t *c, long ms)
     acme_timer_cancel(c->m->loop, c->timer);
     c->next_at = time(NULL) + ms / 1000;
     c->timer = acme_timer_add(c->m->loop, ms, cert_due, c);
+}
+
+/* Nothing was asked of the CA: the store could not be read or the lock not taken. */
+static void
+cert_store_retry(mcert_t *c, const char *msg)
+{
+    c->store_retry_ms = c->store_retry_ms == 0 ? STORE_RETRY_MIN_MS
+                        : (c->store_retry_ms * 2 > STORE_RETRY_MAX_MS ? STORE_RETRY_MAX_MS
+                                                                      : c->store_retry_ms * 2);
+    acme_log(c->m->loop, ACME_LOG_ERR, "acme: \"%s\": storage unreachable, nothing ordered: %s; trying again "
+             "in %ld s", c->name, msg, c->store_retry_ms / 1000);
+    /* the status shows it; the store cannot keep it */
+    free(c->meta.last_error);
+    c->meta.last_error = acme_sprintf("storage unreachable: %s", msg);
+    c->meta.last_error_at = time(NULL);
+    cert_later(c, c->store_retry_ms);
 }
 
 static void
@@ -685,6 +712,10 @@ cert_issue(mcert_t *c)
             cert_later(c, BUSY_RETRY_MS);
             return;
         }
+        if (err.kind == ACME_ERR_STORE) {
+            cert_store_retry(c, err.msg);
+            return;
+        }
         is->orders++;
         issuer_count_error(is, &err);
         cert_record_failure(c, &err);
@@ -692,6 +723,7 @@ cert_issue(mcert_t *c)
         return;
     }
     is->orders++;
+    c->store_retry_ms = 0;
     c->job_seen = acme_issue_state_changes(c->job);
     m->running++;
     m->version++;
@@ -808,6 +840,11 @@ cert_due(void *arg)
         return;
     }
     cert_reload(c, 1);
+    if (c->store_unread && c->meta.not_after == 0 && c->meta.name == NULL) {
+        /* nothing known of it yet: "missing" would be a guess */
+        cert_store_retry(c, "cannot read its state");
+        return;
+    }
     if (cert_next(c, now, &reason) > now) {
         cert_schedule(c);
         return;

@@ -665,6 +665,10 @@ acme_store_meta_load(acme_store_t *st, const char *name, acme_certmeta_t *meta, 
         acme_err_set(err, ACME_ERR_STORE, "no certificate \"%s\" in the store", name);
     } else if (rc == 0) {
         if (acme_certmeta_from_json(js, len, meta, err) != 0) {
+            /* read, but unusable: not the store failing (the manager tells them apart) */
+            if (err != NULL) {
+                err->kind = ACME_ERR_INPUT;
+            }
             acme_err_prefix(err, "%s", key);
             rc = -1;
         } else {

@@ -434,6 +434,44 @@ def test_redis_down_serving_goes_on(cluster, dns, redis, kinds):
     assert new in cl.pebble.issued_serials()
 
 
+def test_restarts_with_redis_down_keep_serving(cluster, dns, redis):
+    """Redis down, then every node restarted (nginx: reload, then stop and start; Apache: graceful, then stop
+    and start): each serves the certificate it had, not the self-signed fallback, and none takes its
+    certificate for missing (nothing ordered, no failure on the CA's back-off). A renewal asked while Redis
+    is down is carried out, once, soon after Redis is back."""
+    dns.map_a(HTTP_NAME, ADDR_C)
+    cl = cluster(alpn_names=())
+    cl.start()
+    cl.allow(r"redis|storage unreachable")
+    old = cl.wait_served(HTTP_NAME)
+    assert cl.pebble.issued_count() == 1
+    redis.stop()
+    for n in cl.nodes:
+        if n.kind == "nginx":
+            n.ng.reload()
+        else:
+            n.a.graceful()
+    assert cl.serials(HTTP_NAME) == [old] * 3
+    marks = {}
+    for n in cl.nodes:
+        (n.ng if n.kind == "nginx" else n.a).proc.stop()
+        marks[n.name] = n.mark()
+        n.start()
+    for n in cl.nodes:
+        n.wait_up()
+    assert cl.serials(HTTP_NAME) == [old] * 3
+    assert cl.a.renew(HTTP_NAME) == 202
+    wait_for(lambda: "storage unreachable, nothing ordered" in cl.a.log(marks[cl.a.name]), 20,
+             what="node a to put the renewal off")
+    for n in cl.nodes:
+        assert f'"{HTTP_NAME}": missing from' not in n.log(marks[n.name]), n.name
+    redis.start()
+    new = cl.wait_served(HTTP_NAME, differs_from=old, timeout=60)
+    assert new in cl.pebble.issued_serials()
+    assert cl.orderers(HTTP_NAME, marks) == [cl.a.name]
+    assert cl.pebble.issued_count() == 2
+
+
 @KINDS
 def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin, kinds):
     dns.map_a(HTTP_NAME, ADDR_A)
