@@ -446,6 +446,15 @@ acme_manager_set_cert_profile(acme_manager_t *m, const char *name, const char *p
 
 /* ---- per certificate ---- */
 
+/* A store error because the store is out of reach (Redis down), not because of what it holds. */
+static int
+store_down(acme_manager_t *m, const acme_err_t *err)
+{
+    acme_err_t  perr;
+
+    return err->kind == ACME_ERR_STORE && acme_store_ping(m->store, &perr) != 0;
+}
+
 /* Read the store's view; a different issued_at than ours means a new certificate: tell the host. */
 static void
 cert_reload(mcert_t *c, int notify)
@@ -458,7 +467,7 @@ cert_reload(mcert_t *c, int notify)
     memset(&fresh, 0, sizeof(fresh));
     err.kind = ACME_ERR_NONE;
     rc = acme_store_meta_load(c->m->store, c->name, &fresh, &err);
-    c->store_unread = rc < 0 && err.kind == ACME_ERR_STORE;
+    c->store_unread = rc < 0 && store_down(c->m, &err);
     if (rc != 0) {
         return;
     }
@@ -712,7 +721,7 @@ cert_issue(mcert_t *c)
             cert_later(c, BUSY_RETRY_MS);
             return;
         }
-        if (err.kind == ACME_ERR_STORE) {
+        if (store_down(m, &err)) {
             cert_store_retry(c, err.msg);
             return;
         }

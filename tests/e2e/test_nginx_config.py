@@ -106,8 +106,8 @@ def test_bad_certificate_arguments(nginx_factory, tmp_path, extra, needle, patte
 
 @pytest.mark.parametrize("line,pattern", [
     ("challenge dns-02;",
-     r"invalid \"challenge\" \"dns-02\" in acme_issuer \"le\": unsupported challenge, use http-01, tls-alpn-01 "
-     r"or dns-01"),
+     r"invalid \"challenge\" \"dns-02\" in acme_issuer \"le\": unsupported challenge, use http-01, tls-alpn-01, "
+     r"dns-01, dns-account-01 or dns-persist-01"),
     ("account_key /nonexistent/account.pem;",
      r"invalid \"account_key\" \"/nonexistent/account.pem\" .*: not a key type, and cannot load it as a key file "
      r"\(2: No such file or directory\)"),
