@@ -232,6 +232,8 @@ def test_dns01_answer_with_a_bad_signature(acmectl_bin, tmp_path, dns_pebble, kn
             'with TSIG key "acme-key-sha384": an answer without a valid TSIG signature (the signature does '
             "not verify") in p.stderr, p.stderr
     assert not (tmp_path / "state/certs/forged.example.test/fullchain.pem").exists()
+    # the deletion's answer fails the same way: unconfirmed, the record stays noted for the next run
+    assert (tmp_path / "state/certs/forged.example.test/dns-pending.json").exists()
 
 
 def test_run_keeps_a_wildcard(acmectl_bin, tmp_path, dns_pebble, knot, procs):
