@@ -8,7 +8,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <openssl/crypto.h>
 #include <libknot/consts.h>
 #include <libknot/error.h>
 #include <libknot/packet/pkt.h>
