@@ -5,10 +5,10 @@ PYTHON     ?= /usr/bin/python3
 SAN        ?=
 OPT        ?= -O2
 
-PKGS        := libcurl jansson openssl hiredis ldns
+PKGS        := libcurl jansson openssl hiredis ldns libknot
 DEB_PKGS    := build-essential pkg-config libssl-dev libcurl4-openssl-dev libjansson-dev \
                libcmocka-dev pebble python3-pytest curl openssl nginx nginx-dev apache2 apache2-dev \
-               libhiredis-dev libldns-dev knot redis-server clang libclang-rt-14-dev valgrind \
+               libhiredis-dev libldns-dev libknot-dev knot redis-server clang libclang-rt-14-dev valgrind \
                python3-prometheus-client certbot chromium libnginx-mod-stream libnginx-mod-mail
 PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)

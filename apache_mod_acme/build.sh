@@ -38,12 +38,12 @@ done
 for f in ${APX_SAN:-}; do
     set -- "$@" "-Wc,$f" "-Wl,$f"
 done
-# the core's libraries; hiredis for the Redis store (ACMEStorage), ldns for DNS validation
+# the core's libraries; hiredis for the Redis store (ACMEStorage), ldns and libknot (TSIG) for DNS validation
 if ! pkg-config --exists hiredis; then
     echo "$0: hiredis not found (Debian: apt-get install libhiredis-dev)" >&2
     exit 1
 fi
-LIBS=$(pkg-config --libs libcurl jansson openssl hiredis ldns)
+LIBS=$(pkg-config --libs libcurl jansson openssl hiredis ldns libknot)
 
 cd "$OBJ"
 # shellcheck disable=SC2086

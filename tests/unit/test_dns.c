@@ -78,6 +78,29 @@ test_tsig_refused_without_secret_in_message(void **state)
     assert_non_null(strstr(err.msg, "TSIG key file \"/nonexistent/tsig.key\""));
 }
 
+/* Every algorithm taken from a key file can sign an RFC 2136 update (hmac-sha384 too: libknot signs) */
+static void
+test_rfc2136_key_signs(void **state)
+{
+    static const char  *algs[] = { "hmac-sha256", "hmac-sha384", "hmac-sha512" };
+    acme_dns_config_t   cfg;
+    acme_err_t          err;
+    char                line[200];
+    size_t              i;
+
+    for (i = 0; i < sizeof(algs) / sizeof(algs[0]); i++) {
+        memset(&cfg, 0, sizeof(cfg));
+        cfg.method = ACME_DNS_RFC2136;
+        snprintf(line, sizeof(line), "%s:acme-key:%s", algs[i], SECRET);
+        assert_int_equal(acme_tsig_key_parse(line, "f", &cfg.tsig, &err), 0);
+        memset(&err, 0, sizeof(err));
+        if (acme_dns_config_check(&cfg, &err) != 0) {
+            fail_msg("%s: %s", algs[i], err.msg);
+        }
+        acme_tsig_key_free(&cfg.tsig);
+    }
+}
+
 static void
 test_dns01_name_and_value(void **state)
 {
@@ -247,6 +270,7 @@ main(void)
         cmocka_unit_test(test_tsig_bind_format),
         cmocka_unit_test(test_tsig_line_format),
         cmocka_unit_test(test_tsig_refused_without_secret_in_message),
+        cmocka_unit_test(test_rfc2136_key_signs),
         cmocka_unit_test(test_dns01_name_and_value),
         cmocka_unit_test(test_task_does_not_block_the_loop),
         cmocka_unit_test(test_task_cancel_does_not_wait),
