@@ -132,7 +132,7 @@ def test_dns_persist_until(pebble_next_factory, knot, nginx_factory, tmp_path):
     """dns-persist-01's persistUntil: a passed one does not count (no validation at the CA, the status and
     the log say it expired and give the record to create); one that passes before the certificate is
     renewed: issued, with a warning in the log (once), in the status per identifier and to acme_notify."""
-    from test_notify import events, make_script, wait_events
+    from test_notify import events, make_script
     import time
     pb = pebble_next_factory(dns_server=knot.dns_address)
     https = free_port()
@@ -187,5 +187,7 @@ def test_dns_persist_until(pebble_next_factory, knot, nginx_factory, tmp_path):
     assert w["dns_persist_until"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon)), w
     assert f"persistUntil={soon}" in w["dns_persist_warning"] and "is renewed" in w["dns_persist_warning"], w
     assert ng.log_text().count(w["dns_persist_warning"]) == 1, ng.log_text()
-    ev = [e for e in wait_events(out, 2) if e[0] == "persist-expiring"]
+    ev = wait_for(lambda: [e for e in events(out) if e[0] == "persist-expiring"] or None, 40, interval=0.2,
+                  what="the persist-expiring notification")
     assert len(ev) == 1 and ev[0][2]["ACME_WARNING"] == w["dns_persist_warning"], events(out)
+    assert ev[0][2]["ACME_DOMAINS"] == "until.example.test", ev
