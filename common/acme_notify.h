@@ -1,9 +1,9 @@
 /*
  * Notifications: the admin's program run on a certificate's events (issued, renewed, failed, expiring,
  * ari-moved, revoked, persist-expiring) as `PROGRAM EVENT NAME`, the details in ACME_* variables (names,
- * issuer, expiry, the paths of the chain and the key: never a key or any other secret). One run at a time, in order, each in a
- * thread of its own (acme_exec.c: time limit, output to the log); the loop only looks at a flag on a timer,
- * so a failing or hanging program never delays the loop or issuance.
+ * issuer, expiry, the paths of the chain and the key: never a key or any other secret). One run at a time,
+ * in order, each in a thread of its own (acme_exec.c: time limit, output to the log); the loop only looks at
+ * a flag on a timer, so a failing or hanging program never delays the loop or issuance.
  */
 #ifndef ACME_NOTIFY_H
 #define ACME_NOTIFY_H
