@@ -284,6 +284,7 @@ persist_note(acme_issue_t *job, const acme_dns_result_t *res)
             free(n->record_name);
             free(n->record_value);
             free(n->warning);
+            break;
         }
     }
     if (ident != NULL && n == NULL) {
@@ -308,10 +309,10 @@ persist_note(acme_issue_t *job, const acme_dns_result_t *res)
 void
 acme_issue_persist_judge(acme_issue_t *job, time_t not_after)
 {
-    acme_certmeta_t  old;
-    acme_persist_note_t *all;
-    size_t           i, nall, fresh = 0;
-    int              have;
+    acme_certmeta_t       old;
+    acme_persist_note_t  *all;
+    size_t                i, nall, fresh = 0;
+    int                   have;
 
     if (job->persist_judged || job->npersist_notes == 0) {
         return;
