@@ -51,6 +51,9 @@ typedef struct {
     char            *ca_url;
     acme_ident_error_t *ident_errors;  /* of the last failed issuance */
     size_t           nident_errors;
+    int              persist_checked;   /* the last failed issuance checked dns-persist-01 records: */
+    acme_persist_note_t *persist_notes; /* the certificate's notes after it */
+    size_t           npersist_notes;
 } ctl_t;
 
 /* A blocking wait on the loop for one asynchronous operation. */
@@ -372,12 +375,19 @@ static void
 issue_done(void *arg, const char *name, const acme_err_t *err)
 {
     issue_wait_t *iw = arg;
+    size_t        fresh;
 
     iw->name = acme_strdup(name);
     if (err != NULL) {
         acme_ident_errors_free(iw->ctl->ident_errors, iw->ctl->nident_errors);
         iw->ctl->nident_errors = acme_issue_take_ident_errors(&iw->ctl->ident_errors);
     }
+    acme_persist_notes_free(iw->ctl->persist_notes, iw->ctl->npersist_notes);
+    iw->ctl->persist_notes = NULL;
+    iw->ctl->npersist_notes = 0;
+    /* after a success they are stored with the certificate; record_failure stores them otherwise */
+    iw->ctl->persist_checked = err != NULL && acme_issue_take_persist_notes(&iw->ctl->persist_notes,
+                                                                           &iw->ctl->npersist_notes, &fresh);
     wait_done(&iw->w, err);
 }
 
@@ -799,6 +809,14 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err, const first_
         f.nident_errors = ctl->nident_errors;
         ctl->ident_errors = NULL;
         ctl->nident_errors = 0;
+    }
+    if (ctl->persist_checked) {
+        acme_persist_notes_free(f.persist_notes, f.npersist_notes);
+        f.persist_notes = ctl->persist_notes;
+        f.npersist_notes = ctl->npersist_notes;
+        ctl->persist_notes = NULL;
+        ctl->npersist_notes = 0;
+        ctl->persist_checked = 0;
     }
     if (acme_store_meta_save(ctl->store, &f, &serr) == 0) {
         fprintf(stderr, "acmectl: next attempt not before %s\n",
@@ -1277,6 +1295,7 @@ cert_json(ctl_t *ctl, const acme_certmeta_t *m)
                                                 : m->failures ? "failing" : "valid"));
     json_object_set_new(o, "last_error", m->last_error ? json_string(m->last_error) : json_null());
     json_object_set_new(o, "identifier_errors", acme_certmeta_ident_errors_json(m));
+    json_object_set_new(o, "identifier_warnings", acme_certmeta_ident_warnings_json(m));
     json_object_set_new(o, "failures", json_integer(m->failures));
     return o;
 }
@@ -2205,5 +2224,6 @@ main(int argc, char **argv)
     free(ctl.contact);
     acme_free_secret(ctl.eab_hmac, ctl.eab_hmac ? strlen(ctl.eab_hmac) : 0);
     acme_ident_errors_free(ctl.ident_errors, ctl.nident_errors);
+    acme_persist_notes_free(ctl.persist_notes, ctl.npersist_notes);
     return rc;
 }

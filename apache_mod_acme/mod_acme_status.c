@@ -89,6 +89,8 @@ status_from_store(request_rec *r)
                                                                      : json_null());
         json_object_set_new(o, "identifier_errors", have ? acme_certmeta_ident_errors_json(&meta)
                                                          : json_array());
+        json_object_set_new(o, "identifier_warnings", have ? acme_certmeta_ident_warnings_json(&meta)
+                                                           : json_array());
         if (have) {
             acme_certmeta_free(&meta);
         }

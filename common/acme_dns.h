@@ -143,8 +143,15 @@ int acme_dns_unpublish(const acme_dns_config_t *cfg, const char *name, const cha
 typedef struct acme_dns_task_s acme_dns_task_t;
 
 
-/* err NULL: done. Called from the loop, never from inside start; the task is gone when this runs. */
-typedef void (*acme_dns_done_pt)(void *arg, const acme_err_t *err);
+/* What a task found, beside success or failure. */
+typedef struct {
+    long long    persist_until;     /* dns-persist-01's check: the matching record's persistUntil; 0: none */
+    const char  *persist_txt;       /* its TXT value; NULL: no record matched (or no check) */
+} acme_dns_result_t;
+
+/* err NULL: done. Called from the loop, never from inside start; the task is gone when this runs (res
+ * stays valid during the call only). */
+typedef void (*acme_dns_done_pt)(void *arg, const acme_err_t *err, const acme_dns_result_t *res);
 
 /*
  * publish: adds name=value and waits for propagation; otherwise removes every record of recs (all

@@ -47,9 +47,10 @@ int acme_dns_acmedns_update(const acme_dns_config_t *cfg, const acme_dns_record_
     const acme_dns_target_t *t, acme_err_t *err);
 
 /* dns-persist-01: a read-only query finds a TXT record at rec->name that authorizes the account
- * (rec->value) for one of rec->issuers; a persistUntil within 30 days adds a warning line ("!...") to out. */
-int acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, char **out,
-    acme_err_t *err);
+ * (rec->value) for one of rec->issuers. until, txt (may be NULL): its persistUntil (0: none) and its value
+ * (malloc'd). A record whose persistUntil has passed does not count; the error says so. */
+int acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, long long *until,
+    char **txt, acme_err_t *err);
 
 /* Appends to a malloc'd text (*out may be NULL); nothing when out is NULL. */
 void acme_dns_out_append(char **out, const char *text, size_t len);

@@ -514,7 +514,7 @@ acme_dns_publish_record(const acme_dns_config_t *cfg, const acme_dns_record_t *r
     if (rec->type != NULL && strcmp(rec->type, "dns-persist-01") == 0 && rec->issuers != NULL) {
         /* a challenge's record: checked, never published nor removed (the admin's, published once
          * with acmectl dns-persist-record --publish, has no issuers) */
-        return add ? acme_dns_persist_check(cfg, rec, out, err) : 0;
+        return add ? acme_dns_persist_check(cfg, rec, NULL, NULL, err) : 0;
     }
     lookup = acme_dns_resolver(cfg->resolver, 53, 1, NULL, err);
     if (lookup == NULL) {

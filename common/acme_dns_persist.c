@@ -14,8 +14,6 @@
 #include <strings.h>
 #include <time.h>
 
-#define PERSIST_WARN_S   (30L * 86400)       /* persistUntil this close: a warning */
-
 char *
 acme_dns_persist_name(const char *domain)
 {
@@ -115,7 +113,14 @@ acme_dns_persist_match(const char *txt, char *const *issuers, size_t nissuers, c
         return 0;
     }
     if (pu != 0 && (long long) now > pu) {
-        snprintf(why, whylen, "its persistUntil=%lld has passed", pu);
+        char       tb[32] = "";
+        time_t     t = (time_t) pu;
+        struct tm  tm;
+
+        if (gmtime_r(&t, &tm) != NULL) {
+            strftime(tb, sizeof(tb), " (%Y-%m-%dT%H:%M:%SZ)", &tm);
+        }
+        snprintf(why, whylen, "its persistUntil=%lld%s has passed: the CA no longer accepts it", pu, tb);
         return 0;
     }
     *until = pu;
@@ -123,8 +128,8 @@ acme_dns_persist_match(const char *txt, char *const *issuers, size_t nissuers, c
 }
 
 int
-acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, char **out,
-    acme_err_t *err)
+acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, long long *until_out,
+    char **txt_out, acme_err_t *err)
 {
     ldns_resolver  *res;
     ldns_rdf       *dname;
@@ -192,12 +197,12 @@ acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *re
                      reasons[0] ? " (" : "", reasons, reasons[0] ? ")" : "", rec->name, want);
         goto done;
     }
-    if (until != 0 && until - (long long) time(NULL) < PERSIST_WARN_S) {
-        char line[600];
-        int  n = snprintf(line, sizeof(line), "!dns-persist-01 record %s for %s: its persistUntil=%lld passes "
-                          "in %lld day(s); renew the record before then\n", rec->name, ident, until,
-                          (until - (long long) time(NULL)) / 86400);
-        acme_dns_out_append(out, line, (size_t) n < sizeof(line) ? (size_t) n : sizeof(line) - 1);
+    if (txt_out != NULL && (*txt_out = acme_strdup(txt)) == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
+    if (until_out != NULL) {
+        *until_out = until;
     }
     rc = 0;
 done:

@@ -33,6 +33,8 @@ struct acme_dns_task_s {
     int                        failed;
     acme_err_t                 err;
     char                      *out;     /* what hooks printed: logged from the loop */
+    long long                  persist_until;   /* dns-persist-01's check (acme_dns_result_t) */
+    char                      *persist_txt;
 };
 
 static void
@@ -50,6 +52,7 @@ task_free(acme_dns_task_t *t)
     }
     free(t->recs);
     free(t->out);
+    free(t->persist_txt);
     free(t);
 }
 
@@ -62,7 +65,14 @@ task_thread(void *p)
     int               rc;
 
     for (i = 0; i < t->nrecs && !atomic_load(&t->stop); i++) {
-        rc = acme_dns_publish_record(&t->cfg, &t->recs[i], t->publish, &t->stop, &t->out, &e);
+        if (t->publish && t->recs[i].issuers != NULL && t->recs[i].type != NULL
+            && strcmp(t->recs[i].type, "dns-persist-01") == 0)
+        {
+            /* a challenge's record: only checked; what matched goes back to the caller */
+            rc = acme_dns_persist_check(&t->cfg, &t->recs[i], &t->persist_until, &t->persist_txt, &e);
+        } else {
+            rc = acme_dns_publish_record(&t->cfg, &t->recs[i], t->publish, &t->stop, &t->out, &e);
+        }
         if (rc != 0 && !t->failed) {
             t->err = e;
             t->failed = 1;
@@ -82,6 +92,8 @@ task_poll(void *p)
     acme_dns_done_pt   done = t->done;
     void              *arg = t->arg;
     acme_err_t         e;
+    acme_dns_result_t  res;
+    char              *txt;
     int                failed;
 
     t->timer = NULL;
@@ -97,15 +109,16 @@ task_poll(void *p)
     if (t->out != NULL) {
         char *line, *save = NULL;
         for (line = strtok_r(t->out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-            if (line[0] == '!') {
-                acme_log(t->loop, ACME_LOG_WARN, "acme: %s", line + 1);
-            } else {
-                acme_log(t->loop, ACME_LOG_NOTICE, "acme: DNS %s", line);
-            }
+            acme_log(t->loop, ACME_LOG_NOTICE, "acme: DNS %s", line);
         }
     }
+    txt = t->persist_txt;
+    t->persist_txt = NULL;
+    res.persist_until = t->persist_until;
+    res.persist_txt = txt;
     task_free(t);
-    done(arg, failed ? &e : NULL);
+    done(arg, failed ? &e : NULL, &res);
+    free(txt);
 }
 
 acme_dns_task_t *

@@ -34,6 +34,10 @@ store_certificate(acme_issue_t *job, const char *pem, size_t len, STACK_OF(X509)
     m.not_after = info.not_after;
     m.ari_cert_id = acme_ari_cert_id(sk_X509_value(chain, 0), NULL);
     m.issued_at = time(NULL);
+    /* dns-persist-01 records that pass before this certificate is renewed: logged, kept for the status */
+    acme_issue_persist_judge(job, info.not_after);
+    m.persist_notes = job->persist_all;
+    m.npersist_notes = job->npersist_all;
 
     chain_pem = acme_pem_chain_string(chain, &chain_len, err);
     key_pem = chain_pem ? acme_key_to_pem(job->cert_key, &key_len, err) : NULL;

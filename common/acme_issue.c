@@ -47,6 +47,8 @@ job_free(acme_issue_t *job)
     }
     EVP_PKEY_free(job->cert_key);
     acme_ident_errors_free(job->ident_errors, job->nident_errors);
+    acme_persist_notes_free(job->persist_notes, job->npersist_notes);
+    acme_persist_notes_free(job->persist_all, job->npersist_all);
     free(job->chall_url);
     free(job->chain_pem);
     for (i = 0; i < job->nalternates; i++) {
@@ -64,6 +66,10 @@ job_free(acme_issue_t *job)
  * is gone by then: its lock must be free when done starts the next attempt). One loop per thread. */
 static __thread acme_ident_error_t  *finishing_errors;
 static __thread size_t               finishing_nerrors;
+/* and its dns-persist-01 notes (finishing_checked: it checked records) */
+static __thread int                   finishing_checked;
+static __thread acme_persist_note_t  *finishing_notes;
+static __thread size_t                finishing_nnotes, finishing_fresh;
 
 size_t
 acme_issue_take_ident_errors(acme_ident_error_t **errs)
@@ -76,6 +82,20 @@ acme_issue_take_ident_errors(acme_ident_error_t **errs)
     return n;
 }
 
+int
+acme_issue_take_persist_notes(acme_persist_note_t **notes, size_t *n, size_t *fresh)
+{
+    int checked = finishing_checked;
+
+    *notes = finishing_notes;
+    *n = finishing_nnotes;
+    *fresh = finishing_fresh;
+    finishing_checked = 0;
+    finishing_notes = NULL;
+    finishing_nnotes = finishing_fresh = 0;
+    return checked;
+}
+
 void
 acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err)
 {
@@ -84,13 +104,24 @@ acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err)
     char               *name = job->name;
     acme_ident_error_t *errs = NULL, *outer_errs = finishing_errors;
     size_t              nerrs = 0, outer_n = finishing_nerrors;
+    acme_persist_note_t *notes, *outer_notes = finishing_notes;
+    size_t              nnotes, fresh, outer_nnotes = finishing_nnotes, outer_fresh = finishing_fresh;
+    int                 checked, outer_checked = finishing_checked;
 
     /* DNS records are removed first, off the loop; this is called again afterwards */
     if (acme_issue_dns_cleanup(job, err)) {
         return;
     }
+    /* after a failure, judged against the certificate still in service */
+    acme_issue_persist_judge(job, 0);
     job->name = NULL;
     job->state = J_DONE;
+    checked = job->npersist_notes > 0;
+    notes = job->persist_all;
+    nnotes = job->npersist_all;
+    fresh = job->npersist_fresh;
+    job->persist_all = NULL;
+    job->npersist_all = 0;
     if (err != NULL) {
         errs = job->ident_errors;
         nerrs = job->nident_errors;
@@ -100,11 +131,20 @@ acme_issue_job_finish(acme_issue_t *job, const acme_err_t *err)
     job_free(job);
     finishing_errors = errs;
     finishing_nerrors = nerrs;
+    finishing_checked = checked;
+    finishing_notes = notes;
+    finishing_nnotes = nnotes;
+    finishing_fresh = fresh;
     done(arg, name, err);
     /* whatever done did not take */
     acme_ident_errors_free(finishing_errors, finishing_nerrors);
+    acme_persist_notes_free(finishing_notes, finishing_nnotes);
     finishing_errors = outer_errs;
     finishing_nerrors = outer_n;
+    finishing_checked = outer_checked;
+    finishing_notes = outer_notes;
+    finishing_nnotes = outer_nnotes;
+    finishing_fresh = outer_fresh;
     free(name);
 }
 

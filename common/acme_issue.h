@@ -61,6 +61,10 @@ void acme_issue_cancel(acme_issue_t *job);
  * caller (free with acme_ident_errors_free). Returns their number, 0 when the failure was not an
  * identifier's. */
 size_t acme_issue_take_ident_errors(acme_ident_error_t **errs);
+/* Inside done only: 1 when the finishing job checked dns-persist-01 records, with the certificate's notes
+ * after it (*notes: replace the old ones with these; free with acme_persist_notes_free; NULL when none
+ * remain), of which the last *fresh are this job's warnings; 0 when it checked none (keep the old). */
+int acme_issue_take_persist_notes(acme_persist_note_t **notes, size_t *n, size_t *fresh);
 /* What the job is doing now ("authorizing example.org", "finalizing", ...), for status pages. */
 const char *acme_issue_state(acme_issue_t *job);
 /* Counts changes of acme_issue_state(): a status page is rebuilt only when it moved. */

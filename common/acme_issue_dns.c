@@ -153,11 +153,12 @@ acme_issue_dns_load(acme_issue_t *job, acme_err_t *err)
 }
 
 static void
-publish_done(void *arg, const acme_err_t *err)
+publish_done(void *arg, const acme_err_t *err, const acme_dns_result_t *res)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
+    (void) res;
     job->dns_task = NULL;
     if (err != NULL) {
         e = *err;
@@ -218,11 +219,12 @@ fail:
 }
 
 static void
-cleanup_done(void *arg, const acme_err_t *err)
+cleanup_done(void *arg, const acme_err_t *err, const acme_dns_result_t *res)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
+    (void) res;
     job->dns_task = NULL;
     if (err != NULL) {
         /* kept in the store: the next run tries again */
@@ -267,13 +269,88 @@ acme_issue_dns_cleanup(acme_issue_t *job, const acme_err_t *err)
 
 /* ---- dns-persist-01 ---- */
 
+/* The latest check of an identifier's record replaces an earlier one of the same job. */
 static void
-persist_done(void *arg, const acme_err_t *err)
+persist_note(acme_issue_t *job, const acme_dns_result_t *res)
+{
+    acme_persist_note_t  *n = NULL;
+    char                 *ident = acme_sprintf("dns:%s", job->dns_ident);
+    size_t                i;
+
+    for (i = 0; ident != NULL && i < job->npersist_notes; i++) {
+        if (strcmp(job->persist_notes[i].ident, ident) == 0) {
+            n = &job->persist_notes[i];
+            free(n->ident);
+            free(n->record_name);
+            free(n->record_value);
+            free(n->warning);
+            break;
+        }
+    }
+    if (ident != NULL && n == NULL) {
+        n = realloc(job->persist_notes, (job->npersist_notes + 1) * sizeof(*n));
+        if (n != NULL) {
+            job->persist_notes = n;
+            n = &n[job->npersist_notes++];
+        }
+    }
+    if (n == NULL) {
+        free(ident);
+        return;     /* out of memory: no warning this time */
+    }
+    memset(n, 0, sizeof(*n));
+    n->ident = ident;
+    n->record_name = acme_strdup(job->persist_name);
+    n->record_value = res != NULL && res->persist_txt != NULL ? acme_strdup(res->persist_txt) : NULL;
+    n->until = res != NULL ? (time_t) res->persist_until : 0;
+    n->at = time(NULL);
+}
+
+void
+acme_issue_persist_judge(acme_issue_t *job, time_t not_after)
+{
+    acme_certmeta_t       old;
+    acme_persist_note_t  *all;
+    size_t                i, nall, fresh = 0;
+    int                   have;
+
+    if (job->persist_judged || job->npersist_notes == 0) {
+        return;
+    }
+    job->persist_judged = 1;
+    memset(&old, 0, sizeof(old));
+    have = acme_store_meta_load(job->store, job->name, &old, NULL) == 0;
+    if (not_after == 0 && have) {
+        not_after = old.not_after;
+    }
+    for (i = 0; i < job->npersist_notes; i++) {
+        if (acme_persist_judge(&job->persist_notes[i], job->name, not_after, time(NULL)) == 1) {
+            /* once per check: this job's */
+            acme_log(job->loop, ACME_LOG_WARN, "acme: \"%s\": %s", job->name, job->persist_notes[i].warning);
+            fresh++;
+        }
+    }
+    if (acme_persist_notes_merge(have ? old.persist_notes : NULL, have ? old.npersist_notes : 0,
+                                 job->persist_notes, job->npersist_notes, job->ids, job->nids, &all, &nall)
+        == 0)
+    {
+        job->persist_all = all;
+        job->npersist_all = nall;
+        job->npersist_fresh = fresh;
+    }
+    if (have) {
+        acme_certmeta_free(&old);
+    }
+}
+
+static void
+persist_done(void *arg, const acme_err_t *err, const acme_dns_result_t *res)
 {
     acme_issue_t  *job = arg;
     acme_err_t     e;
 
     job->dns_task = NULL;
+    persist_note(job, err == NULL ? res : NULL);
     if (err != NULL) {
         /* the challenge is not posted: no failed validation at the CA; the job is retried later */
         e = *err;

@@ -116,6 +116,12 @@ struct acme_issue_s {
     char                    dns_type[20];   /* its challenge type ("dns-01", "dns-account-01") */
     char                   *persist_name;   /* dns-persist-01: the record being checked, for the status */
     char                   *persist_value;  /* the value the admin should give it */
+    acme_persist_note_t    *persist_notes;  /* dns-persist-01: each record checked (acme_persist_note.c) */
+    size_t                  npersist_notes;
+    int                     persist_judged; /* persist_all: the certificate's notes after this job */
+    acme_persist_note_t    *persist_all;
+    size_t                  npersist_all;
+    size_t                  npersist_fresh; /* the last of persist_all: this job's warnings */
     int                     dns_finishing;  /* the records are being removed before done */
     int                     dns_finish_failed;
     acme_err_t              dns_finish_err;
@@ -130,6 +136,9 @@ void acme_issue_ident_error_add(acme_issue_t *job, const char *type, const char 
 void acme_issue_ident_error_record(acme_issue_t *job, const char *type, const char *value, const char *name,
     const char *txt);
 void acme_issue_ident_errors_from_problem(acme_issue_t *job, const acme_problem_t *p);
+/* acme_issue_dns.c: judges the dns-persist-01 records the job checked against the certificate in service
+ * (not_after; 0: the stored one's), logs each warning once, and sets persist_all (once per job). */
+void acme_issue_persist_judge(acme_issue_t *job, time_t not_after);
 void acme_issue_job_fail(acme_issue_t *job, const acme_err_t *err);
 void acme_issue_job_set_state(acme_issue_t *job, job_state_t st, const char *fmt, const char *arg);
 void acme_issue_job_later(acme_issue_t *job, long ms);

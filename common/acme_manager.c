@@ -206,7 +206,7 @@ acme_manager_notify_busy(acme_manager_t *m)
 /* One event of c for the notification program, if there is one. */
 static void
 cert_notify_by(mcert_t *c, size_t issuer_i, const char *event, const char *error, time_t ari_start,
-    time_t ari_end)
+    time_t ari_end, const char *warning)
 {
     acme_notify_event_t  ev;
     char                *domains;
@@ -234,6 +234,7 @@ cert_notify_by(mcert_t *c, size_t issuer_i, const char *event, const char *error
     ev.error = error;
     ev.ari_start = ari_start;
     ev.ari_end = ari_end;
+    ev.warning = warning;
     acme_notify_event(c->m->notify, &ev);
     free(domains);
 }
@@ -241,7 +242,33 @@ cert_notify_by(mcert_t *c, size_t issuer_i, const char *event, const char *error
 static void
 cert_notify(mcert_t *c, const char *event, const char *error, time_t ari_start, time_t ari_end)
 {
-    cert_notify_by(c, c->issuer_i, event, error, ari_start, ari_end);
+    cert_notify_by(c, c->issuer_i, event, error, ari_start, ari_end, NULL);
+}
+
+/*
+ * Inside issue_done: the dns-persist-01 records the job checked. A warning of this job's (logged by it)
+ * runs "persist-expiring"; replace: the certificate's notes become the job's (after a failure: a success
+ * stored them with the certificate, and cert_reload read them).
+ */
+static void
+cert_persist_notes(mcert_t *c, int replace)
+{
+    acme_persist_note_t  *notes;
+    size_t                n, fresh, i;
+
+    if (!acme_issue_take_persist_notes(&notes, &n, &fresh)) {
+        return;
+    }
+    for (i = n - fresh; i < n; i++) {
+        cert_notify_by(c, c->issuer_i, "persist-expiring", NULL, 0, 0, notes[i].warning);
+    }
+    if (!replace) {
+        acme_persist_notes_free(notes, n);
+        return;
+    }
+    acme_persist_notes_free(c->meta.persist_notes, c->meta.npersist_notes);
+    c->meta.persist_notes = notes;
+    c->meta.npersist_notes = n;
 }
 
 /*
@@ -653,7 +680,8 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
         if (m->host.cert_updated != NULL) {
             m->host.cert_updated(m->host.data, c->name);
         }
-        cert_notify_by(c, issued_by, before != 0 ? "renewed" : "issued", NULL, 0, 0);
+        cert_notify_by(c, issued_by, before != 0 ? "renewed" : "issued", NULL, 0, 0, NULL);
+        cert_persist_notes(c, 0);
         cert_schedule(c);
         return;
     }
@@ -672,6 +700,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
             c->meta.nident_errors = n;
         }
     }
+    cert_persist_notes(c, 1);
     if (c->issuer_i + 1 < c->nissuers && err->kind != ACME_ERR_STORE) {
         acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": issuer \"%s\" failed, trying \"%s\": %s", c->name,
                  m->issuers[c->issuers[c->issuer_i]]->name, m->issuers[c->issuers[c->issuer_i + 1]]->name,
@@ -1133,6 +1162,7 @@ acme_manager_status(acme_manager_t *m)
         json_object_set_new(o, "last_error", c->meta.last_error ? json_string(c->meta.last_error)
                                                                 : json_null());
         json_object_set_new(o, "identifier_errors", acme_certmeta_ident_errors_json(&c->meta));
+        json_object_set_new(o, "identifier_warnings", acme_certmeta_ident_warnings_json(&c->meta));
         if (c->meta.ca_wait_until > now) {
             json_object_set_new(o, "ca_retry_after",
                                 json_string(acme_time_format(c->meta.ca_wait_until, b, sizeof(b))));

@@ -258,6 +258,9 @@ acme_notify_event(acme_notify_t *n, const acme_notify_event_t *ev)
     if (ev->error != NULL) {
         j->vars[k++] = acme_sprintf("ACME_ERROR=%s", ev->error);
     }
+    if (ev->warning != NULL) {
+        j->vars[k++] = acme_sprintf("ACME_WARNING=%s", ev->warning);
+    }
     if (ev->ari_start != 0) {
         j->vars[k++] = acme_sprintf("ACME_ARI_START=%s", acme_time_format(ev->ari_start, b1, sizeof(b1)));
         j->vars[k++] = acme_sprintf("ACME_ARI_END=%s", acme_time_format(ev->ari_end, b2, sizeof(b2)));

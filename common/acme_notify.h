@@ -1,9 +1,9 @@
 /*
  * Notifications: the admin's program run on a certificate's events (issued, renewed, failed, expiring,
- * ari-moved, revoked) as `PROGRAM EVENT NAME`, the details in ACME_* variables (names, issuer, expiry, the
- * paths of the chain and the key: never a key or any other secret). One run at a time, in order, each in a
- * thread of its own (acme_exec.c: time limit, output to the log); the loop only looks at a flag on a timer,
- * so a failing or hanging program never delays the loop or issuance.
+ * ari-moved, revoked, persist-expiring) as `PROGRAM EVENT NAME`, the details in ACME_* variables (names,
+ * issuer, expiry, the paths of the chain and the key: never a key or any other secret). One run at a time,
+ * in order, each in a thread of its own (acme_exec.c: time limit, output to the log); the loop only looks at
+ * a flag on a timer, so a failing or hanging program never delays the loop or issuance.
  */
 #ifndef ACME_NOTIFY_H
 #define ACME_NOTIFY_H
@@ -30,6 +30,7 @@ typedef struct {
     const char  *issuer;        /* NULL: none */
     time_t       not_after;     /* 0: none */
     const char  *error;         /* failed: what failed; NULL otherwise */
+    const char  *warning;       /* persist-expiring: the warning; NULL otherwise */
     time_t       ari_start, ari_end;    /* ari-moved */
 } acme_notify_event_t;
 

@@ -34,6 +34,7 @@ static const char style[] =
     "tr.pending .state,tr.renewing .state{color:#a60}"
     "tr.valid .state{color:#070}"
     ".error{color:#b00;margin:.3em 0 0;white-space:pre-wrap;word-break:break-word}"
+    ".warning{color:#850;margin:.3em 0 0;white-space:pre-wrap;word-break:break-word}"
     "button{font:inherit;padding:.2em .8em}";
 
 /* &<>"' as entities; the rest of the (UTF-8, from jansson) text as is */
@@ -234,6 +235,7 @@ static int
 cell_state(acme_buf_t *b, json_t *c)
 {
     json_t      *errs = json_object_get(c, "identifier_errors");
+    json_t      *warns = json_object_get(c, "identifier_warnings");
     const char  *err = str(c, "last_error"), *progress = str(c, "progress");
     json_int_t   failures = json_integer_value(json_object_get(c, "failures"));
     size_t       i;
@@ -263,6 +265,16 @@ cell_state(acme_buf_t *b, json_t *c)
             rc |= acme_buf_printf(b, "<p class=\"error\">");
             rc |= html_text(b, id);
             rc |= acme_buf_printf(b, ": ");
+            rc |= html_text(b, text);
+            rc |= acme_buf_printf(b, "</p>");
+        }
+    }
+    /* dns-persist-01 records that pass before the next renewal: the text names the identifier */
+    for (i = 0; i < json_array_size(warns); i++) {
+        const char *text = str(json_array_get(warns, i), "dns_persist_warning");
+
+        if (text != NULL) {
+            rc |= acme_buf_printf(b, "<p class=\"warning\">Warning: ");
             rc |= html_text(b, text);
             rc |= acme_buf_printf(b, "</p>");
         }

@@ -231,6 +231,7 @@ acme_certmeta_free(acme_certmeta_t *m)
     free(m->ari_explanation_url);
     free(m->last_error);
     acme_ident_errors_free(m->ident_errors, m->nident_errors);
+    acme_persist_notes_free(m->persist_notes, m->npersist_notes);
     memset(m, 0, sizeof(*m));
 }
 
@@ -295,6 +296,31 @@ acme_certmeta_ident_errors_json(const acme_certmeta_t *m)
     return arr;
 }
 
+json_t *
+acme_certmeta_ident_warnings_json(const acme_certmeta_t *m)
+{
+    json_t                     *arr = json_array(), *e;
+    const acme_persist_note_t  *n;
+    size_t                      i;
+    char                        tu[32], ta[32];
+
+    for (i = 0; arr != NULL && i < m->npersist_notes; i++) {
+        n = &m->persist_notes[i];
+        if (n->warning == NULL) {
+            continue;
+        }
+        e = json_pack("{s:s, s:{s:s?, s:s?}, s:s, s:s, s:s}", "identifier", n->ident, "dns_persist_record",
+                      "name", n->record_name, "value", n->record_value,
+                      "dns_persist_until", acme_time_format(n->until, tu, sizeof(tu)),
+                      "dns_persist_warning", n->warning, "at", acme_time_format(n->at, ta, sizeof(ta)));
+        if (e == NULL || json_array_append_new(arr, e) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
 char *
 acme_certmeta_to_json(const acme_certmeta_t *m)
 {
@@ -345,6 +371,10 @@ acme_certmeta_to_json(const acme_certmeta_t *m)
     if (m->nident_errors > 0) {
         json_t *arr = acme_certmeta_ident_errors_json(m);
         rc |= arr ? json_object_set_new(o, "identifier_errors", arr) : -1;
+    }
+    if (m->npersist_notes > 0) {
+        json_t *arr = acme_certmeta_ident_warnings_json(m);     /* the status's form */
+        rc |= arr ? json_object_set_new(o, "dns_persist_warnings", arr) : -1;
     }
     if (rc != 0) {
         json_decref(o);
@@ -524,6 +554,62 @@ meta_get_ids(json_t *o, acme_certmeta_t *m, acme_err_t *err)
     return 0;
 }
 
+/* "dns_persist_warnings": as acme_certmeta_ident_warnings_json writes it */
+static int
+meta_get_persist_notes(json_t *o, acme_certmeta_t *m, acme_err_t *err)
+{
+    json_t               *v, *it, *r;
+    size_t                i, n;
+    acme_persist_note_t  *p;
+
+    v = json_object_get(o, "dns_persist_warnings");
+    if (v == NULL || json_is_null(v)) {
+        return 0;
+    }
+    n = json_is_array(v) ? json_array_size(v) : 0;
+    if (!json_is_array(v) || n > META_IDENT_ERRORS_MAX) {
+        acme_err_set(err, ACME_ERR_STORE, "\"dns_persist_warnings\" is not an array of at most %d entries",
+                     META_IDENT_ERRORS_MAX);
+        return -1;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    m->persist_notes = calloc(n, sizeof(*m->persist_notes));
+    if (m->persist_notes == NULL) {
+        acme_err_set(err, ACME_ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        it = json_array_get(v, i);
+        p = &m->persist_notes[i];
+        m->npersist_notes = i + 1;
+        r = json_is_object(it) ? json_object_get(it, "dns_persist_record") : NULL;
+        if (!json_is_object(it) || !json_is_object(r)
+            || meta_get_str(it, "identifier", &p->ident, err) != 0
+            || meta_get_str(r, "name", &p->record_name, err) != 0
+            || meta_get_str(r, "value", &p->record_value, err) != 0
+            || meta_get_time(it, "dns_persist_until", &p->until, err) != 0
+            || meta_get_str(it, "dns_persist_warning", &p->warning, err) != 0
+            || meta_get_time(it, "at", &p->at, err) != 0)
+        {
+            if (json_is_object(it) && json_is_object(r)) {
+                acme_err_prefix(err, "\"dns_persist_warnings\"[%zu]", i);
+            } else {
+                acme_err_set(err, ACME_ERR_STORE, "\"dns_persist_warnings\"[%zu] is not an object with "
+                             "\"dns_persist_record\"", i);
+            }
+            return -1;
+        }
+        if (p->ident == NULL || p->warning == NULL) {
+            acme_err_set(err, ACME_ERR_STORE, "\"dns_persist_warnings\"[%zu]: needs \"identifier\" and "
+                         "\"dns_persist_warning\"", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int
 acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_t *err)
 {
@@ -577,7 +663,8 @@ acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_
         || meta_get_time(o, "last_error_at", &m->last_error_at, err) != 0
         || meta_get_time(o, "ca_wait_until", &m->ca_wait_until, err) != 0
         || meta_get_time(o, "expiring_notified", &m->expiring_notified, err) != 0
-        || meta_get_ident_errors(o, m, err) != 0)
+        || meta_get_ident_errors(o, m, err) != 0
+        || meta_get_persist_notes(o, m, err) != 0)
     {
         goto done;
     }

@@ -273,6 +273,37 @@ typedef struct {
 
 void  acme_ident_errors_free(acme_ident_error_t *e, size_t n);
 
+/*
+ * dns-persist-01: one identifier's record as last checked. In a job's list every checked identifier has one
+ * (warning NULL: nothing to say); a certificate's metadata keeps only those with a warning.
+ */
+typedef struct {
+    char           *ident;         /* "dns:example.org" */
+    char           *record_name;   /* "_validation-persist.example.org" */
+    char           *record_value;  /* the TXT value that matched */
+    time_t          until;         /* its persistUntil; 0: none */
+    char           *warning;       /* persistUntil comes too soon (acme_persist_judge); NULL: none */
+    time_t          at;            /* when it was checked */
+} acme_persist_note_t;
+
+/* persistUntil this close (or before the certificate expires, whichever is later): a warning. */
+#define ACME_PERSIST_WARN_S  (30L * 86400)
+
+void  acme_persist_notes_free(acme_persist_note_t *n, size_t count);
+/*
+ * Sets n->warning when n->until passes before max(now + ACME_PERSIST_WARN_S, not_after): the certificate
+ * in service (not_after; 0: none) is renewed before it expires, and that renewal needs the record again.
+ * cert: the certificate's name, for the text. 1 warned, 0 not, -1 out of memory.
+ */
+int   acme_persist_judge(acme_persist_note_t *n, const char *cert, time_t not_after, time_t now);
+/*
+ * A certificate's notes after a job that checked the records of checked[]: the old notes of identifiers
+ * still in ids that were not checked again, then the checked ones with a warning (copies). *out malloc'd
+ * (NULL when none). 0, or -1 out of memory.
+ */
+int   acme_persist_notes_merge(const acme_persist_note_t *old, size_t nold, const acme_persist_note_t *checked,
+    size_t nchecked, const acme_ident_t *ids, size_t nids, acme_persist_note_t **out, size_t *nout);
+
 typedef struct {
     char           *name;          /* certs/<name> */
     acme_ident_t   *ids;
@@ -297,6 +328,8 @@ typedef struct {
     acme_ident_error_t *ident_errors;   /* of the last failure that concerned identifiers; none after a
                                          * success */
     size_t          nident_errors;
+    acme_persist_note_t *persist_notes;     /* dns-persist-01 records with a warning */
+    size_t          npersist_notes;
     time_t          issued_at;     /* when we stored it */
     time_t          expiring_notified;  /* when the "expiring" notification ran for this certificate
                                          * (once per certificate: a new one starts at 0) */
@@ -307,6 +340,9 @@ void  acme_certmeta_free(acme_certmeta_t *m);
 char *acme_certmeta_to_json(const acme_certmeta_t *m);
 /* [{"identifier", "error", "at"}] for status pages (a new reference; an empty array when none). */
 json_t *acme_certmeta_ident_errors_json(const acme_certmeta_t *m);
+/* [{"identifier", "dns_persist_record": {"name", "value"}, "dns_persist_until", "dns_persist_warning", "at"}]
+ * for status pages (a new reference; an empty array when none). */
+json_t *acme_certmeta_ident_warnings_json(const acme_certmeta_t *m);
 int   acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_t *err);
 
 /*

@@ -141,6 +141,63 @@ def test_dns_persist_record_in_status(apache_factory, pebble_next_factory, knot,
         return status if status in (200, 202) else None
     harness.wait_for(renew, 10, interval=0.3, what="the renewal accepted")
     def issued():
+        # the CA's certificate (the self-signed fallback names *.persist.example.test too)
+        c = next(iter(json.loads(tls_get(a.https_port, "persist.example.test", "/acme-status")[1])["certificates"]))
         _, _, der, _ = tls_get(a.https_port, "a.persist.example.test")
-        return "DNS:*.persist.example.test" in sans(der)
+        return c["not_after"] and "DNS:*.persist.example.test" in sans(der)
     harness.wait_for(issued, 60, interval=0.3, what="the wildcard certificate through dns-persist-01")
+
+
+def test_dns_persist_until(apache_factory, pebble_next_factory, knot, procs, server_logs):
+    """persistUntil in Apache: a passed one does not count (no validation at the CA, /acme-status says it
+    expired); one that passes before the certificate is renewed: issued, with a warning in the log (once)
+    and per identifier in /acme-status."""
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    a = apache_factory(pb)
+    a.acme_global = f"ACMEChallenge dns-persist-01\nACMEDNSResolver {knot.address}\n"
+    a.vhosts = vhost_pair(a, "until.example.test", "", cert="until.example.test")
+    server_logs.allow(r"acme: .*dns-persist-01 for until\.example\.test: no TXT record")
+    server_logs.allow(r"acme: \"until\.example\.test\": dns-persist-01 record .* passes in")
+    a.start(procs)
+    name = "_validation-persist.until.example.test"
+
+    def cert(cond):
+        status, body, _, _ = tls_get(a.https_port, "until.example.test", "/acme-status")
+        assert status == 200
+        return next((c for c in json.loads(body)["certificates"] if cond(c)), None)
+
+    def renew():
+        status, _, _, _ = tls_get(a.https_port, "until.example.test", "/acme-status?renew=until.example.test",
+                                  method="POST")
+        return status if status in (200, 202) else None
+
+    # the account exists once the first attempt (no record yet) has failed
+    c = harness.wait_for(lambda: cert(lambda c: c.get("identifier_errors")), 60, interval=0.3,
+                         what="the first attempt's failure")
+    want = c["identifier_errors"][0]["dns_persist_record"]["value"]
+    past = int(time.time()) - 60
+    knot.knotc("zone-begin", "example.test")
+    knot.knotc("zone-set", "example.test", name + ".", "60", "TXT", f'"{want}; persistUntil={past}"')
+    knot.knotc("zone-commit", "example.test")
+    harness.wait_for(renew, 10, interval=0.3, what="the renewal accepted")
+    expired = f"its persistUntil={past} ({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(past))}) has passed"
+    harness.wait_for(lambda: cert(lambda c: c.get("identifier_errors")
+                                  and expired in c["identifier_errors"][0]["error"]), 60, interval=0.3,
+                     what="the expired record in /acme-status")
+    assert f'{expired}: the CA no longer accepts it): create `{name}. IN TXT "{want}"`' in a.log()
+    assert pb.proc.log_text().count("Pulled a task from the Tasks queue") == 0, "no validation at the CA"
+
+    soon = int(time.time()) + 3 * 86400
+    knot.knotc("zone-begin", "example.test")
+    knot.knotc("zone-unset", "example.test", name + ".", "TXT")
+    knot.knotc("zone-set", "example.test", name + ".", "60", "TXT", f'"{want}; persistUntil={soon}"')
+    knot.knotc("zone-commit", "example.test")
+    harness.wait_for(renew, 10, interval=0.3, what="the renewal accepted")
+    c = harness.wait_for(lambda: cert(lambda c: c.get("identifier_warnings")), 60, interval=0.3,
+                         what="the warning in /acme-status")
+    (w,) = c["identifier_warnings"]
+    assert w["identifier"] == "dns:until.example.test" and w["dns_persist_record"]["name"] == name, w
+    assert w["dns_persist_until"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon)), w
+    assert f"persistUntil={soon}" in w["dns_persist_warning"] and "is renewed" in w["dns_persist_warning"], w
+    assert c["identifier_errors"] == [] and c["not_after"], c
+    assert a.log().count(w["dns_persist_warning"]) == 1, a.log()

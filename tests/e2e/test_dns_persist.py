@@ -87,6 +87,8 @@ def test_dns_persist_wrong_records(acmectl_bin, tmp_path, pebble_next_factory, k
 
 
 def test_dns_persist_until_warns(acmectl_bin, tmp_path, pebble_next_factory, knot):
+    """persistUntil in 5 days, before the certificate (Pebble: 90 days) is renewed: issued, with a warning
+    in the log and, per identifier, in acmectl status --json."""
     pb = pebble_next_factory(dns_server=knot.dns_address)
     soon = int(time.time()) + 5 * 86400
     r = ctl(acmectl_bin, tmp_path, pb, "dns-persist-record", "--until", str(soon), "until.example.test")
@@ -95,10 +97,42 @@ def test_dns_persist_until_warns(acmectl_bin, tmp_path, pebble_next_factory, kno
     add_record(knot, r.stdout.strip())
     p = issue(acmectl_bin, tmp_path, pb, knot, "until.example.test")
     assert p.returncode == 0, p.stdout + p.stderr
-    # 5 days less the seconds since (or exactly 5 days, by a clock's rounding)
-    assert re.search(f"acme: dns-persist-01 record _validation-persist.until.example.test for until.example.test: "
-                     f"its persistUntil={soon} passes in [45] day\\(s\\); renew the record before then", p.stderr), \
-        p.stderr
+    # 5 days less the seconds since (or exactly 5 days, by a clock's rounding); once
+    warning = re.search(r"acme: \"until.example.test\": (dns-persist-01 record _validation-persist.until.example.test "
+                        f"for until.example.test: its persistUntil={soon} \\(\\S+Z\\) passes in [45] day\\(s\\), "
+                        r"before \"until.example.test\" \(valid until \S+Z\) is renewed; replace it by a record "
+                        r"with a later persistUntil, or none \(acmectl dns-persist-record prints it\))$",
+                        p.stderr, re.M)
+    assert warning and p.stderr.count("passes in") == 1, p.stderr
+    st = json.loads(ctl(acmectl_bin, tmp_path, pb, "status", "--json").stdout)
+    (c,) = st["certificates"]
+    (w,) = c["identifier_warnings"]
+    assert w["identifier"] == "dns:until.example.test", w
+    assert w["dns_persist_record"] == {"name": "_validation-persist.until.example.test",
+                                       "value": r.stdout.strip().split(" ", 3)[3].strip('"')}, w
+    assert w["dns_persist_until"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon)), w
+    assert w["dns_persist_warning"] == warning.group(1), w
+    assert c["identifier_errors"] == [] and c["state"] == "valid", c
+
+
+def test_dns_persist_until_passed(acmectl_bin, tmp_path, pebble_next_factory, knot):
+    """persistUntil passed: the record does not count, nothing is asked of the CA's validator, and the
+    message names the record, says it expired and gives the one to create."""
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    r = ctl(acmectl_bin, tmp_path, pb, "dns-persist-record", "past.example.test")
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = r.stdout.strip()
+    past = int(time.time()) - 3600
+    add_record(knot, want[:-1] + f'; persistUntil={past}"')
+    p = issue(acmectl_bin, tmp_path, pb, knot, "past.example.test")
+    assert p.returncode == 1, p.stdout + p.stderr
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(past))
+    assert (f"dns-persist-01 for past.example.test: no TXT record at _validation-persist.past.example.test "
+            f"authorizes this account (its persistUntil={past} ({when}) has passed: the CA no longer accepts it): "
+            f"create `{want}`") in p.stderr, p.stderr
+    assert challenge_statuses(pb) == 0, pb.proc.log_text()
+    (c,) = json.loads(ctl(acmectl_bin, tmp_path, pb, "status", "--json").stdout)["certificates"]
+    assert c["identifier_errors"][0]["dns_persist_record"]["name"] == "_validation-persist.past.example.test", c
 
 
 def test_dns_persist_record_published_once(acmectl_bin, tmp_path, pebble_next_factory, knot):

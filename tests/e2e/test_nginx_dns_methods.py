@@ -126,3 +126,68 @@ def test_dns_persist_record_in_status(pebble_next_factory, knot, nginx_factory, 
              what="the wildcard certificate through dns-persist-01")
     assert "DNS:*.persist.example.test" in cert_text(tls_cert(https, "a.persist.example.test"))
     assert "the dns-persist-01 record for *.persist.example.test authorizes this account" in ng.log_text()
+
+
+def test_dns_persist_until(pebble_next_factory, knot, nginx_factory, tmp_path):
+    """dns-persist-01's persistUntil: a passed one does not count (no validation at the CA, the status and
+    the log say it expired and give the record to create); one that passes before the certificate is
+    renewed: issued, with a warning in the log (once), in the status per identifier and to acme_notify."""
+    from test_notify import events, make_script
+    import time
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    https = free_port()
+    script, out = make_script(tmp_path / "n")
+    conf = issuer_block("pebble", pb, tmp_path / "state", challenge="dns-persist-01",
+                        extra=f"dns_resolver {knot.address};") + f"""
+    acme_notify {script};
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name until.example.test;
+        acme_certificate pebble until.example.test;
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
+    }}
+"""
+    ng = nginx_factory(conf, wait_port=https, allowed=[r"acme: "])
+    name = "_validation-persist.until.example.test"
+
+    def cert():
+        certs = https_get(https, "until.example.test", "/acme").json()["certificates"]
+        return certs[0] if certs else None
+
+    def set_record(value, replace=True):
+        knot.knotc("zone-begin", "example.test")
+        if replace:
+            knot.knotc("zone-unset", "example.test", name + ".", "TXT")
+        knot.knotc("zone-set", "example.test", name + ".", "60", "TXT", f'"{value}"')
+        knot.knotc("zone-commit", "example.test")
+
+    # the account exists once the first attempt (no record yet) has failed
+    wait_for(lambda: (lambda c: c if c and c["identifier_errors"] else None)(cert()), 60, interval=0.3,
+             what="the first attempt's failure")
+    url = json.loads(next((tmp_path / "state").rglob("account.json")).read_text())["url"]
+    want = f"pebble.letsencrypt.org; accounturi={url}"
+    past = int(time.time()) - 60
+    set_record(f"{want}; persistUntil={past}", replace=False)
+    assert force_renewal(https, "until.example.test", "until.example.test").status in (200, 202)
+    expired = f"its persistUntil={past} ({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(past))}) has passed"
+    c = wait_for(lambda: (lambda c: c if c and c["identifier_errors"]
+                          and expired in c["identifier_errors"][0]["error"] else None)(cert()),
+                 60, interval=0.3, what="the expired record in acme_status")
+    assert c["identifier_errors"][0]["dns_persist_record"] == {"name": name, "value": want}, c
+    assert f'{expired}: the CA no longer accepts it): create `{name}. IN TXT "{want}"`' in ng.log_text()
+    assert pb.proc.log_text().count("Pulled a task from the Tasks queue") == 0, "no validation at the CA"
+
+    soon = int(time.time()) + 3 * 86400
+    set_record(f"{want}; persistUntil={soon}")
+    assert force_renewal(https, "until.example.test", "until.example.test").status in (200, 202)
+    c = wait_for(lambda: (lambda c: c if c and c["state"] == "valid" else None)(cert()), 60, interval=0.3,
+                 what="the certificate through dns-persist-01")
+    (w,) = c["identifier_warnings"]
+    assert w["identifier"] == "dns:until.example.test" and w["dns_persist_record"]["name"] == name, w
+    assert w["dns_persist_until"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon)), w
+    assert f"persistUntil={soon}" in w["dns_persist_warning"] and "is renewed" in w["dns_persist_warning"], w
+    assert ng.log_text().count(w["dns_persist_warning"]) == 1, ng.log_text()
+    ev = wait_for(lambda: [e for e in events(out) if e[0] == "persist-expiring"] or None, 40, interval=0.2,
+                  what="the persist-expiring notification")
+    assert len(ev) == 1 and ev[0][2]["ACME_WARNING"] == w["dns_persist_warning"], events(out)
+    assert ev[0][2]["ACME_DOMAINS"] == "until.example.test", ev

@@ -128,10 +128,11 @@ typedef struct {
 } result_t;
 
 static void
-done(void *arg, const acme_err_t *err)
+done(void *arg, const acme_err_t *err, const acme_dns_result_t *res)
 {
     result_t *r = arg;
 
+    (void) res;
     r->calls++;
     r->failed = err != NULL;
     if (err != NULL) {

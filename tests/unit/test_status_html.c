@@ -66,7 +66,8 @@ test_escaping(void **state)
         " \"not_before\": \"2026-01-01T00:00:00Z\", \"not_after\": \"2026-03-02T00:00:00Z\","
         " \"next_renewal\": \"<n>\", \"renewal_reason\": \"<r>\", \"state\": \"x\\\" onclick=\\\"y\","
         " \"failures\": 2, \"last_error\": \"\\\"><img src=x onerror=alert(1)>\","
-        " \"identifier_errors\": [{\"identifier\": \"<id>\", \"error\": \"<e>\", \"at\": \"t\"}]}]}";
+        " \"identifier_errors\": [{\"identifier\": \"<id>\", \"error\": \"<e>\", \"at\": \"t\"}],"
+        " \"identifier_warnings\": [{\"identifier\": \"dns:<w>\", \"dns_persist_warning\": \"<pw>\"}]}]}";
     time_t  now = 1767225600 + 30 * 86400;    /* 2026-01-31 */
     size_t  len = 0;
     char   *page;
@@ -84,6 +85,8 @@ test_escaping(void **state)
     assert_non_null(strstr(page, "&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert_non_null(strstr(page, "Last error: &quot;&gt;&lt;img src=x onerror=alert(1)&gt;"));
     assert_non_null(strstr(page, "&lt;id&gt;: &lt;e&gt;"));
+    /* a dns-persist-01 warning, as text */
+    assert_non_null(strstr(page, "<p class=\"warning\">Warning: &lt;pw&gt;</p>"));
     assert_non_null(strstr(page, "<tr class=\"cert x&quot; onclick=&quot;y\">"));
     /* the name in the form's URL: percent-encoded */
     assert_non_null(strstr(page, "action=\"?renew=a%3Cb%3E%26%22c%27\""));
