@@ -528,6 +528,19 @@ ngx_http_acme_od_follow(ngx_http_acme_runner_t *rn, time_t now)
         }
 
         if (!n->ready && info.not_after > now && !info.issuing) {
+            /*
+             * acme_storage: a certificate another node issued is valid
+             * here without cert_updated; the workers read the local cache
+             */
+            if (rn->cache
+                && ngx_http_acme_cache_refresh(rn, tmpls[n->tmpl]->store,
+                                               n->store)
+                   != NGX_OK)
+            {
+                i++;
+                continue;
+            }
+
             n->ready = 1;
             ngx_http_acme_od_publish(rn, n->name, NGX_HTTP_ACME_OD_READY, 0,
                                      0, n->store, n->seen);
@@ -695,6 +708,58 @@ ngx_http_acme_od_status(ngx_http_acme_runner_t *rn)
 
     rn->status.on_demand = doc;
     ngx_http_acme_snapshot_touch(&rn->status);
+}
+
+
+/* acme_storage: an announcement (or the periodic check) for on-demand names */
+
+ngx_int_t
+ngx_http_acme_od_refresh(ngx_http_acme_runner_t *rn, const char *name)
+{
+    ngx_http_acme_od_run_t  *od = rn->od;
+
+    ngx_uint_t               i;
+    ngx_http_acme_cert_t   **tmpls;
+    ngx_http_acme_od_name_t  *n;
+
+    if (od == NULL || rn->cache == NULL) {
+        return NGX_OK;
+    }
+
+    tmpls = rn->amcf->od_certs.elts;
+
+    for (i = 0; i < od->nnames; i++) {
+        n = &od->names[i];
+
+        if (n->store == NULL
+            || (name != NULL && ngx_strcmp(n->store, name) != 0))
+        {
+            continue;
+        }
+
+        if (!n->ready) {
+            /*
+             * another node issued it while ours found the store's lock
+             * taken: the manager looks now, not after its busy retry;
+             * ngx_http_acme_od_follow() then copies it and says ready
+             */
+            if (name != NULL) {
+                (void) acme_manager_reload_cert(
+                                   rn->managers[tmpls[n->tmpl]->store],
+                                   n->store);
+            }
+
+            continue;
+        }
+
+        if (ngx_http_acme_cache_refresh(rn, tmpls[n->tmpl]->store, n->store)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
