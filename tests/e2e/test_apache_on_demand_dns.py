@@ -76,3 +76,19 @@ def test_config_test_checks_the_on_demand_vhost_dns_settings(apache_factory, peb
     a.vhosts = od_vhost(f"    ACMEChallenge dns-01\n    ACMEDNSUpdate hook\n    ACMEDNSHook {hook}\n")
     p = a.config_test()
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_dns_account01_first_handshake(apache_factory, pebble_next_factory, knot, procs):
+    """dns-account-01 (the current Pebble): the account-scoped record, published through RFC 2136."""
+    pebble = pebble_next_factory(dns_server=knot.dns_address)
+    a = apache_factory(pebble, http_port=harness.free_port(), https_port=harness.free_port())
+    a.acme_global = dns_global(a, knot, challenge="dns-account-01")
+    a.vhosts = (f"<VirtualHost {a.address}:{a.https_port}>\n    ServerName od.example.test\n"
+                "    ServerAlias *.od.example.test\n    SSLEngine on\n    ACMEOnDemand on\n</VirtualHost>\n")
+    a.start(procs)
+    base = pebble.order_count()
+    name = "acct.od.example.test"
+    der, status, _ = pebble_leaf(a.https_port, name, pebble.roots(0))
+    assert status == 200 and leaf_names(der) == [name]
+    assert pebble.order_count() - base == 1
+    assert f"answering dns-account-01 for {name} (rfc2136)" in a.log()

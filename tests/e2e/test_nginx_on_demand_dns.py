@@ -57,3 +57,23 @@ def test_dns01_first_handshake(pebble_factory, knot, nginx_factory, tmp_path):
         assert st["refused"]["rate_limited"] == 1, st
     finally:
         ask.close()
+
+
+def test_dns_account01_first_handshake(pebble_next_factory, knot, nginx_factory, tmp_path):
+    """dns-account-01 (the current Pebble): the account-scoped record, published through RFC 2136."""
+    pebble = pebble_next_factory(dns_server=knot.dns_address)
+    https = free_port()
+    conf = dns_issuer(pebble, tmp_path, knot, challenge="dns-account-01") + f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name .od.example.test;
+        acme_certificate pebble on_demand;
+    }}
+"""
+    ng = nginx_factory(conf, wait_port=https)
+    base = pebble.order_count()
+    name = "acct.od.example.test"
+    der, _ = pebble_leaf(https, name, pebble.roots(0))
+    assert leaf_names(der) == [name]
+    assert pebble.order_count() - base == 1
+    assert f"answering dns-account-01 for {name} (rfc2136)" in ng.log_text()
