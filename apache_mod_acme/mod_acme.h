@@ -322,6 +322,8 @@ void  mod_acme_od_driver_free(void *od);
 void *mod_acme_od_status(void);
 /* cert_updated for a store name that is no configured certificate. */
 void  mod_acme_od_cert_updated(const char *name);
+/* ACMEStorage: another node announced a change to a store name (issued, renewed). */
+void  mod_acme_od_announced(const char *name);
 
 /* ---- status (mod_acme_status.c) ---- */
 

@@ -961,6 +961,29 @@ mod_acme_od_cert_updated(const char *store)
     }
 }
 
+/*
+ * Another node issued or renewed an on-demand name: the manager reads the store again now (cert_updated
+ * follows for a new certificate), instead of when it looks by itself (15 s after it found the certificate's
+ * lock taken, or at the renewal time).
+ */
+void
+mod_acme_od_announced(const char *store)
+{
+    apr_hash_index_t  *hi;
+
+    if (od_drv == NULL) {
+        return;
+    }
+    for (hi = apr_hash_first(NULL, od_drv->names); hi != NULL; hi = apr_hash_next(hi)) {
+        od_name_t *n = apr_hash_this_val(hi);
+
+        if (n->store != NULL && strcmp(n->store, store) == 0) {
+            (void) acme_manager_reload_cert(od_drv->m, n->store);
+            return;
+        }
+    }
+}
+
 void *
 mod_acme_od_status(void)
 {

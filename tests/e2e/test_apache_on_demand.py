@@ -480,6 +480,34 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
     assert der_b == der_a
     assert pebble.order_count() - base == 1
 
+    # both nodes' first handshakes for a new name at once: one order, both serve its certificate
+    name = "both" + SUFFIX
+    got, errors = {}, []
+
+    def one(k):
+        try:
+            node = nodes[k % 2]
+            with socket.create_connection((node.address, node.https_port), timeout=30) as s:
+                t0 = time.monotonic()
+                with ctx.wrap_socket(s, server_hostname=name) as t:
+                    got[k] = (t.getpeercert(binary_form=True), time.monotonic() - t0)
+        except Exception as e:      # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    assert len(got) == 4 and len({der for der, _ in got.values()}) == 1, "the nodes served different certificates"
+    assert leaf_names(got[0][0]) == [name]
+    assert pebble.order_count() - base == 2
+    # the node that found the store's lock taken serves it once the other announces it (not ~15 s later,
+    # when its manager would look again by itself)
+    took = max(t for _, t in got.values())
+    assert took < 8, f"a first handshake took {took:.1f} s"
+
 
 def test_rate_limited(apache_factory, pebble, procs):
     a = od_apache(apache_factory, pebble, limits="rate=1")
