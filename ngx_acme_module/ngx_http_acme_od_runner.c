@@ -55,6 +55,9 @@ typedef struct {
     time_t                       check_at;
     ngx_uint_t                   dirty;           /* index to save */
     ngx_uint_t                   sig;             /* status last built */
+    char                       **dropped;         /* acme_storage: names */
+    ngx_uint_t                   ndropped;        /* dropped since the */
+    ngx_uint_t                   adropped;        /* index was saved */
 } ngx_http_acme_od_run_t;
 
 
@@ -106,6 +109,56 @@ ngx_http_acme_od_add(ngx_http_acme_od_run_t *od, const char *name,
 
 
 static void
+ngx_http_acme_od_dropped(ngx_http_acme_od_run_t *od, const char *name)
+{
+    char  **d, *copy;
+
+    if (od->ndropped == od->adropped) {
+        d = realloc(od->dropped, (od->adropped * 2 + 8) * sizeof(char *));
+        if (d == NULL) {
+            return;
+        }
+
+        od->dropped = d;
+        od->adropped = od->adropped * 2 + 8;
+    }
+
+    copy = strdup(name);
+    if (copy != NULL) {
+        od->dropped[od->ndropped++] = copy;
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_acme_od_was_dropped(ngx_http_acme_od_run_t *od, const char *name)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < od->ndropped; i++) {
+        if (ngx_strcmp(od->dropped[i], name) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static void
+ngx_http_acme_od_dropped_clear(ngx_http_acme_od_run_t *od)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < od->ndropped; i++) {
+        free(od->dropped[i]);
+    }
+
+    od->ndropped = 0;
+}
+
+
+static void
 ngx_http_acme_od_forget(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
 {
     ngx_http_acme_od_run_t  *od = rn->od;
@@ -117,6 +170,9 @@ ngx_http_acme_od_forget(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
         tmpls = rn->amcf->od_certs.elts;
         (void) acme_manager_remove_cert(rn->managers[tmpls[n->tmpl]->store],
                                         n->store);
+
+        /* the shared index keeps other nodes' names, not this one */
+        ngx_http_acme_od_dropped(od, n->name);
     }
 
     free(n->name);
@@ -368,6 +424,61 @@ ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
 }
 
 
+/*
+ * acme_storage: the index is the cluster's, each node writes it; names
+ * other nodes keep (not unseen, not dropped here) stay in it, so that a
+ * restart of any node takes them all up
+ */
+
+static void
+ngx_http_acme_od_merge(ngx_http_acme_runner_t *rn, ngx_uint_t g, json_t *arr)
+{
+    ngx_http_acme_od_run_t  *od = rn->od;
+
+    char        *data;
+    size_t       len, i;
+    time_t       seen, now;
+    json_t      *doc, *one;
+    acme_err_t   err;
+    const char  *name;
+
+    ngx_http_acme_od_name_t  *n;
+
+    if (acme_store_get(rn->stores[g], NGX_HTTP_ACME_OD_INDEX, &data, &len,
+                       &err)
+        != 0)
+    {
+        return;
+    }
+
+    doc = json_loadb(data, len, 0, NULL);
+    free(data);
+
+    now = ngx_time();
+
+    for (i = 0; i < json_array_size(json_object_get(doc, "names")); i++) {
+        one = json_array_get(json_object_get(doc, "names"), i);
+        name = json_string_value(json_object_get(one, "name"));
+        seen = (time_t) json_integer_value(json_object_get(one, "seen"));
+
+        n = name ? ngx_http_acme_od_find(od, name) : NULL;
+
+        /* a name being asked about here is not saved by us (yet) */
+        if (name == NULL || (n && !n->asking)
+            || ngx_http_acme_od_was_dropped(od, name)
+            || now - seen > rn->amcf->od.unseen)
+        {
+            continue;
+        }
+
+        json_array_append_new(arr, json_pack("{s:s, s:I}", "name", name,
+                                             "seen", (json_int_t) seen));
+    }
+
+    json_decref(doc);
+}
+
+
 /* the index in the store: names and when they were last seen */
 
 static void
@@ -386,6 +497,10 @@ ngx_http_acme_od_save(ngx_http_acme_runner_t *rn)
     for (g = 0; g < rn->nmanagers; g++) {
         doc = json_object();
         arr = json_array();
+
+        if (rn->cache) {
+            ngx_http_acme_od_merge(rn, g, arr);
+        }
 
         for (i = 0; i < od->nnames; i++) {
             if (od->names[i].asking || tmpls[od->names[i].tmpl]->store != g) {
@@ -415,6 +530,7 @@ ngx_http_acme_od_save(ngx_http_acme_runner_t *rn)
         free(s);
     }
 
+    ngx_http_acme_od_dropped_clear(od);
     od->dirty = 0;
 }
 
@@ -848,6 +964,8 @@ ngx_http_acme_od_stop(ngx_http_acme_runner_t *rn)
         free(od->names[i].name);
     }
 
+    ngx_http_acme_od_dropped_clear(od);
+    free(od->dropped);
     free(od->names);
     ngx_free(od);
 

@@ -514,3 +514,14 @@ def test_cluster_second_node_serves_without_order(pebble, nginx_factory, procs, 
     # when its manager would look again by itself)
     took = max(t for _, t in got.values())
     assert took < 8, f"a first handshake took {took:.1f} s"
+
+    # the names' index in the store is the cluster's: B's save keeps the name only A has seen, so a
+    # restart of A takes it up again (no order, before any handshake)
+    for i, only in enumerate(("aonly", "bonly")):
+        assert leaf_names(pebble_leaf(ports[i], only + OD_SUFFIX, roots)[0]) == [only + OD_SUFFIX]
+    nodes[0].stop()
+    nodes[0].start(wait_port=ports[0])
+    wait_status(pebble, lambda st: {"aonly" + OD_SUFFIX, "bonly" + OD_SUFFIX, name}
+                <= {i for c in st["certificates"] for i in c["identifiers"]},
+                "the cluster's on-demand names taken up after a restart", full=True)
+    assert pebble.order_count() - base == 4
