@@ -524,6 +524,11 @@ mod_acme_od_known(const char *host)
         found = (sl->state == OD_BUSY || sl->state == OD_READY) && strcmp(sl->name, name) == 0;
     }
     od_unlock();
+    /* ACMEStorage: another node may be ordering a name this one has not seen, and the CA may ask here */
+    for (i = 0; !found && mod_acme_g.storage != NULL && mod_acme_g.od_servers != NULL
+                && i < mod_acme_g.od_servers->nelts; i++) {
+        found = server_matches(APR_ARRAY_IDX(mod_acme_g.od_servers, i, server_rec *), name);
+    }
     return found;
 }
 
@@ -557,9 +562,40 @@ struct od_drv_s {
     long                 unseen;
     int                  dirty;     /* names.json to write */
     time_t               saved_at;
+    apr_hash_t          *dropped;   /* ACMEStorage: names dropped here since the last save */
 };
 
 static od_drv_t *od_drv;
+
+/*
+ * ACMEStorage: the index is the cluster's, each node writes it; names other nodes keep (not unseen, not
+ * dropped here) stay in it, so that a restart of any node takes them all up.
+ */
+static void
+od_merge(od_drv_t *d, json_t *arr)
+{
+    char        *data = NULL;
+    size_t       len = 0, i;
+    acme_err_t   err;
+    json_t      *doc, *v;
+
+    if (acme_store_get(d->st, OD_INDEX, &data, &len, &err) != 0) {
+        return;
+    }
+    doc = json_loadb(data, len, 0, NULL);
+    free(data);
+    json_array_foreach(json_object_get(doc, "names"), i, v) {
+        const char  *name = json_string_value(json_object_get(v, "name"));
+        time_t       seen = (time_t) json_integer_value(json_object_get(v, "seen"));
+
+        if (name == NULL || apr_hash_get(d->names, name, APR_HASH_KEY_STRING) != NULL
+            || apr_hash_get(d->dropped, name, APR_HASH_KEY_STRING) != NULL || time(NULL) - seen > d->unseen) {
+            continue;
+        }
+        json_array_append_new(arr, json_pack("{s:s, s:I}", "name", name, "seen", (json_int_t) seen));
+    }
+    json_decref(doc);
+}
 
 static void
 od_save(od_drv_t *d)
@@ -569,6 +605,10 @@ od_save(od_drv_t *d)
     acme_err_t          err;
     char               *text;
 
+    if (mod_acme_g.storage != NULL) {
+        od_merge(d, arr);
+    }
+    apr_hash_clear(d->dropped);
     /* the format nginx's module keeps: {"names": [{"name", "seen"}]} */
     for (hi = apr_hash_first(NULL, d->names); hi != NULL; hi = apr_hash_next(hi)) {
         od_name_t *n = apr_hash_this_val(hi);
@@ -653,6 +693,7 @@ od_drop(od_drv_t *d, od_name_t *n, apr_uint32_t state, apr_uint32_t until)
 {
     acme_manager_remove_cert(d->m, n->store);
     apr_hash_set(d->names, n->name, APR_HASH_KEY_STRING, NULL);
+    apr_hash_set(d->dropped, n->name, APR_HASH_KEY_STRING, n);
     n->dropped = 1;
     d->nadded--;
     d->dirty = 1;
@@ -815,6 +856,7 @@ mod_acme_od_driver_new(apr_pool_t *p, acme_loop_t *loop, acme_manager_t *m, acme
     d->s = s;
     d->issuers = issuers;
     d->names = apr_hash_make(p);
+    d->dropped = apr_hash_make(p);
     mod_acme_od_limits(sc, &d->refuse, &wait, &waiting);
     d->unseen = sc->od_unseen > 0 ? sc->od_unseen : MOD_ACME_OD_UNSEEN;
     memset(&conf, 0, sizeof(conf));

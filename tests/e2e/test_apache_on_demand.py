@@ -508,6 +508,20 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
     took = max(t for _, t in got.values())
     assert took < 8, f"a first handshake took {took:.1f} s"
 
+    # the names' index in the store is the cluster's: B's save keeps the name only A has seen, so a
+    # restart of A takes it up again (no order, before any handshake)
+    for i, only in enumerate(("aonly", "bonly")):
+        node = nodes[i]
+        with socket.create_connection((node.address, node.https_port), timeout=30) as s:
+            with ctx.wrap_socket(s, server_hostname=only + SUFFIX) as t:
+                assert leaf_names(t.getpeercert(binary_form=True)) == [only + SUFFIX]
+    nodes[0].proc.stop()
+    nodes[0].start(procs)
+    want = {"aonly" + SUFFIX, "bonly" + SUFFIX, name}
+    harness.wait_for(lambda: want <= {i for c in nodes[0].status()["certificates"] for i in c["identifiers"]},
+                     timeout=10, interval=0.2, what="the cluster's on-demand names taken up after a restart")
+    assert pebble.order_count() - base == 4
+
 
 def test_rate_limited(apache_factory, pebble, procs):
     a = od_apache(apache_factory, pebble, limits="rate=1")
