@@ -20,6 +20,7 @@
 #include "ngx_http_acme_runner.h"
 
 #include "acme_ondemand.h"
+#include "acme_ondemand_cluster.h"
 
 
 #define NGX_HTTP_ACME_OD_INDEX       "ondemand/names.json"
@@ -28,6 +29,7 @@
 #define NGX_HTTP_ACME_OD_RATE_WAIT   60      /* s: a rate-limited name */
 #define NGX_HTTP_ACME_OD_SEEN_SAVE   3600    /* s: seen kept this coarsely */
 #define NGX_HTTP_ACME_OD_RECHECK     86400   /* s: asked again before renewal */
+#define NGX_HTTP_ACME_OD_LOCK_TRIES  20      /* 5 ms apart: the cluster's */
 
 
 typedef struct {
@@ -360,6 +362,54 @@ ngx_http_acme_od_asked(void *arg, const char *name, acme_od_verdict_t v,
 }
 
 
+/*
+ * acme_storage: max and rate for the whole cluster, counted in the store
+ * (the cache manager serves no connection: a few ms of waiting for
+ * another node's update are fine here); the node's own limits decide when
+ * the store does not answer
+ */
+
+static ngx_int_t
+ngx_http_acme_od_cluster(ngx_http_acme_runner_t *rn,
+    ngx_http_acme_od_name_t *n, acme_od_verdict_t *v)
+{
+    ngx_http_acme_od_run_t  *od = rn->od;
+
+    int                     rc;
+    ngx_uint_t              try;
+    acme_err_t              err;
+    acme_store_t           *st;
+    ngx_http_acme_cert_t  **tmpls;
+
+    tmpls = rn->amcf->od_certs.elts;
+    st = rn->stores[tmpls[n->tmpl]->store];
+
+    for (try = 0; try < NGX_HTTP_ACME_OD_LOCK_TRIES; try++) {
+        rc = acme_ondemand_cluster_admit(st, acme_ondemand_conf(od->od),
+                                         n->name, ngx_time(), v, &err);
+        if (rc == 0) {
+            return NGX_OK;
+        }
+
+        if (rc < 0) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: on-demand \"%s\": the cluster's limits "
+                          "not checked, this node's apply: %s", n->name,
+                          err.msg);
+            return NGX_DECLINED;
+        }
+
+        ngx_msleep(5);
+    }
+
+    ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                  "acme: on-demand \"%s\": the cluster's limits are being "
+                  "updated by another node, this node's apply", n->name);
+
+    return NGX_DECLINED;
+}
+
+
 static void
 ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
 {
@@ -399,6 +449,19 @@ ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
     }
 
     n->asking = 1;
+
+    if (rn->cache && ngx_http_acme_od_cluster(rn, n, &v) == NGX_OK
+        && v != ACME_OD_ALLOWED)
+    {
+        ngx_http_acme_od_refuse(rn, n->name, v,
+                                v == ACME_OD_MAX_COUNT
+                                ? "as many on-demand certificates in the "
+                                  "cluster as max= allows"
+                                : "as many new orders in the cluster in the "
+                                  "last minute as rate= allows");
+        ngx_http_acme_od_forget(rn, n);
+        return;
+    }
 
     rc = acme_ondemand_decide(od->od, n->name, ngx_http_acme_od_managed(od),
                               ngx_http_acme_od_asked, rn, &v);
