@@ -15,6 +15,7 @@
  * store ("ondemand/names.json"), so a restart adds them back and serves them with no order.
  */
 #include "mod_acme.h"
+#include "acme_ondemand_cluster.h"
 
 #include <apr_shm.h>
 #include <apr_atomic.h>
@@ -773,6 +774,33 @@ od_cache_refresh(od_drv_t *d, od_name_t *n)
     apr_pool_destroy(tp);
 }
 
+/*
+ * ACMEStorage: max and rate for the whole cluster, counted in the store (this driver thread serves no
+ * connection: a few ms of waiting for another node's update are fine). 0 decided (*v), -1 this node's own
+ * limits decide (the store did not answer, or stayed locked).
+ */
+static int
+od_cluster(od_drv_t *d, const char *name, acme_od_verdict_t *v)
+{
+    acme_err_t  err;
+    int         rc, try;
+
+    for (try = 0; try < 20; try++) {
+        rc = acme_ondemand_cluster_admit(d->st, acme_ondemand_conf(d->od), name, time(NULL), v, &err);
+        if (rc == 0) {
+            return 0;
+        }
+        if (rc < 0) {
+            break;
+        }
+        apr_sleep(apr_time_from_msec(5));
+    }
+    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, d->s, ACMELOGNO(0180)
+                 "on-demand \"%s\": the cluster's limits not checked, this node's apply: %s", name,
+                 rc < 0 ? err.msg : "another node kept them locked");
+    return -1;
+}
+
 static od_name_t *
 od_name_new(od_drv_t *d, const char *name, int vhost)
 {
@@ -911,6 +939,12 @@ mod_acme_od_driver_step(void *arg)
             continue;       /* added already: ready below */
         }
         n = od_name_new(d, name, vh);
+        if (mod_acme_g.storage != NULL && od_cluster(d, name, &v) == 0 && v != ACME_OD_ALLOWED) {
+            od_decided(n, name, v, v == ACME_OD_MAX_COUNT
+                       ? "as many on-demand certificates in the cluster as max= allows"
+                       : "as many new orders in the cluster in the last minute as rate= allows");
+            continue;
+        }
         if (acme_ondemand_decide(d->od, name, (size_t) d->nadded, od_decided, n, &v) == 0) {
             od_decided(n, name, v, NULL);
         }

@@ -448,9 +448,8 @@ def test_bad_on_demand_directives_fail_config_test(apache_factory, pebble, line,
     assert why in out, out
 
 
-def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs, tmp_path):
-    """ACMEStorage: a name issued by node A is served by node B with no second order (B's manager finds
-    the certificate in Redis; its driver copies it into B's local cache)."""
+def cluster_nodes(apache_factory, pebble, procs, tmp_path, limits=""):
+    """Two Apache nodes on one Redis (ACMEStorage): A on 127.0.0.1 with Pebble's ports, B on 127.0.0.2."""
     from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
     if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
         pytest.skip("redis-server / redis-cli not installed")
@@ -459,6 +458,8 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
     if os.geteuid() == 0:
         os.chmod(kf, 0o600)
     storage = f'ACMEStorage "{redis.url("/0")}" prefix=od\nACMEStorageKey "{kf}"\n'
+    if limits:
+        storage += f"ACMEOnDemandLimits {limits}\n"
     nodes = []
     for node, kw in (("a", {}), ("b", {"address": "127.0.0.2", "http_port": harness.free_port(),
                                        "https_port": harness.free_port()})):
@@ -467,6 +468,13 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
                     f"    ServerAlias *{SUFFIX}\n    SSLEngine on\n    ACMEOnDemand on\n</VirtualHost>\n")
         a.start(procs)
         nodes.append(a)
+    return nodes
+
+
+def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs, tmp_path):
+    """ACMEStorage: a name issued by node A is served by node B with no second order (B's manager finds
+    the certificate in Redis; its driver copies it into B's local cache)."""
+    nodes = cluster_nodes(apache_factory, pebble, procs, tmp_path)
     roots = pebble.roots(0)
     name = "shared" + SUFFIX
     base = pebble.order_count()
@@ -521,6 +529,21 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
     harness.wait_for(lambda: want <= {i for c in nodes[0].status()["certificates"] for i in c["identifiers"]},
                      timeout=10, interval=0.2, what="the cluster's on-demand names taken up after a restart")
     assert pebble.order_count() - base == 4
+
+
+def test_cluster_wide_limits(apache_factory, pebble, procs, tmp_path):
+    """ACMEStorage: rate= and max= count the cluster's new names, not each node's."""
+    nodes = cluster_nodes(apache_factory, pebble, procs, tmp_path, limits="rate=1 max=2")
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, status, _ = pebble_leaf(nodes[0].https_port, "r1" + SUFFIX, roots)
+    assert status == 200 and leaf_names(der) == ["r1" + SUFFIX]
+    # B allowed none itself, but the cluster did one this minute
+    status, _, der, _ = tls_get(nodes[1].https_port, "r2" + SUFFIX, timeout=10, host=nodes[1].address)
+    assert status == 503 and "Pebble" not in cert_issuer(der)
+    assert pebble.order_count() - base == 1
+    harness.wait_for(lambda: "refused (rate_limited): as many new orders in the cluster in the last minute"
+                     in nodes[1].log(), timeout=5, what="the cluster's rate logged")
 
 
 def test_rate_limited(apache_factory, pebble, procs):
