@@ -309,7 +309,8 @@ int  mod_acme_od_handshake(SSL *ssl, server_rec *s, mod_acme_srv_conf_t *sc);
 /* acme-status POST ?renew=NAME for an issued on-demand name: 0 claimed, 2 forced less than interval seconds
  * ago (*until: when it may be again), -1 no such name. */
 int  mod_acme_od_renew_claim(const char *name, apr_uint32_t now, apr_uint32_t interval, apr_uint32_t *until);
-/* 1 when host is an on-demand name being ordered or issued (HTTP-01 / TLS-ALPN-01 answers). */
+/* 1 when host is an on-demand name being ordered or issued (HTTP-01 / TLS-ALPN-01 answers); with ACMEStorage,
+ * any name an on-demand vhost allows (another node may be ordering it). */
 int  mod_acme_od_known(const char *host);
 /* The driver: on its loop, once per turn. */
 struct acme_manager_s;
@@ -322,6 +323,8 @@ void  mod_acme_od_driver_free(void *od);
 void *mod_acme_od_status(void);
 /* cert_updated for a store name that is no configured certificate. */
 void  mod_acme_od_cert_updated(const char *name);
+/* ACMEStorage: another node announced a change to a store name (issued, renewed). */
+void  mod_acme_od_announced(const char *name);
 
 /* ---- status (mod_acme_status.c) ---- */
 

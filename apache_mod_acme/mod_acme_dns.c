@@ -319,9 +319,9 @@ is_wildcard(const char *n)
 }
 
 /*
- * One server's DNS settings: where a certificate is managed, every wildcard name needs dns-01 and dns-01
- * needs complete settings; ACMEDNS* written in a section where nothing uses dns-01 are refused.
- * 0, or -1 (logged).
+ * One server's DNS settings: where a certificate is managed (configured or on demand), every wildcard
+ * name needs dns-01 and dns-01 needs complete settings; ACMEDNS* written in a section where nothing uses
+ * dns-01 are refused. 0, or -1 (logged).
  */
 static int
 check_server(apr_pool_t *p, server_rec *s, int any_dns01)
@@ -329,11 +329,13 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
     mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(s);
     const char           *where = sc->cert_directive ? sc->cert_directive : "?";
     const char           *wild = NULL;
-    const char           *type, *unused, *needs;
+    const char           *type, *unused, *needs, *what;
     acme_err_t            err;
     int                   i, managed, missing;
 
     managed = sc->cert_mode == ACME_CERT_ON || sc->cert_mode == ACME_CERT_NAMES;
+    /* an on-demand vhost's names are ordered with its settings too: the same checks, now */
+    what = managed ? apr_pstrcat(p, "ACMECertificate ", where, NULL) : "ACMEOnDemand on";
     if (!mod_acme_dns01(sc)) {
         if (managed && sc->cert_mode == ACME_CERT_ON) {
             for (i = 0; s->wild_names && i < s->wild_names->nelts && wild == NULL; i++) {
@@ -355,7 +357,7 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
             return -1;
         }
         /* a managed vhost's own ACMEDNS* unused: an error; server-wide defaults no vhost uses: a warning */
-        if (sc->dns_directive != NULL && s->is_virtual && (managed || !any_dns01)) {
+        if (sc->dns_directive != NULL && s->is_virtual && (managed || sc->ondemand || !any_dns01)) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0141)
                          "%s: the ACMEDNS* directives need ACMEChallenge dns-01 in %s", sc->dns_directive,
                          mod_acme_vhost_id(p, s));
@@ -368,7 +370,7 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
         }
         return 0;
     }
-    if (!managed) {
+    if (!managed && !sc->ondemand) {
         return 0;
     }
     type = dns_publishing_type(sc);
@@ -383,7 +385,7 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
         if (unused != NULL) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0146)
                          "%s is for dns-01 and dns-account-01: ACMEChallenge dns-persist-01 publishes "
-                         "nothing, its record is created once (for ACMECertificate %s in %s)", unused, where,
+                         "nothing, its record is created once (for %s in %s)", unused, what,
                          mod_acme_vhost_id(p, s));
             return -1;
         }
@@ -391,7 +393,7 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
     }
     if (sc->dns.method == ACME_DNS_NONE) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0142)
-                     "ACMEChallenge %s needs ACMEDNSUpdate (for ACMECertificate %s in %s)", type, where,
+                     "ACMEChallenge %s needs ACMEDNSUpdate (for %s in %s)", type, what,
                      mod_acme_vhost_id(p, s));
         return -1;
     }
@@ -401,16 +403,16 @@ check_server(apr_pool_t *p, server_rec *s, int any_dns01)
               : sc->dns.method == ACME_DNS_HOOK ? sc->dns.hook == NULL : sc->dns.acmedns_url == NULL;
     if (missing) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0143)
-                     "ACMEDNSUpdate %s needs %s (for ACMECertificate %s in %s)",
-                     acme_dns_method_name(sc->dns.method), needs, where, mod_acme_vhost_id(p, s));
+                     "ACMEDNSUpdate %s needs %s (for %s in %s)",
+                     acme_dns_method_name(sc->dns.method), needs, what, mod_acme_vhost_id(p, s));
         return -1;
     }
     if (acme_dns_config_check(&sc->dns, &err) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, ACMELOGNO(0144)
-                     "%s %s: %s (for ACMECertificate %s)", needs,
+                     "%s %s: %s (for %s)", needs,
                      sc->dns.method == ACME_DNS_RFC2136 ? sc->dns_tsig_file
                      : sc->dns.method == ACME_DNS_HOOK ? sc->dns.hook : sc->dns_acmedns_file,
-                     err.msg, where);
+                     err.msg, what);
         return -1;
     }
     return 0;

@@ -398,6 +398,7 @@ follow_step(follow_t *f)
             while ((rc = acme_store_watch_next(f->watch, &name, &err)) == 1) {
                 ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, f->s, ACMELOGNO(0086)
                              "%s: changed in the shared store", name);
+                mod_acme_od_announced(name);
                 free(name);
                 changed = 1;
             }

@@ -15,6 +15,7 @@
  * store ("ondemand/names.json"), so a restart adds them back and serves them with no order.
  */
 #include "mod_acme.h"
+#include "acme_ondemand_cluster.h"
 
 #include <apr_shm.h>
 #include <apr_atomic.h>
@@ -524,6 +525,11 @@ mod_acme_od_known(const char *host)
         found = (sl->state == OD_BUSY || sl->state == OD_READY) && strcmp(sl->name, name) == 0;
     }
     od_unlock();
+    /* ACMEStorage: another node may be ordering a name this one has not seen, and the CA may ask here */
+    for (i = 0; !found && mod_acme_g.storage != NULL && mod_acme_g.od_servers != NULL
+                && i < mod_acme_g.od_servers->nelts; i++) {
+        found = server_matches(APR_ARRAY_IDX(mod_acme_g.od_servers, i, server_rec *), name);
+    }
     return found;
 }
 
@@ -557,9 +563,40 @@ struct od_drv_s {
     long                 unseen;
     int                  dirty;     /* names.json to write */
     time_t               saved_at;
+    apr_hash_t          *dropped;   /* ACMEStorage: names dropped here since the last save */
 };
 
 static od_drv_t *od_drv;
+
+/*
+ * ACMEStorage: the index is the cluster's, each node writes it; names other nodes keep (not unseen, not
+ * dropped here) stay in it, so that a restart of any node takes them all up.
+ */
+static void
+od_merge(od_drv_t *d, json_t *arr)
+{
+    char        *data = NULL;
+    size_t       len = 0, i;
+    acme_err_t   err;
+    json_t      *doc, *v;
+
+    if (acme_store_get(d->st, OD_INDEX, &data, &len, &err) != 0) {
+        return;
+    }
+    doc = json_loadb(data, len, 0, NULL);
+    free(data);
+    json_array_foreach(json_object_get(doc, "names"), i, v) {
+        const char  *name = json_string_value(json_object_get(v, "name"));
+        time_t       seen = (time_t) json_integer_value(json_object_get(v, "seen"));
+
+        if (name == NULL || apr_hash_get(d->names, name, APR_HASH_KEY_STRING) != NULL
+            || apr_hash_get(d->dropped, name, APR_HASH_KEY_STRING) != NULL || time(NULL) - seen > d->unseen) {
+            continue;
+        }
+        json_array_append_new(arr, json_pack("{s:s, s:I}", "name", name, "seen", (json_int_t) seen));
+    }
+    json_decref(doc);
+}
 
 static void
 od_save(od_drv_t *d)
@@ -569,6 +606,10 @@ od_save(od_drv_t *d)
     acme_err_t          err;
     char               *text;
 
+    if (mod_acme_g.storage != NULL) {
+        od_merge(d, arr);
+    }
+    apr_hash_clear(d->dropped);
     /* the format nginx's module keeps: {"names": [{"name", "seen"}]} */
     for (hi = apr_hash_first(NULL, d->names); hi != NULL; hi = apr_hash_next(hi)) {
         od_name_t *n = apr_hash_this_val(hi);
@@ -653,6 +694,7 @@ od_drop(od_drv_t *d, od_name_t *n, apr_uint32_t state, apr_uint32_t until)
 {
     acme_manager_remove_cert(d->m, n->store);
     apr_hash_set(d->names, n->name, APR_HASH_KEY_STRING, NULL);
+    apr_hash_set(d->dropped, n->name, APR_HASH_KEY_STRING, n);
     n->dropped = 1;
     d->nadded--;
     d->dirty = 1;
@@ -730,6 +772,33 @@ od_cache_refresh(od_drv_t *d, od_name_t *n)
                      "%s: cannot refresh the local cache: %s", n->store, msg ? msg : "nothing stored");
     }
     apr_pool_destroy(tp);
+}
+
+/*
+ * ACMEStorage: max and rate for the whole cluster, counted in the store (this driver thread serves no
+ * connection: a few ms of waiting for another node's update are fine). 0 decided (*v), -1 this node's own
+ * limits decide (the store did not answer, or stayed locked).
+ */
+static int
+od_cluster(od_drv_t *d, const char *name, acme_od_verdict_t *v)
+{
+    acme_err_t  err;
+    int         rc, try;
+
+    for (try = 0; try < 20; try++) {
+        rc = acme_ondemand_cluster_admit(d->st, acme_ondemand_conf(d->od), name, time(NULL), v, &err);
+        if (rc == 0) {
+            return 0;
+        }
+        if (rc < 0) {
+            break;
+        }
+        apr_sleep(apr_time_from_msec(5));
+    }
+    ap_log_error(APLOG_MARK, APLOG_WARNING, 0, d->s, ACMELOGNO(0180)
+                 "on-demand \"%s\": the cluster's limits not checked, this node's apply: %s", name,
+                 rc < 0 ? err.msg : "another node kept them locked");
+    return -1;
 }
 
 static od_name_t *
@@ -815,6 +884,7 @@ mod_acme_od_driver_new(apr_pool_t *p, acme_loop_t *loop, acme_manager_t *m, acme
     d->s = s;
     d->issuers = issuers;
     d->names = apr_hash_make(p);
+    d->dropped = apr_hash_make(p);
     mod_acme_od_limits(sc, &d->refuse, &wait, &waiting);
     d->unseen = sc->od_unseen > 0 ? sc->od_unseen : MOD_ACME_OD_UNSEEN;
     memset(&conf, 0, sizeof(conf));
@@ -869,6 +939,12 @@ mod_acme_od_driver_step(void *arg)
             continue;       /* added already: ready below */
         }
         n = od_name_new(d, name, vh);
+        if (mod_acme_g.storage != NULL && od_cluster(d, name, &v) == 0 && v != ACME_OD_ALLOWED) {
+            od_decided(n, name, v, v == ACME_OD_MAX_COUNT
+                       ? "as many on-demand certificates in the cluster as max= allows"
+                       : "as many new orders in the cluster in the last minute as rate= allows");
+            continue;
+        }
         if (acme_ondemand_decide(d->od, name, (size_t) d->nadded, od_decided, n, &v) == 0) {
             od_decided(n, name, v, NULL);
         }
@@ -956,6 +1032,29 @@ mod_acme_od_cert_updated(const char *store)
             od_slot_set(n->name, OD_READY, 0, 1);
             ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, od_drv->s, ACMELOGNO(0175)
                          "%s: on-demand certificate stored for %s", store, n->name);
+            return;
+        }
+    }
+}
+
+/*
+ * Another node issued or renewed an on-demand name: the manager reads the store again now (cert_updated
+ * follows for a new certificate), instead of when it looks by itself (15 s after it found the certificate's
+ * lock taken, or at the renewal time).
+ */
+void
+mod_acme_od_announced(const char *store)
+{
+    apr_hash_index_t  *hi;
+
+    if (od_drv == NULL) {
+        return;
+    }
+    for (hi = apr_hash_first(NULL, od_drv->names); hi != NULL; hi = apr_hash_next(hi)) {
+        od_name_t *n = apr_hash_this_val(hi);
+
+        if (n->store != NULL && strcmp(n->store, store) == 0) {
+            (void) acme_manager_reload_cert(od_drv->m, n->store);
             return;
         }
     }

@@ -1027,6 +1027,22 @@ acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_in
 }
 
 int
+acme_manager_reload_cert(acme_manager_t *m, const char *what)
+{
+    mcert_t  *c = find_cert(m, what);
+
+    if (c == NULL) {
+        return -1;
+    }
+    if (!m->started || c->job != NULL || c->ari_busy) {
+        return 0;
+    }
+    cert_reload(c, 1);
+    cert_schedule(c);
+    return 0;
+}
+
+int
 acme_manager_remove_cert(acme_manager_t *m, const char *name)
 {
     size_t i;

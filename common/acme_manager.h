@@ -95,6 +95,12 @@ typedef struct {
 } acme_manager_cert_info_t;
 int acme_manager_cert_info(acme_manager_t *m, const char *name, acme_manager_cert_info_t *info);
 
+/* Another process changed a certificate in the shared store (its announcement): read the store's record
+ * again now, not at the next timer (a manager that found the certificate's lock taken looks again only
+ * after a while); cert_updated is called when it is a new certificate. Nothing while an issuance or an ARI
+ * check runs for it. 0, -1 unknown. */
+int acme_manager_reload_cert(acme_manager_t *m, const char *what);
+
 /* Stops managing a certificate (its store records stay): an on-demand name no longer used or allowed. A
  * running issuance is cancelled. 0, -1 unknown. */
 int acme_manager_remove_cert(acme_manager_t *m, const char *name);

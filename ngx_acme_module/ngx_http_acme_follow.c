@@ -122,6 +122,24 @@ ngx_http_acme_cert_announce(ngx_http_acme_runner_t *rn, const char *name)
 }
 
 
+/* one certificate from the store into the local cache, announced if new */
+
+ngx_int_t
+ngx_http_acme_cache_refresh(ngx_http_acme_runner_t *rn, ngx_uint_t g,
+    const char *name)
+{
+    switch (ngx_http_acme_cache_sync(rn, g, name)) {
+    case 1:
+        ngx_http_acme_cert_announce(rn, name);
+        return NGX_OK;
+    case -1:
+        return NGX_ERROR;
+    default:
+        return NGX_OK;
+    }
+}
+
+
 static ngx_int_t
 ngx_http_acme_cert_refresh(ngx_http_acme_runner_t *rn, const char *name)
 {
@@ -135,18 +153,15 @@ ngx_http_acme_cert_refresh(ngx_http_acme_runner_t *rn, const char *name)
             continue;
         }
 
-        switch (ngx_http_acme_cache_sync(rn, certs[i]->store,
-                                         certs[i]->name))
+        if (ngx_http_acme_cache_refresh(rn, certs[i]->store, certs[i]->name)
+            != NGX_OK)
         {
-        case 1:
-            ngx_http_acme_cert_announce(rn, certs[i]->name);
-            break;
-        case -1:
             return NGX_ERROR;
         }
     }
 
-    return NGX_OK;
+    /* on-demand names: issued or renewed by another node too */
+    return ngx_http_acme_od_refresh(rn, name);
 }
 
 

@@ -20,6 +20,7 @@
 #include "ngx_http_acme_runner.h"
 
 #include "acme_ondemand.h"
+#include "acme_ondemand_cluster.h"
 
 
 #define NGX_HTTP_ACME_OD_INDEX       "ondemand/names.json"
@@ -28,6 +29,7 @@
 #define NGX_HTTP_ACME_OD_RATE_WAIT   60      /* s: a rate-limited name */
 #define NGX_HTTP_ACME_OD_SEEN_SAVE   3600    /* s: seen kept this coarsely */
 #define NGX_HTTP_ACME_OD_RECHECK     86400   /* s: asked again before renewal */
+#define NGX_HTTP_ACME_OD_LOCK_TRIES  20      /* 5 ms apart: the cluster's */
 
 
 typedef struct {
@@ -55,6 +57,9 @@ typedef struct {
     time_t                       check_at;
     ngx_uint_t                   dirty;           /* index to save */
     ngx_uint_t                   sig;             /* status last built */
+    char                       **dropped;         /* acme_storage: names */
+    ngx_uint_t                   ndropped;        /* dropped since the */
+    ngx_uint_t                   adropped;        /* index was saved */
 } ngx_http_acme_od_run_t;
 
 
@@ -106,6 +111,56 @@ ngx_http_acme_od_add(ngx_http_acme_od_run_t *od, const char *name,
 
 
 static void
+ngx_http_acme_od_dropped(ngx_http_acme_od_run_t *od, const char *name)
+{
+    char  **d, *copy;
+
+    if (od->ndropped == od->adropped) {
+        d = realloc(od->dropped, (od->adropped * 2 + 8) * sizeof(char *));
+        if (d == NULL) {
+            return;
+        }
+
+        od->dropped = d;
+        od->adropped = od->adropped * 2 + 8;
+    }
+
+    copy = strdup(name);
+    if (copy != NULL) {
+        od->dropped[od->ndropped++] = copy;
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_acme_od_was_dropped(ngx_http_acme_od_run_t *od, const char *name)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < od->ndropped; i++) {
+        if (ngx_strcmp(od->dropped[i], name) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static void
+ngx_http_acme_od_dropped_clear(ngx_http_acme_od_run_t *od)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < od->ndropped; i++) {
+        free(od->dropped[i]);
+    }
+
+    od->ndropped = 0;
+}
+
+
+static void
 ngx_http_acme_od_forget(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
 {
     ngx_http_acme_od_run_t  *od = rn->od;
@@ -117,6 +172,9 @@ ngx_http_acme_od_forget(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
         tmpls = rn->amcf->od_certs.elts;
         (void) acme_manager_remove_cert(rn->managers[tmpls[n->tmpl]->store],
                                         n->store);
+
+        /* the shared index keeps other nodes' names, not this one */
+        ngx_http_acme_od_dropped(od, n->name);
     }
 
     free(n->name);
@@ -304,6 +362,54 @@ ngx_http_acme_od_asked(void *arg, const char *name, acme_od_verdict_t v,
 }
 
 
+/*
+ * acme_storage: max and rate for the whole cluster, counted in the store
+ * (the cache manager serves no connection: a few ms of waiting for
+ * another node's update are fine here); the node's own limits decide when
+ * the store does not answer
+ */
+
+static ngx_int_t
+ngx_http_acme_od_cluster(ngx_http_acme_runner_t *rn,
+    ngx_http_acme_od_name_t *n, acme_od_verdict_t *v)
+{
+    ngx_http_acme_od_run_t  *od = rn->od;
+
+    int                     rc;
+    ngx_uint_t              try;
+    acme_err_t              err;
+    acme_store_t           *st;
+    ngx_http_acme_cert_t  **tmpls;
+
+    tmpls = rn->amcf->od_certs.elts;
+    st = rn->stores[tmpls[n->tmpl]->store];
+
+    for (try = 0; try < NGX_HTTP_ACME_OD_LOCK_TRIES; try++) {
+        rc = acme_ondemand_cluster_admit(st, acme_ondemand_conf(od->od),
+                                         n->name, ngx_time(), v, &err);
+        if (rc == 0) {
+            return NGX_OK;
+        }
+
+        if (rc < 0) {
+            ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                          "acme: on-demand \"%s\": the cluster's limits "
+                          "not checked, this node's apply: %s", n->name,
+                          err.msg);
+            return NGX_DECLINED;
+        }
+
+        ngx_msleep(5);
+    }
+
+    ngx_log_error(NGX_LOG_WARN, rn->log, 0,
+                  "acme: on-demand \"%s\": the cluster's limits are being "
+                  "updated by another node, this node's apply", n->name);
+
+    return NGX_DECLINED;
+}
+
+
 static void
 ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
 {
@@ -344,6 +450,19 @@ ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
 
     n->asking = 1;
 
+    if (rn->cache && ngx_http_acme_od_cluster(rn, n, &v) == NGX_OK
+        && v != ACME_OD_ALLOWED)
+    {
+        ngx_http_acme_od_refuse(rn, n->name, v,
+                                v == ACME_OD_MAX_COUNT
+                                ? "as many on-demand certificates in the "
+                                  "cluster as max= allows"
+                                : "as many new orders in the cluster in the "
+                                  "last minute as rate= allows");
+        ngx_http_acme_od_forget(rn, n);
+        return;
+    }
+
     rc = acme_ondemand_decide(od->od, n->name, ngx_http_acme_od_managed(od),
                               ngx_http_acme_od_asked, rn, &v);
     if (rc == 1) {
@@ -368,6 +487,61 @@ ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
 }
 
 
+/*
+ * acme_storage: the index is the cluster's, each node writes it; names
+ * other nodes keep (not unseen, not dropped here) stay in it, so that a
+ * restart of any node takes them all up
+ */
+
+static void
+ngx_http_acme_od_merge(ngx_http_acme_runner_t *rn, ngx_uint_t g, json_t *arr)
+{
+    ngx_http_acme_od_run_t  *od = rn->od;
+
+    char        *data;
+    size_t       len, i;
+    time_t       seen, now;
+    json_t      *doc, *one;
+    acme_err_t   err;
+    const char  *name;
+
+    ngx_http_acme_od_name_t  *n;
+
+    if (acme_store_get(rn->stores[g], NGX_HTTP_ACME_OD_INDEX, &data, &len,
+                       &err)
+        != 0)
+    {
+        return;
+    }
+
+    doc = json_loadb(data, len, 0, NULL);
+    free(data);
+
+    now = ngx_time();
+
+    for (i = 0; i < json_array_size(json_object_get(doc, "names")); i++) {
+        one = json_array_get(json_object_get(doc, "names"), i);
+        name = json_string_value(json_object_get(one, "name"));
+        seen = (time_t) json_integer_value(json_object_get(one, "seen"));
+
+        n = name ? ngx_http_acme_od_find(od, name) : NULL;
+
+        /* a name being asked about here is not saved by us (yet) */
+        if (name == NULL || (n && !n->asking)
+            || ngx_http_acme_od_was_dropped(od, name)
+            || now - seen > rn->amcf->od.unseen)
+        {
+            continue;
+        }
+
+        json_array_append_new(arr, json_pack("{s:s, s:I}", "name", name,
+                                             "seen", (json_int_t) seen));
+    }
+
+    json_decref(doc);
+}
+
+
 /* the index in the store: names and when they were last seen */
 
 static void
@@ -386,6 +560,10 @@ ngx_http_acme_od_save(ngx_http_acme_runner_t *rn)
     for (g = 0; g < rn->nmanagers; g++) {
         doc = json_object();
         arr = json_array();
+
+        if (rn->cache) {
+            ngx_http_acme_od_merge(rn, g, arr);
+        }
 
         for (i = 0; i < od->nnames; i++) {
             if (od->names[i].asking || tmpls[od->names[i].tmpl]->store != g) {
@@ -415,6 +593,7 @@ ngx_http_acme_od_save(ngx_http_acme_runner_t *rn)
         free(s);
     }
 
+    ngx_http_acme_od_dropped_clear(od);
     od->dirty = 0;
 }
 
@@ -528,6 +707,19 @@ ngx_http_acme_od_follow(ngx_http_acme_runner_t *rn, time_t now)
         }
 
         if (!n->ready && info.not_after > now && !info.issuing) {
+            /*
+             * acme_storage: a certificate another node issued is valid
+             * here without cert_updated; the workers read the local cache
+             */
+            if (rn->cache
+                && ngx_http_acme_cache_refresh(rn, tmpls[n->tmpl]->store,
+                                               n->store)
+                   != NGX_OK)
+            {
+                i++;
+                continue;
+            }
+
             n->ready = 1;
             ngx_http_acme_od_publish(rn, n->name, NGX_HTTP_ACME_OD_READY, 0,
                                      0, n->store, n->seen);
@@ -698,6 +890,58 @@ ngx_http_acme_od_status(ngx_http_acme_runner_t *rn)
 }
 
 
+/* acme_storage: an announcement (or the periodic check) for on-demand names */
+
+ngx_int_t
+ngx_http_acme_od_refresh(ngx_http_acme_runner_t *rn, const char *name)
+{
+    ngx_http_acme_od_run_t  *od = rn->od;
+
+    ngx_uint_t               i;
+    ngx_http_acme_cert_t   **tmpls;
+    ngx_http_acme_od_name_t  *n;
+
+    if (od == NULL || rn->cache == NULL) {
+        return NGX_OK;
+    }
+
+    tmpls = rn->amcf->od_certs.elts;
+
+    for (i = 0; i < od->nnames; i++) {
+        n = &od->names[i];
+
+        if (n->store == NULL
+            || (name != NULL && ngx_strcmp(n->store, name) != 0))
+        {
+            continue;
+        }
+
+        if (!n->ready) {
+            /*
+             * another node issued it while ours found the store's lock
+             * taken: the manager looks now, not after its busy retry;
+             * ngx_http_acme_od_follow() then copies it and says ready
+             */
+            if (name != NULL) {
+                (void) acme_manager_reload_cert(
+                                   rn->managers[tmpls[n->tmpl]->store],
+                                   n->store);
+            }
+
+            continue;
+        }
+
+        if (ngx_http_acme_cache_refresh(rn, tmpls[n->tmpl]->store, n->store)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 ngx_http_acme_od_start(ngx_http_acme_runner_t *rn)
 {
@@ -783,6 +1027,8 @@ ngx_http_acme_od_stop(ngx_http_acme_runner_t *rn)
         free(od->names[i].name);
     }
 
+    ngx_http_acme_od_dropped_clear(od);
+    free(od->dropped);
     free(od->names);
     ngx_free(od);
 

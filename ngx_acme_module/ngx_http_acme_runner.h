@@ -93,6 +93,8 @@ void ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn);
 void ngx_http_acme_watch_close(ngx_http_acme_runner_t *rn);
 void ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now);
 void ngx_http_acme_cert_updated(void *data, const char *name);
+ngx_int_t ngx_http_acme_cache_refresh(ngx_http_acme_runner_t *rn,
+    ngx_uint_t g, const char *name);
 
 /* ngx_http_acme_import.c: nginx-acme's state taken over */
 ngx_int_t ngx_http_acme_import(ngx_http_acme_runner_t *rn, ngx_uint_t g);
@@ -100,6 +102,8 @@ ngx_int_t ngx_http_acme_import(ngx_http_acme_runner_t *rn, ngx_uint_t g);
 ngx_int_t ngx_http_acme_od_start(ngx_http_acme_runner_t *rn);
 void ngx_http_acme_od_tick(ngx_http_acme_runner_t *rn);
 void ngx_http_acme_od_stop(ngx_http_acme_runner_t *rn);
+ngx_int_t ngx_http_acme_od_refresh(ngx_http_acme_runner_t *rn,
+    const char *name);
 
 
 #endif /* _NGX_HTTP_ACME_RUNNER_H_INCLUDED_ */

@@ -448,9 +448,8 @@ def test_bad_on_demand_directives_fail_config_test(apache_factory, pebble, line,
     assert why in out, out
 
 
-def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs, tmp_path):
-    """ACMEStorage: a name issued by node A is served by node B with no second order (B's manager finds
-    the certificate in Redis; its driver copies it into B's local cache)."""
+def cluster_nodes(apache_factory, pebble, procs, tmp_path, limits=""):
+    """Two Apache nodes on one Redis (ACMEStorage): A on 127.0.0.1 with Pebble's ports, B on 127.0.0.2."""
     from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
     if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
         pytest.skip("redis-server / redis-cli not installed")
@@ -459,6 +458,8 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
     if os.geteuid() == 0:
         os.chmod(kf, 0o600)
     storage = f'ACMEStorage "{redis.url("/0")}" prefix=od\nACMEStorageKey "{kf}"\n'
+    if limits:
+        storage += f"ACMEOnDemandLimits {limits}\n"
     nodes = []
     for node, kw in (("a", {}), ("b", {"address": "127.0.0.2", "http_port": harness.free_port(),
                                        "https_port": harness.free_port()})):
@@ -467,6 +468,13 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
                     f"    ServerAlias *{SUFFIX}\n    SSLEngine on\n    ACMEOnDemand on\n</VirtualHost>\n")
         a.start(procs)
         nodes.append(a)
+    return nodes
+
+
+def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs, tmp_path):
+    """ACMEStorage: a name issued by node A is served by node B with no second order (B's manager finds
+    the certificate in Redis; its driver copies it into B's local cache)."""
+    nodes = cluster_nodes(apache_factory, pebble, procs, tmp_path)
     roots = pebble.roots(0)
     name = "shared" + SUFFIX
     base = pebble.order_count()
@@ -479,6 +487,63 @@ def test_cluster_second_node_serves_without_order(apache_factory, pebble, procs,
             der_b = t.getpeercert(binary_form=True)
     assert der_b == der_a
     assert pebble.order_count() - base == 1
+
+    # both nodes' first handshakes for a new name at once: one order, both serve its certificate
+    name = "both" + SUFFIX
+    got, errors = {}, []
+
+    def one(k):
+        try:
+            node = nodes[k % 2]
+            with socket.create_connection((node.address, node.https_port), timeout=30) as s:
+                t0 = time.monotonic()
+                with ctx.wrap_socket(s, server_hostname=name) as t:
+                    got[k] = (t.getpeercert(binary_form=True), time.monotonic() - t0)
+        except Exception as e:      # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    assert len(got) == 4 and len({der for der, _ in got.values()}) == 1, "the nodes served different certificates"
+    assert leaf_names(got[0][0]) == [name]
+    assert pebble.order_count() - base == 2
+    # the node that found the store's lock taken serves it once the other announces it (not ~15 s later,
+    # when its manager would look again by itself)
+    took = max(t for _, t in got.values())
+    assert took < 8, f"a first handshake took {took:.1f} s"
+
+    # the names' index in the store is the cluster's: B's save keeps the name only A has seen, so a
+    # restart of A takes it up again (no order, before any handshake)
+    for i, only in enumerate(("aonly", "bonly")):
+        node = nodes[i]
+        with socket.create_connection((node.address, node.https_port), timeout=30) as s:
+            with ctx.wrap_socket(s, server_hostname=only + SUFFIX) as t:
+                assert leaf_names(t.getpeercert(binary_form=True)) == [only + SUFFIX]
+    nodes[0].proc.stop()
+    nodes[0].start(procs)
+    want = {"aonly" + SUFFIX, "bonly" + SUFFIX, name}
+    harness.wait_for(lambda: want <= {i for c in nodes[0].status()["certificates"] for i in c["identifiers"]},
+                     timeout=10, interval=0.2, what="the cluster's on-demand names taken up after a restart")
+    assert pebble.order_count() - base == 4
+
+
+def test_cluster_wide_limits(apache_factory, pebble, procs, tmp_path):
+    """ACMEStorage: rate= and max= count the cluster's new names, not each node's."""
+    nodes = cluster_nodes(apache_factory, pebble, procs, tmp_path, limits="rate=1 max=2")
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    der, status, _ = pebble_leaf(nodes[0].https_port, "r1" + SUFFIX, roots)
+    assert status == 200 and leaf_names(der) == ["r1" + SUFFIX]
+    # B allowed none itself, but the cluster did one this minute
+    status, _, der, _ = tls_get(nodes[1].https_port, "r2" + SUFFIX, timeout=10, host=nodes[1].address)
+    assert status == 503 and "Pebble" not in cert_issuer(der)
+    assert pebble.order_count() - base == 1
+    harness.wait_for(lambda: "refused (rate_limited): as many new orders in the cluster in the last minute"
+                     in nodes[1].log(), timeout=5, what="the cluster's rate logged")
 
 
 def test_rate_limited(apache_factory, pebble, procs):

@@ -462,3 +462,87 @@ def test_ip_and_invalid_names_never_asked(pebble, nginx_factory, tmp_path):
         assert pebble.order_count() == base
     finally:
         ask.close()
+
+
+def cluster_nodes(pebble, nginx_factory, procs, tmp_path, od=""):
+    """Two nginx nodes on one Redis (acme_storage): (their TLS ports, the nodes). A answers the CA's HTTP-01
+    requests (from the store) for both nodes' orders and serves the status; B has only TLS."""
+    from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
+    if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
+        import pytest
+        pytest.skip("redis-server / redis-cli not installed")
+    redis = Redis(procs, tmp_path / "redis")
+    storage = f"acme_storage {redis.url()} prefix=od;\nacme_storage_key {key_file(tmp_path / 'storage.key')};\n"
+    ports, nodes = [free_port(), free_port()], []
+    for i, node in enumerate("ab"):
+        conf = storage + od_conf(pebble, tmp_path / node, ports[i], od=od, managed=False)
+        if node == "b":
+            conf = conf.replace(f"listen 127.0.0.1:{pebble.http_port};", f"listen 127.0.0.1:{free_port()};")
+        nodes.append(nginx_factory(conf, name=f"nginx-{node}", wait_port=ports[i]))
+    return ports, nodes
+
+
+def test_cluster_second_node_serves_without_order(pebble, nginx_factory, procs, tmp_path):
+    """acme_storage: a name node A issued at its first handshake is served by node B with no second order;
+    first handshakes on both nodes at once for one new name make one order (the store's lock)."""
+    ports, nodes = cluster_nodes(pebble, nginx_factory, procs, tmp_path)
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+
+    name = "shared" + OD_SUFFIX
+    der_a, _ = pebble_leaf(ports[0], name, roots)
+    assert leaf_names(der_a) == [name]
+    assert pebble.order_count() - base == 1
+    der_b, _ = pebble_leaf(ports[1], name, roots)
+    assert der_b == der_a, "node B did not serve node A's certificate"
+    assert pebble.order_count() - base == 1
+
+    # both nodes' first handshakes for a new name at once: one order, both serve its certificate
+    name = "both" + OD_SUFFIX
+    got, errors = {}, []
+
+    def one(k):
+        try:
+            got[k] = pebble_leaf(ports[k % 2], name, roots, timeout=30)
+        except Exception as e:      # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    assert len(got) == 6 and len({der for der, _ in got.values()}) == 1, "the nodes served different certificates"
+    assert leaf_names(got[0][0]) == [name]
+    assert pebble.order_count() - base == 2
+    # the node that found the store's lock taken serves it once the other announces it (not ~15 s later,
+    # when its manager would look again by itself)
+    took = max(t for _, t in got.values())
+    assert took < 8, f"a first handshake took {took:.1f} s"
+
+    # the names' index in the store is the cluster's: B's save keeps the name only A has seen, so a
+    # restart of A takes it up again (no order, before any handshake)
+    for i, only in enumerate(("aonly", "bonly")):
+        assert leaf_names(pebble_leaf(ports[i], only + OD_SUFFIX, roots)[0]) == [only + OD_SUFFIX]
+    nodes[0].stop()
+    nodes[0].start(wait_port=ports[0])
+    wait_status(pebble, lambda st: {"aonly" + OD_SUFFIX, "bonly" + OD_SUFFIX, name}
+                <= {i for c in st["certificates"] for i in c["identifiers"]},
+                "the cluster's on-demand names taken up after a restart", full=True)
+    assert pebble.order_count() - base == 4
+
+
+def test_cluster_wide_limits(pebble, nginx_factory, procs, tmp_path):
+    """acme_storage: rate= and max= count the cluster's new names, not each node's."""
+    ports, nodes = cluster_nodes(pebble, nginx_factory, procs, tmp_path, od="rate=1 max=2")
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    assert leaf_names(pebble_leaf(ports[0], "r1" + OD_SUFFIX, roots)[0]) == ["r1" + OD_SUFFIX]
+    # B allowed none itself, but the cluster did one this minute
+    fallback_quick(ports[1], "r2" + OD_SUFFIX)
+    assert pebble.order_count() - base == 1
+    nodes[1].wait_log(r'refused \(rate_limited\): as many new orders in the cluster in the last minute', timeout=5)
+    # A's name is served by B: no new name, no limit
+    assert leaf_names(pebble_leaf(ports[1], "r1" + OD_SUFFIX, roots)[0]) == ["r1" + OD_SUFFIX]
+    assert pebble.order_count() - base == 1

@@ -3,6 +3,10 @@
 #include <openssl/ssl.h>
 #include "acme_clienthello.h"
 #include "acme_ondemand.h"
+#include "acme_ondemand_cluster.h"
+#include <ftw.h>
+#include <stdio.h>
+#include <sys/stat.h>
 
 /* A real ClientHello from OpenSSL, with sni (NULL: none) and ALPN protocols (wire format, NULL: none). */
 static size_t
@@ -172,6 +176,79 @@ test_limits(void **state)
     acme_ondemand_free(od);
 }
 
+static int
+rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void) sb;
+    (void) flag;
+    (void) ftw;
+    return remove(path);
+}
+
+/* max and rate counted for every node of a shared store (here a directory store, which locks the same way) */
+static void
+test_cluster_limits(void **state)
+{
+    char                  dir[] = "/tmp/acme-test-odcl-XXXXXX";
+    char                  root[64];
+    const char           *index = "{\"names\":[{\"name\":\"old.example.com\",\"seen\":1}]}";
+    acme_store_t         *st, *other;
+    acme_err_t            err;
+    acme_od_verdict_t     v;
+    acme_ondemand_conf_t  conf;
+    acme_lock_t          *lk;
+    time_t                now = 1000000;
+
+    (void) state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(root, sizeof(root), "%s/state", dir);
+    st = acme_store_fs_open(root, 1, &err);
+    other = acme_store_fs_open(root, 0, &err);     /* a second node */
+    assert_non_null(st);
+    assert_non_null(other);
+    memset(&conf, 0, sizeof(conf));
+    conf.max_certs = 4;
+    conf.rate_per_min = 2;
+    assert_int_equal(acme_store_put(st, ACME_OD_NAMES_KEY, index, strlen(index), 0, &err), 0);
+
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "a.example.com", now, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);
+    /* the other node sees the first one's allowance: its rate is the cluster's */
+    assert_int_equal(acme_ondemand_cluster_admit(other, &conf, "b.example.com", now + 1, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "c.example.com", now + 2, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_RATE_LIMITED);
+    /* a name allowed already (being ordered elsewhere) or in the index costs nothing */
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "b.example.com", now + 2, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);
+    assert_int_equal(acme_ondemand_cluster_admit(other, &conf, "old.example.com", now + 2, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);
+    /* a minute later the rate allows again; max counts the index and the recent allowances */
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "c.example.com", now + 61, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "d.example.com", now + 62, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "e.example.com", now + 63, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_RATE_LIMITED);
+    conf.rate_per_min = 100;
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "e.example.com", now + 63, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);       /* old, c, d, e */
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "f.example.com", now + 64, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_MAX_COUNT);
+    /* another node in the middle of its update: try again */
+    assert_int_equal(other->ops->lock(other, "ondemand-limits", &lk, &err), 1);
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "f.example.com", now + 64, &v, &err), 1);
+    other->ops->unlock(lk);
+    /* a damaged record counts as empty */
+    assert_int_equal(acme_store_put(st, ACME_OD_ALLOWED_KEY, "[1,", 3, 0, &err), 0);
+    assert_int_equal(acme_ondemand_cluster_admit(st, &conf, "g.example.com", now + 200, &v, &err), 0);
+    assert_int_equal(v, ACME_OD_ALLOWED);
+
+    acme_store_close(st);
+    acme_store_close(other);
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int
 main(void)
 {
@@ -182,6 +259,7 @@ main(void)
         cmocka_unit_test(test_not_tls),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_cluster_limits),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

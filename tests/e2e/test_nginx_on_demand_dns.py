@@ -1,0 +1,80 @@
+"""On-demand TLS in nginx with DNS validation: an on-demand name's order uses its issuer's challenges and
+DNS update settings (dns-01 through RFC 2136 to Knot), after the ask endpoint and the limits."""
+
+import json
+
+from harness import free_port, wait_for
+from nginx_harness import http_get, nginx_factory  # noqa: F401 (fixture)
+from test_nginx_dns import dns_issuer, knot  # noqa: F401 (fixture)
+from test_nginx_on_demand import AskServer, fallback_quick, leaf_names, pebble_leaf
+
+
+def test_dns01_first_handshake(pebble_factory, knot, nginx_factory, tmp_path):
+    pebble = pebble_factory(dns_server=knot.dns_address)
+    ask = AskServer()
+    try:
+        https, status = free_port(), free_port()
+        # nothing listens on Pebble's HTTP-01 port: only dns-01 can validate the names
+        conf = dns_issuer(pebble, tmp_path, knot, challenge="dns-01") + f"""
+    acme_on_demand ask={ask.url} rate=1;
+    server {{
+        listen 127.0.0.1:{status};
+        location = /acme {{ acme_status; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name .od.example.test;
+        acme_certificate pebble on_demand;
+        location / {{ return 200 "on-demand\\n"; }}
+    }}
+"""
+        ng = nginx_factory(conf, wait_port=https)
+        roots = pebble.roots(0)
+        base = pebble.order_count()
+
+        # the ask endpoint decides first: a refused name costs no order and no record
+        fallback_quick(https, "no.od.example.test")
+        assert ask.asked == ["no.od.example.test"]
+
+        name = "ok1.od.example.test"
+        der, took = pebble_leaf(https, name, roots)
+        assert leaf_names(der) == [name]
+        assert took < 20, f"the first handshake took {took:.1f} s"
+        assert pebble.order_count() - base == 1
+        log = ng.log_text()
+        assert f"answering dns-01 for {name} (rfc2136)" in log, log
+        assert "answering http-01" not in log, log
+        wait_for(lambda: knot.txt(f"_acme-challenge.{name}") == [], 10, what="the record removed")
+
+        # then the limits: rate=1, a second allowed name within the minute is refused
+        fallback_quick(https, "ok2.od.example.test")
+        assert pebble.order_count() - base == 1
+
+        code, body = http_get(status, "status.local", "/acme")
+        st = json.loads(body)["on_demand"]
+        assert st["certificates"] == 1 and st["refused"]["ask_refused"] == 1, st
+        assert st["refused"]["rate_limited"] == 1, st
+        # the refused names caused no DNS update: ok1's record added and removed, nothing else
+        assert knot.log_path.read_text().count("DDNS, processing") == 2
+    finally:
+        ask.close()
+
+
+def test_dns_account01_first_handshake(pebble_next_factory, knot, nginx_factory, tmp_path):
+    """dns-account-01 (the current Pebble): the account-scoped record, published through RFC 2136."""
+    pebble = pebble_next_factory(dns_server=knot.dns_address)
+    https = free_port()
+    conf = dns_issuer(pebble, tmp_path, knot, challenge="dns-account-01") + f"""
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name .od.example.test;
+        acme_certificate pebble on_demand;
+    }}
+"""
+    ng = nginx_factory(conf, wait_port=https)
+    base = pebble.order_count()
+    name = "acct.od.example.test"
+    der, _ = pebble_leaf(https, name, pebble.roots(0))
+    assert leaf_names(der) == [name]
+    assert pebble.order_count() - base == 1
+    assert f"answering dns-account-01 for {name} (rfc2136)" in ng.log_text()
