@@ -153,6 +153,10 @@ cert_free(mcert_t *c)
 
     acme_timer_cancel(c->m->loop, c->timer);
     acme_issue_cancel(c->job);
+    for (i = 0; c->ari_busy && i < c->nissuers; i++) {
+        /* an ARI check waits on a client (for its directory, or the answer): it must not call back */
+        acme_client_forget(c->m->issuers[c->issuers[i]]->client, c);
+    }
     free(c->name);
     for (i = 0; i < c->nids; i++) {
         acme_ident_free(&c->ids[i]);

@@ -420,6 +420,9 @@ class Process:
         Returns the exit status of the main process."""
         if self.popen is None:
             return None
+        if sig == signal.SIGTERM and os.environ.get("ACME_SANITIZER_PRELOAD"):
+            # sanitized servers exit slowly (LeakSanitizer walks the heap of every process at exit)
+            timeout = max(timeout, 20.0)
         pgid = self.popen.pid  # start_new_session: pgid == pid
         if self.popen.poll() is None:
             _killpg(pgid, sig)
