@@ -190,7 +190,8 @@ class MacFlipProxy:
         self.sock = socket.create_server((harness.LOOPBACK, 0))
         self.address = f"{harness.LOOPBACK}:{self.sock.getsockname()[1]}"
         self.flipped = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     @staticmethod
     def _read_msg(conn):
@@ -213,7 +214,14 @@ class MacFlipProxy:
                 conn.sendall(len(answer).to_bytes(2, "big") + answer)
 
     def close(self):
+        # a close() alone does not wake the accept() under way: the port would go on listening on the
+        # loopback address for the rest of the session, ahead of a later server's wildcard bind there
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(timeout=10)
 
 
 def test_dns01_answer_with_a_bad_signature(acmectl_bin, tmp_path, dns_pebble, knot):

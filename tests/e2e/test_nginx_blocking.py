@@ -89,7 +89,13 @@ class Blackhole:
             self.conns.append(c)
 
     def close(self):
+        # shutdown wakes the accept() under way; a close() alone leaves the port listening
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(timeout=10)
         for c in self.conns:
             c.close()
 

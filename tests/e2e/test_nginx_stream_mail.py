@@ -57,6 +57,11 @@ class EchoServer:
 
     def close(self):
         self.stopped = True
+        # shutdown wakes the accept() under way; a close() alone leaves the port listening
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 
