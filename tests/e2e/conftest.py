@@ -59,6 +59,8 @@ from harness import (  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "serial: asserts a latency or time bound: run alone, not beside "
                                        "other tests (tests/run_all.py runs these after the parallel pass)")
+    config.addinivalue_line("markers", "slow: takes a minute or more: started first (a parallel run does not "
+                                       "end with it alone)")
     # pytest-xdist's controller: the workers (started later, with this environment) share one port registry
     if getattr(config, "workerinput", None) is None and config.getoption("numprocesses", None):
         fd, path = tempfile.mkstemp(prefix="acme-e2e-ports-")
@@ -106,6 +108,11 @@ def pytest_configure(config):
             keys = {o.split("=", 1)[0] for o in opts}
             os.environ[var] = ":".join(opts + [e for e in extra if e.split("=", 1)[0] not in keys])
         config._sanitizer_seen = set()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # the slow ones first (a stable sort: the same order in every xdist worker)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_unconfigure(config):
