@@ -70,7 +70,7 @@ endif
 
 check-deps:
 	@pkg-config --exists $(PKGS) && [ -f /usr/include/cmocka.h ] && command -v pebble >/dev/null \
-	    || $(MAKE) --no-print-directory deps
+	    && $(PYTHON) -c 'import xdist' 2>/dev/null || $(MAKE) --no-print-directory deps
 
 $(BUILD)/obj/common/%.o: common/%.c $(wildcard common/*.h)
 	@mkdir -p $(dir $@)
