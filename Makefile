@@ -9,7 +9,8 @@ PKGS        := libcurl jansson openssl hiredis ldns libknot
 DEB_PKGS    := build-essential pkg-config libssl-dev libcurl4-openssl-dev libjansson-dev \
                libcmocka-dev pebble python3-pytest curl openssl nginx nginx-dev apache2 apache2-dev \
                libhiredis-dev libldns-dev libknot-dev knot redis-server clang libclang-rt-14-dev valgrind \
-               python3-prometheus-client certbot chromium libnginx-mod-stream libnginx-mod-mail
+               python3-prometheus-client certbot chromium libnginx-mod-stream libnginx-mod-mail \
+               python3-pytest-xdist
 PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -69,7 +70,7 @@ endif
 
 check-deps:
 	@pkg-config --exists $(PKGS) && [ -f /usr/include/cmocka.h ] && command -v pebble >/dev/null \
-	    || $(MAKE) --no-print-directory deps
+	    && $(PYTHON) -c 'import xdist' 2>/dev/null || $(MAKE) --no-print-directory deps
 
 $(BUILD)/obj/common/%.o: common/%.c $(wildcard common/*.h)
 	@mkdir -p $(dir $@)
@@ -94,8 +95,10 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libacme.a
 unit: check-deps $(UNIT_BIN)
 	@$(PYTHON) tests/run_unit.py $(UNIT_BIN)
 
+# Both test targets run the e2e suite on E2E_JOBS processes (default: one per CPU), then the tests marked
+# `serial` alone (tests/run_all.py); E2E_JOBS=1: one process.
 e2e: all pebble-next
-	ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e
+	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/run_all.py
 
 test: check-deps all pebble-next $(UNIT_BIN)
 	@ACME_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/run_all.py $(UNIT_BIN)

@@ -453,10 +453,11 @@ mpm_stopping(void)
     return 0;
 }
 
+/* Returns early when the process stops: a child waiting for the driver lock must not hold up its exit. */
 static void
 nap(driver_t *d, long ms)
 {
-    while (ms > 0 && !d->stop) {
+    while (ms > 0 && !d->stop && !d->draining) {
         apr_sleep(apr_time_from_msec(ms > 100 ? 100 : ms));
         ms -= 100;
     }

@@ -239,7 +239,7 @@ class Apache:
             if not c or c["state"] != "valid":
                 return None
             return c
-        return wait_for(ok, timeout=timeout, interval=0.3, what=f"{name} to be valid")
+        return wait_for(ok, timeout=timeout, interval=0.1, what=f"{name} to be valid")
 
     def renew(self, name, timeout=5):
         """POST ?renew=name; waits out a 429 of the 1 s interval set above: returns the final answer."""

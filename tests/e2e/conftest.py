@@ -27,12 +27,18 @@ Fixtures (scope):
   no_secret_in_messages (session, autouse)
                                 after the session: no test secret (leakcheck) in any log,
                                 output or status document of our software
+
+Parallel runs: `make test` runs the suite with pytest-xdist (-n auto) except the tests marked
+`serial`, which it runs afterwards on their own (tests/run_all.py). Mark a test (or a module, with
+`pytestmark = pytest.mark.serial`) serial when it asserts a latency or time bound that another
+test's load could break. Ports come from harness.free_port(), unique across the run's processes.
 """
 
 import itertools
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,6 +57,16 @@ from harness import (  # noqa: E402
 # --------------------------------------------------------------------------
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "serial: asserts a latency or time bound: run alone, not beside "
+                                       "other tests (tests/run_all.py runs these after the parallel pass)")
+    config.addinivalue_line("markers", "slow: takes a minute or more: started first (a parallel run does not "
+                                       "end with it alone)")
+    # pytest-xdist's controller: the workers (started later, with this environment) share one port registry
+    if getattr(config, "workerinput", None) is None and config.getoption("numprocesses", None):
+        fd, path = tempfile.mkstemp(prefix="acme-e2e-ports-")
+        os.close(fd)
+        os.environ[harness.PORT_REGISTRY_ENV] = path
+        config._port_registry = path
     # A SIGTERM to pytest (CI timeout) should still run fixture teardown, which
     # stops every server; without this the children would be orphaned.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -63,9 +79,10 @@ def pytest_configure(config):
     if d is not None:
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o1777)     # workers that run as another user write there too
-        for p in d.iterdir():   # an earlier run's reports were shown by that run
-            if p.name.startswith(("asan.", "ubsan.")):
-                p.unlink()
+        if getattr(config, "workerinput", None) is None:   # not in an xdist worker: the others may write
+            for p in d.iterdir():   # an earlier run's reports were shown by that run
+                if p.name.startswith(("asan.", "ubsan.")):
+                    p.unlink()
         # ASan (and LSan) reports go to d/asan.PID. UBSan's own reports ignore log_path when
         # linked with ASan (gcc 12) and go to stderr, i.e. nginx's error log, where the log
         # watcher catches "runtime error:" lines; its first check (even a suppressed one) resets
@@ -93,8 +110,16 @@ def pytest_configure(config):
         config._sanitizer_seen = set()
 
 
+def pytest_collection_modifyitems(session, config, items):
+    # the slow ones first (a stable sort: the same order in every xdist worker)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_unconfigure(config):
     harness._kill_all_live()
+    path = getattr(config, "_port_registry", None)
+    if path:
+        os.unlink(path)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -21,6 +21,7 @@ Main pieces (see conftest.py for the pytest fixtures built on them):
 
 import atexit
 import base64
+import fcntl
 import hashlib
 import hmac
 import http.server
@@ -197,19 +198,46 @@ def child_env(extra=None, base=None):
 
 _handed_out = set()
 _port_lock = threading.Lock()
+# The file that the test processes of one parallel run (pytest-xdist) share: one port number a line,
+# every port any of them handed out (conftest.py sets it in the controller, the workers inherit it).
+PORT_REGISTRY_ENV = "ACME_E2E_PORT_REGISTRY"
+
+
+class _SharedPorts:
+    """The other processes' ports, under an exclusive flock of the registry file (if there is one):
+    `taken` holds them, add() records one."""
+
+    def __enter__(self):
+        path = os.environ.get(PORT_REGISTRY_ENV)
+        self.fh = open(path, "a+") if path else None
+        self.taken = set()
+        if self.fh:
+            fcntl.flock(self.fh, fcntl.LOCK_EX)
+            self.fh.seek(0)
+            self.taken = {int(x) for x in self.fh.read().split()}
+        return self
+
+    def add(self, port):
+        if self.fh:
+            self.fh.write(f"{port}\n")
+
+    def __exit__(self, *exc):
+        if self.fh:
+            self.fh.close()     # flushes, then releases the lock
 
 
 def free_port(udp=False, host=LOOPBACK):
     """Return a port on `host` that is currently free for TCP and, if udp=True,
     also for UDP (for DNS servers).  A port is never handed out twice by one
-    test process, so several calls before anything binds are safe."""
-    with _port_lock:
+    test run (all processes of a parallel one), so several calls before anything
+    binds are safe."""
+    with _port_lock, _SharedPorts() as shared:
         for _ in range(200):
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 t.bind((host, 0))
                 port = t.getsockname()[1]
-                if port in _handed_out:
+                if port in _handed_out or port in shared.taken:
                     continue
                 if udp:
                     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -222,6 +250,7 @@ def free_port(udp=False, host=LOOPBACK):
             finally:
                 t.close()
             _handed_out.add(port)
+            shared.add(port)
             return port
     raise HarnessError("could not find a free port")
 

@@ -12,6 +12,7 @@ source) and line, never the secret.
 """
 
 import base64
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -186,7 +187,7 @@ def pem_key_lines(text):
 
 def find_private_keys(roots, max_size=64 * 1024):
     """{body line: path} of every PEM private key file under roots."""
-    lines = {}
+    found = []
     for root in roots:
         for dirpath, _dirs, files in os.walk(root):
             for fn in files:
@@ -200,8 +201,14 @@ def find_private_keys(roots, max_size=64 * 1024):
                     continue
                 if b"PRIVATE KEY-----" not in head:
                     continue
-                for line in pem_key_lines(head.decode("ascii", "replace")):
-                    lines.setdefault(line, p)
+                found.append((p, head.decode("ascii", "replace")))
+    # one openssl run per key (_public_der): several at once, the results taken in walk order
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        per_file = list(pool.map(lambda f: pem_key_lines(f[1]), found))
+    lines = {}
+    for (p, _), keys in zip(found, per_file):
+        for line in keys:
+            lines.setdefault(line, p)
     return lines
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import re
+import signal
 import socket
 import ssl
 import threading
@@ -195,6 +196,49 @@ def test_graceful_restart_places_no_new_order(apache_factory, pebble, procs):
     time.sleep(1.5)
     assert pebble.order_count() == 1
     assert pebble.issued_count() == 1
+
+
+def _proc_stat(pid):
+    """/proc/PID/stat's fields after the command name: [state, ppid, ...]; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+@pytest.mark.serial
+def test_stop_is_not_held_up_by_a_child_waiting_for_the_driver_lock(apache_factory, pebble, procs):
+    """A child that waits to become the driver retries the lock every second; a stop (SIGTERM to the
+    parent, as apache2 -k stop) ends that wait at once. The child is stopped well inside its wait (its
+    retries follow its start, seen in /proc), and must be gone long before the retry would be due."""
+    name = "stop.apache.example.org"
+    a = apache_factory(pebble, name="apache-stop")     # event: two children, one the driver
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs)
+    a.wait_valid(name)
+    driver = a.status()["driver_pid"]
+    parent = a.proc.pid
+    waiting = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != driver
+               and (_proc_stat(p) or [None, None])[1] == str(parent)]
+    assert len(waiting) == 1, (driver, waiting)
+    child = waiting[0]
+    # its driver thread tried the lock at its start and tries again every second (LOCK_RETRY_MS)
+    hz = os.sysconf("SC_CLK_TCK")
+    started = int(_proc_stat(child)[19]) / hz           # starttime, seconds since boot
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    due = started + 1.0 * (int(now - started) + 2)      # a retry at least a second ahead
+    time.sleep(due + 0.25 - now)                        # a quarter of a second after it: 0.75 s to wait
+    t0 = time.monotonic()
+    os.kill(parent, signal.SIGTERM)
+    while time.monotonic() - t0 < 5:
+        st = _proc_stat(child)
+        if st is None or st[0] in ("Z", "X"):
+            break
+        time.sleep(0.005)
+    took = time.monotonic() - t0
+    assert a.proc.wait_exit(timeout=10) == 0
+    assert took < 0.4, f"the waiting child took {took:.2f} s to stop"
 
 
 ACME_OID_TEXT = "1.3.6.1.5.5.7.1.31"

@@ -212,6 +212,7 @@ def test_config_test_refuses_incomplete_dns(apache_factory, pebble, knot):
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+@pytest.mark.serial
 def test_propagation_wait_blocks_no_child(apache_factory, pebble_factory, knot_pair, procs):
     # prefork: the driver's child serves requests in its main thread; the DNS work (here a wait for
     # ns2, which lags) runs in a thread of its own, so every child keeps answering meanwhile

@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+import pytest
+
 import harness
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_serial, issued_and_served, stored_serial, tls_get
@@ -152,6 +154,7 @@ def _driver_shm(pid, driver_pid):
     raise AssertionError("mod_acme's shared memory not found")
 
 
+@pytest.mark.serial
 def test_driver_killed_mid_write_is_repaired(apache_factory, procs, server_logs):
     """A driver that dies in the middle of writing the shared memory (here: stopped, its half-done writes
     put in place as a crash would leave them, then SIGKILLed): the status sequence left odd and the renew

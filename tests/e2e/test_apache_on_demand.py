@@ -20,6 +20,9 @@ from fault_proxy import FaultProxy
 from apache_harness import apache_factory  # noqa: F401  (fixture)
 from apache_harness import cert_issuer, tls_get
 
+# handshakes and fallbacks within seconds: alone, not beside other tests (conftest.py)
+pytestmark = pytest.mark.serial
+
 SUFFIX = ".od.example.org"
 
 

@@ -231,6 +231,7 @@ def test_config_errors(apache_factory, pebble, tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.serial
 def test_renewal_while_redis_hangs_keeps_handshakes_fast(apache_factory, pebble, procs, tmp_path):
     """Redis stopped (SIGSTOP: connections hang rather than fail), one renewal forced: every HTTPS request
     is answered quickly. A handshake reads only local files (the cache the driver keeps), never Redis."""

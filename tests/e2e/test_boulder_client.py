@@ -112,6 +112,7 @@ def test_user_agent_and_accept_language(ctl, proxy):
         assert hdrs.get("accept-language") == "en", (method, path, hdrs)
 
 
+@pytest.mark.slow
 def test_poll_honours_retry_after_beyond_60s(ctl, proxy):
     """The CA answers finalize with "processing" and Retry-After: 65; the client polls the order
     after 65 s (it used to cut every Retry-After to 60 s)."""

@@ -52,6 +52,23 @@ def test_free_port_tcp_and_udp():
         u.close()
 
 
+def test_free_port_shared_between_processes(tmp_path, monkeypatch):
+    """The processes of a parallel run share a registry: a port one of them handed out (listed there) is
+    never handed out by another, and every port handed out is listed."""
+    reg = tmp_path / "ports"
+    other = run_cmd([sys.executable, "-c", "import harness; print(*(harness.free_port() for _ in range(50)))"],
+                    env=harness.child_env({harness.PORT_REGISTRY_ENV: reg, "PYTHONPATH": Path(__file__).parent}),
+                    check=True)
+    theirs = {int(p) for p in other.stdout.split()}
+    assert len(theirs) == 50 and {int(p) for p in reg.read_text().split()} == theirs
+    # ports this process never gave out (the kernel picks them as it picked theirs) but another did
+    monkeypatch.setattr(harness, "_handed_out", set())
+    monkeypatch.setenv(harness.PORT_REGISTRY_ENV, str(reg))
+    ours = {free_port() for _ in range(50)}
+    assert len(ours) == 50 and not ours & theirs
+    assert {int(p) for p in reg.read_text().split()} == theirs | ours
+
+
 def test_test_ca_server_cert(test_ca):
     cp = run_cmd(["openssl", "verify", "-CAfile", test_ca.ca_cert, test_ca.cert])
     assert cp.returncode == 0, cp.stdout + cp.stderr

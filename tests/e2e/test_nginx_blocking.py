@@ -45,6 +45,7 @@ def runner_pid(ng):
     return pids[0]
 
 
+@pytest.mark.serial
 def test_stalled_redis_during_forced_renewal(pebble, nginx_factory, tmp_path, procs):
     redis = Redis(procs, tmp_path / "redis")
     key = key_file(tmp_path / "storage.key")
@@ -100,6 +101,7 @@ class Blackhole:
             c.close()
 
 
+@pytest.mark.serial
 def test_blackholed_redis(pebble, nginx_factory, tmp_path):
     hole = Blackhole()
     try:
@@ -163,6 +165,7 @@ def _nice(pid):
         return int(f.read().rsplit(")", 1)[1].split()[16])
 
 
+@pytest.mark.serial
 def test_cache_manager_yields_the_cpu_to_workers(pebble, nginx_factory, tmp_path):
     """The cache manager that runs the client runs at a priority 10 below the workers', so issuance
     that shares a CPU with a worker lets the worker's handshakes go first."""

@@ -13,8 +13,13 @@ import ssl
 import threading
 import time
 
+import pytest
+
 from harness import OPENSSL_BIN, free_port, wait_for
 from nginx_harness import cert_text, http_get, issuer_block, nginx_factory, tls_cert  # noqa: F401
+
+# handshakes and fallbacks within seconds: alone, not beside other tests (conftest.py)
+pytestmark = pytest.mark.serial
 
 MANAGED = "a.example.org"
 OD_SUFFIX = ".od.example.org"

@@ -58,6 +58,7 @@ def _ours(record):
     return re.search(r"ngx_http_acme|\bacme_|ngx_acme_module|common/acme", record) is not None
 
 
+@pytest.mark.slow
 def test_fifty_renewals_under_valgrind(pebble, procs, server_logs, tmp_path):
     https = harness.free_port()
     conf = issuer_block("pebble", pebble, tmp_path / "state") + managed_servers(
