@@ -1015,26 +1015,38 @@ mod_acme_od_driver_free(void *arg)
     }
 }
 
+/* The driver's on-demand name whose certificate is the store's `store`, or NULL. */
+static od_name_t *
+od_by_store(const char *store)
+{
+    apr_hash_index_t  *hi;
+    od_name_t         *n;
+
+    if (od_drv == NULL) {
+        return NULL;
+    }
+    for (hi = apr_hash_first(NULL, od_drv->names); hi != NULL; hi = apr_hash_next(hi)) {
+        n = apr_hash_this_val(hi);
+        if (n->store != NULL && strcmp(n->store, store) == 0) {
+            return n;
+        }
+    }
+    return NULL;
+}
+
 void
 mod_acme_od_cert_updated(const char *store)
 {
-    apr_hash_index_t  *hi;
+    od_name_t  *n = od_by_store(store);
 
-    if (od_drv == NULL) {
+    if (n == NULL) {
         return;
     }
-    for (hi = apr_hash_first(NULL, od_drv->names); hi != NULL; hi = apr_hash_next(hi)) {
-        od_name_t *n = apr_hash_this_val(hi);
-
-        if (n->store != NULL && strcmp(n->store, store) == 0) {
-            od_cache_refresh(od_drv, n);
-            n->ready = 1;
-            od_slot_set(n->name, OD_READY, 0, 1);
-            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, od_drv->s, ACMELOGNO(0175)
-                         "%s: on-demand certificate stored for %s", store, n->name);
-            return;
-        }
-    }
+    od_cache_refresh(od_drv, n);
+    n->ready = 1;
+    od_slot_set(n->name, OD_READY, 0, 1);
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, od_drv->s, ACMELOGNO(0175)
+                 "%s: on-demand certificate stored for %s", store, n->name);
 }
 
 /*
@@ -1045,18 +1057,10 @@ mod_acme_od_cert_updated(const char *store)
 void
 mod_acme_od_announced(const char *store)
 {
-    apr_hash_index_t  *hi;
+    od_name_t  *n = od_by_store(store);
 
-    if (od_drv == NULL) {
-        return;
-    }
-    for (hi = apr_hash_first(NULL, od_drv->names); hi != NULL; hi = apr_hash_next(hi)) {
-        od_name_t *n = apr_hash_this_val(hi);
-
-        if (n->store != NULL && strcmp(n->store, store) == 0) {
-            (void) acme_manager_reload_cert(od_drv->m, n->store);
-            return;
-        }
+    if (n != NULL) {
+        (void) acme_manager_reload_cert(od_drv->m, n->store);
     }
 }
 

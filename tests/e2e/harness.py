@@ -226,6 +226,19 @@ class _SharedPorts:
             self.fh.close()     # flushes, then releases the lock
 
 
+def close_listener(sock, thread=None):
+    """Close a test double's listening socket. shutdown() wakes the accept() under way in its thread: a
+    close() alone leaves the port listening on its loopback address for the rest of the session, ahead of
+    a later server's wildcard bind on the same port."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+    if thread is not None:
+        thread.join(timeout=10)
+
+
 def free_port(udp=False, host=LOOPBACK):
     """Return a port on `host` that is currently free for TCP and, if udp=True,
     also for UDP (for DNS servers).  A port is never handed out twice by one

@@ -214,14 +214,7 @@ class MacFlipProxy:
                 conn.sendall(len(answer).to_bytes(2, "big") + answer)
 
     def close(self):
-        # a close() alone does not wake the accept() under way: the port would go on listening on the
-        # loopback address for the rest of the session, ahead of a later server's wildcard bind there
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(timeout=10)
+        harness.close_listener(self.sock, self.thread)
 
 
 def test_dns01_answer_with_a_bad_signature(acmectl_bin, tmp_path, dns_pebble, knot):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import free_port, wait_for
+from harness import close_listener, free_port, wait_for
 from nginx_harness import force_renewal, http_get, https_get, issuer_block, managed_servers, nginx_factory  # noqa: F401
 from test_nginx_redis import REDIS_DOWN, alpn_conf, served, storage_conf, wait_served
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
@@ -90,13 +90,7 @@ class Blackhole:
             self.conns.append(c)
 
     def close(self):
-        # shutdown wakes the accept() under way; a close() alone leaves the port listening
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(timeout=10)
+        close_listener(self.sock, self.thread)
         for c in self.conns:
             c.close()
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import free_port, wait_for
+from harness import close_listener, free_port, wait_for
 from nginx_harness import STREAM_MODULE, issuer_block, nginx_factory, raw_http, tls_cert  # noqa: F401
 from nginx_harness import cert_text, tls_verified
 
@@ -57,12 +57,7 @@ class EchoServer:
 
     def close(self):
         self.stopped = True
-        # shutdown wakes the accept() under way; a close() alone leaves the port listening
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_listener(self.sock)
 
 
 @pytest.fixture
