@@ -457,14 +457,14 @@ class Process:
         if self.alive():
             self.popen.send_signal(sig)
 
-    def stop(self, timeout=5.0, sig=signal.SIGTERM):
+    def stop(self, timeout=None, sig=signal.SIGTERM):
         """SIGTERM the whole process group, wait, then SIGKILL. Idempotent.
         Returns the exit status of the main process."""
         if self.popen is None:
             return None
-        if sig == signal.SIGTERM and os.environ.get("ACME_SANITIZER_PRELOAD"):
+        if timeout is None:
             # sanitized servers exit slowly (LeakSanitizer walks the heap of every process at exit)
-            timeout = max(timeout, 20.0)
+            timeout = 20.0 if os.environ.get("ACME_SANITIZER_PRELOAD") else 5.0
         pgid = self.popen.pid  # start_new_session: pgid == pid
         if self.popen.poll() is None:
             _killpg(pgid, sig)

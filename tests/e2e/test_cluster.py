@@ -434,6 +434,7 @@ def test_redis_down_serving_goes_on(cluster, dns, redis, kinds):
     assert new in cl.pebble.issued_serials()
 
 
+@pytest.mark.serial
 def test_restarts_with_redis_down_keep_serving(cluster, dns, redis):
     """Redis down, then every node restarted (nginx: reload, then stop and start; Apache: graceful, then stop
     and start): each serves the certificate it had, not the self-signed fallback, and none takes its
