@@ -52,7 +52,4 @@ int acme_dns_acmedns_update(const acme_dns_config_t *cfg, const acme_dns_record_
 int acme_dns_persist_check(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, long long *until,
     char **txt, acme_err_t *err);
 
-/* Appends to a malloc'd text (*out may be NULL); nothing when out is NULL. */
-void acme_dns_out_append(char **out, const char *text, size_t len);
-
 #endif

@@ -484,25 +484,6 @@ wait_propagation(const acme_dns_config_t *cfg, ldns_resolver *lookup, const acme
     return rc;
 }
 
-void
-acme_dns_out_append(char **out, const char *text, size_t len)
-{
-    size_t  have;
-    char   *n;
-
-    if (out == NULL || len == 0) {
-        return;
-    }
-    have = *out != NULL ? strlen(*out) : 0;
-    n = realloc(*out, have + len + 1);
-    if (n == NULL) {
-        return;
-    }
-    memcpy(n + have, text, len);
-    n[have + len] = '\0';
-    *out = n;
-}
-
 int
 acme_dns_publish_record(const acme_dns_config_t *cfg, const acme_dns_record_t *rec, int add, atomic_int *stop,
     char **out, acme_err_t *err)
