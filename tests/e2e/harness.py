@@ -226,6 +226,41 @@ class _SharedPorts:
             self.fh.close()     # flushes, then releases the lock
 
 
+class AskServer:
+    """Caddy's on-demand ask contract: GET /check?domain=NAME, 2xx allows. Names starting with "ok" are
+    allowed; "slow" ones answer after `slow` seconds, allowed when slow_allows, else refused; the rest get
+    403, and so does every name in `deny`. Records every name asked."""
+
+    def __init__(self, slow=3.0, slow_allows=False):
+        self.asked = []
+        self.deny = set()       # names refused from now on
+        outer = self
+        allowed = ("ok", "slow") if slow_allows else ("ok",)
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                m = re.match(r"^/check\?domain=([a-z0-9.-]+)$", self.path)
+                name = m.group(1) if m else ""
+                outer.asked.append(name)
+                if name.startswith("slow"):
+                    time.sleep(slow)
+                self.send_response(200 if name.startswith(allowed) and name not in outer.deny else 403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer((LOOPBACK, 0), H)
+        self.srv.daemon_threads = True
+        self.url = f"http://{LOOPBACK}:{self.srv.server_address[1]}/check"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
 def close_listener(sock, thread=None):
     """Close a test double's listening socket. shutdown() wakes the accept() under way in its thread: a
     close() alone leaves the port listening on its loopback address for the rest of the session, ahead of

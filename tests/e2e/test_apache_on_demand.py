@@ -3,7 +3,6 @@ certificate callback, bounded by waiting=) for a certificate the driver orders, 
 refused by ServerName/ServerAlias, the ask endpoint or the waiting cap get the fallback at once, with no
 order. Stored on-demand certificates are served after a restart with no order."""
 
-import http.server
 import json
 import os
 import re
@@ -26,37 +25,8 @@ pytestmark = pytest.mark.serial
 SUFFIX = ".od.example.org"
 
 
-class AskServer:
-    """Caddy's ask contract: GET /check?domain=NAME, 2xx allows. Names starting with "ok" are allowed,
-    "slow" ones are refused after `slow` seconds, the rest at once. Records every name asked."""
-
-    def __init__(self, slow=3.0):
-        self.asked = []
-        self.deny = set()       # names refused from now on
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                m = re.match(r"^/check\?domain=([a-z0-9.-]+)$", self.path)
-                name = m.group(1) if m else ""
-                outer.asked.append(name)
-                if name.startswith("slow"):
-                    time.sleep(slow)
-                self.send_response(200 if name.startswith("ok") and name not in outer.deny else 403)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/check"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
+class AskServer(harness.AskServer):
+    """The ask endpoint; "slow" names are refused after the wait."""
 
 
 def od_apache(apache_factory, pebble, mpm="event", limits="", ask=None, name="apache-od"):

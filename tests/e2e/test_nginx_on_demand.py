@@ -2,7 +2,6 @@
 the worker, without blocking it) for a certificate ordered by the cache manager, and completes with it; names
 refused by server_name, the ask endpoint or a limit get the fallback at once, with no order."""
 
-import http.server
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import time
 
 import pytest
 
+import harness
 from harness import OPENSSL_BIN, free_port, wait_for
 from nginx_harness import cert_text, http_get, issuer_block, nginx_factory, tls_cert  # noqa: F401
 
@@ -25,38 +25,11 @@ MANAGED = "a.example.org"
 OD_SUFFIX = ".od.example.org"
 
 
-class AskServer:
-    """Caddy's ask contract: GET /check?domain=NAME, 2xx allows. Names starting with "ok" are allowed,
-    "slow" ones answer after `slow` seconds (allowed), the rest get 403. Records every name asked."""
+class AskServer(harness.AskServer):
+    """The ask endpoint; "slow" names are allowed after the wait."""
 
     def __init__(self, slow=3.0):
-        self.asked = []
-        self.deny = set()       # names refused from now on
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                m = re.match(r"^/check\?domain=([a-z0-9.-]+)$", self.path)
-                name = m.group(1) if m else ""
-                outer.asked.append(name)
-                if name.startswith("slow"):
-                    time.sleep(slow)
-                code = 200 if name.startswith(("ok", "slow")) and name not in outer.deny else 403
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/check"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
+        super().__init__(slow, slow_allows=True)
 
 
 def od_conf(pebble, tmp_path, https, od="", managed=True):
