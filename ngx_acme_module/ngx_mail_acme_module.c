@@ -17,6 +17,12 @@
  * the machine's hostname).  mail has no postconfiguration: the certificate
  * is resolved and the callbacks set in this module's merge, which runs
  * after ngx_mail_ssl_module's (a later module) has made the SSL_CTX.
+ *
+ * tls-alpn-01 is answered on the server's TLS handshakes ("listen ... ssl",
+ * and after STARTTLS).  mail has no phase to end a validation's connection
+ * in, as stream's preread: the server gets a copy of its protocol whose
+ * session start closes it instead of greeting the CA (RFC 8737: acme-tls/1
+ * is for the validation only).
  */
 
 
@@ -31,6 +37,7 @@ typedef struct {
     ngx_http_acme_srv_conf_t    acme;            /* first: the callback's */
     ngx_mail_core_srv_conf_t   *cscf;
     ngx_mail_ssl_conf_t        *sscf;
+    ngx_mail_protocol_t        *protocol;        /* the server's own */
 } ngx_mail_acme_srv_conf_t;
 
 
@@ -39,6 +46,10 @@ static char *ngx_mail_acme_merge_srv_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_mail_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static void ngx_mail_acme_init_session(ngx_mail_session_t *s,
+    ngx_connection_t *c);
+static void ngx_mail_acme_init_protocol(ngx_event_t *rev);
+static void ngx_mail_acme_close(ngx_connection_t *c);
 
 
 static ngx_command_t  ngx_mail_acme_commands[] = {
@@ -207,6 +218,7 @@ ngx_mail_acme_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_str_t                  *n;
     ngx_uint_t                  i;
+    ngx_mail_protocol_t        *protocol;
     ngx_http_acme_cert_t      **certs;
     ngx_http_acme_main_conf_t  *amcf;
 
@@ -270,11 +282,7 @@ ngx_mail_acme_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     SSL_CTX_set_cert_cb(conf->sscf->ssl.ctx, ngx_http_acme_cert_cb,
                         &conf->acme);
 
-    /*
-     * tls-alpn-01 where the CA reaches a TLS listener (port 443 only): the
-     * validation gets the challenge certificate in the handshake, which is
-     * all it checks; the mail greeting that follows goes unread
-     */
+    /* tls-alpn-01 where the CA reaches a TLS listener (port 443 only) */
 
     if (ngx_http_acme_tls_alpn_hook(cf, amcf, conf->sscf->ssl.ctx)
         != NGX_OK)
@@ -282,5 +290,81 @@ ngx_mail_acme_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    /* core's merge (an earlier module) has set the protocol */
+
+    protocol = ngx_palloc(cf->pool, sizeof(ngx_mail_protocol_t));
+    if (protocol == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    conf->protocol = conf->cscf->protocol;
+
+    *protocol = *conf->protocol;
+    protocol->init_session = ngx_mail_acme_init_session;
+    protocol->init_protocol = ngx_mail_acme_init_protocol;
+
+    conf->cscf->protocol = protocol;
+
     return NGX_CONF_OK;
+}
+
+
+/*
+ * After the handshake: init_session on an implicit TLS listener,
+ * init_protocol after STARTTLS; a validation's connection ends there
+ */
+
+static void
+ngx_mail_acme_init_session(ngx_mail_session_t *s, ngx_connection_t *c)
+{
+    ngx_mail_acme_srv_conf_t  *macf;
+
+    if (ngx_http_acme_is_challenge_connection(c)) {
+        ngx_log_debug0(NGX_LOG_DEBUG_MAIL, c->log, 0,
+                       "acme: tls-alpn-01 validation done, closing");
+        ngx_mail_acme_close(c);
+        return;
+    }
+
+    macf = ngx_mail_get_module_srv_conf(s, ngx_mail_acme_module);
+
+    macf->protocol->init_session(s, c);
+}
+
+
+static void
+ngx_mail_acme_init_protocol(ngx_event_t *rev)
+{
+    ngx_connection_t          *c;
+    ngx_mail_session_t        *s;
+    ngx_mail_acme_srv_conf_t  *macf;
+
+    c = rev->data;
+    s = c->data;
+
+    if (ngx_http_acme_is_challenge_connection(c)) {
+        ngx_log_debug0(NGX_LOG_DEBUG_MAIL, c->log, 0,
+                       "acme: tls-alpn-01 validation done, closing");
+        ngx_mail_acme_close(c);
+        return;
+    }
+
+    macf = ngx_mail_get_module_srv_conf(s, ngx_mail_acme_module);
+
+    /* the protocol's own takes the connection's next reads */
+
+    rev->handler = macf->protocol->init_protocol;
+
+    macf->protocol->init_protocol(rev);
+}
+
+
+static void
+ngx_mail_acme_close(ngx_connection_t *c)
+{
+    /* the CA closes at once (RFC 8737), with or without its close_notify */
+
+    c->ssl->no_wait_shutdown = 1;
+
+    ngx_mail_close_connection(c);
 }

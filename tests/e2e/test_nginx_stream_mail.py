@@ -368,3 +368,127 @@ def test_mail_config_errors(pebble, nginx_factory, tmp_path, case):
     ng = nginx_factory(http, start=False, mail=mail)
     ok, out = ng.test_config()
     assert not ok and want in out, out
+
+
+def _alpn_mail(pebble, tmp_path, status):
+    """The http block of the tls-alpn-01 tests: the issuer and a status server, no port-80 server."""
+    return issuer_block("pebble", pebble, tmp_path / "state", challenge="tls-alpn-01") + f"""
+    server {{
+        listen 127.0.0.1:{status};
+        server_name status;
+        location = /acme {{ acme_status renew=on renew_interval=1s; }}
+    }}
+"""
+
+
+def _line(sock):
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        d = sock.recv(1)
+        if not d:
+            break
+        buf += d
+    return buf
+
+
+def _imaps_greeting(port, name, roots):
+    ctx = ssl.create_default_context(cadata=roots)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            return _line(t)
+
+
+def test_mail_tls_alpn01_on_the_imaps_listener(pebble, nginx_factory, tmp_path, auth_http):
+    """No port-80 server: the CA validates on an IMAPS listener (acme-tls/1); IMAP clients then get the
+    issued certificate and the greeting, and its renewal with no reload."""
+    name = "alpn-imap.example.org"
+    status = free_port()
+    mail = f"""
+    auth_http 127.0.0.1:{auth_http.port}/auth;
+    server {{
+        listen 127.0.0.1:{pebble.tls_port} ssl;
+        protocol imap;
+        server_name {name};
+        acme_certificate pebble;
+    }}
+"""
+    ng = nginx_factory(_alpn_mail(pebble, tmp_path, status), start=False, mail=mail)
+    ng.allow(r'acme: serving the self-signed fallback certificate for ')
+    ng.start(wait_port=pebble.tls_port)
+    roots = pebble.roots(0)
+    serial = wait_for(lambda: _verified(pebble.tls_port, name, roots), 40, interval=0.2,
+                      what="the IMAPS certificate validated by tls-alpn-01")
+    assert f'tls-alpn-01 challenge handshake for "{name}"' in ng.log_text()
+    assert _imaps_greeting(pebble.tls_port, name, roots).startswith(b"* OK")
+    workers = sorted(ng.worker_pids())
+    st, body = _renew(status, name)
+    assert st == 202, (st, body)
+    wait_for(lambda: (s := _verified(pebble.tls_port, name, roots)) and s != serial, 40, interval=0.3,
+             what="the renewal validated by tls-alpn-01")
+    assert sorted(ng.worker_pids()) == workers, "the renewal must be served with no reload"
+
+
+def _acme_tls(sock, name):
+    """An acme-tls/1 handshake on a connected socket: (ALPN, leaf DER, what the server sends next:
+    b"" when it closes, None when it waits for the client)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["acme-tls/1"])
+    with ctx.wrap_socket(sock, server_hostname=name) as t:
+        alpn, der = t.selected_alpn_protocol(), t.getpeercert(binary_form=True)
+        t.settimeout(3)
+        try:
+            after = t.recv(100)
+        except TimeoutError:
+            after = None
+        except OSError:
+            after = b""
+    return alpn, der, after
+
+
+def test_mail_tls_alpn01_validation_connection_gets_no_mail_protocol(pebble, dns, nginx_factory, tmp_path,
+                                                                        auth_http):
+    """While the CA's validation is held pending: an acme-tls/1 handshake for the name, on an SMTPS
+    listener and after IMAP STARTTLS, gets the challenge certificate and is closed, with no greeting and
+    no IMAP session (RFC 8737: acme-tls/1 is for the validation only)."""
+    from test_nginx_tls_alpn import ACME_IDENTIFIER_OID, HangingTls
+    name = "alpn-mail-hang.example.org"
+    dns.add_a(name, "127.0.0.2")
+    hang = HangingTls("127.0.0.2", pebble.tls_port)
+    smtps, imap, status = free_port(), free_port(), free_port()
+    mail = f"""
+    auth_http 127.0.0.1:{auth_http.port}/auth;
+    server {{
+        listen 127.0.0.1:{smtps} ssl;
+        protocol smtp;
+        server_name {name};
+        acme_certificate pebble;
+    }}
+    server {{
+        listen 127.0.0.1:{imap};
+        protocol imap;
+        starttls on;
+        server_name {name};
+        acme_certificate pebble;
+    }}
+"""
+    ng = nginx_factory(_alpn_mail(pebble, tmp_path, status), start=False, mail=mail)
+    ng.allow(r"acme: ")
+    ng.start(wait_port=imap)
+    try:
+        wait_for(lambda: any(name.encode() in h for h in hang.hellos), 30, what="the CA's TLS-ALPN-01 connection")
+        alpn, der, after = _acme_tls(socket.create_connection(("127.0.0.1", smtps), timeout=5), name)
+        assert alpn == "acme-tls/1" and ACME_IDENTIFIER_OID in cert_text(der)
+        assert after == b"", f"the SMTPS validation connection got {after!r}"
+
+        s = socket.create_connection(("127.0.0.1", imap), timeout=5)
+        assert _line(s).startswith(b"* OK")
+        s.sendall(b"a STARTTLS\r\n")
+        assert _line(s).startswith(b"a OK")
+        alpn, der, after = _acme_tls(s, name)
+        assert alpn == "acme-tls/1" and ACME_IDENTIFIER_OID in cert_text(der)
+        assert after == b"", f"the STARTTLS validation connection got {after!r}"
+        assert ng.log_text().count(f'tls-alpn-01 challenge handshake for "{name}"') == 2
+    finally:
+        hang.close()
