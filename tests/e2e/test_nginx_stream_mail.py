@@ -8,6 +8,7 @@ reload; a certificate named by an http and a stream server is one order; `nginx 
 without TLS, a missing issuer and an http block without acme_issuer."""
 
 import os
+import re
 import socket
 import ssl
 import threading
@@ -225,7 +226,7 @@ def test_stream_config_errors(pebble, nginx_factory, tmp_path, case):
 
 def test_stream_tls_alpn01_on_the_stream_listener(pebble, nginx_factory, tmp_path, echo):
     """No port-80 server: the CA validates on the stream TLS listener (acme-tls/1), whose validation
-    connection is closed, not proxied; other handshakes reach the backend."""
+    connections are closed, never proxied; other handshakes reach the backend."""
     name = "alpn-stream.example.org"
     status = free_port()
     http = issuer_block("pebble", pebble, tmp_path / "state", challenge="tls-alpn-01") + f"""
@@ -246,6 +247,10 @@ def test_stream_tls_alpn01_on_the_stream_listener(pebble, nginx_factory, tmp_pat
     assert st == 202, (st, body)
     wait_for(lambda: (s := _verified(pebble.tls_port, name, roots)) and s != serial, 40, interval=0.3,
              what="the renewal validated by tls-alpn-01")
+    log = ng.log_text()
+    validations = set(re.findall(r" \*(\d+) acme: tls-alpn-01 challenge handshake for ", log))
+    proxied = set(re.findall(r" \*(\d+) .*upstream", log))
+    assert validations and proxied and not validations & proxied, (validations, proxied)
 
 
 # -------------------------------------------------------------------- mail
