@@ -5,7 +5,9 @@ acme_certificate in stream servers; the http block's issuers, zone, store and co
 proxy in front of a local echo server gets a Pebble certificate through HTTP-01 answered by the http block's
 port-80 server, serves the fallback until then, and serves a forced renewal on the next handshake with no
 reload; a certificate named by an http and a stream server is one order; `nginx -t` refuses a stream server
-without TLS, a missing issuer and an http block without acme_issuer."""
+without TLS, a missing issuer and an http block without acme_issuer. TLS-ALPN-01 is answered on stream and
+mail TLS listeners, whose validation connections are closed after the handshake (never proxied, no mail
+greeting or session)."""
 
 import os
 import re
@@ -431,6 +433,38 @@ def test_mail_tls_alpn01_on_the_imaps_listener(pebble, nginx_factory, tmp_path, 
     wait_for(lambda: (s := _verified(pebble.tls_port, name, roots)) and s != serial, 40, interval=0.3,
              what="the renewal validated by tls-alpn-01")
     assert sorted(ng.worker_pids()) == workers, "the renewal must be served with no reload"
+
+
+def test_mail_starttls_name_validated_on_an_https_server(pebble, nginx_factory, tmp_path, test_ca, auth_http):
+    """The usual setup: mail with STARTTLS only (the CA's TLS-ALPN-01 connection cannot reach it), an
+    https server on the port the CA validates on, whose names are others: it answers for the mail name."""
+    name, www = "alpn-starttls.example.org", "www.example.org"
+    starttls, status = free_port(), free_port()
+    cert, key = test_ca.issue(www, [www])
+    http = _alpn_mail(pebble, tmp_path, status) + f"""
+    server {{
+        listen 127.0.0.1:{pebble.tls_port} ssl;
+        server_name {www};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+    }}
+"""
+    mail = f"""
+    auth_http 127.0.0.1:{auth_http.port}/auth;
+    server {{
+        listen 127.0.0.1:{starttls};
+        protocol imap;
+        starttls only;
+        server_name {name};
+        acme_certificate pebble;
+    }}
+"""
+    ng = nginx_factory(http, start=False, mail=mail)
+    ng.allow(r'acme: serving the self-signed fallback certificate for ')
+    ng.start(wait_port=starttls)
+    wait_for(lambda: _starttls_serial(starttls, name, pebble.roots(0)), 40, interval=0.3,
+             what="the STARTTLS certificate validated by tls-alpn-01 on the https server")
+    assert f'tls-alpn-01 challenge handshake for "{name}"' in ng.log_text()
 
 
 def _acme_tls(sock, name):
