@@ -20,6 +20,7 @@
 #define QUEUE_RETRY_MS   2000
 #define ARI_RETRY_SOON   600L       /* s: an ARI check that found the CA unreachable */
 #define REVOKE_POLL_MS   60000L     /* how often ACME_REVOCATIONS_KEY is read */
+#define REVOKE_BUSY_MS   5000L      /* a revocation whose certificate's lock another process holds */
 
 typedef struct {
     char                *name;
@@ -302,9 +303,10 @@ cert_check_expiring(mcert_t *c, time_t now)
 /*
  * acmectl revoked the stored certificate: once per revocation (recorded in the meta, under the
  * certificate's store lock, so another process or node that holds it, or looks later, does not repeat it),
- * run "revoked" and renew now. The lock held elsewhere: the next look (poll or timer) tries again.
+ * run "revoked" and renew now. 1: the lock is held elsewhere (another node handling it, or renewing): look
+ * again soon, without renewing meanwhile (acmectl made it due: that would race the node that handles it).
  */
-static void
+static int
 cert_check_revoked(mcert_t *c, time_t now)
 {
     acme_manager_t  *m = c->m;
@@ -314,23 +316,24 @@ cert_check_revoked(mcert_t *c, time_t now)
     int              rc;
 
     if (c->meta.revoked_serial == NULL || c->meta.revoked_handled != 0) {
-        return;
+        return 0;
     }
     snprintf(lockname, sizeof(lockname), "cert-%s", c->name);
-    if (m->store->ops->lock(m->store, lockname, &lk, &err) != 1) {
-        return;
+    rc = m->store->ops->lock(m->store, lockname, &lk, &err);
+    if (rc != 1) {
+        return rc == 0;
     }
     cert_reload(c, 1);
     if (c->meta.revoked_serial == NULL || c->meta.revoked_handled != 0) {
         m->store->ops->unlock(lk);
-        return;
+        return 0;
     }
     rc = acme_revocation_stored_serial(m->store, c->name, &serial, &err);
     if (rc < 0) {
         m->store->ops->unlock(lk);
         acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot check the revocation acmectl recorded: %s",
                  c->name, err.msg);
-        return;
+        return 0;
     }
     if (rc == 1 || strcasecmp(serial, c->meta.revoked_serial) != 0) {
         /* a revocation of a certificate no longer stored: nothing to do */
@@ -340,7 +343,7 @@ cert_check_revoked(mcert_t *c, time_t now)
         acme_store_meta_save(m->store, &c->meta, NULL);
         m->store->ops->unlock(lk);
         free(serial);
-        return;
+        return 0;
     }
     free(serial);
     c->meta.revoked_handled = now;
@@ -350,7 +353,7 @@ cert_check_revoked(mcert_t *c, time_t now)
         acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot record that its revocation was seen: %s",
                  c->name, err.msg);
         c->meta.revoked_handled = 0;
-        return;
+        return 0;
     }
     acme_log(m->loop, ACME_LOG_NOTICE, "acme: \"%s\": certificate %s was revoked at %s (acmectl revoke): "
              "renewing it now", c->name, c->meta.revoked_serial,
@@ -360,6 +363,7 @@ cert_check_revoked(mcert_t *c, time_t now)
         c->forced = 1;
         c->meta.next_try = 0;
     }
+    return 0;
 }
 
 void
@@ -610,6 +614,7 @@ cert_schedule(mcert_t *c)
 {
     time_t  now = time(NULL), when;
     long    ms;
+    int     revoke_busy;
 
     acme_timer_cancel(c->m->loop, c->timer);
     c->timer = NULL;
@@ -618,8 +623,11 @@ cert_schedule(mcert_t *c)
         return;
     }
     cert_check_expiring(c, now);
-    cert_check_revoked(c, now);
+    revoke_busy = cert_check_revoked(c, now);
     when = cert_next(c, now, &c->reason);
+    if (revoke_busy && when < now + REVOKE_BUSY_MS / 1000) {
+        when = now + REVOKE_BUSY_MS / 1000;
+    }
     c->next_at = when;
     ms = when <= now ? 0 : (when - now > 86400 ? 86400L * 1000 : (long) (when - now) * 1000);
     c->timer = acme_timer_add(c->m->loop, ms, cert_due, c);
