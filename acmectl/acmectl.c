@@ -23,6 +23,7 @@
 #include "acme_manager.h"
 #include "acme_exec.h"
 #include "acme_notify.h"
+#include "acme_revocation.h"
 #include "chsrv.h"
 #include "import.h"
 
@@ -1426,6 +1427,38 @@ revoke_notify(ctl_t *ctl, const char *program, const acme_certmeta_t *m)
     acme_notify_free(n);
 }
 
+/*
+ * Marks the certificate for renewal and records the revocation for the servers (acme_revocation.h): the
+ * manager that runs the certificate's ACME client sees it within a minute, runs "revoked" and renews.
+ */
+static void
+revoke_record(ctl_t *ctl, acme_certmeta_t *m, X509 *leaf)
+{
+    acme_cert_info_t  info;
+    acme_err_t        err;
+    time_t            now = time(NULL);
+
+    memset(&info, 0, sizeof(info));
+    free(m->last_error);
+    m->last_error = acme_strdup("revoked");
+    m->last_error_at = now;
+    m->renew_at = now;
+    if (acme_cert_info(leaf, &info, &err) == 0) {
+        free(m->revoked_serial);
+        m->revoked_serial = acme_strdup(info.serial_hex);
+        m->revoked_at = now;
+        m->revoked_handled = 0;
+    }
+    if (acme_store_meta_save(ctl->store, m, &err) != 0
+        || (m->revoked_serial != NULL
+            && acme_revocation_record(ctl->store, m->name, m->revoked_serial, now, &err) != 0))
+    {
+        fprintf(stderr, "acmectl: %s: the revocation is not recorded for the servers (they renew it at "
+                "their next look at it, within a day): %s\n", m->name, err.msg);
+    }
+    acme_cert_info_free(&info);
+}
+
 static int
 cmd_revoke(ctl_t *ctl, int argc, char **argv)
 {
@@ -1499,11 +1532,7 @@ cmd_revoke(ctl_t *ctl, int argc, char **argv)
     }
     if (rc == 0) {
         printf("revoked %s\n", m.name);
-        free(m.last_error);
-        m.last_error = acme_strdup("revoked");
-        m.last_error_at = time(NULL);
-        m.renew_at = time(NULL);
-        acme_store_meta_save(ctl->store, &m, NULL);
+        revoke_record(ctl, &m, leaf);
         if (notify != NULL) {
             revoke_notify(ctl, notify, &m);
         }

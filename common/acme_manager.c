@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "acme_notify.h"
+#include "acme_revocation.h"
 #include "acme_sched.h"
 #include "acme_x509.h"
 
@@ -18,6 +19,8 @@
 #define STORE_RETRY_MAX_MS  300000L
 #define QUEUE_RETRY_MS   2000
 #define ARI_RETRY_SOON   600L       /* s: an ARI check that found the CA unreachable */
+#define REVOKE_POLL_MS   60000L     /* how often ACME_REVOCATIONS_KEY is read */
+#define REVOKE_BUSY_MS   5000L      /* a revocation whose certificate's lock another process holds */
 
 typedef struct {
     char                *name;
@@ -80,6 +83,9 @@ struct acme_manager_s {
     int                   started;
     acme_notify_t        *notify;       /* NULL: no notifications */
     unsigned long         requests_seen;    /* the clients' counters the version counted */
+    acme_timer_t         *revoke_timer;
+    long                  revoke_poll_ms;
+    char                 *revocations_seen; /* ACME_REVOCATIONS_KEY's text at the last poll */
 };
 
 static void cert_schedule(mcert_t *c);
@@ -185,6 +191,8 @@ acme_manager_free(acme_manager_t *m)
     }
     free(m->issuers);
     acme_notify_free(m->notify);
+    acme_timer_cancel(m->loop, m->revoke_timer);
+    free(m->revocations_seen);
     free(m);
 }
 
@@ -290,6 +298,72 @@ cert_check_expiring(mcert_t *c, time_t now)
     c->meta.expiring_notified = now;
     acme_store_meta_save(c->m->store, &c->meta, NULL);
     cert_notify(c, "expiring", NULL, 0, 0);
+}
+
+/*
+ * acmectl revoked the stored certificate: once per revocation (recorded in the meta, under the
+ * certificate's store lock, so another process or node that holds it, or looks later, does not repeat it),
+ * run "revoked" and renew now. 1: the lock is held elsewhere (another node handling it, or renewing): look
+ * again soon, without renewing meanwhile (acmectl made it due: that would race the node that handles it).
+ */
+static int
+cert_check_revoked(mcert_t *c, time_t now)
+{
+    acme_manager_t  *m = c->m;
+    acme_lock_t     *lk = NULL;
+    acme_err_t       err;
+    char             lockname[256], *serial = NULL, tb[32];
+    int              rc;
+
+    if (c->meta.revoked_serial == NULL || c->meta.revoked_handled != 0) {
+        return 0;
+    }
+    snprintf(lockname, sizeof(lockname), "cert-%s", c->name);
+    rc = m->store->ops->lock(m->store, lockname, &lk, &err);
+    if (rc != 1) {
+        return rc == 0;
+    }
+    cert_reload(c, 1);
+    if (c->meta.revoked_serial == NULL || c->meta.revoked_handled != 0) {
+        m->store->ops->unlock(lk);
+        return 0;
+    }
+    rc = acme_revocation_stored_serial(m->store, c->name, &serial, &err);
+    if (rc < 0) {
+        m->store->ops->unlock(lk);
+        acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot check the revocation acmectl recorded: %s",
+                 c->name, err.msg);
+        return 0;
+    }
+    if (rc == 1 || strcasecmp(serial, c->meta.revoked_serial) != 0) {
+        /* a revocation of a certificate no longer stored: nothing to do */
+        free(c->meta.revoked_serial);
+        c->meta.revoked_serial = NULL;
+        c->meta.revoked_at = 0;
+        acme_store_meta_save(m->store, &c->meta, NULL);
+        m->store->ops->unlock(lk);
+        free(serial);
+        return 0;
+    }
+    free(serial);
+    c->meta.revoked_handled = now;
+    rc = acme_store_meta_save(m->store, &c->meta, &err);
+    m->store->ops->unlock(lk);
+    if (rc != 0) {
+        acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": cannot record that its revocation was seen: %s",
+                 c->name, err.msg);
+        c->meta.revoked_handled = 0;
+        return 0;
+    }
+    acme_log(m->loop, ACME_LOG_NOTICE, "acme: \"%s\": certificate %s was revoked at %s (acmectl revoke): "
+             "renewing it now", c->name, c->meta.revoked_serial,
+             acme_time_format(c->meta.revoked_at, tb, sizeof(tb)));
+    cert_notify(c, "revoked", NULL, 0, 0);
+    if (c->meta.ca_wait_until <= now) {
+        c->forced = 1;
+        c->meta.next_try = 0;
+    }
+    return 0;
 }
 
 void
@@ -540,6 +614,7 @@ cert_schedule(mcert_t *c)
 {
     time_t  now = time(NULL), when;
     long    ms;
+    int     revoke_busy;
 
     acme_timer_cancel(c->m->loop, c->timer);
     c->timer = NULL;
@@ -548,7 +623,11 @@ cert_schedule(mcert_t *c)
         return;
     }
     cert_check_expiring(c, now);
+    revoke_busy = cert_check_revoked(c, now);
     when = cert_next(c, now, &c->reason);
+    if (revoke_busy && when < now + REVOKE_BUSY_MS / 1000) {
+        when = now + REVOKE_BUSY_MS / 1000;
+    }
     c->next_at = when;
     ms = when <= now ? 0 : (when - now > 86400 ? 86400L * 1000 : (long) (when - now) * 1000);
     c->timer = acme_timer_add(c->m->loop, ms, cert_due, c);
@@ -913,10 +992,51 @@ cert_due(void *arg)
     cert_issue(c);
 }
 
+/*
+ * acmectl revoke lists its revocations in one key: when its text changed, the certificates it names are
+ * read again (cert_schedule then acts on a revocation). One store read per poll, whatever the count.
+ */
+static void
+revocations_poll(void *arg)
+{
+    acme_manager_t  *m = arg;
+    char            *text = NULL, **names;
+    size_t           len = 0, n, i, j;
+    acme_err_t       err;
+    mcert_t         *c;
+
+    m->revoke_timer = acme_timer_add(m->loop, m->revoke_poll_ms, revocations_poll, m);
+    if (acme_store_get(m->store, ACME_REVOCATIONS_KEY, &text, &len, &err) != 0) {
+        /* none yet, or the store out of reach (the certificates' own timers say so): the next poll */
+        free(text);
+        return;
+    }
+    if (m->revocations_seen != NULL && strcmp(m->revocations_seen, text) == 0) {
+        free(text);
+        return;
+    }
+    free(m->revocations_seen);
+    m->revocations_seen = text;
+    if (acme_revocation_names(text, len, &names, &n) != 0) {
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < m->ncerts; j++) {
+            c = m->certs[j];
+            if (strcmp(c->name, names[i]) == 0 && c->job == NULL && !c->ari_busy) {
+                cert_reload(c, 1);
+                cert_schedule(c);
+            }
+        }
+    }
+    acme_store_list_free(names, n);
+}
+
 int
 acme_manager_start(acme_manager_t *m, acme_err_t *err)
 {
-    size_t i;
+    size_t       i;
+    const char  *v;
 
     (void) err;
     for (i = 0; i < m->ncerts; i++) {
@@ -924,6 +1044,10 @@ acme_manager_start(acme_manager_t *m, acme_err_t *err)
         cert_schedule(m->certs[i]);
     }
     m->started = 1;
+    /* tests only: a shorter poll */
+    v = getenv("ACME_TEST_REVOCATION_POLL_MS");
+    m->revoke_poll_ms = v != NULL && atol(v) > 0 ? atol(v) : REVOKE_POLL_MS;
+    m->revoke_timer = acme_timer_add(m->loop, m->revoke_poll_ms, revocations_poll, m);
     return 0;
 }
 

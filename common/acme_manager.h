@@ -57,7 +57,7 @@ int acme_manager_set_cert_profile(acme_manager_t *m, const char *name, const cha
 
 /*
  * Notifications (acme_notify.h): the program run on each certificate's events (issued, renewed, failed,
- * expiring, ari-moved). Before acme_manager_start. -1 with err: the program is not an executable file.
+ * expiring, ari-moved, revoked). Before acme_manager_start. -1 with err: the program is not an executable file.
  */
 int acme_manager_set_notify(acme_manager_t *m, const acme_notify_conf_t *conf, acme_err_t *err);
 /* 1 while a notification is queued or running. */

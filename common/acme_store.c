@@ -230,6 +230,7 @@ acme_certmeta_free(acme_certmeta_t *m)
     free(m->ari_cert_id);
     free(m->ari_explanation_url);
     free(m->last_error);
+    free(m->revoked_serial);
     acme_ident_errors_free(m->ident_errors, m->nident_errors);
     acme_persist_notes_free(m->persist_notes, m->npersist_notes);
     memset(m, 0, sizeof(*m));
@@ -368,6 +369,9 @@ acme_certmeta_to_json(const acme_certmeta_t *m)
     rc |= meta_set_time(o, "last_error_at", m->last_error_at);
     rc |= meta_set_time(o, "ca_wait_until", m->ca_wait_until);
     rc |= meta_set_time(o, "expiring_notified", m->expiring_notified);
+    rc |= meta_set_str(o, "revoked_serial", m->revoked_serial);
+    rc |= meta_set_time(o, "revoked_at", m->revoked_at);
+    rc |= meta_set_time(o, "revoked_handled", m->revoked_handled);
     if (m->nident_errors > 0) {
         json_t *arr = acme_certmeta_ident_errors_json(m);
         rc |= arr ? json_object_set_new(o, "identifier_errors", arr) : -1;
@@ -663,6 +667,9 @@ acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_
         || meta_get_time(o, "last_error_at", &m->last_error_at, err) != 0
         || meta_get_time(o, "ca_wait_until", &m->ca_wait_until, err) != 0
         || meta_get_time(o, "expiring_notified", &m->expiring_notified, err) != 0
+        || meta_get_str(o, "revoked_serial", &m->revoked_serial, err) != 0
+        || meta_get_time(o, "revoked_at", &m->revoked_at, err) != 0
+        || meta_get_time(o, "revoked_handled", &m->revoked_handled, err) != 0
         || meta_get_ident_errors(o, m, err) != 0
         || meta_get_persist_notes(o, m, err) != 0)
     {

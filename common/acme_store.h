@@ -333,6 +333,11 @@ typedef struct {
     time_t          issued_at;     /* when we stored it */
     time_t          expiring_notified;  /* when the "expiring" notification ran for this certificate
                                          * (once per certificate: a new one starts at 0) */
+    char           *revoked_serial; /* acmectl revoke: the serial (lowercase hex) it revoked; counts only
+                                     * while it is the stored certificate's */
+    time_t          revoked_at;
+    time_t          revoked_handled;    /* when a server's manager ran "revoked" and renewed for it (once:
+                                         * a new certificate's meta has none of the three) */
 } acme_certmeta_t;
 
 void  acme_certmeta_free(acme_certmeta_t *m);

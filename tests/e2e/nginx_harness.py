@@ -41,6 +41,7 @@ master_process on;
 worker_processes {workers};
 error_log {dir}/error.log {level};
 pid {dir}/nginx.pid;
+{main}
 events {{
     worker_connections 512;
 }}
@@ -108,7 +109,7 @@ def managed_servers(http_port, https_port, names, cert="pebble", locations=()):
 
 class Nginx:
     def __init__(self, workdir, procs, server_logs, http_conf, workers=2, level="info",
-                 allowed=(), user=None, stream=None, mail=None):
+                 allowed=(), user=None, stream=None, mail=None, main=""):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
@@ -123,6 +124,7 @@ class Nginx:
         self.user = user        # the workers' user (default: root when the tests run as root)
         self.stream = stream    # a stream{} body: loads stream and ngx_stream_acme_module
         self.mail = mail        # a mail{} body: loads mail and ngx_mail_acme_module
+        self.main = main        # main-context directives (env ...;)
         self.proc = None
         self.write_conf(http_conf)
         self.server_logs.watch(self.error_log, allowed=self.allowed)
@@ -146,7 +148,7 @@ class Nginx:
             after += f"mail {{\n{self.mail}\n}}\n"
         module = ";\nload_module ".join(str(m) for m in pre + [module_path()] + post)
         self.conf_path.write_text(MAIN_CONF.format(
-            module=module, user=user, workers=self.workers, dir=self.dir,
+            module=module, user=user, workers=self.workers, dir=self.dir, main=self.main,
             level=self.level, http=http_conf, after_http=after))
 
     def allow(self, regex):

@@ -403,3 +403,43 @@ def test_forged_records_refused(pebble, nginx_factory, tmp_path, redis):
                               signed(key, f"certs/{name}/fullchain.pem", "x").split("\n", 1)[0].encode()
                               + b"\n" + leaf.group(0) + evil_cert))
     assert "PRIVATE KEY" not in n.log_text()
+
+
+def test_two_nodes_revoked_by_acmectl(pebble, nginx_factory, tmp_path, redis, acmectl_bin):
+    """acmectl revoke against the cluster's Redis: one node runs "revoked" (the one that takes the
+    certificate's lock), and renews; both serve the new certificate; nothing runs twice."""
+    from test_notify import events, make_script
+    name = "rd-revoked.example.org"
+    key = key_file(tmp_path / "storage.key")
+    ports = [free_port(), free_port()]
+    outs = []
+    for i in range(2):
+        script, out = make_script(tmp_path / f"n{i}")
+        outs.append(out)
+        conf = storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / f"state{i}") + f"""
+    acme_notify {script};
+    server {{
+        listen 127.0.0.1:{pebble.http_port} reuseport;
+        location / {{ return 200 "plain\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{ports[i]} ssl;
+        server_name {name};
+        acme_certificate pebble;
+    }}
+"""
+        nginx_factory(conf, name=f"node{i}", wait_port=ports[i], main="env ACME_TEST_REVOCATION_POLL_MS=1000;")
+        old = wait_served(ports[i], name, pebble)
+
+    def all_events():
+        return sorted((e, i) for i in range(2) for e, _, _, _ in events(outs[i]))
+    Ctl(acmectl_bin, redis.url("?prefix=ngx"), pebble, key_file=key).ok("revoke", name)
+    for i in range(2):
+        wait_served(ports[i], name, pebble, other_than=old, timeout=30)
+    wait_for(lambda: len(all_events()) >= 3, 10, what="the notifications")
+    time.sleep(2.5)         # two polls of each node
+    got = all_events()
+    assert [e for e, _ in got] == ["issued", "renewed", "revoked"], got
+    # revoked and renewed by one node
+    assert got[1][1] == got[2][1], got
+    assert pebble.order_count() == 2

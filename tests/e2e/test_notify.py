@@ -96,6 +96,13 @@ def _served(https, name, roots):
         return None
 
 
+def _served_at(host, https, name, roots):
+    try:
+        return tls_verified(https, name, roots, host=host)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _store_name(https, name):
     st = https_get(https, name, "/rw").json()
     return next(c["name"] for c in st["certificates"] if name in c["identifiers"])
@@ -186,6 +193,47 @@ def test_nginx_hanging_program_is_killed(pebble, nginx_factory, tmp_path):
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, what="the program gone")
     wait_events(out, 2, timeout=10)
     assert [e for e, _, _, _ in events(out)] == ["issued", "renewed"]
+
+
+# the managers' poll of acmectl's revocations, every second instead of every minute
+REVOKE_POLL = "ACME_TEST_REVOCATION_POLL_MS"
+
+
+def _revoke_seen(ctl, store, out, served, old, state, issuer):
+    """acmectl revoke on a certificate the server manages: "revoked" once, then a new certificate served."""
+    p = ctl.ok("revoke", store)
+    assert f"revoked {store}" in p.stdout
+    got = wait_events(out, 3, timeout=30)
+    assert [(e, n) for e, n, _, _ in got] == [("issued", store), ("revoked", store), ("renewed", store)], got
+    check_env(got[1][2], "revoked", store, store, state)
+    assert issuer is None or got[1][2]["ACME_ISSUER"] == issuer, got[1][2]
+    new = wait_for(lambda: (lambda s: s if s and s != old else None)(served()), 30, interval=0.3,
+                   what="the renewed certificate served")
+    return new
+
+
+def test_nginx_revoked_by_acmectl(acmectl_bin, pebble, nginx_factory, tmp_path):
+    """acmectl revoke on this host: the cache manager sees it within its poll, runs "revoked" once and
+    renews at once; the new certificate is served without a reload; a restart does not repeat it."""
+    from test_acmectl import Ctl
+    name = "revoked.notify.example.org"
+    https = free_port()
+    script, out = make_script(tmp_path / "n")
+    state = tmp_path / "state"
+    ng = nginx_factory(_nginx_conf(pebble, pebble, tmp_path, https, name, f"acme_notify {script};"),
+                       wait_port=https, main=f"env {REVOKE_POLL}=1000;")
+    roots = pebble.roots(0)
+    old = wait_for(lambda: _served(https, name, roots), 40, interval=0.2, what="the certificate")
+    store = _store_name(https, name)
+    wait_events(out, 1)
+    ctl = Ctl(acmectl_bin, state, pebble)
+    _revoke_seen(ctl, store, out, lambda: _served(https, name, roots), old, state, "pebble")
+    ng.wait_log(rf'acme: "{re.escape(store)}": certificate 0*{old} was revoked at')
+    ng.stop()
+    ng.start(wait_port=https)
+    wait_for(lambda: _served(https, name, roots), 20, interval=0.2, what="served after the restart")
+    time.sleep(2.5)     # two polls
+    assert [e for e, _, _, _ in events(out)] == ["issued", "revoked", "renewed"], events(out)
 
 
 def test_nginx_notify_config_errors(pebble, nginx_factory, tmp_path):
@@ -288,6 +336,32 @@ def test_apache_failed_and_hanging(apache_factory, pebble, procs):
     assert got[0][2]["ACME_ERROR"], got
     wait_for(lambda: re.search(r'notify failed "[^"]+" \(.*\): did not finish within 2 s: killed', a.log()),
              15, what="the kill in the log")
+
+
+def test_apache_revoked_by_acmectl(acmectl_bin, apache_factory, pebble, procs, monkeypatch):
+    """The same with Apache's driver; a restart does not repeat it."""
+    from test_acmectl import Ctl
+    monkeypatch.setenv(REVOKE_POLL, "1000")
+    name = "revoked.apache-notify.example.org"
+    a = apache_factory(pebble, name="apache-notify-revoked")
+    script, out = make_script(a.dir / "n")
+    a.extra_global = f"ACMENotifyCmd {script}\n"
+    a.vhosts = a.managed_vhosts([name])
+    a.start(procs)
+    store = a.wait_valid(name)["name"]
+    roots = pebble.roots(0)
+
+    def served():
+        return _served_at(a.address, a.https_port, name, roots)
+    old = wait_for(served, 20, interval=0.2, what="the certificate")
+    wait_events(out, 1)
+    ctl = Ctl(acmectl_bin, a.state, pebble)
+    _revoke_seen(ctl, store, out, served, old, a.state, None)
+    a.proc.stop()
+    a.start(procs)
+    wait_for(served, 20, interval=0.2, what="served after the restart")
+    time.sleep(2.5)     # two polls
+    assert [e for e, _, _, _ in events(out)] == ["issued", "revoked", "renewed"], events(out)
 
 
 def test_apache_notify_config_errors(apache_factory, pebble):

@@ -979,6 +979,9 @@ fill_meta(acme_certmeta_t *m)
     m->last_error_at = 1735787045 + 1;
     m->ca_wait_until = 1735787045 + 3600;
     m->expiring_notified = 1735787045 + 7200;
+    m->revoked_serial = strdup("0a1b2c");
+    m->revoked_at = 1735787045 + 9000;
+    m->revoked_handled = 1735787045 + 9060;
     m->issued_at = 1735787045 + 2;
 }
 
@@ -1010,6 +1013,9 @@ assert_meta_equal(const acme_certmeta_t *a, const acme_certmeta_t *b)
     assert_int_equal(a->last_error_at, b->last_error_at);
     assert_int_equal(a->ca_wait_until, b->ca_wait_until);
     assert_int_equal(a->expiring_notified, b->expiring_notified);
+    assert_string_equal(a->revoked_serial, b->revoked_serial);
+    assert_int_equal(a->revoked_at, b->revoked_at);
+    assert_int_equal(a->revoked_handled, b->revoked_handled);
     assert_int_equal(a->issued_at, b->issued_at);
 }
 
