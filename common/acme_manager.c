@@ -1046,7 +1046,7 @@ acme_manager_start(acme_manager_t *m, acme_err_t *err)
     m->started = 1;
     /* tests only: a shorter poll */
     v = getenv("ACME_TEST_REVOCATION_POLL_MS");
-    m->revoke_poll_ms = v != NULL && atol(v) > 0 ? atol(v) : REVOKE_POLL_MS;
+    m->revoke_poll_ms = v != NULL && atol(v) >= 100 ? atol(v) : REVOKE_POLL_MS;
     m->revoke_timer = acme_timer_add(m->loop, m->revoke_poll_ms, revocations_poll, m);
     return 0;
 }
