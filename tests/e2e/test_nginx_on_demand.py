@@ -524,3 +524,66 @@ def test_cluster_wide_limits(pebble, nginx_factory, procs, tmp_path):
     # A's name is served by B: no new name, no limit
     assert leaf_names(pebble_leaf(ports[1], "r1" + OD_SUFFIX, roots)[0]) == ["r1" + OD_SUFFIX]
     assert pebble.order_count() - base == 1
+
+
+def two_issuer_conf(pebble, tmp_path, ports, storage=""):
+    """Two on-demand servers, each with its own issuer and state_path (pa: *.oda..., pb: *.odb...)."""
+    conf = storage + issuer_block("pa", pebble, tmp_path / "state-a") + issuer_block("pb", pebble,
+                                                                                     tmp_path / "state-b")
+    conf += f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        location / {{ return 200 "plain\\n"; }}
+        location = /acme {{ acme_status; }}
+    }}
+"""
+    for port, iss, sub in ((ports[0], "pa", "oda"), (ports[1], "pb", "odb")):
+        conf += f"""
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name ~^[a-z0-9-]+\\.{sub}\\.example\\.org$;
+        acme_certificate {iss} on_demand;
+        location / {{ return 200 "{iss}\\n"; }}
+    }}
+"""
+    return conf
+
+
+@pytest.mark.parametrize("storage", ["redis", "state_path"])
+def test_names_stay_with_their_issuer_after_restart(pebble, nginx_factory, procs, tmp_path, storage):
+    """Two on-demand servers on two issuers with different state_paths (one acme_storage, or none): after a
+    restart each name is taken up by its own issuer (no order, served at once) and renewed by it; the
+    names' index keeps both (not only the last writer's)."""
+    conf = ""
+    if storage == "redis":
+        from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
+        if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
+            pytest.skip("redis-server / redis-cli not installed")
+        redis = Redis(procs, tmp_path / "redis")
+        conf = f"acme_storage {redis.url()} prefix=od2;\nacme_storage_key {key_file(tmp_path / 'k.key')};\n"
+    ports = [free_port(), free_port()]
+    ng = nginx_factory(two_issuer_conf(pebble, tmp_path, ports, conf), wait_port=ports[1])
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    names = {"pa": "one.oda.example.org", "pb": "two.odb.example.org"}
+    ders = {}
+    for i, iss in enumerate(("pa", "pb")):
+        ders[iss], _ = pebble_leaf(ports[i], names[iss], roots)
+        assert leaf_names(ders[iss]) == [names[iss]]
+    assert pebble.order_count() - base == 2
+
+    def by_name(st):
+        return {c["name"]: c for c in st["certificates"]}
+
+    # both listed before the restart (each save keeps the other issuer's names)
+    wait_status(pebble, lambda st: st["on_demand"]["certificates"] == 2, "both names issued", full=True)
+    ng.stop()
+    ng.start(wait_port=ports[1])
+    st = wait_status(pebble, lambda st: set(names.values()) <= set(by_name(st)),
+                     "both names taken up after the restart", full=True)
+    for iss, name in names.items():
+        assert by_name(st)[name]["issuer_name"] == iss, f"{name} taken up by the wrong issuer: {st}"
+    for i, iss in enumerate(("pa", "pb")):
+        der, took = pebble_leaf(ports[i], names[iss], roots)
+        assert der == ders[iss] and took < 3.0, f"{names[iss]} not served from the store"
+    assert pebble.order_count() - base == 2
