@@ -46,9 +46,6 @@ typedef struct {
     unsigned                     ready:1;
     unsigned                     rechecking:1;
     unsigned                     recheck:1;       /* after a restart */
-    unsigned                     legacy:1;        /* listed without its
-                                                     issuer: the template
-                                                     is a guess */
 } ngx_http_acme_od_name_t;
 
 
@@ -416,48 +413,6 @@ ngx_http_acme_od_cluster(ngx_http_acme_runner_t *rn,
 }
 
 
-/*
- * a name listed without its issuer (an index of an older version) was
- * given to a guessed template: the first handshake says whose it is
- */
-
-static ngx_int_t
-ngx_http_acme_od_rehome(ngx_http_acme_runner_t *rn,
-    ngx_http_acme_od_name_t *n, ngx_uint_t tmpl)
-{
-    ngx_http_acme_od_run_t  *od = rn->od;
-
-    ngx_http_acme_cert_t  **tmpls;
-
-    n->legacy = 0;
-    od->dirty = 1;
-
-    if (n->tmpl == tmpl || n->store == NULL) {
-        n->tmpl = tmpl;
-        return NGX_OK;
-    }
-
-    tmpls = rn->amcf->od_certs.elts;
-
-    ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
-                  "acme: on-demand certificate for \"%s\": taken over by "
-                  "the server that served it", n->name);
-
-    (void) acme_manager_remove_cert(rn->managers[tmpls[n->tmpl]->store],
-                                    n->store);
-    n->tmpl = tmpl;
-    n->ready = 0;
-
-    if (ngx_http_acme_od_manage(rn, n) != NGX_OK) {
-        n->store = NULL;
-        ngx_http_acme_od_forget(rn, n);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
 static void
 ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
 {
@@ -479,10 +434,6 @@ ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
     }
 
     n = ngx_http_acme_od_find(od, (char *) name);
-
-    if (n && n->legacy && ngx_http_acme_od_rehome(rn, n, e.tmpl) != NGX_OK) {
-        n = NULL;
-    }
 
     if (n) {
         /* known already: a restart's zone, or a request that raced */
@@ -603,12 +554,6 @@ ngx_http_acme_od_entry(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
     ngx_http_acme_cert_t    *tmpl;
     ngx_http_acme_issuer_t  *iss;
 
-    if (n->legacy) {
-        /* not confirmed by a handshake yet: still a guess */
-        return json_pack("{s:s, s:I}", "name", n->name,
-                         "seen", (json_int_t) n->seen);
-    }
-
     tmpl = ((ngx_http_acme_cert_t **) rn->amcf->od_certs.elts)[n->tmpl];
     iss = &((ngx_http_acme_issuer_t *) rn->amcf->issuers.elts)
                                                           [tmpl->issuers[0]];
@@ -623,20 +568,21 @@ ngx_http_acme_od_entry(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
 
 /*
  * the template an entry of the index is for: the one with its issuer and
- * key type, else its issuer; an entry written before entries had them
- * (or whose issuer is gone) goes to the first template of the store it
- * was read from; acme_storage (g == NGX_CONF_UNSET_UINT): an issuer this
- * node lacks leaves the name to the nodes that have it
+ * key type, else its issuer; acme_storage (g == NGX_CONF_UNSET_UINT): an
+ * issuer this node lacks leaves the name to the nodes that have it. An
+ * entry without them (written by an older version) goes to the first
+ * template (of the store it was read from) whose server_name lists it,
+ * else the first one
  */
 
 static ngx_int_t
 ngx_http_acme_od_tmpl_of(ngx_http_acme_runner_t *rn, json_t *one,
-    ngx_uint_t g, ngx_uint_t *tmpl, ngx_uint_t *legacy)
+    ngx_uint_t g, ngx_uint_t *tmpl)
 {
     char                     buf[32];
     size_t                   len;
     ngx_uint_t               t, pass;
-    const char              *issuer, *key;
+    const char              *issuer, *key, *name;
     ngx_http_acme_cert_t   **tmpls;
     ngx_http_acme_issuer_t  *iss;
 
@@ -665,7 +611,6 @@ ngx_http_acme_od_tmpl_of(ngx_http_acme_runner_t *rn, json_t *one,
                                      == 0))
             {
                 *tmpl = t;
-                *legacy = 0;
                 return NGX_OK;
             }
         }
@@ -675,11 +620,20 @@ ngx_http_acme_od_tmpl_of(ngx_http_acme_runner_t *rn, json_t *one,
         return NGX_DECLINED;
     }
 
-    for (t = 0; t < rn->amcf->od_certs.nelts; t++) {
-        if (g == NGX_CONF_UNSET_UINT || tmpls[t]->store == g) {
-            *tmpl = t;
-            *legacy = 1;
-            return NGX_OK;
+    name = json_string_value(json_object_get(one, "name"));
+
+    for (pass = 0; pass < 2; pass++) {
+        for (t = 0; t < rn->amcf->od_certs.nelts; t++) {
+            if ((g == NGX_CONF_UNSET_UINT || tmpls[t]->store == g)
+                && (pass == 1
+                    || (tmpls[t]->cscf
+                        && ngx_http_acme_od_listed(tmpls[t]->cscf,
+                                                   (u_char *) name,
+                                                   ngx_strlen(name)))))
+            {
+                *tmpl = t;
+                return NGX_OK;
+            }
         }
     }
 
@@ -757,7 +711,7 @@ ngx_http_acme_od_load(ngx_http_acme_runner_t *rn)
     size_t                    len, i;
     time_t                    seen, now;
     json_t                   *doc, *arr, *one;
-    ngx_uint_t                g, t, legacy, nstores;
+    ngx_uint_t                g, t, nstores;
     acme_err_t                err;
     const char               *name;
     ngx_http_acme_od_name_t  *n;
@@ -788,7 +742,7 @@ ngx_http_acme_od_load(ngx_http_acme_runner_t *rn)
                 || ngx_http_acme_od_tmpl_of(rn, one,
                                             rn->cache ? NGX_CONF_UNSET_UINT
                                                       : g,
-                                            &t, &legacy)
+                                            &t)
                    != NGX_OK)
             {
                 continue;
@@ -811,7 +765,6 @@ ngx_http_acme_od_load(ngx_http_acme_runner_t *rn)
             n->seen = seen;
             n->saved_seen = seen;
             n->recheck = 1;
-            n->legacy = legacy;
 
             if (ngx_http_acme_od_manage(rn, n) != NGX_OK) {
                 ngx_http_acme_od_forget(rn, n);

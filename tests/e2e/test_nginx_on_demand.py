@@ -556,7 +556,7 @@ def test_names_stay_with_their_issuer_after_restart(pebble, nginx_factory, procs
     names' index keeps both (not only the last writer's)."""
     conf = ""
     if storage == "redis":
-        from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file
+        from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file, signed
         if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
             pytest.skip("redis-server / redis-cli not installed")
         redis = Redis(procs, tmp_path / "redis")
@@ -586,4 +586,26 @@ def test_names_stay_with_their_issuer_after_restart(pebble, nginx_factory, procs
     for i, iss in enumerate(("pa", "pb")):
         der, took = pebble_leaf(ports[i], names[iss], roots)
         assert der == ders[iss] and took < 3.0, f"{names[iss]} not served from the store"
+    assert pebble.order_count() - base == 2
+
+    # an index written before its entries named their issuer still loads: by state_path, or (one index for
+    # all, acme_storage) given to the first server until a handshake on the other one takes it over
+    ng.stop()
+    for iss, name in names.items():
+        entries = [{"name": n, "seen": int(time.time())} for n in names.values()] if storage == "redis" \
+            else [{"name": name, "seen": int(time.time())}]
+        legacy = json.dumps({"names": entries})
+        if storage == "redis":
+            redis.cli("SET", "od2:ondemand/names.json",
+                      signed(tmp_path / "k.key", "ondemand/names.json", legacy))
+            break
+        (tmp_path / f"state-{iss[1]}" / "ondemand" / "names.json").write_text(legacy)
+    ng.start(wait_port=ports[1])
+    wait_status(pebble, lambda st: set(names.values()) <= set(by_name(st)),
+                "both names taken up from the older index", full=True)
+    for i, iss in enumerate(("pa", "pb")):
+        der, took = pebble_leaf(ports[i], names[iss], roots)
+        assert der == ders[iss] and took < 3.0, f"{names[iss]} not served from the older index"
+    st = wait_status(pebble, lambda st: all(by_name(st)[n]["issuer_name"] == i for i, n in names.items()),
+                     "each name with its issuer again", full=True)
     assert pebble.order_count() - base == 2
