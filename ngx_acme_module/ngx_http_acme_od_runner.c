@@ -568,11 +568,10 @@ ngx_http_acme_od_entry(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
 
 /*
  * the template an entry of the index is for: the one with its issuer and
- * key type, else its issuer; acme_storage (g == NGX_CONF_UNSET_UINT): an
- * issuer this node lacks leaves the name to the nodes that have it. An
- * entry without them (written by an older version) goes to the first
- * template (of the store it was read from) whose server_name lists it,
- * else the first one
+ * key type, else its issuer; else (an entry of an older version, an
+ * issuer this node lacks, or an Apache node's ACMECA) the first template
+ * whose server_name lists the name, else the first one; without
+ * acme_storage only the templates of store g, the state_path it was in
  */
 
 static ngx_int_t
@@ -605,19 +604,13 @@ ngx_http_acme_od_tmpl_of(ngx_http_acme_runner_t *rn, json_t *one,
                 continue;
             }
 
-            if (pass == 1 || (key && ngx_strcmp(key,
-                                  acme_keyspec_str(&tmpls[t]->keyspec, buf,
-                                                   sizeof(buf)))
-                                     == 0))
-            {
+            (void) acme_keyspec_str(&tmpls[t]->keyspec, buf, sizeof(buf));
+
+            if (pass == 1 || (key && ngx_strcmp(key, buf) == 0)) {
                 *tmpl = t;
                 return NGX_OK;
             }
         }
-    }
-
-    if (issuer && g == NGX_CONF_UNSET_UINT) {
-        return NGX_DECLINED;
     }
 
     name = json_string_value(json_object_get(one, "name"));
