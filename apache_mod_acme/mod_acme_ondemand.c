@@ -12,7 +12,8 @@
  * (acme_ondemand: a DNS name, max, rate, the ask endpoint; never asked from a handshake thread), adds an
  * allowed name to the manager (which orders it like any certificate), and marks the slot ready when it is
  * stored; a refusal is kept in the slot for refuse_time (the negative cache). The names are listed in the
- * store ("ondemand/names.json"), so a restart adds them back and serves them with no order.
+ * store ("ondemand/names.json"), so a restart adds them back and serves them with no order; each with its
+ * vhost's first ACMECA and key type, so a name several vhosts allow goes back to the one that had it.
  */
 #include "mod_acme.h"
 #include "acme_ondemand_cluster.h"
@@ -593,9 +594,53 @@ od_merge(od_drv_t *d, json_t *arr)
             || apr_hash_get(d->dropped, name, APR_HASH_KEY_STRING) != NULL || time(NULL) - seen > d->unseen) {
             continue;
         }
-        json_array_append_new(arr, json_pack("{s:s, s:I}", "name", name, "seen", (json_int_t) seen));
+        json_array_append(arr, v);      /* as written: its issuer stays the other node's */
     }
     json_decref(doc);
+}
+
+/* What a name's entry says of its vhost: its first ACMECA (as written) and key type. */
+static void
+od_vhost_id(int vhost, const char **issuer, const char **key, char *buf, size_t size)
+{
+    server_rec           *s = APR_ARRAY_IDX(mod_acme_g.od_servers, vhost, server_rec *);
+    mod_acme_srv_conf_t  *sc = mod_acme_srv_conf(s);
+    acme_keyspec_t        ks = ACME_KEYSPEC_DEFAULT;
+
+    if (sc->keytypes != NULL && sc->keytypes->nelts > 0) {
+        ks = APR_ARRAY_IDX(sc->keytypes, 0, acme_keyspec_t);
+    }
+    *issuer = sc->cas != NULL && sc->cas->nelts > 0 ? APR_ARRAY_IDX(sc->cas, 0, mod_acme_ca_t).name
+                                                     : MOD_ACME_DEFAULT_CA;
+    *key = acme_keyspec_str(&ks, buf, size);
+}
+
+/* The vhost an entry is for: one that allows the name, with the entry's ACMECA and key type if any does. */
+static int
+od_vhost_of(json_t *v, const char *name)
+{
+    const char  *issuer = json_string_value(json_object_get(v, "issuer"));
+    const char  *key = json_string_value(json_object_get(v, "key"));
+    const char  *vi, *vk;
+    char         buf[32];
+    int          j, pass, first = -1;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (j = 0; j < mod_acme_g.od_servers->nelts; j++) {
+            if (!server_matches(APR_ARRAY_IDX(mod_acme_g.od_servers, j, server_rec *), name)) {
+                continue;
+            }
+            if (first < 0) {
+                first = j;
+            }
+            od_vhost_id(j, &vi, &vk, buf, sizeof(buf));
+            if (issuer != NULL && strcmp(issuer, vi) == 0
+                && (pass == 1 || (key != NULL && strcmp(key, vk) == 0))) {
+                return j;
+            }
+        }
+    }
+    return first;       /* an entry of an older version, or its CA is gone: the first vhost that allows it */
 }
 
 static void
@@ -610,11 +655,16 @@ od_save(od_drv_t *d)
         od_merge(d, arr);
     }
     apr_hash_clear(d->dropped);
-    /* the format nginx's module keeps: {"names": [{"name", "seen"}]} */
+    /* the format nginx's module keeps: {"names": [{"name", "seen", "issuer", "key"}]} */
     for (hi = apr_hash_first(NULL, d->names); hi != NULL; hi = apr_hash_next(hi)) {
-        od_name_t *n = apr_hash_this_val(hi);
+        od_name_t   *n = apr_hash_this_val(hi);
+        const char  *issuer, *key;
+        char         buf[32];
+
         if (n->store != NULL) {
-            json_array_append_new(arr, json_pack("{s:s, s:I}", "name", n->name, "seen", (json_int_t) n->seen));
+            od_vhost_id(n->vhost, &issuer, &key, buf, sizeof(buf));
+            json_array_append_new(arr, json_pack("{s:s, s:I, s:s, s:s}", "name", n->name, "seen",
+                                                 (json_int_t) n->seen, "issuer", issuer, "key", key));
         }
     }
     json_object_set_new(doc, "names", arr);
@@ -824,6 +874,7 @@ od_restore(od_drv_t *d)
     json_t      *doc, *arr, *v;
     size_t       i;
     int          j;
+    od_name_t   *n;
 
     if (acme_store_get(d->st, OD_INDEX, &data, &len, &err) != 0) {
         return;
@@ -846,20 +897,19 @@ od_restore(od_drv_t *d)
             continue;
         }
         /* only while a vhost still allows it */
-        for (j = 0; j < mod_acme_g.od_servers->nelts; j++) {
-            if (server_matches(APR_ARRAY_IDX(mod_acme_g.od_servers, j, server_rec *), name)) {
-                od_name_t *n = od_name_new(d, name, j);
-                n->seen = seen;
-                n->recheck = 1;     /* the ask endpoint may have changed its mind meanwhile */
-                od_lock();
-                if (slot_find(name) == NULL) {
-                    slot_new(name, (apr_uint32_t) j, (apr_uint32_t) time(NULL));
-                }
-                od_unlock();
-                od_add(d, n);
-                break;
-            }
+        j = od_vhost_of(v, name);
+        if (j < 0) {
+            continue;
         }
+        n = od_name_new(d, name, j);
+        n->seen = seen;
+        n->recheck = 1;     /* the ask endpoint may have changed its mind meanwhile */
+        od_lock();
+        if (slot_find(name) == NULL) {
+            slot_new(name, (apr_uint32_t) j, (apr_uint32_t) time(NULL));
+        }
+        od_unlock();
+        od_add(d, n);
     }
     json_decref(doc);
 }

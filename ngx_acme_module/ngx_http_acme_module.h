@@ -256,6 +256,8 @@ ngx_int_t ngx_http_acme_od_cert(ngx_ssl_conn_t *ssl_conn,
 
 /* ngx_http_acme_ondemand.c: first handshakes held before TLS */
 ngx_int_t ngx_http_acme_od_init_process(ngx_cycle_t *cycle);
+ngx_uint_t ngx_http_acme_od_listed(ngx_http_core_srv_conf_t *cscf,
+    u_char *name, size_t len);
 
 /* ngx_http_acme_tls_alpn.c */
 ngx_int_t ngx_http_acme_tls_alpn_init(ngx_conf_t *cf);

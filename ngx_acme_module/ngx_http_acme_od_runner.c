@@ -7,7 +7,10 @@
  * the zone, where waiting connections and the certificate callback read
  * it. The names are kept in the store ("ondemand/names.json") with when
  * they were last seen, so a restart serves them without an order and a
- * name unseen for acme_on_demand unseen= is no longer renewed.
+ * name unseen for acme_on_demand unseen= is no longer renewed. Each
+ * name says which issuer and key type it is for ("issuer", "key"), so a
+ * restart gives it back to its own server's template: with acme_storage
+ * the index is one for every state_path, without it one per state_path.
  */
 
 
@@ -494,7 +497,7 @@ ngx_http_acme_od_request(ngx_http_acme_runner_t *rn, u_char *name)
  */
 
 static void
-ngx_http_acme_od_merge(ngx_http_acme_runner_t *rn, ngx_uint_t g, json_t *arr)
+ngx_http_acme_od_merge(ngx_http_acme_runner_t *rn, json_t *arr)
 {
     ngx_http_acme_od_run_t  *od = rn->od;
 
@@ -507,7 +510,7 @@ ngx_http_acme_od_merge(ngx_http_acme_runner_t *rn, ngx_uint_t g, json_t *arr)
 
     ngx_http_acme_od_name_t  *n;
 
-    if (acme_store_get(rn->stores[g], NGX_HTTP_ACME_OD_INDEX, &data, &len,
+    if (acme_store_get(rn->stores[0], NGX_HTTP_ACME_OD_INDEX, &data, &len,
                        &err)
         != 0)
     {
@@ -534,15 +537,107 @@ ngx_http_acme_od_merge(ngx_http_acme_runner_t *rn, ngx_uint_t g, json_t *arr)
             continue;
         }
 
-        json_array_append_new(arr, json_pack("{s:s, s:I}", "name", name,
-                                             "seen", (json_int_t) seen));
+        /* as written: its issuer and key stay the other node's */
+        json_array_append(arr, one);
     }
 
     json_decref(doc);
 }
 
 
-/* the index in the store: names and when they were last seen */
+/* a name's entry: which template it is for, as a restart finds it again */
+
+static json_t *
+ngx_http_acme_od_entry(ngx_http_acme_runner_t *rn, ngx_http_acme_od_name_t *n)
+{
+    char                     key[32];
+    ngx_http_acme_cert_t    *tmpl;
+    ngx_http_acme_issuer_t  *iss;
+
+    tmpl = ((ngx_http_acme_cert_t **) rn->amcf->od_certs.elts)[n->tmpl];
+    iss = &((ngx_http_acme_issuer_t *) rn->amcf->issuers.elts)
+                                                          [tmpl->issuers[0]];
+
+    return json_pack("{s:s, s:I, s:s#, s:s}", "name", n->name,
+                     "seen", (json_int_t) n->seen,
+                     "issuer", (char *) iss->name.data, (int) iss->name.len,
+                     "key", acme_keyspec_str(&tmpl->keyspec, key,
+                                             sizeof(key)));
+}
+
+
+/*
+ * the template an entry of the index is for: the one with its issuer and
+ * key type, else its issuer; else (an entry of an older version, an
+ * issuer this node lacks, or an Apache node's ACMECA) the first template
+ * whose server_name lists the name, else the first one; without
+ * acme_storage only the templates of store g, the state_path it was in
+ */
+
+static ngx_int_t
+ngx_http_acme_od_tmpl_of(ngx_http_acme_runner_t *rn, json_t *one,
+    ngx_uint_t g, ngx_uint_t *tmpl)
+{
+    char                     buf[32];
+    size_t                   len;
+    ngx_uint_t               t, pass;
+    const char              *issuer, *key, *name;
+    ngx_http_acme_cert_t   **tmpls;
+    ngx_http_acme_issuer_t  *iss;
+
+    tmpls = rn->amcf->od_certs.elts;
+    iss = rn->amcf->issuers.elts;
+
+    issuer = json_string_value(json_object_get(one, "issuer"));
+    key = json_string_value(json_object_get(one, "key"));
+
+    for (pass = 0; issuer && pass < 2; pass++) {
+        for (t = 0; t < rn->amcf->od_certs.nelts; t++) {
+            len = iss[tmpls[t]->issuers[0]].name.len;
+
+            if ((g != NGX_CONF_UNSET_UINT && tmpls[t]->store != g)
+                || len != ngx_strlen(issuer)
+                || ngx_strncmp(iss[tmpls[t]->issuers[0]].name.data, issuer,
+                               len)
+                   != 0)
+            {
+                continue;
+            }
+
+            (void) acme_keyspec_str(&tmpls[t]->keyspec, buf, sizeof(buf));
+
+            if (pass == 1 || (key && ngx_strcmp(key, buf) == 0)) {
+                *tmpl = t;
+                return NGX_OK;
+            }
+        }
+    }
+
+    name = json_string_value(json_object_get(one, "name"));
+
+    for (pass = 0; pass < 2; pass++) {
+        for (t = 0; t < rn->amcf->od_certs.nelts; t++) {
+            if ((g == NGX_CONF_UNSET_UINT || tmpls[t]->store == g)
+                && (pass == 1
+                    || (tmpls[t]->cscf
+                        && ngx_http_acme_od_listed(tmpls[t]->cscf,
+                                                   (u_char *) name,
+                                                   ngx_strlen(name)))))
+            {
+                *tmpl = t;
+                return NGX_OK;
+            }
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * the index in the store: names, when they were last seen, their issuer
+ * and key type; acme_storage: one for every state_path (one key space)
+ */
 
 static void
 ngx_http_acme_od_save(ngx_http_acme_runner_t *rn)
@@ -551,28 +646,30 @@ ngx_http_acme_od_save(ngx_http_acme_runner_t *rn)
 
     char                   *s;
     json_t                 *doc, *arr;
-    ngx_uint_t              g, i;
+    ngx_uint_t              g, i, nstores;
     acme_err_t              err;
     ngx_http_acme_cert_t  **tmpls;
 
     tmpls = rn->amcf->od_certs.elts;
+    nstores = rn->cache ? 1 : rn->nmanagers;
 
-    for (g = 0; g < rn->nmanagers; g++) {
+    for (g = 0; g < nstores; g++) {
         doc = json_object();
         arr = json_array();
 
         if (rn->cache) {
-            ngx_http_acme_od_merge(rn, g, arr);
+            ngx_http_acme_od_merge(rn, arr);
         }
 
         for (i = 0; i < od->nnames; i++) {
-            if (od->names[i].asking || tmpls[od->names[i].tmpl]->store != g) {
+            if (od->names[i].asking
+                || (rn->cache == NULL && tmpls[od->names[i].tmpl]->store != g))
+            {
                 continue;
             }
 
-            json_array_append_new(arr, json_pack("{s:s, s:I}",
-                                  "name", od->names[i].name,
-                                  "seen", (json_int_t) od->names[i].seen));
+            json_array_append_new(arr,
+                                  ngx_http_acme_od_entry(rn, &od->names[i]));
             od->names[i].saved_seen = od->names[i].seen;
         }
 
@@ -603,32 +700,19 @@ ngx_http_acme_od_load(ngx_http_acme_runner_t *rn)
 {
     ngx_http_acme_od_run_t  *od = rn->od;
 
-    char                   *data;
-    size_t                  len, i;
-    time_t                  seen, now;
-    json_t                 *doc, *arr, *one;
-    ngx_uint_t              g, t;
-    acme_err_t              err;
-    const char             *name;
-    ngx_http_acme_cert_t  **tmpls;
+    char                     *data;
+    size_t                    len, i;
+    time_t                    seen, now;
+    json_t                   *doc, *arr, *one;
+    ngx_uint_t                g, t, nstores;
+    acme_err_t                err;
+    const char               *name;
     ngx_http_acme_od_name_t  *n;
 
-    tmpls = rn->amcf->od_certs.elts;
     now = ngx_time();
+    nstores = rn->cache ? 1 : rn->nmanagers;
 
-    for (g = 0; g < rn->nmanagers; g++) {
-
-        /* the first template of this store takes its names */
-
-        for (t = 0; t < rn->amcf->od_certs.nelts; t++) {
-            if (tmpls[t]->store == g) {
-                break;
-            }
-        }
-
-        if (t == rn->amcf->od_certs.nelts) {
-            continue;
-        }
+    for (g = 0; g < nstores; g++) {
 
         if (acme_store_get(rn->stores[g], NGX_HTTP_ACME_OD_INDEX, &data, &len,
                            &err)
@@ -647,7 +731,13 @@ ngx_http_acme_od_load(ngx_http_acme_runner_t *rn)
             name = json_string_value(json_object_get(one, "name"));
             seen = (time_t) json_integer_value(json_object_get(one, "seen"));
 
-            if (name == NULL || ngx_http_acme_od_find(od, name)) {
+            if (name == NULL || ngx_http_acme_od_find(od, name)
+                || ngx_http_acme_od_tmpl_of(rn, one,
+                                            rn->cache ? NGX_CONF_UNSET_UINT
+                                                      : g,
+                                            &t)
+                   != NGX_OK)
+            {
                 continue;
             }
 

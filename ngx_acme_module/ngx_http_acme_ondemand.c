@@ -245,7 +245,7 @@ ngx_http_acme_od_cleanup(void *data)
  * the configuration's temporary pool)
  */
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_acme_od_listed(ngx_http_core_srv_conf_t *cscf, u_char *name,
     size_t len)
 {

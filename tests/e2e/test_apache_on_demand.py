@@ -553,3 +553,43 @@ def test_renewed_on_demand_certificate_is_hot_swapped(apache_factory, pebble, pr
     time.sleep(1.1)
     assert a.renew(name, timeout=0).status == 202
     assert a.renew(name, timeout=0).status == 429
+
+
+def test_names_stay_with_their_vhost_ca_after_restart(apache_factory, pebble, pebble_factory, procs):
+    """Two ACMEOnDemand vhosts (two ports) that both allow *.od.example.org, each with its own CA: after a
+    restart each name is still the vhost's that had it (its CA renews it), whichever vhost comes first;
+    the list says which CA and key type each name is for."""
+    pb2 = pebble_factory(http_port=pebble.http_port)
+    a = od_apache(apache_factory, pebble, name="apache-od-two")
+    port2 = harness.free_port()
+    a.vhosts += (f"Listen {a.address}:{port2} https\n<VirtualHost {a.address}:{port2}>\n"
+                 f"    ServerName od2.example.org\n    ServerAlias *{SUFFIX}\n    SSLEngine on\n"
+                 f"    ACMEOnDemand on\n    ACMECertificateAuthority {pb2.directory_url}\n</VirtualHost>\n")
+    a.start(procs)
+    cas = {"one" + SUFFIX: (a.https_port, pebble), "two" + SUFFIX: (port2, pb2)}
+    ders, base = {}, {}
+    for name, (port, ca) in cas.items():
+        base[name] = ca.order_count()
+        ders[name], status, _ = pebble_leaf(port, name, ca.roots(0))
+        assert status == 200 and leaf_names(ders[name]) == [name]
+        assert ca.order_count() == base[name] + 1
+    entries = {n["name"]: n for n in json.loads((a.state / "ondemand" / "names.json").read_text())["names"]}
+    for name, (_, ca) in cas.items():
+        assert entries[name]["issuer"] == ca.directory_url and entries[name]["key"] == "ecdsa:256", entries
+
+    a.proc.stop()
+    a.start(procs)
+    for name, (port, ca) in cas.items():
+        der, status, took = pebble_leaf(port, name, ca.roots(0))
+        assert der == ders[name] and status == 200 and took < 3.0
+    # a forced renewal goes to the vhost's own CA, not the other one's
+    for name, (_, ca) in cas.items():
+        orders = (pebble.order_count(), pb2.order_count())
+        r = a.renew(name)
+        assert r.status in (200, 202), r
+        harness.wait_for(lambda: ca.order_count() == base[name] + 2, timeout=30, interval=0.2,
+                         what=f"the renewal of {name} by its vhost's CA")
+        assert pebble.order_count() + pb2.order_count() == sum(orders) + 1, f"{name}: renewed by the other CA"
+        # and served (verified against that CA's roots) once stored
+        harness.wait_for(lambda: _try(lambda: pebble_leaf(cas[name][0], name, ca.roots(0), timeout=5)[0]
+                                      != ders[name]), timeout=30, interval=0.2, what=f"{name} renewed")

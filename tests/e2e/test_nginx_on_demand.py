@@ -524,3 +524,87 @@ def test_cluster_wide_limits(pebble, nginx_factory, procs, tmp_path):
     # A's name is served by B: no new name, no limit
     assert leaf_names(pebble_leaf(ports[1], "r1" + OD_SUFFIX, roots)[0]) == ["r1" + OD_SUFFIX]
     assert pebble.order_count() - base == 1
+
+
+def two_issuer_conf(pebble, tmp_path, ports, storage=""):
+    """On-demand servers with their own issuer and state_path (pa: *.oda..., pb: *.odb...), and one more
+    on pa with RSA keys (*.odr...)."""
+    conf = storage + issuer_block("pa", pebble, tmp_path / "state-a") + issuer_block("pb", pebble,
+                                                                                     tmp_path / "state-b")
+    conf += f"""
+    server {{
+        listen 127.0.0.1:{pebble.http_port};
+        location / {{ return 200 "plain\\n"; }}
+        location = /acme {{ acme_status; }}
+    }}
+"""
+    for port, iss, sub in ((ports[0], "pa", "oda"), (ports[1], "pb", "odb"), (ports[2], "pa key=rsa:2048", "odr")):
+        conf += f"""
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name ~^[a-z0-9-]+\\.{sub}\\.example\\.org$;
+        acme_certificate {iss} on_demand;
+        location / {{ return 200 "{sub}\\n"; }}
+    }}
+"""
+    return conf
+
+
+@pytest.mark.parametrize("storage", ["redis", "state_path"])
+def test_names_stay_with_their_issuer_after_restart(pebble, nginx_factory, procs, tmp_path, storage):
+    """On-demand servers on two issuers with different state_paths (one acme_storage, or none), and one more
+    on the first issuer with RSA keys: after a restart each name is taken up by its own server's issuer and
+    key type (no order, served at once); the names' index keeps them all (not only the last writer's)."""
+    conf = ""
+    if storage == "redis":
+        from test_redis_store import REDIS_CLI, REDIS_SERVER, Redis, key_file, signed
+        if not (os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)):
+            pytest.skip("redis-server / redis-cli not installed")
+        redis = Redis(procs, tmp_path / "redis")
+        conf = f"acme_storage {redis.url()} prefix=od2;\nacme_storage_key {key_file(tmp_path / 'k.key')};\n"
+    ports = [free_port(), free_port(), free_port()]
+    ng = nginx_factory(two_issuer_conf(pebble, tmp_path, ports, conf), wait_port=ports[2])
+    roots = pebble.roots(0)
+    base = pebble.order_count()
+    # name: (its server's port, issuer, store name)
+    names = {"one.oda.example.org": (ports[0], "pa", "one.oda.example.org"),
+             "two.odb.example.org": (ports[1], "pb", "two.odb.example.org"),
+             "three.odr.example.org": (ports[2], "pa", "three.odr.example.org_rsa2048")}
+    ders = {}
+    for name, (port, _, _) in names.items():
+        ders[name], _ = pebble_leaf(port, name, roots)
+        assert leaf_names(ders[name]) == [name]
+    assert pebble.order_count() - base == 3
+
+    def by_name(st):
+        return {c["name"]: c for c in st["certificates"]}
+
+    def taken_up(what):
+        st = wait_status(pebble, lambda st: {s for _, _, s in names.values()} <= set(by_name(st)), what,
+                         full=True)
+        for name, (port, iss, store) in names.items():
+            assert by_name(st)[store]["issuer_name"] == iss, f"{name} taken up by the wrong issuer: {st}"
+            der, took = pebble_leaf(port, name, roots)
+            assert der == ders[name] and took < 3.0, f"{name} not served from the store ({what})"
+        assert pebble.order_count() - base == 3
+
+    wait_status(pebble, lambda st: st["on_demand"]["certificates"] == 3, "the names issued", full=True)
+    ng.stop()
+    ng.start(wait_port=ports[2])
+    taken_up("the names taken up after the restart")
+
+    # an index written before its entries named their issuer still loads: by state_path, then (one index
+    # for all with acme_storage) by server_name
+    ng.stop()
+    now = int(time.time())
+    if storage == "redis":
+        legacy = json.dumps({"names": [{"name": n, "seen": now} for n in names]})
+        redis.cli("SET", "od2:ondemand/names.json", signed(tmp_path / "k.key", "ondemand/names.json", legacy))
+    else:
+        for sub in "ab":
+            index = tmp_path / f"state-{sub}" / "ondemand" / "names.json"
+            entries = json.loads(index.read_text())["names"]
+            assert entries and all(set(e) == {"name", "seen", "issuer", "key"} for e in entries), entries
+            index.write_text(json.dumps({"names": [{"name": e["name"], "seen": now} for e in entries]}))
+    ng.start(wait_port=ports[2])
+    taken_up("the names taken up from an older index")

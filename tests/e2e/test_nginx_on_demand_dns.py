@@ -78,3 +78,58 @@ def test_dns_account01_first_handshake(pebble_next_factory, knot, nginx_factory,
     assert leaf_names(der) == [name]
     assert pebble.order_count() - base == 1
     assert f"answering dns-account-01 for {name} (rfc2136)" in ng.log_text()
+
+
+def test_dns_persist01_first_handshake(pebble_next_factory, knot, nginx_factory, tmp_path):
+    """dns-persist-01 for on-demand names: a name whose _validation-persist record authorizes the account
+    (created beforehand, by the customer say) is issued at its first handshake, with nothing published; a
+    name without one gets the fallback, with the record to create logged, and no validation at the CA."""
+    from nginx_harness import cert_text, issuer_block, tls_cert
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    https, status = free_port(), free_port()
+    # nothing listens on Pebble's HTTP-01 port and nothing publishes records: only the customer's record
+    conf = issuer_block("pebble", pb, tmp_path / "state", challenge="dns-persist-01",
+                        extra=f"dns_resolver {knot.address};") + f"""
+    acme_on_demand refuse_time=1s;
+    server {{
+        listen 127.0.0.1:{status};
+        location = /acme {{ acme_status; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        server_name .od.example.test;
+        acme_certificate pebble on_demand;
+        location / {{ return 200 "on-demand\\n"; }}
+    }}
+"""
+    ng = nginx_factory(conf, wait_port=https,
+                       allowed=[r'acme: "missing\.od\.example\.test": dns-persist-01 for missing\.od'])
+    roots = pb.roots(0)
+
+    # no record: the fallback, the record to create in the log, nothing validated at the CA
+    missing = "missing.od.example.test"
+    assert "Pebble" not in cert_text(tls_cert(https, missing, timeout=40))
+    wait_for(lambda: f"no TXT record at _validation-persist.{missing}" in ng.log_text(), 10,
+             what="the record to create logged")
+    assert pb.proc.log_text().count("Pulled a task from the Tasks queue") == 0, "no validation at the CA"
+
+    # the customer creates the record for the account (it exists since that first order)
+    url = json.loads(next((tmp_path / "state").rglob("account.json")).read_text())["url"]
+    name = "persist.od.example.test"
+    want = f"pebble.letsencrypt.org; accounturi={url}"
+    knot.knotc("zone-begin", "example.test")
+    knot.knotc("zone-set", "example.test", f"_validation-persist.{name}.", "60", "TXT", f'"{want}"')
+    knot.knotc("zone-commit", "example.test")
+    ddns = knot.log_path.read_text().count("DDNS, processing")
+
+    der, took = pebble_leaf(https, name, roots)
+    assert leaf_names(der) == [name]
+    assert took < 20, f"the first handshake took {took:.1f} s"
+    log = ng.log_text()
+    assert f"the dns-persist-01 record for {name} authorizes this account" in log, log
+    code, body = http_get(status, "status.local", "/acme")
+    st = json.loads(body)
+    assert st["on_demand"]["certificates"] == 1, st["on_demand"]
+    # nothing published: the record stays as created
+    assert knot.log_path.read_text().count("DDNS, processing") == ddns
+    assert knot.txt(f"_validation-persist.{name}") == [want]
