@@ -195,7 +195,7 @@ http01(request_rec *r)
         ap_log_rerror(APLOG_MARK, quiet ? APLOG_DEBUG : APLOG_WARNING, 0, r,
                       ACMELOGNO(0052) "http-01: store look-up failed: %s", err.msg);
         if (mod_acme_g.storage != NULL && err.kind == ACME_ERR_STORE
-            && acme_store_ping(mod_acme_g.store, NULL) != 0)
+            && acme_store_ping(mod_acme_g.store, &err) != 0)
         {
             /* Redis does not answer: whether the token exists is not known, so not a 404 */
             apr_table_setn(r->err_headers_out, "Retry-After", "5");

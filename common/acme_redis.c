@@ -1284,7 +1284,7 @@ rc_failed(acme_redis_conn_t *c, long long started, const acme_err_t *err)
     if (err != NULL) {
         c->failed = *err;
     } else {
-        acme_err_set(&c->failed, ACME_ERR_STORE, "timed out");
+        acme_err_set(&c->failed, ACME_ERR_STORE, "failed a moment ago");
     }
 }
 
