@@ -5,8 +5,8 @@
  * drops packets, a server that hangs), operations fail at once for 1 s, so that a caller's loop does not wait
  * out each timeout; a failure at once (refused, reset, closed) is not held against the next operation, which
  * may find the server back (an HTTP-01 look-up the CA makes right after a Redis restart must not fail on this
- * process's earlier refusals). An idempotent operation that fails on a connection that had
- * been idle is retried once on a new connection.
+ * process's earlier refusals). An idempotent operation that fails at once on a connection that had been idle
+ * is retried once on a new connection.
  * The password never appears in messages.
  */
 #include "acme_redis.h"
