@@ -6,7 +6,8 @@
  * the key authorization there before it tells the CA, so whichever child gets the validator's request can
  * answer). The raw request path is checked: the token must be base64url characters (acme_http01_parse_path) and nothing else
  * (no '%', '/', '.', NUL...), the Host must be a managed name and the identifier the token was published for
- * (the store's record names it); anything else is a 404 and never a file read.
+ * (the store's record names it); anything else is a 404 and never a file read. When Redis (ACMEStorage) does
+ * not answer the look-up, whether the token exists is not known: 503 with Retry-After, not a 404.
  *
  * TLS-ALPN-01: mod_ssl's ALPN callback asks ap_select_protocol(), which only considers protocols listed by
  * the core's "Protocols" directive of the SNI-selected server (an empty list means "http/1.1 only" and the
@@ -146,7 +147,7 @@ http01(request_rec *r)
     acme_err_t           err;
     acme_http01_path_t   kind;
     acme_ident_t         id, host;
-    int                  rc, same;
+    int                  rc, same, quiet;
     apr_size_t           len;
     apr_uint64_t         h;
 
@@ -182,15 +183,25 @@ http01(request_rec *r)
     }
     rc = acme_store_challenge_get(mod_acme_g.store, "http-01", token, &id, &ka, &err);
     if (rc != 0) {
-        if (rc < 0) {
-            /* a token the store refuses (too short...) is the client's doing: not worth a warning */
-            int quiet = err.kind == ACME_ERR_INPUT || (mod_acme_g.storage != NULL && !miss_log_due());
-            ap_log_rerror(APLOG_MARK, quiet ? APLOG_DEBUG : APLOG_WARNING, 0, r,
-                          ACMELOGNO(0052) "http-01: store look-up failed: %s", err.msg);
-        } else if (mod_acme_g.storage != NULL) {
-            miss_remember(h);
-        }
         free(ka);
+        if (rc > 0) {
+            if (mod_acme_g.storage != NULL) {
+                miss_remember(h);
+            }
+            return HTTP_NOT_FOUND;
+        }
+        /* a token the store refuses (too short...) is the client's doing: not worth a warning */
+        quiet = err.kind == ACME_ERR_INPUT || (mod_acme_g.storage != NULL && !miss_log_due());
+        ap_log_rerror(APLOG_MARK, quiet ? APLOG_DEBUG : APLOG_WARNING, 0, r,
+                      ACMELOGNO(0052) "http-01: store look-up failed: %s", err.msg);
+        if (mod_acme_g.storage != NULL && err.kind == ACME_ERR_STORE
+            && acme_store_ping(mod_acme_g.store, &err) != 0)
+        {
+            /* Redis does not answer: whether the token exists is not known, so not a 404 */
+            apr_table_setn(r->err_headers_out, "Retry-After", "5");
+            return HTTP_SERVICE_UNAVAILABLE;
+        }
+        /* Redis answers: the record itself was refused (it does not authenticate...) */
         return HTTP_NOT_FOUND;
     }
     /* the token answers for the identifier it was published for, never for another managed name */

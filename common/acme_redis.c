@@ -1,8 +1,12 @@
 /*
  * The Redis transport: hiredis (0.14 in Debian 12) formats commands and parses replies; the socket, TLS
  * (OpenSSL) and the timeouts are ours: connect 2 s, each command 5 s. A failed connection is dropped and the
- * next operation connects again (after a connect failure, operations fail at once for 1 s). An idempotent
- * operation that fails on a connection that had been idle is retried once on a new connection.
+ * next operation connects again. After a connect or a command that failed slowly (a timeout: a host that
+ * drops packets, a server that hangs), operations fail at once for 1 s, so that a caller's loop does not wait
+ * out each timeout; a failure at once (refused, reset, closed) is not held against the next operation, which
+ * may find the server back (an HTTP-01 look-up the CA makes right after a Redis restart must not fail on this
+ * process's earlier refusals). An idempotent operation that fails at once on a connection that had been idle
+ * is retried once on a new connection.
  * The password never appears in messages.
  */
 #include "acme_redis.h"
@@ -38,6 +42,7 @@
 #define RD_COMMAND_MS        5000
 #define RD_LEASE_MS          30000
 #define RD_FAILFAST_MS       1000
+#define RD_SLOW_FAIL_MS      100        /* a failure this long (or longer) starts the fail-fast */
 #define RD_PREFIX_MAX        100
 #define RD_SECRET_FILE_MAX   4096
 
@@ -1267,6 +1272,22 @@ acme_redis_err_context(acme_redis_t *rd, acme_err_t *err, const char *op, const 
     }
 }
 
+/* A failure that took since started: when slow, c's operations fail at once for a while (err's message). */
+static void
+rc_failed(acme_redis_conn_t *c, long long started, const acme_err_t *err)
+{
+    /* only a slow failure is worth not repeating: a refusal costs nothing, and the next try may succeed */
+    if (acme_redis_now() - started < RD_SLOW_FAIL_MS) {
+        return;
+    }
+    c->failed_at = acme_redis_now();
+    if (err != NULL) {
+        c->failed = *err;
+    } else {
+        acme_err_set(&c->failed, ACME_ERR_STORE, "failed a moment ago");
+    }
+}
+
 /* Makes sure c is connected. *fresh: it is a new connection. */
 int
 acme_redis_ensure(acme_redis_t *rd, acme_redis_conn_t *c, int *fresh, acme_err_t *err)
@@ -1297,16 +1318,11 @@ acme_redis_ensure(acme_redis_t *rd, acme_redis_conn_t *c, int *fresh, acme_err_t
         }
         return -1;
     }
+    c->failed_at = 0;
     if (rc_open(rd, c, err) != 0) {
-        c->failed_at = acme_redis_now();
-        if (err != NULL) {
-            c->failed = *err;
-        } else {
-            acme_err_set(&c->failed, ACME_ERR_STORE, "cannot connect");
-        }
+        rc_failed(c, now, err);
         return -1;
     }
-    c->failed_at = 0;
     *fresh = 1;
     return 0;
 }
@@ -1319,17 +1335,20 @@ int
 acme_redis_run(acme_redis_t *rd, const acme_buf_t *cmd, int ncmd, redisReply **rep, int retry, const char *op,
     const char *key, acme_err_t *err)
 {
-    int  fresh, attempt;
+    int        fresh, attempt;
+    long long  started;
 
     for (attempt = 0; ; attempt++) {
         if (acme_redis_ensure(rd, &rd->c, &fresh, err) != 0) {
             acme_redis_err_context(rd, err, op, key);
             return -1;
         }
+        started = acme_redis_now();
         if (acme_redis_conn_command(&rd->c, rd->command_ms, cmd->data, cmd->len, ncmd, rep, err) == 0) {
             return 0;
         }
         acme_redis_conn_close(&rd->c);
+        rc_failed(&rd->c, started, err);
         if (fresh || !retry || attempt > 0) {
             acme_redis_err_context(rd, err, op, key);
             return -1;

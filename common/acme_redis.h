@@ -17,7 +17,7 @@ typedef struct {
     SSL          *ssl;
     redisReader  *reader;
     pid_t         pid;
-    long long     failed_at;      /* monotonic ms of the last connect failure, 0: none */
+    long long     failed_at;      /* monotonic ms of the last slow failure, 0: none */
     acme_err_t    failed;         /* and its message */
 } acme_redis_conn_t;
 

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -264,3 +265,39 @@ def test_renewal_while_redis_hangs_keeps_handshakes_fast(apache_factory, pebble,
         assert not slow, slow
     finally:
         redis.proc.send_signal(signal.SIGCONT)
+
+
+def test_challenge_answered_as_soon_as_redis_is_back(apache_factory, pebble, procs, tmp_path):
+    """Redis stopped while challenge requests come in (every child's look-up fails: 503, not a 404 saying the
+    token does not exist), then back: a token published at once is answered by every child at once, as the
+    CA's validation, asked for by a node that already sees Redis, must be. No child keeps failing on the
+    connection Redis's restart broke, nor on the back-off its refused connects left."""
+    redis = Redis(procs, tmp_path / "redis")
+    kf = _key(tmp_path / "storage.key")
+    name = "back.redis.apache.example.org"
+    a = _apache(apache_factory, pebble, redis, kf, [name])
+    a.allow(r"ACME0087: ACMEStorage redis://\S+ is out of reach \(.*cannot connect: Connection refused\)")
+    a.start(procs)
+    a.wait_valid(name)
+    path = "/.well-known/acme-challenge/"
+    token = "T" * 43
+
+    def many(tok, n=24):
+        with ThreadPoolExecutor(6) as ex:
+            return list(ex.map(lambda _: http_get(a.http_port, name, path + tok), range(n)))
+
+    # every child connected (an unknown token: 404), then the connections broken by the outage
+    assert {r.status for r in many("W" * 43)} == {404}
+    redis.proc.stop()
+    down = many("D" * 43)
+    assert {r.status for r in down} == {503}, [r.status for r in down]
+    assert all(r.headers.get("Retry-After") for r in down)
+    t0 = time.monotonic()
+    redis.proc.start()
+    redis.proc.wait_port(redis.port, timeout=10)
+    redis.cli("SET", f"{PREFIX}:challenges/http-01/{token}",
+              signed(kf, f"challenges/http-01/{token}", f"dns {name} {token}.t"))
+    back = many(token)
+    took = time.monotonic() - t0
+    assert [(r.status, r.body) for r in back] == [(200, f"{token}.t".encode())] * len(back), \
+        ([r.status for r in back], round(took, 2))
