@@ -344,6 +344,12 @@ json_t *acme_certmeta_ident_errors_json(const acme_certmeta_t *m);
  * for status pages (a new reference; an empty array when none). */
 json_t *acme_certmeta_ident_warnings_json(const acme_certmeta_t *m);
 int   acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_t *err);
+/*
+ * Whether a failed job's dns-persist-01 notes at the CA ca (directory URL) replace those of m: yes when no
+ * certificate is in service or it came from ca. Another CA's record (a fallback issuer's) is not the one
+ * the certificate's renewal needs: its check neither clears nor adds to the certificate's warnings.
+ */
+int   acme_persist_notes_concern(const acme_certmeta_t *m, const char *ca);
 
 /*
  * certs/<name>: the first identifier, "*." written as "_wildcard.", then "_<keyspec>" (e.g. "_rsa2048",
