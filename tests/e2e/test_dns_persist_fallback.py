@@ -1,7 +1,8 @@
-"""dns-persist-01's persistUntil warning with fallback issuers (nginx `acme_certificate A fallback=B`): the
-warning of the issuer that got the certificate is the one kept (status, log once, `persist-expiring` naming
-that issuer), a renewal whose record no longer expires clears it, and the warning of an issuer that failed
-does not stick to a certificate the next one got without one."""
+"""dns-persist-01's persistUntil warning with several CAs. nginx `acme_certificate A fallback=B`: the warning
+of the issuer that got the certificate is the one kept (status, log once, `persist-expiring` naming that
+issuer), a renewal whose record no longer expires clears it, a failed issuer's warning does not stick to the
+certificate the next one got, and a failed issuer's check leaves the certificate's warning as it is.
+acmectl at two CAs: the same, and a certificate from another CA does not take the old one's warnings over."""
 import json
 import time
 
@@ -166,3 +167,53 @@ def test_failed_issuers_check_keeps_the_certificates_warning(pebble_next_factory
     # stored with the failure: what the next start shows too
     meta = json.loads((tmp_path / "state/certs" / NAME / "meta.json").read_text())
     assert meta["dns_persist_warnings"][0]["dns_persist_warning"] == w["dns_persist_warning"], meta
+
+
+def test_acmectl_another_cas_warning_neither_cleared_nor_kept(acmectl_bin, tmp_path, pebble_next_factory,
+                                                              knot):
+    """acmectl at two CAs: a certificate from B with a warning on its record for N. A failed check at A
+    (no record for A's account yet) leaves B's warning on B's certificate; A's certificate (N by http-01,
+    so not checked; the wildcard by dns-persist-01) does not take B's warning over."""
+    from test_dns_persist import ctl
+    b = pebble_next_factory(dns_server=knot.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
+    a = pebble_next_factory(dns_server=knot.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
+    n, wild = "cross.example.test", "*.w.cross.example.test"
+    knot.knotc("zone-begin", "example.test")
+    knot.knotc("zone-set", "example.test", n + ".", "60", "A", "127.0.0.1")    # `*` stops at its subtree
+    knot.knotc("zone-commit", "example.test")
+
+    def record(pb, *args):
+        r = ctl(acmectl_bin, tmp_path, pb, "dns-persist-record", *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        owner, _, _, value = r.stdout.strip().split(" ", 3)
+        knot.add_txt("example.test", owner[:-len(".example.test.")], value.strip('"'))
+
+    def status():
+        (c,) = json.loads(ctl(acmectl_bin, tmp_path, b, "status", "--json").stdout)["certificates"]
+        return c
+
+    def issue(pb, *args):
+        return ctl(acmectl_bin, tmp_path, pb, "issue", "--dns-resolver", knot.address, *args, n, wild)
+
+    soon = int(time.time()) + 5 * 86400
+    record(b, "--until", str(soon), n)
+    record(b, "--wildcard", "w.cross.example.test")
+    p = issue(b, "--challenge", "dns-persist-01")
+    assert p.returncode == 0, p.stdout + p.stderr
+    c = status()
+    (w,) = c["identifier_warnings"]
+    assert w["identifier"] == f"dns:{n}" and f"persistUntil={soon}" in w["dns_persist_warning"], c
+
+    # A: no record for its account yet: the check fails; B's certificate keeps its warning
+    p = issue(a, "--challenge", "dns-persist-01")
+    assert p.returncode == 1 and "authorizes this account" in p.stderr, p.stdout + p.stderr
+    c = status()
+    assert c["identifier_warnings"] == [w] and c["issuer"] == b.directory_url, c
+
+    # A's certificate: the wildcard's record checked (no persistUntil), N by http-01
+    record(a, "--wildcard", "w.cross.example.test")
+    p = issue(a, "--challenge", "http-01,dns-persist-01", "--http-listen", f"127.0.0.1:{a.http_port}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "the dns-persist-01 record for *.w.cross.example.test authorizes this account" in p.stderr, p.stderr
+    c = status()
+    assert c["issuer"] == a.directory_url and c["identifier_warnings"] == [], c
