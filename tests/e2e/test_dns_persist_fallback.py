@@ -2,12 +2,15 @@
 of the issuer that got the certificate is the one kept (status, log once, `persist-expiring` naming that
 issuer), a renewal whose record no longer expires clears it, a failed issuer's warning does not stick to the
 certificate the next one got, and a failed issuer's check leaves the certificate's warning as it is.
+Apache with several ACMECertificateAuthority: the event names the second CA.
 acmectl at two CAs: the same, and a certificate from another CA does not take the old one's warnings over."""
 import json
 import time
 
+from apache_harness import apache_factory, tls_get  # noqa: F401 (fixture)
 from harness import free_port, wait_for
 from nginx_harness import force_renewal, https_get, issuer_block, nginx_factory  # noqa: F401
+from test_apache_dns import vhost_pair
 from test_nginx_dns import knot  # noqa: F401 (fixture)
 from test_notify import events, make_script
 
@@ -217,3 +220,37 @@ def test_acmectl_another_cas_warning_neither_cleared_nor_kept(acmectl_bin, tmp_p
     assert "the dns-persist-01 record for *.w.cross.example.test authorizes this account" in p.stderr, p.stderr
     c = status()
     assert c["issuer"] == a.directory_url and c["identifier_warnings"] == [], c
+
+
+def test_apache_persist_warning_of_the_second_ca(apache_factory, pebble_next_factory, knot, procs):
+    """Apache, `ACMECertificateAuthority DEAD PEBBLE`: the certificate from the second CA with a record whose
+    persistUntil passes in 5 days: the warning in /acme-status, and persist-expiring naming the second CA."""
+    pb = pebble_next_factory(dns_server=knot.dns_address)
+    dead = f"https://127.0.0.1:{free_port()}/dir"
+    a = apache_factory(pb, name="apache-persist-fb", ca_url=f"{dead} {pb.directory_url}")
+    script, out = make_script(a.dir / "n")
+    a.extra_global = f"ACMENotifyCmd {script} timeout=10s\n"
+    a.acme_global = f"ACMEChallenge dns-persist-01\nACMEDNSResolver {knot.address}\n"
+    a.vhosts = vhost_pair(a, NAME, "", cert=NAME)
+    a.allow(r"acme: .*cannot reach the CA")
+    a.allow(rf"acme: .*dns-persist-01 for {NAME}: no TXT record")
+    a.start(procs)
+
+    def cert():
+        status, body, _, _ = tls_get(a.https_port, NAME, "/acme-status")
+        return next(iter(json.loads(body)["certificates"]), None) if status == 200 else None
+
+    c = wait_for(lambda: (lambda c: c if c and c.get("identifier_errors") else None)(cert()), 60,
+                 interval=0.3, what="the first attempt's failure")
+    want = c["identifier_errors"][0]["dns_persist_record"]["value"]
+    soon = int(time.time()) + 5 * 86400
+    _set_records(knot, f"{want}; persistUntil={soon}")
+    assert a.renew(NAME).status in (200, 202)
+    c = wait_for(lambda: (lambda c: c if c and c.get("identifier_warnings") else None)(cert()), 60,
+                 interval=0.3, what="the warning in /acme-status")
+    (w,) = c["identifier_warnings"]
+    assert f"persistUntil={soon}" in w["dns_persist_warning"] and c["issuer"] == pb.directory_url, c
+    ev = wait_for(lambda: [e for e in events(out) if e[0] == "persist-expiring"] or None, 40, interval=0.2,
+                  what="the persist-expiring notification")
+    assert len(ev) == 1 and ev[0][2]["ACME_WARNING"] == w["dns_persist_warning"], events(out)
+    assert ev[0][2]["ACME_ISSUER"] == pb.directory_url, ev[0][2]
