@@ -811,7 +811,7 @@ record_failure(ctl_t *ctl, const char *name, const acme_err_t *err, const first_
         ctl->ident_errors = NULL;
         ctl->nident_errors = 0;
     }
-    if (ctl->persist_checked) {
+    if (ctl->persist_checked && acme_persist_notes_concern(&f, acme_client_directory_url(ctl->client))) {
         acme_persist_notes_free(f.persist_notes, f.npersist_notes);
         f.persist_notes = ctl->persist_notes;
         f.npersist_notes = ctl->npersist_notes;

@@ -312,7 +312,7 @@ acme_issue_persist_judge(acme_issue_t *job, time_t not_after)
     acme_certmeta_t       old;
     acme_persist_note_t  *all;
     size_t                i, nall, fresh = 0;
-    int                   have;
+    int                   have, keep;
 
     if (job->persist_judged || job->npersist_notes == 0) {
         return;
@@ -330,7 +330,9 @@ acme_issue_persist_judge(acme_issue_t *job, time_t not_after)
             fresh++;
         }
     }
-    if (acme_persist_notes_merge(have ? old.persist_notes : NULL, have ? old.npersist_notes : 0,
+    /* the notes of another CA's certificate are on records this one's renewal does not need */
+    keep = have && acme_persist_notes_concern(&old, acme_client_directory_url(job->c));
+    if (acme_persist_notes_merge(keep ? old.persist_notes : NULL, keep ? old.npersist_notes : 0,
                                  job->persist_notes, job->npersist_notes, job->ids, job->nids, &all, &nall)
         == 0)
     {

@@ -258,12 +258,12 @@ cert_notify(mcert_t *c, const char *event, const char *error, time_t ari_start, 
 }
 
 /*
- * Inside issue_done: the dns-persist-01 records the job checked. A warning of this job's (logged by it)
- * runs "persist-expiring"; replace: the certificate's notes become the job's (after a failure: a success
- * stored them with the certificate, and cert_reload read them).
+ * Inside issue_done: the dns-persist-01 records the job of issuer issuer_i checked. A warning of this job's
+ * (logged by it) runs "persist-expiring" naming that issuer; replace: the certificate's notes become the
+ * job's (after a success: it stored them with the certificate, and cert_reload read them).
  */
 static void
-cert_persist_notes(mcert_t *c, int replace)
+cert_persist_notes(mcert_t *c, size_t issuer_i, int replace)
 {
     acme_persist_note_t  *notes;
     size_t                n, fresh, i;
@@ -272,7 +272,7 @@ cert_persist_notes(mcert_t *c, int replace)
         return;
     }
     for (i = n - fresh; i < n; i++) {
-        cert_notify_by(c, c->issuer_i, "persist-expiring", NULL, 0, 0, notes[i].warning);
+        cert_notify_by(c, issuer_i, "persist-expiring", NULL, 0, 0, notes[i].warning);
     }
     if (!replace) {
         acme_persist_notes_free(notes, n);
@@ -764,7 +764,7 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
             m->host.cert_updated(m->host.data, c->name);
         }
         cert_notify_by(c, issued_by, before != 0 ? "renewed" : "issued", NULL, 0, 0, NULL);
-        cert_persist_notes(c, 0);
+        cert_persist_notes(c, issued_by, 0);
         cert_schedule(c);
         return;
     }
@@ -783,7 +783,9 @@ issue_done(void *arg, const char *name, const acme_err_t *err)
             c->meta.nident_errors = n;
         }
     }
-    cert_persist_notes(c, 1);
+    /* a fallback issuer's failed check leaves the warnings of the certificate in service as they are */
+    cert_persist_notes(c, c->issuer_i,
+                       acme_persist_notes_concern(&c->meta, m->issuers[c->issuers[c->issuer_i]]->directory_url));
     if (c->issuer_i + 1 < c->nissuers && err->kind != ACME_ERR_STORE) {
         acme_log(m->loop, ACME_LOG_WARN, "acme: \"%s\": issuer \"%s\" failed, trying \"%s\": %s", c->name,
                  m->issuers[c->issuers[c->issuer_i]]->name, m->issuers[c->issuers[c->issuer_i + 1]]->name,

@@ -149,3 +149,9 @@ fail:
     acme_persist_notes_free(r, n);
     return -1;
 }
+
+int
+acme_persist_notes_concern(const acme_certmeta_t *m, const char *ca)
+{
+    return m->not_after == 0 || m->ca == NULL || (ca != NULL && strcmp(m->ca, ca) == 0);
+}

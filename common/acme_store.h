@@ -349,6 +349,13 @@ json_t *acme_certmeta_ident_errors_json(const acme_certmeta_t *m);
  * for status pages (a new reference; an empty array when none). */
 json_t *acme_certmeta_ident_warnings_json(const acme_certmeta_t *m);
 int   acme_certmeta_from_json(const char *s, size_t len, acme_certmeta_t *m, acme_err_t *err);
+/*
+ * Whether m's dns-persist-01 notes are about records at the CA ca (directory URL): yes when no certificate
+ * is in service or it came from ca. Only then does a failed job at ca replace them, and a new certificate
+ * from ca keep those of identifiers it did not check. A record is per CA (its account): another CA's (a
+ * fallback issuer's) is not the one the certificate's renewal needs.
+ */
+int   acme_persist_notes_concern(const acme_certmeta_t *m, const char *ca);
 
 /*
  * certs/<name>: the first identifier, "*." written as "_wildcard.", then "_<keyspec>" (e.g. "_rsa2048",
