@@ -13,6 +13,14 @@
  *
  * A connection that negotiated acme-tls/1 (a TLS-ALPN-01 validation) is not
  * served HTTP at all: it is closed.
+ *
+ * acme_storage: the leader copies the challenges other nodes publish into
+ * the zone while it is subscribed to the store's announcements. When it is
+ * not (Redis was down, or just came back), a request for an unknown token
+ * is held: it asks the leader for a check of the store at once (which
+ * subscribes again and copies the pending challenges) and looks at the
+ * zone every 100 ms, on a timer of its own (never blocking the worker), for
+ * at most 3 s; then 404 as for any unknown token.
  */
 
 
@@ -24,6 +32,21 @@
 #include "ngx_http_acme_zone.h"
 #include "acme_http01.h"
 #include "acme_ident.h"
+
+
+#define NGX_HTTP_ACME_HOLD_POLL  100     /* ms */
+#define NGX_HTTP_ACME_HOLD_MAX   3000    /* ms */
+
+
+typedef struct {
+    ngx_str_t                   token;
+    ngx_msec_t                  deadline;
+} ngx_http_acme_hold_t;
+
+
+static ngx_int_t ngx_http_acme_challenge_answer(ngx_http_request_t *r,
+    ngx_http_acme_zone_t *zone, ngx_str_t *tok, ngx_uint_t hold);
+static void ngx_http_acme_challenge_held(ngx_http_request_t *r);
 
 
 /*
@@ -68,12 +91,9 @@ ngx_int_t
 ngx_http_acme_challenge_handler(ngx_http_request_t *r)
 {
     size_t                      plen, tlen;
-    u_char                     *sp;
     const char                 *tp;
     ngx_int_t                   rc;
-    ngx_buf_t                  *b;
-    ngx_str_t                   value, tok;
-    ngx_chain_t                 out;
+    ngx_str_t                   tok;
     ngx_http_acme_zone_t       *zone;
     ngx_http_acme_main_conf_t  *amcf;
 
@@ -134,15 +154,73 @@ ngx_http_acme_challenge_handler(ngx_http_request_t *r)
         goto not_found;
     }
 
-    rc = ngx_http_acme_zone_get(zone, NGX_HTTP_ACME_KV_HTTP01, tok.data,
-                                tok.len, r->pool, &value);
+    return ngx_http_acme_challenge_answer(r, zone, &tok, 1);
+
+not_found:
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return NGX_HTTP_NOT_FOUND;
+}
+
+
+/*
+ * The answer for a valid token: NGX_DONE (sent, or held: hold is 1 the
+ * first time), or a status to finalize the request with.
+ */
+
+static ngx_int_t
+ngx_http_acme_challenge_answer(ngx_http_request_t *r,
+    ngx_http_acme_zone_t *zone, ngx_str_t *tok, ngx_uint_t hold)
+{
+    u_char                *sp;
+    ngx_int_t              rc;
+    ngx_buf_t             *b;
+    ngx_str_t              value;
+    ngx_chain_t            out;
+    ngx_http_acme_hold_t  *h;
+
+    rc = ngx_http_acme_zone_get(zone, NGX_HTTP_ACME_KV_HTTP01, tok->data,
+                                tok->len, r->pool, &value);
     if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (rc == NGX_DECLINED && hold && zone->sh->unsubscribed) {
+
+        /* the leader may not have copied it yet: wait for it */
+
+        h = ngx_palloc(r->pool, sizeof(ngx_http_acme_hold_t));
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->token = *tok;
+        h->deadline = ngx_current_msec + NGX_HTTP_ACME_HOLD_MAX;
+        ngx_http_set_ctx(r, h, ngx_http_acme_module);
+
+        zone->sh->resync = 1;
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "acme: http-01 token \"%V\" unknown while the "
+                      "storage announcements are not followed, waiting "
+                      "for them", tok);
+
+        r->read_event_handler = ngx_http_test_reading;
+        r->write_event_handler = ngx_http_acme_challenge_held;
+
+        r->connection->write->delayed = 1;
+        ngx_add_timer(r->connection->write, NGX_HTTP_ACME_HOLD_POLL);
+
+        return NGX_DONE;
+    }
+
     if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "acme: unknown http-01 token \"%V\"", &tok);
+                      "acme: unknown http-01 token \"%V\"", tok);
         goto not_found;
     }
 
@@ -156,7 +234,7 @@ ngx_http_acme_challenge_handler(ngx_http_request_t *r)
     if (!ngx_http_acme_host_matches(r, value.data, sp - value.data)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "acme: http-01 token \"%V\" requested for host "
-                      "\"%V\", which it is not for", &tok,
+                      "\"%V\", which it is not for", tok,
                       &r->headers_in.server);
         goto not_found;
     }
@@ -170,7 +248,7 @@ ngx_http_acme_challenge_handler(ngx_http_request_t *r)
     }
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "acme: answering http-01 challenge \"%V\"", &tok);
+                  "acme: answering http-01 challenge \"%V\"", tok);
 
     r->headers_out.status = NGX_HTTP_OK;
     r->headers_out.content_length_n = value.len;
@@ -211,4 +289,60 @@ not_found:
     }
 
     return NGX_HTTP_NOT_FOUND;
+}
+
+
+/* a held request: the write event's timer, every NGX_HTTP_ACME_HOLD_POLL */
+
+static void
+ngx_http_acme_challenge_held(ngx_http_request_t *r)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   value;
+    ngx_event_t                *wev;
+    ngx_http_acme_hold_t       *h;
+    ngx_http_acme_zone_t       *zone;
+    ngx_http_acme_main_conf_t  *amcf;
+
+    wev = r->connection->write;
+
+    if (wev->delayed) {
+
+        /* woken before the timer: keep waiting */
+
+        if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+
+        return;
+    }
+
+    h = ngx_http_get_module_ctx(r, ngx_http_acme_module);
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_acme_module);
+    zone = amcf->shm_zone->data;
+
+    rc = ngx_http_acme_zone_get(zone, NGX_HTTP_ACME_KV_HTTP01, h->token.data,
+                                h->token.len, r->pool, &value);
+
+    if (rc == NGX_DECLINED && zone->sh->unsubscribed
+        && (ngx_msec_int_t) (h->deadline - ngx_current_msec) > 0)
+    {
+        wev->delayed = 1;
+        ngx_add_timer(wev, NGX_HTTP_ACME_HOLD_POLL);
+        return;
+    }
+
+    if (ngx_handle_read_event(r->connection->read, 0) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    rc = ngx_http_acme_challenge_answer(r, zone, &h->token, 0);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
 }

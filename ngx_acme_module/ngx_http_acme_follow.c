@@ -17,6 +17,34 @@
 #define NGX_HTTP_ACME_STORE_CHECK    2
 #define NGX_HTTP_ACME_STORE_BACKOFF  60
 #define NGX_HTTP_ACME_STORE_WATCHED  10
+#define NGX_HTTP_ACME_STORE_REFUSED  1     /* s: the next check after a
+                                              failure at once */
+#define NGX_HTTP_ACME_STORE_SLOW     100   /* ms: a slower failure is a
+                                              timeout */
+
+
+/*
+ * Tells the workers whether the leader misses announcements: then a worker
+ * holds an HTTP-01 request for a token it does not know yet, and asks for
+ * a check of the store (ngx_http_acme_challenge.c).
+ */
+
+static void
+ngx_http_acme_watch_state(ngx_http_acme_runner_t *rn)
+{
+    rn->zone->sh->unsubscribed = (rn->cache != NULL && rn->watch == NULL);
+}
+
+
+static ngx_msec_t
+ngx_http_acme_follow_msec(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 
 /* a record in Redis that does not authenticate: the store says so once */
@@ -194,6 +222,8 @@ ngx_http_acme_watch_close(ngx_http_acme_runner_t *rn)
         acme_store_watch_close(rn->watch);
         rn->watch = NULL;
     }
+
+    ngx_http_acme_watch_state(rn);
 }
 
 
@@ -222,8 +252,13 @@ ngx_http_acme_watch_handler(ngx_event_t *ev)
                           "until they are back: %s", err.msg);
             ngx_http_acme_watch_close(rn);
 
-            /* changes may have been missed: compare at the next check */
+            /*
+             * changes may have been missed: compare at the next tick, which
+             * also tells at once whether Redis refuses (checked again every
+             * second) or does not answer (backed off)
+             */
             rn->store_gen_known = 0;
+            rn->store_check_at = 0;
             return;
         }
 
@@ -261,6 +296,8 @@ ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
     ngx_log_error(NGX_LOG_INFO, rn->log, 0,
                   "acme: subscribed to storage announcements");
 
+    /* the challenges are copied below: a held request finds its token */
+
     c = ngx_get_connection(acme_store_watch_fd(rn->watch), rn->log);
     if (c == NULL) {
         acme_store_watch_close(rn->watch);
@@ -280,6 +317,7 @@ ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
     }
 
     ngx_http_acme_challenge_resync(rn);
+    ngx_http_acme_watch_state(rn);
 
     /* messages may already wait in the reader */
     ngx_post_event(c->read, &ngx_posted_events);
@@ -288,19 +326,40 @@ ngx_http_acme_watch_open(ngx_http_acme_runner_t *rn)
 
 /*
  * The safety net for changes made by other nodes (or acmectl): compare the
- * store's generation every few seconds; when Redis does not answer, back
- * off so that the leader does not block on a timeout every tick.
+ * store's generation every few seconds. When Redis refuses at once, check
+ * again every second (it costs nothing); when it does not answer (a
+ * timeout), back off so that the leader does not block on a timeout every
+ * tick. A worker holding an HTTP-01 request for an unknown token while we
+ * are not subscribed asks for a check at once: granted unless a check
+ * timed out in this outage (that one waits for the back-off).
  */
 
 void
 ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
 {
+    ngx_msec_t               started;
     acme_err_t               err;
+    ngx_uint_t               asked;
     unsigned long long       gen;
 
-    if (rn->cache == NULL || now < rn->store_check_at) {
+    if (rn->cache == NULL) {
         return;
     }
+
+    asked = rn->zone->sh->resync;
+
+    if (now < rn->store_check_at
+        && !(asked && rn->watch == NULL && !rn->store_slow))
+    {
+        ngx_http_acme_watch_state(rn);
+        return;
+    }
+
+    if (asked) {
+        rn->zone->sh->resync = 0;
+    }
+
+    started = ngx_http_acme_follow_msec();
 
     if (acme_store_generation(rn->stores[0], &gen, &err) != 0) {
         if (!rn->store_down) {
@@ -308,12 +367,26 @@ ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
                           "acme: storage unreachable, serving from the local "
                           "cache: %s", err.msg);
             rn->store_down = 1;
+            rn->store_slow = 0;
             rn->store_backoff = NGX_HTTP_ACME_STORE_CHECK;
         }
 
-        rn->store_backoff = ngx_min(rn->store_backoff * 2,
-                                    NGX_HTTP_ACME_STORE_BACKOFF);
-        rn->store_check_at = now + rn->store_backoff;
+        if (ngx_http_acme_follow_msec() - started
+            >= NGX_HTTP_ACME_STORE_SLOW)
+        {
+            rn->store_slow = 1;
+        }
+
+        if (rn->store_slow) {
+            rn->store_backoff = ngx_min(rn->store_backoff * 2,
+                                        NGX_HTTP_ACME_STORE_BACKOFF);
+            rn->store_check_at = now + rn->store_backoff;
+
+        } else {
+            rn->store_check_at = now + NGX_HTTP_ACME_STORE_REFUSED;
+        }
+
+        ngx_http_acme_watch_state(rn);
         return;
     }
 
@@ -321,6 +394,7 @@ ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
         ngx_log_error(NGX_LOG_NOTICE, rn->log, 0,
                       "acme: storage reachable again");
         rn->store_down = 0;
+        rn->store_slow = 0;
         rn->store_gen_known = 0;
     }
 
@@ -331,6 +405,8 @@ ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
         /* subscribe before comparing: nothing falls in between */
         ngx_http_acme_watch_open(rn);
     }
+
+    ngx_http_acme_watch_state(rn);
 
     if (rn->store_gen_known && gen == rn->store_gen) {
         return;

@@ -45,6 +45,7 @@ typedef struct {
     unsigned long long           store_gen;
     ngx_uint_t                   store_gen_known;
     ngx_uint_t                   store_down;
+    ngx_uint_t                   store_slow;     /* a check timed out */
     time_t                       store_check_at;
     time_t                       store_backoff;
     ngx_uint_t                   nmanagers;

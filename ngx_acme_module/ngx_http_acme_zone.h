@@ -11,6 +11,9 @@
  *   - the leader lock (pid and heartbeat) of the worker running the core;
  *   - renew requests and ARI check requests for the leader (the status
  *     snapshot has a zone of its own: ngx_http_acme_status_snapshot.c);
+ *   - acme_storage: whether the leader misses the store's announcements
+ *     (so a worker holds an HTTP-01 request for an unknown token) and a
+ *     worker's request that it check the store at once;
  *   - whether the core has run since nginx started: the zone survives
  *     reloads, not a restart, so the first runner of a start (and only it)
  *     asks the CA's renewal information of every certificate again;
@@ -104,6 +107,12 @@ typedef struct {
 
     ngx_atomic_t                started;         /* the core ran since
                                                     nginx started */
+    ngx_atomic_t                unsubscribed;    /* acme_storage: the
+                                                    leader misses the
+                                                    announcements */
+    ngx_atomic_t                resync;          /* a worker asks the
+                                                    leader to check the
+                                                    store now */
     ngx_atomic_t                od_waiting;      /* connections held now */
     ngx_http_acme_od_slot_t     od_slots[NGX_HTTP_ACME_OD_SLOTS];
     ngx_atomic_t                od_count[NGX_HTTP_ACME_OD_W_N];

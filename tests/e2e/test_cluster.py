@@ -473,6 +473,32 @@ def test_restarts_with_redis_down_keep_serving(cluster, dns, redis):
     assert cl.pebble.issued_count() == 2
 
 
+@pytest.mark.serial
+def test_http01_at_nginx_right_after_redis_outage(cluster, dns, redis):
+    """Redis down, then up, and Apache C renews at once: the CA validates at nginx A, whose leader has not
+    subscribed to the store's announcements again yet (so C did not wait for its ack). A's worker holds the
+    CA's request and asks its leader for a check of the store, which subscribes again and copies the
+    challenge: 200, not 404 (unknown token), and the order goes through."""
+    dns.map_a(HTTP_NAME, ADDR_A)
+    cl = cluster(alpn_names=())
+    cl.start()
+    cl.allow(r"redis|storage unreachable")
+    old = cl.wait_served(HTTP_NAME)
+    mark = cl.a.mark()
+    redis.stop()
+    wait_for(lambda: "storage unreachable" in cl.a.log(mark), 15, interval=0.1, what="nginx A to miss Redis")
+    marks, since = cl.marks(), cl.pebble.proc.log_size()
+    redis.start()
+    assert cl.c.renew(HTTP_NAME) == 202
+    new = cl.wait_served(HTTP_NAME, differs_from=old, timeout=15)
+    assert new in cl.pebble.issued_serials()
+    log = cl.a.log(marks[cl.a.name])
+    assert "unknown http-01 token" not in log, log[-3000:]
+    if validated_since(cl.pebble, HTTP_NAME, since):
+        assert cl.a.answered(HTTP_NAME, marks[cl.a.name]), log[-3000:]
+    assert cl.orderers(HTTP_NAME, marks) == [cl.c.name]
+
+
 @KINDS
 def test_secrets_sealed_in_redis(cluster, dns, redis, key_file, acmectl_bin, kinds):
     dns.map_a(HTTP_NAME, ADDR_A)
