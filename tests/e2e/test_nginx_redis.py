@@ -445,3 +445,61 @@ def test_two_nodes_revoked_by_acmectl(pebble, nginx_factory, tmp_path, redis, ac
     # revoked and renewed by one node
     assert got[1][1] == got[2][1], got
     assert pebble.order_count() == 2
+
+
+@pytest.mark.serial
+def test_http01_held_until_subscribed_again(pebble, nginx_factory, tmp_path, procs):
+    """A challenge another node stored while this one's leader is not subscribed (Redis down, then back) is
+    answered, not 404: the worker holds the request for the unknown token (without blocking: other requests
+    are served meanwhile) and its leader checks Redis at once, subscribes again and copies the challenge."""
+    import threading
+    from harness import RedisServer
+    redis = RedisServer(tmp_path / "redis", persist=True)       # the record survives the restart
+    procs.procs.append(redis)
+    redis.start()
+    name, https, plain = "rd-held.example.org", free_port(), free_port()
+    key = key_file(tmp_path / "storage.key")
+    conf = (storage_conf(redis, key) + issuer_block("pebble", pebble, tmp_path / "state")
+            + managed_servers(pebble.http_port, https, name) + f"""
+    server {{
+        listen 127.0.0.1:{plain};
+        location / {{ return 200 "plain\\n"; }}
+    }}
+""")
+    n = nginx_factory(conf, wait_port=https, allowed=REDIS_DOWN + [r"storage announcements lost"])
+    wait_for(lambda: "subscribed to storage announcements" in n.log_text(), 15, what="the subscription")
+    # stored as another node stores it, not announced: this node learns of it only from a resync
+    token = "held-" + "H" * 40
+    redis.command("SET", f"ngx:challenges/http-01/{token}",
+                  signed(key, f"challenges/http-01/{token}", f"dns {name} {token}.thumb"))
+    redis.command("SADD", "ngx:dir:challenges/http-01", token)
+    mark = len(n.log_text())
+    redis.stop()
+    wait_for(lambda: "storage unreachable" in n.log_text(mark), 15, interval=0.1, what="Redis to be missed")
+
+    # a token nobody stored: held for at most about 3 s, then 404 as before; the worker serves meanwhile
+    got = {}
+
+    def fetch(tok, key_):
+        got[key_] = http_get(pebble.http_port, name, f"/.well-known/acme-challenge/{tok}")
+    t = threading.Thread(target=fetch, args=("none-" + "N" * 40, "none"))
+    started = time.monotonic()
+    t.start()
+    wait_for(lambda: not t.is_alive() or "waiting for them" in n.log_text(mark), 5, interval=0.05,
+             what="the request to be held")
+    assert t.is_alive(), f"answered at once while Redis is down: {got}"
+    before = time.monotonic()
+    assert http_get(plain, "x", "/")[0] == 200
+    assert time.monotonic() - before < 1
+    t.join(10)
+    assert got["none"][0] == 404 and 2.5 < time.monotonic() - started < 5, got
+
+    t = threading.Thread(target=fetch, args=(token, "answer"))
+    t.start()
+    wait_for(lambda: not t.is_alive() or n.log_text(mark).count("waiting for them") == 2, 5, interval=0.05,
+             what="the request to be held")
+    assert t.is_alive(), f"answered at once while Redis is down: {got}"
+    redis.start()
+    t.join(10)
+    assert got.get("answer") == (200, f"{token}.thumb".encode()), (got, n.log_text(mark)[-3000:])
+    assert f"unknown http-01 token \"{token}\"" not in n.log_text(mark)
