@@ -371,8 +371,13 @@ ngx_http_acme_store_check(ngx_http_acme_runner_t *rn, time_t now)
             rn->store_backoff = NGX_HTTP_ACME_STORE_CHECK;
         }
 
+        /*
+         * slow, or the store's repeat of an earlier timeout (it fails at
+         * once for a second after one): a timeout again soon
+         */
         if (ngx_http_acme_follow_msec() - started
-            >= NGX_HTTP_ACME_STORE_SLOW)
+            >= NGX_HTTP_ACME_STORE_SLOW
+            || ngx_strstr(err.msg, "timed out") != NULL)
         {
             rn->store_slow = 1;
         }
