@@ -17,10 +17,10 @@
  * acme_storage: the leader copies the challenges other nodes publish into
  * the zone while it is subscribed to the store's announcements. When it is
  * not (Redis was down, or just came back), a request for an unknown token
- * is held: it asks the leader for a check of the store at once (which
- * subscribes again and copies the pending challenges) and looks at the
- * zone every 100 ms, on a timer of its own (never blocking the worker), for
- * at most 3 s; then 404 as for any unknown token.
+ * is held: it looks at the zone every 100 ms, on a timer of its own (never
+ * blocking the worker), for at most 3 s, and each time asks the leader for
+ * a check of the store at once (which subscribes again and copies the
+ * pending challenges); then 404 as for any unknown token.
  */
 
 
@@ -327,6 +327,9 @@ ngx_http_acme_challenge_held(ngx_http_request_t *r)
     if (rc == NGX_DECLINED && zone->sh->unsubscribed
         && (ngx_msec_int_t) (h->deadline - ngx_current_msec) > 0)
     {
+        /* asked again: Redis may be back since the leader's last check */
+        zone->sh->resync = 1;
+
         wev->delayed = 1;
         ngx_add_timer(wev, NGX_HTTP_ACME_HOLD_POLL);
         return;

@@ -4,13 +4,14 @@ local cache under state_path, which the cache manager keeps in step with Redis."
 import os
 import re
 import subprocess
+import threading
 import time
 
 import pytest
 
 import harness
 import leakcheck
-from harness import free_port, wait_for
+from harness import RedisServer, free_port, wait_for
 from nginx_harness import (cert_serial, http_get, https_get, issuer_block, managed_servers,  # noqa: F401
                           nginx_factory, tls_handshake, tls_verified)
 from test_redis_store import REDIS_CLI, REDIS_SERVER, Ctl, Redis, key_file, signed, signed_announcement
@@ -452,8 +453,6 @@ def test_http01_held_until_subscribed_again(pebble, nginx_factory, tmp_path, pro
     """A challenge another node stored while this one's leader is not subscribed (Redis down, then back) is
     answered, not 404: the worker holds the request for the unknown token (without blocking: other requests
     are served meanwhile) and its leader checks Redis at once, subscribes again and copies the challenge."""
-    import threading
-    from harness import RedisServer
     redis = RedisServer(tmp_path / "redis", persist=True)       # the record survives the restart
     procs.procs.append(redis)
     redis.start()
