@@ -146,9 +146,12 @@ def test_concurrent_first_handshakes_one_order_per_name(pebble, nginx_factory, t
     assert pebble.order_count() - base == 10
     assert lat and max(lat) < 2.0, f"managed handshakes took up to {max(lat):.2f} s"
 
-    st = wait_status(pebble, lambda st: st["certificates"] == 10, "10 on-demand certificates")
+    # the document is rebuilt within a tick: one built before the last held handshakes resumed still counts
+    # them as waiting; a count that never drops fails here
+    st = wait_status(pebble, lambda st: st["certificates"] == 10 and st["waiting"] == 0,
+                     "10 on-demand certificates, none waiting")
     assert st["allowed"] == 10
-    assert st["waiting"] == 0 and st["waited"] >= 10
+    assert st["waited"] >= 10
 
     # later handshakes are served at once, with no order
     for name in names:
