@@ -49,7 +49,7 @@ static char *ngx_mail_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
 static void ngx_mail_acme_init_session(ngx_mail_session_t *s,
     ngx_connection_t *c);
 static void ngx_mail_acme_init_protocol(ngx_event_t *rev);
-static void ngx_mail_acme_close(ngx_connection_t *c);
+static ngx_uint_t ngx_mail_acme_validation_done(ngx_connection_t *c);
 
 
 static ngx_command_t  ngx_mail_acme_commands[] = {
@@ -319,10 +319,7 @@ ngx_mail_acme_init_session(ngx_mail_session_t *s, ngx_connection_t *c)
 {
     ngx_mail_acme_srv_conf_t  *macf;
 
-    if (ngx_http_acme_is_challenge_connection(c)) {
-        ngx_log_debug0(NGX_LOG_DEBUG_MAIL, c->log, 0,
-                       "acme: tls-alpn-01 validation done, closing");
-        ngx_mail_acme_close(c);
+    if (ngx_mail_acme_validation_done(c)) {
         return;
     }
 
@@ -342,10 +339,7 @@ ngx_mail_acme_init_protocol(ngx_event_t *rev)
     c = rev->data;
     s = c->data;
 
-    if (ngx_http_acme_is_challenge_connection(c)) {
-        ngx_log_debug0(NGX_LOG_DEBUG_MAIL, c->log, 0,
-                       "acme: tls-alpn-01 validation done, closing");
-        ngx_mail_acme_close(c);
+    if (ngx_mail_acme_validation_done(c)) {
         return;
     }
 
@@ -359,12 +353,23 @@ ngx_mail_acme_init_protocol(ngx_event_t *rev)
 }
 
 
-static void
-ngx_mail_acme_close(ngx_connection_t *c)
+/* a tls-alpn-01 validation's connection: closed, with no mail protocol */
+
+static ngx_uint_t
+ngx_mail_acme_validation_done(ngx_connection_t *c)
 {
+    if (!ngx_http_acme_is_challenge_connection(c)) {
+        return 0;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_MAIL, c->log, 0,
+                   "acme: tls-alpn-01 validation done, closing");
+
     /* the CA closes at once (RFC 8737), with or without its close_notify */
 
     c->ssl->no_wait_shutdown = 1;
 
     ngx_mail_close_connection(c);
+
+    return 1;
 }
