@@ -100,11 +100,11 @@ def test_persist_warning_of_the_fallback_issuer(pebble_next_factory, knot, nginx
     assert len([e for e in events(out) if e[0] == "persist-expiring"]) == 1, events(out)
 
 
-def test_failed_issuers_persist_warning_does_not_stick(pebble_next_factory, knot, nginx_factory, tmp_path,
-                                                       dns_next):
-    """The first issuer's record passes in 5 days (logged and notified as the first issuer's when checked),
-    but its CA cannot see the record (its DNS is another server) and the validation fails; the second issues
-    with a record that does not expire: no warning on the certificate."""
+def _second_issues(pebble_next_factory, knot, nginx_factory, tmp_path, dns_next, first_until=None,
+                   second_until=None):
+    """Two issuers whose CAs see different DNS servers (the first's cannot see Knot's records): once both
+    accounts exist and the first attempt failed, each account's record is created (with persistUntil when
+    given) and a renewal forced; the second issues. (second, https, nginx, notify output, status)."""
     first = pebble_next_factory(dns_server=dns_next.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
     second = pebble_next_factory(dns_server=knot.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
     https = free_port()
@@ -116,14 +116,27 @@ def test_failed_issuers_persist_warning_does_not_stick(pebble_next_factory, knot
              what="both accounts")
     wait_for(lambda: (lambda c: c if c and c["failures"] else None)(_status(https)), 60, interval=0.3,
              what="the first attempt's failure")
-    soon = int(time.time()) + 5 * 86400
-    v1 = f"pebble.letsencrypt.org; accounturi={_account(tmp_path, first)}; persistUntil={soon}"
-    v2 = f"pebble.letsencrypt.org; accounturi={_account(tmp_path, second)}"
-    _set_records(knot, v1, v2)
+
+    def value(pb, until):
+        return f"pebble.letsencrypt.org; accounturi={_account(tmp_path, pb)}" \
+               + (f"; persistUntil={until}" if until else "")
+
+    _set_records(knot, value(first, first_until), value(second, second_until))
     assert force_renewal(https, NAME, NAME).status in (200, 202)
     c = wait_for(lambda: (lambda c: c if c and c["state"] == "valid" else None)(_status(https)), 60,
                  interval=0.3, what="the certificate from the second issuer")
     assert c["issuer"] == second.directory_url, c
+    return second, https, ng, out, c
+
+
+def test_failed_issuers_persist_warning_does_not_stick(pebble_next_factory, knot, nginx_factory, tmp_path,
+                                                       dns_next):
+    """The first issuer's record passes in 5 days (logged and notified as the first issuer's when checked),
+    but its CA cannot see the record (its DNS is another server) and the validation fails; the second issues
+    with a record that does not expire: no warning on the certificate."""
+    soon = int(time.time()) + 5 * 86400
+    second, https, ng, out, c = _second_issues(pebble_next_factory, knot, nginx_factory, tmp_path, dns_next,
+                                               first_until=soon)
     # the first issuer checked its record (and warned), then failed
     log = ng.log_text()
     assert f"persistUntil={soon}" in log and 'issuer "first" failed, trying "second"' in log, log
@@ -139,24 +152,9 @@ def test_failed_issuers_check_keeps_the_certificates_warning(pebble_next_factory
     """The certificate in service came from the second issuer, with a warning on its record. A renewal:
     the first issuer checks its own record (no warning) and fails, the second is down: the warning on the
     record the certificate's renewal needs stays (status, and stored with the failure)."""
-    first = pebble_next_factory(dns_server=dns_next.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
-    second = pebble_next_factory(dns_server=knot.dns_address, env={"PEBBLE_AUTHZREUSE": "0"})
-    https = free_port()
-    script, out = make_script(tmp_path / "n")
-    ng = nginx_factory(_conf(tmp_path, https, first, second, script, knot), wait_port=https,
-                       allowed=[r"acme: "])
-    wait_for(lambda: _account(tmp_path, first) and _account(tmp_path, second), 60, interval=0.3,
-             what="both accounts")
-    wait_for(lambda: (lambda c: c if c and c["failures"] else None)(_status(https)), 60, interval=0.3,
-             what="the first attempt's failure")
     soon = int(time.time()) + 5 * 86400
-    v1 = f"pebble.letsencrypt.org; accounturi={_account(tmp_path, first)}"
-    v2 = f"pebble.letsencrypt.org; accounturi={_account(tmp_path, second)}; persistUntil={soon}"
-    _set_records(knot, v1, v2)
-    assert force_renewal(https, NAME, NAME).status in (200, 202)
-    c = wait_for(lambda: (lambda c: c if c and c["state"] == "valid" else None)(_status(https)), 60,
-                 interval=0.3, what="the certificate from the second issuer")
-    assert c["issuer"] == second.directory_url, c
+    second, https, ng, out, c = _second_issues(pebble_next_factory, knot, nginx_factory, tmp_path, dns_next,
+                                               second_until=soon)
     (w,) = c["identifier_warnings"]
     assert f"persistUntil={soon}" in w["dns_persist_warning"], w
 

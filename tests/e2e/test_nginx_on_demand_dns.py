@@ -9,14 +9,10 @@ from test_nginx_dns import dns_issuer, knot  # noqa: F401 (fixture)
 from test_nginx_on_demand import AskServer, fallback_quick, leaf_names, pebble_leaf
 
 
-def test_dns01_first_handshake(pebble_factory, knot, nginx_factory, tmp_path):
-    pebble = pebble_factory(dns_server=knot.dns_address)
-    ask = AskServer()
-    try:
-        https, status = free_port(), free_port()
-        # nothing listens on Pebble's HTTP-01 port: only dns-01 can validate the names
-        conf = dns_issuer(pebble, tmp_path, knot, challenge="dns-01") + f"""
-    acme_on_demand ask={ask.url} rate=1;
+def _od_servers(od_params, status, https):
+    """acme_on_demand with od_params, the status server, and the on-demand server of issuer pebble."""
+    return f"""
+    acme_on_demand {od_params};
     server {{
         listen 127.0.0.1:{status};
         location = /acme {{ acme_status; }}
@@ -28,6 +24,16 @@ def test_dns01_first_handshake(pebble_factory, knot, nginx_factory, tmp_path):
         location / {{ return 200 "on-demand\\n"; }}
     }}
 """
+
+
+def test_dns01_first_handshake(pebble_factory, knot, nginx_factory, tmp_path):
+    pebble = pebble_factory(dns_server=knot.dns_address)
+    ask = AskServer()
+    try:
+        https, status = free_port(), free_port()
+        # nothing listens on Pebble's HTTP-01 port: only dns-01 can validate the names
+        conf = dns_issuer(pebble, tmp_path, knot, challenge="dns-01") \
+            + _od_servers(f"ask={ask.url} rate=1", status, https)
         ng = nginx_factory(conf, wait_port=https)
         roots = pebble.roots(0)
         base = pebble.order_count()
@@ -89,19 +95,7 @@ def test_dns_persist01_first_handshake(pebble_next_factory, knot, nginx_factory,
     https, status = free_port(), free_port()
     # nothing listens on Pebble's HTTP-01 port and nothing publishes records: only the customer's record
     conf = issuer_block("pebble", pb, tmp_path / "state", challenge="dns-persist-01",
-                        extra=f"dns_resolver {knot.address};") + f"""
-    acme_on_demand refuse_time=1s;
-    server {{
-        listen 127.0.0.1:{status};
-        location = /acme {{ acme_status; }}
-    }}
-    server {{
-        listen 127.0.0.1:{https} ssl;
-        server_name .od.example.test;
-        acme_certificate pebble on_demand;
-        location / {{ return 200 "on-demand\\n"; }}
-    }}
-"""
+                        extra=f"dns_resolver {knot.address};") + _od_servers("refuse_time=1s", status, https)
     ng = nginx_factory(conf, wait_port=https,
                        allowed=[r'acme: "missing\.od\.example\.test": dns-persist-01 for missing\.od'])
     roots = pb.roots(0)
