@@ -4,7 +4,6 @@
 #include "acme_clienthello.h"
 #include "acme_ondemand.h"
 #include "acme_ondemand_cluster.h"
-#include <ftw.h>
 #include <stdio.h>
 #include <sys/stat.h>
 
@@ -176,15 +175,6 @@ test_limits(void **state)
     acme_ondemand_free(od);
 }
 
-static int
-rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void) sb;
-    (void) flag;
-    (void) ftw;
-    return remove(path);
-}
-
 /* max and rate counted for every node of a shared store (here a directory store, which locks the same way) */
 static void
 test_cluster_limits(void **state)
@@ -246,7 +236,7 @@ test_cluster_limits(void **state)
 
     acme_store_close(st);
     acme_store_close(other);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    unit_rmtree(dir);
 }
 
 int

@@ -2,19 +2,9 @@
  * replaced, the stored certificate's serial. */
 #include "unit.h"
 
-#include <ftw.h>
 #include <unistd.h>
 #include <sys/stat.h>
 #include "acme_revocation.h"
-
-static int
-rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void) sb;
-    (void) flag;
-    (void) ftw;
-    return remove(path);
-}
 
 static void
 test_record_and_names(void **state)
@@ -70,7 +60,7 @@ test_record_and_names(void **state)
     assert_null(s);
 
     acme_store_close(st);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    unit_rmtree(dir);
 }
 
 int

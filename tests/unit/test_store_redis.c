@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <time.h>
@@ -1376,15 +1375,6 @@ test_generation_fs(void **state)
     acme_store_close(st);
 }
 
-static int
-rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void) sb;
-    (void) flag;
-    (void) ftw;
-    return remove(path);
-}
-
 static void
 test_migrate(void **state)
 {
@@ -1425,7 +1415,7 @@ test_migrate(void **state)
     /* back, without the key: refused clearly; with it: the same files and modes */
     assert_int_equal(acme_store_migrate(u, NULL, tmp_path("mig-back"), NULL, &ms, &err), -1);
     assert_non_null(strstr(err.msg, "encrypted"));
-    nftw(tmp_path("mig-back"), rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    unit_rmtree(tmp_path("mig-back"));
     if (acme_store_migrate(u, tmp_path("mkey"), tmp_path("mig-back"), NULL, &ms, &err) != 0) {
         fail_msg("migrate back: %s", err.msg);
     }
@@ -1471,7 +1461,7 @@ group_teardown(void **state)
     (void) state;
     server_stop(&srv);
     server_stop(&asrv);
-    nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    unit_rmtree(tmpdir);
     return 0;
 }
 
